@@ -1,0 +1,230 @@
+"""The ``attachment-gateway`` command: serve, check-config, queue.
+
+Exit codes follow sysexits: 0 ok, 64 usage, 69 not found, 75 temporary
+failure (locked), 78 configuration error.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__, logs
+from gateway.config import Config, ConfigError, load
+from gateway.spool import QUEUES, REWRITTEN, Locked, Spool
+
+EX_OK, EX_USAGE, EX_NOTFOUND, EX_TEMPFAIL, EX_CONFIG = 0, 64, 69, 75, 78
+DEFAULT_CONFIGS = ("conf/gateway.toml", "/etc/attachment-gateway/gateway.toml")
+
+
+def _default_config() -> str:
+    env = os.environ.get("ATTACHMENT_GATEWAY_CONFIG")
+    if env:
+        return env
+    for c in DEFAULT_CONFIGS:
+        if Path(c).exists():
+            return c
+    return DEFAULT_CONFIGS[-1]
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load(args.config, base_dir=args.base_dir)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config as ``serve`` would, including keys and policies."""
+    cfg = _load(args)
+    from gateway.links.tokens import Keyring
+
+    Keyring(cfg.links.keys, Path(cfg.base_dir))
+    print(f"{args.config}: OK ({len(cfg.routes)} route(s), {len(cfg.storage)} store(s))")
+    return EX_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGTERM."""
+    cfg = _load(args)
+    logs.setup(cfg.gateway.log_level)
+    roles = tuple(r for r in ("smtp", "worker", "http") if r not in (args.without or []))
+    if args.only:
+        roles = tuple(args.only)
+    from gateway.server import Gateway
+
+    try:
+        gw = Gateway(cfg, args.config, roles)
+    except ValueError as e:  # key files and similar, found while building
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        asyncio.run(gw.run())
+    except OSError as e:
+        print(f"attachment-gateway: cannot start: {e}", file=sys.stderr)
+        return 71  # EX_OSERR
+    except Exception as e:  # storage start-up checks and similar
+        from gateway.storage.base import StorageError
+
+        if isinstance(e, StorageError):
+            print(f"attachment-gateway: storage: {e}", file=sys.stderr)
+            return EX_CONFIG
+        raise
+    return EX_OK
+
+
+def _spool(args: argparse.Namespace) -> Spool:
+    cfg = _load(args)
+    return Spool(cfg.path(cfg.gateway.spool_dir))
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("Mail queue is empty")
+        return
+    print(f"{'Queue ID':<20} {'Queue':<9} {'Size':>10} {'Arrival':<20} {'Attempts':>8}  Sender / Recipients")
+    for r in rows:
+        arrival = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("received_at") or 0))
+        print(f"{r['queue_id']:<20} {r['queue']:<9} {r.get('size', 0):>10} {arrival:<20} "
+              f"{r.get('attempts', 0):>8}  {r.get('mail_from') or '<>'}")
+        for rcpt in r.get("rcpt_tos", []):
+            print(f"{'':<71}{rcpt}")
+        if r.get("last_error"):
+            print(f"{'':<71}({r['last_error']})")
+        if r.get("hold_reason"):
+            print(f"{'':<71}(held: {r['hold_reason']})")
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    """queue list|show|flush|hold|release|delete."""
+    spool = _spool(args)
+    action = args.action
+    if action == "list":
+        queues = tuple(args.queue) if args.queue else QUEUES
+        rows = list(spool.entries(queues))
+        now = time.time()
+        if args.older_than is not None:
+            rows = [r for r in rows if now - (r.get("received_at") or now) >= args.older_than]
+        if args.recipient:
+            rows = [r for r in rows if any(args.recipient.lower() in x.lower() for x in r.get("rcpt_tos", []))]
+        if args.json:
+            print(json.dumps(rows, indent=None))
+        else:
+            _print_table(rows)
+        return EX_OK
+    if not args.ids and action != "flush":
+        print(f"queue {action}: give one or more queue ids", file=sys.stderr)
+        return EX_USAGE
+    status = EX_OK
+    out: list[dict[str, Any]] = []
+    ids = args.ids or ([] if action != "flush" else spool.ids("deferred"))
+    for qid in ids:
+        queue = spool.find(qid)
+        if queue is None:
+            out.append({"queue_id": qid, "error": "not found"})
+            status = EX_NOTFOUND
+            continue
+        try:
+            out.append(_queue_action(spool, action, qid, queue, args))
+        except Locked:
+            out.append({"queue_id": qid, "error": "in use by a running worker; try again"})
+            status = EX_TEMPFAIL
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for r in out:
+            print(" ".join(f"{k}={v}" for k, v in r.items() if k != "headers") if "headers" not in r else
+                  json.dumps(r, indent=2, ensure_ascii=False))
+    return status
+
+
+def _queue_action(spool: Spool, action: str, qid: str, queue: str, args: argparse.Namespace) -> dict[str, Any]:
+    if action == "show":
+        entry = next(e for e in spool.entries((queue,)) if e["queue_id"] == qid)
+        path = spool.root / queue / qid
+        with open(path / "message.eml", "rb") as f:
+            head = f.read(65536)
+        end = head.find(b"\r\n\r\n")
+        entry["headers"] = head[: end if end >= 0 else len(head)].decode("utf-8", "replace")
+        result = path / "result.json"
+        if result.exists():
+            entry["result"] = json.loads(result.read_text())
+        return entry
+    if action == "delete":
+        with spool.claim(qid, queue, queue) as h:
+            h.remove()
+        return {"queue_id": qid, "deleted": True}
+    if action == "hold":
+        with spool.claim(qid, queue, queue) as h:
+            state = h.state()
+            state.hold_reason = args.reason or "held by administrator"
+            h.save_state(state)
+            if queue != "hold":
+                h.move("hold")
+        return {"queue_id": qid, "queue": "hold"}
+    if action == "release":
+        with spool.claim(qid, queue, queue) as h:
+            state = h.state()
+            state.hold_reason = ""
+            state.next_attempt = 0
+            h.save_state(state)
+            dst = "deferred" if h.has(REWRITTEN) else "incoming"
+            if queue != dst:
+                h.move(dst)
+        return {"queue_id": qid, "queue": dst}
+    if action == "flush":
+        if queue != "deferred":
+            return {"queue_id": qid, "queue": queue, "flushed": False}
+        with spool.claim(qid, queue, queue) as h:
+            state = h.state()
+            state.next_attempt = 0
+            h.save_state(state)
+        return {"queue_id": qid, "flushed": True}
+    raise ValueError(action)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attachment-gateway",
+                                description="Inbound mail gateway that offloads large attachments to storage.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-c", "--config", default=_default_config(),
+                   help="config file (default: $ATTACHMENT_GATEWAY_CONFIG, conf/gateway.toml, "
+                        "/etc/attachment-gateway/gateway.toml)")
+    p.add_argument("--base-dir", default=None,
+                   help="directory relative paths in the config are resolved against (default: current)")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run SMTP ingress, worker and HTTP")
+    s.add_argument("--only", nargs="+", choices=("smtp", "worker", "http"), help="run only these roles")
+    s.add_argument("--without", nargs="+", choices=("smtp", "worker", "http"), help="run all roles but these")
+    s.set_defaults(func=cmd_serve)
+    c = sub.add_parser("check-config", help="validate the config file and exit")
+    c.set_defaults(func=cmd_check_config)
+    q = sub.add_parser("queue", help="list and manage the mail queue")
+    q.add_argument("action", choices=("list", "show", "flush", "hold", "release", "delete"))
+    q.add_argument("ids", nargs="*", help="queue ids")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.add_argument("--queue", nargs="+", choices=QUEUES, help="list only these queues")
+    q.add_argument("--older-than", type=float, default=None, metavar="SECONDS", help="list only older messages")
+    q.add_argument("--recipient", default=None, help="list only messages with a recipient containing this")
+    q.add_argument("--reason", default=None, help="with hold: why")
+    q.set_defaults(func=cmd_queue)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return EX_CONFIG
+    except ValueError as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return EX_CONFIG
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

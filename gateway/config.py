@@ -1,0 +1,327 @@
+"""The gateway's one TOML config file: schema, defaults and validation.
+
+Every default is stated once, here, beside its key; docs/CONFIG.md documents
+the same keys.  Validation happens when the file is loaded (at start-up, on
+SIGHUP and by ``check-config``), so a bad value is reported as the key, the
+value and what was expected, and the gateway never starts half-configured.
+Unknown keys are errors: a typo must not silently disable a policy.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.storage.settings import StorageSettings
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; ``str()`` says why."""
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_size(value: Any) -> Any:
+    """Accept 10485760, "10MiB", "150 MB"; anything else is left for the int check."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+        raise ValueError("expected a size in bytes, such as 10485760 or \"10MiB\"")
+    return value
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept 86400, "24h", "15m", "5d"."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+        if m and m.group(2).lower() in _DURATION_UNITS:
+            return int(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+        raise ValueError("expected a duration in seconds, such as 300 or \"5m\", \"24h\", \"5d\"")
+    return value
+
+
+Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
+Duration = Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)]
+
+
+def _parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT, such as \"127.0.0.1:2525\"")
+    return host.strip("[]"), int(port)
+
+
+def _check_next_hop(v: str) -> str:
+    if v.startswith("maildir:") and len(v) > len("maildir:"):
+        return v
+    if v.startswith("smtp://"):
+        _parse_hostport(v[len("smtp://"):])
+        return v
+    raise ValueError("expected \"smtp://HOST:PORT\" or \"maildir:PATH\"")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySettings(_Strict):
+    """Identity and places on disk."""
+
+    hostname: str = "gateway.localhost"
+    spool_dir: str = "var/spool"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Where audit events (link clicks, refusals) go, one JSON object a line;
+    # "-" means standard output.
+    audit_log: str = "var/log/audit.jsonl"
+
+
+class SmtpSettings(_Strict):
+    """The SMTP ingress."""
+
+    listen: str = "127.0.0.1:2525"
+    max_message_size: Size = 157286400  # 150 MiB, advertised in EHLO SIZE
+    max_recipients: int = Field(100, ge=1)
+    timeout: Duration = 300
+    banner: str = "ESMTP attachment-gateway"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        _parse_hostport(v)
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return _parse_hostport(self.listen)
+
+
+class HttpSettings(_Strict):
+    """The HTTP listener: agent links, health, metrics."""
+
+    listen: str = "127.0.0.1:8025"
+    # The scheme, host and optional path prefix put in front of /a/<token> in
+    # every link; what agents can reach, not necessarily what we bind to.
+    base_url: str = "http://127.0.0.1:8025"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        _parse_hostport(v)
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v):
+            raise ValueError("expected an http:// or https:// URL without query, such as \"https://files.example.com\"")
+        return v.rstrip("/")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return _parse_hostport(self.listen)
+
+
+class LinkKey(_Strict):
+    """One HMAC key for link tokens; the key bytes come from a file or an
+    environment variable, never from the config itself."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    file: str | None = None
+    env: str | None = None
+    # Accepted for verification until this date (ISO 8601); the first key
+    # without ``retire`` that is listed first signs new links.
+    retire: str | None = None
+    # Create the file with a random key when it does not exist (embedded demo).
+    create_missing: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LinkKey":
+        if (self.file is None) == (self.env is None):
+            raise ValueError("expected exactly one of \"file\" or \"env\"")
+        return self
+
+
+class LinkSettings(_Strict):
+    """Signed links put in forwarded messages."""
+
+    ttl: Duration = 86400
+    keys: list[LinkKey] = Field(min_length=1)
+    # Shown in the message body; {filename} and {size} are replaced.
+    text: str = "Secure Attachment: {filename}"
+
+
+class CustomerIdRule(_Strict):
+    """Where the customer id in object keys and links comes from."""
+
+    header: str | None = "X-CustomerId"
+    fallback: Literal["sender", "none"] = "sender"
+
+
+class PolicyRef(_Strict):
+    """One entry of a route's policy list, in the order they run."""
+
+    name: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class RouteSettings(_Strict):
+    """Which recipients the gateway accepts, and what it does with their mail."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    domains: list[str] = Field(default_factory=list)
+    addresses: list[str] = Field(default_factory=list)
+    next_hop: str
+    storage: str
+    offload_threshold: Size = 10485760
+    next_hop_max_size: Size = 26214400
+    link_text: str | None = None
+    customer_id: CustomerIdRule = CustomerIdRule()
+    policies: list[PolicyRef] = Field(default_factory=lambda: [PolicyRef(name="offload_large")])
+    # TLS to an SMTP next hop: "opportunistic" uses STARTTLS when offered;
+    # "required" defers the message when it is not.
+    tls: Literal["opportunistic", "required", "none"] = "opportunistic"
+
+    @field_validator("domains", "addresses")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [x.strip().lower() for x in v]
+
+    @field_validator("next_hop")
+    @classmethod
+    def _next_hop(cls, v: str) -> str:
+        return _check_next_hop(v)
+
+    @model_validator(mode="after")
+    def _accepts_something(self) -> "RouteSettings":
+        if not self.domains and not self.addresses:
+            raise ValueError("a route needs at least one of \"domains\" or \"addresses\"")
+        return self
+
+
+class DeliverySettings(_Strict):
+    """Retry, lifetime and bounces."""
+
+    queue_lifetime: Duration = 432000  # 5 days, as Postfix
+    min_backoff: Duration = 300
+    max_backoff: Duration = 4000
+    # Seconds before an SMTP next hop that does not answer is given up on.
+    connect_timeout: Duration = 30
+    command_timeout: Duration = 300
+    # Where DSNs to senders go (a smarthost, or a Maildir in the demo).
+    bounce_next_hop: str = "maildir:var/bounces"
+    # Concurrent deliveries per SMTP next hop.
+    connections_per_next_hop: int = Field(10, ge=1)
+
+    @field_validator("bounce_next_hop")
+    @classmethod
+    def _next_hop(cls, v: str) -> str:
+        return _check_next_hop(v)
+
+
+class WorkerSettings(_Strict):
+    """Message processing after the spool."""
+
+    concurrency: int = Field(4, ge=1)
+    # Parallel uploads of one message's parts.
+    offload_concurrency: int = Field(2, ge=1)
+    # Bounds on what a message may hold; beyond them the message is forwarded
+    # untouched with a warning (it was already accepted).
+    max_header_bytes: Size = 1048576
+    max_mime_depth: int = Field(20, ge=1)
+    max_parts: int = Field(1000, ge=1)
+    # How often the deferred queue is scanned for messages due for retry.
+    scan_interval: Duration = 5
+
+
+class Config(_Strict):
+    """The whole config file."""
+
+    gateway: GatewaySettings = GatewaySettings()
+    smtp: SmtpSettings = SmtpSettings()
+    http: HttpSettings = HttpSettings()
+    links: LinkSettings
+    storage: dict[str, StorageSettings]
+    routes: list[RouteSettings] = Field(min_length=1)
+    delivery: DeliverySettings = DeliverySettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    # The directory relative paths are resolved against (the config file's
+    # own project root); not a key in the file.
+    base_dir: str = Field("", exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        names = set()
+        for i, route in enumerate(self.routes):
+            if route.storage not in self.storage:
+                raise ValueError(f"routes[{i}].storage: {route.storage!r} names no [storage.*] table "
+                                 f"(have: {', '.join(sorted(self.storage)) or 'none'})")
+            if route.name in names:
+                raise ValueError(f"routes[{i}].name: {route.name!r} is used twice")
+            names.add(route.name)
+            from policies import known_policies  # late: policies import config types
+
+            for j, ref in enumerate(route.policies):
+                if ref.name not in known_policies():
+                    raise ValueError(f"routes[{i}].policies[{j}].name: {ref.name!r} is not a known policy "
+                                     f"(known: {', '.join(sorted(known_policies()))})")
+        return self
+
+    def path(self, p: str) -> Path:
+        """Resolve a path from the config against the base directory."""
+        path = Path(p)
+        return path if path.is_absolute() else Path(self.base_dir) / path
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) if not isinstance(x, int) else f"[{x}]" for x in e["loc"]).replace(".[", "[")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        elif e["type"] == "missing":
+            lines.append(f"{loc}: missing, a value is required")
+        elif loc:
+            lines.append(f"{loc}: {e.get('input')!r}: {msg}")
+        else:
+            lines.append(msg)
+    return "\n".join(lines)
+
+
+def load(path: str | os.PathLike[str], base_dir: str | None = None) -> Config:
+    """Read and validate the config file; raise ConfigError naming each bad key.
+
+    Relative paths in the file are resolved against ``base_dir`` (default: the
+    current directory, so a checkout's ``var/`` is used by ``make run``).
+    """
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    raw["base_dir"] = base_dir if base_dir is not None else os.getcwd()
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{p}: invalid config:\n{_format_errors(e)}") from None

@@ -1,0 +1,54 @@
+"""Delivery to a route's next hop: SMTP or a Maildir.
+
+A next hop reports a result per recipient: delivered, deferred (4xx, a
+connection failure, a TLS requirement not met) or failed (5xx).  The worker
+turns deferrals into retries with backoff and failures into one DSN.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from gateway.spool import Envelope
+
+
+@dataclass
+class DeliveryResult:
+    """Per-recipient outcome of one delivery attempt."""
+
+    delivered: list[str] = field(default_factory=list)
+    deferred: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def defer_all(self, rcpts: list[str], reason: str) -> "DeliveryResult":
+        for r in rcpts:
+            self.deferred[r] = reason
+        return self
+
+
+class NextHop(Protocol):
+    """Where a route's mail goes."""
+
+    name: str
+
+    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Path) -> DeliveryResult:
+        """Hand ``message`` (a file) over for ``rcpts``."""
+
+    async def close(self) -> None:
+        """Close pooled connections."""
+
+
+def build(spec: str, *, base_dir: Path, hostname: str, tls: str = "opportunistic",
+          connect_timeout: float = 30, command_timeout: float = 300, max_connections: int = 10) -> NextHop:
+    """The next hop for a ``smtp://HOST:PORT`` or ``maildir:PATH`` spec."""
+    if spec.startswith("maildir:"):
+        from gateway.delivery.maildir import MaildirNextHop
+
+        path = Path(spec[len("maildir:"):])
+        return MaildirNextHop(path if path.is_absolute() else base_dir / path)
+    from gateway.delivery.smtp import SmtpNextHop
+
+    host, _, port = spec[len("smtp://"):].rpartition(":")
+    return SmtpNextHop(host.strip("[]"), int(port), hostname=hostname, tls=tls, connect_timeout=connect_timeout,
+                       command_timeout=command_timeout, max_connections=max_connections)

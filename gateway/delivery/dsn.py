@@ -1,0 +1,80 @@
+"""Delivery status notifications (RFC 3464) for mail that truly cannot go.
+
+One DSN per failed delivery attempt, from the null sender, carrying the
+original headers (not the body: it may be large), and never to a null
+sender, so bounces cannot loop.
+"""
+from __future__ import annotations
+
+import time
+from email.utils import formatdate, make_msgid
+
+from gateway.spool import Envelope
+
+
+def _line(text: str) -> str:
+    """One header or status line: no CR, LF or other controls from outside."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+
+
+def build_dsn(envelope: Envelope, failed: dict[str, str], original_headers: bytes, hostname: str) -> bytes:
+    """A multipart/report DSN telling ``envelope.mail_from`` about ``failed``."""
+    boundary = make_msgid(domain=hostname).strip("<>").replace("@", "/")
+    human = [
+        f"This is the mail system at host {hostname}.",
+        "",
+        "Your message could not be delivered to one or more recipients.",
+        "",
+        *(f"<{_line(r)}>: {_line(reason)}" for r, reason in failed.items()),
+    ]
+    status = [
+        f"Reporting-MTA: dns; {hostname}",
+        f"X-Queue-ID: {envelope.queue_id}",
+        f"Arrival-Date: {formatdate(envelope.received_at)}",
+    ]
+    for rcpt, reason in failed.items():
+        status += [
+            "",
+            f"Final-Recipient: rfc822; {_line(rcpt)}",
+            "Action: failed",
+            f"Status: {_status_code(reason)}",
+            f"Diagnostic-Code: smtp; {_line(reason)}",
+            f"Last-Attempt-Date: {formatdate(time.time())}",
+        ]
+    headers = original_headers.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").rstrip(b"\r\n")
+    out = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
+        f"To: <{_line(envelope.mail_from)}>",
+        "Subject: Undelivered Mail Returned to Sender",
+        f"Date: {formatdate()}",
+        f"Message-ID: {make_msgid(domain=hostname)}",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated delivery status notification.",
+        "",
+        f"--{boundary}",
+        'Content-Type: text/plain; charset="utf-8"',
+        "Content-Transfer-Encoding: 8bit",
+        "",
+        *human,
+        "",
+        f"--{boundary}",
+        "Content-Type: message/delivery-status",
+        "",
+        *status,
+        "",
+        f"--{boundary}",
+        "Content-Type: text/rfc822-headers",
+        "",
+    ]
+    return ("\r\n".join(out) + "\r\n").encode("utf-8") + headers + f"\r\n\r\n--{boundary}--\r\n".encode()
+
+
+def _status_code(reason: str) -> str:
+    for word in reason.split():
+        parts = word.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in ("4", "5"):
+            return "5" + word[1:]
+    return "5.0.0"

@@ -1,0 +1,187 @@
+"""SMTP to a route's next hop, with STARTTLS and connection reuse.
+
+smtplib runs in a worker thread (it blocks); the message is streamed from
+the spool file with dot-stuffing, never read whole.  Idle connections are
+kept for reuse (RSET before each new transaction), bounded per next hop.
+A next hop that is down, answers 4xx, or cannot meet the route's TLS level
+defers the message; a 5xx fails the recipients it names.
+"""
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+from gateway.delivery import DeliveryResult
+from gateway.spool import Envelope
+
+_IDLE_SECONDS = 30.0
+
+
+class TlsRequired(Exception):
+    """The route requires TLS and the next hop did not offer it."""
+
+
+def _send_file(conn: smtplib.SMTP, path: Path) -> None:
+    """Send the file as DATA content: CRLF lines, leading dots doubled."""
+    at_line_start = True
+    last = b"\r\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            out = chunk.replace(b"\n.", b"\n..")
+            if at_line_start and out.startswith(b"."):
+                out = b"." + out
+            conn.sock.sendall(out)  # type: ignore[union-attr]
+            at_line_start = chunk.endswith(b"\n")
+            last = chunk[-2:]
+    if not last.endswith(b"\r\n"):
+        conn.sock.sendall(b"\r\n")  # type: ignore[union-attr]
+    conn.sock.sendall(b".\r\n")  # type: ignore[union-attr]
+
+
+class SmtpNextHop:
+    """An SMTP server that takes the route's mail."""
+
+    def __init__(self, host: str, port: int, *, hostname: str, tls: str, connect_timeout: float,
+                 command_timeout: float, max_connections: int) -> None:
+        self.host, self.port = host, port
+        self.name = f"smtp://{host}:{port}"
+        self.hostname = hostname
+        self.tls = tls
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self._slots = asyncio.Semaphore(max_connections)
+        self._idle: list[tuple[float, smtplib.SMTP]] = []
+        self._lock = threading.Lock()
+
+    def _connect(self) -> smtplib.SMTP:
+        conn = smtplib.SMTP(timeout=self.connect_timeout, local_hostname=self.hostname)
+        conn.connect(self.host, self.port)
+        conn.sock.settimeout(self.command_timeout)  # type: ignore[union-attr]
+        conn.ehlo()
+        if self.tls != "none" and conn.has_extn("starttls"):
+            # Opportunistic and "required" accept any certificate: verification
+            # against a CA and the host name is the route's "verify" level.
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            conn.starttls(context=ctx)
+            conn.ehlo()
+        elif self.tls == "required":
+            conn.close()
+            raise TlsRequired(f"4.7.10 TLS is required for {self.name} but it does not offer STARTTLS")
+        return conn
+
+    def _checkout(self) -> smtplib.SMTP:
+        with self._lock:
+            while self._idle:
+                since, conn = self._idle.pop()
+                if time.monotonic() - since < _IDLE_SECONDS:
+                    try:
+                        if conn.rset()[0] == 250:
+                            return conn
+                    except (smtplib.SMTPException, OSError):
+                        pass
+                _close_quietly(conn)
+        return self._connect()
+
+    def _checkin(self, conn: smtplib.SMTP) -> None:
+        with self._lock:
+            self._idle.append((time.monotonic(), conn))
+
+    def _deliver(self, envelope: Envelope, rcpts: list[str], message: Path) -> DeliveryResult:
+        result = DeliveryResult()
+        try:
+            conn = self._checkout()
+        except TlsRequired as e:
+            return result.defer_all(rcpts, str(e))
+        except (OSError, smtplib.SMTPException) as e:
+            return result.defer_all(rcpts, f"4.4.1 connect to {self.name} failed: {e}")
+        reusable = False
+        try:
+            options = []
+            if conn.has_extn("size"):
+                options.append(f"SIZE={message.stat().st_size}")
+            if envelope.body_8bit and conn.has_extn("8bitmime"):
+                options.append("BODY=8BITMIME")
+            if envelope.smtputf8:
+                if not conn.has_extn("smtputf8"):
+                    for r in rcpts:
+                        result.failed[r] = f"5.6.7 {self.name} does not support SMTPUTF8"
+                    reusable = True
+                    return result
+                options.append("SMTPUTF8")
+            code, resp = conn.mail(envelope.mail_from, options)
+            if code != 250:
+                _record(result, rcpts, code, resp, "MAIL FROM")
+                reusable = code < 500 or code in (550, 553)
+                return result
+            accepted = []
+            for r in rcpts:
+                code, resp = conn.rcpt(r)
+                if code in (250, 251):
+                    accepted.append(r)
+                else:
+                    _record(result, [r], code, resp, "RCPT TO")
+            if not accepted:
+                reusable = True
+                return result
+            conn.putcmd("data")
+            code, resp = conn.getreply()
+            if code != 354:
+                _record(result, accepted, code, resp, "DATA")
+                return result
+            _send_file(conn, message)
+            code, resp = conn.getreply()
+            if code == 250:
+                result.delivered.extend(accepted)
+                reusable = True
+            else:
+                _record(result, accepted, code, resp, "end of DATA")
+            return result
+        except (OSError, smtplib.SMTPException) as e:
+            pending = [r for r in rcpts if r not in result.delivered and r not in result.failed]
+            for r in pending:
+                result.deferred[r] = f"4.4.2 lost connection with {self.name}: {e}"
+            return result
+        finally:
+            if reusable:
+                self._checkin(conn)
+            else:
+                _close_quietly(conn)
+
+    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Path) -> DeliveryResult:
+        async with self._slots:
+            return await asyncio.to_thread(self._deliver, envelope, rcpts, message)
+
+    async def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, conn in idle:
+            await asyncio.to_thread(_quit_quietly, conn)
+
+
+def _record(result: DeliveryResult, rcpts: list[str], code: int, resp: bytes, stage: str) -> None:
+    text = f"{code} {resp.decode('utf-8', 'replace')} (in reply to {stage})"
+    target = result.failed if 500 <= code < 600 else result.deferred
+    for r in rcpts:
+        target[r] = text
+
+
+def _close_quietly(conn: smtplib.SMTP) -> None:
+    try:
+        conn.close()
+    except (OSError, socket.error):
+        pass
+
+
+def _quit_quietly(conn: smtplib.SMTP) -> None:
+    try:
+        conn.quit()
+    except (OSError, smtplib.SMTPException):
+        _close_quietly(conn)

@@ -1,0 +1,1 @@
+"""HTTP: agent links, health, metrics."""

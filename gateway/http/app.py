@@ -1,0 +1,33 @@
+"""The HTTP listener: agent links, health."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway import logs
+from gateway.http.links import LinkEndpoint
+from gateway.links.tokens import Keyring
+from gateway.storage.base import Storage
+
+URL_TTL = 900  # seconds a storage URL minted at a click lives
+
+
+def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog) -> web.Application:
+    """The aiohttp application with every route the gateway serves."""
+    app = web.Application()
+    links = LinkEndpoint(keyring, stores, audit, URL_TTL)
+    app.router.add_get("/a/{token}", links.get)
+    app.router.add_get("/healthz", _health)
+    return app
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def start(app: web.Application, host: str, port: int, reuse_port: bool = False) -> web.AppRunner:
+    """Serve ``app`` on host:port; return the runner to clean up with."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    await site.start()
+    return runner

@@ -1,0 +1,1 @@
+"""Links in forwarded messages: signed tokens and the records behind them."""

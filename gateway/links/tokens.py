@@ -1,0 +1,143 @@
+"""Link tokens: short, HMAC-signed, expiring, with a key id for rotation.
+
+A token is ``KID.STORE.EXP.OID.SIG``: the key id, the storage the object is
+in, the expiry (Unix seconds, base 36), a random object id and the first 128
+bits of HMAC-SHA256 over the rest, all URL-safe.  It stays near 60
+characters, so the whole link fits comfortably in a line of mail, and it
+names nothing guessable: the object id leads to a link record in the store
+that says which object, customer and message the link is for.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import LinkKey
+
+_TOKEN = re.compile(r"^([A-Za-z0-9_-]{1,16})\.([A-Za-z0-9_-]{1,32})\.([0-9a-z]{1,13})\.([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{22})$")
+
+
+class TokenError(Exception):
+    """The token is not one of ours: malformed, tampered, or signed by an
+    unknown or retired key (answered 403)."""
+
+
+class TokenExpired(TokenError):
+    """The token was ours but its time is up (answered 410)."""
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a valid token says."""
+
+    kid: str
+    store: str
+    expires: int
+    object_id: str
+
+
+@dataclass(frozen=True)
+class _Key:
+    id: str
+    secret: bytes
+    retire: float | None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _load_secret(key: LinkKey, base_dir: Path) -> bytes:
+    if key.env is not None:
+        value = os.environ.get(key.env)
+        if not value:
+            raise ValueError(f"links.keys[{key.id}]: environment variable {key.env} is not set")
+        return value.strip().encode()
+    path = Path(key.file or "")
+    path = path if path.is_absolute() else base_dir / path
+    if not path.exists() and key.create_missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    try:
+        secret = path.read_text().strip().encode()
+    except OSError as e:
+        raise ValueError(f"links.keys[{key.id}].file: {path}: {e.strerror}") from None
+    if len(secret) < 16:
+        raise ValueError(f"links.keys[{key.id}].file: {path}: key shorter than 16 characters")
+    return secret
+
+
+class Keyring:
+    """The link keys: the current one signs, every unretired one verifies."""
+
+    def __init__(self, keys: list[LinkKey], base_dir: Path) -> None:
+        self._keys: dict[str, _Key] = {}
+        current = None
+        for k in keys:
+            retire = _timestamp(k.retire) if k.retire else None
+            self._keys[k.id] = _Key(k.id, _load_secret(k, base_dir), retire)
+            if current is None and retire is None:
+                current = k.id
+        if current is None:
+            raise ValueError("links.keys: every key has a retire date; one current key is needed to sign")
+        self.current = current
+
+    def sign(self, store: str, object_id: str, expires: int) -> str:
+        """A token for ``object_id`` in ``store`` valid until ``expires``."""
+        key = self._keys[self.current]
+        body = f"{key.id}.{store}.{_b36(expires)}.{object_id}"
+        return body + "." + _b64(hmac.new(key.secret, body.encode(), hashlib.sha256).digest()[:16])
+
+    def verify(self, token: str, now: float | None = None) -> Claims:
+        """The claims of a valid token; raise TokenError or TokenExpired."""
+        m = _TOKEN.match(token)
+        if m is None:
+            raise TokenError("malformed token")
+        kid, store, exp36, oid, sig = m.groups()
+        key = self._keys.get(kid)
+        if key is None:
+            raise TokenError(f"unknown key id {kid!r}")
+        body = token.rpartition(".")[0]
+        expected = _b64(hmac.new(key.secret, body.encode(), hashlib.sha256).digest()[:16])
+        if not hmac.compare_digest(expected, sig):
+            raise TokenError("bad signature")
+        now = time.time() if now is None else now
+        if key.retire is not None and now >= key.retire:
+            raise TokenError(f"key {kid!r} retired")
+        expires = int(exp36, 36)
+        if now >= expires:
+            raise TokenExpired(f"expired at {expires}")
+        return Claims(kid=kid, store=store, expires=expires, object_id=oid)
+
+
+def new_object_id() -> str:
+    """A random, unguessable object id (96 bits)."""
+    return _b64(secrets.token_bytes(12))
+
+
+def _b36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+def _timestamp(iso: str) -> float:
+    """An ISO 8601 date or time as Unix seconds; naive values are UTC."""
+    when = dt.datetime.fromisoformat(iso)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()

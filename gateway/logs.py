@@ -1,0 +1,91 @@
+"""Logging: structlog JSON lines on stderr, and the audit stream apart.
+
+Operational logs carry the queue id (``queue_id``) wherever there is one, so
+an administrator can follow a message as they would in Postfix's maillog.
+Audit events (link clicks, refusals) are a separate stream, one JSON object a
+line, for the SIEM; they never share a file with the operational log.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def setup(level: str = "info") -> None:
+    """Configure structlog to write JSON lines to stderr at ``level``."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get(name: str, **bound: Any) -> structlog.typing.FilteringBoundLogger:
+    """A logger tagged with the component that logs."""
+    return structlog.get_logger().bind(component=name, **bound)
+
+
+class AuditLog:
+    """The audit stream: one JSON object a line, appended and flushed per event.
+
+    Field names follow Microsoft Sentinel's ASIM FileEvent schema where one
+    fits (EventType, EventResult, TargetFilePath, ActorUsername, SrcIpAddr),
+    so a SIEM maps them without a parser of its own.
+    """
+
+    def __init__(self, path: str | Path, hostname: str) -> None:
+        self._path = str(path)
+        self._hostname = hostname
+        self._lock = threading.Lock()
+        self._file = None
+        if self._path != "-":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            # Line-buffered append: each event reaches the file whole.
+            self._file = open(self._path, "a", encoding="utf-8", buffering=1)
+
+    def event(self, event_type: str, result: str, **fields: Any) -> None:
+        """Write one audit event; ``result`` is "Success" or "Failure"."""
+        record = {
+            "TimeGenerated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "EventType": event_type,
+            "EventResult": result,
+            "Dvc": self._hostname,
+            "EventSchema": "FileEvent",
+            "EventSchemaVersion": "0.2.1",
+            "EventProduct": "attachment-gateway",
+        }
+        record.update({k: v for k, v in fields.items() if v is not None})
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        with self._lock:
+            if self._file is None:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            else:
+                self._file.write(line + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def pid_tag() -> dict[str, int]:
+    """The process id, for logs of a multi-process gateway."""
+    return {"pid": os.getpid()}

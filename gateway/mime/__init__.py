@@ -1,0 +1,1 @@
+"""MIME: parse by offsets, decode in streams, rewrite by segments."""

@@ -1,0 +1,101 @@
+"""Filenames from the message: read them carefully, never trust them.
+
+A filename comes from ``Content-Disposition: filename`` (RFC 2231 encoded as
+``filename*`` when non-ASCII) or from the older ``Content-Type: name``, often
+RFC 2047 encoded by mail clients that ignore the standards.  The original is
+kept for the download's Content-Disposition (percent-encoded in
+``filename*``) and, without control characters, for the link text;
+everything that becomes an object key or a header is made from the sanitised
+form, which holds only ``[A-Za-z0-9._-]``, never starts with a dot and is
+bounded in length.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from email.header import decode_header, make_header
+from email.message import Message
+from urllib.parse import quote
+
+MAX_KEY_NAME = 100
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _decode_2047(value: str) -> str:
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # noqa: BLE001 - malformed encoded words are common
+        return value
+
+
+def original_filename(headers: Message) -> str:
+    """The filename the sender gave, decoded for display ('' when none).
+
+    When ``filename*`` (RFC 2231) is present it wins over a plain
+    ``filename``: it is the standard form of the same name, and Python's own
+    preference for the plain one is a known pitfall.
+    """
+    name = None
+    try:
+        params = headers.get_params(header="content-disposition") or []
+    except Exception:  # noqa: BLE001
+        params = []
+    for key, _ in params:
+        if key.lower() == "filename*":
+            name = headers.get_filename()  # compat32 collapses the RFC 2231 value
+            break
+    if not name:
+        try:
+            name = headers.get_filename() or headers.get_param("name")
+        except Exception:  # noqa: BLE001
+            name = None
+    if isinstance(name, tuple):  # undecoded RFC 2231 triple
+        from email.utils import collapse_rfc2231_value
+
+        name = collapse_rfc2231_value(name)
+    if not name:
+        return ""
+    return _decode_2047(str(name))
+
+
+def display_name(name: str) -> str:
+    """The name with control characters (CR, LF, NUL, ...) removed, still in
+    its own script, for showing to people in a message body."""
+    return _CONTROL.sub("", name).strip()[:255]
+
+
+def sanitise(name: str, default: str = "attachment") -> str:
+    """A safe object-key component for ``name``: ASCII letters, digits, dot,
+    dash, underscore; no leading dot; at most MAX_KEY_NAME characters with the
+    extension kept."""
+    name = display_name(name).replace("\\", "/").rsplit("/", 1)[-1]
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    safe = _UNSAFE.sub("_", ascii_name).strip("._-")
+    safe = re.sub(r"\.{2,}", ".", safe)
+    if not safe:
+        return default
+    if len(safe) > MAX_KEY_NAME:
+        stem, dot, ext = safe.rpartition(".")
+        if dot and 0 < len(ext) <= 16 and stem:
+            safe = stem[: MAX_KEY_NAME - len(ext) - 1] + "." + ext
+        else:
+            safe = safe[:MAX_KEY_NAME]
+    return safe
+
+
+def content_disposition(name: str, disposition: str = "attachment") -> str:
+    """An RFC 6266 Content-Disposition value carrying ``name`` safely: an
+    ASCII fallback in ``filename`` and the exact name in ``filename*``."""
+    fallback = sanitise(name)
+    encoded = quote(name or fallback, safe="")
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+def sanitise_customer(value: str) -> str:
+    """A customer id as an object-key component."""
+    value = _CONTROL.sub("", value).strip().lower()
+    safe = re.sub(r"[^a-z0-9@._+-]+", "_", value).strip("._-")
+    return safe[:128] or "unknown"

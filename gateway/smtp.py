@@ -1,0 +1,256 @@
+"""SMTP ingress: aiosmtpd, with DATA streamed into the spool.
+
+Cheap checks happen in the dialogue (RCPT against the routes, SIZE against
+the limit, spool space at MAIL); everything heavy happens after the queue.
+DATA is read in large chunks, dot-unstuffed and written to the spool file
+as it arrives, never assembled in memory, and answered ``250 2.0.0 Ok:
+queued as ID`` only once the file and its directory entries are fsynced.
+
+Only ``<CR><LF>.<CR><LF>`` ends the data.  Bare CR and bare LF inside the
+data are turned into CRLF before the bytes reach the spool, so a smuggled
+end-of-data sequence (``<LF>.<LF>``, ``<CR>.<CR>``, ...) is just a line with
+a dot on it, which delivery dot-stuffs again: the gateway cannot be made to
+emit a second message downstream.
+
+Any internal error answers 451 (the sender retries) and a full or read-only
+spool 452, never a 5xx that would bounce a customer's mail, and never a 250
+for what is not on disk.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any, Callable
+
+from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session, syntax
+
+from gateway import logs
+from gateway.config import Config
+from gateway.routing import AddressRefused, route_for, split_address
+from gateway.spool import Envelope, Reception, Spool, SpoolError, is_disk_full
+
+log = logs.get("smtp")
+
+READ_SIZE = 1 << 18
+# The StreamReader buffers up to twice this before pausing the socket; the
+# aiosmtpd default (1001 bytes) would pause it every 2 KB during DATA.
+STREAM_LIMIT = 1 << 20
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+
+class Handler:
+    """The aiosmtpd handler: the gateway's answers to MAIL, RCPT and EHLO."""
+
+    def __init__(self, cfg: Config, spool: Spool, on_queued: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.on_queued = on_queued
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        last = responses.pop()  # "250 HELP"
+        responses.insert(1, f"250-SIZE {self.cfg.smtp.max_message_size}")
+        responses.append("250-PIPELINING")
+        responses.append("250-ENHANCEDSTATUSCODES")
+        responses.append(last)
+        return responses
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
+                          mail_options: list[str]) -> str:
+        # aiosmtpd hands the null reverse-path over as "<>" and needs a truthy
+        # mail_from to accept RCPT; it becomes "" in the spooled envelope.
+        if address and address != "<>" and any(ord(ch) < 32 or ord(ch) == 127 for ch in address):
+            return "553 5.1.7 Sender address contains control characters"
+        for opt in mail_options:
+            key, _, value = opt.partition("=")
+            if key.upper() == "SIZE" and value.isdigit() and int(value) > self.cfg.smtp.max_message_size:
+                return "552 5.3.4 Message size exceeds fixed maximum message size"
+        try:
+            await asyncio.to_thread(self.spool.check_writable)
+        except SpoolError as e:
+            log.error("spool not writable", error=str(e))
+            return "452 4.3.1 Insufficient system storage"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.route = None  # type: ignore[attr-defined]
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        try:
+            split_address(address)
+        except AddressRefused as e:
+            return f"553 5.1.3 <{_printable(address)}>: {e}"
+        route = route_for(self.cfg.routes, address)
+        if route is None:
+            log.info("relay refused", rcpt=_printable(address), client=session.peer[0] if session.peer else "")
+            return f"550 5.7.1 <{_printable(address)}>: Relay access denied"
+        current = getattr(envelope, "route", None)
+        if current is not None and current != route.name:
+            # One message, one route: the sender retries this recipient in a
+            # transaction of its own (RFC 5321 section 4.5.3.1.10).
+            return "452 4.5.3 Recipients on another route: send them separately"
+        if len(envelope.rcpt_tos) >= self.cfg.smtp.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.route = route.name  # type: ignore[attr-defined]
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("SMTP session error", error=f"{type(error).__name__}: {error}")
+        return "451 4.3.0 Internal error, please try again later"
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)[:320]
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP with a streaming DATA that writes to the spool."""
+
+    def __init__(self, handler: Handler, **kwargs: Any) -> None:
+        super().__init__(handler, data_size_limit=None, enable_SMTPUTF8=True, **kwargs)
+        self.gw = handler
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # Each connection gets a fresh reader in the base class; raise its
+        # limit so large DATA is read in large chunks.
+        self._reader._limit = STREAM_LIMIT  # type: ignore[attr-defined]
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None and self.session is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        try:
+            reception = await asyncio.to_thread(self.gw.spool.receive)
+        except SpoolError as e:
+            log.error("cannot spool", error=str(e))
+            await self.push("452 4.3.1 Insufficient system storage")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        committed = False
+        try:
+            status = await self._receive(reception)
+            committed = status.startswith("250")
+        finally:
+            if not committed:
+                await asyncio.to_thread(reception.abort)
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _receive(self, reception: Reception) -> str:
+        """Read DATA into the spool; return the reply to send."""
+        assert self.envelope is not None and self.session is not None
+        limit = self.gw.cfg.smtp.max_message_size
+        reader = self._reader
+        buf = b""
+        at_line_start = True
+        size = 0
+        too_big = False
+        bare_line_ends = 0
+        body_8bit = False
+        error: BaseException | None = None
+        while True:
+            chunk = await reader.read(READ_SIZE)
+            if not chunk:
+                raise ConnectionResetError("client closed the connection during DATA")
+            self._reset_timeout()
+            buf += chunk
+            done = False
+            if at_line_start and buf[:3] == b".\r\n":
+                content, leftover, done = b"", buf[3:], True
+            elif at_line_start and len(buf) < 3 and b".\r\n".startswith(buf):
+                continue  # may be the start of the end marker: need more bytes
+            else:
+                idx = buf.find(b"\r\n.\r\n")
+                if idx >= 0:
+                    content, leftover, done = buf[: idx + 2], buf[idx + 5:], True
+                else:
+                    cut = buf.rfind(b"\n") + 1
+                    if cut == 0:
+                        if len(buf) < STREAM_LIMIT:
+                            continue
+                        cut = len(buf) - 4  # a very long line: pass most of it on
+                        if buf[cut - 1:cut] == b"\r":
+                            cut -= 1
+                    content, buf, leftover = buf[:cut], buf[cut:], b""
+            if content:
+                # Undo dot-stuffing (RFC 5321 section 4.5.2).
+                if at_line_start and content[:1] == b".":
+                    content = content[1:]
+                content = content.replace(b"\r\n.", b"\r\n")
+                # Only CRLF ends a line on the wire; judge before normalising.
+                at_line_start = content.endswith(b"\r\n")
+                crlf = content.count(b"\r\n")
+                if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
+                    bare_line_ends += 1
+                    content = _LINE_ENDS.sub(b"\r\n", content)
+                size += len(content)
+                if not body_8bit and not content.isascii():
+                    body_8bit = True
+                if size > limit:
+                    too_big = True
+                if not too_big and error is None:
+                    try:
+                        if len(content) >= 65536:
+                            await asyncio.to_thread(reception.write, content)
+                        else:
+                            reception.write(content)
+                    except OSError as e:
+                        error = e
+            if done:
+                if leftover:
+                    # Pipelined commands after the end of data belong to the
+                    # command loop: hand them back to the reader.
+                    reader._buffer[:0] = leftover  # type: ignore[attr-defined]
+                break
+        if too_big:
+            log.warning("message too large", size=size, limit=limit)
+            return "552 5.3.4 Message size exceeds fixed maximum message size"
+        if error is not None:
+            log.error("spool write failed", error=str(error))
+            return "452 4.3.1 Insufficient system storage" if is_disk_full(error) else \
+                "451 4.3.0 Error writing message to the queue"
+        env = self.envelope
+        peer = self.session.peer
+        envelope = Envelope(
+            queue_id=reception.queue_id, mail_from="" if env.mail_from == "<>" else env.mail_from or "", rcpt_tos=list(env.rcpt_tos),
+            route=getattr(env, "route", None) or "", received_at=time.time(),
+            client_addr=peer[0] if isinstance(peer, tuple) else str(peer),
+            client_name="", helo=self.session.host_name or "", size=size,
+            smtputf8=bool(env.smtp_utf8), body_8bit=body_8bit,
+            tls="yes" if self._tls_protocol else "")
+        try:
+            await asyncio.to_thread(reception.commit, envelope)
+        except OSError as e:
+            log.error("spool commit failed", queue_id=reception.queue_id, error=str(e))
+            return "452 4.3.1 Insufficient system storage" if is_disk_full(e) else \
+                "451 4.3.0 Error writing message to the queue"
+        log.info("queued", queue_id=reception.queue_id, mail_from=envelope.mail_from, rcpts=envelope.rcpt_tos,
+                 size=size, client=envelope.client_addr, route=envelope.route,
+                 **({"bare_line_ends": bare_line_ends} if bare_line_ends else {}))
+        self.gw.on_queued(reception.queue_id)
+        return f"250 2.0.0 Ok: queued as {reception.queue_id}"
+
+
+async def start_server(cfg: Config, spool: Spool, on_queued: Callable[[str], None],
+                       reuse_port: bool = False) -> asyncio.AbstractServer:
+    """Listen for SMTP on the configured address."""
+    handler = Handler(cfg, spool, on_queued)
+    loop = asyncio.get_running_loop()
+    host, port = cfg.smtp.address
+    return await loop.create_server(
+        lambda: GatewaySMTP(handler, hostname=cfg.gateway.hostname, ident=cfg.smtp.banner,
+                            timeout=cfg.smtp.timeout, loop=loop),
+        host=host, port=port, reuse_port=reuse_port or None)

@@ -1,0 +1,120 @@
+"""Objects as files under a local directory: the embedded default.
+
+Writes go to a temporary file beside the target, are fsynced and renamed, so
+an object is visible only when complete.  Metadata sits in a JSON sidecar
+(``KEY.meta.json``).  There are no storage URLs: the link endpoint streams
+the file through ``open``.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import AsyncIterator, Iterable
+
+from gateway.spool import fsync_dir
+from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
+from gateway.storage.settings import FilesystemStorageSettings
+
+_META = ".meta.json"
+
+
+class FilesystemStorage:
+    """A directory tree as an object store."""
+
+    def __init__(self, name: str, settings: FilesystemStorageSettings, base_dir: Path) -> None:
+        self.name = name
+        root = Path(settings.path)
+        self.root = root if root.is_absolute() else base_dir / root
+
+    def _path(self, key: str) -> Path:
+        # Keys are built by the gateway from sanitised parts, but check anyway:
+        # nothing may escape the root.
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts) or key.endswith(_META):
+            raise StorageError(f"invalid object key {key!r}")
+        return self.root.joinpath(*parts)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK):
+            raise StorageError(f"storage directory {self.root} is not writable")
+
+    async def close(self) -> None:
+        return None
+
+    def _put(self, key: str, chunks: Iterable[bytes], meta: ObjectMeta) -> StoredObject:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    h.update(chunk)
+                    size += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            stored = StoredObject(key=key, size=size, sha256=h.hexdigest(), content_type=meta.content_type,
+                                  metadata={**meta.metadata, "filename": meta.filename})
+            side = path.with_name(path.name + _META)
+            side_tmp = side.with_name("." + side.name + ".part")
+            side_tmp.write_text(json.dumps({"size": size, "sha256": stored.sha256,
+                                            "content_type": meta.content_type,
+                                            "metadata": dict(stored.metadata)}))
+            os.replace(side_tmp, side)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {path}: {e.strerror or e}") from e
+        return stored
+
+    async def put(self, key: str, chunks: Iterable[bytes], meta: ObjectMeta) -> StoredObject:
+        return await asyncio.to_thread(self._put, key, chunks, meta)
+
+    async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:
+        return None
+
+    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+        path = self._path(key)
+        try:
+            f = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        try:
+            while True:
+                chunk = await asyncio.to_thread(f.read, 1 << 18)
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            f.close()
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+
+        def _delete() -> None:
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + _META).unlink(missing_ok=True)
+
+        await asyncio.to_thread(_delete)
+
+    async def stat(self, key: str) -> StoredObject | None:
+        path = self._path(key)
+
+        def _stat() -> StoredObject | None:
+            try:
+                raw = json.loads(path.with_name(path.name + _META).read_text())
+                size = path.stat().st_size
+            except FileNotFoundError:
+                return None
+            return StoredObject(key=key, size=size, sha256=raw.get("sha256", ""),
+                                content_type=raw.get("content_type", "application/octet-stream"),
+                                metadata=raw.get("metadata", {}))
+
+        return await asyncio.to_thread(_stat)

@@ -1,0 +1,459 @@
+"""The worker: takes messages from the spool, carries out the policies'
+decisions, and delivers.
+
+For each message: parse its structure from the spool file; ask the route's
+policies about each leaf part; offload the parts they say to offload
+(streamed from the spool into storage, checked against the size and hash
+measured beforehand); rewrite the message; write ``rewritten.eml`` so a retry
+never offloads twice; deliver to the next hop.  Everything after the 250 is
+here, so everything here holds to rule 1: any exception moves the message to
+``hold`` with the reason, never loses it, and the original stays in the
+spool until the next hop has taken the message or a DSN has gone back.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import policies
+from gateway import logs
+from gateway.config import Config, RouteSettings
+from gateway.delivery import DeliveryResult, NextHop
+from gateway.delivery import build as build_next_hop
+from gateway.delivery.dsn import build_dsn
+from gateway.links import records
+from gateway.links.tokens import Keyring, new_object_id
+from gateway.mime import filenames
+from gateway.mime.decode import decoded_chunks, measure, message_header
+from gateway.mime.parse import Limits, MimeLimitError, Part, parse
+from gateway.mime.rewrite import Link, Replacement, human_size, plan, segments_size, write_segments
+from gateway.mime.source import Source
+from gateway.spool import (ENVELOPE, MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
+                           write_atomic)
+from gateway.storage.base import ObjectMeta, Storage, StorageError
+
+log = logs.get("worker")
+
+
+@dataclass
+class Offloaded:
+    """One part moved to storage."""
+
+    part: Part
+    filename: str
+    key: str
+    size: int
+    sha256: str
+    url: str
+
+
+class Worker:
+    """Processes and delivers spooled messages; one per process, many tasks."""
+
+    def __init__(self, cfg: Config, spool: Spool, stores: dict[str, Storage], keyring: Keyring,
+                 audit: logs.AuditLog) -> None:
+        self.spool = spool
+        self.stores = stores
+        self.keyring = keyring
+        self.audit = audit
+        self._kick = asyncio.Event()
+        self._inflight: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.configure(cfg)
+
+    def configure(self, cfg: Config) -> None:
+        """Take a (re)loaded config: routes, policies, next hops."""
+        self.cfg = cfg
+        self.routes = {r.name: r for r in cfg.routes}
+        self.policies = {r.name: [policies.build(p.name, p.settings) for p in r.policies] for r in cfg.routes}
+        base = Path(cfg.base_dir)
+        self.next_hops: dict[str, NextHop] = {}
+        for r in cfg.routes:
+            self.next_hops[r.name] = build_next_hop(
+                r.next_hop, base_dir=base, hostname=cfg.gateway.hostname, tls=r.tls,
+                connect_timeout=cfg.delivery.connect_timeout, command_timeout=cfg.delivery.command_timeout,
+                max_connections=cfg.delivery.connections_per_next_hop)
+        self.bounce_hop = build_next_hop(cfg.delivery.bounce_next_hop, base_dir=base,
+                                         hostname=cfg.gateway.hostname)
+        self.limits = Limits(max_header_bytes=cfg.worker.max_header_bytes, max_depth=cfg.worker.max_mime_depth,
+                             max_parts=cfg.worker.max_parts)
+        self._offload_slots = asyncio.Semaphore(cfg.worker.offload_concurrency)
+
+    # -- scheduling -------------------------------------------------------
+
+    def kick(self) -> None:
+        """Wake the dispatcher: a message was just queued."""
+        self._kick.set()
+
+    async def start(self) -> None:
+        """Start the dispatcher and the processing tasks."""
+        self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
+        for i in range(self.cfg.worker.concurrency):
+            self._tasks.append(asyncio.create_task(self._run(), name=f"worker-{i}"))
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop taking new messages; let the ones in hand finish within ``grace``."""
+        self._stopping = True
+        self._kick.set()
+        for _ in self._tasks:
+            self._queue.put_nowait(("", ""))
+        _, pending = await asyncio.wait(self._tasks, timeout=grace)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for hop in [*self.next_hops.values(), self.bounce_hop]:
+            await hop.close()
+
+    async def _dispatch(self) -> None:
+        last_deferred_scan = 0.0
+        while not self._stopping:
+            for qid in await asyncio.to_thread(self.spool.ids, "incoming"):
+                if qid not in self._inflight:
+                    self._inflight.add(qid)
+                    self._queue.put_nowait(("incoming", qid))
+            now = time.time()
+            if now - last_deferred_scan >= self.cfg.worker.scan_interval:
+                last_deferred_scan = now
+                for qid in await asyncio.to_thread(self._due_deferred, now):
+                    if qid not in self._inflight:
+                        self._inflight.add(qid)
+                        self._queue.put_nowait(("deferred", qid))
+            self._kick.clear()
+            try:
+                await asyncio.wait_for(self._kick.wait(), timeout=min(1.0, self.cfg.worker.scan_interval))
+            except asyncio.TimeoutError:
+                pass
+
+    def _due_deferred(self, now: float) -> list[str]:
+        due = []
+        for qid in self.spool.ids("deferred"):
+            try:
+                state = State.from_json((self.spool.root / "deferred" / qid / "state.json").read_bytes())
+            except (OSError, ValueError, TypeError):
+                state = State()
+            if state.next_attempt <= now:
+                due.append(qid)
+        return due
+
+    async def _run(self) -> None:
+        while True:
+            queue, qid = await self._queue.get()
+            if not qid:
+                return
+            try:
+                handle = await asyncio.to_thread(self.spool.claim, qid, queue, "active")
+            except (Locked, FileNotFoundError):
+                self._inflight.discard(qid)
+                continue
+            try:
+                await self.handle(handle)
+            finally:
+                handle.release()
+                self._inflight.discard(qid)
+
+    # -- one message ------------------------------------------------------
+
+    async def handle(self, handle: Handle) -> None:
+        """Process (if not yet done) and deliver one claimed message."""
+        qlog = log.bind(queue_id=handle.queue_id)
+        try:
+            envelope = await asyncio.to_thread(handle.envelope)
+        except (OSError, ValueError, TypeError) as e:
+            qlog.error("unreadable envelope; moved to corrupt", error=str(e))
+            await asyncio.to_thread(handle.move, "corrupt")
+            return
+        route = self.routes.get(envelope.route) or self._route_for(envelope.rcpt_tos)
+        if route is None:
+            await self._hold(handle, f"no route named {envelope.route!r} in the config any more")
+            return
+        try:
+            if not handle.has(REWRITTEN):
+                await self.process(handle, envelope, route)
+            await self.deliver(handle, envelope, route)
+        except asyncio.CancelledError:
+            # Shutdown: the message stays in active and recover() requeues it.
+            raise
+        except Exception as e:  # noqa: BLE001 - rule 1: never lose a message
+            qlog.exception("processing failed; message held")
+            await self._hold(handle, f"internal error: {type(e).__name__}: {e}")
+
+    def _route_for(self, rcpts: list[str]) -> RouteSettings | None:
+        from gateway.routing import route_for
+
+        for r in rcpts:
+            route = route_for(self.cfg.routes, r)
+            if route is not None:
+                return route
+        return None
+
+    async def _hold(self, handle: Handle, reason: str) -> None:
+        def _do() -> None:
+            state = handle.state()
+            state.hold_reason = reason
+            handle.save_state(state)
+            handle.move("hold")
+
+        await asyncio.to_thread(_do)
+        log.warning("message held", queue_id=handle.queue_id, reason=reason)
+
+    async def process(self, handle: Handle, envelope: Envelope, route: RouteSettings) -> None:
+        """Parse, decide, offload and rewrite; leaves ``rewritten.eml``."""
+        qlog = log.bind(queue_id=handle.queue_id, route=route.name)
+        src = Source(handle.file(MESSAGE))
+        try:
+            await self._process(handle, envelope, route, src, qlog)
+        finally:
+            src.close()
+
+    async def _process(self, handle: Handle, envelope: Envelope, route: RouteSettings, src: Source,
+                       qlog: Any) -> None:
+        started = time.monotonic()
+        try:
+            root = await asyncio.to_thread(parse, src, self.limits)
+        except MimeLimitError as e:
+            qlog.warning("message exceeds a MIME limit; forwarded untouched", reason=str(e))
+            trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
+            await asyncio.to_thread(self._write_output, handle, src, [trace, (0, src.size)], {"untouched": str(e)})
+            return
+        message_id = message_header(root.headers, "Message-ID").strip()
+        customer = self._customer_id(root, envelope, route)
+        text_part, html_part = _bodies(root)
+        route_facts = policies.RouteFacts(route.name, route.offload_threshold, route.next_hop_max_size)
+        decisions: list[tuple[Part, policies.Decision, str]] = []
+        for leaf in root.leaves():
+            if leaf is text_part or leaf is html_part:
+                continue
+            m = await asyncio.to_thread(measure, src, leaf)
+            name = filenames.original_filename(leaf.headers)
+            facts = policies.PartFacts(
+                path=leaf.path or "1", declared_type=leaf.content_type, filename=name, decoded_size=m.size,
+                is_body=False, disposition=_disposition(leaf), route=route_facts,
+                content_id=message_header(leaf.headers, "Content-ID").strip() or None)
+            decision = policies.decide(self.policies[route.name], facts)
+            qlog.info("decision", part=facts.path, action=decision.action.value, policy=decision.policy,
+                      reason=decision.reason, declared_type=facts.declared_type, size=m.size,
+                      filename=name)
+            decisions.append((leaf, decision, m.sha256))
+        to_offload = [(p, d, h) for p, d, h in decisions if d.action is policies.Action.OFFLOAD]
+        results = await asyncio.gather(*(self._offload(src, p, h, envelope, route, customer, message_id, qlog)
+                                         for p, d, h in to_offload))
+        offloaded = [r for r in results if isinstance(r, Offloaded)]
+        failed = [p for (p, _, _), r in zip(to_offload, results) if not isinstance(r, Offloaded)]
+        replacements = [Replacement(o.part, _offload_notice(o)) for o in offloaded]
+        replacements += [Replacement(p, d.notice or f"An attachment was removed: {d.reason}.")
+                         for p, d, _ in decisions if d.action is policies.Action.REPLACE]
+        links = [Link(o.filename, o.size, o.url) for o in offloaded]
+        template = route.link_text or self.cfg.links.text
+        trace = self._trace(envelope, offloaded)
+        segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
+                        html_part=html_part, link_template=template, trace=trace)
+        if failed and segments_size(segments) > route.next_hop_max_size:
+            # Fail open, but never past the next hop's limit: the parts that
+            # could not be stored give way to a notice.
+            replacements += [Replacement(p, _failed_notice(p)) for p in failed]
+            segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
+                            html_part=html_part, link_template=template, trace=trace)
+            for p in failed:
+                self.audit.event("FileRefused", "Failure", EventResultDetails="storage unavailable, too large to forward",
+                                 QueueId=handle.queue_id, CustomerId=customer,
+                                 TargetFileName=filenames.original_filename(p.headers))
+        result = {
+            "offloaded": [{"key": o.key, "size": o.size, "sha256": o.sha256, "filename": o.filename,
+                           "part": o.part.path} for o in offloaded],
+            "failed": [p.path for p in failed],
+            "seconds": round(time.monotonic() - started, 4),
+        }
+        size = await asyncio.to_thread(self._write_output, handle, src, segments, result)
+        qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
+                  failed=len(failed), size_in=src.size, size_out=size)
+
+    def _write_output(self, handle: Handle, src: Source, segments: list[Any], result: dict[str, Any]) -> int:
+        size = write_segments(src, segments, handle.file(REWRITTEN))
+        write_atomic(handle.file(RESULT), json.dumps(result).encode())
+        return size
+
+    async def _offload(self, src: Source, part: Part, sha256: str, envelope: Envelope, route: RouteSettings,
+                       customer: str, message_id: str, qlog: Any) -> Offloaded | None:
+        store = self.stores[route.storage]
+        original = filenames.original_filename(part.headers) or _default_name(part)
+        display = filenames.display_name(original) or _default_name(part)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000 // 1000:06d}Z"
+        key = f"uploads/{customer}/{stamp}-{filenames.sanitise(display)}"
+        meta = ObjectMeta(content_type=_safe_type(part.content_type), filename=original,
+                          metadata={"queue-id": envelope.queue_id, "customer-id": customer})
+        async with self._offload_slots:
+            try:
+                stored = await store.put(key, decoded_chunks(src, part), meta)
+                if stored.sha256 and stored.sha256 != sha256:
+                    raise StorageError(f"stored object {key} has SHA-256 {stored.sha256}, expected {sha256}")
+                oid = new_object_id()
+                expires = int(time.time()) + self.cfg.links.ttl
+                await records.save(store, records.LinkRecord(
+                    object_id=oid, key=key, filename=original, size=stored.size, sha256=sha256,
+                    content_type=meta.content_type, customer_id=customer, queue_id=envelope.queue_id,
+                    message_id=message_id, created=time.time(), expires=expires))
+            except (StorageError, OSError) as e:
+                qlog.error("offload failed; failing open", part=part.path, key=key, error=str(e))
+                return None
+        token = self.keyring.sign(store.name, oid, expires)
+        url = f"{self.cfg.http.base_url}/a/{token}"
+        qlog.info("offloaded", part=part.path, key=key, size=stored.size, sha256=sha256)
+        return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=url)
+
+    def _customer_id(self, root: Part, envelope: Envelope, route: RouteSettings) -> str:
+        rule = route.customer_id
+        if rule.header:
+            value = message_header(root.headers, rule.header).strip()
+            if value:
+                return filenames.sanitise_customer(value)
+        if rule.fallback == "sender" and envelope.mail_from:
+            return filenames.sanitise_customer(envelope.mail_from)
+        return "unknown"
+
+    def _trace(self, envelope: Envelope, offloaded: list[Offloaded], note: str = "") -> bytes:
+        helo = _clean(envelope.helo) or "unknown"
+        client = _clean(envelope.client_name) or "unknown"
+        addr = _clean(envelope.client_addr)
+        proto = "UTF8SMTP" if envelope.smtputf8 else "ESMTP"
+        if envelope.tls:
+            proto += "S"
+        rcpt = f"\r\n\tfor <{_clean(envelope.rcpt_tos[0])}>" if len(envelope.rcpt_tos) == 1 else ""
+        received = (f"Received: from {helo} ({client} [{addr}])\r\n"
+                    f"\tby {self.cfg.gateway.hostname} (attachment-gateway) with {proto} id {envelope.queue_id}"
+                    f"{rcpt};\r\n\t{_date(envelope.received_at)}\r\n")
+        summary = f"offloaded={len(offloaded)} bytes={sum(o.size for o in offloaded)}"
+        if note:
+            summary += f"; {note}"
+        return (received + f"X-Attachment-Offload: {_clean(summary)}\r\n").encode("utf-8", "replace")
+
+    # -- delivery ---------------------------------------------------------
+
+    async def deliver(self, handle: Handle, envelope: Envelope, route: RouteSettings) -> None:
+        """Try the next hop; then remove, defer or bounce."""
+        state = await asyncio.to_thread(handle.state)
+        rcpts = state.pending or list(envelope.rcpt_tos)
+        hop = self.next_hops[route.name]
+        started = time.monotonic()
+        result = await hop.deliver(envelope, rcpts, handle.file(REWRITTEN))
+        qlog = log.bind(queue_id=handle.queue_id, route=route.name, next_hop=hop.name)
+        now = time.time()
+        for r in result.delivered:
+            qlog.info("delivered", rcpt=r, seconds=round(time.monotonic() - started, 4))
+        expired = now - envelope.received_at > self.cfg.delivery.queue_lifetime
+        failed = dict(result.failed)
+        if expired and result.deferred:
+            for r, reason in result.deferred.items():
+                failed[r] = f"5.4.7 delivery time expired; last error: {reason}"
+            result.deferred.clear()
+        for r, reason in failed.items():
+            qlog.warning("bounced", rcpt=r, reason=reason)
+        if failed:
+            await self._bounce(handle, envelope, failed)
+        if result.deferred:
+            state.attempts += 1
+            state.first_attempt = state.first_attempt or now
+            delay = min(self.cfg.delivery.max_backoff, self.cfg.delivery.min_backoff * 2 ** (state.attempts - 1))
+            state.next_attempt = now + delay
+            state.pending = list(result.deferred)
+            state.last_error = next(iter(result.deferred.values()))
+            for r, reason in result.deferred.items():
+                qlog.warning("deferred", rcpt=r, reason=reason, attempts=state.attempts, retry_in=delay)
+
+            def _defer() -> None:
+                handle.save_state(state)
+                handle.move("deferred")
+
+            await asyncio.to_thread(_defer)
+            return
+        await asyncio.to_thread(handle.remove)
+        qlog.info("removed")
+
+    async def _bounce(self, handle: Handle, envelope: Envelope, failed: dict[str, str]) -> None:
+        if not envelope.mail_from:
+            log.info("no DSN to the null sender", queue_id=handle.queue_id)
+            return
+        with Source(handle.file(MESSAGE)) as src:
+            root = parse(src, self.limits) if src.size else None
+            headers = src.read(0, root.body_start) if root else b""
+        dsn = build_dsn(envelope, failed, headers, self.cfg.gateway.hostname)
+        path = handle.file("dsn.eml")
+        await asyncio.to_thread(write_atomic, path, dsn)
+        dsn_env = Envelope(queue_id=handle.queue_id + "D", mail_from="", rcpt_tos=[envelope.mail_from],
+                           route="", received_at=time.time())
+        result = await self.bounce_hop.deliver(dsn_env, [envelope.mail_from], path)
+        if not result.delivered:
+            # A DSN that cannot go now is not worth holding the original
+            # message for; it is logged so an administrator can see it.
+            log.error("DSN not delivered", queue_id=handle.queue_id,
+                      reason=next(iter({**result.deferred, **result.failed}.values()), ""))
+        else:
+            log.info("DSN sent", queue_id=handle.queue_id, to=envelope.mail_from)
+
+
+def _bodies(root: Part) -> tuple[Part | None, Part | None]:
+    """The first text/plain and text/html leaves that are the message's body
+    (inline, without a filename), in document order."""
+    text = html = None
+    for leaf in root.leaves():
+        ctype = leaf.content_type
+        if ctype not in ("text/plain", "text/html") or _disposition(leaf) == "attachment":
+            continue
+        if filenames.original_filename(leaf.headers):
+            continue
+        if leaf.headers.get_content_maintype() == "multipart":
+            continue
+        if ctype == "text/plain" and text is None:
+            text = leaf
+        elif ctype == "text/html" and html is None:
+            html = leaf
+    return text, html
+
+
+def _disposition(part: Part) -> str:
+    value = message_header(part.headers, "Content-Disposition")
+    return value.split(";", 1)[0].strip().lower()
+
+
+def _default_name(part: Part) -> str:
+    if part.content_type == "message/rfc822":
+        return "message.eml"
+    ext = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg", "text/plain": ".txt",
+           "text/html": ".html"}.get(part.content_type, ".bin")
+    return f"attachment{ext}"
+
+
+def _safe_type(ctype: str) -> str:
+    import re
+
+    return ctype if re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", ctype) \
+        else "application/octet-stream"
+
+
+def _date(ts: float) -> str:
+    import datetime as dt
+
+    return format_datetime(dt.datetime.fromtimestamp(ts, dt.timezone.utc))
+
+
+def _clean(text: str) -> str:
+    """Text from the envelope or client, safe inside a header."""
+    return "".join(ch for ch in text if ch.isprintable() and ch not in "\r\n")[:200]
+
+
+def _offload_notice(o: Offloaded) -> str:
+    return (f"The attachment \"{o.filename}\" ({human_size(o.size)}) was moved to secure storage.\n"
+            f"Use the secure attachment link in this message to download it.\n")
+
+
+def _failed_notice(part: Part) -> str:
+    name = filenames.original_filename(part.headers) or _default_name(part)
+    return (f"The attachment \"{name}\" could not be stored and was too large to forward.\n"
+            f"Please ask the customer to send it again.\n")

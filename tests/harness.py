@@ -1,0 +1,272 @@
+"""Test harness: the gateway as a real process, and a real SMTP next hop.
+
+``GatewayProcess`` writes a config file into a temporary directory and runs
+``attachment-gateway serve`` on loopback ports, exactly as an administrator
+would; tests talk to it with smtplib and urllib only.  ``SmtpSink`` is an
+aiosmtpd server in a thread that records what it receives, byte for byte,
+and can be taken down and brought back to play a next hop that fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from tests.servers.ports import free_port, port_is_open
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus"
+GATEWAY = [sys.executable, "-m", "gateway"]
+
+
+def toml_value(v: Any) -> str:
+    """A Python value as TOML (enough for test configs)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def render_config(sections: dict[str, Any]) -> str:
+    """Render {"gateway": {...}, "storage.local": {...}, "routes": [{...}]}."""
+    out = []
+    for name, body in sections.items():
+        if isinstance(body, list):
+            for item in body:
+                out.append(f"[[{name}]]")
+                out.extend(f"{k} = {toml_value(v)}" for k, v in item.items())
+                out.append("")
+        else:
+            out.append(f"[{name}]")
+            out.extend(f"{k} = {toml_value(v)}" for k, v in body.items())
+            out.append("")
+    return "\n".join(out)
+
+
+@dataclass
+class Received:
+    """One message as the sink got it."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+
+class _SinkHandler:
+    def __init__(self, sink: "SmtpSink") -> None:
+        self.sink = sink
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.sink.reply_data:
+            return self.sink.reply_data
+        with self.sink.lock:
+            self.sink.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                               envelope.original_content))
+        return "250 2.0.0 Ok: stored"
+
+
+@dataclass
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) on loopback that keeps every message."""
+
+    port: int = field(default_factory=free_port)
+    messages: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    reply_data: str | None = None  # e.g. "451 4.3.0 try later" to refuse
+    _controller: Controller | None = None
+
+    def start(self) -> "SmtpSink":
+        self._controller = Controller(_SinkHandler(self), hostname="127.0.0.1", port=self.port,
+                                      data_size_limit=None)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def wait(self, count: int = 1, timeout: float = 30.0) -> list[Received]:
+        """Wait until ``count`` messages have arrived; return them all."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            time.sleep(0.05)
+        raise AssertionError(f"sink got {len(self.messages)} message(s), expected {count} within {timeout}s")
+
+
+class GatewayProcess:
+    """``attachment-gateway serve`` in a temporary directory on loopback ports."""
+
+    def __init__(self, tmp: Path, *, next_hop: str | None = None, threshold: int | str = "10MiB",
+                 route: dict[str, Any] | None = None, sections: dict[str, Any] | None = None) -> None:
+        self.tmp = tmp
+        self.smtp_port = free_port()
+        self.http_port = free_port()
+        self.outbox = tmp / "outbox"
+        self.objects = tmp / "objects"
+        self.spool = tmp / "spool"
+        self.log_path = tmp / "gateway.log"
+        self.audit_path = tmp / "audit.jsonl"
+        r = {"name": "contact", "domains": ["contact.example"], "next_hop": next_hop or f"maildir:{self.outbox}",
+             "storage": "local", "offload_threshold": threshold}
+        r.update(route or {})
+        cfg: dict[str, Any] = {
+            "gateway": {"hostname": "gw.test", "spool_dir": str(self.spool), "audit_log": str(self.audit_path),
+                        "log_level": "info"},
+            "smtp": {"listen": f"127.0.0.1:{self.smtp_port}"},
+            "http": {"listen": f"127.0.0.1:{self.http_port}", "base_url": f"http://127.0.0.1:{self.http_port}"},
+            "links": {"keys": [{"id": "k1", "file": str(tmp / "link.key"), "create_missing": True}]},
+            "storage.local": {"backend": "filesystem", "path": str(self.objects)},
+            "delivery": {"min_backoff": 1, "max_backoff": 2, "bounce_next_hop": f"maildir:{tmp / 'bounces'}"},
+            "worker": {"scan_interval": 1},
+        }
+        for k, v in (sections or {}).items():
+            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+                cfg[k] = {**cfg[k], **v}
+            else:
+                cfg[k] = v
+        cfg["routes"] = [r]
+        self.config_path = tmp / "gateway.toml"
+        self.config_path.write_text(render_config(cfg))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run an ``attachment-gateway`` subcommand against this config."""
+        return subprocess.run([*GATEWAY, "-c", str(self.config_path), *args], capture_output=True, text=True,
+                              cwd=self.tmp, timeout=60)
+
+    def start(self, roles: list[str] | None = None) -> "GatewayProcess":
+        args = [*GATEWAY, "-c", str(self.config_path), "serve"]
+        if roles:
+            args += ["--only", *roles]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, cwd=self.tmp, stdout=self._log, stderr=self._log,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.monotonic() + 30
+        ports = []
+        if roles is None or "smtp" in roles:
+            ports.append(self.smtp_port)
+        if roles is None or "http" in roles:
+            ports.append(self.http_port)
+        for port in ports:
+            while not port_is_open("127.0.0.1", port):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gateway did not listen on {port}:\n{self.log()}")
+                time.sleep(0.05)
+        if not ports:
+            time.sleep(0.5)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def audit(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line.strip()]
+
+    def outbox_messages(self) -> list[bytes]:
+        new = self.outbox / "new"
+        if not new.exists():
+            return []
+        return [p.read_bytes() for p in sorted(new.iterdir())]
+
+    def wait_outbox(self, count: int = 1, timeout: float = 30.0) -> list[bytes]:
+        """Wait for ``count`` messages in the Maildir outbox; strip the two
+        envelope headers Maildir delivery adds, return the messages."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msgs = self.outbox_messages()
+            if len(msgs) >= count:
+                return [strip_maildir_headers(m) for m in msgs]
+            time.sleep(0.05)
+        raise AssertionError(f"outbox has {len(self.outbox_messages())} message(s), expected {count}\n{self.log()}")
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Wait until the spool's incoming and active queues are empty."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = [p for q in ("incoming", "active") for p in (self.spool / q).glob("*")]
+            if not busy:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"spool not idle after {timeout}s\n{self.log()[-4000:]}")
+
+    def __enter__(self) -> "GatewayProcess":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def strip_maildir_headers(data: bytes) -> bytes:
+    for prefix in (b"Return-Path:", b"X-Envelope-To:"):
+        if data.startswith(prefix):
+            data = data[data.index(b"\r\n") + 2:]
+    return data
+
+
+def strip_trace(data: bytes) -> bytes:
+    """The message without the Received and X-Attachment-Offload headers the
+    gateway put on top."""
+    if data.startswith(b"Received: "):
+        i = data.index(b"\r\nX-Attachment-Offload: ")
+        data = data[i + 2:]
+    if data.startswith(b"X-Attachment-Offload: "):
+        data = data[data.index(b"\r\n") + 2:]
+    return data
+
+
+def to_wire(data: bytes) -> bytes:
+    """Message bytes as SMTP carries them: every line ending CRLF."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
