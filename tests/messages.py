@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import email
 import hashlib
+import io
 import os
 import re
 import smtplib
 import urllib.error
 import urllib.request
 from email import policy
+from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from pathlib import Path
 from typing import Any
@@ -72,12 +74,20 @@ def leaves(msg: Message) -> list[Message]:
     return [msg]
 
 
+def as_bytes(msg: Message) -> bytes:
+    """A parsed message back to bytes, with headers unfolded as they came."""
+    out = io.BytesIO()
+    BytesGenerator(out, mangle_from_=False, maxheaderlen=0).flatten(msg)
+    return out.getvalue()
+
+
 def payload(part: Message) -> bytes:
+    """A leaf's decoded body; for message/* parts the enclosed entities."""
     data = part.get_payload(decode=True)
     if data is None:  # message/rfc822 and friends
         raw = part.get_payload()
         if isinstance(raw, list):
-            return b"".join(p.as_bytes() for p in raw)
+            return b"".join(as_bytes(p) for p in raw)
         return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
     return data
 

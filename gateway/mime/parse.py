@@ -89,27 +89,39 @@ class Part:
         return out
 
 
+_HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")  # as Python's feedparser
+
+
 def _header_end(src: Source, start: int, end: int, limit: int) -> tuple[int, int]:
-    """Return (end of header block, start of body) for a part starting at ``start``."""
-    head = src.read(start, min(end, start + 2))
-    if head.startswith(b"\r\n"):
-        return start, start + 2
-    if head.startswith(b"\n") or head.startswith(b"\r"):
-        return start, start + 1
-    window_end = min(end, start + limit + 4)
-    best = -1
-    sep_len = 0
-    for sep in (b"\n\r\n", b"\n\n", b"\r\r"):
-        i = src.find(sep, start, window_end)
-        if i >= 0 and (best < 0 or i < best):
-            best, sep_len = i, len(sep)
-    if best < 0:
-        if window_end < end:
+    """Return (end of header block, start of body) for a part starting at ``start``.
+
+    The block ends at the first empty line, or, as in Python's parser, at
+    the first line that cannot be a header field (that line then starts the
+    body, so no byte of a malformed part is taken for a header and dropped).
+    """
+    size = 16384
+    while True:
+        window_end = min(end, start + size, start + limit + 2)
+        data = src.read(start, window_end)
+        complete = window_end >= end
+        pos = 0
+        for m in _LINE_END.finditer(data):
+            if m.end() == len(data) and not complete and data.endswith(b"\r"):
+                break  # a CR at the window's edge may be half of a CRLF
+            line = data[pos:m.start()]
+            if not line:
+                return start + pos, start + m.end()
+            if not _HEADER_LINE.match(line):
+                return start + pos, start + pos
+            pos = m.end()
+        if complete:
+            tail = data[pos:]
+            if tail and not _HEADER_LINE.match(tail):
+                return start + pos, start + pos
+            return end, end  # headers only, no body
+        if window_end >= start + limit + 2:
             raise MimeLimitError(f"header block at offset {start} exceeds {limit} bytes")
-        return end, end  # headers only, no body
-    if best + 1 - start > limit:
-        raise MimeLimitError(f"header block at offset {start} exceeds {limit} bytes")
-    return best + 1, best + sep_len
+        size *= 4
 
 
 def _parse_headers(raw: bytes) -> Message:

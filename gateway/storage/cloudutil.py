@@ -1,0 +1,237 @@
+"""Pieces the cloud backends (S3, Azure Blob, GCS) share.
+
+Object keys under a prefix, RFC 6266 Content-Disposition values, metadata
+that survives HTTP headers, regrouping a chunk stream into fixed-size parts
+without ever holding the whole object, secrets read from a file or the
+environment, and a private thread pool for blocking SDK calls.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import functools
+import os
+import re
+import threading
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from urllib.parse import quote
+
+from gateway.storage.base import ObjectMeta, StorageError
+
+T = TypeVar("T")
+
+# Metadata keys the gateway writes beside the caller's own.
+META_SHA256 = "gateway-sha256"
+META_FILENAME = "filename"
+# Written on objects copied from staging: the staging object's ETag, so that
+# recovery can tell a finished copy from an interrupted one.
+META_STAGING_ETAG = "gateway-staging-etag"
+INTERNAL_META = frozenset({META_SHA256, META_STAGING_ETAG})
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 8187 attr-char, the characters left as they are in filename*.
+_ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
+_MAX_FILENAME = 200
+
+
+class Cancelled(Exception):
+    """The put was cancelled by its caller; the thread stops and cleans up."""
+
+
+def object_key(prefix: str, key: str) -> str:
+    """The store's key for a gateway key: ``prefix`` + ``key``, after checking
+    the key is relative, has no empty, "." or ".." segment and no control
+    character (keys are built from sanitised parts, but a backend checks)."""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts) or _CONTROL.search(key) or "\\" in key:
+        raise StorageError(f"invalid object key {key!r}")
+    return prefix + key
+
+
+def _basename(filename: str) -> str:
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return _CONTROL.sub("", name).strip()
+
+
+def ascii_filename(filename: str, default: str = "attachment") -> str:
+    """A plain-ASCII stand-in for ``filename`` for the quoted ``filename=``
+    parameter: accents dropped, other non-ASCII and ``"\\%;`` replaced by "_",
+    path components removed."""
+    name = _basename(filename)
+    out = []
+    for c in unicodedata.normalize("NFKD", name):
+        if unicodedata.combining(c):
+            continue
+        out.append(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%;' else "_")
+    ascii_name = "".join(out).strip(" .")
+    if not ascii_name.strip("_"):
+        ascii_name = default if "." not in name else default + "." + ascii_filename(name.rsplit(".", 1)[1], "bin")
+    if len(ascii_name) > _MAX_FILENAME:
+        stem, dot, ext = ascii_name.rpartition(".")
+        ascii_name = (stem[: _MAX_FILENAME - len(ext) - 1] + "." + ext) if dot and len(ext) < 16 \
+            else ascii_name[:_MAX_FILENAME]
+    return ascii_name
+
+
+def content_disposition(filename: str, disposition: str = "attachment") -> str:
+    """An RFC 6266 Content-Disposition value carrying the original filename:
+    ``attachment; filename="ascii-fallback"; filename*=UTF-8''percent-encoded``.
+
+    The filename is reduced to its last path component and stripped of control
+    characters first; it never reaches a header as given."""
+    name = _basename(filename)
+    if not name:
+        return disposition
+    fallback = ascii_filename(name)
+    value = f'{disposition}; filename="{fallback}"'
+    if name != fallback:
+        value += f"; filename*=UTF-8''{quote(name[:_MAX_FILENAME], safe=_ATTR_CHAR_SAFE)}"
+    return value
+
+
+def encode_meta_value(value: str) -> str:
+    """A metadata value that is safe in an HTTP header: printable ASCII as it
+    is, anything else as an RFC 2047 encoded word (what S3 itself returns for
+    non-ASCII metadata)."""
+    value = str(value)
+    if re.fullmatch(r"[\x20-\x7e]*", value) and not value.startswith("=?"):
+        return value.strip()
+    return "=?UTF-8?B?" + base64.b64encode(value.encode("utf-8")).decode("ascii") + "?="
+
+
+def decode_meta_value(value: str) -> str:
+    """The inverse of ``encode_meta_value``."""
+    m = re.fullmatch(r"=\?UTF-8\?B\?([A-Za-z0-9+/=]*)\?=", value, re.IGNORECASE)
+    if m:
+        try:
+            return base64.b64decode(m.group(1)).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return value
+    return value
+
+
+def meta_key(key: str, separator: str = "-") -> str:
+    """A metadata key every store accepts: lowercase letters, digits and
+    ``separator`` (Azure needs "_", as its keys are C# identifiers)."""
+    k = re.sub(r"[^a-z0-9]+", separator, key.lower()).strip(separator)
+    if not k or k[0].isdigit():
+        k = "m" + separator + k
+    return k
+
+
+def object_metadata(meta: ObjectMeta, extra: Mapping[str, str] | None = None,
+                    separator: str = "-") -> dict[str, str]:
+    """The metadata map written to the store: the caller's metadata, the
+    original filename, and the gateway's own ``extra`` entries, all encoded."""
+    out: dict[str, str] = {}
+    for k, v in meta.metadata.items():
+        out[meta_key(k, separator)] = encode_meta_value(v)
+    if meta.filename:
+        out[meta_key(META_FILENAME, separator)] = encode_meta_value(meta.filename)
+    for k, v in (extra or {}).items():
+        out[meta_key(k, separator)] = encode_meta_value(v)
+    return out
+
+
+def read_metadata(raw: Mapping[str, str] | None, separator: str = "-") -> tuple[dict[str, str], dict[str, str]]:
+    """Split stored metadata into (caller's metadata incl. filename, gateway's
+    internal entries), decoding values."""
+    internal_keys = {meta_key(k, separator): k for k in INTERNAL_META}
+    user: dict[str, str] = {}
+    internal: dict[str, str] = {}
+    for k, v in (raw or {}).items():
+        lk = k.lower()
+        if lk in internal_keys:
+            internal[internal_keys[lk]] = decode_meta_value(v)
+        else:
+            user[lk] = decode_meta_value(v)
+    return user, internal
+
+
+def iter_parts(chunks: Iterable[bytes], part_size: int, cancel: threading.Event | None = None) -> Iterator[bytes]:
+    """Regroup a stream of chunks into parts of exactly ``part_size`` bytes
+    (the last one shorter; one empty part for an empty stream).
+
+    At most one part plus one chunk is held at a time: the stream is never
+    joined whole.  Raises Cancelled between chunks once ``cancel`` is set."""
+    buf = bytearray()
+    emitted = False
+    for chunk in chunks:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if not chunk:
+            continue
+        buf += chunk
+        while len(buf) >= part_size:
+            part = bytes(memoryview(buf)[:part_size])
+            del buf[:part_size]
+            emitted = True
+            yield part
+    if buf or not emitted:
+        yield bytes(buf)
+
+
+def read_secret(what: str, file: str | None, env: str | None, base_dir: Path) -> str | None:
+    """A secret from a file (relative to ``base_dir``) or an environment
+    variable; None when neither is configured.  Errors name the source, never
+    the value."""
+    if file is not None:
+        path = Path(file)
+        path = path if path.is_absolute() else base_dir / path
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise StorageError(f"{what}: cannot read {path}: {e.strerror or e}") from None
+        if not value:
+            raise StorageError(f"{what}: {path} is empty")
+        return value
+    if env is not None:
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise StorageError(f"{what}: environment variable {env} is not set or empty")
+        return value
+    return None
+
+
+def resolve_path(file: str, base_dir: Path) -> Path:
+    """A configured path, relative paths taken from ``base_dir``."""
+    path = Path(file)
+    return path if path.is_absolute() else base_dir / path
+
+
+class BlockingRunner:
+    """A backend's own threads for blocking SDK calls and chunk reads.
+
+    A private pool (rather than the loop's default executor that
+    ``asyncio.to_thread`` uses) means a store that hangs until its timeouts
+    cannot starve the rest of the gateway, which needs threads for the spool
+    and for the fail-open path exactly then.  Context variables (the bound
+    log context) are carried into the thread, as ``asyncio.to_thread`` does."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"storage-{name}")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the pool and await its result."""
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self._pool, functools.partial(ctx.run, fn, *args, **kwargs))
+
+    async def run_cancellable(self, fn: Callable[[threading.Event], T]) -> T:
+        """Run ``fn(cancel)``; when the awaiting task is cancelled, set
+        ``cancel`` so that ``fn`` stops at its next check and cleans up (it
+        aborts its upload) while the cancellation goes on without waiting."""
+        cancel = threading.Event()
+        try:
+            return await self.run(fn, cancel)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+
+    def close(self) -> None:
+        """Stop taking work; calls already running finish on their own."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,357 @@
+"""Google Cloud Storage through google-cloud-storage (blocking, so on threads).
+
+Uploads: objects smaller than ``upload_chunk_size`` go up in one request
+with their MD5 (GCS checks it); bigger ones as a resumable upload fed
+``upload_chunk_size`` bytes at a time from the chunk iterator through a
+read-only stream (``_ChunkStream``), never whole in memory, with a CRC32C
+computed on the way that the client library checks against the server's at
+the end (a mismatch deletes the object and raises).  The metadata of a
+resumable upload is sent before its bytes, so the SHA-256 of the whole object
+is added afterwards with a metadata PATCH (no data is rewritten).  With
+``kms_key_name`` the object is encrypted with that Cloud KMS key (CMEK).
+
+Storage URLs are V4 signed GETs with ``response-content-disposition``
+carrying the original filename.  A service-account key signs offline; other
+credentials (Compute Engine, workload identity) sign through the IAM
+signBlob API with their access token.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import io
+import threading
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable, Iterator
+
+from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
+from gateway.storage.cloudutil import (META_SHA256, BlockingRunner, Cancelled, content_disposition, object_key,
+                                       object_metadata, read_metadata, resolve_path)
+from gateway.storage.settings import GcsStorageSettings
+
+_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
+_READ_CHUNK = 1 << 20
+
+
+class _ChunkStream(io.RawIOBase):
+    """A read-only, forward-only file over a chunk iterator, for resumable
+    uploads: ``read(n)`` returns exactly ``n`` bytes until the end, ``tell()``
+    the position; the SHA-256 and size of what was read are kept."""
+
+    def __init__(self, chunks: Iterable[bytes], cancel: threading.Event) -> None:
+        super().__init__()
+        self._it: Iterator[bytes] = iter(chunks)
+        self._buf = bytearray()
+        self._pos = 0
+        self._cancel = cancel
+        self._eof = False
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def fill(self, size: int) -> int:
+        """Buffer up to ``size`` bytes ahead without consuming them; return
+        how many are buffered (fewer only at the end of the stream)."""
+        while not self._eof and (size < 0 or len(self._buf) < size):
+            if self._cancel.is_set():
+                raise Cancelled()
+            chunk = next(self._it, None)
+            if chunk is None:
+                self._eof = True
+            else:
+                self._buf += chunk
+        return len(self._buf)
+
+    def read(self, size: int = -1) -> bytes:
+        self.fill(size)
+        n = len(self._buf) if size < 0 else min(size, len(self._buf))
+        out = bytes(memoryview(self._buf)[:n])
+        del self._buf[:n]
+        self._pos += n
+        self.sha256.update(out)
+        return out
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class GcsStorage:
+    """Offloaded attachments as objects in one GCS bucket under a prefix."""
+
+    def __init__(self, name: str, settings: GcsStorageSettings, base_dir: Path) -> None:
+        self.name = name
+        self.settings = settings
+        self._base_dir = base_dir
+        self._client: Any = None
+        self._bucket: Any = None
+        self._signer: Any = None
+        self._runner = BlockingRunner(8, name)
+
+    # -- life cycle -------------------------------------------------------
+
+    def _make_client(self) -> None:
+        import google.auth
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+        from google.oauth2 import service_account
+
+        s = self.settings
+        creds: Any = None
+        project = s.project
+        try:
+            if s.credentials_file is not None:
+                path = resolve_path(s.credentials_file, self._base_dir)
+                creds = service_account.Credentials.from_service_account_file(str(path), scopes=_SCOPES)
+                project = project or creds.project_id
+            elif not s.anonymous:
+                creds, default_project = google.auth.default(scopes=_SCOPES)
+                project = project or default_project
+        except (OSError, ValueError) as e:
+            raise StorageError(f"storage {self.name}: cannot load Google credentials: {e}") from None
+        except google.auth.exceptions.DefaultCredentialsError as e:
+            raise StorageError(f"storage {self.name}: no Google credentials found: {e}") from None
+        self._signer = creds
+        options = {"api_endpoint": s.endpoint_url} if s.endpoint_url else None
+        api_creds = AnonymousCredentials() if s.anonymous else creds
+        self._client = storage.Client(project=project or "-", credentials=api_creds, client_options=options)
+        self._bucket = self._client.bucket(s.bucket)
+
+    def _check_bucket(self) -> None:
+        try:
+            self._bucket.reload(timeout=self.settings.timeout)
+        except Exception as e:
+            raise self._error("get bucket", "", e) from None
+        want = self.settings.location
+        have = self._bucket.location or ""
+        if want is not None and have.upper() != want.upper():
+            raise StorageError(f"storage {self.name}: bucket {self.settings.bucket!r} is in location {have!r}, "
+                               f"but the config says location = {want!r}; refusing to start (data residency)")
+
+    async def start(self) -> None:
+        """Load credentials, build the client and check the bucket exists
+        (and is in ``location`` when that is set)."""
+        await self._runner.run(self._make_client)
+        await self._runner.run(self._check_bucket)
+
+    async def close(self) -> None:
+        """Close the HTTP session and the thread pool."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await self._runner.run(client.close)
+        self._runner.close()
+
+    # -- helpers ----------------------------------------------------------
+
+    def _error(self, op: str, name: str, e: Exception) -> StorageError:
+        """A StorageError naming the operation and object, never credentials."""
+        from google.api_core import exceptions as gexc
+
+        where = f"gs://{self.settings.bucket}/{name}" if name else f"gs://{self.settings.bucket}"
+        if isinstance(e, StorageError):
+            return e
+        if isinstance(e, gexc.NotFound):
+            if name:
+                return ObjectNotFound(f"{where}: no such object")
+            return StorageError(f"storage {self.name}: GCS {op} {where} failed: the bucket does not exist")
+        if isinstance(e, gexc.GoogleAPICallError):
+            detail = f"{e.code} {e.message}".strip() if e.code else str(e.message)
+            if e.code == 403:
+                detail += " (check the credentials and the IAM role)"
+            return StorageError(f"storage {self.name}: GCS {op} {where} failed: {detail}")
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        return StorageError(f"storage {self.name}: GCS {op} {where} failed: {type(e).__name__}: {first_line}")
+
+    @property
+    def _b(self) -> Any:
+        if self._bucket is None:
+            raise StorageError(f"storage {self.name}: not started")
+        return self._bucket
+
+    def _blob(self, full: str, **kwargs: Any) -> Any:
+        kms = self.settings.kms_key_name
+        return self._b.blob(full, kms_key_name=kms, **kwargs) if kms else self._b.blob(full, **kwargs)
+
+    # -- put --------------------------------------------------------------
+
+    async def put(self, key: str, chunks: Iterable[bytes], meta: ObjectMeta) -> StoredObject:
+        """Stream ``chunks`` into the bucket and return what was stored;
+        raises StorageError, leaving nothing behind."""
+        full = object_key(self.settings.prefix, key)
+        self._b  # noqa: B018 - raises when not started
+        return await self._runner.run_cancellable(lambda cancel: self._put(key, full, chunks, meta, cancel))
+
+    def _put(self, key: str, full: str, chunks: Iterable[bytes], meta: ObjectMeta,
+             cancel: threading.Event) -> StoredObject:
+        from google.api_core.retry import Retry
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        s = self.settings
+        stream = _ChunkStream(chunks, cancel)
+        try:
+            small = stream.fill(s.upload_chunk_size) < s.upload_chunk_size
+        except Cancelled:
+            raise StorageError(f"storage {self.name}: upload of {full} cancelled") from None
+        except Exception as e:
+            raise StorageError(f"storage {self.name}: reading the attachment for {full} failed: "
+                               f"{type(e).__name__}: {e}") from e
+        retry: Retry = DEFAULT_RETRY.with_timeout(s.timeout * 5)
+        disposition = content_disposition(meta.filename) if meta.filename else None
+        try:
+            if small:
+                data = stream.read()
+                sha, size = stream.sha256.hexdigest(), len(data)
+                blob = self._blob(full)
+                blob.content_disposition = disposition
+                blob.metadata = object_metadata(meta, {META_SHA256: sha})
+                blob.upload_from_file(io.BytesIO(data), size=size, content_type=meta.content_type,
+                                      checksum="md5", timeout=s.timeout, retry=retry)
+            else:
+                blob = self._blob(full, chunk_size=s.upload_chunk_size)
+                blob.content_disposition = disposition
+                blob.metadata = object_metadata(meta)
+                blob.upload_from_file(stream, size=None, content_type=meta.content_type, checksum="crc32c",
+                                      timeout=s.timeout, retry=retry)
+                sha, size = stream.sha256.hexdigest(), stream.tell()
+                blob.metadata = object_metadata(meta, {META_SHA256: sha})
+                blob.patch(if_metageneration_match=blob.metageneration, timeout=s.timeout, retry=retry)
+        except Cancelled:
+            raise StorageError(f"storage {self.name}: upload of {full} cancelled") from None
+        except Exception as e:
+            raise self._error("upload", full, e) from None
+        if blob.size != size:
+            self._delete_quietly(full)
+            raise StorageError(f"storage {self.name}: gs://{s.bucket}/{full} has {blob.size} bytes after upload, "
+                               f"expected {size}; deleted")
+        stored = self._stored(key, blob)
+        return StoredObject(key=key, size=size, sha256=sha, content_type=stored.content_type,
+                            metadata=stored.metadata,
+                            extra={**stored.extra, "verified": "md5" if small else "crc32c"})
+
+    def _delete_quietly(self, full: str) -> None:
+        try:
+            self._b.blob(full).delete(timeout=self.settings.timeout)
+        except Exception:
+            pass
+
+    # -- reads ------------------------------------------------------------
+
+    async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:
+        """A V4 signed GET valid ``ttl`` seconds (capped at ``url_ttl``) whose
+        response carries ``filename`` in its Content-Disposition."""
+        full = object_key(self.settings.prefix, key)
+        seconds = max(1, min(ttl, self.settings.url_ttl)) if ttl > 0 else self.settings.url_ttl
+        return await self._runner.run(self._sign, full, filename or key.rsplit("/", 1)[-1], seconds)
+
+    def _sign(self, full: str, filename: str, seconds: int) -> str:
+        from google.auth import credentials as gcreds
+        from google.auth.transport.requests import Request
+
+        creds = self._signer
+        if creds is None:
+            raise StorageError(f"storage {self.name}: no credentials to sign URLs with; "
+                               "set credentials_file to a service-account key")
+        kwargs: dict[str, Any] = {}
+        if not isinstance(creds, gcreds.Signing):
+            # No private key here (Compute Engine, workload identity): sign
+            # through IAM signBlob with the credentials' access token.
+            try:
+                if not creds.valid:
+                    creds.refresh(Request())
+            except Exception as e:
+                raise StorageError(f"storage {self.name}: cannot refresh Google credentials to sign a URL: "
+                                   f"{type(e).__name__}") from None
+            kwargs = {"service_account_email": getattr(creds, "service_account_email", None),
+                      "access_token": creds.token}
+        endpoint = self.settings.endpoint_url or "https://storage.googleapis.com"
+        try:
+            return str(self._b.blob(full).generate_signed_url(
+                version="v4", expiration=dt.timedelta(seconds=seconds), method="GET",
+                response_disposition=content_disposition(filename), api_access_endpoint=endpoint,
+                credentials=creds if not kwargs else None, **kwargs))
+        except Exception as e:
+            raise self._error("sign URL", full, e) from None
+
+    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+        """Stream the object's bytes; raises ObjectNotFound."""
+        full = object_key(self.settings.prefix, key)
+
+        def _open() -> Any:
+            blob = self._b.blob(full)
+            return blob.open("rb", chunk_size=_READ_CHUNK, timeout=self.settings.timeout)
+
+        try:
+            f = await self._runner.run(_open)
+        except Exception as e:
+            raise self._error("download", full, e) from None
+        try:
+            while True:
+                try:
+                    chunk = await self._runner.run(f.read, _READ_CHUNK)
+                except Exception as e:
+                    raise self._error("download", full, e) from None
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            await self._runner.run(f.close)
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; a missing key is not an error."""
+        from google.api_core.exceptions import NotFound
+
+        full = object_key(self.settings.prefix, key)
+
+        def _delete() -> None:
+            try:
+                self._b.blob(full).delete(timeout=self.settings.timeout)
+            except NotFound:
+                pass
+
+        try:
+            await self._runner.run(_delete)
+        except Exception as e:
+            raise self._error("delete", full, e) from None
+
+    async def stat(self, key: str) -> StoredObject | None:
+        """Size, type, metadata and the encryption in force (``extra``:
+        ``encryption`` is the KMS key name for CMEK objects, else
+        "Google-managed"), or None when the object is missing."""
+        full = object_key(self.settings.prefix, key)
+
+        def _stat() -> Any:
+            return self._b.get_blob(full, timeout=self.settings.timeout)
+
+        try:
+            blob = await self._runner.run(_stat)
+        except Exception as e:
+            raise self._error("get object", full, e) from None
+        return None if blob is None else self._stored(key, blob)
+
+    def _stored(self, key: str, blob: Any) -> StoredObject:
+        user, internal = read_metadata(blob.metadata)
+        kms = blob.kms_key_name or ""
+        extra = {
+            # GCS reports the key version used: ".../cryptoKeys/K/cryptoKeyVersions/N".
+            "encryption": kms.split("/cryptoKeyVersions/")[0] if kms else "Google-managed",
+            "bucket": self.settings.bucket,
+            "generation": str(blob.generation or ""),
+        }
+        if kms:
+            extra["kms_key_name"] = kms
+        if blob.md5_hash:
+            extra["md5"] = base64.b64decode(blob.md5_hash).hex()
+        if blob.crc32c:
+            extra["crc32c"] = blob.crc32c
+        if blob.content_disposition:
+            extra["content_disposition"] = blob.content_disposition
+        return StoredObject(key=key, size=int(blob.size or 0), sha256=internal.get(META_SHA256, ""),
+                            content_type=blob.content_type or "application/octet-stream",
+                            metadata=user, extra=extra)
+
