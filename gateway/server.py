@@ -59,8 +59,9 @@ class Gateway:
             host, port = self.cfg.http.address
             self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit), host, port)
         if "smtp" in self.roles:
-            kick = self.worker.kick if self.worker else (lambda qid: None)
-            self.smtp = await start_server(self.cfg, self.spool, lambda qid: kick())
+            worker = self.worker
+            self.smtp = await start_server(self.cfg, self.spool,
+                                           lambda qid: worker.kick() if worker is not None else None)
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,
                  http=self.cfg.http.listen if self.http else None, spool=str(self.spool.root))
 

@@ -240,7 +240,10 @@ class GatewaySMTP(SMTP):
         log.info("queued", queue_id=reception.queue_id, mail_from=envelope.mail_from, rcpts=envelope.rcpt_tos,
                  size=size, client=envelope.client_addr, route=envelope.route,
                  **({"bare_line_ends": bare_line_ends} if bare_line_ends else {}))
-        self.gw.on_queued(reception.queue_id)
+        try:
+            self.gw.on_queued(reception.queue_id)
+        except Exception as e:  # noqa: BLE001 - the message is on disk: it is ours, answer 250
+            log.error("could not wake the worker", queue_id=reception.queue_id, error=str(e))
         return f"250 2.0.0 Ok: queued as {reception.queue_id}"
 
 

@@ -6,10 +6,10 @@ checks, and the block list is committed last with the content settings, the
 metadata (including the SHA-256 of the whole object, known by then) and the
 encryption scope.  Nothing is visible under the name before the commit; on
 an error the staged blocks are simply never committed (the service discards
-uncommitted blocks after 7 days).  Small objects go up in one Put Blob.  The
+uncommitted blocks after 7 days).  Objects up to 1 MiB go up in one Put
+Blob with a Content-MD5.  The
 blocking chunk iterator is pulled with ``asyncio.to_thread``, the next block
-while the current one travels; blocks are handed to aiohttp as BytesIO (raw
-bytes of that size make aiohttp warn that it blocks the loop).
+while the current one travels; blocks are handed to aiohttp as BytesIO.
 
 Storage URLs are SAS URLs for one blob, read-only, valid ``url_ttl`` seconds
 at most, with the original filename in ``rscd`` (Content-Disposition):
@@ -40,6 +40,10 @@ from gateway.storage.settings import AzureStorageSettings
 _SEP = "_"
 # An object is at most 50,000 blocks.
 MAX_BLOCKS = 50_000
+# Objects up to this size go up in one Put Blob.  (The SDK hands a validated
+# Put Blob body to aiohttp as bytes, and aiohttp warns above 1 MiB of bytes
+# that it blocks the loop; staged blocks stay streams.)
+_PUT_BLOB_MAX = 1024 * 1024
 # SAS validity starts a little in the past, against clock skew between us and Azure.
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 # User-delegation keys are fetched for this long and reused until close to expiry.
@@ -219,7 +223,7 @@ class AzureBlobStorage:
         first = await pull_async()
         second = await pull_async() if first is not None else None
         try:
-            if second is None:
+            if second is None and len(first or b"") <= _PUT_BLOB_MAX:
                 data = first or b""
                 whole.update(data)
                 size = len(data)
@@ -229,7 +233,7 @@ class AzureBlobStorage:
             else:
                 nonce = uuid.uuid4().hex[:16]
                 block_ids: list[str] = []
-                part: bytes | None = first
+                part: bytes | None = first or b""
                 pending = second
                 while part is not None:
                     if len(block_ids) >= MAX_BLOCKS:

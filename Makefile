@@ -1,0 +1,56 @@
+# attachment-gateway: the two commands (make run, make test) and friends.
+# Everything installs into .venv; `make test` also installs, as root, the
+# Debian packages and servers the tests talk to.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+GW     := $(VENV)/bin/attachment-gateway
+CONFIG ?= conf/gateway.toml
+
+.PHONY: run test test-deps bench demo check-config clean venv
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## make run: install, then start the gateway on the embedded default.
+run: venv
+	@$(GW) -c $(CONFIG) check-config
+	@echo ""
+	@echo "  attachment-gateway is starting with $(CONFIG)"
+	@echo "  Send mail to any address @contact.example via SMTP 127.0.0.1:2525, e.g."
+	@echo "    swaks --server 127.0.0.1:2525 --to support@contact.example --attach @invoice.pdf"
+	@echo "  or: make demo   (in another shell: sends a 12 MiB PDF and opens the link)"
+	@echo "  Forwarded mail lands in the Maildir var/outbox/new/; attachments in var/objects/;"
+	@echo "  links are served on http://127.0.0.1:8025/a/<token>; audit events in var/log/audit.jsonl."
+	@echo "  Stop with Ctrl-C."
+	@echo ""
+	$(GW) -c $(CONFIG) serve
+
+## make test: install everything the tests need and run the whole suite.
+test: venv test-deps
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-deps:
+	@if [ "$$(id -u)" = "0" ]; then scripts/install-test-deps.sh; \
+	else sudo scripts/install-test-deps.sh; fi
+
+## make bench: the benchmark, each figure beside baselines measured in the same run.
+bench: venv test-deps
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+## make demo: send the tour's message to a running gateway and check the link.
+demo: venv
+	$(PY) scripts/demo.py
+
+check-config: venv
+	$(GW) -c $(CONFIG) check-config
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

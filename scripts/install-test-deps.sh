@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Install the Debian packages that the tests (tests/servers) and the benchmark
+# harness (bench/) need. Idempotent: packages already installed are left alone,
+# and `apt-get update` runs once, only when something is missing.
+#
+# Usage (as root):  scripts/install-test-deps.sh
+#
+# What each package is for:
+#   postfix     throwaway Postfix instances (tests/servers/postfix.py), and its
+#               smtp-source / smtp-sink load generator and sink
+#   swaks       hand-made SMTP sessions (TLS, attachments) in tests
+#   wrk         HTTP load for the link / upload endpoints
+#   bsdutils    `script`, to capture `postfix check` output (silent without a tty)
+#   procps      ps/pgrep for debugging leftover daemons
+#   ca-certificates  TLS clients in tests
+set -euo pipefail
+
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates)
+
+die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (try: sudo $0)"
+command -v apt-get >/dev/null 2>&1 || die "apt-get not found: this script supports Debian/Ubuntu only"
+command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found"
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
+    if [ "$status" != "install ok installed" ]; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-test-deps: all present: ${PACKAGES[*]}"
+else
+    echo "install-test-deps: installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # Postfix asks debconf questions on install; answer them up front so the
+    # install never blocks. Tests never use the system instance.
+    if command -v debconf-set-selections >/dev/null 2>&1; then
+        printf '%s\n' \
+            "postfix postfix/main_mailer_type select No configuration" \
+            "postfix postfix/mailname string localhost" \
+            | debconf-set-selections || die "debconf-set-selections failed"
+    fi
+    apt-get update -q || die "apt-get update failed"
+    apt-get install -y -q --no-install-recommends "${missing[@]}" \
+        || die "apt-get install failed for: ${missing[*]}"
+fi
+
+# Verify the executables the tests and bench actually call.
+for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
+           /usr/bin/swaks /usr/bin/wrk /usr/bin/script; do
+    [ -x "$exe" ] || die "$exe is missing after install"
+done
+getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"
+getent group postdrop >/dev/null || die "group 'postdrop' missing (postfix package not configured?)"
+getent passwd nobody >/dev/null || die "user 'nobody' missing (smtp-sink runs as nobody under root)"
+echo "install-test-deps: ok"

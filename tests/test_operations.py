@@ -1,0 +1,244 @@
+"""Config validation, queue tools, crash recovery, tokens and SMTP edge cases,
+all through the real command and real sockets."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import GATEWAY, ROOT, GatewayProcess, SmtpSink
+from tests.messages import fetch, leaves, links, message, parse, payload, pdf_bytes, send
+from tests.servers.ports import free_port, port_is_open
+
+MiB = 1 << 20
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GATEWAY, *args], capture_output=True, text=True, cwd=cwd, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_embedded_default_config_is_valid() -> None:
+    r = _run("-c", str(ROOT / "conf" / "gateway.toml"), "--base-dir", "/tmp/agw-check", "check-config",
+             cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+
+
+def test_invalid_config_names_key_value_and_expectation_and_never_listens(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "bad.toml").write_text(f"""
+[smtp]
+listen = "127.0.0.1:{port}"
+max_recipients = "many"
+typo_key = 1
+[links]
+keys = [{{ id = "k1", file = "k", create_missing = true }}]
+[storage.local]
+backend = "filesystem"
+[[routes]]
+name = "r"
+domains = ["contact.example"]
+next_hop = "smtp:/nowhere"
+storage = "local"
+offload_threshold = "10 parsecs"
+""")
+    for cmd in (["check-config"], ["serve"]):
+        r = _run("-c", str(tmp_path / "bad.toml"), *cmd, cwd=tmp_path)
+        assert r.returncode == 78
+        assert "smtp.max_recipients: 'many'" in r.stderr and "integer" in r.stderr
+        assert "smtp.typo_key: unknown key" in r.stderr
+        assert "routes[0].next_hop: 'smtp:/nowhere': expected \"smtp://HOST:PORT\" or \"maildir:PATH\"" in r.stderr
+        assert "routes[0].offload_threshold: '10 parsecs': expected a size in bytes" in r.stderr
+        assert not port_is_open("127.0.0.1", port)
+
+
+def test_route_naming_a_missing_store_and_unknown_policy_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text("""
+[links]
+keys = [{ id = "k1", env = "NO_SUCH_VARIABLE_FOR_TEST" }]
+[storage.local]
+backend = "filesystem"
+[[routes]]
+name = "r"
+domains = ["contact.example"]
+next_hop = "maildir:out"
+storage = "elsewhere"
+""")
+    r = _run("-c", str(tmp_path / "c.toml"), "check-config", cwd=tmp_path)
+    assert r.returncode == 78 and "routes[0].storage: 'elsewhere' names no [storage.*] table" in r.stderr
+    text = (tmp_path / "c.toml").read_text().replace('"elsewhere"', '"local"\npolicies = [{ name = "nope" }]')
+    (tmp_path / "c.toml").write_text(text)
+    r = _run("-c", str(tmp_path / "c.toml"), "check-config", cwd=tmp_path)
+    assert r.returncode == 78 and "policies[0].name: 'nope' is not a known policy" in r.stderr
+    (tmp_path / "c.toml").write_text(text.replace('\npolicies = [{ name = "nope" }]', ""))
+    r = _run("-c", str(tmp_path / "c.toml"), "check-config", cwd=tmp_path)
+    assert r.returncode == 78 and "NO_SUCH_VARIABLE_FOR_TEST is not set" in r.stderr
+
+
+def _wait_queue(gw: GatewayProcess, queue: str, timeout: float = 20) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = json.loads(gw.command("queue", "list", "--json").stdout)
+        if rows and all(r["queue"] == queue for r in rows):
+            return rows
+        time.sleep(0.1)
+    raise AssertionError(f"queue not {queue}: {gw.command('queue', 'list').stdout}")
+
+
+def test_queue_tools_show_hold_release_flush_delete(make_gateway) -> None:
+    sink = SmtpSink()
+    gw = make_gateway(next_hop=f"smtp://127.0.0.1:{sink.port}",
+                      sections={"delivery": {"min_backoff": 3600, "max_backoff": 3600}})
+    send(gw.smtp_port, message("first\n"), rcpts=["a@contact.example"])
+    send(gw.smtp_port, message("second\n"), rcpts=["b@contact.example"])
+    rows = _wait_queue(gw, "deferred")
+    assert len(rows) == 2
+    first = next(r for r in rows if r["rcpt_tos"] == ["a@contact.example"])
+    second = next(r for r in rows if r["rcpt_tos"] == ["b@contact.example"])
+    assert json.loads(gw.command("queue", "list", "--json", "--recipient", "b@").stdout)[0]["queue_id"] == \
+        second["queue_id"]
+    shown = json.loads(gw.command("queue", "show", first["queue_id"], "--json").stdout)[0]
+    assert shown["attempts"] >= 1 and shown["next_attempt"] > time.time() + 3000
+    assert "Subject: Test" in shown["headers"] and "4.4.1" in shown["last_error"]
+    assert "Mail queue is empty" not in gw.command("queue", "list").stdout
+    held = json.loads(gw.command("queue", "hold", first["queue_id"], "--reason", "looks odd", "--json").stdout)
+    assert held == [{"queue_id": first["queue_id"], "queue": "hold"}]
+    listed = {r["queue_id"]: r for r in json.loads(gw.command("queue", "list", "--json").stdout)}
+    assert listed[first["queue_id"]]["hold_reason"] == "looks odd"
+    r = gw.command("queue", "delete", second["queue_id"], "--json")
+    assert json.loads(r.stdout) == [{"queue_id": second["queue_id"], "deleted": True}]
+    assert gw.command("queue", "show", "NOSUCHID").returncode == 69
+    sink.start()
+    try:
+        gw.command("queue", "release", first["queue_id"])
+        gw.command("queue", "flush")
+        [got] = sink.wait(1)
+        assert b"first" in got.data
+        time.sleep(1.5)
+        assert len(sink.messages) == 1  # the deleted one never went
+        assert gw.command("queue", "list").stdout.strip() == "Mail queue is empty"
+    finally:
+        sink.stop()
+
+
+def test_acknowledged_messages_survive_kill_9_and_are_delivered_on_restart(make_gateway) -> None:
+    gw = make_gateway(threshold=1000, start=False)
+    gw.start(roles=["smtp"])  # receive only: nothing is processed before the kill
+    pdf = pdf_bytes(5000)
+    for i in range(5):
+        send(gw.smtp_port, message(f"message {i}\n", attachments=[(pdf, "application/pdf", f"f{i}.pdf")]))
+    gw.kill()
+    assert len(list((gw.spool / "incoming").iterdir())) == 5
+    # A crash in the middle of processing: a message left in active with no
+    # live owner, and an unacknowledged reception left in tmp.
+    moved = sorted((gw.spool / "incoming").iterdir())[0]
+    moved.rename(gw.spool / "active" / moved.name)
+    (gw.spool / "tmp" / "HALFRECEIVED").mkdir()
+    (gw.spool / "tmp" / "HALFRECEIVED" / "message.eml").write_bytes(b"Subject: never acknowledged\r\n")
+    gw.start()
+    outs = gw.wait_outbox(5)
+    gw.wait_idle()
+    bodies = sorted(payload(leaves(parse(o))[0]).split(b"\r\n")[0] for o in outs)
+    assert bodies == [f"message {i}".encode() for i in range(5)]
+    assert not (gw.spool / "tmp" / "HALFRECEIVED").exists()
+    assert any(e.get("event") == "spool recovered" and e.get("requeued") == 1 for e in gw.log_events())
+
+
+def test_tampered_token_403_expired_410_and_both_audited(make_gateway) -> None:
+    gw = make_gateway(threshold=1000, sections={"links": {"ttl": 3}})
+    pdf = pdf_bytes(4000)
+    send(gw.smtp_port, message(attachments=[(pdf, "application/pdf", "x.pdf")]))
+    [out] = gw.wait_outbox()
+    url = links(payload(leaves(parse(out))[0]))[0]
+    assert fetch(url)[0] == 200
+    token = url.rsplit("/", 1)[1]
+    for i in range(len(token)):
+        if token[i] == ".":
+            continue
+        flipped = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1:]
+        assert fetch(url.rsplit("/", 1)[0] + "/" + flipped)[0] == 403, flipped
+    time.sleep(3.2)
+    status, headers, body = fetch(url)
+    assert status == 410 and b"expired" in body
+    events = gw.audit()
+    assert sum(1 for e in events if e["EventResult"] == "Failure" and "invalid token" in e["EventResultDetails"]) \
+        == len(token.replace(".", ""))
+    assert events[-1]["EventResultDetails"] == "expired token" and events[-1]["SrcIpAddr"] == "127.0.0.1"
+
+
+def _read_until_closed(s: socket.socket) -> bytes:
+    # No half-close: aiosmtpd ends the session on EOF from the client, so
+    # read until the server closes after QUIT.
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out
+
+
+def _raw_session(port: int, payload_bytes: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.recv(1024)
+        s.sendall(payload_bytes)
+        return _read_until_closed(s)
+
+
+@pytest.mark.parametrize("variant", [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\n", b"\r\n.\r", b"\r.\r\n"])
+def test_smuggled_end_of_data_never_makes_a_second_message(make_gateway, sink: SmtpSink, variant: bytes) -> None:
+    gw = make_gateway(next_hop=f"smtp://127.0.0.1:{sink.port}")
+    smuggled = (b"EHLO client.example\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<support@contact.example>\r\n"
+                b"DATA\r\nSubject: outer\r\n\r\nouter body" + variant +
+                b"MAIL FROM:<evil@example.net>\r\nRCPT TO:<victim@contact.example>\r\nDATA\r\n"
+                b"Subject: smuggled\r\n\r\nsmuggled body\r\n.\r\nQUIT\r\n")
+    replies = _raw_session(gw.smtp_port, smuggled)
+    assert replies.count(b"250 2.0.0 Ok: queued as") == 1
+    [got] = sink.wait(1)
+    gw.wait_idle()
+    time.sleep(0.5)
+    assert len(sink.messages) == 1
+    assert got.rcpt_tos == ["support@contact.example"]
+    assert b"smuggled body" in got.data  # carried as data of the one message
+    assert b"\r\n" in got.data and b"\n." not in got.data.replace(b"\r\n", b"")
+
+
+def test_pipelined_commands_after_data_are_answered(gateway: GatewayProcess) -> None:
+    session = (b"EHLO client.example\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<support@contact.example>\r\n"
+               b"DATA\r\n")
+    with socket.create_connection(("127.0.0.1", gateway.smtp_port), timeout=10) as s:
+        s.recv(1024)
+        s.sendall(session)
+        time.sleep(0.3)
+        s.recv(65536)
+        # The end of data and the next transaction in one packet.
+        s.sendall(b"Subject: one\r\n\r\n..leading dot\r\n.\r\nMAIL FROM:<b@example.net>\r\n"
+                  b"RCPT TO:<support@contact.example>\r\nDATA\r\n")
+        time.sleep(0.5)
+        s.sendall(b"Subject: two\r\n\r\nsecond\r\n.\r\nQUIT\r\n")
+        out = _read_until_closed(s)
+    assert out.count(b"250 2.0.0 Ok: queued as") == 2 and b"221" in out
+    msgs = gateway.wait_outbox(2)
+    assert any(b"\r\n\r\n.leading dot\r\n" in m for m in msgs)  # dot-unstuffed
+
+
+def test_sigterm_stops_accepting_and_keeps_the_spool(make_gateway) -> None:
+    sink = SmtpSink()
+    gw = make_gateway(next_hop=f"smtp://127.0.0.1:{sink.port}")
+    send(gw.smtp_port, message("kept across a restart\n"))
+    _wait_queue(gw, "deferred")
+    assert gw.stop(signal.SIGTERM) == 0
+    assert not port_is_open("127.0.0.1", gw.smtp_port)
+    sink.start()
+    try:
+        gw.start()
+        gw.command("queue", "flush")
+        [got] = sink.wait(1)
+        assert b"kept across a restart" in got.data
+    finally:
+        sink.stop()
