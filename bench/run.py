@@ -1,0 +1,532 @@
+"""Benchmark: the gateway beside smtp-sink (floor), aiosmtpd (250-only) and plain Postfix.
+
+Run from the repository root, as root (Postfix needs it)::
+
+    python bench/run.py            # full run, a few minutes
+    python bench/run.py --quick    # smoke run, well under a minute
+
+Figures, per candidate (medians over interleaved rounds):
+
+- 5 KB messages/s with smtp-source (20 parallel sessions, one message per
+  connection): *accepted* (smtp-source finished, every message got its 250) and
+  *end-to-end* (every message arrived at the downstream smtp-sink; same as
+  accepted for the floor and aiosmtpd, which are end points).
+- one ~25 MiB MIME message (18 MiB base64 PDF-like attachment) sent with smtplib:
+  end-to-end seconds from connect until fully arrived at the sink (relays) or
+  until the 250 (end points), MB/s (10^6 bytes per second), and the peak
+  resident memory (VmHWM, reset before each send) of the receiving process.
+
+Prints a table with the ratio gateway/baseline and writes bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python bench/run.py` puts bench/ first, not the repo
+    sys.path.insert(0, str(REPO))
+
+from bench.candidates import (  # noqa: E402
+    AiosmtpdBaseline,
+    Candidate,
+    CandidateUnavailable,
+    FloorSink,
+    Gateway,
+    PlainPostfix,
+    default_python,
+    find_gateway_executable,
+)
+from bench.message import RECIPIENT, SENDER, LargeMessage, build_large_message  # noqa: E402
+from bench.procs import hwm_by_pid, reset_hwm  # noqa: E402
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+RESULTS = REPO / "bench" / "results" / "latest.json"
+BASELINES = ("floor", "aiosmtpd", "postfix")
+
+
+class BenchError(RuntimeError):
+    """One measurement of one candidate failed (the candidate is dropped, the bench goes on)."""
+
+
+@dataclass
+class Settings:
+    """What one bench run does."""
+
+    messages: int
+    sessions: int
+    message_size: int
+    rounds: int
+    large_rounds: int
+    step_timeout: float
+    quick: bool
+
+
+FULL = Settings(messages=2000, sessions=20, message_size=5120, rounds=5, large_rounds=3, step_timeout=180, quick=False)
+QUICK = Settings(messages=300, sessions=20, message_size=5120, rounds=2, large_rounds=1, step_timeout=30, quick=True)
+
+
+# --------------------------------------------------------------------- machine
+def machine_info(workdir: Path) -> dict[str, Any]:
+    """nproc, CPU model, kernel, memory, versions and the temp filesystem."""
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    postfix_version = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        postfix_version = subprocess.run(
+            ["/usr/sbin/postconf", "-h", "-d", "mail_version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "mem_total_mib": mem_kib // 1024,
+        "python": platform.python_version(),
+        "postfix": postfix_version,
+        "temp_dir": str(workdir),
+        "temp_fs": _fs_type(workdir),
+        "loadavg_before": _loadavg(),
+    }
+
+
+def _loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews every figure."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
+def _fs_type(path: Path) -> str:
+    """Filesystem type of the mount holding ``path`` (from /proc/mounts)."""
+    best, fstype = "", "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+                best, fstype = parts[1], parts[2]
+    return fstype
+
+
+# ---------------------------------------------------------------- measurements
+def run_throughput(c: Candidate, s: Settings, messages: int) -> dict[str, float]:
+    """Send ``messages`` 5 KB messages with smtp-source; time acceptance and arrival."""
+    sink = c.arrival_sink
+    base = sink.received_count() if sink else 0
+    argv = [
+        SMTP_SOURCE, "-s", str(s.sessions), "-m", str(messages), "-l", str(s.message_size),
+        "-M", "bench.localhost", "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{c.smtp_port}",
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        accepted: float | None = None
+        arrived: float | None = None if sink else -1.0
+        try:
+            while accepted is None or arrived is None:
+                now = time.monotonic()
+                if accepted is None and proc.poll() is not None:
+                    accepted = now - t0
+                    if proc.returncode != 0:
+                        err.seek(0)
+                        raise BenchError(
+                            f"smtp-source exit {proc.returncode}: {err.read().decode(errors='replace')[-500:]}"
+                        )
+                if arrived is None and sink is not None and sink.received_count() >= base + messages:
+                    arrived = now - t0
+                if now - t0 > s.step_timeout:
+                    got = (sink.received_count() - base) if sink else "n/a"
+                    raise BenchError(
+                        f"timeout after {s.step_timeout:.0f}s: smtp-source "
+                        f"{'done' if accepted is not None else 'still running'}, {got}/{messages} arrived"
+                    )
+                time.sleep(0.005)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    e2e = arrived if arrived is not None and arrived >= 0 else accepted
+    if sink is not None and sink.dump_dir is not None:
+        _purge_dumps(c)
+    return {
+        "messages": messages,
+        "accepted_s": accepted,
+        "e2e_s": e2e,
+        "accepted_msgs_per_s": messages / accepted,
+        "e2e_msgs_per_s": messages / e2e,
+    }
+
+
+def _purge_dumps(c: Candidate) -> None:
+    """Delete the sink's finished dump files (keeps the dump directory small between rounds)."""
+    if c.arrival_sink is not None and c.arrival_sink.dump_dir is not None:
+        c.arrival_sink.purge()
+
+
+def send_large(port: int, data: bytes, timeout: float) -> tuple[float, float, float]:
+    """Send ``data`` (CRLF, dot-stuffed) as one message; return (t0 monotonic, t0 wall, 250 monotonic)."""
+    t0, wall0 = time.monotonic(), time.time()
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="bench.localhost", timeout=timeout) as client:
+        client.ehlo()
+        options = [f"SIZE={len(data)}"] if client.has_extn("size") else []
+        code, reply = client.mail(SENDER, options)
+        if code != 250:
+            raise BenchError(f"MAIL FROM refused: {code} {reply!r}")
+        code, reply = client.rcpt(RECIPIENT)
+        if code not in (250, 251):
+            raise BenchError(f"RCPT TO refused: {code} {reply!r}")
+        code, reply = client.docmd("DATA")
+        if code != 354:
+            raise BenchError(f"DATA refused: {code} {reply!r}")
+        assert client.sock is not None
+        client.sock.sendall(data)  # smtplib's own data() would regex 25 MB first: skip that
+        client.sock.sendall(b".\r\n")
+        code, reply = client.getreply()
+        t_accept = time.monotonic()
+        if code != 250:
+            raise BenchError(f"message refused after DATA: {code} {reply!r}")
+    return t0, wall0, t_accept
+
+
+def run_large(c: Candidate, msg: LargeMessage, data: bytes, body_tail: bytes, s: Settings) -> dict[str, Any]:
+    """Send the large message once; time it, check what arrived, read peak memory."""
+    sink = c.arrival_sink
+    _purge_dumps(c)
+    base = sink.received_count() if sink else 0
+    hwm_reset = reset_hwm(c.receiving_pids())
+    t0, wall0, t_accept = send_large(c.smtp_port, data, s.step_timeout)
+    result: dict[str, Any] = {"accept_s": t_accept - t0, "hwm_reset": hwm_reset}
+    e2e = t_accept - t0
+    if sink is not None:
+        try:
+            seen = sink.wait_for_count(base + 1, timeout=s.step_timeout)
+        except (TimeoutError, RuntimeError) as exc:
+            raise BenchError(f"large message did not arrive at the sink: {exc}") from exc
+        e2e = seen - t0
+        if sink.dump_dir is not None:
+            arrived = sink.completed_dump_paths()
+            if arrived:
+                path = max(arrived, key=lambda p: p.stat().st_size)
+                st = path.stat()
+                # The dump file's mtime is when its last byte was written: more exact
+                # than the moment the polling loop noticed.
+                by_mtime = st.st_mtime - wall0
+                if 0 < by_mtime < e2e:
+                    e2e = by_mtime
+                content = path.read_bytes()
+                result["arrived_bytes"] = st.st_size
+                result["attachment_intact"] = body_tail in content
+    peak, detail = c.peak_memory_kib()
+    result.update(
+        {
+            "e2e_s": e2e,
+            "mb_per_s": msg.size / e2e / 1e6,
+            "peak_rss_kib": peak,
+            "rss_detail_kib": detail,
+        }
+    )
+    if isinstance(c, PlainPostfix):
+        result["postfix_all_processes_hwm_kib"] = sum(kib for _, kib in hwm_by_pid(c.all_pids()).values())
+    return result
+
+
+# ------------------------------------------------------------------- summary
+def _median(rounds: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rounds if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(rows: dict[str, dict[str, Any]]) -> None:
+    """Add medians (and the max peak memory) to every candidate's result, in place."""
+    for row in rows.values():
+        tp = row.get("throughput_rounds", [])
+        lg = row.get("large_rounds", [])
+        peaks = [r["peak_rss_kib"] for r in lg if r.get("peak_rss_kib")]
+        row["spread"] = {
+            key: [min(r[key] for r in rounds), max(r[key] for r in rounds)]
+            for key, rounds in (
+                ("accepted_msgs_per_s", tp),
+                ("e2e_msgs_per_s", tp),
+                ("e2e_s", lg),
+            )
+            if rounds
+        }
+        row["summary"] = {
+            "accepted_msgs_per_s": _median(tp, "accepted_msgs_per_s"),
+            "e2e_msgs_per_s": _median(tp, "e2e_msgs_per_s"),
+            "large_accept_s": _median(lg, "accept_s"),
+            "large_e2e_s": _median(lg, "e2e_s"),
+            "large_mb_per_s": _median(lg, "mb_per_s"),
+            "large_peak_rss_mib": max(peaks) / 1024 if peaks else None,
+        }
+
+
+FIGURES: list[tuple[str, str, str]] = [
+    ("accepted_msgs_per_s", "5 KB msgs/s accepted", "{:.0f}"),
+    ("e2e_msgs_per_s", "5 KB msgs/s end-to-end", "{:.0f}"),
+    ("large_accept_s", "25 MiB: s until 250", "{:.3f}"),
+    ("large_e2e_s", "25 MiB: s end-to-end", "{:.3f}"),
+    ("large_mb_per_s", "25 MiB: MB/s end-to-end", "{:.1f}"),
+    ("large_peak_rss_mib", "25 MiB: peak RSS MiB", "{:.1f}"),
+]
+
+
+def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    """The results table: one line a figure, baselines, gateway, gateway/baseline ratios."""
+    names = [n for n in (*BASELINES, "gateway") if n in rows]
+    header = ["figure", *names] + [f"gw/{b}" for b in BASELINES if b in rows]
+    lines: list[list[str]] = [header]
+    for key, label, fmt in FIGURES:
+        line = [label]
+        for n in names:
+            row = rows[n]
+            value = row.get("summary", {}).get(key)
+            line.append(fmt.format(value) if value is not None else (row["status"] if row["status"] != "ok" else "-"))
+        gw = rows.get("gateway", {}).get("summary", {}).get(key)
+        for b in BASELINES:
+            if b not in rows:
+                continue
+            base = rows[b].get("summary", {}).get(key)
+            line.append(f"{gw / base:.2f}x" if gw is not None and base else "-")
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = [
+        "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(line))
+        for line in lines
+    ]
+    out.insert(1, "-" * len(out[0]))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------- main
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit so every ``finally`` stops its processes."""
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def started(c: Candidate, rows: dict[str, dict[str, Any]]) -> Iterator[bool]:
+    """Start a candidate (recording why not, if it cannot), and always stop it after."""
+    try:
+        c.start()
+        rows[c.name]["status"] = "ok"
+        ok = True
+    except CandidateUnavailable as exc:
+        rows[c.name].update(status="skipped", reason=str(exc))
+        print(f"[bench] {c.label}: skipped: {exc}", flush=True)
+        ok = False
+    except Exception as exc:  # noqa: BLE001 - recorded, the bench goes on
+        rows[c.name].update(status="failed", reason=f"start: {exc}")
+        print(f"[bench] {c.label}: failed to start: {exc}", flush=True)
+        ok = False
+    try:
+        yield ok
+    finally:
+        c.stop()
+
+
+def _fail(c: Candidate, rows: dict[str, dict[str, Any]], active: list[Candidate], what: str, exc: Exception) -> None:
+    rows[c.name].update(status="failed", reason=f"{what}: {exc}")
+    print(f"[bench] {c.label}: {what} failed, dropped: {exc}", flush=True)
+    active.remove(c)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description="Gateway benchmark against smtp-sink, aiosmtpd and Postfix")
+    p.add_argument("--quick", action="store_true", help="smoke run: fewer messages and rounds (well under a minute)")
+    p.add_argument("--messages", type=int, help="5 KB messages per round")
+    p.add_argument("--rounds", type=int, help="throughput rounds (interleaved across candidates)")
+    p.add_argument("--large-rounds", type=int, help="25 MiB message rounds")
+    p.add_argument("--sessions", type=int, help="parallel smtp-source sessions (default 20)")
+    p.add_argument("--gateway", help="path to the attachment-gateway executable (default: .venv/bin, then PATH)")
+    p.add_argument(
+        "--only", help=f"comma-separated subset of candidates: {','.join((*BASELINES, 'gateway'))}"
+    )
+    p.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS})")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; exit code 0, or 1 when a candidate failed (a skipped gateway is not a failure)."""
+    args = parse_args(argv)
+    base = QUICK if args.quick else FULL
+    s = Settings(
+        messages=args.messages or base.messages,
+        sessions=args.sessions or base.sessions,
+        message_size=base.message_size,
+        rounds=args.rounds or base.rounds,
+        large_rounds=args.large_rounds or base.large_rounds,
+        step_timeout=base.step_timeout,
+        quick=base.quick,
+    )
+    if os.geteuid() != 0:
+        print("[bench] must run as root (Postfix and smtp-sink -u nobody need it)", file=sys.stderr)
+        return 2
+    for exe in (SMTP_SOURCE, "/usr/sbin/smtp-sink", "/usr/sbin/postfix"):
+        if not os.path.exists(exe):
+            print(f"[bench] {exe} missing: run scripts/install-test-deps.sh", file=sys.stderr)
+            return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+
+    wanted = set(args.only.split(",")) if args.only else {*BASELINES, "gateway"}
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    os.chmod(workdir, 0o755)
+    started_at = time.time()
+    gateway_exe = find_gateway_executable(args.gateway)
+    all_candidates: list[Candidate] = [
+        FloorSink(workdir, dump=False),
+        AiosmtpdBaseline(workdir, default_python()),
+        PlainPostfix(workdir),
+        Gateway(workdir, gateway_exe, requested=args.gateway),
+    ]
+    candidates = [c for c in all_candidates if c.name in wanted]
+    rows: dict[str, dict[str, Any]] = {
+        c.name: {"label": c.label, "status": "pending", "memory_scope": c.memory_scope} for c in candidates
+    }
+    if "gateway" in rows:
+        rows["gateway"]["executable"] = gateway_exe
+    machine = machine_info(workdir)
+    print(
+        f"[bench] machine: {machine['nproc']} CPU ({machine['cpu_model']}), kernel {machine['kernel']}, "
+        f"{machine['mem_total_mib']} MiB RAM, temp on {machine['temp_fs']}, load {machine['loadavg_before']}",
+        flush=True,
+    )
+    if machine["loadavg_before"] and machine["loadavg_before"][0] > 0.5 * machine["nproc"]:
+        print("[bench] warning: the machine is busy (1-minute load above nproc/2): figures will be noisy", flush=True)
+    print(
+        f"[bench] {'quick' if s.quick else 'full'} run: {s.rounds} x {s.messages} msgs of {s.message_size} B, "
+        f"{s.sessions} sessions; {s.large_rounds} x large message",
+        flush=True,
+    )
+    try:
+        msg = build_large_message(workdir)
+        data = msg.path.read_bytes()
+        body_tail = data[data.index(b"Content-Transfer-Encoding: base64") :].replace(b"\r\n", b"\n")
+        print(
+            f"[bench] large message: {msg.size} bytes ({msg.size / 2**20:.1f} MiB), "
+            f"attachment {msg.attachment_size} bytes",
+            flush=True,
+        )
+        with contextlib.ExitStack() as stack:
+            active: list[Candidate] = []
+            for c in candidates:
+                if stack.enter_context(started(c, rows)):
+                    active.append(c)
+                    if isinstance(c, Gateway):
+                        rows[c.name]["argv"] = c.argv
+                    rows[c.name]["throughput_rounds"] = []
+                    rows[c.name]["large_rounds"] = []
+            # Warm-up (not recorded): spawns Postfix's daemons, JITs nothing, fills caches.
+            for c in list(active):
+                try:
+                    run_throughput(c, s, 2 * s.sessions)
+                except Exception as exc:  # noqa: BLE001
+                    _fail(c, rows, active, "warm-up", exc)
+            for rnd in range(s.rounds):
+                for c in list(active):
+                    try:
+                        r = run_throughput(c, s, s.messages)
+                    except Exception as exc:  # noqa: BLE001
+                        _fail(c, rows, active, f"throughput round {rnd + 1}", exc)
+                        continue
+                    rows[c.name]["throughput_rounds"].append(r)
+                    print(
+                        f"[bench] round {rnd + 1}/{s.rounds} {c.label:22s} "
+                        f"accepted {r['accepted_msgs_per_s']:7.0f} msg/s  end-to-end {r['e2e_msgs_per_s']:7.0f} msg/s",
+                        flush=True,
+                    )
+            for rnd in range(s.large_rounds):
+                for c in list(active):
+                    try:
+                        r = run_large(c, msg, data, body_tail, s)
+                    except Exception as exc:  # noqa: BLE001
+                        _fail(c, rows, active, f"large message round {rnd + 1}", exc)
+                        continue
+                    rows[c.name]["large_rounds"].append(r)
+                    print(
+                        f"[bench] large {rnd + 1}/{s.large_rounds} {c.label:22s} "
+                        f"250 after {r['accept_s']:.3f}s  end-to-end {r['e2e_s']:.3f}s  "
+                        f"{r['mb_per_s']:6.1f} MB/s  peak RSS {r['peak_rss_kib'] / 1024:6.1f} MiB"
+                        + ("" if r.get("attachment_intact", True) else "  (attachment replaced/changed)"),
+                        flush=True,
+                    )
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"[bench] kept {workdir}", flush=True)
+
+    machine["loadavg_after"] = _loadavg()
+    summarize(rows)
+    if "gateway" in rows and rows["gateway"]["status"] == "skipped":
+        print("[bench] gateway row skipped: the attachment-gateway executable is missing", flush=True)
+    print()
+    print(
+        f"machine: nproc={machine['nproc']}, CPU {machine['cpu_model']}, kernel {machine['kernel']}, "
+        f"Postfix {machine['postfix']}, Python {machine['python']}"
+    )
+    print(f"load average before/after: {machine['loadavg_before']} / {machine['loadavg_after']}")
+    print(format_table(rows))
+    print("ratios are gateway/baseline: above 1x is better for msgs/s and MB/s, worse for seconds and MiB")
+    for name, row in rows.items():
+        if row.get("reason"):
+            print(f"note: {name}: {row['status']}: {row['reason'].splitlines()[0]}")
+    result = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
+        "duration_s": round(time.time() - started_at, 1),
+        "machine": machine,
+        "settings": asdict(s),
+        "large_message": {
+            "bytes": msg.size,
+            "attachment_bytes": msg.attachment_size,
+            "attachment_sha256": msg.attachment_sha256,
+        },
+        "candidates": rows,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[bench] results written to {args.json}")
+    failed = [name for name, row in rows.items() if row["status"] == "failed"]
+    return 1 if failed else 0
+
+
+def cli() -> int:
+    """Entry point: ``main()``, with Ctrl-C reported in one line (exit 130) after cleanup."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("[bench] interrupted: every process it started was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
