@@ -54,13 +54,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     roles = tuple(r for r in ("smtp", "worker", "http") if r not in (args.without or []))
     if args.only:
         roles = tuple(args.only)
-    from gateway.server import Gateway
+    from gateway.server import Gateway, Supervisor
 
+    processes = args.processes or cfg.process_count()
     try:
-        gw = Gateway(cfg, args.config, roles)
+        gw = Gateway(cfg, args.config, roles)  # built once here to report config errors before forking
     except ValueError as e:  # key files and similar, found while building
         print(f"{args.config}: {e}", file=sys.stderr)
         return EX_CONFIG
+    if processes > 1:
+        gw.audit.close()
+        return Supervisor(cfg, args.config, roles, processes).run()
     try:
         asyncio.run(gw.run())
     except OSError as e:
@@ -199,6 +203,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run SMTP ingress, worker and HTTP")
     s.add_argument("--only", nargs="+", choices=("smtp", "worker", "http"), help="run only these roles")
     s.add_argument("--without", nargs="+", choices=("smtp", "worker", "http"), help="run all roles but these")
+    s.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="processes sharing the ports and the spool (default: gateway.processes)")
     s.set_defaults(func=cmd_serve)
     c = sub.add_parser("check-config", help="validate the config file and exit")
     c.set_defaults(func=cmd_check_config)

@@ -86,6 +86,8 @@ class GatewaySettings(_Strict):
     hostname: str = "gateway.localhost"
     spool_dir: str = "var/spool"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Processes that share the ports and the spool; "auto" is one per CPU.
+    processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
     # Where audit events (link clicks, refusals) go, one JSON object a line;
     # "-" means standard output.
     audit_log: str = "var/log/audit.jsonl"
@@ -282,6 +284,11 @@ class Config(_Strict):
                     raise ValueError(f"routes[{i}].policies[{j}].name: {ref.name!r} is not a known policy "
                                      f"(known: {', '.join(sorted(known_policies()))})")
         return self
+
+    def process_count(self) -> int:
+        """How many processes ``serve`` runs."""
+        n = self.gateway.processes
+        return max(1, os.cpu_count() or 1) if n == "auto" else n
 
     def path(self, p: str) -> Path:
         """Resolve a path from the config against the base directory."""

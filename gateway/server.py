@@ -10,7 +10,9 @@ config and keeps the old one when the new one is invalid.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gateway import config as config_mod
@@ -31,10 +33,15 @@ ROLES = ("smtp", "worker", "http")
 class Gateway:
     """One gateway process and the roles it runs."""
 
-    def __init__(self, cfg: Config, config_path: str, roles: tuple[str, ...] = ROLES) -> None:
+    def __init__(self, cfg: Config, config_path: str, roles: tuple[str, ...] = ROLES, *,
+                 shared_ports: bool = False, recover: bool = True) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.roles = roles
+        # With several processes, each listens on the same ports
+        # (SO_REUSEPORT) and the kernel spreads connections between them.
+        self.shared_ports = shared_ports
+        self.recover = recover
         self.spool = Spool(cfg.path(cfg.gateway.spool_dir))
         self.audit = logs.AuditLog(cfg.path(cfg.gateway.audit_log) if cfg.gateway.audit_log != "-" else "-",
                                    cfg.gateway.hostname)
@@ -46,22 +53,29 @@ class Gateway:
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
+        # Spool and storage calls run in threads and most of them wait on
+        # fsync or the network: give them more threads than the default.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64,
+                                                                           thread_name_prefix="io"))
         for store in self.stores.values():
             await store.start()
         await asyncio.to_thread(self.spool.create)
-        if "worker" in self.roles:
+        if "worker" in self.roles and self.recover:
             counts = await asyncio.to_thread(self.spool.recover)
             if any(counts.values()):
                 log.info("spool recovered", **counts)
+        if "worker" in self.roles:
             self.worker = Worker(self.cfg, self.spool, self.stores, self.keyring, self.audit)
             await self.worker.start()
         if "http" in self.roles:
             host, port = self.cfg.http.address
-            self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit), host, port)
+            self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit), host, port,
+                                             reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker
             self.smtp = await start_server(self.cfg, self.spool,
-                                           lambda qid: worker.kick() if worker is not None else None)
+                                           lambda qid: worker.enqueue(qid) if worker is not None else None,
+                                           reuse_port=self.shared_ports)
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,
                  http=self.cfg.http.listen if self.http else None, spool=str(self.spool.root))
 
@@ -99,3 +113,95 @@ class Gateway:
             await store.close()
         self.audit.close()
         log.info("stopped")
+
+
+class Supervisor:
+    """``serve`` with several processes: forks the workers, passes signals
+    on, and starts a process again when one dies.
+
+    Every child runs the same roles on the same ports (SO_REUSEPORT) over
+    the one spool; claims are renames under a lock, so no message is taken
+    twice.  The supervisor recovers the spool once before forking; while
+    running, each worker also takes back what a dead sibling left.
+    """
+
+    def __init__(self, cfg: Config, config_path: str, roles: tuple[str, ...], processes: int) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.roles = roles
+        self.processes = processes
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.stopping = False
+
+    def _spawn(self, slot: int) -> None:
+        import os
+
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
+                gw = Gateway(self.cfg, self.config_path, self.roles, shared_ports=True, recover=False)
+                asyncio.run(gw.run())
+            except BaseException as e:  # noqa: BLE001 - report, and let the supervisor restart us
+                log.error("process failed", slot=slot, error=f"{type(e).__name__}: {e}")
+                code = 1
+            finally:
+                os._exit(code)
+        self.children[pid] = slot
+
+    def run(self) -> int:
+        import os
+        import time
+
+        spool = Spool(self.cfg.path(self.cfg.gateway.spool_dir))
+        spool.create()
+        if "worker" in self.roles:
+            counts = spool.recover()
+            if any(counts.values()):
+                log.info("spool recovered", **counts)
+
+        def on_stop(signum: int, frame: object) -> None:
+            self.stopping = True
+            for pid in list(self.children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+        def on_hup(signum: int, frame: object) -> None:
+            try:
+                config_mod.load(self.config_path, base_dir=self.cfg.base_dir)
+            except config_mod.ConfigError as e:
+                log.error("reload refused; old config stays in force", error=str(e))
+                return
+            for pid in list(self.children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+        for slot in range(self.processes):
+            self._spawn(slot)
+        log.info("supervisor started", processes=self.processes)
+        status = 0
+        while self.children:
+            try:
+                pid, wstatus = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            slot = self.children.pop(pid, None)
+            if slot is None:
+                continue
+            code = os.waitstatus_to_exitcode(wstatus)
+            if not self.stopping:
+                log.error("process exited; starting it again", slot=slot, pid=pid, code=code)
+                time.sleep(1.0)
+                if not self.stopping:
+                    self._spawn(slot)
+            elif code not in (0, -signal.SIGTERM):
+                status = 1
+        log.info("supervisor stopped")
+        return status

@@ -33,6 +33,13 @@ from gateway.spool import Envelope, Reception, Spool, SpoolError, is_disk_full
 log = logs.get("smtp")
 
 READ_SIZE = 1 << 18
+# Messages up to this size are gathered in memory and spooled in one go
+# (one thread hop instead of three); larger ones stream to the spool file.
+SMALL_MESSAGE = 1 << 20
+# A plain path (no quoting, no source route) parses without the email
+# package's header parser, which costs more than the rest of a command.
+_SIMPLE_PATH = re.compile(r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>(.*)", re.S)
+WRITABLE_CHECK_SECONDS = 1.0
 # The StreamReader buffers up to twice this before pausing the socket; the
 # aiosmtpd default (1001 bytes) would pause it every 2 KB during DATA.
 STREAM_LIMIT = 1 << 20
@@ -46,6 +53,21 @@ class Handler:
         self.cfg = cfg
         self.spool = spool
         self.on_queued = on_queued
+        self._writable_at = 0.0
+        self._writable_error: str | None = None
+
+    async def spool_error(self) -> str | None:
+        """Why the spool cannot take a message now, or None; checked at most
+        once a second, not per MAIL."""
+        now = time.monotonic()
+        if now - self._writable_at >= WRITABLE_CHECK_SECONDS:
+            try:
+                await asyncio.to_thread(self.spool.check_writable)
+                self._writable_error = None
+            except SpoolError as e:
+                self._writable_error = str(e)
+            self._writable_at = now
+        return self._writable_error
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -67,10 +89,9 @@ class Handler:
             key, _, value = opt.partition("=")
             if key.upper() == "SIZE" and value.isdigit() and int(value) > self.cfg.smtp.max_message_size:
                 return "552 5.3.4 Message size exceeds fixed maximum message size"
-        try:
-            await asyncio.to_thread(self.spool.check_writable)
-        except SpoolError as e:
-            log.error("spool not writable", error=str(e))
+        error = await self.spool_error()
+        if error is not None:
+            log.error("spool not writable", error=error)
             return "452 4.3.1 Insufficient system storage"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -115,6 +136,12 @@ class GatewaySMTP(SMTP):
         super().__init__(handler, data_size_limit=None, enable_SMTPUTF8=True, **kwargs)
         self.gw = handler
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        m = _SIMPLE_PATH.fullmatch(arg.lstrip()) if arg else None
+        if m is not None:
+            return m.group(1), m.group(2)
+        return super()._getaddr(arg)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         # Each connection gets a fresh reader in the base class; raise its
@@ -132,24 +159,19 @@ class GatewaySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
-        try:
-            reception = await asyncio.to_thread(self.gw.spool.receive)
-        except SpoolError as e:
-            log.error("cannot spool", error=str(e))
-            await self.push("452 4.3.1 Insufficient system storage")
-            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        sink = _SpoolWriter(self.gw.spool)
         committed = False
         try:
-            status = await self._receive(reception)
+            status = await self._receive(sink)
             committed = status.startswith("250")
         finally:
             if not committed:
-                await asyncio.to_thread(reception.abort)
+                await asyncio.to_thread(sink.abort)
         self._set_post_data_state()
         await self.push(status)
 
-    async def _receive(self, reception: Reception) -> str:
+    async def _receive(self, reception: "_SpoolWriter") -> str:
         """Read DATA into the spool; return the reply to send."""
         assert self.envelope is not None and self.session is not None
         limit = self.gw.cfg.smtp.max_message_size
@@ -203,11 +225,8 @@ class GatewaySMTP(SMTP):
                     too_big = True
                 if not too_big and error is None:
                     try:
-                        if len(content) >= 65536:
-                            await asyncio.to_thread(reception.write, content)
-                        else:
-                            reception.write(content)
-                    except OSError as e:
+                        await reception.write(content)
+                    except (OSError, SpoolError) as e:
                         error = e
             if done:
                 if leftover:
@@ -225,7 +244,7 @@ class GatewaySMTP(SMTP):
         env = self.envelope
         peer = self.session.peer
         envelope = Envelope(
-            queue_id=reception.queue_id, mail_from="" if env.mail_from == "<>" else env.mail_from or "", rcpt_tos=list(env.rcpt_tos),
+            queue_id="", mail_from="" if env.mail_from == "<>" else env.mail_from or "", rcpt_tos=list(env.rcpt_tos),
             route=getattr(env, "route", None) or "", received_at=time.time(),
             client_addr=peer[0] if isinstance(peer, tuple) else str(peer),
             client_name="", helo=self.session.host_name or "", size=size,
@@ -233,18 +252,85 @@ class GatewaySMTP(SMTP):
             tls="yes" if self._tls_protocol else "")
         try:
             await asyncio.to_thread(reception.commit, envelope)
-        except OSError as e:
-            log.error("spool commit failed", queue_id=reception.queue_id, error=str(e))
+        except (OSError, SpoolError) as e:
+            log.error("spool commit failed", queue_id=envelope.queue_id or None, error=str(e))
             return "452 4.3.1 Insufficient system storage" if is_disk_full(e) else \
                 "451 4.3.0 Error writing message to the queue"
-        log.info("queued", queue_id=reception.queue_id, mail_from=envelope.mail_from, rcpts=envelope.rcpt_tos,
+        log.info("queued", queue_id=envelope.queue_id, mail_from=envelope.mail_from, rcpts=envelope.rcpt_tos,
                  size=size, client=envelope.client_addr, route=envelope.route,
                  **({"bare_line_ends": bare_line_ends} if bare_line_ends else {}))
         try:
-            self.gw.on_queued(reception.queue_id)
+            self.gw.on_queued(envelope.queue_id)
         except Exception as e:  # noqa: BLE001 - the message is on disk: it is ours, answer 250
-            log.error("could not wake the worker", queue_id=reception.queue_id, error=str(e))
-        return f"250 2.0.0 Ok: queued as {reception.queue_id}"
+            log.error("could not wake the worker", queue_id=envelope.queue_id, error=str(e))
+        return f"250 2.0.0 Ok: queued as {envelope.queue_id}"
+
+
+class _SpoolWriter:
+    """DATA on its way to the spool: gathered in memory while small, then
+    streamed into a Reception; committed in one thread call."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.reception: Reception | None = None
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+
+    async def write(self, data: bytes) -> None:
+        self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size >= SMALL_MESSAGE:
+            await asyncio.to_thread(self._flush)
+
+    def _flush(self) -> None:
+        if self.reception is None:
+            self.reception = self.spool.receive()
+        data, self.pending, self.pending_size = b"".join(self.pending), [], 0
+        self.reception.write(data)
+
+    def commit(self, envelope: Envelope) -> None:
+        """Spool what is left and make it durable; sets the queue id."""
+        self._flush()
+        assert self.reception is not None
+        envelope.queue_id = self.reception.queue_id
+        self.reception.commit(envelope)
+
+    def abort(self) -> None:
+        self.pending = []
+        if self.reception is not None:
+            self.reception.abort()
+
+
+def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> Callable[[], SMTP]:
+    """A factory of per-connection protocols built from one prototype.
+
+    aiosmtpd's constructor introspects the protocol and the handler
+    (``inspect.getmembers``, ``inspect.signature``) on every connection,
+    which costs more CPU than receiving a small message.  The result is the
+    same for every connection of one server, so it is computed once: each
+    connection gets a copy of the prototype's state, a fresh stream reader,
+    and its command table bound to itself.  Pinned to aiosmtpd 1.4.x, whose
+    constructor this mirrors; the whole suite runs through it.
+    """
+    proto = GatewaySMTP(handler, loop=loop, **kwargs)
+    state = dict(proto.__dict__)
+    commands = list(proto._smtp_methods)
+    auth = {name: (impl.method.__name__, impl.is_builtin) for name, impl in proto._auth_methods.items()}
+    auth_attr = type(next(iter(proto._auth_methods.values()))) if proto._auth_methods else None
+
+    def make() -> SMTP:
+        conn = GatewaySMTP.__new__(GatewaySMTP)
+        conn.__dict__.update(state)
+        asyncio.StreamReaderProtocol.__init__(
+            conn, asyncio.StreamReader(loop=loop, limit=conn.line_length_limit),
+            client_connected_cb=conn._cb_client_connected, loop=loop)
+        conn._smtp_methods = {c: getattr(conn, "smtp_" + c) for c in commands}
+        if auth_attr is not None:
+            conn._auth_methods = {name: auth_attr(getattr(conn if builtin else handler, meth), builtin)
+                                  for name, (meth, builtin) in auth.items()}
+        return conn
+
+    return make
 
 
 async def start_server(cfg: Config, spool: Spool, on_queued: Callable[[str], None],
@@ -253,7 +339,6 @@ async def start_server(cfg: Config, spool: Spool, on_queued: Callable[[str], Non
     handler = Handler(cfg, spool, on_queued)
     loop = asyncio.get_running_loop()
     host, port = cfg.smtp.address
-    return await loop.create_server(
-        lambda: GatewaySMTP(handler, hostname=cfg.gateway.hostname, ident=cfg.smtp.banner,
-                            timeout=cfg.smtp.timeout, loop=loop),
-        host=host, port=port, reuse_port=reuse_port or None)
+    factory = protocol_factory(handler, loop, hostname=cfg.gateway.hostname, ident=cfg.smtp.banner,
+                               timeout=cfg.smtp.timeout)
+    return await loop.create_server(factory, host=host, port=port, reuse_port=reuse_port or None)

@@ -63,7 +63,7 @@ def new_queue_id() -> str:
         n, r = divmod(n, len(_ALPHABET))
         out.append(_ALPHABET[r])
     stamp = "".join(reversed(out))
-    return stamp + "".join(secrets.choice(_ALPHABET) for _ in range(4))
+    return stamp + "".join(_ALPHABET[b % len(_ALPHABET)] for b in secrets.token_bytes(4))
 
 
 def fsync_dir(path: Path) -> None:
@@ -171,12 +171,15 @@ class Handle:
     def has(self, name: str) -> bool:
         return self.file(name).exists()
 
-    def move(self, queue: str) -> None:
-        """Move the message to another queue, durably."""
+    def move(self, queue: str, durable: bool = True) -> None:
+        """Move the message to another queue; ``durable`` makes the move
+        survive a power cut (a claim into ``active`` need not: either place
+        is recovered the same way)."""
         src, dst = self.path, self.spool.root / queue / self.queue_id
         os.rename(src, dst)
-        fsync_dir(dst.parent)
-        fsync_dir(src.parent)
+        if durable:
+            fsync_dir(dst.parent)
+            fsync_dir(src.parent)
         self.queue = queue
 
     def remove(self) -> None:
@@ -316,7 +319,7 @@ class Spool:
             if not handle.path.is_dir():  # moved by someone between our check and lock
                 raise FileNotFoundError(path)
             if dst != src:
-                handle.move(dst)
+                handle.move(dst, durable=dst != "active")
         except BaseException:
             handle.release()
             raise
@@ -329,12 +332,15 @@ class Spool:
                 return q
         return None
 
-    def recover(self) -> dict[str, int]:
-        """Put back what crashed processes left behind; called on start.
+    def recover(self, tmp_min_age: float = 0.0) -> dict[str, int]:
+        """Put back what dead processes left behind: on start, and from time
+        to time while running (a worker process may die alone).
 
         Messages in ``active`` whose lock can be taken go back to ``incoming``
         (or ``deferred`` when already processed, so they keep their retry
-        state); unacknowledged receptions in ``tmp`` are removed.
+        state); unacknowledged receptions in ``tmp`` older than
+        ``tmp_min_age`` seconds whose lock is free are removed (the age keeps
+        a reception that has made its directory but not yet locked it).
         """
         counts = {"requeued": 0, "removed_tmp": 0}
         for qid in self.ids("active"):
@@ -345,8 +351,14 @@ class Spool:
             with h:
                 h.move("deferred" if h.has(REWRITTEN) else "incoming")
                 counts["requeued"] += 1
+        now = time.time()
         for name in self.ids("tmp"):
             path = self.root / "tmp" / name
+            try:
+                if tmp_min_age and now - path.stat().st_mtime < tmp_min_age:
+                    continue
+            except FileNotFoundError:
+                continue
             try:
                 fd = _try_lock(path / LOCK) if (path / LOCK).exists() else -1
             except Locked:
@@ -394,8 +406,12 @@ class Spool:
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """Whether an OSError means the spool cannot take more (452, not 451)."""
-    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    """Whether an error means the spool cannot take more (452, not 451)."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return True
+        err = err.__cause__
+    return False
 
 
 @contextlib.contextmanager

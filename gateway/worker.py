@@ -24,7 +24,7 @@ from typing import Any
 import policies
 from gateway import logs
 from gateway.config import Config, RouteSettings
-from gateway.delivery import DeliveryResult, NextHop
+from gateway.delivery import Content, DeliveryResult, NextHop
 from gateway.delivery import build as build_next_hop
 from gateway.delivery.dsn import build_dsn
 from gateway.links import records
@@ -32,13 +32,16 @@ from gateway.links.tokens import Keyring, new_object_id
 from gateway.mime import filenames
 from gateway.mime.decode import decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, MimeLimitError, Part, parse
-from gateway.mime.rewrite import Link, Replacement, human_size, plan, segments_size, write_segments
+from gateway.mime.rewrite import Link, Replacement, human_size, plan, segments_size
 from gateway.mime.source import Source
 from gateway.spool import (ENVELOPE, MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
                            write_atomic)
 from gateway.storage.base import ObjectMeta, Storage, StorageError
 
 log = logs.get("worker")
+
+# Seconds between looks for messages a dead process left in ``active``.
+RECOVERY_INTERVAL = 30.0
 
 
 @dataclass
@@ -90,8 +93,15 @@ class Worker:
     # -- scheduling -------------------------------------------------------
 
     def kick(self) -> None:
-        """Wake the dispatcher: a message was just queued."""
+        """Wake the dispatcher (a message may be waiting)."""
         self._kick.set()
+
+    def enqueue(self, queue_id: str) -> None:
+        """Take a message this process has just queued, without waiting for
+        the next scan of ``incoming``."""
+        if queue_id not in self._inflight and not self._stopping:
+            self._inflight.add(queue_id)
+            self._queue.put_nowait(("incoming", queue_id))
 
     async def start(self) -> None:
         """Start the dispatcher and the processing tasks."""
@@ -114,7 +124,13 @@ class Worker:
 
     async def _dispatch(self) -> None:
         last_deferred_scan = 0.0
+        last_recovery = time.monotonic()
         while not self._stopping:
+            if time.monotonic() - last_recovery >= RECOVERY_INTERVAL:
+                last_recovery = time.monotonic()
+                counts = await asyncio.to_thread(self.spool.recover, RECOVERY_INTERVAL)
+                if any(counts.values()):
+                    log.warning("spool recovered from a dead process", **counts)
             for qid in await asyncio.to_thread(self.spool.ids, "incoming"):
                 if qid not in self._inflight:
                     self._inflight.add(qid)
@@ -153,6 +169,10 @@ class Worker:
             except (Locked, FileNotFoundError):
                 self._inflight.discard(qid)
                 continue
+            except OSError as e:
+                log.error("cannot claim message", queue_id=qid, error=str(e))
+                self._inflight.discard(qid)
+                continue
             try:
                 await self.handle(handle)
             finally:
@@ -175,9 +195,11 @@ class Worker:
             await self._hold(handle, f"no route named {envelope.route!r} in the config any more")
             return
         try:
-            if not handle.has(REWRITTEN):
-                await self.process(handle, envelope, route)
-            await self.deliver(handle, envelope, route)
+            if handle.has(REWRITTEN):
+                content = Content(handle.file(REWRITTEN))
+            else:
+                content = await self.process(handle, envelope, route)
+            await self.deliver(handle, envelope, route, content)
         except asyncio.CancelledError:
             # Shutdown: the message stays in active and recover() requeues it.
             raise
@@ -204,25 +226,30 @@ class Worker:
         await asyncio.to_thread(_do)
         log.warning("message held", queue_id=handle.queue_id, reason=reason)
 
-    async def process(self, handle: Handle, envelope: Envelope, route: RouteSettings) -> None:
-        """Parse, decide, offload and rewrite; leaves ``rewritten.eml``."""
+    async def process(self, handle: Handle, envelope: Envelope, route: RouteSettings) -> Content:
+        """Parse, decide, offload and rewrite; return what to deliver.
+
+        When anything was stored, the rewritten message is saved in the spool
+        (``rewritten.eml``) before delivery, so a retry or a crash never
+        offloads twice; a message that needed no storage is delivered
+        straight from the spooled original.
+        """
         qlog = log.bind(queue_id=handle.queue_id, route=route.name)
         src = Source(handle.file(MESSAGE))
         try:
-            await self._process(handle, envelope, route, src, qlog)
+            return await self._process(handle, envelope, route, src, qlog)
         finally:
             src.close()
 
     async def _process(self, handle: Handle, envelope: Envelope, route: RouteSettings, src: Source,
-                       qlog: Any) -> None:
+                       qlog: Any) -> Content:
         started = time.monotonic()
         try:
             root = await asyncio.to_thread(parse, src, self.limits)
         except MimeLimitError as e:
             qlog.warning("message exceeds a MIME limit; forwarded untouched", reason=str(e))
             trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
-            await asyncio.to_thread(self._write_output, handle, src, [trace, (0, src.size)], {"untouched": str(e)})
-            return
+            return Content(handle.file(MESSAGE), [trace, (0, src.size)])
         message_id = message_header(root.headers, "Message-ID").strip()
         customer = self._customer_id(root, envelope, route)
         text_part, html_part = _bodies(root)
@@ -271,14 +298,17 @@ class Worker:
             "failed": [p.path for p in failed],
             "seconds": round(time.monotonic() - started, 4),
         }
-        size = await asyncio.to_thread(self._write_output, handle, src, segments, result)
+        content = Content(handle.file(MESSAGE), segments)
+        if offloaded or failed or replacements:
+            await asyncio.to_thread(self._save_output, handle, content, result)
+            content = Content(handle.file(REWRITTEN))
         qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
-                  failed=len(failed), size_in=src.size, size_out=size)
+                  failed=len(failed), size_in=src.size, size_out=content.size)
+        return content
 
-    def _write_output(self, handle: Handle, src: Source, segments: list[Any], result: dict[str, Any]) -> int:
-        size = write_segments(src, segments, handle.file(REWRITTEN))
+    def _save_output(self, handle: Handle, content: Content, result: dict[str, Any]) -> None:
+        content.write_to(handle.file(REWRITTEN))
         write_atomic(handle.file(RESULT), json.dumps(result).encode())
-        return size
 
     async def _offload(self, src: Source, part: Part, sha256: str, envelope: Envelope, route: RouteSettings,
                        customer: str, message_id: str, qlog: Any) -> Offloaded | None:
@@ -336,13 +366,13 @@ class Worker:
 
     # -- delivery ---------------------------------------------------------
 
-    async def deliver(self, handle: Handle, envelope: Envelope, route: RouteSettings) -> None:
+    async def deliver(self, handle: Handle, envelope: Envelope, route: RouteSettings, content: Content) -> None:
         """Try the next hop; then remove, defer or bounce."""
         state = await asyncio.to_thread(handle.state)
         rcpts = state.pending or list(envelope.rcpt_tos)
         hop = self.next_hops[route.name]
         started = time.monotonic()
-        result = await hop.deliver(envelope, rcpts, handle.file(REWRITTEN))
+        result = await hop.deliver(envelope, rcpts, content)
         qlog = log.bind(queue_id=handle.queue_id, route=route.name, next_hop=hop.name)
         now = time.time()
         for r in result.delivered:
@@ -368,6 +398,8 @@ class Worker:
                 qlog.warning("deferred", rcpt=r, reason=reason, attempts=state.attempts, retry_in=delay)
 
             def _defer() -> None:
+                if not handle.has(REWRITTEN):
+                    content.write_to(handle.file(REWRITTEN))
                 handle.save_state(state)
                 handle.move("deferred")
 
@@ -388,7 +420,7 @@ class Worker:
         await asyncio.to_thread(write_atomic, path, dsn)
         dsn_env = Envelope(queue_id=handle.queue_id + "D", mail_from="", rcpt_tos=[envelope.mail_from],
                            route="", received_at=time.time())
-        result = await self.bounce_hop.deliver(dsn_env, [envelope.mail_from], path)
+        result = await self.bounce_hop.deliver(dsn_env, [envelope.mail_from], Content(path))
         if not result.delivered:
             # A DSN that cannot go now is not worth holding the original
             # message for; it is logged so an administrator can see it.

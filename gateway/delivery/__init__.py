@@ -6,11 +6,45 @@ turns deferrals into retries with backoff and failures into one DSN.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
+from gateway.mime.rewrite import Segment, segments_size
+from gateway.mime.source import Source
 from gateway.spool import Envelope
+
+
+class Content:
+    """What a next hop sends: a spooled file, or segments of one (byte
+    ranges and new bytes) so a message that needs no rewriting is sent
+    straight from the spool without being written again."""
+
+    def __init__(self, path: Path, segments: list[Segment] | None = None) -> None:
+        self.path = path
+        self.segments = segments
+        self.size = segments_size(segments) if segments is not None else path.stat().st_size
+
+    def chunks(self, window: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes in order (blocking reads)."""
+        with Source(self.path) as src:
+            for seg in self.segments if self.segments is not None else [(0, src.size)]:
+                if isinstance(seg, bytes):
+                    if seg:
+                        yield seg
+                else:
+                    yield from src.iter_range(seg[0], seg[1], window)
+
+    def write_to(self, path: Path) -> None:
+        """Save the bytes durably (temp name, fsync, rename)."""
+        tmp = path.with_name(path.name + ".part")
+        with open(tmp, "wb") as f:
+            for chunk in self.chunks():
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 @dataclass
@@ -32,8 +66,8 @@ class NextHop(Protocol):
 
     name: str
 
-    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Path) -> DeliveryResult:
-        """Hand ``message`` (a file) over for ``rcpts``."""
+    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Content) -> DeliveryResult:
+        """Hand ``message`` over for ``rcpts``."""
 
     async def close(self) -> None:
         """Close pooled connections."""

@@ -13,7 +13,7 @@ import socket
 import time
 from pathlib import Path
 
-from gateway.delivery import DeliveryResult
+from gateway.delivery import Content, DeliveryResult
 from gateway.spool import Envelope, fsync_dir
 
 
@@ -25,7 +25,7 @@ class MaildirNextHop:
         self.name = f"maildir:{path}"
         self._seq = 0
 
-    def _deliver(self, envelope: Envelope, rcpts: list[str], message: Path) -> DeliveryResult:
+    def _deliver(self, envelope: Envelope, rcpts: list[str], message: Content) -> DeliveryResult:
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         self._seq += 1
@@ -33,9 +33,9 @@ class MaildirNextHop:
         tmp = self.path / "tmp" / name
         head = f"Return-Path: <{envelope.mail_from}>\r\nX-Envelope-To: {', '.join(rcpts)}\r\n".encode(
             "utf-8", "replace")
-        with open(tmp, "wb") as out, open(message, "rb") as src:
+        with open(tmp, "wb") as out:
             out.write(head)
-            while chunk := src.read(1 << 20):
+            for chunk in message.chunks():
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
@@ -43,7 +43,7 @@ class MaildirNextHop:
         fsync_dir(self.path / "new")
         return DeliveryResult(delivered=list(rcpts))
 
-    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Path) -> DeliveryResult:
+    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Content) -> DeliveryResult:
         try:
             return await asyncio.to_thread(self._deliver, envelope, rcpts, message)
         except OSError as e:

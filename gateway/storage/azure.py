@@ -174,7 +174,7 @@ class AzureBlobStorage:
         if isinstance(e, ResourceNotFoundError) and blob:
             return ObjectNotFound(f"azure blob {where}: no such blob")
         if isinstance(e, HttpResponseError):
-            code = e.error_code or (e.response.reason if e.response is not None else "") or ""
+            code = getattr(e, "error_code", None) or (e.response.reason if e.response is not None else "") or ""
             detail = f"{e.status_code} {code}".strip()
             if code == "ContainerNotFound":
                 detail = "the container does not exist"

@@ -67,9 +67,14 @@ def ascii_filename(filename: str, default: str = "attachment") -> str:
         if unicodedata.combining(c):
             continue
         out.append(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%;' else "_")
-    ascii_name = "".join(out).strip(" .")
-    if not ascii_name.strip("_"):
-        ascii_name = default if "." not in name else default + "." + ascii_filename(name.rsplit(".", 1)[1], "bin")
+    stem, dot, ext = "".join(out).strip(" .").rpartition(".")
+    if not dot:
+        stem, ext = ext, ""
+    if not re.search(r"[A-Za-z0-9]", stem):
+        stem = default  # nothing recognisable left, e.g. a Cyrillic name
+    if not re.search(r"[A-Za-z0-9]", ext):
+        ext = ""
+    ascii_name = stem + ("." + ext if ext else "")
     if len(ascii_name) > _MAX_FILENAME:
         stem, dot, ext = ascii_name.rpartition(".")
         ascii_name = (stem[: _MAX_FILENAME - len(ext) - 1] + "." + ext) if dot and len(ext) < 16 \
@@ -131,7 +136,8 @@ def object_metadata(meta: ObjectMeta, extra: Mapping[str, str] | None = None,
     for k, v in meta.metadata.items():
         out[meta_key(k, separator)] = encode_meta_value(v)
     if meta.filename:
-        out[meta_key(META_FILENAME, separator)] = encode_meta_value(meta.filename)
+        # Capped like the Content-Disposition name: S3 allows 2 KB of user metadata.
+        out[meta_key(META_FILENAME, separator)] = encode_meta_value(_basename(meta.filename)[:_MAX_FILENAME])
     for k, v in (extra or {}).items():
         out[meta_key(k, separator)] = encode_meta_value(v)
     return out

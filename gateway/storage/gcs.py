@@ -99,7 +99,7 @@ class GcsStorage:
     def _make_client(self) -> None:
         import google.auth
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
+        from google.cloud import storage  # type: ignore[attr-defined]
         from google.oauth2 import service_account
 
         s = self.settings
@@ -125,7 +125,7 @@ class GcsStorage:
 
     def _check_bucket(self) -> None:
         try:
-            self._bucket.reload(timeout=self.settings.timeout)
+            self._bucket.reload(**self._call())
         except Exception as e:
             raise self._error("get bucket", "", e) from None
         want = self.settings.location
@@ -174,6 +174,15 @@ class GcsStorage:
             raise StorageError(f"storage {self.name}: not started")
         return self._bucket
 
+    def _call(self) -> dict[str, Any]:
+        """Per-request timeout and retry: transient errors (timeouts, 429,
+        5xx) are retried with exponential backoff for at most twice the
+        timeout in all, then the call fails (and the gateway fails open)."""
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        t = self.settings.timeout
+        return {"timeout": t, "retry": DEFAULT_RETRY.with_timeout(2 * t)}
+
     def _blob(self, full: str, **kwargs: Any) -> Any:
         kms = self.settings.kms_key_name
         return self._b.blob(full, kms_key_name=kms, **kwargs) if kms else self._b.blob(full, **kwargs)
@@ -189,9 +198,6 @@ class GcsStorage:
 
     def _put(self, key: str, full: str, chunks: Iterable[bytes], meta: ObjectMeta,
              cancel: threading.Event) -> StoredObject:
-        from google.api_core.retry import Retry
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
         s = self.settings
         stream = _ChunkStream(chunks, cancel)
         try:
@@ -201,7 +207,6 @@ class GcsStorage:
         except Exception as e:
             raise StorageError(f"storage {self.name}: reading the attachment for {full} failed: "
                                f"{type(e).__name__}: {e}") from e
-        retry: Retry = DEFAULT_RETRY.with_timeout(s.timeout * 5)
         disposition = content_disposition(meta.filename) if meta.filename else None
         try:
             if small:
@@ -211,16 +216,16 @@ class GcsStorage:
                 blob.content_disposition = disposition
                 blob.metadata = object_metadata(meta, {META_SHA256: sha})
                 blob.upload_from_file(io.BytesIO(data), size=size, content_type=meta.content_type,
-                                      checksum="md5", timeout=s.timeout, retry=retry)
+                                      checksum="md5", **self._call())
             else:
                 blob = self._blob(full, chunk_size=s.upload_chunk_size)
                 blob.content_disposition = disposition
                 blob.metadata = object_metadata(meta)
                 blob.upload_from_file(stream, size=None, content_type=meta.content_type, checksum="crc32c",
-                                      timeout=s.timeout, retry=retry)
+                                      **self._call())
                 sha, size = stream.sha256.hexdigest(), stream.tell()
                 blob.metadata = object_metadata(meta, {META_SHA256: sha})
-                blob.patch(if_metageneration_match=blob.metageneration, timeout=s.timeout, retry=retry)
+                blob.patch(if_metageneration_match=blob.metageneration, **self._call())
         except Cancelled:
             raise StorageError(f"storage {self.name}: upload of {full} cancelled") from None
         except Exception as e:
@@ -236,7 +241,7 @@ class GcsStorage:
 
     def _delete_quietly(self, full: str) -> None:
         try:
-            self._b.blob(full).delete(timeout=self.settings.timeout)
+            self._b.blob(full).delete(**self._call())
         except Exception:
             pass
 
@@ -284,7 +289,7 @@ class GcsStorage:
 
         def _open() -> Any:
             blob = self._b.blob(full)
-            return blob.open("rb", chunk_size=_READ_CHUNK, timeout=self.settings.timeout)
+            return blob.open("rb", chunk_size=_READ_CHUNK, **self._call())
 
         try:
             f = await self._runner.run(_open)
@@ -310,7 +315,7 @@ class GcsStorage:
 
         def _delete() -> None:
             try:
-                self._b.blob(full).delete(timeout=self.settings.timeout)
+                self._b.blob(full).delete(**self._call())
             except NotFound:
                 pass
 
@@ -326,7 +331,7 @@ class GcsStorage:
         full = object_key(self.settings.prefix, key)
 
         def _stat() -> Any:
-            return self._b.get_blob(full, timeout=self.settings.timeout)
+            return self._b.get_blob(full, **self._call())
 
         try:
             blob = await self._runner.run(_stat)

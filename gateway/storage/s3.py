@@ -91,12 +91,10 @@ class S3Storage:
         from botocore.config import Config
 
         s = self.settings
-        creds: dict[str, str] = {}
+        secret = None
         if s.access_key_id is not None:
             secret = read_secret(f"storage {self.name}: secret access key", s.secret_access_key_file,
                                  s.secret_access_key_env, self._base_dir)
-            assert secret is not None
-            creds = {"aws_access_key_id": s.access_key_id, "aws_secret_access_key": secret}
         config = Config(
             signature_version="s3v4",
             region_name=s.region,
@@ -112,7 +110,8 @@ class S3Storage:
             response_checksum_validation="when_required",
             user_agent_extra="attachment-gateway",
         )
-        return boto3.session.Session().client("s3", endpoint_url=s.endpoint_url, config=config, **creds)
+        return boto3.session.Session().client("s3", endpoint_url=s.endpoint_url, config=config,
+                                              aws_access_key_id=s.access_key_id, aws_secret_access_key=secret)
 
     async def start(self) -> None:
         """Build the client, check the bucket's region (and the staging
@@ -179,7 +178,7 @@ class S3Storage:
 
     def _sse_args(self) -> dict[str, str]:
         s = self.settings
-        args = {"ServerSideEncryption": s.encryption}
+        args: dict[str, str] = {"ServerSideEncryption": s.encryption}
         if s.encryption == "aws:kms" and s.kms_key_id:
             args["SSEKMSKeyId"] = s.kms_key_id
         return args

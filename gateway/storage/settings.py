@@ -283,7 +283,8 @@ class GcsStorageSettings(_Strict):
     url_ttl: UrlTtl = 900
     # Resumable uploads send the object in pieces of this size (a multiple of 256 KiB).
     upload_chunk_size: Annotated[_Size, Field(ge=256 * 1024, le=1 * GiB)] = 8 * MiB
-    # Seconds before one request is given up on (then retried with backoff).
+    # Seconds before one request is given up on; transient failures are
+    # retried with backoff for at most twice this in all.
     timeout: Annotated[_Seconds, Field(ge=1)] = 60
     # Another endpoint (an emulator, Private Service Connect); None means Google's.
     endpoint_url: str | None = None
