@@ -38,8 +38,8 @@ test: venv test-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-deps:
-	@if [ "$$(id -u)" = "0" ]; then scripts/install-test-deps.sh; \
-	else sudo scripts/install-test-deps.sh; fi
+	@if [ "$$(id -u)" = "0" ]; then scripts/install-test-deps.sh && scripts/install-storage-deps.sh; \
+	else sudo scripts/install-test-deps.sh && sudo scripts/install-storage-deps.sh; fi
 
 ## make bench: the benchmark, each figure beside baselines measured in the same run.
 bench: venv test-deps

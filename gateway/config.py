@@ -299,6 +299,12 @@ class Config(_Strict):
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
+        parts = list(e["loc"])
+        # A [storage.NAME] table is a tagged union: pydantic puts the tag
+        # (the backend) in the path; the administrator never wrote it.
+        if len(parts) > 2 and parts[0] == "storage" and parts[2] in ("filesystem", "s3", "azure", "gcs"):
+            del parts[2]
+        e = {**e, "loc": tuple(parts)}
         loc = ".".join(str(x) if not isinstance(x, int) else f"[{x}]" for x in e["loc"]).replace(".[", "[")
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":

@@ -16,6 +16,9 @@ __all__ = ["ObjectMeta", "ObjectNotFound", "Storage", "StorageError", "StoredObj
 # backend name in the config -> "module:Class"
 BACKENDS = {
     "filesystem": "gateway.storage.filesystem:FilesystemStorage",
+    "s3": "gateway.storage.s3:S3Storage",
+    "azure": "gateway.storage.azure:AzureBlobStorage",
+    "gcs": "gateway.storage.gcs:GcsStorage",
 }
 
 
