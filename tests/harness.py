@@ -213,6 +213,18 @@ class GatewayProcess:
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line.strip()]
 
+    def wait_audit(self, predicate: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait for an audit event matching ``predicate`` (a download is
+        audited when its last byte has gone, which may be after the client
+        has it); return all events."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = self.audit()
+            if any(predicate(e) for e in events):
+                return events
+            time.sleep(0.05)
+        raise AssertionError(f"no matching audit event in {self.audit()}")
+
     def outbox_messages(self) -> list[bytes]:
         new = self.outbox / "new"
         if not new.exists():

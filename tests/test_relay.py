@@ -44,8 +44,9 @@ def test_demo_message_is_slimmed_with_one_working_link_in_each_body(gateway: Gat
     assert b"X-Attachment-Offload: offloaded=1 bytes=12582912\r\n" in out
     [key] = stored_objects(gateway.objects)
     assert re.fullmatch(r"uploads/customer@example\.net/\d{8}T\d{6}\.\d{6}Z-invoice_123\.pdf", key)
-    clicks = [e for e in gateway.audit() if e["EventType"] == "FileAccessed"]
-    assert clicks[-1]["EventResult"] == "Success" and clicks[-1]["TargetFilePath"] == key
+    events = gateway.wait_audit(lambda e: e["EventType"] == "FileAccessed" and e["EventResult"] == "Success")
+    click = [e for e in events if e["EventType"] == "FileAccessed"][-1]
+    assert click["TargetFilePath"] == key and click["TargetFileSize"] == len(pdf)
 
 
 def test_customer_id_comes_from_the_header_when_present(gateway: GatewayProcess) -> None:
