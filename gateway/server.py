@@ -5,7 +5,8 @@ start-up before any port listens), then the spool (recover what a crash
 left), the worker, HTTP, and SMTP last, so nothing is accepted before it can
 be processed.  SIGTERM and SIGINT stop accepting, let the messages in hand
 finish within a bound and leave the rest in the spool; SIGHUP re-reads the
-config and keeps the old one when the new one is invalid.
+config and keeps the old one when the new one is invalid, and re-reads the
+SMTP certificate and key (new connections use the new ones).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from gateway.http import app as http_app
 from gateway.links.tokens import Keyring
 from gateway.smtp import start_server
 from gateway.spool import Spool
+from gateway.tls import IngressTls
 from gateway.worker import Worker
 
 log = logs.get("server")
@@ -50,6 +52,7 @@ class Gateway:
         self.worker: Worker | None = None
         self.smtp: asyncio.AbstractServer | None = None
         self.http: object | None = None
+        self.tls: IngressTls | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -73,9 +76,10 @@ class Gateway:
                                              reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker
+            self.tls = IngressTls(self.cfg)
             self.smtp = await start_server(self.cfg, self.spool,
                                            lambda qid: worker.enqueue(qid) if worker is not None else None,
-                                           reuse_port=self.shared_ports)
+                                           reuse_port=self.shared_ports, tls=self.tls)
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,
                  http=self.cfg.http.listen if self.http else None, spool=str(self.spool.root))
 
@@ -89,6 +93,8 @@ class Gateway:
         self.cfg = cfg
         if self.worker is not None:
             self.worker.configure(cfg)
+        if self.tls is not None:
+            self.tls.load(cfg)
         log.info("config reloaded", path=self.config_path)
 
     async def run(self) -> None:

@@ -88,7 +88,8 @@ class Worker:
             self.next_hops[r.name] = build_next_hop(
                 r.next_hop, base_dir=base, hostname=cfg.gateway.hostname, tls=r.tls,
                 connect_timeout=cfg.delivery.connect_timeout, command_timeout=cfg.delivery.command_timeout,
-                max_connections=cfg.delivery.connections_per_next_hop)
+                max_connections=cfg.delivery.connections_per_next_hop,
+                tls_ca_file=cfg.path(r.tls_ca_file) if r.tls_ca_file else None)
         self.bounce_hop = build_next_hop(cfg.delivery.bounce_next_hop, base_dir=base,
                                          hostname=cfg.gateway.hostname)
         self.limits = Limits(max_header_bytes=cfg.worker.max_header_bytes, max_depth=cfg.worker.max_mime_depth,
