@@ -70,6 +70,9 @@ class SmtpNextHop:
     def _connect(self) -> smtplib.SMTP:
         conn = smtplib.SMTP(timeout=self.connect_timeout, local_hostname=self.hostname)
         conn.connect(self.host, self.port)
+        # starttls() names the server (SNI, and the host name checked at the
+        # "verify" level) from _host, which only the constructor sets.
+        conn._host = self.host  # type: ignore[attr-defined]
         # Commands and the end of data are small writes that wait for a
         # reply: without NODELAY, Nagle and delayed ACKs add 40 ms to each.
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
