@@ -152,9 +152,17 @@ class CommandReader(asyncio.StreamReader):
     DATA is read with ``read()`` (``GatewaySMTP._receive``) and is not
     affected; its bare line ends are normalised there."""
 
+    refused = False
+
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        if self.refused:
+            # The session is over: wait for the close (which cancels us)
+            # rather than read, and obey, what the client pipelined after.
+            await asyncio.get_running_loop().create_future()
         line = await super().readuntil(separator)
         if separator == b"\n" and (not line.endswith(b"\r\n") or b"\r" in line[:-2]):
+            self.refused = True
+            self._buffer.clear()  # type: ignore[attr-defined]
             raise BareLineEnd()
         return line
 
@@ -173,7 +181,8 @@ class GatewaySMTP(SMTP):
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, BareLineEnd):
             # The reply is written before the close takes effect (a
-            # transport flushes its buffer when closed).
+            # transport flushes its buffer when closed); the reader reads
+            # nothing more meanwhile (CommandReader.refused).
             log.warning("bare CR or LF in a command; connection closed",
                         client=self.session.peer[0] if self.session and self.session.peer else "")
             self.loop.call_soon(self._close_after_reply)
