@@ -68,25 +68,34 @@ class _Canon:
             for s in self.sinks:
                 s.feed(data)
 
-    def _line(self, line: bytes) -> None:
-        """One complete line, without its CRLF."""
-        if self.relaxed:
-            line = _WSP_RUN.sub(b" ", line)
-            line = line.rstrip(b" ")
+    def _lines(self, block: bytes) -> None:
+        """Whole lines, each ending in CRLF (canonicalised already): passed
+        on, except the empty lines at the end, which are held back until
+        something follows them."""
         if self.in_line:
+            # The first line continues a long line already partly passed on.
+            i = block.find(b"\r\n") + 2
             self.in_line = False
-            self._out(line + b"\r\n")
-        elif line:
-            self._emit(line + b"\r\n")
-        else:
-            self.empty_lines += 1
+            self._out(block[:i])
+            block = block[i:]
+        text = block.rstrip(b"\r\n")
+        trailing = (len(block) - len(text)) // 2
+        if not text:
+            self.empty_lines += trailing
+            return
+        self._emit(text + b"\r\n")
+        self.empty_lines = trailing - 1
 
     def update(self, data: bytes) -> None:
         buf = self.carry + data
-        lines = buf.split(b"\r\n")
-        self.carry = lines.pop()
-        for line in lines:
-            self._line(line)
+        cut = buf.rfind(b"\r\n") + 2
+        if cut >= 2:
+            block, buf = buf[:cut], buf[cut:]
+            if self.relaxed:
+                # Whole lines at once: WSP runs to one space, none before CRLF.
+                block = _WSP_RUN.sub(b" ", block).replace(b" \r\n", b"\r\n")
+            self._lines(block)
+        self.carry = buf
         if len(self.carry) > MAX_CARRY:
             self._piece()
 
