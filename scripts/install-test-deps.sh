@@ -13,9 +13,11 @@
 #   bsdutils    `script`, to capture `postfix check` output (silent without a tty)
 #   procps      ps/pgrep for debugging leftover daemons
 #   ca-certificates  TLS clients in tests
+#   openssl     `openssl s_client -starttls smtp` against the gateway's STARTTLS
+#   libnet-ssleay-perl  swaks --tls
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -51,7 +53,7 @@ fi
 
 # Verify the executables the tests and bench actually call.
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
-           /usr/bin/swaks /usr/bin/wrk /usr/bin/script; do
+           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/openssl; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"

@@ -156,3 +156,21 @@ def test_dns_failure_gives_temperror_and_the_message_goes(make_gateway, sink: Sm
     send(gw.smtp_port, raw, sender="customer@example.net")
     got2 = sink.wait(2)[1]
     assert "dkim=temperror" in ar_headers(got2.data)[0]
+
+
+def test_invalid_security_settings_name_the_key(tmp_path: Path) -> None:
+    def check(name: str, **kwargs: Any) -> str:
+        (tmp_path / name).mkdir()
+        r = GatewayProcess(tmp_path / name, **kwargs).command("check-config")
+        assert r.returncode == 78, r.stderr
+        return r.stderr
+
+    err = check("a", route={"tls": "sometimes"},
+                sections={"auth": {"dns_timeout": 0}, "smtp": {"tls_cert_file": str(tmp_path / "x.crt")}})
+    assert "routes[0].tls: 'sometimes'" in err and "auth.dns_timeout: 0" in err
+    assert "tls_cert_file and smtp.tls_key_file go together" in err
+    err = check("b", sections={"auth": {"arc": {"domain": "gw.test", "selector": "gw", "key_file": "k.pem"}}})
+    assert "auth.arc needs auth.verify = true" in err
+    err = check("c", sections={"smtp": {"tls_cert_file": str(tmp_path / "x.crt"),
+                                        "tls_key_file": str(tmp_path / "x.key")}})
+    assert f"smtp.tls_cert_file: '{tmp_path / 'x.crt'}': expected a readable file" in err
