@@ -333,7 +333,10 @@ class Worker:
             auth = await asyncio.to_thread(self.verifier.verify, handle.file(MESSAGE), envelope)
         except Exception as e:  # noqa: BLE001 - rule 2: a failed check never stops the message
             qlog.error("authentication checks failed; forwarded without results", error=f"{type(e).__name__}: {e}")
+            metrics.AUTH_FAILURES.labels("verify").inc()
             return None
+        for method, result in auth.summary.items():
+            metrics.AUTH_RESULTS.labels(method, result).inc()
         qlog.info("authentication", seconds=round(time.monotonic() - started, 4),
                   dropped_authentication_results=len(auth.drop), **auth.summary)
         return auth
@@ -350,6 +353,7 @@ class Worker:
         if size > self.cfg.auth.sign_max_size:
             qlog.warning("message too large to seal; forwarded unsealed", size=size,
                          limit=self.cfg.auth.sign_max_size)
+            metrics.AUTH_FAILURES.labels("seal_size").inc()
             return segments
         content = Content(handle.file(MESSAGE), segments)
 
@@ -362,6 +366,7 @@ class Worker:
             headers = await asyncio.to_thread(_seal)
         except Exception as e:  # noqa: BLE001 - fail open: unsealed beats undelivered
             qlog.error("sealing failed; forwarded unsealed", error=f"{type(e).__name__}: {e}")
+            metrics.AUTH_FAILURES.labels("seal").inc()
             return segments
         return [headers, *segments]
 

@@ -9,6 +9,7 @@ is a real SMTP sink, and what it received is checked with dkimpy.
 from __future__ import annotations
 
 import re
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -156,6 +157,9 @@ def test_dns_failure_gives_temperror_and_the_message_goes(make_gateway, sink: Sm
     send(gw.smtp_port, raw, sender="customer@example.net")
     got2 = sink.wait(2)[1]
     assert "dkim=temperror" in ar_headers(got2.data)[0]
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/metrics", timeout=10) as r:
+        exposition = r.read().decode()
+    assert re.search(r'gateway_authentication_results_total\{method="dkim",result="temperror"\} 2\.0', exposition)
 
 
 def test_invalid_security_settings_name_the_key(tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ class Verifier:
                 end = head.find(b"\r\n\r\n")
                 if end < 0 and len(head) < src.size:
                     return self._header(["dkim=none reason=\"header block too large\"",
-                                         *self._spf_lines(envelope, {})], [], {"dkim": "none"})
+                                         *self._spf_lines(envelope, {}, {})], [], {"dkim": "none"})
                 block = head[: end + 2] if end >= 0 else head
                 body_start = end + 4 if end >= 0 else len(head)
             fields = header_fields(block)
@@ -174,10 +174,13 @@ class Verifier:
                 if k is not None:
                     keys.append(k)
             hashes = body_hashes(keys, src.iter_range(body_start, src.size, 1 << 20)) if keys else {}
+        # Per-message facts live in ``state``, not on self: one Verifier
+        # serves every worker thread at once.
         summary: dict[str, str] = {}
-        lines = self._dkim_lines(kept, fields, hashes, summary)
-        lines += self._spf_lines(envelope, summary)
-        lines += self._dmarc_lines(fields, envelope, summary)
+        state: dict[str, Any] = {}
+        lines = self._dkim_lines(kept, fields, hashes, summary, state)
+        lines += self._spf_lines(envelope, summary, state)
+        lines += self._dmarc_lines(fields, envelope, summary, state)
         lines += self._arc_lines(kept, fields, hashes, summary)
         return self._header(lines, drop, summary)
 
@@ -188,11 +191,11 @@ class Verifier:
     # -- DKIM -------------------------------------------------------------
 
     def _dkim_lines(self, block: bytes, fields: list[Field], hashes: dict[BodyKey, bytes],
-                    summary: dict[str, str]) -> list[str]:
+                    summary: dict[str, str], state: dict[str, Any]) -> list[str]:
+        state["dkim_pass"] = []
         count = sum(1 for f in fields if f.name.lower() == "dkim-signature")
         if not count:
             summary["dkim"] = "none"
-            self._dkim_pass: list[str] = []
             return ["dkim=none"]
         lines = []
         passed: list[str] = []
@@ -224,30 +227,31 @@ class Verifier:
             summary.setdefault("dkim", result)
             if result == "pass":
                 summary["dkim"] = "pass"
-        self._dkim_pass = passed
+        state["dkim_pass"] = passed
         return lines
 
     # -- SPF --------------------------------------------------------------
 
-    def _spf_lines(self, envelope: Envelope, summary: dict[str, str]) -> list[str]:
+    def _spf_lines(self, envelope: Envelope, summary: dict[str, str], state: dict[str, Any]) -> list[str]:
         helo = envelope.helo or "unknown"
         sender = envelope.mail_from or f"postmaster@{helo}"
-        self._spf_domain = sender.rpartition("@")[2].lower()
+        spf_domain = state["spf_domain"] = sender.rpartition("@")[2].lower()
         try:
             result, explanation = spf.check2(i=envelope.client_addr, s=sender, h=helo,
                                              timeout=self.resolver.timeout, querytime=self.resolver.timeout * 4)
         except Exception as e:  # noqa: BLE001 - pyspf raises odd things on odd input: fail open
             result, explanation = "permerror", f"{type(e).__name__}: {e}"
         result = result.lower()
-        self._spf_result = result
+        state["spf_result"] = result
         summary["spf"] = result
-        prop = f"smtp.mailfrom={_token(self._spf_domain)}" if envelope.mail_from else f"smtp.helo={_token(helo)}"
+        prop = f"smtp.mailfrom={_token(spf_domain)}" if envelope.mail_from else f"smtp.helo={_token(helo)}"
         reason = explanation if result in ("temperror", "permerror") else ""
         return [f"spf={result}{_reason(reason)} {prop}"]
 
     # -- DMARC ------------------------------------------------------------
 
-    def _dmarc_lines(self, fields: list[Field], envelope: Envelope, summary: dict[str, str]) -> list[str]:
+    def _dmarc_lines(self, fields: list[Field], envelope: Envelope, summary: dict[str, str],
+                     state: dict[str, Any]) -> list[str]:
         froms = [f for f in fields if f.name.lower() == "from"]
         domains = set()
         for f in froms:
@@ -280,8 +284,8 @@ class Verifier:
             domain = domain.lower()
             return domain == from_domain if mode == "s" else org_domain(domain) == org
 
-        dkim_ok = any(aligned(d, tags.get("adkim", "r")) for d in self._dkim_pass)
-        spf_ok = self._spf_result == "pass" and aligned(self._spf_domain, tags.get("aspf", "r"))
+        dkim_ok = any(aligned(d, tags.get("adkim", "r")) for d in state["dkim_pass"])
+        spf_ok = state["spf_result"] == "pass" and aligned(state["spf_domain"], tags.get("aspf", "r"))
         result = "pass" if dkim_ok or spf_ok else "fail"
         summary["dmarc"] = result
         return [f"dmarc={result} (p={policy}) header.from={_token(from_domain)}"]
