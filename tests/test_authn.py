@@ -162,6 +162,30 @@ def test_dns_failure_gives_temperror_and_the_message_goes(make_gateway, sink: Sm
     assert re.search(r'gateway_authentication_results_total\{method="dkim",result="temperror"\} 2\.0', exposition)
 
 
+def test_spf_fail_and_dmarc_fail_are_reported_and_a_large_untouched_message_goes_unsealed(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    dns.add_txt("forged.example", "v=spf1 ip4:192.0.2.1 -all")
+    dns.add_txt("_dmarc.forged.example", "v=DMARC1; p=quarantine")
+    signing = {"domain": "gw.test", "selector": "gw", "key_file": str(keys["gw_file"])}
+    gw = make_gateway(next_hop=f"smtp://127.0.0.1:{sink.port}",
+                      sections={"auth": {"verify": True, "authserv_id": AUTHSERV, "dns_timeout": 2,
+                                         "dns_servers": [f"127.0.0.1:{dns.port}"], "arc": signing,
+                                         "sign_max_size": "16KiB"}})
+    send(gw.smtp_port, b"From: boss@forged.example\r\nTo: support@contact.example\r\nSubject: wire\r\n\r\n"
+                       b"Pay now.\r\n", sender="boss@forged.example")
+    [got] = sink.wait(1)
+    [ar] = ar_headers(got.data)
+    assert "dkim=none" in ar and "spf=fail smtp.mailfrom=forged.example" in ar
+    assert "dmarc=fail (p=quarantine) header.from=forged.example" in ar
+    assert dkim.arc_verify(got.data, dnsfunc=offline(dns))[0] == b"pass"
+    # Nothing to offload and above sign_max_size: results, but no seal.
+    big = message("x" * 40000 + "\n").as_bytes()
+    send(gw.smtp_port, big)
+    got = sink.wait(2)[1]
+    assert ar_headers(got.data) and b"ARC-Seal:" not in got.data
+    assert any(e.get("event") == "message too large to seal; forwarded unsealed" for e in gw.log_events())
+
+
 def test_invalid_security_settings_name_the_key(tmp_path: Path) -> None:
     def check(name: str, **kwargs: Any) -> str:
         (tmp_path / name).mkdir()
