@@ -307,7 +307,14 @@ class Supervisor:
             if slot is None:
                 continue
             code = os.waitstatus_to_exitcode(wstatus)
-            if not self.stopping:
+            if not self.stopping and slot not in self.ready:
+                # It never got as far as listening (a port in use, storage
+                # refusing): starting it again would fail the same way.
+                log.error("a process failed to start; stopping", slot=slot, pid=pid, code=code)
+                self.stopping = True
+                self._signal_children(signal.SIGTERM)
+                status = 1
+            elif not self.stopping:
                 log.error("process exited; starting it again", slot=slot, pid=pid, code=code)
                 time.sleep(1.0)
                 if not self.stopping:

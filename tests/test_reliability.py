@@ -321,3 +321,14 @@ def test_sigkill_under_load_loses_nothing(make_gateway, sink: SmtpSink) -> None:
             assert len(links) == 1, subject
     stored = [p.read_bytes() for p in gw.objects.rglob("*.pdf")]
     assert stored and all(b == big for b in stored)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_port_in_use_stops_start_up_with_an_error(make_gateway, processes: int) -> None:
+    gw = make_gateway(start=False, sections={"gateway": {"processes": processes}})
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", gw.smtp_port))
+        squatter.listen()
+        r = gw.command("serve")
+    assert r.returncode != 0
+    assert "address already in use" in (r.stderr + r.stdout)
