@@ -259,6 +259,10 @@ class WorkerSettings(_Strict):
     # Bounds on what a message may hold; beyond them the message is forwarded
     # untouched with a warning (it was already accepted).
     max_header_bytes: Size = 1048576
+    max_header_fields: int = Field(1000, ge=1)
+    # RFC 5322 allows 998; real mail often exceeds it, so the default only
+    # stops the absurd.
+    max_header_line: Size = 65536
     max_mime_depth: int = Field(20, ge=1)
     max_parts: int = Field(1000, ge=1)
     # How often the deferred queue is scanned for messages due for retry.
