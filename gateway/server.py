@@ -1,9 +1,10 @@
-"""``serve``: the SMTP ingress, the worker and the HTTP listener in one process.
+"""``serve``: the SMTP ingress, the worker, the HTTP listener and the milter in one process.
 
 Start order follows the flow: storage first (a misconfigured bucket stops
 start-up before any port listens), then the spool (recover what a crash
 left), the worker, HTTP, and SMTP last, so nothing is accepted before it can
-be processed.  SIGTERM and SIGINT stop accepting, let the messages in hand
+be processed; the milter, which needs neither spool nor worker tasks, starts
+with them.  SIGTERM and SIGINT stop accepting, let the messages in hand
 finish within a bound and leave the rest in the spool; SIGHUP re-reads the
 config and keeps the old one when the new one is invalid.
 """
@@ -21,6 +22,7 @@ from gateway import storage as storage_mod
 from gateway.config import Config
 from gateway.http import app as http_app
 from gateway.links.tokens import Keyring
+from gateway.milter import MilterServer
 from gateway.smtp import start_server
 from gateway.spool import Spool
 from gateway.worker import Worker
@@ -28,6 +30,9 @@ from gateway.worker import Worker
 log = logs.get("server")
 
 ROLES = ("smtp", "worker", "http")
+# Every role a process can run; "milter" runs when the config has [milter]
+# or when asked for (``attachment-gateway milter``, ``serve --only milter``).
+ALL_ROLES = (*ROLES, "milter")
 
 
 class Gateway:
@@ -50,6 +55,7 @@ class Gateway:
         self.worker: Worker | None = None
         self.smtp: asyncio.AbstractServer | None = None
         self.http: object | None = None
+        self.milter: MilterServer | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -59,7 +65,8 @@ class Gateway:
                                                                            thread_name_prefix="io"))
         for store in self.stores.values():
             await store.start()
-        await asyncio.to_thread(self.spool.create)
+        if "smtp" in self.roles or "worker" in self.roles:
+            await asyncio.to_thread(self.spool.create)
         if "worker" in self.roles and self.recover:
             counts = await asyncio.to_thread(self.spool.recover)
             if any(counts.values()):
@@ -71,13 +78,20 @@ class Gateway:
             host, port = self.cfg.http.address
             self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit), host, port,
                                              reuse_port=self.shared_ports)
+        if "milter" in self.roles:
+            # The same pipeline as the worker's; a process without the worker
+            # role gets a Worker that is never started (no spool, no tasks).
+            processor = self.worker or Worker(self.cfg, None, self.stores, self.keyring, self.audit)
+            self.milter = MilterServer(self.cfg, processor)
+            await self.milter.start(reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker
             self.smtp = await start_server(self.cfg, self.spool,
                                            lambda qid: worker.enqueue(qid) if worker is not None else None,
                                            reuse_port=self.shared_ports)
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,
-                 http=self.cfg.http.listen if self.http else None, spool=str(self.spool.root))
+                 http=self.cfg.http.listen if self.http else None,
+                 milter=self.milter.settings.listen if self.milter else None, spool=str(self.spool.root))
 
     def reload(self) -> None:
         """SIGHUP: validate the config file again; swap it in only if valid."""
@@ -89,6 +103,10 @@ class Gateway:
         self.cfg = cfg
         if self.worker is not None:
             self.worker.configure(cfg)
+        if self.milter is not None:
+            if self.milter.worker is not self.worker:
+                self.milter.worker.configure(cfg)
+            self.milter.configure(cfg)
         log.info("config reloaded", path=self.config_path)
 
     async def run(self) -> None:
@@ -105,6 +123,8 @@ class Gateway:
         log.info("stopping")
         if self.smtp is not None:
             self.smtp.close()
+        if self.milter is not None:
+            await self.milter.stop(grace)
         if self.worker is not None:
             await self.worker.stop(grace)
         if self.http is not None:
@@ -156,7 +176,8 @@ class Supervisor:
         import time
 
         spool = Spool(self.cfg.path(self.cfg.gateway.spool_dir))
-        spool.create()
+        if "smtp" in self.roles or "worker" in self.roles:
+            spool.create()
         if "worker" in self.roles:
             counts = spool.recover()
             if any(counts.values()):
