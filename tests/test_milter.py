@@ -4,7 +4,9 @@ a real SMTP sink on loopback."""
 from __future__ import annotations
 
 import email.utils
+import os
 import re
+import signal
 import smtplib
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from tests.harness import GATEWAY, ROOT, GatewayProcess, SmtpSink, to_wire
 from tests.messages import fetch, leaves, links, message, parse, payload, pdf_bytes, send, stored_objects
+from tests.servers.gcs import GcsEmulator
 from tests.servers.ports import free_port, port_is_open
 from tests.servers.postfix import PostfixInstance
 
@@ -213,6 +216,27 @@ def test_processing_error_lets_the_message_through_unchanged_or_tempfails(tmp_pa
     [event] = [e for e in gw.log_events() if e.get("event") == "processing failed; failing open"]
     assert event["action"] == on_error and event["count"] == 1
     assert stored_objects(gw.objects) == {}
+
+
+def test_processing_past_milter_timeout_lets_the_message_through_unchanged(setup, sink: SmtpSink) -> None:
+    with GcsEmulator() as gcs:
+        gw, mta = setup(threshold=1000, milter={"timeout": 1}, route={"storage": "cloud"}, sections={
+            "storage.cloud": {"backend": "gcs", "bucket": gcs.bucket, "endpoint_url": gcs.endpoint_url,
+                              "anonymous": True, "timeout": 30}})
+        # The storage server stalls: uploads hang well past milter.timeout.
+        pid = gcs._proc.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            msg, original = _original()
+            started = time.monotonic()
+            send(mta.port, msg)
+            [got] = sink.wait(1, timeout=30)
+            assert time.monotonic() - started < 10
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert [f.split(b":", 1)[0] for f in _split_added(got.data, original)] == [b"Received"]
+    [event] = [e for e in gw.log_events() if e.get("event") == "processing exceeded milter.timeout; failing open"]
+    assert event["timeout"] == 1 and event["action"] == "continue" and event["count"] == 1
 
 
 def test_milter_settings_are_validated_naming_key_value_and_expectation(tmp_path: Path) -> None:
