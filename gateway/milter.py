@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from gateway import logs
+from gateway import logs, metrics
 from gateway.config import Config, MilterSettings, RouteSettings
 from gateway.delivery import Content
 from gateway.mime.rewrite import split_fields
@@ -159,6 +159,8 @@ class MilterServer:
                 await writer.wait_closed()
 
     def count(self, outcome: str) -> int:
+        """Count one outcome (gateway_milter_messages); return this process's total."""
+        metrics.MILTER_MESSAGES.labels(outcome).inc()
         self.counts[outcome] += 1
         return self.counts[outcome]
 

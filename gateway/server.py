@@ -76,7 +76,7 @@ class Gateway:
             await self.worker.start()
         if "http" in self.roles:
             host, port = self.cfg.http.address
-            self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit), host, port,
+            self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit, self.spool), host, port,
                                              reuse_port=self.shared_ports)
         if "milter" in self.roles:
             # The same pipeline as the worker's; a process without the worker

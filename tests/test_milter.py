@@ -215,6 +215,8 @@ def test_processing_error_lets_the_message_through_unchanged_or_tempfails(tmp_pa
         assert [f.split(b":", 1)[0] for f in _split_added(got.data, original)] == [b"Received"]
     [event] = [e for e in gw.log_events() if e.get("event") == "processing failed; failing open"]
     assert event["action"] == on_error and event["count"] == 1
+    status, _, body = fetch(f"http://127.0.0.1:{gw.http_port}/metrics")
+    assert status == 200 and b'gateway_milter_messages_total{outcome="error"} 1.0' in body
     assert stored_objects(gw.objects) == {}
 
 
