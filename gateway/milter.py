@@ -118,7 +118,8 @@ class MilterServer:
         self.counts: collections.Counter[str] = collections.Counter()
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[asyncio.Task[None]] = set()
-        self._busy: set[asyncio.Task[Any]] = set()
+        # Messages being processed, which stop() lets finish.
+        self.busy: set[asyncio.Task[Any]] = set()
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -136,8 +137,8 @@ class MilterServer:
         then close every connection (the MTA applies its default action)."""
         if self._server is not None:
             self._server.close()
-        if self._busy:
-            await asyncio.wait(set(self._busy), timeout=grace)
+        if self.busy:
+            await asyncio.wait(set(self.busy), timeout=grace)
         for task in list(self._sessions):
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)
@@ -151,6 +152,9 @@ class MilterServer:
             await session.run()
         except (ProtocolError, asyncio.IncompleteReadError, ConnectionError) as e:
             log.warning("milter connection closed", reason=f"{type(e).__name__}: {e}")
+        except Exception:  # noqa: BLE001 - a bug here must not take the listener down
+            # Closing the connection makes the MTA apply milter_default_action.
+            log.exception("milter connection failed", count=self.count("error"))
         finally:
             session.txn.close()
             self._sessions.discard(task)
@@ -223,9 +227,9 @@ class Session:
             await self._send(CONTINUE)
         elif cmd == MAIL:
             self._reset()
-            args = [a.decode("utf-8", "surrogateescape") for a in _cstrings(data)]
-            self.txn.mail_from = _address(args[0].encode("utf-8", "surrogateescape")) if args else ""
-            self.txn.mail_args = args[1:]
+            args = _cstrings(data)
+            self.txn.mail_from = _address(args[0]) if args else ""
+            self.txn.mail_args = [a.decode("utf-8", "replace") for a in args[1:]]
             await self._send(CONTINUE)
         elif cmd == RCPT:
             await self._rcpt(data)
@@ -341,7 +345,7 @@ class Session:
             return
         settings = self.server.settings
         task = asyncio.ensure_future(self._process(txn, queue_id))
-        self.server._busy.add(task)
+        self.server.busy.add(task)
         try:
             processed = await asyncio.wait_for(task, timeout=settings.timeout)
             # The actions are computed before the first is sent: an error
@@ -360,7 +364,7 @@ class Session:
             await self._send(TEMPFAIL if settings.on_error == "tempfail" else CONTINUE)
             return
         finally:
-            self.server._busy.discard(task)
+            self.server.busy.discard(task)
         for cmd, data in actions:
             await self._send(cmd, data)
         if body is not None:

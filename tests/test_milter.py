@@ -3,6 +3,7 @@ pointing at ``attachment-gateway milter`` started as a process, relaying to
 a real SMTP sink on loopback."""
 from __future__ import annotations
 
+import base64
 import email.utils
 import os
 import re
@@ -144,6 +145,30 @@ def test_nothing_to_offload_arrives_unchanged_but_for_the_headers(setup, sink: S
     assert sorted(names) == [b"Received", b"Received", b"X-Attachment-Offload"], added
     assert b"X-Attachment-Offload: offloaded=0 bytes=0\r\n" in added
     assert stored_objects(gw.objects) == {}
+
+
+def test_a_message_that_is_only_an_attachment_gets_new_content_headers(setup, sink: SmtpSink) -> None:
+    gw, mta = setup(threshold=1000)
+    pdf = pdf_bytes(5000)
+    raw = (b"From: a@example.net\r\nTo: support@contact.example\r\nSubject: a folded\r\n subject line\r\n"
+           b"Date: " + email.utils.formatdate().encode() + b"\r\nMessage-ID: <only-pdf@example.net>\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: application/pdf; name=\"x.pdf\"\r\n"
+           b"Content-Disposition: attachment; filename=\"x.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(pdf).replace(b"\n", b"\r\n"))
+    send(mta.port, raw)
+    [got] = sink.wait(1, timeout=30)
+    head, _, body = got.data.partition(b"\r\n\r\n")
+    fields = re.findall(rb"(?m)^([^ \t\r\n][^:\r\n]*):", head + b"\r\n")
+    # Content-* fields deleted and added again (changed through milter
+    # actions); every other original field kept once, byte for byte.
+    assert sorted(f for f in fields if f.lower().startswith(b"content-")) == [
+        b"Content-Disposition", b"Content-Transfer-Encoding", b"Content-Type"]
+    assert b"Content-Type: text/plain; charset=\"utf-8\"\r\n" in head + b"\r\n"
+    assert b"\r\nSubject: a folded\r\n subject line\r\n" in head
+    assert fields.count(b"Message-ID") == 1 and fields.count(b"MIME-Version") == 1
+    assert b'The attachment "x.pdf" (5 KB) was moved to secure storage.' in body
+    [url] = links(body)
+    assert fetch(url)[2] == pdf
 
 
 def test_recipients_no_route_covers_are_left_alone(setup, sink: SmtpSink) -> None:
