@@ -243,6 +243,34 @@ class WorkerSettings(_Strict):
     scan_interval: Duration = 5
 
 
+class MilterSettings(_Strict):
+    """The milter listener: the same pipeline inside an existing Postfix or
+    Sendmail (``attachment-gateway milter``, or ``serve`` with this table)."""
+
+    listen: str = "127.0.0.1:8891"
+    # What the MTA is told when processing fails or runs out of time:
+    # "continue" lets the message through unchanged, "tempfail" makes the
+    # MTA answer 451 so the client retries later.
+    on_error: Literal["continue", "tempfail"] = "continue"
+    # Seconds allowed for processing at end of message; keep it below the
+    # MTA's own limit (Postfix: milter_content_timeout, 300 s by default).
+    timeout: Duration = Field(240, ge=1)
+    # Where messages being received are written ("" is the system's
+    # temporary directory); it needs room for the largest message at once
+    # per connection.
+    temp_dir: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        _parse_hostport(v)
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return _parse_hostport(self.listen)
+
+
 class Config(_Strict):
     """The whole config file."""
 
@@ -254,6 +282,9 @@ class Config(_Strict):
     routes: list[RouteSettings] = Field(min_length=1)
     delivery: DeliverySettings = DeliverySettings()
     worker: WorkerSettings = WorkerSettings()
+    # Absent: ``serve`` runs no milter; ``attachment-gateway milter`` then
+    # uses the defaults above.
+    milter: MilterSettings | None = None
 
     # The directory relative paths are resolved against (the config file's
     # own project root); not a key in the file.
