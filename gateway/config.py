@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -25,39 +24,14 @@ from pydantic import (
 )
 
 from gateway.storage.settings import StorageSettings
+from gateway.units import Duration, Size
 
 
 class ConfigError(Exception):
     """The config file is missing, unreadable or invalid; ``str()`` says why."""
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
-
-def _parse_size(value: Any) -> Any:
-    """Accept 10485760, "10MiB", "150 MB"; anything else is left for the int check."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
-        if m and m.group(2).lower() in _SIZE_UNITS:
-            return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-        raise ValueError("expected a size in bytes, such as 10485760 or \"10MiB\"")
-    return value
-
-
-def _parse_duration(value: Any) -> Any:
-    """Accept 86400, "24h", "15m", "5d"."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
-        if m and m.group(2).lower() in _DURATION_UNITS:
-            return int(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
-        raise ValueError("expected a duration in seconds, such as 300 or \"5m\", \"24h\", \"5d\"")
-    return value
-
-
-Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
-Duration = Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)]
 
 
 def _parse_hostport(value: str) -> tuple[str, int]:
@@ -86,6 +60,12 @@ class GatewaySettings(_Strict):
     hostname: str = "gateway.localhost"
     spool_dir: str = "var/spool"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # How long SIGTERM waits for sessions and messages in hand to finish;
+    # new sessions get 421 meanwhile.  What is left stays in the spool.
+    drain_seconds: Duration = 30
+    # Free space the spool must keep: below it (plus a message's declared
+    # SIZE) MAIL gets 452 4.3.1 and the sender retries later.
+    spool_min_free: Size = 67108864  # 64 MiB
     # Processes that share the ports and the spool; "auto" is one per CPU.
     processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
     # Where audit events (link clicks, refusals) go, one JSON object a line;
@@ -100,6 +80,11 @@ class SmtpSettings(_Strict):
     max_message_size: Size = 157286400  # 150 MiB, advertised in EHLO SIZE
     max_recipients: int = Field(100, ge=1)
     timeout: Duration = 300
+    # Sessions at once in each process, and from one client address; more
+    # get 421 and may retry (a client over the limit is likely a runaway).
+    max_sessions: int = Field(1000, ge=1)
+    max_connections_per_client: int = Field(100, ge=1)
+
     banner: str = "ESMTP attachment-gateway"
     # STARTTLS is offered when both are set (PEM files; re-read on SIGHUP).
     # TLS 1.2 is the minimum version.
@@ -279,6 +264,10 @@ class WorkerSettings(_Strict):
     # Bounds on what a message may hold; beyond them the message is forwarded
     # untouched with a warning (it was already accepted).
     max_header_bytes: Size = 1048576
+    max_header_fields: int = Field(1000, ge=1)
+    # RFC 5322 allows 998; real mail often exceeds it, so the default only
+    # stops the absurd.
+    max_header_line: Size = 65536
     max_mime_depth: int = Field(20, ge=1)
     max_parts: int = Field(1000, ge=1)
     # How often the deferred queue is scanned for messages due for retry.
@@ -335,6 +324,34 @@ class AuthSettings(_Strict):
         return [_parse_hostport(s) if ":" in s and not s.startswith("[") else (s, 53) for s in self.dns_servers]
 
 
+class MilterSettings(_Strict):
+    """The milter listener: the same pipeline inside an existing Postfix or
+    Sendmail (``attachment-gateway milter``, or ``serve`` with this table)."""
+
+    listen: str = "127.0.0.1:8891"
+    # What the MTA is told when processing fails or runs out of time:
+    # "continue" lets the message through unchanged, "tempfail" makes the
+    # MTA answer 451 so the client retries later.
+    on_error: Literal["continue", "tempfail"] = "continue"
+    # Seconds allowed for processing at end of message; keep it below the
+    # MTA's own limit (Postfix: milter_content_timeout, 300 s by default).
+    timeout: Duration = Field(240, ge=1)
+    # Where messages being received are written ("" is the system's
+    # temporary directory); it needs room for the largest message at once
+    # per connection.
+    temp_dir: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        _parse_hostport(v)
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return _parse_hostport(self.listen)
+
+
 class Config(_Strict):
     """The whole config file."""
 
@@ -347,6 +364,9 @@ class Config(_Strict):
     delivery: DeliverySettings = DeliverySettings()
     worker: WorkerSettings = WorkerSettings()
     auth: AuthSettings = AuthSettings()
+    # Absent: ``serve`` runs no milter; ``attachment-gateway milter`` then
+    # uses the defaults above.
+    milter: MilterSettings | None = None
 
     # The directory relative paths are resolved against (the config file's
     # own project root); not a key in the file.

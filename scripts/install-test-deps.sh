@@ -15,9 +15,11 @@
 #   ca-certificates  TLS clients in tests
 #   openssl     `openssl s_client -starttls smtp` against the gateway's STARTTLS
 #   libnet-ssleay-perl  swaks --tls
+#   systemd     systemd-analyze verify for the units in systemd/
+#   util-linux  mount, for the full-spool test (a small tmpfs)
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl systemd util-linux)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -53,7 +55,7 @@ fi
 
 # Verify the executables the tests and bench actually call.
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
-           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/openssl; do
+           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/mount; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"
