@@ -19,26 +19,34 @@ import time
 from dataclasses import dataclass
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from collections import Counter
+from typing import Any, AsyncIterator, Iterator
 
 import policies
-from gateway import logs
+from gateway import autoreply, logs
 from gateway.config import Config, RouteSettings
 from gateway.delivery import Content, DeliveryResult, NextHop
 from gateway.delivery import build as build_next_hop
 from gateway.delivery.dsn import build_dsn
 from gateway.links import records
 from gateway.links.tokens import Keyring, new_object_id
-from gateway.mime import filenames
-from gateway.mime.decode import decoded_chunks, measure, message_header
+from gateway.mime import filenames, sniff, tnef
+from gateway.mime.decode import decoded_bytes, decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, MimeLimitError, Part, parse
-from gateway.mime.rewrite import Link, Replacement, human_size, plan, segments_size
+from gateway.mime.rewrite import (Link, Replacement, cid_references, human_size, plan, segments_size,
+                                  split_fields)
 from gateway.mime.source import Source
 from gateway.spool import (ENVELOPE, MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
                            write_atomic)
+from gateway.scan import Clamd
 from gateway.storage.base import ObjectMeta, Storage, StorageError
 
 log = logs.get("worker")
+
+# The message with its TNEF parts unpacked, in the message's spool directory.
+UNPACKED = "unpacked.eml"
+# HTML bodies up to this size are read for cid: references (inline images).
+MAX_HTML_SCAN = 8 << 20
 
 # Seconds between looks for messages a dead process left in ``active``.
 RECOVERY_INTERVAL = 30.0
@@ -70,6 +78,10 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        # Failures that fail open (scans, TNEF, auto-replies), counted here
+        # and in the log lines that report them.
+        self.counts: Counter[str] = Counter()
+        self.rates = autoreply.RateStore(spool.root / "autoreply")
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -86,6 +98,12 @@ class Worker:
                 max_connections=cfg.delivery.connections_per_next_hop)
         self.bounce_hop = build_next_hop(cfg.delivery.bounce_next_hop, base_dir=base,
                                          hostname=cfg.gateway.hostname)
+        self.autoreply_hops: dict[str, NextHop] = {
+            r.name: build_next_hop(r.autoreply.next_hop, base_dir=base, hostname=cfg.gateway.hostname,
+                                   connect_timeout=cfg.delivery.connect_timeout,
+                                   command_timeout=cfg.delivery.command_timeout)
+            for r in cfg.routes if r.autoreply is not None}
+        self.scanner = Clamd(cfg.clamd.address, cfg.clamd.timeout) if cfg.clamd is not None else None
         self.limits = Limits(max_header_bytes=cfg.worker.max_header_bytes, max_depth=cfg.worker.max_mime_depth,
                              max_parts=cfg.worker.max_parts)
         self._offload_slots = asyncio.Semaphore(cfg.worker.offload_concurrency)
@@ -119,7 +137,7 @@ class Worker:
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        for hop in [*self.next_hops.values(), self.bounce_hop]:
+        for hop in [*self.next_hops.values(), self.bounce_hop, *self.autoreply_hops.values()]:
             await hop.close()
 
     async def _dispatch(self) -> None:
@@ -229,10 +247,10 @@ class Worker:
     async def process(self, handle: Handle, envelope: Envelope, route: RouteSettings) -> Content:
         """Parse, decide, offload and rewrite; return what to deliver.
 
-        When anything was stored, the rewritten message is saved in the spool
-        (``rewritten.eml``) before delivery, so a retry or a crash never
-        offloads twice; a message that needed no storage is delivered
-        straight from the spooled original.
+        When anything was stored, refused or unpacked, the rewritten message
+        is saved in the spool (``rewritten.eml``) before delivery, so a retry
+        or a crash never offloads (or auto-replies) twice; a message that
+        needed no change is delivered straight from the spooled original.
         """
         qlog = log.bind(queue_id=handle.queue_id, route=route.name)
         src = Source(handle.file(MESSAGE))
@@ -240,6 +258,33 @@ class Worker:
             return await self._process(handle, envelope, route, src, qlog)
         finally:
             src.close()
+
+    async def _unpack_tnef(self, handle: Handle, src: Source, root: Part, qlog: Any) -> Path | None:
+        """Write ``unpacked.eml``: the message with each readable TNEF part
+        replaced by the files it carries; None when there is none to unpack."""
+        edits: list[Replacement] = []
+        for leaf in root.leaves():
+            if not tnef.is_tnef(leaf):
+                continue
+            try:
+                files = tnef.unpack(await asyncio.to_thread(decoded_bytes, src, leaf))
+            except tnef.TnefError as e:
+                qlog.warning("TNEF not unpacked; forwarded as it is", part=leaf.path or "1", reason=str(e))
+                self.counts["tnef_failed"] += 1
+                continue
+            keep = b""
+            if leaf is root:
+                keep = b"".join(raw for name, raw in split_fields(src.read(root.start, root.body_start))
+                                if not name.startswith("content-") and raw.strip())
+            qlog.info("TNEF unpacked", part=leaf.path or "1", files=[f.name for f in files])
+            edits.append(Replacement(leaf, "", raw=tnef.entity(files, keep)))
+        if not edits:
+            return None
+        segments = plan(src, root, replacements=edits, links=[], text_part=None, html_part=None,
+                        link_template="", trace=b"")
+        path = handle.file(UNPACKED)
+        await asyncio.to_thread(Content(handle.file(MESSAGE), segments).write_to, path)
+        return path
 
     async def _process(self, handle: Handle, envelope: Envelope, route: RouteSettings, src: Source,
                        qlog: Any) -> Content:
@@ -250,44 +295,132 @@ class Worker:
             qlog.warning("message exceeds a MIME limit; forwarded untouched", reason=str(e))
             trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
             return Content(handle.file(MESSAGE), [trace, (0, src.size)])
+        source_path = handle.file(MESSAGE)
+        unpacked: Source | None = None
+        if route.unpack_tnef and any(tnef.is_tnef(leaf) for leaf in root.leaves()):
+            path = await self._unpack_tnef(handle, src, root, qlog)
+            if path is not None:
+                unpacked = Source(path)
+                try:
+                    root = await asyncio.to_thread(parse, unpacked, self.limits)
+                except MimeLimitError as e:
+                    unpacked.close()
+                    qlog.warning("unpacked TNEF exceeds a MIME limit; forwarded untouched", reason=str(e))
+                    trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
+                    return Content(handle.file(MESSAGE), [trace, (0, src.size)])
+                src, source_path = unpacked, path
+        try:
+            return await self._decide_and_rewrite(handle, envelope, route, src, source_path, root, qlog, started,
+                                                  changed=unpacked is not None)
+        finally:
+            if unpacked is not None:
+                unpacked.close()
+
+    async def _facts(self, src: Source, leaf: Part, route: RouteSettings, route_facts: policies.RouteFacts,
+                     cids: set[str], qlog: Any) -> tuple[policies.PartFacts, str]:
+        """Measure, sniff and (when the route scans) scan one leaf."""
+        m = await asyncio.to_thread(measure, src, leaf)
+        detected = await asyncio.to_thread(sniff.detect, m.head)
+        name = filenames.original_filename(leaf.headers)
+        disposition = _disposition(leaf)
+        maintype = leaf.content_type.split("/", 1)[0]
+        is_attachment = disposition == "attachment" or bool(name) or maintype not in ("text", "multipart", "message")
+        content_id = message_header(leaf.headers, "Content-ID").strip() or None
+        scan = None
+        if self.scanner is not None and any(p.name == "refuse_malware" for p in route.policies) \
+                and is_attachment and m.size > 0:
+            scan = await self._scan(src, leaf, m.size, qlog)
+        facts = policies.PartFacts(
+            path=leaf.path or "1", declared_type=leaf.content_type, filename=name, decoded_size=m.size,
+            is_body=False, disposition=disposition, route=route_facts, detected_type=detected,
+            content_id=content_id, head=m.head, is_attachment=is_attachment,
+            inline=bool(content_id) and content_id.strip("<>").lower() in cids, scan=scan,
+            packed_tnef=tnef.is_tnef(leaf))
+        return facts, m.sha256
+
+    async def _scan(self, src: Source, leaf: Part, size: int, qlog: Any) -> policies.ScanVerdict:
+        assert self.scanner is not None and self.cfg.clamd is not None
+        if size > self.cfg.clamd.max_size:
+            verdict = policies.ScanVerdict("error", detail=f"{size} bytes is over clamd.max_size")
+        else:
+            verdict = await self.scanner.scan(_athread_iter(decoded_chunks(src, leaf)))
+        if verdict.status == "error":
+            # Fail open (rule 2): the part goes on to the other policies.
+            self.counts["scan_failed"] += 1
+            qlog.warning("malware scan failed; failing open", part=leaf.path or "1", reason=verdict.detail,
+                         scan_failures_total=self.counts["scan_failed"])
+        elif verdict.status == "infected":
+            self.counts["scan_infected"] += 1
+        return verdict
+
+    async def _decide_and_rewrite(self, handle: Handle, envelope: Envelope, route: RouteSettings, src: Source,
+                                  source_path: Path, root: Part, qlog: Any, started: float,
+                                  changed: bool) -> Content:
         message_id = message_header(root.headers, "Message-ID").strip()
         customer = self._customer_id(root, envelope, route)
         text_part, html_part = _bodies(root)
+        cids: set[str] = set()
+        if html_part is not None and html_part.encoded_size <= MAX_HTML_SCAN:
+            cids = cid_references(await asyncio.to_thread(decoded_bytes, src, html_part))
         route_facts = policies.RouteFacts(route.name, route.offload_threshold, route.next_hop_max_size)
-        decisions: list[tuple[Part, policies.Decision, str]] = []
+        decisions: list[tuple[Part, policies.Decision, str, policies.PartFacts]] = []
         for leaf in root.leaves():
             if leaf is text_part or leaf is html_part:
                 continue
-            m = await asyncio.to_thread(measure, src, leaf)
-            name = filenames.original_filename(leaf.headers)
-            facts = policies.PartFacts(
-                path=leaf.path or "1", declared_type=leaf.content_type, filename=name, decoded_size=m.size,
-                is_body=False, disposition=_disposition(leaf), route=route_facts,
-                content_id=message_header(leaf.headers, "Content-ID").strip() or None)
+            facts, sha = await self._facts(src, leaf, route, route_facts, cids, qlog)
             decision = policies.decide(self.policies[route.name], facts)
             qlog.info("decision", part=facts.path, action=decision.action.value, policy=decision.policy,
-                      reason=decision.reason, declared_type=facts.declared_type, size=m.size,
-                      filename=name)
-            decisions.append((leaf, decision, m.sha256))
-        to_offload = [(p, d, h) for p, d, h in decisions if d.action is policies.Action.OFFLOAD]
+                      reason=decision.reason, declared_type=facts.declared_type, detected_type=facts.detected_type,
+                      size=facts.decoded_size, filename=facts.filename, inline=facts.inline,
+                      scan=facts.scan.status if facts.scan else None)
+            decisions.append((leaf, decision, sha, facts))
+        to_offload = [(p, d, h) for p, d, h, _ in decisions if d.action is policies.Action.OFFLOAD]
         results = await asyncio.gather(*(self._offload(src, p, h, envelope, route, customer, message_id, qlog)
                                          for p, d, h in to_offload))
         offloaded = [r for r in results if isinstance(r, Offloaded)]
         failed = [p for (p, _, _), r in zip(to_offload, results) if not isinstance(r, Offloaded)]
         replacements = [Replacement(o.part, _offload_notice(o)) for o in offloaded]
-        replacements += [Replacement(p, d.notice or f"An attachment was removed: {d.reason}.")
-                         for p, d, _ in decisions if d.action is policies.Action.REPLACE]
+        notices: list[str] = []
+        refused: list[dict[str, Any]] = []
+        for p, d, sha, facts in decisions:
+            name = filenames.display_name(facts.filename) or _default_name(p)
+            if d.action is policies.Action.REPLACE:
+                replacements.append(Replacement(p, d.notice or f"An attachment was removed: {d.reason}.\n"))
+                notices.append(f"\"{name}\": {d.notice or d.reason}")
+                qlog.info("attachment replaced", part=facts.path, filename=name, reason=d.reason)
+            elif d.action is policies.Action.REFUSE:
+                key = await self._quarantine(src, p, sha, envelope, route, customer, name, d) \
+                    if route.quarantine.enabled else None
+                text = f"The attachment \"{name}\" was removed: {d.reason}."
+                replacements.append(Replacement(p, text + "\n"))
+                notices.append(text)
+                refused.append({"part": facts.path, "filename": name, "policy": d.policy, "reason": d.reason,
+                                "declared_type": facts.declared_type, "detected_type": facts.detected_type,
+                                "size": facts.decoded_size, "sha256": sha, "quarantine_key": key})
+                self.audit.event("FileRefused", "Failure", EventResultDetails=d.reason, QueueId=handle.queue_id,
+                                 CustomerId=customer, TargetFileName=name, TargetFileSize=facts.decoded_size,
+                                 TargetFileSHA256=sha, TargetFileMimeType=facts.detected_type,
+                                 DeclaredMimeType=facts.declared_type, Policy=d.policy,
+                                 TargetFilePath=key, InternetMessageId=message_id or None)
         links = [Link(o.filename, o.size, o.url) for o in offloaded]
+        inline = {}
+        for o in offloaded:
+            cid = message_header(o.part.headers, "Content-ID").strip().strip("<>").lower()
+            if cid and cid in cids:
+                inline[cid] = Link(o.filename, o.size, o.url)
         template = route.link_text or self.cfg.links.text
-        trace = self._trace(envelope, offloaded)
+        trace = self._trace(envelope, offloaded, refused=len(refused),
+                            replaced=sum(d.action is policies.Action.REPLACE for _, d, _, _ in decisions),
+                            tnef_unpacked=changed)
         segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
-                        html_part=html_part, link_template=template, trace=trace)
+                        html_part=html_part, link_template=template, trace=trace, notices=notices, inline=inline)
         if failed and segments_size(segments) > route.next_hop_max_size:
             # Fail open, but never past the next hop's limit: the parts that
             # could not be stored give way to a notice.
             replacements += [Replacement(p, _failed_notice(p)) for p in failed]
             segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
-                            html_part=html_part, link_template=template, trace=trace)
+                            html_part=html_part, link_template=template, trace=trace, notices=notices,
+                            inline=inline)
             for p in failed:
                 self.audit.event("FileRefused", "Failure", EventResultDetails="storage unavailable, too large to forward",
                                  QueueId=handle.queue_id, CustomerId=customer,
@@ -296,15 +429,78 @@ class Worker:
             "offloaded": [{"key": o.key, "size": o.size, "sha256": o.sha256, "filename": o.filename,
                            "part": o.part.path} for o in offloaded],
             "failed": [p.path for p in failed],
+            "refused": refused,
+            "decisions": [{"part": f.path, "action": d.action.value, "policy": d.policy, "reason": d.reason,
+                           "declared_type": f.declared_type, "detected_type": f.detected_type,
+                           "filename": f.filename, "size": f.decoded_size} for _, d, _, f in decisions],
+            "tnef_unpacked": changed,
             "seconds": round(time.monotonic() - started, 4),
         }
-        content = Content(handle.file(MESSAGE), segments)
-        if offloaded or failed or replacements:
+        content = Content(source_path, segments)
+        if offloaded or failed or replacements or changed or notices:
             await asyncio.to_thread(self._save_output, handle, content, result)
             content = Content(handle.file(REWRITTEN))
+        if refused:
+            await self._autoreply(handle, envelope, route, root, refused, qlog)
         qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
-                  failed=len(failed), size_in=src.size, size_out=content.size)
+                  failed=len(failed), refused=len(refused), size_in=src.size, size_out=content.size)
         return content
+
+    async def _quarantine(self, src: Source, part: Part, sha256: str, envelope: Envelope, route: RouteSettings,
+                          customer: str, name: str, decision: policies.Decision) -> str:
+        """Keep a refused part under the route's quarantine prefix (no link
+        record: no token can lead there).  A failure raises, and the message
+        is held: a refused file is never forwarded and never dropped."""
+        store = self.stores[route.storage]
+        key = f"{route.quarantine.prefix}{customer}/{_stamp()}-{filenames.sanitise(name)}"
+        meta = ObjectMeta(content_type="application/octet-stream", filename=name,
+                          metadata={"queue-id": envelope.queue_id, "customer-id": customer,
+                                    "policy": decision.policy})
+        async with self._offload_slots:
+            stored = await store.put(key, decoded_chunks(src, part), meta)
+        if stored.sha256 and stored.sha256 != sha256:
+            raise StorageError(f"quarantined object {key} has SHA-256 {stored.sha256}, expected {sha256}")
+        log.info("quarantined", queue_id=envelope.queue_id, key=key, size=stored.size, sha256=sha256)
+        return key
+
+    async def _autoreply(self, handle: Handle, envelope: Envelope, route: RouteSettings, root: Part,
+                         refused: list[dict[str, Any]], qlog: Any) -> None:
+        """Tell the sender which files were refused (RFC 3834 rules); a
+        failure is logged, never fatal to the message."""
+        settings = route.autoreply
+        if settings is None:
+            return
+        why_not = autoreply.skip_reason(envelope.mail_from, root.headers)
+        if why_not is not None:
+            qlog.info("no auto-reply", reason=why_not)
+            return
+        if not await asyncio.to_thread(self.rates.claim, envelope.mail_from, settings.interval):
+            qlog.info("no auto-reply", reason=f"one went to this sender within {settings.interval}s")
+            return
+        subject = message_header(root.headers, "Subject").strip()
+        text = autoreply.render(settings.template, refusals=[(r["filename"], r["reason"]) for r in refused],
+                                subject=filenames.display_name(subject), upload_url=settings.upload_url)
+        try:
+            data = autoreply.build(sender=settings.sender, to=envelope.mail_from, subject=settings.subject,
+                                   text=text, in_reply_to=message_header(root.headers, "Message-ID").strip(),
+                                   hostname=self.cfg.gateway.hostname)
+        except (ValueError, TypeError) as e:
+            await asyncio.to_thread(self.rates.release, envelope.mail_from)
+            qlog.error("auto-reply not built", error=str(e))
+            return
+        path = handle.file("autoreply.eml")
+        await asyncio.to_thread(write_atomic, path, data)
+        reply_env = Envelope(queue_id=handle.queue_id + "R", mail_from="", rcpt_tos=[envelope.mail_from],
+                             route=route.name, received_at=time.time())
+        hop = self.autoreply_hops[route.name]
+        result = await hop.deliver(reply_env, [envelope.mail_from], Content(path))
+        if result.delivered:
+            qlog.info("auto-reply sent", to=envelope.mail_from, next_hop=hop.name)
+        else:
+            await asyncio.to_thread(self.rates.release, envelope.mail_from)
+            self.counts["autoreply_failed"] += 1
+            qlog.error("auto-reply not delivered", to=envelope.mail_from,
+                       reason=next(iter({**result.deferred, **result.failed}.values()), ""))
 
     def _save_output(self, handle: Handle, content: Content, result: dict[str, Any]) -> None:
         content.write_to(handle.file(REWRITTEN))
@@ -315,8 +511,7 @@ class Worker:
         store = self.stores[route.storage]
         original = filenames.original_filename(part.headers) or _default_name(part)
         display = filenames.display_name(original) or _default_name(part)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000 // 1000:06d}Z"
-        key = f"uploads/{customer}/{stamp}-{filenames.sanitise(display)}"
+        key = f"uploads/{customer}/{_stamp()}-{filenames.sanitise(display)}"
         meta = ObjectMeta(content_type=_safe_type(part.content_type), filename=original,
                           metadata={"queue-id": envelope.queue_id, "customer-id": customer})
         async with self._offload_slots:
@@ -348,7 +543,8 @@ class Worker:
             return filenames.sanitise_customer(envelope.mail_from)
         return "unknown"
 
-    def _trace(self, envelope: Envelope, offloaded: list[Offloaded], note: str = "") -> bytes:
+    def _trace(self, envelope: Envelope, offloaded: list[Offloaded], note: str = "", refused: int = 0,
+               replaced: int = 0, tnef_unpacked: bool = False) -> bytes:
         helo = _clean(envelope.helo) or "unknown"
         client = _clean(envelope.client_name) or "unknown"
         addr = _clean(envelope.client_addr)
@@ -360,6 +556,12 @@ class Worker:
                     f"\tby {self.cfg.gateway.hostname} (attachment-gateway) with {proto} id {envelope.queue_id}"
                     f"{rcpt};\r\n\t{_date(envelope.received_at)}\r\n")
         summary = f"offloaded={len(offloaded)} bytes={sum(o.size for o in offloaded)}"
+        if refused:
+            summary += f" refused={refused}"
+        if replaced:
+            summary += f" replaced={replaced}"
+        if tnef_unpacked:
+            summary += " tnef=unpacked"
         if note:
             summary += f"; {note}"
         return (received + f"X-Attachment-Offload: {_clean(summary)}\r\n").encode("utf-8", "replace")
@@ -428,6 +630,21 @@ class Worker:
                       reason=next(iter({**result.deferred, **result.failed}.values()), ""))
         else:
             log.info("DSN sent", queue_id=handle.queue_id, to=envelope.mail_from)
+
+
+def _stamp() -> str:
+    """UTC time to the microsecond, for object keys."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000 // 1000:06d}Z"
+
+
+async def _athread_iter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """A blocking iterator (reads from the spool) consumed in a thread."""
+    done = object()
+    while True:
+        chunk = await asyncio.to_thread(next, chunks, done)
+        if chunk is done:
+            return
+        yield chunk  # type: ignore[misc]
 
 
 def _bodies(root: Part) -> tuple[Part | None, Part | None]:
