@@ -294,6 +294,9 @@ class RouteSettings(_Strict):
     storage: str
     offload_threshold: Size = 10485760
     next_hop_max_size: Size = 26214400
+    # The most attachments the next hop takes in one message (Genesys Cloud:
+    # 50); the excess is offloaded, largest first.  None: no limit.
+    max_attachments: int | None = Field(None, ge=0)
     link_text: str | None = None
     customer_id: CustomerIdRule = CustomerIdRule()
     policies: list[PolicyRef] = Field(default_factory=_default_policies)

@@ -36,6 +36,7 @@ from gateway.mime.parse import Limits, MimeLimitError, Part, parse
 from gateway.mime.rewrite import (Link, Replacement, cid_references, human_size, plan, segments_size,
                                   split_fields)
 from gateway.mime.source import Source
+from policies.next_hop_limits import NOTICE_ALLOWANCE, Kept, extra_offloads
 from gateway.spool import (ENVELOPE, MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
                            write_atomic)
 from gateway.scan import Clamd
@@ -374,6 +375,7 @@ class Worker:
                       size=facts.decoded_size, filename=facts.filename, inline=facts.inline,
                       scan=facts.scan.status if facts.scan else None)
             decisions.append((leaf, decision, sha, facts))
+        decisions = self._fit_next_hop(src, route, decisions, qlog)
         to_offload = [(p, d, h) for p, d, h, _ in decisions if d.action is policies.Action.OFFLOAD]
         results = await asyncio.gather(*(self._offload(src, p, h, envelope, route, customer, message_id, qlog)
                                          for p, d, h in to_offload))
@@ -445,6 +447,30 @@ class Worker:
         qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
                   failed=len(failed), refused=len(refused), size_in=src.size, size_out=content.size)
         return content
+
+    def _fit_next_hop(self, src: Source, route: RouteSettings,
+                      decisions: list[tuple[Part, policies.Decision, str, policies.PartFacts]],
+                      qlog: Any) -> list[tuple[Part, policies.Decision, str, policies.PartFacts]]:
+        """Offload the largest kept attachments too while the message is over
+        the route's next-hop size or attachment count."""
+        changed = [p for p, d, _, _ in decisions if d.action is not policies.Action.KEEP]
+        estimate = src.size - sum(p.end - p.start for p in changed) + NOTICE_ALLOWANCE * len(changed)
+        kept = [Kept(f.path, p.end - p.start) for p, d, _, f in decisions
+                if d.action is policies.Action.KEEP and f.is_attachment]
+        extra = set(extra_offloads(kept, estimate, route.next_hop_max_size, route.max_attachments))
+        if not extra:
+            return decisions
+        out = []
+        for p, d, sha, f in decisions:
+            if f.path in extra:
+                d = policies.Decision(policies.Action.OFFLOAD, "next_hop_limits",
+                                      f"the message is over the next hop's limits ({route.next_hop_max_size} bytes, "
+                                      f"{route.max_attachments or 'any number of'} attachments); largest first")
+                qlog.info("decision", part=f.path, action=d.action.value, policy=d.policy, reason=d.reason,
+                          declared_type=f.declared_type, detected_type=f.detected_type, size=f.decoded_size,
+                          filename=f.filename, inline=f.inline, scan=f.scan.status if f.scan else None)
+            out.append((p, d, sha, f))
+        return out
 
     async def _quarantine(self, src: Source, part: Part, sha256: str, envelope: Envelope, route: RouteSettings,
                           customer: str, name: str, decision: policies.Decision) -> str:

@@ -368,3 +368,38 @@ def test_bad_clamd_address_is_refused(make_gateway: Callable[..., GatewayProcess
     r = gw.command("check-config")
     assert r.returncode == 78
     assert "clamd.address: 'clamd.example:3310': expected \"unix:/PATH\" or \"tcp:HOST:PORT\"" in r.stderr
+
+
+def _offloaded_names(gw: GatewayProcess, out: bytes) -> set[str]:
+    return {e["filename"] for e in decisions(gw) if e["action"] == "offload"}
+
+
+def test_largest_attachments_are_offloaded_until_the_message_fits_the_next_hop(
+        make_gateway: Callable[..., GatewayProcess]) -> None:
+    gw = make_gateway(route={"next_hop_max_size": "300KiB"})
+    files = [(pdf_bytes(100 * 1024), "application/pdf", "small.pdf"),
+             (pdf_bytes(150 * 1024), "application/pdf", "medium.pdf"),
+             (pdf_bytes(200 * 1024), "application/pdf", "large.pdf")]
+    send(gw.smtp_port, message("Three files.\n", attachments=files))
+    [out] = gw.wait_outbox()
+    assert len(out) <= 300 * 1024
+    kept = {p.get_filename(): payload(p) for p in leaves(parse(out)) if p.get_filename()}
+    assert kept == {"small.pdf": files[0][0]}
+    assert {e["filename"] for e in decisions(gw) if e["policy"] == "next_hop_limits"} == {"medium.pdf", "large.pdf"}
+    text = payload(next(p for p in leaves(parse(out)) if p.get_content_type() == "text/plain"
+                        and not p.get_filename() and p.get("Content-Disposition") is None))
+    urls = links(text)
+    assert len(urls) == 2
+    assert sorted(fetch(u)[2] for u in urls) == sorted([files[1][0], files[2][0]])
+
+
+def test_attachments_over_the_next_hops_count_are_offloaded_largest_first(
+        make_gateway: Callable[..., GatewayProcess]) -> None:
+    gw = make_gateway(route={"max_attachments": 2})
+    sizes = {"a.pdf": 3000, "b.pdf": 9000, "c.pdf": 5000, "d.pdf": 7000}
+    send(gw.smtp_port, message("Four files.\n", attachments=[(pdf_bytes(n), "application/pdf", name)
+                                                             for name, n in sizes.items()]))
+    [out] = gw.wait_outbox()
+    kept = {p.get_filename() for p in leaves(parse(out)) if p.get_filename()}
+    assert kept == {"a.pdf", "c.pdf"}
+    assert {e["filename"] for e in decisions(gw) if e["policy"] == "next_hop_limits"} == {"b.pdf", "d.pdf"}
