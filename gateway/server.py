@@ -69,7 +69,7 @@ class Gateway:
             await self.worker.start()
         if "http" in self.roles:
             host, port = self.cfg.http.address
-            self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit), host, port,
+            self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit, self.spool), host, port,
                                              reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker

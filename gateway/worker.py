@@ -23,7 +23,7 @@ from collections import Counter
 from typing import Any, AsyncIterator, Iterator
 
 import policies
-from gateway import autoreply, logs
+from gateway import autoreply, logs, metrics
 from gateway.config import Config, RouteSettings
 from gateway.delivery import Content, DeliveryResult, NextHop
 from gateway.delivery import build as build_next_hop
@@ -31,7 +31,7 @@ from gateway.delivery.dsn import build_dsn
 from gateway.links import records
 from gateway.links.tokens import Keyring, new_object_id
 from gateway.mime import filenames, sniff, tnef
-from gateway.mime.decode import decoded_bytes, decoded_chunks, measure, message_header
+from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, MimeLimitError, Part, parse
 from gateway.mime.rewrite import (Link, Replacement, cid_references, human_size, plan, segments_size,
                                   split_fields)
@@ -79,8 +79,8 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-        # Failures that fail open (scans, TNEF, auto-replies), counted here
-        # and in the log lines that report them.
+        # Failures that fail open, counted in this process for the log lines
+        # that report them (gateway/metrics.py counts them across processes).
         self.counts: Counter[str] = Counter()
         self.rates = autoreply.RateStore(spool.root / "autoreply")
         self.configure(cfg)
@@ -243,6 +243,7 @@ class Worker:
             handle.move("hold")
 
         await asyncio.to_thread(_do)
+        metrics.HELD.labels(reason.split(":")[0]).inc()
         log.warning("message held", queue_id=handle.queue_id, reason=reason)
 
     async def process(self, handle: Handle, envelope: Envelope, route: RouteSettings) -> Content:
@@ -272,12 +273,14 @@ class Worker:
             except tnef.TnefError as e:
                 qlog.warning("TNEF not unpacked; forwarded as it is", part=leaf.path or "1", reason=str(e))
                 self.counts["tnef_failed"] += 1
+                metrics.TNEF_PARTS.labels("failed").inc()
                 continue
             keep = b""
             if leaf is root:
                 keep = b"".join(raw for name, raw in split_fields(src.read(root.start, root.body_start))
                                 if not name.startswith("content-") and raw.strip())
             qlog.info("TNEF unpacked", part=leaf.path or "1", files=[f.name for f in files])
+            metrics.TNEF_PARTS.labels("unpacked").inc()
             edits.append(Replacement(leaf, "", raw=tnef.entity(files, keep)))
         if not edits:
             return None
@@ -318,7 +321,7 @@ class Worker:
                 unpacked.close()
 
     async def _facts(self, src: Source, leaf: Part, route: RouteSettings, route_facts: policies.RouteFacts,
-                     cids: set[str], qlog: Any) -> tuple[policies.PartFacts, str]:
+                     cids: set[str], qlog: Any) -> tuple[policies.PartFacts, Measure]:
         """Measure, sniff and (when the route scans) scan one leaf."""
         m = await asyncio.to_thread(measure, src, leaf)
         detected = await asyncio.to_thread(sniff.detect, m.head)
@@ -330,28 +333,28 @@ class Worker:
         scan = None
         if self.scanner is not None and any(p.name == "refuse_malware" for p in route.policies) \
                 and is_attachment and m.size > 0:
-            scan = await self._scan(src, leaf, m.size, qlog)
+            scan = await self._scan(src, leaf, m.size, route, qlog)
         facts = policies.PartFacts(
             path=leaf.path or "1", declared_type=leaf.content_type, filename=name, decoded_size=m.size,
             is_body=False, disposition=disposition, route=route_facts, detected_type=detected,
             content_id=content_id, head=m.head, is_attachment=is_attachment,
             inline=bool(content_id) and content_id.strip("<>").lower() in cids, scan=scan,
             packed_tnef=tnef.is_tnef(leaf))
-        return facts, m.sha256
+        return facts, m
 
-    async def _scan(self, src: Source, leaf: Part, size: int, qlog: Any) -> policies.ScanVerdict:
+    async def _scan(self, src: Source, leaf: Part, size: int, route: RouteSettings,
+                    qlog: Any) -> policies.ScanVerdict:
         assert self.scanner is not None and self.cfg.clamd is not None
         if size > self.cfg.clamd.max_size:
             verdict = policies.ScanVerdict("error", detail=f"{size} bytes is over clamd.max_size")
         else:
             verdict = await self.scanner.scan(_athread_iter(decoded_chunks(src, leaf)))
+        metrics.SCANS.labels(route.name, verdict.status).inc()
         if verdict.status == "error":
             # Fail open (rule 2): the part goes on to the other policies.
             self.counts["scan_failed"] += 1
             qlog.warning("malware scan failed; failing open", part=leaf.path or "1", reason=verdict.detail,
                          scan_failures_total=self.counts["scan_failed"])
-        elif verdict.status == "infected":
-            self.counts["scan_infected"] += 1
         return verdict
 
     async def _decide_and_rewrite(self, handle: Handle, envelope: Envelope, route: RouteSettings, src: Source,
@@ -364,35 +367,37 @@ class Worker:
         if html_part is not None and html_part.encoded_size <= MAX_HTML_SCAN:
             cids = cid_references(await asyncio.to_thread(decoded_bytes, src, html_part))
         route_facts = policies.RouteFacts(route.name, route.offload_threshold, route.next_hop_max_size)
-        decisions: list[tuple[Part, policies.Decision, str, policies.PartFacts]] = []
+        decisions: list[tuple[Part, policies.Decision, Measure, policies.PartFacts]] = []
         for leaf in root.leaves():
             if leaf is text_part or leaf is html_part:
                 continue
-            facts, sha = await self._facts(src, leaf, route, route_facts, cids, qlog)
+            facts, m = await self._facts(src, leaf, route, route_facts, cids, qlog)
             decision = policies.decide(self.policies[route.name], facts)
+            metrics.DECISIONS.labels(route.name, decision.policy, decision.action.value).inc()
             qlog.info("decision", part=facts.path, action=decision.action.value, policy=decision.policy,
                       reason=decision.reason, declared_type=facts.declared_type, detected_type=facts.detected_type,
                       size=facts.decoded_size, filename=facts.filename, inline=facts.inline,
                       scan=facts.scan.status if facts.scan else None)
-            decisions.append((leaf, decision, sha, facts))
+            decisions.append((leaf, decision, m, facts))
         decisions = self._fit_next_hop(src, route, decisions, qlog)
-        to_offload = [(p, d, h) for p, d, h, _ in decisions if d.action is policies.Action.OFFLOAD]
-        results = await asyncio.gather(*(self._offload(src, p, h, envelope, route, customer, message_id, qlog)
-                                         for p, d, h in to_offload))
+        to_offload = [(p, d, m) for p, d, m, _ in decisions if d.action is policies.Action.OFFLOAD]
+        results = await asyncio.gather(*(self._offload(src, p, m, envelope, route, customer, message_id, qlog)
+                                         for p, d, m in to_offload))
         offloaded = [r for r in results if isinstance(r, Offloaded)]
         failed = [p for (p, _, _), r in zip(to_offload, results) if not isinstance(r, Offloaded)]
         replacements = [Replacement(o.part, _offload_notice(o)) for o in offloaded]
         notices: list[str] = []
         refused: list[dict[str, Any]] = []
-        for p, d, sha, facts in decisions:
+        for p, d, m, facts in decisions:
             name = filenames.display_name(facts.filename) or _default_name(p)
             if d.action is policies.Action.REPLACE:
                 replacements.append(Replacement(p, d.notice or f"An attachment was removed: {d.reason}.\n"))
                 notices.append(f"\"{name}\": {d.notice or d.reason}")
                 qlog.info("attachment replaced", part=facts.path, filename=name, reason=d.reason)
             elif d.action is policies.Action.REFUSE:
-                key = await self._quarantine(src, p, sha, envelope, route, customer, name, d) \
-                    if route.quarantine.enabled else None
+                key, sha = await self._quarantine(src, p, m, envelope, route, customer, name, d) \
+                    if route.quarantine.enabled else (None, m.sha256)
+                metrics.REFUSED_PARTS.labels(route.name, d.policy).inc()
                 text = f"The attachment \"{name}\" was removed: {d.reason}."
                 replacements.append(Replacement(p, text + "\n"))
                 notices.append(text)
@@ -449,8 +454,8 @@ class Worker:
         return content
 
     def _fit_next_hop(self, src: Source, route: RouteSettings,
-                      decisions: list[tuple[Part, policies.Decision, str, policies.PartFacts]],
-                      qlog: Any) -> list[tuple[Part, policies.Decision, str, policies.PartFacts]]:
+                      decisions: list[tuple[Part, policies.Decision, Measure, policies.PartFacts]],
+                      qlog: Any) -> list[tuple[Part, policies.Decision, Measure, policies.PartFacts]]:
         """Offload the largest kept attachments too while the message is over
         the route's next-hop size or attachment count."""
         changed = [p for p, d, _, _ in decisions if d.action is not policies.Action.KEEP]
@@ -461,7 +466,7 @@ class Worker:
         if not extra:
             return decisions
         out = []
-        for p, d, sha, f in decisions:
+        for p, d, m, f in decisions:
             if f.path in extra:
                 d = policies.Decision(policies.Action.OFFLOAD, "next_hop_limits",
                                       f"the message is over the next hop's limits ({route.next_hop_max_size} bytes, "
@@ -469,14 +474,16 @@ class Worker:
                 qlog.info("decision", part=f.path, action=d.action.value, policy=d.policy, reason=d.reason,
                           declared_type=f.declared_type, detected_type=f.detected_type, size=f.decoded_size,
                           filename=f.filename, inline=f.inline, scan=f.scan.status if f.scan else None)
-            out.append((p, d, sha, f))
+            out.append((p, d, m, f))
         return out
 
-    async def _quarantine(self, src: Source, part: Part, sha256: str, envelope: Envelope, route: RouteSettings,
-                          customer: str, name: str, decision: policies.Decision) -> str:
+    async def _quarantine(self, src: Source, part: Part, measured: Measure, envelope: Envelope,
+                          route: RouteSettings, customer: str, name: str,
+                          decision: policies.Decision) -> tuple[str, str | None]:
         """Keep a refused part under the route's quarantine prefix (no link
-        record: no token can lead there).  A failure raises, and the message
-        is held: a refused file is never forwarded and never dropped."""
+        record: no token can lead there); return its key and SHA-256.  A
+        failure raises, and the message is held: a refused file is never
+        forwarded and never dropped."""
         store = self.stores[route.storage]
         key = f"{route.quarantine.prefix}{customer}/{_stamp()}-{filenames.sanitise(name)}"
         meta = ObjectMeta(content_type="application/octet-stream", filename=name,
@@ -484,10 +491,13 @@ class Worker:
                                     "policy": decision.policy})
         async with self._offload_slots:
             stored = await store.put(key, decoded_chunks(src, part), meta)
-        if stored.sha256 and stored.sha256 != sha256:
-            raise StorageError(f"quarantined object {key} has SHA-256 {stored.sha256}, expected {sha256}")
+        if stored.size != measured.size:
+            raise StorageError(f"quarantined object {key} has {stored.size} bytes, expected {measured.size}")
+        if measured.sha256 and stored.sha256 and stored.sha256 != measured.sha256:
+            raise StorageError(f"quarantined object {key} has SHA-256 {stored.sha256}, expected {measured.sha256}")
+        sha256 = stored.sha256 or measured.sha256
         log.info("quarantined", queue_id=envelope.queue_id, key=key, size=stored.size, sha256=sha256)
-        return key
+        return key, sha256
 
     async def _autoreply(self, handle: Handle, envelope: Envelope, route: RouteSettings, root: Part,
                          refused: list[dict[str, Any]], qlog: Any) -> None:
@@ -498,9 +508,11 @@ class Worker:
             return
         why_not = autoreply.skip_reason(envelope.mail_from, root.headers)
         if why_not is not None:
+            metrics.AUTOREPLIES.labels(route.name, "skipped").inc()
             qlog.info("no auto-reply", reason=why_not)
             return
         if not await asyncio.to_thread(self.rates.claim, envelope.mail_from, settings.interval):
+            metrics.AUTOREPLIES.labels(route.name, "skipped").inc()
             qlog.info("no auto-reply", reason=f"one went to this sender within {settings.interval}s")
             return
         subject = message_header(root.headers, "Subject").strip()
@@ -521,10 +533,11 @@ class Worker:
         hop = self.autoreply_hops[route.name]
         result = await hop.deliver(reply_env, [envelope.mail_from], Content(path))
         if result.delivered:
+            metrics.AUTOREPLIES.labels(route.name, "sent").inc()
             qlog.info("auto-reply sent", to=envelope.mail_from, next_hop=hop.name)
         else:
             await asyncio.to_thread(self.rates.release, envelope.mail_from)
-            self.counts["autoreply_failed"] += 1
+            metrics.AUTOREPLIES.labels(route.name, "failed").inc()
             qlog.error("auto-reply not delivered", to=envelope.mail_from,
                        reason=next(iter({**result.deferred, **result.failed}.values()), ""))
 
@@ -532,7 +545,7 @@ class Worker:
         content.write_to(handle.file(REWRITTEN))
         write_atomic(handle.file(RESULT), json.dumps(result).encode())
 
-    async def _offload(self, src: Source, part: Part, sha256: str, envelope: Envelope, route: RouteSettings,
+    async def _offload(self, src: Source, part: Part, measured: Measure, envelope: Envelope, route: RouteSettings,
                        customer: str, message_id: str, qlog: Any) -> Offloaded | None:
         store = self.stores[route.storage]
         original = filenames.original_filename(part.headers) or _default_name(part)
@@ -541,10 +554,18 @@ class Worker:
         meta = ObjectMeta(content_type=_safe_type(part.content_type), filename=original,
                           metadata={"queue-id": envelope.queue_id, "customer-id": customer})
         async with self._offload_slots:
+            started = time.monotonic()
             try:
                 stored = await store.put(key, decoded_chunks(src, part), meta)
-                if stored.sha256 and stored.sha256 != sha256:
-                    raise StorageError(f"stored object {key} has SHA-256 {stored.sha256}, expected {sha256}")
+                metrics.STORAGE_SECONDS.labels(store.name).observe(time.monotonic() - started)
+                # The store's own count and hash of what it took, against what
+                # the policies were told: a short or altered upload fails here.
+                if stored.size != measured.size:
+                    raise StorageError(f"stored object {key} has {stored.size} bytes, expected {measured.size}")
+                if measured.sha256 and stored.sha256 and stored.sha256 != measured.sha256:
+                    raise StorageError(f"stored object {key} has SHA-256 {stored.sha256}, "
+                                       f"expected {measured.sha256}")
+                sha256 = stored.sha256 or measured.sha256 or ""
                 oid = new_object_id()
                 expires = int(time.time()) + self.cfg.links.ttl
                 await records.save(store, records.LinkRecord(
@@ -552,10 +573,13 @@ class Worker:
                     content_type=meta.content_type, customer_id=customer, queue_id=envelope.queue_id,
                     message_id=message_id, created=time.time(), expires=expires))
             except (StorageError, OSError) as e:
+                metrics.OFFLOAD_FAILURES.labels(store.name).inc()
                 qlog.error("offload failed; failing open", part=part.path, key=key, error=str(e))
                 return None
         token = self.keyring.sign(store.name, oid, expires)
         url = f"{self.cfg.http.base_url}/a/{token}"
+        metrics.OFFLOADED_PARTS.labels(route.name, store.name).inc()
+        metrics.OFFLOADED_BYTES.labels(route.name, store.name).inc(stored.size)
         qlog.info("offloaded", part=part.path, key=key, size=stored.size, sha256=sha256)
         return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=url)
 
@@ -601,6 +625,8 @@ class Worker:
         hop = self.next_hops[route.name]
         started = time.monotonic()
         result = await hop.deliver(envelope, rcpts, content)
+        outcome = "deferred" if result.deferred else "failed" if result.failed else "delivered"
+        metrics.DELIVERY_SECONDS.labels(route.name, outcome).observe(time.monotonic() - started)
         qlog = log.bind(queue_id=handle.queue_id, route=route.name, next_hop=hop.name)
         now = time.time()
         for r in result.delivered:
@@ -614,6 +640,7 @@ class Worker:
         for r, reason in failed.items():
             qlog.warning("bounced", rcpt=r, reason=reason)
         if failed:
+            metrics.BOUNCED.labels(route.name).inc(len(failed))
             await self._bounce(handle, envelope, failed)
         if result.deferred:
             state.attempts += 1
@@ -632,8 +659,11 @@ class Worker:
                 handle.move("deferred")
 
             await asyncio.to_thread(_defer)
+            metrics.DEFERRED.labels(route.name).inc()
             return
         await asyncio.to_thread(handle.remove)
+        if not failed:
+            metrics.DELIVERED.labels(route.name).inc()
         qlog.info("removed")
 
     async def _bounce(self, handle: Handle, envelope: Envelope, failed: dict[str, str]) -> None:

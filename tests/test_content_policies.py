@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 import time
 import zipfile
 from email.message import EmailMessage
@@ -339,6 +340,14 @@ def test_clamd_flags_a_test_file_and_fails_open_when_stopped(make_gateway: Calla
     assert payload(part) == EICAR_LIKE
     failures = [e for e in gw.log_events() if e.get("event") == "malware scan failed; failing open"]
     assert len(failures) == 1 and failures[0]["scan_failures_total"] == 1
+    # Counted across the gateway's processes, for Prometheus.
+    status, _, body = fetch(f"http://127.0.0.1:{gw.http_port}/metrics")
+    assert status == 200
+    counts = {tuple(sorted(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))): float(line.rsplit(" ", 1)[1])
+              for line in body.decode().splitlines() if line.startswith("gateway_malware_scans_total{")}
+    assert counts[(("result", "error"), ("route", "contact"))] == 1.0
+    assert counts[(("result", "infected"), ("route", "contact"))] == 1.0
+    assert counts[(("result", "clean"), ("route", "contact"))] == 1.0
 
 
 @pytest.mark.parametrize("route, expected", [
