@@ -53,6 +53,10 @@ MAX_HTML_SCAN = 8 << 20
 RECOVERY_INTERVAL = 30.0
 
 
+class QuarantineError(Exception):
+    """A refused file could not be kept in the quarantine; the message is held."""
+
+
 @dataclass
 class Offloaded:
     """One part moved to storage."""
@@ -490,7 +494,11 @@ class Worker:
                           metadata={"queue-id": envelope.queue_id, "customer-id": customer,
                                     "policy": decision.policy})
         async with self._offload_slots:
-            stored = await store.put(key, decoded_chunks(src, part), meta)
+            try:
+                stored = await store.put(key, decoded_chunks(src, part), meta)
+            except (StorageError, OSError) as e:
+                raise QuarantineError(f"refused file {name!r} could not be quarantined as {key} "
+                                      f"({type(e).__name__}: {e}); held, neither forwarded nor dropped") from e
         if stored.size != measured.size:
             raise StorageError(f"quarantined object {key} has {stored.size} bytes, expected {measured.size}")
         if measured.sha256 and stored.sha256 and stored.sha256 != measured.sha256:

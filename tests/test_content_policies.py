@@ -412,3 +412,43 @@ def test_attachments_over_the_next_hops_count_are_offloaded_largest_first(
     kept = {p.get_filename() for p in leaves(parse(out)) if p.get_filename()}
     assert kept == {"a.pdf", "c.pdf"}
     assert {e["filename"] for e in decisions(gw) if e["policy"] == "next_hop_limits"} == {"b.pdf", "d.pdf"}
+
+
+def test_a_refused_file_that_cannot_be_quarantined_holds_the_message(
+        make_gateway: Callable[..., GatewayProcess]) -> None:
+    gw = make_gateway()
+    gw.objects.mkdir(parents=True, exist_ok=True)
+    (gw.objects / "quarantine").write_text("not a directory: every quarantine write fails\n")
+    msg = message(attachments=[(EXECUTABLE, "application/pdf", "invoice.pdf")])
+    send(gw.smtp_port, msg)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not list((gw.spool / "hold").glob("*")):
+        time.sleep(0.05)
+    [held] = list((gw.spool / "hold").iterdir())
+    # Neither forwarded with the file nor dropped: held, the original intact.
+    assert gw.outbox_messages() == []
+    assert (held / "message.eml").read_bytes().replace(b"\r\n", b"\n") == \
+        msg.as_bytes().replace(b"\r\n", b"\n")
+    r = gw.command("queue", "list", "--queue", "hold")
+    assert "(held: internal error: QuarantineError: refused file 'invoice.pdf' could not be quarantined" \
+        in r.stdout, r.stdout
+
+
+def test_an_auto_reply_that_cannot_be_sent_is_logged_and_the_message_still_goes(
+        make_gateway: Callable[..., GatewayProcess], sink: SmtpSink) -> None:
+    gw = make_gateway(route=autoreply_route(sink))
+    sink.stop()  # the auto-reply's next hop is down
+    send(gw.smtp_port, message(attachments=[(EXECUTABLE, "application/octet-stream", "tool.exe")]))
+    [out] = gw.wait_outbox()
+    assert b"refused=1" in out
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not [e for e in gw.log_events()
+                                               if e.get("event") == "auto-reply not delivered"]:
+        time.sleep(0.05)
+    [event] = [e for e in gw.log_events() if e.get("event") == "auto-reply not delivered"]
+    assert event["to"] == "customer@example.net" and event["reason"]
+    # The claim on the interval was given back: the next refusal may reply.
+    sink.start()
+    send(gw.smtp_port, message(attachments=[(EXECUTABLE, "application/octet-stream", "tool.exe")]))
+    [reply] = sink.wait(1)
+    assert parse(reply.data)["Auto-Submitted"] == "auto-replied"
