@@ -65,6 +65,14 @@ DECLARED_TYPES = {
     "text/csv": {"text/csv", "text/plain"},
 }
 
+# Declared signature types of signed mail -> the detected types their
+# bytes may have (a DER S/MIME signature is opaque data to libmagic).
+SIGNATURE_TYPES = {
+    "application/pgp-signature": {"application/pgp-signature", "text/plain"},
+    "application/pkcs7-signature": {"application/pkcs7-signature", "application/octet-stream"},
+    "application/x-pkcs7-signature": {"application/pkcs7-signature", "application/octet-stream"},
+}
+
 _NAMES = {
     "application/pdf": "a PDF document", "image/jpeg": "a JPEG image", "image/png": "a PNG image",
     "image/jpg": "a JPEG image", "image/pjpeg": "a JPEG image",

@@ -452,3 +452,21 @@ def test_an_auto_reply_that_cannot_be_sent_is_logged_and_the_message_still_goes(
     send(gw.smtp_port, message(attachments=[(EXECUTABLE, "application/octet-stream", "tool.exe")]))
     [reply] = sink.wait(1)
     assert parse(reply.data)["Auto-Submitted"] == "auto-replied"
+
+
+def test_the_signature_of_signed_mail_is_not_refused(gateway: GatewayProcess) -> None:
+    signature = (b"-----BEGIN PGP SIGNATURE-----\r\n\r\n"
+                 b"iQEzBAEBCAAdFiEEexampleexampleexampleexampleexampleFAmVexampleAAoJEexample\r\n"
+                 b"=abcd\r\n-----END PGP SIGNATURE-----\r\n")
+    data = (b"From: customer@example.net\r\nTo: support@contact.example\r\nSubject: signed\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/signed; micalg=pgp-sha256;\r\n"
+            b" protocol=\"application/pgp-signature\"; boundary=\"sig\"\r\n\r\n"
+            b"--sig\r\nContent-Type: text/plain\r\n\r\nHello, signed.\r\n"
+            b"--sig\r\nContent-Type: application/pgp-signature; name=\"signature.asc\"\r\n"
+            b"Content-Disposition: attachment; filename=\"signature.asc\"\r\n\r\n" + signature +
+            b"--sig--\r\n")
+    send(gateway.smtp_port, data)
+    [out] = gateway.wait_outbox()
+    assert strip_trace(out) == data
+    [d] = decisions(gateway)
+    assert (d["action"], d["detected_type"]) == ("keep", "application/pgp-signature")
