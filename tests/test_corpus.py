@@ -98,6 +98,7 @@ def test_corpus_default_threshold_forwards_every_message_byte_for_byte(files: li
     with GatewayProcess(module_tmp / "default") as gw:
         out = run_corpus(gw, files)
         objects = stored_objects(gw.objects)
+        audit = gw.audit()
     changed = [p for p, data in out.items() if strip_trace(data) != wire(p.read_bytes())]
     # A message changes only when the gateway refused, replaced or unpacked
     # something in it, and says so.
@@ -109,21 +110,26 @@ def test_corpus_default_threshold_forwards_every_message_byte_for_byte(files: li
     assert missing == []
     refused = sum(int(m.group(1)) for d in out.values() for m in [re.search(rb"refused=(\d+)", _trace(d))] if m)
     assert refused == len([k for k in objects if k.startswith("quarantine/")])
-    _no_refused_bytes_forwarded(out, objects)
+    _no_refused_bytes_forwarded(out, objects, audit)
 
 
-def _no_refused_bytes_forwarded(out: dict[Path, bytes], objects: dict[str, bytes]) -> None:
-    """No quarantined file's bytes appear as a part of the message it came from."""
+def _no_refused_bytes_forwarded(out: dict[Path, bytes], objects: dict[str, bytes],
+                                audit: list[dict[str, object]]) -> None:
+    """No file quarantined from a message appears as a part of that message
+    as forwarded (the audit events say which message each came from)."""
+    by_queue: dict[str, list[str]] = {}
+    for e in audit:
+        if e["EventType"] == "FileRefused" and e.get("TargetFilePath"):
+            by_queue.setdefault(str(e["QueueId"]), []).append(str(e["TargetFilePath"]))
+    assert sum(map(len, by_queue.values())) == len([k for k in objects if k.startswith("quarantine/")])
     for path, data in out.items():
-        if b"refused=" not in _trace(data):
-            continue
+        m = re.search(rb"with \w+ id (\w+)", data[:600])
+        assert m, data[:300]
+        keys = by_queue.get(m.group(1).decode(), [])
+        assert (b"refused=" in _trace(data)) == bool(keys), path
         payloads = {sha256(payload(p)) for p in leaves(parse(strip_trace(data)))}
-        original = {sha256(payload(p)) for p in leaves(parse(wire(path.read_bytes())))}
-        for key, blob in objects.items():
-            # A refused file identical to one the message also carries in an
-            # allowed form cannot be told apart; none is in the corpus.
-            if key.startswith("quarantine/") and sha256(blob) in original:
-                assert sha256(blob) not in payloads, f"{path.relative_to(CORPUS)}: refused {key} forwarded"
+        for key in keys:
+            assert sha256(objects[key]) not in payloads, f"{path.relative_to(CORPUS)}: refused {key} forwarded"
 
 
 def _norm(data: bytes) -> bytes:
@@ -202,11 +208,12 @@ def test_corpus_threshold_one_byte_offloads_every_attachment_and_loses_nothing(f
     with GatewayProcess(module_tmp / "one", threshold=1) as gw:
         out = run_corpus(gw, files)
         objects = stored_objects(gw.objects)
+        audit = gw.audit()
     store = Store(list(objects.values()))
     assert _missing(out, store) == []
     offloaded = sum(data.count(b"moved to secure storage") for data in out.values())
     assert offloaded >= 100  # the corpus holds well over a hundred attachments
-    _no_refused_bytes_forwarded(out, objects)
+    _no_refused_bytes_forwarded(out, objects, audit)
 
 
 def _missing(out: dict[Path, bytes], store: Store, only: list[Path] | None = None) -> list[str]:
