@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from email.utils import format_datetime
 from pathlib import Path
 from collections import Counter
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import policies
 from gateway import autoreply, logs, metrics
@@ -33,8 +33,8 @@ from gateway.links.tokens import Keyring, new_object_id
 from gateway.mime import filenames, sniff, tnef
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, MimeLimitError, Part, parse
-from gateway.mime.rewrite import (Link, Replacement, cid_references, human_size, plan, segments_size,
-                                  split_fields)
+from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, human_size, plan, segments_size,
+                                  split_fields, write_segments)
 from gateway.mime.source import Source
 from policies.next_hop_limits import NOTICE_ALLOWANCE, Kept, extra_offloads
 from gateway.spool import (ENVELOPE, MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
@@ -69,10 +69,29 @@ class Offloaded:
     url: str
 
 
-class Worker:
-    """Processes and delivers spooled messages; one per process, many tasks."""
+@dataclass
+class Processed:
+    """What processing made of one message file: the output as segments of
+    that file, and what was stored or refused on the way."""
 
-    def __init__(self, cfg: Config, spool: Spool, stores: dict[str, Storage], keyring: Keyring,
+    segments: list[Segment]
+    result: dict[str, Any]
+    # True when a part was offloaded, refused or replaced: the body differs
+    # from the input (otherwise only the trace headers are new).
+    changed: bool
+    # The file the segments refer to when it is not the input: the message
+    # with its TNEF parts unpacked.
+    path: Path | None = None
+
+
+class Worker:
+    """Processes and delivers spooled messages; one per process, many tasks.
+
+    The milter builds one without a spool and never starts it: it only calls
+    ``process_file``, so both ingresses run the same pipeline.
+    """
+
+    def __init__(self, cfg: Config, spool: Spool | None, stores: dict[str, Storage], keyring: Keyring,
                  audit: logs.AuditLog) -> None:
         self.spool = spool
         self.stores = stores
@@ -86,7 +105,9 @@ class Worker:
         # Failures that fail open, counted in this process for the log lines
         # that report them (gateway/metrics.py counts them across processes).
         self.counts: Counter[str] = Counter()
-        self.rates = autoreply.RateStore(spool.root / "autoreply")
+        # Shared by every process on the spool directory, the milter's too.
+        self.rates = autoreply.RateStore((spool.root if spool is not None else cfg.path(cfg.gateway.spool_dir))
+                                         / "autoreply")
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -110,7 +131,8 @@ class Worker:
             for r in cfg.routes if r.autoreply is not None}
         self.scanner = Clamd(cfg.clamd.address, cfg.clamd.timeout) if cfg.clamd is not None else None
         self.limits = Limits(max_header_bytes=cfg.worker.max_header_bytes, max_depth=cfg.worker.max_mime_depth,
-                             max_parts=cfg.worker.max_parts)
+                             max_parts=cfg.worker.max_parts, max_header_fields=cfg.worker.max_header_fields,
+                             max_header_line=cfg.worker.max_header_line)
         self._offload_slots = asyncio.Semaphore(cfg.worker.offload_concurrency)
 
     # -- scheduling -------------------------------------------------------
@@ -255,19 +277,33 @@ class Worker:
 
         When anything was stored, refused or unpacked, the rewritten message
         is saved in the spool (``rewritten.eml``) before delivery, so a retry
-        or a crash never offloads (or auto-replies) twice; a message that
-        needed no change is delivered straight from the spooled original.
+        or a crash never offloads twice; a message that needed no change is
+        delivered straight from the spooled original.
         """
         qlog = log.bind(queue_id=handle.queue_id, route=route.name)
         src = Source(handle.file(MESSAGE))
         try:
-            return await self._process(handle, envelope, route, src, qlog)
+            out = await self.process_source(src, envelope, route, qlog, handle.file)
         finally:
             src.close()
+        content = Content(out.path or handle.file(MESSAGE), out.segments)
+        if out.changed:
+            await asyncio.to_thread(self._save_output, handle, content, out.result)
+            content = Content(handle.file(REWRITTEN))
+        return content
 
-    async def _unpack_tnef(self, handle: Handle, src: Source, root: Part, qlog: Any) -> Path | None:
-        """Write ``unpacked.eml``: the message with each readable TNEF part
-        replaced by the files it carries; None when there is none to unpack."""
+    async def process_file(self, path: Path, envelope: Envelope, route: RouteSettings) -> Processed:
+        """Run the pipeline on a message file outside the spool (the milter's
+        temporary file); the segments refer to ``path`` (or to
+        ``Processed.path``), and work files are named ``PATH.NAME``."""
+        qlog = log.bind(queue_id=envelope.queue_id, route=route.name)
+        with Source(path) as src:
+            return await self.process_source(src, envelope, route, qlog,
+                                             lambda name: path.with_name(f"{path.name}.{name}"))
+
+    async def _unpack_tnef(self, src: Source, root: Part, dest: Path, qlog: Any) -> bool:
+        """Write ``dest``: the message with each readable TNEF part replaced
+        by the files it carries; False when there is none to unpack."""
         edits: list[Replacement] = []
         for leaf in root.leaves():
             if not tnef.is_tnef(leaf):
@@ -276,7 +312,6 @@ class Worker:
                 files = tnef.unpack(await asyncio.to_thread(decoded_bytes, src, leaf))
             except tnef.TnefError as e:
                 qlog.warning("TNEF not unpacked; forwarded as it is", part=leaf.path or "1", reason=str(e))
-                self.counts["tnef_failed"] += 1
                 metrics.TNEF_PARTS.labels("failed").inc()
                 continue
             keep = b""
@@ -287,42 +322,45 @@ class Worker:
             metrics.TNEF_PARTS.labels("unpacked").inc()
             edits.append(Replacement(leaf, "", raw=tnef.entity(files, keep)))
         if not edits:
-            return None
+            return False
         segments = plan(src, root, replacements=edits, links=[], text_part=None, html_part=None,
                         link_template="", trace=b"")
-        path = handle.file(UNPACKED)
-        await asyncio.to_thread(Content(handle.file(MESSAGE), segments).write_to, path)
-        return path
+        await asyncio.to_thread(write_segments, src, segments, dest)
+        return True
 
-    async def _process(self, handle: Handle, envelope: Envelope, route: RouteSettings, src: Source,
-                       qlog: Any) -> Content:
+    async def process_source(self, src: Source, envelope: Envelope, route: RouteSettings, qlog: Any,
+                             work: Callable[[str], Path]) -> Processed:
+        """Parse, decide, offload and rewrite ``src``; no spool involved.
+        ``work(name)`` is where a work file of this message goes (the
+        unpacked TNEF, the auto-reply)."""
         started = time.monotonic()
         try:
             root = await asyncio.to_thread(parse, src, self.limits)
         except MimeLimitError as e:
             qlog.warning("message exceeds a MIME limit; forwarded untouched", reason=str(e))
             trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
-            return Content(handle.file(MESSAGE), [trace, (0, src.size)])
-        source_path = handle.file(MESSAGE)
+            return Processed([trace, (0, src.size)], {"offloaded": [], "failed": []}, changed=False)
         unpacked: Source | None = None
         if route.unpack_tnef and any(tnef.is_tnef(leaf) for leaf in root.leaves()):
-            path = await self._unpack_tnef(handle, src, root, qlog)
-            if path is not None:
-                unpacked = Source(path)
+            dest = work(UNPACKED)
+            if await self._unpack_tnef(src, root, dest, qlog):
+                unpacked = Source(dest)
                 try:
                     root = await asyncio.to_thread(parse, unpacked, self.limits)
                 except MimeLimitError as e:
                     unpacked.close()
                     qlog.warning("unpacked TNEF exceeds a MIME limit; forwarded untouched", reason=str(e))
                     trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
-                    return Content(handle.file(MESSAGE), [trace, (0, src.size)])
-                src, source_path = unpacked, path
+                    return Processed([trace, (0, src.size)], {"offloaded": [], "failed": []}, changed=False)
         try:
-            return await self._decide_and_rewrite(handle, envelope, route, src, source_path, root, qlog, started,
-                                                  changed=unpacked is not None)
+            out = await self._decide_and_rewrite(envelope, route, unpacked or src, root, qlog, started, work,
+                                                 unpacked=unpacked is not None)
         finally:
             if unpacked is not None:
                 unpacked.close()
+        if unpacked is not None:
+            out.path = work(UNPACKED)
+        return out
 
     async def _facts(self, src: Source, leaf: Part, route: RouteSettings, route_facts: policies.RouteFacts,
                      cids: set[str], qlog: Any) -> tuple[policies.PartFacts, Measure]:
@@ -361,9 +399,9 @@ class Worker:
                          scan_failures_total=self.counts["scan_failed"])
         return verdict
 
-    async def _decide_and_rewrite(self, handle: Handle, envelope: Envelope, route: RouteSettings, src: Source,
-                                  source_path: Path, root: Part, qlog: Any, started: float,
-                                  changed: bool) -> Content:
+    async def _decide_and_rewrite(self, envelope: Envelope, route: RouteSettings, src: Source, root: Part,
+                                  qlog: Any, started: float, work: Callable[[str], Path],
+                                  unpacked: bool) -> Processed:
         message_id = message_header(root.headers, "Message-ID").strip()
         customer = self._customer_id(root, envelope, route)
         text_part, html_part = _bodies(root)
@@ -408,7 +446,7 @@ class Worker:
                 refused.append({"part": facts.path, "filename": name, "policy": d.policy, "reason": d.reason,
                                 "declared_type": facts.declared_type, "detected_type": facts.detected_type,
                                 "size": facts.decoded_size, "sha256": sha, "quarantine_key": key})
-                self.audit.event("FileRefused", "Failure", EventResultDetails=d.reason, QueueId=handle.queue_id,
+                self.audit.event("FileRefused", "Failure", EventResultDetails=d.reason, QueueId=envelope.queue_id,
                                  CustomerId=customer, TargetFileName=name, TargetFileSize=facts.decoded_size,
                                  TargetFileSHA256=sha, TargetFileMimeType=facts.detected_type,
                                  DeclaredMimeType=facts.declared_type, Policy=d.policy,
@@ -422,7 +460,7 @@ class Worker:
         template = route.link_text or self.cfg.links.text
         trace = self._trace(envelope, offloaded, refused=len(refused),
                             replaced=sum(d.action is policies.Action.REPLACE for _, d, _, _ in decisions),
-                            tnef_unpacked=changed)
+                            tnef_unpacked=unpacked)
         segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
                         html_part=html_part, link_template=template, trace=trace, notices=notices, inline=inline)
         if failed and segments_size(segments) > route.next_hop_max_size:
@@ -434,7 +472,7 @@ class Worker:
                             inline=inline)
             for p in failed:
                 self.audit.event("FileRefused", "Failure", EventResultDetails="storage unavailable, too large to forward",
-                                 QueueId=handle.queue_id, CustomerId=customer,
+                                 QueueId=envelope.queue_id, CustomerId=customer,
                                  TargetFileName=filenames.original_filename(p.headers))
         result = {
             "offloaded": [{"key": o.key, "size": o.size, "sha256": o.sha256, "filename": o.filename,
@@ -444,18 +482,14 @@ class Worker:
             "decisions": [{"part": f.path, "action": d.action.value, "policy": d.policy, "reason": d.reason,
                            "declared_type": f.declared_type, "detected_type": f.detected_type,
                            "filename": f.filename, "size": f.decoded_size} for _, d, _, f in decisions],
-            "tnef_unpacked": changed,
+            "tnef_unpacked": unpacked,
             "seconds": round(time.monotonic() - started, 4),
         }
-        content = Content(source_path, segments)
-        if offloaded or failed or replacements or changed or notices:
-            await asyncio.to_thread(self._save_output, handle, content, result)
-            content = Content(handle.file(REWRITTEN))
         if refused:
-            await self._autoreply(handle, envelope, route, root, refused, qlog)
+            await self._autoreply(envelope, route, root, refused, qlog, work("autoreply.eml"))
         qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
-                  failed=len(failed), refused=len(refused), size_in=src.size, size_out=content.size)
-        return content
+                  failed=len(failed), refused=len(refused), size_in=src.size, size_out=segments_size(segments))
+        return Processed(segments, result, changed=bool(offloaded or failed or replacements or notices or unpacked))
 
     def _fit_next_hop(self, src: Source, route: RouteSettings,
                       decisions: list[tuple[Part, policies.Decision, Measure, policies.PartFacts]],
@@ -507,8 +541,8 @@ class Worker:
         log.info("quarantined", queue_id=envelope.queue_id, key=key, size=stored.size, sha256=sha256)
         return key, sha256
 
-    async def _autoreply(self, handle: Handle, envelope: Envelope, route: RouteSettings, root: Part,
-                         refused: list[dict[str, Any]], qlog: Any) -> None:
+    async def _autoreply(self, envelope: Envelope, route: RouteSettings, root: Part,
+                         refused: list[dict[str, Any]], qlog: Any, path: Path) -> None:
         """Tell the sender which files were refused (RFC 3834 rules); a
         failure is logged, never fatal to the message."""
         settings = route.autoreply
@@ -534,9 +568,8 @@ class Worker:
             await asyncio.to_thread(self.rates.release, envelope.mail_from)
             qlog.error("auto-reply not built", error=str(e))
             return
-        path = handle.file("autoreply.eml")
         await asyncio.to_thread(write_atomic, path, data)
-        reply_env = Envelope(queue_id=handle.queue_id + "R", mail_from="", rcpt_tos=[envelope.mail_from],
+        reply_env = Envelope(queue_id=envelope.queue_id + "R", mail_from="", rcpt_tos=[envelope.mail_from],
                              route=route.name, received_at=time.time())
         hop = self.autoreply_hops[route.name]
         result = await hop.deliver(reply_env, [envelope.mail_from], Content(path))
