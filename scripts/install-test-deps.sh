@@ -15,12 +15,13 @@
 #   ca-certificates  TLS clients in tests
 #   systemd     systemd-analyze verify for the units in systemd/
 #   util-linux  mount, for the full-spool test (a small tmpfs)
+#   mimedefang  the bench's Postfix+MIMEDefang baseline (make bench)
 #   clamav-daemon    clamd, started by tests/servers/clamd.py with a signature
 #                    database the test writes (no signature download)
 #   libmagic1        python-magic's library (type detection; usually present)
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux clamav-daemon libmagic1)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux mimedefang clamav-daemon libmagic1)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
