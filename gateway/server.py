@@ -20,9 +20,13 @@ from gateway import logs
 from gateway import storage as storage_mod
 from gateway.config import Config
 from gateway.http import app as http_app
-from gateway.links.tokens import Keyring
+from gateway.http.api import UploadApi
+from gateway.http.upload_page import UploadPage
+from gateway.jobs import JobRunner
+from gateway.links.tokens import Keyring, load_secret
 from gateway.smtp import start_server
 from gateway.spool import Spool
+from gateway.uploads import Uploads
 from gateway.worker import Worker
 
 log = logs.get("server")
@@ -46,10 +50,16 @@ class Gateway:
         self.audit = logs.AuditLog(cfg.path(cfg.gateway.audit_log) if cfg.gateway.audit_log != "-" else "-",
                                    cfg.gateway.hostname)
         self.keyring = Keyring(cfg.links.keys, Path(cfg.base_dir))
+        for k in cfg.api.keys:  # read now, so a missing key file stops start-up before any port listens
+            load_secret(k, Path(cfg.base_dir), "api.keys")
         self.stores = {name: storage_mod.build(name, s, Path(cfg.base_dir)) for name, s in cfg.storage.items()}
         self.worker: Worker | None = None
         self.smtp: asyncio.AbstractServer | None = None
         self.http: object | None = None
+        self.uploads: Uploads | None = None
+        self.jobs: JobRunner | None = None
+        self.api: UploadApi | None = None
+        self.upload_page: UploadPage | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -67,10 +77,21 @@ class Gateway:
         if "worker" in self.roles:
             self.worker = Worker(self.cfg, self.spool, self.stores, self.keyring, self.audit)
             await self.worker.start()
+        # Uploads over HTTP: the API and page take them in processes with
+        # the http role; jobs run where the worker role is (their markers
+        # are in the spool, like messages).
+        self.uploads = Uploads(self.cfg, self.stores, self.keyring)
+        self.jobs = JobRunner(self.spool.root, self.uploads, self.cfg.api.job_lease)
+        if "worker" in self.roles:
+            await self.jobs.start()
         if "http" in self.roles:
             host, port = self.cfg.http.address
-            self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit), host, port,
-                                             reuse_port=self.shared_ports)
+            worker = self.worker
+            self.api = UploadApi(self.cfg, self.uploads, self.jobs, self.audit)
+            self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
+                                          lambda qid: worker.enqueue(qid) if worker is not None else None)
+            app = http_app.build_app(self.keyring, self.stores, self.audit, self.api, self.upload_page)
+            self.http = await http_app.start(app, host, port, reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker
             self.smtp = await start_server(self.cfg, self.spool,
@@ -86,9 +107,19 @@ class Gateway:
         except config_mod.ConfigError as e:
             log.error("reload refused; old config stays in force", error=str(e))
             return
+        try:
+            if self.api is not None:
+                self.api.configure(cfg)
+        except ValueError as e:  # an API key file that cannot be read
+            log.error("reload refused; old config stays in force", error=str(e))
+            return
         self.cfg = cfg
         if self.worker is not None:
             self.worker.configure(cfg)
+        if self.uploads is not None:
+            self.uploads.configure(cfg)
+        if self.upload_page is not None:
+            self.upload_page.configure(cfg)
         log.info("config reloaded", path=self.config_path)
 
     async def run(self) -> None:
@@ -109,6 +140,9 @@ class Gateway:
             await self.worker.stop(grace)
         if self.http is not None:
             await self.http.cleanup()  # type: ignore[attr-defined]
+        if self.jobs is not None:
+            # A job cut short keeps its marker and is finished at the next start.
+            await self.jobs.stop()
         for store in self.stores.values():
             await store.close()
         self.audit.close()

@@ -27,13 +27,14 @@ from gateway.config import Config, RouteSettings
 from gateway.delivery import Content, DeliveryResult, NextHop
 from gateway.delivery import build as build_next_hop
 from gateway.delivery.dsn import build_dsn
-from gateway.links import records
-from gateway.links.tokens import Keyring, new_object_id
+from gateway.links.mint import mint
+from gateway.links.tokens import Keyring
 from gateway.mime import filenames
 from gateway.mime.decode import decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, MimeLimitError, Part, parse
 from gateway.mime.rewrite import Link, Replacement, human_size, plan, segments_size
 from gateway.mime.source import Source
+from gateway.partfacts import object_key, part_facts, safe_type
 from gateway.spool import (ENVELOPE, MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
                            write_atomic)
 from gateway.storage.base import ObjectMeta, Storage, StorageError
@@ -253,16 +254,15 @@ class Worker:
         message_id = message_header(root.headers, "Message-ID").strip()
         customer = self._customer_id(root, envelope, route)
         text_part, html_part = _bodies(root)
-        route_facts = policies.RouteFacts(route.name, route.offload_threshold, route.next_hop_max_size)
         decisions: list[tuple[Part, policies.Decision, str]] = []
         for leaf in root.leaves():
             if leaf is text_part or leaf is html_part:
                 continue
             m = await asyncio.to_thread(measure, src, leaf)
             name = filenames.original_filename(leaf.headers)
-            facts = policies.PartFacts(
+            facts = part_facts(
                 path=leaf.path or "1", declared_type=leaf.content_type, filename=name, decoded_size=m.size,
-                is_body=False, disposition=_disposition(leaf), route=route_facts,
+                disposition=_disposition(leaf), route=route,
                 content_id=message_header(leaf.headers, "Content-ID").strip() or None)
             decision = policies.decide(self.policies[route.name], facts)
             qlog.info("decision", part=facts.path, action=decision.action.value, policy=decision.policy,
@@ -315,26 +315,21 @@ class Worker:
         store = self.stores[route.storage]
         original = filenames.original_filename(part.headers) or _default_name(part)
         display = filenames.display_name(original) or _default_name(part)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000 // 1000:06d}Z"
-        key = f"uploads/{customer}/{stamp}-{filenames.sanitise(display)}"
-        meta = ObjectMeta(content_type=_safe_type(part.content_type), filename=original,
+        key = object_key(customer, display)
+        meta = ObjectMeta(content_type=safe_type(part.content_type), filename=original,
                           metadata={"queue-id": envelope.queue_id, "customer-id": customer})
         async with self._offload_slots:
             try:
                 stored = await store.put(key, decoded_chunks(src, part), meta)
                 if stored.sha256 and stored.sha256 != sha256:
                     raise StorageError(f"stored object {key} has SHA-256 {stored.sha256}, expected {sha256}")
-                oid = new_object_id()
-                expires = int(time.time()) + self.cfg.links.ttl
-                await records.save(store, records.LinkRecord(
-                    object_id=oid, key=key, filename=original, size=stored.size, sha256=sha256,
-                    content_type=meta.content_type, customer_id=customer, queue_id=envelope.queue_id,
-                    message_id=message_id, created=time.time(), expires=expires))
+                url = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key,
+                                 filename=original, size=stored.size, sha256=sha256,
+                                 content_type=meta.content_type, customer_id=customer,
+                                 queue_id=envelope.queue_id, message_id=message_id)
             except (StorageError, OSError) as e:
                 qlog.error("offload failed; failing open", part=part.path, key=key, error=str(e))
                 return None
-        token = self.keyring.sign(store.name, oid, expires)
-        url = f"{self.cfg.http.base_url}/a/{token}"
         qlog.info("offloaded", part=part.path, key=key, size=stored.size, sha256=sha256)
         return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=url)
 
@@ -460,13 +455,6 @@ def _default_name(part: Part) -> str:
     ext = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg", "text/plain": ".txt",
            "text/html": ".html"}.get(part.content_type, ".bin")
     return f"attachment{ext}"
-
-
-def _safe_type(ctype: str) -> str:
-    import re
-
-    return ctype if re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", ctype) \
-        else "application/octet-stream"
 
 
 def _date(ts: float) -> str:

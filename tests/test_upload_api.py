@@ -1,0 +1,191 @@
+"""The upload API over real HTTP against ``attachment-gateway serve`` (issue 8)."""
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import ROOT, GatewayProcess
+from tests.messages import fetch, pdf_bytes, sha256, stored_objects
+
+MiB = 1 << 20
+API_KEY = "test-api-key-0123456789abcdef"
+
+
+def api_sections(tmp: Path, **api: Any) -> dict[str, Any]:
+    key = tmp / "api.key"
+    key.write_text(API_KEY + "\n")
+    return {"api": {"keys": [{"id": "flow", "file": str(key)}], "max_upload_size": "20MiB",
+                    "async_threshold": "18MiB", **api}}
+
+
+def post(gw: GatewayProcess, body: bytes, *, filename: str = "invoice.pdf", customer: str = "ACME-42",
+         key: str | None = API_KEY, **headers: str) -> tuple[int, dict[str, str], Any]:
+    h = {"Content-Type": "application/octet-stream", "X-Filename": filename, "X-CustomerId": customer, **headers}
+    if key is not None:
+        h["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(f"http://127.0.0.1:{gw.http_port}/api/v1/upload/attachment", data=body,
+                                 headers=h, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, dict(r.headers), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), json.loads(e.read())
+
+
+def get_json(url: str, key: str = API_KEY) -> tuple[int, Any]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def staging_left(gw: GatewayProcess) -> list[str]:
+    return [p.name for p in (gw.objects / "staging").rglob("*") if p.is_file()] if (gw.objects / "staging").exists() else []
+
+
+@pytest.fixture
+def api_gw(make_gateway, tmp_path: Path) -> GatewayProcess:
+    return make_gateway(sections=api_sections(tmp_path))
+
+
+@pytest.mark.parametrize("encoding", ["raw", "base64"])
+def test_sync_upload_of_15_mb_answers_the_contract_and_the_link_serves_the_bytes(api_gw, encoding: str) -> None:
+    data = pdf_bytes(15 * MiB)
+    if encoding == "base64":
+        status, _, body = post(api_gw, base64.encodebytes(data), **{"Content-Transfer-Encoding": "base64"})
+    else:
+        status, _, body = post(api_gw, data)
+    assert status == 200, body
+    assert set(body) == {"downloadUrl", "fileName", "fileSize", "s3Key"}
+    assert body["fileName"] == "invoice.pdf" and body["fileSize"] == len(data)
+    assert body["s3Key"].startswith("uploads/acme-42/") and body["s3Key"].endswith("-invoice.pdf")
+    assert stored_objects(api_gw.objects) == {body["s3Key"]: data}
+    assert staging_left(api_gw) == []
+    got_status, headers, got = fetch(body["downloadUrl"])
+    assert got_status == 200 and sha256(got) == sha256(data)
+    assert "invoice.pdf" in headers["Content-Disposition"]
+    events = api_gw.wait_audit(lambda e: e["EventType"] == "FileCreated")
+    [created] = [e for e in events if e["EventType"] == "FileCreated"]
+    assert created["EventResult"] == "Success" and created["TargetFilePath"] == body["s3Key"]
+    assert created["ActorUsername"] == "api-key:flow" and created["CustomerId"] == "acme-42"
+
+
+def test_empty_body_is_400_empty_file(api_gw) -> None:
+    assert post(api_gw, b"")[0::2] == (400, {"error": "Empty file"})
+    # Base64 of nothing is empty too, once decoded.
+    assert post(api_gw, b"\r\n", **{"Content-Transfer-Encoding": "base64"})[0::2] == (400, {"error": "Empty file"})
+    assert stored_objects(api_gw.objects) == {}
+
+
+def test_spoofed_names_cannot_escape_the_customer_folder(api_gw) -> None:
+    data = pdf_bytes(2000)
+    status, _, body = post(api_gw, data, filename="../../../etc/passwd", customer="ACME/../../other")
+    assert status == 200, body
+    parts = body["s3Key"].split("/")
+    assert parts[0] == "uploads" and ".." not in parts and len(parts) == 3
+    assert parts[2].endswith("-passwd")
+    assert stored_objects(api_gw.objects) == {body["s3Key"]: data}
+
+
+def test_invalid_base64_is_400_and_nothing_is_kept(api_gw) -> None:
+    status, _, body = post(api_gw, b"SGVsbG8*d29ybGQ=", **{"Content-Transfer-Encoding": "base64"})
+    assert status == 400 and "base64" in body["error"]
+    assert stored_objects(api_gw.objects) == {} and staging_left(api_gw) == []
+
+
+def test_oversize_is_413_before_the_body_with_expect_and_while_streaming_without(api_gw, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(pdf_bytes(25 * MiB))
+    out = subprocess.run(
+        ["curl", "-sS", "-o", "-", "-w", "\\n%{http_code} %{size_upload}", "--data-binary", f"@{big}",
+         "-H", f"Authorization: Bearer {API_KEY}", "-H", "X-Filename: big.bin", "-H", "X-CustomerId: c1",
+         "-H", "Content-Type: application/octet-stream",
+         f"http://127.0.0.1:{api_gw.http_port}/api/v1/upload/attachment"],
+        capture_output=True, text=True, timeout=60)
+    body, _, tail = out.stdout.rpartition("\n")
+    code, uploaded = tail.split()
+    assert code == "413" and "larger than" in json.loads(body)["error"]
+    assert float(uploaded) < 1 * MiB  # refused on Expect: 100-continue, the body never sent
+    # Base64 has no exact size up front: the limit is enforced on the decoded stream.
+    status, _, body = post(api_gw, base64.b64encode(pdf_bytes(20 * MiB + 3000)),
+                           **{"Content-Transfer-Encoding": "base64"})
+    assert status == 413 and "larger than" in body["error"]
+    assert stored_objects(api_gw.objects) == {} and staging_left(api_gw) == []
+
+
+def test_missing_key_is_401_wrong_key_403_and_nothing_is_stored(api_gw) -> None:
+    status, headers, body = post(api_gw, b"data", key=None)
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    status, _, body = post(api_gw, b"data", key="not-the-key-at-all-000000")
+    assert status == 403 and body == {"error": "Invalid API key"}
+    assert stored_objects(api_gw.objects) == {}
+    assert get_json(f"http://127.0.0.1:{api_gw.http_port}/api/v1/jobs/abc", key="wrong-key-xxxxxxxxxxxx")[0] == 403
+
+
+def poll(url: str, want: str = "COMPLETE", timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = get_json(url)
+        assert status == 200, body
+        if body["status"] == want:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("how", ["prefer", "size"])
+def test_async_upload_answers_202_then_the_job_completes_with_a_working_link(api_gw, how: str) -> None:
+    data = pdf_bytes(19 * MiB if how == "size" else 3 * MiB)
+    extra = {"Prefer": "respond-async"} if how == "prefer" else {}
+    status, headers, body = post(api_gw, data, filename="scan.pdf", **extra)
+    assert status == 202, body
+    assert set(body) == {"jobId", "statusUrl"} and headers["Location"] == body["statusUrl"]
+    assert body["statusUrl"] == f"http://127.0.0.1:{api_gw.http_port}/api/v1/jobs/{body['jobId']}"
+    done = poll(body["statusUrl"])
+    assert done["fileName"] == "scan.pdf" and done["fileSize"] == len(data) and done["jobId"] == body["jobId"]
+    assert fetch(done["downloadUrl"])[2] == data
+    objects = stored_objects(api_gw.objects)
+    assert objects.pop(f"jobs/{body['jobId']}.json").startswith(b'{"job_id"')
+    assert objects == {done["s3Key"]: data}
+    assert staging_left(api_gw) == []
+    assert get_json(body["statusUrl"].rsplit("/", 1)[0] + "/NoSuchJob0000000")[0] == 404
+
+
+def test_a_second_process_answers_and_finishes_a_job_the_first_only_queued(make_gateway, tmp_path: Path) -> None:
+    sections = api_sections(tmp_path)
+    front = make_gateway(start=False, sections=sections)
+    front.start(roles=["http"])  # takes uploads, runs no jobs
+    data = pdf_bytes(4 * MiB)
+    status, _, body = post(front, data, Prefer="respond-async")
+    assert status == 202
+    time.sleep(1.5)
+    assert get_json(body["statusUrl"])[1]["status"] == "PENDING"
+    # Another process over the same spool and store, with the worker role.
+    back = make_gateway(start=False, sections={
+        **sections, "gateway": {"spool_dir": str(front.spool)}, "storage.local": {"path": str(front.objects)},
+        "links": {"keys": [{"id": "k1", "file": str(front.tmp / "link.key")}]}})
+    back.start(roles=["worker", "http"])
+    job_url_back = f"http://127.0.0.1:{back.http_port}/api/v1/jobs/{body['jobId']}"
+    done_back = poll(job_url_back)
+    done_front = poll(body["statusUrl"])
+    assert {k: v for k, v in done_back.items() if k != "statusUrl"} == \
+        {k: v for k, v in done_front.items() if k != "statusUrl"}
+    assert fetch(done_front["downloadUrl"])[2] == data
+    assert not list((front.spool / "jobs").iterdir())
+
+
+def test_the_served_openapi_document_is_the_one_in_docs(api_gw) -> None:
+    status, _, served = fetch(f"http://127.0.0.1:{api_gw.http_port}/api/v1/openapi.json")
+    assert status == 200
+    assert served.decode() == (ROOT / "docs" / "openapi.json").read_text()
+    assert set(json.loads(served)["paths"]) == {"/api/v1/upload/attachment", "/api/v1/jobs/{jobId}"}
