@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -189,3 +190,15 @@ def test_the_served_openapi_document_is_the_one_in_docs(api_gw) -> None:
     assert status == 200
     assert served.decode() == (ROOT / "docs" / "openapi.json").read_text()
     assert set(json.loads(served)["paths"]) == {"/api/v1/upload/attachment", "/api/v1/jobs/{jobId}"}
+
+
+def test_schemathesis_finds_no_failure_against_the_served_document(make_gateway, tmp_path: Path) -> None:
+    # Small limits so generated bodies cover the sync, async and 413 answers.
+    gw = make_gateway(sections=api_sections(tmp_path, max_upload_size="64KiB", async_threshold="1KiB"))
+    st = str(Path(sys.executable).with_name("schemathesis"))
+    out = subprocess.run(
+        [st, "run", f"http://127.0.0.1:{gw.http_port}/api/v1/openapi.json", "--checks", "all",
+         "-H", f"Authorization: Bearer {API_KEY}", "-n", "50", "--workers", "1", "--no-color"],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+    assert "Tested: 2" in out.stdout and " passed" in out.stdout

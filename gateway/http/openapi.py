@@ -44,20 +44,24 @@ def document() -> dict[str, Any]:
                          "schema": {"type": "string", "minLength": 1, "pattern": "\\S"}},
                         {"name": "X-CustomerId", "in": "header", "required": True,
                          "schema": {"type": "string", "minLength": 1, "pattern": "\\S"}},
-                        {"name": "Content-Transfer-Encoding", "in": "header", "required": False,
-                         "schema": {"type": "string", "enum": ["base64", "binary"]},
-                         "description": "base64 when the body is base64 text"},
-                        {"name": "Prefer", "in": "header", "required": False,
-                         "schema": {"type": "string", "enum": ["respond-async"]},
+                        # RFC 7240: preferences the server does not know are ignored, so any value is valid.
+                        {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
                          "description": "respond-async: answer 202 at once and finish in the background"},
                     ],
-                    "requestBody": {"required": True, "content": {
+                    # OpenAPI 3.0 cannot tie the body's schema to a header, so
+                    # the base64 form is described here rather than as a parameter.
+                    "requestBody": {"required": True, "description": (
+                        "The file. Raw bytes; or, with the header `Content-Transfer-Encoding: base64`, the file "
+                        "as base64 text (whitespace allowed). Any other Content-Transfer-Encoding than base64, "
+                        "binary or 8bit is answered 400."), "content": {
                         "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}}}},
                     "responses": {
                         "200": {"description": "stored", "content": {"application/json": {
                             "schema": {"$ref": "#/components/schemas/Stored"}}}},
                         "202": {"description": "accepted; poll statusUrl", "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                            "schema": {"$ref": "#/components/schemas/Accepted"}}},
+                            "links": {"GetJob": {"operationId": "getJob",
+                                                 "parameters": {"jobId": "$response.body#/jobId"}}}},
                         "400": _err("empty file, missing header or invalid base64"),
                         **auth,
                         "413": _err("file larger than api.max_upload_size"),
