@@ -162,7 +162,7 @@ def test_async_upload_answers_202_then_the_job_completes_with_a_working_link(api
     assert get_json(body["statusUrl"].rsplit("/", 1)[0] + "/NoSuchJob0000000")[0] == 404
 
 
-def test_a_second_process_answers_and_finishes_a_job_the_first_only_queued(make_gateway, tmp_path: Path) -> None:
+def test_a_job_survives_the_death_of_the_process_that_queued_it(make_gateway, tmp_path: Path) -> None:
     sections = api_sections(tmp_path)
     front = make_gateway(start=False, sections=sections)
     front.start(roles=["http"])  # takes uploads, runs no jobs
@@ -171,18 +171,77 @@ def test_a_second_process_answers_and_finishes_a_job_the_first_only_queued(make_
     assert status == 202
     time.sleep(1.5)
     assert get_json(body["statusUrl"])[1]["status"] == "PENDING"
+    front.kill()
     # Another process over the same spool and store, with the worker role.
     back = make_gateway(start=False, sections={
         **sections, "gateway": {"spool_dir": str(front.spool)}, "storage.local": {"path": str(front.objects)},
         "links": {"keys": [{"id": "k1", "file": str(front.tmp / "link.key")}]}})
     back.start(roles=["worker", "http"])
-    job_url_back = f"http://127.0.0.1:{back.http_port}/api/v1/jobs/{body['jobId']}"
-    done_back = poll(job_url_back)
+    done_back = poll(f"http://127.0.0.1:{back.http_port}/api/v1/jobs/{body['jobId']}")
+    assert fetch(done_back["downloadUrl"])[2] == data
+    assert not list((front.spool / "jobs").iterdir())
+    # The first process, started again, answers for the job too.
+    front.start(roles=["http"])
     done_front = poll(body["statusUrl"])
     assert {k: v for k, v in done_back.items() if k != "statusUrl"} == \
         {k: v for k, v in done_front.items() if k != "statusUrl"}
-    assert fetch(done_front["downloadUrl"])[2] == data
-    assert not list((front.spool / "jobs").iterdir())
+
+
+def test_a_node_with_its_own_spool_takes_over_a_job_whose_lease_ran_out(make_gateway, tmp_path: Path) -> None:
+    sections = api_sections(tmp_path, job_lease=2)
+    front = make_gateway(start=False, sections=sections)
+    front.start(roles=["http"])
+    # A second node: its own spool, the same store and link keys.
+    other = make_gateway(start=False, sections={
+        **sections, "storage.local": {"path": str(front.objects)},
+        "links": {"keys": [{"id": "k1", "file": str(front.tmp / "link.key")}]}})
+    other.start()
+    assert other.spool != front.spool
+    data = pdf_bytes(1 * MiB)
+    status, _, body = post(front, data, Prefer="respond-async")
+    assert status == 202
+    url_other = f"http://127.0.0.1:{other.http_port}/api/v1/jobs/{body['jobId']}"
+    assert get_json(url_other)[1]["status"] == "PENDING"  # the lease still runs: nobody takes it
+    time.sleep(2.2)
+    done = poll(url_other)
+    assert fetch(done["downloadUrl"])[2] == data
+    assert any(e.get("event") == "job taken over" for e in other.log_events())
+
+
+def test_a_100_mb_upload_streams_without_growing_the_gateway(make_gateway, tmp_path: Path) -> None:
+    gw = make_gateway(sections=api_sections(tmp_path, max_upload_size="200MiB", async_threshold="200MiB"))
+    top = gw.proc.pid
+    # With processes = "auto" the serving processes are the supervisor's children.
+    pids = [top, *map(int, Path(f"/proc/{top}/task/{top}/children").read_text().split())]
+
+    def hwm() -> int:  # the sum of the processes' peak resident memory, in KiB
+        total = 0
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        return total
+
+    for _ in range(4):  # warm up every process: imports, thread pool
+        assert post(gw, pdf_bytes(1 * MiB))[0] == 200
+    before = hwm()
+    chunk = pdf_bytes(1 * MiB)
+
+    def body():  # generated, so the test client does not hold 100 MB either
+        for _ in range(100):
+            yield chunk
+
+    req = urllib.request.Request(f"http://127.0.0.1:{gw.http_port}/api/v1/upload/attachment", data=body(),
+                                 method="POST", headers={"Authorization": f"Bearer {API_KEY}", "X-Filename": "big.bin",
+                                                         "X-CustomerId": "c", "Content-Length": str(100 * MiB)})
+    started = time.monotonic()
+    with urllib.request.urlopen(req, timeout=120) as r:
+        answer = json.loads(r.read())
+    seconds = time.monotonic() - started
+    assert answer["fileSize"] == 100 * MiB
+    grew = hwm() - before
+    print(f"100 MiB upload: {seconds:.2f} s, peak RSS grew {grew} KiB")
+    assert grew < 32 * 1024, f"peak RSS grew by {grew} KiB during a 100 MiB upload"
 
 
 def test_the_served_openapi_document_is_the_one_in_docs(api_gw) -> None:
