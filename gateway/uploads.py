@@ -117,7 +117,9 @@ class Uploads:
         decision = policies.decide(self.policies[route.name], facts)
         log.info("decision", ref=reference, action=decision.action.value, policy=decision.policy,
                  reason=decision.reason, declared_type=ctype, size=size, filename=display)
-        if decision.action is policies.Action.REPLACE:
+        # Keep and offload both mean "store it" for a file that came on its
+        # own; any other verdict (replace, refuse) means it must not be kept.
+        if decision.action not in (policies.Action.KEEP, policies.Action.OFFLOAD):
             await asyncio.gather(*(store.delete(k) for k in staging))
             raise Refused(decision.reason)
         key = object_key(customer, display)
