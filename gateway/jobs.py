@@ -100,9 +100,13 @@ class JobRunner:
         self._jobs: set[asyncio.Task[None]] = set()
 
     def mark(self, job_id: str) -> None:
-        """Record durably that ``job_id`` needs running (blocking)."""
+        """Record durably that ``job_id`` needs running (blocking: call in a
+        thread, then ``kick``)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.dir / job_id, b"")
+
+    def kick(self) -> None:
+        """Look at the markers now rather than at the next scan (loop thread only)."""
         self._kick.set()
 
     async def start(self) -> None:
@@ -150,9 +154,10 @@ class JobRunner:
                 return  # another process on this spool has it
             await self.run(job_id)
             await asyncio.to_thread(path.unlink, missing_ok=True)
-        except StorageError as e:
-            # The store is unreachable: keep the marker, try again on a later scan.
-            log.error("job not finished; will retry", job_id=job_id, error=str(e))
+        except asyncio.CancelledError:
+            raise  # shutdown: the marker stays for the next start
+        except Exception as e:  # noqa: BLE001 - a job is never dropped: keep the marker, retry later
+            log.error("job not finished; will retry", job_id=job_id, error=f"{type(e).__name__}: {e}")
             await asyncio.sleep(5)
         finally:
             os.close(fd)

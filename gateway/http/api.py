@@ -148,6 +148,7 @@ class UploadApi:
             try:
                 await save(store, job)
                 await asyncio.to_thread(self.runner.mark, job_id)
+                self.runner.kick()
             except (StorageError, OSError) as e:
                 await store.delete(staging)
                 return _error(503, f"Cannot queue the job: {e}", **{"Retry-After": "30"})
@@ -195,5 +196,6 @@ class UploadApi:
             job.lease_until = time.time() + self.cfg.api.job_lease
             await save(store, job)
             await asyncio.to_thread(self.runner.mark, job_id)
+            self.runner.kick()
             log.warning("job taken over", job_id=job_id)
         return web.json_response(job.answer(self._status_url(job_id)), headers={"Cache-Control": "no-store"})
