@@ -86,6 +86,12 @@ class GatewaySettings(_Strict):
     hostname: str = "gateway.localhost"
     spool_dir: str = "var/spool"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # How long SIGTERM waits for sessions and messages in hand to finish;
+    # new sessions get 421 meanwhile.  What is left stays in the spool.
+    drain_seconds: Duration = 30
+    # Free space the spool must keep: below it (plus a message's declared
+    # SIZE) MAIL gets 452 4.3.1 and the sender retries later.
+    spool_min_free: Size = 67108864  # 64 MiB
     # Processes that share the ports and the spool; "auto" is one per CPU.
     processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
     # Where audit events (link clicks, refusals) go, one JSON object a line;
@@ -100,6 +106,11 @@ class SmtpSettings(_Strict):
     max_message_size: Size = 157286400  # 150 MiB, advertised in EHLO SIZE
     max_recipients: int = Field(100, ge=1)
     timeout: Duration = 300
+    # Sessions at once in each process, and from one client address; more
+    # get 421 and may retry (a client over the limit is likely a runaway).
+    max_sessions: int = Field(1000, ge=1)
+    max_connections_per_client: int = Field(100, ge=1)
+
     banner: str = "ESMTP attachment-gateway"
 
     @field_validator("listen")
@@ -227,8 +238,9 @@ class DeliverySettings(_Strict):
     command_timeout: Duration = 300
     # Where DSNs to senders go (a smarthost, or a Maildir in the demo).
     bounce_next_hop: str = "maildir:var/bounces"
-    # Concurrent deliveries per SMTP next hop.
-    connections_per_next_hop: int = Field(10, ge=1)
+    # Concurrent deliveries (and pooled connections) per SMTP next hop, in
+    # each serve process.
+    connections_per_next_hop: int = Field(20, ge=1)
 
     @field_validator("bounce_next_hop")
     @classmethod
@@ -239,7 +251,9 @@ class DeliverySettings(_Strict):
 class WorkerSettings(_Strict):
     """Message processing after the spool."""
 
-    concurrency: int = Field(4, ge=1)
+    # Messages handled at once in each process: most of a message's time is
+    # spent waiting on fsync, storage or the next hop, not on the CPU.
+    concurrency: int = Field(16, ge=1)
     # Parallel uploads of one message's parts.
     offload_concurrency: int = Field(2, ge=1)
     # Bounds on what a message may hold; beyond them the message is forwarded

@@ -13,13 +13,15 @@
 #   bsdutils    `script`, to capture `postfix check` output (silent without a tty)
 #   procps      ps/pgrep for debugging leftover daemons
 #   ca-certificates  TLS clients in tests
+#   systemd     systemd-analyze verify for the units in systemd/
+#   util-linux  mount, for the full-spool test (a small tmpfs)
 #   chromium    the real browser the upload page is tested in (driven by npm
 #               playwright-core from tests/servers/node, installed by
 #               install-storage-deps.sh; a browser download by a tool fails here)
 #   curl        HTTP requests with Expect: 100-continue in the upload API tests
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates chromium curl)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux chromium curl)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -55,7 +57,7 @@ fi
 
 # Verify the executables the tests and bench actually call.
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
-           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/chromium /usr/bin/curl; do
+           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/systemd-analyze /usr/bin/mount /usr/bin/chromium /usr/bin/curl; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"

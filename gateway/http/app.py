@@ -1,27 +1,37 @@
 """The HTTP listener: agent links, the upload API, the upload page, health."""
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-from gateway import logs
+from gateway import logs, metrics
 from gateway.http import openapi
 from gateway.http.api import UploadApi
 from gateway.http.links import LinkEndpoint
 from gateway.http.upload_page import UploadPage
 from gateway.links.tokens import Keyring
+from gateway.spool import Spool
 from gateway.storage.base import Storage
 
 URL_TTL = 900  # seconds a storage URL minted at a click lives
 
 
 def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog,
-              api: UploadApi | None = None, upload_page: UploadPage | None = None) -> web.Application:
+              spool: Spool, api: UploadApi | None = None,
+              upload_page: UploadPage | None = None) -> web.Application:
     """The aiohttp application with every route the gateway serves."""
     # No body-size cap here: uploads stream and the API enforces its own limit.
     app = web.Application(client_max_size=1 << 20)
     links = LinkEndpoint(keyring, stores, audit, URL_TTL)
     app.router.add_get("/a/{token}", links.get)
     app.router.add_get("/healthz", _health)
+
+    async def _metrics(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(metrics.render, spool)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    app.router.add_get("/metrics", _metrics)
     if api is not None:
         app.router.add_post("/api/v1/upload/attachment", api.upload, expect_handler=api.expect)
         app.router.add_get("/api/v1/jobs/{job_id}", api.job)
