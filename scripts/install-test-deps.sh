@@ -19,9 +19,10 @@
 #               playwright-core from tests/servers/node, installed by
 #               install-storage-deps.sh; a browser download by a tool fails here)
 #   curl        HTTP requests with Expect: 100-continue in the upload API tests
+#   mimedefang  the bench's Postfix+MIMEDefang baseline (make bench)
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux chromium curl)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux chromium curl mimedefang)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
