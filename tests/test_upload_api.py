@@ -15,6 +15,7 @@ import pytest
 
 from tests.harness import ROOT, GatewayProcess
 from tests.messages import fetch, pdf_bytes, sha256, stored_objects
+from tests.servers.ports import port_is_open
 
 MiB = 1 << 20
 API_KEY = "test-api-key-0123456789abcdef"
@@ -163,7 +164,8 @@ def test_async_upload_answers_202_then_the_job_completes_with_a_working_link(api
 
 
 def test_a_job_survives_the_death_of_the_process_that_queued_it(make_gateway, tmp_path: Path) -> None:
-    sections = api_sections(tmp_path)
+    # One process, so SIGKILL takes down everything that queued the job.
+    sections = {**api_sections(tmp_path), "gateway": {"processes": 1}}
     front = make_gateway(start=False, sections=sections)
     front.start(roles=["http"])  # takes uploads, runs no jobs
     data = pdf_bytes(4 * MiB)
@@ -172,9 +174,11 @@ def test_a_job_survives_the_death_of_the_process_that_queued_it(make_gateway, tm
     time.sleep(1.5)
     assert get_json(body["statusUrl"])[1]["status"] == "PENDING"
     front.kill()
+    assert not port_is_open("127.0.0.1", front.http_port)  # nothing of it answers any more
     # Another process over the same spool and store, with the worker role.
     back = make_gateway(start=False, sections={
-        **sections, "gateway": {"spool_dir": str(front.spool)}, "storage.local": {"path": str(front.objects)},
+        **sections, "gateway": {"spool_dir": str(front.spool), "processes": 1},
+        "storage.local": {"path": str(front.objects)},
         "links": {"keys": [{"id": "k1", "file": str(front.tmp / "link.key")}]}})
     back.start(roles=["worker", "http"])
     done_back = poll(f"http://127.0.0.1:{back.http_port}/api/v1/jobs/{body['jobId']}")
