@@ -7,7 +7,8 @@ be processed; the milter, which needs neither spool nor worker tasks, starts
 with them.  SIGTERM and SIGINT drain: new sessions get 421, sessions and
 messages in hand get ``gateway.drain_seconds`` to finish, and whatever is
 left stays in the spool for the next start.  SIGHUP re-reads the config and
-keeps the old one when the new one is invalid.
+keeps the old one when the new one is invalid, and re-reads the SMTP
+certificate and key (new connections use the new ones).
 
 With several processes a ``Supervisor`` forks them and is the one systemd
 talks to: it says READY=1 once every process listens, and pings the
@@ -37,6 +38,7 @@ from gateway.links.tokens import Keyring, load_secret
 from gateway.milter import MilterServer
 from gateway.smtp import Handler, start_server
 from gateway.spool import Spool
+from gateway.tls import IngressTls
 from gateway.uploads import Uploads
 from gateway.worker import Worker
 
@@ -81,6 +83,7 @@ class Gateway:
         self.jobs: JobRunner | None = None
         self.api: UploadApi | None = None
         self.upload_page: UploadPage | None = None
+        self.tls: IngressTls | None = None
         self.milter: MilterServer | None = None
         self._stop = asyncio.Event()
 
@@ -124,9 +127,10 @@ class Gateway:
             await self.milter.start(reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker
+            self.tls = IngressTls(self.cfg)
             self.smtp, self.smtp_handler = await start_server(
                 self.cfg, self.spool, lambda qid: worker.enqueue(qid) if worker is not None else None,
-                reuse_port=self.shared_ports)
+                reuse_port=self.shared_ports, tls=self.tls)
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,
                  http=self.cfg.http.listen if self.http else None,
                  milter=self.milter.settings.listen if self.milter else None, spool=str(self.spool.root))
@@ -151,6 +155,8 @@ class Gateway:
             self.uploads.configure(cfg)
         if self.upload_page is not None:
             self.upload_page.configure(cfg)
+        if self.tls is not None:
+            self.tls.load(cfg)
         if self.smtp_handler is not None:
             self.smtp_handler.cfg = cfg
         if self.milter is not None:
