@@ -44,7 +44,47 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.links.tokens import Keyring
 
     Keyring(cfg.links.keys, Path(cfg.base_dir))
+    from gateway.links.tokens import load_secret
+
+    for k in cfg.api.keys:
+        load_secret(k, Path(cfg.base_dir), "api.keys")
     print(f"{args.config}: OK ({len(cfg.routes)} route(s), {len(cfg.storage)} store(s))")
+    return EX_OK
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    """Print an upload-page invitation link for a customer."""
+    cfg = _load(args)
+    from gateway import invitations
+    from gateway import storage as storage_mod
+    from gateway.links.tokens import Keyring
+    from gateway.routing import route_for
+
+    notify = args.to or cfg.upload.notify_address
+    if not notify:
+        print("invite: no address to tell: give --to ADDRESS or set upload.notify_address", file=sys.stderr)
+        return EX_USAGE
+    route = route_for(cfg.routes, notify)
+    if route is None:
+        print(f"invite: no route accepts {notify!r}", file=sys.stderr)
+        return EX_USAGE
+    keyring = Keyring(cfg.links.keys, Path(cfg.base_dir))
+    store = storage_mod.build(route.storage, cfg.storage[route.storage], Path(cfg.base_dir))
+
+    async def make() -> str:
+        await store.start()
+        try:
+            _, url = await invitations.create(
+                store, keyring, cfg.http.base_url, customer_id=filenames.sanitise_customer(args.customer),
+                message_id=args.message_id or "", notify=notify, route=route.name,
+                ttl=args.ttl if args.ttl is not None else cfg.upload.invitation_ttl)
+            return url
+        finally:
+            await store.close()
+
+    from gateway.mime import filenames
+
+    print(asyncio.run(make()))
     return EX_OK
 
 
@@ -231,6 +271,12 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_serve, only=["milter", "http"])
     c = sub.add_parser("check-config", help="validate the config file and exit")
     c.set_defaults(func=cmd_check_config)
+    i = sub.add_parser("invite", help="print an upload-page invitation link for a customer")
+    i.add_argument("--customer", required=True, help="the customer id the uploads are filed under")
+    i.add_argument("--message-id", help="the Message-ID of the email thread the completion email replies to")
+    i.add_argument("--to", help="the contact-centre address told when files arrive (default upload.notify_address)")
+    i.add_argument("--ttl", type=int, help="seconds the link stays valid (default upload.invitation_ttl)")
+    i.set_defaults(func=cmd_invite)
     q = sub.add_parser("queue", help="list and manage the mail queue")
     q.add_argument("action", choices=("list", "show", "flush", "hold", "release", "delete"))
     q.add_argument("ids", nargs="*", help="queue ids")

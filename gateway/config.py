@@ -463,6 +463,53 @@ class MilterSettings(_Strict):
         return _parse_hostport(self.listen)
 
 
+class ApiKey(_Strict):
+    """One API key for the upload API; the key itself comes from a file or an
+    environment variable, never from the config."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    file: str | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ApiKey":
+        if (self.file is None) == (self.env is None):
+            raise ValueError("expected exactly one of \"file\" or \"env\"")
+        return self
+
+
+class ApiSettings(_Strict):
+    """The HTTP upload API that contact-centre flows call."""
+
+    # Bearer keys accepted; with none, every API call answers 401.
+    keys: list[ApiKey] = Field(default_factory=list)
+    # The route whose store, policies and link text apply to uploads; the
+    # first route when not set.
+    route: str | None = None
+    # The largest decoded upload; larger answers 413.
+    max_upload_size: Size = 2147483648  # 2 GiB
+    # Uploads larger than this (decoded) answer 202 and finish in the background.
+    async_threshold: Size = 104857600  # 100 MiB
+    # A PENDING job not touched for this long is taken over by the node asked about it.
+    job_lease: Duration = 300
+
+
+class UploadPageSettings(_Strict):
+    """The customer upload page reached from invitation links."""
+
+    # How long an invitation link stays valid.
+    invitation_ttl: Duration = 604800  # 7 days
+    # The size of each piece the page sends; a dropped connection costs at most one.
+    chunk_size: Size = Field(8388608, ge=65536)  # 8 MiB
+    # The largest file the page accepts.
+    max_file_size: Size = 5368709120  # 5 GiB
+    # Where the completion email goes when the invitation names no address;
+    # must be accepted by a route (its next hop carries the email).
+    notify_address: str | None = None
+    # The sender of the completion email; "" means upload@<gateway.hostname>.
+    from_address: str = ""
+
+
 class Config(_Strict):
     """The whole config file."""
 
@@ -477,6 +524,8 @@ class Config(_Strict):
     auth: AuthSettings = AuthSettings()
     # The malware scanner; required by a route that runs refuse_malware.
     clamd: ClamdSettings | None = None
+    api: ApiSettings = ApiSettings()
+    upload: UploadPageSettings = UploadPageSettings()
     # Absent: ``serve`` runs no milter; ``attachment-gateway milter`` then
     # uses the defaults above.
     milter: MilterSettings | None = None
@@ -514,7 +563,14 @@ class Config(_Strict):
                 if ref.name == "refuse_malware" and self.clamd is None:
                     raise ValueError(f"routes[{i}].policies[{j}].name: 'refuse_malware' needs a [clamd] table "
                                      f"with the scanner's address")
+        if self.api.route is not None and self.api.route not in names:
+            raise ValueError(f"api.route: {self.api.route!r} names no route (have: {', '.join(sorted(names))})")
         return self
+
+    def api_route(self) -> RouteSettings:
+        """The route uploads over HTTP belong to."""
+        name = self.api.route or self.routes[0].name
+        return next(r for r in self.routes if r.name == name)
 
     def process_count(self) -> int:
         """How many processes ``serve`` runs."""

@@ -31,11 +31,15 @@ from gateway import logs, sdnotify
 from gateway import storage as storage_mod
 from gateway.config import Config
 from gateway.http import app as http_app
-from gateway.links.tokens import Keyring
+from gateway.http.api import UploadApi
+from gateway.http.upload_page import UploadPage
+from gateway.jobs import JobRunner
+from gateway.links.tokens import Keyring, load_secret
 from gateway.milter import MilterServer
 from gateway.smtp import Handler, start_server
 from gateway.spool import Spool
 from gateway.tls import IngressTls
+from gateway.uploads import Uploads
 from gateway.worker import Worker
 
 log = logs.get("server")
@@ -68,11 +72,17 @@ class Gateway:
         self.audit = logs.AuditLog(cfg.path(cfg.gateway.audit_log) if cfg.gateway.audit_log != "-" else "-",
                                    cfg.gateway.hostname)
         self.keyring = Keyring(cfg.links.keys, Path(cfg.base_dir))
+        for k in cfg.api.keys:  # read now, so a missing key file stops start-up before any port listens
+            load_secret(k, Path(cfg.base_dir), "api.keys")
         self.stores = {name: storage_mod.build(name, s, Path(cfg.base_dir)) for name, s in cfg.storage.items()}
         self.worker: Worker | None = None
         self.smtp: asyncio.AbstractServer | None = None
         self.smtp_handler: Handler | None = None
         self.http: object | None = None
+        self.uploads: Uploads | None = None
+        self.jobs: JobRunner | None = None
+        self.api: UploadApi | None = None
+        self.upload_page: UploadPage | None = None
         self.tls: IngressTls | None = None
         self.milter: MilterServer | None = None
         self._stop = asyncio.Event()
@@ -93,10 +103,22 @@ class Gateway:
         if "worker" in self.roles:
             self.worker = Worker(self.cfg, self.spool, self.stores, self.keyring, self.audit)
             await self.worker.start()
+        # Uploads over HTTP: the API and page take them in processes with
+        # the http role; jobs run where the worker role is (their markers
+        # are in the spool, like messages).
+        self.uploads = Uploads(self.cfg, self.stores, self.keyring)
+        self.jobs = JobRunner(self.spool.root, self.uploads, self.cfg.api.job_lease)
+        if "worker" in self.roles:
+            await self.jobs.start()
         if "http" in self.roles:
             host, port = self.cfg.http.address
-            self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit, self.spool),
-                                             host, port, reuse_port=self.shared_ports)
+            worker = self.worker
+            self.api = UploadApi(self.cfg, self.uploads, self.jobs, self.audit)
+            self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
+                                          lambda qid: worker.enqueue(qid) if worker is not None else None)
+            app = http_app.build_app(self.keyring, self.stores, self.audit, self.spool, self.api,
+                                     self.upload_page)
+            self.http = await http_app.start(app, host, port, reuse_port=self.shared_ports)
         if "milter" in self.roles:
             # The same pipeline as the worker's; a process without the worker
             # role gets a Worker that is never started (no spool, no tasks).
@@ -120,9 +142,19 @@ class Gateway:
         except config_mod.ConfigError as e:
             log.error("reload refused; old config stays in force", error=str(e))
             return
+        try:
+            if self.api is not None:
+                self.api.configure(cfg)
+        except ValueError as e:  # an API key file that cannot be read
+            log.error("reload refused; old config stays in force", error=str(e))
+            return
         self.cfg = cfg
         if self.worker is not None:
             self.worker.configure(cfg)
+        if self.uploads is not None:
+            self.uploads.configure(cfg)
+        if self.upload_page is not None:
+            self.upload_page.configure(cfg)
         if self.tls is not None:
             self.tls.load(cfg)
         if self.smtp_handler is not None:
@@ -189,6 +221,9 @@ class Gateway:
             self.smtp.close()
         if self.http is not None:
             await self.http.cleanup()  # type: ignore[attr-defined]
+        if self.jobs is not None:
+            # A job cut short keeps its marker and is finished at the next start.
+            await self.jobs.stop()
         for store in self.stores.values():
             await store.close()
         self.audit.close()

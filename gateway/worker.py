@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from dataclasses import dataclass
 from email.utils import format_datetime
@@ -30,11 +29,11 @@ from gateway.authn.resolver import Resolver
 from gateway.authn.seal import Key, Sealer
 from gateway.authn.verify import Verification, Verifier
 from gateway.config import Config, RouteSettings
-from gateway.delivery import Content, DeliveryResult, NextHop
+from gateway.delivery import Content, NextHop
 from gateway.delivery import build as build_next_hop
 from gateway.delivery.dsn import build_dsn
-from gateway.links import records
-from gateway.links.tokens import Keyring, new_object_id
+from gateway.links.mint import mint
+from gateway.links.tokens import Keyring
 from gateway.mime import filenames, sniff, tnef
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, MimeLimitError, Part, parse
@@ -42,7 +41,8 @@ from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, hu
                                   split_fields, write_segments)
 from gateway.mime.source import Source
 from policies.next_hop_limits import NOTICE_ALLOWANCE, Kept, extra_offloads
-from gateway.spool import (ENVELOPE, MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
+from gateway.partfacts import object_key, part_facts, safe_type
+from gateway.spool import (MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
                            write_atomic)
 from gateway.scan import Clamd
 from gateway.storage.base import ObjectMeta, Storage, StorageError
@@ -378,8 +378,8 @@ class Worker:
             out.path = work(UNPACKED)
         return out
 
-    async def _facts(self, src: Source, leaf: Part, route: RouteSettings, route_facts: policies.RouteFacts,
-                     cids: set[str], qlog: Any) -> tuple[policies.PartFacts, Measure]:
+    async def _facts(self, src: Source, leaf: Part, route: RouteSettings, cids: set[str],
+                     qlog: Any) -> tuple[policies.PartFacts, Measure]:
         """Measure, sniff and (when the route scans) scan one leaf."""
         m = await asyncio.to_thread(measure, src, leaf)
         detected = await asyncio.to_thread(sniff.detect, m.head)
@@ -392,10 +392,10 @@ class Worker:
         if self.scanner is not None and any(p.name == "refuse_malware" for p in route.policies) \
                 and is_attachment and m.size > 0:
             scan = await self._scan(src, leaf, m.size, route, qlog)
-        facts = policies.PartFacts(
+        facts = part_facts(
             path=leaf.path or "1", declared_type=leaf.content_type, filename=name, decoded_size=m.size,
-            is_body=False, disposition=disposition, route=route_facts, detected_type=detected,
-            content_id=content_id, head=m.head, is_attachment=is_attachment,
+            disposition=disposition, route=route, detected_type=detected, content_id=content_id,
+            head=m.head, is_attachment=is_attachment,
             inline=bool(content_id) and content_id.strip("<>").lower() in cids, scan=scan,
             packed_tnef=tnef.is_tnef(leaf))
         return facts, m
@@ -424,12 +424,11 @@ class Worker:
         cids: set[str] = set()
         if html_part is not None and html_part.encoded_size <= MAX_HTML_SCAN:
             cids = cid_references(await asyncio.to_thread(decoded_bytes, src, html_part))
-        route_facts = policies.RouteFacts(route.name, route.offload_threshold, route.next_hop_max_size)
         decisions: list[tuple[Part, policies.Decision, Measure, policies.PartFacts]] = []
         for leaf in root.leaves():
             if leaf is text_part or leaf is html_part:
                 continue
-            facts, m = await self._facts(src, leaf, route, route_facts, cids, qlog)
+            facts, m = await self._facts(src, leaf, route, cids, qlog)
             decision = policies.decide(self.policies[route.name], facts)
             metrics.DECISIONS.labels(route.name, decision.policy, decision.action.value).inc()
             qlog.info("decision", part=facts.path, action=decision.action.value, policy=decision.policy,
@@ -662,8 +661,8 @@ class Worker:
         store = self.stores[route.storage]
         original = filenames.original_filename(part.headers) or _default_name(part)
         display = filenames.display_name(original) or _default_name(part)
-        key = f"uploads/{customer}/{_stamp()}-{filenames.sanitise(display)}"
-        meta = ObjectMeta(content_type=_safe_type(part.content_type), filename=original,
+        key = object_key(customer, display)
+        meta = ObjectMeta(content_type=safe_type(part.content_type), filename=original,
                           metadata={"queue-id": envelope.queue_id, "customer-id": customer})
         async with self._offload_slots:
             started = time.monotonic()
@@ -678,18 +677,14 @@ class Worker:
                     raise StorageError(f"stored object {key} has SHA-256 {stored.sha256}, "
                                        f"expected {measured.sha256}")
                 sha256 = stored.sha256 or measured.sha256 or ""
-                oid = new_object_id()
-                expires = int(time.time()) + self.cfg.links.ttl
-                await records.save(store, records.LinkRecord(
-                    object_id=oid, key=key, filename=original, size=stored.size, sha256=sha256,
-                    content_type=meta.content_type, customer_id=customer, queue_id=envelope.queue_id,
-                    message_id=message_id, created=time.time(), expires=expires))
+                url = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key,
+                                 filename=original, size=stored.size, sha256=sha256,
+                                 content_type=meta.content_type, customer_id=customer,
+                                 queue_id=envelope.queue_id, message_id=message_id)
             except (StorageError, OSError) as e:
                 metrics.OFFLOAD_FAILURES.labels(store.name).inc()
                 qlog.error("offload failed; failing open", part=part.path, key=key, error=str(e))
                 return None
-        token = self.keyring.sign(store.name, oid, expires)
-        url = f"{self.cfg.http.base_url}/a/{token}"
         metrics.OFFLOADED_PARTS.labels(route.name, store.name).inc()
         metrics.OFFLOADED_BYTES.labels(route.name, store.name).inc(stored.size)
         qlog.info("offloaded", part=part.path, key=key, size=stored.size, sha256=sha256)
@@ -918,13 +913,6 @@ def _default_name(part: Part) -> str:
     ext = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg", "text/plain": ".txt",
            "text/html": ".html"}.get(part.content_type, ".bin")
     return f"attachment{ext}"
-
-
-def _safe_type(ctype: str) -> str:
-    import re
-
-    return ctype if re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", ctype) \
-        else "application/octet-stream"
 
 
 def _date(ts: float) -> str:

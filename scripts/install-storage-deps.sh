@@ -13,6 +13,7 @@
 #                               ceph-authtool, monmaptool)
 #   azurite (npm)               the Azure Blob emulator, into the project-local
 #                               tests/servers/node/ (npm ci from its lock file)
+#   playwright-core (npm)       drives Debian's chromium in the upload page test
 #
 # The Python packages (SDKs, gcp-storage-emulator) are in setup.cfg's [test] extra:
 #   .venv/bin/pip install -e ".[test]"
@@ -50,13 +51,16 @@ command -v node >/dev/null 2>&1 || die "node not found: Azurite needs Node.js 20
 command -v npm >/dev/null 2>&1 || die "npm not found"
 want="$(cd "$NODE_DIR" && node -p "require('./package.json').dependencies.azurite")"
 have="$(cd "$NODE_DIR" && node -p "try { require('./node_modules/azurite/package.json').version } catch (e) { '' }")"
-if [ "$have" = "$want" ] && [ -x "$NODE_DIR/node_modules/.bin/azurite-blob" ]; then
-    echo "install-storage-deps: azurite $have present in tests/servers/node"
+want_pw="$(cd "$NODE_DIR" && node -p "require('./package.json').dependencies['playwright-core']")"
+have_pw="$(cd "$NODE_DIR" && node -p "try { require('./node_modules/playwright-core/package.json').version } catch (e) { '' }")"
+if [ "$have" = "$want" ] && [ "$have_pw" = "$want_pw" ] && [ -x "$NODE_DIR/node_modules/.bin/azurite-blob" ]; then
+    echo "install-storage-deps: azurite $have and playwright-core $have_pw present in tests/servers/node"
 else
-    echo "install-storage-deps: installing azurite $want into tests/servers/node"
+    echo "install-storage-deps: installing azurite $want and playwright-core $want_pw into tests/servers/node"
     # Azurite 3.37 declares Node >= 22 but runs the Blob service on Node 20
     # (tested); the engine check only warns.
     (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in $NODE_DIR"
 fi
 [ -x "$NODE_DIR/node_modules/.bin/azurite-blob" ] || die "azurite-blob is missing after npm ci"
+[ -f "$NODE_DIR/node_modules/playwright-core/package.json" ] || die "playwright-core is missing after npm ci"
 echo "install-storage-deps: ok"
