@@ -409,7 +409,10 @@ def test_an_http_upload_streams_through_staging_to_its_secure_key(admin: Any, ce
     (tmp_path / "gw.toml").write_text(
         '[links]\nkeys = [{ id = "k1", file = "link.key", create_missing = true }]\n'
         '[storage.local]\nbackend = "filesystem"\n'
-        '[[routes]]\nname = "r"\ndomains = ["contact.example"]\nnext_hop = "maildir:out"\nstorage = "local"\n')
+        '[[routes]]\nname = "r"\ndomains = ["contact.example"]\nnext_hop = "maildir:out"\nstorage = "local"\n'
+        # The bytes are pseudo-random, no real PDF: this test is about the
+        # staging path, so the route runs the size policy only.
+        'policies = [{ name = "offload_large" }]\n')
     cfg = config_mod.load(tmp_path / "gw.toml", base_dir=str(tmp_path))
     data = Attachment(12 * 1024 * 1024)
 
