@@ -69,8 +69,10 @@ class Gateway:
             await self.worker.start()
         if "http" in self.roles:
             host, port = self.cfg.http.address
-            self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit), host, port,
-                                             reuse_port=self.shared_ports)
+            # Each backend's url_ttl: how long the storage URL minted at a click lives.
+            url_ttls = {name: s.url_ttl for name, s in self.cfg.storage.items() if hasattr(s, "url_ttl")}
+            app = http_app.build_app(self.keyring, self.stores, self.audit, url_ttls)
+            self.http = await http_app.start(app, host, port, reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker
             self.smtp = await start_server(self.cfg, self.spool,

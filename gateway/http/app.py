@@ -1,6 +1,8 @@
 """The HTTP listener: agent links, health."""
 from __future__ import annotations
 
+from typing import Mapping
+
 from aiohttp import web
 
 from gateway import logs
@@ -8,13 +10,16 @@ from gateway.http.links import LinkEndpoint
 from gateway.links.tokens import Keyring
 from gateway.storage.base import Storage
 
-URL_TTL = 900  # seconds a storage URL minted at a click lives
 
+def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog,
+              url_ttls: Mapping[str, int]) -> web.Application:
+    """The aiohttp application with every route the gateway serves.
 
-def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog) -> web.Application:
-    """The aiohttp application with every route the gateway serves."""
+    ``url_ttls`` is, per store name, how long a storage URL minted at a
+    click lives (the backend's ``url_ttl``); stores without URLs of their
+    own (the filesystem) need no entry."""
     app = web.Application()
-    links = LinkEndpoint(keyring, stores, audit, URL_TTL)
+    links = LinkEndpoint(keyring, stores, audit, url_ttls)
     app.router.add_get("/a/{token}", links.get)
     app.router.add_get("/healthz", _health)
     return app
