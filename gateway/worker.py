@@ -279,19 +279,30 @@ class Worker:
                          for p, d, _ in decisions if d.action is policies.Action.REPLACE]
         links = [Link(o.filename, o.size, o.url) for o in offloaded]
         template = route.link_text or self.cfg.links.text
-        trace = self._trace(envelope, offloaded)
+        note = f"{len(failed)} not stored, forwarded as is" if failed else ""
+        trace = self._trace(envelope, offloaded, note=note)
         segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
                         html_part=html_part, link_template=template, trace=trace)
         if failed and segments_size(segments) > route.next_hop_max_size:
             # Fail open, but never past the next hop's limit: the parts that
             # could not be stored give way to a notice.
             replacements += [Replacement(p, _failed_notice(p)) for p in failed]
+            trace = self._trace(envelope, offloaded, note=f"{len(failed)} not stored, replaced by a notice")
             segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
                             html_part=html_part, link_template=template, trace=trace)
             for p in failed:
+                qlog.warning("storage failed and the message would exceed the next hop's limit; "
+                             "attachment replaced by a notice", part=p.path,
+                             filename=filenames.original_filename(p.headers),
+                             next_hop_max_size=route.next_hop_max_size)
                 self.audit.event("FileRefused", "Failure", EventResultDetails="storage unavailable, too large to forward",
                                  QueueId=handle.queue_id, CustomerId=customer,
                                  TargetFileName=filenames.original_filename(p.headers))
+        elif failed:
+            for p in failed:
+                qlog.warning("storage failed; attachment forwarded as is (fits the next hop's limit)",
+                             part=p.path, filename=filenames.original_filename(p.headers),
+                             next_hop_max_size=route.next_hop_max_size)
         result = {
             "offloaded": [{"key": o.key, "size": o.size, "sha256": o.sha256, "filename": o.filename,
                            "part": o.part.path} for o in offloaded],
@@ -330,8 +341,12 @@ class Worker:
                     object_id=oid, key=key, filename=original, size=stored.size, sha256=sha256,
                     content_type=meta.content_type, customer_id=customer, queue_id=envelope.queue_id,
                     message_id=message_id, created=time.time(), expires=expires))
-            except (StorageError, OSError) as e:
-                qlog.error("offload failed; failing open", part=part.path, key=key, error=str(e))
+            except Exception as e:  # noqa: BLE001 - rule 2: any storage failure fails open
+                # StorageError and OSError are the expected ones; anything else
+                # from a backend (an SDK's own exception) must not hold the
+                # message either.
+                error = str(e) if isinstance(e, (StorageError, OSError)) else f"{type(e).__name__}: {e}"
+                qlog.error("offload failed; failing open", part=part.path, key=key, error=error)
                 return None
         token = self.keyring.sign(store.name, oid, expires)
         url = f"{self.cfg.http.base_url}/a/{token}"
