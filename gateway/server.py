@@ -1,7 +1,8 @@
 """``serve``: the SMTP ingress, the worker and the HTTP listener in one process.
 
 Start order follows the flow: storage first (a misconfigured bucket stops
-start-up before any port listens), then the spool (recover what a crash
+start-up before any port listens; with several processes ``cli.cmd_serve``
+checks the stores once before forking), then the spool (recover what a crash
 left), the worker, HTTP, and SMTP last, so nothing is accepted before it can
 be processed.  SIGTERM and SIGINT stop accepting, let the messages in hand
 finish within a bound and leave the rest in the spool; SIGHUP re-reads the
