@@ -15,6 +15,9 @@ Figures, per candidate (medians over interleaved rounds):
   end-to-end seconds from connect until fully arrived at the sink (relays) or
   until the 250 (end points), MB/s (10^6 bytes per second), and the peak
   resident memory (VmHWM, reset before each send) of the receiving process.
+- storage (``bench/storage.py``, ``--only storage`` alone): upload throughput
+  of one 64 MiB object to S3 on Ceph's radosgw, beside writing the same bytes
+  to a local file, interleaved rounds in the same run.
 
 Prints a table with the ratio gateway/baseline and writes bench/results/latest.json.
 """
@@ -56,6 +59,7 @@ from bench.candidates import (  # noqa: E402
 )
 from bench.message import RECIPIENT, SENDER, LargeMessage, build_large_message  # noqa: E402
 from bench.procs import hwm_by_pid, reset_hwm  # noqa: E402
+from bench.storage import format_storage, run_storage  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 RESULTS = REPO / "bench" / "results" / "latest.json"
@@ -77,10 +81,14 @@ class Settings:
     large_rounds: int
     step_timeout: float
     quick: bool
+    storage_size: int = 64 << 20
+    storage_rounds: int = 5
 
 
-FULL = Settings(messages=2000, sessions=20, message_size=5120, rounds=5, large_rounds=3, step_timeout=180, quick=False)
-QUICK = Settings(messages=300, sessions=20, message_size=5120, rounds=2, large_rounds=1, step_timeout=30, quick=True)
+FULL = Settings(messages=2000, sessions=20, message_size=5120, rounds=5, large_rounds=3, step_timeout=180, quick=False,
+                storage_size=64 << 20, storage_rounds=5)
+QUICK = Settings(messages=300, sessions=20, message_size=5120, rounds=2, large_rounds=1, step_timeout=30, quick=True,
+                 storage_size=32 << 20, storage_rounds=1)
 
 
 # --------------------------------------------------------------------- machine
@@ -367,8 +375,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, help="parallel smtp-source sessions (default 20)")
     p.add_argument("--gateway", help="path to the attachment-gateway executable (default: .venv/bin, then PATH)")
     p.add_argument(
-        "--only", help=f"comma-separated subset of candidates: {','.join((*BASELINES, 'gateway'))}"
+        "--only", help=f"comma-separated subset of candidates: {','.join((*BASELINES, 'gateway'))}, "
+        "and/or storage (upload throughput to Ceph radosgw beside a local file)"
     )
+    p.add_argument("--storage-rounds", type=int, help="storage upload rounds (interleaved across rows)")
     p.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS})")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     return p.parse_args(argv)
@@ -386,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         large_rounds=args.large_rounds or base.large_rounds,
         step_timeout=base.step_timeout,
         quick=base.quick,
+        storage_size=base.storage_size,
+        storage_rounds=args.storage_rounds or base.storage_rounds,
     )
     if os.geteuid() != 0:
         print("[bench] must run as root (Postfix and smtp-sink -u nobody need it)", file=sys.stderr)
@@ -397,10 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
 
-    wanted = set(args.only.split(",")) if args.only else {*BASELINES, "gateway"}
+    wanted = set(args.only.split(",")) if args.only else {*BASELINES, "gateway", "storage"}
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     os.chmod(workdir, 0o755)
     started_at = time.time()
+    storage: dict[str, Any] = {"status": "not run"}
     gateway_exe = find_gateway_executable(args.gateway)
     all_candidates: list[Candidate] = [
         FloorSink(workdir, dump=False),
@@ -422,20 +435,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     if machine["loadavg_before"] and machine["loadavg_before"][0] > 0.5 * machine["nproc"]:
         print("[bench] warning: the machine is busy (1-minute load above nproc/2): figures will be noisy", flush=True)
-    print(
-        f"[bench] {'quick' if s.quick else 'full'} run: {s.rounds} x {s.messages} msgs of {s.message_size} B, "
-        f"{s.sessions} sessions; {s.large_rounds} x large message",
-        flush=True,
-    )
-    try:
-        msg = build_large_message(workdir)
-        data = msg.path.read_bytes()
-        body_tail = data[data.index(b"Content-Transfer-Encoding: base64") :].replace(b"\r\n", b"\n")
+    if candidates:
         print(
-            f"[bench] large message: {msg.size} bytes ({msg.size / 2**20:.1f} MiB), "
-            f"attachment {msg.attachment_size} bytes",
+            f"[bench] {'quick' if s.quick else 'full'} run: {s.rounds} x {s.messages} msgs of {s.message_size} B, "
+            f"{s.sessions} sessions; {s.large_rounds} x large message",
             flush=True,
         )
+    msg: LargeMessage | None = None
+    try:
+        if candidates:
+            msg = build_large_message(workdir)
+            data = msg.path.read_bytes()
+            body_tail = data[data.index(b"Content-Transfer-Encoding: base64") :].replace(b"\r\n", b"\n")
+            print(
+                f"[bench] large message: {msg.size} bytes ({msg.size / 2**20:.1f} MiB), "
+                f"attachment {msg.attachment_size} bytes",
+                flush=True,
+            )
         with contextlib.ExitStack() as stack:
             active: list[Candidate] = []
             for c in candidates:
@@ -479,6 +495,17 @@ def main(argv: list[str] | None = None) -> int:
                         + ("" if r.get("attachment_intact", True) else "  (attachment replaced/changed)"),
                         flush=True,
                     )
+        # Storage after the SMTP candidates have stopped, so the Ceph
+        # cluster and they never share the CPUs.
+        if "storage" in wanted:
+            print(f"[bench] storage: {s.storage_rounds} x {s.storage_size >> 20} MiB object, "
+                  "local file vs Ceph radosgw", flush=True)
+            try:
+                storage = run_storage(workdir, s.storage_size, s.storage_rounds,
+                                      lambda line: print(f"[bench] {line}", flush=True))
+            except Exception as exc:  # noqa: BLE001 - report, and still print the SMTP figures
+                storage = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+                print(f"[bench] storage failed: {storage['reason'].splitlines()[0]}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -495,8 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Postfix {machine['postfix']}, Python {machine['python']}"
     )
     print(f"load average before/after: {machine['loadavg_before']} / {machine['loadavg_after']}")
-    print(format_table(rows))
-    print("ratios are gateway/baseline: above 1x is better for msgs/s and MB/s, worse for seconds and MiB")
+    if rows:
+        print(format_table(rows))
+        print("ratios are gateway/baseline: above 1x is better for msgs/s and MB/s, worse for seconds and MiB")
+    if storage.get("median_mb_per_s"):
+        print()
+        print(format_storage(storage))
     for name, row in rows.items():
         if row.get("reason"):
             print(f"note: {name}: {row['status']}: {row['reason'].splitlines()[0]}")
@@ -509,13 +540,16 @@ def main(argv: list[str] | None = None) -> int:
             "bytes": msg.size,
             "attachment_bytes": msg.attachment_size,
             "attachment_sha256": msg.attachment_sha256,
-        },
+        } if msg is not None else None,
         "candidates": rows,
+        "storage": storage,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"[bench] results written to {args.json}")
     failed = [name for name, row in rows.items() if row["status"] == "failed"]
+    if storage.get("status") == "failed":
+        failed.append("storage")
     return 1 if failed else 0
 
 
