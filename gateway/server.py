@@ -72,7 +72,7 @@ class Gateway:
             host, port = self.cfg.http.address
             # Each backend's url_ttl: how long the storage URL minted at a click lives.
             url_ttls = {name: s.url_ttl for name, s in self.cfg.storage.items() if hasattr(s, "url_ttl")}
-            app = http_app.build_app(self.keyring, self.stores, self.audit, url_ttls)
+            app = http_app.build_app(self.keyring, self.stores, self.audit, self.spool, url_ttls)
             self.http = await http_app.start(app, host, port, reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker

@@ -1,17 +1,19 @@
 """The HTTP listener: agent links, health."""
 from __future__ import annotations
 
+import asyncio
 from typing import Mapping
 
 from aiohttp import web
 
-from gateway import logs
+from gateway import logs, metrics
 from gateway.http.links import LinkEndpoint
 from gateway.links.tokens import Keyring
+from gateway.spool import Spool
 from gateway.storage.base import Storage
 
 
-def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog,
+def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog, spool: Spool,
               url_ttls: Mapping[str, int]) -> web.Application:
     """The aiohttp application with every route the gateway serves.
 
@@ -22,6 +24,12 @@ def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog
     links = LinkEndpoint(keyring, stores, audit, url_ttls)
     app.router.add_get("/a/{token}", links.get)
     app.router.add_get("/healthz", _health)
+
+    async def _metrics(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(metrics.render, spool)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    app.router.add_get("/metrics", _metrics)
     return app
 
 

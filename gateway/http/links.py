@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from aiohttp import web
 
-from gateway import logs
+from gateway import logs, metrics
 from gateway.links.records import RecordCache
 from gateway.links.tokens import Keyring, TokenError, TokenExpired
 from gateway.mime.filenames import content_disposition
@@ -50,6 +50,7 @@ class LinkEndpoint:
         self.cache = RecordCache()
 
     def _audit(self, request: web.Request, result: str, details: str, **fields: Any) -> None:
+        metrics.LINK_REQUESTS.labels(details.split(":")[0]).inc()
         self.audit.event("FileAccessed", result, EventSubType="Download", EventResultDetails=details,
                          SrcIpAddr=request.remote, HttpUserAgent=request.headers.get("User-Agent"),
                          ActorUsername=None, **fields)
