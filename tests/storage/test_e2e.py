@@ -350,6 +350,9 @@ def test_store_failing_while_processing_forwards_the_original_when_it_fits(make_
     assert forwarded and forwarded[0]["filename"] == "invoice.pdf" and forwarded[0]["queue_id"] == qid
     assert [e for e in events if e.get("event") == "delivered" and e.get("queue_id") == qid]
     assert not [e for e in gw.audit() if e["EventType"] == "FileRefused"]
+    # Counted, too: the failure is on the Prometheus endpoint.
+    scraped = http_get(f"http://127.0.0.1:{gw.http_port}/metrics").body.decode()
+    assert re.search(r'^gateway_offload_failures_total\{store="cloud"\} 1\.0$', scraped, re.M), scraped[-3000:]
 
 
 def test_store_failing_with_a_next_hop_too_small_replaces_the_file_with_a_notice(make_gateway: Any,
