@@ -87,7 +87,8 @@ class Worker:
         self.bounce_hop = build_next_hop(cfg.delivery.bounce_next_hop, base_dir=base,
                                          hostname=cfg.gateway.hostname)
         self.limits = Limits(max_header_bytes=cfg.worker.max_header_bytes, max_depth=cfg.worker.max_mime_depth,
-                             max_parts=cfg.worker.max_parts)
+                             max_parts=cfg.worker.max_parts, max_header_fields=cfg.worker.max_header_fields,
+                             max_header_line=cfg.worker.max_header_line)
         self._offload_slots = asyncio.Semaphore(cfg.worker.offload_concurrency)
 
     # -- scheduling -------------------------------------------------------
