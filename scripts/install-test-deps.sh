@@ -15,9 +15,10 @@
 #   ca-certificates  TLS clients in tests
 #   systemd     systemd-analyze verify for the units in systemd/
 #   util-linux  mount, for the full-spool test (a small tmpfs)
+#   mimedefang  the bench's Postfix+MIMEDefang baseline (make bench)
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux mimedefang)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 from gateway import logs, metrics
 from gateway.links.records import RecordCache
@@ -108,11 +108,17 @@ class LinkEndpoint:
             if record.size:
                 self._audit(request, "Failure", "object missing", **fields)
                 return page(404, "Not found", "The attachment is no longer available.")
-        await response.prepare(request)
-        await response.write(first)
-        if stream is not None:
-            async for chunk in stream:
-                await response.write(chunk)
-        await response.write_eof()
+        try:
+            await response.prepare(request)
+            await response.write(first)
+            if stream is not None:
+                async for chunk in stream:
+                    await response.write(chunk)
+            await response.write_eof()
+        except (ConnectionError, ClientConnectionResetError):
+            # The agent closed the tab or the connection broke mid-download:
+            # an outcome to audit, not an error to log with a traceback.
+            self._audit(request, "Failure", "client went away during the download", **fields)
+            return response
         self._audit(request, "Success", "streamed", **fields)
         return response
