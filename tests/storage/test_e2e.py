@@ -112,8 +112,14 @@ def secret_file(folder: Path, name: str, value: str) -> str:
 
 def cloud_gateway(make_gateway: Any, tmp_path: Path, storage: dict[str, Any],
                   route: dict[str, Any] | None = None) -> GatewayProcess:
-    """A started gateway whose route offloads into ``[storage.cloud]``."""
-    return make_gateway(route={"storage": "cloud", **(route or {})}, sections={"storage.cloud": storage})
+    """A started gateway whose route offloads into ``[storage.cloud]``.
+
+    One process: with several, the SMTP port opens when the first child
+    listens, while another may still be checking its store; a test that
+    then takes the store down would stop that child's start (and the
+    service) rather than test processing."""
+    return make_gateway(route={"storage": "cloud", **(route or {})},
+                        sections={"storage.cloud": storage, "gateway": {"processes": 1}})
 
 
 def click(gw: GatewayProcess, url: str) -> tuple[int, str]:
