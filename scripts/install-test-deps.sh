@@ -13,12 +13,14 @@
 #   bsdutils    `script`, to capture `postfix check` output (silent without a tty)
 #   procps      ps/pgrep for debugging leftover daemons
 #   ca-certificates  TLS clients in tests
+#   openssl     `openssl s_client -starttls smtp` against the gateway's STARTTLS
+#   libnet-ssleay-perl  swaks --tls
 #   systemd     systemd-analyze verify for the units in systemd/
 #   util-linux  mount, for the full-spool test (a small tmpfs)
 #   mimedefang  the bench's Postfix+MIMEDefang baseline (make bench)
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux mimedefang)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl systemd util-linux mimedefang)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -54,7 +56,7 @@ fi
 
 # Verify the executables the tests and bench actually call.
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
-           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/systemd-analyze /usr/bin/mount; do
+           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/mount; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"
