@@ -19,6 +19,7 @@ from typing import Any
 from gateway import __version__, logs
 from gateway.config import Config, ConfigError, load
 from gateway.spool import QUEUES, REWRITTEN, Locked, Spool
+from gateway.storage.base import Storage, StorageError
 
 EX_OK, EX_USAGE, EX_NOTFOUND, EX_TEMPFAIL, EX_CONFIG = 0, 64, 69, 75, 78
 DEFAULT_CONFIGS = ("conf/gateway.toml", "/etc/attachment-gateway/gateway.toml")
@@ -121,20 +122,34 @@ def _serve(cfg: Config, args: argparse.Namespace) -> int:
         return EX_CONFIG
     if processes > 1:
         gw.audit.close()
+        # The stores' start-up checks (bucket, region, credentials, staging
+        # recovery) run once here, before forking: a child that failed them
+        # would be started again and again, and serve would never exit.
+        try:
+            asyncio.run(_check_stores(gw.stores))
+        except StorageError as e:
+            print(f"attachment-gateway: storage: {e}", file=sys.stderr)
+            return EX_CONFIG
         return Supervisor(cfg, args.config, roles, processes).run()
     try:
         asyncio.run(gw.run())
     except OSError as e:
         print(f"attachment-gateway: cannot start: {e}", file=sys.stderr)
         return 71  # EX_OSERR
-    except Exception as e:  # storage start-up checks and similar
-        from gateway.storage.base import StorageError
-
-        if isinstance(e, StorageError):
-            print(f"attachment-gateway: storage: {e}", file=sys.stderr)
-            return EX_CONFIG
-        raise
+    except StorageError as e:  # the stores' start-up checks
+        print(f"attachment-gateway: storage: {e}", file=sys.stderr)
+        return EX_CONFIG
     return EX_OK
+
+
+async def _check_stores(stores: dict[str, Storage]) -> None:
+    """Start every store (its checks raise StorageError) and close it again."""
+    try:
+        for store in stores.values():
+            await store.start()
+    finally:
+        for store in stores.values():
+            await store.close()
 
 
 def _spool(args: argparse.Namespace) -> Spool:

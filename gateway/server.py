@@ -1,7 +1,8 @@
 """``serve``: the SMTP ingress, the worker, the HTTP listener and the milter.
 
 Start order follows the flow: storage first (a misconfigured bucket stops
-start-up before any port listens), then the spool (recover what a crash
+start-up before any port listens; with several processes ``cli.cmd_serve``
+checks the stores once before forking), then the spool (recover what a crash
 left), the worker, HTTP, and SMTP last, so nothing is accepted before it can
 be processed; the milter, which needs neither spool nor worker tasks, starts
 with them.  SIGTERM and SIGINT drain: new sessions get 421, sessions and
@@ -116,7 +117,9 @@ class Gateway:
             self.api = UploadApi(self.cfg, self.uploads, self.jobs, self.audit)
             self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
                                           lambda qid: worker.enqueue(qid) if worker is not None else None)
-            app = http_app.build_app(self.keyring, self.stores, self.audit, self.spool, self.api,
+            # Each backend's url_ttl: how long the storage URL minted at a click lives.
+            url_ttls = {name: s.url_ttl for name, s in self.cfg.storage.items() if hasattr(s, "url_ttl")}
+            app = http_app.build_app(self.keyring, self.stores, self.audit, self.spool, url_ttls, self.api,
                                      self.upload_page)
             self.http = await http_app.start(app, host, port, reuse_port=self.shared_ports)
         if "milter" in self.roles:

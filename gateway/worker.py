@@ -473,22 +473,35 @@ class Worker:
             if cid and cid in cids:
                 inline[cid] = Link(o.filename, o.size, o.url)
         template = route.link_text or self.cfg.links.text
+        note = f"{len(failed)} not stored, forwarded as is" if failed else ""
         trace = self._trace(envelope, offloaded, refused=len(refused),
                             replaced=sum(d.action is policies.Action.REPLACE for _, d, _, _ in decisions),
-                            tnef_unpacked=unpacked)
+                            tnef_unpacked=unpacked, note=note)
         segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
                         html_part=html_part, link_template=template, trace=trace, notices=notices, inline=inline)
         if failed and segments_size(segments) > route.next_hop_max_size:
             # Fail open, but never past the next hop's limit: the parts that
             # could not be stored give way to a notice.
             replacements += [Replacement(p, _failed_notice(p)) for p in failed]
+            trace = self._trace(envelope, offloaded, refused=len(refused),
+                                replaced=sum(d.action is policies.Action.REPLACE for _, d, _, _ in decisions),
+                                tnef_unpacked=unpacked, note=f"{len(failed)} not stored, replaced by a notice")
             segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
                             html_part=html_part, link_template=template, trace=trace, notices=notices,
                             inline=inline)
             for p in failed:
+                qlog.warning("storage failed and the message would exceed the next hop's limit; "
+                             "attachment replaced by a notice", part=p.path,
+                             filename=filenames.original_filename(p.headers),
+                             next_hop_max_size=route.next_hop_max_size)
                 self.audit.event("FileRefused", "Failure", EventResultDetails="storage unavailable, too large to forward",
                                  QueueId=envelope.queue_id, CustomerId=customer,
                                  TargetFileName=filenames.original_filename(p.headers))
+        elif failed:
+            for p in failed:
+                qlog.warning("storage failed; attachment forwarded as is (fits the next hop's limit)",
+                             part=p.path, filename=filenames.original_filename(p.headers),
+                             next_hop_max_size=route.next_hop_max_size)
         result = {
             "offloaded": [{"key": o.key, "size": o.size, "sha256": o.sha256, "filename": o.filename,
                            "part": o.part.path} for o in offloaded],
@@ -681,9 +694,13 @@ class Worker:
                                  filename=original, size=stored.size, sha256=sha256,
                                  content_type=meta.content_type, customer_id=customer,
                                  queue_id=envelope.queue_id, message_id=message_id)
-            except (StorageError, OSError) as e:
+            except Exception as e:  # noqa: BLE001 - rule 2: any storage failure fails open
+                # StorageError and OSError are the expected ones; anything else
+                # from a backend (an SDK's own exception) must not hold the
+                # message either.
                 metrics.OFFLOAD_FAILURES.labels(store.name).inc()
-                qlog.error("offload failed; failing open", part=part.path, key=key, error=str(e))
+                error = str(e) if isinstance(e, (StorageError, OSError)) else f"{type(e).__name__}: {e}"
+                qlog.error("offload failed; failing open", part=part.path, key=key, error=error)
                 return None
         metrics.OFFLOADED_PARTS.labels(route.name, store.name).inc()
         metrics.OFFLOADED_BYTES.labels(route.name, store.name).inc(stored.size)

@@ -141,5 +141,11 @@ def test_random_mime_is_forwarded_and_nothing_is_lost(gw: GatewayProcess, body: 
 def test_the_property_run_offloaded_and_forwarded(gw: GatewayProcess) -> None:
     """The examples above really went through the offload path (runs after
     them, on the same gateway)."""
-    assert len(list((gw.outbox / "new").glob("*"))) >= 60
-    assert len(stored_objects(gw.objects)) >= 20
+    forwarded = [p.read_bytes() for p in (gw.outbox / "new").glob("*")]
+    assert len(forwarded) >= 60
+    # How many parts go over the tiny threshold depends on what Hypothesis
+    # drew (8 to 17 of 60 messages seen in fresh checkouts), so no fixed
+    # count: some were offloaded, and every stored object is one the trace
+    # headers of the forwarded messages account for.
+    said = sum(int(m) for data in forwarded for m in re.findall(rb"X-Attachment-Offload: offloaded=(\d+)", data))
+    assert 1 <= len(stored_objects(gw.objects)) <= said

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Mapping
 
 from aiohttp import web
 
@@ -14,16 +15,22 @@ from gateway.links.tokens import Keyring
 from gateway.spool import Spool
 from gateway.storage.base import Storage
 
-URL_TTL = 900  # seconds a storage URL minted at a click lives
 
+def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog, spool: Spool,
+              url_ttls: Mapping[str, int]) -> web.Application:
+    """The aiohttp application with every route the gateway serves.
 
 def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog,
-              spool: Spool, api: UploadApi | None = None,
+              spool: Spool, url_ttls: Mapping[str, int], api: UploadApi | None = None,
               upload_page: UploadPage | None = None) -> web.Application:
-    """The aiohttp application with every route the gateway serves."""
+    """The aiohttp application with every route the gateway serves.
+
+    ``url_ttls`` is, per store name, how long a storage URL minted at a
+    click lives (the backend's ``url_ttl``); stores without URLs of their
+    own (the filesystem) need no entry."""
     # No body-size cap here: uploads stream and the API enforces its own limit.
     app = web.Application(client_max_size=1 << 20)
-    links = LinkEndpoint(keyring, stores, audit, URL_TTL)
+    links = LinkEndpoint(keyring, stores, audit, url_ttls)
     app.router.add_get("/a/{token}", links.get)
     app.router.add_get("/healthz", _health)
 

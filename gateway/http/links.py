@@ -8,7 +8,7 @@ URL itself is never logged in full.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from aiohttp import ClientConnectionResetError, web
 
@@ -19,6 +19,10 @@ from gateway.mime.filenames import content_disposition
 from gateway.storage.base import ObjectNotFound, Storage, StorageError
 
 log = logs.get("http")
+
+# Seconds a storage URL lives when the store's settings name no url_ttl (a
+# backend without one has no URLs either: the filesystem streams).
+DEFAULT_URL_TTL = 900
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>
@@ -35,11 +39,14 @@ def page(status: int, title: str, text: str) -> web.Response:
 class LinkEndpoint:
     """Answers clicks on links."""
 
-    def __init__(self, keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog, url_ttl: int) -> None:
+    def __init__(self, keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog,
+                 url_ttls: Mapping[str, int]) -> None:
         self.keyring = keyring
         self.stores = stores
         self.audit = audit
-        self.url_ttl = url_ttl
+        # Per store: seconds a storage URL minted at a click lives (rule 5:
+        # minted per click, short-lived); from each backend's url_ttl.
+        self.url_ttls = dict(url_ttls)
         self.cache = RecordCache()
 
     def _audit(self, request: web.Request, result: str, details: str, **fields: Any) -> None:
@@ -76,7 +83,8 @@ class LinkEndpoint:
             self._audit(request, "Failure", "revoked", **fields)
             return page(410, "Link revoked", "This attachment has been withdrawn.")
         try:
-            url = await store.signed_url(record.key, record.filename, self.url_ttl)
+            url = await store.signed_url(record.key, record.filename,
+                                         self.url_ttls.get(claims.store, DEFAULT_URL_TTL))
         except StorageError as e:
             self._audit(request, "Failure", f"storage error: {e}", **fields)
             return page(503, "Temporarily unavailable", "The attachment cannot be fetched right now; try again.")
