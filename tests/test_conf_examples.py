@@ -59,7 +59,7 @@ def test_cloud_example_passes_check_config(name: str, backend: str, tmp_path: Pa
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == f"{path}: OK (1 route(s), 1 store(s))"
     # Each example is commented: the file says what it is for.
-    assert path.read_text().startswith(f"# attachment-gateway: attachments in ")
+    assert path.read_text().startswith("# attachment-gateway: attachments in ")
 
 
 def test_an_example_without_its_link_key_is_refused(tmp_path: Path) -> None:

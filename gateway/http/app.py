@@ -16,10 +16,6 @@ from gateway.spool import Spool
 from gateway.storage.base import Storage
 
 
-def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog, spool: Spool,
-              url_ttls: Mapping[str, int]) -> web.Application:
-    """The aiohttp application with every route the gateway serves.
-
 def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog,
               spool: Spool, url_ttls: Mapping[str, int], api: UploadApi | None = None,
               upload_page: UploadPage | None = None) -> web.Application:
