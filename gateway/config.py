@@ -152,24 +152,28 @@ class HttpSettings(_Strict):
         return _parse_hostport(self.listen)
 
 
-class LinkKey(_Strict):
-    """One HMAC key for link tokens; the key bytes come from a file or an
-    environment variable, never from the config itself."""
+class _KeySource(_Strict):
+    """A named secret whose bytes come from a file or an environment
+    variable, never from the config itself."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
     file: str | None = None
     env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "_KeySource":
+        if (self.file is None) == (self.env is None):
+            raise ValueError("expected exactly one of \"file\" or \"env\"")
+        return self
+
+
+class LinkKey(_KeySource):
+    """One HMAC key for link tokens."""
     # Accepted for verification until this date (ISO 8601); the first key
     # without ``retire`` that is listed first signs new links.
     retire: str | None = None
     # Create the file with a random key when it does not exist (embedded demo).
     create_missing: bool = False
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "LinkKey":
-        if (self.file is None) == (self.env is None):
-            raise ValueError("expected exactly one of \"file\" or \"env\"")
-        return self
 
 
 class LinkSettings(_Strict):
@@ -463,19 +467,8 @@ class MilterSettings(_Strict):
         return _parse_hostport(self.listen)
 
 
-class ApiKey(_Strict):
-    """One API key for the upload API; the key itself comes from a file or an
-    environment variable, never from the config."""
-
-    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
-    file: str | None = None
-    env: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "ApiKey":
-        if (self.file is None) == (self.env is None):
-            raise ValueError("expected exactly one of \"file\" or \"env\"")
-        return self
+class ApiKey(_KeySource):
+    """One API key for the upload API."""
 
 
 class ApiSettings(_Strict):

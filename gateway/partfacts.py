@@ -49,7 +49,11 @@ def safe_type(ctype: str) -> str:
     return ctype if _TYPE.fullmatch(ctype) else "application/octet-stream"
 
 
+def utc_stamp() -> str:
+    """UTC time to the microsecond, as object keys carry it."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000 // 1000:06d}Z"
+
+
 def object_key(customer: str, display: str) -> str:
     """``uploads/<customer>/<UTC time>-<sanitised name>``: where a file is stored."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000 // 1000:06d}Z"
-    return f"uploads/{customer}/{stamp}-{filenames.sanitise(display)}"
+    return f"uploads/{customer}/{utc_stamp()}-{filenames.sanitise(display)}"

@@ -41,7 +41,7 @@ from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, hu
                                   split_fields, write_segments)
 from gateway.mime.source import Source
 from policies.next_hop_limits import NOTICE_ALLOWANCE, Kept, extra_offloads
-from gateway.partfacts import object_key, part_facts, safe_type
+from gateway.partfacts import object_key, part_facts, safe_type, utc_stamp
 from gateway.spool import (MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
                            write_atomic)
 from gateway.scan import Clamd
@@ -551,7 +551,7 @@ class Worker:
         failure raises, and the message is held: a refused file is never
         forwarded and never dropped."""
         store = self.stores[route.storage]
-        key = f"{route.quarantine.prefix}{customer}/{_stamp()}-{filenames.sanitise(name)}"
+        key = f"{route.quarantine.prefix}{customer}/{utc_stamp()}-{filenames.sanitise(name)}"
         meta = ObjectMeta(content_type="application/octet-stream", filename=name,
                           metadata={"queue-id": envelope.queue_id, "customer-id": customer,
                                     "policy": decision.policy})
@@ -884,10 +884,6 @@ def drop_ranges(segments: list[Segment], drops: list[tuple[int, int]], path: Pat
         out.extend(pieces)
     return out
 
-
-def _stamp() -> str:
-    """UTC time to the microsecond, for object keys."""
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000 // 1000:06d}Z"
 
 
 async def _athread_iter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
