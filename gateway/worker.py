@@ -296,7 +296,7 @@ class Worker:
         qlog = log.bind(queue_id=handle.queue_id, route=route.name)
         # Verified before the policies and the rewrite change anything.
         auth = await self._verify(handle, envelope, qlog)
-        src = Source(handle.file(MESSAGE))
+        src = handle.message()
         try:
             out = await self.process_source(src, envelope, route, qlog, handle.file)
         finally:
@@ -617,7 +617,8 @@ class Worker:
             return None
         started = time.monotonic()
         try:
-            auth = await asyncio.to_thread(self.verifier.verify, handle.file(MESSAGE), envelope)
+            auth = await asyncio.to_thread(self.verifier.verify, handle.file(MESSAGE), envelope,
+                                          handle.message_size)
         except Exception as e:  # noqa: BLE001 - rule 2: a failed check never stops the message
             qlog.error("authentication checks failed; forwarded without results", error=f"{type(e).__name__}: {e}")
             metrics.AUTH_FAILURES.labels("verify").inc()
@@ -794,7 +795,7 @@ class Worker:
         if not envelope.mail_from:
             log.info("no DSN to the null sender", queue_id=handle.queue_id)
             return
-        with Source(handle.file(MESSAGE)) as src:
+        with handle.message() as src:
             root = parse(src, self.limits) if src.size else None
             headers = src.read(0, root.body_start) if root else b""
         dsn = build_dsn(envelope, failed, headers, self.cfg.gateway.hostname)
