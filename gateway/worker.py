@@ -54,6 +54,9 @@ UNPACKED = "unpacked.eml"
 # HTML bodies up to this size are read for cid: references (inline images).
 MAX_HTML_SCAN = 8 << 20
 
+# Messages up to this size are parsed on the event loop (see process_source).
+INLINE_PARSE = 64 << 10
+
 # Seconds between looks for messages a dead process left in ``active``.
 RECOVERY_INTERVAL = 30.0
 
@@ -72,6 +75,16 @@ class Offloaded:
     size: int
     sha256: str
     url: str
+
+
+@dataclass
+class Loaded:
+    """What handling a claimed message starts from, read with the claim."""
+
+    envelope: Envelope
+    state: State
+    # rewritten.eml is there: processed before, deliver it as it is.
+    rewritten: bool
 
 
 @dataclass
@@ -223,7 +236,7 @@ class Worker:
             if not qid:
                 return
             try:
-                handle = await asyncio.to_thread(self.spool.claim, qid, queue, "active")
+                handle, loaded = await asyncio.to_thread(self._claim, qid, queue)
             except (Locked, FileNotFoundError):
                 self._inflight.discard(qid)
                 continue
@@ -232,32 +245,45 @@ class Worker:
                 self._inflight.discard(qid)
                 continue
             try:
-                await self.handle(handle)
+                await self.handle(handle, loaded)
             finally:
                 handle.release()
                 self._inflight.discard(qid)
 
     # -- one message ------------------------------------------------------
 
-    async def handle(self, handle: Handle) -> None:
+    def _claim(self, qid: str, queue: str) -> tuple[Handle, "Loaded | Exception"]:
+        """Claim a message and read what handling it starts with, in one
+        thread call (blocking)."""
+        handle = self.spool.claim(qid, queue, "active")
+        try:
+            try:
+                envelope = handle.envelope()
+            except (OSError, ValueError, TypeError) as e:
+                return handle, e
+            return handle, Loaded(envelope, handle.state(), handle.has(REWRITTEN))
+        except BaseException:
+            handle.release()
+            raise
+
+    async def handle(self, handle: Handle, loaded: "Loaded | Exception") -> None:
         """Process (if not yet done) and deliver one claimed message."""
         qlog = log.bind(queue_id=handle.queue_id)
-        try:
-            envelope = await asyncio.to_thread(handle.envelope)
-        except (OSError, ValueError, TypeError) as e:
-            qlog.error("unreadable envelope; moved to corrupt", error=str(e))
+        if isinstance(loaded, Exception):
+            qlog.error("unreadable envelope; moved to corrupt", error=str(loaded))
             await asyncio.to_thread(handle.move, "corrupt")
             return
+        envelope = loaded.envelope
         route = self.routes.get(envelope.route) or self._route_for(envelope.rcpt_tos)
         if route is None:
             await self._hold(handle, f"no route named {envelope.route!r} in the config any more")
             return
         try:
-            if handle.has(REWRITTEN):
+            if loaded.rewritten:
                 content = Content(handle.file(REWRITTEN))
             else:
                 content = await self.process(handle, envelope, route)
-            await self.deliver(handle, envelope, route, content)
+            await self.deliver(handle, envelope, route, content, loaded.state)
         except asyncio.CancelledError:
             # Shutdown: the message stays in active and recover() requeues it.
             raise
@@ -351,7 +377,10 @@ class Worker:
         unpacked TNEF, the auto-reply)."""
         started = time.monotonic()
         try:
-            root = await asyncio.to_thread(parse, src, self.limits)
+            # A small message was written a moment ago and is in the page
+            # cache: parsing it costs less than a hop to a thread and back.
+            root = parse(src, self.limits) if src.size <= INLINE_PARSE else \
+                await asyncio.to_thread(parse, src, self.limits)
         except MimeLimitError as e:
             qlog.warning("message exceeds a MIME limit; forwarded untouched", reason=str(e))
             trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
@@ -381,8 +410,7 @@ class Worker:
     async def _facts(self, src: Source, leaf: Part, route: RouteSettings, cids: set[str],
                      qlog: Any) -> tuple[policies.PartFacts, Measure]:
         """Measure, sniff and (when the route scans) scan one leaf."""
-        m = await asyncio.to_thread(measure, src, leaf)
-        detected = await asyncio.to_thread(sniff.detect, m.head)
+        m, detected = await asyncio.to_thread(_measure_and_sniff, src, leaf)
         name = filenames.original_filename(leaf.headers)
         disposition = _disposition(leaf)
         maintype = leaf.content_type.split("/", 1)[0]
@@ -743,9 +771,12 @@ class Worker:
 
     # -- delivery ---------------------------------------------------------
 
-    async def deliver(self, handle: Handle, envelope: Envelope, route: RouteSettings, content: Content) -> None:
-        """Try the next hop; then remove, defer or bounce."""
-        state = await asyncio.to_thread(handle.state)
+    async def deliver(self, handle: Handle, envelope: Envelope, route: RouteSettings, content: Content,
+                      state: State | None = None) -> None:
+        """Try the next hop; then remove, defer or bounce.  ``state`` is the
+        message's, when the caller has read it already."""
+        if state is None:
+            state = await asyncio.to_thread(handle.state)
         rcpts = state.pending or list(envelope.rcpt_tos)
         hop = self.next_hops[route.name]
         started = time.monotonic()
@@ -885,6 +916,12 @@ def drop_ranges(segments: list[Segment], drops: list[tuple[int, int]], path: Pat
         out.extend(pieces)
     return out
 
+
+
+def _measure_and_sniff(src: Source, leaf: Part) -> tuple[Measure, str]:
+    """A leaf's measure and the type its first bytes show (one thread call)."""
+    m = measure(src, leaf)
+    return m, sniff.detect(m.head)
 
 
 async def _athread_iter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
