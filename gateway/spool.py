@@ -215,7 +215,7 @@ class Handle:
         trash = self.spool.root / "tmp" / f"{self.queue_id}.done"
         os.rename(self.path, trash)
         fsync_dir(trash.parent.parent / self.queue)
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove_tree(trash)
         self.queue = "tmp"
         self.release()
 
@@ -301,7 +301,7 @@ class Reception:
             os.close(self._fd)
             self._fd = -1
         if self.path.parent.name == "tmp":
-            shutil.rmtree(self.path, ignore_errors=True)
+            _remove_tree(self.path)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -411,7 +411,7 @@ class Spool:
             except OSError:  # gone meanwhile, or not a directory (a stray file)
                 fd = -1
             try:
-                if fd >= 0 or path.exists():
+                if fd >= 0 or os.path.lexists(path):
                     _remove_tree(path)
                     counts["removed_tmp"] += 1
             finally:
@@ -481,11 +481,22 @@ def message_source(path: Path) -> Source:
 
 
 def _remove_tree(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
+    """Remove a message directory (its files, then itself), or a stray file;
+    whatever is in the way (a subdirectory) falls back to rmtree."""
+    try:
+        names = os.listdir(path)
+    except NotADirectoryError:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        return
+    except FileNotFoundError:
+        return
+    try:
+        for name in names:
+            os.unlink(path / name)
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def is_disk_full(err: BaseException) -> bool:
