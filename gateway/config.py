@@ -535,6 +535,11 @@ class Config(_Strict):
                            *((f"routes[{i}].tls_ca_file", r.tls_ca_file) for i, r in enumerate(self.routes))):
             if value is not None and not os.access(self.path(value), os.R_OK):
                 raise ValueError(f"{key}: {value!r}: expected a readable file")
+        for name, store in self.storage.items():
+            if store.retention_days * 86400 < self.links.ttl:
+                raise ValueError(f"storage.{name}.retention_days: {store.retention_days}: attachments would be "
+                                 f"deleted before their links expire (links.ttl = {self.links.ttl} s): expected "
+                                 f"at least {-(-self.links.ttl // 86400)}")
         names = set()
         for i, route in enumerate(self.routes):
             if route.storage not in self.storage:

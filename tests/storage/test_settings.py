@@ -103,3 +103,41 @@ def test_gcs_settings() -> None:
     assert "multiple of 256 KiB" in error({"backend": "gcs", "bucket": "attachments",
                                           "upload_chunk_size": 1_000_000})
     assert "cryptoKeys" in error({"backend": "gcs", "bucket": "attachments", "kms_key_name": "my-key"})
+
+
+def test_retention_days_and_part_concurrency() -> None:
+    for table in (S3, {"backend": "gcs", "bucket": "attachments"}, {"backend": "filesystem"},
+                  {"backend": "azure", "container": "attachments", "account_url": "https://a.blob.core.windows.net"}):
+        assert ADAPTER.validate_python(table).retention_days == 30
+        assert "greater than or equal to 1" in error({**table, "retention_days": 0})
+        assert "less than or equal to 3650" in error({**table, "retention_days": 4000})
+    s = ADAPTER.validate_python(S3)
+    assert s.part_concurrency == 4
+    assert "greater than or equal to 1" in error({**S3, "part_concurrency": 0})
+    assert "part_concurrency = 12 is more than max_connections = 10: expected part_concurrency <= " \
+           "max_connections" in error({**S3, "part_concurrency": 12})
+
+
+def test_retention_shorter_than_the_links_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text("""
+[links]
+ttl = "10d"
+keys = [{ id = "k1", env = "GW_LINK_KEY" }]
+
+[storage.s3]
+backend = "s3"
+bucket = "attachments-eu"
+region = "eu-central-1"
+retention_days = 7
+
+[[routes]]
+name = "support"
+domains = ["support.example"]
+next_hop = "smtp://127.0.0.1:2526"
+storage = "s3"
+""")
+    with pytest.raises(ConfigError) as e:
+        load(cfg, base_dir=str(tmp_path))
+    assert ("storage.s3.retention_days: 7: attachments would be deleted before their links expire "
+            "(links.ttl = 864000 s): expected at least 10") in str(e.value)
