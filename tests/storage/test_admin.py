@@ -22,33 +22,17 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from tests.harness import GatewayProcess
 from tests.servers.azurite import Azurite
 from tests.servers.ceph import CephRadosgw
 from tests.servers.gcs import GcsEmulator
+from tests.storage.helpers import secret_file
 
-# -- servers ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ceph() -> Iterator[CephRadosgw]:
-    with CephRadosgw() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def s3(ceph: CephRadosgw) -> Iterator[Any]:
-    client = boto3.client("s3", endpoint_url=ceph.endpoint_url, aws_access_key_id=ceph.access_key,
-                          aws_secret_access_key=ceph.secret_key, region_name="us-east-1",
-                          config=Config(signature_version="s3v4"))
-    yield client
-    client.close()
+# -- servers (ceph, s3, azurite, gcs: conftest.py) ----------------------------------------
 
 
 @pytest.fixture
@@ -56,25 +40,6 @@ def bucket(s3: Any) -> str:
     name = f"adm-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
     return name
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with Azurite() as a:
-        yield a
-
-
-@pytest.fixture(scope="module")
-def gcs() -> Iterator[GcsEmulator]:
-    with GcsEmulator(bucket="attachments") as g:
-        yield g
-
-
-def secret_file(folder: Path, name: str, value: str) -> str:
-    path = folder / name
-    path.write_text(value)
-    path.chmod(0o600)
-    return str(path)
 
 
 def s3_store(ceph: CephRadosgw, tmp_path: Path, bucket: str, **kw: Any) -> dict[str, Any]:

@@ -25,12 +25,10 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import boto3
 import pytest
-from botocore.config import Config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -41,7 +39,7 @@ from tests.servers.broken_s3 import BrokenS3
 from tests.servers.ceph import CephRadosgw
 from tests.servers.gcs import GcsEmulator
 from tests.servers.ports import free_port, port_is_open
-from tests.storage.helpers import disposition_filename, http_get
+from tests.storage.helpers import disposition_filename, http_get, secret_file
 
 MiB = 1 << 20
 SIZE_30MB = 30 * 1000 * 1000
@@ -54,34 +52,7 @@ KEY_RE = re.compile(r"attachments/uploads/cust-42/(\d{8}T\d{6})\.\d{6}Z-" + re.e
 SHORT_TTL = 3
 
 
-# -- servers, one of each for the module ------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ceph() -> Iterator[CephRadosgw]:
-    with CephRadosgw() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def s3(ceph: CephRadosgw) -> Iterator[Any]:
-    client = boto3.client("s3", endpoint_url=ceph.endpoint_url, aws_access_key_id=ceph.access_key,
-                          aws_secret_access_key=ceph.secret_key, region_name="us-east-1",
-                          config=Config(signature_version="s3v4"))
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with Azurite() as a:
-        yield a
-
-
-@pytest.fixture(scope="module")
-def gcs() -> Iterator[GcsEmulator]:
-    with GcsEmulator(bucket="attachments") as g:
-        yield g
+# -- servers: ceph, s3, azurite, gcs from conftest.py; a key to sign GCS URLs -------
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +72,6 @@ def service_account(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def secret_file(folder: Path, name: str, value: str) -> str:
-    path = folder / name
-    path.write_text(value)
-    path.chmod(0o600)
-    return str(path)
 
 
 def cloud_gateway(make_gateway: Any, tmp_path: Path, storage: dict[str, Any],

@@ -35,17 +35,19 @@ def test_s3_encryption_cannot_be_turned_off(value: Any) -> None:
     assert "cannot be turned off" in msg and '"AES256"' in msg and '"aws:kms"' in msg
 
 
-def test_s3_encryption_none_stops_the_config_file(tmp_path: Path) -> None:
+def refused_config(tmp_path: Path, links: str, store: str) -> str:
+    """The ConfigError of a config file with one route on ``[storage.s3]``."""
     cfg = tmp_path / "gateway.toml"
-    cfg.write_text("""
+    cfg.write_text(f"""
 [links]
-keys = [{ id = "k1", env = "GW_LINK_KEY" }]
+{links}
+keys = [{{ id = "k1", env = "GW_LINK_KEY" }}]
 
 [storage.s3]
 backend = "s3"
 bucket = "attachments-eu"
 region = "eu-central-1"
-encryption = "none"
+{store}
 
 [[routes]]
 name = "support"
@@ -55,7 +57,12 @@ storage = "s3"
 """)
     with pytest.raises(ConfigError) as e:
         load(cfg, base_dir=str(tmp_path))
-    assert "encryption" in str(e.value) and "'none'" in str(e.value) and "cannot be turned off" in str(e.value)
+    return str(e.value)
+
+
+def test_s3_encryption_none_stops_the_config_file(tmp_path: Path) -> None:
+    e = refused_config(tmp_path, "", 'encryption = "none"')
+    assert "encryption" in e and "'none'" in e and "cannot be turned off" in e
 
 
 def test_s3_kms_and_keys_and_sizes() -> None:
@@ -119,25 +126,6 @@ def test_retention_days_and_part_concurrency() -> None:
 
 
 def test_retention_shorter_than_the_links_is_refused(tmp_path: Path) -> None:
-    cfg = tmp_path / "gateway.toml"
-    cfg.write_text("""
-[links]
-ttl = "10d"
-keys = [{ id = "k1", env = "GW_LINK_KEY" }]
-
-[storage.s3]
-backend = "s3"
-bucket = "attachments-eu"
-region = "eu-central-1"
-retention_days = 7
-
-[[routes]]
-name = "support"
-domains = ["support.example"]
-next_hop = "smtp://127.0.0.1:2526"
-storage = "s3"
-""")
-    with pytest.raises(ConfigError) as e:
-        load(cfg, base_dir=str(tmp_path))
+    e = refused_config(tmp_path, 'ttl = "10d"', "retention_days = 7")
     assert ("storage.s3.retention_days: 7: attachments would be deleted before their links expire "
-            "(links.ttl = 864000 s): expected at least 10") in str(e.value)
+            "(links.ttl = 864000 s): expected at least 10") in e
