@@ -8,9 +8,11 @@ Uploads.  Objects smaller than ``multipart_chunk_size`` go up in one
 PutObject; bigger ones as a multipart upload whose parts are read from the
 chunk iterator in order and sent ``part_concurrency`` at a time on a pool of
 their own, never whole in memory: the parts travelling plus the one being
-read are at most ``part_concurrency`` (with 1, one part is read, then sent).  Each request carries a Content-MD5 and
-an ``x-amz-checksum-sha256`` of its bytes: AWS S3 verifies both, Ceph 16
-verifies the MD5 (refusing a mismatch with BadDigest) and ignores the SHA-256.
+read are at most ``part_concurrency`` (with 1, one part is read, then sent),
+plus ``iter_parts``' buffer for the part being assembled.  Each request
+carries a Content-MD5 and an ``x-amz-checksum-sha256`` of its bytes: AWS S3
+verifies both, Ceph 16 verifies the MD5 (refusing a mismatch with BadDigest)
+and ignores the SHA-256.
 After the upload the object's size is read back with HeadObject and the
 checksum is checked as far as the store reports one: the SHA-256 checksums it
 echoed, else its ETag against the MD5-based ETag we computed, else the

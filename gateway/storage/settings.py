@@ -108,8 +108,9 @@ class S3StorageSettings(_Retained):
     url_ttl: UrlTtl = 900
     # Part size of multipart uploads; smaller objects go up in one PutObject.
     multipart_chunk_size: Annotated[_Size, Field(ge=5 * MiB, le=5 * GiB)] = 8 * MiB
-    # Parts of one multipart upload sent at the same time; at most
-    # part_concurrency x multipart_chunk_size bytes of it are in memory.
+    # Parts of one multipart upload sent at the same time; about
+    # part_concurrency x multipart_chunk_size bytes of it are in memory (plus
+    # the buffer of the part being read, up to one part more).
     part_concurrency: int = Field(4, ge=1, le=64)
     # Attempts per request (timeouts, throttling, 5xx), with backoff (boto3 "standard" retries).
     max_attempts: int = Field(3, ge=1, le=10)
