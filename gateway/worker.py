@@ -29,7 +29,7 @@ from gateway.authn.resolver import Resolver
 from gateway.authn.seal import Key, Sealer
 from gateway.authn.verify import Verification, Verifier
 from gateway.config import Config, RouteSettings
-from gateway.delivery import Content, NextHop
+from gateway.delivery import Content, DeliveryResult, NextHop
 from gateway.delivery import build as build_next_hop
 from gateway.delivery.dsn import build_dsn
 from gateway.links.mint import mint
@@ -789,7 +789,20 @@ class Worker:
         rcpts = state.pending or list(envelope.rcpt_tos)
         hop = self.next_hops[route.name]
         started = time.monotonic()
-        result = await hop.deliver(envelope, rcpts, content)
+        removed: list[Exception | None] = []
+
+        def remove_if_delivered(result: DeliveryResult) -> None:
+            # In the delivery's thread (one hop less): a message every
+            # recipient took is removed there; anything else is decided below.
+            if result.delivered and not result.deferred and not result.failed:
+                try:
+                    handle.remove()
+                except Exception as e:  # noqa: BLE001 - raised below, as if removed here
+                    removed.append(e)
+                else:
+                    removed.append(None)
+
+        result = await hop.deliver(envelope, rcpts, content, then=remove_if_delivered)
         outcome = "deferred" if result.deferred else "failed" if result.failed else "delivered"
         metrics.DELIVERY_SECONDS.labels(route.name, outcome).observe(time.monotonic() - started)
         qlog = log.bind(queue_id=handle.queue_id, route=route.name, next_hop=hop.name)
@@ -826,7 +839,10 @@ class Worker:
             await asyncio.to_thread(_defer)
             metrics.DEFERRED.labels(route.name).inc()
             return
-        await asyncio.to_thread(handle.remove)
+        if not removed:
+            await asyncio.to_thread(handle.remove)
+        elif removed[0] is not None:
+            raise removed[0]
         if not failed:
             metrics.DELIVERED.labels(route.name).inc()
         qlog.info("removed")

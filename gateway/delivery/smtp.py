@@ -26,7 +26,7 @@ import ssl
 import threading
 import time
 
-from gateway.delivery import Content, DeliveryResult
+from gateway.delivery import After, Content, DeliveryResult, followed
 from gateway.spool import Envelope
 
 _IDLE_SECONDS = 30.0
@@ -253,9 +253,10 @@ class SmtpNextHop:
             raise _Stale()
         return code, resp
 
-    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Content) -> DeliveryResult:
+    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Content,
+                      then: After | None = None) -> DeliveryResult:
         async with self._slots:
-            return await asyncio.to_thread(self._deliver, envelope, rcpts, message)
+            return await asyncio.to_thread(lambda: followed(self._deliver(envelope, rcpts, message), then))
 
     async def close(self) -> None:
         with self._lock:
