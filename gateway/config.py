@@ -8,6 +8,7 @@ Unknown keys are errors: a typo must not silently disable a policy.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -113,6 +115,31 @@ class SmtpSettings(_Strict):
         return _parse_hostport(self.listen)
 
 
+def _check_network(v: str) -> str:
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise ValueError("expected an IP address or network, such as \"10.0.0.5\" or \"10.0.0.0/24\"") from None
+    return v
+
+
+Network = Annotated[str, AfterValidator(_check_network)]
+
+
+class SecretRef(_Strict):
+    """Where a secret comes from: a file or an environment variable, never
+    the config file itself (so the config can be shared and logged)."""
+
+    file: str | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SecretRef":
+        if (self.file is None) == (self.env is None):
+            raise ValueError("expected exactly one of \"file\" or \"env\"")
+        return self
+
+
 class HttpSettings(_Strict):
     """The HTTP listener: agent links, health, metrics."""
 
@@ -120,6 +147,33 @@ class HttpSettings(_Strict):
     # The scheme, host and optional path prefix put in front of /a/<token> in
     # every link; what agents can reach, not necessarily what we bind to.
     base_url: str = "http://127.0.0.1:8025"
+    # Lifetime of the storage URL minted at a click.
+    url_ttl: Duration = 900
+    # PEM certificate chain and key: with both, the listener speaks TLS 1.2+
+    # only and sends HSTS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    hsts_max_age: Duration = 31536000
+    # Reverse proxies whose X-Forwarded-For/-Proto and identity header are
+    # believed; from anyone else they are ignored (or refused, for identity).
+    trusted_proxies: list[Network] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "HttpSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("http: expected both \"tls_cert\" and \"tls_key\", or neither")
+        return self
+
+    @property
+    def on_loopback(self) -> bool:
+        """Whether only this machine can reach the listener."""
+        host = self.address[0]
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @field_validator("listen")
     @classmethod
@@ -166,6 +220,97 @@ class LinkSettings(_Strict):
     keys: list[LinkKey] = Field(min_length=1)
     # Shown in the message body; {filename} and {size} are replaced.
     text: str = "Secure Attachment: {filename}"
+
+
+class OidcSettings(_Strict):
+    """An OpenID Connect provider agents sign in with (authorisation code
+    flow with PKCE): Genesys Cloud, Entra ID, Okta, any standard one."""
+
+    issuer: str = Field(pattern=r"^https?://[^\s?#]+$")
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef
+    scopes: str = "openid profile email"
+    # The ID token claim that names the agent in audit events and authorisation.
+    agent_claim: str = "sub"
+    # Seconds the gateway waits for the provider (discovery, token, keys).
+    timeout: Duration = 10
+
+
+class AgentSettings(_Strict):
+    """How the agent who clicks a link is identified."""
+
+    # "oidc", "trusted-header" (a reverse proxy signs agents in) or "none"
+    # (anonymous; only while the HTTP listener is on loopback).
+    auth: Literal["none", "trusted-header", "oidc"] = "none"
+    # The identity header the trusted proxies set (trusted-header mode).
+    header: str = "X-Forwarded-User"
+    # Key that signs session cookies (oidc mode); 32+ random characters.
+    session_key: SecretRef | None = None
+    session_ttl: Duration = 28800  # 8 hours, a working shift
+    oidc: OidcSettings | None = None
+
+
+class CalloutSettings(_Strict):
+    """The contact centre's own service that decides who sees which customer."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # Seconds an answer (allow or deny) is reused for the same agent and customer.
+    cache_ttl: Duration = 60
+    # Sent as "Authorization: Bearer ..." when set.
+    token: SecretRef | None = None
+
+
+class AuthorizationSettings(_Strict):
+    """Whether an agent may see a customer's files."""
+
+    # "static" (the map below), "callout" (ask a service) or "allow-all".
+    # Without a value: allow-all when agents.auth is "none" (nobody is known
+    # to authorise), otherwise an error.
+    mode: Literal["static", "callout", "allow-all"] | None = None
+    # static: agent id -> customer ids; "*" in the list allows every customer.
+    agents: dict[str, list[str]] = Field(default_factory=dict)
+    callout: CalloutSettings | None = None
+    # Named on the 403 page: whom an agent asks for access.
+    contact: str = "your team leader"
+
+
+class SyslogSinkSettings(_Strict):
+    """Audit events to a syslog collector as RFC 5424 messages."""
+
+    address: str
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    facility: Annotated[int, Field(ge=0, le=23)] = 10  # authpriv
+    app_name: str = Field("attachment-gateway", pattern=r"^[!-~]{1,48}$")
+    # CA bundle to check a TLS collector's certificate (default: system CAs).
+    ca_file: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        _parse_hostport(v)
+        return v
+
+
+class HecSinkSettings(_Strict):
+    """Audit events to Splunk's HTTP Event Collector."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    token: SecretRef
+    index: str | None = None
+    sourcetype: str = "attachment-gateway:audit"
+    timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    ca_file: str | None = None
+
+
+class AuditSettings(_Strict):
+    """Where audit events go besides ``gateway.audit_log``."""
+
+    # Events waiting for a slow or absent network sink; beyond this they are
+    # dropped, counted and the loss logged (a sink never blocks a click).
+    buffer: int = Field(10000, ge=1)
+    syslog: SyslogSinkSettings | None = None
+    hec: HecSinkSettings | None = None
 
 
 class CustomerIdRule(_Strict):
@@ -262,6 +407,9 @@ class Config(_Strict):
     routes: list[RouteSettings] = Field(min_length=1)
     delivery: DeliverySettings = DeliverySettings()
     worker: WorkerSettings = WorkerSettings()
+    agents: AgentSettings = AgentSettings()
+    authorization: AuthorizationSettings = AuthorizationSettings()
+    audit: AuditSettings = AuditSettings()
 
     # The directory relative paths are resolved against (the config file's
     # own project root); not a key in the file.
@@ -269,6 +417,7 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
+        self._check_agents()
         names = set()
         for i, route in enumerate(self.routes):
             if route.storage not in self.storage:
@@ -285,6 +434,25 @@ class Config(_Strict):
                                      f"(known: {', '.join(sorted(known_policies()))})")
         return self
 
+    def _check_agents(self) -> None:
+        agents, authz = self.agents, self.authorization
+        if agents.auth == "none" and not self.http.on_loopback:
+            raise ValueError(f"agents.auth: 'none' is allowed only while http.listen is on loopback "
+                             f"(it is {self.http.listen!r}); use \"oidc\" or \"trusted-header\"")
+        if agents.auth == "oidc":
+            if agents.oidc is None:
+                raise ValueError("agents.oidc: missing, a [agents.oidc] table is required when agents.auth is 'oidc'")
+            if agents.session_key is None:
+                raise ValueError("agents.session_key: missing, required when agents.auth is 'oidc'")
+        if agents.auth == "trusted-header" and not self.http.trusted_proxies:
+            raise ValueError("http.trusted_proxies: empty, but agents.auth 'trusted-header' needs the proxy "
+                             "addresses whose identity header is believed")
+        if authz.mode is None and agents.auth != "none":
+            raise ValueError(f"authorization.mode: missing, required when agents.auth is {agents.auth!r} "
+                             f"(\"static\", \"callout\" or an explicit \"allow-all\")")
+        if authz.mode == "callout" and authz.callout is None:
+            raise ValueError("authorization.callout: missing, required when authorization.mode is 'callout'")
+
     def process_count(self) -> int:
         """How many processes ``serve`` runs."""
         n = self.gateway.processes
@@ -294,6 +462,27 @@ class Config(_Strict):
         """Resolve a path from the config against the base directory."""
         path = Path(p)
         return path if path.is_absolute() else Path(self.base_dir) / path
+
+
+def read_secret(ref: SecretRef, base_dir: str | Path, key: str, min_length: int = 1) -> str:
+    """The secret ``ref`` points at (a file, or an environment variable);
+    raise ConfigError naming the config key when it is missing or short."""
+    if ref.env is not None:
+        value = os.environ.get(ref.env, "").strip()
+        if not value:
+            raise ConfigError(f"{key}.env: environment variable {ref.env} is not set")
+        where = f"{key}.env: {ref.env}"
+    else:
+        path = Path(ref.file or "")
+        path = path if path.is_absolute() else Path(base_dir) / path
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{key}.file: {path}: {e.strerror}") from None
+        where = f"{key}.file: {path}"
+    if len(value) < min_length:
+        raise ConfigError(f"{where}: secret shorter than {min_length} characters")
+    return value
 
 
 def _format_errors(err: ValidationError) -> str:

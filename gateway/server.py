@@ -15,11 +15,13 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from gateway import audit_sinks
 from gateway import config as config_mod
 from gateway import logs
 from gateway import storage as storage_mod
 from gateway.config import Config
 from gateway.http import app as http_app
+from gateway.links.authz import AllowAll
 from gateway.links.tokens import Keyring
 from gateway.smtp import start_server
 from gateway.spool import Spool
@@ -44,12 +46,14 @@ class Gateway:
         self.recover = recover
         self.spool = Spool(cfg.path(cfg.gateway.spool_dir))
         self.audit = logs.AuditLog(cfg.path(cfg.gateway.audit_log) if cfg.gateway.audit_log != "-" else "-",
-                                   cfg.gateway.hostname)
+                                   cfg.gateway.hostname, audit_sinks.build(cfg))
         self.keyring = Keyring(cfg.links.keys, Path(cfg.base_dir))
         self.stores = {name: storage_mod.build(name, s, Path(cfg.base_dir)) for name, s in cfg.storage.items()}
+        # Built now so that a missing secret stops start-up before any port listens.
+        self.links = http_app.build_links(cfg, self.keyring, self.stores, self.audit) if "http" in roles else None
         self.worker: Worker | None = None
         self.smtp: asyncio.AbstractServer | None = None
-        self.http: object | None = None
+        self.http: http_app.Listener | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -59,6 +63,7 @@ class Gateway:
                                                                            thread_name_prefix="io"))
         for store in self.stores.values():
             await store.start()
+        self.audit.start()
         await asyncio.to_thread(self.spool.create)
         if "worker" in self.roles and self.recover:
             counts = await asyncio.to_thread(self.spool.recover)
@@ -68,14 +73,16 @@ class Gateway:
             self.worker = Worker(self.cfg, self.spool, self.stores, self.keyring, self.audit)
             await self.worker.start()
         if "http" in self.roles:
-            host, port = self.cfg.http.address
-            self.http = await http_app.start(http_app.build_app(self.keyring, self.stores, self.audit), host, port,
-                                             reuse_port=self.shared_ports)
+            assert self.links is not None
+            self.http = await http_app.start(self.cfg, self.links, self.audit, reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker
             self.smtp = await start_server(self.cfg, self.spool,
                                            lambda qid: worker.enqueue(qid) if worker is not None else None,
                                            reuse_port=self.shared_ports)
+        if self.http is not None and self.links is not None and isinstance(self.links.authoriser, AllowAll):
+            log.warning("authorisation is allow-all: every agent sees every customer's files",
+                        agents_auth=self.cfg.agents.auth, explicit=self.cfg.authorization.mode == "allow-all")
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,
                  http=self.cfg.http.listen if self.http else None, spool=str(self.spool.root))
 
@@ -108,10 +115,10 @@ class Gateway:
         if self.worker is not None:
             await self.worker.stop(grace)
         if self.http is not None:
-            await self.http.cleanup()  # type: ignore[attr-defined]
+            await self.http.cleanup()
         for store in self.stores.values():
             await store.close()
-        self.audit.close()
+        await self.audit.stop()
         log.info("stopped")
 
 

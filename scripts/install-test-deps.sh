@@ -13,9 +13,10 @@
 #   bsdutils    `script`, to capture `postfix check` output (silent without a tty)
 #   procps      ps/pgrep for debugging leftover daemons
 #   ca-certificates  TLS clients in tests
+#   rsyslog     the syslog receiver the audit tests send RFC 5424 to (tests/servers/rsyslog.py)
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates rsyslog)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -51,7 +52,7 @@ fi
 
 # Verify the executables the tests and bench actually call.
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
-           /usr/bin/swaks /usr/bin/wrk /usr/bin/script; do
+           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/sbin/rsyslogd; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"

@@ -49,10 +49,12 @@ class RecordCache:
         self._size = size
         self._items: OrderedDict[tuple[str, str], LinkRecord] = OrderedDict()
 
-    async def load(self, storage: Storage, object_id: str) -> LinkRecord:
-        """The record for ``object_id``; raises ObjectNotFound."""
+    async def load(self, storage: Storage, object_id: str, fresh: bool = False) -> LinkRecord:
+        """The record for ``object_id``; raises ObjectNotFound.  ``fresh``
+        reads the store even when the record is cached (a record may have
+        been revoked by another node)."""
         k = (storage.name, object_id)
-        rec = self._items.get(k)
+        rec = None if fresh else self._items.get(k)
         if rec is not None:
             self._items.move_to_end(k)
             return rec

@@ -30,8 +30,20 @@ class TokenError(Exception):
     unknown or retired key (answered 403)."""
 
 
+def key_id(token: str) -> str | None:
+    """The key id a token claims (unchecked), for audit events about tokens
+    that failed."""
+    kid = token.split(".", 1)[0]
+    return kid if re.fullmatch(r"[A-Za-z0-9_-]{1,16}", kid) else None
+
+
 class TokenExpired(TokenError):
-    """The token was ours but its time is up (answered 410)."""
+    """The token was ours but its time is up (answered 410, with a page to
+    refresh it); ``claims`` are what it said, checked and signed."""
+
+    def __init__(self, message: str, claims: "Claims") -> None:
+        super().__init__(message)
+        self.claims = claims
 
 
 @dataclass(frozen=True)
@@ -114,10 +126,10 @@ class Keyring:
         now = time.time() if now is None else now
         if key.retire is not None and now >= key.retire:
             raise TokenError(f"key {kid!r} retired")
-        expires = int(exp36, 36)
-        if now >= expires:
-            raise TokenExpired(f"expired at {expires}")
-        return Claims(kid=kid, store=store, expires=expires, object_id=oid)
+        claims = Claims(kid=kid, store=store, expires=int(exp36, 36), object_id=oid)
+        if now >= claims.expires:
+            raise TokenExpired(f"expired at {claims.expires}", claims)
+        return claims
 
 
 def new_object_id() -> str:
