@@ -13,6 +13,8 @@
 #                               ceph-authtool, monmaptool)
 #   azurite (npm)               the Azure Blob emulator, into the project-local
 #                               tests/servers/node/ (npm ci from its lock file)
+#   oidc-provider (npm)         a real OpenID Connect provider for the agent
+#                               sign-in tests (tests/servers/oidc.py), same place
 #
 # The Python packages (SDKs, gcp-storage-emulator) are in setup.cfg's [test] extra:
 #   .venv/bin/pip install -e ".[test]"
@@ -48,15 +50,24 @@ done
 # -- Azurite (npm, project-local) ------------------------------------------------
 command -v node >/dev/null 2>&1 || die "node not found: Azurite needs Node.js 20 or later"
 command -v npm >/dev/null 2>&1 || die "npm not found"
-want="$(cd "$NODE_DIR" && node -p "require('./package.json').dependencies.azurite")"
-have="$(cd "$NODE_DIR" && node -p "try { require('./node_modules/azurite/package.json').version } catch (e) { '' }")"
-if [ "$have" = "$want" ] && [ -x "$NODE_DIR/node_modules/.bin/azurite-blob" ]; then
-    echo "install-storage-deps: azurite $have present in tests/servers/node"
+# Every package in package.json at its pinned version, or npm ci again.
+stale="$(cd "$NODE_DIR" && node -e "
+const deps = require('./package.json').dependencies;
+const out = [];
+for (const [name, want] of Object.entries(deps)) {
+  let have = '';
+  try { have = require('./node_modules/' + name + '/package.json').version; } catch (e) {}
+  if (have !== want) out.push(name + '@' + want);
+}
+console.log(out.join(' '));")"
+if [ -z "$stale" ] && [ -x "$NODE_DIR/node_modules/.bin/azurite-blob" ]; then
+    echo "install-storage-deps: node packages present in tests/servers/node"
 else
-    echo "install-storage-deps: installing azurite $want into tests/servers/node"
+    echo "install-storage-deps: installing ${stale:-azurite} into tests/servers/node"
     # Azurite 3.37 declares Node >= 22 but runs the Blob service on Node 20
     # (tested); the engine check only warns.
     (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in $NODE_DIR"
 fi
 [ -x "$NODE_DIR/node_modules/.bin/azurite-blob" ] || die "azurite-blob is missing after npm ci"
+[ -f "$NODE_DIR/node_modules/oidc-provider/package.json" ] || die "oidc-provider is missing after npm ci"
 echo "install-storage-deps: ok"

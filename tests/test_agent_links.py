@@ -1,0 +1,156 @@
+"""Agent links through real interfaces: sign-in at a real OpenID Connect
+provider (npm oidc-provider), clicks over HTTPS to the gateway process,
+redirects to a real storage server (Azurite) that checks its SAS, and the
+audit events each leaves (issue 6)."""
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from tests.harness import GatewayProcess
+from tests.messages import leaves, links, message, parse, payload, pdf_bytes, send
+from tests.servers.azurite import Azurite
+from tests.servers.oidc import OidcProvider, follow
+from tests.servers.ports import free_port
+
+AZ_KEY_ENV = "GW_TEST_AZURE_KEY"
+CLIENT_ID, CLIENT_SECRET = "attachment-gateway", "client-secret-for-tests-0123456789"
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with ``cryptography``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway test")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def offload_one(gw: GatewayProcess, data: bytes, **headers: str) -> str:
+    """Send a message with one attachment above the threshold; the link."""
+    send(gw.smtp_port, message(attachments=[(data, "application/pdf", "scan.pdf")], **headers))
+    [out] = gw.wait_outbox(len(gw.outbox_messages()) + 1)[-1:]
+    text = next(p for p in leaves(parse(out)) if p.get_content_type() == "text/plain")
+    [url] = links(payload(text))
+    assert len(url) < 200
+    return url
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[Azurite]:
+    with Azurite() as az:
+        yield az
+
+
+@pytest.fixture
+def oidc_gateway(tmp_path: Path, azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+                 ) -> Iterator[tuple[GatewayProcess, OidcProvider, Path]]:
+    """A gateway on HTTPS signing agents in at a real OIDC provider, with a
+    static authorisation map (ann serves customer@example.net; bob does
+    not) and Azure storage (Azurite), so a click is a redirect to a SAS URL."""
+    from azure.storage.blob import BlobServiceClient
+
+    container = f"gw-{uuid.uuid4().hex[:12]}"
+    BlobServiceClient(azurite.account_url, credential={"account_name": azurite.account_name,
+                                                       "account_key": azurite.account_key}
+                      ).create_container(container)
+    monkeypatch.setenv(AZ_KEY_ENV, azurite.account_key)
+    monkeypatch.setenv("GW_TEST_OIDC_SECRET", CLIENT_SECRET)
+    cert, key = make_certificate(tmp_path)
+    (tmp_path / "session.key").write_text("s" * 20 + uuid.uuid4().hex + "\n")
+    http_port = free_port()
+    base = f"https://127.0.0.1:{http_port}"
+    with OidcProvider(CLIENT_ID, CLIENT_SECRET, [base + "/auth/callback"]) as idp:
+        gw = GatewayProcess(tmp_path, threshold=1000, route={"storage": "az"}, sections={
+            "http": {"listen": f"127.0.0.1:{http_port}", "base_url": base, "tls_cert": str(cert),
+                     "tls_key": str(key), "url_ttl": "2m"},
+            "storage.az": {"backend": "azure", "account_url": azurite.account_url, "account_key_env": AZ_KEY_ENV,
+                           "container": container},
+            "agents": {"auth": "oidc", "session_key": {"file": str(tmp_path / "session.key")},
+                       "oidc": {"issuer": idp.issuer, "client_id": CLIENT_ID,
+                                "client_secret": {"env": "GW_TEST_OIDC_SECRET"}}},
+            "authorization": {"mode": "static", "agents": {"ann": ["customer@example.net"]},
+                              "contact": "the CRM team (crm@contact.example)"},
+        })
+        gw.http_port = http_port
+        with gw:
+            yield gw, idp, cert
+
+
+def sign_in_and_click(url: str, agent: str, cert: Path) -> tuple[requests.Session, requests.Response]:
+    """Click ``url`` in a fresh browser session, sign in as ``agent``; the
+    gateway's answer to the click that follows sign-in."""
+    s = requests.Session()
+    s.trust_env = False  # REQUESTS_CA_BUNDLE would override verify=
+    s.verify = str(cert)
+    first = s.get(url, allow_redirects=False)
+    assert first.status_code == 302 and "code_challenge_method=S256" in first.headers["Location"]
+    assert first.headers["Strict-Transport-Security"].startswith("max-age=")
+    base = url.split("/a/")[0]
+    return s, follow(s, first, agent, stop_at=base + "/a/")
+
+
+def test_signed_in_agent_is_redirected_to_a_working_storage_url_and_others_get_403(oidc_gateway: Any) -> None:
+    gw, idp, cert = oidc_gateway
+    data = pdf_bytes(5000)
+    url = offload_one(gw, data)
+
+    s, click = sign_in_and_click(url, "ann", cert)
+    assert click.status_code == 302, click.text
+    storage_url = click.headers["Location"]
+    assert storage_url.startswith(gw_azure_prefix(gw)) and "sig=" in storage_url
+    got = requests.get(storage_url, timeout=30)
+    assert got.status_code == 200 and got.content == data
+    [cookie] = [c for c in s.cookies if c.name == "agw_session"]
+    assert cookie.secure and cookie.has_nonstandard_attr("HttpOnly")
+    assert cookie.get_nonstandard_attr("SameSite") == "Lax"
+    # The session is kept: a second click needs no sign-in.
+    again = s.get(url, allow_redirects=False)
+    assert again.status_code == 302 and again.headers["Location"].startswith(gw_azure_prefix(gw))
+
+    _, denied = sign_in_and_click(url, "bob", cert)
+    assert denied.status_code == 403
+    assert "crm@contact.example" in denied.text and "bob" in denied.text
+
+    events = gw.wait_audit(lambda e: e.get("ActorUsername") == "bob")
+    clicks = [e for e in events if e.get("EventOriginalType") == "click"]
+    ok = [e for e in clicks if e["EventResult"] == "Success"]
+    no = [e for e in clicks if e["EventResult"] == "Failure"]
+    assert {e["ActorUsername"] for e in ok} == {"ann"} and len(ok) == 2
+    assert [e["ActorUsername"] for e in no] == ["bob"]
+    for e in ok + no:
+        assert e["CustomerId"] == "customer@example.net"
+        assert e["TargetFilePath"].startswith("uploads/customer@example.net/")
+        assert e["QueueId"] and e["InternetMessageId"] and e["TokenKeyId"] == "k1"
+        assert e["SrcIpAddr"] == "127.0.0.1" and e["EventType"] == "FileAccessed"
+        assert "sig=" not in str(e)  # the storage URL is never in the audit trail
+    assert "denied" in no[0]["EventResultDetails"]
+    signins = [e for e in events if e.get("EventOriginalType") == "sign-in"]
+    assert {e["ActorUsername"] for e in signins} == {"ann", "bob"}
+    assert "sig=" not in gw.log()
+
+
+def gw_azure_prefix(gw: GatewayProcess) -> str:
+    text = gw.config_path.read_text()
+    return text.split('account_url = "')[1].split('"')[0]
