@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from tests.harness import GatewayProcess
+from tests.harness import GatewayProcess, strip_maildir_headers
 from tests.messages import leaves, links, message, parse, payload, pdf_bytes, send
 from tests.servers.azurite import Azurite
 from tests.servers.oidc import OidcProvider, follow
@@ -49,8 +49,10 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
 
 def offload_one(gw: GatewayProcess, data: bytes, **headers: str) -> str:
     """Send a message with one attachment above the threshold; the link."""
+    before = gw.outbox_messages()
     send(gw.smtp_port, message(attachments=[(data, "application/pdf", "scan.pdf")], **headers))
-    [out] = gw.wait_outbox(len(gw.outbox_messages()) + 1)[-1:]
+    gw.wait_outbox(len(before) + 1)
+    [out] = [strip_maildir_headers(m) for m in gw.outbox_messages() if m not in before]
     text = next(p for p in leaves(parse(out)) if p.get_content_type() == "text/plain")
     [url] = links(payload(text))
     assert len(url) < 200
