@@ -156,3 +156,30 @@ def test_signed_in_agent_is_redirected_to_a_working_storage_url_and_others_get_4
 def gw_azure_prefix(gw: GatewayProcess) -> str:
     text = gw.config_path.read_text()
     return text.split('account_url = "')[1].split('"')[0]
+
+
+def test_embedded_default_config_works_end_to_end_with_anonymous_agents(tmp_path: Path) -> None:
+    """conf/gateway.toml as shipped (only its two loopback ports moved to
+    free ones, since other gateways may run on this machine)."""
+    from tests.harness import ROOT
+
+    smtp_port, http_port = free_port(), free_port()
+    text = (ROOT / "conf" / "gateway.toml").read_text()
+    assert 'auth = "none"' in text and 'mode = "allow-all"' in text
+    text = text.replace("127.0.0.1:2525", f"127.0.0.1:{smtp_port}").replace("127.0.0.1:8025", f"127.0.0.1:{http_port}")
+    gw = GatewayProcess(tmp_path)  # only for its helpers; the config is the shipped one
+    conf = tmp_path / "shipped.toml"
+    conf.write_text(text)
+    gw.config_path, gw.smtp_port, gw.http_port = conf, smtp_port, http_port
+    gw.outbox, gw.audit_path = tmp_path / "var" / "outbox", tmp_path / "var" / "log" / "audit.jsonl"
+    gw.spool = tmp_path / "var" / "spool"
+    with gw:
+        data = pdf_bytes(11 << 20)
+        url = offload_one(gw, data)
+        with requests.get(url, timeout=30) as r:
+            assert r.status_code == 200 and r.content == data
+        events = gw.wait_audit(lambda e: e.get("EventResult") == "Success")
+    [click] = [e for e in events if e.get("EventOriginalType") == "click"]
+    assert click["ActorUsername"] == "anonymous" and click["EventResultDetails"] == "streamed (allow-all)"
+    assert any(e.get("event") == "authorisation is allow-all: every agent sees every customer's files"
+               for e in gw.log_events())

@@ -313,3 +313,71 @@ def test_missing_secret_file_is_named_and_nothing_listens(tmp_path: Path) -> Non
             gw.start()
     finally:
         gw.stop()
+
+
+class _AuthzService:
+    """The contact centre's own authorisation service, as a small local
+    HTTP server: allows ann for customer@example.net, is slow for "slow",
+    and counts what it is asked."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.asked: list[tuple[str, str, str | None]] = []
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                q = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                service.asked.append((q["agent_id"], q["customer_id"], self.headers.get("Authorization")))
+                if q["agent_id"] == "slow":
+                    time.sleep(2)
+                allow = q["agent_id"] == "ann" and q["customer_id"] == "customer@example.net"
+                data = json.dumps({"allow": allow}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_callout_authorisation_allows_denies_caches_and_times_out(make_gateway, monkeypatch) -> None:
+    monkeypatch.setenv("GW_TEST_AUTHZ_TOKEN", "authz-bearer-token")
+    service = _AuthzService()
+    try:
+        gw = make_gateway(threshold=1000, sections={
+            "gateway": {"processes": 1},  # one cache to observe
+            "http": {"trusted_proxies": ["127.0.0.2"]},
+            "agents": {"auth": "trusted-header"},
+            "authorization": {"mode": "callout", "callout": {
+                "url": f"http://127.0.0.1:{service.port}/may-see", "timeout": 0.5, "cache_ttl": 60,
+                "token": {"env": "GW_TEST_AUTHZ_TOKEN"}}}})
+        url = offload_one(gw, pdf_bytes(2000))
+        assert _get_from(url, "127.0.0.2", {"X-Forwarded-User": "ann"})[0] == 200
+        assert _get_from(url, "127.0.0.2", {"X-Forwarded-User": "ann"})[0] == 200
+        assert _get_from(url, "127.0.0.2", {"X-Forwarded-User": "bob"})[0] == 403
+        started = time.monotonic()
+        assert _get_from(url, "127.0.0.2", {"X-Forwarded-User": "slow"})[0] == 403
+        assert time.monotonic() - started < 1.8  # the timeout, not the service, decided
+        assert service.asked[:3] == [("ann", "customer@example.net", "Bearer authz-bearer-token"),
+                                     ("bob", "customer@example.net", "Bearer authz-bearer-token"),
+                                     ("slow", "customer@example.net", "Bearer authz-bearer-token")]
+        events = gw.wait_audit(lambda e: e.get("ActorUsername") == "slow")
+    finally:
+        service.stop()
+    details = [(e["ActorUsername"], e["EventResult"], e["EventResultDetails"]) for e in events]
+    assert details == [("ann", "Success", "streamed (callout)"), ("ann", "Success", "streamed (callout (cached))"),
+                       ("bob", "Failure", "denied: callout: denied"),
+                       ("slow", "Failure", "denied: callout error: TimeoutError")]
