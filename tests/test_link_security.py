@@ -223,6 +223,10 @@ def test_identity_header_is_believed_only_from_a_trusted_proxy(make_gateway) -> 
     ok = [e for e in clicks if e["EventResult"] == "Success"]
     assert len(ok) == 1 and ok[0]["ActorUsername"] == "ann" and ok[0]["SrcIpAddr"] == "198.51.100.7"
     assert clicks[-1]["EventResult"] == "Failure" and "denied" in clicks[-1]["EventResultDetails"]
+    # X-Forwarded-Proto too is believed only from the proxy: HSTS only for HTTPS.
+    health = url.split("/a/")[0] + "/healthz"
+    assert "Strict-Transport-Security" in _get_from(health, "127.0.0.2", {"X-Forwarded-Proto": "https"})[1]
+    assert "Strict-Transport-Security" not in _get_from(health, "127.0.0.1", {"X-Forwarded-Proto": "https"})[1]
 
 
 def _get_from(url: str, source: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:

@@ -39,17 +39,20 @@ def build_links(cfg: Config, keyring: Keyring, stores: dict[str, Storage], audit
                         proxies=proxies, contact=cfg.authorization.contact)
 
 
-def build_app(links: LinkEndpoint, hsts_max_age: int | None = None) -> web.Application:
+def build_app(links: LinkEndpoint, hsts_max_age: int, tls: bool) -> web.Application:
     """The aiohttp application with every route the gateway serves."""
     app = web.Application()
     app.router.add_get("/a/{token}", links.get)
     app.router.add_post("/a/{token}/refresh", links.refresh)
     app.router.add_get(agents.CALLBACK_PATH, links.callback)
     app.router.add_get("/healthz", _health)
-    if hsts_max_age is not None:
-        async def _hsts(request: web.Request, response: web.StreamResponse) -> None:
+
+    async def _hsts(request: web.Request, response: web.StreamResponse) -> None:
+        # HSTS on HTTPS only (RFC 6797 section 7.2): ours, or a trusted
+        # proxy's that says so in X-Forwarded-Proto.
+        if tls or links.proxies.scheme(request) == "https":
             response.headers["Strict-Transport-Security"] = f"max-age={hsts_max_age}; includeSubDomains"
-        app.on_response_prepare.append(_hsts)
+    app.on_response_prepare.append(_hsts)
 
     async def _close(app: web.Application) -> None:
         await links.authenticator.close()
@@ -79,7 +82,7 @@ async def start(cfg: Config, links: LinkEndpoint, audit: logs.AuditLog, reuse_po
     """Serve the app on ``http.listen``; TLS when a certificate is configured."""
     host, port = cfg.http.address
     tls = cfg.http.tls_cert is not None
-    app = build_app(links, cfg.http.hsts_max_age if tls else None)
+    app = build_app(links, cfg.http.hsts_max_age, tls)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     if not tls:
