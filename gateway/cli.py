@@ -46,9 +46,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     # Read every secret the running gateway would (audit sinks, sign-in,
     # authorisation), so a missing file is found before a reload.
     from gateway import audit_sinks
-    from gateway.http.app import build_links
+    from gateway.http.app import api_keys, build_links
 
     audit_sinks.build(cfg)
+    api_keys(cfg)
     build_links(cfg, keyring, {}, logs.AuditLog("-", cfg.gateway.hostname))
     print(f"{args.config}: OK ({len(cfg.routes)} route(s), {len(cfg.storage)} store(s))")
     return EX_OK

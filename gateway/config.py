@@ -313,6 +313,18 @@ class AuditSettings(_Strict):
     hec: HecSinkSettings | None = None
 
 
+class ApiKey(SecretRef):
+    """One API key for /api/v1 (a CRM, an agent desktop), named for audit."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+class ApiSettings(_Strict):
+    """The HTTP API for integrators; off while no key is configured."""
+
+    keys: list[ApiKey] = Field(default_factory=list)
+
+
 class CustomerIdRule(_Strict):
     """Where the customer id in object keys and links comes from."""
 
@@ -410,6 +422,7 @@ class Config(_Strict):
     agents: AgentSettings = AgentSettings()
     authorization: AuthorizationSettings = AuthorizationSettings()
     audit: AuditSettings = AuditSettings()
+    api: ApiSettings = ApiSettings()
 
     # The directory relative paths are resolved against (the config file's
     # own project root); not a key in the file.

@@ -51,6 +51,7 @@ class Gateway:
         self.stores = {name: storage_mod.build(name, s, Path(cfg.base_dir)) for name, s in cfg.storage.items()}
         # Built now so that a missing secret stops start-up before any port listens.
         self.links = http_app.build_links(cfg, self.keyring, self.stores, self.audit) if "http" in roles else None
+        self.api_keys = http_app.api_keys(cfg) if "http" in roles else {}
         self.worker: Worker | None = None
         self.smtp: asyncio.AbstractServer | None = None
         self.http: http_app.Listener | None = None
@@ -74,7 +75,8 @@ class Gateway:
             await self.worker.start()
         if "http" in self.roles:
             assert self.links is not None
-            self.http = await http_app.start(self.cfg, self.links, self.audit, reuse_port=self.shared_ports)
+            self.http = await http_app.start(self.cfg, self.links, self.audit, self.api_keys,
+                                             reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker
             self.smtp = await start_server(self.cfg, self.spool,

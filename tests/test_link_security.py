@@ -385,3 +385,49 @@ def test_callout_authorisation_allows_denies_caches_and_times_out(make_gateway, 
     assert details == [("ann", "Success", "streamed (callout)"), ("ann", "Success", "streamed (callout (cached))"),
                        ("bob", "Failure", "denied: callout: denied"),
                        ("slow", "Failure", "denied: callout error: TimeoutError")]
+
+
+def _api(gw: GatewayProcess, path: str, body: dict[str, Any], key: str | None) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.http_port, timeout=30)
+    headers = {"Content-Type": "application/json", "User-Agent": "crm/2.0"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    try:
+        return r.status, json.loads(data)
+    except ValueError:
+        return r.status, data
+
+
+def test_api_refresh_and_revoke_need_the_api_key_and_an_authorised_agent(make_gateway, monkeypatch) -> None:
+    key = "crm-api-key-0123456789abcdef"
+    monkeypatch.setenv("GW_TEST_API_KEY", key)
+    gw = make_gateway(threshold=1000, sections={
+        "links": {"ttl": 2},
+        "api": {"keys": [{"id": "crm", "env": "GW_TEST_API_KEY"}]},
+        "authorization": {"mode": "static", "agents": {"ann": ["customer@example.net"], "anonymous": ["*"]}}})
+    url = offload_one(gw, pdf_bytes(2000))
+    token = url.rsplit("/", 1)[1]
+    time.sleep(2.2)
+    assert get(url)[0] == 410
+    assert _api(gw, "/api/v1/links/refresh", {"token": token, "agent_id": "ann"}, "wrong-key-0123456789")[0] == 401
+    assert _api(gw, "/api/v1/links/refresh", {"token": token, "agent_id": "ann"}, None)[0] == 401
+    status, body = _api(gw, "/api/v1/links/refresh", {"token": token, "agent_id": "bob"}, key)
+    assert status == 403 and body["error"] == "Forbidden"
+    status, body = _api(gw, "/api/v1/links/refresh", {"token": token, "agent_id": "ann"}, key)
+    assert status == 200 and body["url"].endswith(body["token"])
+    assert get(body["url"])[0] == 200
+    status, body2 = _api(gw, "/api/v1/links/revoke", {"customer": "customer@example.net", "reason": "GDPR"}, key)
+    assert status == 200 and body2["revoked"][0]["revoked"] == "customer"
+    assert get(body["url"])[0] == 410
+    events = gw.wait_audit(lambda e: "revoked (customer)" in e.get("EventResultDetails", ""))
+    summary = [(e["EventOriginalType"], e["EventResult"], e.get("ActorUsername")) for e in events]
+    assert summary == [("click", "Failure", None), ("refresh", "Failure", None), ("refresh", "Failure", None),
+                       ("refresh", "Failure", "bob"), ("refresh", "Success", "ann"),
+                       ("click", "Success", "anonymous"), ("revoke", "Success", "api:crm"),
+                       ("click", "Failure", None)]  # revocation is checked before anyone signs in
+    assert events[1]["EventResultDetails"] == "API key refused" and events[4]["ActorUserIdType"] == "api:crm"
+    assert events[6]["CustomerId"] == "customer@example.net" and "GDPR" in events[6]["EventResultDetails"]

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway import logs
 from gateway.config import Config, read_secret
+from gateway.http.api import LinkApi
 from gateway.http.links import LinkEndpoint
 from gateway.http.tls import TlsListener, server_context
 from gateway.links import agents, authz
@@ -39,13 +40,24 @@ def build_links(cfg: Config, keyring: Keyring, stores: dict[str, Storage], audit
                         proxies=proxies, contact=cfg.authorization.contact)
 
 
-def build_app(links: LinkEndpoint, hsts_max_age: int, tls: bool) -> web.Application:
+def api_keys(cfg: Config) -> dict[str, str]:
+    """API key id -> key, read from their files or variables."""
+    return {k.id: read_secret(k, Path(cfg.base_dir), f"api.keys[{i}]", min_length=16)
+            for i, k in enumerate(cfg.api.keys)}
+
+
+def build_app(links: LinkEndpoint, hsts_max_age: int, tls: bool, keys: dict[str, str] | None = None
+              ) -> web.Application:
     """The aiohttp application with every route the gateway serves."""
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024)
+    api = LinkApi(links, keys or {})
     app.router.add_get("/a/{token}", links.get)
     app.router.add_post("/a/{token}/refresh", links.refresh)
     app.router.add_get(agents.CALLBACK_PATH, links.callback)
+    app.router.add_post("/api/v1/links/refresh", api.refresh)
+    app.router.add_post("/api/v1/links/revoke", api.revoke)
     app.router.add_get("/healthz", _health)
+    app["audit"] = links.audit
 
     async def _hsts(request: web.Request, response: web.StreamResponse) -> None:
         # HSTS on HTTPS only (RFC 6797 section 7.2): ours, or a trusted
@@ -62,7 +74,8 @@ def build_app(links: LinkEndpoint, hsts_max_age: int, tls: bool) -> web.Applicat
 
 
 async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    # Audit events lost by the network sinks: a number to alert on.
+    return web.json_response({"status": "ok", "audit_dropped": request.app["audit"].dropped})
 
 
 class Listener:
@@ -78,11 +91,12 @@ class Listener:
         await self.runner.cleanup()
 
 
-async def start(cfg: Config, links: LinkEndpoint, audit: logs.AuditLog, reuse_port: bool = False) -> Listener:
+async def start(cfg: Config, links: LinkEndpoint, audit: logs.AuditLog, keys: dict[str, str],
+                reuse_port: bool = False) -> Listener:
     """Serve the app on ``http.listen``; TLS when a certificate is configured."""
     host, port = cfg.http.address
     tls = cfg.http.tls_cert is not None
-    app = build_app(links, cfg.http.hsts_max_age, tls)
+    app = build_app(links, cfg.http.hsts_max_age, tls, keys)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     if not tls:

@@ -89,10 +89,10 @@ class LinkEndpoint:
                  agent=agent.id if agent else None,
                  **{k: v for k, v in fields.items() if k in ("QueueId", "CustomerId", "TargetFilePath")})
 
-    async def _checked(self, request: web.Request, event: str, *, allow_expired: bool
+    async def _checked(self, request: web.Request, event: str, *, allow_expired: bool, token: str | None = None
                        ) -> tuple[Claims, Storage, records.LinkRecord, bool]:
         """Token, store, record and revocation; raise _Refused with the answer."""
-        token = request.match_info["token"]
+        token = request.match_info["token"] if token is None else token
         kid = key_id(token)
         expired = False
         try:
@@ -140,6 +140,12 @@ class LinkEndpoint:
         except IdentityRefused as e:
             self._audit(request, event, "Failure", f"identity refused: {e}", kid=kid, **fields)
             raise _Refused(page(403, "Not signed in", "Your sign-in could not be confirmed.")) from None
+        return await self._authorised(request, event, record, kid, agent)
+
+    async def _authorised(self, request: web.Request, event: str, record: records.LinkRecord, kid: str,
+                          agent: Agent) -> Agent:
+        """``agent``, when allowed to see the record's customer; else _Refused (audited)."""
+        fields = _record_fields(record)
         decision = await self.authoriser.check(agent.id, record.customer_id)
         if not decision.allowed:
             self._audit(request, event, "Failure", f"denied: {decision.reason}", agent=agent, kid=kid, **fields)
@@ -204,16 +210,34 @@ class LinkEndpoint:
                 # comes back to the link's page and presses the button again.
                 r.response.set_status(303)
             return r.response
-        expires = int(time.time()) + self.link_ttl
-        token = self.keyring.sign(claims.store, claims.object_id, expires)
-        url = f"{self.base_url}/a/{token}"
-        self._audit(request, "refresh", "Success", f"new link until {expires} ({request['authz']})",
-                    agent=agent, kid=self.keyring.current, **_record_fields(record))
+        url, token, expires = self._fresh(request, claims, record, agent)
         if "application/json" in request.headers.get("Accept", ""):
             return web.json_response({"url": url, "token": token, "expires": expires},
                                      headers={"Cache-Control": "no-store"})
         link = f'<p><a href="{html.escape(url)}">{html.escape(record.filename)}</a></p>'
         return page(200, "Link refreshed", "Here is a fresh link to the attachment.", link)
+
+    def _fresh(self, request: web.Request, claims: Claims, record: records.LinkRecord, agent: Agent
+               ) -> tuple[str, str, int]:
+        """Sign a new token for the same object; audit it; (url, token, expires)."""
+        expires = int(time.time()) + self.link_ttl
+        token = self.keyring.sign(claims.store, claims.object_id, expires)
+        self._audit(request, "refresh", "Success", f"new link until {expires} ({request['authz']})",
+                    agent=agent, kid=self.keyring.current, **_record_fields(record))
+        return f"{self.base_url}/a/{token}", token, expires
+
+    async def api_refresh(self, request: web.Request, agent_id: str, via: str, token: str) -> web.Response:
+        """``POST /api/v1/links/refresh`` after its API key was checked: the
+        agent is the one the calling system names; authorised as any other."""
+        try:
+            claims, _, record, _ = await self._checked(request, "refresh", allow_expired=True, token=token)
+            agent = await self._authorised(request, "refresh", record, claims.kid, Agent(agent_id, via))
+        except _Refused as r:
+            return web.json_response({"error": r.response.reason, "status": r.response.status},
+                                     status=r.response.status)
+        url, token, expires = self._fresh(request, claims, record, agent)
+        return web.json_response({"url": url, "token": token, "expires": expires},
+                                 headers={"Cache-Control": "no-store"})
 
     async def callback(self, request: web.Request) -> web.StreamResponse:
         """The OpenID Connect provider sends the agent back here."""
