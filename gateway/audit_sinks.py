@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway import logs
+from gateway import logs, metrics
 
 log = logs.get("audit")
 
@@ -47,7 +47,8 @@ class Sink:
     def offer(self, record: dict[str, Any]) -> None:
         """Queue one event; never blocks, drops (and counts) when full."""
         with self._lock:
-            if len(self._items) >= self._buffer:
+            dropped = len(self._items) >= self._buffer
+            if dropped:
                 self.dropped += 1
                 now = time.monotonic()
                 report = now - self._last_drop_log >= _DROP_LOG_INTERVAL
@@ -56,6 +57,8 @@ class Sink:
             else:
                 self._items.append(record)
                 report = False
+        if dropped:
+            metrics.AUDIT_DROPPED.inc()
         if report:
             log.warning("audit events dropped; sink buffer full", sink=self.name, dropped=self.dropped,
                         buffer=self._buffer)
@@ -85,8 +88,11 @@ class Sink:
         except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
             pass
         with self._lock:
-            self.dropped += len(self._items)
+            unsent = len(self._items)
+            self.dropped += unsent
             self._items.clear()
+        if unsent:
+            metrics.AUDIT_DROPPED.inc(unsent)
         await self._close()
         if self.dropped:
             log.warning("audit events dropped", sink=self.name, dropped=self.dropped, sent=self.sent)
@@ -151,7 +157,7 @@ def rfc5424(record: dict[str, Any], facility: int, app_name: str, hostname: str)
     params = " ".join(f'{k}="{_sd_escape(str(v))}"' for k, v in sd_fields if v is not None)
     sd = f"[audit@32473 {params}]" if params else "-"
     ts = record.get("TimeGenerated") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    body = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    body = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
     return f"<{pri}>1 {ts} {hostname or '-'} {app_name} - {msgid} {sd} {body}".encode()
 
 
@@ -229,7 +235,7 @@ class HecSink(Sink):
                                    "sourcetype": self.sourcetype, "event": r}
             if self.index:
                 env["index"] = self.index
-            lines.append(json.dumps(env, separators=(",", ":"), ensure_ascii=False))
+            lines.append(json.dumps(env, separators=(",", ":"), ensure_ascii=False, default=str))
         async with self._session.post(self.url, data="\n".join(lines).encode(),
                                       headers={"Authorization": f"Splunk {self._token}",
                                                "Content-Type": "application/json"},

@@ -55,10 +55,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def prepare_metrics(cfg: Config) -> None:
+    """Give prometheus_client a fresh directory for the values of every
+    process; it must be set before prometheus_client is first imported."""
+    path = cfg.path(cfg.gateway.spool_dir) / ".metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM."""
     cfg = _load(args)
     logs.setup(cfg.gateway.log_level)
+    prepare_metrics(cfg)
     roles = tuple(r for r in ("smtp", "worker", "http") if r not in (args.without or []))
     if args.only:
         roles = tuple(args.only)

@@ -384,8 +384,9 @@ class DeliverySettings(_Strict):
     command_timeout: Duration = 300
     # Where DSNs to senders go (a smarthost, or a Maildir in the demo).
     bounce_next_hop: str = "maildir:var/bounces"
-    # Concurrent deliveries per SMTP next hop.
-    connections_per_next_hop: int = Field(10, ge=1)
+    # Concurrent deliveries (and pooled connections) per SMTP next hop, in
+    # each serve process.
+    connections_per_next_hop: int = Field(20, ge=1)
 
     @field_validator("bounce_next_hop")
     @classmethod
@@ -396,7 +397,9 @@ class DeliverySettings(_Strict):
 class WorkerSettings(_Strict):
     """Message processing after the spool."""
 
-    concurrency: int = Field(4, ge=1)
+    # Messages handled at once in each process: most of a message's time is
+    # spent waiting on fsync, storage or the next hop, not on the CPU.
+    concurrency: int = Field(16, ge=1)
     # Parallel uploads of one message's parts.
     offload_concurrency: int = Field(2, ge=1)
     # Bounds on what a message may hold; beyond them the message is forwarded

@@ -23,12 +23,20 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+def _add_pid(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    # serve runs several processes; like Postfix's "smtpd[1234]", each line
+    # says which one wrote it.
+    event["pid"] = os.getpid()
+    return event
+
+
 def setup(level: str = "info") -> None:
     """Configure structlog to write JSON lines to stderr at ``level``."""
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _add_pid,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
@@ -77,13 +85,21 @@ class AuditLog:
             "EventProduct": "attachment-gateway",
         }
         record.update({k: v for k, v in fields.items() if v is not None})
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
-        with self._lock:
-            if self._file is None:
-                sys.stdout.write(line + "\n")
-                sys.stdout.flush()
-            else:
-                self._file.write(line + "\n")
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
+        try:
+            with self._lock:
+                if self._file is None:
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+                else:
+                    self._file.write(line + "\n")
+        except (OSError, ValueError) as e:
+            # An audit event that cannot be written is counted and logged,
+            # never allowed to fail the request or the message it is about.
+            from gateway import metrics
+
+            metrics.AUDIT_DROPPED.inc()
+            get("audit").error("audit event dropped", error=str(e), event_type=event_type)
         for sink in self.sinks:
             sink.offer(record)
 
@@ -110,6 +126,3 @@ class AuditLog:
             self._file = None
 
 
-def pid_tag() -> dict[str, int]:
-    """The process id, for logs of a multi-process gateway."""
-    return {"pid": os.getpid()}

@@ -75,7 +75,7 @@ class Gateway:
             await self.worker.start()
         if "http" in self.roles:
             assert self.links is not None
-            self.http = await http_app.start(self.cfg, self.links, self.audit, self.api_keys,
+            self.http = await http_app.start(self.cfg, self.links, self.audit, self.api_keys, self.spool,
                                              reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker

@@ -25,14 +25,16 @@ from typing import Any, Callable
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session, syntax
 
-from gateway import logs
+from gateway import logs, metrics
 from gateway.config import Config
 from gateway.routing import AddressRefused, route_for, split_address
 from gateway.spool import Envelope, Reception, Spool, SpoolError, is_disk_full
 
 log = logs.get("smtp")
 
-READ_SIZE = 1 << 18
+# More than the reader ever buffers (twice STREAM_LIMIT): read() then hands
+# over its whole buffer instead of slicing it and moving the rest down.
+READ_SIZE = 1 << 23
 # Messages up to this size are gathered in memory and spooled in one go
 # (one thread hop instead of three); larger ones stream to the spool file.
 SMALL_MESSAGE = 1 << 20
@@ -256,6 +258,7 @@ class GatewaySMTP(SMTP):
             log.error("spool commit failed", queue_id=envelope.queue_id or None, error=str(e))
             return "452 4.3.1 Insufficient system storage" if is_disk_full(e) else \
                 "451 4.3.0 Error writing message to the queue"
+        metrics.RECEIVED.labels(envelope.route).inc()
         log.info("queued", queue_id=envelope.queue_id, mail_from=envelope.mail_from, rcpts=envelope.rcpt_tos,
                  size=size, client=envelope.client_addr, route=envelope.route,
                  **({"bare_line_ends": bare_line_ends} if bare_line_ends else {}))

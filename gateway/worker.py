@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import policies
-from gateway import logs
+from gateway import logs, metrics
 from gateway.config import Config, RouteSettings
 from gateway.delivery import Content, DeliveryResult, NextHop
 from gateway.delivery import build as build_next_hop
@@ -30,7 +30,7 @@ from gateway.delivery.dsn import build_dsn
 from gateway.links import records
 from gateway.links.tokens import Keyring, new_object_id
 from gateway.mime import filenames
-from gateway.mime.decode import decoded_chunks, measure, message_header
+from gateway.mime.decode import Measure, decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, MimeLimitError, Part, parse
 from gateway.mime.rewrite import Link, Replacement, human_size, plan, segments_size
 from gateway.mime.source import Source
@@ -224,6 +224,7 @@ class Worker:
             handle.move("hold")
 
         await asyncio.to_thread(_do)
+        metrics.HELD.labels(reason.split(":")[0]).inc()
         log.warning("message held", queue_id=handle.queue_id, reason=reason)
 
     async def process(self, handle: Handle, envelope: Envelope, route: RouteSettings) -> Content:
@@ -254,7 +255,7 @@ class Worker:
         customer = self._customer_id(root, envelope, route)
         text_part, html_part = _bodies(root)
         route_facts = policies.RouteFacts(route.name, route.offload_threshold, route.next_hop_max_size)
-        decisions: list[tuple[Part, policies.Decision, str]] = []
+        decisions: list[tuple[Part, policies.Decision, Measure]] = []
         for leaf in root.leaves():
             if leaf is text_part or leaf is html_part:
                 continue
@@ -265,13 +266,14 @@ class Worker:
                 is_body=False, disposition=_disposition(leaf), route=route_facts,
                 content_id=message_header(leaf.headers, "Content-ID").strip() or None)
             decision = policies.decide(self.policies[route.name], facts)
+            metrics.DECISIONS.labels(route.name, decision.policy, decision.action.value).inc()
             qlog.info("decision", part=facts.path, action=decision.action.value, policy=decision.policy,
                       reason=decision.reason, declared_type=facts.declared_type, size=m.size,
                       filename=name)
-            decisions.append((leaf, decision, m.sha256))
-        to_offload = [(p, d, h) for p, d, h in decisions if d.action is policies.Action.OFFLOAD]
-        results = await asyncio.gather(*(self._offload(src, p, h, envelope, route, customer, message_id, qlog)
-                                         for p, d, h in to_offload))
+            decisions.append((leaf, decision, m))
+        to_offload = [(p, d, m) for p, d, m in decisions if d.action is policies.Action.OFFLOAD]
+        results = await asyncio.gather(*(self._offload(src, p, m, envelope, route, customer, message_id, qlog)
+                                         for p, d, m in to_offload))
         offloaded = [r for r in results if isinstance(r, Offloaded)]
         failed = [p for (p, _, _), r in zip(to_offload, results) if not isinstance(r, Offloaded)]
         replacements = [Replacement(o.part, _offload_notice(o)) for o in offloaded]
@@ -310,7 +312,7 @@ class Worker:
         content.write_to(handle.file(REWRITTEN))
         write_atomic(handle.file(RESULT), json.dumps(result).encode())
 
-    async def _offload(self, src: Source, part: Part, sha256: str, envelope: Envelope, route: RouteSettings,
+    async def _offload(self, src: Source, part: Part, measured: Measure, envelope: Envelope, route: RouteSettings,
                        customer: str, message_id: str, qlog: Any) -> Offloaded | None:
         store = self.stores[route.storage]
         original = filenames.original_filename(part.headers) or _default_name(part)
@@ -320,10 +322,18 @@ class Worker:
         meta = ObjectMeta(content_type=_safe_type(part.content_type), filename=original,
                           metadata={"queue-id": envelope.queue_id, "customer-id": customer})
         async with self._offload_slots:
+            started = time.monotonic()
             try:
                 stored = await store.put(key, decoded_chunks(src, part), meta)
-                if stored.sha256 and stored.sha256 != sha256:
-                    raise StorageError(f"stored object {key} has SHA-256 {stored.sha256}, expected {sha256}")
+                metrics.STORAGE_SECONDS.labels(store.name).observe(time.monotonic() - started)
+                # The store's own count and hash of what it took, against what
+                # the policies were told: a short or altered upload fails here.
+                if stored.size != measured.size:
+                    raise StorageError(f"stored object {key} has {stored.size} bytes, expected {measured.size}")
+                if measured.sha256 and stored.sha256 and stored.sha256 != measured.sha256:
+                    raise StorageError(f"stored object {key} has SHA-256 {stored.sha256}, "
+                                       f"expected {measured.sha256}")
+                sha256 = stored.sha256 or measured.sha256 or ""
                 oid = new_object_id()
                 expires = int(time.time()) + self.cfg.links.ttl
                 await records.save(store, records.LinkRecord(
@@ -331,10 +341,13 @@ class Worker:
                     content_type=meta.content_type, customer_id=customer, queue_id=envelope.queue_id,
                     message_id=message_id, created=time.time(), expires=expires))
             except (StorageError, OSError) as e:
+                metrics.OFFLOAD_FAILURES.labels(store.name).inc()
                 qlog.error("offload failed; failing open", part=part.path, key=key, error=str(e))
                 return None
         token = self.keyring.sign(store.name, oid, expires)
         url = f"{self.cfg.http.base_url}/a/{token}"
+        metrics.OFFLOADED_PARTS.labels(route.name, store.name).inc()
+        metrics.OFFLOADED_BYTES.labels(route.name, store.name).inc(stored.size)
         qlog.info("offloaded", part=part.path, key=key, size=stored.size, sha256=sha256)
         return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=url)
 
@@ -373,6 +386,8 @@ class Worker:
         hop = self.next_hops[route.name]
         started = time.monotonic()
         result = await hop.deliver(envelope, rcpts, content)
+        outcome = "deferred" if result.deferred else "failed" if result.failed else "delivered"
+        metrics.DELIVERY_SECONDS.labels(route.name, outcome).observe(time.monotonic() - started)
         qlog = log.bind(queue_id=handle.queue_id, route=route.name, next_hop=hop.name)
         now = time.time()
         for r in result.delivered:
@@ -386,6 +401,7 @@ class Worker:
         for r, reason in failed.items():
             qlog.warning("bounced", rcpt=r, reason=reason)
         if failed:
+            metrics.BOUNCED.labels(route.name).inc(len(failed))
             await self._bounce(handle, envelope, failed)
         if result.deferred:
             state.attempts += 1
@@ -404,8 +420,11 @@ class Worker:
                 handle.move("deferred")
 
             await asyncio.to_thread(_defer)
+            metrics.DEFERRED.labels(route.name).inc()
             return
         await asyncio.to_thread(handle.remove)
+        if not failed:
+            metrics.DELIVERED.labels(route.name).inc()
         qlog.info("removed")
 
     async def _bounce(self, handle: Handle, envelope: Envelope, failed: dict[str, str]) -> None:

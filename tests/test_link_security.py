@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.harness import GatewayProcess
-from tests.messages import fetch, message, pdf_bytes
+from tests.messages import pdf_bytes
 from tests.servers.hec import HecReceiver
 from tests.servers.ports import free_port
 from tests.servers.rsyslog import Rsyslog

@@ -242,3 +242,39 @@ def test_sigterm_stops_accepting_and_keeps_the_spool(make_gateway) -> None:
         assert b"kept across a restart" in got.data
     finally:
         sink.stop()
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text exposition."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        metric, _, label_text = sample.partition("{")
+        got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if metric == name and got == want:
+            return float(value)
+    raise AssertionError(f"no sample {name}{{{want}}} in\n{text}")
+
+
+def test_metrics_are_summed_over_processes(make_gateway) -> None:
+    gw = make_gateway(threshold=1000, sections={"gateway": {"processes": 2}})
+    pdf = pdf_bytes(3000)
+    for i in range(6):  # several connections: the kernel spreads them over both processes
+        send(gw.smtp_port, message(f"m{i}\n", attachments=[(pdf, "application/pdf", "p.pdf")]))
+    gw.wait_outbox(6)
+    gw.wait_idle()
+    status, headers, body = fetch(f"http://127.0.0.1:{gw.http_port}/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    text = body.decode()
+    assert _metric(text, "gateway_messages_received_total", route="contact") == 6
+    assert _metric(text, "gateway_messages_delivered_total", route="contact") == 6
+    assert _metric(text, "gateway_offloaded_bytes_total", route="contact", store="local") == 6 * 3000
+    assert _metric(text, "gateway_policy_decisions_total", route="contact", policy="offload_large",
+                   action="offload") == 6
+    assert _metric(text, "gateway_delivery_seconds_count", route="contact", outcome="delivered") == 6
+    assert _metric(text, "gateway_storage_put_seconds_count", store="local") == 6
+    assert _metric(text, "gateway_queue_messages", queue="deferred") == 0
+    pids = {e["pid"] for e in gw.log_events() if e.get("event") == "queued" and "pid" in e}
+    assert len(pids) == 2, "both processes received mail"

@@ -1,21 +1,23 @@
-"""The HTTP listener: agent links, the sign-in callback, health.
+"""The HTTP listener: agent links, the sign-in callback, the API, health, metrics.
 
 Plain HTTP on loopback for the embedded default; with ``http.tls_cert`` and
 ``http.tls_key`` it serves TLS 1.2+ only (gateway.http.tls) and sends HSTS.
 """
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from aiohttp import web
 
-from gateway import logs
+from gateway import logs, metrics
 from gateway.config import Config, read_secret
 from gateway.http.api import LinkApi
 from gateway.http.links import LinkEndpoint
 from gateway.http.tls import TlsListener, server_context
 from gateway.links import agents, authz
 from gateway.links.tokens import Keyring
+from gateway.spool import Spool
 from gateway.storage.base import Storage
 
 log = logs.get("http")
@@ -46,8 +48,8 @@ def api_keys(cfg: Config) -> dict[str, str]:
             for i, k in enumerate(cfg.api.keys)}
 
 
-def build_app(links: LinkEndpoint, hsts_max_age: int, tls: bool, keys: dict[str, str] | None = None
-              ) -> web.Application:
+def build_app(links: LinkEndpoint, spool: Spool, hsts_max_age: int, tls: bool,
+              keys: dict[str, str] | None = None) -> web.Application:
     """The aiohttp application with every route the gateway serves."""
     app = web.Application(client_max_size=64 * 1024)
     api = LinkApi(links, keys or {})
@@ -70,6 +72,12 @@ def build_app(links: LinkEndpoint, hsts_max_age: int, tls: bool, keys: dict[str,
         await links.authenticator.close()
         await links.authoriser.close()
     app.on_cleanup.append(_close)
+
+    async def _metrics(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(metrics.render, spool)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
@@ -91,12 +99,12 @@ class Listener:
         await self.runner.cleanup()
 
 
-async def start(cfg: Config, links: LinkEndpoint, audit: logs.AuditLog, keys: dict[str, str],
+async def start(cfg: Config, links: LinkEndpoint, audit: logs.AuditLog, keys: dict[str, str], spool: Spool,
                 reuse_port: bool = False) -> Listener:
     """Serve the app on ``http.listen``; TLS when a certificate is configured."""
     host, port = cfg.http.address
     tls = cfg.http.tls_cert is not None
-    app = build_app(links, cfg.http.hsts_max_age, tls, keys)
+    app = build_app(links, spool, cfg.http.hsts_max_age, tls, keys)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     if not tls:

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import logs
+from gateway import logs, metrics
 from gateway.links import records, revocations
 from gateway.links.agents import Agent, Authenticator, IdentityRefused, Oidc, Proxies, SignInRequired
 from gateway.links.authz import Authoriser
@@ -76,6 +76,8 @@ class LinkEndpoint:
 
     def _audit(self, request: web.Request, event: str, result: str, details: str, agent: Agent | None = None,
                kid: str | None = None, **fields: Any) -> None:
+        # A bounded label: the reason up to its first detail.
+        metrics.LINK_REQUESTS.labels(details.split(":")[0].split(" (")[0]).inc()
         event_type = {"click": "FileAccessed", "refresh": "FileAccessed"}.get(event, "LinkAccess")
         self.audit.event(event_type, result, EventOriginalType=event,
                          EventSubType="Download" if event == "click" else "LinkRefresh" if event == "refresh"
@@ -222,7 +224,7 @@ class LinkEndpoint:
         """Sign a new token for the same object; audit it; (url, token, expires)."""
         expires = int(time.time()) + self.link_ttl
         token = self.keyring.sign(claims.store, claims.object_id, expires)
-        self._audit(request, "refresh", "Success", f"new link until {expires} ({request['authz']})",
+        self._audit(request, "refresh", "Success", f"refreshed ({request['authz']}; valid until {expires})",
                     agent=agent, kid=self.keyring.current, **_record_fields(record))
         return f"{self.base_url}/a/{token}", token, expires
 
