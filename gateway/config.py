@@ -460,6 +460,11 @@ class Config(_Strict):
                 raise ValueError("agents.oidc: missing, a [agents.oidc] table is required when agents.auth is 'oidc'")
             if agents.session_key is None:
                 raise ValueError("agents.session_key: missing, required when agents.auth is 'oidc'")
+            host = re.sub(r"^https?://([^/:]+|\[[^\]]+\]).*$", r"\1", self.http.base_url)
+            if self.http.base_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "[::1]"):
+                # The session cookie is Secure: browsers keep it only over HTTPS.
+                raise ValueError(f"http.base_url: {self.http.base_url!r}: agents.auth 'oidc' needs an https:// "
+                                 f"base URL (the session cookie is Secure)")
         if agents.auth == "trusted-header" and not self.http.trusted_proxies:
             raise ValueError("http.trusted_proxies: empty, but agents.auth 'trusted-header' needs the proxy "
                              "addresses whose identity header is believed")

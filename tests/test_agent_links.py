@@ -183,3 +183,20 @@ def test_embedded_default_config_works_end_to_end_with_anonymous_agents(tmp_path
     assert click["ActorUsername"] == "anonymous" and click["EventResultDetails"] == "streamed (allow-all)"
     assert any(e.get("event") == "authorisation is allow-all: every agent sees every customer's files"
                for e in gw.log_events())
+
+
+def test_identity_provider_down_is_a_503_and_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GW_TEST_OIDC_SECRET", CLIENT_SECRET)
+    (tmp_path / "session.key").write_text(uuid.uuid4().hex + uuid.uuid4().hex)
+    dead = free_port()  # no provider listens here
+    with GatewayProcess(tmp_path, threshold=1000, sections={
+            "agents": {"auth": "oidc", "session_key": {"file": str(tmp_path / "session.key")},
+                       "oidc": {"issuer": f"http://127.0.0.1:{dead}", "client_id": CLIENT_ID, "timeout": 2,
+                                "client_secret": {"env": "GW_TEST_OIDC_SECRET"}}},
+            "authorization": {"mode": "allow-all"}}) as gw:
+        url = offload_one(gw, pdf_bytes(2000))
+        r = requests.get(url, allow_redirects=False, timeout=30)
+        assert r.status_code == 503 and "Sign-in unavailable" in r.text
+        [event] = gw.wait_audit(lambda e: e.get("EventOriginalType") == "click")
+    assert event["EventResult"] == "Failure" and event["EventResultDetails"].startswith("sign-in provider unavailable")
+    assert event["CustomerId"] == "customer@example.net"

@@ -300,6 +300,10 @@ def test_tls_1_0_and_1_1_hellos_are_refused_and_audited(make_gateway, tmp_path: 
     ({"trusted_proxies": ["not-an-ip"]}, {}, {}, "http.trusted_proxies[0]: 'not-an-ip': expected an IP address"),
     ({}, {"auth": "oidc"}, {"mode": "allow-all"}, "agents.oidc: missing"),
     ({"tls_cert": "x.pem"}, {}, {}, "expected both \"tls_cert\" and \"tls_key\""),
+    ({"base_url": "http://files.example.com"},
+     {"auth": "oidc", "session_key": {"env": "K"}, "oidc": {"issuer": "https://idp.example", "client_id": "c",
+                                                             "client_secret": {"env": "S"}}},
+     {"mode": "allow-all"}, "agents.auth 'oidc' needs an https:// base URL"),
 ])
 def test_agent_auth_config_rules_are_enforced_at_start(tmp_path: Path, http_cfg, agents, authz, expect) -> None:
     gw = GatewayProcess(tmp_path, sections={"http": http_cfg, "agents": agents, "authorization": authz})

@@ -12,10 +12,12 @@ is one audit event; the storage URL itself is never logged in full.
 """
 from __future__ import annotations
 
+import asyncio
 import html
 import time
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from gateway import logs, metrics
@@ -142,6 +144,12 @@ class LinkEndpoint:
         except IdentityRefused as e:
             self._audit(request, event, "Failure", f"identity refused: {e}", kid=kid, **fields)
             raise _Refused(page(403, "Not signed in", "Your sign-in could not be confirmed.")) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as e:
+            # The identity provider is down or answers nonsense: nobody can sign in.
+            self._audit(request, event, "Failure", f"sign-in provider unavailable: {type(e).__name__}", kid=kid,
+                        **fields)
+            raise _Refused(page(503, "Sign-in unavailable", "Sign-in is not possible right now; try again "
+                                "in a minute.")) from None
         return await self._authorised(request, event, record, kid, agent)
 
     async def _authorised(self, request: web.Request, event: str, record: records.LinkRecord, kid: str,
@@ -250,5 +258,8 @@ class LinkEndpoint:
         except IdentityRefused as e:
             self._audit(request, "sign-in", "Failure", str(e))
             return page(403, "Sign-in failed", "Your sign-in could not be confirmed. Open the link again.")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as e:
+            self._audit(request, "sign-in", "Failure", f"sign-in provider unavailable: {type(e).__name__}")
+            return page(503, "Sign-in unavailable", "Sign-in is not possible right now; try again in a minute.")
         self._audit(request, "sign-in", "Success", "signed in", agent=agent)
         return response

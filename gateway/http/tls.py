@@ -80,6 +80,10 @@ def version_name(v: int) -> str:
     return _NAMES.get(v, f"0x{v:04x}")
 
 
+class _Closed(Exception):
+    """The client closed before sending a ClientHello."""
+
+
 class TlsListener:
     """Accepts connections, refuses pre-1.2 hellos, serves the rest with TLS."""
 
@@ -119,6 +123,9 @@ class TlsListener:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             version = await self._peek_version(conn)
+        except _Closed:
+            conn.close()  # a port probe, or a client that gave up
+            return
         except (ValueError, OSError, asyncio.TimeoutError):
             version = None  # not a hello we can read: the TLS handshake will refuse it
         if version is not None and version < TLS12:
@@ -145,7 +152,7 @@ class TlsListener:
                 loop.remove_reader(conn.fileno())
             data = conn.recv(16384, socket.MSG_PEEK)
             if not data:
-                raise ValueError("closed before a ClientHello")
+                raise _Closed()
             version = offered_version(data)
             if version is not None:
                 return version
