@@ -350,6 +350,12 @@ class RouteSettings(_Strict):
     offload_threshold: Size = 10485760
     next_hop_max_size: Size = 26214400
     link_text: str | None = None
+    # A message with two or more offloaded files gets one link to a page
+    # listing them all instead of one link per file (fewer links, lower spam
+    # scores at some filters, one place for the agent).
+    landing_page: bool = False
+    # The landing page link's text; {count} and {size} are replaced.
+    landing_page_text: str = "Secure Attachments: {count} files"
     customer_id: CustomerIdRule = CustomerIdRule()
     policies: list[PolicyRef] = Field(default_factory=lambda: [PolicyRef(name="offload_large")])
     # TLS to an SMTP next hop: "opportunistic" uses STARTTLS when offered;

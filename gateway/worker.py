@@ -54,6 +54,8 @@ class Offloaded:
     size: int
     sha256: str
     url: str
+    object_id: str = ""
+    expires: int = 0
 
 
 class Worker:
@@ -281,6 +283,10 @@ class Worker:
                          for p, d, _ in decisions if d.action is policies.Action.REPLACE]
         links = [Link(o.filename, o.size, o.url) for o in offloaded]
         template = route.link_text or self.cfg.links.text
+        if route.landing_page and len(offloaded) >= 2:
+            page_link = await self._landing_page(offloaded, route, customer, envelope.queue_id, message_id, qlog)
+            if page_link is not None:
+                links, template = [page_link], "{filename}"
         trace = self._trace(envelope, offloaded)
         segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
                         html_part=html_part, link_template=template, trace=trace)
@@ -349,7 +355,27 @@ class Worker:
         metrics.OFFLOADED_PARTS.labels(route.name, store.name).inc()
         metrics.OFFLOADED_BYTES.labels(route.name, store.name).inc(stored.size)
         qlog.info("offloaded", part=part.path, key=key, size=stored.size, sha256=sha256)
-        return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=url)
+        return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=url,
+                         object_id=oid, expires=expires)
+
+    async def _landing_page(self, offloaded: list[Offloaded], route: RouteSettings, customer: str, queue_id: str,
+                            message_id: str, qlog: Any) -> Link | None:
+        """One link to a page listing every offloaded file (route.landing_page);
+        None, and per-file links stay, when the page record cannot be stored."""
+        store = self.stores[route.storage]
+        page_id = new_object_id()
+        expires = min(o.expires for o in offloaded)
+        try:
+            await records.save_page(store, records.PageRecord(
+                page_id=page_id, object_ids=[o.object_id for o in offloaded], customer_id=customer,
+                queue_id=queue_id, message_id=message_id, created=time.time(), expires=expires))
+        except (StorageError, OSError) as e:
+            qlog.error("landing page not stored; one link per file instead", error=str(e))
+            return None
+        token = self.keyring.sign(store.name, page_id, expires, purpose="page")
+        total = sum(o.size for o in offloaded)
+        label = route.landing_page_text.replace("{count}", str(len(offloaded))).replace("{size}", human_size(total))
+        return Link(label, total, f"{self.cfg.http.base_url}/p/{token}")
 
     def _customer_id(self, root: Part, envelope: Envelope, route: RouteSettings) -> str:
         rule = route.customer_id

@@ -5,6 +5,7 @@ audit events each leaves (issue 6)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import ipaddress
 import uuid
 from pathlib import Path
@@ -200,3 +201,41 @@ def test_identity_provider_down_is_a_503_and_audited(tmp_path: Path, monkeypatch
         [event] = gw.wait_audit(lambda e: e.get("EventOriginalType") == "click")
     assert event["EventResult"] == "Failure" and event["EventResultDetails"].startswith("sign-in provider unavailable")
     assert event["CustomerId"] == "customer@example.net"
+
+
+def test_landing_page_one_link_lists_every_file_and_each_download_works(make_gateway) -> None:
+    import re
+
+    gw = make_gateway(threshold=1000, route={"landing_page": True}, sections={
+        "authorization": {"mode": "static", "agents": {"anonymous": ["customer@example.net"]}}})
+    pdf, png = pdf_bytes(3000), b"\x89PNG\r\n\x1a\n" + bytes(5000)
+    send(gw.smtp_port, message(attachments=[(pdf, "application/pdf", "invoice.pdf"), (png, "image/png", "photo.png")],
+                               Message_ID="<two-files@example.net>"))
+    [out] = gw.wait_outbox()
+    text = next(p for p in leaves(parse(out)) if p.get_content_type() == "text/plain" and not p.get_filename()
+                and p.get("Content-Disposition") is None)
+    assert links(payload(text)) == []  # no link per file
+    [url] = [u.decode() for u in re.findall(rb"https?://127\.0\.0\.1:\d+/p/[A-Za-z0-9._-]+", payload(text))]
+    assert len(url) < 200 and b"Secure Attachments: 2 files" in payload(text)
+    # A file token is not a page token, and the other way round.
+    token = url.rsplit("/", 1)[1]
+    assert requests.get(url.replace("/p/", "/a/"), timeout=30).status_code == 403
+    r = requests.get(url, timeout=30)
+    assert r.status_code == 200
+    for name, size, kind in (("invoice.pdf", "2.9 KB", "application/pdf"), ("photo.png", "4.9 KB", "image/png")):
+        assert re.search(rf"<td>{re.escape(name)}</td><td>[^<]+</td><td>{re.escape(kind)}</td>", r.text), r.text
+    downloads = re.findall(r'<a class="download" href="([^"]+)">Download</a>', r.text)
+    assert len(downloads) == 2 and all("/a/" in d for d in downloads)
+    got = sorted(requests.get(d.replace("&amp;", "&"), timeout=30).content for d in downloads)
+    assert got == sorted([pdf, png])
+    events = gw.wait_audit(lambda e: sum(1 for x in gw.audit() if x.get("EventOriginalType") == "click"
+                                         and x["EventResult"] == "Success") >= 2)
+    [view] = [e for e in events if e.get("EventOriginalType") == "page" and e["EventResult"] == "Success"]
+    assert view["InternetMessageId"] == "<two-files@example.net>" and view["CustomerId"] == "customer@example.net"
+    assert view["ActorUsername"] == "anonymous" and view["EventSubType"] == "LandingPage"
+    assert token not in json.dumps(events)  # tokens are bearer secrets: never in the audit trail
+    # One attachment: an ordinary link, no page.
+    send(gw.smtp_port, message(attachments=[(pdf, "application/pdf", "one.pdf")]))
+    second = gw.wait_outbox(2)
+    assert any("/a/" in u for m in second for p in leaves(parse(m)) if p.get_content_type() == "text/plain"
+               for u in links(payload(p)))

@@ -55,6 +55,7 @@ def build_app(links: LinkEndpoint, spool: Spool, hsts_max_age: int, tls: bool,
     api = LinkApi(links, keys or {})
     app.router.add_get("/a/{token}", links.get)
     app.router.add_post("/a/{token}/refresh", links.refresh)
+    app.router.add_get("/p/{token}", links.landing)
     app.router.add_get(agents.CALLBACK_PATH, links.callback)
     app.router.add_post("/api/v1/links/refresh", api.refresh)
     app.router.add_post("/api/v1/links/revoke", api.revoke)

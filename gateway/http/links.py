@@ -26,6 +26,7 @@ from gateway.links.agents import Agent, Authenticator, IdentityRefused, Oidc, Pr
 from gateway.links.authz import Authoriser
 from gateway.links.tokens import Claims, Keyring, TokenError, TokenExpired, key_id
 from gateway.mime.filenames import content_disposition
+from gateway.mime.rewrite import human_size
 from gateway.storage.base import ObjectNotFound, Storage, StorageError
 
 log = logs.get("http")
@@ -80,10 +81,11 @@ class LinkEndpoint:
                kid: str | None = None, **fields: Any) -> None:
         # A bounded label: the reason up to its first detail.
         metrics.LINK_REQUESTS.labels(details.split(":")[0].split(" (")[0]).inc()
-        event_type = {"click": "FileAccessed", "refresh": "FileAccessed"}.get(event, "LinkAccess")
+        event_type = {"click": "FileAccessed", "refresh": "FileAccessed", "page": "FileAccessed"}.get(event,
+                                                                                                   "LinkAccess")
         self.audit.event(event_type, result, EventOriginalType=event,
-                         EventSubType="Download" if event == "click" else "LinkRefresh" if event == "refresh"
-                         else None,
+                         EventSubType={"click": "Download", "refresh": "LinkRefresh",
+                                       "page": "LandingPage"}.get(event),
                          EventResultDetails=details, SrcIpAddr=self.proxies.client_address(request),
                          HttpUserAgent=request.headers.get("User-Agent"),
                          ActorUsername=agent.id if agent else None,
@@ -248,6 +250,61 @@ class LinkEndpoint:
         url, token, expires = self._fresh(request, claims, record, agent)
         return web.json_response({"url": url, "token": token, "expires": expires},
                                  headers={"Cache-Control": "no-store"})
+
+    async def landing(self, request: web.Request) -> web.StreamResponse:
+        """``GET /p/<token>``: the one page for a message's files, each with
+        its own download link (a fresh file token, audited when clicked).
+        The same sign-in and authorisation as a click; the page view itself
+        is one audit event."""
+        token = request.match_info["token"]
+        kid = key_id(token)
+        try:
+            claims = self.keyring.verify(token, purpose="page")
+        except TokenExpired:
+            self._audit(request, "page", "Failure", "expired token", kid=kid)
+            return page(410, "Link expired", "This link has expired. Ask for the attachments to be sent again.")
+        except TokenError as e:
+            self._audit(request, "page", "Failure", f"invalid token: {e}", kid=kid)
+            return page(403, "Invalid link", "This link is not valid.")
+        store = self.stores.get(claims.store)
+        try:
+            if store is None:
+                raise ObjectNotFound(claims.store)
+            pg = await records.load_page(store, claims.object_id)
+            files = [await self.cache.load(store, oid, fresh=True) for oid in pg.object_ids]
+        except ObjectNotFound:
+            self._audit(request, "page", "Failure", "no page record", kid=kid)
+            return page(404, "Not found", "The attachments are no longer available.")
+        fields = dict(QueueId=pg.queue_id, CustomerId=pg.customer_id, InternetMessageId=pg.message_id,
+                      TargetFilePath=records.page_key(pg.page_id))
+        try:
+            live = [(f, await revocations.revoked_by(store, f)) for f in files]
+        except StorageError as e:
+            self._audit(request, "page", "Failure", f"storage error: {e}", kid=kid, **fields)
+            return page(503, "Temporarily unavailable", "Try again in a minute.")
+        if all(why is not None for _, why in live):
+            self._audit(request, "page", "Failure", "revoked (every file)", kid=kid, **fields)
+            return page(410, "Link revoked", "These attachments have been withdrawn.")
+        try:
+            agent = await self._agent(request, "page", files[0], claims.kid)
+        except _Refused as r:
+            return r.response
+        rows = []
+        for f, why in live:
+            name = html.escape(f.filename)
+            kind = html.escape(f.content_type)
+            if why is not None:
+                rows.append(f"<tr><td>{name}</td><td>{human_size(f.size)}</td><td>{kind}</td>"
+                            f"<td>withdrawn</td></tr>")
+                continue
+            file_url = f"{self.base_url}/a/{self.keyring.sign(claims.store, f.object_id, claims.expires)}"
+            rows.append(f"<tr><td>{name}</td><td>{human_size(f.size)}</td><td>{kind}</td>"
+                        f'<td><a class="download" href="{html.escape(file_url)}">Download</a></td></tr>')
+        table = ("<table><thead><tr><th>Name</th><th>Size</th><th>Type</th><th></th></tr></thead><tbody>"
+                 + "".join(rows) + "</tbody></table>")
+        self._audit(request, "page", "Success", f"listed {len(files)} files ({request['authz']})", agent=agent,
+                    kid=claims.kid, **fields)
+        return page(200, "Secure attachments", f"{len(files)} files from message {pg.message_id}.", table)
 
     async def callback(self, request: web.Request) -> web.StreamResponse:
         """The OpenID Connect provider sends the agent back here."""

@@ -266,7 +266,8 @@ class Oidc:
         agent_id = claims.get(self.settings.agent_claim)
         if not isinstance(agent_id, str) or not agent_id:
             raise IdentityRefused(f"ID token has no {self.settings.agent_claim!r} claim")
-        return_to = login["r"] if isinstance(login.get("r"), str) and login["r"].startswith("/a/") else "/"
+        r = login.get("r")
+        return_to = r if isinstance(r, str) and r.startswith(("/a/", "/p/")) else "/"
         response = web.HTTPFound(return_to, headers={"Cache-Control": "no-store"})
         set_cookie(response, SESSION_COOKIE, self.session.dump({"agent": agent_id}, self.session_ttl),
                    self.session_ttl)

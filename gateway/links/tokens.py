@@ -104,13 +104,15 @@ class Keyring:
             raise ValueError("links.keys: every key has a retire date; one current key is needed to sign")
         self.current = current
 
-    def sign(self, store: str, object_id: str, expires: int) -> str:
-        """A token for ``object_id`` in ``store`` valid until ``expires``."""
+    def sign(self, store: str, object_id: str, expires: int, purpose: str = "") -> str:
+        """A token for ``object_id`` in ``store`` valid until ``expires``.
+        ``purpose`` ("page" for a message's landing page) goes into the MAC
+        only, so a token made for one use is refused for another."""
         key = self._keys[self.current]
         body = f"{key.id}.{store}.{_b36(expires)}.{object_id}"
-        return body + "." + _b64(hmac.new(key.secret, body.encode(), hashlib.sha256).digest()[:16])
+        return body + "." + _mac(key.secret, body, purpose)
 
-    def verify(self, token: str, now: float | None = None) -> Claims:
+    def verify(self, token: str, now: float | None = None, purpose: str = "") -> Claims:
         """The claims of a valid token; raise TokenError or TokenExpired."""
         m = _TOKEN.match(token)
         if m is None:
@@ -120,7 +122,7 @@ class Keyring:
         if key is None:
             raise TokenError(f"unknown key id {kid!r}")
         body = token.rpartition(".")[0]
-        expected = _b64(hmac.new(key.secret, body.encode(), hashlib.sha256).digest()[:16])
+        expected = _mac(key.secret, body, purpose)
         if not hmac.compare_digest(expected, sig):
             raise TokenError("bad signature")
         now = time.time() if now is None else now
@@ -130,6 +132,11 @@ class Keyring:
         if now >= claims.expires:
             raise TokenExpired(f"expired at {claims.expires}", claims)
         return claims
+
+
+def _mac(secret: bytes, body: str, purpose: str) -> str:
+    data = (purpose + ":" + body if purpose else body).encode()
+    return _b64(hmac.new(secret, data, hashlib.sha256).digest()[:16])
 
 
 def new_object_id() -> str:
