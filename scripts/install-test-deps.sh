@@ -14,9 +14,10 @@
 #   procps      ps/pgrep for debugging leftover daemons
 #   ca-certificates  TLS clients in tests
 #   rsyslog     the syslog receiver the audit tests send RFC 5424 to (tests/servers/rsyslog.py)
+#   rsyslog-gnutls  its TLS driver, for syslog over TLS (RFC 5425)
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates rsyslog)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates rsyslog rsyslog-gnutls)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 

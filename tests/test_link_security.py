@@ -109,6 +109,32 @@ def test_udp_syslog_carries_the_events(make_gateway) -> None:
         assert json.loads(m["msg"])["EventResult"] == "Success" and m["msgid"] == "FileAccessed"
 
 
+def test_tls_syslog_carries_the_events_and_checks_the_collector_certificate(make_gateway, tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path)
+    with Rsyslog(tls_cert=cert, tls_key=key) as syslog:
+        gw = make_gateway(threshold=1000, sections={
+            "audit": {"syslog": {"address": f"127.0.0.1:{syslog.tls_port}", "transport": "tls",
+                                 "ca_file": str(cert)}}})
+        url = offload_one(gw, pdf_bytes(2000))
+        assert get(url)[0] == 200
+        gw.wait_audit(lambda e: e.get("EventResult") == "Success")
+        [m] = syslog.wait(1)
+        assert json.loads(m["msg"])["EventResult"] == "Success" and m["app_name"] == "attachment-gateway"
+        # A collector whose certificate the gateway does not trust gets nothing.
+        (tmp_path / "other").mkdir()
+        other_cert, _ = make_certificate(tmp_path / "other")
+        gw2 = make_gateway(threshold=1000, sections={
+            "audit": {"syslog": {"address": f"127.0.0.1:{syslog.tls_port}", "transport": "tls",
+                                 "ca_file": str(other_cert)}}})
+        url2 = offload_one(gw2, pdf_bytes(2000))
+        assert get(url2)[0] == 200
+        gw2.wait_audit(lambda e: e.get("EventResult") == "Success")
+        time.sleep(1)
+        assert len(syslog.messages()) == 1
+        assert any(e.get("event") == "audit sink unavailable; retrying" and "CERTIFICATE_VERIFY_FAILED"
+                   in e.get("error", "") for e in gw2.log_events())
+
+
 def test_a_sink_that_is_down_never_blocks_a_click_and_the_loss_is_counted(make_gateway, monkeypatch) -> None:
     monkeypatch.setenv("GW_TEST_HEC_TOKEN", HEC_TOKEN)
     dead = free_port()  # nothing listens here

@@ -26,9 +26,12 @@ class RsyslogError(RuntimeError):
 class Rsyslog:
     """``rsyslogd -n`` with its own config, work directory and pid file."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
         self.tcp_port = free_port()
         self.udp_port = free_port()
+        # With a certificate and key, a third input speaks RFC 5425 (TLS) here.
+        self.tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+        self.tls_port = free_port() if self.tls else None
         self.dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -40,17 +43,30 @@ class Rsyslog:
     def start(self) -> "Rsyslog":
         if not Path(RSYSLOGD).exists():
             raise RsyslogError(f"{RSYSLOGD} is missing; run scripts/install-test-deps.sh (Debian package rsyslog)")
+        if self.tls is not None and not list(Path("/usr/lib").glob("*/rsyslog/lmnsd_gtls.so")):
+            raise RsyslogError("rsyslog's TLS driver is missing; run scripts/install-test-deps.sh "
+                               "(Debian package rsyslog-gnutls)")
         self.dir = Path(tempfile.mkdtemp(prefix="gw-rsyslog-"))
         fields = "".join(f'property(name="{p}"{fmt}) constant(value="{_SEP}")\n' for p, fmt in (
             ("pri", ""), ("timereported", ' dateFormat="rfc3339"'), ("hostname", ""), ("app-name", ""),
             ("msgid", ""), ("structured-data", "")))
         conf = self.dir / "rsyslog.conf"
+        tls_global = tls_input = ""
+        if self.tls is not None:
+            cert, key = self.tls
+            # Debian's rsyslog-gnutls: the gtls stream driver, one TLS input
+            # beside the plain ones; clients are not asked for certificates.
+            tls_global = (f' defaultNetstreamDriverCAFile="{cert}" defaultNetstreamDriverCertFile="{cert}"'
+                          f' defaultNetstreamDriverKeyFile="{key}"')
+            tls_input = (f'input(type="imtcp" address="{LOOPBACK}" port="{self.tls_port}" '
+                         f'streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")')
         conf.write_text(f"""
-global(workDirectory="{self.dir}" maxMessageSize="64k")
+global(workDirectory="{self.dir}" maxMessageSize="64k"{tls_global})
 module(load="imtcp")
 module(load="imudp")
 input(type="imtcp" address="{LOOPBACK}" port="{self.tcp_port}")
 input(type="imudp" address="{LOOPBACK}" port="{self.udp_port}")
+{tls_input}
 template(name="parsed" type="list") {{
 {fields}property(name="msg" droplastlf="on") constant(value="\\n")
 }}
@@ -64,7 +80,7 @@ template(name="parsed" type="list") {{
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 20
-        while not port_is_open(LOOPBACK, self.tcp_port):
+        while not all(port_is_open(LOOPBACK, p) for p in (self.tcp_port, self.tls_port) if p):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 text = (self.dir / "rsyslogd.log").read_text(errors="replace")
                 self.stop()
