@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -55,20 +56,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def prepare_metrics(cfg: Config) -> None:
+def prepare_metrics() -> str:
     """Give prometheus_client a fresh directory for the values of every
-    process; it must be set before prometheus_client is first imported."""
-    path = cfg.path(cfg.gateway.spool_dir) / ".metrics"
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    process (it must be set before prometheus_client is first imported);
+    a temporary one, so a read-only or full spool does not stop metrics."""
+    path = tempfile.mkdtemp(prefix="attachment-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM."""
     cfg = _load(args)
     logs.setup(cfg.gateway.log_level)
-    prepare_metrics(cfg)
+    metrics_dir = prepare_metrics()
+    try:
+        return _serve(cfg, args)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(cfg: Config, args: argparse.Namespace) -> int:
     roles = tuple(r for r in ("smtp", "worker", "http") if r not in (args.without or []))
     if args.only:
         roles = tuple(args.only)

@@ -88,6 +88,12 @@ class GatewaySettings(_Strict):
     hostname: str = "gateway.localhost"
     spool_dir: str = "var/spool"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # How long SIGTERM waits for sessions and messages in hand to finish;
+    # new sessions get 421 meanwhile.  What is left stays in the spool.
+    drain_seconds: Duration = 30
+    # Free space the spool must keep: below it (plus a message's declared
+    # SIZE) MAIL gets 452 4.3.1 and the sender retries later.
+    spool_min_free: Size = 67108864  # 64 MiB
     # Processes that share the ports and the spool; "auto" is one per CPU.
     processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
     # Where audit events (link clicks, refusals) go, one JSON object a line;
@@ -102,6 +108,11 @@ class SmtpSettings(_Strict):
     max_message_size: Size = 157286400  # 150 MiB, advertised in EHLO SIZE
     max_recipients: int = Field(100, ge=1)
     timeout: Duration = 300
+    # Sessions at once in each process, and from one client address; more
+    # get 421 and may retry (a client over the limit is likely a runaway).
+    max_sessions: int = Field(1000, ge=1)
+    max_connections_per_client: int = Field(100, ge=1)
+
     banner: str = "ESMTP attachment-gateway"
 
     @field_validator("listen")

@@ -1,8 +1,8 @@
 """Prometheus metrics, summed over every gateway process.
 
 ``serve`` runs several processes; prometheus_client's multiprocess mode
-keeps each process's values in files under ``<spool>/.metrics`` and
-``/metrics`` adds them up at scrape time.  The directory must be known
+keeps each process's values in files under a temporary directory made at
+start, and ``/metrics`` adds them up at scrape time.  The directory must be known
 before prometheus_client is imported, so ``serve`` sets it first thing
 (``gateway.cli.prepare_metrics``).  Queue sizes are not counted as they change but read from the
 spool at each scrape, so they are right whichever process moved a message.

@@ -1,42 +1,54 @@
-"""``serve``: the SMTP ingress, the worker and the HTTP listener in one process.
+"""``serve``: the SMTP ingress, the worker and the HTTP listener.
 
 Start order follows the flow: storage first (a misconfigured bucket stops
 start-up before any port listens), then the spool (recover what a crash
 left), the worker, HTTP, and SMTP last, so nothing is accepted before it can
-be processed.  SIGTERM and SIGINT stop accepting, let the messages in hand
-finish within a bound and leave the rest in the spool; SIGHUP re-reads the
-config and keeps the old one when the new one is invalid.
+be processed.  SIGTERM and SIGINT drain: new sessions get 421, sessions and
+messages in hand get ``gateway.drain_seconds`` to finish, and whatever is
+left stays in the spool for the next start.  SIGHUP re-reads the config and
+keeps the old one when the new one is invalid.
+
+With several processes a ``Supervisor`` forks them and is the one systemd
+talks to: it says READY=1 once every process listens, and pings the
+watchdog only while every process's event loop is alive.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import os
+import select
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gateway import audit_sinks
 from gateway import config as config_mod
-from gateway import logs
+from gateway import logs, sdnotify
 from gateway import storage as storage_mod
 from gateway.config import Config
 from gateway.http import app as http_app
 from gateway.links.authz import AllowAll
 from gateway.links.tokens import Keyring
-from gateway.smtp import start_server
+from gateway.smtp import Handler, start_server
 from gateway.spool import Spool
 from gateway.worker import Worker
 
 log = logs.get("server")
 
 ROLES = ("smtp", "worker", "http")
+HEARTBEAT_SECONDS = 2.0
+_PR_SET_PDEATHSIG = 1
 
 
 class Gateway:
     """One gateway process and the roles it runs."""
 
     def __init__(self, cfg: Config, config_path: str, roles: tuple[str, ...] = ROLES, *,
-                 shared_ports: bool = False, recover: bool = True) -> None:
+                 shared_ports: bool = False, recover: bool = True, report_fd: int | None = None,
+                 slot: int = 0) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.roles = roles
@@ -44,6 +56,9 @@ class Gateway:
         # (SO_REUSEPORT) and the kernel spreads connections between them.
         self.shared_ports = shared_ports
         self.recover = recover
+        # Under a supervisor: where to say "ready" and send heartbeats.
+        self.report_fd = report_fd
+        self.slot = slot
         self.spool = Spool(cfg.path(cfg.gateway.spool_dir))
         self.audit = logs.AuditLog(cfg.path(cfg.gateway.audit_log) if cfg.gateway.audit_log != "-" else "-",
                                    cfg.gateway.hostname, audit_sinks.build(cfg))
@@ -54,6 +69,7 @@ class Gateway:
         self.api_keys = http_app.api_keys(cfg) if "http" in roles else {}
         self.worker: Worker | None = None
         self.smtp: asyncio.AbstractServer | None = None
+        self.smtp_handler: Handler | None = None
         self.http: http_app.Listener | None = None
         self._stop = asyncio.Event()
 
@@ -79,9 +95,9 @@ class Gateway:
                                              reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker
-            self.smtp = await start_server(self.cfg, self.spool,
-                                           lambda qid: worker.enqueue(qid) if worker is not None else None,
-                                           reuse_port=self.shared_ports)
+            self.smtp, self.smtp_handler = await start_server(
+                self.cfg, self.spool, lambda qid: worker.enqueue(qid) if worker is not None else None,
+                reuse_port=self.shared_ports)
         if self.http is not None and self.links is not None and isinstance(self.links.authoriser, AllowAll):
             log.warning("authorisation is allow-all: every agent sees every customer's files",
                         agents_auth=self.cfg.agents.auth, explicit=self.cfg.authorization.mode == "allow-all")
@@ -98,6 +114,8 @@ class Gateway:
         self.cfg = cfg
         if self.worker is not None:
             self.worker.configure(cfg)
+        if self.smtp_handler is not None:
+            self.smtp_handler.cfg = cfg
         log.info("config reloaded", path=self.config_path)
 
     async def run(self) -> None:
@@ -105,17 +123,53 @@ class Gateway:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         await self.start()
+        beats = asyncio.create_task(self._heartbeats())
+        if self.report_fd is None:
+            sdnotify.notify(READY=1, STATUS=f"accepting mail on {self.cfg.smtp.listen}", MAINPID=os.getpid())
+        else:
+            _report(self.report_fd, f"R{self.slot}")
         await self._stop.wait()
-        await self.stop()
+        if self.report_fd is None:
+            sdnotify.notify(STOPPING=1, STATUS="draining")
+        beats.cancel()
+        await self.stop(self.cfg.gateway.drain_seconds)
+
+    def _on_hup(self) -> None:
+        if self.report_fd is None:
+            sdnotify.notify(RELOADING=1, MONOTONIC_USEC=int(time.monotonic() * 1e6))
+        self.reload()
+        if self.report_fd is None:
+            sdnotify.notify(READY=1, STATUS=f"accepting mail on {self.cfg.smtp.listen}")
+
+    async def _heartbeats(self) -> None:
+        """Prove the event loop turns: to the supervisor, or to systemd's
+        watchdog when this is the only process."""
+        interval = HEARTBEAT_SECONDS if self.report_fd is not None else sdnotify.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            if self.report_fd is not None:
+                _report(self.report_fd, f"H{self.slot}")
+            else:
+                sdnotify.notify(WATCHDOG=1)
+            await asyncio.sleep(interval)
 
     async def stop(self, grace: float = 30.0) -> None:
-        log.info("stopping")
+        """Drain: 421 to new sessions, wait for those in progress and the
+        messages in hand (at most ``grace`` seconds), leave the rest spooled."""
+        log.info("stopping", grace=grace)
+        deadline = time.monotonic() + grace
+        waits = []
+        if self.smtp_handler is not None:
+            self.smtp_handler.draining = True
+            waits.append(self._sessions_done(deadline))
+        if self.worker is not None:
+            waits.append(self.worker.stop(grace))
+        await asyncio.gather(*waits)
         if self.smtp is not None:
             self.smtp.close()
-        if self.worker is not None:
-            await self.worker.stop(grace)
         if self.http is not None:
             await self.http.cleanup()
         for store in self.stores.values():
@@ -123,10 +177,30 @@ class Gateway:
         await self.audit.stop()
         log.info("stopped")
 
+    async def _sessions_done(self, deadline: float) -> None:
+        assert self.smtp_handler is not None
+        while self.smtp_handler.sessions > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.smtp_handler.sessions:
+            log.warning("sessions still open at the end of the drain", sessions=self.smtp_handler.sessions)
+
+
+def _report(fd: int, message: str) -> None:
+    """One line to the supervisor (a pipe write under PIPE_BUF is atomic)."""
+    with contextlib.suppress(OSError):
+        os.write(fd, (message + "\n").encode())
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the supervisor dies, so a
+    killed gateway never leaves orphans holding its ports and messages."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
 
 class Supervisor:
-    """``serve`` with several processes: forks the workers, passes signals
-    on, and starts a process again when one dies.
+    """``serve`` with several processes: forks them, passes signals on,
+    speaks for them to systemd, and starts a process again when one dies.
 
     Every child runs the same roles on the same ports (SO_REUSEPORT) over
     the one spool; claims are renames under a lock, so no message is taken
@@ -140,18 +214,22 @@ class Supervisor:
         self.roles = roles
         self.processes = processes
         self.children: dict[int, int] = {}  # pid -> slot
+        self.ready: set[int] = set()  # slots that have said "ready" since they started
+        self.beats: dict[int, float] = {}  # slot -> monotonic time of the last heartbeat
         self.stopping = False
+        self.read_fd, self.write_fd = os.pipe()
 
     def _spawn(self, slot: int) -> None:
-        import os
-
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
+                _die_with_parent()
+                os.close(self.read_fd)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
-                gw = Gateway(self.cfg, self.config_path, self.roles, shared_ports=True, recover=False)
+                gw = Gateway(self.cfg, self.config_path, self.roles, shared_ports=True, recover=False,
+                             report_fd=self.write_fd, slot=slot)
                 asyncio.run(gw.run())
             except BaseException as e:  # noqa: BLE001 - report, and let the supervisor restart us
                 log.error("process failed", slot=slot, error=f"{type(e).__name__}: {e}")
@@ -159,11 +237,15 @@ class Supervisor:
             finally:
                 os._exit(code)
         self.children[pid] = slot
+        self.ready.discard(slot)
+        self.beats[slot] = time.monotonic()
+
+    def _signal_children(self, sig: int) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def run(self) -> int:
-        import os
-        import time
-
         spool = Spool(self.cfg.path(self.cfg.gateway.spool_dir))
         spool.create()
         if "worker" in self.roles:
@@ -172,20 +254,18 @@ class Supervisor:
                 log.info("spool recovered", **counts)
 
         def on_stop(signum: int, frame: object) -> None:
+            if not self.stopping:
+                sdnotify.notify(STOPPING=1, STATUS="draining")
             self.stopping = True
-            for pid in list(self.children):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+            self._signal_children(signal.SIGTERM)
 
         def on_hup(signum: int, frame: object) -> None:
             try:
-                config_mod.load(self.config_path, base_dir=self.cfg.base_dir)
+                self.cfg = config_mod.load(self.config_path, base_dir=self.cfg.base_dir)
             except config_mod.ConfigError as e:
                 log.error("reload refused; old config stays in force", error=str(e))
                 return
-            for pid in list(self.children):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGHUP)
+            self._signal_children(signal.SIGHUP)
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
@@ -193,24 +273,60 @@ class Supervisor:
         for slot in range(self.processes):
             self._spawn(slot)
         log.info("supervisor started", processes=self.processes)
+        watchdog = sdnotify.watchdog_interval()
+        last_ping = 0.0
+        announced = False
         status = 0
+        buffered = b""
         while self.children:
+            with contextlib.suppress(InterruptedError):
+                readable, _, _ = select.select([self.read_fd], [], [], 0.5)
+                if readable:
+                    buffered += os.read(self.read_fd, 65536)
+                    *lines, buffered = buffered.split(b"\n")
+                    for line in lines:
+                        kind, slot = line[:1], int(line[1:] or -1)
+                        self.beats[slot] = time.monotonic()
+                        if kind == b"R":
+                            self.ready.add(slot)
+            if not announced and len(self.ready) == self.processes:
+                announced = True
+                sdnotify.notify(READY=1, STATUS=f"{self.processes} processes accepting mail on "
+                                                f"{self.cfg.smtp.listen}", MAINPID=os.getpid())
+                log.info("all processes ready", processes=self.processes)
+            now = time.monotonic()
+            if watchdog and now - last_ping >= watchdog and \
+                    all(now - self.beats.get(slot, 0) < 3 * HEARTBEAT_SECONDS for slot in self.children.values()):
+                sdnotify.notify(WATCHDOG=1)
+                last_ping = now
+            status = self._reap(status)
+        log.info("supervisor stopped")
+        return status
+
+    def _reap(self, status: int) -> int:
+        """Collect exited children; start them again unless stopping."""
+        while True:
             try:
-                pid, wstatus = os.wait()
+                pid, wstatus = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
+                return status
+            if pid == 0:
+                return status
             slot = self.children.pop(pid, None)
             if slot is None:
                 continue
             code = os.waitstatus_to_exitcode(wstatus)
-            if not self.stopping:
+            if not self.stopping and slot not in self.ready:
+                # It never got as far as listening (a port in use, storage
+                # refusing): starting it again would fail the same way.
+                log.error("a process failed to start; stopping", slot=slot, pid=pid, code=code)
+                self.stopping = True
+                self._signal_children(signal.SIGTERM)
+                status = 1
+            elif not self.stopping:
                 log.error("process exited; starting it again", slot=slot, pid=pid, code=code)
                 time.sleep(1.0)
                 if not self.stopping:
                     self._spawn(slot)
             elif code not in (0, -signal.SIGTERM):
                 status = 1
-        log.info("supervisor stopped")
-        return status

@@ -57,18 +57,53 @@ class Handler:
         self.on_queued = on_queued
         self._writable_at = 0.0
         self._writable_error: str | None = None
+        self._free = 0
+        # Sessions of this process, in all and by client address.
+        self.sessions = 0
+        self.per_client: dict[str, int] = {}
+        # Set when the gateway is stopping: new sessions get 421.
+        self.draining = False
 
-    async def spool_error(self) -> str | None:
-        """Why the spool cannot take a message now, or None; checked at most
-        once a second, not per MAIL."""
+    def admit(self, peer: object) -> str | None:
+        """Count a new session in, or say why it is refused (a 421 reply)."""
+        if self.draining:
+            return f"421 4.3.2 {self.cfg.gateway.hostname} Service shutting down, try again later"
+        client = peer[0] if isinstance(peer, tuple) else str(peer)
+        limits = self.cfg.smtp
+        if self.sessions >= limits.max_sessions:
+            log.warning("session refused: too many sessions", client=client, sessions=self.sessions)
+            return f"421 4.3.2 {self.cfg.gateway.hostname} Too many sessions, try again later"
+        if self.per_client.get(client, 0) >= limits.max_connections_per_client:
+            log.warning("session refused: too many connections from client", client=client)
+            return f"421 4.7.0 {self.cfg.gateway.hostname} Too many connections from {client}"
+        self.sessions += 1
+        self.per_client[client] = self.per_client.get(client, 0) + 1
+        return None
+
+    def leave(self, peer: object) -> None:
+        """Count a session out."""
+        client = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.sessions -= 1
+        left = self.per_client.get(client, 1) - 1
+        if left:
+            self.per_client[client] = left
+        else:
+            self.per_client.pop(client, None)
+
+    async def spool_error(self, size: int = 0) -> str | None:
+        """Why the spool cannot take a message of ``size`` bytes now, or
+        None; the disk is looked at at most once a second, not per MAIL."""
         now = time.monotonic()
         if now - self._writable_at >= WRITABLE_CHECK_SECONDS:
             try:
-                await asyncio.to_thread(self.spool.check_writable)
+                self._free = await asyncio.to_thread(self.spool.check_writable, self.cfg.gateway.spool_min_free)
                 self._writable_error = None
             except SpoolError as e:
                 self._writable_error = str(e)
+                self._free = 0
             self._writable_at = now
+        if self._writable_error is None and size > self._free:
+            return f"spool {self.spool.root}: {size} bytes declared, {self._free} free above the minimum"
         return self._writable_error
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope, hostname: str,
@@ -87,11 +122,14 @@ class Handler:
         # mail_from to accept RCPT; it becomes "" in the spooled envelope.
         if address and address != "<>" and any(ord(ch) < 32 or ord(ch) == 127 for ch in address):
             return "553 5.1.7 Sender address contains control characters"
+        declared = 0
         for opt in mail_options:
             key, _, value = opt.partition("=")
-            if key.upper() == "SIZE" and value.isdigit() and int(value) > self.cfg.smtp.max_message_size:
-                return "552 5.3.4 Message size exceeds fixed maximum message size"
-        error = await self.spool_error()
+            if key.upper() == "SIZE" and value.isdigit():
+                declared = int(value)
+                if declared > self.cfg.smtp.max_message_size:
+                    return "552 5.3.4 Message size exceeds fixed maximum message size"
+        error = await self.spool_error(declared)
         if error is not None:
             log.error("spool not writable", error=error)
             return "452 4.3.1 Insufficient system storage"
@@ -149,6 +187,25 @@ class GatewaySMTP(SMTP):
         # Each connection gets a fresh reader in the base class; raise its
         # limit so large DATA is read in large chunks.
         self._reader._limit = STREAM_LIMIT  # type: ignore[attr-defined]
+        self._admitted = False
+
+    async def _handle_client(self) -> None:
+        assert self.session is not None
+        refusal = self.gw.admit(self.session.peer)
+        if refusal is not None:
+            await self.push(refusal)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self._admitted = True
+        await super()._handle_client()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if getattr(self, "_admitted", False):
+            self._admitted = False
+            assert self.session is not None
+            self.gw.leave(self.session.peer)
+        super().connection_lost(error)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -337,11 +394,13 @@ def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, **kwargs
 
 
 async def start_server(cfg: Config, spool: Spool, on_queued: Callable[[str], None],
-                       reuse_port: bool = False) -> asyncio.AbstractServer:
-    """Listen for SMTP on the configured address."""
+                       reuse_port: bool = False) -> tuple[asyncio.AbstractServer, Handler]:
+    """Listen for SMTP on the configured address; return the server and the
+    handler (whose ``draining`` flag and session count ``stop`` uses)."""
     handler = Handler(cfg, spool, on_queued)
     loop = asyncio.get_running_loop()
     host, port = cfg.smtp.address
     factory = protocol_factory(handler, loop, hostname=cfg.gateway.hostname, ident=cfg.smtp.banner,
                                timeout=cfg.smtp.timeout)
-    return await loop.create_server(factory, host=host, port=port, reuse_port=reuse_port or None)
+    server = await loop.create_server(factory, host=host, port=port, reuse_port=reuse_port or None)
+    return server, handler

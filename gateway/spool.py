@@ -283,14 +283,19 @@ class Spool:
         for q in ("tmp", *QUEUES):
             (self.root / q).mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def check_writable(self) -> None:
-        """Raise SpoolError when the spool cannot take a new message."""
+    def check_writable(self, min_free: int = 0) -> int:
+        """Raise SpoolError when the spool cannot take a new message; return
+        the bytes free beyond ``min_free``."""
         try:
             st = os.statvfs(self.root)
         except OSError as e:
             raise SpoolError(f"spool {self.root}: {e.strerror}") from None
         if st.f_flag & os.ST_RDONLY:
             raise SpoolError(f"spool {self.root} is read-only")
+        free = st.f_bavail * st.f_frsize - min_free
+        if free <= 0:
+            raise SpoolError(f"spool {self.root} has less than {min_free} bytes free")
+        return free
 
     def receive(self) -> Reception:
         """Start receiving a message (blocking: creates its directory)."""

@@ -15,9 +15,11 @@
 #   ca-certificates  TLS clients in tests
 #   rsyslog     the syslog receiver the audit tests send RFC 5424 to (tests/servers/rsyslog.py)
 #   rsyslog-gnutls  its TLS driver, for syslog over TLS (RFC 5425)
+#   systemd     systemd-analyze verify for the units in systemd/
+#   util-linux  mount, for the full-spool test (a small tmpfs)
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates rsyslog rsyslog-gnutls)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux rsyslog rsyslog-gnutls)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -53,7 +55,8 @@ fi
 
 # Verify the executables the tests and bench actually call.
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
-           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/sbin/rsyslogd; do
+           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/systemd-analyze /usr/bin/mount \
+           /usr/sbin/rsyslogd; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"

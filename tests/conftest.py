@@ -32,7 +32,7 @@ def make_gateway(tmp_path: Path) -> Iterator[callable]:
 
     def make(start: bool = True, **kwargs: object) -> GatewayProcess:
         sub = tmp_path / f"gw{len(made)}"
-        sub.mkdir()
+        sub.mkdir(exist_ok=True)
         gw = GatewayProcess(sub, **kwargs)  # type: ignore[arg-type]
         made.append(gw)
         return gw.start() if start else gw

@@ -196,6 +196,15 @@ class GatewayProcess:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit by itself (after a signal the test
+        sent); return its exit code."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout=timeout)
+        self._log.close()
+        self.proc = None
+        return code
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
