@@ -1,5 +1,11 @@
-"""The large benchmark message: a real MIME message with a short text body and an
-18 MiB PDF-like attachment, base64 encoded (about 24.7 MiB on the wire)."""
+"""The benchmark messages: real MIME messages with a short text body and one
+PDF-like attachment, base64 encoded.
+
+- the large message: an 18 MiB attachment, about 24.7 MiB on the wire;
+- the memory message: a 90 MB (90,000,000 bytes) decoded attachment, about
+  123 MB (117.5 MiB) on the wire, for the "100 MB message" memory figure;
+- the click message: a 64 KiB attachment sent to the bench's low-threshold
+  route, whose link the HTTP load test fetches."""
 
 from __future__ import annotations
 
@@ -10,8 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ATTACHMENT_BYTES = 18 * 1024 * 1024
+#: The memory figure's attachment: 90 MB decoded (base64 makes the message ~123 MB).
+MEMORY_ATTACHMENT_BYTES = 90_000_000
+#: The click test's attachment: small, so the HTTP load measures the link path, not bulk transfer.
+CLICK_ATTACHMENT_BYTES = 64 * 1024
 SENDER = "customer@sender.example"
 RECIPIENT = "agent@contact.example"
+#: A recipient on the bench's second route, whose offload threshold is 32 KiB.
+CLICK_RECIPIENT = "agent@clicks.example"
+
+
+def path_stem(filename: str) -> str:
+    """``large.eml`` -> ``large`` (for the Message-ID)."""
+    return filename.rsplit(".", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -32,8 +49,13 @@ def _pdf_like(size: int) -> bytes:
     return head + os.urandom(size - len(head) - len(tail)) + tail
 
 
-def build_large_message(directory: Path, attachment_bytes: int = ATTACHMENT_BYTES) -> LargeMessage:
-    """Write the message to ``directory/large.eml`` and describe it."""
+def build_large_message(
+    directory: Path,
+    attachment_bytes: int = ATTACHMENT_BYTES,
+    filename: str = "large.eml",
+    recipient: str = RECIPIENT,
+) -> LargeMessage:
+    """Write the message to ``directory/filename`` and describe it."""
     payload = _pdf_like(attachment_bytes)
     name = "scan-invoice-2026-11.pdf"
     boundary = "=_bench_boundary_7f3a9c"
@@ -44,10 +66,10 @@ def build_large_message(directory: Path, attachment_bytes: int = ATTACHMENT_BYTE
     )
     headers = (
         f"From: A Customer <{SENDER}>\r\n"
-        f"To: Contact Centre <{RECIPIENT}>\r\n"
+        f"To: Contact Centre <{recipient}>\r\n"
         "Subject: Invoice scan (benchmark large message)\r\n"
         "Date: Fri, 27 Nov 2026 10:00:00 +0000\r\n"
-        "Message-ID: <bench-large-1@sender.example>\r\n"
+        f"Message-ID: <bench-{path_stem(filename)}-1@sender.example>\r\n"
         "MIME-Version: 1.0\r\n"
         f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n'
         "\r\n"
@@ -64,7 +86,7 @@ def build_large_message(directory: Path, attachment_bytes: int = ATTACHMENT_BYTE
         "\r\n"
     ).encode()
     closing = f"--{boundary}--\r\n".encode()
-    path = directory / "large.eml"
+    path = directory / filename
     with open(path, "wb") as fh:
         # No line starts with '.' (base64 has no dots), so no dot-stuffing is needed.
         fh.write(headers)

@@ -122,16 +122,26 @@ def process_name(pid: int) -> str:
         return ""
 
 
-def vm_hwm_kib(pid: int) -> int | None:
-    """Peak resident set size (VmHWM) of a process in KiB, None if it is gone."""
+def _status_kib(pid: int, field: str) -> int | None:
+    """One ``field:  N kB`` line of ``/proc/PID/status`` in KiB, None if the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def vm_hwm_kib(pid: int) -> int | None:
+    """Peak resident set size (VmHWM) of a process in KiB, None if it is gone."""
+    return _status_kib(pid, "VmHWM:")
+
+
+def vm_rss_kib(pid: int) -> int | None:
+    """Current resident set size (VmRSS) of a process in KiB, None if it is gone."""
+    return _status_kib(pid, "VmRSS:")
 
 
 def reset_hwm(pids: Iterable[int]) -> bool:
@@ -154,6 +164,29 @@ def hwm_by_pid(pids: Iterable[int]) -> dict[int, tuple[str, int]]:
         if hwm is not None:
             result[pid] = (process_name(pid), hwm)
     return result
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """CPU time (user + system) used so far by ``pids`` and by their children already reaped.
+
+    Sum over the live processes of utime + stime + cutime + cstime: a daemon that
+    exits between two readings moves from its own counters into its parent's
+    c-counters, so the difference of two readings over the same process tree counts
+    it once (as long as its parent is in ``pids``).
+    """
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields[0] is the state (field 3): utime..cstime are fields 14-17.
+        total += sum(int(x) for x in fields[11:15])
+    return total / _CLK_TCK
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, poll: float = 0.01) -> bool:

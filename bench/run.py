@@ -1,22 +1,31 @@
-"""Benchmark: the gateway beside smtp-sink (floor), aiosmtpd (250-only) and plain Postfix.
+"""Benchmark: the gateway beside smtp-sink (floor), aiosmtpd (250-only), plain Postfix
+and Postfix with MIMEDefang's attachment replacement.
 
 Run from the repository root, as root (Postfix needs it)::
 
-    python bench/run.py            # full run, a few minutes
-    python bench/run.py --quick    # smoke run, well under a minute
+    python bench/run.py            # full run, about 5 minutes
+    python bench/run.py --quick    # smoke run, under a minute
 
 Figures, per candidate (medians over interleaved rounds):
 
 - 5 KB messages/s with smtp-source (20 parallel sessions, one message per
-  connection): *accepted* (smtp-source finished, every message got its 250) and
+  connection; 5 rounds of 1500 messages, --quick 2 of 300): *accepted*
+  (smtp-source finished, every message got its 250) and
   *end-to-end* (every message arrived at the downstream smtp-sink; same as
-  accepted for the floor and aiosmtpd, which are end points).
+  accepted for the floor and aiosmtpd, which are end points), and the CPU time
+  (user + system) of the candidate's processes per message.
 - one ~25 MiB MIME message (18 MiB base64 PDF-like attachment) sent with smtplib:
   end-to-end seconds from connect until fully arrived at the sink (relays) or
-  until the 250 (end points), MB/s (10^6 bytes per second), and the peak
-  resident memory (VmHWM, reset before each send) of the receiving process.
+  until the 250 (end points), MB/s (10^6 bytes per second), ingress MB/s (bytes
+  over the time until the 250), and the peak resident memory (VmHWM, reset before
+  each send) of the receiving process.
+- one ~123 MB message (90 MB decoded attachment): the memory it *adds* to the
+  receiving processes (VmHWM after minus VmRSS before, HWM reset before the send).
+- agent link clicks (gateway only): wrk against one link of a 64 KiB attachment
+  on the filesystem backend, paced at 500/s, saturating, and with 2 connections.
 
-Prints a table with the ratio gateway/baseline and writes bench/results/latest.json.
+Prints a table with the ratio gateway/baseline, the issue's targets with PASS or
+MISS, and writes bench/results/latest.json.
 """
 
 from __future__ import annotations
@@ -51,15 +60,32 @@ from bench.candidates import (  # noqa: E402
     FloorSink,
     Gateway,
     PlainPostfix,
+    PostfixMimedefang,
     default_python,
     find_gateway_executable,
 )
-from bench.message import RECIPIENT, SENDER, LargeMessage, build_large_message  # noqa: E402
-from bench.procs import hwm_by_pid, reset_hwm  # noqa: E402
+from bench.clicks import TARGET_P99_MS, TARGET_RATE, WrkRun, fetch_once, find_link, run_wrk, wrk_missing  # noqa: E402
+from bench.message import (  # noqa: E402
+    CLICK_ATTACHMENT_BYTES,
+    CLICK_RECIPIENT,
+    MEMORY_ATTACHMENT_BYTES,
+    RECIPIENT,
+    SENDER,
+    LargeMessage,
+    build_large_message,
+)
+from bench.procs import cpu_seconds, hwm_by_pid, reset_hwm, vm_hwm_kib, vm_rss_kib  # noqa: E402
+from tests.servers import SinkMessage  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 RESULTS = REPO / "bench" / "results" / "latest.json"
-BASELINES = ("floor", "aiosmtpd", "postfix")
+BASELINES = ("floor", "aiosmtpd", "postfix", "mimedefang")
+#: Candidates the 100 MB memory figure is measured for (the floor stores nothing: skipped).
+MEMORY_CANDIDATES = ("aiosmtpd", "postfix", "mimedefang", "gateway")
+#: --quick keeps the minute: the slow senders of 123 MB (aiosmtpd, MIMEDefang) are left out.
+QUICK_MEMORY_CANDIDATES = ("postfix", "gateway")
+#: Issue 3's memory target: the 100 MB message adds at most 64 MB (10^6 bytes) to the gateway's peak.
+MEMORY_TARGET_BYTES = 64_000_000
 
 
 class BenchError(RuntimeError):
@@ -77,10 +103,19 @@ class Settings:
     large_rounds: int
     step_timeout: float
     quick: bool
+    memory_rounds: int = 1
+    click_seconds: int = 10
+    memory_candidates: tuple[str, ...] = MEMORY_CANDIDATES
 
 
-FULL = Settings(messages=2000, sessions=20, message_size=5120, rounds=5, large_rounds=3, step_timeout=180, quick=False)
-QUICK = Settings(messages=300, sessions=20, message_size=5120, rounds=2, large_rounds=1, step_timeout=30, quick=True)
+FULL = Settings(
+    messages=1500, sessions=20, message_size=5120, rounds=5, large_rounds=3, step_timeout=180, quick=False,
+    memory_rounds=2, click_seconds=10,
+)  # fmt: skip
+QUICK = Settings(
+    messages=300, sessions=20, message_size=5120, rounds=2, large_rounds=1, step_timeout=30, quick=True,
+    memory_rounds=1, click_seconds=2, memory_candidates=QUICK_MEMORY_CANDIDATES,
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------- machine
@@ -143,6 +178,7 @@ def run_throughput(c: Candidate, s: Settings, messages: int) -> dict[str, float]
         SMTP_SOURCE, "-s", str(s.sessions), "-m", str(messages), "-l", str(s.message_size),
         "-M", "bench.localhost", "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{c.smtp_port}",
     ]  # fmt: skip
+    cpu0 = cpu_seconds(c.cpu_pids())
     with tempfile.TemporaryFile() as err:
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
@@ -172,6 +208,7 @@ def run_throughput(c: Candidate, s: Settings, messages: int) -> dict[str, float]
                 proc.kill()
                 proc.wait()
     e2e = arrived if arrived is not None and arrived >= 0 else accepted
+    cpu = cpu_seconds(c.cpu_pids()) - cpu0
     if sink is not None and sink.dump_dir is not None:
         _purge_dumps(c)
     return {
@@ -180,6 +217,8 @@ def run_throughput(c: Candidate, s: Settings, messages: int) -> dict[str, float]
         "e2e_s": e2e,
         "accepted_msgs_per_s": messages / accepted,
         "e2e_msgs_per_s": messages / e2e,
+        "cpu_s": cpu,
+        "cpu_ms_per_msg": 1000 * cpu / messages,
     }
 
 
@@ -189,7 +228,9 @@ def _purge_dumps(c: Candidate) -> None:
         c.arrival_sink.purge()
 
 
-def send_large(port: int, data: bytes, timeout: float) -> tuple[float, float, float]:
+def send_large(
+    port: int, data: bytes, timeout: float, recipient: str = RECIPIENT
+) -> tuple[float, float, float]:
     """Send ``data`` (CRLF, dot-stuffed) as one message; return (t0 monotonic, t0 wall, 250 monotonic)."""
     t0, wall0 = time.monotonic(), time.time()
     with smtplib.SMTP("127.0.0.1", port, local_hostname="bench.localhost", timeout=timeout) as client:
@@ -198,7 +239,7 @@ def send_large(port: int, data: bytes, timeout: float) -> tuple[float, float, fl
         code, reply = client.mail(SENDER, options)
         if code != 250:
             raise BenchError(f"MAIL FROM refused: {code} {reply!r}")
-        code, reply = client.rcpt(RECIPIENT)
+        code, reply = client.rcpt(recipient)
         if code not in (250, 251):
             raise BenchError(f"RCPT TO refused: {code} {reply!r}")
         code, reply = client.docmd("DATA")
@@ -221,7 +262,11 @@ def run_large(c: Candidate, msg: LargeMessage, data: bytes, body_tail: bytes, s:
     base = sink.received_count() if sink else 0
     hwm_reset = reset_hwm(c.receiving_pids())
     t0, wall0, t_accept = send_large(c.smtp_port, data, s.step_timeout)
-    result: dict[str, Any] = {"accept_s": t_accept - t0, "hwm_reset": hwm_reset}
+    result: dict[str, Any] = {
+        "accept_s": t_accept - t0,
+        "ingress_mb_per_s": msg.size / (t_accept - t0) / 1e6,
+        "hwm_reset": hwm_reset,
+    }
     e2e = t_accept - t0
     if sink is not None:
         try:
@@ -256,6 +301,118 @@ def run_large(c: Candidate, msg: LargeMessage, data: bytes, body_tail: bytes, s:
     return result
 
 
+def run_memory(c: Candidate, msg: LargeMessage, data: bytes, timeout: float) -> dict[str, Any]:
+    """Send the ~123 MB message once; the memory it added to each receiving process.
+
+    Before the send: VmRSS of every process, then VmHWM reset to it (clear_refs = 5).
+    After the 250 (end points) or the arrival at the sink (relays: the message has
+    been processed and forwarded): VmHWM. Added = VmHWM after - VmRSS before; a
+    process that did not exist before (Postfix forking a fresh smtpd) counts whole.
+    """
+    sink = c.arrival_sink
+    _purge_dumps(c)
+    base = sink.received_count() if sink else 0
+    before_roles = c.memory_pids()
+    rss_before = {pid: vm_rss_kib(pid) for pid in before_roles}
+    hwm_reset = reset_hwm(before_roles)
+    t0, _wall0, t_accept = send_large(c.smtp_port, data, timeout)
+    e2e = t_accept - t0
+    if sink is not None:
+        try:
+            e2e = sink.wait_for_count(base + 1, timeout=timeout) - t0
+        except (TimeoutError, RuntimeError) as exc:
+            raise BenchError(f"100 MB message did not arrive at the sink: {exc}") from exc
+    roles = {**before_roles, **c.memory_pids()}
+    added: dict[int, tuple[str, int]] = {}
+    detail: dict[str, dict[str, Any]] = {}
+    for pid, role in roles.items():
+        hwm = vm_hwm_kib(pid)
+        if hwm is None:
+            continue
+        before = rss_before.get(pid)
+        kib = hwm - before if before is not None else hwm
+        added[pid] = (role, max(kib, 0))
+        if kib > 0 or before is None:  # idle processes (most of Postfix's) are left out of the detail
+            detail[f"{role}[{pid}]"] = {"rss_before_kib": before, "hwm_after_kib": hwm, "added_kib": kib}
+    if sink is not None:
+        _purge_dumps(c)
+    figure = c.added_memory_figure(added)
+    return {
+        "accept_s": t_accept - t0,
+        "e2e_s": e2e,
+        "hwm_reset": hwm_reset,
+        "added_kib": figure,
+        "added_sum_kib": sum(kib for _, kib in added.values()),
+        "processes_measured": len(added),
+        "processes": detail,
+    }
+
+
+def _link_from_sink(gw: Gateway, timeout: float) -> str:
+    """The link in the newest message at the gateway's sink (decoded text parts)."""
+    sink = gw.arrival_sink
+    assert sink is not None and sink.dump_dir is not None
+    paths = sink.completed_dump_paths()
+    if not paths:
+        raise BenchError("the click message did not arrive at the sink")
+    message = SinkMessage.from_file(paths[-1]).email()
+    for part in message.walk():
+        if part.get_content_maintype() == "text":
+            try:
+                text = part.get_content()
+            except (LookupError, ValueError):
+                continue
+            link = find_link(text)
+            if link:
+                return link
+    raise BenchError(f"no http://127.0.0.1:PORT/a/TOKEN link in the message at the sink ({paths[-1].name})")
+
+
+def run_clicks(gw: Gateway, s: Settings, workdir: Path) -> dict[str, Any]:
+    """Send one message with a 64 KiB attachment to the clicks route; load its link with wrk."""
+    why = wrk_missing()
+    if why is not None:
+        return {"status": "not run", "reason": why}
+    sink = gw.arrival_sink
+    assert sink is not None
+    _purge_dumps(gw)
+    base = sink.received_count()
+    cmsg = build_large_message(
+        workdir, attachment_bytes=CLICK_ATTACHMENT_BYTES, filename="click.eml", recipient=CLICK_RECIPIENT
+    )
+    send_large(gw.smtp_port, cmsg.path.read_bytes(), s.step_timeout, recipient=CLICK_RECIPIENT)
+    try:
+        sink.wait_for_count(base + 1, timeout=s.step_timeout)
+    except (TimeoutError, RuntimeError) as exc:
+        raise BenchError(f"click message did not arrive at the sink: {exc}") from exc
+    link = _link_from_sink(gw, s.step_timeout)
+    status, size = fetch_once(link)
+    if status != 200 or size != cmsg.attachment_size:
+        raise BenchError(f"GET {link}: {status}, {size} bytes (expected 200, {cmsg.attachment_size})")
+    result: dict[str, Any] = {
+        "status": "ok",
+        "link": link,
+        "object_bytes": size,
+        "runs": [],
+    }
+    runs = [
+        WrkRun("paced", threads=2, connections=20, rate=TARGET_RATE),
+        WrkRun("saturating", threads=2, connections=20, rate=0),
+        WrkRun("few-connections", threads=1, connections=2, rate=0),
+    ]
+    for run in runs:
+        r = run_wrk(link, run, s.click_seconds, workdir, timeout=s.click_seconds + 60)
+        result["runs"].append(r)
+        errs = sum(r["errors"].values()) + r["non_2xx_3xx"]
+        print(
+            f"[bench] clicks {run.name:16s} {run.threads}t x {run.connections:2d}c"
+            f"{f' @ {run.rate}/s' if run.rate else '         '}: {r['requests_per_s']:7.0f} req/s  "
+            f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  errors {errs}",
+            flush=True,
+        )
+    return result
+
+
 # ------------------------------------------------------------------- summary
 def _median(rounds: list[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in rounds if r.get(key) is not None]
@@ -268,6 +425,7 @@ def summarize(rows: dict[str, dict[str, Any]]) -> None:
         tp = row.get("throughput_rounds", [])
         lg = row.get("large_rounds", [])
         peaks = [r["peak_rss_kib"] for r in lg if r.get("peak_rss_kib")]
+        added = [r["added_kib"] for r in row.get("memory_rounds", []) if r.get("added_kib") is not None]
         row["spread"] = {
             key: [min(r[key] for r in rounds), max(r[key] for r in rounds)]
             for key, rounds in (
@@ -280,20 +438,26 @@ def summarize(rows: dict[str, dict[str, Any]]) -> None:
         row["summary"] = {
             "accepted_msgs_per_s": _median(tp, "accepted_msgs_per_s"),
             "e2e_msgs_per_s": _median(tp, "e2e_msgs_per_s"),
+            "cpu_ms_per_msg": _median(tp, "cpu_ms_per_msg"),
             "large_accept_s": _median(lg, "accept_s"),
+            "large_ingress_mb_per_s": _median(lg, "ingress_mb_per_s"),
             "large_e2e_s": _median(lg, "e2e_s"),
             "large_mb_per_s": _median(lg, "mb_per_s"),
             "large_peak_rss_mib": max(peaks) / 1024 if peaks else None,
+            "memory_added_mib": max(added) / 1024 if added else None,
         }
 
 
 FIGURES: list[tuple[str, str, str]] = [
     ("accepted_msgs_per_s", "5 KB msgs/s accepted", "{:.0f}"),
     ("e2e_msgs_per_s", "5 KB msgs/s end-to-end", "{:.0f}"),
+    ("cpu_ms_per_msg", "5 KB: CPU ms per message", "{:.2f}"),
     ("large_accept_s", "25 MiB: s until 250", "{:.3f}"),
+    ("large_ingress_mb_per_s", "25 MiB: MB/s until 250 (ingress)", "{:.1f}"),
     ("large_e2e_s", "25 MiB: s end-to-end", "{:.3f}"),
     ("large_mb_per_s", "25 MiB: MB/s end-to-end", "{:.1f}"),
     ("large_peak_rss_mib", "25 MiB: peak RSS MiB", "{:.1f}"),
+    ("memory_added_mib", "100 MB: added peak RSS MiB", "{:.1f}"),
 ]
 
 
@@ -313,7 +477,9 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
             if b not in rows:
                 continue
             base = rows[b].get("summary", {}).get(key)
-            line.append(f"{gw / base:.2f}x" if gw is not None and base else "-")
+            # A ratio to a baseline of (almost) nothing says nothing (Postfix adds ~0 MiB).
+            meaningful = base is not None and base > (0.5 if key == "memory_added_mib" else 0)
+            line.append(f"{gw / base:.2f}x" if gw is not None and meaningful else "-")
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = [
@@ -322,6 +488,95 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     ]
     out.insert(1, "-" * len(out[0]))
     return "\n".join(out)
+
+
+def format_clicks(clicks: dict[str, Any]) -> str:
+    """The link-click table (gateway only: no baseline serves these links)."""
+    if clicks.get("status") != "ok":
+        return f"agent link clicks: {clicks.get('status', 'not run')}: {clicks.get('reason', '')}"
+    lines = [
+        f"agent link clicks: wrk --latency on one link, {clicks['object_bytes']} B object (filesystem backend)",
+        f"  {'run':16s} {'threads x conns':>15s} {'target/s':>8s} {'req/s':>7s} {'p50 ms':>7s} "
+        f"{'p90 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} {'errors':>6s}",
+    ]
+    for r in clicks["runs"]:
+        errs = sum(r["errors"].values()) + r["non_2xx_3xx"]
+        shape = f"{r['threads']} x {r['connections']}"
+        lines.append(
+            f"  {r['run']:16s} {shape:>15s} {r['target_rate'] or '-':>8} "
+            f"{r['requests_per_s']:7.0f} {r['p50_ms']:7.2f} {r['p90_ms']:7.2f} {r['p99_ms']:7.2f} "
+            f"{r['max_ms']:7.1f} {errs:6d}"
+        )
+    return "\n".join(lines)
+
+
+def _fig(rows: dict[str, dict[str, Any]], name: str, key: str) -> float | None:
+    return rows.get(name, {}).get("summary", {}).get(key)
+
+
+def evaluate_targets(rows: dict[str, dict[str, Any]], clicks: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 3's targets, each PASS, MISS or NOT RUN, with the figures it compared."""
+    out: list[dict[str, Any]] = []
+
+    def target(name: str, ok: bool | None, detail: str) -> None:
+        result = "NOT RUN" if ok is None else ("PASS" if ok else "MISS")
+        out.append({"target": name, "result": result, "detail": detail})
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}x" if a is not None and b else "-"
+
+    gw, pf = _fig(rows, "gateway", "large_mb_per_s"), _fig(rows, "postfix", "large_mb_per_s")
+    target(
+        "25 MiB end-to-end MB/s >= plain Postfix",
+        None if gw is None or pf is None else gw >= pf,
+        f"gateway {gw or 0:.1f} MB/s vs Postfix {pf or 0:.1f} MB/s ({ratio(gw, pf)})",
+    )
+    gi, fl = _fig(rows, "gateway", "large_ingress_mb_per_s"), _fig(rows, "floor", "large_ingress_mb_per_s")
+    target(
+        "25 MiB ingress (until 250) MB/s >= 0.5x smtp-sink",
+        None if gi is None or fl is None else gi >= 0.5 * fl,
+        f"gateway {gi or 0:.1f} MB/s vs smtp-sink {fl or 0:.1f} MB/s ({ratio(gi, fl)}; needs 0.50x)",
+    )
+    mem = _fig(rows, "gateway", "memory_added_mib")
+    target(
+        "100 MB message adds <= 64 MB to the gateway's peak RSS",
+        None if mem is None else mem * 2**20 <= MEMORY_TARGET_BYTES,
+        f"gateway +{mem or 0:.1f} MiB (+{(mem or 0) * 2**20 / 1e6:.1f} MB), largest serve process; limit 64 MB",
+    )
+    gs, ps = _fig(rows, "gateway", "e2e_msgs_per_s"), _fig(rows, "postfix", "e2e_msgs_per_s")
+    target(
+        "5 KB msgs/s end-to-end >= plain Postfix",
+        None if gs is None or ps is None else gs >= ps,
+        f"gateway {gs or 0:.0f}/s vs Postfix {ps or 0:.0f}/s ({ratio(gs, ps)})",
+    )
+    md = _fig(rows, "mimedefang", "e2e_msgs_per_s")
+    md_why = rows.get("mimedefang", {}).get("reason", "")
+    target(
+        "5 KB msgs/s end-to-end > Postfix+MIMEDefang",
+        None if gs is None or md is None else gs > md,
+        f"gateway {gs or 0:.0f}/s vs Postfix+MIMEDefang {md or 0:.0f}/s ({ratio(gs, md)})"
+        if md is not None
+        else f"Postfix+MIMEDefang not measured: {md_why.splitlines()[0] if md_why else 'not selected'}",
+    )
+    paced = next((r for r in clicks.get("runs", []) if r["run"] == "paced"), None)
+    if paced is None:
+        target(f"link clicks p99 < {TARGET_P99_MS:.0f} ms at {TARGET_RATE}/s", None, clicks.get("reason", "not run"))
+    else:
+        errs = sum(paced["errors"].values()) + paced["non_2xx_3xx"]
+        reached = paced["requests_per_s"] >= 0.95 * TARGET_RATE
+        target(
+            f"link clicks p99 < {TARGET_P99_MS:.0f} ms at {TARGET_RATE}/s",
+            reached and paced["p99_ms"] < TARGET_P99_MS and errs == 0,
+            f"paced run: {paced['requests_per_s']:.0f} req/s achieved (needs >= {0.95 * TARGET_RATE:.0f}), "
+            f"p99 {paced['p99_ms']:.2f} ms, {errs} errors",
+        )
+    return out
+
+
+def format_targets(targets: list[dict[str, Any]]) -> str:
+    """One line a target: PASS/MISS/NOT RUN, the target, the figures."""
+    width = max(len(t["target"]) for t in targets)
+    return "\n".join(f"  {t['result']:7s} {t['target']:{width}s}  {t['detail']}" for t in targets)
 
 
 # ---------------------------------------------------------------------- main
@@ -338,8 +593,8 @@ def started(c: Candidate, rows: dict[str, dict[str, Any]]) -> Iterator[bool]:
         rows[c.name]["status"] = "ok"
         ok = True
     except CandidateUnavailable as exc:
-        rows[c.name].update(status="skipped", reason=str(exc))
-        print(f"[bench] {c.label}: skipped: {exc}", flush=True)
+        rows[c.name].update(status="not run", reason=str(exc))
+        print(f"[bench] {c.label}: not run: {exc}", flush=True)
         ok = False
     except Exception as exc:  # noqa: BLE001 - recorded, the bench goes on
         rows[c.name].update(status="failed", reason=f"start: {exc}")
@@ -360,7 +615,7 @@ def _fail(c: Candidate, rows: dict[str, dict[str, Any]], active: list[Candidate]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description="Gateway benchmark against smtp-sink, aiosmtpd and Postfix")
-    p.add_argument("--quick", action="store_true", help="smoke run: fewer messages and rounds (well under a minute)")
+    p.add_argument("--quick", action="store_true", help="smoke run: fewer messages and rounds (under a minute)")
     p.add_argument("--messages", type=int, help="5 KB messages per round")
     p.add_argument("--rounds", type=int, help="throughput rounds (interleaved across candidates)")
     p.add_argument("--large-rounds", type=int, help="25 MiB message rounds")
@@ -369,6 +624,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only", help=f"comma-separated subset of candidates: {','.join((*BASELINES, 'gateway'))}"
     )
+    p.add_argument("--memory-rounds", type=int, help="100 MB message rounds (peak memory; 0 = skip)")
+    p.add_argument("--click-seconds", type=int, help="seconds per wrk run (0 = skip the click test)")
     p.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS})")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     return p.parse_args(argv)
@@ -386,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
         large_rounds=args.large_rounds or base.large_rounds,
         step_timeout=base.step_timeout,
         quick=base.quick,
+        memory_rounds=base.memory_rounds if args.memory_rounds is None else args.memory_rounds,
+        click_seconds=base.click_seconds if args.click_seconds is None else args.click_seconds,
+        memory_candidates=base.memory_candidates,
     )
     if os.geteuid() != 0:
         print("[bench] must run as root (Postfix and smtp-sink -u nobody need it)", file=sys.stderr)
@@ -406,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         FloorSink(workdir, dump=False),
         AiosmtpdBaseline(workdir, default_python()),
         PlainPostfix(workdir),
+        PostfixMimedefang(workdir),
         Gateway(workdir, gateway_exe, requested=args.gateway),
     ]
     candidates = [c for c in all_candidates if c.name in wanted]
@@ -424,9 +685,12 @@ def main(argv: list[str] | None = None) -> int:
         print("[bench] warning: the machine is busy (1-minute load above nproc/2): figures will be noisy", flush=True)
     print(
         f"[bench] {'quick' if s.quick else 'full'} run: {s.rounds} x {s.messages} msgs of {s.message_size} B, "
-        f"{s.sessions} sessions; {s.large_rounds} x large message",
+        f"{s.sessions} sessions; {s.large_rounds} x large message; {s.memory_rounds} x 100 MB message; "
+        f"wrk {s.click_seconds} s x 3",
         flush=True,
     )
+    clicks: dict[str, Any] = {"status": "not run", "reason": "gateway not run"}
+    mem_msg: LargeMessage | None = None
     try:
         msg = build_large_message(workdir)
         data = msg.path.read_bytes()
@@ -436,6 +700,13 @@ def main(argv: list[str] | None = None) -> int:
             f"attachment {msg.attachment_size} bytes",
             flush=True,
         )
+        if s.memory_rounds:
+            mem_msg = build_large_message(workdir, attachment_bytes=MEMORY_ATTACHMENT_BYTES, filename="memory.eml")
+            print(
+                f"[bench] 100 MB message: {mem_msg.size} bytes ({mem_msg.size / 1e6:.1f} MB), "
+                f"attachment {mem_msg.attachment_size} bytes decoded",
+                flush=True,
+            )
         with contextlib.ExitStack() as stack:
             active: list[Candidate] = []
             for c in candidates:
@@ -445,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
                         rows[c.name]["argv"] = c.argv
                     rows[c.name]["throughput_rounds"] = []
                     rows[c.name]["large_rounds"] = []
+                    rows[c.name]["memory_rounds"] = []
             # Warm-up (not recorded): spawns Postfix's daemons, JITs nothing, fills caches.
             for c in list(active):
                 try:
@@ -461,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows[c.name]["throughput_rounds"].append(r)
                     print(
                         f"[bench] round {rnd + 1}/{s.rounds} {c.label:22s} "
-                        f"accepted {r['accepted_msgs_per_s']:7.0f} msg/s  end-to-end {r['e2e_msgs_per_s']:7.0f} msg/s",
+                        f"accepted {r['accepted_msgs_per_s']:7.0f} msg/s  end-to-end {r['e2e_msgs_per_s']:7.0f} msg/s  "
+                        f"CPU {r['cpu_ms_per_msg']:5.2f} ms/msg",
                         flush=True,
                     )
             for rnd in range(s.large_rounds):
@@ -479,6 +752,44 @@ def main(argv: list[str] | None = None) -> int:
                         + ("" if r.get("attachment_intact", True) else "  (attachment replaced/changed)"),
                         flush=True,
                     )
+            if mem_msg is not None:
+                mem_data = mem_msg.path.read_bytes()
+                for rnd in range(s.memory_rounds):
+                    for c in list(active):
+                        if c.name not in s.memory_candidates:
+                            continue
+                        try:
+                            r = run_memory(c, mem_msg, mem_data, max(s.step_timeout, 180))
+                        except Exception as exc:  # noqa: BLE001
+                            _fail(c, rows, active, f"100 MB message round {rnd + 1}", exc)
+                            continue
+                        rows[c.name]["memory_rounds"].append(r)
+                        print(
+                            f"[bench] 100 MB {rnd + 1}/{s.memory_rounds} {c.label:22s} "
+                            f"250 after {r['accept_s']:.3f}s  end-to-end {r['e2e_s']:.3f}s  "
+                            f"added peak RSS {r['added_kib'] / 1024:6.1f} MiB ({c.added_memory_scope})",
+                            flush=True,
+                        )
+                del mem_data
+            gw = next((c for c in active if isinstance(c, Gateway)), None)
+            if gw is not None and s.click_seconds > 0:
+                try:
+                    clicks = run_clicks(gw, s, workdir)
+                except Exception as exc:  # noqa: BLE001
+                    clicks = {"status": "failed", "reason": str(exc)}
+                    print(f"[bench] clicks failed: {exc}", flush=True)
+            elif gw is not None:
+                clicks = {"status": "not run", "reason": "--click-seconds 0"}
+            gw_any = next((c for c in candidates if isinstance(c, Gateway)), None)
+            if gw_any is not None and gw_any.proc is not None:
+                # Give the last deliveries a moment, then look at what the gateway left behind.
+                time.sleep(1.0)
+                rows["gateway"]["after_run"] = after = gw_any.inspect()
+                print(
+                    f"[bench] gateway after the run: spool {after['spool']}, "
+                    f"{after['log_problems']} warning/error lines in its log",
+                    flush=True,
+                )
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -487,8 +798,8 @@ def main(argv: list[str] | None = None) -> int:
 
     machine["loadavg_after"] = _loadavg()
     summarize(rows)
-    if "gateway" in rows and rows["gateway"]["status"] == "skipped":
-        print("[bench] gateway row skipped: the attachment-gateway executable is missing", flush=True)
+    if "gateway" in rows and rows["gateway"]["status"] == "not run":
+        print("[bench] gateway row not run: the attachment-gateway executable is missing", flush=True)
     print()
     print(
         f"machine: nproc={machine['nproc']}, CPU {machine['cpu_model']}, kernel {machine['kernel']}, "
@@ -497,9 +808,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before/after: {machine['loadavg_before']} / {machine['loadavg_after']}")
     print(format_table(rows))
     print("ratios are gateway/baseline: above 1x is better for msgs/s and MB/s, worse for seconds and MiB")
+    print(format_clicks(clicks))
+    targets = evaluate_targets(rows, clicks)
+    print("targets (issue 3):")
+    print(format_targets(targets))
     for name, row in rows.items():
         if row.get("reason"):
             print(f"note: {name}: {row['status']}: {row['reason'].splitlines()[0]}")
+    if rows.get("gateway", {}).get("after_run", {}).get("log_sample"):
+        print("note: gateway log (first warning/error lines):")
+        for line in rows["gateway"]["after_run"]["log_sample"][:5]:
+            print(f"  {line[:200]}")
+        for frame, n in rows["gateway"]["after_run"].get("traceback_frames", {}).items():
+            print(f"  traceback through {frame}: {n}x")
     result = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
         "duration_s": round(time.time() - started_at, 1),
@@ -510,12 +831,19 @@ def main(argv: list[str] | None = None) -> int:
             "attachment_bytes": msg.attachment_size,
             "attachment_sha256": msg.attachment_sha256,
         },
+        "memory_message": (
+            {"bytes": mem_msg.size, "attachment_bytes": mem_msg.attachment_size} if mem_msg is not None else None
+        ),
         "candidates": rows,
+        "clicks": clicks,
+        "targets": targets,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"[bench] results written to {args.json}")
     failed = [name for name, row in rows.items() if row["status"] == "failed"]
+    if clicks.get("status") == "failed":
+        failed.append("clicks")
     return 1 if failed else 0
 
 

@@ -1,4 +1,4 @@
-"""The ``attachment-gateway`` command: serve, check-config, queue, links.
+"""The ``attachment-gateway`` command: serve, milter, check-config, queue, links.
 
 Exit codes follow sysexits: 0 ok, 64 usage, 69 not found, 75 temporary
 failure (locked), 78 configuration error.
@@ -77,9 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(cfg: Config, args: argparse.Namespace) -> int:
-    roles = tuple(r for r in ("smtp", "worker", "http") if r not in (args.without or []))
-    if args.only:
-        roles = tuple(args.only)
+    default = ("smtp", "worker", "http", "milter") if cfg.milter is not None else ("smtp", "worker", "http")
+    roles = tuple(r for r in (args.only or default) if r not in (args.without or []))
     from gateway.server import Gateway, Supervisor
 
     processes = args.processes or cfg.process_count()
@@ -272,11 +271,17 @@ def parser() -> argparse.ArgumentParser:
                    help="directory relative paths in the config are resolved against (default: current)")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run SMTP ingress, worker and HTTP")
-    s.add_argument("--only", nargs="+", choices=("smtp", "worker", "http"), help="run only these roles")
-    s.add_argument("--without", nargs="+", choices=("smtp", "worker", "http"), help="run all roles but these")
+    roles = ("smtp", "worker", "http", "milter")
+    s.add_argument("--only", nargs="+", choices=roles, help="run only these roles")
+    s.add_argument("--without", nargs="+", choices=roles, help="run all roles but these")
     s.add_argument("--processes", type=int, default=None, metavar="N",
                    help="processes sharing the ports and the spool (default: gateway.processes)")
     s.set_defaults(func=cmd_serve)
+    m = sub.add_parser("milter", help="run the milter (and the HTTP listener for links) for Postfix or Sendmail")
+    m.add_argument("--without", nargs="+", choices=("http",), help="leave out the HTTP listener")
+    m.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="processes sharing the port (default: gateway.processes)")
+    m.set_defaults(func=cmd_serve, only=["milter", "http"])
     c = sub.add_parser("check-config", help="validate the config file and exit")
     c.set_defaults(func=cmd_check_config)
     q = sub.add_parser("queue", help="list and manage the mail queue")

@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -27,39 +26,14 @@ from pydantic import (
 )
 
 from gateway.storage.settings import StorageSettings
+from gateway.units import Duration, Size
 
 
 class ConfigError(Exception):
     """The config file is missing, unreadable or invalid; ``str()`` says why."""
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
-
-def _parse_size(value: Any) -> Any:
-    """Accept 10485760, "10MiB", "150 MB"; anything else is left for the int check."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
-        if m and m.group(2).lower() in _SIZE_UNITS:
-            return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-        raise ValueError("expected a size in bytes, such as 10485760 or \"10MiB\"")
-    return value
-
-
-def _parse_duration(value: Any) -> Any:
-    """Accept 86400, "24h", "15m", "5d"."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
-        if m and m.group(2).lower() in _DURATION_UNITS:
-            return int(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
-        raise ValueError("expected a duration in seconds, such as 300 or \"5m\", \"24h\", \"5d\"")
-    return value
-
-
-Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
-Duration = Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)]
 
 
 def _parse_hostport(value: str) -> tuple[str, int]:
@@ -422,10 +396,42 @@ class WorkerSettings(_Strict):
     # Bounds on what a message may hold; beyond them the message is forwarded
     # untouched with a warning (it was already accepted).
     max_header_bytes: Size = 1048576
+    max_header_fields: int = Field(1000, ge=1)
+    # RFC 5322 allows 998; real mail often exceeds it, so the default only
+    # stops the absurd.
+    max_header_line: Size = 65536
     max_mime_depth: int = Field(20, ge=1)
     max_parts: int = Field(1000, ge=1)
     # How often the deferred queue is scanned for messages due for retry.
     scan_interval: Duration = 5
+
+
+class MilterSettings(_Strict):
+    """The milter listener: the same pipeline inside an existing Postfix or
+    Sendmail (``attachment-gateway milter``, or ``serve`` with this table)."""
+
+    listen: str = "127.0.0.1:8891"
+    # What the MTA is told when processing fails or runs out of time:
+    # "continue" lets the message through unchanged, "tempfail" makes the
+    # MTA answer 451 so the client retries later.
+    on_error: Literal["continue", "tempfail"] = "continue"
+    # Seconds allowed for processing at end of message; keep it below the
+    # MTA's own limit (Postfix: milter_content_timeout, 300 s by default).
+    timeout: Duration = Field(240, ge=1)
+    # Where messages being received are written ("" is the system's
+    # temporary directory); it needs room for the largest message at once
+    # per connection.
+    temp_dir: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        _parse_hostport(v)
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return _parse_hostport(self.listen)
 
 
 class Config(_Strict):
@@ -443,6 +449,9 @@ class Config(_Strict):
     authorization: AuthorizationSettings = AuthorizationSettings()
     audit: AuditSettings = AuditSettings()
     api: ApiSettings = ApiSettings()
+    # Absent: ``serve`` runs no milter; ``attachment-gateway milter`` then
+    # uses the defaults above.
+    milter: MilterSettings | None = None
 
     # The directory relative paths are resolved against (the config file's
     # own project root); not a key in the file.

@@ -37,6 +37,8 @@ DELIVERY_SECONDS = Histogram("gateway_delivery_seconds", "Time of one delivery a
                              ["route", "outcome"], buckets=_LATENCY)
 LINK_REQUESTS = Counter("gateway_link_requests", "Requests for links, by outcome.", ["outcome"])
 AUDIT_DROPPED = Counter("gateway_audit_events_dropped", "Audit events that could not be written.")
+MILTER_MESSAGES = Counter("gateway_milter_messages", "Messages the milter answered, by outcome (rewritten, "
+                          "unchanged, no_route, error, timeout).", ["outcome"])
 
 
 class QueueCollector:

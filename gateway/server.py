@@ -1,9 +1,10 @@
-"""``serve``: the SMTP ingress, the worker and the HTTP listener.
+"""``serve``: the SMTP ingress, the worker, the HTTP listener and the milter.
 
 Start order follows the flow: storage first (a misconfigured bucket stops
 start-up before any port listens), then the spool (recover what a crash
 left), the worker, HTTP, and SMTP last, so nothing is accepted before it can
-be processed.  SIGTERM and SIGINT drain: new sessions get 421, sessions and
+be processed; the milter, which needs neither spool nor worker tasks, starts
+with them.  SIGTERM and SIGINT drain: new sessions get 421, sessions and
 messages in hand get ``gateway.drain_seconds`` to finish, and whatever is
 left stays in the spool for the next start.  SIGHUP re-reads the config and
 keeps the old one when the new one is invalid.
@@ -32,6 +33,7 @@ from gateway.config import Config
 from gateway.http import app as http_app
 from gateway.links.authz import AllowAll
 from gateway.links.tokens import Keyring
+from gateway.milter import MilterServer
 from gateway.smtp import Handler, start_server
 from gateway.spool import Spool
 from gateway.worker import Worker
@@ -41,6 +43,9 @@ log = logs.get("server")
 ROLES = ("smtp", "worker", "http")
 HEARTBEAT_SECONDS = 2.0
 _PR_SET_PDEATHSIG = 1
+# Every role a process can run; "milter" runs when the config has [milter]
+# or when asked for (``attachment-gateway milter``, ``serve --only milter``).
+ALL_ROLES = (*ROLES, "milter")
 
 
 class Gateway:
@@ -71,6 +76,7 @@ class Gateway:
         self.smtp: asyncio.AbstractServer | None = None
         self.smtp_handler: Handler | None = None
         self.http: http_app.Listener | None = None
+        self.milter: MilterServer | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -81,7 +87,8 @@ class Gateway:
         for store in self.stores.values():
             await store.start()
         self.audit.start()
-        await asyncio.to_thread(self.spool.create)
+        if "smtp" in self.roles or "worker" in self.roles:
+            await asyncio.to_thread(self.spool.create)
         if "worker" in self.roles and self.recover:
             counts = await asyncio.to_thread(self.spool.recover)
             if any(counts.values()):
@@ -93,6 +100,12 @@ class Gateway:
             assert self.links is not None
             self.http = await http_app.start(self.cfg, self.links, self.audit, self.api_keys, self.spool,
                                              reuse_port=self.shared_ports)
+        if "milter" in self.roles:
+            # The same pipeline as the worker's; a process without the worker
+            # role gets a Worker that is never started (no spool, no tasks).
+            processor = self.worker or Worker(self.cfg, None, self.stores, self.keyring, self.audit)
+            self.milter = MilterServer(self.cfg, processor)
+            await self.milter.start(reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker
             self.smtp, self.smtp_handler = await start_server(
@@ -102,7 +115,8 @@ class Gateway:
             log.warning("authorisation is allow-all: every agent sees every customer's files",
                         agents_auth=self.cfg.agents.auth, explicit=self.cfg.authorization.mode == "allow-all")
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,
-                 http=self.cfg.http.listen if self.http else None, spool=str(self.spool.root))
+                 http=self.cfg.http.listen if self.http else None,
+                 milter=self.milter.settings.listen if self.milter else None, spool=str(self.spool.root))
 
     def reload(self) -> None:
         """SIGHUP: validate the config file again; swap it in only if valid."""
@@ -116,6 +130,10 @@ class Gateway:
             self.worker.configure(cfg)
         if self.smtp_handler is not None:
             self.smtp_handler.cfg = cfg
+        if self.milter is not None:
+            if self.milter.worker is not self.worker:
+                self.milter.worker.configure(cfg)
+            self.milter.configure(cfg)
         log.info("config reloaded", path=self.config_path)
 
     async def run(self) -> None:
@@ -165,6 +183,8 @@ class Gateway:
         if self.smtp_handler is not None:
             self.smtp_handler.draining = True
             waits.append(self._sessions_done(deadline))
+        if self.milter is not None:
+            waits.append(self.milter.stop(grace))
         if self.worker is not None:
             waits.append(self.worker.stop(grace))
         await asyncio.gather(*waits)
@@ -247,7 +267,8 @@ class Supervisor:
 
     def run(self) -> int:
         spool = Spool(self.cfg.path(self.cfg.gateway.spool_dir))
-        spool.create()
+        if "smtp" in self.roles or "worker" in self.roles:
+            spool.create()
         if "worker" in self.roles:
             counts = spool.recover()
             if any(counts.values()):

@@ -32,7 +32,7 @@ from gateway.links.tokens import Keyring, new_object_id
 from gateway.mime import filenames
 from gateway.mime.decode import Measure, decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, MimeLimitError, Part, parse
-from gateway.mime.rewrite import Link, Replacement, human_size, plan, segments_size
+from gateway.mime.rewrite import Link, Replacement, Segment, human_size, plan, segments_size
 from gateway.mime.source import Source
 from gateway.spool import (ENVELOPE, MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
                            write_atomic)
@@ -58,10 +58,26 @@ class Offloaded:
     expires: int = 0
 
 
-class Worker:
-    """Processes and delivers spooled messages; one per process, many tasks."""
+@dataclass
+class Processed:
+    """What processing made of one message file: the output as segments of
+    that file, and what was stored or refused on the way."""
 
-    def __init__(self, cfg: Config, spool: Spool, stores: dict[str, Storage], keyring: Keyring,
+    segments: list[Segment]
+    result: dict[str, Any]
+    # True when a part was offloaded, refused or replaced: the body differs
+    # from the input (otherwise only the trace headers are new).
+    changed: bool
+
+
+class Worker:
+    """Processes and delivers spooled messages; one per process, many tasks.
+
+    The milter builds one without a spool and never starts it: it only calls
+    ``process_file``, so both ingresses run the same pipeline.
+    """
+
+    def __init__(self, cfg: Config, spool: Spool | None, stores: dict[str, Storage], keyring: Keyring,
                  audit: logs.AuditLog) -> None:
         self.spool = spool
         self.stores = stores
@@ -89,7 +105,8 @@ class Worker:
         self.bounce_hop = build_next_hop(cfg.delivery.bounce_next_hop, base_dir=base,
                                          hostname=cfg.gateway.hostname)
         self.limits = Limits(max_header_bytes=cfg.worker.max_header_bytes, max_depth=cfg.worker.max_mime_depth,
-                             max_parts=cfg.worker.max_parts)
+                             max_parts=cfg.worker.max_parts, max_header_fields=cfg.worker.max_header_fields,
+                             max_header_line=cfg.worker.max_header_line)
         self._offload_slots = asyncio.Semaphore(cfg.worker.offload_concurrency)
 
     # -- scheduling -------------------------------------------------------
@@ -240,19 +257,32 @@ class Worker:
         qlog = log.bind(queue_id=handle.queue_id, route=route.name)
         src = Source(handle.file(MESSAGE))
         try:
-            return await self._process(handle, envelope, route, src, qlog)
+            out = await self.process_source(src, envelope, route, qlog)
         finally:
             src.close()
+        content = Content(handle.file(MESSAGE), out.segments)
+        if out.changed:
+            await asyncio.to_thread(self._save_output, handle, content, out.result)
+            content = Content(handle.file(REWRITTEN))
+        return content
 
-    async def _process(self, handle: Handle, envelope: Envelope, route: RouteSettings, src: Source,
-                       qlog: Any) -> Content:
+    async def process_file(self, path: Path, envelope: Envelope, route: RouteSettings) -> Processed:
+        """Run the pipeline on a message file outside the spool (the milter's
+        temporary file); the segments refer to ``path``."""
+        qlog = log.bind(queue_id=envelope.queue_id, route=route.name)
+        with Source(path) as src:
+            return await self.process_source(src, envelope, route, qlog)
+
+    async def process_source(self, src: Source, envelope: Envelope, route: RouteSettings,
+                             qlog: Any) -> Processed:
+        """Parse, decide, offload and rewrite ``src``; no spool involved."""
         started = time.monotonic()
         try:
             root = await asyncio.to_thread(parse, src, self.limits)
         except MimeLimitError as e:
             qlog.warning("message exceeds a MIME limit; forwarded untouched", reason=str(e))
             trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
-            return Content(handle.file(MESSAGE), [trace, (0, src.size)])
+            return Processed([trace, (0, src.size)], {"offloaded": [], "failed": []}, changed=False)
         message_id = message_header(root.headers, "Message-ID").strip()
         customer = self._customer_id(root, envelope, route)
         text_part, html_part = _bodies(root)
@@ -298,7 +328,7 @@ class Worker:
                             html_part=html_part, link_template=template, trace=trace)
             for p in failed:
                 self.audit.event("FileRefused", "Failure", EventResultDetails="storage unavailable, too large to forward",
-                                 QueueId=handle.queue_id, CustomerId=customer,
+                                 QueueId=envelope.queue_id, CustomerId=customer,
                                  TargetFileName=filenames.original_filename(p.headers))
         result = {
             "offloaded": [{"key": o.key, "size": o.size, "sha256": o.sha256, "filename": o.filename,
@@ -306,13 +336,9 @@ class Worker:
             "failed": [p.path for p in failed],
             "seconds": round(time.monotonic() - started, 4),
         }
-        content = Content(handle.file(MESSAGE), segments)
-        if offloaded or failed or replacements:
-            await asyncio.to_thread(self._save_output, handle, content, result)
-            content = Content(handle.file(REWRITTEN))
         qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
-                  failed=len(failed), size_in=src.size, size_out=content.size)
-        return content
+                  failed=len(failed), size_in=src.size, size_out=segments_size(segments))
+        return Processed(segments, result, changed=bool(offloaded or failed or replacements))
 
     def _save_output(self, handle: Handle, content: Content, result: dict[str, Any]) -> None:
         content.write_to(handle.file(REWRITTEN))

@@ -242,6 +242,22 @@ def test_connection_limits_answer_421(make_gateway) -> None:
     assert greeting.startswith(b"220 "), greeting
 
 
+@pytest.mark.parametrize("shape,reason", [
+    ("fields", b"more than 50 header fields"),
+    ("line", b"header line of 3000 bytes"),
+])
+def test_header_bounds_forward_untouched_with_a_warning(make_gateway, shape: str, reason: bytes) -> None:
+    gw = make_gateway(threshold=100, sections={"worker": {"max_header_fields": 50, "max_header_line": 2000}})
+    headers = "".join(f"X-Extra-{i}: {i}\n" for i in range(60)) if shape == "fields" else \
+        "X-Long: " + "y" * 2992 + "\n"
+    raw = (f"From: a@example.net\nTo: support@contact.example\nSubject: bounds\n{headers}"
+           "MIME-Version: 1.0\nContent-Type: text/plain\n\nbody\n").encode()
+    from tests.harness import to_wire
+    send(gw.smtp_port, to_wire(raw))
+    [out] = gw.wait_outbox()
+    assert reason in out and strip_trace(out) == to_wire(raw)
+
+
 def test_message_over_a_mime_bound_is_forwarded_untouched_with_a_warning(make_gateway) -> None:
     gw = make_gateway(threshold=100, sections={"worker": {"max_parts": 5}})
     parts = [(pdf_bytes(500), "application/pdf", f"f{i}.pdf") for i in range(8)]

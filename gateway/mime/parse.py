@@ -39,6 +39,8 @@ class Limits:
     max_header_bytes: int = 1 << 20
     max_depth: int = 20
     max_parts: int = 1000
+    max_header_fields: int = 1000
+    max_header_line: int = 65536
 
 
 @dataclass
@@ -92,19 +94,21 @@ class Part:
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")  # as Python's feedparser
 
 
-def _header_end(src: Source, start: int, end: int, limit: int) -> tuple[int, int]:
+def _header_end(src: Source, start: int, end: int, limits: Limits) -> tuple[int, int]:
     """Return (end of header block, start of body) for a part starting at ``start``.
 
     The block ends at the first empty line, or, as in Python's parser, at
     the first line that cannot be a header field (that line then starts the
     body, so no byte of a malformed part is taken for a header and dropped).
     """
+    limit = limits.max_header_bytes
     size = 16384
     while True:
         window_end = min(end, start + size, start + limit + 2)
         data = src.read(start, window_end)
         complete = window_end >= end
         pos = 0
+        fields = 0
         for m in _LINE_END.finditer(data):
             if m.end() == len(data) and not complete and data.endswith(b"\r"):
                 break  # a CR at the window's edge may be half of a CRLF
@@ -113,6 +117,13 @@ def _header_end(src: Source, start: int, end: int, limit: int) -> tuple[int, int
                 return start + pos, start + m.end()
             if not _HEADER_LINE.match(line):
                 return start + pos, start + pos
+            if len(line) > limits.max_header_line:
+                raise MimeLimitError(f"header line of {len(line)} bytes at offset {start + pos} "
+                                     f"(limit {limits.max_header_line})")
+            if line[:1] not in (b" ", b"\t"):
+                fields += 1
+                if fields > limits.max_header_fields:
+                    raise MimeLimitError(f"more than {limits.max_header_fields} header fields at offset {start}")
             pos = m.end()
         if complete:
             tail = data[pos:]
@@ -194,7 +205,7 @@ def _parse_part(src: Source, start: int, end: int, depth: int, path: str, limits
         raise MimeLimitError(f"more than {limits.max_parts} MIME parts")
     if depth > limits.max_depth:
         raise MimeLimitError(f"MIME nesting deeper than {limits.max_depth}")
-    hdr_end, body_start = _header_end(src, start, end, limits.max_header_bytes)
+    hdr_end, body_start = _header_end(src, start, end, limits)
     headers = _parse_headers(src.read(start, hdr_end))
     if default_type != "text/plain":
         headers.set_default_type(default_type)

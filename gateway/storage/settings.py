@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from gateway.units import parse_duration, parse_size
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -25,14 +27,6 @@ class FilesystemStorageSettings(_Strict):
 
 
 # -- shared pieces of the cloud backends --------------------------------------
-#
-# Sizes and durations accept the same spellings as gateway.config's Size and
-# Duration (10485760 or "8MiB"; 900 or "15m").  They are parsed here again
-# because gateway.config imports this module.
-
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -40,28 +34,10 @@ GiB = 1024 * MiB
 MAX_URL_TTL = 7 * 86400
 
 
-def _size(value: Any) -> Any:
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
-        if m and m.group(2).lower() in _SIZE_UNITS:
-            return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-        raise ValueError("expected a size in bytes, such as 8388608 or \"8MiB\"")
-    return value
-
-
-def _duration(value: Any) -> Any:
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
-        if m and m.group(2).lower() in _DURATION_UNITS:
-            return int(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
-        raise ValueError("expected a duration in seconds, such as 900 or \"15m\"")
-    return value
-
-
-_Size = Annotated[int, BeforeValidator(_size)]
-_Seconds = Annotated[int, BeforeValidator(_duration)]
+_Size = Annotated[int, BeforeValidator(parse_size)]
+_Seconds = Annotated[int, BeforeValidator(parse_duration)]
 # How long a storage URL minted at click time stays valid.
-UrlTtl = Annotated[int, BeforeValidator(_duration), Field(ge=1, le=MAX_URL_TTL)]
+UrlTtl = Annotated[int, BeforeValidator(parse_duration), Field(ge=1, le=MAX_URL_TTL)]
 
 
 def _check_prefix(v: str) -> str:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .procs import log_tail, stop_process
 from .ports import LOOPBACK, free_port, port_is_open
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -115,26 +116,14 @@ class Azurite:
         return self
 
     def _fail(self, why: str) -> None:
-        tail = ""
-        if self.dir is not None:
-            try:
-                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
-            except OSError:
-                pass
+        tail = log_tail(self.log_path) if self.dir is not None else ""
         self.stop()
         raise AzuriteError(f"{why}\n--- azurite.log (last lines) ---\n{tail}")
 
     def stop(self) -> None:
         """SIGINT (Azurite ignores SIGTERM), then kill after 10 s; remove the data."""
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.send_signal(signal.SIGINT)
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout=10)
-            self._proc = None
+        stop_process(self._proc, signal.SIGINT)
+        self._proc = None
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .procs import log_tail, stop_process
 from .ports import LOOPBACK, free_port, port_is_open
 
 
@@ -82,26 +83,14 @@ class GcsEmulator:
         return self
 
     def _fail(self, why: str) -> None:
-        tail = ""
-        if self.dir is not None:
-            try:
-                tail = "\n".join((self.dir / "emulator.log").read_text(errors="replace").splitlines()[-30:])
-            except OSError:
-                pass
+        tail = log_tail(self.dir / "emulator.log") if self.dir is not None else ""
         self.stop()
         raise GcsEmulatorError(f"{why}\n--- emulator.log (last lines) ---\n{tail}")
 
     def stop(self) -> None:
         """Stop the emulator (SIGINT, then kill) and remove its data."""
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.send_signal(signal.SIGINT)
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout=10)
-            self._proc = None
+        stop_process(self._proc, signal.SIGINT)
+        self._proc = None
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from .procs import stop_process
 from .ports import LOOPBACK, free_port, wait_for_port
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -197,14 +198,7 @@ class SmtpSink:
         A dump directory passed in by the caller is left in place.
         """
         try:
-            if self.proc is not None:
-                if self.proc.poll() is None:
-                    self.proc.terminate()
-                    try:
-                        self.proc.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        self.proc.kill()
-                        self.proc.wait(timeout=5)
+            stop_process(self.proc, timeout=5)
         finally:
             self.proc = None
             if self._log is not None:

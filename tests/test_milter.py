@@ -1,0 +1,278 @@
+"""Milter mode (issue 9): a real Postfix from Debian with ``smtpd_milters``
+pointing at ``attachment-gateway milter`` started as a process, relaying to
+a real SMTP sink on loopback."""
+from __future__ import annotations
+
+import base64
+import email.utils
+import os
+import re
+import signal
+import smtplib
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.harness import GATEWAY, ROOT, GatewayProcess, SmtpSink, to_wire
+from tests.messages import fetch, leaves, links, message, parse, payload, pdf_bytes, send, stored_objects
+from tests.servers.gcs import GcsEmulator
+from tests.servers.ports import free_port, port_is_open
+from tests.servers.postfix import PostfixInstance
+
+MiB = 1 << 20
+
+
+class MilterGateway(GatewayProcess):
+    """``attachment-gateway milter`` (the milter and the link listener), or
+    ``serve`` with a ``[milter]`` table (every role)."""
+
+    def __init__(self, tmp: Path, milter: dict[str, Any] | None = None, command: str = "milter",
+                 **kwargs: Any) -> None:
+        self.milter_port = free_port()
+        self.command_name = command
+        sections = kwargs.pop("sections", {})
+        sections["milter"] = {"listen": f"127.0.0.1:{self.milter_port}", **(milter or {})}
+        sections["gateway"] = {"processes": 1, **sections.get("gateway", {})}
+        super().__init__(tmp, sections=sections, **kwargs)
+
+    def start(self, roles: list[str] | None = None) -> "MilterGateway":
+        import os
+        import subprocess
+
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([*GATEWAY, "-c", str(self.config_path), self.command_name], cwd=self.tmp,
+                                     stdout=self._log, stderr=self._log, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.monotonic() + 30
+        ports = [self.milter_port, self.http_port] + ([self.smtp_port] if self.command_name == "serve" else [])
+        for port in ports:
+            while not port_is_open("127.0.0.1", port):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"milter exited with {self.proc.returncode}:\n{self.log()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"milter did not listen on {port}:\n{self.log()}")
+                time.sleep(0.05)
+        return self
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    s = SmtpSink().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def setup(tmp_path: Path, sink: SmtpSink) -> Iterator[Any]:
+    """make(milter=..., **gateway kwargs) -> (gateway, postfix), both stopped after."""
+    made: list[Any] = []
+
+    def make(default_action: str = "accept", **kwargs: Any) -> tuple[MilterGateway, PostfixInstance]:
+        sub = tmp_path / f"gw{len(made)}"
+        sub.mkdir()
+        gw = MilterGateway(sub, **kwargs)
+        made.append(gw)
+        gw.start()
+        mta = PostfixInstance(relay_port=sink.port, main_cf={
+            "smtpd_milters": f"inet:127.0.0.1:{gw.milter_port}",
+            "milter_default_action": default_action,
+            "milter_protocol": "6",
+            "milter_connect_timeout": "5s",
+            "milter_command_timeout": "30s",
+            "milter_content_timeout": "120s",
+        })
+        made.append(mta)
+        mta.start()
+        return gw, mta
+
+    yield make
+    for thing in reversed(made):
+        thing.stop()
+
+
+def _original(**headers: str) -> tuple[Any, bytes]:
+    msg = message("Hello, see attached.\n", "<html><body><p>Hello</p></body></html>",
+                  [(pdf_bytes(3000), "application/pdf", "small.pdf")],
+                  Date=email.utils.formatdate(), **headers)
+    return msg, to_wire(msg.as_bytes())
+
+
+def _split_added(out: bytes, original: bytes) -> list[bytes]:
+    """The header fields in front of ``original`` in ``out`` (which must end with it)."""
+    assert out.endswith(original), out[:3000]
+    added = out[: len(out) - len(original)]
+    return re.findall(rb"(?m)^[^ \t\r\n][^:\r\n]*:(?:.*\r\n)(?:[ \t].*\r\n)*", added)
+
+
+def test_15_mb_pdf_through_postfix_arrives_slimmed_with_a_working_link(setup, sink: SmtpSink) -> None:
+    gw, mta = setup()
+    pdf = pdf_bytes(15 * MiB)
+    send(mta.port, message("Hello, see attached invoice.\n", "<html><body><p>Hello</p></body></html>",
+                           [(pdf, "application/pdf", "invoice_15mb.pdf")]))
+    [got] = sink.wait(1, timeout=60)
+    out = got.data
+    assert len(out) < 200 * 1024
+    assert got.rcpt_tos == ["support@contact.example"]
+    parts = leaves(parse(out))
+    text = next(p for p in parts if p.get_content_type() == "text/plain" and not p.get_filename()
+                and p.get("Content-Disposition") is None)
+    html = next(p for p in parts if p.get_content_type() == "text/html")
+    [url] = links(payload(text))
+    assert links(payload(html)) == [url]
+    assert b"Secure Attachment: invoice_15mb.pdf](" in payload(text)
+    status, headers, body = fetch(url)
+    assert status == 200 and body == pdf
+    assert "invoice_15mb.pdf" in headers["Content-Disposition"]
+    # The trace headers, added through milter actions, name Postfix's queue id.
+    queue_id = re.search(r"postfix/smtpd\[\d+\]: ([0-9A-F]+): client=", mta.maillog()).group(1)
+    assert re.search(rb"\r\nReceived: from [^\r\n]*\r\n\tby gw\.test \(attachment-gateway\) with ESMTP id "
+                     + queue_id.encode() + rb"\r\n\tfor <support@contact\.example>;", b"\r\n" + out)
+    assert b"\r\nX-Attachment-Offload: offloaded=1 bytes=15728640\r\n" in out
+    [stored] = stored_objects(gw.objects).values()
+    assert stored == pdf
+    assert any(e.get("event") == "milter reply" and e.get("outcome") == "rewritten" for e in gw.log_events())
+
+
+def test_nothing_to_offload_arrives_unchanged_but_for_the_headers(setup, sink: SmtpSink) -> None:
+    gw, mta = setup()
+    msg, original = _original()
+    send(mta.port, msg)
+    [got] = sink.wait(1, timeout=30)
+    added = _split_added(got.data, original)
+    names = [f.split(b":", 1)[0] for f in added]
+    # Postfix's own Received, ours and the offload summary; nothing else.
+    assert sorted(names) == [b"Received", b"Received", b"X-Attachment-Offload"], added
+    assert b"X-Attachment-Offload: offloaded=0 bytes=0\r\n" in added
+    assert stored_objects(gw.objects) == {}
+
+
+def test_a_message_that_is_only_an_attachment_gets_new_content_headers(setup, sink: SmtpSink) -> None:
+    gw, mta = setup(threshold=1000)
+    pdf = pdf_bytes(5000)
+    raw = (b"From: a@example.net\r\nTo: support@contact.example\r\nSubject: a folded\r\n subject line\r\n"
+           b"Date: " + email.utils.formatdate().encode() + b"\r\nMessage-ID: <only-pdf@example.net>\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: application/pdf; name=\"x.pdf\"\r\n"
+           b"Content-Disposition: attachment; filename=\"x.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(pdf).replace(b"\n", b"\r\n"))
+    send(mta.port, raw)
+    [got] = sink.wait(1, timeout=30)
+    head, _, body = got.data.partition(b"\r\n\r\n")
+    fields = re.findall(rb"(?m)^([^ \t\r\n][^:\r\n]*):", head + b"\r\n")
+    # Content-* fields deleted and added again (changed through milter
+    # actions); every other original field kept once, byte for byte.
+    assert sorted(f for f in fields if f.lower().startswith(b"content-")) == [
+        b"Content-Disposition", b"Content-Transfer-Encoding", b"Content-Type"]
+    assert b"Content-Type: text/plain; charset=\"utf-8\"\r\n" in head + b"\r\n"
+    assert b"\r\nSubject: a folded\r\n subject line\r\n" in head
+    assert fields.count(b"Message-ID") == 1 and fields.count(b"MIME-Version") == 1
+    assert b'The attachment "x.pdf" (5 KB) was moved to secure storage.' in body
+    [url] = links(body)
+    assert fetch(url)[2] == pdf
+
+
+def test_recipients_no_route_covers_are_left_alone(setup, sink: SmtpSink) -> None:
+    # ``serve`` with a [milter] table runs the same milter beside the relay.
+    gw, mta = setup(threshold=1000, command="serve")
+    msg, original = _original(To="someone@elsewhere.example")
+    send(mta.port, msg, rcpts=["someone@elsewhere.example"])
+    [got] = sink.wait(1, timeout=30)
+    # Only Postfix's Received header: the milter changed nothing.
+    assert [f.split(b":", 1)[0] for f in _split_added(got.data, original)] == [b"Received"]
+    assert stored_objects(gw.objects) == {}
+    # A transaction mixing routes: the recipient that differs from the first
+    # is deferred (452 4.5.3) so that each message has one route or none.
+    refused = send(mta.port, msg, rcpts=["support@contact.example", "someone@elsewhere.example"])
+    assert refused == {"someone@elsewhere.example": (452, b"4.5.3 Recipient on another route; send it in a "
+                                                          b"separate transaction")}
+    got = sink.wait(2, timeout=30)[1]
+    assert got.rcpt_tos == ["support@contact.example"]
+    assert b"X-Attachment-Offload: offloaded=1 bytes=3000" in got.data
+
+
+@pytest.mark.parametrize("default_action", ["accept", "tempfail"])
+def test_milter_stopped_postfix_applies_its_default_action(setup, sink: SmtpSink, default_action: str) -> None:
+    gw, mta = setup(default_action=default_action)
+    gw.stop()
+    msg, original = _original()
+    if default_action == "accept":
+        # Mail still flows, untouched.
+        send(mta.port, msg)
+        [got] = sink.wait(1, timeout=30)
+        assert [f.split(b":", 1)[0] for f in _split_added(got.data, original)] == [b"Received"]
+    else:
+        with pytest.raises(smtplib.SMTPResponseException) as e:
+            send(mta.port, msg)
+        assert e.value.smtp_code == 451
+        assert sink.messages == []
+    assert f"connect to Milter service inet:127.0.0.1:{gw.milter_port}: Connection refused" in mta.maillog()
+
+
+def test_storage_failure_inside_the_milter_forwards_the_attachment(setup, sink: SmtpSink) -> None:
+    gw, mta = setup(threshold=1000)
+    # The store cannot write: where its "uploads" directory belongs is a file.
+    (gw.objects / "uploads").write_text("")
+    msg, original = _original()
+    send(mta.port, msg)
+    [got] = sink.wait(1, timeout=30)
+    added = _split_added(got.data, original)
+    assert b"X-Attachment-Offload: offloaded=0 bytes=0\r\n" in added
+    assert any(e.get("event") == "offload failed; failing open" for e in gw.log_events())
+
+
+@pytest.mark.parametrize("on_error", ["continue", "tempfail"])
+def test_processing_error_lets_the_message_through_unchanged_or_tempfails(tmp_path: Path, setup, sink: SmtpSink,
+                                                                         on_error: str) -> None:
+    # The milter cannot collect the message: its temporary directory is a file.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    gw, mta = setup(threshold=1000, milter={"temp_dir": str(blocker), "on_error": on_error})
+    msg, original = _original()
+    if on_error == "tempfail":
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            send(mta.port, msg)
+        assert e.value.smtp_code == 451
+        time.sleep(1)
+        assert sink.messages == []
+    else:
+        send(mta.port, msg)
+        [got] = sink.wait(1, timeout=30)
+        assert [f.split(b":", 1)[0] for f in _split_added(got.data, original)] == [b"Received"]
+    [event] = [e for e in gw.log_events() if e.get("event") == "processing failed; failing open"]
+    assert event["action"] == on_error and event["count"] == 1
+    status, _, body = fetch(f"http://127.0.0.1:{gw.http_port}/metrics")
+    assert status == 200 and b'gateway_milter_messages_total{outcome="error"} 1.0' in body
+    assert stored_objects(gw.objects) == {}
+
+
+def test_processing_past_milter_timeout_lets_the_message_through_unchanged(setup, sink: SmtpSink) -> None:
+    with GcsEmulator() as gcs:
+        gw, mta = setup(threshold=1000, milter={"timeout": 1}, route={"storage": "cloud"}, sections={
+            "storage.cloud": {"backend": "gcs", "bucket": gcs.bucket, "endpoint_url": gcs.endpoint_url,
+                              "anonymous": True, "timeout": 30}})
+        # The storage server stalls: uploads hang well past milter.timeout.
+        pid = gcs._proc.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            msg, original = _original()
+            started = time.monotonic()
+            send(mta.port, msg)
+            [got] = sink.wait(1, timeout=30)
+            assert time.monotonic() - started < 10
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert [f.split(b":", 1)[0] for f in _split_added(got.data, original)] == [b"Received"]
+    [event] = [e for e in gw.log_events() if e.get("event") == "processing exceeded milter.timeout; failing open"]
+    assert event["timeout"] == 1 and event["action"] == "continue" and event["count"] == 1
+
+
+def test_milter_settings_are_validated_naming_key_value_and_expectation(tmp_path: Path) -> None:
+    gw = MilterGateway(tmp_path, milter={"listen": "8891", "on_error": "maybe", "timeout": 0, "bogus": 1})
+    result = gw.command("check-config")
+    assert result.returncode == 78
+    assert "milter.listen: '8891': expected HOST:PORT" in result.stderr
+    assert "milter.on_error: 'maybe': Input should be 'continue' or 'tempfail'" in result.stderr
+    assert "milter.timeout: 0: Input should be greater than or equal to 1" in result.stderr
+    assert "milter.bogus: unknown key" in result.stderr
+    result = gw.command("milter")
+    assert result.returncode == 78 and not port_is_open("127.0.0.1", gw.milter_port)
