@@ -138,6 +138,7 @@ def machine_info(workdir: Path) -> dict[str, Any]:
             ["/usr/sbin/postconf", "-h", "-d", "mail_version"], capture_output=True, text=True, timeout=10
         ).stdout.strip()
     return {
+        **_code_version(),
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": cpu_model,
         "kernel": platform.release(),
@@ -148,6 +149,22 @@ def machine_info(workdir: Path) -> dict[str, Any]:
         "temp_fs": _fs_type(workdir),
         "loadavg_before": _loadavg(),
     }
+
+
+def _code_version() -> dict[str, Any]:
+    """The commit the gateway runs from and the files of gateway/ and policies/ changed since
+    (read-only git: ``--no-optional-locks`` so not even the index is refreshed)."""
+    info: dict[str, Any] = {"commit": "", "uncommitted": []}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        git = ["git", "--no-optional-locks", "-C", str(REPO)]
+        info["commit"] = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--", "gateway", "policies"], capture_output=True, text=True, timeout=10
+        ).stdout
+        info["uncommitted"] = [line[3:] for line in status.splitlines() if line.strip()]
+    return info
 
 
 def _loadavg() -> list[float]:
@@ -525,36 +542,40 @@ def evaluate_targets(rows: dict[str, dict[str, Any]], clicks: dict[str, Any]) ->
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.2f}x" if a is not None and b else "-"
 
+    def f(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     gw, pf = _fig(rows, "gateway", "large_mb_per_s"), _fig(rows, "postfix", "large_mb_per_s")
     target(
         "25 MiB end-to-end MB/s >= plain Postfix",
         None if gw is None or pf is None else gw >= pf,
-        f"gateway {gw or 0:.1f} MB/s vs Postfix {pf or 0:.1f} MB/s ({ratio(gw, pf)})",
+        f"gateway {f(gw, '.1f')} MB/s vs Postfix {f(pf, '.1f')} MB/s ({ratio(gw, pf)})",
     )
     gi, fl = _fig(rows, "gateway", "large_ingress_mb_per_s"), _fig(rows, "floor", "large_ingress_mb_per_s")
     target(
         "25 MiB ingress (until 250) MB/s >= 0.5x smtp-sink",
         None if gi is None or fl is None else gi >= 0.5 * fl,
-        f"gateway {gi or 0:.1f} MB/s vs smtp-sink {fl or 0:.1f} MB/s ({ratio(gi, fl)}; needs 0.50x)",
+        f"gateway {f(gi, '.1f')} MB/s vs smtp-sink {f(fl, '.1f')} MB/s ({ratio(gi, fl)}; needs 0.50x)",
     )
     mem = _fig(rows, "gateway", "memory_added_mib")
     target(
         "100 MB message adds <= 64 MB to the gateway's peak RSS",
         None if mem is None else mem * 2**20 <= MEMORY_TARGET_BYTES,
-        f"gateway +{mem or 0:.1f} MiB (+{(mem or 0) * 2**20 / 1e6:.1f} MB), largest serve process; limit 64 MB",
+        f"gateway +{f(mem, '.1f')} MiB (+{f(None if mem is None else mem * 2**20 / 1e6, '.1f')} MB), "
+        "largest serve process; limit 64 MB",
     )
     gs, ps = _fig(rows, "gateway", "e2e_msgs_per_s"), _fig(rows, "postfix", "e2e_msgs_per_s")
     target(
         "5 KB msgs/s end-to-end >= plain Postfix",
         None if gs is None or ps is None else gs >= ps,
-        f"gateway {gs or 0:.0f}/s vs Postfix {ps or 0:.0f}/s ({ratio(gs, ps)})",
+        f"gateway {f(gs, '.0f')}/s vs Postfix {f(ps, '.0f')}/s ({ratio(gs, ps)})",
     )
     md = _fig(rows, "mimedefang", "e2e_msgs_per_s")
     md_why = rows.get("mimedefang", {}).get("reason", "")
     target(
         "5 KB msgs/s end-to-end > Postfix+MIMEDefang",
         None if gs is None or md is None else gs > md,
-        f"gateway {gs or 0:.0f}/s vs Postfix+MIMEDefang {md or 0:.0f}/s ({ratio(gs, md)})"
+        f"gateway {f(gs, '.0f')}/s vs Postfix+MIMEDefang {f(md, '.0f')}/s ({ratio(gs, md)})"
         if md is not None
         else f"Postfix+MIMEDefang not measured: {md_why.splitlines()[0] if md_why else 'not selected'}",
     )
@@ -805,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: nproc={machine['nproc']}, CPU {machine['cpu_model']}, kernel {machine['kernel']}, "
         f"Postfix {machine['postfix']}, Python {machine['python']}"
     )
+    dirty = ", ".join(machine["uncommitted"])
+    print(f"code: commit {machine['commit'] or '?'}" + (f", uncommitted: {dirty}" if dirty else ""))
     print(f"load average before/after: {machine['loadavg_before']} / {machine['loadavg_after']}")
     print(format_table(rows))
     print("ratios are gateway/baseline: above 1x is better for msgs/s and MB/s, worse for seconds and MiB")

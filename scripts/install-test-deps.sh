@@ -17,9 +17,11 @@
 #   rsyslog-gnutls  its TLS driver, for syslog over TLS (RFC 5425)
 #   systemd     systemd-analyze verify for the units in systemd/
 #   util-linux  mount, for the full-spool test (a small tmpfs)
+#   mimedefang  the bench's Postfix+MIMEDefang baseline (make bench)
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux rsyslog rsyslog-gnutls)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux mimedefang rsyslog
+          rsyslog-gnutls)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 

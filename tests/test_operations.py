@@ -278,3 +278,20 @@ def test_metrics_are_summed_over_processes(make_gateway) -> None:
     assert _metric(text, "gateway_queue_messages", queue="deferred") == 0
     pids = {e["pid"] for e in gw.log_events() if e.get("event") == "queued" and "pid" in e}
     assert len(pids) == 2, "both processes received mail"
+
+
+def test_download_cut_short_is_audited_as_a_failure(make_gateway) -> None:
+    gw = make_gateway(threshold=1000)
+    send(gw.smtp_port, message(attachments=[(pdf_bytes(20 * MiB), "application/pdf", "big.pdf")]))
+    [out] = gw.wait_outbox()
+    url = links(payload(leaves(parse(out))[0]))[0]
+    path = url.split(str(gw.http_port), 1)[1]
+    with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+    events = gw.wait_audit(lambda e: e.get("EventResultDetails") == "client went away during the download",
+                           timeout=20)
+    assert not [e for e in events if e.get("EventResultDetails") == "streamed"]
+    assert not [e for e in gw.log_events() if e.get("level") == "error"]

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 from gateway import logs, metrics
 from gateway.links import records, revocations
@@ -201,12 +201,19 @@ class LinkEndpoint:
             if record.size:
                 self._audit(request, "click", "Failure", "object missing", agent=agent, kid=claims.kid, **fields)
                 return page(404, "Not found", "The attachment is no longer available.")
-        await response.prepare(request)
-        await response.write(first)
-        if stream is not None:
-            async for chunk in stream:
-                await response.write(chunk)
-        await response.write_eof()
+        try:
+            await response.prepare(request)
+            await response.write(first)
+            if stream is not None:
+                async for chunk in stream:
+                    await response.write(chunk)
+            await response.write_eof()
+        except (ConnectionError, ClientConnectionResetError):
+            # The agent closed the tab or the connection broke mid-download:
+            # an outcome to audit, not an error to log with a traceback.
+            self._audit(request, "click", "Failure", "client went away during the download", agent=agent,
+                        kid=claims.kid, **fields)
+            return response
         self._audit(request, "click", "Success", f"streamed ({why})", agent=agent, kid=claims.kid, **fields)
         return response
 
