@@ -4,6 +4,7 @@ redirects to a real storage server (Azurite) that checks its SAS, and the
 audit events each leaves (issue 6)."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import ipaddress
@@ -60,6 +61,16 @@ def offload_one(gw: GatewayProcess, data: bytes, **headers: str) -> str:
     return url
 
 
+@contextlib.contextmanager
+def running(gw: GatewayProcess) -> Iterator[GatewayProcess]:
+    """The gateway started, and stopped after even when starting failed
+    half-way (``with gw:`` would leave a process that never listened)."""
+    try:
+        yield gw.start()
+    finally:
+        gw.stop()
+
+
 @pytest.fixture(scope="module")
 def azurite() -> Iterator[Azurite]:
     with Azurite() as az:
@@ -97,7 +108,7 @@ def oidc_gateway(tmp_path: Path, azurite: Azurite, monkeypatch: pytest.MonkeyPat
                               "contact": "the CRM team (crm@contact.example)"},
         })
         gw.http_port = http_port
-        with gw:
+        with running(gw):
             yield gw, idp, cert
 
 
@@ -174,7 +185,7 @@ def test_embedded_default_config_works_end_to_end_with_anonymous_agents(tmp_path
     gw.config_path, gw.smtp_port, gw.http_port = conf, smtp_port, http_port
     gw.outbox, gw.audit_path = tmp_path / "var" / "outbox", tmp_path / "var" / "log" / "audit.jsonl"
     gw.spool = tmp_path / "var" / "spool"
-    with gw:
+    with running(gw):
         data = pdf_bytes(11 << 20)
         url = offload_one(gw, data)
         with requests.get(url, timeout=30) as r:
@@ -190,11 +201,11 @@ def test_identity_provider_down_is_a_503_and_audited(tmp_path: Path, monkeypatch
     monkeypatch.setenv("GW_TEST_OIDC_SECRET", CLIENT_SECRET)
     (tmp_path / "session.key").write_text(uuid.uuid4().hex + uuid.uuid4().hex)
     dead = free_port()  # no provider listens here
-    with GatewayProcess(tmp_path, threshold=1000, sections={
+    with running(GatewayProcess(tmp_path, threshold=1000, sections={
             "agents": {"auth": "oidc", "session_key": {"file": str(tmp_path / "session.key")},
                        "oidc": {"issuer": f"http://127.0.0.1:{dead}", "client_id": CLIENT_ID, "timeout": 2,
                                 "client_secret": {"env": "GW_TEST_OIDC_SECRET"}}},
-            "authorization": {"mode": "allow-all"}}) as gw:
+            "authorization": {"mode": "allow-all"}})) as gw:
         url = offload_one(gw, pdf_bytes(2000))
         r = requests.get(url, allow_redirects=False, timeout=30)
         assert r.status_code == 503 and "Sign-in unavailable" in r.text
