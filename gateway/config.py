@@ -88,12 +88,39 @@ class SmtpSettings(_Strict):
     max_connections_per_client: int = Field(100, ge=1)
 
     banner: str = "ESMTP attachment-gateway"
+    # STARTTLS is offered when both are set (PEM files; re-read on SIGHUP).
+    # TLS 1.2 is the minimum version.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Client addresses or networks that must STARTTLS before MAIL (530 else).
+    require_tls_from: list[str] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         _parse_hostport(v)
         return v
+
+    @field_validator("require_tls_from")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r}: expected an IP address or network, such as \"192.0.2.0/24\"") \
+                    from None
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "SmtpSettings":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("smtp.tls_cert_file and smtp.tls_key_file go together: set both or neither")
+        if self.require_tls_from and self.tls_cert_file is None:
+            raise ValueError("smtp.require_tls_from needs smtp.tls_cert_file and smtp.tls_key_file")
+        return self
 
     @property
     def address(self) -> tuple[str, int]:
@@ -344,8 +371,12 @@ class RouteSettings(_Strict):
     customer_id: CustomerIdRule = CustomerIdRule()
     policies: list[PolicyRef] = Field(default_factory=lambda: [PolicyRef(name="offload_large")])
     # TLS to an SMTP next hop: "opportunistic" uses STARTTLS when offered;
-    # "required" defers the message when it is not.
-    tls: Literal["opportunistic", "required", "none"] = "opportunistic"
+    # "required" defers the message when it is not; "verify" also requires
+    # a certificate for the next hop's host name from a trusted CA. A
+    # failed handshake defers at every level: never a downgrade.
+    tls: Literal["opportunistic", "required", "verify", "none"] = "opportunistic"
+    # CA certificates (PEM) for tls = "verify"; unset: the system's CAs.
+    tls_ca_file: str | None = None
 
     @field_validator("domains", "addresses")
     @classmethod
@@ -406,6 +437,56 @@ class WorkerSettings(_Strict):
     scan_interval: Duration = 5
 
 
+class SigningKeySettings(_Strict):
+    """A domain key the gateway signs with: d=, s= and the RSA private key."""
+
+    domain: str = Field(pattern=r"^[A-Za-z0-9.-]{1,253}$")
+    selector: str = Field(pattern=r"^[A-Za-z0-9._-]{1,63}$")
+    key_file: str
+
+
+class AuthSettings(_Strict):
+    """Message authentication: verify before changing, seal after."""
+
+    # Check DKIM, SPF, DMARC and ARC on arrival and add Authentication-Results.
+    verify: bool = False
+    # The name in our Authentication-Results and ARC headers; unset: gateway.hostname.
+    authserv_id: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]{1,253}$")
+    # DNS servers as "HOST" or "HOST:PORT" (one port for all); empty: /etc/resolv.conf.
+    dns_servers: list[str] = Field(default_factory=list)
+    # Seconds for one DNS lookup; past it the check is a temperror.
+    dns_timeout: float = Field(5.0, gt=0, le=60)
+    # Seal with an ARC set (needs verify = true) and/or DKIM-sign what leaves.
+    arc: SigningKeySettings | None = None
+    dkim: SigningKeySettings | None = None
+    # Signing reads the forwarded message into memory: larger ones (only
+    # when nothing was offloaded) go unsealed, with a warning.
+    sign_max_size: Size = 33554432  # 32 MiB
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _servers(cls, v: list[str]) -> list[str]:
+        ports = set()
+        for item in v:
+            if ":" in item and not item.startswith("["):
+                _parse_hostport(item)
+                ports.add(int(item.rpartition(":")[2]))
+            else:
+                ports.add(53)
+        if len(ports) > 1:
+            raise ValueError("all DNS servers must use the same port")
+        return v
+
+    @model_validator(mode="after")
+    def _arc_needs_verify(self) -> "AuthSettings":
+        if self.arc is not None and not self.verify:
+            raise ValueError("auth.arc needs auth.verify = true (the seal carries the verification results)")
+        return self
+
+    def servers(self) -> list[tuple[str, int]]:
+        return [_parse_hostport(s) if ":" in s and not s.startswith("[") else (s, 53) for s in self.dns_servers]
+
+
 class MilterSettings(_Strict):
     """The milter listener: the same pipeline inside an existing Postfix or
     Sendmail (``attachment-gateway milter``, or ``serve`` with this table)."""
@@ -449,6 +530,7 @@ class Config(_Strict):
     authorization: AuthorizationSettings = AuthorizationSettings()
     audit: AuditSettings = AuditSettings()
     api: ApiSettings = ApiSettings()
+    auth: AuthSettings = AuthSettings()
     # Absent: ``serve`` runs no milter; ``attachment-gateway milter`` then
     # uses the defaults above.
     milter: MilterSettings | None = None
@@ -460,6 +542,12 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
         self._check_agents()
+        for key, value in (("smtp.tls_cert_file", self.smtp.tls_cert_file), ("smtp.tls_key_file", self.smtp.tls_key_file),
+                           ("auth.arc.key_file", self.auth.arc.key_file if self.auth.arc else None),
+                           ("auth.dkim.key_file", self.auth.dkim.key_file if self.auth.dkim else None),
+                           *((f"routes[{i}].tls_ca_file", r.tls_ca_file) for i, r in enumerate(self.routes))):
+            if value is not None and not os.access(self.path(value), os.R_OK):
+                raise ValueError(f"{key}: {value!r}: expected a readable file")
         names = set()
         for i, route in enumerate(self.routes):
             if route.storage not in self.storage:

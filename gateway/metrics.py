@@ -35,6 +35,11 @@ STORAGE_SECONDS = Histogram("gateway_storage_put_seconds", "Time to stream one a
                             ["store"], buckets=_LATENCY)
 DELIVERY_SECONDS = Histogram("gateway_delivery_seconds", "Time of one delivery attempt to a next hop.",
                              ["route", "outcome"], buckets=_LATENCY)
+AUTH_RESULTS = Counter("gateway_authentication_results",
+                       "Authentication checks on arrival, by method (dkim, spf, dmarc, arc) and result.",
+                       ["method", "result"])
+AUTH_FAILURES = Counter("gateway_authentication_failures",
+                        "Messages forwarded without results or unsealed because a step failed.", ["step"])
 LINK_REQUESTS = Counter("gateway_link_requests", "Requests for links, by outcome.", ["outcome"])
 AUDIT_DROPPED = Counter("gateway_audit_events_dropped", "Audit events that could not be written.")
 MILTER_MESSAGES = Counter("gateway_milter_messages", "Messages the milter answered, by outcome (rewritten, "

@@ -7,7 +7,8 @@ be processed; the milter, which needs neither spool nor worker tasks, starts
 with them.  SIGTERM and SIGINT drain: new sessions get 421, sessions and
 messages in hand get ``gateway.drain_seconds`` to finish, and whatever is
 left stays in the spool for the next start.  SIGHUP re-reads the config and
-keeps the old one when the new one is invalid.
+keeps the old one when the new one is invalid, and re-reads the SMTP
+certificate and key (new connections use the new ones).
 
 With several processes a ``Supervisor`` forks them and is the one systemd
 talks to: it says READY=1 once every process listens, and pings the
@@ -36,6 +37,7 @@ from gateway.links.tokens import Keyring
 from gateway.milter import MilterServer
 from gateway.smtp import Handler, start_server
 from gateway.spool import Spool
+from gateway.tls import IngressTls
 from gateway.worker import Worker
 
 log = logs.get("server")
@@ -76,6 +78,7 @@ class Gateway:
         self.smtp: asyncio.AbstractServer | None = None
         self.smtp_handler: Handler | None = None
         self.http: http_app.Listener | None = None
+        self.tls: IngressTls | None = None
         self.milter: MilterServer | None = None
         self._stop = asyncio.Event()
 
@@ -108,9 +111,10 @@ class Gateway:
             await self.milter.start(reuse_port=self.shared_ports)
         if "smtp" in self.roles:
             worker = self.worker
+            self.tls = IngressTls(self.cfg)
             self.smtp, self.smtp_handler = await start_server(
                 self.cfg, self.spool, lambda qid: worker.enqueue(qid) if worker is not None else None,
-                reuse_port=self.shared_ports)
+                reuse_port=self.shared_ports, tls=self.tls)
         if self.http is not None and self.links is not None and isinstance(self.links.authoriser, AllowAll):
             log.warning("authorisation is allow-all: every agent sees every customer's files",
                         agents_auth=self.cfg.agents.auth, explicit=self.cfg.authorization.mode == "allow-all")
@@ -128,6 +132,8 @@ class Gateway:
         self.cfg = cfg
         if self.worker is not None:
             self.worker.configure(cfg)
+        if self.tls is not None:
+            self.tls.load(cfg)
         if self.smtp_handler is not None:
             self.smtp_handler.cfg = cfg
         if self.milter is not None:

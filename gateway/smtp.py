@@ -12,6 +12,13 @@ end-of-data sequence (``<LF>.<LF>``, ``<CR>.<CR>``, ...) is just a line with
 a dot on it, which delivery dot-stuffs again: the gateway cannot be made to
 emit a second message downstream.
 
+Commands end with ``<CR><LF>`` only: a command line with a bare CR or a
+bare LF is refused (``521``) and the connection closed, so a command
+sequence that another server would split differently cannot be pipelined
+through us.  With a certificate configured, STARTTLS is offered (TLS 1.2
+minimum, ``gateway/tls.py``); clients in ``smtp.require_tls_from`` must
+use it before MAIL.
+
 Any internal error answers 451 (the sender retries) and a full or read-only
 spool 452, never a 5xx that would bounce a customer's mail, and never a 250
 for what is not on disk.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 from typing import Any, Callable
 
@@ -29,6 +37,7 @@ from gateway import logs, metrics
 from gateway.config import Config
 from gateway.routing import AddressRefused, route_for, split_address
 from gateway.spool import Envelope, Reception, Spool, SpoolError, is_disk_full
+from gateway.tls import IngressTls
 
 log = logs.get("smtp")
 
@@ -51,8 +60,10 @@ _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 class Handler:
     """The aiosmtpd handler: the gateway's answers to MAIL, RCPT and EHLO."""
 
-    def __init__(self, cfg: Config, spool: Spool, on_queued: Callable[[str], None]) -> None:
+    def __init__(self, cfg: Config, spool: Spool, on_queued: Callable[[str], None],
+                 tls: IngressTls | None = None) -> None:
         self.cfg = cfg
+        self.tls = tls
         self.spool = spool
         self.on_queued = on_queued
         self._writable_at = 0.0
@@ -122,6 +133,9 @@ class Handler:
         # mail_from to accept RCPT; it becomes "" in the spooled envelope.
         if address and address != "<>" and any(ord(ch) < 32 or ord(ch) == 127 for ch in address):
             return "553 5.1.7 Sender address contains control characters"
+        if self.tls is not None and session.ssl is None and session.peer and \
+                self.tls.required_for(str(session.peer[0])):
+            return "530 5.7.0 Must issue a STARTTLS command first"
         declared = 0
         for opt in mail_options:
             key, _, value = opt.partition("=")
@@ -161,8 +175,36 @@ class Handler:
         return "250 2.1.5 Ok"
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, BareLineEnd):
+            return "521 5.5.2 Bare CR or LF in an SMTP command; closing connection"
         log.error("SMTP session error", error=f"{type(error).__name__}: {error}")
         return "451 4.3.0 Internal error, please try again later"
+
+
+class BareLineEnd(Exception):
+    """A command line ended in, or held, a CR or LF that was not CRLF."""
+
+
+class CommandReader(asyncio.StreamReader):
+    """The connection's reader: aiosmtpd reads command lines with
+    ``readuntil()`` (up to a LF); a line that is not ``...<CR><LF>`` with no
+    other CR or LF in it raises ``BareLineEnd`` instead of being obeyed.
+    DATA is read with ``read()`` (``GatewaySMTP._receive``) and is not
+    affected; its bare line ends are normalised there."""
+
+    refused = False
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        if self.refused:
+            # The session is over: wait for the close (which cancels us)
+            # rather than read, and obey, what the client pipelined after.
+            await asyncio.get_running_loop().create_future()
+        line = await super().readuntil(separator)
+        if separator == b"\n" and (not line.endswith(b"\r\n") or b"\r" in line[:-2]):
+            self.refused = True
+            self._buffer.clear()  # type: ignore[attr-defined]
+            raise BareLineEnd()
+        return line
 
 
 def _printable(text: str) -> str:
@@ -176,6 +218,20 @@ class GatewaySMTP(SMTP):
         super().__init__(handler, data_size_limit=None, enable_SMTPUTF8=True, **kwargs)
         self.gw = handler
 
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, BareLineEnd):
+            # The reply is written before the close takes effect (a
+            # transport flushes its buffer when closed); the reader reads
+            # nothing more meanwhile (CommandReader.refused).
+            log.warning("bare CR or LF in a command; connection closed",
+                        client=self.session.peer[0] if self.session and self.session.peer else "")
+            self.loop.call_soon(self._close_after_reply)
+        return await super().handle_exception(error)
+
+    def _close_after_reply(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         m = _SIMPLE_PATH.fullmatch(arg.lstrip()) if arg else None
         if m is not None:
@@ -187,7 +243,10 @@ class GatewaySMTP(SMTP):
         # Each connection gets a fresh reader in the base class; raise its
         # limit so large DATA is read in large chunks.
         self._reader._limit = STREAM_LIMIT  # type: ignore[attr-defined]
-        self._admitted = False
+        if self._original_transport is None:
+            # aiosmtpd calls this again with the TLS transport after
+            # STARTTLS: the session admitted before is still the same one.
+            self._admitted = False
 
     async def _handle_client(self) -> None:
         assert self.session is not None
@@ -361,18 +420,23 @@ class _SpoolWriter:
             self.reception.abort()
 
 
-def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> Callable[[], SMTP]:
+def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, tls: IngressTls | None = None,
+                     **kwargs: Any) -> Callable[[], SMTP]:
     """A factory of per-connection protocols built from one prototype.
 
     aiosmtpd's constructor introspects the protocol and the handler
     (``inspect.getmembers``, ``inspect.signature``) on every connection,
     which costs more CPU than receiving a small message.  The result is the
     same for every connection of one server, so it is computed once: each
-    connection gets a copy of the prototype's state, a fresh stream reader,
+    connection gets a copy of the prototype's state, a fresh stream reader
+    (a ``CommandReader``), the TLS context in force,
     and its command table bound to itself.  Pinned to aiosmtpd 1.4.x, whose
     constructor this mirrors; the whole suite runs through it.
     """
-    proto = GatewaySMTP(handler, loop=loop, **kwargs)
+    # Built with a placeholder context so STARTTLS is in the command table;
+    # each connection then takes the context in force (``tls.context``).
+    placeholder = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) if tls is not None else None
+    proto = GatewaySMTP(handler, loop=loop, tls_context=placeholder, **kwargs)
     state = dict(proto.__dict__)
     commands = list(proto._smtp_methods)
     auth = {name: (impl.method.__name__, impl.is_builtin) for name, impl in proto._auth_methods.items()}
@@ -381,8 +445,10 @@ def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, **kwargs
     def make() -> SMTP:
         conn = GatewaySMTP.__new__(GatewaySMTP)
         conn.__dict__.update(state)
+        if tls is not None:
+            conn.tls_context = tls.context
         asyncio.StreamReaderProtocol.__init__(
-            conn, asyncio.StreamReader(loop=loop, limit=conn.line_length_limit),
+            conn, CommandReader(loop=loop, limit=conn.line_length_limit),
             client_connected_cb=conn._cb_client_connected, loop=loop)
         conn._smtp_methods = {c: getattr(conn, "smtp_" + c) for c in commands}
         if auth_attr is not None:
@@ -394,13 +460,15 @@ def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, **kwargs
 
 
 async def start_server(cfg: Config, spool: Spool, on_queued: Callable[[str], None],
-                       reuse_port: bool = False) -> tuple[asyncio.AbstractServer, Handler]:
-    """Listen for SMTP on the configured address; return the server and the
-    handler (whose ``draining`` flag and session count ``stop`` uses)."""
-    handler = Handler(cfg, spool, on_queued)
+                       reuse_port: bool = False,
+                       tls: IngressTls | None = None) -> tuple[asyncio.AbstractServer, Handler]:
+    """Listen for SMTP on the configured address (STARTTLS when ``tls`` has a
+    context); return the server and the handler (whose ``draining`` flag and
+    session count ``stop`` uses)."""
+    handler = Handler(cfg, spool, on_queued, tls)
     loop = asyncio.get_running_loop()
     host, port = cfg.smtp.address
-    factory = protocol_factory(handler, loop, hostname=cfg.gateway.hostname, ident=cfg.smtp.banner,
+    factory = protocol_factory(handler, loop, handler.tls, hostname=cfg.gateway.hostname, ident=cfg.smtp.banner,
                                timeout=cfg.smtp.timeout)
     server = await loop.create_server(factory, host=host, port=port, reuse_port=reuse_port or None)
     return server, handler

@@ -1,10 +1,12 @@
 """The worker: takes messages from the spool, carries out the policies'
 decisions, and delivers.
 
-For each message: parse its structure from the spool file; ask the route's
-policies about each leaf part; offload the parts they say to offload
+For each message: verify its DKIM, SPF, DMARC and ARC on the original
+(before anything changes it); parse its structure from the spool file; ask
+the route's policies about each leaf part; offload the parts they say to offload
 (streamed from the spool into storage, checked against the size and hash
-measured beforehand); rewrite the message; write ``rewritten.eml`` so a retry
+measured beforehand); rewrite the message; put the Authentication-Results header on top and seal
+the final bytes (ARC, optional DKIM); write ``rewritten.eml`` so a retry
 never offloads twice; deliver to the next hop.  Everything after the 250 is
 here, so everything here holds to rule 1: any exception moves the message to
 ``hold`` with the reason, never loses it, and the original stays in the
@@ -23,6 +25,9 @@ from typing import Any
 
 import policies
 from gateway import logs, metrics
+from gateway.authn.resolver import Resolver
+from gateway.authn.seal import Key, Sealer
+from gateway.authn.verify import Verification, Verifier
 from gateway.config import Config, RouteSettings
 from gateway.delivery import Content, DeliveryResult, NextHop
 from gateway.delivery import build as build_next_hop
@@ -101,13 +106,21 @@ class Worker:
             self.next_hops[r.name] = build_next_hop(
                 r.next_hop, base_dir=base, hostname=cfg.gateway.hostname, tls=r.tls,
                 connect_timeout=cfg.delivery.connect_timeout, command_timeout=cfg.delivery.command_timeout,
-                max_connections=cfg.delivery.connections_per_next_hop)
+                max_connections=cfg.delivery.connections_per_next_hop,
+                tls_ca_file=cfg.path(r.tls_ca_file) if r.tls_ca_file else None)
         self.bounce_hop = build_next_hop(cfg.delivery.bounce_next_hop, base_dir=base,
                                          hostname=cfg.gateway.hostname)
         self.limits = Limits(max_header_bytes=cfg.worker.max_header_bytes, max_depth=cfg.worker.max_mime_depth,
                              max_parts=cfg.worker.max_parts, max_header_fields=cfg.worker.max_header_fields,
                              max_header_line=cfg.worker.max_header_line)
         self._offload_slots = asyncio.Semaphore(cfg.worker.offload_concurrency)
+        auth = cfg.auth
+        self.authserv_id = (auth.authserv_id or cfg.gateway.hostname).lower()
+        self.verifier = Verifier(self.authserv_id, Resolver(auth.servers(), auth.dns_timeout),
+                                 cfg.worker.max_header_bytes) if auth.verify else None
+        keys = {name: Key.load(k.domain, k.selector, cfg.path(k.key_file)) if k is not None else None
+                for name, k in (("arc", auth.arc), ("dkim", auth.dkim))}
+        self.sealer = Sealer(self.authserv_id, keys["arc"], keys["dkim"]) if any(keys.values()) else None
 
     # -- scheduling -------------------------------------------------------
 
@@ -255,12 +268,14 @@ class Worker:
         straight from the spooled original.
         """
         qlog = log.bind(queue_id=handle.queue_id, route=route.name)
+        # Verified before the policies and the rewrite change anything.
+        auth = await self._verify(handle, envelope, qlog)
         src = Source(handle.file(MESSAGE))
         try:
             out = await self.process_source(src, envelope, route, qlog)
         finally:
             src.close()
-        content = Content(handle.file(MESSAGE), out.segments)
+        content = Content(handle.file(MESSAGE), await self._finish(handle, out.segments, auth, qlog))
         if out.changed:
             await asyncio.to_thread(self._save_output, handle, content, out.result)
             content = Content(handle.file(REWRITTEN))
@@ -339,6 +354,53 @@ class Worker:
         qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
                   failed=len(failed), size_in=src.size, size_out=segments_size(segments))
         return Processed(segments, result, changed=bool(offloaded or failed or replacements))
+
+    async def _verify(self, handle: Handle, envelope: Envelope, qlog: Any) -> Verification | None:
+        """DKIM, SPF, DMARC and ARC over the original as it arrived; None
+        when verification is off or failed (fail open: the message goes)."""
+        if self.verifier is None:
+            return None
+        started = time.monotonic()
+        try:
+            auth = await asyncio.to_thread(self.verifier.verify, handle.file(MESSAGE), envelope)
+        except Exception as e:  # noqa: BLE001 - rule 2: a failed check never stops the message
+            qlog.error("authentication checks failed; forwarded without results", error=f"{type(e).__name__}: {e}")
+            metrics.AUTH_FAILURES.labels("verify").inc()
+            return None
+        for method, result in auth.summary.items():
+            metrics.AUTH_RESULTS.labels(method, result).inc()
+        qlog.info("authentication", seconds=round(time.monotonic() - started, 4),
+                  dropped_authentication_results=len(auth.drop), **auth.summary)
+        return auth
+
+    async def _finish(self, handle: Handle, segments: list[Segment], auth: Verification | None,
+                      qlog: Any) -> list[Segment]:
+        """The final message: forged Authentication-Results of ours dropped,
+        ours on top, then the seal computed over exactly these bytes."""
+        if auth is not None:
+            segments = [auth.header, *drop_ranges(segments, auth.drop, handle.file(MESSAGE))]
+        if self.sealer is None:
+            return segments
+        size = segments_size(segments)
+        if size > self.cfg.auth.sign_max_size:
+            qlog.warning("message too large to seal; forwarded unsealed", size=size,
+                         limit=self.cfg.auth.sign_max_size)
+            metrics.AUTH_FAILURES.labels("seal_size").inc()
+            return segments
+        content = Content(handle.file(MESSAGE), segments)
+
+        def _seal() -> bytes:
+            # dkimpy signs a message it holds whole; the bound above keeps
+            # that to the (small, rewritten) messages it is meant for.
+            return self.sealer.seal(b"".join(content.chunks()))  # type: ignore[union-attr]
+
+        try:
+            headers = await asyncio.to_thread(_seal)
+        except Exception as e:  # noqa: BLE001 - fail open: unsealed beats undelivered
+            qlog.error("sealing failed; forwarded unsealed", error=f"{type(e).__name__}: {e}")
+            metrics.AUTH_FAILURES.labels("seal").inc()
+            return segments
+        return [headers, *segments]
 
     def _save_output(self, handle: Handle, content: Content, result: dict[str, Any]) -> None:
         content.write_to(handle.file(REWRITTEN))
@@ -499,6 +561,40 @@ class Worker:
                       reason=next(iter({**result.deferred, **result.failed}.values()), ""))
         else:
             log.info("DSN sent", queue_id=handle.queue_id, to=envelope.mail_from)
+
+
+def drop_ranges(segments: list[Segment], drops: list[tuple[int, int]], path: Path) -> list[Segment]:
+    """``segments`` without the original's byte ranges in ``drops`` (whole
+    header fields).  A header block the rewrite rebuilt (a replaced root
+    part) carries the same fields as new bytes: they are cut from it too."""
+    if not drops:
+        return segments
+    with open(path, "rb") as f:
+        raws = []
+        for start, end in drops:
+            f.seek(start)
+            raws.append(f.read(end - start))
+    out: list[Segment] = []
+    for seg in segments:
+        if isinstance(seg, bytes):
+            for raw in raws:
+                seg = seg.replace(raw, b"")
+            out.append(seg)
+            continue
+        pieces = [seg]
+        for ds, de in drops:
+            kept = []
+            for s, e in pieces:
+                if de <= s or ds >= e:
+                    kept.append((s, e))
+                    continue
+                if s < ds:
+                    kept.append((s, ds))
+                if de < e:
+                    kept.append((de, e))
+            pieces = kept
+        out.extend(pieces)
+    return out
 
 
 def _bodies(root: Part) -> tuple[Part | None, Part | None]:

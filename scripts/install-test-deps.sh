@@ -15,13 +15,15 @@
 #   ca-certificates  TLS clients in tests
 #   rsyslog     the syslog receiver the audit tests send RFC 5424 to (tests/servers/rsyslog.py)
 #   rsyslog-gnutls  its TLS driver, for syslog over TLS (RFC 5425)
+#   openssl     `openssl s_client -starttls smtp` against the gateway's STARTTLS
+#   libnet-ssleay-perl  swaks --tls
 #   systemd     systemd-analyze verify for the units in systemd/
 #   util-linux  mount, for the full-spool test (a small tmpfs)
 #   mimedefang  the bench's Postfix+MIMEDefang baseline (make bench)
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates systemd util-linux mimedefang rsyslog
-          rsyslog-gnutls)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl systemd util-linux
+          mimedefang rsyslog rsyslog-gnutls)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -57,7 +59,7 @@ fi
 
 # Verify the executables the tests and bench actually call.
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
-           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/systemd-analyze /usr/bin/mount \
+           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/mount \
            /usr/sbin/rsyslogd; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done

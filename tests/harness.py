@@ -89,11 +89,14 @@ class SmtpSink:
     messages: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     reply_data: str | None = None  # e.g. "451 4.3.0 try later" to refuse
+    tls_context: Any = None  # an ssl.SSLContext: STARTTLS is offered
+    require_starttls: bool = False  # refuse mail over a connection without TLS
     _controller: Controller | None = None
 
     def start(self) -> "SmtpSink":
         self._controller = Controller(_SinkHandler(self), hostname="127.0.0.1", port=self.port,
-                                      data_size_limit=None)
+                                      data_size_limit=None, tls_context=self.tls_context,
+                                      require_starttls=self.require_starttls)
         self._controller.start()
         return self
 

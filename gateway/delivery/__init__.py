@@ -74,7 +74,8 @@ class NextHop(Protocol):
 
 
 def build(spec: str, *, base_dir: Path, hostname: str, tls: str = "opportunistic",
-          connect_timeout: float = 30, command_timeout: float = 300, max_connections: int = 10) -> NextHop:
+          connect_timeout: float = 30, command_timeout: float = 300, max_connections: int = 10,
+          tls_ca_file: Path | None = None) -> NextHop:
     """The next hop for a ``smtp://HOST:PORT`` or ``maildir:PATH`` spec."""
     if spec.startswith("maildir:"):
         from gateway.delivery.maildir import MaildirNextHop
@@ -85,4 +86,5 @@ def build(spec: str, *, base_dir: Path, hostname: str, tls: str = "opportunistic
 
     host, _, port = spec[len("smtp://"):].rpartition(":")
     return SmtpNextHop(host.strip("[]"), int(port), hostname=hostname, tls=tls, connect_timeout=connect_timeout,
-                       command_timeout=command_timeout, max_connections=max_connections)
+                       command_timeout=command_timeout, max_connections=max_connections,
+                       tls_ca_file=str(tls_ca_file) if tls_ca_file is not None else None)

@@ -5,6 +5,14 @@ the spool file with dot-stuffing, never read whole.  Idle connections are
 kept for reuse (RSET before each new transaction), bounded per next hop.
 A next hop that is down, answers 4xx, or cannot meet the route's TLS level
 defers the message; a 5xx fails the recipients it names.
+
+TLS levels (the route's ``tls``): ``opportunistic`` uses STARTTLS when it
+is offered and accepts any certificate; ``required`` also defers when it is
+not offered; ``verify`` also checks the certificate against the CAs
+(``tls_ca_file`` or the system's) and the next hop's host name.  A failed
+handshake defers at every level: once STARTTLS is offered it is never
+retried in clear text, so an attacker who breaks the handshake cannot
+downgrade the connection.
 """
 from __future__ import annotations
 
@@ -46,11 +54,13 @@ class SmtpNextHop:
     """An SMTP server that takes the route's mail."""
 
     def __init__(self, host: str, port: int, *, hostname: str, tls: str, connect_timeout: float,
-                 command_timeout: float, max_connections: int) -> None:
+                 command_timeout: float, max_connections: int, tls_ca_file: str | None = None) -> None:
         self.host, self.port = host, port
         self.name = f"smtp://{host}:{port}"
         self.hostname = hostname
         self.tls = tls
+        self.tls_ca_file = tls_ca_file
+        self._ctx = self._tls_context()
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self._slots = asyncio.Semaphore(max_connections)
@@ -60,24 +70,42 @@ class SmtpNextHop:
     def _connect(self) -> smtplib.SMTP:
         conn = smtplib.SMTP(timeout=self.connect_timeout, local_hostname=self.hostname)
         conn.connect(self.host, self.port)
+        # starttls() names the server (SNI, and the host name checked at the
+        # "verify" level) from _host, which only the constructor sets.
+        conn._host = self.host  # type: ignore[attr-defined]
         # Commands and the end of data are small writes that wait for a
         # reply: without NODELAY, Nagle and delayed ACKs add 40 ms to each.
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
         conn.sock.settimeout(self.command_timeout)  # type: ignore[union-attr]
         conn.ehlo()
         if self.tls != "none" and conn.has_extn("starttls"):
-            # Opportunistic and "required" accept any certificate: verification
-            # against a CA and the host name is the route's "verify" level.
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            conn.starttls(context=ctx)
+            try:
+                # smtplib checks the certificate against the host we
+                # connected to (server_hostname) when the context asks.
+                conn.starttls(context=self._ctx)
+            except ssl.SSLCertVerificationError as e:
+                _close_quietly(conn)
+                raise TlsRequired(f"4.7.5 certificate of {self.name} not verified: {e.verify_message}") from None
+            except (ssl.SSLError, smtplib.SMTPException) as e:
+                _close_quietly(conn)
+                raise TlsRequired(f"4.7.0 TLS handshake with {self.name} failed: {e}") from None
             conn.ehlo()
-        elif self.tls == "required":
+        elif self.tls in ("required", "verify"):
             conn.close()
             raise TlsRequired(f"4.7.10 TLS is required for {self.name} but it does not offer STARTTLS")
         return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self.tls == "verify":
+            ctx = ssl.create_default_context(cafile=self.tls_ca_file)
+        else:
+            # Opportunistic and "required" accept any certificate (RFC 7435):
+            # verification is the route's "verify" level.
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
 
     def _checkout(self) -> smtplib.SMTP:
         with self._lock:

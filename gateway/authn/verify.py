@@ -1,0 +1,341 @@
+"""Verify what arrived: DKIM, SPF, DMARC and an existing ARC chain.
+
+Runs on the spooled original before any policy or rewrite (the rewrite
+breaks the sender's body hash, so later is too late).  The result is one
+``Authentication-Results`` header (RFC 8601) under the gateway's
+authserv-id, and the byte ranges of incoming ``Authentication-Results``
+headers that claim that id: those are forgeries or stale, and are dropped
+from what goes on (section 5), because the ARC seal would otherwise vouch
+for them.
+
+Only the header block is held in memory: body hashes are computed while
+streaming the body (``bodyhash.py``) and handed to dkimpy in place of its
+own.  DNS failures give ``temperror`` and the message goes on.
+"""
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any
+
+import dkim
+import dkim.util
+import spf
+from publicsuffixlist import PublicSuffixList
+
+from gateway.authn.bodyhash import BodyKey, body_canon, body_hashes
+from gateway.authn.resolver import DnsTempError, Resolver
+from gateway.mime.source import Source
+from gateway.spool import Envelope
+
+_PSL: PublicSuffixList | None = None
+
+
+def _psl() -> PublicSuffixList:
+    global _PSL
+    if _PSL is None:
+        _PSL = PublicSuffixList()  # the list packaged with publicsuffixlist: no download
+    return _PSL
+
+
+def org_domain(domain: str) -> str:
+    """The organisational domain (RFC 7489 section 3.2), from the packaged PSL."""
+    domain = domain.lower().rstrip(".")
+    return _psl().privatesuffix(domain) or domain
+
+
+@dataclass
+class Field:
+    """One header field of the original: its name and where it lies."""
+
+    name: str
+    start: int
+    end: int
+    raw: bytes
+
+
+@dataclass
+class Verification:
+    """What the checks found, ready to put in front of the message."""
+
+    header: bytes  # the Authentication-Results field, CRLF-terminated
+    drop: list[tuple[int, int]] = field(default_factory=list)  # byte ranges of forged A-R fields
+    summary: dict[str, str] = field(default_factory=dict)  # method -> result, for the log
+
+
+def header_fields(block: bytes) -> list[Field]:
+    """Split a header block (ending before the empty line) into fields."""
+    out: list[Field] = []
+    pos = 0
+    for line in block.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and out:
+            out[-1].end = pos + len(line)
+            out[-1].raw += line
+        else:
+            name = line.split(b":", 1)[0].decode("ascii", "replace").strip()
+            out.append(Field(name, pos, pos + len(line), line))
+        pos += len(line)
+    return out
+
+
+def _strip_comments(text: str) -> str:
+    prev = None
+    while prev != text:
+        prev, text = text, re.sub(r"\([^()]*\)", " ", text)
+    return text
+
+
+def authserv_id_of(raw: bytes) -> str:
+    """The authserv-id an Authentication-Results field claims (lower case)."""
+    value = raw.split(b":", 1)[1] if b":" in raw else b""
+    text = _strip_comments(value.decode("utf-8", "replace")).split(";", 1)[0]
+    words = text.split()
+    return words[0].strip().lower() if words else ""
+
+
+class _StreamedBodyMixin:
+    """dkimpy with body hashes computed elsewhere (streamed): a signature's
+    bh= is checked here against the streamed hash, then dkimpy checks the
+    header signature exactly as it would (bh= is part of the signed header
+    text, not of the parsed tags it hashes)."""
+
+    body_hashes: dict[BodyKey, bytes] = {}
+
+    def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: Any, sig_header: Any,
+                           dnsfunc: Any) -> Any:
+        if b"bh" in sig:
+            key = _body_key(sig)
+            got = self.body_hashes.get(key) if key is not None else None
+            try:
+                want = base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]))
+            except (ValueError, TypeError) as e:
+                raise dkim.MessageFormatError(str(e)) from None
+            if got != want:
+                raise dkim.ValidationError("body hash mismatch")
+            sig = {k: v for k, v in sig.items() if k != b"bh"}
+        return super().verify_sig_process(sig, include_headers, sig_header, dnsfunc)  # type: ignore[misc]
+
+
+class StreamedDKIM(_StreamedBodyMixin, dkim.DKIM):
+    """DKIM verification over a header block and streamed body hashes."""
+
+
+class StreamedARC(_StreamedBodyMixin, dkim.ARC):
+    """ARC chain verification over a header block and streamed body hashes."""
+
+
+def _body_key(sig: dict[bytes, bytes]) -> BodyKey | None:
+    limit = sig.get(b"l")
+    try:
+        n = int(limit) if limit is not None else None
+    except ValueError:
+        return None
+    return body_canon(sig.get(b"c", b"simple/simple")), sig.get(b"a", b"rsa-sha256").strip().lower(), n
+
+
+class Verifier:
+    """Runs the checks for one message; blocking (call from a thread)."""
+
+    def __init__(self, authserv_id: str, resolver: Resolver, max_header_bytes: int) -> None:
+        self.authserv_id = authserv_id
+        self.resolver = resolver
+        self.max_header_bytes = max_header_bytes
+        # pyspf looks its DNS up through a module-level function: point it at
+        # our resolver (one config, so one resolver, per process).
+        spf.DNSLookup = resolver.spf_lookup
+
+    def verify(self, path: Path, envelope: Envelope) -> Verification:
+        with Source(path) as src:
+            head = src.read(0, min(src.size, self.max_header_bytes))
+            if head.startswith(b"\r\n"):
+                block, body_start = b"", 2
+            else:
+                end = head.find(b"\r\n\r\n")
+                if end < 0 and len(head) < src.size:
+                    return self._header(["dkim=none reason=\"header block too large\"",
+                                         *self._spf_lines(envelope, {}, {})], [], {"dkim": "none"})
+                block = head[: end + 2] if end >= 0 else head
+                body_start = end + 4 if end >= 0 else len(head)
+            fields = header_fields(block)
+            drop = [(f.start, f.end) for f in fields
+                    if f.name.lower() == "authentication-results" and authserv_id_of(f.raw) == self.authserv_id]
+            kept = b"".join(f.raw for f in fields if (f.start, f.end) not in drop)
+            sigs = [f for f in fields if f.name.lower() in ("dkim-signature", "arc-message-signature")]
+            keys: list[BodyKey] = []
+            for f in sigs:
+                try:
+                    tags = dkim.util.parse_tag_value(f.raw.split(b":", 1)[1])
+                except (dkim.util.InvalidTagValueList, IndexError):
+                    continue
+                k = _body_key(tags)
+                if k is not None:
+                    keys.append(k)
+            hashes = body_hashes(keys, src.iter_range(body_start, src.size, 1 << 20)) if keys else {}
+        # Per-message facts live in ``state``, not on self: one Verifier
+        # serves every worker thread at once.
+        summary: dict[str, str] = {}
+        state: dict[str, Any] = {}
+        lines = self._dkim_lines(kept, fields, hashes, summary, state)
+        lines += self._spf_lines(envelope, summary, state)
+        lines += self._dmarc_lines(fields, envelope, summary, state)
+        lines += self._arc_lines(kept, fields, hashes, summary)
+        return self._header(lines, drop, summary)
+
+    def _header(self, lines: list[str], drop: list[tuple[int, int]], summary: dict[str, str]) -> Verification:
+        text = f"Authentication-Results: {self.authserv_id};\r\n\t" + ";\r\n\t".join(lines) + "\r\n"
+        return Verification(text.encode("utf-8", "replace"), drop, summary)
+
+    # -- DKIM -------------------------------------------------------------
+
+    def _dkim_lines(self, block: bytes, fields: list[Field], hashes: dict[BodyKey, bytes],
+                    summary: dict[str, str], state: dict[str, Any]) -> list[str]:
+        state["dkim_pass"] = []
+        count = sum(1 for f in fields if f.name.lower() == "dkim-signature")
+        if not count:
+            summary["dkim"] = "none"
+            return ["dkim=none"]
+        lines = []
+        passed: list[str] = []
+        for idx in range(count):
+            d = StreamedDKIM(block + b"\r\n", timeout=self.resolver.timeout)
+            d.body_hashes = hashes
+            sig: dict[bytes, bytes] = {}
+            reason = ""
+            try:
+                prep = d.verify_headerprep(idx)
+                if prep:
+                    sig = prep[0]
+                ok = d.verify(idx, dnsfunc=self.resolver.dkim_txt)
+                result = "pass" if ok else "fail"
+                if not ok:
+                    reason = "signature did not verify or no usable key"
+            except DnsTempError as e:
+                result, reason = "temperror", str(e)
+            except dkim.ValidationError as e:
+                result, reason = "fail", str(e)
+            except dkim.DKIMException as e:
+                result, reason = "permerror", str(e)
+            domain = _token(sig.get(b"d", b""))
+            selector = _token(sig.get(b"s", b""))
+            if result == "pass" and domain:
+                passed.append(domain)
+            props = "".join(f" {k}={v}" for k, v in (("header.d", domain), ("header.s", selector)) if v)
+            lines.append(f"dkim={result}{_reason(reason)}{props}")
+            summary.setdefault("dkim", result)
+            if result == "pass":
+                summary["dkim"] = "pass"
+        state["dkim_pass"] = passed
+        return lines
+
+    # -- SPF --------------------------------------------------------------
+
+    def _spf_lines(self, envelope: Envelope, summary: dict[str, str], state: dict[str, Any]) -> list[str]:
+        helo = envelope.helo or "unknown"
+        sender = envelope.mail_from or f"postmaster@{helo}"
+        spf_domain = state["spf_domain"] = sender.rpartition("@")[2].lower()
+        try:
+            result, explanation = spf.check2(i=envelope.client_addr, s=sender, h=helo,
+                                             timeout=self.resolver.timeout, querytime=self.resolver.timeout * 4)
+        except Exception as e:  # noqa: BLE001 - pyspf raises odd things on odd input: fail open
+            result, explanation = "permerror", f"{type(e).__name__}: {e}"
+        result = result.lower()
+        state["spf_result"] = result
+        summary["spf"] = result
+        prop = f"smtp.mailfrom={_token(spf_domain)}" if envelope.mail_from else f"smtp.helo={_token(helo)}"
+        reason = explanation if result in ("temperror", "permerror") else ""
+        return [f"spf={result}{_reason(reason)} {prop}"]
+
+    # -- DMARC ------------------------------------------------------------
+
+    def _dmarc_lines(self, fields: list[Field], envelope: Envelope, summary: dict[str, str],
+                     state: dict[str, Any]) -> list[str]:
+        froms = [f for f in fields if f.name.lower() == "from"]
+        domains = set()
+        for f in froms:
+            value = f.raw.split(b":", 1)[1].decode("utf-8", "replace")
+            for _, addr in getaddresses([value]):
+                if "@" in addr:
+                    domains.add(addr.rpartition("@")[2].lower().rstrip(">").strip())
+        if len(domains) != 1:
+            summary["dmarc"] = "permerror" if domains else "none"
+            return [f"dmarc={summary['dmarc']} reason=\"{'no' if not domains else 'several'} From domains\""]
+        from_domain = domains.pop()
+        org = org_domain(from_domain)
+        try:
+            record, policy_domain = self._dmarc_record(from_domain, org)
+        except DnsTempError as e:
+            summary["dmarc"] = "temperror"
+            return [f"dmarc=temperror{_reason(str(e))} header.from={_token(from_domain)}"]
+        if record is None:
+            summary["dmarc"] = "none"
+            return [f"dmarc=none header.from={_token(from_domain)}"]
+        tags = _dmarc_tags(record)
+        policy = tags.get("p", "")
+        if policy not in ("none", "quarantine", "reject"):
+            summary["dmarc"] = "permerror"
+            return [f"dmarc=permerror reason=\"bad p= tag\" header.from={_token(from_domain)}"]
+        if policy_domain != from_domain and tags.get("sp") in ("none", "quarantine", "reject"):
+            policy = tags["sp"]
+
+        def aligned(domain: str, mode: str) -> bool:
+            domain = domain.lower()
+            return domain == from_domain if mode == "s" else org_domain(domain) == org
+
+        dkim_ok = any(aligned(d, tags.get("adkim", "r")) for d in state["dkim_pass"])
+        spf_ok = state["spf_result"] == "pass" and aligned(state["spf_domain"], tags.get("aspf", "r"))
+        result = "pass" if dkim_ok or spf_ok else "fail"
+        summary["dmarc"] = result
+        return [f"dmarc={result} (p={policy}) header.from={_token(from_domain)}"]
+
+    def _dmarc_record(self, from_domain: str, org: str) -> tuple[bytes | None, str]:
+        for domain in dict.fromkeys([from_domain, org]):
+            records = [r for r in self.resolver.txt(f"_dmarc.{domain}") if r.lower().startswith(b"v=dmarc1")]
+            if len(records) == 1:
+                return records[0], domain
+        return None, from_domain
+
+    # -- ARC --------------------------------------------------------------
+
+    def _arc_lines(self, block: bytes, fields: list[Field], hashes: dict[BodyKey, bytes],
+                   summary: dict[str, str]) -> list[str]:
+        if not any(f.name.lower().startswith("arc-") for f in fields):
+            summary["arc"] = "none"
+            return ["arc=none"]
+        a = StreamedARC(block + b"\r\n", timeout=self.resolver.timeout)
+        a.body_hashes = hashes
+        try:
+            cv, _, reason = a.verify(dnsfunc=self.resolver.dkim_txt)
+            result = (cv or b"fail").decode("ascii", "replace").lower()
+        except DnsTempError as e:
+            # ARC knows only none, pass and fail as chain results; a chain we
+            # could not check now is sealed as failed (RFC 8617 section 5.2).
+            result, reason = "fail", f"temperror: {e}"
+        except dkim.DKIMException as e:
+            result, reason = "fail", str(e)
+        summary["arc"] = result
+        return [f"arc={result}{_reason(reason if result != 'pass' else '')}"]
+
+
+def _dmarc_tags(record: bytes) -> dict[str, str]:
+    tags = {}
+    for item in record.decode("ascii", "replace").split(";"):
+        k, sep, v = item.partition("=")
+        if sep:
+            tags[k.strip().lower()] = v.strip().lower()
+    return tags
+
+
+def _token(value: bytes | str) -> str:
+    """A value safe as an RFC 8601 property value (a domain-like token)."""
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    return re.sub(r"[^A-Za-z0-9._@-]", "", text)[:255]
+
+
+def _reason(text: str) -> str:
+    if not text:
+        return ""
+    clean = re.sub(r"[\"\\\r\n]", "'", text)[:200]
+    return f" reason=\"{clean}\""

@@ -1,0 +1,204 @@
+"""Authentication through the gateway (issue 7): DKIM, SPF and DMARC
+verified on arrival, Authentication-Results on top, an ARC set over what
+leaves, optional DKIM signing, and DNS failure failing open.
+
+Keys are made in the test; DNS is a real server on loopback
+(tests/servers/dns.py) that the gateway's own resolver asks; the next hop
+is a real SMTP sink, and what it received is checked with dkimpy.
+"""
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import dkim
+import pytest
+
+from tests.certs import dkim_key
+from tests.harness import GatewayProcess, SmtpSink
+from tests.messages import links, message, pdf_bytes, send
+from tests.servers.dns import DnsServer
+
+MiB = 1 << 20
+AUTHSERV = "gw.test"
+
+
+@pytest.fixture
+def dns() -> Iterator[DnsServer]:
+    server = DnsServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def keys(dns: DnsServer, tmp_path: Path) -> dict[str, Any]:
+    """The sender's DKIM key, an upstream ARC sealer's key and the gateway's
+    own key, all published in the loopback DNS; SPF and DMARC for the sender."""
+    sender_pem, sender_txt = dkim_key()
+    upstream_pem, upstream_txt = dkim_key()
+    gw_pem, gw_txt = dkim_key()
+    dns.add_txt("s1._domainkey.example.net", sender_txt)
+    dns.add_txt("up._domainkey.upstream.example", upstream_txt)
+    dns.add_txt("gw._domainkey.gw.test", gw_txt)
+    dns.add_txt("example.net", "v=spf1 ip4:127.0.0.1 -all")
+    dns.add_txt("_dmarc.example.net", "v=DMARC1; p=reject")
+    key_file = tmp_path / "gw-dkim.pem"
+    key_file.write_bytes(gw_pem)
+    return {"sender": sender_pem, "upstream": upstream_pem, "gw_file": key_file}
+
+
+def offline(dns: DnsServer):
+    """A dkimpy dnsfunc reading the same table the loopback server serves."""
+    def lookup(name: bytes, timeout: float = 5) -> bytes | None:
+        values = dns.records.get((name.decode().rstrip(".").lower(), "TXT"))
+        return values[0].encode() if values else None
+    return lookup
+
+
+def auth_gateway(make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any], *, dkim_sign: bool = False,
+                 dns_timeout: float = 2, **kwargs: Any) -> GatewayProcess:
+    signing = {"domain": "gw.test", "selector": "gw", "key_file": str(keys["gw_file"])}
+    auth = {"verify": True, "authserv_id": AUTHSERV, "dns_servers": [f"127.0.0.1:{dns.port}"],
+            "dns_timeout": dns_timeout, "arc": signing}
+    if dkim_sign:
+        auth["dkim"] = signing
+    return make_gateway(next_hop=f"smtp://127.0.0.1:{sink.port}", sections={"auth": auth}, **kwargs)
+
+
+def signed(keys: dict[str, Any], msg: bytes) -> bytes:
+    return dkim.sign(msg, b"s1", b"example.net", keys["sender"], linesep=b"\r\n") + msg
+
+
+def ar_headers(data: bytes) -> list[str]:
+    head = data.split(b"\r\n\r\n", 1)[0].decode()
+    unfolded = re.sub(r"\r\n[ \t]+", " ", head)
+    return [h for h in unfolded.split("\r\n") if h.lower().startswith("authentication-results:")]
+
+
+def test_signed_message_with_large_attachment_gets_dkim_pass_and_a_verifying_arc_seal(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    gw = auth_gateway(make_gateway, sink, dns, keys, threshold="1MiB")
+    pdf = pdf_bytes(3 * MiB)
+    raw = signed(keys, message("See the invoice.\n", attachments=[(pdf, "application/pdf", "invoice.pdf")],
+                               From="Customer <customer@example.net>").as_bytes())
+    # A forged result under our own name, added after signing, must not survive.
+    forged = b"Authentication-Results: gw.test; dkim=pass header.d=bank.example; dmarc=pass\r\n"
+    send(gw.smtp_port, forged + raw, sender="customer@example.net")
+    [got] = sink.wait(1)
+    assert len(got.data) < 64 * 1024 and pdf not in got.data and links(got.data)
+    [ar] = ar_headers(got.data)
+    assert ar.startswith("Authentication-Results: gw.test;")
+    assert "dkim=pass header.d=example.net header.s=s1" in ar
+    assert "spf=pass smtp.mailfrom=example.net" in ar and "dmarc=pass" in ar and "bank.example" not in ar
+    assert got.data.startswith(b"ARC-Seal: i=1; cv=none;")
+    cv, results, reason = dkim.arc_verify(got.data, dnsfunc=offline(dns))
+    assert cv == b"pass", (reason, results)
+    # The sender's own signature no longer holds over the rewritten body:
+    # that is why the results travel in the seal.
+    assert not dkim.verify(got.data, dnsfunc=offline(dns))
+
+
+def test_body_altered_before_the_gateway_shows_dkim_fail_and_still_goes(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    gw = auth_gateway(make_gateway, sink, dns, keys)
+    raw = signed(keys, b"From: customer@example.net\r\nTo: support@contact.example\r\nSubject: pay\r\n\r\n"
+                       b"Please pay 100 EUR.\r\n")
+    send(gw.smtp_port, raw.replace(b"100 EUR", b"900 EUR"), sender="customer@example.net")
+    [got] = sink.wait(1)
+    [ar] = ar_headers(got.data)
+    assert "dkim=fail" in ar and "body hash mismatch" in ar
+    assert "dmarc=pass" in ar  # SPF still aligns for example.net
+    assert dkim.arc_verify(got.data, dnsfunc=offline(dns))[0] == b"pass"
+    assert got.data.endswith(b"Please pay 900 EUR.\r\n")
+
+
+def test_existing_arc_set_is_chained_as_instance_2_and_verifies(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    gw = auth_gateway(make_gateway, sink, dns, keys, threshold=1000)
+    raw = signed(keys, message("Forwarded by a list.\n", attachments=[(pdf_bytes(5000), "application/pdf", "a.pdf")],
+                               From="customer@example.net").as_bytes())
+    upstream_ar = b"Authentication-Results: mx.upstream.example; dkim=pass header.d=example.net\r\n"
+    sealed = dkim.arc_sign(upstream_ar + raw, b"up", b"upstream.example", keys["upstream"], b"mx.upstream.example",
+                           linesep=b"\r\n")
+    assert sealed
+    send(gw.smtp_port, b"".join(sealed) + upstream_ar + raw, sender="customer@example.net")
+    [got] = sink.wait(1)
+    [ar] = ar_headers(got.data)[:1]
+    assert "arc=pass" in ar and "dkim=pass" in ar
+    assert got.data.startswith(b"ARC-Seal: i=2; cv=pass;")
+    cv, results, reason = dkim.arc_verify(got.data, dnsfunc=offline(dns))
+    assert cv == b"pass", reason
+    assert [r["instance"] for r in results] == [2, 1]
+
+
+def test_dkim_signing_of_the_forwarded_message(make_gateway, sink: SmtpSink, dns: DnsServer,
+                                               keys: dict[str, Any]) -> None:
+    gw = auth_gateway(make_gateway, sink, dns, keys, dkim_sign=True, threshold=1000)
+    send(gw.smtp_port, message(attachments=[(pdf_bytes(4000), "application/pdf", "b.pdf")]))
+    [got] = sink.wait(1)
+    assert b"\r\nDKIM-Signature: " in got.data and b"d=gw.test" in got.data
+    assert dkim.verify(got.data, dnsfunc=offline(dns))
+    assert dkim.arc_verify(got.data, dnsfunc=offline(dns))[0] == b"pass"
+
+
+def test_dns_failure_gives_temperror_and_the_message_goes(make_gateway, sink: SmtpSink, dns: DnsServer,
+                                                          keys: dict[str, Any]) -> None:
+    gw = auth_gateway(make_gateway, sink, dns, keys, dns_timeout=0.5)
+    dns.mode = "silent"
+    raw = signed(keys, b"From: customer@example.net\r\nTo: support@contact.example\r\nSubject: x\r\n\r\nhi\r\n")
+    send(gw.smtp_port, raw, sender="customer@example.net")
+    [got] = sink.wait(1, timeout=30)
+    [ar] = ar_headers(got.data)
+    assert "dkim=temperror" in ar and "spf=temperror" in ar and "dmarc=temperror" in ar
+    assert dns.queries  # the gateway did ask our server
+    dns.mode = "servfail"
+    send(gw.smtp_port, raw, sender="customer@example.net")
+    got2 = sink.wait(2)[1]
+    assert "dkim=temperror" in ar_headers(got2.data)[0]
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/metrics", timeout=10) as r:
+        exposition = r.read().decode()
+    assert re.search(r'gateway_authentication_results_total\{method="dkim",result="temperror"\} 2\.0', exposition)
+
+
+def test_spf_fail_and_dmarc_fail_are_reported_and_a_large_untouched_message_goes_unsealed(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    dns.add_txt("forged.example", "v=spf1 ip4:192.0.2.1 -all")
+    dns.add_txt("_dmarc.forged.example", "v=DMARC1; p=quarantine")
+    signing = {"domain": "gw.test", "selector": "gw", "key_file": str(keys["gw_file"])}
+    gw = make_gateway(next_hop=f"smtp://127.0.0.1:{sink.port}",
+                      sections={"auth": {"verify": True, "authserv_id": AUTHSERV, "dns_timeout": 2,
+                                         "dns_servers": [f"127.0.0.1:{dns.port}"], "arc": signing,
+                                         "sign_max_size": "16KiB"}})
+    send(gw.smtp_port, b"From: boss@forged.example\r\nTo: support@contact.example\r\nSubject: wire\r\n\r\n"
+                       b"Pay now.\r\n", sender="boss@forged.example")
+    [got] = sink.wait(1)
+    [ar] = ar_headers(got.data)
+    assert "dkim=none" in ar and "spf=fail smtp.mailfrom=forged.example" in ar
+    assert "dmarc=fail (p=quarantine) header.from=forged.example" in ar
+    assert dkim.arc_verify(got.data, dnsfunc=offline(dns))[0] == b"pass"
+    # Nothing to offload and above sign_max_size: results, but no seal.
+    big = message("x" * 40000 + "\n").as_bytes()
+    send(gw.smtp_port, big)
+    got = sink.wait(2)[1]
+    assert ar_headers(got.data) and b"ARC-Seal:" not in got.data
+    assert any(e.get("event") == "message too large to seal; forwarded unsealed" for e in gw.log_events())
+
+
+def test_invalid_security_settings_name_the_key(tmp_path: Path) -> None:
+    def check(name: str, **kwargs: Any) -> str:
+        (tmp_path / name).mkdir()
+        r = GatewayProcess(tmp_path / name, **kwargs).command("check-config")
+        assert r.returncode == 78, r.stderr
+        return r.stderr
+
+    err = check("a", route={"tls": "sometimes"},
+                sections={"auth": {"dns_timeout": 0}, "smtp": {"tls_cert_file": str(tmp_path / "x.crt")}})
+    assert "routes[0].tls: 'sometimes'" in err and "auth.dns_timeout: 0" in err
+    assert "tls_cert_file and smtp.tls_key_file go together" in err
+    err = check("b", sections={"auth": {"arc": {"domain": "gw.test", "selector": "gw", "key_file": "k.pem"}}})
+    assert "auth.arc needs auth.verify = true" in err
+    err = check("c", sections={"smtp": {"tls_cert_file": str(tmp_path / "x.crt"),
+                                        "tls_key_file": str(tmp_path / "x.key")}})
+    assert f"smtp.tls_cert_file: '{tmp_path / 'x.crt'}': expected a readable file" in err
