@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import string
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -351,6 +352,107 @@ class PolicyRef(_Strict):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
+class QuarantineSettings(_Strict):
+    """Where refused files are kept for an administrator (never linked)."""
+
+    # Keep each refused file in the route's store under ``prefix``.
+    enabled: bool = True
+    # Object-key prefix; link records never point here, and the link
+    # endpoint refuses any record that does.
+    prefix: str = "quarantine/"
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}/", v) or v in ("uploads/", "links/"):
+            raise ValueError("expected a prefix such as \"quarantine/\" (lower-case letters, digits, ._-, "
+                             "ending in /, not uploads/ or links/)")
+        return v
+
+
+DEFAULT_AUTOREPLY_TEMPLATE = """Hello,
+
+Thank you for your message "{subject}". We could not accept the following
+attachment(s):
+
+{refusals}
+
+Please send the file again as a PDF, an image (JPEG, PNG, GIF, TIFF, HEIC),
+a text or CSV file, or a Word, Excel or PowerPoint document.
+
+This is an automatic reply; there is no need to answer it.
+"""
+
+
+class AutoReplySettings(_Strict):
+    """The automatic reply to a sender whose file was refused (RFC 3834)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    # The reply's From address, e.g. "Support <support@contact.example>".
+    sender: str = Field(alias="from")
+    # Where replies go out: an SMTP smarthost, or a Maildir.
+    next_hop: str
+    # At most one reply per sender per interval.
+    interval: Duration = 86400
+    subject: str = "Your attachment could not be accepted"
+    # {refusals} (one "- name: reason" line each), {subject}, {upload_url}.
+    template: str = DEFAULT_AUTOREPLY_TEMPLATE
+    # The customer upload page's address, for the template.
+    upload_url: str = ""
+
+    @field_validator("next_hop")
+    @classmethod
+    def _next_hop(cls, v: str) -> str:
+        return _check_next_hop(v)
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, v: str) -> str:
+        if "@" not in v or "\n" in v or "\r" in v:
+            raise ValueError("expected an address such as \"support@contact.example\"")
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        except ValueError as e:
+            raise ValueError(f"not a valid template ({e}); write {{ and }} as {{{{ and }}}}") from None
+        unknown = fields - {"refusals", "subject", "upload_url"}
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {', '.join(sorted(unknown))}; "
+                             "expected {refusals}, {subject}, {upload_url}")
+        return v
+
+
+class ClamdSettings(_Strict):
+    """The clamd (ClamAV daemon) that the refuse_malware policy's scans use."""
+
+    # "unix:/run/clamav/clamd.ctl" or "tcp:127.0.0.1:3310".
+    address: str = "unix:/run/clamav/clamd.ctl"
+    # Seconds for one part's scan; past it the part is not scanned (fail open).
+    timeout: Duration = 30
+    # Parts larger than this (decoded) are not sent to clamd; keep it at or
+    # below clamd's StreamMaxLength (25 MiB by default).
+    max_size: Size = 26214400
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        from gateway.scan import parse_address
+
+        parse_address(v)
+        return v
+
+
+def _default_policies() -> list["PolicyRef"]:
+    from policies import DEFAULT_POLICIES
+
+    return [PolicyRef(name=n) for n in DEFAULT_POLICIES]
+
+
 class RouteSettings(_Strict):
     """Which recipients the gateway accepts, and what it does with their mail."""
 
@@ -361,6 +463,9 @@ class RouteSettings(_Strict):
     storage: str
     offload_threshold: Size = 10485760
     next_hop_max_size: Size = 26214400
+    # The most attachments the next hop takes in one message (Genesys Cloud:
+    # 50); the excess is offloaded, largest first.  None: no limit.
+    max_attachments: int | None = Field(None, ge=0)
     link_text: str | None = None
     # A message with two or more offloaded files gets one link to a page
     # listing them all instead of one link per file (fewer links, lower spam
@@ -369,7 +474,13 @@ class RouteSettings(_Strict):
     # The landing page link's text; {count} and {size} are replaced.
     landing_page_text: str = "Secure Attachments: {count} files"
     customer_id: CustomerIdRule = CustomerIdRule()
-    policies: list[PolicyRef] = Field(default_factory=lambda: [PolicyRef(name="offload_large")])
+    policies: list[PolicyRef] = Field(default_factory=_default_policies)
+    # Refused files kept in the route's store for an administrator.
+    quarantine: QuarantineSettings = QuarantineSettings()
+    # The reply to senders whose files were refused; none when absent.
+    autoreply: AutoReplySettings | None = None
+    # Unpack Outlook winmail.dat (TNEF) into its files before the policies.
+    unpack_tnef: bool = True
     # TLS to an SMTP next hop: "opportunistic" uses STARTTLS when offered;
     # "required" defers the message when it is not; "verify" also requires
     # a certificate for the next hop's host name from a trusted CA. A
@@ -531,6 +642,8 @@ class Config(_Strict):
     audit: AuditSettings = AuditSettings()
     api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
+    # The malware scanner; required by a route that runs refuse_malware.
+    clamd: ClamdSettings | None = None
     # Absent: ``serve`` runs no milter; ``attachment-gateway milter`` then
     # uses the defaults above.
     milter: MilterSettings | None = None
@@ -556,12 +669,19 @@ class Config(_Strict):
             if route.name in names:
                 raise ValueError(f"routes[{i}].name: {route.name!r} is used twice")
             names.add(route.name)
-            from policies import known_policies  # late: policies import config types
+            from policies import PolicyConfigError, build, known_policies  # late: keeps import order simple
 
             for j, ref in enumerate(route.policies):
                 if ref.name not in known_policies():
                     raise ValueError(f"routes[{i}].policies[{j}].name: {ref.name!r} is not a known policy "
                                      f"(known: {', '.join(sorted(known_policies()))})")
+                try:
+                    build(ref.name, ref.settings)
+                except PolicyConfigError as e:
+                    raise ValueError(f"routes[{i}].policies[{j}].settings.{e}") from None
+                if ref.name == "refuse_malware" and self.clamd is None:
+                    raise ValueError(f"routes[{i}].policies[{j}].name: 'refuse_malware' needs a [clamd] table "
+                                     f"with the scanner's address")
         return self
 
     def _check_agents(self) -> None:

@@ -31,6 +31,14 @@ OFFLOAD_FAILURES = Counter("gateway_offload_failures", "Uploads that failed (the
                            ["store"])
 DECISIONS = Counter("gateway_policy_decisions", "Policy decisions on parts, by outcome.",
                     ["route", "policy", "action"])
+REFUSED_PARTS = Counter("gateway_refused_parts", "Attachments refused (replaced by a notice, quarantined).",
+                        ["route", "policy"])
+SCANS = Counter("gateway_malware_scans", "clamd scans by verdict: clean, infected, error (failed open).",
+                ["route", "result"])
+TNEF_PARTS = Counter("gateway_tnef_parts", "Outlook TNEF parts: unpacked, or failed (forwarded as they are).",
+                     ["outcome"])
+AUTOREPLIES = Counter("gateway_autoreplies", "Automatic replies to senders of refused files: sent, skipped, failed.",
+                      ["route", "outcome"])
 STORAGE_SECONDS = Histogram("gateway_storage_put_seconds", "Time to stream one attachment into storage.",
                             ["store"], buckets=_LATENCY)
 DELIVERY_SECONDS = Histogram("gateway_delivery_seconds", "Time of one delivery attempt to a next hop.",

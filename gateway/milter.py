@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import glob
 import os
 import struct
 import tempfile
@@ -105,8 +106,11 @@ class Transaction:
             self.file.close()
             self.file = None
         if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            # With it, the work files processing named after it
+            # (``PATH.unpacked.eml``, ``PATH.autoreply.eml``).
+            for p in [self.path, *self.path.parent.glob(glob.escape(self.path.name) + ".*")]:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
             self.path = None
 
 
@@ -411,7 +415,8 @@ class Session:
         assert txn.path is not None
         trace, rest = processed.segments[0], processed.segments[1:]
         assert isinstance(trace, bytes)
-        chunks = Content(txn.path, rest).chunks()
+        # An unpacked TNEF makes the segments refer to a file of their own.
+        chunks = Content(processed.path or txn.path, rest).chunks()
         head, body_start = _header_block(chunks)
         actions: list[tuple[bytes, bytes]] = []
         # The trace headers go on top, in order: insert the last first.

@@ -21,10 +21,11 @@ import time
 from dataclasses import dataclass
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from collections import Counter
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import policies
-from gateway import logs, metrics
+from gateway import autoreply, logs, metrics
 from gateway.authn.resolver import Resolver
 from gateway.authn.seal import Key, Sealer
 from gateway.authn.verify import Verification, Verifier
@@ -34,19 +35,31 @@ from gateway.delivery import build as build_next_hop
 from gateway.delivery.dsn import build_dsn
 from gateway.links import records
 from gateway.links.tokens import Keyring, new_object_id
-from gateway.mime import filenames
-from gateway.mime.decode import Measure, decoded_chunks, measure, message_header
+from gateway.mime import filenames, sniff, tnef
+from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, MimeLimitError, Part, parse
-from gateway.mime.rewrite import Link, Replacement, Segment, human_size, plan, segments_size
+from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, human_size, plan, segments_size,
+                                  split_fields, write_segments)
 from gateway.mime.source import Source
+from policies.next_hop_limits import NOTICE_ALLOWANCE, Kept, extra_offloads
 from gateway.spool import (ENVELOPE, MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
                            write_atomic)
+from gateway.scan import Clamd
 from gateway.storage.base import ObjectMeta, Storage, StorageError
 
 log = logs.get("worker")
 
+# The message with its TNEF parts unpacked, in the message's spool directory.
+UNPACKED = "unpacked.eml"
+# HTML bodies up to this size are read for cid: references (inline images).
+MAX_HTML_SCAN = 8 << 20
+
 # Seconds between looks for messages a dead process left in ``active``.
 RECOVERY_INTERVAL = 30.0
+
+
+class QuarantineError(Exception):
+    """A refused file could not be kept in the quarantine; the message is held."""
 
 
 @dataclass
@@ -73,6 +86,9 @@ class Processed:
     # True when a part was offloaded, refused or replaced: the body differs
     # from the input (otherwise only the trace headers are new).
     changed: bool
+    # The file the segments refer to when it is not the input: the message
+    # with its TNEF parts unpacked.
+    path: Path | None = None
 
 
 class Worker:
@@ -93,6 +109,12 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        # Failures that fail open, counted in this process for the log lines
+        # that report them (gateway/metrics.py counts them across processes).
+        self.counts: Counter[str] = Counter()
+        # Shared by every process on the spool directory, the milter's too.
+        self.rates = autoreply.RateStore((spool.root if spool is not None else cfg.path(cfg.gateway.spool_dir))
+                                         / "autoreply")
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -110,6 +132,12 @@ class Worker:
                 tls_ca_file=cfg.path(r.tls_ca_file) if r.tls_ca_file else None)
         self.bounce_hop = build_next_hop(cfg.delivery.bounce_next_hop, base_dir=base,
                                          hostname=cfg.gateway.hostname)
+        self.autoreply_hops: dict[str, NextHop] = {
+            r.name: build_next_hop(r.autoreply.next_hop, base_dir=base, hostname=cfg.gateway.hostname,
+                                   connect_timeout=cfg.delivery.connect_timeout,
+                                   command_timeout=cfg.delivery.command_timeout)
+            for r in cfg.routes if r.autoreply is not None}
+        self.scanner = Clamd(cfg.clamd.address, cfg.clamd.timeout) if cfg.clamd is not None else None
         self.limits = Limits(max_header_bytes=cfg.worker.max_header_bytes, max_depth=cfg.worker.max_mime_depth,
                              max_parts=cfg.worker.max_parts, max_header_fields=cfg.worker.max_header_fields,
                              max_header_line=cfg.worker.max_header_line)
@@ -151,7 +179,7 @@ class Worker:
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        for hop in [*self.next_hops.values(), self.bounce_hop]:
+        for hop in [*self.next_hops.values(), self.bounce_hop, *self.autoreply_hops.values()]:
             await hop.close()
 
     async def _dispatch(self) -> None:
@@ -262,20 +290,21 @@ class Worker:
     async def process(self, handle: Handle, envelope: Envelope, route: RouteSettings) -> Content:
         """Parse, decide, offload and rewrite; return what to deliver.
 
-        When anything was stored, the rewritten message is saved in the spool
-        (``rewritten.eml``) before delivery, so a retry or a crash never
-        offloads twice; a message that needed no storage is delivered
-        straight from the spooled original.
+        When anything was stored, refused or unpacked, the rewritten message
+        is saved in the spool (``rewritten.eml``) before delivery, so a retry
+        or a crash never offloads twice; a message that needed no change is
+        delivered straight from the spooled original.
         """
         qlog = log.bind(queue_id=handle.queue_id, route=route.name)
         # Verified before the policies and the rewrite change anything.
         auth = await self._verify(handle, envelope, qlog)
         src = Source(handle.file(MESSAGE))
         try:
-            out = await self.process_source(src, envelope, route, qlog)
+            out = await self.process_source(src, envelope, route, qlog, handle.file)
         finally:
             src.close()
-        content = Content(handle.file(MESSAGE), await self._finish(handle, out.segments, auth, qlog))
+        path = out.path or handle.file(MESSAGE)
+        content = Content(path, await self._finish(handle, path, out.segments, auth, qlog))
         if out.changed:
             await asyncio.to_thread(self._save_output, handle, content, out.result)
             content = Content(handle.file(REWRITTEN))
@@ -283,14 +312,45 @@ class Worker:
 
     async def process_file(self, path: Path, envelope: Envelope, route: RouteSettings) -> Processed:
         """Run the pipeline on a message file outside the spool (the milter's
-        temporary file); the segments refer to ``path``."""
+        temporary file); the segments refer to ``path`` (or to
+        ``Processed.path``), and work files are named ``PATH.NAME``."""
         qlog = log.bind(queue_id=envelope.queue_id, route=route.name)
         with Source(path) as src:
-            return await self.process_source(src, envelope, route, qlog)
+            return await self.process_source(src, envelope, route, qlog,
+                                             lambda name: path.with_name(f"{path.name}.{name}"))
 
-    async def process_source(self, src: Source, envelope: Envelope, route: RouteSettings,
-                             qlog: Any) -> Processed:
-        """Parse, decide, offload and rewrite ``src``; no spool involved."""
+    async def _unpack_tnef(self, src: Source, root: Part, dest: Path, qlog: Any) -> bool:
+        """Write ``dest``: the message with each readable TNEF part replaced
+        by the files it carries; False when there is none to unpack."""
+        edits: list[Replacement] = []
+        for leaf in root.leaves():
+            if not tnef.is_tnef(leaf):
+                continue
+            try:
+                files = tnef.unpack(await asyncio.to_thread(decoded_bytes, src, leaf))
+            except tnef.TnefError as e:
+                qlog.warning("TNEF not unpacked; forwarded as it is", part=leaf.path or "1", reason=str(e))
+                metrics.TNEF_PARTS.labels("failed").inc()
+                continue
+            keep = b""
+            if leaf is root:
+                keep = b"".join(raw for name, raw in split_fields(src.read(root.start, root.body_start))
+                                if not name.startswith("content-") and raw.strip())
+            qlog.info("TNEF unpacked", part=leaf.path or "1", files=[f.name for f in files])
+            metrics.TNEF_PARTS.labels("unpacked").inc()
+            edits.append(Replacement(leaf, "", raw=tnef.entity(files, keep)))
+        if not edits:
+            return False
+        segments = plan(src, root, replacements=edits, links=[], text_part=None, html_part=None,
+                        link_template="", trace=b"")
+        await asyncio.to_thread(write_segments, src, segments, dest)
+        return True
+
+    async def process_source(self, src: Source, envelope: Envelope, route: RouteSettings, qlog: Any,
+                             work: Callable[[str], Path]) -> Processed:
+        """Parse, decide, offload and rewrite ``src``; no spool involved.
+        ``work(name)`` is where a work file of this message goes (the
+        unpacked TNEF, the auto-reply)."""
         started = time.monotonic()
         try:
             root = await asyncio.to_thread(parse, src, self.limits)
@@ -298,49 +358,140 @@ class Worker:
             qlog.warning("message exceeds a MIME limit; forwarded untouched", reason=str(e))
             trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
             return Processed([trace, (0, src.size)], {"offloaded": [], "failed": []}, changed=False)
+        unpacked: Source | None = None
+        if route.unpack_tnef and any(tnef.is_tnef(leaf) for leaf in root.leaves()):
+            dest = work(UNPACKED)
+            if await self._unpack_tnef(src, root, dest, qlog):
+                unpacked = Source(dest)
+                try:
+                    root = await asyncio.to_thread(parse, unpacked, self.limits)
+                except MimeLimitError as e:
+                    unpacked.close()
+                    qlog.warning("unpacked TNEF exceeds a MIME limit; forwarded untouched", reason=str(e))
+                    trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
+                    return Processed([trace, (0, src.size)], {"offloaded": [], "failed": []}, changed=False)
+        try:
+            out = await self._decide_and_rewrite(envelope, route, unpacked or src, root, qlog, started, work,
+                                                 unpacked=unpacked is not None)
+        finally:
+            if unpacked is not None:
+                unpacked.close()
+        if unpacked is not None:
+            out.path = work(UNPACKED)
+        return out
+
+    async def _facts(self, src: Source, leaf: Part, route: RouteSettings, route_facts: policies.RouteFacts,
+                     cids: set[str], qlog: Any) -> tuple[policies.PartFacts, Measure]:
+        """Measure, sniff and (when the route scans) scan one leaf."""
+        m = await asyncio.to_thread(measure, src, leaf)
+        detected = await asyncio.to_thread(sniff.detect, m.head)
+        name = filenames.original_filename(leaf.headers)
+        disposition = _disposition(leaf)
+        maintype = leaf.content_type.split("/", 1)[0]
+        is_attachment = disposition == "attachment" or bool(name) or maintype not in ("text", "multipart", "message")
+        content_id = message_header(leaf.headers, "Content-ID").strip() or None
+        scan = None
+        if self.scanner is not None and any(p.name == "refuse_malware" for p in route.policies) \
+                and is_attachment and m.size > 0:
+            scan = await self._scan(src, leaf, m.size, route, qlog)
+        facts = policies.PartFacts(
+            path=leaf.path or "1", declared_type=leaf.content_type, filename=name, decoded_size=m.size,
+            is_body=False, disposition=disposition, route=route_facts, detected_type=detected,
+            content_id=content_id, head=m.head, is_attachment=is_attachment,
+            inline=bool(content_id) and content_id.strip("<>").lower() in cids, scan=scan,
+            packed_tnef=tnef.is_tnef(leaf))
+        return facts, m
+
+    async def _scan(self, src: Source, leaf: Part, size: int, route: RouteSettings,
+                    qlog: Any) -> policies.ScanVerdict:
+        assert self.scanner is not None and self.cfg.clamd is not None
+        if size > self.cfg.clamd.max_size:
+            verdict = policies.ScanVerdict("error", detail=f"{size} bytes is over clamd.max_size")
+        else:
+            verdict = await self.scanner.scan(_athread_iter(decoded_chunks(src, leaf)))
+        metrics.SCANS.labels(route.name, verdict.status).inc()
+        if verdict.status == "error":
+            # Fail open (rule 2): the part goes on to the other policies.
+            self.counts["scan_failed"] += 1
+            qlog.warning("malware scan failed; failing open", part=leaf.path or "1", reason=verdict.detail,
+                         scan_failures_total=self.counts["scan_failed"])
+        return verdict
+
+    async def _decide_and_rewrite(self, envelope: Envelope, route: RouteSettings, src: Source, root: Part,
+                                  qlog: Any, started: float, work: Callable[[str], Path],
+                                  unpacked: bool) -> Processed:
         message_id = message_header(root.headers, "Message-ID").strip()
         customer = self._customer_id(root, envelope, route)
         text_part, html_part = _bodies(root)
+        cids: set[str] = set()
+        if html_part is not None and html_part.encoded_size <= MAX_HTML_SCAN:
+            cids = cid_references(await asyncio.to_thread(decoded_bytes, src, html_part))
         route_facts = policies.RouteFacts(route.name, route.offload_threshold, route.next_hop_max_size)
-        decisions: list[tuple[Part, policies.Decision, Measure]] = []
+        decisions: list[tuple[Part, policies.Decision, Measure, policies.PartFacts]] = []
         for leaf in root.leaves():
             if leaf is text_part or leaf is html_part:
                 continue
-            m = await asyncio.to_thread(measure, src, leaf)
-            name = filenames.original_filename(leaf.headers)
-            facts = policies.PartFacts(
-                path=leaf.path or "1", declared_type=leaf.content_type, filename=name, decoded_size=m.size,
-                is_body=False, disposition=_disposition(leaf), route=route_facts,
-                content_id=message_header(leaf.headers, "Content-ID").strip() or None)
+            facts, m = await self._facts(src, leaf, route, route_facts, cids, qlog)
             decision = policies.decide(self.policies[route.name], facts)
             metrics.DECISIONS.labels(route.name, decision.policy, decision.action.value).inc()
             qlog.info("decision", part=facts.path, action=decision.action.value, policy=decision.policy,
-                      reason=decision.reason, declared_type=facts.declared_type, size=m.size,
-                      filename=name)
-            decisions.append((leaf, decision, m))
-        to_offload = [(p, d, m) for p, d, m in decisions if d.action is policies.Action.OFFLOAD]
+                      reason=decision.reason, declared_type=facts.declared_type, detected_type=facts.detected_type,
+                      size=facts.decoded_size, filename=facts.filename, inline=facts.inline,
+                      scan=facts.scan.status if facts.scan else None)
+            decisions.append((leaf, decision, m, facts))
+        decisions = self._fit_next_hop(src, route, decisions, qlog)
+        to_offload = [(p, d, m) for p, d, m, _ in decisions if d.action is policies.Action.OFFLOAD]
         results = await asyncio.gather(*(self._offload(src, p, m, envelope, route, customer, message_id, qlog)
                                          for p, d, m in to_offload))
         offloaded = [r for r in results if isinstance(r, Offloaded)]
         failed = [p for (p, _, _), r in zip(to_offload, results) if not isinstance(r, Offloaded)]
         replacements = [Replacement(o.part, _offload_notice(o)) for o in offloaded]
-        replacements += [Replacement(p, d.notice or f"An attachment was removed: {d.reason}.")
-                         for p, d, _ in decisions if d.action is policies.Action.REPLACE]
+        notices: list[str] = []
+        refused: list[dict[str, Any]] = []
+        for p, d, m, facts in decisions:
+            name = filenames.display_name(facts.filename) or _default_name(p)
+            if d.action is policies.Action.REPLACE:
+                replacements.append(Replacement(p, d.notice or f"An attachment was removed: {d.reason}.\n"))
+                notices.append(f"\"{name}\": {d.notice or d.reason}")
+                qlog.info("attachment replaced", part=facts.path, filename=name, reason=d.reason)
+            elif d.action is policies.Action.REFUSE:
+                key, sha = await self._quarantine(src, p, m, envelope, route, customer, name, d) \
+                    if route.quarantine.enabled else (None, m.sha256)
+                metrics.REFUSED_PARTS.labels(route.name, d.policy).inc()
+                text = f"The attachment \"{name}\" was removed: {d.reason}."
+                replacements.append(Replacement(p, text + "\n"))
+                notices.append(text)
+                refused.append({"part": facts.path, "filename": name, "policy": d.policy, "reason": d.reason,
+                                "declared_type": facts.declared_type, "detected_type": facts.detected_type,
+                                "size": facts.decoded_size, "sha256": sha, "quarantine_key": key})
+                self.audit.event("FileRefused", "Failure", EventResultDetails=d.reason, QueueId=envelope.queue_id,
+                                 CustomerId=customer, TargetFileName=name, TargetFileSize=facts.decoded_size,
+                                 TargetFileSHA256=sha, TargetFileMimeType=facts.detected_type,
+                                 DeclaredMimeType=facts.declared_type, Policy=d.policy,
+                                 TargetFilePath=key, InternetMessageId=message_id or None)
         links = [Link(o.filename, o.size, o.url) for o in offloaded]
+        inline = {}
+        for o in offloaded:
+            cid = message_header(o.part.headers, "Content-ID").strip().strip("<>").lower()
+            if cid and cid in cids:
+                inline[cid] = Link(o.filename, o.size, o.url)
         template = route.link_text or self.cfg.links.text
         if route.landing_page and len(offloaded) >= 2:
             page_link = await self._landing_page(offloaded, route, customer, envelope.queue_id, message_id, qlog)
             if page_link is not None:
                 links, template = [page_link], "{filename}"
-        trace = self._trace(envelope, offloaded)
+        trace = self._trace(envelope, offloaded, refused=len(refused),
+                            replaced=sum(d.action is policies.Action.REPLACE for _, d, _, _ in decisions),
+                            tnef_unpacked=unpacked)
         segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
-                        html_part=html_part, link_template=template, trace=trace)
+                        html_part=html_part, link_template=template, trace=trace, notices=notices, inline=inline)
         if failed and segments_size(segments) > route.next_hop_max_size:
             # Fail open, but never past the next hop's limit: the parts that
             # could not be stored give way to a notice.
             replacements += [Replacement(p, _failed_notice(p)) for p in failed]
             segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
-                            html_part=html_part, link_template=template, trace=trace)
+                            html_part=html_part, link_template=template, trace=trace, notices=notices,
+                            inline=inline)
             for p in failed:
                 self.audit.event("FileRefused", "Failure", EventResultDetails="storage unavailable, too large to forward",
                                  QueueId=envelope.queue_id, CustomerId=customer,
@@ -349,11 +500,109 @@ class Worker:
             "offloaded": [{"key": o.key, "size": o.size, "sha256": o.sha256, "filename": o.filename,
                            "part": o.part.path} for o in offloaded],
             "failed": [p.path for p in failed],
+            "refused": refused,
+            "decisions": [{"part": f.path, "action": d.action.value, "policy": d.policy, "reason": d.reason,
+                           "declared_type": f.declared_type, "detected_type": f.detected_type,
+                           "filename": f.filename, "size": f.decoded_size} for _, d, _, f in decisions],
+            "tnef_unpacked": unpacked,
             "seconds": round(time.monotonic() - started, 4),
         }
+        if refused:
+            await self._autoreply(envelope, route, root, refused, qlog, work("autoreply.eml"))
         qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
-                  failed=len(failed), size_in=src.size, size_out=segments_size(segments))
-        return Processed(segments, result, changed=bool(offloaded or failed or replacements))
+                  failed=len(failed), refused=len(refused), size_in=src.size, size_out=segments_size(segments))
+        return Processed(segments, result, changed=bool(offloaded or failed or replacements or notices or unpacked))
+
+    def _fit_next_hop(self, src: Source, route: RouteSettings,
+                      decisions: list[tuple[Part, policies.Decision, Measure, policies.PartFacts]],
+                      qlog: Any) -> list[tuple[Part, policies.Decision, Measure, policies.PartFacts]]:
+        """Offload the largest kept attachments too while the message is over
+        the route's next-hop size or attachment count."""
+        changed = [p for p, d, _, _ in decisions if d.action is not policies.Action.KEEP]
+        estimate = src.size - sum(p.end - p.start for p in changed) + NOTICE_ALLOWANCE * len(changed)
+        kept = [Kept(f.path, p.end - p.start) for p, d, _, f in decisions
+                if d.action is policies.Action.KEEP and f.is_attachment]
+        extra = set(extra_offloads(kept, estimate, route.next_hop_max_size, route.max_attachments))
+        if not extra:
+            return decisions
+        out = []
+        for p, d, m, f in decisions:
+            if f.path in extra:
+                d = policies.Decision(policies.Action.OFFLOAD, "next_hop_limits",
+                                      f"the message is over the next hop's limits ({route.next_hop_max_size} bytes, "
+                                      f"{route.max_attachments or 'any number of'} attachments); largest first")
+                qlog.info("decision", part=f.path, action=d.action.value, policy=d.policy, reason=d.reason,
+                          declared_type=f.declared_type, detected_type=f.detected_type, size=f.decoded_size,
+                          filename=f.filename, inline=f.inline, scan=f.scan.status if f.scan else None)
+            out.append((p, d, m, f))
+        return out
+
+    async def _quarantine(self, src: Source, part: Part, measured: Measure, envelope: Envelope,
+                          route: RouteSettings, customer: str, name: str,
+                          decision: policies.Decision) -> tuple[str, str | None]:
+        """Keep a refused part under the route's quarantine prefix (no link
+        record: no token can lead there); return its key and SHA-256.  A
+        failure raises, and the message is held: a refused file is never
+        forwarded and never dropped."""
+        store = self.stores[route.storage]
+        key = f"{route.quarantine.prefix}{customer}/{_stamp()}-{filenames.sanitise(name)}"
+        meta = ObjectMeta(content_type="application/octet-stream", filename=name,
+                          metadata={"queue-id": envelope.queue_id, "customer-id": customer,
+                                    "policy": decision.policy})
+        async with self._offload_slots:
+            try:
+                stored = await store.put(key, decoded_chunks(src, part), meta)
+            except (StorageError, OSError) as e:
+                raise QuarantineError(f"refused file {name!r} could not be quarantined as {key} "
+                                      f"({type(e).__name__}: {e}); held, neither forwarded nor dropped") from e
+        if stored.size != measured.size:
+            raise StorageError(f"quarantined object {key} has {stored.size} bytes, expected {measured.size}")
+        if measured.sha256 and stored.sha256 and stored.sha256 != measured.sha256:
+            raise StorageError(f"quarantined object {key} has SHA-256 {stored.sha256}, expected {measured.sha256}")
+        sha256 = stored.sha256 or measured.sha256
+        log.info("quarantined", queue_id=envelope.queue_id, key=key, size=stored.size, sha256=sha256)
+        return key, sha256
+
+    async def _autoreply(self, envelope: Envelope, route: RouteSettings, root: Part,
+                         refused: list[dict[str, Any]], qlog: Any, path: Path) -> None:
+        """Tell the sender which files were refused (RFC 3834 rules); a
+        failure is logged, never fatal to the message."""
+        settings = route.autoreply
+        if settings is None:
+            return
+        why_not = autoreply.skip_reason(envelope.mail_from, root.headers)
+        if why_not is not None:
+            metrics.AUTOREPLIES.labels(route.name, "skipped").inc()
+            qlog.info("no auto-reply", reason=why_not)
+            return
+        if not await asyncio.to_thread(self.rates.claim, envelope.mail_from, settings.interval):
+            metrics.AUTOREPLIES.labels(route.name, "skipped").inc()
+            qlog.info("no auto-reply", reason=f"one went to this sender within {settings.interval}s")
+            return
+        subject = message_header(root.headers, "Subject").strip()
+        text = autoreply.render(settings.template, refusals=[(r["filename"], r["reason"]) for r in refused],
+                                subject=filenames.display_name(subject), upload_url=settings.upload_url)
+        try:
+            data = autoreply.build(sender=settings.sender, to=envelope.mail_from, subject=settings.subject,
+                                   text=text, in_reply_to=message_header(root.headers, "Message-ID").strip(),
+                                   hostname=self.cfg.gateway.hostname)
+        except (ValueError, TypeError) as e:
+            await asyncio.to_thread(self.rates.release, envelope.mail_from)
+            qlog.error("auto-reply not built", error=str(e))
+            return
+        await asyncio.to_thread(write_atomic, path, data)
+        reply_env = Envelope(queue_id=envelope.queue_id + "R", mail_from="", rcpt_tos=[envelope.mail_from],
+                             route=route.name, received_at=time.time())
+        hop = self.autoreply_hops[route.name]
+        result = await hop.deliver(reply_env, [envelope.mail_from], Content(path))
+        if result.delivered:
+            metrics.AUTOREPLIES.labels(route.name, "sent").inc()
+            qlog.info("auto-reply sent", to=envelope.mail_from, next_hop=hop.name)
+        else:
+            await asyncio.to_thread(self.rates.release, envelope.mail_from)
+            metrics.AUTOREPLIES.labels(route.name, "failed").inc()
+            qlog.error("auto-reply not delivered", to=envelope.mail_from,
+                       reason=next(iter({**result.deferred, **result.failed}.values()), ""))
 
     async def _verify(self, handle: Handle, envelope: Envelope, qlog: Any) -> Verification | None:
         """DKIM, SPF, DMARC and ARC over the original as it arrived; None
@@ -373,11 +622,19 @@ class Worker:
                   dropped_authentication_results=len(auth.drop), **auth.summary)
         return auth
 
-    async def _finish(self, handle: Handle, segments: list[Segment], auth: Verification | None,
+    async def _finish(self, handle: Handle, path: Path, segments: list[Segment], auth: Verification | None,
                       qlog: Any) -> list[Segment]:
         """The final message: forged Authentication-Results of ours dropped,
-        ours on top, then the seal computed over exactly these bytes."""
-        if auth is not None:
+        ours on top, then the seal computed over exactly these bytes.
+        ``path`` is the file the segments refer to: the spooled original, or
+        the message with its TNEF parts unpacked."""
+        if auth is not None and auth.drop and path != handle.file(MESSAGE):
+            # The fields to drop are byte ranges of the original; the
+            # unpacked copy has other offsets, so cut them by their text.
+            segments = await asyncio.to_thread(drop_fields_by_text, segments, auth.drop, handle.file(MESSAGE),
+                                               path)
+            segments = [auth.header, *segments]
+        elif auth is not None:
             segments = [auth.header, *drop_ranges(segments, auth.drop, handle.file(MESSAGE))]
         if self.sealer is None:
             return segments
@@ -387,7 +644,7 @@ class Worker:
                          limit=self.cfg.auth.sign_max_size)
             metrics.AUTH_FAILURES.labels("seal_size").inc()
             return segments
-        content = Content(handle.file(MESSAGE), segments)
+        content = Content(path, segments)
 
         def _seal() -> bytes:
             # dkimpy signs a message it holds whole; the bound above keeps
@@ -411,8 +668,7 @@ class Worker:
         store = self.stores[route.storage]
         original = filenames.original_filename(part.headers) or _default_name(part)
         display = filenames.display_name(original) or _default_name(part)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000 // 1000:06d}Z"
-        key = f"uploads/{customer}/{stamp}-{filenames.sanitise(display)}"
+        key = f"uploads/{customer}/{_stamp()}-{filenames.sanitise(display)}"
         meta = ObjectMeta(content_type=_safe_type(part.content_type), filename=original,
                           metadata={"queue-id": envelope.queue_id, "customer-id": customer})
         async with self._offload_slots:
@@ -475,7 +731,8 @@ class Worker:
             return filenames.sanitise_customer(envelope.mail_from)
         return "unknown"
 
-    def _trace(self, envelope: Envelope, offloaded: list[Offloaded], note: str = "") -> bytes:
+    def _trace(self, envelope: Envelope, offloaded: list[Offloaded], note: str = "", refused: int = 0,
+               replaced: int = 0, tnef_unpacked: bool = False) -> bytes:
         helo = _clean(envelope.helo) or "unknown"
         client = _clean(envelope.client_name) or "unknown"
         addr = _clean(envelope.client_addr)
@@ -487,6 +744,12 @@ class Worker:
                     f"\tby {self.cfg.gateway.hostname} (attachment-gateway) with {proto} id {envelope.queue_id}"
                     f"{rcpt};\r\n\t{_date(envelope.received_at)}\r\n")
         summary = f"offloaded={len(offloaded)} bytes={sum(o.size for o in offloaded)}"
+        if refused:
+            summary += f" refused={refused}"
+        if replaced:
+            summary += f" replaced={replaced}"
+        if tnef_unpacked:
+            summary += " tnef=unpacked"
         if note:
             summary += f"; {note}"
         return (received + f"X-Attachment-Offload: {_clean(summary)}\r\n").encode("utf-8", "replace")
@@ -563,6 +826,45 @@ class Worker:
             log.info("DSN sent", queue_id=handle.queue_id, to=envelope.mail_from)
 
 
+def drop_fields_by_text(segments: list[Segment], drops: list[tuple[int, int]], original: Path,
+                        path: Path) -> list[Segment]:
+    """``segments`` of ``path`` with the header fields at ``drops`` in
+    ``original`` cut out by their text, from the output's header block only
+    (the first empty line ends it); the rest of the output stays ranges."""
+    with open(original, "rb") as f:
+        raws = []
+        for start, end in drops:
+            f.seek(start)
+            raws.append(f.read(end - start))
+    content = Content(path, segments)
+    head = b""
+    for chunk in content.chunks(window=1 << 16):
+        head += chunk
+        if b"\r\n\r\n" in head or len(head) > (1 << 20):
+            break
+    cut = head.find(b"\r\n\r\n")
+    cut = len(head) if cut < 0 else cut + 4
+    new_head = head[:cut]
+    for raw in raws:
+        new_head = new_head.replace(raw, b"")
+    return [new_head, *_skip(segments, cut)]
+
+
+def _skip(segments: list[Segment], n: int) -> list[Segment]:
+    """``segments`` without their first ``n`` bytes."""
+    out: list[Segment] = []
+    for seg in segments:
+        size = len(seg) if isinstance(seg, bytes) else seg[1] - seg[0]
+        if n >= size:
+            n -= size
+            continue
+        if n:
+            seg = seg[n:] if isinstance(seg, bytes) else (seg[0] + n, seg[1])
+            n = 0
+        out.append(seg)
+    return out
+
+
 def drop_ranges(segments: list[Segment], drops: list[tuple[int, int]], path: Path) -> list[Segment]:
     """``segments`` without the original's byte ranges in ``drops`` (whole
     header fields).  A header block the rewrite rebuilt (a replaced root
@@ -595,6 +897,21 @@ def drop_ranges(segments: list[Segment], drops: list[tuple[int, int]], path: Pat
             pieces = kept
         out.extend(pieces)
     return out
+
+
+def _stamp() -> str:
+    """UTC time to the microsecond, for object keys."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000 // 1000:06d}Z"
+
+
+async def _athread_iter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """A blocking iterator (reads from the spool) consumed in a thread."""
+    done = object()
+    while True:
+        chunk = await asyncio.to_thread(next, chunks, done)
+        if chunk is done:
+            return
+        yield chunk  # type: ignore[misc]
 
 
 def _bodies(root: Part) -> tuple[Part | None, Part | None]:

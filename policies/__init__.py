@@ -22,6 +22,9 @@ class Action(enum.Enum):
     KEEP = "keep"  # forward the part unchanged
     OFFLOAD = "offload"  # store it, replace it with a notice, add a link
     REPLACE = "replace"  # replace it with a notice, store nothing
+    # Replace it with a notice naming the file and the reason, keep it in the
+    # quarantine prefix when the route says so, and tell the sender.
+    REFUSE = "refuse"
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,15 @@ class RouteFacts:
     name: str
     offload_threshold: int
     next_hop_max_size: int
+
+
+@dataclass(frozen=True)
+class ScanVerdict:
+    """What the malware scanner (clamd) said about a part, as the worker got it."""
+
+    status: str  # "clean", "infected", or "error" (scanner down or refused the part)
+    signature: str = ""  # the signature name when infected, else ""
+    detail: str = ""  # the scanner's error when status is "error"
 
 
 @dataclass(frozen=True)
@@ -44,8 +56,22 @@ class PartFacts:
     is_body: bool
     disposition: str
     route: RouteFacts
+    # The type libmagic found in the decoded first bytes (gateway/mime/sniff.py).
     detected_type: str | None = None
     content_id: str | None = None
+    # The first decoded bytes (up to 8 KiB), for policies that look inside.
+    head: bytes = b""
+    # A file the sender attached, as opposed to message text: it has a
+    # filename, or an attachment disposition, or a type that is not text,
+    # multipart or message.  Type policies only judge files.
+    is_attachment: bool = False
+    # The HTML body refers to this part by cid: (an inline image).
+    inline: bool = False
+    # An Outlook TNEF (winmail.dat) still packed: tnefparse could not read
+    # it, or the route does not unpack; it is forwarded as it is.
+    packed_tnef: bool = False
+    # Set when the route scans for malware; None when it does not.
+    scan: ScanVerdict | None = None
 
 
 @dataclass(frozen=True)
@@ -81,9 +107,22 @@ class Settings(BaseModel):
 
 def known_policies() -> dict[str, type]:
     """Policy name -> class, for the config's ``policies`` lists."""
+    from policies.allowed_types import RefuseUnlistedTypes
+    from policies.empty import ReplaceEmptyAttachments
+    from policies.executables import RefuseExecutables
+    from policies.malware import RefuseMalware
     from policies.size_threshold import OffloadLargeParts
+    from policies.spoofing import RefuseSpoofedTypes
 
-    return {cls.name: cls for cls in (OffloadLargeParts,)}
+    return {cls.name: cls for cls in (ReplaceEmptyAttachments, RefuseMalware, RefuseExecutables, RefuseSpoofedTypes,
+                                      RefuseUnlistedTypes, OffloadLargeParts)}
+
+
+# The policies a route runs when its config lists none: content checks first
+# (an empty, infected, executable, spoofed or unlisted file never reaches
+# storage as an attachment), then the size threshold.  refuse_malware is
+# left out because it needs a [clamd] table.
+DEFAULT_POLICIES = ["empty_attachment", "refuse_executables", "refuse_spoofed", "allowed_types", "offload_large"]
 
 
 def build(name: str, settings: dict[str, Any]) -> Policy:
@@ -94,7 +133,10 @@ def build(name: str, settings: dict[str, Any]) -> Policy:
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise PolicyConfigError(f"{name}.{loc}: {first['msg']}") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            raise PolicyConfigError(f"{loc}: unknown key (policy {name})") from None
+        raise PolicyConfigError(f"{loc}: {first.get('input')!r}: {msg} (policy {name})") from None
     return cls(parsed)
 
 

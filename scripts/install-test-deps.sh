@@ -20,10 +20,13 @@
 #   systemd     systemd-analyze verify for the units in systemd/
 #   util-linux  mount, for the full-spool test (a small tmpfs)
 #   mimedefang  the bench's Postfix+MIMEDefang baseline (make bench)
+#   clamav-daemon    clamd, started by tests/servers/clamd.py with a signature
+#                    database the test writes (no signature download)
+#   libmagic1        python-magic's library (type detection; usually present)
 set -euo pipefail
 
 PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl systemd util-linux
-          mimedefang rsyslog rsyslog-gnutls)
+          mimedefang clamav-daemon libmagic1 rsyslog rsyslog-gnutls)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -60,7 +63,7 @@ fi
 # Verify the executables the tests and bench actually call.
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
            /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/mount \
-           /usr/sbin/rsyslogd; do
+           /usr/sbin/clamd /usr/sbin/rsyslogd; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"

@@ -7,8 +7,10 @@ import io
 import os
 import re
 import smtplib
+import struct
 import urllib.error
 import urllib.request
+import zlib
 from email import policy
 from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
@@ -25,7 +27,10 @@ def pdf_bytes(size: int) -> bytes:
 
 
 def png_bytes(size: int) -> bytes:
-    head = b"\x89PNG\r\n\x1a\n"
+    """Random bytes behind a real PNG signature and IHDR chunk (what
+    libmagic needs to call it image/png)."""
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 640, 480, 8, 2, 0, 0, 0)
+    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
     return head + os.urandom(size - len(head))
 
 

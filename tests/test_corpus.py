@@ -1,12 +1,17 @@
 """Every real-world message in ../shared/corpus goes through, twice, nothing lost.
 
-With the default threshold nothing in the corpus is large enough to offload,
-so each message must arrive byte for byte as sent, behind the two trace
-headers.  With a threshold of one byte every attachment is offloaded, and
-the forwarded bodies and the stored objects together must hold every
-original part's bytes: the test reads the originals with Python's email
-package (an independent parser) and finds each decoded part either in the
-output or in the store.
+The embedded route runs the default content policies, with quarantine on
+(its default).  With the default threshold nothing in the corpus is large
+enough to offload, so each message must arrive byte for byte as sent,
+behind the two trace headers, unless the gateway says in its
+``X-Attachment-Offload`` header that it refused, replaced or unpacked
+something.  Those messages (and, with a threshold of one byte, every
+message) are checked part by part: the test reads the originals with
+Python's email package (an independent parser) and finds each decoded part
+in the output, or in the store (offloaded, or quarantined when refused).
+An empty attachment is accounted for by its notice; an Outlook TNEF by the
+files tnefparse finds in it.  Refused bytes are counted, and must never be
+in the output.
 """
 from __future__ import annotations
 
@@ -16,13 +21,15 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import tnefparse
 
 from tests.harness import CORPUS, GatewayProcess, strip_trace, to_wire
 from tests.messages import leaves, parse, payload, sha256, stored_objects
 
 _NOT_MESSAGES = re.compile(r"(LICENSE|SOURCE\.txt|README|AUTHORS|\.json|\.key|\.dns|\.pub|\.private|\.pem|"
                            r"\.bind9|\.tinydns|\.gitattributes)$")
-_LINK_BLOCK = re.compile(rb'<div class="attachment-gateway-links">.*?</div>\r?\n?', re.S)
+# What the gateway adds to an HTML body: notices of removed files, then links.
+_LINK_BLOCK = re.compile(rb'(?:<div class="attachment-gateway-(?:notices|links)">.*?</div>)+\r?\n?', re.S)
 
 
 def corpus_messages() -> list[Path]:
@@ -76,12 +83,53 @@ def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("corpus")
 
 
+_EMPTY_NOTICE = b"Attachment was empty and could not be processed."
+_TRACE = re.compile(rb"X-Attachment-Offload: ([^\r\n]*)")
+
+
+def _trace(data: bytes) -> bytes:
+    m = _TRACE.search(data)
+    assert m, data[:300]
+    return m.group(1)
+
+
 def test_corpus_default_threshold_forwards_every_message_byte_for_byte(files: list[Path], module_tmp: Path) -> None:
     (module_tmp / "default").mkdir()
     with GatewayProcess(module_tmp / "default") as gw:
         out = run_corpus(gw, files)
-    changed = [str(p.relative_to(CORPUS)) for p, data in out.items() if strip_trace(data) != wire(p.read_bytes())]
-    assert changed == []
+        objects = stored_objects(gw.objects)
+        audit = gw.audit()
+    changed = [p for p, data in out.items() if strip_trace(data) != wire(p.read_bytes())]
+    # A message changes only when the gateway refused, replaced or unpacked
+    # something in it, and says so.
+    unexplained = [str(p.relative_to(CORPUS)) for p in changed
+                   if not re.search(rb"refused=|replaced=|tnef=unpacked", _trace(out[p]))]
+    assert unexplained == []
+    assert not [k for k in objects if k.startswith("uploads/")], "nothing in the corpus is over 10 MiB"
+    missing = _missing(out, Store(list(objects.values())), only=changed)
+    assert missing == []
+    refused = sum(int(m.group(1)) for d in out.values() for m in [re.search(rb"refused=(\d+)", _trace(d))] if m)
+    assert refused == len([k for k in objects if k.startswith("quarantine/")])
+    _no_refused_bytes_forwarded(out, objects, audit)
+
+
+def _no_refused_bytes_forwarded(out: dict[Path, bytes], objects: dict[str, bytes],
+                                audit: list[dict[str, object]]) -> None:
+    """No file quarantined from a message appears as a part of that message
+    as forwarded (the audit events say which message each came from)."""
+    by_queue: dict[str, list[str]] = {}
+    for e in audit:
+        if e["EventType"] == "FileRefused" and e.get("TargetFilePath"):
+            by_queue.setdefault(str(e["QueueId"]), []).append(str(e["TargetFilePath"]))
+    assert sum(map(len, by_queue.values())) == len([k for k in objects if k.startswith("quarantine/")])
+    for path, data in out.items():
+        m = re.search(rb"with \w+ id (\w+)", data[:600])
+        assert m, data[:300]
+        keys = by_queue.get(m.group(1).decode(), [])
+        assert (b"refused=" in _trace(data)) == bool(keys), path
+        payloads = {sha256(payload(p)) for p in leaves(parse(strip_trace(data)))}
+        for key in keys:
+            assert sha256(objects[key]) not in payloads, f"{path.relative_to(CORPUS)}: refused {key} forwarded"
 
 
 def _norm(data: bytes) -> bytes:
@@ -110,7 +158,35 @@ class Store:
         return _norm(data) in self._as[ctype]
 
 
-def _accounted(part_bytes: bytes, ctype: str, out_payloads: list[bytes], store: Store) -> bool:
+def _is_tnef(part: object) -> bool:
+    ctype = part.get_content_type()  # type: ignore[attr-defined]
+    name = (part.get_filename() or "").lower()  # type: ignore[attr-defined]
+    return ctype in ("application/ms-tnef", "application/vnd.ms-tnef") or name == "winmail.dat"
+
+
+def _tnef_files(data: bytes) -> list[bytes] | None:
+    """The files in a TNEF blob, or None when tnefparse cannot read any."""
+    try:
+        found = [bytes(a.data or b"") for a in tnefparse.TNEF(data).attachments]
+    except Exception:  # noqa: BLE001 - an unreadable TNEF is forwarded as it is
+        return None
+    return found or None
+
+
+_INLINE_LINK = re.compile(rb'<a href="https?://127\.0\.0\.1:\d+/a/[A-Za-z0-9._-]+">[^<]*</a> \([^)]*\)')
+_IMG_CID = re.compile(rb"<img\b[^>]*?cid:[^>]*>", re.I)
+
+
+def _html_out(data: bytes) -> bytes:
+    """A forwarded HTML body with the gateway's additions taken out and its
+    in-place image links back to a placeholder."""
+    return _INLINE_LINK.sub(b"<img>", _IMG_CID.sub(b"<img>", _LINK_BLOCK.sub(b"", data)))
+
+
+def _accounted(part_bytes: bytes, ctype: str, out_payloads: list[bytes], store: Store,
+               notices: int = 0) -> bool:
+    if not part_bytes and notices:
+        return True  # an empty attachment, replaced by its notice
     if store.holds(part_bytes) or part_bytes in out_payloads or _norm(part_bytes) in {_norm(p) for p in out_payloads}:
         return True
     if ctype.startswith("message/") and store.holds_as(ctype, part_bytes):
@@ -118,8 +194,10 @@ def _accounted(part_bytes: bytes, ctype: str, out_payloads: list[bytes], store: 
     if ctype == "text/plain":
         return any(p.startswith(part_bytes.rstrip(b"\r\n")) for p in out_payloads)
     if ctype == "text/html":
-        return any(_LINK_BLOCK.sub(b"", p).replace(b"\r\n", b"\n") == part_bytes.replace(b"\r\n", b"\n")
-                   or _LINK_BLOCK.sub(b"", p).rstrip(b"\r\n") == part_bytes.rstrip(b"\r\n")
+        # An offloaded inline image's <img src="cid:..."> became a link in place.
+        original = _IMG_CID.sub(b"<img>", part_bytes)
+        return any(_html_out(p).replace(b"\r\n", b"\n") == original.replace(b"\r\n", b"\n")
+                   or _html_out(p).rstrip(b"\r\n") == original.rstrip(b"\r\n")
                    for p in out_payloads)
     return False
 
@@ -130,17 +208,32 @@ def test_corpus_threshold_one_byte_offloads_every_attachment_and_loses_nothing(f
     with GatewayProcess(module_tmp / "one", threshold=1) as gw:
         out = run_corpus(gw, files)
         objects = stored_objects(gw.objects)
+        audit = gw.audit()
     store = Store(list(objects.values()))
+    assert _missing(out, store) == []
+    offloaded = sum(data.count(b"moved to secure storage") for data in out.values())
+    assert offloaded >= 100  # the corpus holds well over a hundred attachments
+    _no_refused_bytes_forwarded(out, objects, audit)
+
+
+def _missing(out: dict[Path, bytes], store: Store, only: list[Path] | None = None) -> list[str]:
+    """Original parts found neither in the output nor in the store."""
     missing: list[str] = []
-    offloaded = 0
     for path, data in out.items():
+        if only is not None and path not in only:
+            continue
         original = parse(wire(path.read_bytes()))
         forwarded = parse(strip_trace(data))
         out_payloads = [payload(p) for p in leaves(forwarded)]
+        notices = sum(p.count(_EMPTY_NOTICE) for p in out_payloads)
         for part in leaves(original):
             body = payload(part)
-            if not _accounted(body, part.get_content_type(), out_payloads, store):
-                missing.append(f"{path.relative_to(CORPUS)}: {part.get_content_type()} {len(body)} bytes")
-        offloaded += data.count(b"moved to secure storage")
-    assert missing == []
-    assert offloaded >= 100  # the corpus holds well over a hundred attachments
+            ctype = part.get_content_type()
+            if _is_tnef(part) and b"tnef=unpacked" in _trace(data):
+                inner = _tnef_files(body)
+                if inner is not None and all(_accounted(f, "application/octet-stream", out_payloads, store, notices)
+                                             for f in inner):
+                    continue
+            if not _accounted(body, ctype, out_payloads, store, notices):
+                missing.append(f"{path.relative_to(CORPUS)}: {ctype} {len(body)} bytes")
+    return missing

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.harness import GATEWAY, ROOT, GatewayProcess, SmtpSink, to_wire
+from tests.harness import CORPUS, GATEWAY, ROOT, GatewayProcess, SmtpSink, to_wire
 from tests.messages import fetch, leaves, links, message, parse, payload, pdf_bytes, send, stored_objects
 from tests.servers.gcs import GcsEmulator
 from tests.servers.ports import free_port, port_is_open
@@ -276,3 +276,21 @@ def test_milter_settings_are_validated_naming_key_value_and_expectation(tmp_path
     assert "milter.bogus: unknown key" in result.stderr
     result = gw.command("milter")
     assert result.returncode == 78 and not port_is_open("127.0.0.1", gw.milter_port)
+
+
+def test_winmail_dat_through_postfix_is_unpacked_and_its_web_page_refused(setup, sink: SmtpSink) -> None:
+    gw, mta = setup(milter={"temp_dir": "."})  # the gateway's own directory, to look for leftovers
+    tnef = CORPUS / "mimekit" / "tnef"
+    send(mta.port, message("Sent from Outlook.\n", "<html><body><p>Sent from Outlook.</p></body></html>",
+                           [((tnef / "attachments.tnef").read_bytes(), "application/ms-tnef", "winmail.dat")]))
+    [got] = sink.wait(1, timeout=60)
+    names = {p.get_filename(): payload(p) for p in leaves(parse(got.data)) if p.get_filename()}
+    assert names["zappa_av1.jpg"] == (tnef / "attachments" / "zappa_av1.jpg").read_bytes()
+    assert "winmail.dat" not in names and "bookmark.htm" not in names
+    assert b'The attachment "bookmark.htm" was removed: ' in got.data
+    assert b"tnef=unpacked" in got.data
+    assert any(k.startswith("quarantine/") and k.endswith("bookmark.htm") for k in stored_objects(gw.objects))
+    # The milter's temporary file and the work files named after it are gone.
+    time.sleep(0.5)
+    assert not list(gw.tmp.glob("milter-*"))
+    assert any(e.get("event") == "TNEF unpacked" for e in gw.log_events())

@@ -39,10 +39,12 @@ class Link:
 
 @dataclass(frozen=True)
 class Replacement:
-    """A part to be replaced by a text notice."""
+    """A part to be replaced by a text notice (or, with ``raw``, by a whole
+    new entity, headers included: the files of an unpacked TNEF)."""
 
     part: Part
     notice: str
+    raw: bytes | None = None
 
 
 def human_size(n: int) -> str:
@@ -74,6 +76,48 @@ def html_links(links: list[Link], template: str) -> str:
         f'<p><a href="{html.escape(l.url)}">{html.escape(link_label(template, l))}</a> ({human_size(l.size)})</p>'
         for l in links)
     return f'<div class="attachment-gateway-links">{items}</div>'
+
+
+def text_notices(notices: list[str]) -> str:
+    """The notice lines added to a text/plain body (one per removed file)."""
+    return "\n".join(notices)
+
+
+def html_notices(notices: list[str]) -> str:
+    """The notices as a block added to a text/html body."""
+    items = "".join(f"<p>{html.escape(n)}</p>" for n in notices)
+    return f'<div class="attachment-gateway-notices">{items}</div>'
+
+
+_IMG_CID = re.compile(rb"""<img\b[^>]*?\bsrc\s*=\s*(["']?)cid:([^"'\s>]+)\1[^>]*>""", re.IGNORECASE)
+
+
+def cid_references(html_body: bytes) -> set[str]:
+    """The Content-IDs an HTML body refers to with cid: URLs (RFC 2392),
+    unquoted and lower-cased."""
+    from urllib.parse import unquote
+
+    found = re.findall(rb"""cid:([^"'\s>)]+)""", html_body, re.IGNORECASE)
+    return {unquote(c.decode("ascii", "replace")).strip("<>").lower() for c in found}
+
+
+def _replace_inline_images(body: bytes, inline: dict[str, "Link"], template: str, charset: str) -> bytes:
+    """Each <img src="cid:..."> whose image was offloaded becomes a link."""
+    from urllib.parse import unquote
+
+    def sub(m: re.Match[bytes]) -> bytes:
+        cid = unquote(m.group(2).decode("ascii", "replace")).strip("<>").lower()
+        link = inline.get(cid)
+        if link is None:
+            return m.group(0)
+        a = (f'<a href="{html.escape(link.url)}">{html.escape(link_label(template, link))}</a> '
+             f'({human_size(link.size)})')
+        try:
+            return a.encode(charset, "xmlcharrefreplace")
+        except LookupError:
+            return a.encode("ascii", "xmlcharrefreplace")
+
+    return _IMG_CID.sub(sub, body)
 
 
 def split_fields(raw: bytes) -> list[tuple[str, bytes]]:
@@ -129,7 +173,8 @@ def notice_part(notice: str, keep_fields: Iterable[bytes] = ()) -> bytes:
     return head + CRLF + body
 
 
-def _append_to_body(src: Source, part: Part, addition: str, is_html: bool) -> bytes:
+def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
+                    inline: dict[str, Link] | None = None, template: str = "") -> bytes:
     """The part rebuilt with ``addition`` added to its body, in its own
     charset where it can carry the text, else the body switched to UTF-8
     when it was ASCII; other headers are kept as they were."""
@@ -145,7 +190,11 @@ def _append_to_body(src: Source, part: Part, addition: str, is_html: bool) -> by
         # An unknown charset: assume it is ASCII-compatible (nearly all are)
         # and add only ASCII, so the existing bytes keep their meaning.
         encoded = _with_crlf(addition).encode("ascii", "xmlcharrefreplace" if is_html else "replace")
-    if is_html:
+    if is_html and inline:
+        body = _replace_inline_images(body, inline, template, new_charset)
+    if is_html and not addition:
+        pass  # only inline images changed; nothing to add at the end
+    elif is_html:
         matches = list(re.finditer(rb"</body\s*>", body, re.IGNORECASE))
         if matches:
             at = matches[-1].start()
@@ -181,35 +230,52 @@ def _append_to_body(src: Source, part: Part, addition: str, is_html: bool) -> by
 
 def plan(src: Source, root: Part, *, replacements: list[Replacement], links: list[Link],
          text_part: Part | None, html_part: Part | None, link_template: str,
-         trace: bytes) -> list[Segment]:
-    """The output message as segments of the original and new bytes."""
+         trace: bytes, notices: list[str] = (), inline: dict[str, Link] | None = None) -> list[Segment]:
+    """The output message as segments of the original and new bytes.
+
+    ``notices`` (one line per refused or empty file) and ``links`` are added
+    to the text and HTML bodies; ``inline`` maps the Content-IDs of offloaded
+    inline images to their links, which replace the ``<img>`` elements in
+    the HTML body (and are not listed again at its end).
+    """
+    notices = list(notices)
+    inline = inline or {}
+    inline_urls = {l.url for l in inline.values()}
+    html_only_links = [l for l in links if l.url not in inline_urls]
     edits: dict[int, tuple[int, bytes]] = {}  # start -> (end, new bytes)
     replaced_root = False
     for r in replacements:
-        if r.part is root:
+        if r.raw is not None:
+            edits[r.part.start] = (r.part.end, r.raw)
+            replaced_root = replaced_root or r.part is root
+        elif r.part is root:
             replaced_root = True
             keep = [raw for name, raw in split_fields(src.read(root.start, root.body_start))
                     if not name.startswith("content-") and raw.strip()]
             notice = r.notice
-            if links and text_part is None and html_part is None:
-                notice += "\n\n" + text_links(links, link_template)
+            if (links or notices) and text_part is None and html_part is None:
+                notice += "\n\n" + "\n".join(x for x in (text_notices(notices), text_links(links, link_template)) if x)
             edits[root.start] = (root.end, notice_part(notice, keep))
         else:
             edits[r.part.start] = (r.part.end, notice_part(r.notice))
-    if links:
+    if links or notices:
+        text_add = "\n".join(x for x in (text_notices(notices), text_links(links, link_template)) if x)
         if text_part is not None:
-            edits[text_part.start] = (text_part.end,
-                                      _append_to_body(src, text_part, text_links(links, link_template), False))
+            edits[text_part.start] = (text_part.end, _append_to_body(src, text_part, text_add, False))
         if html_part is not None:
-            edits[html_part.start] = (html_part.end,
-                                      _append_to_body(src, html_part, html_links(links, link_template), True))
+            html_add = (html_notices(notices) if notices else "") + \
+                (html_links(html_only_links, link_template) if html_only_links else "")
+            edits[html_part.start] = (html_part.end, _append_to_body(src, html_part, html_add, True, inline,
+                                                                     link_template))
         if text_part is None and html_part is None and not replaced_root and root.children:
             first = root.children[0]
-            new = notice_part(text_links(links, link_template))
+            new = notice_part(text_add)
             delim = b"--" + (root.boundary or "").encode("utf-8", "surrogateescape")
             # Insert a whole new first part: the part, then the delimiter that
-            # opens what used to be the first part.
-            edits[first.start] = (first.start, new + CRLF + delim + CRLF)
+            # opens what used to be the first part (itself perhaps replaced,
+            # so its own edit is kept behind the insertion).
+            end, data = edits.get(first.start, (first.start, b""))
+            edits[first.start] = (end, new + CRLF + delim + CRLF + data)
     segments: list[Segment] = [trace]
     pos = 0
     for start in sorted(edits):

@@ -1,0 +1,28 @@
+"""Replace empty attachments with a short notice.
+
+A zero-byte file is what a broken MIME boundary or a failed upload in the
+sender's mail client leaves behind; forwarding it only puzzles the agent.
+Runs first: an empty part has no type to detect and nothing to scan.
+"""
+from __future__ import annotations
+
+from policies import Action, Decision, PartFacts, Settings
+
+EMPTY_NOTICE = "Attachment was empty and could not be processed."
+
+
+class ReplaceEmptyAttachments:
+    """Decide REPLACE, with the fixed notice, for each empty attachment."""
+
+    name = "empty_attachment"
+
+    class Settings(Settings):
+        """No settings."""
+
+    def __init__(self, settings: "ReplaceEmptyAttachments.Settings") -> None:
+        self.settings = settings
+
+    def decide(self, part: PartFacts) -> Decision | None:
+        if part.is_body or not part.is_attachment or part.decoded_size != 0:
+            return None
+        return Decision(Action.REPLACE, self.name, "the attachment is empty (0 bytes)", notice=EMPTY_NOTICE)

@@ -1,0 +1,48 @@
+"""Refuse programs and scripts, whatever they are called.
+
+The detected type decides (a Windows program renamed ``invoice.pdf`` is
+still a Windows program), and so does an extension that a computer runs
+when the file is opened (a script is plain text to libmagic, so its bytes
+alone cannot tell).  Runs before the spoofing and allow-list checks so the
+reason the customer reads is the most serious one.
+"""
+from __future__ import annotations
+
+from pydantic import Field
+
+from policies import Action, Decision, PartFacts, Settings
+from policies.filetypes import EXECUTABLE_EXTENSIONS, EXECUTABLE_TYPES, describe, extension
+
+
+class RefuseExecutables:
+    """Decide REFUSE for each part detected as, or named as, a program or script."""
+
+    name = "refuse_executables"
+
+    class Settings(Settings):
+        """Types and extensions added to the built-in lists."""
+
+        # Detected MIME types refused in addition to the built-in programs and scripts.
+        extra_types: list[str] = Field(default_factory=list)
+        # Extensions (without the dot) refused in addition to the built-in ones.
+        extra_extensions: list[str] = Field(default_factory=list)
+
+    def __init__(self, settings: "RefuseExecutables.Settings") -> None:
+        self.settings = settings
+        self.types = EXECUTABLE_TYPES | {t.lower() for t in settings.extra_types}
+        self.extensions = EXECUTABLE_EXTENSIONS | {e.lower().lstrip(".") for e in settings.extra_extensions}
+
+    def decide(self, part: PartFacts) -> Decision | None:
+        if part.is_body:
+            return None
+        details = {"declared_type": part.declared_type, "detected_type": part.detected_type}
+        if part.detected_type in self.types:
+            return Decision(Action.REFUSE, self.name,
+                            f"it is {describe(part.detected_type)}, and programs and scripts are not accepted",
+                            details=details)
+        ext = extension(part.filename)
+        if ext in self.extensions:
+            return Decision(Action.REFUSE, self.name,
+                            f"files ending in .{ext} are programs or scripts, which are not accepted",
+                            details=details)
+        return None

@@ -1,0 +1,44 @@
+"""Refuse files whose name or declared type disagrees with their bytes.
+
+A PNG declared as ``application/pdf``, or a ZIP archive named
+``contract.docx``, is either broken or a disguise; either way the agent
+must not open it believing the label.  Only specific claims are checked:
+a generic declaration (``application/octet-stream``) or an extension that
+is not in the table says nothing about the bytes.
+"""
+from __future__ import annotations
+
+from policies import Action, Decision, PartFacts, Settings
+from policies.filetypes import DECLARED_TYPES, EXTENSION_TYPES, describe, extension
+
+
+class RefuseSpoofedTypes:
+    """Decide REFUSE for an attachment whose extension or declared type does
+    not match its detected type."""
+
+    name = "refuse_spoofed"
+
+    class Settings(Settings):
+        """No settings."""
+
+    def __init__(self, settings: "RefuseSpoofedTypes.Settings") -> None:
+        self.settings = settings
+
+    def decide(self, part: PartFacts) -> Decision | None:
+        if part.is_body or not part.is_attachment or part.detected_type is None or part.packed_tnef:
+            return None
+        if part.decoded_size == 0:
+            return None
+        detected = part.detected_type
+        details = {"declared_type": part.declared_type, "detected_type": detected}
+        ext = extension(part.filename)
+        expected = EXTENSION_TYPES.get(ext)
+        if expected is not None and detected not in expected:
+            return Decision(Action.REFUSE, self.name,
+                            f"its name ends in .{ext} but it is {describe(detected)}", details=details)
+        expected = DECLARED_TYPES.get(part.declared_type)
+        if expected is not None and detected not in expected:
+            return Decision(Action.REFUSE, self.name,
+                            f"it was sent as {describe(part.declared_type)} ({part.declared_type}) "
+                            f"but it is {describe(detected)}", details=details)
+        return None
