@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.harness import GatewayProcess, strip_maildir_headers
-from tests.messages import leaves, links, message, parse, payload, pdf_bytes, send
+from tests.messages import leaves, links, message, parse, payload, pdf_bytes, png_bytes, send
 from tests.servers.azurite import Azurite
 from tests.servers.oidc import OidcProvider, follow
 from tests.servers.ports import free_port
@@ -219,7 +219,7 @@ def test_landing_page_one_link_lists_every_file_and_each_download_works(make_gat
 
     gw = make_gateway(threshold=1000, route={"landing_page": True}, sections={
         "authorization": {"mode": "static", "agents": {"anonymous": ["customer@example.net"]}}})
-    pdf, png = pdf_bytes(3000), b"\x89PNG\r\n\x1a\n" + bytes(5000)
+    pdf, png = pdf_bytes(3000), png_bytes(5000)
     send(gw.smtp_port, message(attachments=[(pdf, "application/pdf", "invoice.pdf"), (png, "image/png", "photo.png")],
                                Message_ID="<two-files@example.net>"))
     [out] = gw.wait_outbox()
