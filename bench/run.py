@@ -24,6 +24,10 @@ Figures, per candidate (medians over interleaved rounds):
 - agent link clicks (gateway only): wrk against one link of a 64 KiB attachment
   on the filesystem backend, paced at 500/s, saturating, and with 2 connections.
 
+Storage (``bench/storage.py``; ``--only storage`` alone): upload throughput of
+one 64 MiB object to S3 on Ceph's radosgw, beside writing the same bytes to a
+local file, interleaved rounds in the same run, after the SMTP candidates stop.
+
 Prints a table with the ratio gateway/baseline, the issue's targets with PASS or
 MISS, and writes bench/results/latest.json.
 """
@@ -75,6 +79,7 @@ from bench.message import (  # noqa: E402
     build_large_message,
 )
 from bench.procs import cpu_seconds, hwm_by_pid, reset_hwm, vm_hwm_kib, vm_rss_kib  # noqa: E402
+from bench.storage import format_storage, run_storage  # noqa: E402
 from tests.servers import SinkMessage  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -106,15 +111,18 @@ class Settings:
     memory_rounds: int = 1
     click_seconds: int = 10
     memory_candidates: tuple[str, ...] = MEMORY_CANDIDATES
+    storage_size: int = 64 << 20
+    storage_rounds: int = 5
 
 
 FULL = Settings(
     messages=1500, sessions=20, message_size=5120, rounds=5, large_rounds=3, step_timeout=180, quick=False,
-    memory_rounds=2, click_seconds=10,
+    memory_rounds=2, click_seconds=10, storage_size=64 << 20, storage_rounds=5,
 )  # fmt: skip
 QUICK = Settings(
     messages=300, sessions=20, message_size=5120, rounds=2, large_rounds=1, step_timeout=30, quick=True,
     memory_rounds=1, click_seconds=2, memory_candidates=QUICK_MEMORY_CANDIDATES,
+    storage_size=32 << 20, storage_rounds=1,
 )  # fmt: skip
 
 
@@ -643,10 +651,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, help="parallel smtp-source sessions (default 20)")
     p.add_argument("--gateway", help="path to the attachment-gateway executable (default: .venv/bin, then PATH)")
     p.add_argument(
-        "--only", help=f"comma-separated subset of candidates: {','.join((*BASELINES, 'gateway'))}"
+        "--only", help=f"comma-separated subset of candidates: {','.join((*BASELINES, 'gateway'))}, "
+        "and/or storage (upload throughput to Ceph radosgw beside a local file)"
     )
     p.add_argument("--memory-rounds", type=int, help="100 MB message rounds (peak memory; 0 = skip)")
     p.add_argument("--click-seconds", type=int, help="seconds per wrk run (0 = skip the click test)")
+    p.add_argument("--storage-rounds", type=int, help="storage upload rounds (interleaved across rows)")
     p.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS})")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     return p.parse_args(argv)
@@ -667,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         memory_rounds=base.memory_rounds if args.memory_rounds is None else args.memory_rounds,
         click_seconds=base.click_seconds if args.click_seconds is None else args.click_seconds,
         memory_candidates=base.memory_candidates,
+        storage_size=base.storage_size,
+        storage_rounds=args.storage_rounds or base.storage_rounds,
     )
     if os.geteuid() != 0:
         print("[bench] must run as root (Postfix and smtp-sink -u nobody need it)", file=sys.stderr)
@@ -678,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
 
-    wanted = set(args.only.split(",")) if args.only else {*BASELINES, "gateway"}
+    wanted = set(args.only.split(",")) if args.only else {*BASELINES, "gateway", "storage"}
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     os.chmod(workdir, 0o755)
     started_at = time.time()
@@ -711,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     clicks: dict[str, Any] = {"status": "not run", "reason": "gateway not run"}
+    storage: dict[str, Any] = {"status": "not run", "reason": "not asked for (--only)"}
     mem_msg: LargeMessage | None = None
     try:
         msg = build_large_message(workdir)
@@ -721,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
             f"attachment {msg.attachment_size} bytes",
             flush=True,
         )
-        if s.memory_rounds:
+        if s.memory_rounds and candidates:
             mem_msg = build_large_message(workdir, attachment_bytes=MEMORY_ATTACHMENT_BYTES, filename="memory.eml")
             print(
                 f"[bench] 100 MB message: {mem_msg.size} bytes ({mem_msg.size / 1e6:.1f} MB), "
@@ -811,6 +824,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"{after['log_problems']} warning/error lines in its log",
                     flush=True,
                 )
+        # Storage after the SMTP candidates have stopped, so the Ceph
+        # cluster and they never share the CPUs.
+        if "storage" in wanted:
+            print(f"[bench] storage: {s.storage_rounds} x {s.storage_size >> 20} MiB object, "
+                  "local file vs Ceph radosgw", flush=True)
+            try:
+                storage = run_storage(workdir, s.storage_size, s.storage_rounds,
+                                      lambda line: print(f"[bench] {line}", flush=True))
+            except Exception as exc:  # noqa: BLE001 - report, and still print the SMTP figures
+                storage = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+                print(f"[bench] storage failed: {storage['reason'].splitlines()[0]}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -832,6 +856,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     print("ratios are gateway/baseline: above 1x is better for msgs/s and MB/s, worse for seconds and MiB")
     print(format_clicks(clicks))
+    if storage.get("median_mb_per_s"):
+        print()
+        print(format_storage(storage))
     targets = evaluate_targets(rows, clicks)
     print("targets (issue 3):")
     print(format_targets(targets))
@@ -860,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
         "candidates": rows,
         "clicks": clicks,
         "targets": targets,
+        "storage": storage,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -867,6 +895,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = [name for name, row in rows.items() if row["status"] == "failed"]
     if clicks.get("status") == "failed":
         failed.append("clicks")
+    if storage.get("status") == "failed":
+        failed.append("storage")
     return 1 if failed else 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from gateway import __version__, logs
 from gateway.config import Config, ConfigError, load
 from gateway.spool import QUEUES, REWRITTEN, Locked, Spool
+from gateway.storage.base import Storage, StorageError
 
 EX_OK, EX_USAGE, EX_NOTFOUND, EX_TEMPFAIL, EX_CONFIG = 0, 64, 69, 75, 78
 DEFAULT_CONFIGS = ("conf/gateway.toml", "/etc/attachment-gateway/gateway.toml")
@@ -44,15 +45,52 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.links.tokens import Keyring
 
     keyring = Keyring(cfg.links.keys, Path(cfg.base_dir))
-    # Read every secret the running gateway would (audit sinks, sign-in,
-    # authorisation), so a missing file is found before a reload.
+    # Read every secret the running gateway would (API keys, audit sinks,
+    # sign-in, authorisation), so a missing file is found before a reload.
     from gateway import audit_sinks
-    from gateway.http.app import api_keys, build_links
+    from gateway.http.apikeys import ApiKeys
+    from gateway.http.app import build_links
 
+    ApiKeys(cfg)
     audit_sinks.build(cfg)
-    api_keys(cfg)
     build_links(cfg, keyring, {}, logs.AuditLog("-", cfg.gateway.hostname))
     print(f"{args.config}: OK ({len(cfg.routes)} route(s), {len(cfg.storage)} store(s))")
+    return EX_OK
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    """Print an upload-page invitation link for a customer."""
+    cfg = _load(args)
+    from gateway import invitations
+    from gateway import storage as storage_mod
+    from gateway.links.tokens import Keyring
+    from gateway.routing import route_for
+
+    notify = args.to or cfg.upload.notify_address
+    if not notify:
+        print("invite: no address to tell: give --to ADDRESS or set upload.notify_address", file=sys.stderr)
+        return EX_USAGE
+    route = route_for(cfg.routes, notify)
+    if route is None:
+        print(f"invite: no route accepts {notify!r}", file=sys.stderr)
+        return EX_USAGE
+    keyring = Keyring(cfg.links.keys, Path(cfg.base_dir))
+    store = storage_mod.build(route.storage, cfg.storage[route.storage], Path(cfg.base_dir))
+
+    async def make() -> str:
+        await store.start()
+        try:
+            _, url = await invitations.create(
+                store, keyring, cfg.http.base_url, customer_id=filenames.sanitise_customer(args.customer),
+                message_id=args.message_id or "", notify=notify, route=route.name,
+                ttl=args.ttl if args.ttl is not None else cfg.upload.invitation_ttl)
+            return url
+        finally:
+            await store.close()
+
+    from gateway.mime import filenames
+
+    print(asyncio.run(make()))
     return EX_OK
 
 
@@ -89,19 +127,23 @@ def _serve(cfg: Config, args: argparse.Namespace) -> int:
         return EX_CONFIG
     if processes > 1:
         gw.audit.close()
+        # The stores' start-up checks (bucket, region, credentials, staging
+        # recovery) run once here, before forking: a child that failed them
+        # would be started again and again, and serve would never exit.
+        try:
+            asyncio.run(_check_stores(gw.stores))
+        except StorageError as e:
+            print(f"attachment-gateway: storage: {e}", file=sys.stderr)
+            return EX_CONFIG
         return Supervisor(cfg, args.config, roles, processes).run()
     try:
         asyncio.run(gw.run())
     except OSError as e:
         print(f"attachment-gateway: cannot start: {e}", file=sys.stderr)
         return 71  # EX_OSERR
-    except Exception as e:  # storage start-up checks and similar
-        from gateway.storage.base import StorageError
-
-        if isinstance(e, StorageError):
-            print(f"attachment-gateway: storage: {e}", file=sys.stderr)
-            return EX_CONFIG
-        raise
+    except StorageError as e:  # the stores' start-up checks
+        print(f"attachment-gateway: storage: {e}", file=sys.stderr)
+        return EX_CONFIG
     return EX_OK
 
 
@@ -148,6 +190,16 @@ def cmd_links(args: argparse.Namespace) -> int:
     for row in asyncio.run(run()):
         print(json.dumps(row) if args.json else " ".join(f"{k}={v}" for k, v in row.items()))
     return EX_OK
+
+
+async def _check_stores(stores: dict[str, Storage]) -> None:
+    """Start every store (its checks raise StorageError) and close it again."""
+    try:
+        for store in stores.values():
+            await store.start()
+    finally:
+        for store in stores.values():
+            await store.close()
 
 
 def _spool(args: argparse.Namespace) -> Spool:
@@ -284,6 +336,12 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_serve, only=["milter", "http"])
     c = sub.add_parser("check-config", help="validate the config file and exit")
     c.set_defaults(func=cmd_check_config)
+    i = sub.add_parser("invite", help="print an upload-page invitation link for a customer")
+    i.add_argument("--customer", required=True, help="the customer id the uploads are filed under")
+    i.add_argument("--message-id", help="the Message-ID of the email thread the completion email replies to")
+    i.add_argument("--to", help="the contact-centre address told when files arrive (default upload.notify_address)")
+    i.add_argument("--ttl", type=int, help="seconds the link stays valid (default upload.invitation_ttl)")
+    i.set_defaults(func=cmd_invite)
     q = sub.add_parser("queue", help="list and manage the mail queue")
     q.add_argument("action", choices=("list", "show", "flush", "hold", "release", "delete"))
     q.add_argument("ids", nargs="*", help="queue ids")

@@ -160,8 +160,6 @@ class HttpSettings(_Strict):
     # The scheme, host and optional path prefix put in front of /a/<token> in
     # every link; what agents can reach, not necessarily what we bind to.
     base_url: str = "http://127.0.0.1:8025"
-    # Lifetime of the storage URL minted at a click.
-    url_ttl: Duration = 900
     # PEM certificate chain and key: with both, the listener speaks TLS 1.2+
     # only and sends HSTS.
     tls_cert: str | None = None
@@ -206,24 +204,20 @@ class HttpSettings(_Strict):
         return _parse_hostport(self.listen)
 
 
-class LinkKey(_Strict):
-    """One HMAC key for link tokens; the key bytes come from a file or an
-    environment variable, never from the config itself."""
+class _KeySource(SecretRef):
+    """A named secret (link keys, API keys): the id goes into tokens and
+    audit events, the secret comes from a file or an environment variable."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
-    file: str | None = None
-    env: str | None = None
+
+
+class LinkKey(_KeySource):
+    """One HMAC key for link tokens."""
     # Accepted for verification until this date (ISO 8601); the first key
     # without ``retire`` that is listed first signs new links.
     retire: str | None = None
     # Create the file with a random key when it does not exist (embedded demo).
     create_missing: bool = False
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "LinkKey":
-        if (self.file is None) == (self.env is None):
-            raise ValueError("expected exactly one of \"file\" or \"env\"")
-        return self
 
 
 class LinkSettings(_Strict):
@@ -324,18 +318,6 @@ class AuditSettings(_Strict):
     buffer: int = Field(10000, ge=1)
     syslog: SyslogSinkSettings | None = None
     hec: HecSinkSettings | None = None
-
-
-class ApiKey(SecretRef):
-    """One API key for /api/v1 (a CRM, an agent desktop), named for audit."""
-
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")
-
-
-class ApiSettings(_Strict):
-    """The HTTP API for integrators; off while no key is configured."""
-
-    keys: list[ApiKey] = Field(default_factory=list)
 
 
 class CustomerIdRule(_Strict):
@@ -626,6 +608,43 @@ class MilterSettings(_Strict):
         return _parse_hostport(self.listen)
 
 
+class ApiKey(_KeySource):
+    """One API key for /api/v1 (a contact-centre flow, a CRM, an agent
+    desktop), named in audit events as ``api-key:ID``."""
+
+
+class ApiSettings(_Strict):
+    """The HTTP API for integrators: uploads and jobs, link refresh and revoke."""
+
+    # Bearer keys accepted by every /api/v1 route; with none, every API call answers 401.
+    keys: list[ApiKey] = Field(default_factory=list)
+    # The route whose store, policies and link text apply to uploads; the
+    # first route when not set.
+    route: str | None = None
+    # The largest decoded upload; larger answers 413.
+    max_upload_size: Size = 2147483648  # 2 GiB
+    # Uploads larger than this (decoded) answer 202 and finish in the background.
+    async_threshold: Size = 104857600  # 100 MiB
+    # A PENDING job not touched for this long is taken over by the node asked about it.
+    job_lease: Duration = 300
+
+
+class UploadPageSettings(_Strict):
+    """The customer upload page reached from invitation links."""
+
+    # How long an invitation link stays valid.
+    invitation_ttl: Duration = 604800  # 7 days
+    # The size of each piece the page sends; a dropped connection costs at most one.
+    chunk_size: Size = Field(8388608, ge=65536)  # 8 MiB
+    # The largest file the page accepts.
+    max_file_size: Size = 5368709120  # 5 GiB
+    # Where the completion email goes when the invitation names no address;
+    # must be accepted by a route (its next hop carries the email).
+    notify_address: str | None = None
+    # The sender of the completion email; "" means upload@<gateway.hostname>.
+    from_address: str = ""
+
+
 class Config(_Strict):
     """The whole config file."""
 
@@ -640,10 +659,11 @@ class Config(_Strict):
     agents: AgentSettings = AgentSettings()
     authorization: AuthorizationSettings = AuthorizationSettings()
     audit: AuditSettings = AuditSettings()
-    api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
     # The malware scanner; required by a route that runs refuse_malware.
     clamd: ClamdSettings | None = None
+    api: ApiSettings = ApiSettings()
+    upload: UploadPageSettings = UploadPageSettings()
     # Absent: ``serve`` runs no milter; ``attachment-gateway milter`` then
     # uses the defaults above.
     milter: MilterSettings | None = None
@@ -682,6 +702,8 @@ class Config(_Strict):
                 if ref.name == "refuse_malware" and self.clamd is None:
                     raise ValueError(f"routes[{i}].policies[{j}].name: 'refuse_malware' needs a [clamd] table "
                                      f"with the scanner's address")
+        if self.api.route is not None and self.api.route not in names:
+            raise ValueError(f"api.route: {self.api.route!r} names no route (have: {', '.join(sorted(names))})")
         return self
 
     def _check_agents(self) -> None:
@@ -707,6 +729,11 @@ class Config(_Strict):
                              f"(\"static\", \"callout\" or an explicit \"allow-all\")")
         if authz.mode == "callout" and authz.callout is None:
             raise ValueError("authorization.callout: missing, required when authorization.mode is 'callout'")
+
+    def api_route(self) -> RouteSettings:
+        """The route uploads over HTTP belong to."""
+        name = self.api.route or self.routes[0].name
+        return next(r for r in self.routes if r.name == name)
 
     def process_count(self) -> int:
         """How many processes ``serve`` runs."""

@@ -1,7 +1,8 @@
 """``serve``: the SMTP ingress, the worker, the HTTP listener and the milter.
 
 Start order follows the flow: storage first (a misconfigured bucket stops
-start-up before any port listens), then the spool (recover what a crash
+start-up before any port listens; with several processes ``cli.cmd_serve``
+checks the stores once before forking), then the spool (recover what a crash
 left), the worker, HTTP, and SMTP last, so nothing is accepted before it can
 be processed; the milter, which needs neither spool nor worker tasks, starts
 with them.  SIGTERM and SIGINT drain: new sessions get 421, sessions and
@@ -32,12 +33,17 @@ from gateway import logs, sdnotify
 from gateway import storage as storage_mod
 from gateway.config import Config
 from gateway.http import app as http_app
+from gateway.http.api import UploadApi
+from gateway.http.apikeys import ApiKeys
+from gateway.http.upload_page import UploadPage
+from gateway.jobs import JobRunner
 from gateway.links.authz import AllowAll
 from gateway.links.tokens import Keyring
 from gateway.milter import MilterServer
 from gateway.smtp import Handler, start_server
 from gateway.spool import Spool
 from gateway.tls import IngressTls
+from gateway.uploads import Uploads
 from gateway.worker import Worker
 
 log = logs.get("server")
@@ -72,12 +78,16 @@ class Gateway:
         self.keyring = Keyring(cfg.links.keys, Path(cfg.base_dir))
         self.stores = {name: storage_mod.build(name, s, Path(cfg.base_dir)) for name, s in cfg.storage.items()}
         # Built now so that a missing secret stops start-up before any port listens.
+        self.api_keys = ApiKeys(cfg)
         self.links = http_app.build_links(cfg, self.keyring, self.stores, self.audit) if "http" in roles else None
-        self.api_keys = http_app.api_keys(cfg) if "http" in roles else {}
         self.worker: Worker | None = None
         self.smtp: asyncio.AbstractServer | None = None
         self.smtp_handler: Handler | None = None
         self.http: http_app.Listener | None = None
+        self.uploads: Uploads | None = None
+        self.jobs: JobRunner | None = None
+        self.api: UploadApi | None = None
+        self.upload_page: UploadPage | None = None
         self.tls: IngressTls | None = None
         self.milter: MilterServer | None = None
         self._stop = asyncio.Event()
@@ -99,10 +109,21 @@ class Gateway:
         if "worker" in self.roles:
             self.worker = Worker(self.cfg, self.spool, self.stores, self.keyring, self.audit)
             await self.worker.start()
+        # Uploads over HTTP: the API and page take them in processes with
+        # the http role; jobs run where the worker role is (their markers
+        # are in the spool, like messages).
+        self.uploads = Uploads(self.cfg, self.stores, self.keyring)
+        self.jobs = JobRunner(self.spool.root, self.uploads, self.cfg.api.job_lease)
+        if "worker" in self.roles:
+            await self.jobs.start()
         if "http" in self.roles:
             assert self.links is not None
-            self.http = await http_app.start(self.cfg, self.links, self.audit, self.api_keys, self.spool,
-                                             reuse_port=self.shared_ports)
+            worker = self.worker
+            self.api = UploadApi(self.cfg, self.api_keys, self.uploads, self.jobs, self.audit)
+            self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
+                                          lambda qid: worker.enqueue(qid) if worker is not None else None)
+            app = http_app.build_app(self.cfg, self.links, self.spool, self.api_keys, self.api, self.upload_page)
+            self.http = await http_app.start(self.cfg, app, self.audit, reuse_port=self.shared_ports)
         if "milter" in self.roles:
             # The same pipeline as the worker's; a process without the worker
             # role gets a Worker that is never started (no spool, no tasks).
@@ -129,9 +150,20 @@ class Gateway:
         except config_mod.ConfigError as e:
             log.error("reload refused; old config stays in force", error=str(e))
             return
+        try:
+            self.api_keys.configure(cfg)
+        except ValueError as e:  # an API key file that cannot be read
+            log.error("reload refused; old config stays in force", error=str(e))
+            return
         self.cfg = cfg
+        if self.api is not None:
+            self.api.configure(cfg)
         if self.worker is not None:
             self.worker.configure(cfg)
+        if self.uploads is not None:
+            self.uploads.configure(cfg)
+        if self.upload_page is not None:
+            self.upload_page.configure(cfg)
         if self.tls is not None:
             self.tls.load(cfg)
         if self.smtp_handler is not None:
@@ -198,6 +230,9 @@ class Gateway:
             self.smtp.close()
         if self.http is not None:
             await self.http.cleanup()
+        if self.jobs is not None:
+            # A job cut short keeps its marker and is finished at the next start.
+            await self.jobs.stop()
         for store in self.stores.values():
             await store.close()
         await self.audit.stop()

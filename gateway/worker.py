@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from dataclasses import dataclass
 from email.utils import format_datetime
@@ -30,10 +29,11 @@ from gateway.authn.resolver import Resolver
 from gateway.authn.seal import Key, Sealer
 from gateway.authn.verify import Verification, Verifier
 from gateway.config import Config, RouteSettings
-from gateway.delivery import Content, DeliveryResult, NextHop
+from gateway.delivery import Content, NextHop
 from gateway.delivery import build as build_next_hop
 from gateway.delivery.dsn import build_dsn
 from gateway.links import records
+from gateway.links.mint import mint
 from gateway.links.tokens import Keyring, new_object_id
 from gateway.mime import filenames, sniff, tnef
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks, measure, message_header
@@ -42,7 +42,8 @@ from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, hu
                                   split_fields, write_segments)
 from gateway.mime.source import Source
 from policies.next_hop_limits import NOTICE_ALLOWANCE, Kept, extra_offloads
-from gateway.spool import (ENVELOPE, MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
+from gateway.partfacts import object_key, part_facts, safe_type, utc_stamp
+from gateway.spool import (MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
                            write_atomic)
 from gateway.scan import Clamd
 from gateway.storage.base import ObjectMeta, Storage, StorageError
@@ -380,8 +381,8 @@ class Worker:
             out.path = work(UNPACKED)
         return out
 
-    async def _facts(self, src: Source, leaf: Part, route: RouteSettings, route_facts: policies.RouteFacts,
-                     cids: set[str], qlog: Any) -> tuple[policies.PartFacts, Measure]:
+    async def _facts(self, src: Source, leaf: Part, route: RouteSettings, cids: set[str],
+                     qlog: Any) -> tuple[policies.PartFacts, Measure]:
         """Measure, sniff and (when the route scans) scan one leaf."""
         m = await asyncio.to_thread(measure, src, leaf)
         detected = await asyncio.to_thread(sniff.detect, m.head)
@@ -394,10 +395,10 @@ class Worker:
         if self.scanner is not None and any(p.name == "refuse_malware" for p in route.policies) \
                 and is_attachment and m.size > 0:
             scan = await self._scan(src, leaf, m.size, route, qlog)
-        facts = policies.PartFacts(
+        facts = part_facts(
             path=leaf.path or "1", declared_type=leaf.content_type, filename=name, decoded_size=m.size,
-            is_body=False, disposition=disposition, route=route_facts, detected_type=detected,
-            content_id=content_id, head=m.head, is_attachment=is_attachment,
+            disposition=disposition, route=route, detected_type=detected, content_id=content_id,
+            head=m.head, is_attachment=is_attachment,
             inline=bool(content_id) and content_id.strip("<>").lower() in cids, scan=scan,
             packed_tnef=tnef.is_tnef(leaf))
         return facts, m
@@ -426,12 +427,11 @@ class Worker:
         cids: set[str] = set()
         if html_part is not None and html_part.encoded_size <= MAX_HTML_SCAN:
             cids = cid_references(await asyncio.to_thread(decoded_bytes, src, html_part))
-        route_facts = policies.RouteFacts(route.name, route.offload_threshold, route.next_hop_max_size)
         decisions: list[tuple[Part, policies.Decision, Measure, policies.PartFacts]] = []
         for leaf in root.leaves():
             if leaf is text_part or leaf is html_part:
                 continue
-            facts, m = await self._facts(src, leaf, route, route_facts, cids, qlog)
+            facts, m = await self._facts(src, leaf, route, cids, qlog)
             decision = policies.decide(self.policies[route.name], facts)
             metrics.DECISIONS.labels(route.name, decision.policy, decision.action.value).inc()
             qlog.info("decision", part=facts.path, action=decision.action.value, policy=decision.policy,
@@ -480,22 +480,35 @@ class Worker:
             page_link = await self._landing_page(offloaded, route, customer, envelope.queue_id, message_id, qlog)
             if page_link is not None:
                 links, template = [page_link], "{filename}"
+        note = f"{len(failed)} not stored, forwarded as is" if failed else ""
         trace = self._trace(envelope, offloaded, refused=len(refused),
                             replaced=sum(d.action is policies.Action.REPLACE for _, d, _, _ in decisions),
-                            tnef_unpacked=unpacked)
+                            tnef_unpacked=unpacked, note=note)
         segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
                         html_part=html_part, link_template=template, trace=trace, notices=notices, inline=inline)
         if failed and segments_size(segments) > route.next_hop_max_size:
             # Fail open, but never past the next hop's limit: the parts that
             # could not be stored give way to a notice.
             replacements += [Replacement(p, _failed_notice(p)) for p in failed]
+            trace = self._trace(envelope, offloaded, refused=len(refused),
+                                replaced=sum(d.action is policies.Action.REPLACE for _, d, _, _ in decisions),
+                                tnef_unpacked=unpacked, note=f"{len(failed)} not stored, replaced by a notice")
             segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
                             html_part=html_part, link_template=template, trace=trace, notices=notices,
                             inline=inline)
             for p in failed:
+                qlog.warning("storage failed and the message would exceed the next hop's limit; "
+                             "attachment replaced by a notice", part=p.path,
+                             filename=filenames.original_filename(p.headers),
+                             next_hop_max_size=route.next_hop_max_size)
                 self.audit.event("FileRefused", "Failure", EventResultDetails="storage unavailable, too large to forward",
                                  QueueId=envelope.queue_id, CustomerId=customer,
                                  TargetFileName=filenames.original_filename(p.headers))
+        elif failed:
+            for p in failed:
+                qlog.warning("storage failed; attachment forwarded as is (fits the next hop's limit)",
+                             part=p.path, filename=filenames.original_filename(p.headers),
+                             next_hop_max_size=route.next_hop_max_size)
         result = {
             "offloaded": [{"key": o.key, "size": o.size, "sha256": o.sha256, "filename": o.filename,
                            "part": o.part.path} for o in offloaded],
@@ -545,7 +558,7 @@ class Worker:
         failure raises, and the message is held: a refused file is never
         forwarded and never dropped."""
         store = self.stores[route.storage]
-        key = f"{route.quarantine.prefix}{customer}/{_stamp()}-{filenames.sanitise(name)}"
+        key = f"{route.quarantine.prefix}{customer}/{utc_stamp()}-{filenames.sanitise(name)}"
         meta = ObjectMeta(content_type="application/octet-stream", filename=name,
                           metadata={"queue-id": envelope.queue_id, "customer-id": customer,
                                     "policy": decision.policy})
@@ -668,8 +681,8 @@ class Worker:
         store = self.stores[route.storage]
         original = filenames.original_filename(part.headers) or _default_name(part)
         display = filenames.display_name(original) or _default_name(part)
-        key = f"uploads/{customer}/{_stamp()}-{filenames.sanitise(display)}"
-        meta = ObjectMeta(content_type=_safe_type(part.content_type), filename=original,
+        key = object_key(customer, display)
+        meta = ObjectMeta(content_type=safe_type(part.content_type), filename=original,
                           metadata={"queue-id": envelope.queue_id, "customer-id": customer})
         async with self._offload_slots:
             started = time.monotonic()
@@ -684,23 +697,23 @@ class Worker:
                     raise StorageError(f"stored object {key} has SHA-256 {stored.sha256}, "
                                        f"expected {measured.sha256}")
                 sha256 = stored.sha256 or measured.sha256 or ""
-                oid = new_object_id()
-                expires = int(time.time()) + self.cfg.links.ttl
-                await records.save(store, records.LinkRecord(
-                    object_id=oid, key=key, filename=original, size=stored.size, sha256=sha256,
-                    content_type=meta.content_type, customer_id=customer, queue_id=envelope.queue_id,
-                    message_id=message_id, created=time.time(), expires=expires))
-            except (StorageError, OSError) as e:
+                link = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key,
+                                  filename=original, size=stored.size, sha256=sha256,
+                                  content_type=meta.content_type, customer_id=customer,
+                                  queue_id=envelope.queue_id, message_id=message_id)
+            except Exception as e:  # noqa: BLE001 - rule 2: any storage failure fails open
+                # StorageError and OSError are the expected ones; anything else
+                # from a backend (an SDK's own exception) must not hold the
+                # message either.
                 metrics.OFFLOAD_FAILURES.labels(store.name).inc()
-                qlog.error("offload failed; failing open", part=part.path, key=key, error=str(e))
+                error = str(e) if isinstance(e, (StorageError, OSError)) else f"{type(e).__name__}: {e}"
+                qlog.error("offload failed; failing open", part=part.path, key=key, error=error)
                 return None
-        token = self.keyring.sign(store.name, oid, expires)
-        url = f"{self.cfg.http.base_url}/a/{token}"
         metrics.OFFLOADED_PARTS.labels(route.name, store.name).inc()
         metrics.OFFLOADED_BYTES.labels(route.name, store.name).inc(stored.size)
         qlog.info("offloaded", part=part.path, key=key, size=stored.size, sha256=sha256)
-        return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=url,
-                         object_id=oid, expires=expires)
+        return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=link.url,
+                         object_id=link.object_id, expires=link.expires)
 
     async def _landing_page(self, offloaded: list[Offloaded], route: RouteSettings, customer: str, queue_id: str,
                             message_id: str, qlog: Any) -> Link | None:
@@ -899,10 +912,6 @@ def drop_ranges(segments: list[Segment], drops: list[tuple[int, int]], path: Pat
     return out
 
 
-def _stamp() -> str:
-    """UTC time to the microsecond, for object keys."""
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000 // 1000:06d}Z"
-
 
 async def _athread_iter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     """A blocking iterator (reads from the spool) consumed in a thread."""
@@ -944,13 +953,6 @@ def _default_name(part: Part) -> str:
     ext = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg", "text/plain": ".txt",
            "text/html": ".html"}.get(part.content_type, ".bin")
     return f"attachment{ext}"
-
-
-def _safe_type(ctype: str) -> str:
-    import re
-
-    return ctype if re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", ctype) \
-        else "application/octet-stream"
 
 
 def _date(ts: float) -> str:

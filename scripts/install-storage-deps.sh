@@ -15,6 +15,7 @@
 #                               tests/servers/node/ (npm ci from its lock file)
 #   oidc-provider (npm)         a real OpenID Connect provider for the agent
 #                               sign-in tests (tests/servers/oidc.py), same place
+#   playwright-core (npm)       drives Debian's chromium in the upload page test
 #
 # The Python packages (SDKs, gcp-storage-emulator) are in setup.cfg's [test] extra:
 #   .venv/bin/pip install -e ".[test]"
@@ -69,5 +70,7 @@ else
     (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in $NODE_DIR"
 fi
 [ -x "$NODE_DIR/node_modules/.bin/azurite-blob" ] || die "azurite-blob is missing after npm ci"
-[ -f "$NODE_DIR/node_modules/oidc-provider/package.json" ] || die "oidc-provider is missing after npm ci"
+for pkg in oidc-provider playwright-core; do
+    [ -f "$NODE_DIR/node_modules/$pkg/package.json" ] || die "$pkg is missing after npm ci"
+done
 echo "install-storage-deps: ok"

@@ -19,6 +19,10 @@
 #   libnet-ssleay-perl  swaks --tls
 #   systemd     systemd-analyze verify for the units in systemd/
 #   util-linux  mount, for the full-spool test (a small tmpfs)
+#   chromium    the real browser the upload page is tested in (driven by npm
+#               playwright-core from tests/servers/node, installed by
+#               install-storage-deps.sh; a browser download by a tool fails here)
+#   curl        HTTP requests with Expect: 100-continue in the upload API tests
 #   mimedefang  the bench's Postfix+MIMEDefang baseline (make bench)
 #   clamav-daemon    clamd, started by tests/servers/clamd.py with a signature
 #                    database the test writes (no signature download)
@@ -26,7 +30,7 @@
 set -euo pipefail
 
 PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl systemd util-linux
-          mimedefang clamav-daemon libmagic1 rsyslog rsyslog-gnutls)
+          mimedefang clamav-daemon libmagic1 rsyslog rsyslog-gnutls chromium curl)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -63,7 +67,7 @@ fi
 # Verify the executables the tests and bench actually call.
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
            /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/mount \
-           /usr/sbin/clamd /usr/sbin/rsyslogd; do
+           /usr/sbin/clamd /usr/sbin/rsyslogd /usr/bin/chromium /usr/bin/curl; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"

@@ -162,8 +162,10 @@ class GatewayProcess:
         if roles:
             args += ["--only", *roles]
         self._log = open(self.log_path, "ab")
+        # Its own process group: with several processes ``serve`` is a
+        # supervisor and forked children, and a kill must reach them all.
         self.proc = subprocess.Popen(args, cwd=self.tmp, stdout=self._log, stderr=self._log,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
         deadline = time.monotonic() + 30
         ports = []
         if roles is None or "smtp" in roles:
@@ -185,12 +187,20 @@ class GatewayProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if sig == signal.SIGKILL:
+                # A crash takes the whole service down: SIGKILL to the
+                # supervisor alone would leave its children serving the ports.
+                self._kill_group()
+            else:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # Whatever of the group outlived the supervisor (a child it could not
+        # stop) must not keep serving after the test.
+        self._kill_group()
         self._log.close()
         rc = self.proc.returncode
         self.proc = None
@@ -198,6 +208,13 @@ class GatewayProcess:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+    def _kill_group(self) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is already gone
 
     def wait(self, timeout: float = 30.0) -> int:
         """Wait for the process to exit by itself (after a signal the test

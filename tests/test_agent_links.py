@@ -98,9 +98,9 @@ def oidc_gateway(tmp_path: Path, azurite: Azurite, monkeypatch: pytest.MonkeyPat
     with OidcProvider(CLIENT_ID, CLIENT_SECRET, [base + "/auth/callback"]) as idp:
         gw = GatewayProcess(tmp_path, threshold=1000, route={"storage": "az"}, sections={
             "http": {"listen": f"127.0.0.1:{http_port}", "base_url": base, "tls_cert": str(cert),
-                     "tls_key": str(key), "url_ttl": "2m"},
+                     "tls_key": str(key)},
             "storage.az": {"backend": "azure", "account_url": azurite.account_url, "account_key_env": AZ_KEY_ENV,
-                           "container": container},
+                           "container": container, "url_ttl": "2m"},
             "agents": {"auth": "oidc", "session_key": {"file": str(tmp_path / "session.key")},
                        "oidc": {"issuer": idp.issuer, "client_id": CLIENT_ID,
                                 "client_secret": {"env": "GW_TEST_OIDC_SECRET"}}},

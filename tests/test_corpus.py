@@ -185,8 +185,10 @@ def _html_out(data: bytes) -> bytes:
 
 def _accounted(part_bytes: bytes, ctype: str, out_payloads: list[bytes], store: Store,
                notices: int = 0) -> bool:
-    if not part_bytes and notices:
-        return True  # an empty attachment, replaced by its notice
+    if notices and (not part_bytes or (ctype.startswith("message/") and not part_bytes.strip(b"\r\n"))):
+        # An empty attachment, replaced by its notice.  Python's parser turns
+        # an empty message/* body into a message whose serialisation is "\n".
+        return True
     if store.holds(part_bytes) or part_bytes in out_payloads or _norm(part_bytes) in {_norm(p) for p in out_payloads}:
         return True
     if ctype.startswith("message/") and store.holds_as(ctype, part_bytes):

@@ -443,7 +443,8 @@ def test_api_refresh_and_revoke_need_the_api_key_and_an_authorised_agent(make_ga
     token = url.rsplit("/", 1)[1]
     time.sleep(2.2)
     assert get(url)[0] == 410
-    assert _api(gw, "/api/v1/links/refresh", {"token": token, "agent_id": "ann"}, "wrong-key-0123456789")[0] == 401
+    # The same answers as the upload API's: 403 for a key not ours, 401 for none.
+    assert _api(gw, "/api/v1/links/refresh", {"token": token, "agent_id": "ann"}, "wrong-key-0123456789")[0] == 403
     assert _api(gw, "/api/v1/links/refresh", {"token": token, "agent_id": "ann"}, None)[0] == 401
     status, body = _api(gw, "/api/v1/links/refresh", {"token": token, "agent_id": "bob"}, key)
     assert status == 403 and body["error"] == "Forbidden"
@@ -457,7 +458,7 @@ def test_api_refresh_and_revoke_need_the_api_key_and_an_authorised_agent(make_ga
     summary = [(e["EventOriginalType"], e["EventResult"], e.get("ActorUsername")) for e in events]
     assert summary == [("click", "Failure", None), ("refresh", "Failure", None), ("refresh", "Failure", None),
                        ("refresh", "Failure", "bob"), ("refresh", "Success", "ann"),
-                       ("click", "Success", "anonymous"), ("revoke", "Success", "api:crm"),
+                       ("click", "Success", "anonymous"), ("revoke", "Success", "api-key:crm"),
                        ("click", "Failure", None)]  # revocation is checked before anyone signs in
-    assert events[1]["EventResultDetails"] == "API key refused" and events[4]["ActorUserIdType"] == "api:crm"
+    assert events[1]["EventResultDetails"] == "API key refused" and events[4]["ActorUserIdType"] == "api-key:crm"
     assert events[6]["CustomerId"] == "customer@example.net" and "GDPR" in events[6]["EventResultDetails"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import os
 import quopri
 import re
 import smtplib
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.harness import GatewayProcess, strip_trace, to_wire
@@ -98,9 +99,14 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
         yield g
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+# PROPERTY_EXAMPLES raises the count for a longer hunt than CI's.
+@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                      HealthCheck.too_slow])
 @given(body=messages, damage=st.sampled_from(["none", "bare_cr", "no_separator"]))
+# Found by CI: headers run into the inner message's, leaving an empty
+# message/rfc822 attachment (replaced by the empty-file notice).
+@example(body=b'Content-Type: message/rfc822\nContent-Disposition: attachment; filename="a.pdf"\n'
+              b'Content-Transfer-Encoding: 7bit\n\nSubject: inner\n\n', damage="no_separator")
 def test_random_mime_is_forwarded_and_nothing_is_lost(gw: GatewayProcess, body: bytes, damage: str) -> None:
     i = next(_counter)
     raw = b"From: prop@example.net\nTo: support@contact.example\nSubject: property " + str(i).encode() + \
@@ -141,5 +147,13 @@ def test_random_mime_is_forwarded_and_nothing_is_lost(gw: GatewayProcess, body: 
 def test_the_property_run_offloaded_and_forwarded(gw: GatewayProcess) -> None:
     """The examples above really went through the offload path (runs after
     them, on the same gateway)."""
-    assert len(list((gw.outbox / "new").glob("*"))) >= 60
-    assert len(stored_objects(gw.objects)) >= 20
+    forwarded = [p.read_bytes() for p in (gw.outbox / "new").glob("*")]
+    assert len(forwarded) >= 60
+    # How many parts go over the tiny threshold depends on what Hypothesis
+    # drew (8 to 17 of 60 messages seen in fresh checkouts), so no fixed
+    # count: some were offloaded, and every stored object is one the trace
+    # headers of the forwarded messages account for.
+    said = sum(int(m) for data in forwarded for m in re.findall(rb"X-Attachment-Offload: offloaded=(\d+)", data))
+    # Refused parts go to quarantine/ (issue 5), not counted as offloaded.
+    offloaded = [k for k in stored_objects(gw.objects) if k.startswith("uploads/")]
+    assert 1 <= len(offloaded) <= said

@@ -1,4 +1,5 @@
-"""The HTTP listener: agent links, the sign-in callback, the API, health, metrics.
+"""The HTTP listener: agent links, the sign-in callback, the API (uploads,
+jobs, link refresh and revoke), the customer upload page, health, metrics.
 
 Plain HTTP on loopback for the embedded default; with ``http.tls_cert`` and
 ``http.tls_key`` it serves TLS 1.2+ only (gateway.http.tls) and sends HSTS.
@@ -12,15 +13,25 @@ from aiohttp import web
 
 from gateway import logs, metrics
 from gateway.config import Config, read_secret
-from gateway.http.api import LinkApi
+from gateway.http import openapi
+from gateway.http.api import UploadApi
+from gateway.http.apikeys import ApiKeys
 from gateway.http.links import LinkEndpoint
+from gateway.http.links_api import LinkApi
 from gateway.http.tls import TlsListener, server_context
+from gateway.http.upload_page import UploadPage
 from gateway.links import agents, authz
 from gateway.links.tokens import Keyring
 from gateway.spool import Spool
 from gateway.storage.base import Storage
 
 log = logs.get("http")
+
+
+def url_ttls(cfg: Config) -> dict[str, int]:
+    """Per store, how long a storage URL minted at a click lives (the
+    backend's ``url_ttl``); stores without URLs (the filesystem) have none."""
+    return {name: s.url_ttl for name, s in cfg.storage.items() if hasattr(s, "url_ttl")}
 
 
 def build_links(cfg: Config, keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog) -> LinkEndpoint:
@@ -37,28 +48,25 @@ def build_links(cfg: Config, keyring: Keyring, stores: dict[str, Storage], audit
     callout = cfg.authorization.callout
     token = read_secret(callout.token, base, "authorization.callout.token") if callout and callout.token else None
     authoriser = authz.build(cfg.authorization, token)
-    return LinkEndpoint(keyring, stores, audit, url_ttl=cfg.http.url_ttl, link_ttl=cfg.links.ttl,
+    return LinkEndpoint(keyring, stores, audit, url_ttls=url_ttls(cfg), link_ttl=cfg.links.ttl,
                         base_url=cfg.http.base_url, authenticator=authenticator, authoriser=authoriser,
                         proxies=proxies, contact=cfg.authorization.contact)
 
 
-def api_keys(cfg: Config) -> dict[str, str]:
-    """API key id -> key, read from their files or variables."""
-    return {k.id: read_secret(k, Path(cfg.base_dir), f"api.keys[{i}]", min_length=16)
-            for i, k in enumerate(cfg.api.keys)}
-
-
-def build_app(links: LinkEndpoint, spool: Spool, hsts_max_age: int, tls: bool,
-              keys: dict[str, str] | None = None) -> web.Application:
+def build_app(cfg: Config, links: LinkEndpoint, spool: Spool, keys: ApiKeys, api: UploadApi | None = None,
+              upload_page: UploadPage | None = None) -> web.Application:
     """The aiohttp application with every route the gateway serves."""
-    app = web.Application(client_max_size=64 * 1024)
-    api = LinkApi(links, keys or {})
+    # No body-size cap here: uploads stream and the API enforces its own limit.
+    app = web.Application(client_max_size=1 << 20)
+    tls = cfg.http.tls_cert is not None
+    hsts_max_age = cfg.http.hsts_max_age
+    links_api = LinkApi(links, keys)
     app.router.add_get("/a/{token}", links.get)
     app.router.add_post("/a/{token}/refresh", links.refresh)
     app.router.add_get("/p/{token}", links.landing)
     app.router.add_get(agents.CALLBACK_PATH, links.callback)
-    app.router.add_post("/api/v1/links/refresh", api.refresh)
-    app.router.add_post("/api/v1/links/revoke", api.revoke)
+    app.router.add_post("/api/v1/links/refresh", links_api.refresh)
+    app.router.add_post("/api/v1/links/revoke", links_api.revoke)
     app.router.add_get("/healthz", _health)
     app["audit"] = links.audit
 
@@ -79,12 +87,26 @@ def build_app(links: LinkEndpoint, spool: Spool, hsts_max_age: int, tls: bool,
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     app.router.add_get("/metrics", _metrics)
+    if api is not None:
+        app.router.add_post("/api/v1/upload/attachment", api.upload, expect_handler=api.expect)
+        app.router.add_get("/api/v1/jobs/{job_id}", api.job)
+        app.router.add_get("/api/v1/openapi.json", _openapi)
+    if upload_page is not None:
+        app.router.add_get("/upload/{token}", upload_page.show)
+        app.router.add_post("/upload/{token}/files", upload_page.create)
+        app.router.add_get("/upload/{token}/files/{uid}", upload_page.status)
+        app.router.add_put("/upload/{token}/files/{uid}/chunks/{n}", upload_page.put_chunk)
+        app.router.add_post("/upload/{token}/files/{uid}/complete", upload_page.complete)
     return app
 
 
 async def _health(request: web.Request) -> web.Response:
     # Audit events lost by the network sinks: a number to alert on.
     return web.json_response({"status": "ok", "audit_dropped": request.app["audit"].dropped})
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(text=openapi.text(), content_type="application/json")
 
 
 class Listener:
@@ -100,12 +122,10 @@ class Listener:
         await self.runner.cleanup()
 
 
-async def start(cfg: Config, links: LinkEndpoint, audit: logs.AuditLog, keys: dict[str, str], spool: Spool,
-                reuse_port: bool = False) -> Listener:
-    """Serve the app on ``http.listen``; TLS when a certificate is configured."""
+async def start(cfg: Config, app: web.Application, audit: logs.AuditLog, reuse_port: bool = False) -> Listener:
+    """Serve ``app`` on ``http.listen``; TLS when a certificate is configured."""
     host, port = cfg.http.address
     tls = cfg.http.tls_cert is not None
-    app = build_app(links, spool, cfg.http.hsts_max_age, tls, keys)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     if not tls:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import html
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import aiohttp
 from aiohttp import ClientConnectionResetError, web
@@ -30,6 +30,10 @@ from gateway.mime.rewrite import human_size
 from gateway.storage.base import ObjectNotFound, Storage, StorageError
 
 log = logs.get("http")
+
+# Seconds a storage URL lives when the store's settings name no url_ttl (a
+# backend without one has no URLs either: the filesystem streams).
+DEFAULT_URL_TTL = 900
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>
@@ -62,13 +66,15 @@ class _Refused(Exception):
 class LinkEndpoint:
     """Answers clicks on links, refreshes, and the sign-in callback."""
 
-    def __init__(self, keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog, *, url_ttl: int,
-                 link_ttl: int, base_url: str, authenticator: Authenticator, authoriser: Authoriser,
-                 proxies: Proxies, contact: str) -> None:
+    def __init__(self, keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog, *,
+                 url_ttls: Mapping[str, int], link_ttl: int, base_url: str, authenticator: Authenticator,
+                 authoriser: Authoriser, proxies: Proxies, contact: str) -> None:
         self.keyring = keyring
         self.stores = stores
         self.audit = audit
-        self.url_ttl = url_ttl
+        # Per store: seconds a storage URL minted at a click lives (rule 5:
+        # minted per click, short-lived); from each backend's url_ttl.
+        self.url_ttls = dict(url_ttls)
         self.link_ttl = link_ttl
         self.base_url = base_url
         self.authenticator = authenticator
@@ -175,13 +181,14 @@ class LinkEndpoint:
             return r.response
         fields = _record_fields(record)
         why = request["authz"]
+        ttl = self.url_ttls.get(claims.store, DEFAULT_URL_TTL)
         try:
-            url = await store.signed_url(record.key, record.filename, self.url_ttl)
+            url = await store.signed_url(record.key, record.filename, ttl)
         except StorageError as e:
             self._audit(request, "click", "Failure", f"storage error: {e}", agent=agent, kid=claims.kid, **fields)
             return page(503, "Temporarily unavailable", "The attachment cannot be fetched right now; try again.")
         if url is not None:
-            self._audit(request, "click", "Success", f"redirected ({why}; URL valid {self.url_ttl}s)",
+            self._audit(request, "click", "Success", f"redirected ({why}; URL valid {ttl}s)",
                         agent=agent, kid=claims.kid, **fields)
             raise web.HTTPFound(url, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
         response = web.StreamResponse(headers={

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import LinkKey
+from gateway.config import ApiKey, LinkKey
 
 _TOKEN = re.compile(r"^([A-Za-z0-9_-]{1,16})\.([A-Za-z0-9_-]{1,32})\.([0-9a-z]{1,13})\.([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{22})$")
 
@@ -67,15 +67,17 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _load_secret(key: LinkKey, base_dir: Path) -> bytes:
+def load_secret(key: LinkKey | ApiKey, base_dir: Path, where: str = "links.keys") -> bytes:
+    """A key's secret from its environment variable or file (``where`` names
+    the config list in errors)."""
     if key.env is not None:
         value = os.environ.get(key.env)
         if not value:
-            raise ValueError(f"links.keys[{key.id}]: environment variable {key.env} is not set")
+            raise ValueError(f"{where}[{key.id}]: environment variable {key.env} is not set")
         return value.strip().encode()
     path = Path(key.file or "")
     path = path if path.is_absolute() else base_dir / path
-    if not path.exists() and key.create_missing:
+    if not path.exists() and getattr(key, "create_missing", False):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -83,9 +85,9 @@ def _load_secret(key: LinkKey, base_dir: Path) -> bytes:
     try:
         secret = path.read_text().strip().encode()
     except OSError as e:
-        raise ValueError(f"links.keys[{key.id}].file: {path}: {e.strerror}") from None
+        raise ValueError(f"{where}[{key.id}].file: {path}: {e.strerror}") from None
     if len(secret) < 16:
-        raise ValueError(f"links.keys[{key.id}].file: {path}: key shorter than 16 characters")
+        raise ValueError(f"{where}[{key.id}].file: {path}: key shorter than 16 characters")
     return secret
 
 
@@ -97,7 +99,7 @@ class Keyring:
         current = None
         for k in keys:
             retire = _timestamp(k.retire) if k.retire else None
-            self._keys[k.id] = _Key(k.id, _load_secret(k, base_dir), retire)
+            self._keys[k.id] = _Key(k.id, load_secret(k, base_dir), retire)
             if current is None and retire is None:
                 current = k.id
         if current is None:
@@ -106,11 +108,13 @@ class Keyring:
 
     def sign(self, store: str, object_id: str, expires: int, purpose: str = "") -> str:
         """A token for ``object_id`` in ``store`` valid until ``expires``.
-        ``purpose`` ("page" for a message's landing page) goes into the MAC
-        only, so a token made for one use is refused for another."""
+
+        ``purpose`` is mixed into the MAC (not written in the token) so a
+        token made for one use (a landing page, an upload invitation) never
+        verifies as another (a download link)."""
         key = self._keys[self.current]
         body = f"{key.id}.{store}.{_b36(expires)}.{object_id}"
-        return body + "." + _mac(key.secret, body, purpose)
+        return body + "." + _mac(key.secret, purpose, body)
 
     def verify(self, token: str, now: float | None = None, purpose: str = "") -> Claims:
         """The claims of a valid token; raise TokenError or TokenExpired."""
@@ -122,7 +126,7 @@ class Keyring:
         if key is None:
             raise TokenError(f"unknown key id {kid!r}")
         body = token.rpartition(".")[0]
-        expected = _mac(key.secret, body, purpose)
+        expected = _mac(key.secret, purpose, body)
         if not hmac.compare_digest(expected, sig):
             raise TokenError("bad signature")
         now = time.time() if now is None else now
@@ -134,8 +138,9 @@ class Keyring:
         return claims
 
 
-def _mac(secret: bytes, body: str, purpose: str) -> str:
-    data = (purpose + ":" + body if purpose else body).encode()
+def _mac(secret: bytes, purpose: str, body: str) -> str:
+    # Link tokens (purpose "") keep the MAC they always had.
+    data = (purpose + "\n" + body if purpose else body).encode()
     return _b64(hmac.new(secret, data, hashlib.sha256).digest()[:16])
 
 

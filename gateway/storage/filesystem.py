@@ -72,6 +72,11 @@ class FilesystemStorage:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {path}: {e.strerror or e}") from e
+        except BaseException:
+            # The chunks' source failed (an upload cut off, a body too large):
+            # leave no partial file behind.
+            tmp.unlink(missing_ok=True)
+            raise
         return stored
 
     async def put(self, key: str, chunks: Iterable[bytes], meta: ObjectMeta) -> StoredObject:

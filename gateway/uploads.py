@@ -1,0 +1,147 @@
+"""Files that arrive over HTTP (the API and the upload page) become stored
+objects with links, under the same policies as attachments in mail.
+
+An upload is streamed into a staging key of the route's store first; then
+``finish`` asks the route's policies about it (the same ``PartFacts`` the
+worker builds for a part), refuses it (REPLACE) or copies it to its secure
+key, checks the copy's SHA-256 against what was received, mints the link
+and removes the staging object.  The API does this inline (200) or in a job
+(202); the upload page does it when the last chunk is in.
+"""
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import policies
+from gateway import logs
+from gateway.config import Config
+from gateway.http.bridge import StreamBridge, blocking_chunks
+from gateway.links.mint import mint
+from gateway.links.tokens import Keyring
+from gateway.mime import filenames
+from gateway.partfacts import object_key, part_facts, safe_type
+from gateway.storage.base import ObjectMeta, Storage, StorageError
+
+log = logs.get("uploads")
+
+
+class Refused(Exception):
+    """A policy refused the file (answered 415); ``str()`` is the reason."""
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A file received into staging."""
+
+    key: str
+    size: int
+    sha256: str
+    head: bytes
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A file in its secure place, with its link."""
+
+    key: str
+    filename: str
+    size: int
+    sha256: str
+    url: str
+
+    def answer(self) -> dict[str, object]:
+        """The API's answer (``s3Key`` keeps its name on every backend)."""
+        return {"downloadUrl": self.url, "fileName": self.filename, "fileSize": self.size, "s3Key": self.key}
+
+
+def declared_type(filename: str, header: str | None) -> str:
+    """The type the sender claims: a specific Content-Type, else the filename's."""
+    if header and header.split(";")[0].strip().lower() not in ("", "application/octet-stream"):
+        return safe_type(header.split(";")[0])
+    return safe_type(mimetypes.guess_type(filename)[0] or "application/octet-stream")
+
+
+class Uploads:
+    """Stage, decide, store and link files that came over HTTP."""
+
+    def __init__(self, cfg: Config, stores: dict[str, Storage], keyring: Keyring) -> None:
+        self.stores = stores
+        self.keyring = keyring
+        self.configure(cfg)
+
+    def configure(self, cfg: Config) -> None:
+        """Take a (re)loaded config."""
+        self.cfg = cfg
+        self.route = cfg.api_route()
+        self.policies = {r.name: [policies.build(p.name, p.settings) for p in r.policies] for r in cfg.routes}
+
+    def store_for(self, route_name: str | None = None) -> Storage:
+        route = self._route(route_name)
+        return self.stores[route.storage]
+
+    def _route(self, name: str | None):  # type: ignore[no-untyped-def]
+        return next((r for r in self.cfg.routes if r.name == name), self.route)
+
+    async def stage(self, store: Storage, key: str, body: AsyncIterator[bytes], limit: int,
+                    base64: bool = False) -> Staged:
+        """Stream ``body`` into ``key``; raises what stopped the body
+        (BodyTooLarge, BadEncoding, a dropped client) or StorageError."""
+        bridge = StreamBridge(body, limit, base64)
+        try:
+            stored = await store.put(key, bridge.chunks(), ObjectMeta(content_type="application/octet-stream"))
+        except BaseException:
+            await bridge.close()
+            await store.delete(key)
+            if bridge.failure is not None:
+                raise bridge.failure from None
+            raise
+        await bridge.close()
+        if stored.sha256 and stored.sha256 != bridge.sha256:
+            await store.delete(key)
+            raise StorageError(f"staged object {key} has SHA-256 {stored.sha256}, received {bridge.sha256}")
+        return Staged(key=key, size=bridge.size, sha256=bridge.sha256, head=bridge.head)
+
+    async def finish(self, *, staging: list[str], filename: str, customer: str, ctype: str, size: int,
+                     sha256: str | None, head: bytes, reference: str, message_id: str = "",
+                     route_name: str | None = None, cleanup: bool = True) -> Stored:
+        """Decide on a staged file, move it to its secure key and mint its
+        link; raises Refused (staging removed) or StorageError."""
+        route = self._route(route_name)
+        store = self.stores[route.storage]
+        display = filenames.display_name(filename) or "attachment.bin"
+        # Type detection (libmagic) blocks: off the event loop.
+        facts = await asyncio.to_thread(lambda: part_facts(
+            path="upload", declared_type=ctype, filename=filename, decoded_size=size, disposition="attachment",
+            route=route, head=head))
+        decision = policies.decide(self.policies[route.name], facts)
+        log.info("decision", ref=reference, action=decision.action.value, policy=decision.policy,
+                 reason=decision.reason, declared_type=ctype, size=size, filename=display)
+        # Keep and offload both mean "store it" for a file that came on its
+        # own; any other verdict (replace, refuse) means it must not be kept.
+        if decision.action not in (policies.Action.KEEP, policies.Action.OFFLOAD):
+            await asyncio.gather(*(store.delete(k) for k in staging))
+            raise Refused(decision.reason)
+        key = object_key(customer, display)
+        meta = ObjectMeta(content_type=ctype, filename=filename,
+                          metadata={"queue-id": reference, "customer-id": customer})
+        loop = asyncio.get_running_loop()
+        # The copy reads the staged bytes back through the loop into the store's thread.
+        stored = await store.put(key, blocking_chunks(loop, (store.open(k) for k in staging)), meta)
+        # The upload page's file arrives in chunks and has no hash of the
+        # whole before the copy (sha256 None): the size is checked, and the
+        # copy's hash is the one recorded.
+        if stored.size != size or (sha256 and stored.sha256 and stored.sha256 != sha256):
+            await store.delete(key)
+            raise StorageError(f"copy of {reference} to {key} has {stored.size} bytes / {stored.sha256}, "
+                               f"expected {size} / {sha256}")
+        sha256 = sha256 or stored.sha256
+        link = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key,
+                          filename=filename, size=size, sha256=sha256, content_type=ctype, customer_id=customer,
+                          queue_id=reference, message_id=message_id)
+        if cleanup:
+            await asyncio.gather(*(store.delete(k) for k in staging))
+        log.info("stored", ref=reference, key=key, size=size, sha256=sha256)
+        return Stored(key=key, filename=display, size=size, sha256=sha256, url=link.url)

@@ -1,0 +1,271 @@
+"""The upload API over real HTTP against ``attachment-gateway serve`` (issue 8)."""
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import ROOT, GatewayProcess
+from tests.messages import fetch, pdf_bytes, sha256, stored_objects
+from tests.servers.ports import port_is_open
+
+MiB = 1 << 20
+API_KEY = "test-api-key-0123456789abcdef"
+
+
+def api_sections(tmp: Path, **api: Any) -> dict[str, Any]:
+    key = tmp / "api.key"
+    key.write_text(API_KEY + "\n")
+    return {"api": {"keys": [{"id": "flow", "file": str(key)}], "max_upload_size": "20MiB",
+                    "async_threshold": "18MiB", **api}}
+
+
+def post(gw: GatewayProcess, body: bytes, *, filename: str = "invoice.pdf", customer: str = "ACME-42",
+         key: str | None = API_KEY, **headers: str) -> tuple[int, dict[str, str], Any]:
+    h = {"Content-Type": "application/octet-stream", "X-Filename": filename, "X-CustomerId": customer, **headers}
+    if key is not None:
+        h["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(f"http://127.0.0.1:{gw.http_port}/api/v1/upload/attachment", data=body,
+                                 headers=h, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, dict(r.headers), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), json.loads(e.read())
+
+
+def get_json(url: str, key: str = API_KEY) -> tuple[int, Any]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def staging_left(gw: GatewayProcess) -> list[str]:
+    return [p.name for p in (gw.objects / "staging").rglob("*") if p.is_file()] if (gw.objects / "staging").exists() else []
+
+
+@pytest.fixture
+def api_gw(make_gateway, tmp_path: Path) -> GatewayProcess:
+    return make_gateway(sections=api_sections(tmp_path))
+
+
+@pytest.mark.parametrize("encoding", ["raw", "base64"])
+def test_sync_upload_of_15_mb_answers_the_contract_and_the_link_serves_the_bytes(api_gw, encoding: str) -> None:
+    data = pdf_bytes(15 * MiB)
+    if encoding == "base64":
+        status, _, body = post(api_gw, base64.encodebytes(data), **{"Content-Transfer-Encoding": "base64"})
+    else:
+        status, _, body = post(api_gw, data)
+    assert status == 200, body
+    assert set(body) == {"downloadUrl", "fileName", "fileSize", "s3Key"}
+    assert body["fileName"] == "invoice.pdf" and body["fileSize"] == len(data)
+    assert body["s3Key"].startswith("uploads/acme-42/") and body["s3Key"].endswith("-invoice.pdf")
+    assert stored_objects(api_gw.objects) == {body["s3Key"]: data}
+    assert staging_left(api_gw) == []
+    got_status, headers, got = fetch(body["downloadUrl"])
+    assert got_status == 200 and sha256(got) == sha256(data)
+    assert "invoice.pdf" in headers["Content-Disposition"]
+    events = api_gw.wait_audit(lambda e: e["EventType"] == "FileCreated")
+    [created] = [e for e in events if e["EventType"] == "FileCreated"]
+    assert created["EventResult"] == "Success" and created["TargetFilePath"] == body["s3Key"]
+    assert created["ActorUsername"] == "api-key:flow" and created["CustomerId"] == "acme-42"
+
+
+def test_empty_body_is_400_empty_file(api_gw) -> None:
+    assert post(api_gw, b"")[0::2] == (400, {"error": "Empty file"})
+    # Base64 of nothing is empty too, once decoded.
+    assert post(api_gw, b"\r\n", **{"Content-Transfer-Encoding": "base64"})[0::2] == (400, {"error": "Empty file"})
+    assert stored_objects(api_gw.objects) == {}
+
+
+def test_spoofed_names_cannot_escape_the_customer_folder(api_gw) -> None:
+    data = pdf_bytes(2000)
+    status, _, body = post(api_gw, data, filename="../../../etc/passwd", customer="ACME/../../other")
+    assert status == 200, body
+    parts = body["s3Key"].split("/")
+    assert parts[0] == "uploads" and ".." not in parts and len(parts) == 3
+    assert parts[2].endswith("-passwd")
+    assert stored_objects(api_gw.objects) == {body["s3Key"]: data}
+
+
+def test_invalid_base64_is_400_and_nothing_is_kept(api_gw) -> None:
+    status, _, body = post(api_gw, b"SGVsbG8*d29ybGQ=", **{"Content-Transfer-Encoding": "base64"})
+    assert status == 400 and "base64" in body["error"]
+    assert stored_objects(api_gw.objects) == {} and staging_left(api_gw) == []
+
+
+def test_oversize_is_413_before_the_body_with_expect_and_while_streaming_without(api_gw, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(pdf_bytes(25 * MiB))
+    out = subprocess.run(
+        ["curl", "-sS", "-o", "-", "-w", "\\n%{http_code} %{size_upload}", "--data-binary", f"@{big}",
+         "-H", f"Authorization: Bearer {API_KEY}", "-H", "X-Filename: big.bin", "-H", "X-CustomerId: c1",
+         "-H", "Content-Type: application/octet-stream",
+         f"http://127.0.0.1:{api_gw.http_port}/api/v1/upload/attachment"],
+        capture_output=True, text=True, timeout=60)
+    body, _, tail = out.stdout.rpartition("\n")
+    code, uploaded = tail.split()
+    assert code == "413" and "larger than" in json.loads(body)["error"]
+    assert float(uploaded) < 1 * MiB  # refused on Expect: 100-continue, the body never sent
+    # Base64 has no exact size up front: the limit is enforced on the decoded stream.
+    status, _, body = post(api_gw, base64.b64encode(pdf_bytes(20 * MiB + 3000)),
+                           **{"Content-Transfer-Encoding": "base64"})
+    assert status == 413 and "larger than" in body["error"]
+    assert stored_objects(api_gw.objects) == {} and staging_left(api_gw) == []
+
+
+def test_missing_key_is_401_wrong_key_403_and_nothing_is_stored(api_gw) -> None:
+    status, headers, body = post(api_gw, b"data", key=None)
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    status, _, body = post(api_gw, b"data", key="not-the-key-at-all-000000")
+    assert status == 403 and body == {"error": "Invalid API key"}
+    assert stored_objects(api_gw.objects) == {}
+    assert get_json(f"http://127.0.0.1:{api_gw.http_port}/api/v1/jobs/abc", key="wrong-key-xxxxxxxxxxxx")[0] == 403
+
+
+def poll(url: str, want: str = "COMPLETE", timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = get_json(url)
+        assert status == 200, body
+        if body["status"] == want:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("how", ["prefer", "size"])
+def test_async_upload_answers_202_then_the_job_completes_with_a_working_link(api_gw, how: str) -> None:
+    data = pdf_bytes(19 * MiB if how == "size" else 3 * MiB)
+    extra = {"Prefer": "respond-async"} if how == "prefer" else {}
+    status, headers, body = post(api_gw, data, filename="scan.pdf", **extra)
+    assert status == 202, body
+    assert set(body) == {"jobId", "statusUrl"} and headers["Location"] == body["statusUrl"]
+    assert body["statusUrl"] == f"http://127.0.0.1:{api_gw.http_port}/api/v1/jobs/{body['jobId']}"
+    done = poll(body["statusUrl"])
+    assert done["fileName"] == "scan.pdf" and done["fileSize"] == len(data) and done["jobId"] == body["jobId"]
+    assert fetch(done["downloadUrl"])[2] == data
+    objects = stored_objects(api_gw.objects)
+    assert objects.pop(f"jobs/{body['jobId']}.json").startswith(b'{"job_id"')
+    assert objects == {done["s3Key"]: data}
+    assert staging_left(api_gw) == []
+    assert get_json(body["statusUrl"].rsplit("/", 1)[0] + "/NoSuchJob0000000")[0] == 404
+
+
+def test_a_job_survives_the_death_of_the_process_that_queued_it(make_gateway, tmp_path: Path) -> None:
+    # One process, so SIGKILL takes down everything that queued the job.
+    sections = {**api_sections(tmp_path), "gateway": {"processes": 1}}
+    front = make_gateway(start=False, sections=sections)
+    front.start(roles=["http"])  # takes uploads, runs no jobs
+    data = pdf_bytes(4 * MiB)
+    status, _, body = post(front, data, Prefer="respond-async")
+    assert status == 202
+    time.sleep(1.5)
+    assert get_json(body["statusUrl"])[1]["status"] == "PENDING"
+    front.kill()
+    assert not port_is_open("127.0.0.1", front.http_port)  # nothing of it answers any more
+    # Another process over the same spool and store, with the worker role.
+    back = make_gateway(start=False, sections={
+        **sections, "gateway": {"spool_dir": str(front.spool), "processes": 1},
+        "storage.local": {"path": str(front.objects)},
+        "links": {"keys": [{"id": "k1", "file": str(front.tmp / "link.key")}]}})
+    back.start(roles=["worker", "http"])
+    done_back = poll(f"http://127.0.0.1:{back.http_port}/api/v1/jobs/{body['jobId']}")
+    assert fetch(done_back["downloadUrl"])[2] == data
+    assert not list((front.spool / "jobs").iterdir())
+    # The first process, started again, answers for the job too.
+    front.start(roles=["http"])
+    done_front = poll(body["statusUrl"])
+    assert {k: v for k, v in done_back.items() if k != "statusUrl"} == \
+        {k: v for k, v in done_front.items() if k != "statusUrl"}
+
+
+def test_a_node_with_its_own_spool_takes_over_a_job_whose_lease_ran_out(make_gateway, tmp_path: Path) -> None:
+    sections = api_sections(tmp_path, job_lease=2)
+    front = make_gateway(start=False, sections=sections)
+    front.start(roles=["http"])
+    # A second node: its own spool, the same store and link keys.
+    other = make_gateway(start=False, sections={
+        **sections, "storage.local": {"path": str(front.objects)},
+        "links": {"keys": [{"id": "k1", "file": str(front.tmp / "link.key")}]}})
+    other.start()
+    assert other.spool != front.spool
+    data = pdf_bytes(1 * MiB)
+    status, _, body = post(front, data, Prefer="respond-async")
+    assert status == 202
+    url_other = f"http://127.0.0.1:{other.http_port}/api/v1/jobs/{body['jobId']}"
+    assert get_json(url_other)[1]["status"] == "PENDING"  # the lease still runs: nobody takes it
+    time.sleep(2.2)
+    done = poll(url_other)
+    assert fetch(done["downloadUrl"])[2] == data
+    assert any(e.get("event") == "job taken over" for e in other.log_events())
+
+
+def test_a_100_mb_upload_streams_without_growing_the_gateway(make_gateway, tmp_path: Path) -> None:
+    gw = make_gateway(sections=api_sections(tmp_path, max_upload_size="200MiB", async_threshold="200MiB"))
+    top = gw.proc.pid
+    # With processes = "auto" the serving processes are the supervisor's children.
+    pids = [top, *map(int, Path(f"/proc/{top}/task/{top}/children").read_text().split())]
+
+    def hwm() -> int:  # the sum of the processes' peak resident memory, in KiB
+        total = 0
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        return total
+
+    for _ in range(4):  # warm up every process: imports, thread pool
+        assert post(gw, pdf_bytes(1 * MiB))[0] == 200
+    before = hwm()
+    chunk = pdf_bytes(1 * MiB)
+
+    def body():  # generated, so the test client does not hold 100 MB either
+        for _ in range(100):
+            yield chunk
+
+    req = urllib.request.Request(f"http://127.0.0.1:{gw.http_port}/api/v1/upload/attachment", data=body(),
+                                 method="POST", headers={"Authorization": f"Bearer {API_KEY}", "X-Filename": "big.bin",
+                                                         "X-CustomerId": "c", "Content-Length": str(100 * MiB)})
+    started = time.monotonic()
+    with urllib.request.urlopen(req, timeout=120) as r:
+        answer = json.loads(r.read())
+    seconds = time.monotonic() - started
+    assert answer["fileSize"] == 100 * MiB
+    grew = hwm() - before
+    print(f"100 MiB upload: {seconds:.2f} s, peak RSS grew {grew} KiB")
+    assert grew < 32 * 1024, f"peak RSS grew by {grew} KiB during a 100 MiB upload"
+
+
+def test_the_served_openapi_document_is_the_one_in_docs(api_gw) -> None:
+    status, _, served = fetch(f"http://127.0.0.1:{api_gw.http_port}/api/v1/openapi.json")
+    assert status == 200
+    assert served.decode() == (ROOT / "docs" / "openapi.json").read_text()
+    assert set(json.loads(served)["paths"]) == {"/api/v1/upload/attachment", "/api/v1/jobs/{jobId}",
+                                                "/api/v1/links/refresh", "/api/v1/links/revoke"}
+
+
+def test_schemathesis_finds_no_failure_against_the_served_document(make_gateway, tmp_path: Path) -> None:
+    # Small limits so generated bodies cover the sync, async and 413 answers.
+    gw = make_gateway(sections=api_sections(tmp_path, max_upload_size="64KiB", async_threshold="1KiB"))
+    st = str(Path(sys.executable).with_name("schemathesis"))
+    out = subprocess.run(
+        [st, "run", f"http://127.0.0.1:{gw.http_port}/api/v1/openapi.json", "--checks", "all",
+             # A schema-valid body may still be refused by the content policies
+             # (415: random bytes are no allowed file type), which is the point.
+             "--exclude-checks", "positive_data_acceptance",
+         "-H", f"Authorization: Bearer {API_KEY}", "-n", "50", "--workers", "1", "--no-color"],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+    assert "Tested: 4" in out.stdout and " passed" in out.stdout

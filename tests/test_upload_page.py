@@ -1,0 +1,126 @@
+"""The customer upload page in real headless Chromium (issue 8).
+
+The page is driven by ``tests/browser/upload_page.cjs`` (playwright-core
+with Debian's chromium); the gateway is a real ``serve`` process whose route
+delivers to a real SMTP sink.  Screenshots land in tests/artifacts/.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from tests.harness import ROOT, SmtpSink
+from tests.messages import fetch, leaves, links, parse, payload, pdf_bytes, sha256
+
+MiB = 1 << 20
+ARTIFACTS = ROOT / "tests" / "artifacts"
+SCRIPT = ROOT / "tests" / "browser" / "upload_page.cjs"
+
+
+def invite(gw, *args: str) -> str:
+    out = gw.command("invite", "--customer", "ACME-7", "--to", "support@contact.example", *args)
+    assert out.returncode == 0, out.stderr
+    url = out.stdout.strip()
+    assert url.startswith(f"http://127.0.0.1:{gw.http_port}/upload/")
+    return url
+
+
+def test_a_50_mb_file_uploads_with_progress_survives_a_cut_and_reaches_the_contact_centre(
+        make_gateway, sink: SmtpSink, tmp_path: Path) -> None:
+    gw = make_gateway(next_hop=f"smtp://127.0.0.1:{sink.port}", route={"tls": "none"},
+                      sections={"upload": {"chunk_size": "2MiB"}})
+    expired = invite(gw, "--ttl", "1")
+    url = invite(gw, "--message-id", "<case-1234@example.net>")
+    data = pdf_bytes(50 * MiB)
+    file = tmp_path / "site-survey.pdf"
+    file.write_bytes(data)
+    ARTIFACTS.mkdir(exist_ok=True)
+    time.sleep(1.1)  # the first invitation is now out of time
+    run = subprocess.run(["node", str(SCRIPT), json.dumps({"url": url, "expiredUrl": expired, "file": str(file),
+                                                           "artifacts": str(ARTIFACTS), "cutAt": 0.3})],
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-4000:]
+    seen = json.loads(run.stdout)
+    assert seen["pageStatus"] == 200 and seen["title"] == "Send us your files"
+    assert seen["final"]["state"] == "done", seen["final"]
+    # The bar advanced through the upload, not in one jump.
+    assert len({round(s, 2) for s in seen["samples"] if 0 < s < 1}) >= 5, seen["samples"]
+    # It never went back by more than the one chunk a cut can cost (2 of 50 MiB).
+    assert all(b >= a - 0.04 for a, b in zip(seen["samples"], seen["samples"][1:])), seen["samples"]
+    # The connection was cut part-way; the page said so and carried on.
+    assert 0.3 <= seen["cut"] < 1 and seen["sawRetrying"]
+    for name in ("upload-page-offline.png", "upload-page-done.png", "upload-page-expired.png"):
+        assert (ARTIFACTS / name).stat().st_size > 1000
+    # Resumed, not restarted: each of the 25 chunks was stored once.
+    stored = [e["chunk"] for e in gw.log_events() if e.get("event") == "chunk stored"]
+    assert sorted(stored) == list(range(25)), stored
+    # The contact centre got an email in the customer's thread with a working link.
+    [mail] = sink.wait(1, timeout=30)
+    assert mail.rcpt_tos == ["support@contact.example"]
+    msg = parse(mail.data)
+    assert msg["In-Reply-To"] == "<case-1234@example.net>" and msg["References"] == "<case-1234@example.net>"
+    assert msg["X-CustomerId"] == "ACME-7".lower()
+    text = payload(leaves(msg)[0])
+    [link] = links(text)
+    assert b"[Secure Attachment: site-survey.pdf](" + link.encode() + b") (50.0 MB)" in text
+    status, headers, body = fetch(link)
+    assert status == 200 and sha256(body) == sha256(data)
+    assert "site-survey.pdf" in headers["Content-Disposition"]
+    # No chunk is left in staging.
+    assert not [p for p in (gw.objects / "staging").rglob("*") if p.is_file() and not p.name.startswith("session")]
+    # The expired invitation: a readable page, not an error dump.
+    assert seen["expired"]["status"] == 410
+    assert seen["expired"]["h1"] == "This upload link has expired"
+    assert "new link" in seen["expired"]["text"]
+
+
+def _call(method: str, url: str, body: bytes | None = None, ctype: str = "application/json") -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_invitations_are_checked_and_the_chunk_api_resumes_from_what_arrived(make_gateway) -> None:
+    gw = make_gateway(sections={"upload": {"chunk_size": "64KiB", "max_file_size": "1MiB"}})
+    url = invite(gw)
+    token = url.rsplit("/", 1)[1]
+    # A changed signature: 403, on the page and on its API.
+    tampered = url[:-2] + ("AA" if not url.endswith("AA") else "BB")
+    status, _, body = fetch(tampered)
+    assert status == 403 and b"not valid" in body
+    assert _call("POST", tampered + "/files", json.dumps({"name": "a", "size": 1}).encode())[0] == 403
+    # Too large and empty are refused before anything is sent.
+    assert _call("POST", url + "/files", json.dumps({"name": "a.bin", "size": 2 * MiB}).encode())[0] == 413
+    assert _call("POST", url + "/files", json.dumps({"name": "a.bin", "size": 0}).encode()) == \
+        (400, {"error": "Empty file"})
+    data = pdf_bytes(150 * 1024)
+    status, s = _call("POST", url + "/files", json.dumps({"name": "plan.pdf", "size": len(data)}).encode())
+    assert status == 201 and s["chunks"] == 3 and s["received"] == []
+    files = f"{url}/files/{s['uploadId']}"
+    assert _call("PUT", files + "/chunks/1", data[65536:131072], "application/octet-stream")[0] == 200
+    # A short chunk is not kept; a missing one stops completion.
+    assert _call("PUT", files + "/chunks/0", data[:1000], "application/octet-stream")[0] == 400
+    status, body = _call("POST", files + "/complete")
+    assert status == 409 and body["missing"] == [0, 2]
+    # What a reloaded page asks: only chunk 1 arrived.
+    assert _call("GET", files)[1]["received"] == [1]
+    for n in (0, 2):
+        assert _call("PUT", f"{files}/chunks/{n}", data[n * 65536:(n + 1) * 65536], "application/octet-stream")[0] == 200
+    status, done = _call("POST", files + "/complete")
+    assert (status, done) == (200, {"fileName": "plan.pdf", "fileSize": len(data)})
+    assert _call("POST", files + "/complete") == (200, done)  # a retried completion answers the same
+    # Another invitation cannot see this upload.
+    other = invite(gw)
+    assert _call("GET", f"{other}/files/{s['uploadId']}")[0] == 404
+    assert token not in other
+    [mail] = gw.wait_outbox(1)
+    [link] = links(payload(leaves(parse(mail))[0]))
+    assert fetch(link)[2] == data
