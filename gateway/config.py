@@ -752,7 +752,7 @@ def read_secret(ref: SecretRef, base_dir: str | Path, key: str, min_length: int 
     if ref.env is not None:
         value = os.environ.get(ref.env, "").strip()
         if not value:
-            raise ConfigError(f"{key}.env: environment variable {ref.env} is not set")
+            raise ConfigError(f"{key}: environment variable {ref.env} is not set")
         where = f"{key}.env: {ref.env}"
     else:
         path = Path(ref.file or "")
