@@ -486,6 +486,7 @@ class Worker:
                             tnef_unpacked=unpacked, note=note)
         segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
                         html_part=html_part, link_template=template, trace=trace, notices=notices, inline=inline)
+        unstored: list[str] = []  # files neither stored nor forwarded: the customer is told
         if failed and segments_size(segments) > route.next_hop_max_size:
             # Fail open, but never past the next hop's limit: the parts that
             # could not be stored give way to a notice.
@@ -497,6 +498,7 @@ class Worker:
                             html_part=html_part, link_template=template, trace=trace, notices=notices,
                             inline=inline)
             for p in failed:
+                unstored.append(filenames.display_name(filenames.original_filename(p.headers)) or _default_name(p))
                 qlog.warning("storage failed and the message would exceed the next hop's limit; "
                              "attachment replaced by a notice", part=p.path,
                              filename=filenames.original_filename(p.headers),
@@ -520,8 +522,8 @@ class Worker:
             "tnef_unpacked": unpacked,
             "seconds": round(time.monotonic() - started, 4),
         }
-        if refused:
-            await self._autoreply(envelope, route, root, refused, qlog, work("autoreply.eml"))
+        if refused or unstored:
+            await self._autoreply(envelope, route, root, refused, unstored, qlog, work("autoreply.eml"))
         qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
                   failed=len(failed), refused=len(refused), size_in=src.size, size_out=segments_size(segments))
         return Processed(segments, result, changed=bool(offloaded or failed or replacements or notices or unpacked))
@@ -577,9 +579,10 @@ class Worker:
         return key, sha256
 
     async def _autoreply(self, envelope: Envelope, route: RouteSettings, root: Part,
-                         refused: list[dict[str, Any]], qlog: Any, path: Path) -> None:
-        """Tell the sender which files were refused (RFC 3834 rules); a
-        failure is logged, never fatal to the message."""
+                         refused: list[dict[str, Any]], unstored: list[str], qlog: Any, path: Path) -> None:
+        """Tell the sender which files were refused, or could not be stored
+        and were too large to forward (RFC 3834 rules); a failure is logged,
+        never fatal to the message."""
         settings = route.autoreply
         if settings is None:
             return
@@ -592,11 +595,17 @@ class Worker:
             metrics.AUTOREPLIES.labels(route.name, "skipped").inc()
             qlog.info("no auto-reply", reason=f"one went to this sender within {settings.interval}s")
             return
-        subject = message_header(root.headers, "Subject").strip()
-        text = autoreply.render(settings.template, refusals=[(r["filename"], r["reason"]) for r in refused],
-                                subject=filenames.display_name(subject), upload_url=settings.upload_url)
+        subject = filenames.display_name(message_header(root.headers, "Subject").strip())
+        if refused:
+            text = autoreply.render(settings.template, subject=subject, upload_url=settings.upload_url,
+                                    refusals=[(r["filename"], r["reason"]) for r in refused]
+                                    + [(name, autoreply.STORAGE_FAILED_REASON) for name in unstored])
+        else:
+            text = autoreply.render_storage_failed(settings.storage_failed_template, files=unstored,
+                                                   subject=subject, upload_url=settings.upload_url)
         try:
-            data = autoreply.build(sender=settings.sender, to=envelope.mail_from, subject=settings.subject,
+            data = autoreply.build(sender=settings.sender, to=envelope.mail_from,
+                                   subject=settings.subject if refused else settings.storage_failed_subject,
                                    text=text, in_reply_to=message_header(root.headers, "Message-ID").strip(),
                                    hostname=self.cfg.gateway.hostname)
         except (ValueError, TypeError) as e:
