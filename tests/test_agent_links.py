@@ -5,9 +5,7 @@ audit events each leaves (issue 6)."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
-import ipaddress
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,6 +13,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
+from tests.certs import self_signed
 from tests.harness import GatewayProcess, strip_maildir_headers
 from tests.messages import leaves, links, message, parse, payload, pdf_bytes, png_bytes, send
 from tests.servers.azurite import Azurite
@@ -23,30 +22,6 @@ from tests.servers.ports import free_port
 
 AZ_KEY_ENV = "GW_TEST_AZURE_KEY"
 CLIENT_ID, CLIENT_SECRET = "attachment-gateway", "client-secret-for-tests-0123456789"
-
-
-def make_certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, made with ``cryptography``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway test")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def offload_one(gw: GatewayProcess, data: bytes, **headers: str) -> str:
@@ -91,7 +66,7 @@ def oidc_gateway(tmp_path: Path, azurite: Azurite, monkeypatch: pytest.MonkeyPat
                       ).create_container(container)
     monkeypatch.setenv(AZ_KEY_ENV, azurite.account_key)
     monkeypatch.setenv("GW_TEST_OIDC_SECRET", CLIENT_SECRET)
-    cert, key = make_certificate(tmp_path)
+    cert, key = self_signed(tmp_path)
     (tmp_path / "session.key").write_text("s" * 20 + uuid.uuid4().hex + "\n")
     http_port = free_port()
     base = f"https://127.0.0.1:{http_port}"

@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
+from tests.certs import self_signed
 from tests.harness import GatewayProcess
 from tests.messages import pdf_bytes
 from tests.servers.hec import HecReceiver
 from tests.servers.ports import free_port
 from tests.servers.rsyslog import Rsyslog
-from tests.test_agent_links import make_certificate, offload_one
+from tests.test_agent_links import offload_one
 
 HEC_TOKEN = "hec-token-for-tests-9f1c"
 # The fields every link audit event carries (issue 6: time, event, outcome,
@@ -110,7 +111,7 @@ def test_udp_syslog_carries_the_events(make_gateway) -> None:
 
 
 def test_tls_syslog_carries_the_events_and_checks_the_collector_certificate(make_gateway, tmp_path: Path) -> None:
-    cert, key = make_certificate(tmp_path)
+    cert, key = self_signed(tmp_path)
     with Rsyslog(tls_cert=cert, tls_key=key) as syslog:
         gw = make_gateway(threshold=1000, sections={
             "audit": {"syslog": {"address": f"127.0.0.1:{syslog.tls_port}", "transport": "tls",
@@ -122,7 +123,7 @@ def test_tls_syslog_carries_the_events_and_checks_the_collector_certificate(make
         assert json.loads(m["msg"])["EventResult"] == "Success" and m["app_name"] == "attachment-gateway"
         # A collector whose certificate the gateway does not trust gets nothing.
         (tmp_path / "other").mkdir()
-        other_cert, _ = make_certificate(tmp_path / "other")
+        other_cert, _ = self_signed(tmp_path / "other")
         gw2 = make_gateway(threshold=1000, sections={
             "audit": {"syslog": {"address": f"127.0.0.1:{syslog.tls_port}", "transport": "tls",
                                  "ca_file": str(other_cert)}}})
@@ -292,7 +293,7 @@ def test_expired_link_offers_refresh_which_issues_a_working_link_and_is_audited(
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
 def test_tls_1_0_and_1_1_hellos_are_refused_and_audited(make_gateway, tmp_path: Path, version) -> None:
-    cert, key = make_certificate(tmp_path)
+    cert, key = self_signed(tmp_path)
     port = free_port()
     gw = make_gateway(sections={"http": {"listen": f"127.0.0.1:{port}", "base_url": f"https://127.0.0.1:{port}",
                                          "tls_cert": str(cert), "tls_key": str(key)}}, start=False)
