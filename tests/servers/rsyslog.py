@@ -6,7 +6,6 @@ collector understood, not the bytes we sent."""
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.servers.ports import LOOPBACK, free_port, port_is_open
+from tests.servers.procs import stop_process
 
 RSYSLOGD = "/usr/sbin/rsyslogd"
 _SEP = "\x1f"  # unit separator between the parsed fields in each output line
@@ -109,15 +109,8 @@ template(name="parsed" type="list") {{
         raise AssertionError(f"rsyslog received {len(self.messages())} message(s), expected {count}")
 
     def stop(self) -> None:
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.send_signal(signal.SIGTERM)
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
-            self._proc = None
+        stop_process(self._proc)
+        self._proc = None
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
