@@ -490,12 +490,27 @@ class ApiSettings(_Strict):
 class UploadPageSettings(_Strict):
     """The customer upload page reached from invitation links."""
 
+    # Serve the page (and put fresh invitation links in auto-replies).
+    enabled: bool = True
     # How long an invitation link stays valid.
     invitation_ttl: Duration = 604800  # 7 days
     # The size of each piece the page sends; a dropped connection costs at most one.
     chunk_size: Size = Field(8388608, ge=65536)  # 8 MiB
     # The largest file the page accepts.
     max_file_size: Size = 5368709120  # 5 GiB
+    # With an S3 store, the page PUTs parts straight to the store with
+    # presigned part URLs (the bucket needs a CORS rule); off, or with
+    # another backend, chunks go through the gateway.
+    direct_to_store: bool = True
+    # How long each presigned part URL stays valid.
+    part_url_ttl: Duration = Field(300, ge=10, le=604800)
+    # Uploads not completed within this are aborted and their pieces removed.
+    abandon_after: Duration = Field(86400, ge=1)  # 1 day
+    # How often the serving process looks for abandoned uploads.
+    cleanup_interval: Duration = Field(600, ge=1)
+    # Limits on what one invitation link may be used for; None: no limit.
+    max_files_per_invitation: int | None = Field(None, ge=1)
+    max_bytes_per_invitation: Size | None = None
     # Where the completion email goes when the invitation names no address;
     # must be accepted by a route (its next hop carries the email).
     notify_address: str | None = None

@@ -124,3 +124,42 @@ def test_invitations_are_checked_and_the_chunk_api_resumes_from_what_arrived(mak
     [mail] = gw.wait_outbox(1)
     [link] = links(payload(leaves(parse(mail))[0]))
     assert fetch(link)[2] == data
+
+
+def test_an_invitation_takes_only_its_limit_and_abandoned_chunks_are_removed(make_gateway) -> None:
+    gw = make_gateway(sections={"upload": {"chunk_size": "64KiB", "max_files_per_invitation": 2,
+                                           "max_bytes_per_invitation": "200KiB", "abandon_after": 2,
+                                           "cleanup_interval": 1}})
+    url = invite(gw)
+
+    def start(size: int) -> tuple[int, dict]:
+        return _call("POST", url + "/files", json.dumps({"name": "scan.pdf", "size": size}).encode())
+
+    status, first = start(150 * 1024)
+    assert status == 201 and not first["direct"]
+    # 150 KB + 100 KB would pass 200 KB: refused before a byte is sent, saying why.
+    assert start(100 * 1024) == (413, {"error": "This upload link takes at most 200 KB in all; 150 KB have been "
+                                                "sent with it already, so this file (100 KB) does not fit. "
+                                                "Please ask us for a new link."})
+    assert start(40 * 1024)[0] == 201
+    status, body = start(1)
+    assert status == 413 and "at most 2 file(s)" in body["error"]
+    # Another invitation has its own count.
+    assert _call("POST", invite(gw) + "/files", json.dumps({"name": "a.pdf", "size": 1}).encode())[0] == 201
+    files = f"{url}/files/{first['uploadId']}"
+    assert _call("PUT", files + "/chunks/0", pdf_bytes(65536), "application/octet-stream")[0] == 200
+    chunk = gw.objects / "staging" / "page" / first["uploadId"] / "000000"
+    assert chunk.exists()
+    # Never completed: after abandon_after (2 s) the sweeper removes the chunks
+    # and the session, and the invitation's count is free again.
+    def staged() -> list[Path]:
+        return [p for p in (gw.objects / "staging").rglob("*") if p.is_file()]
+
+    deadline = time.monotonic() + 15
+    while staged() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not staged(), gw.log()[-3000:]
+    assert _call("GET", files)[0] == 404
+    assert start(190 * 1024)[0] == 201
+    removed = [e for e in gw.log_events() if e.get("event") == "abandoned upload removed"]
+    assert len(removed) >= 3 and {e["mode"] for e in removed} == {"chunks"}
