@@ -226,6 +226,7 @@ attachment(s):
 
 Please send the file again as a PDF, an image (JPEG, PNG, GIF, TIFF, HEIC),
 a text or CSV file, or a Word, Excel or PowerPoint document.
+Files too large for email can be sent on our secure upload page: {upload_url}
 
 This is an automatic reply; there is no need to answer it.
 """
@@ -243,9 +244,11 @@ class AutoReplySettings(_Strict):
     # At most one reply per sender per interval.
     interval: Duration = 86400
     subject: str = "Your attachment could not be accepted"
-    # {refusals} (one "- name: reason" line each), {subject}, {upload_url}.
+    # {refusals} (one "- name: reason" line each), {subject}, {upload_url}
+    # (a fresh invitation link when [upload] is enabled, else ``upload_url``
+    # below; a line showing it is left out when there is neither).
     template: str = DEFAULT_AUTOREPLY_TEMPLATE
-    # The customer upload page's address, for the template.
+    # An upload address for the template when the upload page is disabled.
     upload_url: str = ""
 
     @field_validator("next_hop")
