@@ -7,6 +7,8 @@ is a real ``serve`` process whose route delivers to a real SMTP sink.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import subprocess
 import time
@@ -59,7 +61,7 @@ def s3_gateway(make_gateway: Any, tmp_path: Path, ceph: CephRadosgw, s3: Any, up
                           "encryption": "aws:kms", "kms_key_id": ceph.kms_key_id}}, **kwargs)
     s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [{
         "AllowedOrigins": [f"http://127.0.0.1:{gw.http_port}"], "AllowedMethods": ["PUT"],
-        "AllowedHeaders": ["content-type", "x-amz-checksum-sha256"], "MaxAgeSeconds": 3600}]})
+        "AllowedHeaders": ["content-type", "content-md5", "x-amz-checksum-sha256"], "MaxAgeSeconds": 3600}]})
     return gw.start(), bucket
 
 
@@ -96,7 +98,8 @@ def test_a_50_mb_file_goes_straight_to_radosgw_in_presigned_parts_and_resumes_af
     assert not [e for e in events if e.get("event") == "chunk stored"]
     issued = [e["chunk"] for e in events if e.get("event") == "part url issued"]
     assert sorted(set(issued)) == list(range(10)) and len(issued) <= 11, issued
-    assert all(e["checksum"] for e in events if e.get("event") == "part url issued")
+    # Each URL binds the part's MD5 and SHA-256, computed in the browser.
+    assert all(e["checksums"] == ["md5", "sha256"] for e in events if e.get("event") == "part url issued")
     [assembled] = [e for e in events if e.get("event") == "parts assembled"]
     assert assembled["parts"] == 10 and assembled["size"] == len(data)
     # The email in the customer's thread, with a link to the bytes.
@@ -117,7 +120,18 @@ def test_a_50_mb_file_goes_straight_to_radosgw_in_presigned_parts_and_resumes_af
     print(f"\n50 MiB presigned upload in Chromium: {seen['seconds']:.1f} s including a 2.5 s cut")
 
 
-def test_a_part_is_refused_by_the_store_when_its_url_is_changed_and_abandoned_uploads_are_aborted(
+def put(url: str, body: bytes, headers: dict[str, str]) -> int:
+    """PUT to the store; the HTTP status."""
+    req = urllib.request.Request(url, data=body, method="PUT", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code
+
+
+def test_the_store_refuses_a_changed_part_url_or_other_bytes_and_abandoned_uploads_are_aborted(
         make_gateway: Any, tmp_path: Path, ceph: CephRadosgw, s3: Any) -> None:
     gw, bucket = s3_gateway(make_gateway, tmp_path, ceph, s3,
                             {"chunk_size": "5MiB", "abandon_after": 3, "cleanup_interval": 1, "part_url_ttl": 60})
@@ -125,19 +139,21 @@ def test_a_part_is_refused_by_the_store_when_its_url_is_changed_and_abandoned_up
     status, s = _call("POST", url + "/files", json.dumps({"name": "scan.pdf", "size": 6 * MiB}).encode())
     assert status == 201 and s["direct"] and s["chunks"] == 2 and s["chunkSize"] == 5 * MiB
     files = f"{url}/files/{s['uploadId']}"
-    status, part = _call("POST", files + "/chunks/0/url", b"{}")
-    assert status == 200 and part["headers"] == {}
     data = pdf_bytes(5 * MiB)
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    status, part = _call("POST", files + "/chunks/0/url", json.dumps({"md5": md5}).encode())
+    assert status == 200 and part["headers"] == {"Content-MD5": md5}
+    assert _call("POST", files + "/chunks/0/url", b'{"md5": "abc"}')[0] == 400
     tampered = part["url"].replace("partNumber=1", "partNumber=2")
-    # (radosgw answers a bad signature before reading the body: send a short one.)
-    for target, body, expected in ((tampered, b"x", 403), (part["url"], data, 200)):
-        req = urllib.request.Request(target, data=body, method="PUT")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                got = r.status
-        except urllib.error.HTTPError as e:
-            got = e.code
-        assert got == expected
+    other = data[:-1] + b"\0"
+    # A changed URL or another Content-MD5: the signature fails (radosgw
+    # answers before reading the body: send a short one).  Other bytes
+    # under the signed MD5: BadDigest.  Then the real part.
+    for target, body, headers, expected in ((tampered, b"x", {"Content-MD5": md5}, 403),
+                                            (part["url"], b"x", {"Content-MD5": "1B2M2Y8AsgTpgAmY7PhCfg=="}, 403),
+                                            (part["url"], other, {"Content-MD5": md5}, 400),
+                                            (part["url"], data, {"Content-MD5": md5}, 200)):
+        assert put(target, body, headers) == expected
     # The store's list of parts is what the page resumes from.
     assert _call("GET", files)[1]["received"] == [0]
     assert _call("POST", files + "/complete")[1]["missing"] == [1]

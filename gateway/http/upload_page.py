@@ -28,6 +28,8 @@ within ``upload.abandon_after`` and removes their pieces.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
 import fcntl
 import html
@@ -94,6 +96,14 @@ async def _load_session(store: Storage, uid: str) -> dict[str, Any] | None:
 async def _save_session(store: Storage, session: dict[str, Any]) -> None:
     await store.put(_session_key(session["uid"]), [json.dumps(session).encode()],
                     ObjectMeta(content_type="application/json"))
+
+
+def _is_digest(value: str, length: int) -> bool:
+    """Whether ``value`` is the base64 of ``length`` bytes."""
+    try:
+        return len(base64.b64decode(value, validate=True)) == length
+    except (ValueError, binascii.Error):
+        return False
 
 
 def _old_markers(directory: Path, cutoff: float) -> list[Path]:
@@ -265,19 +275,21 @@ class UploadPage:
             n = int(request.match_info["n"])
             _chunk_lengths(session)[n]
             req = await request.json() if request.can_read_body else {}
-            sha256 = str(req.get("sha256") or "")
+            sums = {k: str(req.get(k) or "") for k in ("md5", "sha256")}
         except (ValueError, IndexError, AttributeError):
             return _json({"error": "no such chunk"}, 404)
-        if sha256 and (len(sha256) != 44 or not sha256.endswith("=")):
-            return _json({"error": "sha256: expected the base64 of a SHA-256 digest"}, 400)
+        for name, length in (("md5", 16), ("sha256", 32)):
+            if sums[name] and not _is_digest(sums[name], length):
+                return _json({"error": f"{name}: expected the base64 of a {length}-byte digest"}, 400)
         ttl = self.cfg.upload.part_url_ttl
         try:
             url, headers = await direct.part_url(_direct_key(session["uid"]), session["s3_upload_id"], n + 1, ttl,
-                                                 sha256)
+                                                 md5_b64=sums["md5"], sha256_b64=sums["sha256"])
         except StorageError as e:
             log.error("part URL not made", upload_id=session["uid"], chunk=n, error=str(e))
             return _json({"error": "storage unavailable"}, 503)
-        log.info("part url issued", upload_id=session["uid"], chunk=n, checksum=bool(sha256))
+        log.info("part url issued", upload_id=session["uid"], chunk=n,
+                 checksums=[k for k, v in sums.items() if v])
         return _json({"chunk": n, "url": url, "headers": headers, "expiresIn": ttl})
 
     async def put_chunk(self, request: web.Request) -> web.Response:

@@ -12,10 +12,12 @@ Kept beside ``s3.py`` rather than in it: the storage protocol stays five
 operations, and only the page needs these; they use the S3 backend's client,
 threads and error mapping.
 
-A URL may bind the part's SHA-256 (``x-amz-checksum-sha256`` is then a
-signed header the browser must send with that value): AWS S3 refuses a part
-whose bytes do not match it; Ceph 16 checks the signature (a changed value
-is a 403) but not the bytes.  The browser's PUT is cross-origin, so the
+A URL may bind the part's MD5 and SHA-256 (``Content-MD5`` and
+``x-amz-checksum-sha256`` are then signed headers the browser must send with
+those values; a changed value is a 403).  Every S3 store refuses a part
+whose bytes do not match its Content-MD5 (400 BadDigest); AWS S3 also checks
+the SHA-256, Ceph 16 (which predates S3's additional checksums) accepts a
+part whose bytes do not match it and does not report it in ListParts.  The browser's PUT is cross-origin, so the
 bucket needs a CORS rule allowing PUT from the gateway's origin (see
 docs/CONFIG.md, ``[upload]``).
 """
@@ -78,16 +80,18 @@ class S3DirectUploads:
                                 **self.store._sse_args())
         return str(resp["UploadId"])
 
-    async def part_url(self, key: str, upload_id: str, number: int, ttl: int,
+    async def part_url(self, key: str, upload_id: str, number: int, ttl: int, *, md5_b64: str = "",
                        sha256_b64: str = "") -> tuple[str, dict[str, str]]:
         """A presigned PUT for part ``number`` (1-based) valid ``ttl``
-        seconds, and the headers the browser must send with it."""
+        seconds, and the headers the browser must send with it (the
+        checksums given, which the signature then covers)."""
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "UploadId": upload_id,
                                   "PartNumber": number}
         headers = {}
+        if md5_b64:
+            params["ContentMD5"] = headers["Content-MD5"] = md5_b64
         if sha256_b64:
-            params["ChecksumSHA256"] = sha256_b64
-            headers["x-amz-checksum-sha256"] = sha256_b64
+            params["ChecksumSHA256"] = headers["x-amz-checksum-sha256"] = sha256_b64
         try:
             url = await self.store._runner.run(self.store._c.generate_presigned_url, "upload_part", Params=params,
                                                ExpiresIn=ttl)
