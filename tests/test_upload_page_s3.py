@@ -157,6 +157,16 @@ def test_the_store_refuses_a_changed_part_url_or_other_bytes_and_abandoned_uploa
     # The store's list of parts is what the page resumes from.
     assert _call("GET", files)[1]["received"] == [0]
     assert _call("POST", files + "/complete")[1]["missing"] == [1]
+    # What Ceph 16 cannot do: check x-amz-checksum-sha256 against the bytes
+    # (AWS S3 would answer 400 here); the signed Content-MD5 is its check.
+    last = pdf_bytes(1 * MiB)
+    wrong = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+    last_md5 = base64.b64encode(hashlib.md5(last).digest()).decode()
+    part = _call("POST", files + "/chunks/1/url", json.dumps({"md5": last_md5, "sha256": wrong}).encode())[1]
+    assert put(part["url"], last, part["headers"]) == 200
+    assert "ChecksumSHA256" not in s3.list_parts(Bucket=bucket, Key=f"gw/staging/page/{s['uploadId']}/file",
+                                                 UploadId=s3.list_multipart_uploads(Bucket=bucket)["Uploads"][0]
+                                                 ["UploadId"])["Parts"][1]
     [upload] = s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
     assert upload["Key"] == f"gw/staging/page/{s['uploadId']}/file"
     # Not completed within abandon_after (3 s): the sweeper aborts it.
