@@ -16,11 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
-
-import boto3
-import pytest
-from botocore.config import Config
+from typing import Any
 
 from tests.harness import GatewayProcess, SmtpSink
 from tests.messages import fetch, leaves, links, parse, payload, pdf_bytes, sha256
@@ -28,21 +24,6 @@ from tests.servers.ceph import CephRadosgw
 from tests.test_upload_page import ARTIFACTS, SCRIPT, _call, invite
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def ceph() -> Iterator[CephRadosgw]:
-    with CephRadosgw() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def s3(ceph: CephRadosgw) -> Iterator[Any]:
-    client = boto3.client("s3", endpoint_url=ceph.endpoint_url, aws_access_key_id=ceph.access_key,
-                          aws_secret_access_key=ceph.secret_key, region_name="us-east-1",
-                          config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
-    yield client
-    client.close()
 
 
 def s3_gateway(make_gateway: Any, tmp_path: Path, ceph: CephRadosgw, s3: Any, upload: dict[str, Any],

@@ -28,9 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import parse_qs, urlsplit
 
-import boto3
 import pytest
-from botocore.config import Config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -55,21 +53,6 @@ SHORT_TTL = 3
 
 
 # -- servers, one of each for the module ------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ceph() -> Iterator[CephRadosgw]:
-    with CephRadosgw() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def s3(ceph: CephRadosgw) -> Iterator[Any]:
-    client = boto3.client("s3", endpoint_url=ceph.endpoint_url, aws_access_key_id=ceph.access_key,
-                          aws_secret_access_key=ceph.secret_key, region_name="us-east-1",
-                          config=Config(signature_version="s3v4"))
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
