@@ -108,6 +108,7 @@ def test_invitations_are_checked_and_the_chunk_api_resumes_from_what_arrived(mak
     assert status == 201 and s["chunks"] == 3 and s["received"] == []
     files = f"{url}/files/{s['uploadId']}"
     assert _call("PUT", files + "/chunks/1", data[65536:131072], "application/octet-stream")[0] == 200
+    assert _call("PUT", files + "/chunks/-1", data[:1000], "application/octet-stream")[0] == 404
     # A short chunk is not kept; a missing one stops completion.
     assert _call("PUT", files + "/chunks/0", data[:1000], "application/octet-stream")[0] == 400
     status, body = _call("POST", files + "/complete")

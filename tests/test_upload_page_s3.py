@@ -125,6 +125,8 @@ def test_the_store_refuses_a_changed_part_url_or_other_bytes_and_abandoned_uploa
     status, part = _call("POST", files + "/chunks/0/url", json.dumps({"md5": md5}).encode())
     assert status == 200 and part["headers"] == {"Content-MD5": md5}
     assert _call("POST", files + "/chunks/0/url", b'{"md5": "abc"}')[0] == 400
+    assert _call("POST", files + "/chunks/-1/url", b"{}")[0] == 404
+    assert _call("POST", files + "/chunks/2/url", b"{}")[0] == 404
     tampered = part["url"].replace("partNumber=1", "partNumber=2")
     other = data[:-1] + b"\0"
     # A changed URL or another Content-MD5: the signature fails (radosgw

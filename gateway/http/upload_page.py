@@ -98,6 +98,15 @@ async def _save_session(store: Storage, session: dict[str, Any]) -> None:
                     ObjectMeta(content_type="application/json"))
 
 
+def _chunk_number(request: web.Request, session: dict[str, Any]) -> int | None:
+    """The chunk number in the URL when the upload has such a chunk."""
+    try:
+        n = int(request.match_info["n"])
+    except ValueError:
+        return None
+    return n if 0 <= n < len(_chunk_lengths(session)) else None
+
+
 def _is_digest(value: str, length: int) -> bool:
     """Whether ``value`` is the base64 of ``length`` bytes."""
     try:
@@ -271,13 +280,14 @@ class UploadPage:
         direct = direct_uploads(store)
         if session.get("mode") != "direct" or direct is None or session["done"]:
             return _json({"error": "this upload does not take part URLs"}, 409)
+        n = _chunk_number(request, session)
+        if n is None:
+            return _json({"error": "no such chunk"}, 404)
         try:
-            n = int(request.match_info["n"])
-            _chunk_lengths(session)[n]
             req = await request.json() if request.can_read_body else {}
             sums = {k: str(req.get(k) or "") for k in ("md5", "sha256")}
-        except (ValueError, IndexError, AttributeError):
-            return _json({"error": "no such chunk"}, 404)
+        except (ValueError, AttributeError):
+            return _json({"error": "expected {\"md5\": ..., \"sha256\": ...} (base64), or no body"}, 400)
         for name, length in (("md5", 16), ("sha256", 32)):
             if sums[name] and not _is_digest(sums[name], length):
                 return _json({"error": f"{name}: expected the base64 of a {length}-byte digest"}, 400)
@@ -299,12 +309,10 @@ class UploadPage:
         _, store, session = found
         if session.get("mode") == "direct":
             return _json({"error": "this upload sends its parts to the store; ask for a part URL"}, 409)
-        lengths = _chunk_lengths(session)
-        try:
-            n = int(request.match_info["n"])
-            expected = lengths[n]
-        except (ValueError, IndexError):
+        n = _chunk_number(request, session)
+        if n is None:
             return _json({"error": "no such chunk"}, 404)
+        expected = _chunk_lengths(session)[n]
         key = _chunk_key(session["uid"], n)
         try:
             staged = await self.uploads.stage(store, key, request.content.iter_chunked(READ_CHUNK), expected)
