@@ -12,14 +12,17 @@ spool:
 - ``s3-sdk``: boto3's own ``upload_fileobj`` (8 MiB parts, 10 threads, no
   encryption requested, no checksums of ours): what the SDK alone gets from
   this server.
+- ``s3-seq``: the gateway's S3 backend with ``part_concurrency = 1``: 8 MiB
+  parts sent one after another, each with its MD5 and SHA-256, then a
+  HeadObject check (what the backend did before parts went in parallel).
 - ``s3``: the gateway's S3 backend, default settings (SSE-S3 requested;
-  Ceph 16 accepts it without encrypting or echoing it; 8 MiB parts sent one
-  after another, each with its MD5 and SHA-256, then a HeadObject check).
+  Ceph 16 accepts it without encrypting or echoing it; 8 MiB parts, 4 at a
+  time).
 - ``s3-kms``: the same with SSE-KMS, which radosgw really encrypts (its
   ``testing`` KMS backend).
 
 After one warm-up round (not recorded), rounds are interleaved (file,
-s3-sdk, s3, s3-kms, file, ...) and every object
+s3-sdk, s3-seq, s3, s3-kms, file, ...) and every object
 is deleted after its round, so the in-memory OSD never fills.  Figures are
 medians over the rounds, in MB/s (10^6 bytes per second).
 """
@@ -41,10 +44,11 @@ from gateway.storage.settings import FilesystemStorageSettings, S3StorageSetting
 from tests.servers.ceph import CephRadosgw
 
 CHUNK = 256 * 1024
-ROWS = ("file", "s3-sdk", "s3", "s3-kms")
+ROWS = ("file", "s3-sdk", "s3-seq", "s3", "s3-kms")
 LABELS = {
     "file": "local file (filesystem backend)",
     "s3-sdk": "radosgw, boto3 upload_fileobj",
+    "s3-seq": "radosgw, S3 backend, 1 part a time",
     "s3": "radosgw, S3 backend (SSE-S3)",
     "s3-kms": "radosgw, S3 backend (SSE-KMS)",
 }
@@ -107,6 +111,7 @@ def run_storage(workdir: Path, size: int, rounds: int, log: Callable[[str], None
         stores = {
             "file": FilesystemStorage("file", FilesystemStorageSettings(backend="filesystem",
                                                                           path=str(workdir / "objects")), workdir),
+            "s3-seq": S3Storage("s3-seq", S3StorageSettings(**common, part_concurrency=1), workdir),
             "s3": S3Storage("s3", S3StorageSettings(**common), workdir),
             "s3-kms": S3Storage("s3-kms", S3StorageSettings(**common, encryption="aws:kms",
                                                             kms_key_id=ceph.kms_key_id), workdir),

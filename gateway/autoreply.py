@@ -2,7 +2,8 @@
 
 The agent sees a notice in place of the refused file; the customer, who
 cannot see it, gets a short reply saying which file was refused and why,
-from the route's template.  RFC 3834's rules hold: the reply carries
+from the route's template.  The same reply, in other words, goes when a
+file could not be stored and was too large to forward (DESIGN.md rule 2).  RFC 3834's rules hold: the reply carries
 ``Auto-Submitted: auto-replied`` and goes from the null return path; none
 goes to a null sender, to list or bulk mail, to mail that is itself
 auto-submitted, or to a sender that answered within the route's interval.
@@ -117,14 +118,49 @@ def render(template: str, *, refusals: list[tuple[str, str]], subject: str, uplo
     """The reply's text from the route's template; without an upload URL,
     the template's lines that would show it are left out."""
     lines = "\n".join(f"- {name}: {reason}" for name, reason in refusals)
-    if not upload_url:
-        template = "\n".join(line for line in template.split("\n") if "{upload_url}" not in line)
-    return template.format(refusals=lines, subject=subject, upload_url=upload_url)
+    return _links_only_if_any(template, upload_url).format(refusals=lines, subject=subject, upload_url=upload_url)
 
 
-def wants_upload_url(template: str) -> bool:
-    """Whether the template shows ``{upload_url}`` (worth minting an invitation)."""
-    return any(f == "upload_url" for _, f, _, _ in string.Formatter().parse(template))
+def _links_only_if_any(template: str, upload_url: str) -> str:
+    """The template without its lines showing ``{upload_url}`` when there is none."""
+    if upload_url:
+        return template
+    return "\n".join(line for line in template.split("\n") if "{upload_url}" not in line)
+
+
+# The reply when storage failed and a file was too large to forward with the
+# message (DESIGN.md rule 2): the customer's fault is nothing, and the way
+# out is to send again or to use the upload page.
+STORAGE_FAILED_TEMPLATE = """Hello,
+
+Thank you for your message "{subject}". It has reached us, but we could not
+store the following file(s), and they were too large to pass on with it:
+
+{files}
+
+This was a problem on our side, not with your file. Please send the file(s)
+again{upload}
+
+This is an automatic reply; there is no need to answer it.
+"""
+# As a refusal line, when the same message also had refused files.
+STORAGE_FAILED_REASON = "we could not store this file (a problem on our side); please send it again"
+
+
+def render_storage_failed(template: str | None, *, files: list[str], subject: str, upload_url: str) -> str:
+    """The reply's text when files could not be stored: the route's
+    ``storage_failed_template``, or the built-in one when that is None."""
+    lines = "\n".join(f"- {name}" for name in files)
+    if template is not None:
+        return _links_only_if_any(template, upload_url).format(files=lines, subject=subject, upload_url=upload_url)
+    upload = f", or use our upload page:\n\n  {upload_url}" if upload_url else "."
+    return STORAGE_FAILED_TEMPLATE.format(files=lines, subject=subject, upload=upload)
+
+
+def wants_upload_url(template: str | None) -> bool:
+    """Whether the template shows ``{upload_url}`` (worth minting an
+    invitation); None is the built-in storage-failed text, which does."""
+    return template is None or any(f == "upload_url" for _, f, _, _ in string.Formatter().parse(template))
 
 
 def thread_id(message_id: str) -> str:

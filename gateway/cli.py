@@ -1,7 +1,8 @@
-"""The ``attachment-gateway`` command: serve, milter, check-config, queue.
+"""The ``attachment-gateway`` command: serve, milter, check-config, queue, storage.
 
 Exit codes follow sysexits: 0 ok, 64 usage, 69 not found, 75 temporary
-failure (locked), 78 configuration error.
+failure (locked), 78 configuration error; ``storage check`` and ``storage
+apply-retention`` exit 1 when a check or a write failed.
 """
 from __future__ import annotations
 
@@ -87,6 +88,92 @@ def cmd_invite(args: argparse.Namespace) -> int:
 
     print(asyncio.run(make()))
     return EX_OK
+
+
+EX_CHECK_FAILED = 1  # storage check or apply-retention: something failed, and the output says what
+
+
+def cmd_storage(args: argparse.Namespace) -> int:
+    """storage check|apply-retention, for every store or ``--store NAME``."""
+    cfg = _load(args)
+    if args.store is not None and args.store not in cfg.storage:
+        print(f"storage {args.action}: no [storage.{args.store}] table (have: "
+              f"{', '.join(sorted(cfg.storage)) or 'none'})", file=sys.stderr)
+        return EX_USAGE
+    names = [args.store] if args.store is not None else sorted(cfg.storage)
+    run = _storage_check if args.action == "check" else _storage_retention
+    reports = asyncio.run(run(cfg, names, args))
+    if args.json:
+        print(json.dumps({"ok": all(r["ok"] for r in reports), "stores": reports}, indent=2))
+    return EX_OK if all(r["ok"] for r in reports) else EX_CHECK_FAILED
+
+
+async def _storage_check(cfg: Config, names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from gateway import storage as storage_mod
+    from gateway.storage.admin import FAIL, check_store
+
+    reports = []
+    for name in names:
+        settings = cfg.storage[name]
+        store = storage_mod.build(name, settings, Path(cfg.base_dir))
+        try:
+            findings = await check_store(store)
+        finally:
+            await store.close()
+        ok = not any(f.status == FAIL for f in findings)
+        reports.append({"name": name, "backend": settings.backend, "ok": ok,
+                        "checks": [f.as_dict() for f in findings]})
+        if not args.json:
+            print(f"storage {name} ({settings.backend}): {'OK' if ok else 'FAILED'}")
+            for f in findings:
+                print(f"  {f.status:<4}  {f.check:<11} {f.detail}")
+    return reports
+
+
+async def _storage_retention(cfg: Config, names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from gateway import storage as storage_mod
+    from gateway.storage import admin
+
+    reports = []
+    for name in names:
+        settings = cfg.storage[name]
+        store: Any = storage_mod.build(name, settings, Path(cfg.base_dir))
+        report: dict[str, Any] = {"name": name, "backend": settings.backend, "ok": True, "applied": False,
+                                  "dry_run": args.dry_run, "retention_days": settings.retention_days}
+        lines: list[str] = []
+        try:
+            if settings.backend in ("s3", "gcs"):
+                report["lifecycle"] = await store.apply_retention(args.dry_run)
+                report["applied"] = not args.dry_run
+                where = ", ".join(report["lifecycle"])
+                lines.append(f"would write these lifecycle rules to {where} (dry run)" if args.dry_run else
+                             f"lifecycle rules written to {where}; the bucket now reports:")
+            elif settings.backend == "azure":
+                report["management_policy"] = store.management_policy()
+                lines += ["not applied: an Azure lifecycle is a management policy of the storage account, which",
+                          "the data-plane SDK the gateway uses cannot set.  Merge these rules into the account's",
+                          "policy (docs/CONFIG.md, \"Retention\") and set it with",
+                          "  az storage account management-policy create --account-name ACCOUNT \\",
+                          "      --resource-group GROUP --policy @policy.json"]
+            else:
+                report.update(admin.filesystem_retention(settings, str(store.root)))
+                lines += [f"not applied: {report['why']}.  To delete attachments after "
+                          f"{settings.retention_days} days, install a systemd-tmpfiles rule such as",
+                          f"  {report['systemd_tmpfiles']}", "or run daily", f"  {report['find']}"]
+        except StorageError as e:
+            report.update(ok=False, applied=False, error=str(e))
+            lines.append(f"FAILED: {e}")
+        finally:
+            await store.close()
+        reports.append(report)
+        if not args.json:
+            print(f"storage {name} ({settings.backend}), retention {settings.retention_days} days:")
+            for line in lines:
+                print(f"  {line}")
+            for doc in ("lifecycle", "management_policy"):
+                if doc in report:
+                    print(json.dumps(report[doc], indent=2, default=str))
+    return reports
 
 
 def prepare_metrics() -> str:
@@ -292,6 +379,16 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--to", help="the contact-centre address told when files arrive (default upload.notify_address)")
     i.add_argument("--ttl", type=int, help="seconds the link stays valid (default upload.invitation_ttl)")
     i.set_defaults(func=cmd_invite)
+    st = sub.add_parser("storage", help="check the stores, or write their retention (lifecycle) rules")
+    st_sub = st.add_subparsers(dest="action", required=True)
+    sc = st_sub.add_parser("check", help="check credentials, region, encryption and a round trip of each store")
+    sc.add_argument("--store", metavar="NAME", help="only the [storage.NAME] store (default: all)")
+    sc.add_argument("--json", action="store_true", help="machine-readable output")
+    sa = st_sub.add_parser("apply-retention", help="write each store's lifecycle rules (retention_days)")
+    sa.add_argument("--store", metavar="NAME", help="only the [storage.NAME] store (default: all)")
+    sa.add_argument("--dry-run", action="store_true", help="show the rules, write nothing")
+    sa.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_storage)
     q = sub.add_parser("queue", help="list and manage the mail queue")
     q.add_argument("action", choices=("list", "show", "flush", "hold", "release", "delete"))
     q.add_argument("ids", nargs="*", help="queue ids")

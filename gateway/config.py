@@ -248,7 +248,13 @@ class AutoReplySettings(_Strict):
     # (a fresh invitation link when [upload] is enabled, else ``upload_url``
     # below; a line showing it is left out when there is neither).
     template: str = DEFAULT_AUTOREPLY_TEMPLATE
-    # An upload address for the template when the upload page is disabled.
+    # The reply when storage failed and a file was too large to forward
+    # (DESIGN.md rule 2).  {files} (one "- name" line each), {subject},
+    # {upload_url}; None means the built-in text (gateway.autoreply), which
+    # names the upload page when there is a link.
+    storage_failed_subject: str = "We could not store your attachment"
+    storage_failed_template: str | None = None
+    # An upload address for the templates when the upload page is disabled.
     upload_url: str = ""
 
     @field_validator("next_hop")
@@ -266,15 +272,25 @@ class AutoReplySettings(_Strict):
     @field_validator("template")
     @classmethod
     def _template(cls, v: str) -> str:
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
-        except ValueError as e:
-            raise ValueError(f"not a valid template ({e}); write {{ and }} as {{{{ and }}}}") from None
-        unknown = fields - {"refusals", "subject", "upload_url"}
-        if unknown:
-            raise ValueError(f"unknown placeholder(s) {', '.join(sorted(unknown))}; "
-                             "expected {refusals}, {subject}, {upload_url}")
-        return v
+        return _check_template(v, ("refusals", "subject", "upload_url"))
+
+    @field_validator("storage_failed_template")
+    @classmethod
+    def _storage_failed_template(cls, v: str | None) -> str | None:
+        return v if v is None else _check_template(v, ("files", "subject", "upload_url"))
+
+
+def _check_template(v: str, allowed: tuple[str, ...]) -> str:
+    """A str.format template using only the ``allowed`` placeholders."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+    except ValueError as e:
+        raise ValueError(f"not a valid template ({e}); write {{ and }} as {{{{ and }}}}") from None
+    unknown = fields - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) {', '.join(sorted(unknown))}; "
+                         f"expected {', '.join('{' + a + '}' for a in allowed)}")
+    return v
 
 
 class ClamdSettings(_Strict):
@@ -553,6 +569,11 @@ class Config(_Strict):
                            *((f"routes[{i}].tls_ca_file", r.tls_ca_file) for i, r in enumerate(self.routes))):
             if value is not None and not os.access(self.path(value), os.R_OK):
                 raise ValueError(f"{key}: {value!r}: expected a readable file")
+        for name, store in self.storage.items():
+            if store.retention_days * 86400 < self.links.ttl:
+                raise ValueError(f"storage.{name}.retention_days: {store.retention_days}: attachments would be "
+                                 f"deleted before their links expire (links.ttl = {self.links.ttl} s): expected "
+                                 f"at least {-(-self.links.ttl // 86400)}")
         names = set()
         for i, route in enumerate(self.routes):
             if route.storage not in self.storage:

@@ -359,6 +359,10 @@ def test_clamd_flags_a_test_file_and_fails_open_when_stopped(make_gateway: Calla
     ({"quarantine": {"prefix": "uploads/"}}, "routes[0].quarantine.prefix: 'uploads/': expected a prefix"),
     ({"autoreply": {"from": "support@contact.example", "next_hop": "maildir:x", "template": "Hi {name}"}},
      "routes[0].autoreply.template: 'Hi {name}': unknown placeholder(s) name"),
+    ({"autoreply": {"from": "support@contact.example", "next_hop": "maildir:x",
+                    "storage_failed_template": "Lost {refusals}"}},
+     "routes[0].autoreply.storage_failed_template: 'Lost {refusals}': unknown placeholder(s) refusals; "
+     "expected {files}, {subject}, {upload_url}"),
     ({"autoreply": {"from": "nobody", "next_hop": "maildir:x"}},
      "routes[0].autoreply.from: 'nobody': expected an address"),
     ({"autoreply": {"from": "a@b.example", "next_hop": "ftp://x"}},
@@ -470,3 +474,14 @@ def test_the_signature_of_signed_mail_is_not_refused(gateway: GatewayProcess) ->
     assert strip_trace(out) == data
     [d] = decisions(gateway)
     assert (d["action"], d["detected_type"]) == ("keep", "application/pgp-signature")
+
+
+def test_storage_failed_reply_text_without_an_upload_page_and_from_a_template() -> None:
+    from gateway import autoreply
+
+    text = autoreply.render_storage_failed(None, files=["a.pdf", "b.jpg"], subject="Claim", upload_url="")
+    assert "- a.pdf\n- b.jpg\n" in text and "Please send the file(s)\nagain.\n" in text
+    assert "upload page" not in text
+    own = autoreply.render_storage_failed("{subject}: {files} ({upload_url})", files=["a.pdf"], subject="Claim",
+                                          upload_url="https://u.example/")
+    assert own == "Claim: - a.pdf (https://u.example/)"

@@ -274,6 +274,41 @@ class AzureBlobStorage:
         except Exception:
             pass
 
+    # -- administration (storage check, storage apply-retention) ---------------
+
+    async def inspect(self) -> list[Any]:
+        """``start`` (which only reads), then report the container's
+        default encryption scope (``storage check``)."""
+        from gateway.storage.admin import FAIL, NOTE, OK, Finding
+
+        try:
+            await self.start()
+            props = await self._c.get_container_properties()
+        except Exception as e:
+            return [Finding("credentials", FAIL, str(self._error("GetContainerProperties", "", e)))]
+        scope = getattr(props, "encryption_scope", None)
+        default = getattr(scope, "default_encryption_scope", None) or "none (the account's encryption)"
+        return [Finding("credentials", OK, f"container {self.settings.container!r} read"),
+                Finding("region", NOTE, "not checked: the Blob data plane does not report the account's region"),
+                Finding("encryption", NOTE, f"container default encryption scope: {default}")]
+
+    def encryption_problem(self, extra: Any) -> str:
+        """Why a blob's reported encryption is not the configured one, or ""."""
+        want = self.settings.encryption_scope
+        if want and extra.get("encryption_scope") != want:
+            return (f"the service reports encryption scope {extra.get('encryption_scope') or 'none'!r}, "
+                    f"the config asks for {want!r}")
+        if extra.get("server_encrypted") != "true":
+            return "the service does not report the blob as encrypted at rest"
+        return ""
+
+    def management_policy(self) -> dict[str, Any]:
+        """The lifecycle management policy to set on the account by hand
+        (``admin.azure_management_policy``)."""
+        from gateway.storage.admin import azure_management_policy
+
+        return azure_management_policy(self.settings)
+
     # -- reads ------------------------------------------------------------
 
     async def _user_delegation_key(self, ttl: int) -> Any:

@@ -245,6 +245,67 @@ class GcsStorage:
         except Exception:
             pass
 
+    # -- administration (storage check, storage apply-retention) ---------------
+
+    async def inspect(self) -> list[Any]:
+        """Load credentials and read the bucket (without ``start``'s
+        refusal) and report credentials, location and the bucket's default
+        key (``storage check``); a credentials failure ends the list."""
+        from gateway.storage.admin import FAIL, NOTE, OK, Finding
+
+        try:
+            await self._runner.run(self._make_client)
+            await self._runner.run(lambda: self._b.reload(**self._call()))
+        except Exception as e:
+            return [Finding("credentials", FAIL, str(self._error("get bucket", "", e)))]
+        b, want = self._bucket, self.settings.location
+        have = b.location or ""
+        findings = [Finding("credentials", OK, f"bucket gs://{b.name} read")]
+        if want is None:
+            findings.append(Finding("region", NOTE, f"bucket is in location {have!r}; no location configured"))
+        else:
+            same = have.upper() == want.upper()
+            findings.append(Finding("region", OK if same else FAIL, f"bucket is in location {have!r}, the config "
+                                    f"says {want!r}" + ("" if same else " (start-up would refuse: data residency)")))
+        findings.append(Finding("encryption", NOTE, f"bucket default key: {b.default_kms_key_name or 'none'} "
+                                "(Google-managed encryption unless a key is set)"))
+        return findings
+
+    def encryption_problem(self, extra: Any) -> str:
+        """Why an object's reported encryption is not the configured one, or ""."""
+        want = self.settings.kms_key_name
+        have = extra.get("encryption", "")
+        if want and have != want:
+            return f"the store reports {have or 'no key'!r}, the config asks for CMEK {want!r}"
+        return ""
+
+    async def apply_retention(self, dry_run: bool) -> dict[str, Any]:
+        """Set the store's lifecycle rules (``admin.gcs_lifecycle_rules``) on
+        the bucket, keeping its other rules, and read them back; with
+        ``dry_run`` only show what would be set."""
+        from gateway.storage.admin import gcs_lifecycle_rules, is_gateway_gcs_rule
+
+        if self._bucket is None:
+            await self._runner.run(self._make_client)
+
+        def _apply() -> list[dict[str, Any]]:
+            b = self._bucket
+            b.reload(**self._call())
+            rules = [dict(r) for r in b.lifecycle_rules if not is_gateway_gcs_rule(dict(r), self.settings)]
+            rules += gcs_lifecycle_rules(self.settings)
+            if dry_run:
+                return rules
+            b.lifecycle_rules = rules
+            b.patch(**self._call())
+            b.reload(**self._call())
+            return [dict(r) for r in b.lifecycle_rules]
+
+        try:
+            rules = await self._runner.run(_apply)
+        except Exception as e:
+            raise self._error("set lifecycle", "", e) from None
+        return {self.settings.bucket: {"lifecycle": {"rule": rules}}}
+
     # -- reads ------------------------------------------------------------
 
     async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:

@@ -5,10 +5,14 @@ Every boto3 call runs on the backend's own threads (``BlockingRunner``); a
 so the event loop never blocks.
 
 Uploads.  Objects smaller than ``multipart_chunk_size`` go up in one
-PutObject; bigger ones as a multipart upload, part by part, never whole in
-memory (at most two parts are held).  Each request carries a Content-MD5 and
-an ``x-amz-checksum-sha256`` of its bytes: AWS S3 verifies both, Ceph 16
-verifies the MD5 (refusing a mismatch with BadDigest) and ignores the SHA-256.
+PutObject; bigger ones as a multipart upload whose parts are read from the
+chunk iterator in order and sent ``part_concurrency`` at a time on a pool of
+their own, never whole in memory: the parts travelling plus the one being
+read are at most ``part_concurrency`` (with 1, one part is read, then sent),
+plus ``iter_parts``' buffer for the part being assembled.  Each request
+carries a Content-MD5 and an ``x-amz-checksum-sha256`` of its bytes: AWS S3
+verifies both, Ceph 16 verifies the MD5 (refusing a mismatch with BadDigest)
+and ignores the SHA-256.
 After the upload the object's size is read back with HeadObject and the
 checksum is checked as far as the store reports one: the SHA-256 checksums it
 echoed, else its ETag against the MD5-based ETag we computed, else the
@@ -37,9 +41,10 @@ import base64
 import hashlib
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Iterable, Iterator
 
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
 from gateway.storage.cloudutil import (META_SHA256, META_STAGING_ETAG, BlockingRunner, Cancelled,
@@ -70,6 +75,17 @@ class _Upload:
     verified: str = ""                  # how the store's copy was checked: sha256, etag-md5, content-md5
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One part the store accepted."""
+
+    number: int
+    entry: dict[str, Any]               # for CompleteMultipartUpload
+    md5: bytes
+    sha256: bytes
+    echoed: bool                        # the store answered with the SHA-256 we sent
+
+
 class S3Storage:
     """Offloaded attachments as objects in one S3 bucket under a prefix."""
 
@@ -79,6 +95,10 @@ class S3Storage:
         self._base_dir = base_dir
         self._client: Any = None
         self._runner = BlockingRunner(settings.max_connections, name)
+        # The parts of multipart uploads, ``part_concurrency`` at a time per
+        # upload.  Separate from the runner, whose threads wait on these.
+        self._parts = ThreadPoolExecutor(max_workers=settings.max_connections,
+                                         thread_name_prefix=f"storage-{name}-parts")
         self._staging_bucket = settings.staging_bucket or settings.bucket
         self._staging_prefix = settings.staging_prefix or ""
         # What the recover() run by start() did (None without staging).
@@ -135,6 +155,7 @@ class S3Storage:
             client, self._client = self._client, None
             await self._runner.run(client.close)
         self._runner.close()
+        self._parts.shutdown(wait=False, cancel_futures=True)
 
     def _bucket_region(self, bucket: str) -> str:
         try:
@@ -167,7 +188,7 @@ class S3Storage:
                 return ObjectNotFound(f"{where}: no such object")
             if code == "NoSuchBucket":
                 detail = "the bucket does not exist"
-            elif code in ("AccessDenied", "403"):
+            elif code in ("AccessDenied", "403", "SignatureDoesNotMatch", "InvalidAccessKeyId"):
                 detail += " (check the credentials and the IAM policy)"
             return StorageError(f"storage {self.name}: S3 {op} {where} failed: {detail}")
         if isinstance(e, BotoCoreError):
@@ -287,15 +308,24 @@ class S3Storage:
         except Exception as e:
             raise self._error("CreateMultipartUpload", bucket, okey, e) from None
         upload_id = mpu["UploadId"]
-        done: list[dict[str, Any]] = []
-        part_shas: list[bytes] = []
-        echoed = True
-        try:
-            def all_parts() -> Iterable[bytes]:
-                yield first
-                yield second  # type: ignore[misc]
-                yield from parts
+        sent: dict[int, _Part] = {}
+        in_flight: dict[Future[_Part], int] = {}
+        head: list[bytes] = [first, second]
+        del first, second  # held by ``head`` only until sent, not for the whole upload
 
+        def all_parts() -> Iterator[bytes]:
+            while head:
+                yield head.pop(0)
+            yield from parts
+
+        def collect(return_when: str) -> None:
+            done, _ = wait(in_flight, return_when=return_when)
+            for fut in done:
+                del in_flight[fut]
+                result = fut.result()  # raises the part's StorageError
+                sent[result.number] = result
+
+        try:
             for number, part in enumerate(all_parts(), start=1):
                 if cancel.is_set():
                     raise Cancelled()
@@ -305,26 +335,29 @@ class S3Storage:
                 if not part:
                     break  # an exact multiple of the part size ends with no extra part
                 whole.update(part)
-                md5 = hashlib.md5(part, usedforsecurity=False).digest()
-                sha = hashlib.sha256(part).digest()
-                try:
-                    resp = self._c.upload_part(Bucket=bucket, Key=okey, UploadId=upload_id, PartNumber=number,
-                                               Body=part, ContentMD5=_b64(md5), ChecksumSHA256=_b64(sha))
-                except Exception as e:
-                    raise self._error(f"UploadPart {number}", bucket, okey, e) from None
-                echoed = echoed and resp.get("ChecksumSHA256") == _b64(sha)
-                done.append({"ETag": resp["ETag"], "PartNumber": number, "ChecksumSHA256": _b64(sha)})
-                up.part_md5s.append(md5)
-                part_shas.append(sha)
                 up.size += len(part)
+                in_flight[self._parts.submit(self._upload_part, bucket, okey, upload_id, number, part)] = number
+                del part
+                # The next part is read only into a free slot: parts travelling
+                # plus the one being read never exceed part_concurrency.
+                while len(in_flight) >= self.settings.part_concurrency:
+                    collect(FIRST_COMPLETED)
+            while in_flight:
+                collect(FIRST_COMPLETED)
             if cancel.is_set():
                 raise Cancelled()
+            done = [sent[n].entry for n in sorted(sent)]
             try:
                 resp = self._c.complete_multipart_upload(Bucket=bucket, Key=okey, UploadId=upload_id,
                                                          MultipartUpload={"Parts": done})
             except Exception as e:
                 raise self._error("CompleteMultipartUpload", bucket, okey, e) from None
         except BaseException as e:
+            # Parts still travelling finish (or fail) before the abort, so
+            # that none lands after it.
+            for fut in in_flight:
+                fut.cancel()
+            wait(in_flight)
             self._abort_quietly(bucket, okey, upload_id)
             if isinstance(e, Cancelled):
                 raise StorageError(f"storage {self.name}: upload of s3://{bucket}/{okey} cancelled") from None
@@ -332,13 +365,27 @@ class S3Storage:
                 raise
             raise StorageError(f"storage {self.name}: reading the attachment for s3://{bucket}/{okey} "
                                f"failed: {type(e).__name__}: {e}") from e
-        up.parts = len(done)
+        ordered = [sent[n] for n in sorted(sent)]
+        up.parts = len(ordered)
+        up.part_md5s = [p.md5 for p in ordered]
         up.sha256 = whole.hexdigest()
         up.etag = hashlib.md5(b"".join(up.part_md5s), usedforsecurity=False).hexdigest() + f"-{up.parts}"
-        up.checksum_sha256 = _b64(hashlib.sha256(b"".join(part_shas)).digest()) + f"-{up.parts}"
+        up.checksum_sha256 = _b64(hashlib.sha256(b"".join(p.sha256 for p in ordered)).digest()) + f"-{up.parts}"
         store = resp.get("ChecksumSHA256") or ""
-        up.store_checksum = store if (echoed and store) else ""
+        up.store_checksum = store if (store and all(p.echoed for p in ordered)) else ""
         return up
+
+    def _upload_part(self, bucket: str, okey: str, upload_id: str, number: int, part: bytes) -> _Part:
+        """Send one part with its Content-MD5 and SHA-256 (on the parts pool)."""
+        md5 = hashlib.md5(part, usedforsecurity=False).digest()
+        sha = hashlib.sha256(part).digest()
+        try:
+            resp = self._c.upload_part(Bucket=bucket, Key=okey, UploadId=upload_id, PartNumber=number,
+                                       Body=part, ContentMD5=_b64(md5), ChecksumSHA256=_b64(sha))
+        except Exception as e:
+            raise self._error(f"UploadPart {number}", bucket, okey, e) from None
+        entry = {"ETag": resp["ETag"], "PartNumber": number, "ChecksumSHA256": _b64(sha)}
+        return _Part(number, entry, md5, sha, resp.get("ChecksumSHA256") == _b64(sha))
 
     def _verify(self, bucket: str, okey: str, up: _Upload) -> dict[str, Any]:
         """Check the object the store now holds against what was sent: size
@@ -497,6 +544,94 @@ class S3Storage:
             except Exception:
                 counts["failed"] += 1
         return counts
+
+    # -- administration (storage check, storage apply-retention) ---------------
+
+    async def inspect(self) -> list[Any]:
+        """Build the client without ``start``'s refusals or staging recovery
+        and report credentials, region and the buckets' default encryption
+        (``storage check``); a credentials failure ends the list."""
+        from gateway.storage.admin import FAIL, NOTE, OK, Finding
+
+        try:
+            self._client = await self._runner.run(self._make_client)
+        except StorageError as e:
+            return [Finding("credentials", FAIL, str(e))]
+        s = self.settings
+        findings = []
+        for bucket in sorted({s.bucket, self._staging_bucket}):
+            try:
+                region = await self._runner.run(self._bucket_region, bucket)
+            except StorageError as e:
+                return [*findings, Finding("credentials", FAIL, str(e))]
+            if not findings:
+                findings.append(Finding("credentials", OK, f"GetBucketLocation on s3://{bucket} answered"))
+            findings.append(Finding("region", OK if region == s.region else FAIL,
+                                    f"bucket {bucket!r} is in region {region!r}, the config says {s.region!r}"
+                                    + ("" if region == s.region else " (start-up would refuse: data residency)")))
+            findings.append(Finding("encryption", NOTE, f"bucket {bucket!r}: {await self._bucket_encryption(bucket)}"))
+        return findings
+
+    async def _bucket_encryption(self, bucket: str) -> str:
+        """The bucket's default encryption, in words (it decides nothing: the
+        gateway asks for its own on every object)."""
+        try:
+            conf = await self._runner.run(self._c.get_bucket_encryption, Bucket=bucket)
+        except Exception as e:
+            code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+            if code == "ServerSideEncryptionConfigurationNotFoundError":
+                return f"no default encryption; every object is sent with SSE {self.settings.encryption}"
+            return f"default encryption not readable ({self._error('GetBucketEncryption', bucket, '', e)})"
+        rules = conf.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
+        sse = [r.get("ApplyServerSideEncryptionByDefault", {}) for r in rules]
+        if not sse:
+            return f"no default encryption; every object is sent with SSE {self.settings.encryption}"
+        return "default encryption " + ", ".join(
+            x.get("SSEAlgorithm", "?") + (f" with key {x['KMSMasterKeyID']}" if x.get("KMSMasterKeyID") else "")
+            for x in sse)
+
+    def encryption_problem(self, extra: Any) -> str:
+        """Why an object's reported encryption is not the configured one, or ""."""
+        s = self.settings
+        have = extra.get("encryption", "")
+        if have != s.encryption:
+            return (f"the store reports encryption {have or 'none'!r}, the config asks for {s.encryption!r}"
+                    + (" (a store that does not report it cannot be shown to apply it)" if not have else ""))
+        key = extra.get("kms_key_id", "")
+        if s.kms_key_id and not s.kms_key_id.startswith("alias/") and \
+                not (key == s.kms_key_id or key.endswith("/" + s.kms_key_id)):
+            return f"the store reports KMS key {key or 'none'!r}, the config asks for {s.kms_key_id!r}"
+        return ""
+
+    async def apply_retention(self, dry_run: bool) -> dict[str, Any]:
+        """Write the store's lifecycle rules (``admin.s3_lifecycle_rules``)
+        to each bucket, keeping the bucket's other rules, and read them back;
+        with ``dry_run`` only show what would be written."""
+        from gateway.storage.admin import merge_s3_rules, s3_lifecycle_rules
+
+        if self._client is None:
+            self._client = await self._runner.run(self._make_client)
+        out: dict[str, Any] = {}
+        for bucket, ours in s3_lifecycle_rules(self.settings).items():
+            existing = await self._runner.run(self._lifecycle, bucket)
+            rules = merge_s3_rules(existing, ours)
+            if not dry_run:
+                try:
+                    await self._runner.run(self._c.put_bucket_lifecycle_configuration, Bucket=bucket,
+                                           LifecycleConfiguration={"Rules": rules})
+                except Exception as e:
+                    raise self._error("PutBucketLifecycleConfiguration", bucket, "", e) from None
+                rules = await self._runner.run(self._lifecycle, bucket)
+            out[bucket] = {"Rules": rules}
+        return out
+
+    def _lifecycle(self, bucket: str) -> list[dict[str, Any]]:
+        try:
+            return list(self._c.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", []))
+        except Exception as e:
+            if getattr(e, "response", {}).get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+                return []
+            raise self._error("GetBucketLifecycleConfiguration", bucket, "", e) from None
 
     # -- reads ------------------------------------------------------------
 

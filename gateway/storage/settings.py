@@ -17,7 +17,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FilesystemStorageSettings(_Strict):
+# How long attachments are kept by default: `storage apply-retention` writes a
+# lifecycle rule deleting ``PREFIX uploads/`` objects older than this.
+DEFAULT_RETENTION_DAYS = 30
+MAX_RETENTION_DAYS = 3650
+
+
+class _Retained(_Strict):
+    """What every store shares: how long its attachments are kept."""
+
+    # Days an attachment under PREFIX uploads/ is kept; written to the bucket
+    # by `attachment-gateway storage apply-retention` (never enforced by the
+    # gateway itself).  Must cover links.ttl (checked in gateway.config).
+    retention_days: int = Field(DEFAULT_RETENTION_DAYS, ge=1, le=MAX_RETENTION_DAYS)
+
+
+class FilesystemStorageSettings(_Retained):
     """Objects as files under a local directory (the embedded default).
 
     It has no URLs of its own: the link endpoint streams the file."""
@@ -60,7 +75,7 @@ def _check_url(v: str | None) -> str | None:
 # -- S3 ---------------------------------------------------------------------------------
 
 
-class S3StorageSettings(_Strict):
+class S3StorageSettings(_Retained):
     """AWS S3 or an S3-compatible store (Ceph radosgw, MinIO) through boto3.
 
     Encryption at rest is always on: SSE-S3 (``"AES256"``) or SSE-KMS
@@ -93,6 +108,10 @@ class S3StorageSettings(_Strict):
     url_ttl: UrlTtl = 900
     # Part size of multipart uploads; smaller objects go up in one PutObject.
     multipart_chunk_size: Annotated[_Size, Field(ge=5 * MiB, le=5 * GiB)] = 8 * MiB
+    # Parts of one multipart upload sent at the same time; about
+    # part_concurrency x multipart_chunk_size bytes of it are in memory (plus
+    # the buffer of the part being read, up to one part more).
+    part_concurrency: int = Field(4, ge=1, le=64)
     # Attempts per request (timeouts, throttling, 5xx), with backoff (boto3 "standard" retries).
     max_attempts: int = Field(3, ge=1, le=10)
     connect_timeout: Annotated[_Seconds, Field(ge=1)] = 10
@@ -152,6 +171,9 @@ class S3StorageSettings(_Strict):
                              "\"secret_access_key_env\"")
         if self.access_key_id is None and secrets:
             raise ValueError("a secret access key is set without access_key_id")
+        if self.part_concurrency > self.max_connections:
+            raise ValueError(f"part_concurrency = {self.part_concurrency} is more than max_connections = "
+                             f"{self.max_connections}: expected part_concurrency <= max_connections")
         if self.staging:
             if self.staging_bucket in (None, self.bucket):
                 staging = self.staging_prefix or ""
@@ -171,7 +193,7 @@ class S3StorageSettings(_Strict):
 # -- Azure Blob -------------------------------------------------------------------------
 
 
-class AzureStorageSettings(_Strict):
+class AzureStorageSettings(_Retained):
     """Azure Blob Storage through azure-storage-blob's async client.
 
     Credentials, in order: a connection string (file or environment variable);
@@ -239,7 +261,7 @@ class AzureStorageSettings(_Strict):
 # -- Google Cloud Storage ---------------------------------------------------------------
 
 
-class GcsStorageSettings(_Strict):
+class GcsStorageSettings(_Retained):
     """Google Cloud Storage through google-cloud-storage.
 
     Credentials come from ``credentials_file`` (a service-account key, which

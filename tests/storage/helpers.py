@@ -10,6 +10,7 @@ import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from email.message import Message
 from typing import Callable, Iterator
 from urllib.parse import unquote, urlsplit
@@ -101,3 +102,11 @@ def fallback_filename(value: str) -> str:
     m = re.search(r'filename="((?:[^"\\]|\\.)*)"', value)
     assert m is not None, value
     return m.group(1)
+
+
+def secret_file(folder: Path, name: str, value: str) -> str:
+    """Write a secret to a 0600 file, as an administrator would; return its path."""
+    path = folder / name
+    path.write_text(value)
+    path.chmod(0o600)
+    return str(path)

@@ -25,7 +25,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -39,7 +39,7 @@ from tests.servers.broken_s3 import BrokenS3
 from tests.servers.ceph import CephRadosgw
 from tests.servers.gcs import GcsEmulator
 from tests.servers.ports import free_port, port_is_open
-from tests.storage.helpers import disposition_filename, http_get
+from tests.storage.helpers import disposition_filename, http_get, secret_file
 
 MiB = 1 << 20
 SIZE_30MB = 30 * 1000 * 1000
@@ -52,19 +52,7 @@ KEY_RE = re.compile(r"attachments/uploads/cust-42/(\d{8}T\d{6})\.\d{6}Z-" + re.e
 SHORT_TTL = 3
 
 
-# -- servers, one of each for the module ------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with Azurite() as a:
-        yield a
-
-
-@pytest.fixture(scope="module")
-def gcs() -> Iterator[GcsEmulator]:
-    with GcsEmulator(bucket="attachments") as g:
-        yield g
+# -- servers: ceph, s3, azurite, gcs from conftest.py; a key to sign GCS URLs -------
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +72,6 @@ def service_account(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def secret_file(folder: Path, name: str, value: str) -> str:
-    path = folder / name
-    path.write_text(value)
-    path.chmod(0o600)
-    return str(path)
 
 
 def cloud_gateway(make_gateway: Any, tmp_path: Path, storage: dict[str, Any],
@@ -418,3 +399,53 @@ def test_encryption_none_stops_start_up(make_gateway: Any) -> None:
     assert "storage.cloud.encryption: 'none': encryption at rest cannot be turned off" in res.stdout
     check = gw.command("check-config")
     assert check.returncode == 78 and "encryption at rest cannot be turned off" in check.stderr
+
+
+def test_store_failing_with_a_next_hop_too_small_sends_the_customer_an_auto_reply(make_gateway: Any,
+                                                                                    tmp_path: Path,
+                                                                                    sink: Any) -> None:
+    """DESIGN.md rule 2 in full: the file that could be neither stored nor
+    forwarded is replaced by a notice for the agent, and the customer gets
+    an RFC 3834 reply in plain words, under the same rate limit and
+    suppression rules as a refusal: a second message within the interval
+    gets none, nor does list mail."""
+    with BrokenS3(region="eu-west-3") as broken:
+        gw = cloud_gateway(make_gateway, tmp_path, {
+            "backend": "s3", "bucket": "attachments", "region": "eu-west-3", "endpoint_url": broken.endpoint_url,
+            "addressing_style": "path", "access_key_id": "AKIDTEST",
+            "secret_access_key_file": secret_file(tmp_path, "s3.secret", "not-a-real-secret"), "max_attempts": 1,
+        }, route={"next_hop_max_size": "8MiB", "autoreply": {
+            "from": "Support <support@contact.example>", "next_hop": f"smtp://127.0.0.1:{sink.port}",
+            "interval": "1h", "upload_url": "https://upload.contact.example/"}})
+        data = pdf_bytes(12 * 1000 * 1000)
+
+        def send_one(sender: str, **headers: str) -> None:
+            send(gw.smtp_port, message("Invoice attached.\n", attachments=[(data, "application/pdf", "invoice.pdf")],
+                                       From=sender, Subject="My invoice", X_CustomerId=CUSTOMER, **headers),
+                 sender=sender)
+
+        send_one("customer@example.net")
+        [out] = gw.wait_outbox(timeout=90)
+        [reply] = sink.wait(1)
+        send_one("customer@example.net")  # within the interval
+        send_one("news@example.net", List_Id="<news.example.net>")  # list mail
+        outs = gw.wait_outbox(count=3, timeout=90)
+    # What the agent sees: a notice instead of the file, the message slim.
+    assert len(out) < 64 * 1024 and b"1 not stored, replaced by a notice" in out
+    # What the customer sees: one automatic reply, in plain words.
+    assert reply.mail_from == "<>" and reply.rcpt_tos == ["customer@example.net"]
+    r = parse(reply.data)
+    assert r["Auto-Submitted"] == "auto-replied" and r["Subject"] == "We could not store your attachment"
+    body = payload(r).decode().replace("\r\n", "\n")
+    assert '"My invoice"' in body and "- invoice.pdf" in body
+    assert "we could not" in body and "store the following file(s)" in body
+    assert "problem on our side" in body
+    assert "Please send the file(s)\nagain, or use our upload page:\n\n  https://upload.contact.example/\n" in body
+    assert "not-a-real-secret" not in body
+    assert all(b"1 not stored, replaced by a notice" in o for o in outs)
+    events = gw.log_events()
+    skipped = [e.get("reason", "") for e in events if e.get("event") == "no auto-reply"]
+    assert len(skipped) == 2, skipped
+    assert any("within 3600s" in s for s in skipped) and any("List-Id" in s for s in skipped)
+    time.sleep(1)
+    assert len(sink.messages) == 1

@@ -35,17 +35,19 @@ def test_s3_encryption_cannot_be_turned_off(value: Any) -> None:
     assert "cannot be turned off" in msg and '"AES256"' in msg and '"aws:kms"' in msg
 
 
-def test_s3_encryption_none_stops_the_config_file(tmp_path: Path) -> None:
+def refused_config(tmp_path: Path, links: str, store: str) -> str:
+    """The ConfigError of a config file with one route on ``[storage.s3]``."""
     cfg = tmp_path / "gateway.toml"
-    cfg.write_text("""
+    cfg.write_text(f"""
 [links]
-keys = [{ id = "k1", env = "GW_LINK_KEY" }]
+{links}
+keys = [{{ id = "k1", env = "GW_LINK_KEY" }}]
 
 [storage.s3]
 backend = "s3"
 bucket = "attachments-eu"
 region = "eu-central-1"
-encryption = "none"
+{store}
 
 [[routes]]
 name = "support"
@@ -55,7 +57,12 @@ storage = "s3"
 """)
     with pytest.raises(ConfigError) as e:
         load(cfg, base_dir=str(tmp_path))
-    assert "encryption" in str(e.value) and "'none'" in str(e.value) and "cannot be turned off" in str(e.value)
+    return str(e.value)
+
+
+def test_s3_encryption_none_stops_the_config_file(tmp_path: Path) -> None:
+    e = refused_config(tmp_path, "", 'encryption = "none"')
+    assert "encryption" in e and "'none'" in e and "cannot be turned off" in e
 
 
 def test_s3_kms_and_keys_and_sizes() -> None:
@@ -103,3 +110,22 @@ def test_gcs_settings() -> None:
     assert "multiple of 256 KiB" in error({"backend": "gcs", "bucket": "attachments",
                                           "upload_chunk_size": 1_000_000})
     assert "cryptoKeys" in error({"backend": "gcs", "bucket": "attachments", "kms_key_name": "my-key"})
+
+
+def test_retention_days_and_part_concurrency() -> None:
+    for table in (S3, {"backend": "gcs", "bucket": "attachments"}, {"backend": "filesystem"},
+                  {"backend": "azure", "container": "attachments", "account_url": "https://a.blob.core.windows.net"}):
+        assert ADAPTER.validate_python(table).retention_days == 30
+        assert "greater than or equal to 1" in error({**table, "retention_days": 0})
+        assert "less than or equal to 3650" in error({**table, "retention_days": 4000})
+    s = ADAPTER.validate_python(S3)
+    assert s.part_concurrency == 4
+    assert "greater than or equal to 1" in error({**S3, "part_concurrency": 0})
+    assert "part_concurrency = 12 is more than max_connections = 10: expected part_concurrency <= " \
+           "max_connections" in error({**S3, "part_concurrency": 12})
+
+
+def test_retention_shorter_than_the_links_is_refused(tmp_path: Path) -> None:
+    e = refused_config(tmp_path, 'ttl = "10d"', "retention_days = 7")
+    assert ("storage.s3.retention_days: 7: attachments would be deleted before their links expire "
+            "(links.ttl = 864000 s): expected at least 10") in e
