@@ -115,8 +115,10 @@ class Gateway:
             host, port = self.cfg.http.address
             worker = self.worker
             self.api = UploadApi(self.cfg, self.uploads, self.jobs, self.audit)
-            self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
-                                          lambda qid: worker.enqueue(qid) if worker is not None else None)
+            if self.cfg.upload.enabled:
+                self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
+                                              lambda qid: worker.enqueue(qid) if worker is not None else None)
+                self.upload_page.start_sweeper()
             # Each backend's url_ttl: how long the storage URL minted at a click lives.
             url_ttls = {name: s.url_ttl for name, s in self.cfg.storage.items() if hasattr(s, "url_ttl")}
             app = http_app.build_app(self.keyring, self.stores, self.audit, self.spool, url_ttls, self.api,
@@ -224,6 +226,8 @@ class Gateway:
             self.smtp.close()
         if self.http is not None:
             await self.http.cleanup()  # type: ignore[attr-defined]
+        if self.upload_page is not None:
+            await self.upload_page.stop()
         if self.jobs is not None:
             # A job cut short keeps its marker and is finished at the next start.
             await self.jobs.stop()
