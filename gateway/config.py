@@ -361,6 +361,7 @@ attachment(s):
 
 Please send the file again as a PDF, an image (JPEG, PNG, GIF, TIFF, HEIC),
 a text or CSV file, or a Word, Excel or PowerPoint document.
+Files too large for email can be sent on our secure upload page: {upload_url}
 
 This is an automatic reply; there is no need to answer it.
 """
@@ -378,15 +379,17 @@ class AutoReplySettings(_Strict):
     # At most one reply per sender per interval.
     interval: Duration = 86400
     subject: str = "Your attachment could not be accepted"
-    # {refusals} (one "- name: reason" line each), {subject}, {upload_url}.
+    # {refusals} (one "- name: reason" line each), {subject}, {upload_url}
+    # (a fresh invitation link when [upload] is enabled, else ``upload_url``
+    # below; a line showing it is left out when there is neither).
     template: str = DEFAULT_AUTOREPLY_TEMPLATE
     # The reply when storage failed and a file was too large to forward
     # (DESIGN.md rule 2).  {files} (one "- name" line each), {subject},
     # {upload_url}; None means the built-in text (gateway.autoreply), which
-    # names the upload page when upload_url is set.
+    # names the upload page when there is a link.
     storage_failed_subject: str = "We could not store your attachment"
     storage_failed_template: str | None = None
-    # The customer upload page's address, for the template.
+    # An upload address for the templates when the upload page is disabled.
     upload_url: str = ""
 
     @field_validator("next_hop")
@@ -648,12 +651,27 @@ class ApiSettings(_Strict):
 class UploadPageSettings(_Strict):
     """The customer upload page reached from invitation links."""
 
+    # Serve the page (and put fresh invitation links in auto-replies).
+    enabled: bool = True
     # How long an invitation link stays valid.
     invitation_ttl: Duration = 604800  # 7 days
     # The size of each piece the page sends; a dropped connection costs at most one.
     chunk_size: Size = Field(8388608, ge=65536)  # 8 MiB
     # The largest file the page accepts.
     max_file_size: Size = 5368709120  # 5 GiB
+    # With an S3 store, the page PUTs parts straight to the store with
+    # presigned part URLs (the bucket needs a CORS rule); off, or with
+    # another backend, chunks go through the gateway.
+    direct_to_store: bool = True
+    # How long each presigned part URL stays valid.
+    part_url_ttl: Duration = Field(300, ge=10, le=604800)
+    # Uploads not completed within this are aborted and their pieces removed.
+    abandon_after: Duration = Field(86400, ge=1)  # 1 day
+    # How often the serving process looks for abandoned uploads.
+    cleanup_interval: Duration = Field(600, ge=1)
+    # Limits on what one invitation link may be used for; None: no limit.
+    max_files_per_invitation: int | None = Field(None, ge=1)
+    max_bytes_per_invitation: Size | None = None
     # Where the completion email goes when the invitation names no address;
     # must be accepted by a route (its next hop carries the email).
     notify_address: str | None = None

@@ -120,8 +120,10 @@ class Gateway:
             assert self.links is not None
             worker = self.worker
             self.api = UploadApi(self.cfg, self.api_keys, self.uploads, self.jobs, self.audit)
-            self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
-                                          lambda qid: worker.enqueue(qid) if worker is not None else None)
+            if self.cfg.upload.enabled:
+                self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
+                                              lambda qid: worker.enqueue(qid) if worker is not None else None)
+                self.upload_page.start_sweeper()
             app = http_app.build_app(self.cfg, self.links, self.spool, self.api_keys, self.api, self.upload_page)
             self.http = await http_app.start(self.cfg, app, self.audit, reuse_port=self.shared_ports)
         if "milter" in self.roles:
@@ -230,6 +232,8 @@ class Gateway:
             self.smtp.close()
         if self.http is not None:
             await self.http.cleanup()
+        if self.upload_page is not None:
+            await self.upload_page.stop()
         if self.jobs is not None:
             # A job cut short keeps its marker and is finished at the next start.
             await self.jobs.stop()

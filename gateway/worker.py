@@ -24,7 +24,7 @@ from collections import Counter
 from typing import Any, AsyncIterator, Callable, Iterator
 
 import policies
-from gateway import autoreply, logs, metrics
+from gateway import autoreply, invitations, logs, metrics
 from gateway.authn.resolver import Resolver
 from gateway.authn.seal import Key, Sealer
 from gateway.authn.verify import Verification, Verifier
@@ -57,6 +57,9 @@ MAX_HTML_SCAN = 8 << 20
 
 # Seconds between looks for messages a dead process left in ``active``.
 RECOVERY_INTERVAL = 30.0
+# Seconds the auto-reply waits for its upload invitation to be saved: the
+# message it is about waits too (the store may be the one failing).
+INVITATION_TIMEOUT = 5.0
 
 
 class QuarantineError(Exception):
@@ -523,7 +526,7 @@ class Worker:
             "seconds": round(time.monotonic() - started, 4),
         }
         if refused or unstored:
-            await self._autoreply(envelope, route, root, refused, unstored, qlog, work("autoreply.eml"))
+            await self._autoreply(envelope, route, root, refused, unstored, customer, qlog, work("autoreply.eml"))
         qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
                   failed=len(failed), refused=len(refused), size_in=src.size, size_out=segments_size(segments))
         return Processed(segments, result, changed=bool(offloaded or failed or replacements or notices or unpacked))
@@ -578,8 +581,31 @@ class Worker:
         log.info("quarantined", queue_id=envelope.queue_id, key=key, size=stored.size, sha256=sha256)
         return key, sha256
 
+    async def _upload_url(self, envelope: Envelope, route: RouteSettings, customer: str, message_id: str,
+                          template: str | None, qlog: Any) -> str:
+        """A fresh upload-page invitation for the auto-reply (this customer,
+        this thread; files announced to the address the message was for)
+        when ``template`` shows one, or the route's fixed ``upload_url`` when
+        the page is off or the invitation cannot be saved (logged, the reply
+        still goes: when storage failed, saving it may fail too)."""
+        settings = route.autoreply
+        assert settings is not None
+        if not self.cfg.upload.enabled or not autoreply.wants_upload_url(template):
+            return settings.upload_url
+        try:
+            inv, url = await asyncio.wait_for(invitations.create(
+                self.stores[route.storage], self.keyring, self.cfg.http.base_url, customer_id=customer,
+                message_id=autoreply.thread_id(message_id), notify=envelope.rcpt_tos[0], route=route.name,
+                ttl=self.cfg.upload.invitation_ttl), INVITATION_TIMEOUT)
+        except (StorageError, OSError, asyncio.TimeoutError) as e:
+            qlog.error("no upload invitation for the auto-reply", error=str(e) or type(e).__name__)
+            return settings.upload_url
+        qlog.info("upload invitation for the auto-reply", invitation=inv.object_id, customer_id=customer)
+        return url
+
     async def _autoreply(self, envelope: Envelope, route: RouteSettings, root: Part,
-                         refused: list[dict[str, Any]], unstored: list[str], qlog: Any, path: Path) -> None:
+                         refused: list[dict[str, Any]], unstored: list[str], customer: str, qlog: Any,
+                         path: Path) -> None:
         """Tell the sender which files were refused, or could not be stored
         and were too large to forward (RFC 3834 rules); a failure is logged,
         never fatal to the message."""
@@ -596,18 +622,20 @@ class Worker:
             qlog.info("no auto-reply", reason=f"one went to this sender within {settings.interval}s")
             return
         subject = filenames.display_name(message_header(root.headers, "Subject").strip())
+        message_id = message_header(root.headers, "Message-ID").strip()
+        template = settings.template if refused else settings.storage_failed_template
+        upload_url = await self._upload_url(envelope, route, customer, message_id, template, qlog)
         if refused:
-            text = autoreply.render(settings.template, subject=subject, upload_url=settings.upload_url,
+            text = autoreply.render(settings.template, subject=subject, upload_url=upload_url,
                                     refusals=[(r["filename"], r["reason"]) for r in refused]
                                     + [(name, autoreply.STORAGE_FAILED_REASON) for name in unstored])
         else:
             text = autoreply.render_storage_failed(settings.storage_failed_template, files=unstored,
-                                                   subject=subject, upload_url=settings.upload_url)
+                                                   subject=subject, upload_url=upload_url)
         try:
             data = autoreply.build(sender=settings.sender, to=envelope.mail_from,
                                    subject=settings.subject if refused else settings.storage_failed_subject,
-                                   text=text, in_reply_to=message_header(root.headers, "Message-ID").strip(),
-                                   hostname=self.cfg.gateway.hostname)
+                                   text=text, in_reply_to=message_id, hostname=self.cfg.gateway.hostname)
         except (ValueError, TypeError) as e:
             await asyncio.to_thread(self.rates.release, envelope.mail_from)
             qlog.error("auto-reply not built", error=str(e))

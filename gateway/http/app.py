@@ -96,6 +96,7 @@ def build_app(cfg: Config, links: LinkEndpoint, spool: Spool, keys: ApiKeys, api
         app.router.add_post("/upload/{token}/files", upload_page.create)
         app.router.add_get("/upload/{token}/files/{uid}", upload_page.status)
         app.router.add_put("/upload/{token}/files/{uid}/chunks/{n}", upload_page.put_chunk)
+        app.router.add_post("/upload/{token}/files/{uid}/chunks/{n}/url", upload_page.part_url)
         app.router.add_post("/upload/{token}/files/{uid}/complete", upload_page.complete)
     return app
 
