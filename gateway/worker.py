@@ -32,8 +32,9 @@ from gateway.config import Config, RouteSettings
 from gateway.delivery import Content, NextHop
 from gateway.delivery import build as build_next_hop
 from gateway.delivery.dsn import build_dsn
+from gateway.links import records
 from gateway.links.mint import mint
-from gateway.links.tokens import Keyring
+from gateway.links.tokens import Keyring, new_object_id
 from gateway.mime import filenames, sniff, tnef
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, MimeLimitError, Part, parse
@@ -75,6 +76,8 @@ class Offloaded:
     size: int
     sha256: str
     url: str
+    object_id: str = ""
+    expires: int = 0
 
 
 @dataclass
@@ -476,6 +479,10 @@ class Worker:
             if cid and cid in cids:
                 inline[cid] = Link(o.filename, o.size, o.url)
         template = route.link_text or self.cfg.links.text
+        if route.landing_page and len(offloaded) >= 2:
+            page_link = await self._landing_page(offloaded, route, customer, envelope.queue_id, message_id, qlog)
+            if page_link is not None:
+                links, template = [page_link], "{filename}"
         note = f"{len(failed)} not stored, forwarded as is" if failed else ""
         trace = self._trace(envelope, offloaded, refused=len(refused),
                             replaced=sum(d.action is policies.Action.REPLACE for _, d, _, _ in decisions),
@@ -727,10 +734,10 @@ class Worker:
                     raise StorageError(f"stored object {key} has SHA-256 {stored.sha256}, "
                                        f"expected {measured.sha256}")
                 sha256 = stored.sha256 or measured.sha256 or ""
-                url = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key,
-                                 filename=original, size=stored.size, sha256=sha256,
-                                 content_type=meta.content_type, customer_id=customer,
-                                 queue_id=envelope.queue_id, message_id=message_id)
+                link = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key,
+                                  filename=original, size=stored.size, sha256=sha256,
+                                  content_type=meta.content_type, customer_id=customer,
+                                  queue_id=envelope.queue_id, message_id=message_id)
             except Exception as e:  # noqa: BLE001 - rule 2: any storage failure fails open
                 # StorageError and OSError are the expected ones; anything else
                 # from a backend (an SDK's own exception) must not hold the
@@ -742,7 +749,27 @@ class Worker:
         metrics.OFFLOADED_PARTS.labels(route.name, store.name).inc()
         metrics.OFFLOADED_BYTES.labels(route.name, store.name).inc(stored.size)
         qlog.info("offloaded", part=part.path, key=key, size=stored.size, sha256=sha256)
-        return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=url)
+        return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=link.url,
+                         object_id=link.object_id, expires=link.expires)
+
+    async def _landing_page(self, offloaded: list[Offloaded], route: RouteSettings, customer: str, queue_id: str,
+                            message_id: str, qlog: Any) -> Link | None:
+        """One link to a page listing every offloaded file (route.landing_page);
+        None, and per-file links stay, when the page record cannot be stored."""
+        store = self.stores[route.storage]
+        page_id = new_object_id()
+        expires = min(o.expires for o in offloaded)
+        try:
+            await records.save_page(store, records.PageRecord(
+                page_id=page_id, object_ids=[o.object_id for o in offloaded], customer_id=customer,
+                queue_id=queue_id, message_id=message_id, created=time.time(), expires=expires))
+        except (StorageError, OSError) as e:
+            qlog.error("landing page not stored; one link per file instead", error=str(e))
+            return None
+        token = self.keyring.sign(store.name, page_id, expires, purpose="page")
+        total = sum(o.size for o in offloaded)
+        label = route.landing_page_text.replace("{count}", str(len(offloaded))).replace("{size}", human_size(total))
+        return Link(label, total, f"{self.cfg.http.base_url}/p/{token}")
 
     def _customer_id(self, root: Part, envelope: Envelope, route: RouteSettings) -> str:
         rule = route.customer_id
