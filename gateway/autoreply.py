@@ -10,12 +10,19 @@ auto-submitted, or to a sender that answered within the route's interval.
 The interval's state is a file per sender (named by a hash of the address)
 under the spool, taken under an flock, so every gateway process on the
 spool shares it.
+
+When the upload page is enabled and the template shows ``{upload_url}``,
+the worker mints a fresh invitation for each reply (the message's customer
+id, its Message-ID for the thread, its recipient as the address told when
+files arrive), so the customer can send the file on the page instead; a
+template line with ``{upload_url}`` is left out when there is no link.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
+import string
 import time
 from email.message import EmailMessage, Message
 from email.policy import SMTP
@@ -108,9 +115,17 @@ class RateStore:
 
 
 def render(template: str, *, refusals: list[tuple[str, str]], subject: str, upload_url: str) -> str:
-    """The reply's text from the route's template."""
+    """The reply's text from the route's template; without an upload URL,
+    the template's lines that would show it are left out."""
     lines = "\n".join(f"- {name}: {reason}" for name, reason in refusals)
-    return template.format(refusals=lines, subject=subject, upload_url=upload_url)
+    return _links_only_if_any(template, upload_url).format(refusals=lines, subject=subject, upload_url=upload_url)
+
+
+def _links_only_if_any(template: str, upload_url: str) -> str:
+    """The template without its lines showing ``{upload_url}`` when there is none."""
+    if upload_url:
+        return template
+    return "\n".join(line for line in template.split("\n") if "{upload_url}" not in line)
 
 
 # The reply when storage failed and a file was too large to forward with the
@@ -137,9 +152,22 @@ def render_storage_failed(template: str | None, *, files: list[str], subject: st
     ``storage_failed_template``, or the built-in one when that is None."""
     lines = "\n".join(f"- {name}" for name in files)
     if template is not None:
-        return template.format(files=lines, subject=subject, upload_url=upload_url)
+        return _links_only_if_any(template, upload_url).format(files=lines, subject=subject, upload_url=upload_url)
     upload = f", or use our upload page:\n\n  {upload_url}" if upload_url else "."
     return STORAGE_FAILED_TEMPLATE.format(files=lines, subject=subject, upload=upload)
+
+
+def wants_upload_url(template: str | None) -> bool:
+    """Whether the template shows ``{upload_url}`` (worth minting an
+    invitation); None is the built-in storage-failed text, which does."""
+    return template is None or any(f == "upload_url" for _, f, _, _ in string.Formatter().parse(template))
+
+
+def thread_id(message_id: str) -> str:
+    """The Message-ID to answer in the thread of, or "" when it is unusable
+    (a CR or LF, or absurdly long)."""
+    return message_id if message_id and "\n" not in message_id and "\r" not in message_id \
+        and len(message_id) < 1000 else ""
 
 
 def build(*, sender: str, to: str, subject: str, text: str, in_reply_to: str, hostname: str) -> bytes:
@@ -154,7 +182,7 @@ def build(*, sender: str, to: str, subject: str, text: str, in_reply_to: str, ho
     msg["Auto-Submitted"] = "auto-replied"
     msg["X-Auto-Response-Suppress"] = "All"
     msg["Precedence"] = "auto_reply"
-    if in_reply_to and "\n" not in in_reply_to and "\r" not in in_reply_to and len(in_reply_to) < 1000:
+    if thread_id(in_reply_to):
         msg["In-Reply-To"] = in_reply_to
         msg["References"] = in_reply_to
     msg.set_content(text)

@@ -1,4 +1,4 @@
-"""The ``attachment-gateway`` command: serve, milter, check-config, queue, storage.
+"""The ``attachment-gateway`` command: serve, milter, check-config, queue, links, storage.
 
 Exit codes follow sysexits: 0 ok, 64 usage, 69 not found, 75 temporary
 failure (locked), 78 configuration error; ``storage check`` and ``storage
@@ -45,11 +45,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     from gateway.links.tokens import Keyring
 
-    Keyring(cfg.links.keys, Path(cfg.base_dir))
-    from gateway.links.tokens import load_secret
+    keyring = Keyring(cfg.links.keys, Path(cfg.base_dir))
+    # Read every secret the running gateway would (API keys, audit sinks,
+    # sign-in, authorisation), so a missing file is found before a reload.
+    from gateway import audit_sinks
+    from gateway.http.apikeys import ApiKeys
+    from gateway.http.app import build_links
 
-    for k in cfg.api.keys:
-        load_secret(k, Path(cfg.base_dir), "api.keys")
+    ApiKeys(cfg)
+    audit_sinks.build(cfg)
+    build_links(cfg, keyring, {}, logs.AuditLog("-", cfg.gateway.hostname))
     print(f"{args.config}: OK ({len(cfg.routes)} route(s), {len(cfg.storage)} store(s))")
     return EX_OK
 
@@ -229,6 +234,51 @@ def _serve(cfg: Config, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_links(args: argparse.Namespace) -> int:
+    """links revoke --object KEY | --customer ID | --message-id ID: write a
+    revocation marker into the store(s), which every node reads at a click."""
+    cfg = _load(args)
+    from gateway import audit_sinks
+    from gateway import storage as storage_mod
+    from gateway.links import revocations
+
+    kind, value = next((k, v) for k, v in (("object", args.object), ("customer", args.customer),
+                                           ("message", args.message_id)) if v is not None)
+    names = [args.store] if args.store else sorted(cfg.storage)
+    if args.store and args.store not in cfg.storage:
+        print(f"links revoke: --store {args.store!r} names no [storage.*] table", file=sys.stderr)
+        return EX_USAGE
+    admin = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
+    audit = logs.AuditLog(cfg.path(cfg.gateway.audit_log) if cfg.gateway.audit_log != "-" else "-",
+                          cfg.gateway.hostname, audit_sinks.build(cfg))
+    field = {"object": "TargetFilePath", "customer": "CustomerId", "message": "InternetMessageId"}[kind]
+
+    async def run() -> list[dict[str, Any]]:
+        audit.start()
+        out = []
+        try:
+            for name in names:
+                store = storage_mod.build(name, cfg.storage[name], Path(cfg.base_dir))
+                await store.start()
+                try:
+                    marker = await revocations.revoke(store, kind, value, args.reason or "", f"cli:{admin}")
+                finally:
+                    await store.close()
+                audit.event("LinkRevoked", "Success", EventOriginalType="revoke", ActorUsername=f"cli:{admin}",
+                            EventResultDetails=f"{kind} revoked in store {name}" +
+                            (f": {args.reason}" if args.reason else ""),
+                            **{field: revocations.normalise(kind, value)})
+                out.append({"store": name, "revoked": kind, "value": revocations.normalise(kind, value),
+                            "marker": marker})
+        finally:
+            await audit.stop()
+        return out
+
+    for row in asyncio.run(run()):
+        print(json.dumps(row) if args.json else " ".join(f"{k}={v}" for k, v in row.items()))
+    return EX_OK
+
+
 async def _check_stores(stores: dict[str, Storage]) -> None:
     """Start every store (its checks raise StorageError) and close it again."""
     try:
@@ -398,6 +448,16 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--recipient", default=None, help="list only messages with a recipient containing this")
     q.add_argument("--reason", default=None, help="with hold: why")
     q.set_defaults(func=cmd_queue)
+    lk = sub.add_parser("links", help="manage agent links")
+    lk.add_argument("action", choices=("revoke",))
+    what = lk.add_mutually_exclusive_group(required=True)
+    what.add_argument("--object", metavar="KEY", help="every link to this object key")
+    what.add_argument("--customer", metavar="ID", help="every link for this customer id")
+    what.add_argument("--message-id", metavar="ID", help="every link from this Message-ID")
+    lk.add_argument("--store", default=None, help="only this [storage.NAME] (default: every store)")
+    lk.add_argument("--reason", default=None, help="recorded with the revocation and in the audit event")
+    lk.add_argument("--json", action="store_true", help="machine-readable output")
+    lk.set_defaults(func=cmd_links)
     return p
 
 

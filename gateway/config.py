@@ -8,6 +8,7 @@ Unknown keys are errors: a typo must not silently disable a policy.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import string
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -126,6 +128,31 @@ class SmtpSettings(_Strict):
         return _parse_hostport(self.listen)
 
 
+def _check_network(v: str) -> str:
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise ValueError("expected an IP address or network, such as \"10.0.0.5\" or \"10.0.0.0/24\"") from None
+    return v
+
+
+Network = Annotated[str, AfterValidator(_check_network)]
+
+
+class SecretRef(_Strict):
+    """Where a secret comes from: a file or an environment variable, never
+    the config file itself (so the config can be shared and logged)."""
+
+    file: str | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SecretRef":
+        if (self.file is None) == (self.env is None):
+            raise ValueError("expected exactly one of \"file\" or \"env\"")
+        return self
+
+
 class HttpSettings(_Strict):
     """The HTTP listener: agent links, health, metrics."""
 
@@ -133,6 +160,31 @@ class HttpSettings(_Strict):
     # The scheme, host and optional path prefix put in front of /a/<token> in
     # every link; what agents can reach, not necessarily what we bind to.
     base_url: str = "http://127.0.0.1:8025"
+    # PEM certificate chain and key: with both, the listener speaks TLS 1.2+
+    # only and sends HSTS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    hsts_max_age: Duration = 31536000
+    # Reverse proxies whose X-Forwarded-For/-Proto and identity header are
+    # believed; from anyone else they are ignored (or refused, for identity).
+    trusted_proxies: list[Network] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "HttpSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("http: expected both \"tls_cert\" and \"tls_key\", or neither")
+        return self
+
+    @property
+    def on_loopback(self) -> bool:
+        """Whether only this machine can reach the listener."""
+        host = self.address[0]
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @field_validator("listen")
     @classmethod
@@ -152,19 +204,11 @@ class HttpSettings(_Strict):
         return _parse_hostport(self.listen)
 
 
-class _KeySource(_Strict):
-    """A named secret whose bytes come from a file or an environment
-    variable, never from the config itself."""
+class _KeySource(SecretRef):
+    """A named secret (link keys, API keys): the id goes into tokens and
+    audit events, the secret comes from a file or an environment variable."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
-    file: str | None = None
-    env: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "_KeySource":
-        if (self.file is None) == (self.env is None):
-            raise ValueError("expected exactly one of \"file\" or \"env\"")
-        return self
 
 
 class LinkKey(_KeySource):
@@ -183,6 +227,97 @@ class LinkSettings(_Strict):
     keys: list[LinkKey] = Field(min_length=1)
     # Shown in the message body; {filename} and {size} are replaced.
     text: str = "Secure Attachment: {filename}"
+
+
+class OidcSettings(_Strict):
+    """An OpenID Connect provider agents sign in with (authorisation code
+    flow with PKCE): Genesys Cloud, Entra ID, Okta, any standard one."""
+
+    issuer: str = Field(pattern=r"^https?://[^\s?#]+$")
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef
+    scopes: str = "openid profile email"
+    # The ID token claim that names the agent in audit events and authorisation.
+    agent_claim: str = "sub"
+    # Seconds the gateway waits for the provider (discovery, token, keys).
+    timeout: Duration = 10
+
+
+class AgentSettings(_Strict):
+    """How the agent who clicks a link is identified."""
+
+    # "oidc", "trusted-header" (a reverse proxy signs agents in) or "none"
+    # (anonymous; only while the HTTP listener is on loopback).
+    auth: Literal["none", "trusted-header", "oidc"] = "none"
+    # The identity header the trusted proxies set (trusted-header mode).
+    header: str = "X-Forwarded-User"
+    # Key that signs session cookies (oidc mode); 32+ random characters.
+    session_key: SecretRef | None = None
+    session_ttl: Duration = 28800  # 8 hours, a working shift
+    oidc: OidcSettings | None = None
+
+
+class CalloutSettings(_Strict):
+    """The contact centre's own service that decides who sees which customer."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # Seconds an answer (allow or deny) is reused for the same agent and customer.
+    cache_ttl: Duration = 60
+    # Sent as "Authorization: Bearer ..." when set.
+    token: SecretRef | None = None
+
+
+class AuthorizationSettings(_Strict):
+    """Whether an agent may see a customer's files."""
+
+    # "static" (the map below), "callout" (ask a service) or "allow-all".
+    # Without a value: allow-all when agents.auth is "none" (nobody is known
+    # to authorise), otherwise an error.
+    mode: Literal["static", "callout", "allow-all"] | None = None
+    # static: agent id -> customer ids; "*" in the list allows every customer.
+    agents: dict[str, list[str]] = Field(default_factory=dict)
+    callout: CalloutSettings | None = None
+    # Named on the 403 page: whom an agent asks for access.
+    contact: str = "your team leader"
+
+
+class SyslogSinkSettings(_Strict):
+    """Audit events to a syslog collector as RFC 5424 messages."""
+
+    address: str
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    facility: Annotated[int, Field(ge=0, le=23)] = 10  # authpriv
+    app_name: str = Field("attachment-gateway", pattern=r"^[!-~]{1,48}$")
+    # CA bundle to check a TLS collector's certificate (default: system CAs).
+    ca_file: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        _parse_hostport(v)
+        return v
+
+
+class HecSinkSettings(_Strict):
+    """Audit events to Splunk's HTTP Event Collector."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    token: SecretRef
+    index: str | None = None
+    sourcetype: str = "attachment-gateway:audit"
+    timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    ca_file: str | None = None
+
+
+class AuditSettings(_Strict):
+    """Where audit events go besides ``gateway.audit_log``."""
+
+    # Events waiting for a slow or absent network sink; beyond this they are
+    # dropped, counted and the loss logged (a sink never blocks a click).
+    buffer: int = Field(10000, ge=1)
+    syslog: SyslogSinkSettings | None = None
+    hec: HecSinkSettings | None = None
 
 
 class CustomerIdRule(_Strict):
@@ -226,6 +361,7 @@ attachment(s):
 
 Please send the file again as a PDF, an image (JPEG, PNG, GIF, TIFF, HEIC),
 a text or CSV file, or a Word, Excel or PowerPoint document.
+Files too large for email can be sent on our secure upload page: {upload_url}
 
 This is an automatic reply; there is no need to answer it.
 """
@@ -243,15 +379,17 @@ class AutoReplySettings(_Strict):
     # At most one reply per sender per interval.
     interval: Duration = 86400
     subject: str = "Your attachment could not be accepted"
-    # {refusals} (one "- name: reason" line each), {subject}, {upload_url}.
+    # {refusals} (one "- name: reason" line each), {subject}, {upload_url}
+    # (a fresh invitation link when [upload] is enabled, else ``upload_url``
+    # below; a line showing it is left out when there is neither).
     template: str = DEFAULT_AUTOREPLY_TEMPLATE
     # The reply when storage failed and a file was too large to forward
     # (DESIGN.md rule 2).  {files} (one "- name" line each), {subject},
     # {upload_url}; None means the built-in text (gateway.autoreply), which
-    # names the upload page when upload_url is set.
+    # names the upload page when there is a link.
     storage_failed_subject: str = "We could not store your attachment"
     storage_failed_template: str | None = None
-    # The customer upload page's address, for the template.
+    # An upload address for the templates when the upload page is disabled.
     upload_url: str = ""
 
     @field_validator("next_hop")
@@ -330,6 +468,12 @@ class RouteSettings(_Strict):
     # 50); the excess is offloaded, largest first.  None: no limit.
     max_attachments: int | None = Field(None, ge=0)
     link_text: str | None = None
+    # A message with two or more offloaded files gets one link to a page
+    # listing them all instead of one link per file (fewer links, lower spam
+    # scores at some filters, one place for the agent).
+    landing_page: bool = False
+    # The landing page link's text; {count} and {size} are replaced.
+    landing_page_text: str = "Secure Attachments: {count} files"
     customer_id: CustomerIdRule = CustomerIdRule()
     policies: list[PolicyRef] = Field(default_factory=_default_policies)
     # Refused files kept in the route's store for an administrator.
@@ -484,13 +628,14 @@ class MilterSettings(_Strict):
 
 
 class ApiKey(_KeySource):
-    """One API key for the upload API."""
+    """One API key for /api/v1 (a contact-centre flow, a CRM, an agent
+    desktop), named in audit events as ``api-key:ID``."""
 
 
 class ApiSettings(_Strict):
-    """The HTTP upload API that contact-centre flows call."""
+    """The HTTP API for integrators: uploads and jobs, link refresh and revoke."""
 
-    # Bearer keys accepted; with none, every API call answers 401.
+    # Bearer keys accepted by every /api/v1 route; with none, every API call answers 401.
     keys: list[ApiKey] = Field(default_factory=list)
     # The route whose store, policies and link text apply to uploads; the
     # first route when not set.
@@ -506,12 +651,27 @@ class ApiSettings(_Strict):
 class UploadPageSettings(_Strict):
     """The customer upload page reached from invitation links."""
 
+    # Serve the page (and put fresh invitation links in auto-replies).
+    enabled: bool = True
     # How long an invitation link stays valid.
     invitation_ttl: Duration = 604800  # 7 days
     # The size of each piece the page sends; a dropped connection costs at most one.
     chunk_size: Size = Field(8388608, ge=65536)  # 8 MiB
     # The largest file the page accepts.
     max_file_size: Size = 5368709120  # 5 GiB
+    # With an S3 store, the page PUTs parts straight to the store with
+    # presigned part URLs (the bucket needs a CORS rule); off, or with
+    # another backend, chunks go through the gateway.
+    direct_to_store: bool = True
+    # How long each presigned part URL stays valid.
+    part_url_ttl: Duration = Field(300, ge=10, le=604800)
+    # Uploads not completed within this are aborted and their pieces removed.
+    abandon_after: Duration = Field(86400, ge=1)  # 1 day
+    # How often the serving process looks for abandoned uploads.
+    cleanup_interval: Duration = Field(600, ge=1)
+    # Limits on what one invitation link may be used for; None: no limit.
+    max_files_per_invitation: int | None = Field(None, ge=1)
+    max_bytes_per_invitation: Size | None = None
     # Where the completion email goes when the invitation names no address;
     # must be accepted by a route (its next hop carries the email).
     notify_address: str | None = None
@@ -530,6 +690,9 @@ class Config(_Strict):
     routes: list[RouteSettings] = Field(min_length=1)
     delivery: DeliverySettings = DeliverySettings()
     worker: WorkerSettings = WorkerSettings()
+    agents: AgentSettings = AgentSettings()
+    authorization: AuthorizationSettings = AuthorizationSettings()
+    audit: AuditSettings = AuditSettings()
     auth: AuthSettings = AuthSettings()
     # The malware scanner; required by a route that runs refuse_malware.
     clamd: ClamdSettings | None = None
@@ -545,6 +708,7 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
+        self._check_agents()
         for key, value in (("smtp.tls_cert_file", self.smtp.tls_cert_file), ("smtp.tls_key_file", self.smtp.tls_key_file),
                            ("auth.arc.key_file", self.auth.arc.key_file if self.auth.arc else None),
                            ("auth.dkim.key_file", self.auth.dkim.key_file if self.auth.dkim else None),
@@ -581,6 +745,30 @@ class Config(_Strict):
             raise ValueError(f"api.route: {self.api.route!r} names no route (have: {', '.join(sorted(names))})")
         return self
 
+    def _check_agents(self) -> None:
+        agents, authz = self.agents, self.authorization
+        if agents.auth == "none" and not self.http.on_loopback:
+            raise ValueError(f"agents.auth: 'none' is allowed only while http.listen is on loopback "
+                             f"(it is {self.http.listen!r}); use \"oidc\" or \"trusted-header\"")
+        if agents.auth == "oidc":
+            if agents.oidc is None:
+                raise ValueError("agents.oidc: missing, a [agents.oidc] table is required when agents.auth is 'oidc'")
+            if agents.session_key is None:
+                raise ValueError("agents.session_key: missing, required when agents.auth is 'oidc'")
+            host = re.sub(r"^https?://([^/:]+|\[[^\]]+\]).*$", r"\1", self.http.base_url)
+            if self.http.base_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "[::1]"):
+                # The session cookie is Secure: browsers keep it only over HTTPS.
+                raise ValueError(f"http.base_url: {self.http.base_url!r}: agents.auth 'oidc' needs an https:// "
+                                 f"base URL (the session cookie is Secure)")
+        if agents.auth == "trusted-header" and not self.http.trusted_proxies:
+            raise ValueError("http.trusted_proxies: empty, but agents.auth 'trusted-header' needs the proxy "
+                             "addresses whose identity header is believed")
+        if authz.mode is None and agents.auth != "none":
+            raise ValueError(f"authorization.mode: missing, required when agents.auth is {agents.auth!r} "
+                             f"(\"static\", \"callout\" or an explicit \"allow-all\")")
+        if authz.mode == "callout" and authz.callout is None:
+            raise ValueError("authorization.callout: missing, required when authorization.mode is 'callout'")
+
     def api_route(self) -> RouteSettings:
         """The route uploads over HTTP belong to."""
         name = self.api.route or self.routes[0].name
@@ -595,6 +783,27 @@ class Config(_Strict):
         """Resolve a path from the config against the base directory."""
         path = Path(p)
         return path if path.is_absolute() else Path(self.base_dir) / path
+
+
+def read_secret(ref: SecretRef, base_dir: str | Path, key: str, min_length: int = 1) -> str:
+    """The secret ``ref`` points at (a file, or an environment variable);
+    raise ConfigError naming the config key when it is missing or short."""
+    if ref.env is not None:
+        value = os.environ.get(ref.env, "").strip()
+        if not value:
+            raise ConfigError(f"{key}: environment variable {ref.env} is not set")
+        where = f"{key}.env: {ref.env}"
+    else:
+        path = Path(ref.file or "")
+        path = path if path.is_absolute() else Path(base_dir) / path
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{key}.file: {path}: {e.strerror}") from None
+        where = f"{key}.file: {path}"
+    if len(value) < min_length:
+        raise ConfigError(f"{where}: secret shorter than {min_length} characters")
+    return value
 
 
 def _format_errors(err: ValidationError) -> str:

@@ -6,14 +6,24 @@ a download link's but is signed for the purpose "invite" (so neither kind
 verifies as the other); its object id leads to ``invitations/<id>.json`` in
 the route's store: the customer, the thread's Message-ID and the address the
 completion email goes to.
+
+What an invitation has been used for (``invitations/<id>.usage.json``: each
+upload started, with its size) is what ``upload.max_files_per_invitation``
+and ``upload.max_bytes_per_invitation`` are checked against.  It is read,
+changed and written under a lock per invitation in this process; two nodes
+starting uploads for one invitation at the same instant could each pass the
+check once.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass
+from weakref import WeakValueDictionary
 
 from gateway.links.tokens import Keyring, new_object_id
+from gateway.mime.rewrite import human_size
 from gateway.storage.base import ObjectMeta, ObjectNotFound, Storage, StorageError
 
 PURPOSE = "invite"
@@ -55,4 +65,65 @@ async def load(store: Storage, object_id: str) -> Invitation:
         raise ObjectNotFound(f"unreadable invitation {object_id}: {e}") from None
 
 
-__all__ = ["Invitation", "PURPOSE", "create", "load", "StorageError"]
+class OverLimit(Exception):
+    """Starting this upload would pass the invitation's limit (413); ``str()``
+    is the message the page shows."""
+
+
+def usage_key(object_id: str) -> str:
+    return f"invitations/{object_id}.usage.json"
+
+
+_locks: "WeakValueDictionary[str, asyncio.Lock]" = WeakValueDictionary()
+
+
+def _lock(object_id: str) -> asyncio.Lock:
+    lock = _locks.get(object_id)
+    if lock is None:
+        lock = _locks[object_id] = asyncio.Lock()
+    return lock
+
+
+async def _usage(store: Storage, object_id: str) -> dict[str, int]:
+    try:
+        raw = b"".join([c async for c in store.open(usage_key(object_id))])
+    except ObjectNotFound:
+        return {}
+    try:
+        return {str(k): int(v) for k, v in json.loads(raw)["uploads"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise StorageError(f"unreadable invitation usage {object_id}: {e}") from None
+
+
+async def _save_usage(store: Storage, object_id: str, uploads: dict[str, int]) -> None:
+    await store.put(usage_key(object_id), [json.dumps({"uploads": uploads}).encode()],
+                    ObjectMeta(content_type="application/json"))
+
+
+async def reserve(store: Storage, object_id: str, upload_id: str, size: int, *, max_files: int | None,
+                  max_bytes: int | None) -> None:
+    """Count an upload of ``size`` bytes against the invitation; raises
+    OverLimit (nothing counted) when it would pass a limit."""
+    async with _lock(object_id):
+        uploads = await _usage(store, object_id)
+        if max_files is not None and len(uploads) + 1 > max_files:
+            raise OverLimit(f"This upload link takes at most {max_files} file(s), and {len(uploads)} "
+                            "have been sent with it already. Please ask us for a new link.")
+        used = sum(uploads.values())
+        if max_bytes is not None and used + size > max_bytes:
+            raise OverLimit(f"This upload link takes at most {human_size(max_bytes)} in all; "
+                            f"{human_size(used)} have been sent with it already, so this file "
+                            f"({human_size(size)}) does not fit. Please ask us for a new link.")
+        uploads[upload_id] = size
+        await _save_usage(store, object_id, uploads)
+
+
+async def release(store: Storage, object_id: str, upload_id: str) -> None:
+    """Stop counting an upload that was refused or abandoned."""
+    async with _lock(object_id):
+        uploads = await _usage(store, object_id)
+        if uploads.pop(upload_id, None) is not None:
+            await _save_usage(store, object_id, uploads)
+
+
+__all__ = ["Invitation", "OverLimit", "PURPOSE", "create", "load", "release", "reserve", "StorageError"]

@@ -3,7 +3,9 @@
 Operational logs carry the queue id (``queue_id``) wherever there is one, so
 an administrator can follow a message as they would in Postfix's maillog.
 Audit events (link clicks, refusals) are a separate stream, one JSON object a
-line, for the SIEM; they never share a file with the operational log.
+line, for the SIEM; they never share a file with the operational log.  The
+file is written in the caller's thread; syslog and HEC sinks
+(``gateway.audit_sinks``) get a copy through a bounded buffer.
 """
 from __future__ import annotations
 
@@ -58,9 +60,12 @@ class AuditLog:
     so a SIEM maps them without a parser of its own.
     """
 
-    def __init__(self, path: str | Path, hostname: str) -> None:
+    def __init__(self, path: str | Path, hostname: str, sinks: list[Any] | None = None) -> None:
         self._path = str(path)
         self._hostname = hostname
+        # Network sinks (gateway.audit_sinks): each event is offered to
+        # every one; they buffer and send on the event loop.
+        self.sinks = list(sinks or [])
         self._lock = threading.Lock()
         self._file = None
         if self._path != "-":
@@ -95,6 +100,25 @@ class AuditLog:
 
             metrics.AUDIT_DROPPED.inc()
             get("audit").error("audit event dropped", error=str(e), event_type=event_type)
+        for sink in self.sinks:
+            sink.offer(record)
+
+    def start(self) -> None:
+        """Start the network sinks on the running event loop."""
+        for sink in self.sinks:
+            sink.start()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Flush the network sinks (within ``grace``), then close the file."""
+        for sink in self.sinks:
+            await sink.stop(grace)
+        self.close()
+
+    @property
+    def dropped(self) -> int:
+        """Events lost by the network sinks since start (buffer full, or
+        unsent at stop)."""
+        return sum(s.dropped for s in self.sinks)
 
     def close(self) -> None:
         if self._file is not None:

@@ -27,15 +27,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from gateway import audit_sinks
 from gateway import config as config_mod
 from gateway import logs, sdnotify
 from gateway import storage as storage_mod
 from gateway.config import Config
 from gateway.http import app as http_app
 from gateway.http.api import UploadApi
+from gateway.http.apikeys import ApiKeys
 from gateway.http.upload_page import UploadPage
 from gateway.jobs import JobRunner
-from gateway.links.tokens import Keyring, load_secret
+from gateway.links.authz import AllowAll
+from gateway.links.tokens import Keyring
 from gateway.milter import MilterServer
 from gateway.smtp import Handler, start_server
 from gateway.spool import Spool
@@ -71,15 +74,16 @@ class Gateway:
         self.slot = slot
         self.spool = Spool(cfg.path(cfg.gateway.spool_dir))
         self.audit = logs.AuditLog(cfg.path(cfg.gateway.audit_log) if cfg.gateway.audit_log != "-" else "-",
-                                   cfg.gateway.hostname)
+                                   cfg.gateway.hostname, audit_sinks.build(cfg))
         self.keyring = Keyring(cfg.links.keys, Path(cfg.base_dir))
-        for k in cfg.api.keys:  # read now, so a missing key file stops start-up before any port listens
-            load_secret(k, Path(cfg.base_dir), "api.keys")
         self.stores = {name: storage_mod.build(name, s, Path(cfg.base_dir)) for name, s in cfg.storage.items()}
+        # Built now so that a missing secret stops start-up before any port listens.
+        self.api_keys = ApiKeys(cfg)
+        self.links = http_app.build_links(cfg, self.keyring, self.stores, self.audit) if "http" in roles else None
         self.worker: Worker | None = None
         self.smtp: asyncio.AbstractServer | None = None
         self.smtp_handler: Handler | None = None
-        self.http: object | None = None
+        self.http: http_app.Listener | None = None
         self.uploads: Uploads | None = None
         self.jobs: JobRunner | None = None
         self.api: UploadApi | None = None
@@ -95,6 +99,7 @@ class Gateway:
                                                                            thread_name_prefix="io"))
         for store in self.stores.values():
             await store.start()
+        self.audit.start()
         if "smtp" in self.roles or "worker" in self.roles:
             await asyncio.to_thread(self.spool.create)
         if "worker" in self.roles and self.recover:
@@ -112,16 +117,15 @@ class Gateway:
         if "worker" in self.roles:
             await self.jobs.start()
         if "http" in self.roles:
-            host, port = self.cfg.http.address
+            assert self.links is not None
             worker = self.worker
-            self.api = UploadApi(self.cfg, self.uploads, self.jobs, self.audit)
-            self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
-                                          lambda qid: worker.enqueue(qid) if worker is not None else None)
-            # Each backend's url_ttl: how long the storage URL minted at a click lives.
-            url_ttls = {name: s.url_ttl for name, s in self.cfg.storage.items() if hasattr(s, "url_ttl")}
-            app = http_app.build_app(self.keyring, self.stores, self.audit, self.spool, url_ttls, self.api,
-                                     self.upload_page)
-            self.http = await http_app.start(app, host, port, reuse_port=self.shared_ports)
+            self.api = UploadApi(self.cfg, self.api_keys, self.uploads, self.jobs, self.audit)
+            if self.cfg.upload.enabled:
+                self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
+                                              lambda qid: worker.enqueue(qid) if worker is not None else None)
+                self.upload_page.start_sweeper()
+            app = http_app.build_app(self.cfg, self.links, self.spool, self.api_keys, self.api, self.upload_page)
+            self.http = await http_app.start(self.cfg, app, self.audit, reuse_port=self.shared_ports)
         if "milter" in self.roles:
             # The same pipeline as the worker's; a process without the worker
             # role gets a Worker that is never started (no spool, no tasks).
@@ -134,6 +138,9 @@ class Gateway:
             self.smtp, self.smtp_handler = await start_server(
                 self.cfg, self.spool, lambda qid: worker.enqueue(qid) if worker is not None else None,
                 reuse_port=self.shared_ports, tls=self.tls)
+        if self.http is not None and self.links is not None and isinstance(self.links.authoriser, AllowAll):
+            log.warning("authorisation is allow-all: every agent sees every customer's files",
+                        agents_auth=self.cfg.agents.auth, explicit=self.cfg.authorization.mode == "allow-all")
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,
                  http=self.cfg.http.listen if self.http else None,
                  milter=self.milter.settings.listen if self.milter else None, spool=str(self.spool.root))
@@ -146,12 +153,13 @@ class Gateway:
             log.error("reload refused; old config stays in force", error=str(e))
             return
         try:
-            if self.api is not None:
-                self.api.configure(cfg)
+            self.api_keys.configure(cfg)
         except ValueError as e:  # an API key file that cannot be read
             log.error("reload refused; old config stays in force", error=str(e))
             return
         self.cfg = cfg
+        if self.api is not None:
+            self.api.configure(cfg)
         if self.worker is not None:
             self.worker.configure(cfg)
         if self.uploads is not None:
@@ -223,13 +231,15 @@ class Gateway:
         if self.smtp is not None:
             self.smtp.close()
         if self.http is not None:
-            await self.http.cleanup()  # type: ignore[attr-defined]
+            await self.http.cleanup()
+        if self.upload_page is not None:
+            await self.upload_page.stop()
         if self.jobs is not None:
             # A job cut short keeps its marker and is finished at the next start.
             await self.jobs.stop()
         for store in self.stores.values():
             await store.close()
-        self.audit.close()
+        await self.audit.stop()
         log.info("stopped")
 
     async def _sessions_done(self, deadline: float) -> None:

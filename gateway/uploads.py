@@ -138,10 +138,10 @@ class Uploads:
             raise StorageError(f"copy of {reference} to {key} has {stored.size} bytes / {stored.sha256}, "
                                f"expected {size} / {sha256}")
         sha256 = sha256 or stored.sha256
-        url = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key, filename=filename,
-                         size=size, sha256=sha256, content_type=ctype, customer_id=customer, queue_id=reference,
-                         message_id=message_id)
+        link = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key,
+                          filename=filename, size=size, sha256=sha256, content_type=ctype, customer_id=customer,
+                          queue_id=reference, message_id=message_id)
         if cleanup:
             await asyncio.gather(*(store.delete(k) for k in staging))
         log.info("stored", ref=reference, key=key, size=size, sha256=sha256)
-        return Stored(key=key, filename=display, size=size, sha256=sha256, url=url)
+        return Stored(key=key, filename=display, size=size, sha256=sha256, url=link.url)

@@ -24,7 +24,7 @@ from collections import Counter
 from typing import Any, AsyncIterator, Callable, Iterator
 
 import policies
-from gateway import autoreply, logs, metrics
+from gateway import autoreply, invitations, logs, metrics
 from gateway.authn.resolver import Resolver
 from gateway.authn.seal import Key, Sealer
 from gateway.authn.verify import Verification, Verifier
@@ -32,8 +32,9 @@ from gateway.config import Config, RouteSettings
 from gateway.delivery import Content, DeliveryResult, NextHop
 from gateway.delivery import build as build_next_hop
 from gateway.delivery.dsn import build_dsn
+from gateway.links import records
 from gateway.links.mint import mint
-from gateway.links.tokens import Keyring
+from gateway.links.tokens import Keyring, new_object_id
 from gateway.mime import filenames, sniff, tnef
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, MimeLimitError, Part, parse
@@ -59,6 +60,9 @@ INLINE_PARSE = 64 << 10
 
 # Seconds between looks for messages a dead process left in ``active``.
 RECOVERY_INTERVAL = 30.0
+# Seconds the auto-reply waits for its upload invitation to be saved: the
+# message it is about waits too (the store may be the one failing).
+INVITATION_TIMEOUT = 5.0
 
 
 class QuarantineError(Exception):
@@ -75,6 +79,8 @@ class Offloaded:
     size: int
     sha256: str
     url: str
+    object_id: str = ""
+    expires: int = 0
 
 
 @dataclass
@@ -501,6 +507,10 @@ class Worker:
             if cid and cid in cids:
                 inline[cid] = Link(o.filename, o.size, o.url)
         template = route.link_text or self.cfg.links.text
+        if route.landing_page and len(offloaded) >= 2:
+            page_link = await self._landing_page(offloaded, route, customer, envelope.queue_id, message_id, qlog)
+            if page_link is not None:
+                links, template = [page_link], "{filename}"
         note = f"{len(failed)} not stored, forwarded as is" if failed else ""
         trace = self._trace(envelope, offloaded, refused=len(refused),
                             replaced=sum(d.action is policies.Action.REPLACE for _, d, _, _ in decisions),
@@ -544,7 +554,7 @@ class Worker:
             "seconds": round(time.monotonic() - started, 4),
         }
         if refused or unstored:
-            await self._autoreply(envelope, route, root, refused, unstored, qlog, work("autoreply.eml"))
+            await self._autoreply(envelope, route, root, refused, unstored, customer, qlog, work("autoreply.eml"))
         qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
                   failed=len(failed), refused=len(refused), size_in=src.size, size_out=segments_size(segments))
         return Processed(segments, result, changed=bool(offloaded or failed or replacements or notices or unpacked))
@@ -599,8 +609,31 @@ class Worker:
         log.info("quarantined", queue_id=envelope.queue_id, key=key, size=stored.size, sha256=sha256)
         return key, sha256
 
+    async def _upload_url(self, envelope: Envelope, route: RouteSettings, customer: str, message_id: str,
+                          template: str | None, qlog: Any) -> str:
+        """A fresh upload-page invitation for the auto-reply (this customer,
+        this thread; files announced to the address the message was for)
+        when ``template`` shows one, or the route's fixed ``upload_url`` when
+        the page is off or the invitation cannot be saved (logged, the reply
+        still goes: when storage failed, saving it may fail too)."""
+        settings = route.autoreply
+        assert settings is not None
+        if not self.cfg.upload.enabled or not autoreply.wants_upload_url(template):
+            return settings.upload_url
+        try:
+            inv, url = await asyncio.wait_for(invitations.create(
+                self.stores[route.storage], self.keyring, self.cfg.http.base_url, customer_id=customer,
+                message_id=autoreply.thread_id(message_id), notify=envelope.rcpt_tos[0], route=route.name,
+                ttl=self.cfg.upload.invitation_ttl), INVITATION_TIMEOUT)
+        except (StorageError, OSError, asyncio.TimeoutError) as e:
+            qlog.error("no upload invitation for the auto-reply", error=str(e) or type(e).__name__)
+            return settings.upload_url
+        qlog.info("upload invitation for the auto-reply", invitation=inv.object_id, customer_id=customer)
+        return url
+
     async def _autoreply(self, envelope: Envelope, route: RouteSettings, root: Part,
-                         refused: list[dict[str, Any]], unstored: list[str], qlog: Any, path: Path) -> None:
+                         refused: list[dict[str, Any]], unstored: list[str], customer: str, qlog: Any,
+                         path: Path) -> None:
         """Tell the sender which files were refused, or could not be stored
         and were too large to forward (RFC 3834 rules); a failure is logged,
         never fatal to the message."""
@@ -617,18 +650,20 @@ class Worker:
             qlog.info("no auto-reply", reason=f"one went to this sender within {settings.interval}s")
             return
         subject = filenames.display_name(message_header(root.headers, "Subject").strip())
+        message_id = message_header(root.headers, "Message-ID").strip()
+        template = settings.template if refused else settings.storage_failed_template
+        upload_url = await self._upload_url(envelope, route, customer, message_id, template, qlog)
         if refused:
-            text = autoreply.render(settings.template, subject=subject, upload_url=settings.upload_url,
+            text = autoreply.render(settings.template, subject=subject, upload_url=upload_url,
                                     refusals=[(r["filename"], r["reason"]) for r in refused]
                                     + [(name, autoreply.STORAGE_FAILED_REASON) for name in unstored])
         else:
             text = autoreply.render_storage_failed(settings.storage_failed_template, files=unstored,
-                                                   subject=subject, upload_url=settings.upload_url)
+                                                   subject=subject, upload_url=upload_url)
         try:
             data = autoreply.build(sender=settings.sender, to=envelope.mail_from,
                                    subject=settings.subject if refused else settings.storage_failed_subject,
-                                   text=text, in_reply_to=message_header(root.headers, "Message-ID").strip(),
-                                   hostname=self.cfg.gateway.hostname)
+                                   text=text, in_reply_to=message_id, hostname=self.cfg.gateway.hostname)
         except (ValueError, TypeError) as e:
             await asyncio.to_thread(self.rates.release, envelope.mail_from)
             qlog.error("auto-reply not built", error=str(e))
@@ -728,10 +763,10 @@ class Worker:
                     raise StorageError(f"stored object {key} has SHA-256 {stored.sha256}, "
                                        f"expected {measured.sha256}")
                 sha256 = stored.sha256 or measured.sha256 or ""
-                url = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key,
-                                 filename=original, size=stored.size, sha256=sha256,
-                                 content_type=meta.content_type, customer_id=customer,
-                                 queue_id=envelope.queue_id, message_id=message_id)
+                link = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key,
+                                  filename=original, size=stored.size, sha256=sha256,
+                                  content_type=meta.content_type, customer_id=customer,
+                                  queue_id=envelope.queue_id, message_id=message_id)
             except Exception as e:  # noqa: BLE001 - rule 2: any storage failure fails open
                 # StorageError and OSError are the expected ones; anything else
                 # from a backend (an SDK's own exception) must not hold the
@@ -743,7 +778,27 @@ class Worker:
         metrics.OFFLOADED_PARTS.labels(route.name, store.name).inc()
         metrics.OFFLOADED_BYTES.labels(route.name, store.name).inc(stored.size)
         qlog.info("offloaded", part=part.path, key=key, size=stored.size, sha256=sha256)
-        return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=url)
+        return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=link.url,
+                         object_id=link.object_id, expires=link.expires)
+
+    async def _landing_page(self, offloaded: list[Offloaded], route: RouteSettings, customer: str, queue_id: str,
+                            message_id: str, qlog: Any) -> Link | None:
+        """One link to a page listing every offloaded file (route.landing_page);
+        None, and per-file links stay, when the page record cannot be stored."""
+        store = self.stores[route.storage]
+        page_id = new_object_id()
+        expires = min(o.expires for o in offloaded)
+        try:
+            await records.save_page(store, records.PageRecord(
+                page_id=page_id, object_ids=[o.object_id for o in offloaded], customer_id=customer,
+                queue_id=queue_id, message_id=message_id, created=time.time(), expires=expires))
+        except (StorageError, OSError) as e:
+            qlog.error("landing page not stored; one link per file instead", error=str(e))
+            return None
+        token = self.keyring.sign(store.name, page_id, expires, purpose="page")
+        total = sum(o.size for o in offloaded)
+        label = route.landing_page_text.replace("{count}", str(len(offloaded))).replace("{size}", human_size(total))
+        return Link(label, total, f"{self.cfg.http.base_url}/p/{token}")
 
     def _customer_id(self, root: Part, envelope: Envelope, route: RouteSettings) -> str:
         rule = route.customer_id

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from email.message import EmailMessage
+from email.utils import make_msgid
 from pathlib import Path
 
 OUTBOX = Path("var/outbox/new")
@@ -22,6 +23,7 @@ def main() -> int:
     msg["From"] = "customer@example.net"
     msg["To"] = "support@contact.example"
     msg["Subject"] = "Invoice 123"
+    msg["Message-ID"] = make_msgid(domain="example.net")  # links and audit lines carry it
     msg.set_content("Hello, please find my invoice attached.\n")
     msg.add_alternative("<html><body><p>Hello, please find my invoice attached.</p></body></html>",
                         subtype="html")

@@ -13,6 +13,8 @@
 #                               ceph-authtool, monmaptool)
 #   azurite (npm)               the Azure Blob emulator, into the project-local
 #                               tests/servers/node/ (npm ci from its lock file)
+#   oidc-provider (npm)         a real OpenID Connect provider for the agent
+#                               sign-in tests (tests/servers/oidc.py), same place
 #   playwright-core (npm)       drives Debian's chromium in the upload page test
 #
 # The Python packages (SDKs, gcp-storage-emulator) are in setup.cfg's [test] extra:
@@ -49,18 +51,26 @@ done
 # -- Azurite (npm, project-local) ------------------------------------------------
 command -v node >/dev/null 2>&1 || die "node not found: Azurite needs Node.js 20 or later"
 command -v npm >/dev/null 2>&1 || die "npm not found"
-want="$(cd "$NODE_DIR" && node -p "require('./package.json').dependencies.azurite")"
-have="$(cd "$NODE_DIR" && node -p "try { require('./node_modules/azurite/package.json').version } catch (e) { '' }")"
-want_pw="$(cd "$NODE_DIR" && node -p "require('./package.json').dependencies['playwright-core']")"
-have_pw="$(cd "$NODE_DIR" && node -p "try { require('./node_modules/playwright-core/package.json').version } catch (e) { '' }")"
-if [ "$have" = "$want" ] && [ "$have_pw" = "$want_pw" ] && [ -x "$NODE_DIR/node_modules/.bin/azurite-blob" ]; then
-    echo "install-storage-deps: azurite $have and playwright-core $have_pw present in tests/servers/node"
+# Every package in package.json at its pinned version, or npm ci again.
+stale="$(cd "$NODE_DIR" && node -e "
+const deps = require('./package.json').dependencies;
+const out = [];
+for (const [name, want] of Object.entries(deps)) {
+  let have = '';
+  try { have = require('./node_modules/' + name + '/package.json').version; } catch (e) {}
+  if (have !== want) out.push(name + '@' + want);
+}
+console.log(out.join(' '));")"
+if [ -z "$stale" ] && [ -x "$NODE_DIR/node_modules/.bin/azurite-blob" ]; then
+    echo "install-storage-deps: node packages present in tests/servers/node"
 else
-    echo "install-storage-deps: installing azurite $want and playwright-core $want_pw into tests/servers/node"
+    echo "install-storage-deps: installing ${stale:-azurite} into tests/servers/node"
     # Azurite 3.37 declares Node >= 22 but runs the Blob service on Node 20
     # (tested); the engine check only warns.
     (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in $NODE_DIR"
 fi
 [ -x "$NODE_DIR/node_modules/.bin/azurite-blob" ] || die "azurite-blob is missing after npm ci"
-[ -f "$NODE_DIR/node_modules/playwright-core/package.json" ] || die "playwright-core is missing after npm ci"
+for pkg in oidc-provider playwright-core; do
+    [ -f "$NODE_DIR/node_modules/$pkg/package.json" ] || die "$pkg is missing after npm ci"
+done
 echo "install-storage-deps: ok"

@@ -13,6 +13,8 @@
 #   bsdutils    `script`, to capture `postfix check` output (silent without a tty)
 #   procps      ps/pgrep for debugging leftover daemons
 #   ca-certificates  TLS clients in tests
+#   rsyslog     the syslog receiver the audit tests send RFC 5424 to (tests/servers/rsyslog.py)
+#   rsyslog-gnutls  its TLS driver, for syslog over TLS (RFC 5425)
 #   openssl     `openssl s_client -starttls smtp` against the gateway's STARTTLS
 #   libnet-ssleay-perl  swaks --tls
 #   systemd     systemd-analyze verify for the units in systemd/
@@ -27,7 +29,8 @@
 #   libmagic1        python-magic's library (type detection; usually present)
 set -euo pipefail
 
-PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl systemd util-linux mimedefang clamav-daemon libmagic1 chromium curl)
+PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl systemd util-linux
+          mimedefang clamav-daemon libmagic1 rsyslog rsyslog-gnutls chromium curl)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -63,7 +66,8 @@ fi
 
 # Verify the executables the tests and bench actually call.
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
-           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/mount /usr/sbin/clamd /usr/bin/chromium /usr/bin/curl; do
+           /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/mount \
+           /usr/sbin/clamd /usr/sbin/rsyslogd /usr/bin/chromium /usr/bin/curl; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"

@@ -1,6 +1,7 @@
 """Keys and certificates made in the test: a CA, and leaf certificates it
-signs for loopback (``localhost`` and 127.0.0.1), with the ``cryptography``
-package; plus RSA keys and their DKIM TXT records."""
+signs for loopback (``localhost`` and 127.0.0.1), or one self-signed
+certificate, with the ``cryptography`` package; plus RSA keys and their DKIM
+TXT records."""
 from __future__ import annotations
 
 import base64
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -65,6 +66,27 @@ class CertAuthority:
         out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         out.key.write_bytes(_pem(key))
         return out
+
+
+def self_signed(folder: Path, cn: str = "gateway test") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost (a CA of its
+    own, so clients can trust it directly) and its key: (cert.pem, key.pem)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 def dkim_key() -> tuple[bytes, str]:

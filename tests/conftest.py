@@ -1,12 +1,15 @@
-"""Fixtures shared by the suite: a real gateway process and a real SMTP sink."""
+"""Fixtures shared by the suite: a real gateway process, a real SMTP sink,
+and (one per test module that asks) a one-node Ceph cluster whose radosgw
+is a real S3 server, with a boto3 client of its test user."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from tests.harness import GatewayProcess, SmtpSink
+from tests.servers.ceph import CephRadosgw
 
 
 @pytest.fixture
@@ -40,3 +43,16 @@ def make_gateway(tmp_path: Path) -> Iterator[callable]:
     yield make
     for gw in made:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def ceph() -> Iterator[CephRadosgw]:
+    with CephRadosgw() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def s3(ceph: CephRadosgw) -> Iterator[Any]:
+    client = ceph.client()
+    yield client
+    client.close()

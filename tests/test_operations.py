@@ -261,23 +261,30 @@ def _metric(text: str, name: str, **labels: str) -> float:
 def test_metrics_are_summed_over_processes(make_gateway) -> None:
     gw = make_gateway(threshold=1000, sections={"gateway": {"processes": 2}})
     pdf = pdf_bytes(3000)
-    for i in range(6):  # several connections: the kernel spreads them over both processes
-        send(gw.smtp_port, message(f"m{i}\n", attachments=[(pdf, "application/pdf", "p.pdf")]))
-    gw.wait_outbox(6)
+
+    def receivers() -> set[int]:
+        return {e["pid"] for e in gw.log_events() if e.get("event") == "queued" and "pid" in e}
+
+    # The kernel spreads connections over both processes by a hash of the
+    # client port, so a few may all land on one: send until both have mail.
+    n = 0
+    while n < 6 or (len(receivers()) < 2 and n < 40):
+        send(gw.smtp_port, message(f"m{n}\n", attachments=[(pdf, "application/pdf", "p.pdf")]))
+        n += 1
+    assert len(receivers()) == 2, "both processes received mail"
+    gw.wait_outbox(n)
     gw.wait_idle()
     status, headers, body = fetch(f"http://127.0.0.1:{gw.http_port}/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     text = body.decode()
-    assert _metric(text, "gateway_messages_received_total", route="contact") == 6
-    assert _metric(text, "gateway_messages_delivered_total", route="contact") == 6
-    assert _metric(text, "gateway_offloaded_bytes_total", route="contact", store="local") == 6 * 3000
+    assert _metric(text, "gateway_messages_received_total", route="contact") == n
+    assert _metric(text, "gateway_messages_delivered_total", route="contact") == n
+    assert _metric(text, "gateway_offloaded_bytes_total", route="contact", store="local") == n * 3000
     assert _metric(text, "gateway_policy_decisions_total", route="contact", policy="offload_large",
-                   action="offload") == 6
-    assert _metric(text, "gateway_delivery_seconds_count", route="contact", outcome="delivered") == 6
-    assert _metric(text, "gateway_storage_put_seconds_count", store="local") == 6
+                   action="offload") == n
+    assert _metric(text, "gateway_delivery_seconds_count", route="contact", outcome="delivered") == n
+    assert _metric(text, "gateway_storage_put_seconds_count", store="local") == n
     assert _metric(text, "gateway_queue_messages", queue="deferred") == 0
-    pids = {e["pid"] for e in gw.log_events() if e.get("event") == "queued" and "pid" in e}
-    assert len(pids) == 2, "both processes received mail"
 
 
 def test_download_cut_short_is_audited_as_a_failure(make_gateway) -> None:
@@ -293,5 +300,6 @@ def test_download_cut_short_is_audited_as_a_failure(make_gateway) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
     events = gw.wait_audit(lambda e: e.get("EventResultDetails") == "client went away during the download",
                            timeout=20)
-    assert not [e for e in events if e.get("EventResultDetails") == "streamed"]
+    # A success reads "streamed (<why the agent was allowed>)".
+    assert not [e for e in events if e.get("EventResultDetails", "").startswith("streamed")]
     assert not [e for e in gw.log_events() if e.get("level") == "error"]

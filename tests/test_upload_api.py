@@ -252,7 +252,8 @@ def test_the_served_openapi_document_is_the_one_in_docs(api_gw) -> None:
     status, _, served = fetch(f"http://127.0.0.1:{api_gw.http_port}/api/v1/openapi.json")
     assert status == 200
     assert served.decode() == (ROOT / "docs" / "openapi.json").read_text()
-    assert set(json.loads(served)["paths"]) == {"/api/v1/upload/attachment", "/api/v1/jobs/{jobId}"}
+    assert set(json.loads(served)["paths"]) == {"/api/v1/upload/attachment", "/api/v1/jobs/{jobId}",
+                                                "/api/v1/links/refresh", "/api/v1/links/revoke"}
 
 
 def test_schemathesis_finds_no_failure_against_the_served_document(make_gateway, tmp_path: Path) -> None:
@@ -267,4 +268,4 @@ def test_schemathesis_finds_no_failure_against_the_served_document(make_gateway,
          "-H", f"Authorization: Bearer {API_KEY}", "-n", "50", "--workers", "1", "--no-color"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
-    assert "Tested: 2" in out.stdout and " passed" in out.stdout
+    assert "Tested: 4" in out.stdout and " passed" in out.stdout

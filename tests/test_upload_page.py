@@ -7,12 +7,14 @@ delivers to a real SMTP sink.  Screenshots land in tests/artifacts/.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
 
+from gateway import autoreply
 from tests.harness import ROOT, SmtpSink
-from tests.messages import fetch, leaves, links, parse, payload, pdf_bytes, sha256
+from tests.messages import fetch, leaves, links, message, parse, payload, pdf_bytes, send, sha256
 
 MiB = 1 << 20
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -106,6 +108,7 @@ def test_invitations_are_checked_and_the_chunk_api_resumes_from_what_arrived(mak
     assert status == 201 and s["chunks"] == 3 and s["received"] == []
     files = f"{url}/files/{s['uploadId']}"
     assert _call("PUT", files + "/chunks/1", data[65536:131072], "application/octet-stream")[0] == 200
+    assert _call("PUT", files + "/chunks/-1", data[:1000], "application/octet-stream")[0] == 404
     # A short chunk is not kept; a missing one stops completion.
     assert _call("PUT", files + "/chunks/0", data[:1000], "application/octet-stream")[0] == 400
     status, body = _call("POST", files + "/complete")
@@ -124,3 +127,83 @@ def test_invitations_are_checked_and_the_chunk_api_resumes_from_what_arrived(mak
     [mail] = gw.wait_outbox(1)
     [link] = links(payload(leaves(parse(mail))[0]))
     assert fetch(link)[2] == data
+
+
+def test_an_invitation_takes_only_its_limit_and_abandoned_chunks_are_removed(make_gateway) -> None:
+    gw = make_gateway(sections={"upload": {"chunk_size": "64KiB", "max_files_per_invitation": 2,
+                                           "max_bytes_per_invitation": "200KiB", "abandon_after": 2,
+                                           "cleanup_interval": 1}})
+    url = invite(gw)
+
+    def start(size: int) -> tuple[int, dict]:
+        return _call("POST", url + "/files", json.dumps({"name": "scan.pdf", "size": size}).encode())
+
+    status, first = start(150 * 1024)
+    assert status == 201 and not first["direct"]
+    # 150 KB + 100 KB would pass 200 KB: refused before a byte is sent, saying why.
+    assert start(100 * 1024) == (413, {"error": "This upload link takes at most 200 KB in all; 150 KB have been "
+                                                "sent with it already, so this file (100 KB) does not fit. "
+                                                "Please ask us for a new link."})
+    assert start(40 * 1024)[0] == 201
+    status, body = start(1)
+    assert status == 413 and "at most 2 file(s)" in body["error"]
+    # Another invitation has its own count.
+    assert _call("POST", invite(gw) + "/files", json.dumps({"name": "a.pdf", "size": 1}).encode())[0] == 201
+    files = f"{url}/files/{first['uploadId']}"
+    assert _call("PUT", files + "/chunks/0", pdf_bytes(65536), "application/octet-stream")[0] == 200
+    chunk = gw.objects / "staging" / "page" / first["uploadId"] / "000000"
+    assert chunk.exists()
+    # Never completed: after abandon_after (2 s) the sweeper removes the chunks
+    # and the session, and the invitation's count is free again.
+    def staged() -> list[Path]:
+        return [p for p in (gw.objects / "staging").rglob("*") if p.is_file()]
+
+    deadline = time.monotonic() + 15
+    while staged() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not staged(), gw.log()[-3000:]
+    assert _call("GET", files)[0] == 404
+    assert start(190 * 1024)[0] == 201
+    removed = [e for e in gw.log_events() if e.get("event") == "abandoned upload removed"]
+    assert len(removed) >= 3 and {e["mode"] for e in removed} == {"chunks"}
+
+
+def test_the_auto_reply_about_a_refused_file_links_to_the_page_for_that_customer_and_thread(
+        make_gateway, sink: SmtpSink) -> None:
+    gw = make_gateway(route={"autoreply": {"from": "Support <support@contact.example>",
+                                           "next_hop": f"smtp://127.0.0.1:{sink.port}"}},
+                      sections={"upload": {"chunk_size": "64KiB"}})
+    program = Path("/bin/true").read_bytes()  # a real ELF program: refused
+    send(gw.smtp_port, message("My claim, with the video.\n", attachments=[(program, "video/mp4", "claim.mp4")],
+                               Subject="Claim 42", Message_ID="<claim-42@example.net>"))
+    [reply] = sink.wait(1)
+    assert reply.rcpt_tos == ["customer@example.net"]
+    text = payload(parse(reply.data)).decode()
+    assert "claim.mp4" in text
+    [url] = re.findall(rf"http://127\.0\.0\.1:{gw.http_port}/upload/\S+", text)
+    assert "secure upload page: " + url in text
+    status, _, body = fetch(url)
+    assert status == 200 and b"<title>Send us your files</title>" in body
+    # A file sent on that page reaches the contact centre under the sender's
+    # customer id, in the thread of the refused message.
+    data = pdf_bytes(100 * 1024)
+    status, s = _call("POST", url + "/files", json.dumps({"name": "claim.pdf", "size": len(data)}).encode())
+    assert status == 201
+    for n in range(s["chunks"]):
+        assert _call("PUT", f"{url}/files/{s['uploadId']}/chunks/{n}", data[n * 65536:(n + 1) * 65536],
+                     "application/octet-stream")[0] == 200
+    assert _call("POST", f"{url}/files/{s['uploadId']}/complete")[0] == 200
+    done = [parse(m) for m in gw.wait_outbox(2) if b"uploaded a file" in m]
+    assert len(done) == 1
+    assert done[0]["X-CustomerId"] == "customer@example.net" and done[0]["To"] == "support@contact.example"
+    assert done[0]["In-Reply-To"] == "<claim-42@example.net>"
+
+
+def test_an_auto_reply_template_without_a_link_still_renders() -> None:
+    refusals = [("a.exe", "programs are not accepted")]
+    assert autoreply.render("Refused:\n{refusals}\n", refusals=refusals, subject="s", upload_url="https://u/x") == \
+        "Refused:\n- a.exe: programs are not accepted\n"
+    # No link to give (page off, no fixed upload_url): the line showing it goes.
+    assert autoreply.render("{refusals}\nUpload here: {upload_url}\nBye\n", refusals=refusals, subject="s",
+                            upload_url="") == "- a.exe: programs are not accepted\nBye\n"
+    assert not autoreply.wants_upload_url("{refusals}") and autoreply.wants_upload_url("x {upload_url}")

@@ -9,24 +9,24 @@ with ``Content-Transfer-Encoding: base64``; the answer
 staging (never held whole), then decided on by the route's policies (415
 when refused) and moved to its secure key with a link (200), or, with
 ``Prefer: respond-async`` or above ``api.async_threshold``, left to a job
-(202).  Every answer is an audit event.
+(202).  Every answer is an audit event.  The bearer key is checked as for
+every ``/api/v1`` route (gateway.http.apikeys).
 """
 from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from gateway import logs
 from gateway.config import Config
+from gateway.http.apikeys import ApiKeys, error
 from gateway.http.bridge import BadEncoding, BodyTooLarge
 from gateway.jobs import PENDING, Job, JobRunner, load, save
-from gateway.links.tokens import load_secret, new_object_id
+from gateway.links.tokens import new_object_id
 from gateway.mime import filenames
 from gateway.storage.base import StorageError
 from gateway.uploads import Refused, Uploads, declared_type
@@ -36,54 +36,39 @@ log = logs.get("api")
 READ_CHUNK = 1 << 18
 
 
-def _error(status: int, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers={"Cache-Control": "no-store", **headers})
-
-
 class UploadApi:
     """The two API endpoints."""
 
-    def __init__(self, cfg: Config, uploads: Uploads, runner: JobRunner, audit: logs.AuditLog) -> None:
+    def __init__(self, cfg: Config, keys: ApiKeys, uploads: Uploads, runner: JobRunner,
+                 audit: logs.AuditLog) -> None:
+        self.keys = keys
         self.uploads = uploads
         self.runner = runner
         self.audit = audit
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
-        """Take a (re)loaded config; key files are read again."""
+        """Take a (re)loaded config (its keys are ``ApiKeys``' to read)."""
         self.cfg = cfg
-        self.keys = {k.id: load_secret(k, Path(cfg.base_dir), "api.keys") for k in cfg.api.keys}
 
     # -- checks before the body ------------------------------------------
 
-    def _authorise(self, request: web.Request) -> str | web.Response:
-        """The id of the key presented, or the 401/403 answer."""
-        value = request.headers.get("Authorization", "")
-        scheme, _, presented = value.partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            return _error(401, "Missing bearer API key", **{"WWW-Authenticate": 'Bearer realm="attachment-gateway"'})
-        given = presented.strip().encode("utf-8", "surrogateescape")
-        for kid, secret in self.keys.items():
-            if hmac.compare_digest(given, secret):
-                return kid
-        return _error(403, "Invalid API key")
-
     def _precheck(self, request: web.Request) -> str | web.Response:
         """Key, headers and declared length, before any byte of the body."""
-        who = self._authorise(request)
+        who = self.keys.caller(request)
         if isinstance(who, web.Response):
             return who
         for name in ("X-Filename", "X-CustomerId"):
             if not request.headers.get(name, "").strip():
-                return _error(400, f"Missing {name} header")
+                return error(400, f"Missing {name} header")
         cte = request.headers.get("Content-Transfer-Encoding", "").strip().lower()
         if cte not in ("", "binary", "8bit", "base64"):
-            return _error(400, f"Unsupported Content-Transfer-Encoding {cte!r}: expected base64 or binary")
+            return error(400, f"Unsupported Content-Transfer-Encoding {cte!r}: expected base64 or binary")
         length = request.content_length
         if length == 0:
-            return _error(400, "Empty file")
+            return error(400, "Empty file")
         if length is not None and cte != "base64" and length > self.cfg.api.max_upload_size:
-            return _error(413, f"File larger than {self.cfg.api.max_upload_size} bytes", Connection="close")
+            return error(413, f"File larger than {self.cfg.api.max_upload_size} bytes", Connection="close")
         return who
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
@@ -123,21 +108,21 @@ class UploadApi:
                                               self.cfg.api.max_upload_size, b64)
         except BodyTooLarge as e:
             self._audit(request, "Failure", str(e), **fields)
-            return _error(413, f"File larger than {self.cfg.api.max_upload_size} bytes", Connection="close")
+            return error(413, f"File larger than {self.cfg.api.max_upload_size} bytes", Connection="close")
         except BadEncoding as e:
             self._audit(request, "Failure", str(e), **fields)
-            return _error(400, str(e))
+            return error(400, str(e))
         except StorageError as e:
             log.error("staging failed", job_id=job_id, error=str(e))
             self._audit(request, "Failure", f"storage error: {e}", **fields)
-            return _error(503, "Storage is unavailable; try again later", **{"Retry-After": "30"})
+            return error(503, "Storage is unavailable; try again later", **{"Retry-After": "30"})
         except (ConnectionError, asyncio.IncompleteReadError, web.HTTPException) as e:
             self._audit(request, "Failure", f"upload interrupted: {e}", **fields)
-            return _error(400, "Upload interrupted")
+            return error(400, "Upload interrupted")
         if staged.size == 0:
             await store.delete(staging)
             self._audit(request, "Failure", "empty file", **fields)
-            return _error(400, "Empty file")
+            return error(400, "Empty file")
         wants_async = "respond-async" in request.headers.get("Prefer", "").lower()
         if wants_async or staged.size > self.cfg.api.async_threshold:
             now = time.time()
@@ -151,7 +136,7 @@ class UploadApi:
                 self.runner.kick()
             except (StorageError, OSError) as e:
                 await store.delete(staging)
-                return _error(503, f"Cannot queue the job: {e}", **{"Retry-After": "30"})
+                return error(503, f"Cannot queue the job: {e}", **{"Retry-After": "30"})
             self._audit(request, "Success", "queued", TargetFileSize=staged.size, **fields)
             url = self._status_url(job_id)
             return web.json_response({"jobId": job_id, "statusUrl": url}, status=202,
@@ -163,11 +148,11 @@ class UploadApi:
                                                reference=job_id)
         except Refused as e:
             self._audit(request, "Failure", f"refused: {e}", TargetFileSize=staged.size, **fields)
-            return _error(415, f"File refused: {e}")
+            return error(415, f"File refused: {e}")
         except StorageError as e:
             await store.delete(staging)
             self._audit(request, "Failure", f"storage error: {e}", **fields)
-            return _error(503, "Storage is unavailable; try again later", **{"Retry-After": "30"})
+            return error(503, "Storage is unavailable; try again later", **{"Retry-After": "30"})
         self._audit(request, "Success", "stored", TargetFilePath=stored.key, TargetFileSize=stored.size,
                     TargetFileSHA256=stored.sha256, **fields)
         return web.json_response(stored.answer(), headers={"Cache-Control": "no-store"})
@@ -178,19 +163,19 @@ class UploadApi:
     # -- GET /api/v1/jobs/<jobId> ----------------------------------------
 
     async def job(self, request: web.Request) -> web.Response:
-        who = self._authorise(request)
+        who = self.keys.caller(request)
         if isinstance(who, web.Response):
             return who
         job_id = request.match_info["job_id"]
         if not job_id.replace("-", "").replace("_", "").isalnum() or len(job_id) > 64:
-            return _error(404, "No such job")
+            return error(404, "No such job")
         store = self.uploads.store_for(None)
         try:
             job = await load(store, job_id)
         except StorageError as e:
-            return _error(503, f"Storage is unavailable: {e}", **{"Retry-After": "5"})
+            return error(503, f"Storage is unavailable: {e}", **{"Retry-After": "5"})
         if job is None:
-            return _error(404, "No such job")
+            return error(404, "No such job")
         if job.status == PENDING and job.lease_until < time.time():
             # Whoever had it is gone (or slow): let a runner on this node's spool finish it.
             job.lease_until = time.time() + self.cfg.api.job_lease

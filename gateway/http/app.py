@@ -1,34 +1,86 @@
-"""The HTTP listener: agent links, the upload API, the upload page, health."""
+"""The HTTP listener: agent links, the sign-in callback, the API (uploads,
+jobs, link refresh and revoke), the customer upload page, health, metrics.
+
+Plain HTTP on loopback for the embedded default; with ``http.tls_cert`` and
+``http.tls_key`` it serves TLS 1.2+ only (gateway.http.tls) and sends HSTS.
+"""
 from __future__ import annotations
 
 import asyncio
-from typing import Mapping
+from pathlib import Path
 
 from aiohttp import web
 
 from gateway import logs, metrics
+from gateway.config import Config, read_secret
 from gateway.http import openapi
 from gateway.http.api import UploadApi
+from gateway.http.apikeys import ApiKeys
 from gateway.http.links import LinkEndpoint
+from gateway.http.links_api import LinkApi
+from gateway.http.tls import TlsListener, server_context
 from gateway.http.upload_page import UploadPage
+from gateway.links import agents, authz
 from gateway.links.tokens import Keyring
 from gateway.spool import Spool
 from gateway.storage.base import Storage
 
+log = logs.get("http")
 
-def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog,
-              spool: Spool, url_ttls: Mapping[str, int], api: UploadApi | None = None,
+
+def url_ttls(cfg: Config) -> dict[str, int]:
+    """Per store, how long a storage URL minted at a click lives (the
+    backend's ``url_ttl``); stores without URLs (the filesystem) have none."""
+    return {name: s.url_ttl for name, s in cfg.storage.items() if hasattr(s, "url_ttl")}
+
+
+def build_links(cfg: Config, keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog) -> LinkEndpoint:
+    """The link endpoint with its sign-in and authorisation, secrets read now
+    (so a missing key file stops start-up, not the first click)."""
+    base = Path(cfg.base_dir)
+    secrets: dict[str, str] = {}
+    if cfg.agents.auth == "oidc":
+        assert cfg.agents.oidc is not None and cfg.agents.session_key is not None
+        secrets["client_secret"] = read_secret(cfg.agents.oidc.client_secret, base, "agents.oidc.client_secret")
+        secrets["session_key"] = read_secret(cfg.agents.session_key, base, "agents.session_key", min_length=32)
+    proxies = agents.Proxies(cfg.http.trusted_proxies)
+    authenticator = agents.build(cfg.agents, proxies, cfg.http.base_url, secrets)
+    callout = cfg.authorization.callout
+    token = read_secret(callout.token, base, "authorization.callout.token") if callout and callout.token else None
+    authoriser = authz.build(cfg.authorization, token)
+    return LinkEndpoint(keyring, stores, audit, url_ttls=url_ttls(cfg), link_ttl=cfg.links.ttl,
+                        base_url=cfg.http.base_url, authenticator=authenticator, authoriser=authoriser,
+                        proxies=proxies, contact=cfg.authorization.contact)
+
+
+def build_app(cfg: Config, links: LinkEndpoint, spool: Spool, keys: ApiKeys, api: UploadApi | None = None,
               upload_page: UploadPage | None = None) -> web.Application:
-    """The aiohttp application with every route the gateway serves.
-
-    ``url_ttls`` is, per store name, how long a storage URL minted at a
-    click lives (the backend's ``url_ttl``); stores without URLs of their
-    own (the filesystem) need no entry."""
+    """The aiohttp application with every route the gateway serves."""
     # No body-size cap here: uploads stream and the API enforces its own limit.
     app = web.Application(client_max_size=1 << 20)
-    links = LinkEndpoint(keyring, stores, audit, url_ttls)
+    tls = cfg.http.tls_cert is not None
+    hsts_max_age = cfg.http.hsts_max_age
+    links_api = LinkApi(links, keys)
     app.router.add_get("/a/{token}", links.get)
+    app.router.add_post("/a/{token}/refresh", links.refresh)
+    app.router.add_get("/p/{token}", links.landing)
+    app.router.add_get(agents.CALLBACK_PATH, links.callback)
+    app.router.add_post("/api/v1/links/refresh", links_api.refresh)
+    app.router.add_post("/api/v1/links/revoke", links_api.revoke)
     app.router.add_get("/healthz", _health)
+    app["audit"] = links.audit
+
+    async def _hsts(request: web.Request, response: web.StreamResponse) -> None:
+        # HSTS on HTTPS only (RFC 6797 section 7.2): ours, or a trusted
+        # proxy's that says so in X-Forwarded-Proto.
+        if tls or links.proxies.scheme(request) == "https":
+            response.headers["Strict-Transport-Security"] = f"max-age={hsts_max_age}; includeSubDomains"
+    app.on_response_prepare.append(_hsts)
+
+    async def _close(app: web.Application) -> None:
+        await links.authenticator.close()
+        await links.authoriser.close()
+    app.on_cleanup.append(_close)
 
     async def _metrics(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(metrics.render, spool)
@@ -44,22 +96,52 @@ def build_app(keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog
         app.router.add_post("/upload/{token}/files", upload_page.create)
         app.router.add_get("/upload/{token}/files/{uid}", upload_page.status)
         app.router.add_put("/upload/{token}/files/{uid}/chunks/{n}", upload_page.put_chunk)
+        app.router.add_post("/upload/{token}/files/{uid}/chunks/{n}/url", upload_page.part_url)
         app.router.add_post("/upload/{token}/files/{uid}/complete", upload_page.complete)
     return app
 
 
 async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    # Audit events lost by the network sinks: a number to alert on.
+    return web.json_response({"status": "ok", "audit_dropped": request.app["audit"].dropped})
 
 
 async def _openapi(request: web.Request) -> web.Response:
     return web.Response(text=openapi.text(), content_type="application/json")
 
 
-async def start(app: web.Application, host: str, port: int, reuse_port: bool = False) -> web.AppRunner:
-    """Serve ``app`` on host:port; return the runner to clean up with."""
+class Listener:
+    """A running HTTP listener, plain or TLS; ``cleanup`` stops it."""
+
+    def __init__(self, runner: web.AppRunner, tls: TlsListener | None) -> None:
+        self.runner = runner
+        self.tls = tls
+
+    async def cleanup(self) -> None:
+        if self.tls is not None:
+            await self.tls.stop()
+        await self.runner.cleanup()
+
+
+async def start(cfg: Config, app: web.Application, audit: logs.AuditLog, reuse_port: bool = False) -> Listener:
+    """Serve ``app`` on ``http.listen``; TLS when a certificate is configured."""
+    host, port = cfg.http.address
+    tls = cfg.http.tls_cert is not None
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-    await site.start()
-    return runner
+    if not tls:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        await site.start()
+        return Listener(runner, None)
+    ctx = server_context(str(cfg.path(cfg.http.tls_cert or "")), str(cfg.path(cfg.http.tls_key or "")))
+
+    def refused(address: str, version: str) -> None:
+        audit.event("LinkAccess", "Failure", EventOriginalType="tls", SrcIpAddr=address,
+                    EventResultDetails=f"{version} client hello refused (minimum TLS 1.2)")
+        log.info("old TLS refused", src=address, version=version)
+
+    listener = TlsListener(runner.server, ctx, refused)  # type: ignore[arg-type]
+    await listener.start(host, port, reuse_port)
+    return Listener(runner, listener)
+
+

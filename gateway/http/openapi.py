@@ -1,4 +1,5 @@
-"""The OpenAPI document of the upload API, served at ``/api/v1/openapi.json``.
+"""The OpenAPI document of the API (uploads, jobs, link refresh and revoke),
+served at ``/api/v1/openapi.json``.
 
 ``docs/openapi.json`` is this document written out
 (``python -m gateway.http.openapi > docs/openapi.json``); a test checks the
@@ -22,8 +23,21 @@ _STORED = {
 }
 
 
+_TEXT = {"type": "string", "minLength": 1, "pattern": "\\S"}
+
+
 def _err(text: str) -> dict[str, Any]:
     return {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(schema: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+
+
+def _json_post(operation_id: str, summary: str, request: str, responses: dict[str, Any]) -> dict[str, Any]:
+    """A path whose one operation is a POST of a JSON body."""
+    return {"post": {"operationId": operation_id, "summary": summary,
+                     "requestBody": {"required": True, "content": _json(request)}, "responses": responses}}
 
 
 def document() -> dict[str, Any]:
@@ -31,8 +45,9 @@ def document() -> dict[str, Any]:
     auth = {"401": _err("missing bearer API key"), "403": _err("invalid API key")}
     return {
         "openapi": "3.0.3",
-        "info": {"title": "attachment-gateway upload API", "version": "1",
-                 "description": "Upload an attachment from a contact-centre flow and get a secure link."},
+        "info": {"title": "attachment-gateway API", "version": "1",
+                 "description": "Upload an attachment from a contact-centre flow and get a secure link; "
+                                "refresh or revoke links from a CRM or agent desktop."},
         "security": [{"bearer": []}],
         "paths": {
             "/api/v1/upload/attachment": {
@@ -85,6 +100,22 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/links/refresh": _json_post(
+                "refreshLink", "A fresh link for the agent named, when that agent may see the customer",
+                "RefreshRequest", {"200": {"description": "a fresh link and token", "content": _json("Refreshed")},
+                                   "400": _err("not a JSON object with token and agent_id"),
+                                   **auth,
+                                   "403": _err("invalid API key, a token that is not ours (forged, retired key), "
+                                               "or the agent not allowed to see the customer"),
+                                   "404": _err("the link's object is gone"),
+                                   "410": _err("the link was revoked"),
+                                   "503": _err("storage unavailable; retry")}),
+            "/api/v1/links/revoke": _json_post(
+                "revokeLinks", "Revoke every link to an object, a customer's files or a message's files",
+                "RevokeRequest", {"200": {"description": "revoked in every store", "content": _json("Revoked")},
+                                  "400": _err("not exactly one of object, customer, message_id"),
+                                  **auth,
+                                  "503": _err("a store unavailable; retry")}),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -99,6 +130,25 @@ def document() -> dict[str, Any]:
                     "statusUrl": {"type": "string"},
                     "error": {"type": "string", "description": "why, when FAILED"},
                     **_STORED["properties"]}},
+                "RefreshRequest": {"type": "object", "required": ["token", "agent_id"], "properties": {
+                    "token": {**_TEXT, "description": "the token of the link (the last part of its URL)"},
+                    "agent_id": {**_TEXT, "description": "the agent the caller acts for, authorised as at a click"}}},
+                "Refreshed": {"type": "object", "required": ["url", "token", "expires"], "properties": {
+                    "url": {"type": "string"}, "token": {"type": "string"},
+                    "expires": {"type": "integer", "description": "Unix seconds"}}},
+                "RevokeRequest": {
+                    "type": "object",
+                    "properties": {"object": {**_TEXT, "description": "an object key"},
+                                   "customer": {**_TEXT, "description": "a customer id"},
+                                   "message_id": {**_TEXT, "description": "a Message-ID, with or without <>"},
+                                   "reason": {"type": "string", "description": "kept in the marker and audited"}},
+                    "oneOf": [{"required": ["object"]}, {"required": ["customer"]}, {"required": ["message_id"]}]},
+                "Revoked": {"type": "object", "required": ["revoked"], "properties": {"revoked": {
+                    "type": "array", "items": {"type": "object", "required": ["store", "revoked", "marker"],
+                                               "properties": {"store": {"type": "string"},
+                                                              "revoked": {"type": "string",
+                                                                          "enum": ["object", "customer", "message"]},
+                                                              "marker": {"type": "string"}}}}}},
             },
         },
     }

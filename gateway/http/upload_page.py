@@ -11,18 +11,36 @@ object at its secure key, mints the link, and queues an email to the
 contact centre in the customer's thread (In-Reply-To/References), which the
 worker delivers through the route like inbound mail.  Chunk and session
 state live in the store, so any node can take any request.
+
+With an S3 store (and ``upload.direct_to_store``) the bytes do not pass
+through the gateway: the upload is an S3 multipart upload at the staging
+key, the page asks for a presigned URL per part and PUTs the part straight
+to the store, "which chunks arrived" is ListParts, and ``complete`` finishes
+the multipart upload, checks every part's size and the whole size, reads the
+first bytes back with a ranged GET for the policies, and goes on as above
+(gateway/storage/s3_direct.py).
+
+Each upload started is counted against its invitation's limits
+(``invitations.reserve``) and leaves a marker in ``<spool>/page-uploads``;
+the serving process's sweeper (``sweep``) aborts uploads not completed
+within ``upload.abandon_after`` and removes their pieces.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
+import fcntl
 import html
 import json
+import os
 import time
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 from importlib import resources
+from pathlib import Path
 from typing import Any, Callable
 
 from aiohttp import web
@@ -34,8 +52,10 @@ from gateway.http.links import page
 from gateway.links.tokens import Keyring, TokenError, TokenExpired, new_object_id
 from gateway.mime import filenames
 from gateway.mime.rewrite import Link, html_links, text_links
-from gateway.spool import Envelope, Spool
+from gateway.partfacts import HEAD_BYTES
+from gateway.spool import Envelope, Spool, write_atomic
 from gateway.storage.base import ObjectMeta, ObjectNotFound, Storage, StorageError
+from gateway.storage.s3_direct import S3DirectUploads, direct_uploads, part_size
 from gateway.uploads import Refused, Uploads, declared_type
 
 log = logs.get("upload-page")
@@ -55,6 +75,58 @@ def _chunk_key(uid: str, n: int) -> str:
     return f"staging/page/{uid}/{n:06d}"
 
 
+def _direct_key(uid: str) -> str:
+    """The staging key of a direct (presigned multipart) upload."""
+    return f"staging/page/{uid}/file"
+
+
+def _chunk_lengths(session: dict[str, Any]) -> list[int]:
+    """The expected length of each chunk (or part)."""
+    size, step = session["size"], session["chunk_size"]
+    return [min(step, size - off) for off in range(0, size, step)]
+
+
+async def _load_session(store: Storage, uid: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(b"".join([c async for c in store.open(_session_key(uid))]))  # type: ignore[no-any-return]
+    except (ObjectNotFound, ValueError):
+        return None
+
+
+async def _save_session(store: Storage, session: dict[str, Any]) -> None:
+    await store.put(_session_key(session["uid"]), [json.dumps(session).encode()],
+                    ObjectMeta(content_type="application/json"))
+
+
+def _chunk_number(request: web.Request, session: dict[str, Any]) -> int | None:
+    """The chunk number in the URL when the upload has such a chunk."""
+    try:
+        n = int(request.match_info["n"])
+    except ValueError:
+        return None
+    return n if 0 <= n < len(_chunk_lengths(session)) else None
+
+
+def _is_digest(value: str, length: int) -> bool:
+    """Whether ``value`` is the base64 of ``length`` bytes."""
+    try:
+        return len(base64.b64decode(value, validate=True)) == length
+    except (ValueError, binascii.Error):
+        return False
+
+
+def _old_markers(directory: Path, cutoff: float) -> list[Path]:
+    """Upload markers written before ``cutoff`` (blocking)."""
+    out = []
+    for p in directory.iterdir():
+        try:
+            if not p.name.startswith(".") and p.stat().st_mtime < cutoff:
+                out.append(p)
+        except FileNotFoundError:
+            pass
+    return out
+
+
 class UploadPage:
     """The page, and the small JSON API its script talks to."""
 
@@ -66,10 +138,16 @@ class UploadPage:
         self.audit = audit
         self.queued = queued  # told the queue id of each completion email
         self.html = resources.files("gateway.http").joinpath("upload_page.html").read_text(encoding="utf-8")
+        self.markers = spool.root / "page-uploads"
+        self._sweeper: asyncio.Task[None] | None = None
         self.cfg = cfg
 
     def configure(self, cfg: Config) -> None:
         self.cfg = cfg
+
+    def _direct(self, store: Storage) -> S3DirectUploads | None:
+        """Presigned part uploads for this store, when configured and possible."""
+        return direct_uploads(store) if self.cfg.upload.direct_to_store else None
 
     # -- the invitation ---------------------------------------------------
 
@@ -98,12 +176,17 @@ class UploadPage:
             self.audit.event("UploadPageOpened", "Failure", EventResultDetails=f"HTTP {found.status}",
                              SrcIpAddr=request.remote)
             return found
+        _, store = found
+        direct = self._direct(store)
+        # The page PUTs parts to the store's origin: the CSP must allow it.
+        connect = "'self'" + (f" {await direct.origin()}" if direct is not None else "")
         settings = {"chunkSize": self.cfg.upload.chunk_size, "maxFileSize": self.cfg.upload.max_file_size}
         body = self.html.replace("{{CONFIG}}", html.escape(json.dumps(settings), quote=False))
         return web.Response(text=body, content_type="text/html", headers={
             "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
             "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                                       "connect-src 'self'; img-src 'self'; form-action 'none'; base-uri 'none'"})
+                                       f"connect-src {connect}; img-src 'self'; form-action 'none'; "
+                                       "base-uri 'none'"})
 
     # -- the chunk API ------------------------------------------------------
 
@@ -115,24 +198,27 @@ class UploadPage:
         uid = request.match_info["uid"]
         if not uid.replace("-", "").replace("_", "").isalnum() or len(uid) > 32:
             return _json({"error": "no such upload"}, 404)
-        try:
-            raw = b"".join([c async for c in store.open(_session_key(uid))])
-            session = json.loads(raw)
-        except (ObjectNotFound, ValueError):
-            return _json({"error": "no such upload"}, 404)
-        if session.get("invitation") != inv.object_id:
+        session = await _load_session(store, uid)
+        if session is None or session.get("invitation") != inv.object_id:
             return _json({"error": "no such upload"}, 404)
         return inv, store, session
 
-    def _chunks(self, session: dict[str, Any]) -> list[int]:
-        """The expected length of each chunk."""
-        size, step = session["size"], session["chunk_size"]
-        return [min(step, size - off) for off in range(0, size, step)]
-
     async def _received(self, store: Storage, session: dict[str, Any]) -> list[int]:
-        lengths = self._chunks(session)
+        """The chunks (0-based) the store holds whole."""
+        lengths = _chunk_lengths(session)
+        if session.get("mode") == "direct":
+            direct = direct_uploads(store)
+            assert direct is not None
+            parts = await direct.parts(_direct_key(session["uid"]), session["s3_upload_id"])
+            return sorted(p.number - 1 for p in parts if 0 < p.number <= len(lengths)
+                          and p.size == lengths[p.number - 1])
         stats = await asyncio.gather(*(store.stat(_chunk_key(session["uid"], i)) for i in range(len(lengths))))
         return [i for i, (st, n) in enumerate(zip(stats, lengths)) if st is not None and st.size == n]
+
+    def _answer(self, session: dict[str, Any], received: list[int]) -> dict[str, Any]:
+        return {"uploadId": session["uid"], "chunkSize": session["chunk_size"],
+                "chunks": len(_chunk_lengths(session)), "received": received,
+                "direct": session.get("mode") == "direct", "done": session["done"]}
 
     async def create(self, request: web.Request) -> web.Response:
         found = await self._invitation(request)
@@ -144,39 +230,89 @@ class UploadPage:
             name, size = str(req["name"]), int(req["size"])
         except (ValueError, KeyError, TypeError):
             return _json({"error": "expected {\"name\": ..., \"size\": ...}"}, 400)
+        up = self.cfg.upload
         if size <= 0:
             return _json({"error": "Empty file"}, 400)
-        if size > self.cfg.upload.max_file_size:
-            return _json({"error": f"File larger than {self.cfg.upload.max_file_size} bytes"}, 413)
-        session = {"uid": new_object_id(), "invitation": inv.object_id, "name": filenames.display_name(name)[:255],
-                   "size": size, "type": str(req.get("type") or "")[:100], "chunk_size": self.cfg.upload.chunk_size,
-                   "created": time.time(), "done": None}
-        await store.put(_session_key(session["uid"]), [json.dumps(session).encode()],
-                        ObjectMeta(content_type="application/json"))
-        log.info("upload started", upload_id=session["uid"], customer_id=inv.customer_id, size=size)
-        return _json({"uploadId": session["uid"], "chunkSize": session["chunk_size"],
-                      "chunks": len(self._chunks(session)), "received": []}, 201)
+        if size > up.max_file_size:
+            return _json({"error": f"File larger than {up.max_file_size} bytes"}, 413)
+        uid = new_object_id()
+        try:
+            await invitations.reserve(store, inv.object_id, uid, size, max_files=up.max_files_per_invitation,
+                                      max_bytes=up.max_bytes_per_invitation)
+        except invitations.OverLimit as e:
+            log.info("upload refused: invitation limit", customer_id=inv.customer_id, size=size, reason=str(e))
+            self.audit.event("FileCreated", "Failure", EventSubType="UploadPage", CustomerId=inv.customer_id,
+                             EventResultDetails=f"invitation limit: {e}", TargetFileSize=size,
+                             SrcIpAddr=request.remote)
+            return _json({"error": str(e)}, 413)
+        session = {"uid": uid, "invitation": inv.object_id, "name": filenames.display_name(name)[:255],
+                   "size": size, "type": str(req.get("type") or "")[:100], "chunk_size": up.chunk_size,
+                   "created": time.time(), "done": None, "mode": "chunks"}
+        direct = self._direct(store)
+        try:
+            if direct is not None:
+                session["mode"], session["chunk_size"] = "direct", part_size(up.chunk_size, size)
+                session["s3_upload_id"] = await direct.create(_direct_key(uid), ObjectMeta())
+            await asyncio.to_thread(self._mark, uid, store.name)
+            await _save_session(store, session)
+        except StorageError as e:
+            log.error("upload not started", upload_id=uid, error=str(e))
+            await invitations.release(store, inv.object_id, uid)
+            return _json({"error": "storage unavailable, try again"}, 503)
+        log.info("upload started", upload_id=uid, customer_id=inv.customer_id, size=size, mode=session["mode"])
+        return _json(self._answer(session, []), 201)
 
     async def status(self, request: web.Request) -> web.Response:
         found = await self._session(request)
         if isinstance(found, web.Response):
             return found
         _, store, session = found
-        return _json({"uploadId": session["uid"], "chunkSize": session["chunk_size"],
-                      "chunks": len(self._chunks(session)), "received": await self._received(store, session),
-                      "done": session["done"]})
+        received = [] if session["done"] else await self._received(store, session)
+        return _json(self._answer(session, received))
+
+    async def part_url(self, request: web.Request) -> web.Response:
+        """A presigned URL for one part of a direct upload (asked for just
+        before each PUT, so it need only live for minutes)."""
+        found = await self._session(request)
+        if isinstance(found, web.Response):
+            return found
+        _, store, session = found
+        direct = direct_uploads(store)
+        if session.get("mode") != "direct" or direct is None or session["done"]:
+            return _json({"error": "this upload does not take part URLs"}, 409)
+        n = _chunk_number(request, session)
+        if n is None:
+            return _json({"error": "no such chunk"}, 404)
+        try:
+            req = await request.json() if request.can_read_body else {}
+            sums = {k: str(req.get(k) or "") for k in ("md5", "sha256")}
+        except (ValueError, AttributeError):
+            return _json({"error": "expected {\"md5\": ..., \"sha256\": ...} (base64), or no body"}, 400)
+        for name, length in (("md5", 16), ("sha256", 32)):
+            if sums[name] and not _is_digest(sums[name], length):
+                return _json({"error": f"{name}: expected the base64 of a {length}-byte digest"}, 400)
+        ttl = self.cfg.upload.part_url_ttl
+        try:
+            url, headers = await direct.part_url(_direct_key(session["uid"]), session["s3_upload_id"], n + 1, ttl,
+                                                 md5_b64=sums["md5"], sha256_b64=sums["sha256"])
+        except StorageError as e:
+            log.error("part URL not made", upload_id=session["uid"], chunk=n, error=str(e))
+            return _json({"error": "storage unavailable"}, 503)
+        log.info("part url issued", upload_id=session["uid"], chunk=n,
+                 checksums=[k for k, v in sums.items() if v])
+        return _json({"chunk": n, "url": url, "headers": headers, "expiresIn": ttl})
 
     async def put_chunk(self, request: web.Request) -> web.Response:
         found = await self._session(request)
         if isinstance(found, web.Response):
             return found
         _, store, session = found
-        lengths = self._chunks(session)
-        try:
-            n = int(request.match_info["n"])
-            expected = lengths[n]
-        except (ValueError, IndexError):
+        if session.get("mode") == "direct":
+            return _json({"error": "this upload sends its parts to the store; ask for a part URL"}, 409)
+        n = _chunk_number(request, session)
+        if n is None:
             return _json({"error": "no such chunk"}, 404)
+        expected = _chunk_lengths(session)[n]
         key = _chunk_key(session["uid"], n)
         try:
             staged = await self.uploads.stage(store, key, request.content.iter_chunked(READ_CHUNK), expected)
@@ -195,6 +331,40 @@ class UploadPage:
         log.info("chunk stored", upload_id=session["uid"], chunk=n, size=staged.size)
         return _json({"chunk": n, "size": staged.size})
 
+    async def _assemble(self, store: Storage, session: dict[str, Any]) -> tuple[list[str], bytes] | web.Response:
+        """The staging keys of a whole upload and its first bytes, or the 409
+        naming the chunks still missing."""
+        lengths = _chunk_lengths(session)
+        uid = session["uid"]
+        if session.get("mode") != "direct":
+            missing = sorted(set(range(len(lengths))) - set(await self._received(store, session)))
+            if missing:
+                return _json({"error": "chunks missing", "missing": missing}, 409)
+            keys = [_chunk_key(uid, i) for i in range(len(lengths))]
+            head = b""
+            async for c in store.open(keys[0]):
+                head = c[:HEAD_BYTES]
+                break
+            return keys, head
+        direct = direct_uploads(store)
+        assert direct is not None
+        key = _direct_key(uid)
+        if session.get("assembled"):  # completed by an earlier try that failed later
+            return [key], await direct.read_head(key, min(HEAD_BYTES, session["size"]))
+        # The store's list of parts, not the page's word: each must be there whole.
+        parts = {p.number: p for p in await direct.parts(key, session["s3_upload_id"])}
+        missing = [i for i, n in enumerate(lengths) if i + 1 not in parts or parts[i + 1].size != n]
+        if missing:
+            return _json({"error": "chunks missing", "missing": missing}, 409)
+        size = await direct.complete(key, session["s3_upload_id"], [parts[i + 1] for i in range(len(lengths))])
+        if size != session["size"]:
+            await store.delete(key)
+            raise StorageError(f"upload {uid} completed with {size} bytes, expected {session['size']}")
+        session["assembled"] = True
+        await _save_session(store, session)
+        log.info("parts assembled", upload_id=uid, parts=len(lengths), size=size)
+        return [key], await direct.read_head(key, min(HEAD_BYTES, size))
+
     async def complete(self, request: web.Request) -> web.Response:
         found = await self._session(request)
         if isinstance(found, web.Response):
@@ -202,15 +372,14 @@ class UploadPage:
         inv, store, session = found
         if session["done"]:
             return _json(session["done"])  # a retried complete: same answer
-        lengths = self._chunks(session)
-        missing = sorted(set(range(len(lengths))) - set(await self._received(store, session)))
-        if missing:
-            return _json({"error": "chunks missing", "missing": missing}, 409)
-        keys = [_chunk_key(session["uid"], i) for i in range(len(lengths))]
-        head = b""
-        async for c in store.open(keys[0]):
-            head = c[:8192]
-            break
+        try:
+            assembled = await self._assemble(store, session)
+        except StorageError as e:
+            log.error("upload not assembled", upload_id=session["uid"], error=str(e))
+            return _json({"error": "storage unavailable, try again"}, 503)
+        if isinstance(assembled, web.Response):
+            return assembled
+        keys, head = assembled
         fields = dict(QueueId=session["uid"], CustomerId=inv.customer_id, TargetFileName=session["name"],
                       ActorUsername=f"customer:{inv.customer_id}", SrcIpAddr=request.remote)
         try:
@@ -222,14 +391,14 @@ class UploadPage:
             self.audit.event("FileCreated", "Failure", EventSubType="UploadPage", EventResultDetails=f"refused: {e}",
                              **fields)
             await asyncio.gather(*(store.delete(k) for k in keys))
+            await invitations.release(store, inv.object_id, session["uid"])
             return _json({"error": f"This file cannot be accepted: {e}"}, 415)
         except StorageError as e:
             log.error("upload not completed", upload_id=session["uid"], error=str(e))
             return _json({"error": "storage unavailable, try again"}, 503)
         qid = await asyncio.to_thread(self._queue_email, inv, stored.filename, stored.size, stored.url)
         session["done"] = {"fileName": stored.filename, "fileSize": stored.size}
-        await store.put(_session_key(session["uid"]), [json.dumps(session).encode()],
-                        ObjectMeta(content_type="application/json"))
+        await _save_session(store, session)
         await asyncio.gather(*(store.delete(k) for k in keys))
         self.queued(qid)
         self.audit.event("FileCreated", "Success", EventSubType="UploadPage", EventResultDetails="stored",
@@ -237,6 +406,82 @@ class UploadPage:
                          NotificationQueueId=qid, **fields)
         log.info("upload complete", upload_id=session["uid"], key=stored.key, queue_id=qid)
         return _json(session["done"])
+
+    # -- abandoned uploads ---------------------------------------------------
+
+    def _mark(self, uid: str, store: str) -> None:
+        """Record (blocking) that an upload was started, for the sweeper."""
+        self.markers.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.markers / uid, json.dumps({"store": store}).encode())
+
+    def start_sweeper(self) -> None:
+        """Run ``sweep`` every ``upload.cleanup_interval`` in this process."""
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="upload-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.upload.cleanup_interval)
+            try:
+                await self.sweep()
+            except Exception as e:  # noqa: BLE001 - the next round tries again
+                log.error("sweep of abandoned uploads failed", error=f"{type(e).__name__}: {e}")
+
+    async def sweep(self) -> int:
+        """Abort uploads started more than ``upload.abandon_after`` ago and
+        not completed: the S3 multipart upload is aborted, chunks are
+        deleted, the session and its count against the invitation go (the
+        record of a completed upload goes then too).
+        Processes sharing the spool take turns (an flock); returns how many
+        uploads were removed."""
+        await asyncio.to_thread(self.markers.mkdir, parents=True, exist_ok=True)
+        lock = await asyncio.to_thread(os.open, self.markers / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            cutoff = time.time() - self.cfg.upload.abandon_after
+            removed = 0
+            for path in await asyncio.to_thread(_old_markers, self.markers, cutoff):
+                if await self._sweep_one(path, cutoff):
+                    removed += 1
+            return removed
+        finally:
+            os.close(lock)
+
+    async def _sweep_one(self, path: Path, cutoff: float) -> bool:
+        uid = path.name
+        try:
+            store = self.uploads.stores[json.loads(await asyncio.to_thread(path.read_bytes))["store"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            return False
+        session = await _load_session(store, uid)
+        if session is not None and session["created"] > cutoff:
+            return False
+        if session is None or session["done"]:
+            # Completed (its record kept a while for a retried "complete"), or gone.
+            await store.delete(_session_key(uid))
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            return False
+        if session.get("mode") == "direct":
+            direct = direct_uploads(store)
+            if direct is not None:
+                await direct.abort(_direct_key(uid), session["s3_upload_id"])
+            await store.delete(_direct_key(uid))
+        else:
+            await asyncio.gather(*(store.delete(_chunk_key(uid, i)) for i in range(len(_chunk_lengths(session)))))
+        await invitations.release(store, session["invitation"], uid)
+        await store.delete(_session_key(uid))
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        log.info("abandoned upload removed", upload_id=uid, mode=session.get("mode"), size=session["size"],
+                 age=round(time.time() - session["created"]))
+        return True
 
     # -- the email to the contact centre -----------------------------------
 

@@ -49,10 +49,12 @@ class RecordCache:
         self._size = size
         self._items: OrderedDict[tuple[str, str], LinkRecord] = OrderedDict()
 
-    async def load(self, storage: Storage, object_id: str) -> LinkRecord:
-        """The record for ``object_id``; raises ObjectNotFound."""
+    async def load(self, storage: Storage, object_id: str, fresh: bool = False) -> LinkRecord:
+        """The record for ``object_id``; raises ObjectNotFound.  ``fresh``
+        reads the store even when the record is cached (a record may have
+        been revoked by another node)."""
         k = (storage.name, object_id)
-        rec = self._items.get(k)
+        rec = None if fresh else self._items.get(k)
         if rec is not None:
             self._items.move_to_end(k)
             return rec
@@ -66,3 +68,35 @@ class RecordCache:
         if len(self._items) > self._size:
             self._items.popitem(last=False)
         return rec
+
+
+@dataclass(frozen=True)
+class PageRecord:
+    """The facts behind a message's landing page: its files' link records."""
+
+    page_id: str
+    object_ids: list[str]
+    customer_id: str
+    queue_id: str
+    message_id: str
+    created: float
+    expires: int
+
+
+def page_key(page_id: str) -> str:
+    return f"pages/{page_id}.json"
+
+
+async def save_page(storage: Storage, page: PageRecord) -> None:
+    """Store the landing page's record beside the link records."""
+    data = json.dumps(asdict(page), ensure_ascii=False).encode()
+    await storage.put(page_key(page.page_id), [data], ObjectMeta(content_type="application/json"))
+
+
+async def load_page(storage: Storage, page_id: str) -> PageRecord:
+    """The landing page's record; raises ObjectNotFound."""
+    chunks = [c async for c in storage.open(page_key(page_id))]
+    try:
+        return PageRecord(**json.loads(b"".join(chunks)))
+    except (ValueError, TypeError) as e:
+        raise ObjectNotFound(f"unreadable page record {page_id}: {e}") from None

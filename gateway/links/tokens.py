@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import ApiKey, LinkKey
+from gateway.config import ApiKey, ConfigError, LinkKey, read_secret
 
 _TOKEN = re.compile(r"^([A-Za-z0-9_-]{1,16})\.([A-Za-z0-9_-]{1,32})\.([0-9a-z]{1,13})\.([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{22})$")
 
@@ -30,8 +30,20 @@ class TokenError(Exception):
     unknown or retired key (answered 403)."""
 
 
+def key_id(token: str) -> str | None:
+    """The key id a token claims (unchecked), for audit events about tokens
+    that failed."""
+    kid = token.split(".", 1)[0]
+    return kid if re.fullmatch(r"[A-Za-z0-9_-]{1,16}", kid) else None
+
+
 class TokenExpired(TokenError):
-    """The token was ours but its time is up (answered 410)."""
+    """The token was ours but its time is up (answered 410, with a page to
+    refresh it); ``claims`` are what it said, checked and signed."""
+
+    def __init__(self, message: str, claims: "Claims") -> None:
+        super().__init__(message)
+        self.claims = claims
 
 
 @dataclass(frozen=True)
@@ -56,27 +68,19 @@ def _b64(data: bytes) -> str:
 
 
 def load_secret(key: LinkKey | ApiKey, base_dir: Path, where: str = "links.keys") -> bytes:
-    """A key's secret from its environment variable or file (``where`` names
-    the config list in errors)."""
-    if key.env is not None:
-        value = os.environ.get(key.env)
-        if not value:
-            raise ValueError(f"{where}[{key.id}]: environment variable {key.env} is not set")
-        return value.strip().encode()
+    """A key's secret (16 characters or more) from its environment variable
+    or file (``where`` names the config list in errors); raise ValueError."""
     path = Path(key.file or "")
     path = path if path.is_absolute() else base_dir / path
-    if not path.exists() and getattr(key, "create_missing", False):
+    if key.file is not None and not path.exists() and getattr(key, "create_missing", False):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
     try:
-        secret = path.read_text().strip().encode()
-    except OSError as e:
-        raise ValueError(f"{where}[{key.id}].file: {path}: {e.strerror}") from None
-    if len(secret) < 16:
-        raise ValueError(f"{where}[{key.id}].file: {path}: key shorter than 16 characters")
-    return secret
+        return read_secret(key, base_dir, f"{where}[{key.id}]", min_length=16).encode()
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
 
 
 class Keyring:
@@ -98,8 +102,8 @@ class Keyring:
         """A token for ``object_id`` in ``store`` valid until ``expires``.
 
         ``purpose`` is mixed into the MAC (not written in the token) so a
-        token made for one use (an upload invitation) never verifies as
-        another (a download link)."""
+        token made for one use (a landing page, an upload invitation) never
+        verifies as another (a download link)."""
         key = self._keys[self.current]
         body = f"{key.id}.{store}.{_b36(expires)}.{object_id}"
         return body + "." + _mac(key.secret, purpose, body)
@@ -120,10 +124,10 @@ class Keyring:
         now = time.time() if now is None else now
         if key.retire is not None and now >= key.retire:
             raise TokenError(f"key {kid!r} retired")
-        expires = int(exp36, 36)
-        if now >= expires:
-            raise TokenExpired(f"expired at {expires}")
-        return Claims(kid=kid, store=store, expires=expires, object_id=oid)
+        claims = Claims(kid=kid, store=store, expires=int(exp36, 36), object_id=oid)
+        if now >= claims.expires:
+            raise TokenExpired(f"expired at {claims.expires}", claims)
+        return claims
 
 
 def _mac(secret: bytes, purpose: str, body: str) -> str:

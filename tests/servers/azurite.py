@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from ..certs import self_signed
 from .procs import log_tail, stop_process
 from .ports import LOOPBACK, free_port, port_is_open
 
@@ -91,7 +92,7 @@ class Azurite:
         self.port = free_port()
         extra: list[str] = []
         if self.tls:
-            cert, key = _self_signed(self.dir)
+            cert, key = self_signed(self.dir, "azurite test")
             self.ca_file = cert
             extra += ["--cert", str(cert), "--key", str(key)]
         if self.oauth:
@@ -134,33 +135,6 @@ class Azurite:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-
-
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate and key for 127.0.0.1 and localhost."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "azurite test")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK)),
-                                                        x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 if __name__ == "__main__":  # manual check: python -m tests.servers.azurite

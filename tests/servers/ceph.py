@@ -16,7 +16,7 @@ Debian packages: ``radosgw ceph-mon ceph-osd`` (scripts/install-storage-deps.sh)
 Usage::
 
     with CephRadosgw() as ceph:
-        boto3.client("s3", endpoint_url=ceph.endpoint_url, ...)
+        s3 = ceph.client()  # or boto3.client("s3", endpoint_url=ceph.endpoint_url, ...)
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Callable
+from typing import Any, Callable
 
 from .ports import LOOPBACK, free_port, port_is_open, wait_for_port
 
@@ -118,6 +118,16 @@ class CephRadosgw:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+    def client(self) -> Any:
+        """A plain boto3 S3 client of the test user (SigV4), to set up
+        buckets and look at the server behind the gateway's back."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                            config=Config(signature_version="s3v4"))
 
     def radosgw_admin(self, *args: str) -> str:
         """Run ``radosgw-admin`` against this cluster and return its output."""
