@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway import __version__, logs
 from gateway.config import Config, ConfigError, load
-from gateway.spool import QUEUES, REWRITTEN, Locked, Spool
+from gateway.spool import QUEUES, REWRITTEN, Locked, Spool, message_source
 from gateway.storage.base import Storage, StorageError
 
 EX_OK, EX_USAGE, EX_NOTFOUND, EX_TEMPFAIL, EX_CONFIG = 0, 64, 69, 75, 78
@@ -358,8 +358,8 @@ def _queue_action(spool: Spool, action: str, qid: str, queue: str, args: argpars
     if action == "show":
         entry = next(e for e in spool.entries((queue,)) if e["queue_id"] == qid)
         path = spool.root / queue / qid
-        with open(path / "message.eml", "rb") as f:
-            head = f.read(65536)
+        with message_source(path) as src:
+            head = src.read(0, 65536)
         end = head.find(b"\r\n\r\n")
         entry["headers"] = head[: end if end >= 0 else len(head)].decode("utf-8", "replace")
         result = path / "result.json"

@@ -57,6 +57,29 @@ STREAM_LIMIT = 1 << 20
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 
 
+def crlf_only(data: bytes) -> bool:
+    """Whether every CR and every LF in ``data`` is part of a CRLF.
+
+    Three counts would do (CR, LF and CRLF alike); counting the two-byte
+    CRLF is the slowest pass over DATA, so where the lines have one length
+    (base64 bodies) their ends are checked by stride and only the rest is
+    counted."""
+    lf = data.count(b"\n")
+    if data.count(b"\r") != lf:
+        return False
+    first = data.find(b"\n")
+    if first <= 0:
+        return lf == 0
+    stride = first + 1
+    lines = min(lf, len(data) // stride)
+    view = memoryview(data)[: lines * stride]
+    if lines > 1 and view[first::stride] == b"\n" * lines and view[first - 1::stride] == b"\r" * lines:
+        # Those ``lines`` LFs are CRLFs; every LF is one when the rest adds up.
+        if lines + data.count(b"\r\n", lines * stride) == lf:
+            return True
+    return data.count(b"\r\n") == lf
+
+
 class Handler:
     """The aiosmtpd handler: the gateway's answers to MAIL, RCPT and EHLO."""
 
@@ -308,12 +331,16 @@ class GatewaySMTP(SMTP):
             self._reset_timeout()
             buf += chunk
             done = False
+            has_dot = True
             if at_line_start and buf[:3] == b".\r\n":
                 content, leftover, done = b"", buf[3:], True
             elif at_line_start and len(buf) < 3 and b".\r\n".startswith(buf):
                 continue  # may be the start of the end marker: need more bytes
             else:
-                idx = buf.find(b"\r\n.\r\n")
+                # A dot (memchr, fast) is what both the end of data and
+                # dot-stuffing need: most large bodies (base64) have none.
+                has_dot = b"." in buf
+                idx = buf.find(b"\r\n.\r\n") if has_dot else -1
                 if idx >= 0:
                     content, leftover, done = buf[: idx + 2], buf[idx + 5:], True
                 else:
@@ -327,13 +354,13 @@ class GatewaySMTP(SMTP):
                     content, buf, leftover = buf[:cut], buf[cut:], b""
             if content:
                 # Undo dot-stuffing (RFC 5321 section 4.5.2).
-                if at_line_start and content[:1] == b".":
-                    content = content[1:]
-                content = content.replace(b"\r\n.", b"\r\n")
+                if has_dot:
+                    if at_line_start and content[:1] == b".":
+                        content = content[1:]
+                    content = content.replace(b"\r\n.", b"\r\n")
                 # Only CRLF ends a line on the wire; judge before normalising.
                 at_line_start = content.endswith(b"\r\n")
-                crlf = content.count(b"\r\n")
-                if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
+                if not crlf_only(content):
                     bare_line_ends += 1
                     content = _LINE_ENDS.sub(b"\r\n", content)
                 size += len(content)

@@ -9,16 +9,23 @@ Directory queues in the Postfix manner, one directory per message::
     hold/ID/        set aside by an administrator or by the worker
     corrupt/ID/     unreadable envelope; kept, never deleted by the gateway
 
-A message directory holds ``message.eml`` (the bytes as received),
-``envelope.json`` (written once at reception), ``state.json`` (attempts,
-next attempt, last error: rewritten atomically), and after processing
-``rewritten.eml`` and ``result.json``, so a retry never offloads twice.
+A message directory holds ``message.eml``: the bytes as received, then the
+envelope (JSON) in a fixed framing at its end (``ENVELOPE_FOOTER``), so a
+reception creates one file and fsyncs it once; ``state.json`` (attempts,
+next attempt, last error: rewritten atomically); and after processing
+``rewritten.eml`` and ``result.json``, so a retry never offloads twice.  A
+directory from before the framing has an ``envelope.json`` beside a bare
+``message.eml``, and is read as such.  Read the message through
+``message_source()`` (or ``Handle.message()``), which stops before the
+envelope.
 
-Every file is written to a temporary name, fsynced and renamed; the
-directory is fsynced after every rename.  A directory moves between queues by
+Every file is written to a temporary name, fsynced and renamed (the message
+file is written in place: its whole directory is still in ``tmp/`` and is
+renamed into ``incoming/`` once the file and the directory are fsynced);
+the directory is fsynced after every rename.  A directory moves between queues by
 one rename, which is atomic, so a crash leaves each message in exactly one
-queue.  Whoever works on a message holds an exclusive flock on its ``lock``
-file; a lock that can be taken belongs to a dead process, which is how
+queue.  Whoever works on a message holds an exclusive flock on its
+directory; a lock that can be taken belongs to a dead process, which is how
 ``recover()`` tells a crashed worker's message from a live one's.
 """
 from __future__ import annotations
@@ -36,13 +43,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from gateway.mime.source import Source
+
 QUEUES = ("incoming", "active", "deferred", "hold", "corrupt")
 MESSAGE = "message.eml"
 ENVELOPE = "envelope.json"
 STATE = "state.json"
 REWRITTEN = "rewritten.eml"
 RESULT = "result.json"
-LOCK = "lock"
+# The end of message.eml: b"\n", the envelope JSON's length in 10 digits, then
+# this; the JSON is just before it.  A message received over SMTP ends in
+# CRLF, so its own bytes never end like this (bare LF after "v1").
+ENVELOPE_FOOTER = b" envelope v1\n"
+_FOOTER_SIZE = 1 + 10 + len(ENVELOPE_FOOTER)
 
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
 
@@ -148,6 +161,7 @@ class Handle:
         self.queue = queue
         self.queue_id = queue_id
         self._lock_fd = lock_fd
+        self._message_size: int | None = None
 
     @property
     def path(self) -> Path:
@@ -157,7 +171,20 @@ class Handle:
         return self.path / name
 
     def envelope(self) -> Envelope:
-        return Envelope.from_json(self.file(ENVELOPE).read_bytes())
+        envelope, self._message_size = read_envelope(self.path)
+        return envelope
+
+    @property
+    def message_size(self) -> int:
+        """Bytes of the message as received (the envelope after them excluded)."""
+        if self._message_size is None:
+            self.envelope()
+        assert self._message_size is not None
+        return self._message_size
+
+    def message(self) -> Source:
+        """The message as received (without the envelope after it)."""
+        return Source(self.file(MESSAGE), size=self.message_size)
 
     def state(self) -> State:
         try:
@@ -188,7 +215,7 @@ class Handle:
         trash = self.spool.root / "tmp" / f"{self.queue_id}.done"
         os.rename(self.path, trash)
         fsync_dir(trash.parent.parent / self.queue)
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove_tree(trash)
         self.queue = "tmp"
         self.release()
 
@@ -205,8 +232,10 @@ class Handle:
 
 
 def _try_lock(path: Path) -> int:
-    """Take the message's lock without waiting; raise Locked if it is held."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """Take the lock of the message directory ``path`` (an flock on the
+    directory itself: it follows the directory from queue to queue) without
+    waiting; raise Locked if it is held."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -222,7 +251,8 @@ class Reception:
     """A message being received: written to ``tmp/ID/message.eml`` as it arrives.
 
     Nothing of it is acknowledged until ``commit`` returns, which is when the
-    file and every directory entry leading to it are on disk.
+    file (message and envelope) and every directory entry leading to it are
+    on disk: one file fsync and two directory fsyncs.
     """
 
     def __init__(self, spool: "Spool") -> None:
@@ -234,7 +264,7 @@ class Reception:
         self._lock_fd = -1
         os.mkdir(self.path, 0o700)
         try:
-            self._lock_fd = _try_lock(self.path / LOCK)
+            self._lock_fd = _try_lock(self.path)
             self._fd = os.open(self.path / MESSAGE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except BaseException:
             self.abort()
@@ -242,17 +272,22 @@ class Reception:
 
     def write(self, data: bytes | memoryview) -> None:
         """Append received bytes (blocking: call from a thread for big writes)."""
+        self._write(data)
+        self.size += len(data)
+
+    def _write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
-        self.size += len(data)
 
     def commit(self, envelope: Envelope) -> None:
         """Make the message durable and put it in ``incoming`` (blocking)."""
+        data = envelope.to_json()
+        self._write(b"%s\n%010d%s" % (data, len(data), ENVELOPE_FOOTER))
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
-        write_atomic(self.path / ENVELOPE, envelope.to_json())
+        fsync_dir(self.path)
         dst = self.spool.root / "incoming" / self.queue_id
         os.rename(self.path, dst)
         fsync_dir(dst.parent)
@@ -266,7 +301,7 @@ class Reception:
             os.close(self._fd)
             self._fd = -1
         if self.path.parent.name == "tmp":
-            shutil.rmtree(self.path, ignore_errors=True)
+            _remove_tree(self.path)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -316,12 +351,17 @@ class Spool:
         """Lock a message and move it from ``src`` to ``dst``; raise Locked when
         another process has it, FileNotFoundError when it is gone."""
         path = self.root / src / queue_id
-        if not path.is_dir():
-            raise FileNotFoundError(path)
-        fd = _try_lock(path / LOCK)
+        try:
+            fd = _try_lock(path)
+        except NotADirectoryError:
+            raise FileNotFoundError(path) from None
         handle = Handle(self, src, queue_id, fd)
         try:
-            if not handle.path.is_dir():  # moved by someone between our check and lock
+            try:
+                moved = os.stat(path).st_ino != os.fstat(fd).st_ino
+            except FileNotFoundError:
+                moved = True
+            if moved:  # moved by someone between our open and lock
                 raise FileNotFoundError(path)
             if dst != src:
                 handle.move(dst, durable=dst != "active")
@@ -365,12 +405,15 @@ class Spool:
             except FileNotFoundError:
                 continue
             try:
-                fd = _try_lock(path / LOCK) if (path / LOCK).exists() else -1
+                fd = _try_lock(path)
             except Locked:
                 continue
+            except OSError:  # gone meanwhile, or not a directory (a stray file)
+                fd = -1
             try:
-                shutil.rmtree(path, ignore_errors=True)
-                counts["removed_tmp"] += 1
+                if fd >= 0 or os.path.lexists(path):
+                    _remove_tree(path)
+                    counts["removed_tmp"] += 1
             finally:
                 if fd >= 0:
                     os.close(fd)
@@ -382,7 +425,7 @@ class Spool:
             for qid in self.ids(q):
                 path = self.root / q / qid
                 try:
-                    env = Envelope.from_json((path / ENVELOPE).read_bytes())
+                    env, _ = read_envelope(path)
                 except (OSError, ValueError, TypeError):
                     yield {"queue_id": qid, "queue": q, "error": "unreadable envelope"}
                     continue
@@ -408,6 +451,52 @@ class Spool:
     def counts(self) -> dict[str, int]:
         """Messages per queue, for metrics and ``queue list``."""
         return {q: len(self.ids(q)) for q in QUEUES}
+
+
+def read_envelope(path: Path) -> tuple[Envelope, int]:
+    """The envelope of the message directory ``path`` and the size of its
+    message (the bytes before the envelope); ValueError when unreadable."""
+    legacy = path / ENVELOPE
+    if legacy.exists():
+        return Envelope.from_json(legacy.read_bytes()), (path / MESSAGE).stat().st_size
+    fd = os.open(path / MESSAGE, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        footer = os.pread(fd, _FOOTER_SIZE, size - _FOOTER_SIZE) if size >= _FOOTER_SIZE else b""
+        digits = footer[1:11]
+        if len(footer) != _FOOTER_SIZE or footer[:1] != b"\n" or not digits.isdigit() \
+                or not footer.endswith(ENVELOPE_FOOTER) or int(digits) > size - _FOOTER_SIZE:
+            raise ValueError(f"{path / MESSAGE}: no envelope at its end")
+        n = int(digits)
+        start = size - _FOOTER_SIZE - n
+        return Envelope.from_json(os.pread(fd, n, start)), start
+    finally:
+        os.close(fd)
+
+
+def message_source(path: Path) -> Source:
+    """The message of the message directory ``path``, without its envelope."""
+    _, size = read_envelope(path)
+    return Source(path / MESSAGE, size=size)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a message directory (its files, then itself), or a stray file;
+    whatever is in the way (a subdirectory) falls back to rmtree."""
+    try:
+        names = os.listdir(path)
+    except NotADirectoryError:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    except FileNotFoundError:
+        return
+    try:
+        for name in names:
+            os.unlink(path / name)
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def is_disk_full(err: BaseException) -> bool:

@@ -29,7 +29,7 @@ from gateway.authn.resolver import Resolver
 from gateway.authn.seal import Key, Sealer
 from gateway.authn.verify import Verification, Verifier
 from gateway.config import Config, RouteSettings
-from gateway.delivery import Content, NextHop
+from gateway.delivery import Content, DeliveryResult, NextHop
 from gateway.delivery import build as build_next_hop
 from gateway.delivery.dsn import build_dsn
 from gateway.links import records
@@ -55,6 +55,9 @@ UNPACKED = "unpacked.eml"
 # HTML bodies up to this size are read for cid: references (inline images).
 MAX_HTML_SCAN = 8 << 20
 
+# Messages up to this size are parsed on the event loop (see process_source).
+INLINE_PARSE = 64 << 10
+
 # Seconds between looks for messages a dead process left in ``active``.
 RECOVERY_INTERVAL = 30.0
 # Seconds the auto-reply waits for its upload invitation to be saved: the
@@ -78,6 +81,16 @@ class Offloaded:
     url: str
     object_id: str = ""
     expires: int = 0
+
+
+@dataclass
+class Loaded:
+    """What handling a claimed message starts from, read with the claim."""
+
+    envelope: Envelope
+    state: State
+    # rewritten.eml is there: processed before, deliver it as it is.
+    rewritten: bool
 
 
 @dataclass
@@ -229,7 +242,7 @@ class Worker:
             if not qid:
                 return
             try:
-                handle = await asyncio.to_thread(self.spool.claim, qid, queue, "active")
+                handle, loaded = await asyncio.to_thread(self._claim, qid, queue)
             except (Locked, FileNotFoundError):
                 self._inflight.discard(qid)
                 continue
@@ -238,32 +251,45 @@ class Worker:
                 self._inflight.discard(qid)
                 continue
             try:
-                await self.handle(handle)
+                await self.handle(handle, loaded)
             finally:
                 handle.release()
                 self._inflight.discard(qid)
 
     # -- one message ------------------------------------------------------
 
-    async def handle(self, handle: Handle) -> None:
+    def _claim(self, qid: str, queue: str) -> tuple[Handle, "Loaded | Exception"]:
+        """Claim a message and read what handling it starts with, in one
+        thread call (blocking)."""
+        handle = self.spool.claim(qid, queue, "active")
+        try:
+            try:
+                envelope = handle.envelope()
+            except (OSError, ValueError, TypeError) as e:
+                return handle, e
+            return handle, Loaded(envelope, handle.state(), handle.has(REWRITTEN))
+        except BaseException:
+            handle.release()
+            raise
+
+    async def handle(self, handle: Handle, loaded: "Loaded | Exception") -> None:
         """Process (if not yet done) and deliver one claimed message."""
         qlog = log.bind(queue_id=handle.queue_id)
-        try:
-            envelope = await asyncio.to_thread(handle.envelope)
-        except (OSError, ValueError, TypeError) as e:
-            qlog.error("unreadable envelope; moved to corrupt", error=str(e))
+        if isinstance(loaded, Exception):
+            qlog.error("unreadable envelope; moved to corrupt", error=str(loaded))
             await asyncio.to_thread(handle.move, "corrupt")
             return
+        envelope = loaded.envelope
         route = self.routes.get(envelope.route) or self._route_for(envelope.rcpt_tos)
         if route is None:
             await self._hold(handle, f"no route named {envelope.route!r} in the config any more")
             return
         try:
-            if handle.has(REWRITTEN):
+            if loaded.rewritten:
                 content = Content(handle.file(REWRITTEN))
             else:
                 content = await self.process(handle, envelope, route)
-            await self.deliver(handle, envelope, route, content)
+            await self.deliver(handle, envelope, route, content, loaded.state)
         except asyncio.CancelledError:
             # Shutdown: the message stays in active and recover() requeues it.
             raise
@@ -302,7 +328,7 @@ class Worker:
         qlog = log.bind(queue_id=handle.queue_id, route=route.name)
         # Verified before the policies and the rewrite change anything.
         auth = await self._verify(handle, envelope, qlog)
-        src = Source(handle.file(MESSAGE))
+        src = handle.message()
         try:
             out = await self.process_source(src, envelope, route, qlog, handle.file)
         finally:
@@ -357,7 +383,10 @@ class Worker:
         unpacked TNEF, the auto-reply)."""
         started = time.monotonic()
         try:
-            root = await asyncio.to_thread(parse, src, self.limits)
+            # A small message was written a moment ago and is in the page
+            # cache: parsing it costs less than a hop to a thread and back.
+            root = parse(src, self.limits) if src.size <= INLINE_PARSE else \
+                await asyncio.to_thread(parse, src, self.limits)
         except MimeLimitError as e:
             qlog.warning("message exceeds a MIME limit; forwarded untouched", reason=str(e))
             trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
@@ -387,8 +416,7 @@ class Worker:
     async def _facts(self, src: Source, leaf: Part, route: RouteSettings, cids: set[str],
                      qlog: Any) -> tuple[policies.PartFacts, Measure]:
         """Measure, sniff and (when the route scans) scan one leaf."""
-        m = await asyncio.to_thread(measure, src, leaf)
-        detected = await asyncio.to_thread(sniff.detect, m.head)
+        m, detected = await asyncio.to_thread(_measure_and_sniff, src, leaf)
         name = filenames.original_filename(leaf.headers)
         disposition = _disposition(leaf)
         maintype = leaf.content_type.split("/", 1)[0]
@@ -661,7 +689,8 @@ class Worker:
             return None
         started = time.monotonic()
         try:
-            auth = await asyncio.to_thread(self.verifier.verify, handle.file(MESSAGE), envelope)
+            auth = await asyncio.to_thread(self.verifier.verify, handle.file(MESSAGE), envelope,
+                                          handle.message_size)
         except Exception as e:  # noqa: BLE001 - rule 2: a failed check never stops the message
             qlog.error("authentication checks failed; forwarded without results", error=f"{type(e).__name__}: {e}")
             metrics.AUTH_FAILURES.labels("verify").inc()
@@ -806,13 +835,29 @@ class Worker:
 
     # -- delivery ---------------------------------------------------------
 
-    async def deliver(self, handle: Handle, envelope: Envelope, route: RouteSettings, content: Content) -> None:
-        """Try the next hop; then remove, defer or bounce."""
-        state = await asyncio.to_thread(handle.state)
+    async def deliver(self, handle: Handle, envelope: Envelope, route: RouteSettings, content: Content,
+                      state: State | None = None) -> None:
+        """Try the next hop; then remove, defer or bounce.  ``state`` is the
+        message's, when the caller has read it already."""
+        if state is None:
+            state = await asyncio.to_thread(handle.state)
         rcpts = state.pending or list(envelope.rcpt_tos)
         hop = self.next_hops[route.name]
         started = time.monotonic()
-        result = await hop.deliver(envelope, rcpts, content)
+        removed: list[Exception | None] = []
+
+        def remove_if_delivered(result: DeliveryResult) -> None:
+            # In the delivery's thread (one hop less): a message every
+            # recipient took is removed there; anything else is decided below.
+            if result.delivered and not result.deferred and not result.failed:
+                try:
+                    handle.remove()
+                except Exception as e:  # noqa: BLE001 - raised below, as if removed here
+                    removed.append(e)
+                else:
+                    removed.append(None)
+
+        result = await hop.deliver(envelope, rcpts, content, then=remove_if_delivered)
         outcome = "deferred" if result.deferred else "failed" if result.failed else "delivered"
         metrics.DELIVERY_SECONDS.labels(route.name, outcome).observe(time.monotonic() - started)
         qlog = log.bind(queue_id=handle.queue_id, route=route.name, next_hop=hop.name)
@@ -849,7 +894,10 @@ class Worker:
             await asyncio.to_thread(_defer)
             metrics.DEFERRED.labels(route.name).inc()
             return
-        await asyncio.to_thread(handle.remove)
+        if not removed:
+            await asyncio.to_thread(handle.remove)
+        elif removed[0] is not None:
+            raise removed[0]
         if not failed:
             metrics.DELIVERED.labels(route.name).inc()
         qlog.info("removed")
@@ -858,7 +906,7 @@ class Worker:
         if not envelope.mail_from:
             log.info("no DSN to the null sender", queue_id=handle.queue_id)
             return
-        with Source(handle.file(MESSAGE)) as src:
+        with handle.message() as src:
             root = parse(src, self.limits) if src.size else None
             headers = src.read(0, root.body_start) if root else b""
         dsn = build_dsn(envelope, failed, headers, self.cfg.gateway.hostname)
@@ -948,6 +996,12 @@ def drop_ranges(segments: list[Segment], drops: list[tuple[int, int]], path: Pat
         out.extend(pieces)
     return out
 
+
+
+def _measure_and_sniff(src: Source, leaf: Part) -> tuple[Measure, str]:
+    """A leaf's measure and the type its first bytes show (one thread call)."""
+    m = measure(src, leaf)
+    return m, sniff.detect(m.head)
 
 
 async def _athread_iter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import pytest
 
+from gateway.spool import message_source
 from tests.harness import CORPUS, GatewayProcess, SmtpSink, strip_trace
 from tests.messages import (fetch, leaves, links, message, parse, payload, pdf_bytes, png_bytes, send,
                             stored_objects)
@@ -431,7 +432,9 @@ def test_a_refused_file_that_cannot_be_quarantined_holds_the_message(
     [held] = list((gw.spool / "hold").iterdir())
     # Neither forwarded with the file nor dropped: held, the original intact.
     assert gw.outbox_messages() == []
-    assert (held / "message.eml").read_bytes().replace(b"\r\n", b"\n") == \
+    with message_source(held) as src:
+        original = src.read(0, src.size)
+    assert original.replace(b"\r\n", b"\n") == \
         msg.as_bytes().replace(b"\r\n", b"\n")
     r = gw.command("queue", "list", "--queue", "hold")
     assert "(held: internal error: QuarantineError: refused file 'invoice.pdf' could not be quarantined" \

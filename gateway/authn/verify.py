@@ -147,8 +147,9 @@ class Verifier:
         # our resolver (one config, so one resolver, per process).
         spf.DNSLookup = resolver.spf_lookup
 
-    def verify(self, path: Path, envelope: Envelope) -> Verification:
-        with Source(path) as src:
+    def verify(self, path: Path, envelope: Envelope, size: int | None = None) -> Verification:
+        """Check the message in ``path`` (its first ``size`` bytes when given)."""
+        with Source(path, size) as src:
             head = src.read(0, min(src.size, self.max_header_bytes))
             if head.startswith(b"\r\n"):
                 block, body_start = b"", 2

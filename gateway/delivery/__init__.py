@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from gateway.mime.rewrite import Segment, segments_size
 from gateway.mime.source import Source
@@ -61,13 +61,27 @@ class DeliveryResult:
         return self
 
 
+#: Blocking work to do with a delivery's result, in the delivery's thread.
+After = Callable[[DeliveryResult], None]
+
+
+def followed(result: DeliveryResult, then: After | None) -> DeliveryResult:
+    """``result``, after ``then(result)`` when there is a ``then``."""
+    if then is not None:
+        then(result)
+    return result
+
+
 class NextHop(Protocol):
     """Where a route's mail goes."""
 
     name: str
 
-    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Content) -> DeliveryResult:
-        """Hand ``message`` over for ``rcpts``."""
+    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Content,
+                      then: After | None = None) -> DeliveryResult:
+        """Hand ``message`` over for ``rcpts``; ``then(result)`` runs after,
+        in the same thread (the worker removes a delivered message there:
+        one hop to a thread less per message)."""
 
     async def close(self) -> None:
         """Close pooled connections."""

@@ -13,7 +13,7 @@ import socket
 import time
 from pathlib import Path
 
-from gateway.delivery import Content, DeliveryResult
+from gateway.delivery import After, Content, DeliveryResult, followed
 from gateway.spool import Envelope, fsync_dir
 
 
@@ -43,9 +43,13 @@ class MaildirNextHop:
         fsync_dir(self.path / "new")
         return DeliveryResult(delivered=list(rcpts))
 
-    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Content) -> DeliveryResult:
+    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Content,
+                      then: After | None = None) -> DeliveryResult:
+        return await asyncio.to_thread(lambda: followed(self._deliver_or_defer(envelope, rcpts, message), then))
+
+    def _deliver_or_defer(self, envelope: Envelope, rcpts: list[str], message: Content) -> DeliveryResult:
         try:
-            return await asyncio.to_thread(self._deliver, envelope, rcpts, message)
+            return self._deliver(envelope, rcpts, message)
         except OSError as e:
             return DeliveryResult().defer_all(rcpts, f"4.3.0 cannot write to {self.path}: {e.strerror or e}")
 

@@ -2,7 +2,10 @@
 
 smtplib runs in a worker thread (it blocks); the message is streamed from
 the spool file with dot-stuffing, never read whole.  Idle connections are
-kept for reuse (RSET before each new transaction), bounded per next hop.
+kept for reuse, bounded per next hop: after a transaction that ended in 250
+the next starts with MAIL, otherwise with RSET; a reused connection the
+server closed meanwhile is replaced once.  MAIL, RCPT and DATA go in one
+write when the server offers PIPELINING (RFC 2920).
 A next hop that is down, answers 4xx, or cannot meet the route's TLS level
 defers the message; a 5xx fails the recipients it names.
 
@@ -23,7 +26,7 @@ import ssl
 import threading
 import time
 
-from gateway.delivery import Content, DeliveryResult
+from gateway.delivery import After, Content, DeliveryResult, followed
 from gateway.spool import Envelope
 
 _IDLE_SECONDS = 30.0
@@ -31,6 +34,10 @@ _IDLE_SECONDS = 30.0
 
 class TlsRequired(Exception):
     """The route requires TLS and the next hop did not offer it."""
+
+
+class _Stale(Exception):
+    """A reused connection was closed by the server before it answered."""
 
 
 def _send_content(conn: smtplib.SMTP, content: Content) -> None:
@@ -64,7 +71,7 @@ class SmtpNextHop:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: list[tuple[float, smtplib.SMTP]] = []
+        self._idle: list[tuple[float, smtplib.SMTP, bool]] = []
         self._lock = threading.Lock()
 
     def _connect(self) -> smtplib.SMTP:
@@ -107,32 +114,59 @@ class SmtpNextHop:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         return ctx
 
-    def _checkout(self) -> smtplib.SMTP:
+    def _checkout(self) -> tuple[smtplib.SMTP, bool]:
+        """A connection ready for MAIL, and whether it was used before (a
+        used one may have been closed by the server meanwhile)."""
         with self._lock:
             while self._idle:
-                since, conn = self._idle.pop()
+                since, conn, clean = self._idle.pop()
                 if time.monotonic() - since < _IDLE_SECONDS:
+                    if clean:
+                        return conn, True
                     try:
                         if conn.rset()[0] == 250:
-                            return conn
+                            return conn, True
                     except (smtplib.SMTPException, OSError):
                         pass
                 _close_quietly(conn)
-        return self._connect()
+        return self._connect(), False
 
-    def _checkin(self, conn: smtplib.SMTP) -> None:
+    def _checkin(self, conn: smtplib.SMTP, clean: bool) -> None:
+        """Keep ``conn`` for reuse; ``clean`` when its last transaction ended
+        (250 after the data), so the next one starts without an RSET."""
         with self._lock:
-            self._idle.append((time.monotonic(), conn))
+            self._idle.append((time.monotonic(), conn, clean))
 
     def _deliver(self, envelope: Envelope, rcpts: list[str], message: Content) -> DeliveryResult:
         result = DeliveryResult()
         try:
-            conn = self._checkout()
+            conn, reused = self._checkout()
         except TlsRequired as e:
             return result.defer_all(rcpts, str(e))
         except (OSError, smtplib.SMTPException) as e:
             return result.defer_all(rcpts, f"4.4.1 connect to {self.name} failed: {e}")
-        reusable = False
+        if reused:
+            try:
+                return self._transaction(conn, envelope, rcpts, message, result)
+            except _Stale:
+                # The server closed the idle connection before our first
+                # command: nothing was said, so try once on a new one.
+                try:
+                    conn = self._connect()
+                except TlsRequired as e:
+                    return result.defer_all(rcpts, str(e))
+                except (OSError, smtplib.SMTPException) as e:
+                    return result.defer_all(rcpts, f"4.4.1 connect to {self.name} failed: {e}")
+        return self._transaction(conn, envelope, rcpts, message, result, fresh=True)
+
+    def _transaction(self, conn: smtplib.SMTP, envelope: Envelope, rcpts: list[str], message: Content,
+                     result: DeliveryResult, fresh: bool = False) -> DeliveryResult:
+        """One mail transaction on ``conn``: MAIL, RCPT and DATA pipelined
+        when the server offers PIPELINING (RFC 2920), then the content.
+        Raises _Stale when a reused connection turns out closed before any
+        reply."""
+        reusable = clean = False
+        replied = False
         try:
             options = []
             if conn.has_extn("size"):
@@ -143,26 +177,48 @@ class SmtpNextHop:
                 if not conn.has_extn("smtputf8"):
                     for r in rcpts:
                         result.failed[r] = f"5.6.7 {self.name} does not support SMTPUTF8"
-                    reusable = True
+                    reusable = clean = True
                     return result
                 options.append("SMTPUTF8")
-            code, resp = conn.mail(envelope.mail_from, options)
+                conn.command_encoding = "utf-8"
+            mail = f"MAIL FROM:{smtplib.quoteaddr(envelope.mail_from)}{' ' if options else ''}{' '.join(options)}"
+            if conn.has_extn("pipelining"):
+                conn.send("".join(f"{line}\r\n" for line in
+                                  [mail, *(f"RCPT TO:{smtplib.quoteaddr(r)}" for r in rcpts), "DATA"]))
+                codes = [self._first_reply(conn, fresh)]
+                replied = True
+                codes += [conn.getreply() for _ in rcpts]
+                data_reply = conn.getreply()
+            else:
+                conn.putcmd(mail)
+                codes = [self._first_reply(conn, fresh)]
+                replied = True
+                if codes[0][0] == 250:
+                    codes += [conn.docmd(f"RCPT TO:{smtplib.quoteaddr(r)}") for r in rcpts]
+                data_reply = None
+            code, resp = codes[0]
             if code != 250:
                 _record(result, rcpts, code, resp, "MAIL FROM")
-                reusable = code < 500 or code in (550, 553)
+                # A pipelined DATA after a refused MAIL is refused too.
+                reusable = (code < 500 or code in (550, 553)) and (data_reply is None or data_reply[0] != 354)
                 return result
             accepted = []
-            for r in rcpts:
-                code, resp = conn.rcpt(r)
+            for r, (code, resp) in zip(rcpts, codes[1:]):
                 if code in (250, 251):
                     accepted.append(r)
                 else:
                     _record(result, [r], code, resp, "RCPT TO")
+            if data_reply is None and accepted:
+                data_reply = conn.docmd("DATA")
             if not accepted:
+                if data_reply is not None and data_reply[0] == 354:
+                    # RFC 2920: DATA accepted with no recipient; end it empty.
+                    conn.send(".\r\n")
+                    conn.getreply()
                 reusable = True
                 return result
-            conn.putcmd("data")
-            code, resp = conn.getreply()
+            assert data_reply is not None
+            code, resp = data_reply
             if code != 354:
                 _record(result, accepted, code, resp, "DATA")
                 return result
@@ -170,29 +226,42 @@ class SmtpNextHop:
             code, resp = conn.getreply()
             if code == 250:
                 result.delivered.extend(accepted)
-                reusable = True
+                reusable = clean = True
             else:
                 _record(result, accepted, code, resp, "end of DATA")
             return result
         except (OSError, smtplib.SMTPException) as e:
+            if not replied and not fresh:
+                raise _Stale() from e
             pending = [r for r in rcpts if r not in result.delivered and r not in result.failed]
             for r in pending:
                 result.deferred[r] = f"4.4.2 lost connection with {self.name}: {e}"
             return result
         finally:
             if reusable:
-                self._checkin(conn)
+                conn.command_encoding = "ascii"
+                self._checkin(conn, clean)
             else:
                 _close_quietly(conn)
 
-    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Content) -> DeliveryResult:
+    @staticmethod
+    def _first_reply(conn: smtplib.SMTP, fresh: bool) -> tuple[int, bytes]:
+        """The reply to MAIL; on a reused connection a 421 (the server's idle
+        timeout, said before it closed) means stale, not a refusal."""
+        code, resp = conn.getreply()
+        if code == 421 and not fresh:
+            raise _Stale()
+        return code, resp
+
+    async def deliver(self, envelope: Envelope, rcpts: list[str], message: Content,
+                      then: After | None = None) -> DeliveryResult:
         async with self._slots:
-            return await asyncio.to_thread(self._deliver, envelope, rcpts, message)
+            return await asyncio.to_thread(lambda: followed(self._deliver(envelope, rcpts, message), then))
 
     async def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for _, conn in idle:
+        for _, conn, _ in idle:
             await asyncio.to_thread(_quit_quietly, conn)
 
 

@@ -30,8 +30,8 @@ def _b64_groups(chunks: Iterator[bytes]) -> Iterator[bytes]:
     padded, and nothing after the first padding character (RFC 4648 section
     3.3: padding ends the data; decoders conventionally ignore what follows)."""
     carry = b""
-    for chunk in chunks:
-        data = carry + chunk.translate(None, _B64_DELETE)
+    for chunk in _whole_lines(chunks):
+        data = carry + _strip(chunk)
         pad = data.find(b"=")
         if pad >= 0:
             data = data[:pad]
@@ -48,6 +48,43 @@ def _b64_groups(chunks: Iterator[bytes]) -> Iterator[bytes]:
         carry = data[usable:]
     if len(carry) >= 2:
         yield carry + b"=" * (4 - len(carry))
+
+
+def _whole_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The same bytes, re-cut after a LF where there is one."""
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk if carry else chunk
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            yield data[:cut] if cut < len(data) else data
+        carry = data[cut:]
+    if carry:
+        yield carry
+
+
+def _strip(data: bytes) -> bytes:
+    """``data`` without line breaks and other characters outside the
+    alphabet.  Lines of one length (a multiple of 4) ending in CRLF, which
+    is what mailers write, have their line ends cut out by stride, several
+    times faster than ``translate``; the result must then decode as base64
+    (alphabet only, no padding inside), or ``translate`` does it all."""
+    first = data.find(b"\r\n")
+    if first > 0 and first % 4 == 0:
+        stride = first + 2
+        lines = len(data) // stride
+        view = memoryview(data)[: lines * stride]
+        if lines > 1 and view[first::stride] == b"\r" * lines and view[first + 1::stride] == b"\n" * lines:
+            kept = bytearray(view)
+            del kept[first::stride]
+            del kept[first::stride - 1]
+            try:
+                pybase64.b64decode(kept, validate=True)
+            except ValueError:
+                pass
+            else:
+                return bytes(kept) + data[lines * stride:].translate(None, _B64_DELETE)
+    return data.translate(None, _B64_DELETE)
 
 
 def _b64_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:

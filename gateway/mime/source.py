@@ -13,12 +13,16 @@ WINDOW = 1 << 20  # bytes read at a time when scanning
 
 
 class Source:
-    """A read-only view of a message file by offsets."""
+    """A read-only view of a message file by offsets; ``size`` (when given)
+    ends the view before the end of the file (a spooled message file carries
+    its envelope after the message)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], size: int | None = None) -> None:
         self.path = os.fspath(path)
         self._fd = os.open(self.path, os.O_RDONLY)
         self.size = os.fstat(self._fd).st_size
+        if size is not None:
+            self.size = min(self.size, size)
 
     @classmethod
     def from_fd(cls, fd: int) -> "Source":
