@@ -20,10 +20,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from ..certs import self_signed
-from .procs import log_tail, stop_process
+from .procs import ServerProcess, log_tail
 from .ports import LOOPBACK, free_port, port_is_open
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -38,13 +37,15 @@ class AzuriteError(RuntimeError):
     """Azurite could not start; the message carries its log tail."""
 
 
-class Azurite:
+class Azurite(ServerProcess):
     """Start and stop an Azurite Blob service on a free loopback port.
 
     After ``start()``: ``account_url`` (path-style,
     ``http://127.0.0.1:PORT/devstoreaccount1``), ``account_name``,
     ``account_key``, ``connection_string`` and ``startup_seconds``.
     """
+
+    stop_signal = signal.SIGINT  # it ignores SIGTERM
 
     def __init__(self, timeout: float = 60.0, tls: bool = False, oauth: bool = False) -> None:
         """``tls`` serves HTTPS with a self-signed certificate for 127.0.0.1
@@ -121,20 +122,6 @@ class Azurite:
         self.stop()
         raise AzuriteError(f"{why}\n--- azurite.log (last lines) ---\n{tail}")
 
-    def stop(self) -> None:
-        """SIGINT (Azurite ignores SIGTERM), then kill after 10 s; remove the data."""
-        stop_process(self._proc, signal.SIGINT)
-        self._proc = None
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def __enter__(self) -> "Azurite":
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":  # manual check: python -m tests.servers.azurite

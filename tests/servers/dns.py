@@ -7,7 +7,6 @@ can be switched to answer SERVFAIL, or to stay silent (a timeout).
 """
 from __future__ import annotations
 
-import socket
 import socketserver
 import struct
 import threading

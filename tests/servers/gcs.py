@@ -16,16 +16,14 @@ Usage::
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
-from .procs import log_tail, stop_process
+from .procs import ServerProcess, log_tail
 from .ports import LOOPBACK, free_port, port_is_open
 
 
@@ -33,11 +31,13 @@ class GcsEmulatorError(RuntimeError):
     """The emulator could not start; the message carries its log tail."""
 
 
-class GcsEmulator:
+class GcsEmulator(ServerProcess):
     """Start and stop gcp-storage-emulator with one bucket already made.
 
     After ``start()``: ``endpoint_url`` (``http://127.0.0.1:PORT``),
     ``bucket`` and ``startup_seconds``."""
+
+    stop_signal = signal.SIGINT  # it ignores SIGTERM
 
     def __init__(self, bucket: str = "attachments", timeout: float = 30.0) -> None:
         self.bucket = bucket
@@ -87,20 +87,6 @@ class GcsEmulator:
         self.stop()
         raise GcsEmulatorError(f"{why}\n--- emulator.log (last lines) ---\n{tail}")
 
-    def stop(self) -> None:
-        """Stop the emulator (SIGINT, then kill) and remove its data."""
-        stop_process(self._proc, signal.SIGINT)
-        self._proc = None
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def __enter__(self) -> "GcsEmulator":
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":  # manual check: python -m tests.servers.gcs

@@ -15,13 +15,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import urljoin
 
 import requests
 
 from tests.servers.ports import LOOPBACK, free_port, port_is_open
-from tests.servers.procs import stop_process
+from tests.servers.procs import ServerProcess
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 SCRIPT = NODE_DIR / "oidc-provider.mjs"
@@ -31,7 +30,7 @@ class OidcProviderError(RuntimeError):
     """The provider did not start; the message carries its log."""
 
 
-class OidcProvider:
+class OidcProvider(ServerProcess):
     """``node oidc-provider.mjs`` with one confidential client."""
 
     def __init__(self, client_id: str, client_secret: str, redirect_uris: list[str]) -> None:
@@ -67,18 +66,6 @@ class OidcProvider:
             time.sleep(0.05)
         return self
 
-    def stop(self) -> None:
-        stop_process(self._proc)
-        self._proc = None
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def __enter__(self) -> "OidcProvider":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 _FORM = re.compile(r'<form[^>]*action="([^"]+)"[^>]*>(.*?)</form>', re.S | re.I)

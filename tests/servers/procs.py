@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any, Self
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -26,3 +28,30 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+class ServerProcess:
+    """A test server run as a child process with a scratch directory of its
+    own; used as a context manager, leaving it stops both."""
+
+    #: The signal the server stops on (some only honour SIGINT).
+    stop_signal: int = signal.SIGTERM
+    dir: Path | None = None
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the process (then kill it), and remove its directory."""
+        stop_process(self._proc, self.stop_signal)
+        self._proc = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -5,15 +5,13 @@ hostname, APP-NAME, MSGID, structured data, MSG), so tests see what a real
 collector understood, not the bytes we sent."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from tests.servers.ports import LOOPBACK, free_port, port_is_open
-from tests.servers.procs import stop_process
+from tests.servers.procs import ServerProcess
 
 RSYSLOGD = "/usr/sbin/rsyslogd"
 _SEP = "\x1f"  # unit separator between the parsed fields in each output line
@@ -23,7 +21,7 @@ class RsyslogError(RuntimeError):
     """rsyslogd did not start; the message says why."""
 
 
-class Rsyslog:
+class Rsyslog(ServerProcess):
     """``rsyslogd -n`` with its own config, work directory and pid file."""
 
     def __init__(self, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
@@ -108,15 +106,3 @@ template(name="parsed" type="list") {{
             time.sleep(0.05)
         raise AssertionError(f"rsyslog received {len(self.messages())} message(s), expected {count}")
 
-    def stop(self) -> None:
-        stop_process(self._proc)
-        self._proc = None
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def __enter__(self) -> "Rsyslog":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
