@@ -138,12 +138,16 @@ class Gateway:
             self.smtp, self.smtp_handler = await start_server(
                 self.cfg, self.spool, lambda qid: worker.enqueue(qid) if worker is not None else None,
                 reuse_port=self.shared_ports, tls=self.tls)
-        if self.http is not None and self.links is not None and isinstance(self.links.authoriser, AllowAll):
-            log.warning("authorisation is allow-all: every agent sees every customer's files",
-                        agents_auth=self.cfg.agents.auth, explicit=self.cfg.authorization.mode == "allow-all")
+        if self.http is not None:
+            self._warn_allow_all()
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,
                  http=self.cfg.http.listen if self.http else None,
                  milter=self.milter.settings.listen if self.milter else None, spool=str(self.spool.root))
+
+    def _warn_allow_all(self) -> None:
+        if self.links is not None and isinstance(self.links.authoriser, AllowAll):
+            log.warning("authorisation is allow-all: every agent sees every customer's files",
+                        agents_auth=self.cfg.agents.auth, explicit=self.cfg.authorization.mode == "allow-all")
 
     def reload(self) -> None:
         """SIGHUP: validate the config file again; swap it in only if valid."""
@@ -153,11 +157,19 @@ class Gateway:
             log.error("reload refused; old config stays in force", error=str(e))
             return
         try:
+            # Every secret is read before anything changes: one that cannot
+            # be read refuses the whole reload.
+            swap_keys = self.keyring.prepare(cfg.links.keys, Path(cfg.base_dir))
+            access = http_app.build_access(cfg) if self.links is not None else None
             self.api_keys.configure(cfg)
-        except ValueError as e:  # an API key file that cannot be read
+        except (ValueError, config_mod.ConfigError) as e:  # a key or secret that cannot be read
             log.error("reload refused; old config stays in force", error=str(e))
             return
         self.cfg = cfg
+        swap_keys()
+        if self.links is not None and access is not None:
+            http_app.reconfigure_links(self.links, cfg, access)
+            self._warn_allow_all()
         if self.api is not None:
             self.api.configure(cfg)
         if self.worker is not None:

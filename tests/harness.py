@@ -148,9 +148,25 @@ class GatewayProcess:
             else:
                 cfg[k] = v
         cfg["routes"] = [r]
+        self.cfg = cfg
         self.config_path = tmp / "gateway.toml"
         self.config_path.write_text(render_config(cfg))
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def reload(self, sections: dict[str, Any], expect: str = "config reloaded", timeout: float = 15.0) -> None:
+        """Merge ``sections`` into the config file, send SIGHUP, and wait until
+        every serving process has logged ``expect``."""
+        assert self.proc is not None
+        for k, v in sections.items():
+            self.cfg[k] = {**self.cfg[k], **v} if isinstance(v, dict) and isinstance(self.cfg.get(k), dict) else v
+        self.config_path.write_text(render_config(self.cfg))
+        pids = {e["pid"] for e in self.log_events() if e.get("event") == "ready"}
+        done = len([e for e in self.log_events() if e.get("event") == expect])
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while len([e for e in self.log_events() if e.get("event") == expect]) < done + len(pids):
+            assert time.monotonic() < deadline, f"not every process reloaded:\n{self.log()}"
+            time.sleep(0.05)
 
     def command(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run an ``attachment-gateway`` subcommand against this config."""

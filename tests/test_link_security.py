@@ -256,6 +256,36 @@ def test_identity_header_is_believed_only_from_a_trusted_proxy(make_gateway) -> 
     assert "Strict-Transport-Security" not in _get_from(health, "127.0.0.1", {"X-Forwarded-Proto": "https"})[1]
 
 
+def test_sighup_applies_a_new_authorisation_map_and_a_rotated_link_key(make_gateway) -> None:
+    gw = make_gateway(threshold=1000, sections={
+        "http": {"trusted_proxies": ["127.0.0.2"]},
+        "agents": {"auth": "trusted-header"},
+        "authorization": {"mode": "static", "agents": {"ann": ["customer@example.net"]}}})
+    old_url = offload_one(gw, pdf_bytes(2000))
+    assert _get_from(old_url, "127.0.0.2", {"X-Forwarded-User": "bob"})[0] == 403
+    # The administrator assigns bob to the customer and rotates the link key:
+    # the new key file is made first, the old key verifies until its date.
+    (gw.tmp / "link2.key").write_text("r" * 40 + "\n")
+    k1 = gw.cfg["links"]["keys"][0]
+    gw.reload({"authorization": {"agents": {"ann": ["customer@example.net"], "bob": ["customer@example.net"]}},
+               "links": {"keys": [{"id": "k2", "file": str(gw.tmp / "link2.key")},
+                                  {**k1, "retire": "2099-01-01T00:00:00Z"}]}})
+    status, _, body = _get_from(old_url, "127.0.0.2", {"X-Forwarded-User": "bob"})
+    assert status == 200 and body.startswith(b"%PDF")
+    new_url = offload_one(gw, pdf_bytes(2100))
+    assert new_url.rsplit("/", 1)[1].startswith("k2.")
+    assert _get_from(new_url, "127.0.0.2", {"X-Forwarded-User": "bob"})[0] == 200
+    # A reload whose secret cannot be read changes nothing: bob keeps access,
+    # k2 keeps signing.
+    (gw.tmp / "link2.key").unlink()
+    gw.reload({"authorization": {"agents": {"ann": ["customer@example.net"]}}},
+              expect="reload refused; old config stays in force")
+    refused = [e for e in gw.log_events() if e.get("event") == "reload refused; old config stays in force"]
+    assert "links.keys[k2]" in refused[-1]["error"]
+    assert _get_from(new_url, "127.0.0.2", {"X-Forwarded-User": "bob"})[0] == 200
+    assert offload_one(gw, pdf_bytes(2200)).rsplit("/", 1)[1].startswith("k2.")
+
+
 def _get_from(url: str, source: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
     host, _, rest = url.removeprefix("http://").partition("/")
     h, p = host.split(":")

@@ -7,6 +7,7 @@ Plain HTTP on loopback for the embedded default; with ``http.tls_cert`` and
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -34,9 +35,19 @@ def url_ttls(cfg: Config) -> dict[str, int]:
     return {name: s.url_ttl for name, s in cfg.storage.items() if hasattr(s, "url_ttl")}
 
 
-def build_links(cfg: Config, keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog) -> LinkEndpoint:
-    """The link endpoint with its sign-in and authorisation, secrets read now
-    (so a missing key file stops start-up, not the first click)."""
+@dataclass
+class Access:
+    """Who an agent is and what they may see: sign-in, authorisation and the
+    proxies whose forwarding headers are believed."""
+
+    authenticator: agents.Authenticator
+    authoriser: authz.Authoriser
+    proxies: agents.Proxies
+
+
+def build_access(cfg: Config) -> Access:
+    """Sign-in and authorisation from the config, secrets read now (so a
+    missing one stops start-up, or refuses a reload, not the first click)."""
     base = Path(cfg.base_dir)
     secrets: dict[str, str] = {}
     if cfg.agents.auth == "oidc":
@@ -47,10 +58,34 @@ def build_links(cfg: Config, keyring: Keyring, stores: dict[str, Storage], audit
     authenticator = agents.build(cfg.agents, proxies, cfg.http.base_url, secrets)
     callout = cfg.authorization.callout
     token = read_secret(callout.token, base, "authorization.callout.token") if callout and callout.token else None
-    authoriser = authz.build(cfg.authorization, token)
+    return Access(authenticator, authz.build(cfg.authorization, token), proxies)
+
+
+def build_links(cfg: Config, keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog) -> LinkEndpoint:
+    """The link endpoint with its sign-in and authorisation."""
+    access = build_access(cfg)
     return LinkEndpoint(keyring, stores, audit, url_ttls=url_ttls(cfg), link_ttl=cfg.links.ttl,
-                        base_url=cfg.http.base_url, authenticator=authenticator, authoriser=authoriser,
-                        proxies=proxies, contact=cfg.authorization.contact)
+                        base_url=cfg.http.base_url, authenticator=access.authenticator,
+                        authoriser=access.authoriser, proxies=access.proxies, contact=cfg.authorization.contact)
+
+
+# Requests in flight when a reload swaps sign-in and authorisation may still
+# be using the old ones (an identity provider or callout round trip): their
+# HTTP clients are closed this much later.
+RETIRE_AFTER = 120.0
+
+
+def reconfigure_links(links: LinkEndpoint, cfg: Config, access: Access) -> None:
+    """SIGHUP: the reloaded config's sign-in, authorisation, proxies and
+    lifetimes for the next click (``access`` from ``build_access``)."""
+    old = (links.authenticator, links.authoriser)
+    links.authenticator, links.authoriser, links.proxies = access.authenticator, access.authoriser, access.proxies
+    links.url_ttls = url_ttls(cfg)
+    links.link_ttl = cfg.links.ttl
+    links.base_url = cfg.http.base_url
+    links.contact = cfg.authorization.contact
+    loop = asyncio.get_running_loop()
+    loop.call_later(RETIRE_AFTER, lambda: [loop.create_task(o.close()) for o in old])
 
 
 def build_app(cfg: Config, links: LinkEndpoint, spool: Spool, keys: ApiKeys, api: UploadApi | None = None,

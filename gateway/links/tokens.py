@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +75,13 @@ def load_secret(key: LinkKey | ApiKey, base_dir: Path, where: str = "links.keys"
     path = path if path.is_absolute() else base_dir / path
     if key.file is not None and not path.exists() and getattr(key, "create_missing", False):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another gateway process made it first (start-up or SIGHUP)
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
     try:
         return read_secret(key, base_dir, f"{where}[{key.id}]", min_length=16).encode()
     except ConfigError as e:
@@ -87,16 +92,29 @@ class Keyring:
     """The link keys: the current one signs, every unretired one verifies."""
 
     def __init__(self, keys: list[LinkKey], base_dir: Path) -> None:
-        self._keys: dict[str, _Key] = {}
+        self._keys, self.current = self._read(keys, base_dir)
+
+    @staticmethod
+    def _read(keys: list[LinkKey], base_dir: Path) -> tuple[dict[str, _Key], str]:
+        found: dict[str, _Key] = {}
         current = None
         for k in keys:
             retire = _timestamp(k.retire) if k.retire else None
-            self._keys[k.id] = _Key(k.id, load_secret(k, base_dir), retire)
+            found[k.id] = _Key(k.id, load_secret(k, base_dir), retire)
             if current is None and retire is None:
                 current = k.id
         if current is None:
             raise ValueError("links.keys: every key has a retire date; one current key is needed to sign")
-        self.current = current
+        return found, current
+
+    def prepare(self, keys: list[LinkKey], base_dir: Path) -> Callable[[], None]:
+        """Read a reloaded config's keys (raise ValueError as at start-up);
+        return what swaps them in, in place, for every holder of this ring."""
+        found, current = self._read(keys, base_dir)
+
+        def apply() -> None:
+            self._keys, self.current = found, current
+        return apply
 
     def sign(self, store: str, object_id: str, expires: int, purpose: str = "") -> str:
         """A token for ``object_id`` in ``store`` valid until ``expires``.
