@@ -229,11 +229,17 @@ def test_revoked_links_answer_410_in_every_process_at_once_and_are_audited(make_
     assert all(e["EventResult"] == "Failure" and e["QueueId"] for e in refused)
 
 
-def test_identity_header_is_believed_only_from_a_trusted_proxy(make_gateway) -> None:
-    gw = make_gateway(threshold=1000, sections={
+def _behind_proxy(make_gateway) -> GatewayProcess:
+    """A gateway that believes X-Forwarded-User from 127.0.0.2, where only
+    ann may see customer@example.net's files."""
+    return make_gateway(threshold=1000, sections={
         "http": {"trusted_proxies": ["127.0.0.2"]},
         "agents": {"auth": "trusted-header"},
         "authorization": {"mode": "static", "agents": {"ann": ["customer@example.net"]}}})
+
+
+def test_identity_header_is_believed_only_from_a_trusted_proxy(make_gateway) -> None:
+    gw = _behind_proxy(make_gateway)
     url = offload_one(gw, pdf_bytes(2000))
     # From an untrusted address (127.0.0.1) the header is refused.
     status, _, body = get(url, **{"X-Forwarded-User": "ann"})
@@ -257,10 +263,7 @@ def test_identity_header_is_believed_only_from_a_trusted_proxy(make_gateway) -> 
 
 
 def test_sighup_applies_a_new_authorisation_map_and_a_rotated_link_key(make_gateway) -> None:
-    gw = make_gateway(threshold=1000, sections={
-        "http": {"trusted_proxies": ["127.0.0.2"]},
-        "agents": {"auth": "trusted-header"},
-        "authorization": {"mode": "static", "agents": {"ann": ["customer@example.net"]}}})
+    gw = _behind_proxy(make_gateway)
     old_url = offload_one(gw, pdf_bytes(2000))
     assert _get_from(old_url, "127.0.0.2", {"X-Forwarded-User": "bob"})[0] == 403
     # The administrator assigns bob to the customer and rotates the link key:
