@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -61,12 +62,16 @@ def build_access(cfg: Config) -> Access:
     return Access(authenticator, authz.build(cfg.authorization, token), proxies)
 
 
+def _link_settings(cfg: Config, access: Access) -> dict[str, Any]:
+    """What the link endpoint takes from a config (LinkEndpoint.configure)."""
+    return {"url_ttls": url_ttls(cfg), "link_ttl": cfg.links.ttl, "base_url": cfg.http.base_url,
+            "authenticator": access.authenticator, "authoriser": access.authoriser, "proxies": access.proxies,
+            "contact": cfg.authorization.contact}
+
+
 def build_links(cfg: Config, keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog) -> LinkEndpoint:
     """The link endpoint with its sign-in and authorisation."""
-    access = build_access(cfg)
-    return LinkEndpoint(keyring, stores, audit, url_ttls=url_ttls(cfg), link_ttl=cfg.links.ttl,
-                        base_url=cfg.http.base_url, authenticator=access.authenticator,
-                        authoriser=access.authoriser, proxies=access.proxies, contact=cfg.authorization.contact)
+    return LinkEndpoint(keyring, stores, audit, **_link_settings(cfg, build_access(cfg)))
 
 
 # Requests in flight when a reload swaps sign-in and authorisation may still
@@ -79,11 +84,7 @@ def reconfigure_links(links: LinkEndpoint, cfg: Config, access: Access) -> None:
     """SIGHUP: the reloaded config's sign-in, authorisation, proxies and
     lifetimes for the next click (``access`` from ``build_access``)."""
     old = (links.authenticator, links.authoriser)
-    links.authenticator, links.authoriser, links.proxies = access.authenticator, access.authoriser, access.proxies
-    links.url_ttls = url_ttls(cfg)
-    links.link_ttl = cfg.links.ttl
-    links.base_url = cfg.http.base_url
-    links.contact = cfg.authorization.contact
+    links.configure(**_link_settings(cfg, access))
     loop = asyncio.get_running_loop()
     loop.call_later(RETIRE_AFTER, lambda: [loop.create_task(o.close()) for o in old])
 

@@ -72,6 +72,13 @@ class LinkEndpoint:
         self.keyring = keyring
         self.stores = stores
         self.audit = audit
+        self.cache = records.RecordCache()
+        self.configure(url_ttls=url_ttls, link_ttl=link_ttl, base_url=base_url, authenticator=authenticator,
+                       authoriser=authoriser, proxies=proxies, contact=contact)
+
+    def configure(self, *, url_ttls: Mapping[str, int], link_ttl: int, base_url: str,
+                  authenticator: Authenticator, authoriser: Authoriser, proxies: Proxies, contact: str) -> None:
+        """Take the settings a config gives (at start, and on SIGHUP)."""
         # Per store: seconds a storage URL minted at a click lives (rule 5:
         # minted per click, short-lived); from each backend's url_ttl.
         self.url_ttls = dict(url_ttls)
@@ -81,7 +88,6 @@ class LinkEndpoint:
         self.authoriser = authoriser
         self.proxies = proxies
         self.contact = contact
-        self.cache = records.RecordCache()
 
     def _audit(self, request: web.Request, event: str, result: str, details: str, agent: Agent | None = None,
                kid: str | None = None, **fields: Any) -> None:
