@@ -19,6 +19,7 @@ from tests.certs import self_signed
 from tests.harness import GatewayProcess
 from tests.messages import pdf_bytes
 from tests.servers.hec import HecReceiver
+from tests.servers.jsonhttp import JsonHandler
 from tests.servers.ports import free_port
 from tests.servers.rsyslog import Rsyslog
 from tests.test_agent_links import offload_one
@@ -170,6 +171,10 @@ def test_key_rotation_old_key_verifies_until_retired_then_refused_and_audited(tm
                                                                            "path": str(tmp_path / "objects")}})
         return gw.start()
 
+    def at(url: str, gw: GatewayProcess) -> str:
+        """The link as this gateway serves it (each run has its own port)."""
+        return url.replace(url.split("/a/")[0], f"http://127.0.0.1:{gw.http_port}")
+
     gw = gateway([{"id": "k1", "file": str(keys / "k1")}], "one")
     old = offload_one(gw, pdf_bytes(2000))
     assert "/a/k1." in old
@@ -178,17 +183,15 @@ def test_key_rotation_old_key_verifies_until_retired_then_refused_and_audited(tm
     # k2 signs now; k1 still verifies until its date.
     gw = gateway([{"id": "k2", "file": str(keys / "k2")},
                   {"id": "k1", "file": str(keys / "k1"), "retire": "2999-01-01"}], "two")
-    old_here = old.replace(old.split("/a/")[0], f"http://127.0.0.1:{gw.http_port}")
-    assert get(old_here)[0] == 200
+    assert get(at(old, gw))[0] == 200
     new = offload_one(gw, pdf_bytes(2000))
     assert "/a/k2." in new
     gw.stop()
 
     gw = gateway([{"id": "k2", "file": str(keys / "k2")},
                   {"id": "k1", "file": str(keys / "k1"), "retire": "2020-01-01T00:00:00Z"}], "three")
-    old_here = old.replace(old.split("/a/")[0], f"http://127.0.0.1:{gw.http_port}")
-    assert get(old_here)[0] == 403
-    assert get(new.replace(new.split("/a/")[0], f"http://127.0.0.1:{gw.http_port}"))[0] == 200
+    assert get(at(old, gw))[0] == 403
+    assert get(at(new, gw))[0] == 200
     events = gw.wait_audit(lambda e: e["EventResult"] == "Success")
     refused = [e for e in events if e["EventResult"] == "Failure"]
     assert len(refused) == 1 and "retired" in refused[0]["EventResultDetails"]
@@ -390,27 +393,19 @@ class _AuthzService:
 
     def __init__(self) -> None:
         import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import ThreadingHTTPServer
 
         self.asked: list[tuple[str, str, str | None]] = []
         service = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802
                 q = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 service.asked.append((q["agent_id"], q["customer_id"], self.headers.get("Authorization")))
                 if q["agent_id"] == "slow":
                     time.sleep(2)
                 allow = q["agent_id"] == "ann" and q["customer_id"] == "customer@example.net"
-                data = json.dumps({"allow": allow}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.answer(200, {"allow": allow})
 
         self.port = free_port()
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
+from tests.servers.jsonhttp import JsonHandler
 from tests.servers.ports import LOOPBACK, free_port
 
 
@@ -28,15 +29,15 @@ class HecReceiver:
     def start(self) -> "HecReceiver":
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.path != "/services/collector/event":
-                    return self._answer(404, {"text": "Not found", "code": 404})
+                    return self.answer(404, {"text": "Not found", "code": 404})
                 if self.headers.get("Authorization") != f"Splunk {receiver.token}":
                     with receiver.lock:
                         receiver.refused += 1
-                    return self._answer(403, {"text": "Invalid token", "code": 4})
+                    return self.answer(403, {"text": "Invalid token", "code": 4})
                 decoder, text, i, got = json.JSONDecoder(), body.decode(), 0, []
                 while i < len(text):
                     while i < len(text) and text[i].isspace():
@@ -47,18 +48,7 @@ class HecReceiver:
                     got.append(obj)
                 with receiver.lock:
                     receiver.events.extend(got)
-                self._answer(200, {"text": "Success", "code": 0})
-
-            def _answer(self, status: int, obj: dict[str, Any]) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.answer(200, {"text": "Success", "code": 0})
 
         self._server = ThreadingHTTPServer((LOOPBACK, self.port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
