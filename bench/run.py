@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -635,6 +635,25 @@ def started(c: Candidate, rows: dict[str, dict[str, Any]]) -> Iterator[bool]:
         c.stop()
 
 
+def _rounds(active: list[Candidate], rows: dict[str, dict[str, Any]], rounds: int, what: str, key: str,
+            run: Callable[[Candidate], dict[str, Any]], describe: Callable[[Candidate, dict[str, Any]], str], *,
+            tag: str, only: Collection[str] | None = None) -> None:
+    """``rounds`` rounds of ``run``, interleaved across the candidates still
+    active (``only`` those named, when given); each result goes to
+    ``rows[name][key]`` and is printed; a candidate that fails is dropped."""
+    for rnd in range(rounds):
+        for c in list(active):
+            if only is not None and c.name not in only:
+                continue
+            try:
+                r = run(c)
+            except Exception as exc:  # noqa: BLE001
+                _fail(c, rows, active, f"{what} round {rnd + 1}", exc)
+                continue
+            rows[c.name][key].append(r)
+            print(f"[bench] {tag} {rnd + 1}/{rounds} {c.label:22s} {describe(c, r)}", flush=True)
+
+
 def _fail(c: Candidate, rows: dict[str, dict[str, Any]], active: list[Candidate], what: str, exc: Exception) -> None:
     rows[c.name].update(status="failed", reason=f"{what}: {exc}")
     print(f"[bench] {c.label}: {what} failed, dropped: {exc}", flush=True)
@@ -757,53 +776,24 @@ def main(argv: list[str] | None = None) -> int:
                     run_throughput(c, s, 2 * s.sessions)
                 except Exception as exc:  # noqa: BLE001
                     _fail(c, rows, active, "warm-up", exc)
-            for rnd in range(s.rounds):
-                for c in list(active):
-                    try:
-                        r = run_throughput(c, s, s.messages)
-                    except Exception as exc:  # noqa: BLE001
-                        _fail(c, rows, active, f"throughput round {rnd + 1}", exc)
-                        continue
-                    rows[c.name]["throughput_rounds"].append(r)
-                    print(
-                        f"[bench] round {rnd + 1}/{s.rounds} {c.label:22s} "
-                        f"accepted {r['accepted_msgs_per_s']:7.0f} msg/s  end-to-end {r['e2e_msgs_per_s']:7.0f} msg/s  "
-                        f"CPU {r['cpu_ms_per_msg']:5.2f} ms/msg",
-                        flush=True,
-                    )
-            for rnd in range(s.large_rounds):
-                for c in list(active):
-                    try:
-                        r = run_large(c, msg, data, body_tail, s)
-                    except Exception as exc:  # noqa: BLE001
-                        _fail(c, rows, active, f"large message round {rnd + 1}", exc)
-                        continue
-                    rows[c.name]["large_rounds"].append(r)
-                    print(
-                        f"[bench] large {rnd + 1}/{s.large_rounds} {c.label:22s} "
-                        f"250 after {r['accept_s']:.3f}s  end-to-end {r['e2e_s']:.3f}s  "
-                        f"{r['mb_per_s']:6.1f} MB/s  peak RSS {r['peak_rss_kib'] / 1024:6.1f} MiB"
-                        + ("" if r.get("attachment_intact", True) else "  (attachment replaced/changed)"),
-                        flush=True,
-                    )
+            _rounds(active, rows, s.rounds, "throughput", "throughput_rounds",
+                    lambda c: run_throughput(c, s, s.messages),
+                    lambda c, r: f"accepted {r['accepted_msgs_per_s']:7.0f} msg/s  "
+                              f"end-to-end {r['e2e_msgs_per_s']:7.0f} msg/s  CPU {r['cpu_ms_per_msg']:5.2f} ms/msg",
+                    tag="round")
+            _rounds(active, rows, s.large_rounds, "large message", "large_rounds",
+                    lambda c: run_large(c, msg, data, body_tail, s),
+                    lambda c, r: f"250 after {r['accept_s']:.3f}s  end-to-end {r['e2e_s']:.3f}s  "
+                              f"{r['mb_per_s']:6.1f} MB/s  peak RSS {r['peak_rss_kib'] / 1024:6.1f} MiB"
+                              + ("" if r.get("attachment_intact", True) else "  (attachment replaced/changed)"),
+                    tag="large")
             if mem_msg is not None:
                 mem_data = mem_msg.path.read_bytes()
-                for rnd in range(s.memory_rounds):
-                    for c in list(active):
-                        if c.name not in s.memory_candidates:
-                            continue
-                        try:
-                            r = run_memory(c, mem_msg, mem_data, max(s.step_timeout, 180))
-                        except Exception as exc:  # noqa: BLE001
-                            _fail(c, rows, active, f"100 MB message round {rnd + 1}", exc)
-                            continue
-                        rows[c.name]["memory_rounds"].append(r)
-                        print(
-                            f"[bench] 100 MB {rnd + 1}/{s.memory_rounds} {c.label:22s} "
-                            f"250 after {r['accept_s']:.3f}s  end-to-end {r['e2e_s']:.3f}s  "
-                            f"added peak RSS {r['added_kib'] / 1024:6.1f} MiB ({c.added_memory_scope})",
-                            flush=True,
-                        )
+                _rounds(active, rows, s.memory_rounds, "100 MB message", "memory_rounds",
+                        lambda c: run_memory(c, mem_msg, mem_data, max(s.step_timeout, 180)),
+                        lambda c, r: f"250 after {r['accept_s']:.3f}s  end-to-end {r['e2e_s']:.3f}s  "
+                                     f"added peak RSS {r['added_kib'] / 1024:6.1f} MiB ({c.added_memory_scope})",
+                        tag="100 MB", only=s.memory_candidates)
                 del mem_data
             gw = next((c for c in active if isinstance(c, Gateway)), None)
             if gw is not None and s.click_seconds > 0:
