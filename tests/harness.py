@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from aiosmtpd.controller import Controller
 
@@ -177,17 +177,21 @@ class GatewayProcess:
         args = [*GATEWAY, "-c", str(self.config_path), "serve"]
         if roles:
             args += ["--only", *roles]
+        ports = []
+        if roles is None or "smtp" in roles:
+            ports.append(self.smtp_port)
+        if roles is None or "http" in roles:
+            ports.append(self.http_port)
+        return self._launch(args, ports)
+
+    def _launch(self, args: list[str], ports: list[int]) -> Self:
+        """Start ``args`` and wait until it listens on every one of ``ports``."""
         self._log = open(self.log_path, "ab")
         # Its own process group: with several processes ``serve`` is a
         # supervisor and forked children, and a kill must reach them all.
         self.proc = subprocess.Popen(args, cwd=self.tmp, stdout=self._log, stderr=self._log,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
         deadline = time.monotonic() + 30
-        ports = []
-        if roles is None or "smtp" in roles:
-            ports.append(self.smtp_port)
-        if roles is None or "http" in roles:
-            ports.append(self.http_port)
         for port in ports:
             while not port_is_open("127.0.0.1", port):
                 if self.proc.poll() is not None:

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.harness import CORPUS, GATEWAY, ROOT, GatewayProcess, SmtpSink, to_wire
+from tests.harness import CORPUS, GATEWAY, GatewayProcess, SmtpSink, to_wire
 from tests.messages import fetch, leaves, links, message, parse, payload, pdf_bytes, send, stored_objects
 from tests.servers.gcs import GcsEmulator
 from tests.servers.ports import free_port, port_is_open
@@ -38,29 +38,8 @@ class MilterGateway(GatewayProcess):
         super().__init__(tmp, sections=sections, **kwargs)
 
     def start(self, roles: list[str] | None = None) -> "MilterGateway":
-        import os
-        import subprocess
-
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*GATEWAY, "-c", str(self.config_path), self.command_name], cwd=self.tmp,
-                                     stdout=self._log, stderr=self._log, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        deadline = time.monotonic() + 30
         ports = [self.milter_port, self.http_port] + ([self.smtp_port] if self.command_name == "serve" else [])
-        for port in ports:
-            while not port_is_open("127.0.0.1", port):
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"milter exited with {self.proc.returncode}:\n{self.log()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"milter did not listen on {port}:\n{self.log()}")
-                time.sleep(0.05)
-        return self
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    s = SmtpSink().start()
-    yield s
-    s.stop()
+        return self._launch([*GATEWAY, "-c", str(self.config_path), self.command_name], ports)
 
 
 @pytest.fixture
