@@ -12,6 +12,8 @@ import re
 
 from gateway.config import RouteSettings
 
+# Control characters: never part of an address the gateway accepts.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_LOCAL = re.compile(r"[%!@\"\\\s]")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 
@@ -22,7 +24,7 @@ class AddressRefused(ValueError):
 
 def split_address(address: str) -> tuple[str, str]:
     """(local part, lower-case domain) of a recipient, or AddressRefused."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in address):
+    if CONTROL_CHARS.search(address):
         raise AddressRefused("control characters in address")
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:

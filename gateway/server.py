@@ -136,8 +136,7 @@ class Gateway:
             worker = self.worker
             self.tls = IngressTls(self.cfg)
             self.smtp, self.smtp_handler = await start_server(
-                self.cfg, self.spool, lambda qid: worker.enqueue(qid) if worker is not None else None,
-                reuse_port=self.shared_ports, tls=self.tls)
+                self.cfg, self.spool, worker, reuse_port=self.shared_ports, tls=self.tls)
         if self.http is not None:
             self._warn_allow_all()
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,

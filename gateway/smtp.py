@@ -29,14 +29,15 @@ import asyncio
 import re
 import ssl
 import time
-from typing import Any, Callable
+from collections.abc import Iterator, Mapping
+from typing import Any, Callable, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session, syntax
 
 from gateway import logs, metrics
 from gateway.config import Config
-from gateway.routing import AddressRefused, route_for, split_address
-from gateway.spool import Envelope, Reception, Spool, SpoolError, is_disk_full
+from gateway.routing import CONTROL_CHARS, AddressRefused, route_for, split_address
+from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, is_disk_full
 from gateway.tls import IngressTls
 
 log = logs.get("smtp")
@@ -80,15 +81,26 @@ def crlf_only(data: bytes) -> bool:
     return data.count(b"\r\n") == lf
 
 
+class Queued(Protocol):
+    """Where a queued message goes next: this process's worker."""
+
+    def can_take(self) -> bool:
+        """Whether a task is free to take a message handed over locked."""
+
+    def enqueue(self, queue_id: str, taken: tuple[Handle, Envelope] | None = None) -> None:
+        """Take a message just queued: by its id (in ``incoming``), or
+        ``taken``: still locked, in ``active``, with its envelope."""
+
+
 class Handler:
     """The aiosmtpd handler: the gateway's answers to MAIL, RCPT and EHLO."""
 
-    def __init__(self, cfg: Config, spool: Spool, on_queued: Callable[[str], None],
+    def __init__(self, cfg: Config, spool: Spool, worker: Queued | None,
                  tls: IngressTls | None = None) -> None:
         self.cfg = cfg
         self.tls = tls
         self.spool = spool
-        self.on_queued = on_queued
+        self.worker = worker
         self._writable_at = 0.0
         self._writable_error: str | None = None
         self._free = 0
@@ -154,7 +166,7 @@ class Handler:
                           mail_options: list[str]) -> str:
         # aiosmtpd hands the null reverse-path over as "<>" and needs a truthy
         # mail_from to accept RCPT; it becomes "" in the spooled envelope.
-        if address and address != "<>" and any(ord(ch) < 32 or ord(ch) == 127 for ch in address):
+        if address and address != "<>" and CONTROL_CHARS.search(address):
             return "553 5.1.7 Sender address contains control characters"
         if self.tls is not None and session.ssl is None and session.peer and \
                 self.tls.required_for(str(session.peer[0])):
@@ -234,6 +246,31 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)[:320]
 
 
+class _Commands(Mapping[str, Any]):
+    """A connection's command table (aiosmtpd's ``_smtp_methods``), binding
+    a method when a command arrives rather than every method per connection."""
+
+    __slots__ = ("_conn", "_names")
+
+    def __init__(self, conn: SMTP, names: frozenset[str]) -> None:
+        self._conn = conn
+        self._names = names
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        return getattr(self._conn, "smtp_" + name)
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return getattr(self._conn, "smtp_" + name) if name in self._names else default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP with a streaming DATA that writes to the spool."""
 
@@ -250,6 +287,24 @@ class GatewaySMTP(SMTP):
                         client=self.session.peer[0] if self.session and self.session.peer else "")
             self.loop.call_soon(self._close_after_reply)
         return await super().handle_exception(error)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd cancels and re-arms a timer on every command and every
+        # DATA chunk; a deadline checked by one timer costs a float store
+        # instead (a cancelled timer stays in the loop's heap until it is due).
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        timer = self._timeout_handle
+        if timer is None or timer.cancelled() or deadline < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._timeout_handle = self.loop.call_at(deadline, self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._check_idle)
+        else:
+            self._timeout_cb()
 
     def _close_after_reply(self) -> None:
         if self.transport is not None:
@@ -395,8 +450,10 @@ class GatewaySMTP(SMTP):
             client_name="", helo=self.session.host_name or "", size=size,
             smtputf8=bool(env.smtp_utf8), body_8bit=body_8bit,
             tls="yes" if self._tls_protocol else "")
+        # A worker task that is free takes the message as it is: no claim.
+        keep = self.gw.worker is not None and self.gw.worker.can_take()
         try:
-            await asyncio.to_thread(reception.commit, envelope)
+            handle = await asyncio.to_thread(reception.commit, envelope, keep)
         except (OSError, SpoolError) as e:
             log.error("spool commit failed", queue_id=envelope.queue_id or None, error=str(e))
             return "452 4.3.1 Insufficient system storage" if is_disk_full(e) else \
@@ -406,7 +463,8 @@ class GatewaySMTP(SMTP):
                  size=size, client=envelope.client_addr, route=envelope.route,
                  **({"bare_line_ends": bare_line_ends} if bare_line_ends else {}))
         try:
-            self.gw.on_queued(envelope.queue_id)
+            if self.gw.worker is not None:
+                self.gw.worker.enqueue(envelope.queue_id, (handle, envelope) if handle is not None else None)
         except Exception as e:  # noqa: BLE001 - the message is on disk: it is ours, answer 250
             log.error("could not wake the worker", queue_id=envelope.queue_id, error=str(e))
         return f"250 2.0.0 Ok: queued as {envelope.queue_id}"
@@ -434,12 +492,13 @@ class _SpoolWriter:
         data, self.pending, self.pending_size = b"".join(self.pending), [], 0
         self.reception.write(data)
 
-    def commit(self, envelope: Envelope) -> None:
-        """Spool what is left and make it durable; sets the queue id."""
+    def commit(self, envelope: Envelope, keep: bool) -> Handle | None:
+        """Spool what is left and make it durable; sets the queue id
+        (``keep``: see ``Reception.commit``)."""
         self._flush()
         assert self.reception is not None
         envelope.queue_id = self.reception.queue_id
-        self.reception.commit(envelope)
+        return self.reception.commit(envelope, keep)
 
     def abort(self) -> None:
         self.pending = []
@@ -465,7 +524,7 @@ def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, tls: Ing
     placeholder = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) if tls is not None else None
     proto = GatewaySMTP(handler, loop=loop, tls_context=placeholder, **kwargs)
     state = dict(proto.__dict__)
-    commands = list(proto._smtp_methods)
+    commands = frozenset(proto._smtp_methods)
     auth = {name: (impl.method.__name__, impl.is_builtin) for name, impl in proto._auth_methods.items()}
     auth_attr = type(next(iter(proto._auth_methods.values()))) if proto._auth_methods else None
 
@@ -477,7 +536,7 @@ def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, tls: Ing
         asyncio.StreamReaderProtocol.__init__(
             conn, CommandReader(loop=loop, limit=conn.line_length_limit),
             client_connected_cb=conn._cb_client_connected, loop=loop)
-        conn._smtp_methods = {c: getattr(conn, "smtp_" + c) for c in commands}
+        conn._smtp_methods = _Commands(conn, commands)
         if auth_attr is not None:
             conn._auth_methods = {name: auth_attr(getattr(conn if builtin else handler, meth), builtin)
                                   for name, (meth, builtin) in auth.items()}
@@ -486,13 +545,13 @@ def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, tls: Ing
     return make
 
 
-async def start_server(cfg: Config, spool: Spool, on_queued: Callable[[str], None],
+async def start_server(cfg: Config, spool: Spool, worker: Queued | None,
                        reuse_port: bool = False,
                        tls: IngressTls | None = None) -> tuple[asyncio.AbstractServer, Handler]:
     """Listen for SMTP on the configured address (STARTTLS when ``tls`` has a
     context); return the server and the handler (whose ``draining`` flag and
     session count ``stop`` uses)."""
-    handler = Handler(cfg, spool, on_queued, tls)
+    handler = Handler(cfg, spool, worker, tls)
     loop = asyncio.get_running_loop()
     host, port = cfg.smtp.address
     factory = protocol_factory(handler, loop, handler.tls, hostname=cfg.gateway.hostname, ident=cfg.smtp.banner,

@@ -24,7 +24,15 @@ file is written in place: its whole directory is still in ``tmp/`` and is
 renamed into ``incoming/`` once the file and the directory are fsynced);
 the directory is fsynced after every rename.  A directory moves between queues by
 one rename, which is atomic, so a crash leaves each message in exactly one
-queue.  Whoever works on a message holds an exclusive flock on its
+queue.
+
+A delivered message's directory is not deleted but emptied (its
+``message.eml`` truncated) and parked in ``.free/``, and the next reception
+of the same process renames it into ``tmp/``: reusing the directory and the
+file saves creating two inodes per message, which on ext4 costs more than
+anything else the spool does (the allocator scans for recently freed
+inodes).  ``.free/`` holds no mail; ``recover()`` empties it of what no live
+process has locked.  Whoever works on a message holds an exclusive flock on its
 directory; a lock that can be taken belongs to a dead process, which is how
 ``recover()`` tells a crashed worker's message from a live one's.
 """
@@ -51,6 +59,9 @@ ENVELOPE = "envelope.json"
 STATE = "state.json"
 REWRITTEN = "rewritten.eml"
 RESULT = "result.json"
+FREE = ".free"
+# Parked directories per process: enough for a burst of receptions.
+FREE_MAX = 256
 # The end of message.eml: b"\n", the envelope JSON's length in 10 digits, then
 # this; the JSON is just before it.  A message received over SMTP ends in
 # CRLF, so its own bytes never end like this (bare LF after "v1").
@@ -79,7 +90,7 @@ def new_queue_id() -> str:
     return stamp + "".join(_ALPHABET[b % len(_ALPHABET)] for b in secrets.token_bytes(4))
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     """Make a directory's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -165,13 +176,19 @@ class Handle:
 
     @property
     def path(self) -> Path:
-        return self.spool.root / self.queue / self.queue_id
+        return Path(self._dir)
+
+    @property
+    def _dir(self) -> str:
+        # Strings, not Paths, on the per-message path: building and
+        # formatting Path objects was a tenth of the spool's CPU.
+        return f"{self.spool.root_str}/{self.queue}/{self.queue_id}"
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        return Path(f"{self._dir}/{name}")
 
     def envelope(self) -> Envelope:
-        envelope, self._message_size = read_envelope(self.path)
+        envelope, self._message_size = read_envelope(self._dir)
         return envelope
 
     @property
@@ -184,11 +201,12 @@ class Handle:
 
     def message(self) -> Source:
         """The message as received (without the envelope after it)."""
-        return Source(self.file(MESSAGE), size=self.message_size)
+        return Source(f"{self._dir}/{MESSAGE}", size=self.message_size)
 
     def state(self) -> State:
         try:
-            return State.from_json(self.file(STATE).read_bytes())
+            with open(f"{self._dir}/{STATE}", "rb") as f:
+                return State.from_json(f.read())
         except FileNotFoundError:
             return State()
 
@@ -196,28 +214,31 @@ class Handle:
         write_atomic(self.file(STATE), state.to_json())
 
     def has(self, name: str) -> bool:
-        return self.file(name).exists()
+        return os.path.exists(f"{self._dir}/{name}")
 
     def move(self, queue: str, durable: bool = True) -> None:
         """Move the message to another queue; ``durable`` makes the move
         survive a power cut (a claim into ``active`` need not: either place
         is recovered the same way)."""
-        src, dst = self.path, self.spool.root / queue / self.queue_id
-        os.rename(src, dst)
+        root = self.spool.root_str
+        os.rename(self._dir, f"{root}/{queue}/{self.queue_id}")
         if durable:
-            fsync_dir(dst.parent)
-            fsync_dir(src.parent)
+            fsync_dir(f"{root}/{queue}")
+            fsync_dir(f"{root}/{self.queue}")
         self.queue = queue
 
     def remove(self) -> None:
         """Delete the message (delivered or given up): rename out of the queues
-        first, so a crash mid-delete never leaves half a message in a queue."""
-        trash = self.spool.root / "tmp" / f"{self.queue_id}.done"
-        os.rename(self.path, trash)
-        fsync_dir(trash.parent.parent / self.queue)
-        _remove_tree(trash)
+        first, so a crash mid-delete never leaves half a message in a queue;
+        then empty its directory for a later reception (``.free/``)."""
+        root = self.spool.root_str
+        trash = f"{root}/tmp/{self.queue_id}.done"
+        os.rename(self._dir, trash)
+        fsync_dir(f"{root}/{self.queue}")
         self.queue = "tmp"
+        # Unlocked first: the next reception locks the directory itself.
         self.release()
+        self.spool._recycle(trash, self.queue_id)
 
     def release(self) -> None:
         if self._lock_fd >= 0:
@@ -231,7 +252,7 @@ class Handle:
         self.release()
 
 
-def _try_lock(path: Path) -> int:
+def _try_lock(path: str | Path) -> int:
     """Take the lock of the message directory ``path`` (an flock on the
     directory itself: it follows the directory from queue to queue) without
     waiting; raise Locked if it is held."""
@@ -258,17 +279,27 @@ class Reception:
     def __init__(self, spool: "Spool") -> None:
         self.spool = spool
         self.queue_id = new_queue_id()
-        self.path = spool.root / "tmp" / self.queue_id
+        self._tmp = f"{spool.root_str}/tmp/{self.queue_id}"
+        self._where = self._tmp
         self.size = 0
         self._fd = -1
-        self._lock_fd = -1
-        os.mkdir(self.path, 0o700)
+        self._lock_fd = spool._reuse(self._tmp)
+        if self._lock_fd < 0:
+            os.mkdir(self._tmp, 0o700)
         try:
-            self._lock_fd = _try_lock(self.path)
-            self._fd = os.open(self.path / MESSAGE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            if self._lock_fd < 0:
+                self._lock_fd = _try_lock(self._tmp)
+            # O_TRUNC: a reused directory's message.eml is already empty,
+            # unless a crash came between its rename and its truncation.
+            self._fd = os.open(f"{self._tmp}/{MESSAGE}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except BaseException:
             self.abort()
             raise
+
+    @property
+    def path(self) -> Path:
+        """The message's directory: in ``tmp/`` until committed, then in ``incoming/``."""
+        return Path(self._where)
 
     def write(self, data: bytes | memoryview) -> None:
         """Append received bytes (blocking: call from a thread for big writes)."""
@@ -280,28 +311,40 @@ class Reception:
         while view:
             view = view[os.write(self._fd, view):]
 
-    def commit(self, envelope: Envelope) -> None:
-        """Make the message durable and put it in ``incoming`` (blocking)."""
+    def commit(self, envelope: Envelope, keep: bool = False) -> Handle | None:
+        """Make the message durable and put it in ``incoming`` (blocking).
+
+        With ``keep``, put it in ``active`` instead and return it still
+        locked, for this process's worker to take without claiming it (a
+        rename and a thread call fewer); should the process die first, the
+        lock goes with it and ``recover()`` moves it to ``incoming``.
+        """
         data = envelope.to_json()
         self._write(b"%s\n%010d%s" % (data, len(data), ENVELOPE_FOOTER))
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
-        fsync_dir(self.path)
-        dst = self.spool.root / "incoming" / self.queue_id
-        os.rename(self.path, dst)
-        fsync_dir(dst.parent)
-        self.path = dst
-        os.close(self._lock_fd)
-        self._lock_fd = -1
+        fsync_dir(self._tmp)
+        queue = "active" if keep else "incoming"
+        where = f"{self.spool.root_str}/{queue}"
+        os.rename(self._tmp, f"{where}/{self.queue_id}")
+        fsync_dir(where)
+        self._where = f"{where}/{self.queue_id}"
+        lock_fd, self._lock_fd = self._lock_fd, -1
+        if not keep:
+            os.close(lock_fd)
+            return None
+        handle = Handle(self.spool, queue, self.queue_id, lock_fd)
+        handle._message_size = self.size
+        return handle
 
     def abort(self) -> None:
         """Forget a reception that was never acknowledged."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        if self.path.parent.name == "tmp":
-            _remove_tree(self.path)
+        if self._where == self._tmp:
+            _remove_tree(Path(self._tmp))
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -312,11 +355,56 @@ class Spool:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.root_str = str(self.root)
+        # Directories this process parked in .free/ (list.append and
+        # list.pop are atomic, so threads share it without a lock).
+        self._free: list[str] = []
 
     def create(self) -> None:
         """Make the queue directories (idempotent)."""
-        for q in ("tmp", *QUEUES):
+        for q in ("tmp", *QUEUES, FREE):
             (self.root / q).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _recycle(self, path: str, name: str) -> None:
+        """Empty a removed message's directory ``path`` and park it in
+        ``.free/`` for ``_reuse``; remove it when that cannot be done."""
+        if len(self._free) < FREE_MAX:
+            try:
+                names = os.listdir(path)
+                for n in names:
+                    if n != MESSAGE:
+                        os.unlink(f"{path}/{n}")
+                if MESSAGE in names:
+                    os.truncate(f"{path}/{MESSAGE}", 0)
+                parked = f"{self.root_str}/{FREE}/{name}"
+                os.rename(path, parked)
+                self._free.append(parked)
+                return
+            except OSError:
+                pass  # a subdirectory, no .free/ (an old spool), removed meanwhile
+        _remove_tree(Path(path))
+
+    def _reuse(self, dst: str) -> int:
+        """Move a parked directory to ``dst`` locked; its lock fd, or -1
+        when there is none to take (the caller makes a new one)."""
+        while self._free:
+            try:
+                parked = self._free.pop()
+            except IndexError:  # another thread took the last one
+                return -1
+            try:
+                # Locked before the rename, so recover() never sees it in
+                # tmp/ unlocked.
+                fd = _try_lock(parked)
+            except OSError:  # Locked by a stale claim, or gone (recover())
+                continue
+            try:
+                os.rename(parked, dst)
+            except OSError:
+                os.close(fd)
+                continue
+            return fd
+        return -1
 
     def check_writable(self, min_free: int = 0) -> int:
         """Raise SpoolError when the spool cannot take a new message; return
@@ -396,6 +484,16 @@ class Spool:
             with h:
                 h.move("deferred" if h.has(REWRITTEN) else "incoming")
                 counts["requeued"] += 1
+        for name in _hidden_too(self.root / FREE):
+            path = self.root / FREE / name
+            try:
+                fd = _try_lock(path)
+            except OSError:  # in use by a reception, or gone meanwhile
+                continue
+            try:
+                _remove_tree(path)
+            finally:
+                os.close(fd)
         now = time.time()
         for name in self.ids("tmp"):
             path = self.root / "tmp" / name
@@ -453,20 +551,21 @@ class Spool:
         return {q: len(self.ids(q)) for q in QUEUES}
 
 
-def read_envelope(path: Path) -> tuple[Envelope, int]:
+def read_envelope(path: str | Path) -> tuple[Envelope, int]:
     """The envelope of the message directory ``path`` and the size of its
     message (the bytes before the envelope); ValueError when unreadable."""
-    legacy = path / ENVELOPE
-    if legacy.exists():
-        return Envelope.from_json(legacy.read_bytes()), (path / MESSAGE).stat().st_size
-    fd = os.open(path / MESSAGE, os.O_RDONLY)
+    message, legacy = f"{path}/{MESSAGE}", f"{path}/{ENVELOPE}"
+    if os.path.exists(legacy):
+        with open(legacy, "rb") as f:
+            return Envelope.from_json(f.read()), os.stat(message).st_size
+    fd = os.open(message, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         footer = os.pread(fd, _FOOTER_SIZE, size - _FOOTER_SIZE) if size >= _FOOTER_SIZE else b""
         digits = footer[1:11]
         if len(footer) != _FOOTER_SIZE or footer[:1] != b"\n" or not digits.isdigit() \
                 or not footer.endswith(ENVELOPE_FOOTER) or int(digits) > size - _FOOTER_SIZE:
-            raise ValueError(f"{path / MESSAGE}: no envelope at its end")
+            raise ValueError(f"{message}: no envelope at its end")
         n = int(digits)
         start = size - _FOOTER_SIZE - n
         return Envelope.from_json(os.pread(fd, n, start)), start
@@ -478,6 +577,13 @@ def message_source(path: Path) -> Source:
     """The message of the message directory ``path``, without its envelope."""
     _, size = read_envelope(path)
     return Source(path / MESSAGE, size=size)
+
+
+def _hidden_too(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def _remove_tree(path: Path) -> None:

@@ -125,7 +125,9 @@ class Worker:
         self._inflight: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, str, tuple[Handle, Envelope] | None]] = asyncio.Queue()
+        # Tasks waiting for a message (can_take).
+        self._idle = 0
         # Failures that fail open, counted in this process for the log lines
         # that report them (gateway/metrics.py counts them across processes).
         self.counts: Counter[str] = Counter()
@@ -173,12 +175,22 @@ class Worker:
         """Wake the dispatcher (a message may be waiting)."""
         self._kick.set()
 
-    def enqueue(self, queue_id: str) -> None:
+    def can_take(self) -> bool:
+        """Whether a task is waiting for work (a message handed over locked
+        would be taken at once, not kept from the other processes)."""
+        return not self._stopping and self._idle > self._queue.qsize()
+
+    def enqueue(self, queue_id: str, taken: tuple[Handle, Envelope] | None = None) -> None:
         """Take a message this process has just queued, without waiting for
-        the next scan of ``incoming``."""
-        if queue_id not in self._inflight and not self._stopping:
-            self._inflight.add(queue_id)
-            self._queue.put_nowait(("incoming", queue_id))
+        the next scan of ``incoming``; ``taken``: the message is in
+        ``active``, locked by this process, with its envelope."""
+        if self._stopping or queue_id in self._inflight:
+            if taken is not None:
+                # Unlocked in active: recover() puts it back in incoming.
+                taken[0].release()
+            return
+        self._inflight.add(queue_id)
+        self._queue.put_nowait(("incoming", queue_id, taken))
 
     async def start(self) -> None:
         """Start the dispatcher and the processing tasks."""
@@ -191,7 +203,7 @@ class Worker:
         self._stopping = True
         self._kick.set()
         for _ in self._tasks:
-            self._queue.put_nowait(("", ""))
+            self._queue.put_nowait(("", "", None))
         _, pending = await asyncio.wait(self._tasks, timeout=grace)
         for t in pending:
             t.cancel()
@@ -211,14 +223,14 @@ class Worker:
             for qid in await asyncio.to_thread(self.spool.ids, "incoming"):
                 if qid not in self._inflight:
                     self._inflight.add(qid)
-                    self._queue.put_nowait(("incoming", qid))
+                    self._queue.put_nowait(("incoming", qid, None))
             now = time.time()
             if now - last_deferred_scan >= self.cfg.worker.scan_interval:
                 last_deferred_scan = now
                 for qid in await asyncio.to_thread(self._due_deferred, now):
                     if qid not in self._inflight:
                         self._inflight.add(qid)
-                        self._queue.put_nowait(("deferred", qid))
+                        self._queue.put_nowait(("deferred", qid, None))
             self._kick.clear()
             try:
                 await asyncio.wait_for(self._kick.wait(), timeout=min(1.0, self.cfg.worker.scan_interval))
@@ -238,11 +250,18 @@ class Worker:
 
     async def _run(self) -> None:
         while True:
-            queue, qid = await self._queue.get()
+            self._idle += 1
+            try:
+                queue, qid, taken = await self._queue.get()
+            finally:
+                self._idle -= 1
             if not qid:
                 return
             try:
-                handle, loaded = await asyncio.to_thread(self._claim, qid, queue)
+                if taken is not None:
+                    handle, loaded = taken[0], Loaded(taken[1], State(), False)
+                else:
+                    handle, loaded = await asyncio.to_thread(self._claim, qid, queue)
             except (Locked, FileNotFoundError):
                 self._inflight.discard(qid)
                 continue

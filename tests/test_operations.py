@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -303,3 +304,46 @@ def test_download_cut_short_is_audited_as_a_failure(make_gateway) -> None:
     # A success reads "streamed (<why the agent was allowed>)".
     assert not [e for e in events if e.get("EventResultDetails", "").startswith("streamed")]
     assert not [e for e in gw.log_events() if e.get("level") == "error"]
+
+
+def test_reused_spool_directories_hold_no_mail_and_carry_nothing_into_the_next_message(make_gateway) -> None:
+    # One process, so the second reception takes the directory the first
+    # delivery parked (each process reuses only its own).
+    gw = make_gateway(sections={"gateway": {"processes": 1}})
+    long_body = "".join(f"line {i} of the first customer's long message\n" for i in range(4000))
+    send(gw.smtp_port, message(long_body, Subject="first"))
+    gw.wait_outbox(1)
+    gw.wait_idle()
+    free = gw.spool / ".free"
+    parked = {p.stat().st_ino: p for p in free.iterdir()}
+    assert parked, "a delivered message's directory is parked for reuse"
+    for d in parked.values():
+        # Nothing of the delivered message is left: one empty file.
+        assert [(f.name, f.stat().st_size) for f in d.iterdir()] == [("message.eml", 0)]
+
+    send(gw.smtp_port, message("short\n", Subject="second"))
+    outs = gw.wait_outbox(2)
+    gw.wait_idle()
+    second = next(o for o in outs if b"Subject: second" in o)
+    assert payload(leaves(parse(second))[0]).strip() == b"short"
+    assert b"first customer" not in second
+    # The same directory went round: received into, delivered from, parked.
+    assert {p.stat().st_ino for p in free.iterdir()} == set(parked)
+
+    # Parked directories are not mail: a restart clears them.
+    gw.kill()
+    gw.start()
+    assert list(free.iterdir()) == []
+
+
+def test_idle_smtp_session_is_closed_after_the_timeout_and_a_busy_one_is_not(make_gateway) -> None:
+    gw = make_gateway(sections={"smtp": {"timeout": 2}})
+    with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=10) as busy:
+        busy.ehlo("client.example")
+        deadline = time.monotonic() + 4  # twice the timeout, never idle for long
+        while time.monotonic() < deadline:
+            assert busy.noop()[0] == 250
+            time.sleep(0.3)
+        time.sleep(3)  # now idle past the timeout
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            busy.noop()
