@@ -37,7 +37,7 @@ from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session, syntax
 from gateway import logs, metrics
 from gateway.config import Config
 from gateway.routing import CONTROL_CHARS, AddressRefused, route_for, split_address
-from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, is_disk_full
+from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, commit_all, is_disk_full
 from gateway.tls import IngressTls
 
 log = logs.get("smtp")
@@ -101,6 +101,7 @@ class Handler:
         self.tls = tls
         self.spool = spool
         self.worker = worker
+        self.commits = GroupCommit()
         self._writable_at = 0.0
         self._writable_error: str | None = None
         self._free = 0
@@ -453,7 +454,7 @@ class GatewaySMTP(SMTP):
         # A worker task that is free takes the message as it is: no claim.
         keep = self.gw.worker is not None and self.gw.worker.can_take()
         try:
-            handle = await asyncio.to_thread(reception.commit, envelope, keep)
+            handle = await self.gw.commits.commit(reception, envelope, keep)
         except (OSError, SpoolError) as e:
             log.error("spool commit failed", queue_id=envelope.queue_id or None, error=str(e))
             return "452 4.3.1 Insufficient system storage" if is_disk_full(e) else \
@@ -472,7 +473,7 @@ class GatewaySMTP(SMTP):
 
 class _SpoolWriter:
     """DATA on its way to the spool: gathered in memory while small, then
-    streamed into a Reception; committed in one thread call."""
+    streamed into a Reception; committed by GroupCommit."""
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
@@ -492,18 +493,79 @@ class _SpoolWriter:
         data, self.pending, self.pending_size = b"".join(self.pending), [], 0
         self.reception.write(data)
 
-    def commit(self, envelope: Envelope, keep: bool) -> Handle | None:
-        """Spool what is left and make it durable; sets the queue id
-        (``keep``: see ``Reception.commit``)."""
+    def ready(self, envelope: Envelope) -> Reception:
+        """Spool what is left (blocking); set the queue id; the reception
+        to commit."""
         self._flush()
         assert self.reception is not None
         envelope.queue_id = self.reception.queue_id
-        return self.reception.commit(envelope, keep)
+        return self.reception
 
     def abort(self) -> None:
         self.pending = []
         if self.reception is not None:
             self.reception.abort()
+
+
+class GroupCommit:
+    """Commits of one process's sessions, several to a thread call.
+
+    A session that ends its DATA while a commit is running waits for the
+    next batch, which takes every session that ended meanwhile: one hop to
+    a thread and one fsync of each queue directory for all of them.  Under
+    load that is most of the cost of a small message's commit (every
+    blocking call made in a thread hands the GIL back and forth)."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[_SpoolWriter, Envelope, bool, asyncio.Future[Handle | None]]] = []
+        self._running = False
+
+    async def commit(self, writer: _SpoolWriter, envelope: Envelope, keep: bool) -> Handle | None:
+        """Spool, commit and return what ``Reception.commit`` does; raise its errors."""
+        done: asyncio.Future[Handle | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((writer, envelope, keep, done))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._run())
+        return await done
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await asyncio.to_thread(_commit_batch, [(w, e, k) for w, e, k, _ in batch])
+                except BaseException as e:  # noqa: BLE001 - each session answers for itself
+                    results = [e] * len(batch)
+                for (_, _, _, done), result in zip(batch, results):
+                    if done.done():  # the session went away meanwhile
+                        if isinstance(result, Handle):
+                            # Durable, but no one to hand it to: unlocked in
+                            # active, recover() puts it back in incoming.
+                            result.release()
+                        continue
+                    if isinstance(result, BaseException):
+                        done.set_exception(result)
+                    else:
+                        done.set_result(result)
+        finally:
+            self._running = False
+
+
+def _commit_batch(batch: list[tuple[_SpoolWriter, Envelope, bool]]) -> list[Handle | None | BaseException]:
+    results: list[Handle | None | BaseException] = [None] * len(batch)
+    ready: list[int] = []
+    receptions: list[tuple[Reception, Envelope, bool]] = []
+    for i, (writer, envelope, keep) in enumerate(batch):
+        try:
+            receptions.append((writer.ready(envelope), envelope, keep))
+            ready.append(i)
+        except (OSError, SpoolError) as e:
+            results[i] = e
+    committed = commit_all(receptions)
+    for i, result in zip(ready, committed):
+        results[i] = result
+    return results
 
 
 def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, tls: IngressTls | None = None,

@@ -319,22 +319,31 @@ class Reception:
         rename and a thread call fewer); should the process die first, the
         lock goes with it and ``recover()`` moves it to ``incoming``.
         """
+        [result] = commit_all([(self, envelope, keep)])
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    def _seal(self, envelope: Envelope, keep: bool) -> str:
+        """Everything of a commit but the fsync of the queue directory it
+        lands in, which is returned (``commit_all`` does one per batch)."""
         data = envelope.to_json()
         self._write(b"%s\n%010d%s" % (data, len(data), ENVELOPE_FOOTER))
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
         fsync_dir(self._tmp)
-        queue = "active" if keep else "incoming"
-        where = f"{self.spool.root_str}/{queue}"
+        where = f"{self.spool.root_str}/{'active' if keep else 'incoming'}"
         os.rename(self._tmp, f"{where}/{self.queue_id}")
-        fsync_dir(where)
         self._where = f"{where}/{self.queue_id}"
+        return where
+
+    def _settle(self, keep: bool) -> Handle | None:
         lock_fd, self._lock_fd = self._lock_fd, -1
         if not keep:
             os.close(lock_fd)
             return None
-        handle = Handle(self.spool, queue, self.queue_id, lock_fd)
+        handle = Handle(self.spool, "active", self.queue_id, lock_fd)
         handle._message_size = self.size
         return handle
 
@@ -571,6 +580,35 @@ def read_envelope(path: str | Path) -> tuple[Envelope, int]:
         return Envelope.from_json(os.pread(fd, n, start)), start
     finally:
         os.close(fd)
+
+
+def commit_all(batch: list[tuple[Reception, Envelope, bool]]) -> list[Handle | None | OSError]:
+    """Commit several receptions (``Reception.commit`` each, blocking) with
+    one fsync per queue directory for all of them: a group commit, so
+    sessions that end their DATA together share a thread call and the
+    directory fsyncs.  One result per reception, in order: its Handle, None,
+    or the OSError that kept it from being acknowledged."""
+    results: list[Handle | None | OSError] = [None] * len(batch)
+    landed: dict[str, list[int]] = {}
+    for i, (reception, envelope, keep) in enumerate(batch):
+        try:
+            landed.setdefault(reception._seal(envelope, keep), []).append(i)
+        except OSError as e:
+            results[i] = e
+    for where, indexes in landed.items():
+        try:
+            fsync_dir(where)
+            error = None
+        except OSError as e:
+            error = e
+        for i in indexes:
+            reception, _, keep = batch[i]
+            if error is None:
+                results[i] = reception._settle(keep)
+            else:
+                reception._settle(False)
+                results[i] = error
+    return results
 
 
 def message_source(path: Path) -> Source:

@@ -18,7 +18,6 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from email.utils import format_datetime
 from pathlib import Path
 from collections import Counter
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -1065,15 +1064,23 @@ def _default_name(part: Part) -> str:
     return f"attachment{ext}"
 
 
-def _date(ts: float) -> str:
-    import datetime as dt
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
-    return format_datetime(dt.datetime.fromtimestamp(ts, dt.timezone.utc))
+
+def _date(ts: float) -> str:
+    """An RFC 5322 date in UTC, as email.utils.format_datetime writes it
+    (by hand: this runs for every message, and that builds a datetime)."""
+    t = time.gmtime(ts)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000")
 
 
 def _clean(text: str) -> str:
     """Text from the envelope or client, safe inside a header."""
-    return "".join(ch for ch in text if ch.isprintable() and ch not in "\r\n")[:200]
+    if text.isprintable():  # the usual case; CR and LF are not printable
+        return text[:200]
+    return "".join(ch for ch in text if ch.isprintable())[:200]
 
 
 def _offload_notice(o: Offloaded) -> str:

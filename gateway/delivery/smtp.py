@@ -20,6 +20,7 @@ downgrade the connection.
 from __future__ import annotations
 
 import asyncio
+import re
 import smtplib
 import socket
 import ssl
@@ -181,10 +182,10 @@ class SmtpNextHop:
                     return result
                 options.append("SMTPUTF8")
                 conn.command_encoding = "utf-8"
-            mail = f"MAIL FROM:{smtplib.quoteaddr(envelope.mail_from)}{' ' if options else ''}{' '.join(options)}"
+            mail = f"MAIL FROM:{_path(envelope.mail_from)}{' ' if options else ''}{' '.join(options)}"
             if conn.has_extn("pipelining"):
                 conn.send("".join(f"{line}\r\n" for line in
-                                  [mail, *(f"RCPT TO:{smtplib.quoteaddr(r)}" for r in rcpts), "DATA"]))
+                                  [mail, *(f"RCPT TO:{_path(r)}" for r in rcpts), "DATA"]))
                 codes = [self._first_reply(conn, fresh)]
                 replied = True
                 codes += [conn.getreply() for _ in rcpts]
@@ -194,7 +195,7 @@ class SmtpNextHop:
                 codes = [self._first_reply(conn, fresh)]
                 replied = True
                 if codes[0][0] == 250:
-                    codes += [conn.docmd(f"RCPT TO:{smtplib.quoteaddr(r)}") for r in rcpts]
+                    codes += [conn.docmd(f"RCPT TO:{_path(r)}") for r in rcpts]
                 data_reply = None
             code, resp = codes[0]
             if code != 250:
@@ -263,6 +264,17 @@ class SmtpNextHop:
             idle, self._idle = self._idle, []
         for _, conn, _ in idle:
             await asyncio.to_thread(_quit_quietly, conn)
+
+
+# An address that needs no parsing to be put in angle brackets.
+_PLAIN_ADDRESS = re.compile(r'[^\s<>()\[\]\\,;:"@]+@[^\s<>()\[\]\\,;:"@]+')
+
+
+def _path(address: str) -> str:
+    """``<address>`` for MAIL FROM and RCPT TO (``<>`` for the null sender)."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return smtplib.quoteaddr(address)  # parses: slow, for the odd address
 
 
 def _record(result: DeliveryResult, rcpts: list[str], code: int, resp: bytes, stage: str) -> None:
