@@ -35,6 +35,7 @@ from typing import Any, Callable, Protocol
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session, syntax
 
 from gateway import logs, metrics
+from gateway.batch import Batch
 from gateway.config import Config
 from gateway.routing import CONTROL_CHARS, AddressRefused, route_for, split_address
 from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, commit_all, is_disk_full
@@ -101,7 +102,7 @@ class Handler:
         self.tls = tls
         self.spool = spool
         self.worker = worker
-        self.commits = GroupCommit()
+        self.commits = group_commit()
         self._writable_at = 0.0
         self._writable_error: str | None = None
         self._free = 0
@@ -454,7 +455,7 @@ class GatewaySMTP(SMTP):
         # A worker task that is free takes the message as it is: no claim.
         keep = self.gw.worker is not None and self.gw.worker.can_take()
         try:
-            handle = await self.gw.commits.commit(reception, envelope, keep)
+            handle = await self.gw.commits.submit((reception, envelope, keep))
         except (OSError, SpoolError) as e:
             log.error("spool commit failed", queue_id=envelope.queue_id or None, error=str(e))
             return "452 4.3.1 Insufficient system storage" if is_disk_full(e) else \
@@ -473,7 +474,7 @@ class GatewaySMTP(SMTP):
 
 class _SpoolWriter:
     """DATA on its way to the spool: gathered in memory while small, then
-    streamed into a Reception; committed by GroupCommit."""
+    streamed into a Reception; committed by group_commit()."""
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
@@ -507,49 +508,16 @@ class _SpoolWriter:
             self.reception.abort()
 
 
-class GroupCommit:
+def group_commit() -> Batch[tuple[_SpoolWriter, Envelope, bool], Handle | None]:
     """Commits of one process's sessions, several to a thread call.
 
     A session that ends its DATA while a commit is running waits for the
     next batch, which takes every session that ended meanwhile: one hop to
-    a thread and one fsync of each queue directory for all of them.  Under
-    load that is most of the cost of a small message's commit (every
-    blocking call made in a thread hands the GIL back and forth)."""
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[_SpoolWriter, Envelope, bool, asyncio.Future[Handle | None]]] = []
-        self._running = False
-
-    async def commit(self, writer: _SpoolWriter, envelope: Envelope, keep: bool) -> Handle | None:
-        """Spool, commit and return what ``Reception.commit`` does; raise its errors."""
-        done: asyncio.Future[Handle | None] = asyncio.get_running_loop().create_future()
-        self._pending.append((writer, envelope, keep, done))
-        if not self._running:
-            self._running = True
-            asyncio.get_running_loop().create_task(self._run())
-        return await done
-
-    async def _run(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results = await asyncio.to_thread(_commit_batch, [(w, e, k) for w, e, k, _ in batch])
-                except BaseException as e:  # noqa: BLE001 - each session answers for itself
-                    results = [e] * len(batch)
-                for (_, _, _, done), result in zip(batch, results):
-                    if done.done():  # the session went away meanwhile
-                        if isinstance(result, Handle):
-                            # Durable, but no one to hand it to: unlocked in
-                            # active, recover() puts it back in incoming.
-                            result.release()
-                        continue
-                    if isinstance(result, BaseException):
-                        done.set_exception(result)
-                    else:
-                        done.set_result(result)
-        finally:
-            self._running = False
+    a thread and one fsync of each queue directory for all of them (see
+    gateway/batch.py).  A message committed for a session that went away
+    meanwhile is durable and is delivered: unlocked in ``active``,
+    ``recover()`` puts it back in ``incoming``."""
+    return Batch(_commit_batch, abandoned=lambda handle: handle.release() if handle is not None else None)
 
 
 def _commit_batch(batch: list[tuple[_SpoolWriter, Envelope, bool]]) -> list[Handle | None | BaseException]:

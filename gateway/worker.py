@@ -865,8 +865,9 @@ class Worker:
         removed: list[Exception | None] = []
 
         def remove_if_delivered(result: DeliveryResult) -> None:
-            # In the delivery's thread (one hop less): a message every
-            # recipient took is removed there; anything else is decided below.
+            # In a thread the delivery had or shares (no hop of its own): a
+            # message every recipient took is removed there; anything else
+            # is decided below.
             if result.delivered and not result.deferred and not result.failed:
                 try:
                     handle.remove()

@@ -61,7 +61,8 @@ class DeliveryResult:
         return self
 
 
-#: Blocking work to do with a delivery's result, in the delivery's thread.
+#: Blocking work to do with a delivery's result, in a thread: the Maildir
+#: next hop's own, or one the SMTP next hop shares among deliveries.
 After = Callable[[DeliveryResult], None]
 
 
@@ -80,8 +81,8 @@ class NextHop(Protocol):
     async def deliver(self, envelope: Envelope, rcpts: list[str], message: Content,
                       then: After | None = None) -> DeliveryResult:
         """Hand ``message`` over for ``rcpts``; ``then(result)`` runs after,
-        in the same thread (the worker removes a delivered message there:
-        one hop to a thread less per message)."""
+        in a thread the delivery had anyway or shares with others (the
+        worker removes a delivered message there: no hop of its own)."""
 
     async def close(self) -> None:
         """Close pooled connections."""
