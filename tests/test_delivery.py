@@ -21,7 +21,9 @@ gateway's SMTP client is built.
 """
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import socket
 import json
 import logging
 import random
@@ -81,6 +83,8 @@ class _HopHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.hop.data_delay:
+            await asyncio.sleep(self.hop.data_delay)
         if self.hop.reply_data:
             return self.hop.reply_data
         with self.hop.lock:
@@ -100,6 +104,7 @@ class HopSink(SmtpSink):
     mails_per_connection: int | None = None  # aiosmtpd answers 421 to the next MAIL and closes
     smtputf8: bool = True  # offered by default, as by the harness sink
     connections: int = 0  # EHLOs seen: one a connection (no STARTTLS here)
+    data_delay: float = 0.0  # seconds before answering the end of data
 
     def start(self) -> "HopSink":
         kwargs: dict[str, Any] = {"enable_SMTPUTF8": self.smtputf8}
@@ -587,3 +592,61 @@ def test_null_sender_is_relayed_as_mail_from_null(hops, make_gateway, pipelining
     settle(gw)
     assert len(hop.arrivals()) == 1
     assert_nothing_deferred(gw)
+
+
+def test_ascii_message_received_with_smtputf8_goes_without_it_to_a_next_hop_without_smtputf8(hops,
+                                                                                            make_gateway) -> None:
+    # The client asked for SMTPUTF8, but nothing in the message needs it
+    # (RFC 6531 section 3.4): relayed as plain mail, not bounced.
+    hop = hops("aiosmtpd", smtputf8=False)
+    gw = gateway_for(make_gateway, hop)
+    raw = raw_message(b"all ASCII, sent with SMTPUTF8 anyway\r\n")
+    send_smtputf8(gw.smtp_port, SENDER, "support@contact.example", raw)
+    [got] = hop.wait(1)
+    assert "SMTPUTF8" not in got.mail_args.split(" ")
+    assert_relayed(got, raw)
+    settle(gw)
+    assert bounces(gw) == []
+    assert_nothing_deferred(gw)
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["no-pipelining", "pipelining"])
+def test_421_to_mail_on_a_fresh_connection_defers_with_the_servers_words(hops, make_gateway,
+                                                                          pipelining: bool) -> None:
+    # aiosmtpd with no MAIL allowed answers the first MAIL with 421 and closes.
+    hop = hops("aiosmtpd", pipelining=pipelining, mails_per_connection=0)
+    gw = gateway_for(make_gateway, hop)
+    send(gw.smtp_port, raw_message(b"the next hop is closing\r\n"))
+    row = wait_deferred(gw)
+    assert "421 4.7.0 MAIL sent too many times" in row["last_error"], row
+    assert hop.arrivals() == []
+
+
+def test_next_hop_that_never_greets_defers_within_the_connect_timeout(make_gateway) -> None:
+    # A listening socket nobody accepts from: the TCP connection is made
+    # (the kernel's backlog), the greeting never comes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        gw = make_gateway(next_hop=f"smtp://127.0.0.1:{silent.getsockname()[1]}",
+                          sections={"delivery": {"connect_timeout": 1}})
+        send(gw.smtp_port, raw_message(b"to a next hop that says nothing\r\n"))
+        row = wait_deferred(gw)
+    assert "connect to smtp://127.0.0.1" in row["last_error"] and "no reply within 1s" in row["last_error"], row
+
+
+def test_next_hop_that_stalls_after_the_data_defers_within_the_command_timeout_then_delivers(
+        hops, make_gateway) -> None:
+    hop = hops("aiosmtpd", data_delay=4.0)
+    gw = gateway_for(make_gateway, hop, sections={"delivery": {"command_timeout": 1}})
+    raw = raw_message(b"the next hop is slow to answer the end of data\r\n")
+    send(gw.smtp_port, raw)
+    row = wait_deferred(gw)
+    assert "no reply within 1s" in row["last_error"], row
+    hop.data_delay = 0.0
+    # The stalled attempt may still have been stored by the next hop (the
+    # gateway cannot know): at least once, as any MTA after a timeout.
+    got = hop.wait(1, timeout=20)
+    gw.wait_idle()
+    assert_relayed(got[-1], raw)
+    assert queue(gw) == []

@@ -306,7 +306,11 @@ class SmtpNextHop:
                 options.append(f"SIZE={message.size}")
             if envelope.body_8bit and conn.has("8BITMIME"):
                 options.append("BODY=8BITMIME")
-            if envelope.smtputf8:
+            # A message received with SMTPUTF8 needs it only when an address
+            # or the message itself is not ASCII (RFC 6531 section 3.4).
+            needs_utf8 = envelope.smtputf8 and (envelope.body_8bit or not envelope.mail_from.isascii()
+                                                or not all(r.isascii() for r in rcpts))
+            if needs_utf8:
                 if not conn.has("SMTPUTF8"):
                     for r in rcpts:
                         result.failed[r] = f"5.6.7 {self.name} does not support SMTPUTF8"
@@ -320,6 +324,9 @@ class SmtpNextHop:
                     conn.send(line)
                 codes = [await self._first_reply(conn, fresh)]
                 replied = True
+                if codes[0][0] == 421:  # closing: the replies after it never come
+                    _record(result, rcpts, *codes[0], "MAIL FROM")
+                    return result
                 codes += [await conn.reply() for _ in rcpts]
                 data_reply: tuple[int, bytes] | None = await conn.reply()
             else:
@@ -332,8 +339,10 @@ class SmtpNextHop:
             code, resp = codes[0]
             if code != 250:
                 _record(result, rcpts, code, resp, "MAIL FROM")
-                # A pipelined DATA after a refused MAIL is refused too.
-                reusable = (code < 500 or code in (550, 553)) and (data_reply is None or data_reply[0] != 354)
+                # A pipelined DATA after a refused MAIL is refused too; after
+                # 421 the server closes the connection.
+                reusable = (code < 500 or code in (550, 553)) and code != 421 and \
+                    (data_reply is None or data_reply[0] != 354)
                 return result
             accepted = []
             for r, (code, resp) in zip(rcpts, codes[1:]):
@@ -366,7 +375,9 @@ class SmtpNextHop:
             if not replied and not fresh:
                 raise _Stale() from e
             reason = f"no reply within {conn.timeout:g}s" if isinstance(e, TimeoutError) else str(e)
-            pending = [r for r in rcpts if r not in result.delivered and r not in result.failed]
+            # What the server said before it went (a 421) is the better reason.
+            pending = [r for r in rcpts if r not in result.delivered and r not in result.failed
+                       and r not in result.deferred]
             for r in pending:
                 result.deferred[r] = f"4.4.2 lost connection with {self.name}: {reason}"
             return result
