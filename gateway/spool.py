@@ -31,8 +31,7 @@ A delivered message's directory is not deleted but emptied (its
 of the same process renames it into ``tmp/``: reusing the directory and the
 file saves creating two inodes per message, which on ext4 costs more than
 anything else the spool does (the allocator scans for recently freed
-inodes).  ``.free/`` holds no mail; ``recover()`` empties it of what no live
-process has locked.  Whoever works on a message holds an exclusive flock on its
+inodes).  ``.free/`` holds no mail; ``recover()`` at start empties it.  Whoever works on a message holds an exclusive flock on its
 directory; a lock that can be taken belongs to a dead process, which is how
 ``recover()`` tells a crashed worker's message from a live one's.
 """
@@ -412,7 +411,10 @@ class Spool:
                 # Locked before the rename, so recover() never sees it in
                 # tmp/ unlocked.
                 fd = _try_lock(parked)
-            except OSError:  # Locked by a stale claim, or gone (recover())
+            except (Locked, OSError):
+                # Held a moment by another process's claim that lost a
+                # race for the message it was; gone (an operator). Left
+                # for the next start's recover().
                 continue
             try:
                 os.rename(parked, dst)
@@ -489,7 +491,8 @@ class Spool:
         (or ``deferred`` when already processed, so they keep their retry
         state); unacknowledged receptions in ``tmp`` older than
         ``tmp_min_age`` seconds whose lock is free are removed (the age keeps
-        a reception that has made its directory but not yet locked it).
+        a reception that has made its directory but not yet locked it);
+        at start (no ``tmp_min_age``), ``.free/`` is emptied.
         """
         counts = {"requeued": 0, "removed_tmp": 0}
         for qid in self.ids("active"):
@@ -500,7 +503,9 @@ class Spool:
             with h:
                 h.move("deferred" if h.has(REWRITTEN) else "incoming")
                 counts["requeued"] += 1
-        for name in _hidden_too(self.root / FREE):
+        # Parked directories are emptied at start (no age given) only: while
+        # running, each belongs to a live process that will reuse it.
+        for name in _hidden_too(self.root / FREE) if not tmp_min_age else []:
             path = self.root / FREE / name
             try:
                 fd = _try_lock(path)

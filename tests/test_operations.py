@@ -347,3 +347,28 @@ def test_idle_smtp_session_is_closed_after_the_timeout_and_a_busy_one_is_not(mak
         time.sleep(3)  # now idle past the timeout
         with pytest.raises(smtplib.SMTPServerDisconnected):
             busy.noop()
+
+
+def test_a_parked_spool_directory_held_by_another_process_is_skipped_not_an_error(make_gateway) -> None:
+    # Another process's claim can hold a parked directory's lock for a
+    # moment (it lost the race for the message the directory held); a
+    # reception must take another directory, not fail with 451.
+    import fcntl
+
+    gw = make_gateway(sections={"gateway": {"processes": 1}})
+    for i in range(3):
+        send(gw.smtp_port, message(f"message {i}\n"))
+    gw.wait_outbox(3)
+    gw.wait_idle()
+    parked = list((gw.spool / ".free").iterdir())
+    assert parked
+    held = [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in parked]
+    try:
+        for fd in held:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for i in range(3, 6):
+            send(gw.smtp_port, message(f"message {i}\n"))  # raises unless 250
+        gw.wait_outbox(6)
+    finally:
+        for fd in held:
+            os.close(fd)
