@@ -12,13 +12,25 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, BinaryIO, Iterable
 
 from gateway.spool import fsync_dir
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
 from gateway.storage.settings import FilesystemStorageSettings
 
 _META = ".meta.json"
+
+
+READ_SIZE = 1 << 18
+
+
+def _open_and_read(path: Path) -> tuple[BinaryIO, bytes]:
+    f = open(path, "rb")
+    try:
+        return f, f.read(READ_SIZE)
+    except BaseException:
+        f.close()
+        raise
 
 
 class FilesystemStorage:
@@ -88,15 +100,17 @@ class FilesystemStorage:
     async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
         path = self._path(key)
         try:
-            f = await asyncio.to_thread(open, path, "rb")
+            # Opened and first read in one thread call: a link record, and
+            # most attachments a click streams, are one read long.
+            f, chunk = await asyncio.to_thread(_open_and_read, path)
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
         try:
-            while True:
-                chunk = await asyncio.to_thread(f.read, 1 << 18)
-                if not chunk:
-                    break
+            while chunk:
                 yield chunk
+                if len(chunk) < READ_SIZE:
+                    break  # a short read of a regular file is its end: no hop to learn it
+                chunk = await asyncio.to_thread(f.read, READ_SIZE)
         finally:
             f.close()
 
