@@ -35,7 +35,7 @@ run: venv
 
 ## make test: install everything the tests need and run the whole suite.
 test: venv test-deps
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 test-deps:
 	@if [ "$$(id -u)" = "0" ]; then scripts/install-test-deps.sh && scripts/install-storage-deps.sh; \
