@@ -45,9 +45,12 @@ def make_gateway(tmp_path: Path) -> Iterator[callable]:
         gw.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ceph() -> Iterator[CephRadosgw]:
-    with CephRadosgw() as c:
+    """One Ceph cluster with radosgw for the whole run (it takes 13-16 s to
+    start); every test makes a bucket of its own.  2 GiB of memstore: the
+    modules' uploads add up to several hundred MB."""
+    with CephRadosgw(memstore_bytes=2 << 30) as c:
         yield c
 
 

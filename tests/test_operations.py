@@ -337,14 +337,14 @@ def test_reused_spool_directories_hold_no_mail_and_carry_nothing_into_the_next_m
 
 
 def test_idle_smtp_session_is_closed_after_the_timeout_and_a_busy_one_is_not(make_gateway) -> None:
-    gw = make_gateway(sections={"smtp": {"timeout": 2}})
+    gw = make_gateway(sections={"smtp": {"timeout": 1}})
     with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=10) as busy:
         busy.ehlo("client.example")
-        deadline = time.monotonic() + 4  # twice the timeout, never idle for long
+        deadline = time.monotonic() + 2.5  # over twice the timeout, never idle for long
         while time.monotonic() < deadline:
             assert busy.noop()[0] == 250
-            time.sleep(0.3)
-        time.sleep(3)  # now idle past the timeout
+            time.sleep(0.2)
+        time.sleep(2)  # now idle past the timeout
         with pytest.raises(smtplib.SMTPServerDisconnected):
             busy.noop()
 

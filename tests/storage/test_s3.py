@@ -36,12 +36,12 @@ META = ObjectMeta(content_type="application/pdf", filename=FILENAME,
 
 
 @pytest.fixture(scope="module")
-def ceph() -> Iterator[CephRadosgw]:
-    """A one-node Ceph cluster with radosgw, for this module."""
-    with CephRadosgw() as c:
-        os.environ[SECRET_ENV] = c.secret_key
-        yield c
-        os.environ.pop(SECRET_ENV, None)
+def ceph(ceph: CephRadosgw) -> Iterator[CephRadosgw]:
+    """The run's radosgw (tests/conftest.py), its secret in the environment
+    for this module's configs."""
+    os.environ[SECRET_ENV] = ceph.secret_key
+    yield ceph
+    os.environ.pop(SECRET_ENV, None)
 
 
 @pytest.fixture(scope="module")
