@@ -229,7 +229,7 @@ def test_processing_past_milter_timeout_lets_the_message_through_unchanged(setup
     with GcsEmulator() as gcs:
         gw, mta = setup(threshold=1000, milter={"timeout": 1}, route={"storage": "cloud"}, sections={
             "storage.cloud": {"backend": "gcs", "bucket": gcs.bucket, "endpoint_url": gcs.endpoint_url,
-                              "anonymous": True, "timeout": 30}})
+                              "anonymous": True, "timeout": 5}})
         # The storage server stalls: uploads hang well past milter.timeout.
         pid = gcs._proc.pid  # type: ignore[union-attr]
         os.kill(pid, signal.SIGSTOP)
