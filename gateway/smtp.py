@@ -36,6 +36,7 @@ from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session, syntax
 
 from gateway import logs, metrics
 from gateway.batch import Batch
+from gateway.deadline import Deadline
 from gateway.config import Config
 from gateway.routing import CONTROL_CHARS, AddressRefused, route_for, split_address
 from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, commit_all, is_disk_full
@@ -292,21 +293,11 @@ class GatewaySMTP(SMTP):
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd cancels and re-arms a timer on every command and every
-        # DATA chunk; a deadline checked by one timer costs a float store
-        # instead (a cancelled timer stays in the loop's heap until it is due).
-        deadline = self.loop.time() + (duration or self._timeout_duration)
-        self._deadline = deadline
-        timer = self._timeout_handle
-        if timer is None or timer.cancelled() or deadline < timer.when():
-            if timer is not None:
-                timer.cancel()
-            self._timeout_handle = self.loop.call_at(deadline, self._check_idle)
-
-    def _check_idle(self) -> None:
-        if self.loop.time() < self._deadline:
-            self._timeout_handle = self.loop.call_at(self._deadline, self._check_idle)
-        else:
-            self._timeout_cb()
+        # DATA chunk; a Deadline moves instead.  aiosmtpd's connection_lost
+        # cancels whatever _timeout_handle holds.
+        if self._timeout_handle is None:
+            self._timeout_handle = Deadline(self.loop, self._timeout_cb)  # type: ignore[assignment]
+        self._timeout_handle.set(duration or self._timeout_duration)
 
     def _close_after_reply(self) -> None:
         if self.transport is not None:

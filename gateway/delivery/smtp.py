@@ -31,6 +31,7 @@ import time
 from typing import AsyncIterator, Callable
 
 from gateway.batch import Batch, each
+from gateway.deadline import Deadline
 from gateway.delivery import After, Content, DeliveryResult
 from gateway.spool import Envelope
 
@@ -75,34 +76,22 @@ class _Connection:
         # EHLO keywords (upper case) and their parameters.
         self.esmtp: dict[str, str] = {}
         self.encoding = "ascii"
-        # One timer per connection, moved by a float store: a timer per
-        # reply (asyncio.timeout) cost more CPU than reading the reply.
-        self._loop = asyncio.get_running_loop()
-        self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        # One Deadline per connection: a timer per reply (asyncio.timeout)
+        # cost more CPU than reading the reply.
+        self._deadline = Deadline(asyncio.get_running_loop(), self._expire)
         self._waiting = False
         self.timed_out = False
 
     def _wait_from_now(self) -> None:
         """Give the server ``timeout`` seconds from now to answer."""
         self._waiting = True
-        self._deadline = self._loop.time() + self.timeout
-        timer = self._timer
-        if timer is None or self._deadline < timer.when():
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(self._deadline, self._expire)
+        self._deadline.set(self.timeout)
 
     def _expire(self) -> None:
-        self._timer = None
-        if not self._waiting:
-            return  # idle in the pool: the next wait arms a new timer
-        if self._loop.time() < self._deadline:
-            self._timer = self._loop.call_at(self._deadline, self._expire)
-            return
-        # The read or write in progress fails with the connection.
-        self.timed_out = True
-        self.writer.transport.abort()
+        if self._waiting:  # (idle in the pool, nothing is owed)
+            # The read or write in progress fails with the connection.
+            self.timed_out = True
+            self.writer.transport.abort()
 
     def _failed(self, error: BaseException) -> BaseException:
         return TimeoutError() if self.timed_out else error
@@ -167,9 +156,7 @@ class _Connection:
             raise BadReply(f"HELO refused: {code} {text.decode('utf-8', 'replace')}")
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.cancel()
         self.writer.close()
 
     async def quit(self) -> None:
@@ -198,7 +185,7 @@ class SmtpNextHop:
         self._idle: list[tuple[float, _Connection, bool]] = []
         # What the worker does after a delivery (remove a delivered message)
         # is blocking: many deliveries share a thread call.
-        self._after: Batch[Callable[[], None], None] | None = None
+        self._after: Batch[Callable[[], None], None] = Batch(each)
 
     async def _connect(self) -> _Connection:
         try:
@@ -402,8 +389,6 @@ class SmtpNextHop:
         async with self._slots:
             result = await self._deliver(envelope, rcpts, message)
         if then is not None:
-            if self._after is None:
-                self._after = Batch(each)
             await self._after.submit(lambda: then(result))
         return result
 
