@@ -26,7 +26,8 @@ class Batch(Generic[T, R]):
         # cancelled) while its batch ran: it would otherwise be dropped.
         self._abandoned = abandoned
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._running = False
+        # Running while there is something pending (held: the loop keeps
+        # only a weak reference to a task).
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, item: T) -> R:
@@ -34,34 +35,31 @@ class Batch(Generic[T, R]):
         loop = asyncio.get_running_loop()
         done: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, done))
-        if not self._running:
-            self._running = True
-            # Held: the loop keeps only a weak reference to a task.
+        if self._task is None or self._task.done():
             self._task = loop.create_task(self._drain())
         return await done
 
     async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results = await asyncio.to_thread(self._run_batch, [item for item, _ in batch])
-                except asyncio.CancelledError:  # shutting down
-                    for _, done in batch:
-                        done.cancel()
-                    raise
-                except Exception as e:  # noqa: BLE001 - each task answers for its own item
-                    results = [e] * len(batch)
-                for (_, done), result in zip(batch, results):
-                    if done.done():
-                        if self._abandoned is not None and not isinstance(result, BaseException):
-                            self._abandoned(result)
-                    elif isinstance(result, BaseException):
-                        done.set_exception(result)
-                    else:
-                        done.set_result(result)
-        finally:
-            self._running = False
+        # Ends when nothing is pending (no await between that test and the
+        # end, so a submit meanwhile sees the task still running or done).
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await asyncio.to_thread(self._run_batch, [item for item, _ in batch])
+            except asyncio.CancelledError:  # shutting down
+                for _, done in batch:
+                    done.cancel()
+                raise
+            except Exception as e:  # noqa: BLE001 - each task answers for its own item
+                results = [e] * len(batch)
+            for (_, done), result in zip(batch, results):
+                if done.done():
+                    if self._abandoned is not None and not isinstance(result, BaseException):
+                        self._abandoned(result)
+                elif isinstance(result, BaseException):
+                    done.set_exception(result)
+                else:
+                    done.set_result(result)
 
 
 def each(calls: list[Callable[[], R]]) -> list["R | BaseException"]:

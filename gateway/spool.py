@@ -290,10 +290,9 @@ class Reception:
         self.size = 0
         self._fd = -1
         self._lock_fd = spool._reuse(self._tmp)
-        if self._lock_fd < 0:
-            os.mkdir(self._tmp, 0o700)
         try:
             if self._lock_fd < 0:
+                os.mkdir(self._tmp, 0o700)
                 self._lock_fd = _try_lock(self._tmp)
             # O_TRUNC: a reused directory's message.eml is already empty,
             # unless a crash came between its rename and its truncation.
@@ -505,11 +504,11 @@ class Spool:
                 counts["requeued"] += 1
         # Parked directories are emptied at start (no age given) only: while
         # running, each belongs to a live process that will reuse it.
-        for name in _hidden_too(self.root / FREE) if not tmp_min_age else []:
+        for name in self.ids(FREE) if not tmp_min_age else []:
             path = self.root / FREE / name
             try:
                 fd = _try_lock(path)
-            except OSError:  # in use by a reception, or gone meanwhile
+            except (Locked, OSError):  # taken by a reception, or gone meanwhile
                 continue
             try:
                 _remove_tree(path)
@@ -627,13 +626,6 @@ def message_source(path: Path) -> Source:
     """The message of the message directory ``path``, without its envelope."""
     _, size = read_envelope(path)
     return Source(path / MESSAGE, size=size)
-
-
-def _hidden_too(path: Path) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
 
 
 def _remove_tree(path: Path) -> None:

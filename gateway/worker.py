@@ -1065,16 +1065,11 @@ def _default_name(part: Part) -> str:
     return f"attachment{ext}"
 
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
 def _date(ts: float) -> str:
     """An RFC 5322 date in UTC, as email.utils.format_datetime writes it
-    (by hand: this runs for every message, and that builds a datetime)."""
-    t = time.gmtime(ts)
-    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000")
+    (strftime: this runs for every message, and that builds a datetime;
+    day and month names are English, as LC_TIME is never set)."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(ts))
 
 
 def _clean(text: str) -> str:
