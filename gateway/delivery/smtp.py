@@ -99,9 +99,10 @@ class _Connection:
     def has(self, keyword: str) -> bool:
         return keyword in self.esmtp
 
-    def send(self, line: str) -> None:
-        """Queue a command line (sent by the next ``reply`` or ``drain``)."""
-        self.writer.write(line.encode(self.encoding) + b"\r\n")
+    def send(self, *lines: str) -> None:
+        """Send command lines, in one write (the transport sends at once,
+        buffering only what the socket does not take)."""
+        self.writer.write("".join(f"{line}\r\n" for line in lines).encode(self.encoding))
 
     async def reply(self) -> tuple[int, bytes]:
         """The next reply: its code and its text lines joined by LF."""
@@ -307,8 +308,11 @@ class SmtpNextHop:
                 conn.encoding = "utf-8"
             mail = f"MAIL FROM:{_path(envelope.mail_from)}{' ' if options else ''}{' '.join(options)}"
             if conn.has("PIPELINING"):
-                for line in (mail, *(f"RCPT TO:{_path(r)}" for r in rcpts), "DATA"):
-                    conn.send(line)
+                # One write: a server that answers MAIL with 421 and closes
+                # has then read the group whole. Sent line by line, a later
+                # line could meet the closed socket (EPIPE), and the transport
+                # would fail before the 421 was read.
+                conn.send(mail, *(f"RCPT TO:{_path(r)}" for r in rcpts), "DATA")
                 codes = [await self._first_reply(conn, fresh)]
                 replied = True
                 if codes[0][0] == 421:  # closing: the replies after it never come
