@@ -31,8 +31,10 @@ A delivered message's directory is not deleted but emptied (its
 of the same process renames it into ``tmp/``: reusing the directory and the
 file saves creating two inodes per message, which on ext4 costs more than
 anything else the spool does (the allocator scans for recently freed
-inodes).  ``.free/`` holds no mail; ``recover()`` at start empties it.  Whoever works on a message holds an exclusive flock on its
-directory; a lock that can be taken belongs to a dead process, which is how
+inodes).  ``.free/`` holds no mail; ``recover()`` at start empties it.
+
+Whoever works on a message holds an exclusive flock on its directory; a
+lock that can be taken belongs to a dead process, which is how
 ``recover()`` tells a crashed worker's message from a live one's.
 """
 from __future__ import annotations

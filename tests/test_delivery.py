@@ -234,6 +234,17 @@ def assert_nothing_deferred(gw: GatewayProcess) -> None:
     assert queue(gw) == []
 
 
+def arrived_once(gw: GatewayProcess, hop: Hop, raw: bytes) -> Arrival:
+    """The one arrival of ``raw`` sent through ``gw``: relayed as sent, with
+    no second copy, nothing deferred and nothing left in the queue."""
+    [got] = hop.wait(1)
+    assert_relayed(got, raw)
+    settle(gw)
+    assert len(hop.arrivals()) == 1
+    assert_nothing_deferred(gw)
+    return got
+
+
 def bounces(gw: GatewayProcess) -> list[bytes]:
     """DSNs the gateway sent (its bounce next hop is a Maildir), without the
     Maildir envelope headers."""
@@ -342,12 +353,8 @@ def test_dot_lines_arrive_byte_for_byte_once(hops, make_gateway, hop_id: str) ->
     gw = gateway_for(make_gateway, hop)
     raw = raw_message(DOTS, subject="dots")
     send(gw.smtp_port, raw)
-    [got] = hop.wait(1)
+    got = arrived_once(gw, hop, raw)
     assert got.mail_from == SENDER and got.rcpt_tos == ["support@contact.example"]
-    assert_relayed(got, raw)
-    settle(gw)
-    assert len(hop.arrivals()) == 1
-    assert_nothing_deferred(gw)
 
 
 @pytest.mark.parametrize("hop_id", list(HOP_KINDS))
@@ -358,12 +365,8 @@ def test_3mib_message_below_threshold_arrives_byte_for_byte_once(hops, make_gate
     raw = raw_message(big_body(3 * MiB + 100_000), subject="big")
     assert 3 * MiB < len(raw) < 4 * MiB
     send(gw.smtp_port, raw)
-    [got] = hop.wait(1)
-    assert_relayed(got, raw)
+    got = arrived_once(gw, hop, raw)
     assert b"X-Attachment-Offload: offloaded=0 bytes=0\r\n" in got.data
-    settle(gw)
-    assert len(hop.arrivals()) == 1
-    assert_nothing_deferred(gw)
 
 
 @pytest.mark.parametrize("hop_id", list(HOP_KINDS))
@@ -549,14 +552,10 @@ def test_smtputf8_message_to_a_next_hop_with_smtputf8_goes_with_smtputf8(hops, m
     gw = gateway_for(make_gateway, hop)
     raw = utf8_message()
     send_smtputf8(gw.smtp_port, SENDER, UTF8_RCPT, raw)
-    [got] = hop.wait(1)
+    got = arrived_once(gw, hop, raw)
     assert got.rcpt_tos == [UTF8_RCPT]
     assert "SMTPUTF8" in got.mail_args.split(" ")
-    assert_relayed(got, raw)
-    settle(gw)
-    assert len(hop.arrivals()) == 1
     assert bounces(gw) == []
-    assert_nothing_deferred(gw)
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["no-pipelining", "pipelining"])
@@ -584,14 +583,10 @@ def test_null_sender_is_relayed_as_mail_from_null(hops, make_gateway, pipelining
     gw = gateway_for(make_gateway, hop)
     raw = raw_message(b"a bounce from elsewhere, with the null sender\r\n", subject="null sender")
     send(gw.smtp_port, raw, sender="")
-    [got] = hop.wait(1)
+    got = arrived_once(gw, hop, raw)
     # X-Mail-Args is what followed "MAIL FROM:" on the wire.
     assert got.mail_args.split(" ")[0] == "<>", got.mail_args
     assert got.mail_from == ""
-    assert_relayed(got, raw)
-    settle(gw)
-    assert len(hop.arrivals()) == 1
-    assert_nothing_deferred(gw)
 
 
 def test_ascii_message_received_with_smtputf8_goes_without_it_to_a_next_hop_without_smtputf8(hops,
@@ -602,12 +597,9 @@ def test_ascii_message_received_with_smtputf8_goes_without_it_to_a_next_hop_with
     gw = gateway_for(make_gateway, hop)
     raw = raw_message(b"all ASCII, sent with SMTPUTF8 anyway\r\n")
     send_smtputf8(gw.smtp_port, SENDER, "support@contact.example", raw)
-    [got] = hop.wait(1)
+    got = arrived_once(gw, hop, raw)
     assert "SMTPUTF8" not in got.mail_args.split(" ")
-    assert_relayed(got, raw)
-    settle(gw)
     assert bounces(gw) == []
-    assert_nothing_deferred(gw)
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["no-pipelining", "pipelining"])
