@@ -323,7 +323,15 @@ class AuditSettings(_Strict):
 class CustomerIdRule(_Strict):
     """Where the customer id in object keys and links comes from."""
 
+    # A header that names the customer, believed only from the client
+    # networks below (a CRM or a flow that injects mail); from anyone else
+    # it is removed from the message and the fallback applies.
     header: str | None = "X-CustomerId"
+    # Client addresses or networks whose ``header`` is believed. Empty: no
+    # one's (anyone on the Internet can write any header).
+    trusted_networks: list[Network] = Field(default_factory=list)
+    # "sender": the envelope sender, which is NOT authenticated (anyone can
+    # claim any address); "none": the id "unknown".
     fallback: Literal["sender", "none"] = "sender"
 
 
@@ -482,6 +490,12 @@ class RouteSettings(_Strict):
     autoreply: AutoReplySettings | None = None
     # Unpack Outlook winmail.dat (TNEF) into its files before the policies.
     unpack_tnef: bool = True
+    # What happens to a part the gateway could not examine (beyond a limit,
+    # ambiguous, unparseable): "quarantine" (replaced by a notice, kept in
+    # quarantine, the sender told). "forward-unexamined" sends it to the
+    # agent as it came: never the default, logged as an error at start and
+    # for every such part.
+    unexamined: Literal["quarantine", "forward-unexamined"] = "quarantine"
     # TLS to an SMTP next hop: "opportunistic" uses STARTTLS when offered;
     # "required" defers the message when it is not; "verify" also requires
     # a certificate for the next hop's host name from a trusted CA. A
@@ -536,8 +550,9 @@ class WorkerSettings(_Strict):
     concurrency: int = Field(16, ge=1)
     # Parallel uploads of one message's parts.
     offload_concurrency: int = Field(2, ge=1)
-    # Bounds on what a message may hold; beyond them the message is forwarded
-    # untouched with a warning (it was already accepted).
+    # Bounds on what a message may hold. A part beyond one of them cannot be
+    # examined: it is quarantined and replaced by a notice (the route's
+    # ``unexamined`` says otherwise only when an operator insists).
     max_header_bytes: Size = 1048576
     max_header_fields: int = Field(1000, ge=1)
     # RFC 5322 allows 998; real mail often exceeds it, so the default only
@@ -545,6 +560,11 @@ class WorkerSettings(_Strict):
     max_header_line: Size = 65536
     max_mime_depth: int = Field(20, ge=1)
     max_parts: int = Field(1000, ge=1)
+    # The most parameters in one Content-Type or Content-Disposition field.
+    max_header_params: int = Field(64, ge=1, le=10000)
+    # CPU seconds the gateway spends examining one message (parsing,
+    # decoding, type detection); parts not examined by then are quarantined.
+    max_cpu_seconds: float = Field(30.0, gt=0, le=3600)
     # How often the deferred queue is scanned for messages due for retry.
     scan_interval: Duration = 5
 

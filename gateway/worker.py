@@ -15,9 +15,12 @@ spool until the next hop has taken the message or a DSN has gone back.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import re
 import time
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from collections import Counter
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -36,9 +39,9 @@ from gateway.links.mint import mint
 from gateway.links.tokens import Keyring, new_object_id
 from gateway.mime import filenames, sniff, tnef
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks, measure, message_header
-from gateway.mime.parse import Limits, MimeLimitError, Part, parse
-from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, human_size, plan, segments_size,
-                                  split_fields, write_segments)
+from gateway.mime.parse import Limits, Part, parse
+from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, human_size, notice_part, plan,
+                                  segments_size, split_fields, write_segments)
 from gateway.mime.source import Source
 from policies.next_hop_limits import NOTICE_ALLOWANCE, Kept, extra_offloads
 from gateway.partfacts import object_key, part_facts, safe_type, utc_stamp
@@ -158,7 +161,13 @@ class Worker:
         self.scanner = Clamd(cfg.clamd.address, cfg.clamd.timeout) if cfg.clamd is not None else None
         self.limits = Limits(max_header_bytes=cfg.worker.max_header_bytes, max_depth=cfg.worker.max_mime_depth,
                              max_parts=cfg.worker.max_parts, max_header_fields=cfg.worker.max_header_fields,
-                             max_header_line=cfg.worker.max_header_line)
+                             max_header_line=cfg.worker.max_header_line,
+                             max_params=cfg.worker.max_header_params)
+        for r in cfg.routes:
+            if r.unexamined == "forward-unexamined":
+                log.error("route forwards parts it could not examine to the next hop as they came "
+                          "(unexamined = \"forward-unexamined\"); executables behind a MIME limit reach agents",
+                          route=r.name)
         self._offload_slots = asyncio.Semaphore(cfg.worker.offload_concurrency)
         auth = cfg.auth
         self.authserv_id = (auth.authserv_id or cfg.gateway.hostname).lower()
@@ -400,30 +409,21 @@ class Worker:
         ``work(name)`` is where a work file of this message goes (the
         unpacked TNEF, the auto-reply)."""
         started = time.monotonic()
-        try:
-            # A small message was written a moment ago and is in the page
-            # cache: parsing it costs less than a hop to a thread and back.
-            root = parse(src, self.limits) if src.size <= INLINE_PARSE else \
-                await asyncio.to_thread(parse, src, self.limits)
-        except MimeLimitError as e:
-            qlog.warning("message exceeds a MIME limit; forwarded untouched", reason=str(e))
-            trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
-            return Processed([trace, (0, src.size)], {"offloaded": [], "failed": []}, changed=False)
+        # A small message was written a moment ago and is in the page cache:
+        # parsing it costs less than a hop to a thread and back.
+        root, spent = _parse_timed(src, self.limits) if src.size <= INLINE_PARSE else \
+            await asyncio.to_thread(_parse_timed, src, self.limits)
+        budget = Budget(self.cfg.worker.max_cpu_seconds, spent)
         unpacked: Source | None = None
         if route.unpack_tnef and any(tnef.is_tnef(leaf) for leaf in root.leaves()):
             dest = work(UNPACKED)
             if await self._unpack_tnef(src, root, dest, qlog):
                 unpacked = Source(dest)
-                try:
-                    root = await asyncio.to_thread(parse, unpacked, self.limits)
-                except MimeLimitError as e:
-                    unpacked.close()
-                    qlog.warning("unpacked TNEF exceeds a MIME limit; forwarded untouched", reason=str(e))
-                    trace = self._trace(envelope, offloaded=[], note=f"untouched ({e})")
-                    return Processed([trace, (0, src.size)], {"offloaded": [], "failed": []}, changed=False)
+                root, spent = await asyncio.to_thread(_parse_timed, unpacked, self.limits)
+                budget.spend(spent)
         try:
             out = await self._decide_and_rewrite(envelope, route, unpacked or src, root, qlog, started, work,
-                                                 unpacked=unpacked is not None)
+                                                 unpacked=unpacked is not None, budget=budget)
         finally:
             if unpacked is not None:
                 unpacked.close()
@@ -432,13 +432,18 @@ class Worker:
         return out
 
     async def _facts(self, src: Source, leaf: Part, route: RouteSettings, cids: set[str],
-                     qlog: Any) -> tuple[policies.PartFacts, Measure]:
+                     qlog: Any, budget: "Budget", signature: bool = False) -> tuple[policies.PartFacts, Measure]:
         """Measure, sniff and (when the route scans) scan one leaf."""
-        m, detected = await asyncio.to_thread(_measure_and_sniff, src, leaf)
+        m, detected, spent = await asyncio.to_thread(_measure_and_sniff, src, leaf)
+        budget.spend(spent)
         name = filenames.original_filename(leaf.headers)
         disposition = _disposition(leaf)
         maintype = leaf.content_type.split("/", 1)[0]
-        is_attachment = disposition == "attachment" or bool(name) or maintype not in ("text", "multipart", "message")
+        # A file the agent could open: named, or sent as an attachment, or
+        # anything but text by its declaration or by its bytes (an "inline
+        # text" part that is really a program is judged as a file).
+        is_attachment = disposition == "attachment" or bool(name) or maintype != "text" \
+            or not detected.startswith("text/")
         content_id = message_header(leaf.headers, "Content-ID").strip() or None
         scan = None
         if self.scanner is not None and any(p.name == "refuse_malware" for p in route.policies) \
@@ -449,8 +454,58 @@ class Worker:
             disposition=disposition, route=route, detected_type=detected, content_id=content_id,
             head=m.head, is_attachment=is_attachment,
             inline=bool(content_id) and content_id.strip("<>").lower() in cids, scan=scan,
-            packed_tnef=tnef.is_tnef(leaf))
+            packed_tnef=tnef.is_tnef(leaf), signature_of_signed=signature)
         return facts, m
+
+    async def _unexaminable(self, envelope: Envelope, route: RouteSettings, src: Source, root: Part, qlog: Any,
+                            started: float, work: Callable[[str], Path]) -> Processed:
+        """A message whose structure could not be examined at all: the
+        original goes to quarantine whole, and the agent gets its From,
+        To, Subject and a notice saying so; the sender is told."""
+        assert root.unexamined is not None
+        customer, _ = self._customer_id(root, envelope, route)
+        message_id = message_header(root.headers, "Message-ID").strip()
+        reason = f"it could not be examined ({root.unexamined})"
+        decision = policies.Decision(policies.Action.REFUSE, "unexamined", reason, details={"raw": True})
+        whole = Part(start=0, body_start=0, end=src.size, headers=Message(), depth=0, path="1",
+                     unexamined=root.unexamined)
+        name = "message.eml"
+        key, sha = await self._quarantine(src, whole, Measure(src.size, b"", None), envelope, route, customer,
+                                          name, decision) if route.quarantine.enabled else (None, None)
+        metrics.REFUSED_PARTS.labels(route.name, decision.policy).inc()
+        qlog.warning("message could not be examined; quarantined whole, a notice forwarded",
+                     reason=root.unexamined, quarantine_key=key)
+        notice = (f"This message could not be examined by the attachment gateway ({root.unexamined}), "
+                  "so its content was withheld and kept for an administrator.\n"
+                  "The customer has been told.\n")
+        refused = [{"part": "1", "filename": name, "policy": decision.policy, "reason": reason,
+                    "declared_type": "message/rfc822", "detected_type": None, "size": src.size, "sha256": sha,
+                    "quarantine_key": key}]
+        self.audit.event("FileRefused", "Failure", EventResultDetails=reason, QueueId=envelope.queue_id,
+                         CustomerId=customer, TargetFileName=name, TargetFileSize=src.size, TargetFileSHA256=sha,
+                         Policy=decision.policy, TargetFilePath=key, InternetMessageId=message_id or None)
+        trace = self._trace(envelope, [], refused=1, note="not examined, quarantined")
+        body = _salvage_headers(src) + b"MIME-Version: 1.0\r\n" + notice_part(notice)
+        await self._autoreply(envelope, route, root, refused, [], customer, qlog, work("autoreply.eml"))
+        result = {"offloaded": [], "failed": [], "refused": refused, "decisions": [], "tnef_unpacked": False,
+                  "seconds": round(time.monotonic() - started, 4)}
+        return Processed([trace, body], result, changed=True)
+
+    def _unexamined(self, leaf: Part, route: RouteSettings, why: str,
+                    qlog: Any) -> tuple[policies.PartFacts, Measure, policies.Decision]:
+        """The decision on a part the gateway did not examine: refused and
+        quarantined whole (headers and all) unless the route insists on
+        forwarding unexamined parts, which is logged as an error."""
+        size = leaf.end - leaf.start
+        facts = part_facts(path=leaf.path or "1", declared_type="application/octet-stream", filename="",
+                           decoded_size=size, disposition="attachment", route=route, is_attachment=True)
+        measured = Measure(size=size, head=b"", sha256=None)
+        if route.unexamined == "forward-unexamined":
+            qlog.error("part not examined and forwarded as it is (route.unexamined = forward-unexamined)",
+                       part=facts.path, reason=why)
+            return facts, measured, policies.Decision(policies.Action.KEEP, "unexamined", f"not examined: {why}")
+        return facts, measured, policies.Decision(policies.Action.REFUSE, "unexamined",
+                                                  f"it could not be examined ({why})", details={"raw": True})
 
     async def _scan(self, src: Source, leaf: Part, size: int, route: RouteSettings,
                     qlog: Any) -> policies.ScanVerdict:
@@ -469,19 +524,33 @@ class Worker:
 
     async def _decide_and_rewrite(self, envelope: Envelope, route: RouteSettings, src: Source, root: Part,
                                   qlog: Any, started: float, work: Callable[[str], Path],
-                                  unpacked: bool) -> Processed:
+                                  unpacked: bool, budget: "Budget") -> Processed:
+        if root.unexamined is not None and route.unexamined == "quarantine":
+            return await self._unexaminable(envelope, route, src, root, qlog, started, work)
         message_id = message_header(root.headers, "Message-ID").strip()
-        customer = self._customer_id(root, envelope, route)
+        customer, believed = self._customer_id(root, envelope, route)
+        if not believed:
+            qlog.info("customer id header not believed from this client; removed", header=route.customer_id.header,
+                      client=envelope.client_addr)
         text_part, html_part = _bodies(root)
         cids: set[str] = set()
         if html_part is not None and html_part.encoded_size <= MAX_HTML_SCAN:
             cids = cid_references(await asyncio.to_thread(decoded_bytes, src, html_part))
+        parents = {id(child): p for p in root.walk() for child in p.children}
         decisions: list[tuple[Part, policies.Decision, Measure, policies.PartFacts]] = []
         for leaf in root.leaves():
             if leaf is text_part or leaf is html_part:
                 continue
-            facts, m = await self._facts(src, leaf, route, cids, qlog)
-            decision = policies.decide(self.policies[route.name], facts)
+            why_not = leaf.unexamined
+            if why_not is None and budget.exhausted:
+                why_not = (f"the time for examining one message ({self.cfg.worker.max_cpu_seconds:g} s of CPU) "
+                           "ran out")
+            if why_not is not None:
+                facts, m, decision = self._unexamined(leaf, route, why_not, qlog)
+            else:
+                facts, m = await self._facts(src, leaf, route, cids, qlog, budget,
+                                             signature=_is_signature(leaf, parents))
+                decision = policies.decide(self.policies[route.name], facts)
             metrics.DECISIONS.labels(route.name, decision.policy, decision.action.value).inc()
             qlog.info("decision", part=facts.path, action=decision.action.value, policy=decision.policy,
                       reason=decision.reason, declared_type=facts.declared_type, detected_type=facts.detected_type,
@@ -573,9 +642,18 @@ class Worker:
         }
         if refused or unstored:
             await self._autoreply(envelope, route, root, refused, unstored, customer, qlog, work("autoreply.eml"))
+        # Headers only the gateway may write: inbound copies of its trace,
+        # and a customer id from a client not trusted to name one.
+        drop = {"x-attachment-offload"}
+        if not believed and route.customer_id.header:
+            drop.add(route.customer_id.header.lower())
+        drops = header_field_ranges(src, root, drop)
+        if drops:
+            segments = [segments[0], *cut_ranges(segments[1:], drops, [src.read(a, b) for a, b in drops])]
         qlog.info("processed", offloaded=len(offloaded), offloaded_bytes=sum(o.size for o in offloaded),
                   failed=len(failed), refused=len(refused), size_in=src.size, size_out=segments_size(segments))
-        return Processed(segments, result, changed=bool(offloaded or failed or replacements or notices or unpacked))
+        return Processed(segments, result, changed=bool(offloaded or failed or replacements or notices or unpacked
+                                                        or drops))
 
     def _fit_next_hop(self, src: Source, route: RouteSettings,
                       decisions: list[tuple[Part, policies.Decision, Measure, policies.PartFacts]],
@@ -615,7 +693,11 @@ class Worker:
                                     "policy": decision.policy})
         async with self._offload_slots:
             try:
-                stored = await store.put(key, decoded_chunks(src, part), meta)
+                # A part that was not examined is kept whole, headers and
+                # all, as it came: its headers may be what could not be read.
+                chunks = src.iter_range(part.start, part.end) if decision.details.get("raw") \
+                    else decoded_chunks(src, part)
+                stored = await store.put(key, chunks, meta)
             except (StorageError, OSError) as e:
                 raise QuarantineError(f"refused file {name!r} could not be quarantined as {key} "
                                       f"({type(e).__name__}: {e}); held, neither forwarded nor dropped") from e
@@ -818,15 +900,21 @@ class Worker:
         label = route.landing_page_text.replace("{count}", str(len(offloaded))).replace("{size}", human_size(total))
         return Link(label, total, f"{self.cfg.http.base_url}/p/{token}")
 
-    def _customer_id(self, root: Part, envelope: Envelope, route: RouteSettings) -> str:
+    def _customer_id(self, root: Part, envelope: Envelope, route: RouteSettings) -> tuple[str, bool]:
+        """The customer id for keys and links, and False when the message's
+        customer header was there but not believed (it is then removed
+        from the forwarded message): only clients in the route's
+        ``customer_id.trusted_networks`` may name the customer."""
         rule = route.customer_id
+        believed = True
         if rule.header:
             value = message_header(root.headers, rule.header).strip()
-            if value:
-                return filenames.sanitise_customer(value)
+            if value and _in_networks(envelope.client_addr, rule.trusted_networks):
+                return filenames.sanitise_customer(value), True
+            believed = not value
         if rule.fallback == "sender" and envelope.mail_from:
-            return filenames.sanitise_customer(envelope.mail_from)
-        return "unknown"
+            return filenames.sanitise_customer(envelope.mail_from), believed
+        return "unknown", believed
 
     def _trace(self, envelope: Envelope, offloaded: list[Offloaded], note: str = "", refused: int = 0,
                replaced: int = 0, tnef_unpacked: bool = False) -> bytes:
@@ -984,8 +1072,7 @@ def _skip(segments: list[Segment], n: int) -> list[Segment]:
 
 def drop_ranges(segments: list[Segment], drops: list[tuple[int, int]], path: Path) -> list[Segment]:
     """``segments`` without the original's byte ranges in ``drops`` (whole
-    header fields).  A header block the rewrite rebuilt (a replaced root
-    part) carries the same fields as new bytes: they are cut from it too."""
+    header fields) of the file at ``path``."""
     if not drops:
         return segments
     with open(path, "rb") as f:
@@ -993,6 +1080,14 @@ def drop_ranges(segments: list[Segment], drops: list[tuple[int, int]], path: Pat
         for start, end in drops:
             f.seek(start)
             raws.append(f.read(end - start))
+    return cut_ranges(segments, drops, raws)
+
+
+def cut_ranges(segments: list[Segment], drops: list[tuple[int, int]], raws: list[bytes]) -> list[Segment]:
+    """``segments`` without the byte ranges in ``drops`` (whole header
+    fields, whose text is ``raws``).  A header block the rewrite rebuilt (a
+    replaced root part) carries the same fields as new bytes: they are cut
+    from it by their text."""
     out: list[Segment] = []
     for seg in segments:
         if isinstance(seg, bytes):
@@ -1017,10 +1112,43 @@ def drop_ranges(segments: list[Segment], drops: list[tuple[int, int]], path: Pat
 
 
 
-def _measure_and_sniff(src: Source, leaf: Part) -> tuple[Measure, str]:
-    """A leaf's measure and the type its first bytes show (one thread call)."""
+def _measure_and_sniff(src: Source, leaf: Part) -> tuple[Measure, str, float]:
+    """A leaf's measure, the type its first bytes show, and the CPU seconds
+    that took (one thread call)."""
+    cpu = time.thread_time()
     m = measure(src, leaf)
-    return m, sniff.detect(m.head)
+    return m, sniff.detect(m.head), time.thread_time() - cpu
+
+
+def _parse_timed(src: Source, limits: Limits) -> tuple[Part, float]:
+    """The message's tree and the CPU seconds parsing took.  A parser
+    failure is a message that cannot be examined, never a held message."""
+    cpu = time.thread_time()
+    try:
+        root = parse(src, limits)
+    except Exception as e:  # noqa: BLE001 - fail closed on content: quarantine, never hold
+        log.exception("MIME parser failed; the message is treated as unexaminable")
+        root = Part(start=0, body_start=0, end=src.size, headers=Message(), depth=0, path="",
+                    unexamined=f"the message could not be parsed ({type(e).__name__})")
+    return root, time.thread_time() - cpu
+
+
+class Budget:
+    """The CPU time one message may take to examine (worker.max_cpu_seconds):
+    the parse, decoding and type detection, summed across threads."""
+
+    def __init__(self, limit: float, spent: float = 0.0) -> None:
+        self.limit = limit
+        self.spent = spent
+
+    def spend(self, seconds: float) -> None:
+        """Count ``seconds`` of CPU against the budget."""
+        self.spent += seconds
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the message has had its time."""
+        return self.spent > self.limit
 
 
 async def _athread_iter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
@@ -1038,6 +1166,8 @@ def _bodies(root: Part) -> tuple[Part | None, Part | None]:
     (inline, without a filename), in document order."""
     text = html = None
     for leaf in root.leaves():
+        if leaf.unexamined is not None or leaf.in_attached_message:
+            continue  # an attached email's text is a file's content, not this message's body
         ctype = leaf.content_type
         if ctype not in ("text/plain", "text/html") or _disposition(leaf) == "attachment":
             continue
@@ -1058,7 +1188,9 @@ def _disposition(part: Part) -> str:
 
 
 def _default_name(part: Part) -> str:
-    if part.content_type == "message/rfc822":
+    if part.unexamined is not None:
+        return f"part-{part.path or '1'}.eml"
+    if part.content_type in ("message/rfc822", "message/global"):
         return "message.eml"
     ext = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg", "text/plain": ".txt",
            "text/html": ".html"}.get(part.content_type, ".bin")
@@ -1088,3 +1220,54 @@ def _failed_notice(part: Part) -> str:
     name = filenames.original_filename(part.headers) or _default_name(part)
     return (f"The attachment \"{name}\" could not be stored and was too large to forward.\n"
             f"Please ask the customer to send it again.\n")
+
+
+def _in_networks(addr: str, networks: list[str]) -> bool:
+    """Whether the client address ``addr`` is in one of ``networks``."""
+    if not networks or not addr:
+        return False
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def _is_signature(leaf: Part, parents: dict[int, Part]) -> bool:
+    """Whether ``leaf`` is the signature of a real multipart/signed: its
+    second part, of the type the ``protocol`` parameter names (RFC 1847)."""
+    parent = parents.get(id(leaf))
+    if parent is None or parent.content_type != "multipart/signed" or len(parent.children) != 2:
+        return False
+    protocol = str(parent.headers.get_param("protocol") or "").strip().lower()
+    return parent.children[1] is leaf and bool(protocol) and protocol == leaf.content_type
+
+
+def header_field_ranges(src: Source, part: Part, names: set[str]) -> list[tuple[int, int]]:
+    """Byte ranges of the header fields of ``part`` named in ``names``
+    (lower case), continuation lines included."""
+    out: list[tuple[int, int]] = []
+    pos = part.start
+    for name, raw in split_fields(src.read(part.start, part.body_start)):
+        if name in names:
+            out.append((pos, pos + len(raw)))
+        pos += len(raw)
+    return out
+
+
+def _salvage_headers(src: Source) -> bytes:
+    """The fields an agent needs (From, To, Subject, ...) from a message that
+    could not be parsed: the first of each, unfolded, bounded, CRLF-clean."""
+    keep = {"from", "to", "cc", "reply-to", "subject", "date", "message-id", "in-reply-to", "references"}
+    out: list[bytes] = []
+    for name, raw in split_fields(src.read(0, min(src.size, 256 << 10))):
+        if not name:
+            break
+        if name in keep:
+            keep.discard(name)
+            value = re.sub(rb"[\r\n\x00]+[ \t]*", b" ", raw).strip()
+            if len(value) <= 998:
+                out.append(value + b"\r\n")
+    return b"".join(out)

@@ -200,7 +200,8 @@ def test_key_rotation_old_key_verifies_until_retired_then_refused_and_audited(tm
 
 
 def test_revoked_links_answer_410_in_every_process_at_once_and_are_audited(make_gateway) -> None:
-    gw = make_gateway(threshold=1000, sections={"gateway": {"processes": 2}})
+    gw = make_gateway(threshold=1000, sections={"gateway": {"processes": 2}},
+                      route={"customer_id": {"trusted_networks": ["127.0.0.0/8"]}})
     by_object = offload_one(gw, pdf_bytes(2000), X_CustomerId="c-object")
     by_customer = offload_one(gw, pdf_bytes(2000), X_CustomerId="c-customer")
     by_message = offload_one(gw, pdf_bytes(2000), X_CustomerId="c-message", Message_ID="<revoke-me@example.net>")

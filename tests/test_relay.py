@@ -49,14 +49,31 @@ def test_demo_message_is_slimmed_with_one_working_link_in_each_body(gateway: Gat
     assert click["TargetFilePath"] == key and click["TargetFileSize"] == len(pdf)
 
 
-def test_customer_id_comes_from_the_header_when_present(gateway: GatewayProcess) -> None:
+def test_customer_id_comes_from_the_header_when_the_client_is_trusted(make_gateway) -> None:
+    gw = make_gateway(route={"customer_id": {"trusted_networks": ["127.0.0.0/8"]}})
     msg = message(attachments=[(pdf_bytes(11 * MiB), "application/pdf", "a.pdf")], X_CustomerId="ACME/../42")
-    send(gateway.smtp_port, msg)
-    gateway.wait_outbox()
-    [key] = stored_objects(gateway.objects)
+    send(gw.smtp_port, msg)
+    [out] = gw.wait_outbox()
+    [key] = stored_objects(gw.objects)
     assert key.startswith("uploads/acme_.._42/") or key.startswith("uploads/acme_42/") or \
         key.split("/")[1] == "acme_.._42", key
     assert ".." not in key.split("/")
+    assert b"X-CustomerId: ACME/../42" in out
+
+
+def test_customer_id_header_from_an_untrusted_client_is_removed_and_not_believed(make_gateway) -> None:
+    # The sender names another customer; the client (127.0.0.1) is not in
+    # the trusted networks, so the sender fallback applies.
+    gw = make_gateway(route={"customer_id": {"trusted_networks": ["192.0.2.0/24"]}})
+    msg = message(attachments=[(pdf_bytes(11 * MiB), "application/pdf", "a.pdf")], X_CustomerId="victim-123",
+                  X_Attachment_Offload="offloaded=0 bytes=0; forged")
+    send(gw.smtp_port, msg)
+    [out] = gw.wait_outbox()
+    [key] = stored_objects(gw.objects)
+    assert key.startswith("uploads/customer@example.net/"), key
+    head = out.split(b"\r\n\r\n", 1)[0]
+    assert b"victim-123" not in head and b"X-CustomerId" not in head
+    assert head.count(b"X-Attachment-Offload:") == 1 and b"forged" not in head
 
 
 @pytest.mark.parametrize("extra,offloaded", [(0, False), (1, True)])
