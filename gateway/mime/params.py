@@ -21,6 +21,7 @@ RFC 2047 encoded words are left as they are (that is the caller's choice).
 from __future__ import annotations
 
 import re
+from email.header import decode_header, make_header
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
@@ -207,3 +208,14 @@ def _to_text(data: bytes, charset: str) -> str:
         return data.decode(charset or "utf-8", "replace")
     except LookupError:
         return data.decode("utf-8", "replace")
+
+
+def decode_2047(value: str) -> str:
+    """``value`` with RFC 2047 encoded words decoded (many clients put them
+    in a plain ``filename``); unchanged when they are malformed."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # noqa: BLE001 - malformed encoded words are common
+        return value
