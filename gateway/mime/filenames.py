@@ -13,52 +13,40 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from email.header import decode_header, make_header
 from email.message import Message
 from urllib.parse import quote
+
+from gateway.mime.params import decode_2047, parse_params
 
 MAX_KEY_NAME = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _decode_2047(value: str) -> str:
-    if "=?" not in value:
-        return value
-    try:
-        return str(make_header(decode_header(value)))
-    except Exception:  # noqa: BLE001 - malformed encoded words are common
-        return value
-
-
 def original_filename(headers: Message) -> str:
     """The filename the sender gave, decoded for display ('' when none).
 
-    When ``filename*`` (RFC 2231) is present it wins over a plain
-    ``filename``: it is the standard form of the same name, and Python's own
-    preference for the plain one is a known pitfall.
+    Read with the linear-time ``gateway.mime.params`` (Python's
+    ``get_param`` is quadratic in the number of ``;``).  ``filename*``
+    (RFC 2231) wins over a plain ``filename``: it is the standard form of
+    the same name, and Python's own preference for the plain one is a
+    known pitfall.  A plain ``filename`` has RFC 2047 encoded words
+    decoded; without either, the Content-Type ``name`` (``name*`` first)
+    is used.  The parser has already marked a part whose names disagree
+    as unexamined, so this choice never decides what a file is.
     """
-    name = None
-    try:
-        params = headers.get_params(header="content-disposition") or []
-    except Exception:  # noqa: BLE001
-        params = []
-    for key, _ in params:
-        if key.lower() == "filename*":
-            name = headers.get_filename()  # compat32 collapses the RFC 2231 value
-            break
-    if not name:
-        try:
-            name = headers.get_filename() or headers.get_param("name")
-        except Exception:  # noqa: BLE001
-            name = None
-    if isinstance(name, tuple):  # undecoded RFC 2231 triple
-        from email.utils import collapse_rfc2231_value
+    disposition = parse_params(_field(headers, "Content-Disposition"), max_params=None)
+    ctype = parse_params(_field(headers, "Content-Type"), max_params=None)
+    for params, key in ((disposition, "filename*"), (disposition, "filename"), (ctype, "name*"), (ctype, "name")):
+        value = params.get(key)
+        if value:
+            return value.strip() if key.endswith("*") else decode_2047(value).strip()
+    return ""
 
-        name = collapse_rfc2231_value(name)
-    if not name:
-        return ""
-    return _decode_2047(str(name))
+
+def _field(headers: Message, name: str) -> str | None:
+    value = headers.get(name)
+    return None if value is None else str(value)
 
 
 def display_name(name: str) -> str:

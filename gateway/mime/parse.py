@@ -6,13 +6,33 @@ any size is parsed in constant memory.  The result is a tree of ``Part``
 objects that say where each part's headers and body lie in the file; the
 rewriter replaces some of those ranges and copies every other byte unchanged,
 which is how untouched parts stay byte-identical (and DKIM body hashes of
-untouched messages survive).
+untouched messages survive).  Attached messages (``message/rfc822``,
+``message/global``, the parts of a ``multipart/digest``) are parsed too:
+such a part has one child, the attached message's root, and every part
+inside an attached message has ``in_attached_message`` set.
 
-Malformed input is expected, not exceptional: a multipart without a
-boundary, or whose closing delimiter is missing, is read the way Python's
-email package reads it (the missing delimiter ends at the end of the
-enclosing part); only exceeding a configured bound raises ``MimeLimitError``,
-which makes the worker forward the message untouched.
+``parse`` never raises for what a message holds.  A part the parser will
+not or cannot look into is an *unexamined leaf*: ``Part.unexamined`` says
+why in a few words, it has no children, and its ``headers`` are safe to
+use (empty when the header block itself is the problem).  That covers
+every configured bound (nesting depth, part count, header line length,
+header field count, header block size, parameters per field) and every
+ambiguity where another reader could see a different structure or file
+than the gateway: duplicate Content-Type, Content-Transfer-Encoding or
+Content-Disposition fields, duplicate ``boundary`` parameters, a multipart
+without a usable boundary, a transfer-encoded multipart or attached
+message, a message fragment, duplicate or disagreeing file names.  The
+worker must quarantine such parts, never forward them as files.  When the
+part count runs out inside a multipart, the remaining siblings become one
+synthetic unexamined part spanning their bytes.
+
+Other malformed input is read the way Python's email package reads it: a
+missing close delimiter ends the last part at the end of the enclosing
+part, and a header block ends at the first line that cannot be a header.
+``Content-Type`` and ``Content-Disposition`` parameters are read with the
+linear-time ``gateway.mime.params`` (Python's own parser is quadratic in
+the number of ``;``), and over ``Limits.max_params`` the field is cut back
+to its bare value in ``headers``, so later ``get_param`` calls stay cheap.
 """
 from __future__ import annotations
 
@@ -22,14 +42,19 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from gateway.mime.source import Source
+from gateway.mime.params import Structured, TooManyParams, decode_2047, parse_params
+from gateway.mime.source import WINDOW, Source
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
 _LINE_END = re.compile(rb"\r\n|\n|\r")
+MAX_BOUNDARY = 70  # RFC 2046 section 5.1.1
+ATTACHED_MESSAGE_TYPES = ("message/rfc822", "message/global")
+_IDENTITY_CTES = ("7bit", "8bit", "binary")
 
 
 class MimeLimitError(Exception):
-    """The message exceeds a configured bound (header size, depth, part count)."""
+    """Kept for importers; ``parse`` no longer raises it (a part beyond a
+    bound is an unexamined leaf instead)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +66,7 @@ class Limits:
     max_parts: int = 1000
     max_header_fields: int = 1000
     max_header_line: int = 65536
+    max_params: int = 64  # ';' in one Content-Type or Content-Disposition
 
 
 @dataclass
@@ -48,14 +74,22 @@ class Part:
     """One MIME entity: where it is in the file and what its headers say."""
 
     start: int  # first byte of the header block
-    body_start: int  # first byte of the body
+    body_start: int  # first byte of the body (== start when the headers could not be read)
     end: int  # one past the last body byte (the CRLF before a delimiter excluded)
     headers: Message
     depth: int
-    path: str  # "1.2.1", as IMAP numbers parts; the root is ""
+    path: str  # "1.2.1", as IMAP numbers parts; the root is ""; an attached message's root is "<part>.1"
     children: list["Part"] = field(default_factory=list)
     boundary: str | None = None
     defects: list[str] = field(default_factory=list)
+    # Why the gateway did not look into this part (it then has no children
+    # and must never reach an agent as a file); None when examined.
+    unexamined: str | None = None
+    # Inside a message/rfc822 (or message/global) part, at any depth.
+    in_attached_message: bool = False
+    # Content-Type and Content-Disposition as read by gateway.mime.params.
+    type_params: Structured = field(default_factory=lambda: Structured(""))
+    disposition_params: Structured = field(default_factory=lambda: Structured(""))
 
     @property
     def content_type(self) -> str:
@@ -63,7 +97,7 @@ class Part:
 
     @property
     def is_multipart(self) -> bool:
-        return bool(self.children) or (self.boundary is not None)
+        return self.boundary is not None
 
     @property
     def cte(self) -> str:
@@ -75,7 +109,8 @@ class Part:
         return self.end - self.body_start
 
     def leaves(self) -> list["Part"]:
-        """Leaf parts in document order."""
+        """Leaf parts in document order (attached messages' parts included;
+        unexamined parts are leaves)."""
         if not self.children:
             return [self]
         out: list[Part] = []
@@ -90,8 +125,16 @@ class Part:
             out.extend(c.walk())
         return out
 
+    def unexamined_parts(self) -> list["Part"]:
+        """The parts the parser did not look into, in document order."""
+        return [p for p in self.leaves() if p.unexamined is not None]
+
 
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")  # as Python's feedparser
+
+
+class _HeaderProblem(Exception):
+    """A header block beyond a bound; the part becomes unexamined."""
 
 
 def _header_end(src: Source, start: int, end: int, limits: Limits) -> tuple[int, int]:
@@ -100,6 +143,7 @@ def _header_end(src: Source, start: int, end: int, limits: Limits) -> tuple[int,
     The block ends at the first empty line, or, as in Python's parser, at
     the first line that cannot be a header field (that line then starts the
     body, so no byte of a malformed part is taken for a header and dropped).
+    Raises ``_HeaderProblem`` when the block passes a bound.
     """
     limit = limits.max_header_bytes
     size = 16384
@@ -118,20 +162,23 @@ def _header_end(src: Source, start: int, end: int, limits: Limits) -> tuple[int,
             if not _HEADER_LINE.match(line):
                 return start + pos, start + pos
             if len(line) > limits.max_header_line:
-                raise MimeLimitError(f"header line of {len(line)} bytes at offset {start + pos} "
-                                     f"(limit {limits.max_header_line})")
+                raise _HeaderProblem(f"a header line of {len(line)} bytes (limit {limits.max_header_line})")
             if line[:1] not in (b" ", b"\t"):
                 fields += 1
                 if fields > limits.max_header_fields:
-                    raise MimeLimitError(f"more than {limits.max_header_fields} header fields at offset {start}")
+                    raise _HeaderProblem(f"more than {limits.max_header_fields} header fields")
             pos = m.end()
         if complete:
             tail = data[pos:]
             if tail and not _HEADER_LINE.match(tail):
                 return start + pos, start + pos
+            if len(tail) > limits.max_header_line:
+                raise _HeaderProblem(f"a header line of {len(tail)} bytes (limit {limits.max_header_line})")
+            if tail and tail[:1] not in (b" ", b"\t") and fields + 1 > limits.max_header_fields:
+                raise _HeaderProblem(f"more than {limits.max_header_fields} header fields")
             return end, end  # headers only, no body
         if window_end >= start + limit + 2:
-            raise MimeLimitError(f"header block at offset {start} exceeds {limit} bytes")
+            raise _HeaderProblem(f"a header block over {limit} bytes")
         size *= 4
 
 
@@ -139,48 +186,104 @@ def _parse_headers(raw: bytes) -> Message:
     return _HEADER_PARSER.parsebytes(raw)
 
 
-def _delimiters(src: Source, boundary: bytes, start: int, end: int) -> list[tuple[int, int, bool]]:
+class _Reader:
+    """Finds in ``src`` through one cached window, so that scanning a body
+    for thousands of delimiters costs one ``pread`` per window, not one
+    per delimiter."""
+
+    def __init__(self, src: Source) -> None:
+        self.src = src
+        self.wstart = 0
+        self.buf = b""
+
+    def read(self, start: int, end: int) -> bytes:
+        if self.wstart <= start and end <= self.wstart + len(self.buf):
+            return self.buf[start - self.wstart:end - self.wstart]
+        return self.src.read(start, end)
+
+    def find(self, needle: bytes, start: int, end: int) -> int:
+        """Offset of the first ``needle`` wholly inside ``[start, end)``, or -1."""
+        end = min(end, self.src.size)
+        n = len(needle)
+        pos = start
+        while pos + n <= end:
+            wend = self.wstart + len(self.buf)
+            if not (self.wstart <= pos and pos + n <= wend):
+                self.wstart = pos
+                self.buf = self.src.read(pos, min(pos + WINDOW, self.src.size))
+                wend = self.wstart + len(self.buf)
+                if pos + n > wend:
+                    return -1
+            i = self.buf.find(needle, pos - self.wstart, min(end, wend) - self.wstart)
+            if i >= 0:
+                return self.wstart + i
+            if wend >= end:
+                return -1
+            pos = wend - n + 1
+        return -1
+
+
+def _delimiters(reader: _Reader, boundary: bytes, start: int, end: int,
+                keep: int) -> tuple[list[tuple[int, int, bool]], bool]:
     """Find delimiter lines of ``boundary`` in ``[start, end)``.
 
-    Returns (line start, next line start, is_close) for each, in order, up to
-    and including the close delimiter.  A delimiter is ``--boundary``,
-    optionally ``--``, optionally trailing blanks, then a line end, at the
-    start of a line (as RFC 2046 section 5.1.1 and Python's parser say).
+    Returns (delimiters, cut): (line start, next line start, is_close) for
+    each, in order, up to and including the close delimiter.  A delimiter
+    is ``--boundary``, optionally ``--``, optionally trailing blanks, then a
+    line end, at the start of a line (as RFC 2046 section 5.1.1 and
+    Python's parser say; a line may end in CRLF, LF or a bare CR).  Only
+    the first ``keep`` delimiters and the last one are returned; ``cut``
+    says whether any between were left out (the part count has run out by
+    then, and the caller only needs where the rest ends).
     """
     dash = b"--" + boundary
     out: list[tuple[int, int, bool]] = []
+    cut = False
     pos = start
+    # The next "\n--b" and "\r--b" at or after some offset, each found once
+    # and reused while it lies ahead: the rarer form is not searched for
+    # again at every delimiter of the common one.
+    ahead: dict[bytes, int] = {}
+    searched: dict[bytes, int] = {}
     while pos < end:
-        if pos == start and src.read(pos, pos + len(dash)) == dash:
+        if pos == start and reader.read(pos, pos + len(dash)) == dash:
             i = pos
         else:
             # From pos - 1: the previous delimiter's own line end may be the
             # newline in front of the next one (an empty part).
             look = max(start, pos - 1)
-            j = src.find(b"\n" + dash, look, end)
-            if j < 0:
-                j2 = src.find(b"\r" + dash, look, end)  # bare-CR line ends
-                if j2 < 0:
-                    break
-                j = j2
-            i = j + 1
-        tail = src.read(i + len(dash), min(end, i + len(dash) + 200))
+            hits = []
+            for nl in (b"\n", b"\r"):
+                j = ahead.get(nl, -1)
+                if nl not in searched or (j >= 0 and j < look) or (j < 0 and searched[nl] > look):
+                    j = reader.find(nl + dash, look, end)
+                    ahead[nl], searched[nl] = j, look
+                if j >= 0:
+                    hits.append(j)
+            if not hits:
+                break
+            i = min(hits) + 1
+        tail = reader.read(i + len(dash), min(end, i + len(dash) + 200))
         m = re.match(rb"(--)?[ \t]*(\r\n|\n|\r|$)", tail)
         if m is None or (m.group(2) == b"" and i + len(dash) + m.end() < end):
             pos = i + 1
             continue
         line_end = i + len(dash) + m.end()
         is_close = m.group(1) is not None
-        out.append((i, line_end, is_close))
+        if len(out) > keep:
+            out[-1] = (i, line_end, is_close)
+            cut = True
+        else:
+            out.append((i, line_end, is_close))
         if is_close:
             break
         pos = line_end
         if pos == i:  # pragma: no cover - defensive
             pos += 1
-    return out
+    return out, cut
 
 
-def _before_line_end(src: Source, i: int, floor: int) -> int:
+def _before_line_end(src: Source | _Reader, i: int, floor: int) -> int:
     """The offset where the line ending that precedes offset ``i`` starts."""
     if i <= floor:
         return i
@@ -192,51 +295,206 @@ def _before_line_end(src: Source, i: int, floor: int) -> int:
     return i
 
 
+@dataclass
+class _State:
+    src: Source
+    reader: _Reader
+    limits: Limits
+    count: int = 0  # parts parsed so far
+
+
 def parse(src: Source, limits: Limits = Limits()) -> Part:
-    """Parse the message in ``src`` into a tree of parts by offsets."""
-    counter = [0]
-    return _parse_part(src, 0, src.size, 0, "", limits, counter, default_type="text/plain")
+    """Parse the message in ``src`` into a tree of parts by offsets; never
+    raises for what the message holds (see the module docstring)."""
+    state = _State(src, _Reader(src), limits)
+    return _parse_part(state, 0, src.size, 0, "", "text/plain", attached=False)
 
 
-def _parse_part(src: Source, start: int, end: int, depth: int, path: str, limits: Limits,
-                counter: list[int], default_type: str) -> Part:
-    counter[0] += 1
-    if counter[0] > limits.max_parts:
-        raise MimeLimitError(f"more than {limits.max_parts} MIME parts")
-    if depth > limits.max_depth:
-        raise MimeLimitError(f"MIME nesting deeper than {limits.max_depth}")
-    hdr_end, body_start = _header_end(src, start, end, limits)
-    headers = _parse_headers(src.read(start, hdr_end))
+def _parse_part(st: _State, start: int, end: int, depth: int, path: str, default_type: str,
+                attached: bool) -> Part:
+    limits = st.limits
+    st.count += 1
+    if st.count > limits.max_parts:
+        return _unexamined(start, end, depth, path, attached, f"more than {limits.max_parts} MIME parts")
+    try:
+        hdr_end, body_start = _header_end(st.src, start, end, limits)
+    except _HeaderProblem as e:
+        return _unexamined(start, end, depth, path, attached, str(e))
+    headers = _parse_headers(st.src.read(start, hdr_end))
     if default_type != "text/plain":
         headers.set_default_type(default_type)
-    part = Part(start=start, body_start=body_start, end=end, headers=headers, depth=depth, path=path)
-    if headers.get_content_maintype() != "multipart":
+    part = Part(start=start, body_start=body_start, end=end, headers=headers, depth=depth, path=path,
+                in_attached_message=attached)
+    part.unexamined = _check_fields(part, limits)
+    if part.unexamined is not None:
         return part
-    boundary = headers.get_boundary()
-    if not boundary:
-        part.defects.append("multipart without boundary")
+    if depth > limits.max_depth:
+        part.unexamined = f"MIME nesting deeper than {limits.max_depth}"
         return part
-    part.boundary = boundary
+    ctype = headers.get_content_type()
+    if headers.get_content_maintype() == "multipart":
+        _parse_multipart(st, part)
+    elif ctype in ATTACHED_MESSAGE_TYPES:
+        _parse_attached(st, part)
+    elif ctype == "message/partial":
+        part.unexamined = "a message fragment cannot be examined"
+    return part
+
+
+def _unexamined(start: int, end: int, depth: int, path: str, attached: bool, reason: str) -> Part:
+    """A part whose header block was not read: all of it is body to the
+    worker, and its headers are empty."""
+    return Part(start=start, body_start=start, end=end, headers=Message(), depth=depth, path=path,
+                unexamined=reason, in_attached_message=attached)
+
+
+def _check_fields(part: Part, limits: Limits) -> str | None:
+    """Read Content-Type and Content-Disposition with the linear parser and
+    refuse what is ambiguous; the reason, or None when all is clear."""
+    headers = part.headers
+    for name in ("Content-Type", "Content-Transfer-Encoding", "Content-Disposition"):
+        n = len(headers.get_all(name) or [])
+        if n > 1:
+            return f"{n} {name} header fields"
+    for name in ("Content-Type", "Content-Disposition"):
+        value = headers.get(name)
+        try:
+            parsed = parse_params(None if value is None else str(value), limits.max_params)
+        except TooManyParams as e:
+            # Cut the field back to its bare value: the worker may still
+            # call get_param/get_content_type on these headers, and Python's
+            # parameter code is quadratic in the number of ';'.
+            bare = str(value).split(";", 1)[0].strip()
+            del headers[name]
+            headers[name] = bare
+            return f"a {name} field with {e.count} ';' (limit {e.limit})"
+        if name == "Content-Type":
+            part.type_params = parsed
+        else:
+            part.disposition_params = parsed
+    return _name_problem(part.type_params, part.disposition_params)
+
+
+def _name_problem(ctype: Structured, disposition: Structured) -> str | None:
+    """Whether readers could take different file names from this part.
+
+    Refused: a name parameter given twice (``filename`` twice, or twice
+    through RFC 2231 sections); names in ``filename*``, ``filename``,
+    ``name*`` and ``name`` (the forms that different clients prefer) that
+    disagree.  Two names agree when equal (after RFC 2047 decoding of the
+    plain forms) or, as when a client writes an ASCII fallback beside the
+    real name (RFC 6266 section 4.3), when they end in the same extension
+    and one of them is not pure ASCII.
+    """
+    found: list[str] = []
+    for params, key in ((disposition, "filename*"), (disposition, "filename"),
+                        (ctype, "name*"), (ctype, "name")):
+        values = params.get_all(key)
+        if len(values) > 1:
+            return f"ambiguous file name ({len(values)} {key} parameters)"
+        if values and values[0].strip():
+            found.append(values[0].strip() if key.endswith("*") else decode_2047(values[0]).strip())
+    for other in found[1:]:
+        if not _names_agree(found[0], other):
+            return f"ambiguous file name ({_short(found[0])!r} or {_short(other)!r})"
+    return None
+
+
+def _names_agree(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    return _extension(a) == _extension(b) and not (a.isascii() and b.isascii())
+
+
+def _extension(name: str) -> str:
+    """The extension a file manager would use: after the last dot, with the
+    trailing dots and blanks Windows drops removed."""
+    name = name.strip().rstrip(". ").replace("\\", "/").rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[1].lower() if "." in name else ""
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
+def _boundary(part: Part) -> tuple[str | None, str | None]:
+    """(boundary, problem) from the Content-Type read by the linear parser."""
+    values = part.type_params.get_all("boundary") + part.type_params.get_all("boundary*")
+    if len(values) > 1:
+        return None, f"ambiguous multipart boundary ({len(values)} boundary parameters)"
+    if not values or not values[0].rstrip():  # rstrip: as Python's get_boundary
+        return None, "a multipart without a boundary"
+    boundary = values[0].rstrip()
+    if len(boundary) > MAX_BOUNDARY:
+        return None, f"a multipart boundary of {len(boundary)} characters (limit {MAX_BOUNDARY})"
+    return boundary, None
+
+
+def _parse_multipart(st: _State, part: Part) -> None:
+    if part.cte not in _IDENTITY_CTES:
+        # RFC 2045 forbids it; a reader that decodes it sees other parts.
+        part.unexamined = f"a multipart with Content-Transfer-Encoding {part.cte[:40]}"
+        return
+    boundary, problem = _boundary(part)
+    if problem is not None:
+        part.defects.append(problem)
+        part.unexamined = problem
+        return
+    assert boundary is not None
     try:
         bnd = boundary.encode("ascii")
     except UnicodeEncodeError:
         bnd = boundary.encode("utf-8", "surrogateescape")
-    delims = _delimiters(src, bnd, body_start, end)
+    limits = st.limits
+    remaining = max(0, limits.max_parts - st.count)
+    delims, _cut = _delimiters(st.reader, bnd, part.body_start, part.end, keep=remaining + 1)
     if not delims:
         part.defects.append("no delimiter found for boundary")
-        part.boundary = None
-        return part
-    child_default = "message/rfc822" if headers.get_content_subtype() == "digest" else "text/plain"
+        if not _blank(st.src, part.body_start, part.end):
+            # Readers differ on what such a body is (one text part, nothing,
+            # or parts found by guessing the boundary).
+            part.unexamined = "no delimiter line for the multipart boundary"
+        return
+    part.boundary = boundary
+    child_default = "message/rfc822" if part.headers.get_content_subtype() == "digest" else "text/plain"
     for n, (line_start, line_end, is_close) in enumerate(delims):
         if is_close:
             break
         nxt = delims[n + 1][0] if n + 1 < len(delims) else None
-        child_end = _before_line_end(src, nxt, line_end) if nxt is not None else end
+        child_path = f"{part.path}.{len(part.children) + 1}" if part.path else str(len(part.children) + 1)
+        if st.count >= limits.max_parts:
+            # The count has run out: the rest of the siblings, up to just
+            # before the close delimiter, are one unexamined range.
+            last_start, _, last_close = delims[-1]
+            rest_end = _before_line_end(st.reader, last_start, line_end) if last_close else part.end
+            part.children.append(_unexamined(line_end, max(line_end, rest_end), part.depth + 1, child_path,
+                                             part.in_attached_message,
+                                             f"more than {limits.max_parts} MIME parts"))
+            break
+        child_end = _before_line_end(st.reader, nxt, line_end) if nxt is not None else part.end
         if nxt is None:
             part.defects.append("missing close delimiter")
-        child_path = f"{path}.{len(part.children) + 1}" if path else str(len(part.children) + 1)
-        part.children.append(
-            _parse_part(src, line_end, child_end, depth + 1, child_path, limits, counter, child_default))
+        part.children.append(_parse_part(st, line_end, child_end, part.depth + 1, child_path, child_default,
+                                         part.in_attached_message))
     if not part.children:
         part.defects.append("multipart with no parts")
-    return part
+
+
+def _parse_attached(st: _State, part: Part) -> None:
+    """Parse the message in a message/rfc822 (or message/global) body as
+    the part's one child."""
+    if part.cte not in _IDENTITY_CTES:
+        # RFC 2046 forbids encoding it; its structure is not at any offset.
+        part.unexamined = "an encoded attached message"
+        return
+    if _blank(st.src, part.body_start, part.end):
+        return  # an empty attached message holds nothing to examine
+    child_path = f"{part.path}.1" if part.path else "1"
+    part.children.append(_parse_part(st, part.body_start, part.end, part.depth + 1, child_path,
+                                     "text/plain", attached=True))
+
+
+def _blank(src: Source, start: int, end: int) -> bool:
+    """Whether ``[start, end)`` holds only blanks and line ends (looked at
+    only when short: a long body is taken as not blank)."""
+    return end - start <= 65536 and not src.read(start, end).strip()

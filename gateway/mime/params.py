@@ -1,0 +1,221 @@
+"""Parameters of a structured header field, parsed in linear time.
+
+``Content-Type`` and ``Content-Disposition`` carry ``; name=value``
+parameters.  Python's ``Message.get_params``/``get_param`` split them with
+``email.message._parseparam``, which copies the rest of the string once per
+``;`` (and counts quotes from the start of the string once per ``;`` inside
+a quoted string): a few hundred KB of ``;`` keeps a worker busy for minutes.
+This module reads the value in one pass and refuses more than a configured
+number of ``;`` (``TooManyParams``), so the parser can mark such a part
+unexamined before anything hands the field to Python's code.
+
+What it understands: ``token`` and ``"quoted string"`` values (inside
+quotes only ``\\"`` and ``\\\\`` are escapes, as in Python's compat32
+``unquote``, so a Windows path keeps its backslashes); RFC 2231 extended
+values ``name*=charset'lang'%XX``, continuations ``name*0``, ``name*1``
+and extended continuations ``name*0*``.  Names come back lower-cased; a
+value that was given in the extended (charset-encoded) form is named with a
+trailing ``*`` (``filename*``) so callers can tell the two forms apart.
+RFC 2047 encoded words are left as they are (that is the caller's choice).
+"""
+from __future__ import annotations
+
+import re
+from email.header import decode_header, make_header
+from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes
+
+DEFAULT_MAX_PARAMS = 64
+
+# A quoted string's content, then its closing quote when there is one;
+# possessive, so it never backtracks.
+_QUOTED = re.compile(r'((?:[^"\\]++|\\["\\]|\\(?!["\\]))*+)"?')
+_ESCAPE = re.compile(r'\\(["\\])')
+_SKIP = re.compile(r"[ \t\r\n;]*")
+_BLANKS = re.compile(r"[ \t\r\n]*")
+_SECTION = re.compile(r"^(?P<base>[^*]+)\*(?P<num>[0-9]+)(?P<ext>\*)?$")
+
+
+class TooManyParams(ValueError):
+    """The field holds more ``;``-separated items than allowed."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"{count} header parameters (limit {limit})")
+        self.count = count
+        self.limit = limit
+
+
+@dataclass
+class Structured:
+    """A parsed structured field: its value (``text/plain``, ``attachment``)
+    and its parameters in order, names lower-cased, RFC 2231 collapsed."""
+
+    value: str
+    params: list[tuple[str, str]] = field(default_factory=list)
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of parameter ``name`` (lower-case; with ``*`` for the extended form)."""
+        return [v for n, v in self.params if n == name]
+
+    def get(self, name: str) -> str | None:
+        """The first value of parameter ``name``, or None."""
+        for n, v in self.params:
+            if n == name:
+                return v
+        return None
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.params]
+
+
+def parse_params(header: str | None, max_params: int | None = DEFAULT_MAX_PARAMS) -> Structured:
+    """Parse a structured field value in one pass.
+
+    Raises ``TooManyParams`` when the value holds more than ``max_params``
+    ``;`` characters (empty items and ``;`` inside quoted strings count:
+    they are what makes Python's own parser slow); ``None`` means no cap,
+    for callers that only ever see fields the parser has already bounded.
+    """
+    if header is None:
+        return Structured("")
+    text = str(header)
+    if max_params is not None:
+        count = text.count(";")
+        if count > max_params:
+            raise TooManyParams(count, max_params)
+    semi = text.find(";")
+    if semi < 0:
+        return Structured(text.strip())
+    raw = _split(text, semi + 1)
+    return Structured(text[:semi].strip(), _collapse(raw))
+
+
+def _split(text: str, pos: int) -> list[tuple[str, str, bool]]:
+    """(name, value, was_quoted) for each parameter after ``pos``: one pass,
+    every character looked at a bounded number of times."""
+    out: list[tuple[str, str, bool]] = []
+    n = len(text)
+    eq = -2  # the next '=' at or after pos, found once and reused: no rescans
+    while pos < n:
+        # Skip separators and blanks before a name.
+        pos = _SKIP.match(text, pos).end()  # type: ignore[union-attr]
+        if pos >= n:
+            break
+        semi = text.find(";", pos)
+        if eq != -1 and eq < pos:
+            eq = text.find("=", pos)
+        if eq < 0 or (0 <= semi < eq):
+            # A name without a value ("attachment; inline; x"): kept, as
+            # Python keeps it, with an empty value.
+            stop = n if semi < 0 else semi
+            name = text[pos:stop].strip().lower()
+            if name:
+                out.append((name, "", False))
+            pos = stop
+            continue
+        name = text[pos:eq].strip().lower()
+        pos = eq + 1
+        pos = _BLANKS.match(text, pos).end()  # type: ignore[union-attr]
+        quoted = pos < n and text[pos] == '"'
+        if quoted:
+            m = _QUOTED.match(text, pos + 1)
+            assert m is not None  # the pattern matches the empty string
+            value = _ESCAPE.sub(r"\1", m.group(1))
+            pos = m.end()
+            # Anything between the closing quote and the next ';' is kept:
+            # 'filename="a.pdf".exe' is judged by what follows the quote.
+            semi = text.find(";", pos) if pos < n else -1
+            stop = n if semi < 0 else semi
+            junk = text[min(pos, n):stop].strip()
+            value += junk
+            pos = stop
+        else:
+            semi = text.find(";", pos)
+            stop = n if semi < 0 else semi
+            value = text[pos:stop].strip()
+            pos = stop
+        if name:
+            out.append((name, value, quoted))
+    return out
+
+
+def _collapse(raw: list[tuple[str, str, bool]]) -> list[tuple[str, str]]:
+    """Join RFC 2231 sections and decode extended values; the parameter
+    keeps the position of its first section.  A section number given twice
+    makes a second parameter of the same name, so a caller checking for
+    duplicates sees the ambiguity."""
+    out: list[tuple[str, str] | None] = []
+    groups: dict[str, tuple[int, dict[int, tuple[bool, str]]]] = {}
+    for name, value, quoted in raw:
+        m = _SECTION.match(name)
+        if m:
+            base, num, ext = m.group("base"), int(m.group("num")), bool(m.group("ext"))
+            slot = groups.get(base)
+            if slot is None or num in slot[1]:
+                if slot is not None:  # a repeated section: flush the old group as its own parameter
+                    out[slot[0]] = _join(base, slot[1])
+                groups[base] = (len(out), {num: (ext, value)})
+                out.append(None)
+            else:
+                slot[1][num] = (ext, value)
+            continue
+        if name.endswith("*") and len(name) > 1:
+            out.append((name, _decode_extended(value, first=True)[1]))
+            continue
+        out.append((name, value))
+    for base, (index, sections) in groups.items():
+        out[index] = _join(base, sections)
+    return [p for p in out if p is not None]
+
+
+def _join(base: str, sections: dict[int, tuple[bool, str]]) -> tuple[str, str]:
+    """One parameter from its numbered sections (in number order)."""
+    extended = any(ext for ext, _ in sections.values())
+    if not extended:
+        return base, "".join(v for _, (_, v) in sorted(sections.items()))
+    charset = ""
+    data = bytearray()
+    for i, (num, (ext, value)) in enumerate(sorted(sections.items())):
+        if ext:
+            cs, decoded = _decode_bytes(value, first=(i == 0))
+            if i == 0:
+                charset = cs
+            data += decoded
+        else:
+            data += value.encode("utf-8", "surrogateescape")
+    return base + "*", _to_text(bytes(data), charset)
+
+
+def _decode_bytes(value: str, first: bool) -> tuple[str, bytes]:
+    """(charset, bytes) of an extended value; only the first section has
+    the ``charset'language'`` prefix."""
+    charset = ""
+    if first and value.count("'") >= 2:
+        charset, _lang, value = value.split("'", 2)
+    return charset, unquote_to_bytes(value)
+
+
+def _decode_extended(value: str, first: bool) -> tuple[str, str]:
+    charset, data = _decode_bytes(value, first)
+    return charset, _to_text(data, charset)
+
+
+def _to_text(data: bytes, charset: str) -> str:
+    """Bytes in ``charset``; an unknown or missing charset reads as UTF-8,
+    undecodable bytes replaced (a name is for judging and showing, and
+    replacement cannot make a name look like another extension)."""
+    try:
+        return data.decode(charset or "utf-8", "replace")
+    except LookupError:
+        return data.decode("utf-8", "replace")
+
+
+def decode_2047(value: str) -> str:
+    """``value`` with RFC 2047 encoded words decoded (many clients put them
+    in a plain ``filename``); unchanged when they are malformed."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # noqa: BLE001 - malformed encoded words are common
+        return value
