@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 
 from tests.harness import ROOT, GatewayProcess, SmtpSink, strip_trace
-from tests.messages import leaves, message, parse, payload, pdf_bytes, send
+from tests.messages import leaves, message, parse, payload, pdf_bytes, send, stored_objects
 from tests.servers.ports import port_is_open
 
 MiB = 1 << 20
