@@ -68,10 +68,39 @@ class PartFacts:
     # The HTML body refers to this part by cid: (an inline image).
     inline: bool = False
     # An Outlook TNEF (winmail.dat) still packed: tnefparse could not read
-    # it, or the route does not unpack; it is forwarded as it is.
+    # it, or the route does not unpack; its files cannot be checked, and
+    # allowed_types refuses it.
     packed_tnef: bool = False
     # Set when the route scans for malware; None when it does not.
     scan: ScanVerdict | None = None
+    # The second part of a multipart/signed whose protocol parameter is this
+    # part's declared type (set by the worker from the structure, never from
+    # the part's own headers): the signature of signed mail, which
+    # allowed_types lets pass when its bytes fit its type.
+    signature_of_signed: bool = False
+
+
+def message_text(part: PartFacts) -> bool:
+    """Whether a part is message text rather than a file: not an attachment
+    (no filename, no attachment disposition), declared as the text or HTML
+    a mail client shows as the message, text by its bytes too (not a
+    program, not active content, not RTF, except HTML declared as HTML,
+    which is what HTML message text is), and small enough to stay in the
+    message (a larger one is offloaded as a file, so it is judged as one).
+    A part declared as anything else (message/*, multipart/*, text/rtf) is
+    judged as a file, whatever it is."""
+    if part.is_attachment or part.decoded_size > part.route.offload_threshold:
+        return False
+    from policies.filetypes import ACTIVE_TYPES, EXECUTABLE_TYPES, HTML
+
+    if part.declared_type not in ("text/plain", HTML):
+        return False
+    detected = part.detected_type or ""
+    if detected == HTML:
+        return part.declared_type == HTML
+    if detected == "application/x-empty":
+        return True
+    return detected.startswith("text/") and detected not in ACTIVE_TYPES | EXECUTABLE_TYPES | {"text/rtf"}
 
 
 @dataclass(frozen=True)
