@@ -99,7 +99,8 @@ _ACTIVE: list[tuple[re.Pattern[str], str]] = [
                 r"|<body[\s>]|<frameset[\s>]|<img[^>]*\ssrc\s*="), filetypes.HTML),
 ]
 # Detected types whose bytes are text that may hide one of those formats.
-_TEXTUAL = {"application/xml", "image/svg+xml", "application/x-empty", "application/octet-stream"}
+_TEXTUAL = {"application/xml", "image/svg+xml", "application/x-empty", "application/octet-stream",
+            "application/x-wine-extension-ini", "application/json"}
 
 
 def _text(head: bytes) -> str:
