@@ -280,7 +280,7 @@ def test_a_100_mb_upload_streams_without_growing_the_gateway(make_gateway, tmp_p
             yield chunk
 
     req = urllib.request.Request(f"http://127.0.0.1:{gw.http_port}/api/v1/upload/attachment", data=body(),
-                                 method="POST", headers={"Authorization": f"Bearer {API_KEY}", "X-Filename": "big.bin",
+                                 method="POST", headers={"Authorization": f"Bearer {API_KEY}", "X-Filename": "big.pdf",
                                                          "X-CustomerId": "c", "Content-Length": str(100 * MiB)})
     started = time.monotonic()
     with urllib.request.urlopen(req, timeout=120) as r:
