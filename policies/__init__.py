@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from policies.filetypes import ACTIVE_TYPES, EXECUTABLE_TYPES, HTML
+
 
 class Action(enum.Enum):
     """What the worker does with a part."""
@@ -85,21 +87,26 @@ def message_text(part: PartFacts) -> bool:
     (no filename, no attachment disposition), declared as the text or HTML
     a mail client shows as the message, text by its bytes too (not a
     program, not active content, not RTF, except HTML declared as HTML,
-    which is what HTML message text is), and small enough to stay in the
-    message (a larger one is offloaded as a file, so it is judged as one).
-    A part declared as anything else (message/*, multipart/*, text/rtf) is
-    judged as a file, whatever it is."""
-    if part.is_attachment or part.decoded_size > part.route.offload_threshold:
+    which is what HTML message text is); HTML only while small enough to
+    stay in the message (a larger one is offloaded as a file named .html,
+    so it is judged as one).
+    The returned headers of a delivery report (text/rfc822-headers) are
+    message text too.  A part declared as anything else (message/*,
+    multipart/*, text/rtf) is judged as a file, whatever it is."""
+    declared = part.declared_type
+    if part.is_attachment or declared not in ("text/plain", HTML, "text/rfc822-headers"):
         return False
-    from policies.filetypes import ACTIVE_TYPES, EXECUTABLE_TYPES, HTML
-
-    if part.declared_type not in ("text/plain", HTML):
+    if declared == HTML and part.decoded_size > part.route.offload_threshold:
+        # Offloaded, it becomes a file named attachment.html that a browser opens.
         return False
     detected = part.detected_type or ""
     if detected == HTML:
-        return part.declared_type == HTML
+        return declared == HTML
     if detected == "application/x-empty":
         return True
+    if detected == "message/rfc822":
+        # The returned headers of a delivery report look like mail to libmagic.
+        return declared == "text/rfc822-headers"
     return detected.startswith("text/") and detected not in ACTIVE_TYPES | EXECUTABLE_TYPES | {"text/rtf"}
 
 

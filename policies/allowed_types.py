@@ -21,7 +21,9 @@ A part is judged by what it is, never exempted by what it claims:
 * an Outlook TNEF (winmail.dat) that was not unpacked is refused, as the
   files inside it could not be checked;
 * an archive the examination could not read (encrypted, damaged, a zip
-  bomb) is refused whatever the list says.
+  bomb) is refused whatever the list says;
+* an empty part has nothing to judge (``empty_attachment`` replaces an
+  empty file).
 
 A part with no filename is judged by the name the worker gives it (after
 its declared type, ``filetypes.DEFAULT_NAME_EXTENSIONS``); a name without
@@ -102,6 +104,10 @@ class RefuseUnlistedTypes:
 
     def decide(self, part: PartFacts) -> Decision | None:
         if part.is_body or message_text(part):
+            return None
+        # An empty part carries nothing to judge (the leaf of a multipart
+        # without parts, say); an empty file is empty_attachment's to replace.
+        if part.decoded_size == 0:
             return None
         detected = part.detected_type
         details = {"declared_type": part.declared_type, "detected_type": detected}

@@ -188,12 +188,20 @@ ROWS: list[tuple[str, PartFacts, tuple[str, Action]]] = [
      nameless_text(declared_type="text/enriched"), KEEP),
     ("an SVG declared text/enriched", nameless_text(declared_type="text/enriched", detected_type=SVG),
      ("allowed_types", Action.REFUSE)),
+    ("a delivery report's returned headers", nameless_text(declared_type="text/rfc822-headers",
+                                                           detected_type="message/rfc822"), KEEP),
+    ("a mail declared as plain message text (named attachment.txt)",
+     nameless_text(detected_type="message/rfc822"), ("refuse_spoofed", Action.REFUSE)),
+    ("an empty leaf declared multipart", nameless_text(declared_type="multipart/related", decoded_size=0,
+                                                       detected_type="application/x-empty"), KEEP),
     ("message text of unknown type", nameless_text(detected_type=None), ("allowed_types", Action.REFUSE)),
     ("message text that is a program", nameless_text(detected_type="application/x-dosexec"),
      ("refuse_executables", Action.REFUSE)),
     ("an attachment of unknown type", facts(detected_type=None), ("allowed_types", Action.REFUSE)),
     # Sizes at the boundaries.
     ("an empty attachment", facts(decoded_size=0, detected_type="application/x-empty"),
+     ("empty_attachment", Action.REPLACE)),
+    ("an empty attachment named .exe", facts(decoded_size=0, filename="x.exe", detected_type="application/x-empty"),
      ("empty_attachment", Action.REPLACE)),
     ("a PDF at the threshold", facts(decoded_size=1000), KEEP),
     ("a PDF one byte over", facts(decoded_size=1001), ("offload_large", Action.OFFLOAD)),
@@ -229,7 +237,9 @@ def test_message_text_is_decided_by_the_bytes() -> None:
     assert not message_text(nameless_text(detected_type="text/html"))  # declared plain, is HTML
     assert message_text(nameless_text(declared_type="text/html", detected_type="text/html"))
     assert not message_text(dataclasses.replace(nameless_text(), is_attachment=True))
-    assert not message_text(nameless_text(decoded_size=ROUTE.offload_threshold + 1))
+    assert message_text(nameless_text(decoded_size=ROUTE.offload_threshold + 1))  # offloaded as .txt
+    assert not message_text(nameless_text(declared_type="text/html", detected_type="text/html",
+                                          decoded_size=ROUTE.offload_threshold + 1))  # offloaded as .html
 
 
 ALLOW_ROWS: list[tuple[Any, dict[str, tuple[str, ...]]]] = [
