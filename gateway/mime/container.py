@@ -12,6 +12,9 @@ needed) and names what the archive is:
 * the macro-enabled variant (DOCM, XLSM, PPTM, ...) when that content type
   says so, when any content type is macro-enabled or a VBA project, or when
   a ``vbaProject.bin`` or an Excel 4 macro sheet is inside;
+* ``OOXML_REMOTE`` when a relationship fetches a template, an object, a
+  frame or a sub-document from outside the package when it is opened (the
+  remote-template and Follina attacks: the code comes from the internet);
 * ``application/zip`` when any entry is outside the package's part names,
   or has a program's extension, or the content types name no main part;
 * ``UNEXAMINED_ARCHIVE`` when it cannot be read to a verdict: a central
@@ -19,8 +22,9 @@ needed) and names what the archive is:
   than ``MAX_ENTRIES`` entries, or a ``[Content_Types].xml`` over
   ``MAX_CONTENT_TYPES`` bytes (a zip bomb); the policies refuse it.
 
-Nothing is extracted to disk, and only ``[Content_Types].xml`` is
-decompressed, at most ``MAX_CONTENT_TYPES`` bytes of it.  All of it is
+Nothing is extracted to disk, and only ``[Content_Types].xml`` and the
+relationship parts (``*.rels``) are decompressed, each at most
+``MAX_CONTENT_TYPES`` bytes, at most ``MAX_RELS`` of them.  All of it is
 blocking: the worker and the upload paths call it in a thread.
 """
 from __future__ import annotations
@@ -42,6 +46,7 @@ from policies import filetypes
 MAX_ENTRIES = 10_000
 MAX_CONTENT_TYPES = 1 << 20  # bytes of [Content_Types].xml decompressed
 MAX_CENTRAL_DIRECTORY = 64 << 20  # bytes of central directory walked
+MAX_RELS = 1000  # relationship parts read
 # Decoded bytes held in memory while spooling a part; the rest goes to a
 # temporary file (deleted on close).
 SPOOL_MEMORY = 4 << 20
@@ -79,10 +84,13 @@ _FOLDER = {**{t: "word/" for t in (filetypes.DOCX, filetypes.DOTX, filetypes.DOC
                                   filetypes.POTM, filetypes.PPSM, filetypes.PPAM)}}
 # Part names any Office Open XML package may have besides its own folder
 # (relationships, properties, custom XML, signatures, sensitivity labels,
-# ribbon customisation), lower case.
-_COMMON = ("_rels/", "docprops/", "customxml/", "_xmlsignatures/", "docmetadata/", "customui/")
+# ribbon customisation, what Office 2007 left in "[trash]"), lower case.
+_COMMON = ("_rels/", "docprops/", "customxml/", "_xmlsignatures/", "docmetadata/", "customui/", "[trash]/")
 _CONTENT_TYPES = "[content_types].xml"
 _CONTENT_TYPE_ATTR = re.compile(rb"""contenttype\s*=\s*["']([^"']*)["']""")
+_RELATIONSHIP = re.compile(rb"<relationship\b[^>]*>")
+_EXTERNAL = re.compile(rb"""targetmode\s*=\s*["']external["']""")
+_REL_TYPE = re.compile(rb"""\btype\s*=\s*["'][^"']*/(attachedtemplate|oleobject|frame|subdocument|package)["']""")
 # Entries that carry macros whatever the content types say.
 _MACRO_ENTRY = re.compile(r"(^|/)vbaproject\.bin$|(^|/)vbadata\.xml$|^xl/(intl)?macrosheets/")
 
@@ -220,12 +228,35 @@ def examine_zip(f: IO[bytes], detected: str = "application/zip") -> str:
             if ct_name is None:
                 return detected if detected not in _GENERIC_ZIP else "application/zip"
             types = _content_types(z, ct_name)
+            rels = [i.filename for i in infos if _normal(i.filename).endswith(".rels")]
+            if len(rels) > MAX_RELS:
+                raise Unexamined(f"more than {MAX_RELS} relationship parts")
+            remote = any(_fetches_code(z, r) for r in rels)
     except Unexamined:
         return filetypes.UNEXAMINED_ARCHIVE
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, ValueError, EOFError,
             OSError, struct.error, UnicodeError, zlib.error):
         return filetypes.UNEXAMINED_ARCHIVE
-    return _ooxml(names, types)
+    kind = _ooxml(names, types)
+    if remote and kind in _FOLDER:
+        return filetypes.OOXML_REMOTE
+    return kind
+
+
+def _fetches_code(z: zipfile.ZipFile, name: str) -> bool:
+    """Whether a relationship part points a template, an OLE object, a
+    frame, a sub-document or a package outside the file (read capped)."""
+    with z.open(name) as f:
+        data = f.read(MAX_CONTENT_TYPES + 1)
+    if len(data) > MAX_CONTENT_TYPES:
+        raise Unexamined(f"{name} over {MAX_CONTENT_TYPES} bytes")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        data = data.decode("utf-16", "ignore").encode("utf-8")
+    for m in _RELATIONSHIP.finditer(data.lower()):
+        tag = m.group(0)
+        if _EXTERNAL.search(tag) and _REL_TYPE.search(tag):
+            return True
+    return False
 
 
 def _executable(name: str) -> bool:
