@@ -30,9 +30,12 @@ def part_facts(*, path: str, declared_type: str, filename: str, decoded_size: in
                route: RouteSettings, head: bytes = b"", detected_type: str | None = None,
                content_id: str | None = None, is_body: bool = False, is_attachment: bool = True,
                inline: bool = False, scan: policies.ScanVerdict | None = None,
-               packed_tnef: bool = False) -> policies.PartFacts:
+               packed_tnef: bool = False, signature_of_signed: bool = False) -> policies.PartFacts:
     """The facts about one file (``head``: its first decoded bytes; the
-    detected type is sniffed from it when the caller has not already)."""
+    detected type is sniffed from it when the caller has not already, from
+    the head alone: a caller with the whole file uses
+    ``gateway.mime.container.detect_part`` or ``detect_chunks`` first, so
+    that a ZIP is judged by its central directory)."""
     if detected_type is None and head:
         from gateway.mime import sniff
 
@@ -40,7 +43,8 @@ def part_facts(*, path: str, declared_type: str, filename: str, decoded_size: in
     return policies.PartFacts(
         path=path, declared_type=declared_type, filename=filename, decoded_size=decoded_size, is_body=is_body,
         disposition=disposition, route=route_facts(route), detected_type=detected_type, content_id=content_id,
-        head=head, is_attachment=is_attachment, inline=inline, scan=scan, packed_tnef=packed_tnef)
+        head=head, is_attachment=is_attachment, inline=inline, scan=scan, packed_tnef=packed_tnef,
+        signature_of_signed=signature_of_signed)
 
 
 def safe_type(ctype: str) -> str:

@@ -21,7 +21,7 @@ from gateway.config import Config
 from gateway.http.bridge import StreamBridge, blocking_chunks
 from gateway.links.mint import mint
 from gateway.links.tokens import Keyring
-from gateway.mime import filenames
+from gateway.mime import container, filenames
 from gateway.partfacts import object_key, part_facts, safe_type
 from gateway.storage.base import ObjectMeta, Storage, StorageError
 
@@ -112,10 +112,14 @@ class Uploads:
         route = self._route(route_name)
         store = self.stores[route.storage]
         display = filenames.display_name(filename) or "attachment.bin"
-        # Type detection (libmagic) blocks: off the event loop.
-        facts = await asyncio.to_thread(lambda: part_facts(
-            path="upload", declared_type=ctype, filename=filename, decoded_size=size, disposition="attachment",
-            route=route, head=head))
+        loop = asyncio.get_running_loop()
+        # Type detection (libmagic, and for a ZIP its central directory,
+        # read back from staging) blocks: off the event loop.  The staged
+        # bytes are read only when the head looks like a ZIP.
+        detected = await asyncio.to_thread(
+            container.detect_chunks, head, blocking_chunks(loop, (store.open(k) for k in staging)))
+        facts = part_facts(path="upload", declared_type=ctype, filename=filename, decoded_size=size,
+                           disposition="attachment", route=route, head=head, detected_type=detected)
         decision = policies.decide(self.policies[route.name], facts)
         log.info("decision", ref=reference, action=decision.action.value, policy=decision.policy,
                  reason=decision.reason, declared_type=ctype, size=size, filename=display)
@@ -127,7 +131,6 @@ class Uploads:
         key = object_key(customer, display)
         meta = ObjectMeta(content_type=ctype, filename=filename,
                           metadata={"queue-id": reference, "customer-id": customer})
-        loop = asyncio.get_running_loop()
         # The copy reads the staged bytes back through the loop into the store's thread.
         stored = await store.put(key, blocking_chunks(loop, (store.open(k) for k in staging)), meta)
         # The upload page's file arrives in chunks and has no hash of the

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from policies.filetypes import ACTIVE_TYPES, EXECUTABLE_TYPES, HTML
+
 
 class Action(enum.Enum):
     """What the worker does with a part."""
@@ -68,10 +70,44 @@ class PartFacts:
     # The HTML body refers to this part by cid: (an inline image).
     inline: bool = False
     # An Outlook TNEF (winmail.dat) still packed: tnefparse could not read
-    # it, or the route does not unpack; it is forwarded as it is.
+    # it, or the route does not unpack; its files cannot be checked, and
+    # allowed_types refuses it.
     packed_tnef: bool = False
     # Set when the route scans for malware; None when it does not.
     scan: ScanVerdict | None = None
+    # The second part of a multipart/signed whose protocol parameter is this
+    # part's declared type (set by the worker from the structure, never from
+    # the part's own headers): the signature of signed mail, which
+    # allowed_types lets pass when its bytes fit its type.
+    signature_of_signed: bool = False
+
+
+def message_text(part: PartFacts) -> bool:
+    """Whether a part is message text rather than a file: not an attachment
+    (no filename, no attachment disposition), declared as the text or HTML
+    a mail client shows as the message, text by its bytes too (not a
+    program, not active content, not RTF, except HTML declared as HTML,
+    which is what HTML message text is); HTML only while small enough to
+    stay in the message (a larger one is offloaded as a file named .html,
+    so it is judged as one).
+    The returned headers of a delivery report (text/rfc822-headers) are
+    message text too.  A part declared as anything else (message/*,
+    multipart/*, text/rtf) is judged as a file, whatever it is."""
+    declared = part.declared_type
+    if part.is_attachment or declared not in ("text/plain", HTML, "text/rfc822-headers"):
+        return False
+    if declared == HTML and part.decoded_size > part.route.offload_threshold:
+        # Offloaded, it becomes a file named attachment.html that a browser opens.
+        return False
+    detected = part.detected_type or ""
+    if detected == HTML:
+        return declared == HTML
+    if detected == "application/x-empty":
+        return True
+    if detected == "message/rfc822":
+        # The returned headers of a delivery report look like mail to libmagic.
+        return declared == "text/rfc822-headers"
+    return detected.startswith("text/") and detected not in ACTIVE_TYPES | EXECUTABLE_TYPES | {"text/rtf"}
 
 
 @dataclass(frozen=True)

@@ -1,56 +1,135 @@
-"""Refuse attachments whose detected type is not on the route's allow-list.
+"""Refuse files whose detected type is not on the route's allow-list, or
+whose name is not one their type may have.
 
 The default list is what customers send a contact centre: PDF, JPEG, PNG,
 GIF, TIFF, HEIC, plain text, CSV, DOCX, XLSX, PPTX, by detected type (an
-Office Open XML file is recognised from the ZIP's entries, not its name).
-Message text and attached messages (``message/*``, e.g. a forwarded email
-or a delivery report) are not files and are left alone, and so are the
-signatures of signed mail (OpenPGP, S/MIME) whose bytes are what they
-claim: removing one would break the signature of the mail it signs.
+Office Open XML file is recognised from its archive's central directory,
+so a Word document with macros is a DOCM, not a DOCX, whatever its name).
+Each allowed type also has the extensions a file of that type may be named
+with (``filetypes.DEFAULT_EXTENSIONS``, or the table form of ``allow``):
+the extension decides which program opens the file, so plain text named
+``.hta`` or ``.url`` is refused however harmless its bytes look.
+
+A part is judged by what it is, never exempted by what it claims:
+
+* message text (``policies.message_text``: no filename, declared text,
+  text by its bytes, staying in the message) is not a file;
+* the signature of signed mail passes only when the worker found it as the
+  second part of a multipart/signed whose protocol is its type
+  (``signature_of_signed``) and its bytes fit that type: removing it would
+  break the signature;
+* an Outlook TNEF (winmail.dat) that was not unpacked is refused, as the
+  files inside it could not be checked;
+* an archive the examination could not read (encrypted, damaged, a zip
+  bomb) is refused whatever the list says;
+* an empty part has nothing to judge (``empty_attachment`` replaces an
+  empty file).
+
+A part with no filename is judged by the name the worker gives it (after
+its declared type, ``filetypes.DEFAULT_NAME_EXTENSIONS``); a name without
+an extension is opened by no program and is judged by its type alone.
 """
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from pydantic import Field, field_validator
 
-from policies import Action, Decision, PartFacts, Settings
-from policies.filetypes import DEFAULT_ALLOWED, SIGNATURE_TYPES, describe
+from policies import Action, Decision, PartFacts, Settings, message_text
+from policies.filetypes import (DEFAULT_ALLOWED, DEFAULT_EXTENSIONS, SIGNATURE_TYPES, UNEXAMINED_ARCHIVE, describe,
+                                name_extension)
+
+_EXTENSION = re.compile(r"[a-z0-9][a-z0-9_+-]{0,31}")
+
+
+def _mime(t: Any) -> str:
+    if not isinstance(t, str) or "/" not in t or " " in t.strip():
+        raise ValueError(f"{t!r}: expected a MIME type such as \"application/pdf\"")
+    return t.strip().lower()
+
+
+def _default_allow() -> dict[str, tuple[str, ...]]:
+    return {t: DEFAULT_EXTENSIONS[t] for t in DEFAULT_ALLOWED}
 
 
 class RefuseUnlistedTypes:
-    """Decide REFUSE for each attachment whose detected type is not allowed."""
+    """Decide REFUSE for each file whose detected type is not allowed, or
+    whose extension is not one of its type's."""
 
     name = "allowed_types"
 
     class Settings(Settings):
         """The allow-list."""
 
-        # Detected MIME types that pass; everything else is refused.
-        allow: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOWED))
+        # Detected MIME types that pass; everything else is refused.  Either
+        # a list of types, each with its default extensions, or a table of
+        # type = [extensions], e.g. { "text/plain" = ["txt", "log"] }.
+        allow: dict[str, tuple[str, ...]] = Field(default_factory=_default_allow)
         # Let the signature part of signed mail pass when its bytes match
         # its declared signature type.
         allow_signatures: bool = True
 
-        @field_validator("allow")
+        @field_validator("allow", mode="before")
         @classmethod
-        def _types(cls, v: list[str]) -> list[str]:
-            for t in v:
-                if "/" not in t or " " in t.strip():
-                    raise ValueError(f"{t!r}: expected a MIME type such as \"application/pdf\"")
-            return [t.strip().lower() for t in v]
+        def _types(cls, v: Any) -> dict[str, tuple[str, ...]]:
+            if isinstance(v, (list, tuple)):
+                out: dict[str, tuple[str, ...]] = {}
+                for t in v:
+                    t = _mime(t)
+                    if t not in DEFAULT_EXTENSIONS:
+                        raise ValueError(f"{t!r}: no default extensions are known for this type; give them in "
+                                         f"the table form, allow = {{ \"{t}\" = [\"ext\", ...] }}")
+                    out[t] = DEFAULT_EXTENSIONS[t]
+                return out
+            if isinstance(v, dict):
+                out = {}
+                for t, exts in v.items():
+                    t = _mime(t)
+                    if not isinstance(exts, (list, tuple)) or not exts:
+                        raise ValueError(f"{t!r}: expected a list of extensions such as [\"pdf\"], got {exts!r}")
+                    clean = []
+                    for e in exts:
+                        e2 = e.strip().lstrip(".").lower() if isinstance(e, str) else e
+                        if not isinstance(e2, str) or not _EXTENSION.fullmatch(e2):
+                            raise ValueError(f"{t!r}: {e!r}: expected an extension such as \"pdf\"")
+                        clean.append(e2)
+                    out[t] = tuple(clean)
+                return out
+            raise ValueError("expected a list of MIME types, or a table of MIME type = [extensions]")
 
     def __init__(self, settings: "RefuseUnlistedTypes.Settings") -> None:
         self.settings = settings
-        self.allow = set(settings.allow)
+        self.allow = dict(settings.allow)
 
     def decide(self, part: PartFacts) -> Decision | None:
-        if part.is_body or not part.is_attachment or part.detected_type is None or part.packed_tnef:
+        if part.is_body or message_text(part):
             return None
-        if part.declared_type.startswith(("message/", "multipart/")):
+        # An empty part carries nothing to judge (the leaf of a multipart
+        # without parts, say); an empty file is empty_attachment's to replace.
+        if part.decoded_size == 0:
             return None
-        if part.detected_type in self.allow:
+        detected = part.detected_type
+        details = {"declared_type": part.declared_type, "detected_type": detected}
+        if part.signature_of_signed and self.settings.allow_signatures \
+                and detected in SIGNATURE_TYPES.get(part.declared_type, ()):
             return None
-        if self.settings.allow_signatures and part.detected_type in SIGNATURE_TYPES.get(part.declared_type, ()):
-            return None
-        return Decision(Action.REFUSE, self.name,
-                        f"it is {describe(part.detected_type)}, a type this address does not accept",
-                        details={"declared_type": part.declared_type, "detected_type": part.detected_type})
+        if part.packed_tnef:
+            return Decision(Action.REFUSE, self.name, "it is an Outlook TNEF file (winmail.dat) that could not be "
+                            "unpacked, so the files inside it could not be checked", details=details)
+        if detected is None:
+            return Decision(Action.REFUSE, self.name, "its type could not be detected", details=details)
+        if detected == UNEXAMINED_ARCHIVE:
+            return Decision(Action.REFUSE, self.name, f"it could not be examined: it is {describe(detected)}",
+                            details=details)
+        extensions = self.allow.get(detected)
+        if extensions is None:
+            return Decision(Action.REFUSE, self.name,
+                            f"it is {describe(detected)}, a type this address does not accept", details=details)
+        ext = name_extension(part.filename, part.declared_type)
+        if ext and ext not in extensions:
+            names = ", ".join(f".{e}" for e in extensions)
+            return Decision(Action.REFUSE, self.name,
+                            f"its name ends in .{ext}, but it is {describe(detected)}, accepted only as {names}",
+                            details={**details, "extension": ext})
+        return None

@@ -3,15 +3,18 @@
 The detected type decides (a Windows program renamed ``invoice.pdf`` is
 still a Windows program), and so does an extension that a computer runs
 when the file is opened (a script is plain text to libmagic, so its bytes
-alone cannot tell).  Runs before the spoofing and allow-list checks so the
+alone cannot tell), or one that a browser opens as active content (a web
+page, an SVG image, a web archive: they run scripts).  Every part but the
+message's body is checked, attachment or not; a part without a filename by
+the name the worker will give it.  Runs before the spoofing and allow-list checks so the
 reason the customer reads is the most serious one.
 """
 from __future__ import annotations
 
 from pydantic import Field
 
-from policies import Action, Decision, PartFacts, Settings
-from policies.filetypes import EXECUTABLE_EXTENSIONS, EXECUTABLE_TYPES, describe, extension
+from policies import Action, Decision, PartFacts, Settings, message_text
+from policies.filetypes import ACTIVE_EXTENSIONS, EXECUTABLE_EXTENSIONS, EXECUTABLE_TYPES, describe, name_extension
 
 
 class RefuseExecutables:
@@ -40,9 +43,15 @@ class RefuseExecutables:
             return Decision(Action.REFUSE, self.name,
                             f"it is {describe(part.detected_type)}, and programs and scripts are not accepted",
                             details=details)
-        ext = extension(part.filename)
+        ext = name_extension(part.filename, part.declared_type)
         if ext in self.extensions:
             return Decision(Action.REFUSE, self.name,
                             f"files ending in .{ext} are programs or scripts, which are not accepted",
+                            details=details)
+        # HTML message text is named .html by the worker when it has no
+        # name; it stays message text (policies.message_text).
+        if ext in ACTIVE_EXTENSIONS and not message_text(part):
+            return Decision(Action.REFUSE, self.name,
+                            f"files ending in .{ext} are web content that can run scripts, which is not accepted",
                             details=details)
         return None

@@ -1,15 +1,59 @@
 """File types as the content policies see them: plain data, no I/O.
 
 Shared by the type policies (``allowed_types``, ``refuse_executables``,
-``refuse_spoofed``): the default allow-list, the types and extensions that
-are programs or scripts, which detected types each extension and each
-declared type may have, and the plain words a customer reads in a notice.
+``refuse_spoofed``) and by the type detection (gateway/mime/sniff.py,
+gateway/mime/container.py): the default allow-list and the extensions each
+allowed type may carry, the types and extensions that are programs or
+scripts, the Office variants that can carry macros, the active-content text
+formats, which detected types each extension and each declared type may
+have, and the plain words a customer reads in a notice.
 """
 from __future__ import annotations
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 PPTX = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+DOTX = "application/vnd.openxmlformats-officedocument.wordprocessingml.template"
+XLTX = "application/vnd.openxmlformats-officedocument.spreadsheetml.template"
+POTX = "application/vnd.openxmlformats-officedocument.presentationml.template"
+PPSX = "application/vnd.openxmlformats-officedocument.presentationml.slideshow"
+# The macro-enabled Office Open XML variants (they can carry VBA or Excel 4
+# macros): never on the default allow-list.
+DOCM = "application/vnd.ms-word.document.macroenabled.12"
+DOTM = "application/vnd.ms-word.template.macroenabled.12"
+XLSM = "application/vnd.ms-excel.sheet.macroenabled.12"
+XLTM = "application/vnd.ms-excel.template.macroenabled.12"
+XLAM = "application/vnd.ms-excel.addin.macroenabled.12"
+XLSB = "application/vnd.ms-excel.sheet.binary.macroenabled.12"
+PPTM = "application/vnd.ms-powerpoint.presentation.macroenabled.12"
+POTM = "application/vnd.ms-powerpoint.template.macroenabled.12"
+PPSM = "application/vnd.ms-powerpoint.slideshow.macroenabled.12"
+PPAM = "application/vnd.ms-powerpoint.addin.macroenabled.12"
+MACRO_TYPES = {DOCM, DOTM, XLSM, XLTM, XLAM, XLSB, PPTM, POTM, PPSM, PPAM}
+# The macro-enabled variant of each macro-free flavour: what a package with
+# a VBA project (or a macro content type) inside really is.
+MACRO_VARIANT = {DOCX: DOCM, DOTX: DOTM, XLSX: XLSM, XLTX: XLTM, PPTX: PPTM, POTX: POTM, PPSX: PPSM}
+
+# An Office Open XML document that fetches a template, an OLE object, a
+# frame or a sub-document from outside itself when opened (remote template
+# injection, CVE-2022-30190 "Follina"): code from the internet.
+OOXML_REMOTE = "application/x-ooxml-remote-content"
+
+# A ZIP the container examination could not read to the end: encrypted
+# entries, a central directory that does not parse, duplicate names, or
+# more entries or bytes than it reads (a zip bomb).  Never passes.
+UNEXAMINED_ARCHIVE = "application/x-unexamined-archive"
+
+# Text that a browser, Windows or Excel runs or renders actively, as
+# gateway/mime/sniff.py names it when it finds the markers in the bytes.
+SVG = "image/svg+xml"
+HTML = "text/html"
+HTA = "application/hta"
+IQY = "text/x-ms-iqy"
+URL_SHORTCUT = "application/x-mswinurl"
+DESKTOP_ENTRY = "application/x-desktop"
+SYLK = "application/x-sylk"
+ACTIVE_TYPES = {SVG, HTML, HTA, IQY, URL_SHORTCUT, DESKTOP_ENTRY, SYLK, "application/xhtml+xml"}
 
 # The issue's default allow-list: PDF, JPEG, PNG, GIF, TIFF, HEIC, plain
 # text, CSV, DOCX, XLSX, PPTX (detected types, as libmagic names them).
@@ -17,6 +61,45 @@ DEFAULT_ALLOWED = [
     "application/pdf", "image/jpeg", "image/png", "image/gif", "image/tiff", "image/heic", "image/heif",
     "text/plain", "text/csv", DOCX, XLSX, PPTX,
 ]
+
+# Detected type -> the extensions a file of that type may be named with
+# when the allow-list names the type without its own list.  A file whose
+# extension is not on its detected type's list is refused: the extension,
+# not the bytes, decides which program opens it (plain text named .hta is
+# an HTML application to Windows).  Types not listed here have no default
+# and must be given their extensions in the table form of ``allow``.
+DEFAULT_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "application/pdf": ("pdf",),
+    "image/jpeg": ("jpg", "jpeg", "jpe", "jfif"), "image/png": ("png",), "image/gif": ("gif",),
+    "image/tiff": ("tif", "tiff"), "image/heic": ("heic", "heif"), "image/heif": ("heif", "heic"),
+    "image/bmp": ("bmp",), "image/webp": ("webp",),
+    "text/plain": ("txt", "text", "log", "csv", "tsv"), "text/csv": ("csv", "txt", "tsv"),
+    DOCX: ("docx",), XLSX: ("xlsx",), PPTX: ("pptx",),
+    DOTX: ("dotx",), XLTX: ("xltx",), POTX: ("potx",), PPSX: ("ppsx",),
+    DOCM: ("docm",), DOTM: ("dotm",), XLSM: ("xlsm",), XLTM: ("xltm",), XLAM: ("xlam",), XLSB: ("xlsb",),
+    PPTM: ("pptm",), POTM: ("potm",), PPSM: ("ppsm",), PPAM: ("ppam",),
+    "application/msword": ("doc",), "application/vnd.ms-excel": ("xls",),
+    "application/vnd.ms-powerpoint": ("ppt",), "text/rtf": ("rtf",),
+    "application/vnd.oasis.opendocument.text": ("odt",),
+    "application/vnd.oasis.opendocument.spreadsheet": ("ods",),
+    "application/vnd.oasis.opendocument.presentation": ("odp",),
+    "application/zip": ("zip",), "application/x-7z-compressed": ("7z",), "application/x-rar": ("rar",),
+    "application/gzip": ("gz", "tgz"),
+    "message/rfc822": ("eml",), "application/pgp-signature": ("asc", "sig"),
+    "application/pkcs7-signature": ("p7s",),
+    "audio/mpeg": ("mp3",), "audio/x-wav": ("wav",), "video/mp4": ("mp4", "m4v"),
+    "text/html": ("html", "htm"), SVG: ("svg",), "text/xml": ("xml",), "application/xml": ("xml",),
+    "application/json": ("json",),
+}
+
+# The extension the worker gives a part that has no filename, by declared
+# type (else .bin): the policies check that name as if the sender had given
+# it, since it is the name the agent's computer will open the file by.
+DEFAULT_NAME_EXTENSIONS = {"application/pdf": "pdf", "image/png": "png", "image/jpeg": "jpg",
+                           "text/plain": "txt", "text/html": "html", "message/rfc822": "eml"}
+
+# Outlook's TNEF wrapper (winmail.dat), by its declared or detected type.
+TNEF_TYPES = {"application/ms-tnef", "application/vnd.ms-tnef"}
 
 # Detected types that are programs or scripts, whatever the name says.
 EXECUTABLE_TYPES = {
@@ -29,6 +112,9 @@ EXECUTABLE_TYPES = {
     "text/x-shellscript", "text/x-msdos-batch", "text/x-python", "text/x-script.python", "text/x-perl",
     "text/x-php", "text/x-ruby", "text/x-tcl", "text/x-lua", "text/x-awk", "application/x-bytecode.python",
     "text/x-powershell", "text/vbscript", "text/x-vbscript",
+    # Text formats that Windows or Excel act on: an Excel web query fetches
+    # and runs a remote page, a shortcut or desktop entry launches a target.
+    IQY, URL_SHORTCUT, DESKTOP_ENTRY, OOXML_REMOTE,
 }
 
 # Extensions that Windows, macOS or a shell runs when opened; refused even
@@ -38,7 +124,16 @@ EXECUTABLE_EXTENSIONS = {
     "vbe", "js", "jse", "wsf", "wsh", "wsc", "hta", "lnk", "jar", "reg", "inf", "sh", "bash", "zsh", "csh",
     "ksh", "py", "pyc", "pyw", "pl", "rb", "php", "app", "command", "apk", "appx", "msix", "elf", "run",
     "gadget", "application", "scf", "url", "iso", "img", "vhd", "vhdx",
+    # Also run or act when opened: Excel web queries and add-ins, shortcuts
+    # and search connectors, help and console files, installers.
+    "iqy", "slk", "xll", "desktop", "website", "webloc", "inetloc", "appref-ms", "settingcontent-ms",
+    "library-ms", "searchconnector-ms", "msc", "chm", "hlp", "ocx", "jnlp", "diagcab", "appinstaller", "xbap",
 }
+
+# Extensions that a browser or Windows opens as active content (web pages,
+# SVG images, web archives), which can run scripts: refused by name too,
+# as their bytes may look like plain text.
+ACTIVE_EXTENSIONS = {"html", "htm", "xhtml", "xht", "shtml", "mht", "mhtml", "svg", "svgz"}
 
 # Extension -> the detected types a file so named may have.  Extensions not
 # listed are not checked against the bytes (only declared types are).
@@ -47,7 +142,9 @@ EXTENSION_TYPES = {
     "jpg": {"image/jpeg"}, "jpeg": {"image/jpeg"}, "jpe": {"image/jpeg"}, "jfif": {"image/jpeg"},
     "png": {"image/png"}, "gif": {"image/gif"}, "tif": {"image/tiff"}, "tiff": {"image/tiff"},
     "heic": {"image/heic", "image/heif"}, "heif": {"image/heic", "image/heif"},
-    "docx": {DOCX}, "xlsx": {XLSX}, "pptx": {PPTX},
+    "docx": {DOCX}, "xlsx": {XLSX}, "pptx": {PPTX}, "dotx": {DOTX}, "xltx": {XLTX}, "potx": {POTX},
+    "ppsx": {PPSX}, "docm": {DOCM}, "dotm": {DOTM}, "xlsm": {XLSM}, "xltm": {XLTM}, "xlam": {XLAM},
+    "xlsb": {XLSB}, "pptm": {PPTM}, "potm": {POTM}, "ppsm": {PPSM}, "ppam": {PPAM},
     "zip": {"application/zip"},
     "txt": {"text/plain", "text/csv"}, "csv": {"text/csv", "text/plain"},
 }
@@ -60,7 +157,8 @@ DECLARED_TYPES = {
     "image/jpeg": {"image/jpeg"}, "image/jpg": {"image/jpeg"}, "image/pjpeg": {"image/jpeg"},
     "image/png": {"image/png"}, "image/gif": {"image/gif"}, "image/tiff": {"image/tiff"},
     "image/heic": {"image/heic", "image/heif"}, "image/heif": {"image/heic", "image/heif"},
-    DOCX: {DOCX}, XLSX: {XLSX}, PPTX: {PPTX},
+    DOCX: {DOCX}, XLSX: {XLSX}, PPTX: {PPTX}, DOTX: {DOTX}, XLTX: {XLTX}, POTX: {POTX}, PPSX: {PPSX},
+    **{t: {t} for t in MACRO_TYPES},
     "application/zip": {"application/zip", DOCX, XLSX, PPTX},
     "text/csv": {"text/csv", "text/plain"},
 }
@@ -88,6 +186,24 @@ _NAMES = {
     "text/rtf": "a rich-text document (RTF)", "application/msword": "an old Word document (DOC)",
     "application/vnd.ms-excel": "an old Excel workbook (XLS)", "application/x-rar": "a RAR archive",
     "application/x-7z-compressed": "a 7-Zip archive", "application/vnd.ms-tnef": "an Outlook TNEF file",
+    "application/ms-tnef": "an Outlook TNEF file",
+    "application/vnd.ms-powerpoint": "an old PowerPoint presentation (PPT)",
+    "application/x-ole-storage": "an old Office document (OLE)", "application/cdfv2": "an old Office document (OLE)",
+    "application/onenote": "a OneNote notebook",
+    DOTX: "a Word template (DOTX)", XLTX: "an Excel template (XLTX)", POTX: "a PowerPoint template (POTX)",
+    PPSX: "a PowerPoint slide show (PPSX)",
+    DOCM: "a Word document with macros (DOCM)", DOTM: "a Word template with macros (DOTM)",
+    XLSM: "an Excel workbook with macros (XLSM)", XLTM: "an Excel template with macros (XLTM)",
+    XLAM: "an Excel add-in with macros (XLAM)", XLSB: "a binary Excel workbook, which can hold macros (XLSB)",
+    PPTM: "a PowerPoint presentation with macros (PPTM)", POTM: "a PowerPoint template with macros (POTM)",
+    PPSM: "a PowerPoint slide show with macros (PPSM)", PPAM: "a PowerPoint add-in with macros (PPAM)",
+    OOXML_REMOTE: "an Office document that loads a template or object from the internet when opened",
+    UNEXAMINED_ARCHIVE: "an archive that could not be examined (encrypted, damaged or too large to check)",
+    SVG: "an SVG image, which can run scripts", "application/xhtml+xml": "a web page (XHTML)",
+    HTA: "an HTML application (HTA)", IQY: "an Excel web query (IQY)",
+    URL_SHORTCUT: "an internet shortcut (URL)", DESKTOP_ENTRY: "a desktop launcher",
+    SYLK: "a SYLK spreadsheet, which can run macros", "text/xml": "an XML file", "application/xml": "an XML file",
+    "message/rfc822": "an email message", "application/java-archive": "a Java program (JAR)", "application/x-msi": "a Windows installer",
 }
 
 
@@ -96,6 +212,14 @@ def describe(ctype: str | None) -> str:
     if not ctype:
         return "an unknown type"
     return _NAMES.get(ctype, f"a file of type {ctype}")
+
+
+def name_extension(filename: str, declared_type: str) -> str:
+    """The extension of the name the agent will see: the sender's, else the
+    one the worker gives a nameless part (by its declared type), else ''."""
+    if filename.strip():
+        return extension(filename)
+    return DEFAULT_NAME_EXTENSIONS.get(declared_type, "")
 
 
 def extension(filename: str) -> str:

@@ -4,12 +4,14 @@ A PNG declared as ``application/pdf``, or a ZIP archive named
 ``contract.docx``, is either broken or a disguise; either way the agent
 must not open it believing the label.  Only specific claims are checked:
 a generic declaration (``application/octet-stream``) or an extension that
-is not in the table says nothing about the bytes.
+is not in the table says nothing about the bytes.  Every part but message
+text (``policies.message_text``) is checked, attachment or not: a part
+without a filename is checked against the name the worker will give it.
 """
 from __future__ import annotations
 
-from policies import Action, Decision, PartFacts, Settings
-from policies.filetypes import DECLARED_TYPES, EXTENSION_TYPES, describe, extension
+from policies import Action, Decision, PartFacts, Settings, message_text
+from policies.filetypes import DECLARED_TYPES, EXTENSION_TYPES, describe, name_extension
 
 
 class RefuseSpoofedTypes:
@@ -25,13 +27,13 @@ class RefuseSpoofedTypes:
         self.settings = settings
 
     def decide(self, part: PartFacts) -> Decision | None:
-        if part.is_body or not part.is_attachment or part.detected_type is None or part.packed_tnef:
-            return None
-        if part.decoded_size == 0:
+        # An empty part has no type to contradict (empty_attachment and
+        # allowed_types judge it); one of unknown type is allowed_types' to refuse.
+        if part.is_body or message_text(part) or part.detected_type is None or part.decoded_size == 0:
             return None
         detected = part.detected_type
         details = {"declared_type": part.declared_type, "detected_type": detected}
-        ext = extension(part.filename)
+        ext = name_extension(part.filename, part.declared_type)
         expected = EXTENSION_TYPES.get(ext)
         if expected is not None and detected not in expected:
             return Decision(Action.REFUSE, self.name,

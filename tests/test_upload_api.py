@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,48 @@ def test_sync_upload_of_15_mb_answers_the_contract_and_the_link_serves_the_bytes
     [created] = [e for e in events if e["EventType"] == "FileCreated"]
     assert created["EventResult"] == "Success" and created["TargetFilePath"] == body["s3Key"]
     assert created["ActorUsername"] == "api-key:flow" and created["CustomerId"] == "acme-42"
+
+
+def ooxml(extra: list[tuple[str, bytes]]) -> bytes:
+    """A Word package, a megabyte of media first (so the rest lies far past
+    the first 8 KiB), then ``extra``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("[Content_Types].xml",
+                   '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+                   '<Override PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-'
+                   'officedocument.wordprocessingml.document.main+xml"/></Types>')
+        z.writestr("_rels/.rels", "<Relationships/>")
+        z.writestr("word/document.xml", "<document/>")
+        z.writestr("word/media/image1.png", bytes(range(256)) * 4096)
+        for name, data in extra:
+            z.writestr(name, data)
+    return out.getvalue()
+
+
+def test_a_file_is_judged_by_what_it_is_over_http_too(api_gw) -> None:
+    # Issue 14: the upload API examines a ZIP's central directory and text's
+    # markers as the worker does, so a Word document with macros, or one
+    # carrying a program, is refused however it is named.
+    docx = ooxml([])
+    status, _, body = post(api_gw, docx, filename="contract.docx")
+    assert status == 200, body
+    refused = [
+        (ooxml([("word/vbaProject.bin", b"\xd0\xcf\x11\xe0" + b"\x00" * 64)]), "contract.docx",
+         "Word document with macros"),
+        (ooxml([("word/vbaProject.bin", b"\xd0\xcf\x11\xe0" + b"\x00" * 64)]), "contract.docm",
+         "Word document with macros"),
+        (ooxml([("invoice.exe", b"MZ" + b"\x00" * 64)]), "contract.docx", "ZIP archive"),
+        (b'<?xml version="1.0"?>\n<!-- x -->\n<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>',
+         "notes.txt", "SVG image"),
+        (b"Just some text.\n", "notes.hta", ".hta"),
+        (b"WEB\r\n1\r\nhttps://evil.example/q\r\n", "prices.txt", "web query"),
+    ]
+    for data, name, words in refused:
+        status, _, body = post(api_gw, data, filename=name)
+        assert status == 415 and words in body["error"], (name, words, body)
+    assert list(stored_objects(api_gw.objects).values()) == [docx]
+    assert staging_left(api_gw) == []
 
 
 def test_empty_body_is_400_empty_file(api_gw) -> None:
@@ -236,7 +280,7 @@ def test_a_100_mb_upload_streams_without_growing_the_gateway(make_gateway, tmp_p
             yield chunk
 
     req = urllib.request.Request(f"http://127.0.0.1:{gw.http_port}/api/v1/upload/attachment", data=body(),
-                                 method="POST", headers={"Authorization": f"Bearer {API_KEY}", "X-Filename": "big.bin",
+                                 method="POST", headers={"Authorization": f"Bearer {API_KEY}", "X-Filename": "big.pdf",
                                                          "X-CustomerId": "c", "Content-Length": str(100 * MiB)})
     started = time.monotonic()
     with urllib.request.urlopen(req, timeout=120) as r:

@@ -7,17 +7,30 @@ archives; libmagic's answer for them depends on the order of the archive's
 entries, so a ZIP is classified here from the names of the entries whose
 local headers lie in the first bytes: ``[Content_Types].xml`` with
 ``word/``, ``xl/`` or ``ppt/`` entries is DOCX, XLSX or PPTX; any other ZIP
-stays ``application/zip`` whatever its name says.
+stays ``application/zip`` whatever its name says (the whole archive is
+examined afterwards by gateway/mime/container.py, from its central
+directory).
+
+Text is where libmagic is weakest: an SVG that starts with an XML prolog, a
+comment or a few words, a web page, an HTML application, an Excel web
+query or a Windows shortcut are all "text/plain" to it.  ``active_type``
+looks for the markers of those formats anywhere in the first bytes,
+whatever comes before them (whitespace, a byte-order mark, a prolog,
+comments, junk), and names the real format, so that the allow-list refuses
+it however it is named.
 
 Runs in the worker (in a thread: libmagic is blocking C code), never in a
 policy.
 """
 from __future__ import annotations
 
+import re
 import struct
 import threading
 
 import magic
+
+from policies import filetypes
 
 OOXML = {
     "word/": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
@@ -69,6 +82,55 @@ def ooxml_type(head: bytes) -> str | None:
     return None
 
 
+# Markers of active content, searched case-insensitively in the text (most
+# specific format first).  An event handler or a javascript: URL counts only
+# inside a tag, so that prose such as "condition=ok" is not a web page.
+_ACTIVE: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"<hta:application\b"), filetypes.HTA),
+    (re.compile(r"\[internetshortcut\]"), filetypes.URL_SHORTCUT),
+    (re.compile(r"\[desktop entry\]"), filetypes.DESKTOP_ENTRY),
+    # An Excel web query: "WEB", a version number, then the URL, each on its own line.
+    (re.compile(r"\A\s*web[ \t]*\r?\n[ \t]*\d+[ \t]*\r?\n"), filetypes.IQY),
+    # SYLK: Excel opens it (even named .csv) and it can run macros.
+    (re.compile(r"\A\s*id;"), filetypes.SYLK),
+    (re.compile(r"<svg[\s>/:]"), filetypes.SVG),
+    (re.compile(r"<!doctype\s+html|<html[\s>]|<script[\s>]|<iframe[\s>]|<object[\s>]|<embed[\s>]"
+                r"|<meta[^>]*http-equiv|<[a-z][^>]*\son[a-z]+\s*=|<[a-z][^>]*(?:java|vb)script\s*:"
+                r"|<body[\s>]|<frameset[\s>]|<img[^>]*\ssrc\s*="), filetypes.HTML),
+]
+# Detected types whose bytes are text that may hide one of those formats.
+_TEXTUAL = {"application/xml", "image/svg+xml", "application/x-empty", "application/octet-stream",
+            "application/x-wine-extension-ini", "application/json"}
+
+
+def _text(head: bytes) -> str:
+    """``head`` as lower-case text for the marker search: UTF-16 (with a
+    byte-order mark, or the zero bytes of one without) decoded, anything
+    else read byte for byte, NULs dropped."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = head.decode("utf-16", "ignore")
+    elif len(head) >= 8 and head[1:64:2].count(0) > len(head[1:64:2]) * 3 // 4:
+        text = head.decode("utf-16-le", "ignore")
+    elif len(head) >= 8 and head[0:64:2].count(0) > len(head[0:64:2]) * 3 // 4:
+        text = head.decode("utf-16-be", "ignore")
+    else:
+        text = head.decode("latin-1")
+    return text.replace("\x00", "").lower()
+
+
+def active_type(head: bytes) -> str | None:
+    """The active-content format whose markers appear in ``head`` (SVG, a
+    web page, an HTML application, an Excel web query or SYLK sheet, a
+    shortcut or desktop entry, a script with a shebang), or None."""
+    text = _text(head)
+    for pattern, ctype in _ACTIVE:
+        if pattern.search(text):
+            return ctype
+    if text.lstrip("\ufeff\xef\xbb\xbf").startswith("#!"):
+        return "text/x-shellscript"
+    return None
+
+
 def detect(head: bytes) -> str:
     """The MIME type of data starting with ``head`` (lower case)."""
     if not head:
@@ -79,4 +141,6 @@ def detect(head: bytes) -> str:
         detected = "application/octet-stream"
     if head.startswith(_LOCAL_HEADER) and detected in _ZIP_TYPES:
         return ooxml_type(head) or "application/zip"
+    if (detected.startswith("text/") or detected in _TEXTUAL) and detected not in filetypes.EXECUTABLE_TYPES:
+        return active_type(head) or detected
     return detected
