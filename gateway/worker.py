@@ -37,7 +37,7 @@ from gateway.delivery.dsn import build_dsn
 from gateway.links import records
 from gateway.links.mint import mint
 from gateway.links.tokens import Keyring, new_object_id
-from gateway.mime import filenames, sniff, tnef
+from gateway.mime import container, filenames, tnef
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, Part, parse
 from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, human_size, notice_part, plan,
@@ -1117,7 +1117,7 @@ def _measure_and_sniff(src: Source, leaf: Part) -> tuple[Measure, str, float]:
     that took (one thread call)."""
     cpu = time.thread_time()
     m = measure(src, leaf)
-    return m, sniff.detect(m.head), time.thread_time() - cpu
+    return m, container.detect_part(src, leaf, m), time.thread_time() - cpu
 
 
 def _parse_timed(src: Source, limits: Limits) -> tuple[Part, float]:
