@@ -175,6 +175,7 @@ def test_attached_message_is_parsed_and_marked(tmp_path: Path, ctype: str) -> No
     inner = msg.children[0]
     assert inner.path == "2.1" and inner.start == msg.body_start and inner.end == msg.end
     assert [p.path for p in root.leaves()] == ["1", "2.1.1", "2.1.2"]
+    assert [p.path for p in root.leaves(attached=False)] == ["1", "2"]
     assert [p.in_attached_message for p in root.walk()] == [False, False, False, True, True, True]
     exe = root.leaves()[2]
     assert filenames.original_filename(exe.headers) == "x.exe" and data[exe.body_start:exe.end] == b"MZ"

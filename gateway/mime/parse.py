@@ -108,14 +108,15 @@ class Part:
     def encoded_size(self) -> int:
         return self.end - self.body_start
 
-    def leaves(self) -> list["Part"]:
-        """Leaf parts in document order (attached messages' parts included;
-        unexamined parts are leaves)."""
-        if not self.children:
+    def leaves(self, attached: bool = True) -> list["Part"]:
+        """Leaf parts in document order; unexamined parts are leaves.  With
+        ``attached=False`` an attached message's part is a leaf itself (its
+        inner parts are left out), as before attached messages were parsed."""
+        if not self.children or (not attached and self.content_type in ATTACHED_MESSAGE_TYPES):
             return [self]
         out: list[Part] = []
         for c in self.children:
-            out.extend(c.leaves())
+            out.extend(c.leaves(attached))
         return out
 
     def walk(self) -> list["Part"]:
