@@ -43,6 +43,7 @@ from gateway.mime.parse import Limits, Part, parse
 from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, human_size, notice_part, plan,
                                   segments_size, split_fields, write_segments)
 from gateway.mime.source import Source
+from policies.filetypes import DEFAULT_NAME_EXTENSIONS
 from policies.next_hop_limits import NOTICE_ALLOWANCE, Kept, extra_offloads
 from gateway.partfacts import object_key, part_facts, safe_type, utc_stamp
 from gateway.spool import (MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
@@ -386,7 +387,7 @@ class Worker:
             try:
                 files = tnef.unpack(await asyncio.to_thread(decoded_bytes, src, leaf))
             except tnef.TnefError as e:
-                qlog.warning("TNEF not unpacked; forwarded as it is", part=leaf.path or "1", reason=str(e))
+                qlog.warning("TNEF not unpacked; the policies refuse it packed", part=leaf.path or "1", reason=str(e))
                 metrics.TNEF_PARTS.labels("failed").inc()
                 continue
             keep = b""
@@ -1015,7 +1016,12 @@ class Worker:
             return
         with handle.message() as src:
             root = parse(src, self.limits) if src.size else None
-            headers = src.read(0, root.body_start) if root else b""
+            if root is None:
+                headers = b""
+            elif root.unexamined is not None:
+                headers = _salvage_headers(src)  # the header block itself was beyond a bound
+            else:
+                headers = src.read(0, root.body_start)
         dsn = build_dsn(envelope, failed, headers, self.cfg.gateway.hostname)
         path = handle.file("dsn.eml")
         await asyncio.to_thread(write_atomic, path, dsn)
@@ -1188,13 +1194,11 @@ def _disposition(part: Part) -> str:
 
 
 def _default_name(part: Part) -> str:
+    """The name an agent sees for a part the sender gave none (the policies
+    judge a nameless part by the same name: policies.filetypes)."""
     if part.unexamined is not None:
         return f"part-{part.path or '1'}.eml"
-    if part.content_type in ("message/rfc822", "message/global"):
-        return "message.eml"
-    ext = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg", "text/plain": ".txt",
-           "text/html": ".html"}.get(part.content_type, ".bin")
-    return f"attachment{ext}"
+    return f"attachment.{DEFAULT_NAME_EXTENSIONS.get(part.content_type, 'bin')}"
 
 
 def _date(ts: float) -> str:

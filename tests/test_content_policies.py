@@ -237,7 +237,7 @@ def test_a_tnef_that_cannot_be_unpacked_is_refused(make_gateway: Callable[..., G
                                [(blob, "application/ms-tnef", "winmail.dat")], Subject="My claim"))
     [out] = gw.wait_outbox()
     assert_refused(gw, out, sink, blob, "winmail.dat", ["Outlook TNEF file", "could not be unpacked"])
-    assert [e for e in gw.log_events() if e.get("event") == "TNEF not unpacked; forwarded as it is"]
+    assert [e for e in gw.log_events() if e.get("event") == "TNEF not unpacked; the policies refuse it packed"]
     [d] = decisions(gw)
     assert (d["action"], d["policy"]) == ("refuse", "allowed_types")
 
@@ -465,9 +465,6 @@ def test_an_auto_reply_that_cannot_be_sent_is_logged_and_the_message_still_goes(
     assert parse(reply.data)["Auto-Submitted"] == "auto-replied"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: signatures pass only when the worker sets "
-                                      "PartFacts.signature_of_signed (multipart/signed, matching protocol); "
-                                      "remove this mark when gateway/worker.py does")
 def test_the_signature_of_signed_mail_is_not_refused(gateway: GatewayProcess) -> None:
     signature = (b"-----BEGIN PGP SIGNATURE-----\r\n\r\n"
                  b"iQEzBAEBCAAdFiEEexampleexampleexampleexampleexampleFAmVexampleAAoJEexample\r\n"

@@ -112,9 +112,15 @@ def test_attachment_nested_in_alternative_inside_mixed(make_gateway) -> None:
     assert b"deep.pdf" in payload(parts[2])  # the notice in place of the file
 
 
-def test_large_attached_message_is_offloaded_whole(make_gateway) -> None:
+def test_an_attached_message_is_examined_part_by_part(make_gateway) -> None:
+    # The forwarded email's own large part is offloaded (its link in the
+    # outer body), its program refused and quarantined, both replaced inside
+    # the attached message; its text stays where it was.
     gw = make_gateway(threshold=2000)
-    inner = message("inner body " * 400, attachments=[(png_bytes(300), "image/png", "i.png")],
+    big = png_bytes(5000)
+    program = b"MZ\x90\x00" + bytes(range(256)) * 4
+    inner = message("inner body " * 100, attachments=[(big, "image/png", "i.png"),
+                                                     (program, "application/octet-stream", "setup.exe")],
                     Subject="forwarded").as_bytes(policy=policy.SMTP)
     raw = (b"From: a@example.net\r\nTo: support@contact.example\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
            b"Content-Type: multipart/mixed; boundary=B\r\n\r\n"
@@ -122,10 +128,20 @@ def test_large_attached_message_is_offloaded_whole(make_gateway) -> None:
            b"--B\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--B--\r\n")
     send(gw.smtp_port, raw, sender="a@example.net")
     [out] = gw.wait_outbox()
-    [(key, stored)] = stored_objects(gw.objects).items()
-    assert stored == inner
-    assert key.endswith("-message.eml")
-    assert b"inner body" not in out
+    objects = stored_objects(gw.objects)
+    assert [v for k, v in objects.items() if k.startswith("uploads/")] == [big]
+    assert [v for k, v in objects.items() if k.startswith("quarantine/")] == [program]
+    msg = parse(out)
+    outer_text = payload(leaves(msg)[0])
+    assert b"see attached message" in outer_text and len(links(outer_text)) == 1
+    attached = [p for p in msg.walk() if p.get_content_type() == "message/rfc822"]
+    assert len(attached) == 1
+    inner_out = attached[0].get_payload()[0]
+    assert inner_out["Subject"] == "forwarded"
+    inner_leaves = [payload(p) for p in leaves(inner_out)]
+    assert any(b"inner body" in t for t in inner_leaves)
+    assert not any(t in (big, program) for t in inner_leaves)
+    assert any(b"setup.exe" in t and b"removed" in t for t in inner_leaves)
 
 
 @pytest.mark.parametrize("disposition,expected", [
