@@ -119,10 +119,12 @@ def sanitise(name: str, default: str = "attachment") -> str:
 
 def content_disposition(name: str, disposition: str = "attachment") -> str:
     """An RFC 6266 Content-Disposition value carrying ``name`` safely: an
-    ASCII fallback in ``filename`` and the name in ``filename*``, without
-    control or format characters (a bidi override there would disguise the
-    extension of the saved file)."""
-    name = _visible(name).strip()
+    ASCII fallback in ``filename`` and the exact name in ``filename*``
+    (percent-encoded, control characters included), less its Unicode format
+    characters: a bidi override there would disguise the extension of the
+    saved file."""
+    if not name.isascii():
+        name = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
     fallback = sanitise(name)
     encoded = quote(name or fallback, safe="")
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
