@@ -22,6 +22,60 @@ class AddressRefused(ValueError):
     """An address form the gateway does not accept (answered 553 5.1.3)."""
 
 
+def check_domain(domain: str, *, literals: bool = False) -> str:
+    """The lower-case form of a mail domain, or AddressRefused.
+
+    A domain is LDH labels of 1-63 characters (no leading or trailing
+    hyphen), at most 253 characters in all, with no trailing dot and no
+    empty label; an internationalised one is checked in its IDNA (punycode)
+    form.  ``literals`` lets ``[IPv4]`` and ``[IPv6:...]`` through (a
+    sender's address; never a recipient's)."""
+    domain = domain.lower()
+    if domain.startswith("["):
+        if literals and _literal_ok(domain):
+            return domain
+        raise AddressRefused("address literals are not accepted" if not literals else "invalid address literal")
+    if domain.endswith("."):
+        raise AddressRefused("invalid domain: trailing dot")
+    if domain.isascii():
+        ascii_domain = domain
+    else:
+        try:
+            ascii_domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise AddressRefused("invalid domain") from None
+    if not _DOMAIN.match(ascii_domain):
+        raise AddressRefused("invalid domain")
+    return domain
+
+
+def _literal_ok(domain: str) -> bool:
+    import ipaddress
+
+    if not domain.endswith("]"):
+        return False
+    inner = domain[1:-1]
+    try:
+        if inner.startswith("ipv6:"):
+            ipaddress.IPv6Address(inner[5:])
+        else:
+            ipaddress.IPv4Address(inner)
+    except ValueError:
+        return False
+    return True
+
+
+def invalid_utf8(text: str) -> bool:
+    """Whether ``text`` came from bytes that were not UTF-8: aiosmtpd
+    decodes command arguments with ``surrogateescape``, which turns each
+    such byte into a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def split_address(address: str) -> tuple[str, str]:
     """(local part, lower-case domain) of a recipient, or AddressRefused."""
     if CONTROL_CHARS.search(address):
@@ -31,16 +85,18 @@ def split_address(address: str) -> tuple[str, str]:
         raise AddressRefused("address without a domain")
     if _BAD_LOCAL.search(local):
         raise AddressRefused("source-routing or quoted characters in the local part")
-    domain = domain.lower().rstrip(".")
-    if domain.startswith("["):
-        raise AddressRefused("address literals are not accepted")
-    try:
-        ascii_domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise AddressRefused("invalid domain") from None
-    if not _DOMAIN.match(ascii_domain):
-        raise AddressRefused("invalid domain")
-    return local, domain
+    return local, check_domain(domain)
+
+
+def check_sender(address: str) -> None:
+    """AddressRefused unless ``address`` (not the null sender) is a mailbox
+    with a well-formed domain (an address literal allowed)."""
+    if CONTROL_CHARS.search(address):
+        raise AddressRefused("control characters in address")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise AddressRefused("address without a domain")
+    check_domain(domain, literals=True)
 
 
 def route_for(routes: list[RouteSettings], address: str) -> RouteSettings | None:

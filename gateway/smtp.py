@@ -38,7 +38,8 @@ from gateway import logs, metrics
 from gateway.batch import Batch
 from gateway.deadline import Deadline
 from gateway.config import Config
-from gateway.routing import CONTROL_CHARS, AddressRefused, route_for, split_address
+from gateway.lineends import crlf_only
+from gateway.routing import AddressRefused, check_sender, invalid_utf8, route_for, split_address
 from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, commit_all, is_disk_full
 from gateway.tls import IngressTls
 
@@ -58,29 +59,9 @@ WRITABLE_CHECK_SECONDS = 1.0
 # aiosmtpd default (1001 bytes) would pause it every 2 KB during DATA.
 STREAM_LIMIT = 1 << 20
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
-
-
-def crlf_only(data: bytes) -> bool:
-    """Whether every CR and every LF in ``data`` is part of a CRLF.
-
-    Three counts would do (CR, LF and CRLF alike); counting the two-byte
-    CRLF is the slowest pass over DATA, so where the lines have one length
-    (base64 bodies) their ends are checked by stride and only the rest is
-    counted."""
-    lf = data.count(b"\n")
-    if data.count(b"\r") != lf:
-        return False
-    first = data.find(b"\n")
-    if first <= 0:
-        return lf == 0
-    stride = first + 1
-    lines = min(lf, len(data) // stride)
-    view = memoryview(data)[: lines * stride]
-    if lines > 1 and view[first::stride] == b"\n" * lines and view[first - 1::stride] == b"\r" * lines:
-        # Those ``lines`` LFs are CRLFs; every LF is one when the rest adds up.
-        if lines + data.count(b"\r\n", lines * stride) == lf:
-            return True
-    return data.count(b"\r\n") == lf
+# A dot that starts a line (after normalisation every line end is CRLF)
+# and is not the whole line: the stuffing dot (RFC 5321 section 4.5.2).
+_STUFFED_DOT = re.compile(rb"(?<=\r\n)\.(?!\r\n)")
 
 
 class Queued(Protocol):
@@ -169,8 +150,19 @@ class Handler:
                           mail_options: list[str]) -> str:
         # aiosmtpd hands the null reverse-path over as "<>" and needs a truthy
         # mail_from to accept RCPT; it becomes "" in the spooled envelope.
-        if address and address != "<>" and CONTROL_CHARS.search(address):
-            return "553 5.1.7 Sender address contains control characters"
+        if address and address != "<>":
+            # Invalid UTF-8 would be accepted here and fail when spooled (a
+            # 451 after DATA, retried for days): refuse it now, for good.
+            if invalid_utf8(address):
+                return "553 5.6.7 Sender address is not valid UTF-8"
+            if not address.isascii() and not _smtputf8(mail_options):
+                return "553 5.6.7 Non-ASCII sender address needs the SMTPUTF8 parameter"
+            try:
+                check_sender(address)
+            except AddressRefused as e:
+                return f"553 5.1.7 <{_printable(address)}>: {e}"
+        if any(invalid_utf8(opt) for opt in mail_options):
+            return "501 5.5.2 MAIL parameters are not valid UTF-8"
         if self.tls is not None and session.ssl is None and session.peer and \
                 self.tls.required_for(str(session.peer[0])):
             return "530 5.7.0 Must issue a STARTTLS command first"
@@ -192,6 +184,10 @@ class Handler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
+        if invalid_utf8(address) or any(invalid_utf8(opt) for opt in rcpt_options):
+            return "553 5.6.7 Recipient address is not valid UTF-8"
+        if not address.isascii() and not envelope.smtp_utf8:
+            return "553 5.6.7 Non-ASCII recipient address needs SMTPUTF8 in MAIL FROM"
         try:
             split_address(address)
         except AddressRefused as e:
@@ -247,6 +243,10 @@ class CommandReader(asyncio.StreamReader):
 
 def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)[:320]
+
+
+def _smtputf8(mail_options: list[str]) -> bool:
+    return any(opt.upper() == "SMTPUTF8" for opt in mail_options)
 
 
 class _Commands(Mapping[str, Any]):
@@ -366,9 +366,16 @@ class GatewaySMTP(SMTP):
         limit = self.gw.cfg.smtp.max_message_size
         reader = self._reader
         buf = b""
+        # Two kinds of line start: after a CRLF on the wire (only there can
+        # the end-of-data marker begin), and after any line end the gateway
+        # recognises (CRLF, bare CR, bare LF: all become CRLF), where a
+        # stuffing dot is removed, as Postfix, which also takes a bare LF
+        # as a line end, removes it.
         at_line_start = True
+        at_any_line_start = True
         size = 0
         too_big = False
+        has_nul = False
         bare_line_ends = 0
         body_8bit = False
         error: BaseException | None = None
@@ -397,26 +404,43 @@ class GatewaySMTP(SMTP):
                         if len(buf) < STREAM_LIMIT:
                             continue
                         cut = len(buf) - 4  # a very long line: pass most of it on
+                        # Never cut after a CR (it may be half a CRLF) nor
+                        # between a bare CR and the dot after it (whether
+                        # that dot is stuffing depends on what follows).
                         if buf[cut - 1:cut] == b"\r":
                             cut -= 1
+                        elif buf[cut - 2:cut] == b"\r.":
+                            cut -= 2
                     content, buf, leftover = buf[:cut], buf[cut:], b""
             if content:
-                # Undo dot-stuffing (RFC 5321 section 4.5.2).
-                if has_dot:
-                    if at_line_start and content[:1] == b".":
-                        content = content[1:]
-                    content = content.replace(b"\r\n.", b"\r\n")
+                # NUL is refused at the end of data (554 5.6.0): nothing of
+                # the message is spooled, and the rest is read and dropped.
+                if not has_nul and b"\x00" in content:
+                    has_nul = True
                 # Only CRLF ends a line on the wire; judge before normalising.
-                at_line_start = content.endswith(b"\r\n")
-                if not crlf_only(content):
+                wire_line_start = content.endswith(b"\r\n")
+                clean = crlf_only(content)
+                if not clean:
                     bare_line_ends += 1
                     content = _LINE_ENDS.sub(b"\r\n", content)
+                # Undo dot-stuffing (RFC 5321 section 4.5.2) at every line
+                # start, a dot alone on its line being data (on CRLF lines
+                # such a line is the end of data and never gets here).
+                if has_dot:
+                    if at_any_line_start and content[:1] == b"." and content[1:3] != b"\r\n":
+                        content = content[1:]
+                    if clean:
+                        content = content.replace(b"\r\n.", b"\r\n")
+                    else:
+                        content = _STUFFED_DOT.sub(b"", content)
+                at_line_start = wire_line_start
+                at_any_line_start = content.endswith(b"\r\n")
                 size += len(content)
                 if not body_8bit and not content.isascii():
                     body_8bit = True
                 if size > limit:
                     too_big = True
-                if not too_big and error is None:
+                if not too_big and not has_nul and error is None:
                     try:
                         await reception.write(content)
                     except (OSError, SpoolError) as e:
@@ -430,6 +454,10 @@ class GatewaySMTP(SMTP):
         if too_big:
             log.warning("message too large", size=size, limit=limit)
             return "552 5.3.4 Message size exceeds fixed maximum message size"
+        if has_nul:
+            log.warning("message refused: NUL character in the data", size=size,
+                        client=self.session.peer[0] if self.session.peer else "")
+            return "554 5.6.0 Message contains NUL characters; not accepted"
         if error is not None:
             log.error("spool write failed", error=str(error))
             return "452 4.3.1 Insufficient system storage" if is_disk_full(error) else \

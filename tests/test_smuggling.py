@@ -71,7 +71,8 @@ def relay(make_gateway, sink: SmtpSink) -> GatewayProcess:
 
 
 def test_published_end_of_data_variants_never_make_a_second_message(relay: GatewayProcess, sink: SmtpSink) -> None:
-    for n, (name, ending) in enumerate(SMTPSMUG.items(), start=1):
+    n = 0  # messages the sink should have
+    for name, ending in SMTPSMUG.items():
         c = Client(relay.smtp_port)
         assert c.cmd(b"EHLO client.example\r\n").startswith(b"250")
         assert c.cmd(b"MAIL FROM:<customer@example.net>\r\n").startswith(b"250")
@@ -85,9 +86,16 @@ def test_published_end_of_data_variants_never_make_a_second_message(relay: Gatew
         assert c.reply() == b"(timeout)", name
         c.sock.settimeout(5)
         final = c.cmd(b"\r\n.\r\n")
+        if b"\x00" in ending:
+            # A message with NUL is refused whole (554 5.6.0): nothing to smuggle.
+            assert final.startswith(b"554 5.6.0"), (name, final)
+            c.cmd(b"QUIT\r\n")
+            c.close()
+            continue
         assert final.startswith(b"250 2.0.0 Ok: queued as"), (name, final)
         assert c.cmd(b"QUIT\r\n").startswith(b"221")
         c.close()
+        n += 1
         got = sink.wait(n)
         relay.wait_idle()
         assert len(sink.messages) == n, name
@@ -99,7 +107,7 @@ def test_published_end_of_data_variants_never_make_a_second_message(relay: Gatew
         assert b"\n" not in last.data.replace(b"\r\n", b""), name
         assert b"\r" not in last.data.replace(b"\r\n", b""), name
     time.sleep(1.0)
-    assert len(sink.messages) == len(SMTPSMUG)
+    assert len(sink.messages) == len([e for e in SMTPSMUG.values() if b"\x00" not in e])
     assert all(m.mail_from != "evil@attacker.example" for m in sink.messages)
 
 

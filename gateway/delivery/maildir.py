@@ -3,7 +3,9 @@
 Delivery follows the Maildir convention: write to ``tmp/``, fsync, rename
 into ``new/``, fsync the directory; a reader never sees half a message.  One
 file is written per message, headed by ``Return-Path`` and
-``X-Envelope-To`` so the envelope survives.
+``X-Envelope-To`` so the envelope survives.  Lines end in CRLF, as the
+gateway writes them everywhere; a bare CR, bare LF or NUL that reached this
+point (a bug upstream) is normalised and logged, never written.
 """
 from __future__ import annotations
 
@@ -13,8 +15,12 @@ import socket
 import time
 from pathlib import Path
 
+from gateway import logs
 from gateway.delivery import After, Content, DeliveryResult, followed
+from gateway.lineends import Normaliser, clean_lines
 from gateway.spool import Envelope, fsync_dir
+
+log = logs.get("delivery")
 
 
 class MaildirNextHop:
@@ -31,14 +37,19 @@ class MaildirNextHop:
         self._seq += 1
         name = f"{time.time():.6f}.{os.getpid()}_{self._seq}.{envelope.queue_id}.{socket.gethostname()}"
         tmp = self.path / "tmp" / name
-        head = f"Return-Path: <{envelope.mail_from}>\r\nX-Envelope-To: {', '.join(rcpts)}\r\n".encode(
-            "utf-8", "replace")
+        head = clean_lines(f"Return-Path: <{envelope.mail_from}>\r\nX-Envelope-To: {', '.join(rcpts)}\r\n".encode(
+            "utf-8", "replace"))
+        lines = Normaliser()
         with open(tmp, "wb") as out:
             out.write(head)
             for chunk in message.chunks():
-                out.write(chunk)
+                out.write(lines.feed(chunk))
+            out.write(lines.end())
             out.flush()
             os.fsync(out.fileno())
+        if lines.changed:
+            log.warning("bare CR, bare LF or NUL in outgoing data: normalised (a bug upstream)",
+                        queue_id=envelope.queue_id)
         os.rename(tmp, self.path / "new" / name)
         fsync_dir(self.path / "new")
         return DeliveryResult(delivered=list(rcpts))

@@ -30,9 +30,11 @@ import ssl
 import time
 from typing import AsyncIterator, Callable
 
+from gateway import logs
 from gateway.batch import Batch, each
 from gateway.deadline import Deadline
 from gateway.delivery import After, Content, DeliveryResult
+from gateway.lineends import Normaliser
 from gateway.spool import Envelope
 
 _IDLE_SECONDS = 30.0
@@ -41,6 +43,8 @@ _IDLE_SECONDS = 30.0
 INLINE_READ = 64 << 10
 # Reply lines longer than this are a broken server, not a reply.
 _MAX_LINE = 64 << 10
+
+log = logs.get("delivery")
 
 
 class TlsRequired(Exception):
@@ -354,7 +358,7 @@ class SmtpNextHop:
             if code != 354:
                 _record(result, accepted, code, resp, "DATA")
                 return result
-            await _send_content(conn, message)
+            await _send_content(conn, message, envelope.queue_id)
             code, resp = await conn.reply()
             if code == 250:
                 result.delivered.extend(accepted)
@@ -401,18 +405,30 @@ class SmtpNextHop:
         await asyncio.gather(*(conn.quit() for _, conn, _ in idle))
 
 
-async def _send_content(conn: _Connection, content: Content) -> None:
+async def _send_content(conn: _Connection, content: Content, queue_id: str = "") -> None:
     """Send the message as DATA content: CRLF lines, leading dots doubled,
-    and the end-of-data marker in the same write as the last bytes."""
+    and the end-of-data marker in the same write as the last bytes.
+
+    Bare CR, bare LF and NUL should never reach this point (ingress and the
+    rewriter write CRLF only); should one come, it is made CRLF (NUL
+    dropped) before dot-stuffing, so the next hop reads the lines we stuff,
+    and the bug is logged."""
     at_line_start = True
     pending = b""
-    async for chunk in _chunks(content):
+    lines = Normaliser()
+    async for raw in _chunks(content):
+        chunk = lines.feed(raw)
+        if not chunk:
+            continue
         if pending:
             await conn.write(pending)
         pending = chunk.replace(b"\n.", b"\n..")
         if at_line_start and pending.startswith(b"."):
             pending = b"." + pending
         at_line_start = chunk.endswith(b"\n")
+    pending += lines.end()
+    if lines.changed:
+        log.warning("bare CR, bare LF or NUL in outgoing data: normalised (a bug upstream)", queue_id=queue_id)
     if pending and not pending.endswith(b"\r\n"):
         pending += b"\r\n"
     await conn.write(pending + b".\r\n")

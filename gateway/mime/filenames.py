@@ -49,10 +49,41 @@ def _field(headers: Message, name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _visible(name: str) -> str:
+    """``name`` without control characters (CR, LF, NUL, C1) and without
+    format characters (Unicode category Cf: the bidi controls U+202A-202E,
+    U+2066-2069, U+200E/200F, U+061C, zero-width spaces and joiners, ...),
+    which could make ``invoice<U+202E>fdp.exe`` read as ``invoiceexe.pdf``."""
+    name = _CONTROL.sub("", name)
+    if not name.isascii():
+        name = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
+    return name
+
+
+# A URL scheme's "://" and a "www." that starts a word: what mail clients
+# and markdown renderers turn into a link.
+_SCHEME = re.compile(r"://")
+_WWW = re.compile(r"(?<![^\W_])(www)\.", re.IGNORECASE)
+
+
 def display_name(name: str) -> str:
-    """The name with control characters (CR, LF, NUL, ...) removed, still in
-    its own script, for showing to people in a message body."""
-    return _CONTROL.sub("", name).strip()[:255]
+    """The name for showing to people in a message body or a page: still in
+    its own script, but with nothing in it that could act rather than read.
+
+    Control characters and Unicode format characters (bidi overrides,
+    zero-width characters: ``_visible``) are removed; text that a mail
+    client or a markdown renderer would turn into a link is broken the way
+    security tools "defang" URLs, with brackets: ``http://evil.example/x``
+    shows as ``http[:]//evil.example/x`` and ``www.evil.example`` as
+    ``www[.]evil.example``, so a file name never brings a clickable link into
+    the body.  The result is at most 255 characters, and applying it again
+    changes nothing."""
+    name = _visible(name).strip()
+    if "://" in name:
+        name = _SCHEME.sub("[:]//", name)
+    if "." in name:
+        name = _WWW.sub(r"\1[.]", name)
+    return name[:255]
 
 
 def sanitise(name: str, default: str = "attachment") -> str:
@@ -76,7 +107,12 @@ def sanitise(name: str, default: str = "attachment") -> str:
 
 def content_disposition(name: str, disposition: str = "attachment") -> str:
     """An RFC 6266 Content-Disposition value carrying ``name`` safely: an
-    ASCII fallback in ``filename`` and the exact name in ``filename*``."""
+    ASCII fallback in ``filename`` and the exact name in ``filename*``
+    (percent-encoded, control characters included), less its Unicode format
+    characters: a bidi override there would disguise the extension of the
+    saved file."""
+    if not name.isascii():
+        name = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
     fallback = sanitise(name)
     encoded = quote(name or fallback, safe="")
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"

@@ -7,11 +7,20 @@ bodies get the links); every other byte, headers included, is copied from
 the original unchanged, so untouched parts stay byte-identical.  New text is
 UTF-8, quoted-printable where it is not ASCII, so the output is 7-bit clean
 wherever the input was.
+
+Every byte written here is CRLF-clean (``clean_lines``): no NUL, no CR or LF
+outside a CRLF, whatever the input.  A rebuilt body whose data has such
+bytes (an 8bit body with a bare LF, a quoted-printable one with ``=0D``) is
+written quoted-printable, where they are ``=0D``/``=0A``/``=00``; a body in a
+charset that is not ASCII-compatible (UTF-16, UTF-7, EBCDIC) is decoded and
+written again as UTF-8, so the added text is never encoded in a charset in
+which it could become arbitrary bytes.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import html
 import os
 import re
@@ -19,7 +28,9 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Iterable, Union
 
+from gateway.lineends import clean_lines, is_clean
 from gateway.mime.decode import decoded_bytes
+from gateway.mime.filenames import display_name
 from gateway.mime.parse import Part
 from gateway.mime.source import Source
 
@@ -56,13 +67,29 @@ def human_size(n: int) -> str:
     return f"{n} bytes"
 
 
+_TEMPLATE_FIELD = re.compile(r"\{(filename|size)\}")
+
+
 def link_label(template: str, link: Link) -> str:
-    """The link text from the route's template ({filename}, {size})."""
-    return template.replace("{filename}", link.filename or "attachment").replace("{size}", human_size(link.size))
+    """The link text from the route's template ({filename}, {size}).
+
+    The template is expanded in one pass over the template alone, so text
+    that came from the file name (a name holding ``{size}``) is never
+    expanded; the name is shown as ``display_name`` makes it."""
+    fields = {"filename": display_name(link.filename) or "attachment", "size": human_size(link.size)}
+    return _TEMPLATE_FIELD.sub(lambda m: fields[m.group(1)], template)
+
+
+# Characters that could end or change markdown link text: brackets (the
+# label's own delimiters), ``<`` and ``>`` (autolinks, raw HTML), backticks
+# (a code span outranks the link's brackets) and the escape character
+# itself.  Parentheses and emphasis cannot leave the brackets once these
+# are escaped, so they stay readable.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`\[\]<>])")
 
 
 def _markdown_label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def text_links(links: list[Link], template: str) -> str:
@@ -114,7 +141,7 @@ def _replace_inline_images(body: bytes, inline: dict[str, "Link"], template: str
              f'({human_size(link.size)})')
         try:
             return a.encode(charset, "xmlcharrefreplace")
-        except LookupError:
+        except Exception:  # noqa: BLE001 - any codec failure: ASCII is safe in the body's charset
             return a.encode("ascii", "xmlcharrefreplace")
 
     return _IMG_CID.sub(sub, body)
@@ -138,8 +165,10 @@ def split_fields(raw: bytes) -> list[tuple[str, bytes]]:
 
 
 def _qp(data: bytes) -> bytes:
-    encoded = binascii.b2a_qp(data.replace(b"\r\n", b"\n"), istext=True)
-    return encoded.replace(b"\n", CRLF)
+    """Quoted-printable (RFC 2045 section 6.7) in which only a CRLF is a line
+    break: a CR or LF that is data (a bare one in the input, or ``=0D``
+    decoded) is written ``=0D``/``=0A``, never as the raw byte."""
+    return CRLF.join(binascii.b2a_qp(line, istext=False).replace(b"\n", CRLF) for line in data.split(CRLF))
 
 
 def _b64(data: bytes) -> bytes:
@@ -147,19 +176,40 @@ def _b64(data: bytes) -> bytes:
     return CRLF.join(enc[i:i + 76] for i in range(0, len(enc), 76))
 
 
+# RFC 5322 section 2.1.1: at most 998 characters on a line.
+_MAX_LINE = 998
+
+
+def _plain_lines(data: bytes) -> bool:
+    """Whether ``data`` can go as it is (7bit/8bit): CRLF lines, no NUL,
+    none longer than the limit."""
+    return is_clean(data) and (len(data) <= _MAX_LINE or max(map(len, data.split(CRLF))) <= _MAX_LINE)
+
+
 def _encode_body(data: bytes, cte: str) -> tuple[bytes, str]:
-    """Encode a (new) body; return the bytes and the CTE to declare."""
+    """Encode a (new) body; return the bytes and the CTE to declare.
+
+    A 7bit/8bit/binary body whose data has NUL, a bare CR or LF, or an
+    over-long line is switched to quoted-printable: the output is always
+    CRLF-clean."""
     if cte == "base64":
         return _b64(data), "base64"
-    if cte in ("8bit", "binary"):
-        return data, cte
-    if cte == "quoted-printable" or not data.isascii():
-        return _qp(data), "quoted-printable"
-    return data, "7bit"
+    if cte != "quoted-printable" and _plain_lines(data):
+        if cte in ("8bit", "binary"):
+            return data, cte
+        if data.isascii():
+            return data, "7bit"
+    return _qp(data), "quoted-printable"
+
+
+# Control characters other than TAB and the line ends: never added to a body.
+_ADDED_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TEXT_LINE_ENDS = re.compile(r"\r\n|\r|\n")
 
 
 def _with_crlf(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\n", "\r\n")
+    """Added text with CRLF line ends and no other control characters."""
+    return _TEXT_LINE_ENDS.sub("\r\n", _ADDED_CONTROL.sub("", text))
 
 
 def notice_part(notice: str, keep_fields: Iterable[bytes] = ()) -> bytes:
@@ -170,28 +220,84 @@ def notice_part(notice: str, keep_fields: Iterable[bytes] = ()) -> bytes:
     head += b'Content-Type: text/plain; charset="utf-8"\r\n'
     head += f"Content-Transfer-Encoding: {cte}\r\n".encode()
     head += b"Content-Disposition: inline\r\n"
-    return head + CRLF + body
+    return clean_lines(head + CRLF + body)
+
+
+# Every printable ASCII character and the line ends: a charset that encodes
+# and decodes these as ASCII does is one new ASCII text can be added in.
+_ASCII_PROBE = "".join(chr(c) for c in range(32, 127)) + "\t\r\n"
+
+
+def _charset_codec(charset: str) -> tuple[str | None, bool]:
+    """(Python codec name, whether it is ASCII-compatible) for a declared
+    charset; (None, False) for one Python cannot use (unknown, or a codec
+    such as ``undefined`` or ``idna`` that raises on ordinary text)."""
+    try:
+        name = codecs.lookup(charset).name
+        probe = _ASCII_PROBE.encode(name)
+        compatible = probe == _ASCII_PROBE.encode("ascii") and probe.decode(name) == _ASCII_PROBE
+        "\u00e9".encode(name, "replace")  # codecs that fail on any text fail here
+    except Exception:  # noqa: BLE001 - any codec failure means "cannot use"
+        return None, False
+    return name, compatible
 
 
 def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
                     inline: dict[str, Link] | None = None, template: str = "") -> bytes:
-    """The part rebuilt with ``addition`` added to its body, in its own
-    charset where it can carry the text, else the body switched to UTF-8
-    when it was ASCII; other headers are kept as they were."""
+    """The part rebuilt with ``addition`` added to its body; other headers
+    are kept as they were.
+
+    The addition goes in in the body's own charset when that charset is
+    ASCII-compatible and can carry it; otherwise the body is decoded and
+    written again as UTF-8 (the Content-Type's charset changed with it).  A
+    body in a charset Python cannot use stays as it is, declared UTF-8 when
+    it is valid UTF-8, else with the addition in ASCII (characters it lacks
+    replaced).  Never raises for a charset."""
     headers = part.headers
-    charset = (headers.get_content_charset() or "us-ascii").lower()
-    body = decoded_bytes(src, part)
-    new_charset = charset
-    if charset in ("us-ascii", "ascii") and not addition.isascii():
-        new_charset = "utf-8"
     try:
-        encoded = _with_crlf(addition).encode(new_charset, "xmlcharrefreplace" if is_html else "replace")
-    except LookupError:
-        # An unknown charset: assume it is ASCII-compatible (nearly all are)
-        # and add only ASCII, so the existing bytes keep their meaning.
-        encoded = _with_crlf(addition).encode("ascii", "xmlcharrefreplace" if is_html else "replace")
+        charset = (headers.get_content_charset() or "us-ascii").lower()
+    except Exception:  # noqa: BLE001 - a malformed parameter: treat as unknown
+        charset = "unknown-8bit"
+    body = decoded_bytes(src, part)
+    errors = "xmlcharrefreplace" if is_html else "replace"
+    text = _with_crlf(addition)
+    name, compatible = _charset_codec(charset)
+    hostile = name is not None and not compatible  # UTF-16, UTF-7, EBCDIC, ...
+    new_charset = charset
+    encoded: bytes | None = None
+    if name is not None and compatible:
+        try:
+            encoded = text.encode(name)
+        except UnicodeError:
+            encoded = None  # the charset cannot carry the text: transcode below
+    if encoded is None and name is not None:
+        try:
+            body = body.decode(name).encode("utf-8")
+            new_charset, name = "utf-8", "utf-8"
+        except UnicodeError:
+            if compatible:
+                # A body that is not valid in its own (ASCII-compatible)
+                # charset: add to it as it is, in that charset.
+                if name == "ascii" and _is_utf8(body):
+                    new_charset, name = "utf-8", "utf-8"
+                encoded = text.encode(name, errors)
+            else:
+                # Not valid, and not ASCII-compatible: as much of it as
+                # decodes, in UTF-8.
+                body = body.decode(name, "replace").encode("utf-8")
+                new_charset, name = "utf-8", "utf-8"
+        if encoded is None:
+            encoded = text.encode("utf-8")
+    if name is None:
+        if _is_utf8(body):
+            new_charset, name = "utf-8", "utf-8"
+            encoded = text.encode("utf-8")
+        else:
+            name = "ascii"
+            encoded = text.encode("ascii", errors)
+    assert encoded is not None
     if is_html and inline:
-        body = _replace_inline_images(body, inline, template, new_charset)
+        body = _replace_inline_images(body, inline, template, name)
     if is_html and not addition:
         pass  # only inline images changed; nothing to add at the end
     elif is_html:
@@ -204,17 +310,20 @@ def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
     else:
         sep = CRLF if body.endswith((b"\n", b"\r")) else CRLF + CRLF
         body = body + sep + encoded + CRLF
-    new_body, new_cte = _encode_body(body, part.cte)
+    cte = part.cte
+    if hostile and cte in ("8bit", "binary"):
+        cte = "quoted-printable"  # rewritten from a hostile charset: 7-bit safe from now on
+    new_body, new_cte = _encode_body(body, cte)
     fields = split_fields(src.read(part.start, part.body_start))
     out: list[bytes] = []
     saw_cte = False
-    for name, raw in fields:
-        if name == "content-transfer-encoding":
+    for field_name, raw in fields:
+        if field_name == "content-transfer-encoding":
             saw_cte = True
             out.append(f"Content-Transfer-Encoding: {new_cte}\r\n".encode())
-        elif name == "content-type" and new_charset != charset:
+        elif field_name == "content-type" and new_charset != charset:
             m = Message()
-            m["Content-Type"] = headers.get("Content-Type", "text/plain")
+            m["Content-Type"] = str(headers.get("Content-Type", "text/plain"))
             m.set_param("charset", new_charset)
             out.append(f"Content-Type: {m['Content-Type']}\r\n".encode("ascii", "replace"))
         elif raw.strip() == b"":
@@ -225,7 +334,15 @@ def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
         out.append(f"Content-Transfer-Encoding: {new_cte}\r\n".encode())
     if new_charset != charset and headers.get("Content-Type") is None:
         out.append(f'Content-Type: text/{"html" if is_html else "plain"}; charset="{new_charset}"\r\n'.encode())
-    return b"".join(out) + CRLF + new_body
+    return clean_lines(b"".join(out) + CRLF + new_body)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def plan(src: Source, root: Part, *, replacements: list[Replacement], links: list[Link],
@@ -246,7 +363,7 @@ def plan(src: Source, root: Part, *, replacements: list[Replacement], links: lis
     replaced_root = False
     for r in replacements:
         if r.raw is not None:
-            edits[r.part.start] = (r.part.end, r.raw)
+            edits[r.part.start] = (r.part.end, clean_lines(r.raw))
             replaced_root = replaced_root or r.part is root
         elif r.part is root:
             replaced_root = True
@@ -275,8 +392,8 @@ def plan(src: Source, root: Part, *, replacements: list[Replacement], links: lis
             # opens what used to be the first part (itself perhaps replaced,
             # so its own edit is kept behind the insertion).
             end, data = edits.get(first.start, (first.start, b""))
-            edits[first.start] = (end, new + CRLF + delim + CRLF + data)
-    segments: list[Segment] = [trace]
+            edits[first.start] = (end, clean_lines(new + CRLF + delim + CRLF + data))
+    segments: list[Segment] = [clean_lines(trace)]
     pos = 0
     for start in sorted(edits):
         end, data = edits[start]
