@@ -37,7 +37,7 @@ from gateway.delivery.dsn import build_dsn
 from gateway.links import records
 from gateway.links.mint import mint
 from gateway.links.tokens import Keyring, new_object_id
-from gateway.mime import container, filenames, tnef
+from gateway.mime import container, filenames, tnef, uuencode
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks, measure, message_header
 from gateway.mime.parse import Limits, Part, parse
 from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, human_size, notice_part, plan,
@@ -45,7 +45,7 @@ from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, hu
 from gateway.mime.source import Source
 from policies.filetypes import DEFAULT_NAME_EXTENSIONS
 from policies.next_hop_limits import NOTICE_ALLOWANCE, Kept, extra_offloads
-from gateway.partfacts import object_key, part_facts, safe_type, utc_stamp
+from gateway.partfacts import HEAD_BYTES, object_key, part_facts, safe_type, utc_stamp
 from gateway.spool import (MESSAGE, RESULT, REWRITTEN, Envelope, Handle, Locked, Spool, State,
                            write_atomic)
 from gateway.scan import Clamd
@@ -57,6 +57,11 @@ log = logs.get("worker")
 UNPACKED = "unpacked.eml"
 # HTML bodies up to this size are read for cid: references (inline images).
 MAX_HTML_SCAN = 8 << 20
+
+# Text parts up to this size are searched for uuencoded files (in memory,
+# as a rewrite of the text would hold it anyway); larger ones that have a
+# "begin" line are not examined and quarantined whole.
+MAX_UU_SCAN = 64 << 20
 
 # Messages up to this size are parsed on the event loop (see process_source).
 INLINE_PARSE = 64 << 10
@@ -458,6 +463,48 @@ class Worker:
             packed_tnef=tnef.is_tnef(leaf), signature_of_signed=signature)
         return facts, m
 
+    async def _uuencoded(self, src: Source, texts: list[Part], route: RouteSettings, qlog: Any,
+                         budget: "Budget") -> list[tuple[Part, uuencode.UuBlock, policies.Decision,
+                                                         policies.PartFacts, bytes]]:
+        """The uuencoded files in ``texts`` (decoded text parts up to
+        MAX_UU_SCAN bytes), each with the policies' decision."""
+        out = []
+        for leaf in texts:
+            if leaf.encoded_size > MAX_UU_SCAN:
+                # Too large to search block by block: a text this size that
+                # has a "begin" line at all is not examined, whole.
+                if await asyncio.to_thread(_mentions_uuencode, src, leaf):
+                    block = uuencode.UuBlock(start=0, end=leaf.end - leaf.body_start + 1, mode="", filename="",
+                                             unexamined=f"a text of over {MAX_UU_SCAN >> 20} MiB with a "
+                                                        "uuencoded file in it")
+                    found, spent = [(block, b"", "application/octet-stream")], 0.0
+                else:
+                    continue
+            else:
+                found, spent = await asyncio.to_thread(_find_uuencoded, src, leaf)
+            budget.spend(spent)
+            for n, (block, data, detected) in enumerate(found, 1):
+                path = f"{leaf.path or '1'}.uu{n}"
+                if block.unexamined or budget.exhausted:
+                    why = block.unexamined or "the time for examining one message ran out"
+                    facts = part_facts(path=path, declared_type="application/octet-stream",
+                                       filename=block.filename, decoded_size=len(data), disposition="attachment",
+                                       route=route, is_attachment=True)
+                    decision = policies.Decision(policies.Action.REFUSE, "unexamined",
+                                                 f"it could not be examined ({why})", details={"raw": True})
+                else:
+                    facts = part_facts(path=path, declared_type="application/octet-stream",
+                                       filename=block.filename, decoded_size=len(data), disposition="attachment",
+                                       route=route, head=data[:HEAD_BYTES], detected_type=detected,
+                                       is_attachment=True)
+                    decision = policies.decide(self.policies[route.name], facts)
+                metrics.DECISIONS.labels(route.name, decision.policy, decision.action.value).inc()
+                qlog.info("decision", part=path, action=decision.action.value, policy=decision.policy,
+                          reason=decision.reason, declared_type="uuencoded", detected_type=facts.detected_type,
+                          size=len(data), filename=block.filename)
+                out.append((leaf, block, decision, facts, data))
+        return out
+
     async def _unexaminable(self, envelope: Envelope, route: RouteSettings, src: Source, root: Part, qlog: Any,
                             started: float, work: Callable[[str], Path]) -> Processed:
         """A message whose structure could not be examined at all: the
@@ -588,6 +635,36 @@ class Worker:
                                  TargetFileSHA256=sha, TargetFileMimeType=facts.detected_type,
                                  DeclaredMimeType=facts.declared_type, Policy=d.policy,
                                  TargetFilePath=key, InternetMessageId=message_id or None)
+        # Files carried inside the text itself, uuencoded (several mail
+        # clients show them as attachments): judged like any file; a
+        # refused one is cut out of the text and quarantined.
+        cuts: dict[int, list[tuple[int, int, bytes]]] = {}
+        texts = [text_part] if text_part is not None else []
+        texts += [p for p, d, _, f in decisions if d.action is policies.Action.KEEP
+                  and p.content_type == "text/plain" and not f.is_attachment]
+        for leaf, block, d, facts, data in await self._uuencoded(src, texts, route, qlog, budget):
+            if d.action is not policies.Action.REFUSE:
+                continue
+            name = filenames.display_name(facts.filename) or "attachment.bin"
+            # A block that was not examined is kept with the text around it.
+            whole = d.details.get("raw", False)
+            kept = Measure(leaf.end - leaf.start if whole else len(data), b"", None)
+            key, sha = await self._quarantine(src, leaf, kept, envelope, route, customer, name, d,
+                                              data=None if whole else data) \
+                if route.quarantine.enabled else (None, None)
+            metrics.REFUSED_PARTS.labels(route.name, d.policy).inc()
+            text = f"The attachment \"{name}\" (uuencoded in the text) was removed: {d.reason}."
+            notices.append(text)
+            cuts.setdefault(leaf.start, []).append(
+                (block.start, block.end, b"[a file was removed here by the attachment gateway]\r\n"))
+            refused.append({"part": facts.path, "filename": name, "policy": d.policy, "reason": d.reason,
+                            "declared_type": facts.declared_type, "detected_type": facts.detected_type,
+                            "size": facts.decoded_size, "sha256": sha, "quarantine_key": key})
+            self.audit.event("FileRefused", "Failure", EventResultDetails=d.reason, QueueId=envelope.queue_id,
+                             CustomerId=customer, TargetFileName=name, TargetFileSize=facts.decoded_size,
+                             TargetFileSHA256=sha, TargetFileMimeType=facts.detected_type,
+                             DeclaredMimeType=facts.declared_type, Policy=d.policy,
+                             TargetFilePath=key, InternetMessageId=message_id or None)
         links = [Link(o.filename, o.size, o.url) for o in offloaded]
         inline = {}
         for o in offloaded:
@@ -604,7 +681,8 @@ class Worker:
                             replaced=sum(d.action is policies.Action.REPLACE for _, d, _, _ in decisions),
                             tnef_unpacked=unpacked, note=note)
         segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
-                        html_part=html_part, link_template=template, trace=trace, notices=notices, inline=inline)
+                        html_part=html_part, link_template=template, trace=trace, notices=notices, inline=inline,
+                        cuts=cuts)
         unstored: list[str] = []  # files neither stored nor forwarded: the customer is told
         if failed and segments_size(segments) > route.next_hop_max_size:
             # Fail open, but never past the next hop's limit: the parts that
@@ -615,7 +693,7 @@ class Worker:
                                 tnef_unpacked=unpacked, note=f"{len(failed)} not stored, replaced by a notice")
             segments = plan(src, root, replacements=replacements, links=links, text_part=text_part,
                             html_part=html_part, link_template=template, trace=trace, notices=notices,
-                            inline=inline)
+                            inline=inline, cuts=cuts)
             for p in failed:
                 unstored.append(filenames.display_name(filenames.original_filename(p.headers)) or _default_name(p))
                 qlog.warning("storage failed and the message would exceed the next hop's limit; "
@@ -682,7 +760,8 @@ class Worker:
 
     async def _quarantine(self, src: Source, part: Part, measured: Measure, envelope: Envelope,
                           route: RouteSettings, customer: str, name: str,
-                          decision: policies.Decision) -> tuple[str, str | None]:
+                          decision: policies.Decision,
+                          data: bytes | None = None) -> tuple[str, str | None]:
         """Keep a refused part under the route's quarantine prefix (no link
         record: no token can lead there); return its key and SHA-256.  A
         failure raises, and the message is held: a refused file is never
@@ -696,8 +775,8 @@ class Worker:
             try:
                 # A part that was not examined is kept whole, headers and
                 # all, as it came: its headers may be what could not be read.
-                chunks = src.iter_range(part.start, part.end) if decision.details.get("raw") \
-                    else decoded_chunks(src, part)
+                chunks = iter([data]) if data is not None else src.iter_range(part.start, part.end) \
+                    if decision.details.get("raw") else decoded_chunks(src, part)
                 stored = await store.put(key, chunks, meta)
             except (StorageError, OSError) as e:
                 raise QuarantineError(f"refused file {name!r} could not be quarantined as {key} "
@@ -1124,6 +1203,30 @@ def _measure_and_sniff(src: Source, leaf: Part) -> tuple[Measure, str, float]:
     cpu = time.thread_time()
     m = measure(src, leaf)
     return m, container.detect_part(src, leaf, m), time.thread_time() - cpu
+
+
+def _mentions_uuencode(src: Source, leaf: Part) -> bool:
+    """Whether a (large) text part has a line that could begin a
+    uuencoded file, read in windows."""
+    carry = b""
+    for chunk in decoded_chunks(src, leaf):
+        data = carry + chunk
+        if uuencode.BEGIN_LINE.search(data):
+            return True
+        carry = data[-200:]
+    return False
+
+
+def _find_uuencoded(src: Source, leaf: Part) -> tuple[list[tuple[uuencode.UuBlock, bytes, str]], float]:
+    """The uuencoded blocks in a text part's decoded body, each with its
+    decoded bytes and detected type, and the CPU seconds that took."""
+    cpu = time.thread_time()
+    found = []
+    for block in uuencode.find_blocks(decoded_bytes(src, leaf)):
+        data = b"" if block.unexamined else block.decode(max_bytes=MAX_UU_SCAN)
+        detected = container.detect_chunks(data[:HEAD_BYTES], [data]) if data else "application/x-empty"
+        found.append((block, data, detected))
+    return found, time.thread_time() - cpu
 
 
 def _parse_timed(src: Source, limits: Limits) -> tuple[Part, float]:

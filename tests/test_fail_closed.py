@@ -7,6 +7,7 @@ and the audit stream.
 """
 from __future__ import annotations
 
+import binascii
 import hashlib
 
 from tests.harness import GatewayProcess
@@ -67,3 +68,30 @@ def test_forwarding_unexamined_parts_is_explicit_and_logged_as_an_error(make_gat
     errors = [e for e in gw.log_events() if e.get("level") == "error"]
     assert any("forward-unexamined" in e.get("event", "") for e in errors)
     assert any(e.get("event", "").startswith("part not examined and forwarded") for e in errors)
+
+
+def _uuencode(name: str, data: bytes) -> bytes:
+    lines = [binascii.b2a_uu(data[i:i + 45]) for i in range(0, len(data), 45)]
+    return b"begin 644 " + name.encode() + b"\n" + b"".join(lines) + b"`\nend\n"
+
+
+def test_a_uuencoded_program_in_the_text_is_cut_out_and_quarantined(make_gateway) -> None:
+    gw = make_gateway()
+    text = b"Dear support,\nthe tool is below.\n\n" + _uuencode("setup.exe", EXECUTABLE) + b"\nRegards\n"
+    send(gw.smtp_port, message(text.decode()))
+    [out] = gw.wait_outbox()
+    [body] = [payload(p) for p in leaves(parse(out))]
+    assert b"Dear support" in body and b"Regards" in body
+    assert b"begin 644" not in body and b"setup.exe" in body and b"removed" in body
+    [kept] = quarantined(gw).values()
+    assert kept == EXECUTABLE
+
+
+def test_a_uuencoded_pdf_in_the_text_is_examined_and_kept(make_gateway) -> None:
+    gw = make_gateway()
+    pdf = pdf_bytes(2000)
+    text = b"The invoice:\n" + _uuencode("invoice.pdf", pdf) + b"Thanks\n"
+    send(gw.smtp_port, message(text.decode()))
+    [out] = gw.wait_outbox()
+    [body] = [payload(p) for p in leaves(parse(out))]
+    assert b"begin 644 invoice.pdf" in body and not quarantined(gw)

@@ -243,7 +243,8 @@ def _charset_codec(charset: str) -> tuple[str | None, bool]:
 
 
 def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
-                    inline: dict[str, Link] | None = None, template: str = "") -> bytes:
+                    inline: dict[str, Link] | None = None, template: str = "",
+                    cuts: list[tuple[int, int, bytes]] = ()) -> bytes:
     """The part rebuilt with ``addition`` added to its body; other headers
     are kept as they were.
 
@@ -252,13 +253,17 @@ def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
     written again as UTF-8 (the Content-Type's charset changed with it).  A
     body in a charset Python cannot use stays as it is, declared UTF-8 when
     it is valid UTF-8, else with the addition in ASCII (characters it lacks
-    replaced).  Never raises for a charset."""
+    replaced).  ``cuts`` are ranges of the decoded body replaced by ASCII
+    text first (files the body carried inline, uuencoded).  Never raises
+    for a charset."""
     headers = part.headers
     try:
         charset = (headers.get_content_charset() or "us-ascii").lower()
     except Exception:  # noqa: BLE001 - a malformed parameter: treat as unknown
         charset = "unknown-8bit"
     body = decoded_bytes(src, part)
+    for start, end, text_instead in sorted(cuts, reverse=True):
+        body = body[:start] + text_instead + body[end:]
     errors = "xmlcharrefreplace" if is_html else "replace"
     text = _with_crlf(addition)
     name, compatible = _charset_codec(charset)
@@ -307,7 +312,7 @@ def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
             body = body[:at] + encoded + CRLF + body[at:]
         else:
             body = body + CRLF + encoded + CRLF
-    else:
+    elif addition:
         sep = CRLF if body.endswith((b"\n", b"\r")) else CRLF + CRLF
         body = body + sep + encoded + CRLF
     cte = part.cte
@@ -347,14 +352,19 @@ def _is_utf8(data: bytes) -> bool:
 
 def plan(src: Source, root: Part, *, replacements: list[Replacement], links: list[Link],
          text_part: Part | None, html_part: Part | None, link_template: str,
-         trace: bytes, notices: list[str] = (), inline: dict[str, Link] | None = None) -> list[Segment]:
+         trace: bytes, notices: list[str] = (), inline: dict[str, Link] | None = None,
+         cuts: dict[int, list[tuple[int, int, bytes]]] | None = None) -> list[Segment]:
     """The output message as segments of the original and new bytes.
 
     ``notices`` (one line per refused or empty file) and ``links`` are added
     to the text and HTML bodies; ``inline`` maps the Content-IDs of offloaded
     inline images to their links, which replace the ``<img>`` elements in
-    the HTML body (and are not listed again at its end).
+    the HTML body (and are not listed again at its end); ``cuts`` maps a
+    text part's start to ranges of its decoded body replaced by text (a
+    uuencoded file taken out).  When no body can carry the links and
+    notices, the first replaced part's notice does.
     """
+    cuts = cuts or {}
     notices = list(notices)
     inline = inline or {}
     inline_urls = {l.url for l in inline.values()}
@@ -375,16 +385,28 @@ def plan(src: Source, root: Part, *, replacements: list[Replacement], links: lis
             edits[root.start] = (root.end, notice_part(notice, keep))
         else:
             edits[r.part.start] = (r.part.end, notice_part(r.notice))
+    for start, part_cuts in cuts.items():
+        if text_part is None or start != text_part.start:
+            part = next(p for p in root.walk() if p.start == start and not p.children)
+            edits[start] = (part.end, _append_to_body(src, part, "", False, cuts=part_cuts))
     if links or notices:
         text_add = "\n".join(x for x in (text_notices(notices), text_links(links, link_template)) if x)
         if text_part is not None:
-            edits[text_part.start] = (text_part.end, _append_to_body(src, text_part, text_add, False))
+            edits[text_part.start] = (text_part.end, _append_to_body(src, text_part, text_add, False,
+                                                                     cuts=cuts.get(text_part.start, ())))
         if html_part is not None:
             html_add = (html_notices(notices) if notices else "") + \
                 (html_links(html_only_links, link_template) if html_only_links else "")
             edits[html_part.start] = (html_part.end, _append_to_body(src, html_part, html_add, True, inline,
                                                                      link_template))
-        if text_part is None and html_part is None and not replaced_root and root.children:
+        if text_part is None and html_part is None and not replaced_root and root.boundary is None:
+            # No body, and no multipart to put one in (an attached message
+            # at the top): the first replaced part's notice carries them.
+            for r in replacements:
+                if r.raw is None:
+                    edits[r.part.start] = (r.part.end, notice_part(r.notice + "\n" + text_add))
+                    break
+        elif text_part is None and html_part is None and not replaced_root and root.children:
             first = root.children[0]
             new = notice_part(text_add)
             delim = b"--" + (root.boundary or "").encode("utf-8", "surrogateescape")

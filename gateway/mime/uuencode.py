@@ -33,6 +33,8 @@ _LINE_START = rb"(?:(?<=[\r\n])|\A)"
 # times faster to find), which _line_start then checks.
 _BEGIN = re.compile(rb"begin(-base64)?[ \t]+([0-7]{1,4})[ \t]+([^\r\n]*)", re.I)
 _UU_END = re.compile(_LINE_START + rb"[ \t]*end[ \t]*(?:\r\n|\n|\r|\Z)", re.I)
+# A line that may begin a block, for a cheap look at large texts.
+BEGIN_LINE = re.compile(rb"(?:^|[\r\n])[ \t]*begin(-base64)?[ \t]+[0-7]{1,4}[ \t]", re.I)
 _B64_END = re.compile(_LINE_START + rb"[ \t]*====[ \t]*(?:\r\n|\n|\r|\Z)")
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r|\Z)")
 _BLANKS = re.compile(rb"[ \t\r\n]*")
