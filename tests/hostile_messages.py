@@ -347,14 +347,17 @@ def _addr(line: bytes) -> str:
     return "<>" if s == "<>" else s.strip("<>")
 
 
-@dataclass
 class RawSink:
     """The server: a listening socket and a thread per session."""
 
-    port: int = 0
-    transactions: list[Transaction] = field(default_factory=list)
-    commands: list[bytes] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self) -> None:
+        self.port = 0
+        self.transactions: list[Transaction] = []
+        self.commands: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RawSink(port={self.port}, {len(self.transactions)} transactions)"
 
     def start(self) -> "RawSink":
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
