@@ -365,7 +365,7 @@ def test_a_file_declared_as_a_signature_is_examined(gw: GatewayProcess, raw_sink
 
 
 @pytest.mark.parametrize("shape", ["two-boundaries", "two-boundaries-reversed", "two-content-types",
-                                   "two-transfer-encodings"])
+                                   "two-transfer-encodings", "base64-multipart"])
 def test_an_ambiguous_structure_hides_nothing(gw: GatewayProcess, raw_sink: RawSink, shape: str) -> None:
     """Where parsers may disagree (which boundary, which Content-Type, which
     encoding), the part one reading hides is not delivered to the other."""
@@ -378,6 +378,16 @@ def test_an_ambiguous_structure_hides_nothing(gw: GatewayProcess, raw_sink: RawS
         root = multipart([mail.body(), exe_part], params='boundary="BBB"; boundary="AAA"', separator="BBB")
     elif shape == "two-content-types":
         root = b"Content-Type: text/plain; charset=utf-8\r\n" + multipart([mail.body(), exe_part])
+    elif shape == "base64-multipart":
+        # A multipart may not be encoded (RFC 2045 6.4); Python ignores the
+        # encoding and finds no parts, a client that decodes first finds two.
+        inner = multipart([mail.body(), exe_part], boundary="enc")
+        head, _, body = inner.partition(b"\r\n\r\n")
+        root = head + b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(body)
+        case = mail.case(root, files=[body])
+        case.readable = ""
+        fail_closed(gw, raw_sink, mail, case)
+        return
     else:
         # The first Content-Transfer-Encoding says 7bit (the base64 text is
         # harmless), the second base64 (it is a program).
@@ -386,9 +396,9 @@ def test_an_ambiguous_structure_hides_nothing(gw: GatewayProcess, raw_sink: RawS
         att = att.replace(b"\r\n\r\n", b"\r\n\r\n" + b64(exe), 1)
         root = multipart([mail.body(), att])
     case = mail.case(root, files=[exe])
-    if shape.startswith("two-boundaries"):
+    if shape != "two-transfer-encodings":
         # Which reading holds the text is the ambiguity itself: refusing the
-        # whole multipart is fail-closed too.
+        # whole entity, text and all, is failing closed too.
         case.readable = ""
     fail_closed(gw, raw_sink, mail, case)
 
@@ -543,10 +553,11 @@ def test_a_million_parameters_neither_stall_the_gateway_nor_take_long(tmp_path: 
             f"{'not delivered: ' + failure if not got else f'processing took {took:.1f}s'}; "
             f"{len(times)} greetings meanwhile, the slowest {slowest:.2f}s")
         [tx] = got
+        # Not parsed here with Python's email package: its parameter parser is
+        # quadratic too (40 s of the test's own time for this header).
         assert wire_problems(tx) == []
-        assert dangers(tx.data) == []
-        assert b64head(exe) not in tx.wire
-        assert mail.readable in readable_text(tx.data)
+        assert b64head(exe) not in tx.wire and exe[-40:] not in tx.wire, "the program was delivered"
+        assert mail.readable.encode() in tx.data
         assert quarantined(g.objects, exe)
     finally:
         g.kill()  # a gateway stuck on the message would take 70 s to stop
@@ -738,7 +749,8 @@ JSCRIPT = b"var s = new ActiveXObject('WScript.Shell'); s.Run('calc.exe');\r\n"
 
 
 @pytest.mark.parametrize("shape", ["rfc2231-name-disagrees", "content-type-name-disagrees",
-                                   "rfc2231-continuation", "dotdot-rfc2231"])
+                                   "rfc2231-continuation", "dotdot-rfc2231", "two-dispositions", "trailing-dot",
+                                   "trailing-space"])
 def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, raw_sink: RawSink,
                                                             shape: str) -> None:
     """Python returns ``filename`` when ``filename*`` disagrees; a mail client
@@ -751,8 +763,14 @@ def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, 
         att = part('text/plain; name="notes.js"', blob, name="notes.txt")
     elif shape == "rfc2231-continuation":
         att = part("text/plain", blob, raw_name="filename*0=\"notes\"; filename*1=\".t\"; filename*2=\"xt.js\"")
-    else:
+    elif shape == "dotdot-rfc2231":
         att = part("text/plain", blob, raw_name="filename*=UTF-8''..%2F..%2F..%2Fstartup%2Fnotes.js")
+    elif shape == "two-dispositions":
+        # Python reads the first, a client may read the last.
+        att = part("text/plain", blob, name="notes.txt", extra=['Content-Disposition: attachment; filename="notes.js"'])
+    else:
+        # Windows drops a trailing dot or space: the file saved is notes.js.
+        att = part("text/plain", blob, name="notes.js." if shape == "trailing-dot" else "notes.js ")
     fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[blob],
                                               markers=[b"ActiveXObject"]))
 
