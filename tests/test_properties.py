@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from tests.harness import GatewayProcess, strip_trace, to_wire
 from tests.hostile_messages import RawSink, Transaction
 from tests.messages import leaves, parse, payload, sha256, stored_objects
-from tests.test_corpus import _EMPTY_NOTICE, Store, _accounted
+from tests.test_corpus import _EMPTY_NOTICE, Store, _accounted, _in_quarantine
 
 _counter = itertools.count()
 
@@ -171,18 +171,6 @@ def _wire_clean(tx: Transaction) -> list[str]:
     rest = tx.wire.replace(b"\r\n", b"")
     return [what for what, bad in (("NUL", b"\x00" in tx.wire), ("bare CR", b"\r" in rest),
                                    ("bare LF", b"\n" in rest)) if bad]
-
-
-def _in_quarantine(part_bytes: bytes, encoded: bytes, quarantine: list[bytes]) -> bool:
-    """A part kept inside a quarantined object (a subtree the gateway did
-    not examine is kept whole): its decoded or its encoded bytes in one.
-    Short bodies must match a whole object (containment would be chance)."""
-    for q in quarantine:
-        if part_bytes and (q == part_bytes or (len(part_bytes) >= 16 and part_bytes in q)):
-            return True
-        if len(encoded.strip()) >= 16 and encoded.strip() in q.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"):
-            return True
-    return False
 
 
 # PROPERTY_EXAMPLES raises the count for a longer hunt than CI's.
