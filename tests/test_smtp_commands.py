@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
