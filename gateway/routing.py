@@ -4,10 +4,12 @@ The gateway is never an open relay: a recipient is accepted only when a
 route lists its exact address or its domain.  Address forms that let a
 downstream server relay elsewhere (percent hack, bang paths, quoted local
 parts holding ``@``, IP-literal domains) or that hide control characters are
-refused before any route is consulted.
+refused before any route is consulted, and so is a malformed domain
+(``check_domain``: a trailing dot, an empty label, a label that is not LDH).
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from gateway.config import RouteSettings
@@ -50,8 +52,6 @@ def check_domain(domain: str, *, literals: bool = False) -> str:
 
 
 def _literal_ok(domain: str) -> bool:
-    import ipaddress
-
     if not domain.endswith("]"):
         return False
     inner = domain[1:-1]

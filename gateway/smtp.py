@@ -10,7 +10,16 @@ Only ``<CR><LF>.<CR><LF>`` ends the data.  Bare CR and bare LF inside the
 data are turned into CRLF before the bytes reach the spool, so a smuggled
 end-of-data sequence (``<LF>.<LF>``, ``<CR>.<CR>``, ...) is just a line with
 a dot on it, which delivery dot-stuffs again: the gateway cannot be made to
-emit a second message downstream.
+emit a second message downstream.  A stuffing dot is removed at the start of
+every line the gateway recognises (after a bare CR or LF too, as Postfix
+does); a line that is a dot alone is data.  A message holding a NUL byte is
+refused at the end of DATA with ``554 5.6.0`` and nothing of it is spooled.
+
+MAIL FROM and RCPT TO take well-formed domains only (no trailing dot, no
+empty label, LDH labels of at most 63 characters, at most 253 in all;
+address literals for senders only), and refuse an address that is not valid
+UTF-8, or not ASCII without the SMTPUTF8 parameter, with ``553 5.6.7``: such
+an address would fail later, after a 250 or as a 451 retried for days.
 
 Commands end with ``<CR><LF>`` only: a command line with a bare CR or a
 bare LF is refused (``521``) and the connection closed, so a command

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.lineends import Normaliser, clean_lines, crlf_only, is_clean
 from gateway.mime import filenames
-from gateway.mime.parse import Part, parse
+from gateway.mime.parse import parse
 from gateway.mime.rewrite import Link, Replacement, html_links, link_label, plan, text_links
 from gateway.mime.source import Source
 
