@@ -39,7 +39,7 @@ from gateway.links.mint import mint
 from gateway.links.tokens import Keyring, new_object_id
 from gateway.mime import container, filenames, tnef, uuencode
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks, measure, message_header
-from gateway.mime.parse import Limits, Part, parse
+from gateway.mime.parse import ENCODED_MESSAGE, Limits, Part, parse
 from gateway.mime.rewrite import (Link, Replacement, Segment, cid_references, human_size, notice_part, plan,
                                   segments_size, split_fields, write_segments)
 from gateway.mime.source import Source
@@ -775,13 +775,20 @@ class Worker:
             try:
                 # A part that was not examined is kept whole, headers and
                 # all, as it came: its headers may be what could not be read.
-                chunks = iter([data]) if data is not None else src.iter_range(part.start, part.end) \
-                    if decision.details.get("raw") else decoded_chunks(src, part)
+                # An attached message in base64 or quoted-printable is kept
+                # decoded: an email an administrator can open.
+                if data is not None:
+                    chunks: Iterator[bytes] = iter([data])
+                elif decision.details.get("raw") and part.unexamined != ENCODED_MESSAGE:
+                    chunks = src.iter_range(part.start, part.end)
+                else:
+                    chunks = decoded_chunks(src, part)
                 stored = await store.put(key, chunks, meta)
             except (StorageError, OSError) as e:
                 raise QuarantineError(f"refused file {name!r} could not be quarantined as {key} "
                                       f"({type(e).__name__}: {e}); held, neither forwarded nor dropped") from e
-        if stored.size != measured.size:
+        decoded_whole = data is None and decision.details.get("raw") and part.unexamined == ENCODED_MESSAGE
+        if stored.size != measured.size and not decoded_whole:
             raise StorageError(f"quarantined object {key} has {stored.size} bytes, expected {measured.size}")
         if measured.sha256 and stored.sha256 and stored.sha256 != measured.sha256:
             raise StorageError(f"quarantined object {key} has SHA-256 {stored.sha256}, expected {measured.sha256}")

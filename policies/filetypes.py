@@ -10,6 +10,8 @@ have, and the plain words a customer reads in a notice.
 """
 from __future__ import annotations
 
+import unicodedata
+
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 PPTX = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
@@ -223,7 +225,10 @@ def name_extension(filename: str, declared_type: str) -> str:
 
 
 def extension(filename: str) -> str:
-    """The filename's extension, lower case, without the dot ('' when none)."""
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1].strip().rstrip(". ")
+    """The filename's extension, lower case, without the dot ('' when none),
+    as a person reads it: control and format characters (bidi overrides,
+    zero-width spaces) do not count, so ``x.pdf<U+2069>`` ends in .pdf."""
+    visible = "".join(c for c in filename if unicodedata.category(c) not in ("Cc", "Cf"))
+    base = visible.replace("\\", "/").rsplit("/", 1)[-1].strip().rstrip(". ")
     stem, dot, ext = base.rpartition(".")
     return ext.lower() if dot and stem else ""

@@ -79,6 +79,17 @@ def leaves(msg: Message) -> list[Message]:
     return [msg]
 
 
+def deep_leaves(msg: Message) -> list[Message]:
+    """Leaf parts, attached messages (message/rfc822, message/global)
+    included part by part, as the gateway examines them."""
+    if msg.is_multipart():
+        out: list[Message] = []
+        for p in msg.get_payload():
+            out.extend(deep_leaves(p))
+        return out
+    return [msg]
+
+
 def as_bytes(msg: Message) -> bytes:
     """A parsed message back to bytes, with headers unfolded as they came."""
     out = io.BytesIO()

@@ -24,7 +24,7 @@ import pytest
 import tnefparse
 
 from tests.harness import CORPUS, GatewayProcess, strip_trace, to_wire
-from tests.messages import leaves, parse, payload, sha256, stored_objects
+from tests.messages import deep_leaves, leaves, parse, payload, sha256, stored_objects
 
 _NOT_MESSAGES = re.compile(r"(LICENSE|SOURCE\.txt|README|AUTHORS|\.json|\.key|\.dns|\.pub|\.private|\.pem|"
                            r"\.bind9|\.tinydns|\.gitattributes)$")
@@ -227,6 +227,9 @@ def _in_quarantine(part_bytes: bytes, encoded: bytes, quarantine: list[bytes]) -
     for q in quarantine:
         if part_bytes and (q == part_bytes or (len(part_bytes) >= 16 and part_bytes in q)):
             return True
+        # A short body kept with its own headers: the object ends with it.
+        if part_bytes.strip() and _norm(q).endswith(b"\n\n" + _norm(part_bytes)):
+            return True
         if len(encoded.strip()) >= 16 and encoded.strip() in q.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"):
             return True
     return False
@@ -242,9 +245,9 @@ def _missing(out: dict[Path, bytes], store: Store, only: list[Path] | None = Non
             continue  # quarantined whole: a message whose structure could not be examined
         original = parse(wire(path.read_bytes()))
         forwarded = parse(strip_trace(data))
-        out_payloads = [payload(p) for p in leaves(forwarded)]
+        out_payloads = [payload(p) for p in deep_leaves(forwarded)]
         notices = sum(p.count(_EMPTY_NOTICE) for p in out_payloads)
-        for part in leaves(original):
+        for part in deep_leaves(original):
             body = payload(part)
             ctype = part.get_content_type()
             if _is_tnef(part) and b"tnef=unpacked" in _trace(data):

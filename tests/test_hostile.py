@@ -391,9 +391,9 @@ def test_an_ambiguous_structure_hides_nothing(gw: GatewayProcess, raw_sink: RawS
     else:
         # The first Content-Transfer-Encoding says 7bit (the base64 text is
         # harmless), the second base64 (it is a program).
-        att = part("application/octet-stream", exe, name="setup.exe", cte="",
-                   extra=["Content-Transfer-Encoding: 7bit", "Content-Transfer-Encoding: base64"])
-        att = att.replace(b"\r\n\r\n", b"\r\n\r\n" + b64(exe), 1)
+        att = (b'Content-Type: application/octet-stream; name="setup.exe"\r\n'
+               b'Content-Disposition: attachment; filename="setup.exe"\r\n'
+               b"Content-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(exe))
         root = multipart([mail.body(), att])
     case = mail.case(root, files=[exe])
     if shape != "two-transfer-encodings":
@@ -647,7 +647,7 @@ class Raw:
 
 
 @pytest.mark.parametrize("rcpt", [b"support@contact.example..", b"support@contact..example",
-                                  b"support@.contact.example", b"support@contact.example.", b"support.@contact.example",
+                                  b"support@.contact.example", b"support@contact.example.",
                                   b"\xff\xfe@contact.example", b"sup\xc3port@contact.example",
                                   b"support@contact.exampl\xe9"])
 @pytest.mark.parametrize("smtputf8", [False, True], ids=["ascii", "smtputf8"])

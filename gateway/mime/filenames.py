@@ -62,7 +62,7 @@ def _visible(name: str) -> str:
 
 # A URL scheme's "://" and a "www." that starts a word: what mail clients
 # and markdown renderers turn into a link.
-_SCHEME = re.compile(r"://")
+_SCHEME = re.compile(r":(?=[/\\]{2})")  # ":" before two slashes or backslashes: clients link both
 _WWW = re.compile(r"(?<![^\W_])(www)\.", re.IGNORECASE)
 
 
@@ -79,8 +79,8 @@ def display_name(name: str) -> str:
     the body.  The result is at most 255 characters, and applying it again
     changes nothing."""
     name = _visible(name).strip()
-    if "://" in name:
-        name = _SCHEME.sub("[:]//", name)
+    if ":" in name:
+        name = _SCHEME.sub("[:]", name)
     if "." in name:
         name = _WWW.sub(r"\1[.]", name)
     return name[:255]

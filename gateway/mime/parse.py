@@ -52,6 +52,11 @@ ATTACHED_MESSAGE_TYPES = ("message/rfc822", "message/global")
 _IDENTITY_CTES = ("7bit", "8bit", "binary")
 
 
+# The reason given for an attached message in base64 or quoted-printable:
+# it cannot be parsed by offsets, but it can be decoded (and kept so).
+ENCODED_MESSAGE = "an encoded attached message"
+
+
 class MimeLimitError(Exception):
     """Kept for importers; ``parse`` no longer raises it (a part beyond a
     bound is an unexamined leaf instead)."""
@@ -486,7 +491,7 @@ def _parse_attached(st: _State, part: Part) -> None:
     the part's one child."""
     if part.cte not in _IDENTITY_CTES:
         # RFC 2046 forbids encoding it; its structure is not at any offset.
-        part.unexamined = "an encoded attached message"
+        part.unexamined = ENCODED_MESSAGE
         return
     if _blank(st.src, part.body_start, part.end):
         return  # an empty attached message holds nothing to examine
