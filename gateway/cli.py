@@ -65,7 +65,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
     from gateway import invitations
     from gateway import storage as storage_mod
     from gateway.links.tokens import Keyring
-    from gateway.routing import route_for
+    from gateway.ingress.routing import route_for
 
     notify = args.to or cfg.upload.notify_address
     if not notify:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import logs
-from gateway.spool import write_atomic
+from gateway.spool.durable import write_atomic
 from gateway.storage.base import ObjectMeta, ObjectNotFound, Storage, StorageError
 from gateway.uploads import Refused, Uploads
 

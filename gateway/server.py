@@ -39,10 +39,10 @@ from gateway.http.upload_page import UploadPage
 from gateway.jobs import JobRunner
 from gateway.links.authz import AllowAll
 from gateway.links.tokens import Keyring
-from gateway.milter import MilterServer
-from gateway.smtp import Handler, start_server
+from gateway.ingress.milter import MilterServer
+from gateway.ingress.smtp import Handler, start_server
 from gateway.spool import Spool
-from gateway.tls import IngressTls
+from gateway.ingress.tls import IngressTls
 from gateway.uploads import Uploads
 from gateway.worker import Worker
 

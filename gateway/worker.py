@@ -331,7 +331,7 @@ class Worker:
             await self._hold(handle, f"internal error: {type(e).__name__}: {e}")
 
     def _route_for(self, rcpts: list[str]) -> RouteSettings | None:
-        from gateway.routing import route_for
+        from gateway.ingress.routing import route_for
 
         for r in rcpts:
             route = route_for(self.cfg.routes, r)

@@ -29,7 +29,7 @@ from publicsuffixlist import PublicSuffixList
 from gateway.authn.bodyhash import BodyKey, body_canon, body_hashes
 from gateway.authn.resolver import DnsTempError, Resolver
 from gateway.mime.source import Source
-from gateway.spool import Envelope
+from gateway.spool.envelope import Envelope
 
 _PSL: PublicSuffixList | None = None
 

@@ -6,14 +6,14 @@ turns deferrals into retries with backoff and failures into one DSN.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 from gateway.mime.rewrite import Segment, segments_size
 from gateway.mime.source import Source
-from gateway.spool import Envelope
+from gateway.spool.durable import write_chunks_atomic
+from gateway.spool.envelope import Envelope
 
 
 class Content:
@@ -37,14 +37,8 @@ class Content:
                     yield from src.iter_range(seg[0], seg[1], window)
 
     def write_to(self, path: Path) -> None:
-        """Save the bytes durably (temp name, fsync, rename)."""
-        tmp = path.with_name(path.name + ".part")
-        with open(tmp, "wb") as f:
-            for chunk in self.chunks():
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        """Save the bytes durably (temp name, fsync, rename, directory fsync)."""
+        write_chunks_atomic(path, self.chunks())
 
 
 @dataclass

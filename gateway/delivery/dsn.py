@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from email.utils import formatdate, make_msgid
 
-from gateway.spool import Envelope
+from gateway.spool.envelope import Envelope
 
 
 def _line(text: str) -> str:

@@ -18,7 +18,8 @@ from pathlib import Path
 from gateway import logs
 from gateway.delivery import After, Content, DeliveryResult, followed
 from gateway.lineends import Normaliser, clean_lines
-from gateway.spool import Envelope, fsync_dir
+from gateway.spool.durable import fsync_dir
+from gateway.spool.envelope import Envelope
 
 log = logs.get("delivery")
 

@@ -35,7 +35,7 @@ from gateway.batch import Batch, each
 from gateway.deadline import Deadline
 from gateway.delivery import After, Content, DeliveryResult
 from gateway.lineends import Normaliser
-from gateway.spool import Envelope
+from gateway.spool.envelope import Envelope
 
 _IDLE_SECONDS = 30.0
 # A message up to this size is read from the spool on the event loop: it

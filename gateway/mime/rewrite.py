@@ -26,7 +26,8 @@ import os
 import re
 from dataclasses import dataclass
 from email.message import Message
-from typing import Iterable, Union
+from pathlib import Path
+from typing import Iterable, Iterator, Union
 
 from gateway.lineends import clean_lines, is_clean
 from gateway.mime.decode import decoded_bytes
@@ -434,20 +435,15 @@ def segments_size(segments: list[Segment]) -> int:
 
 
 def write_segments(src: Source, segments: list[Segment], path: str | os.PathLike[str]) -> int:
-    """Write the output to ``path`` (temp name, fsync, rename); return its size."""
-    path = os.fspath(path)
-    tmp = path + ".part"
-    size = 0
-    with open(tmp, "wb") as f:
-        for seg in segments:
-            if isinstance(seg, bytes):
-                f.write(seg)
-                size += len(seg)
-            else:
-                for chunk in src.iter_range(seg[0], seg[1]):
-                    f.write(chunk)
-                    size += len(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return size
+    """Write the output to ``path`` durably; return its size."""
+    from gateway.spool.durable import write_chunks_atomic
+
+    return write_chunks_atomic(Path(os.fspath(path)), _segment_chunks(src, segments))
+
+
+def _segment_chunks(src: Source, segments: list[Segment]) -> Iterator[bytes]:
+    for seg in segments:
+        if isinstance(seg, bytes):
+            yield seg
+        else:
+            yield from src.iter_range(seg[0], seg[1])

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import AsyncIterator, BinaryIO, Iterable
 
-from gateway.spool import fsync_dir
+from gateway.spool.durable import fsync_dir
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
 from gateway.storage.settings import FilesystemStorageSettings
 

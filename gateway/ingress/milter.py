@@ -40,8 +40,8 @@ from gateway import logs, metrics
 from gateway.config import Config, MilterSettings, RouteSettings
 from gateway.delivery import Content
 from gateway.mime.rewrite import split_fields
-from gateway.routing import route_for
-from gateway.spool import Envelope
+from gateway.ingress.routing import route_for
+from gateway.spool.envelope import Envelope
 from gateway.worker import Processed, Worker
 
 log = logs.get("milter")

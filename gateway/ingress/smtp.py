@@ -48,9 +48,9 @@ from gateway.batch import Batch
 from gateway.deadline import Deadline
 from gateway.config import Config
 from gateway.lineends import crlf_only
-from gateway.routing import AddressRefused, check_sender, invalid_utf8, route_for, split_address
+from gateway.ingress.routing import AddressRefused, check_sender, invalid_utf8, route_for, split_address
 from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, commit_all, is_disk_full
-from gateway.tls import IngressTls
+from gateway.ingress.tls import IngressTls
 
 log = logs.get("smtp")
 

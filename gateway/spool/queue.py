@@ -40,19 +40,15 @@ lock that can be taken belongs to a dead process, which is how
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
 import fcntl
-import json
 import os
-import secrets
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from gateway.mime.source import Source
+from gateway.spool.durable import fsync_dir, is_disk_full, remove_tree, suppress_missing, write_atomic
+from gateway.spool.envelope import Envelope, State, new_queue_id
 
 QUEUES = ("incoming", "active", "deferred", "hold", "corrupt")
 MESSAGE = "message.eml"
@@ -69,7 +65,6 @@ FREE_MAX = 256
 ENVELOPE_FOOTER = b" envelope v1\n"
 _FOOTER_SIZE = 1 + 10 + len(ENVELOPE_FOOTER)
 
-_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
 
 
 class SpoolError(Exception):
@@ -78,98 +73,6 @@ class SpoolError(Exception):
 
 class Locked(SpoolError):
     """Another live process holds the message."""
-
-
-def new_queue_id() -> str:
-    """A short, unique, roughly time-ordered queue id such as ``4KX9TQ2M7BCD1F``."""
-    n = time.time_ns() // 1000
-    out = []
-    while n:
-        n, r = divmod(n, len(_ALPHABET))
-        out.append(_ALPHABET[r])
-    stamp = "".join(reversed(out))
-    return stamp + "".join(_ALPHABET[b % len(_ALPHABET)] for b in secrets.token_bytes(4))
-
-
-def _to_json(record: Any) -> bytes:
-    """A flat dataclass (fields of str, numbers, bools and lists of str) as
-    JSON; ``vars()`` rather than ``dataclasses.asdict``, whose recursive
-    deep copy cost more than the rest of a commit's Python work."""
-    return json.dumps(vars(record), ensure_ascii=False).encode()
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-@dataclass
-class Envelope:
-    """The SMTP envelope and reception facts, fixed when the message is queued."""
-
-    queue_id: str
-    mail_from: str
-    rcpt_tos: list[str]
-    route: str
-    received_at: float
-    client_addr: str = ""
-    client_name: str = ""
-    helo: str = ""
-    size: int = 0
-    smtputf8: bool = False
-    body_8bit: bool = False
-    tls: str = ""
-
-    def to_json(self) -> bytes:
-        return _to_json(self)
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "Envelope":
-        raw = json.loads(data)
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
-
-
-@dataclass
-class State:
-    """Delivery progress, rewritten as a whole at each change."""
-
-    attempts: int = 0
-    first_attempt: float = 0.0
-    next_attempt: float = 0.0
-    last_error: str = ""
-    # Recipients still to deliver; empty means "all of the envelope's".
-    pending: list[str] = field(default_factory=list)
-    # Why a message is on hold.
-    hold_reason: str = ""
-
-    def to_json(self) -> bytes:
-        return _to_json(self)
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "State":
-        raw = json.loads(data)
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
 
 
 class Handle:
@@ -360,7 +263,7 @@ class Reception:
             os.close(self._fd)
             self._fd = -1
         if self._where == self._tmp:
-            _remove_tree(Path(self._tmp))
+            remove_tree(Path(self._tmp))
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -398,7 +301,7 @@ class Spool:
                 return
             except OSError:
                 pass  # a subdirectory, no .free/ (an old spool), removed meanwhile
-        _remove_tree(Path(path))
+        remove_tree(Path(path))
 
     def _reuse(self, dst: str) -> int:
         """Move a parked directory to ``dst`` locked; its lock fd, or -1
@@ -513,7 +416,7 @@ class Spool:
             except (Locked, OSError):  # taken by a reception, or gone meanwhile
                 continue
             try:
-                _remove_tree(path)
+                remove_tree(path)
             finally:
                 os.close(fd)
         now = time.time()
@@ -532,7 +435,7 @@ class Spool:
                 fd = -1
             try:
                 if fd >= 0 or os.path.lexists(path):
-                    _remove_tree(path)
+                    remove_tree(path)
                     counts["removed_tmp"] += 1
             finally:
                 if fd >= 0:
@@ -628,37 +531,3 @@ def message_source(path: Path) -> Source:
     """The message of the message directory ``path``, without its envelope."""
     _, size = read_envelope(path)
     return Source(path / MESSAGE, size=size)
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a message directory (its files, then itself), or a stray file;
-    whatever is in the way (a subdirectory) falls back to rmtree."""
-    try:
-        names = os.listdir(path)
-    except NotADirectoryError:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return
-    except FileNotFoundError:
-        return
-    try:
-        for name in names:
-            os.unlink(path / name)
-        os.rmdir(path)
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def is_disk_full(err: BaseException) -> bool:
-    """Whether an error means the spool cannot take more (452, not 451)."""
-    while err is not None:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            return True
-        err = err.__cause__
-    return False
-
-
-@contextlib.contextmanager
-def suppress_missing() -> Iterator[None]:
-    with contextlib.suppress(FileNotFoundError):
-        yield
