@@ -25,6 +25,8 @@ DELIVERED = Counter("gateway_messages_delivered", "Messages the next hop accepte
 DEFERRED = Counter("gateway_messages_deferred", "Delivery attempts that left recipients for a retry.", ["route"])
 BOUNCED = Counter("gateway_messages_bounced", "Recipients given up on (5xx or expired) with a DSN.", ["route"])
 HELD = Counter("gateway_messages_held", "Messages moved to the hold queue by the worker.", ["reason"])
+RUNNER_ERRORS = Counter("gateway_runner_errors", "Errors the queue runner's loops survived (the message, if any, "
+                        "left for recovery), by loop.", ["loop"])
 OFFLOADED_PARTS = Counter("gateway_offloaded_parts", "Attachments moved to storage.", ["route", "store"])
 OFFLOADED_BYTES = Counter("gateway_offloaded_bytes", "Decoded bytes moved to storage.", ["route", "store"])
 OFFLOAD_FAILURES = Counter("gateway_offload_failures", "Uploads that failed (the message failed open).",
@@ -35,7 +37,7 @@ REFUSED_PARTS = Counter("gateway_refused_parts", "Attachments refused (replaced 
                         ["route", "policy"])
 SCANS = Counter("gateway_malware_scans", "clamd scans by verdict: clean, infected, error (failed open).",
                 ["route", "result"])
-TNEF_PARTS = Counter("gateway_tnef_parts", "Outlook TNEF parts: unpacked, or failed (forwarded as they are).",
+TNEF_PARTS = Counter("gateway_tnef_parts", "Outlook TNEF parts: unpacked, or failed (refused packed).",
                      ["outcome"])
 AUTOREPLIES = Counter("gateway_autoreplies", "Automatic replies to senders of refused files: sent, skipped, failed.",
                       ["route", "outcome"])

@@ -44,7 +44,10 @@ from gateway.ingress.smtp import Handler, start_server
 from gateway.spool import Spool
 from gateway.ingress.tls import IngressTls
 from gateway.uploads import Uploads
-from gateway.worker import Worker
+from gateway.delivery.queue import Deliverer
+from gateway.pipeline import Pipeline
+from gateway.pipeline.services import Services
+from gateway.runner import Runner
 
 log = logs.get("server")
 
@@ -80,7 +83,8 @@ class Gateway:
         # Built now so that a missing secret stops start-up before any port listens.
         self.api_keys = ApiKeys(cfg)
         self.links = http_app.build_links(cfg, self.keyring, self.stores, self.audit) if "http" in roles else None
-        self.worker: Worker | None = None
+        self.pipeline: Pipeline | None = None
+        self.runner: Runner | None = None
         self.smtp: asyncio.AbstractServer | None = None
         self.smtp_handler: Handler | None = None
         self.http: http_app.Listener | None = None
@@ -106,9 +110,14 @@ class Gateway:
             counts = await asyncio.to_thread(self.spool.recover)
             if any(counts.values()):
                 log.info("spool recovered", **counts)
+        if "worker" in self.roles or "milter" in self.roles:
+            # One pipeline for the relay's runner and the milter.
+            self.pipeline = Pipeline(Services(self.cfg, self.stores, self.keyring, self.audit, self.spool.root))
         if "worker" in self.roles:
-            self.worker = Worker(self.cfg, self.spool, self.stores, self.keyring, self.audit)
-            await self.worker.start()
+            assert self.pipeline is not None
+            self.runner = Runner(self.cfg, self.spool, self.pipeline,
+                                 Deliverer(self.cfg, self.pipeline.services.limits))
+            await self.runner.start()
         # Uploads over HTTP: the API and page take them in processes with
         # the http role; jobs run where the worker role is (their markers
         # are in the spool, like messages).
@@ -118,25 +127,22 @@ class Gateway:
             await self.jobs.start()
         if "http" in self.roles:
             assert self.links is not None
-            worker = self.worker
+            runner = self.runner
             self.api = UploadApi(self.cfg, self.api_keys, self.uploads, self.jobs, self.audit)
             if self.cfg.upload.enabled:
                 self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
-                                              lambda qid: worker.enqueue(qid) if worker is not None else None)
+                                              lambda qid: runner.enqueue(qid) if runner is not None else None)
                 self.upload_page.start_sweeper()
             app = http_app.build_app(self.cfg, self.links, self.spool, self.api_keys, self.api, self.upload_page)
             self.http = await http_app.start(self.cfg, app, self.audit, reuse_port=self.shared_ports)
         if "milter" in self.roles:
-            # The same pipeline as the worker's; a process without the worker
-            # role gets a Worker that is never started (no spool, no tasks).
-            processor = self.worker or Worker(self.cfg, None, self.stores, self.keyring, self.audit)
-            self.milter = MilterServer(self.cfg, processor)
+            assert self.pipeline is not None
+            self.milter = MilterServer(self.cfg, self.pipeline)
             await self.milter.start(reuse_port=self.shared_ports)
         if "smtp" in self.roles:
-            worker = self.worker
             self.tls = IngressTls(self.cfg)
             self.smtp, self.smtp_handler = await start_server(
-                self.cfg, self.spool, worker, reuse_port=self.shared_ports, tls=self.tls)
+                self.cfg, self.spool, self.runner, reuse_port=self.shared_ports, tls=self.tls)
         if self.http is not None:
             self._warn_allow_all()
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,
@@ -171,8 +177,10 @@ class Gateway:
             self._warn_allow_all()
         if self.api is not None:
             self.api.configure(cfg)
-        if self.worker is not None:
-            self.worker.configure(cfg)
+        if self.runner is not None:
+            self.runner.configure(cfg)
+        elif self.pipeline is not None:
+            self.pipeline.services.configure(cfg)
         if self.uploads is not None:
             self.uploads.configure(cfg)
         if self.upload_page is not None:
@@ -182,8 +190,6 @@ class Gateway:
         if self.smtp_handler is not None:
             self.smtp_handler.cfg = cfg
         if self.milter is not None:
-            if self.milter.worker is not self.worker:
-                self.milter.worker.configure(cfg)
             self.milter.configure(cfg)
         log.info("config reloaded", path=self.config_path)
 
@@ -236,9 +242,11 @@ class Gateway:
             waits.append(self._sessions_done(deadline))
         if self.milter is not None:
             waits.append(self.milter.stop(grace))
-        if self.worker is not None:
-            waits.append(self.worker.stop(grace))
+        if self.runner is not None:
+            waits.append(self.runner.stop(grace))
         await asyncio.gather(*waits)
+        if self.runner is None and self.pipeline is not None:
+            await self.pipeline.services.close()
         if self.smtp is not None:
             self.smtp.close()
         if self.http is not None:

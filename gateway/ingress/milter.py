@@ -5,7 +5,7 @@ one Postfix and Sendmail 8.14+ use) over TCP on asyncio, with no C library
 and no threads of its own.  Per message it writes the headers and body the
 MTA passes to a temporary file (in 1 MiB writes, in a thread; never the
 whole message in memory), and at end of message runs the same
-``Worker.process_file`` as the relay: parse, policies, offload, rewrite.
+``Pipeline.process_file`` as the relay: parse, policies, offload, rewrite.
 The result goes back as milter actions: the trace headers inserted at the
 top, header fields the rewrite changed deleted and added again, and the body
 replaced, only when a part was offloaded or refused.
@@ -42,7 +42,8 @@ from gateway.delivery import Content
 from gateway.mime.rewrite import split_fields
 from gateway.ingress.routing import route_for
 from gateway.spool.envelope import Envelope
-from gateway.worker import Processed, Worker
+from gateway.pipeline import Pipeline
+from gateway.pipeline.job import MessageJob
 
 log = logs.get("milter")
 
@@ -117,8 +118,8 @@ class Transaction:
 class MilterServer:
     """Accepts milter connections from the MTA; one task per connection."""
 
-    def __init__(self, cfg: Config, worker: Worker) -> None:
-        self.worker = worker
+    def __init__(self, cfg: Config, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
         self.counts: collections.Counter[str] = collections.Counter()
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[asyncio.Task[None]] = set()
@@ -390,7 +391,7 @@ class Session:
         if pending:
             await self._send(REPLBODY, bytes(pending))
 
-    async def _process(self, txn: Transaction, queue_id: str) -> Processed:
+    async def _process(self, txn: Transaction, queue_id: str) -> MessageJob:
         if txn.file is None and txn.error is None:
             await self._open_file()  # the MTA sent no end of headers
         if txn.file is not None:
@@ -405,9 +406,9 @@ class Session:
             helo=self.helo, size=txn.size, smtputf8=any(a.upper() == "SMTPUTF8" for a in txn.mail_args),
             body_8bit=any(a.upper() == "BODY=8BITMIME" for a in txn.mail_args),
             tls=self.macros.get("tls_version", ""))
-        return await self.server.worker.process_file(txn.path, envelope, txn.route)
+        return await self.server.pipeline.process_file(txn.path, envelope, txn.route)
 
-    def _actions(self, txn: Transaction, processed: Processed
+    def _actions(self, txn: Transaction, processed: MessageJob
                  ) -> tuple[list[tuple[bytes, bytes]], tuple[bytearray, Iterator[bytes]] | None]:
         """The header actions that turn the MTA's message into the output, and
         the new body (bytes read so far, the rest) when it changed.  Blocking

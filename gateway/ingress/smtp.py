@@ -74,7 +74,7 @@ _STUFFED_DOT = re.compile(rb"(?<=\r\n)\.(?!\r\n)")
 
 
 class Queued(Protocol):
-    """Where a queued message goes next: this process's worker."""
+    """Where a queued message goes next: the queue runner of this process."""
 
     def can_take(self) -> bool:
         """Whether a task is free to take a message handed over locked."""
@@ -87,12 +87,12 @@ class Queued(Protocol):
 class Handler:
     """The aiosmtpd handler: the gateway's answers to MAIL, RCPT and EHLO."""
 
-    def __init__(self, cfg: Config, spool: Spool, worker: Queued | None,
+    def __init__(self, cfg: Config, spool: Spool, runner: Queued | None,
                  tls: IngressTls | None = None) -> None:
         self.cfg = cfg
         self.tls = tls
         self.spool = spool
-        self.worker = worker
+        self.runner = runner
         self.commits = group_commit()
         self._writable_at = 0.0
         self._writable_error: str | None = None
@@ -481,7 +481,7 @@ class GatewaySMTP(SMTP):
             smtputf8=bool(env.smtp_utf8), body_8bit=body_8bit,
             tls="yes" if self._tls_protocol else "")
         # A worker task that is free takes the message as it is: no claim.
-        keep = self.gw.worker is not None and self.gw.worker.can_take()
+        keep = self.gw.runner is not None and self.gw.runner.can_take()
         try:
             handle = await self.gw.commits.submit((reception, envelope, keep))
         except (OSError, SpoolError) as e:
@@ -493,8 +493,8 @@ class GatewaySMTP(SMTP):
                  size=size, client=envelope.client_addr, route=envelope.route,
                  **({"bare_line_ends": bare_line_ends} if bare_line_ends else {}))
         try:
-            if self.gw.worker is not None:
-                self.gw.worker.enqueue(envelope.queue_id, (handle, envelope) if handle is not None else None)
+            if self.gw.runner is not None:
+                self.gw.runner.enqueue(envelope.queue_id, (handle, envelope) if handle is not None else None)
         except Exception as e:  # noqa: BLE001 - the message is on disk: it is ours, answer 250
             log.error("could not wake the worker", queue_id=envelope.queue_id, error=str(e))
         return f"250 2.0.0 Ok: queued as {envelope.queue_id}"
@@ -603,13 +603,13 @@ def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, tls: Ing
     return make
 
 
-async def start_server(cfg: Config, spool: Spool, worker: Queued | None,
+async def start_server(cfg: Config, spool: Spool, runner: Queued | None,
                        reuse_port: bool = False,
                        tls: IngressTls | None = None) -> tuple[asyncio.AbstractServer, Handler]:
     """Listen for SMTP on the configured address (STARTTLS when ``tls`` has a
     context); return the server and the handler (whose ``draining`` flag and
     session count ``stop`` uses)."""
-    handler = Handler(cfg, spool, worker, tls)
+    handler = Handler(cfg, spool, runner, tls)
     loop = asyncio.get_running_loop()
     host, port = cfg.smtp.address
     factory = protocol_factory(handler, loop, handler.tls, hostname=cfg.gateway.hostname, ident=cfg.smtp.banner,

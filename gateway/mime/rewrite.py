@@ -447,3 +447,60 @@ def _segment_chunks(src: Source, segments: list[Segment]) -> Iterator[bytes]:
             yield seg
         else:
             yield from src.iter_range(seg[0], seg[1])
+
+
+def header_field_ranges(src: Source, part: Part, names: set[str]) -> list[tuple[int, int]]:
+    """Byte ranges of the header fields of ``part`` named in ``names``
+    (lower case), continuation lines included."""
+    out: list[tuple[int, int]] = []
+    pos = part.start
+    for name, raw in split_fields(src.read(part.start, part.body_start)):
+        if name in names:
+            out.append((pos, pos + len(raw)))
+        pos += len(raw)
+    return out
+
+
+def cut_ranges(segments: list[Segment], drops: list[tuple[int, int]], raws: list[bytes]) -> list[Segment]:
+    """``segments`` without the byte ranges in ``drops`` (whole header
+    fields, whose text is ``raws``).  A header block the rewrite rebuilt (a
+    replaced root part) carries the same fields as new bytes: they are cut
+    from it by their text."""
+    out: list[Segment] = []
+    for seg in segments:
+        if isinstance(seg, bytes):
+            for raw in raws:
+                seg = seg.replace(raw, b"")
+            out.append(seg)
+            continue
+        pieces = [seg]
+        for ds, de in drops:
+            kept = []
+            for s, e in pieces:
+                if de <= s or ds >= e:
+                    kept.append((s, e))
+                    continue
+                if s < ds:
+                    kept.append((s, ds))
+                if de < e:
+                    kept.append((de, e))
+            pieces = kept
+        out.extend(pieces)
+    return out
+
+
+def salvage_headers(src: Source) -> bytes:
+    """The fields a person needs (From, To, Subject, ...) from a message
+    whose header block could not be parsed: the first of each, unfolded,
+    bounded, CRLF-clean."""
+    wanted = {"from", "to", "cc", "reply-to", "subject", "date", "message-id", "in-reply-to", "references"}
+    out: list[bytes] = []
+    for name, raw in split_fields(src.read(0, min(src.size, 256 << 10))):
+        if not name:
+            break
+        if name in wanted:
+            wanted.discard(name)
+            value = re.sub(rb"[\r\n\x00]+[ \t]*", b" ", raw).strip()
+            if len(value) <= 998:
+                out.append(value + b"\r\n")
+    return b"".join(out)

@@ -1,0 +1,97 @@
+"""Identify: who the message is about (the customer id), which parts are
+its text and HTML body, and which parts its HTML shows inline."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+from gateway.config import RouteSettings
+from gateway.mime import filenames
+from gateway.mime.decode import decoded_bytes, message_header
+from gateway.mime.parse import Part
+from gateway.mime.rewrite import cid_references
+from gateway.pipeline.job import MessageJob
+from gateway.pipeline.services import Services
+from gateway.spool.envelope import Envelope
+
+# HTML bodies up to this size are read for cid: references (inline images).
+MAX_HTML_SCAN = 8 << 20
+
+
+class Identify:
+    """Find the customer, the Message-ID, the bodies and their inline images."""
+
+    name = "identify"
+    always = False
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def run(self, job: MessageJob) -> None:
+        assert job.src is not None and job.root is not None
+        job.message_id = message_header(job.root.headers, "Message-ID").strip()
+        job.customer, job.customer_believed = customer_id(job.root, job.envelope, job.route)
+        if not job.customer_believed:
+            job.log.info("customer id header not believed from this client; removed",
+                         header=job.route.customer_id.header, client=job.envelope.client_addr)
+        job.text_part, job.html_part = bodies(job.root)
+        html = job.html_part
+        if html is not None and html.encoded_size <= MAX_HTML_SCAN:
+            job.cids = cid_references(await asyncio.to_thread(decoded_bytes, job.src, html))
+
+
+def customer_id(root: Part, envelope: Envelope, route: RouteSettings) -> tuple[str, bool]:
+    """The customer id for keys and links, and False when the message's
+    customer header was there but not believed (it is then removed from the
+    forwarded message): only clients in the route's
+    ``customer_id.trusted_networks`` may name the customer."""
+    rule = route.customer_id
+    believed = True
+    if rule.header:
+        value = message_header(root.headers, rule.header).strip()
+        if value and in_networks(envelope.client_addr, rule.trusted_networks):
+            return filenames.sanitise_customer(value), True
+        believed = not value
+    if rule.fallback == "sender" and envelope.mail_from:
+        return filenames.sanitise_customer(envelope.mail_from), believed
+    return "unknown", believed
+
+
+def in_networks(addr: str, networks: list[str]) -> bool:
+    """Whether the client address ``addr`` is in one of ``networks``."""
+    if not networks or not addr:
+        return False
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def bodies(root: Part) -> tuple[Part | None, Part | None]:
+    """The first text/plain and text/html leaves that are the message's body
+    (inline, without a filename), in document order."""
+    text = html = None
+    for leaf in root.leaves():
+        if leaf.unexamined is not None or leaf.in_attached_message:
+            continue  # an attached email's text is a file's content, not this message's body
+        ctype = leaf.content_type
+        if ctype not in ("text/plain", "text/html") or disposition(leaf) == "attachment":
+            continue
+        if filenames.original_filename(leaf.headers):
+            continue
+        if leaf.headers.get_content_maintype() == "multipart":
+            continue
+        if ctype == "text/plain" and text is None:
+            text = leaf
+        elif ctype == "text/html" and html is None:
+            html = leaf
+    return text, html
+
+
+def disposition(part: Part) -> str:
+    """The part's Content-Disposition type (``attachment``, ``inline``, '')."""
+    value = message_header(part.headers, "Content-Disposition")
+    return value.split(";", 1)[0].strip().lower()

@@ -1,0 +1,105 @@
+"""Notify: one automatic reply to the sender whose files were refused, or
+could not be stored and were too large to forward (RFC 3834 rules, a rate
+per sender shared by every process); a failure is logged, never fatal."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gateway import autoreply, invitations, metrics
+from gateway.delivery import Content
+from gateway.mime import filenames
+from gateway.mime.decode import message_header
+from gateway.pipeline.job import MessageJob
+from gateway.pipeline.services import Services
+from gateway.spool.durable import write_atomic
+from gateway.spool.envelope import Envelope
+from gateway.storage.base import StorageError
+
+# Seconds the auto-reply waits for its upload invitation to be saved: the
+# message it is about waits too (the store may be the one failing).
+INVITATION_TIMEOUT = 5.0
+
+
+class Notify:
+    """Answer the sender when a file was refused or not stored."""
+
+    name = "notify"
+    always = True
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def enabled(self, job: MessageJob) -> bool:
+        """On routes with an auto-reply, when there is something to say."""
+        return job.route.autoreply is not None and bool(job.refused or job.unstored)
+
+    async def run(self, job: MessageJob) -> None:
+        services, route, envelope = self.services, job.route, job.envelope
+        settings = route.autoreply
+        assert settings is not None and job.root is not None
+        why_not = autoreply.skip_reason(envelope.mail_from, job.root.headers)
+        if why_not is not None:
+            metrics.AUTOREPLIES.labels(route.name, "skipped").inc()
+            job.log.info("no auto-reply", reason=why_not)
+            return
+        if not await asyncio.to_thread(services.rates.claim, envelope.mail_from, settings.interval):
+            metrics.AUTOREPLIES.labels(route.name, "skipped").inc()
+            job.log.info("no auto-reply", reason=f"one went to this sender within {settings.interval}s")
+            return
+        subject = filenames.display_name(message_header(job.root.headers, "Subject").strip())
+        message_id = message_header(job.root.headers, "Message-ID").strip()
+        template = settings.template if job.refused else settings.storage_failed_template
+        upload_url = await self._upload_url(job, message_id, template)
+        if job.refused:
+            text = autoreply.render(settings.template, subject=subject, upload_url=upload_url,
+                                    refusals=[(r["filename"], r["reason"]) for r in job.refused]
+                                    + [(name, autoreply.STORAGE_FAILED_REASON) for name in job.unstored])
+        else:
+            text = autoreply.render_storage_failed(settings.storage_failed_template, files=job.unstored,
+                                                   subject=subject, upload_url=upload_url)
+        try:
+            data = autoreply.build(sender=settings.sender, to=envelope.mail_from,
+                                   subject=settings.subject if job.refused else settings.storage_failed_subject,
+                                   text=text, in_reply_to=message_id, hostname=services.cfg.gateway.hostname)
+        except (ValueError, TypeError) as e:
+            await asyncio.to_thread(services.rates.release, envelope.mail_from)
+            job.log.error("auto-reply not built", error=str(e))
+            return
+        path = job.work("autoreply.eml")
+        await asyncio.to_thread(write_atomic, path, data)
+        reply_env = Envelope(queue_id=envelope.queue_id + "R", mail_from="", rcpt_tos=[envelope.mail_from],
+                             route=route.name, received_at=time.time())
+        async with services.leases.using(services.autoreply_hops[route.name]) as hop:
+            result = await hop.deliver(reply_env, [envelope.mail_from], Content(path))
+        if result.delivered:
+            metrics.AUTOREPLIES.labels(route.name, "sent").inc()
+            job.log.info("auto-reply sent", to=envelope.mail_from, next_hop=hop.name)
+        else:
+            await asyncio.to_thread(services.rates.release, envelope.mail_from)
+            metrics.AUTOREPLIES.labels(route.name, "failed").inc()
+            job.log.error("auto-reply not delivered", to=envelope.mail_from,
+                          reason=next(iter({**result.deferred, **result.failed}.values()), ""))
+
+    async def _upload_url(self, job: MessageJob, message_id: str, template: str | None) -> str:
+        """A fresh upload-page invitation for the auto-reply (this customer,
+        this thread; files announced to the address the message was for)
+        when ``template`` shows one, or the route's fixed ``upload_url`` when
+        the page is off or the invitation cannot be saved (logged, the reply
+        still goes: when storage failed, saving it may fail too)."""
+        services, route = self.services, job.route
+        settings = route.autoreply
+        assert settings is not None
+        if not services.cfg.upload.enabled or not autoreply.wants_upload_url(template):
+            return settings.upload_url
+        try:
+            inv, url = await asyncio.wait_for(invitations.create(
+                services.stores[route.storage], services.keyring, services.cfg.http.base_url,
+                customer_id=job.customer, message_id=autoreply.thread_id(message_id),
+                notify=job.envelope.rcpt_tos[0], route=route.name, ttl=services.cfg.upload.invitation_ttl),
+                INVITATION_TIMEOUT)
+        except (StorageError, OSError, asyncio.TimeoutError) as e:
+            job.log.error("no upload invitation for the auto-reply", error=str(e) or type(e).__name__)
+            return settings.upload_url
+        job.log.info("upload invitation for the auto-reply", invitation=inv.object_id, customer_id=job.customer)
+        return url

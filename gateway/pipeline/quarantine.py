@@ -1,0 +1,118 @@
+"""Refusals: a refused file is kept in quarantine, replaced by a notice,
+named to the agent and the sender, and audited; an emptied one is replaced.
+
+``keep`` is the one place bytes go into quarantine (parts, uuencoded files,
+whole messages); ``refusal`` records one in the job, the log, the metrics
+and the audit stream.  A quarantine that fails raises and the message is
+held: a refused file is never forwarded and never dropped.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import policies
+from gateway import metrics
+from gateway.mime import filenames
+from gateway.mime.decode import Measure, decoded_chunks
+from gateway.mime.parse import ENCODED_MESSAGE, Part
+from gateway.mime.rewrite import Replacement
+from gateway.partfacts import utc_stamp
+from gateway.pipeline.job import MessageJob
+from gateway.pipeline.services import Services
+from gateway.storage.base import ObjectMeta, StorageError
+
+
+class QuarantineError(Exception):
+    """A refused file could not be kept in the quarantine; the message is held."""
+
+
+def default_name(part: Part) -> str:
+    """The name an agent sees for a part the sender gave none (the policies
+    judge a nameless part by the same name: policies.filetypes)."""
+    from policies.filetypes import DEFAULT_NAME_EXTENSIONS
+
+    if part.unexamined is not None:
+        return f"part-{part.path or '1'}.eml"
+    return f"attachment.{DEFAULT_NAME_EXTENSIONS.get(part.content_type, 'bin')}"
+
+
+async def keep(services: Services, job: MessageJob, part: Part, measured: Measure, name: str,
+               decision: policies.Decision, data: bytes | None = None) -> tuple[str | None, str | None]:
+    """Keep a refused part (or ``data`` found inside it) under the route's
+    quarantine prefix, with no link record: no token can lead there.
+    Returns its key and SHA-256, or no key when the route keeps nothing."""
+    route, envelope = job.route, job.envelope
+    if not route.quarantine.enabled:
+        return None, measured.sha256
+    assert job.src is not None
+    src = job.src
+    store = services.stores[route.storage]
+    key = f"{route.quarantine.prefix}{job.customer}/{utc_stamp()}-{filenames.sanitise(name)}"
+    meta = ObjectMeta(content_type="application/octet-stream", filename=name,
+                      metadata={"queue-id": envelope.queue_id, "customer-id": job.customer,
+                                "policy": decision.policy})
+    # A part that was not examined is kept whole, headers and all, as it
+    # came: its headers may be what could not be read.  An attached message
+    # in base64 or quoted-printable is kept decoded: an email an
+    # administrator can open.
+    raw = bool(decision.details.get("raw")) and data is None
+    decoded_whole = raw and part.unexamined == ENCODED_MESSAGE
+    async with services.offload_slots:
+        try:
+            if data is not None:
+                chunks: Iterator[bytes] = iter([data])
+            elif raw and not decoded_whole:
+                chunks = src.iter_range(part.start, part.end)
+            else:
+                chunks = decoded_chunks(src, part)
+            stored = await store.put(key, chunks, meta)
+        except (StorageError, OSError) as e:
+            raise QuarantineError(f"refused file {name!r} could not be quarantined as {key} "
+                                  f"({type(e).__name__}: {e}); held, neither forwarded nor dropped") from e
+    if stored.size != measured.size and not decoded_whole:
+        raise StorageError(f"quarantined object {key} has {stored.size} bytes, expected {measured.size}")
+    if measured.sha256 and stored.sha256 and stored.sha256 != measured.sha256:
+        raise StorageError(f"quarantined object {key} has SHA-256 {stored.sha256}, expected {measured.sha256}")
+    sha256 = stored.sha256 or measured.sha256
+    job.log.info("quarantined", key=key, size=stored.size, sha256=sha256)
+    return key, sha256
+
+
+def refusal(services: Services, job: MessageJob, facts: policies.PartFacts, decision: policies.Decision,
+            name: str, key: str | None, sha: str | None, notice: str) -> None:
+    """Record one refused file: the notice for the bodies, the entry for
+    result.json and the auto-reply, the metric and the audit event."""
+    metrics.REFUSED_PARTS.labels(job.route.name, decision.policy).inc()
+    job.notices.append(notice)
+    job.refused.append({"part": facts.path, "filename": name, "policy": decision.policy, "reason": decision.reason,
+                        "declared_type": facts.declared_type, "detected_type": facts.detected_type,
+                        "size": facts.decoded_size, "sha256": sha, "quarantine_key": key})
+    services.audit.event("FileRefused", "Failure", EventResultDetails=decision.reason,
+                         QueueId=job.envelope.queue_id, CustomerId=job.customer, TargetFileName=name,
+                         TargetFileSize=facts.decoded_size, TargetFileSHA256=sha,
+                         TargetFileMimeType=facts.detected_type, DeclaredMimeType=facts.declared_type,
+                         Policy=decision.policy, TargetFilePath=key, InternetMessageId=job.message_id or None)
+
+
+class Quarantine:
+    """Carry out the REFUSE and REPLACE decisions on the message's parts."""
+
+    name = "quarantine"
+    always = False
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def run(self, job: MessageJob) -> None:
+        for o in job.outcomes:
+            d, facts, p = o.decision, o.facts, o.part
+            name = filenames.display_name(facts.filename) or default_name(p)
+            if d.action is policies.Action.REPLACE:
+                job.replacements.append(Replacement(p, d.notice or f"An attachment was removed: {d.reason}.\n"))
+                job.notices.append(f"\"{name}\": {d.notice or d.reason}")
+                job.log.info("attachment replaced", part=facts.path, filename=name, reason=d.reason)
+            elif d.action is policies.Action.REFUSE:
+                key, sha = await keep(self.services, job, p, o.measure, name, d)
+                text = f"The attachment \"{name}\" was removed: {d.reason}."
+                job.replacements.append(Replacement(p, text + "\n"))
+                refusal(self.services, job, facts, d, name, key, sha, text)

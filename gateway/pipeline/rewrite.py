@@ -1,0 +1,110 @@
+"""Rewrite: the output message as segments of the file read and new bytes.
+Offloaded and refused parts become notices, the bodies get the links and
+the notices, trace headers go on top, and the headers only the gateway may
+write (inbound copies of its trace, a customer id from a client not
+trusted to name one) are cut out.  A part that could not be stored and
+would push the message past the next hop's limit gives way to a notice."""
+from __future__ import annotations
+
+import time
+
+from gateway.mime import filenames
+from gateway.mime.decode import message_header
+from gateway.mime.parse import Part
+from gateway.mime.rewrite import (Link, Replacement, Segment, cut_ranges, header_field_ranges, plan,
+                                  segments_size)
+from gateway.pipeline.job import MessageJob
+from gateway.pipeline.offload import landing_page
+from gateway.pipeline.quarantine import default_name
+from gateway.pipeline.services import Services
+from gateway.pipeline.trace import trace
+
+
+class Rewrite:
+    """Plan the output message."""
+
+    name = "rewrite"
+    always = False
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def run(self, job: MessageJob) -> None:
+        assert job.src is not None and job.root is not None
+        src, route = job.src, job.route
+        links = [Link(o.filename, o.size, o.url) for o in job.offloaded]
+        inline = {}
+        for o in job.offloaded:
+            cid = message_header(o.part.headers, "Content-ID").strip().strip("<>").lower()
+            if cid and cid in job.cids:
+                inline[cid] = Link(o.filename, o.size, o.url)
+        template = route.link_text or self.services.cfg.links.text
+        if route.landing_page and len(job.offloaded) >= 2:
+            page_link = await landing_page(self.services, job)
+            if page_link is not None:
+                links, template = [page_link], "{filename}"
+        note = f"{len(job.failed)} not stored, forwarded as is" if job.failed else ""
+        segments = self._plan(job, links, template, inline, note)
+        if job.failed and segments_size(segments) > route.next_hop_max_size:
+            # Fail open, but never past the next hop's limit: the parts that
+            # could not be stored give way to a notice.
+            job.replacements += [Replacement(p, failed_notice(p)) for p in job.failed]
+            segments = self._plan(job, links, template, inline,
+                                  f"{len(job.failed)} not stored, replaced by a notice")
+            for p in job.failed:
+                name = filenames.original_filename(p.headers)
+                job.unstored.append(filenames.display_name(name) or default_name(p))
+                job.log.warning("storage failed and the message would exceed the next hop's limit; "
+                                "attachment replaced by a notice", part=p.path, filename=name,
+                                next_hop_max_size=route.next_hop_max_size)
+                self.services.audit.event("FileRefused", "Failure",
+                                          EventResultDetails="storage unavailable, too large to forward",
+                                          QueueId=job.envelope.queue_id, CustomerId=job.customer,
+                                          TargetFileName=name)
+        elif job.failed:
+            for p in job.failed:
+                job.log.warning("storage failed; attachment forwarded as is (fits the next hop's limit)",
+                                part=p.path, filename=filenames.original_filename(p.headers),
+                                next_hop_max_size=route.next_hop_max_size)
+        # Headers only the gateway may write: inbound copies of its trace,
+        # and a customer id from a client not trusted to name one.
+        drop = {"x-attachment-offload"}
+        if not job.customer_believed and route.customer_id.header:
+            drop.add(route.customer_id.header.lower())
+        drops = header_field_ranges(src, job.root, drop)
+        if drops:
+            segments = [segments[0], *cut_ranges(segments[1:], drops, [src.read(a, b) for a, b in drops])]
+        job.segments = segments
+        job.changed = bool(job.offloaded or job.failed or job.replacements or job.notices or job.unpacked or drops)
+
+    def _plan(self, job: MessageJob, links: list[Link], template: str, inline: dict[str, Link],
+              note: str) -> list[Segment]:
+        assert job.src is not None and job.root is not None
+        head = trace(self.services.cfg.gateway.hostname, job.envelope, job.offloaded, refused=len(job.refused),
+                     replaced=job.replaced, tnef_unpacked=job.unpacked, note=note)
+        return plan(job.src, job.root, replacements=job.replacements, links=links, text_part=job.text_part,
+                    html_part=job.html_part, link_template=template, trace=head, notices=job.notices,
+                    inline=inline, cuts=job.cuts)
+
+
+def failed_notice(part: Part) -> str:
+    """The text in place of a part that could not be stored or forwarded."""
+    name = filenames.original_filename(part.headers) or default_name(part)
+    return (f"The attachment \"{name}\" could not be stored and was too large to forward.\n"
+            f"Please ask the customer to send it again.\n")
+
+
+def result(job: MessageJob) -> dict[str, object]:
+    """What processing did, as ``result.json`` records it."""
+    return {
+        "offloaded": [{"key": o.key, "size": o.size, "sha256": o.sha256, "filename": o.filename,
+                       "part": o.part.path} for o in job.offloaded],
+        "failed": [p.path for p in job.failed],
+        "refused": job.refused,
+        "decisions": [{"part": o.facts.path, "action": o.decision.action.value, "policy": o.decision.policy,
+                       "reason": o.decision.reason, "declared_type": o.facts.declared_type,
+                       "detected_type": o.facts.detected_type, "filename": o.facts.filename,
+                       "size": o.facts.decoded_size} for o in job.outcomes],
+        "tnef_unpacked": job.unpacked,
+        "seconds": round(time.monotonic() - job.started, 4),
+    }

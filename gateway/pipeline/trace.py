@@ -1,0 +1,51 @@
+"""The trace headers the gateway puts on top of every message it forwards:
+``Received`` (RFC 5321 section 4.4) and ``X-Attachment-Offload``, the
+summary of what it did."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from gateway.spool.envelope import Envelope
+
+if TYPE_CHECKING:
+    from gateway.pipeline.job import Offloaded
+
+
+def trace(hostname: str, envelope: Envelope, offloaded: list["Offloaded"], note: str = "", refused: int = 0,
+          replaced: int = 0, tnef_unpacked: bool = False) -> bytes:
+    """The two trace header fields, CRLF-terminated."""
+    helo = clean(envelope.helo) or "unknown"
+    client = clean(envelope.client_name) or "unknown"
+    addr = clean(envelope.client_addr)
+    proto = "UTF8SMTP" if envelope.smtputf8 else "ESMTP"
+    if envelope.tls:
+        proto += "S"
+    rcpt = f"\r\n\tfor <{clean(envelope.rcpt_tos[0])}>" if len(envelope.rcpt_tos) == 1 else ""
+    received = (f"Received: from {helo} ({client} [{addr}])\r\n"
+                f"\tby {hostname} (attachment-gateway) with {proto} id {envelope.queue_id}"
+                f"{rcpt};\r\n\t{rfc5322_date(envelope.received_at)}\r\n")
+    summary = f"offloaded={len(offloaded)} bytes={sum(o.size for o in offloaded)}"
+    if refused:
+        summary += f" refused={refused}"
+    if replaced:
+        summary += f" replaced={replaced}"
+    if tnef_unpacked:
+        summary += " tnef=unpacked"
+    if note:
+        summary += f"; {note}"
+    return (received + f"X-Attachment-Offload: {clean(summary)}\r\n").encode("utf-8", "replace")
+
+
+def rfc5322_date(ts: float) -> str:
+    """An RFC 5322 date in UTC, as email.utils.format_datetime writes it
+    (strftime: this runs for every message, and that builds a datetime;
+    day and month names are English, as LC_TIME is never set)."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(ts))
+
+
+def clean(text: str) -> str:
+    """Text from the envelope or client, safe inside a header."""
+    if text.isprintable():  # the usual case; CR and LF are not printable
+        return text[:200]
+    return "".join(ch for ch in text if ch.isprintable())[:200]

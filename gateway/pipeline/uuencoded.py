@@ -1,0 +1,113 @@
+"""Files inside the text: uuencoded blocks in a text body (several mail
+clients show them as attachments) are judged like any file; a refused one
+is cut out of the text and quarantined, the text around it kept."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import policies
+from gateway.mime import container, filenames, uuencode
+from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks
+from gateway.mime.parse import Part
+from gateway.mime.source import Source
+from gateway.partfacts import HEAD_BYTES, part_facts
+from gateway.pipeline import quarantine
+from gateway.pipeline.examine import log_decision
+from gateway.pipeline.job import MessageJob, PartOutcome
+from gateway.pipeline.services import Services
+
+# Text parts up to this size are searched for uuencoded files (in memory,
+# as a rewrite of the text would hold it anyway); larger ones that have a
+# "begin" line are not examined and quarantined whole.
+MAX_UU_SCAN = 64 << 20
+# What stands in the text where a refused file was.
+CUT_TEXT = b"[a file was removed here by the attachment gateway]\r\n"
+
+
+class Uuencoded:
+    """Judge the uuencoded files in the body and the kept inline texts."""
+
+    name = "uuencoded"
+    always = False
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def run(self, job: MessageJob) -> None:
+        texts = [job.text_part] if job.text_part is not None else []
+        texts += [o.part for o in job.outcomes if o.decision.action is policies.Action.KEEP
+                  and o.part.content_type == "text/plain" and not o.facts.is_attachment]
+        for leaf in texts:
+            for block, outcome, data in await self._judge(job, leaf):
+                if outcome.decision.action is not policies.Action.REFUSE:
+                    continue
+                d, facts = outcome.decision, outcome.facts
+                name = filenames.display_name(facts.filename) or "attachment.bin"
+                # A block that was not examined is kept with the text around it.
+                whole = bool(d.details.get("raw", False))
+                kept = Measure(leaf.end - leaf.start if whole else len(data), b"", None)
+                key, sha = await quarantine.keep(self.services, job, leaf, kept, name, d,
+                                                 data=None if whole else data)
+                job.cuts.setdefault(leaf.start, []).append((block.start, block.end, CUT_TEXT))
+                quarantine.refusal(self.services, job, facts, d, name, key, sha,
+                                   f"The attachment \"{name}\" (uuencoded in the text) was removed: {d.reason}.")
+
+    async def _judge(self, job: MessageJob, leaf: Part) -> list[tuple[uuencode.UuBlock, PartOutcome, bytes]]:
+        """The uuencoded files in one text part, each with its decision."""
+        assert job.src is not None
+        if leaf.encoded_size > MAX_UU_SCAN:
+            # Too large to search block by block: a text this size that has
+            # a "begin" line at all is not examined, whole.
+            if not await asyncio.to_thread(mentions_uuencode, job.src, leaf):
+                return []
+            block = uuencode.UuBlock(start=0, end=leaf.end - leaf.body_start + 1, mode="", filename="",
+                                     unexamined=f"a text of over {MAX_UU_SCAN >> 20} MiB with a "
+                                                "uuencoded file in it")
+            found, spent = [(block, b"", "application/octet-stream")], 0.0
+        else:
+            found, spent = await asyncio.to_thread(find_uuencoded, job.src, leaf)
+        job.budget.spend(spent)
+        out = []
+        for n, (block, data, detected) in enumerate(found, 1):
+            path = f"{leaf.path or '1'}.uu{n}"
+            if block.unexamined or job.budget.exhausted:
+                why = block.unexamined or "the time for examining one message ran out"
+                facts = part_facts(path=path, declared_type="application/octet-stream", filename=block.filename,
+                                   decoded_size=len(data), disposition="attachment", route=job.route,
+                                   is_attachment=True)
+                decision = policies.Decision(policies.Action.REFUSE, "unexamined",
+                                             f"it could not be examined ({why})", details={"raw": True})
+            else:
+                facts = part_facts(path=path, declared_type="application/octet-stream", filename=block.filename,
+                                   decoded_size=len(data), disposition="attachment", route=job.route,
+                                   head=data[:HEAD_BYTES], detected_type=detected, is_attachment=True)
+                decision = policies.decide(self.services.policies[job.route.name], facts)
+            outcome = PartOutcome(leaf, decision, Measure(len(data), b"", None), facts)
+            log_decision(job, outcome)
+            out.append((block, outcome, data))
+        return out
+
+
+def mentions_uuencode(src: Source, leaf: Part) -> bool:
+    """Whether a (large) text part has a line that could begin a uuencoded
+    file, read in windows."""
+    carry = b""
+    for chunk in decoded_chunks(src, leaf):
+        data = carry + chunk
+        if uuencode.BEGIN_LINE.search(data):
+            return True
+        carry = data[-200:]
+    return False
+
+
+def find_uuencoded(src: Source, leaf: Part) -> tuple[list[tuple[uuencode.UuBlock, bytes, str]], float]:
+    """The uuencoded blocks in a text part's decoded body, each with its
+    decoded bytes and detected type, and the CPU seconds that took."""
+    cpu = time.thread_time()
+    found = []
+    for block in uuencode.find_blocks(decoded_bytes(src, leaf)):
+        data = b"" if block.unexamined else block.decode(max_bytes=MAX_UU_SCAN)
+        detected = container.detect_chunks(data[:HEAD_BYTES], [data]) if data else "application/x-empty"
+        found.append((block, data, detected))
+    return found, time.thread_time() - cpu
