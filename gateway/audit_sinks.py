@@ -254,12 +254,12 @@ def build(cfg: Any) -> list[Sink]:
     secrets are read now so a missing token stops start-up."""
     from pathlib import Path
 
-    from gateway.config import _parse_hostport, read_secret
+    from gateway.config import parse_hostport, read_secret
 
     out: list[Sink] = []
     a = cfg.audit
     if a.syslog is not None:
-        host, port = _parse_hostport(a.syslog.address)
+        host, port = parse_hostport(a.syslog.address)
         ctx = None
         if a.syslog.transport == "tls":
             ctx = ssl.create_default_context(cafile=str(cfg.path(a.syslog.ca_file)) if a.syslog.ca_file else None)

@@ -37,7 +37,7 @@ class ConfigError(Exception):
 
 
 
-def _parse_hostport(value: str) -> tuple[str, int]:
+def parse_hostport(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not host or not 0 <= int(port) <= 65535:
         raise ValueError("expected HOST:PORT, such as \"127.0.0.1:2525\"")
@@ -48,7 +48,7 @@ def _check_next_hop(v: str) -> str:
     if v.startswith("maildir:") and len(v) > len("maildir:"):
         return v
     if v.startswith("smtp://"):
-        _parse_hostport(v[len("smtp://"):])
+        parse_hostport(v[len("smtp://"):])
         return v
     raise ValueError("expected \"smtp://HOST:PORT\" or \"maildir:PATH\"")
 
@@ -99,7 +99,7 @@ class SmtpSettings(_Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        _parse_hostport(v)
+        parse_hostport(v)
         return v
 
     @field_validator("require_tls_from")
@@ -125,7 +125,7 @@ class SmtpSettings(_Strict):
 
     @property
     def address(self) -> tuple[str, int]:
-        return _parse_hostport(self.listen)
+        return parse_hostport(self.listen)
 
 
 def _check_network(v: str) -> str:
@@ -189,7 +189,7 @@ class HttpSettings(_Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        _parse_hostport(v)
+        parse_hostport(v)
         return v
 
     @field_validator("base_url")
@@ -201,7 +201,7 @@ class HttpSettings(_Strict):
 
     @property
     def address(self) -> tuple[str, int]:
-        return _parse_hostport(self.listen)
+        return parse_hostport(self.listen)
 
 
 class _KeySource(SecretRef):
@@ -295,7 +295,7 @@ class SyslogSinkSettings(_Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        _parse_hostport(v)
+        parse_hostport(v)
         return v
 
 
@@ -601,7 +601,7 @@ class AuthSettings(_Strict):
         ports = set()
         for item in v:
             if ":" in item and not item.startswith("["):
-                _parse_hostport(item)
+                parse_hostport(item)
                 ports.add(int(item.rpartition(":")[2]))
             else:
                 ports.add(53)
@@ -616,7 +616,7 @@ class AuthSettings(_Strict):
         return self
 
     def servers(self) -> list[tuple[str, int]]:
-        return [_parse_hostport(s) if ":" in s and not s.startswith("[") else (s, 53) for s in self.dns_servers]
+        return [parse_hostport(s) if ":" in s and not s.startswith("[") else (s, 53) for s in self.dns_servers]
 
 
 class MilterSettings(_Strict):
@@ -639,12 +639,12 @@ class MilterSettings(_Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        _parse_hostport(v)
+        parse_hostport(v)
         return v
 
     @property
     def address(self) -> tuple[str, int]:
-        return _parse_hostport(self.listen)
+        return parse_hostport(self.listen)
 
 
 class ApiKey(_KeySource):
@@ -808,21 +808,15 @@ class Config(_Strict):
 def read_secret(ref: SecretRef, base_dir: str | Path, key: str, min_length: int = 1) -> str:
     """The secret ``ref`` points at (a file, or an environment variable);
     raise ConfigError naming the config key when it is missing or short."""
-    if ref.env is not None:
-        value = os.environ.get(ref.env, "").strip()
-        if not value:
-            raise ConfigError(f"{key}: environment variable {ref.env} is not set")
-        where = f"{key}.env: {ref.env}"
-    else:
-        path = Path(ref.file or "")
-        path = path if path.is_absolute() else Path(base_dir) / path
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ConfigError(f"{key}.file: {path}: {e.strerror}") from None
-        where = f"{key}.file: {path}"
-    if len(value) < min_length:
-        raise ConfigError(f"{where}: secret shorter than {min_length} characters")
+    from gateway.secrets import SecretError
+    from gateway.secrets import read_secret as read
+
+    try:
+        value = read(file=None if ref.env is not None else (ref.file or ""), env=ref.env, base_dir=base_dir,
+                     what=key, min_length=min_length)
+    except SecretError as e:
+        raise ConfigError(str(e)) from None
+    assert value is not None
     return value
 
 

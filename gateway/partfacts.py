@@ -9,7 +9,6 @@ a policy added for mail (type detection, refusals) applies to uploads too.
 from __future__ import annotations
 
 import re
-import time
 
 import policies
 from gateway.config import RouteSettings
@@ -51,13 +50,3 @@ def safe_type(ctype: str) -> str:
     """A media type fit for a header and object metadata, else octet-stream."""
     ctype = ctype.strip().lower()
     return ctype if _TYPE.fullmatch(ctype) else "application/octet-stream"
-
-
-def utc_stamp() -> str:
-    """UTC time to the microsecond, as object keys carry it."""
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000 // 1000:06d}Z"
-
-
-def object_key(customer: str, display: str) -> str:
-    """``uploads/<customer>/<UTC time>-<sanitised name>``: where a file is stored."""
-    return f"uploads/{customer}/{utc_stamp()}-{filenames.sanitise(display)}"

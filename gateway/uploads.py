@@ -18,11 +18,12 @@ from typing import AsyncIterator
 import policies
 from gateway import logs
 from gateway.config import Config
-from gateway.http.bridge import StreamBridge, blocking_chunks
+from gateway.storage.bridge import StreamBridge, blocking_chunks
 from gateway.links.mint import mint
 from gateway.links.tokens import Keyring
 from gateway.mime import container, filenames
-from gateway.partfacts import object_key, part_facts, safe_type
+from gateway.partfacts import part_facts, safe_type
+from gateway.storage.keys import file_key
 from gateway.storage.base import ObjectMeta, Storage, StorageError
 
 log = logs.get("uploads")
@@ -128,7 +129,7 @@ class Uploads:
         if decision.action not in (policies.Action.KEEP, policies.Action.OFFLOAD):
             await asyncio.gather(*(store.delete(k) for k in staging))
             raise Refused(decision.reason)
-        key = object_key(customer, display)
+        key = file_key(customer, display)
         meta = ObjectMeta(content_type=ctype, filename=filename,
                           metadata={"queue-id": reference, "customer-id": customer})
         # The copy reads the staged bytes back through the loop into the store's thread.

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Callable, Self
 
 from aiosmtpd.controller import Controller
 
@@ -26,6 +26,17 @@ from tests.servers.ports import free_port, port_is_open
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
 GATEWAY = [sys.executable, "-m", "gateway"]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.02,
+               what: str = "the condition") -> None:
+    """Return as soon as ``predicate()`` is true; fail with ``what`` after
+    ``timeout`` seconds.  Tests wait on what they expect, never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 def toml_value(v: Any) -> str:
@@ -244,6 +255,13 @@ class GatewayProcess:
         self._log.close()
         self.proc = None
         return code
+
+    def metrics(self) -> str:
+        """The Prometheus exposition from ``/metrics``."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10) as r:
+            return r.read().decode()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

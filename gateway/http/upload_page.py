@@ -47,7 +47,7 @@ from aiohttp import web
 
 from gateway import invitations, logs
 from gateway.config import Config
-from gateway.http.bridge import BadEncoding, BodyTooLarge
+from gateway.storage.bridge import BadEncoding, BodyTooLarge
 from gateway.http.links import page
 from gateway.links.tokens import Keyring, TokenError, TokenExpired, new_object_id
 from gateway.mime import filenames

@@ -105,17 +105,59 @@ def sanitise(name: str, default: str = "attachment") -> str:
     return safe
 
 
-def content_disposition(name: str, disposition: str = "attachment") -> str:
-    """An RFC 6266 Content-Disposition value carrying ``name`` safely: an
-    ASCII fallback in ``filename`` and the exact name in ``filename*``
-    (percent-encoded, control characters included), less its Unicode format
-    characters: a bidi override there would disguise the extension of the
-    saved file."""
-    if not name.isascii():
-        name = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
-    fallback = sanitise(name)
-    encoded = quote(name or fallback, safe="")
-    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+# Longest name carried in a Content-Disposition (the fallback and filename*).
+MAX_DISPOSITION_NAME = 200
+# RFC 5987 attr-char besides letters and digits: left as they are in filename*.
+_ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
+
+
+def visible_basename(filename: str) -> str:
+    """The name's last path component, without control or format characters."""
+    return _visible(filename.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+
+
+def ascii_filename(filename: str, default: str = "attachment") -> str:
+    """A plain-ASCII stand-in for ``filename`` for the quoted ``filename=``
+    parameter: accents dropped, other non-ASCII and ``"\\%;`` replaced by "_",
+    path components removed."""
+    name = visible_basename(filename)
+    out = []
+    for c in unicodedata.normalize("NFKD", name):
+        if unicodedata.combining(c):
+            continue
+        out.append(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%;' else "_")
+    stem, dot, ext = "".join(out).strip(" .").rpartition(".")
+    if not dot:
+        stem, ext = ext, ""
+    if not re.search(r"[A-Za-z0-9]", stem):
+        stem = default  # nothing recognisable left, e.g. a Cyrillic name
+    if not re.search(r"[A-Za-z0-9]", ext):
+        ext = ""
+    ascii_name = stem + ("." + ext if ext else "")
+    if len(ascii_name) > MAX_DISPOSITION_NAME:
+        stem, dot, ext = ascii_name.rpartition(".")
+        ascii_name = (stem[: MAX_DISPOSITION_NAME - len(ext) - 1] + "." + ext) if dot and len(ext) < 16 \
+            else ascii_name[:MAX_DISPOSITION_NAME]
+    return ascii_name
+
+
+def content_disposition(filename: str, disposition: str = "attachment") -> str:
+    """An RFC 6266 Content-Disposition value carrying the sender's file name:
+    ``attachment; filename="ascii-fallback"; filename*=UTF-8''percent-encoded``
+    (the second only when the name is not plain ASCII).
+
+    The one builder for every download and every entity the gateway writes.
+    The name is reduced to its last path component, stripped of control and
+    format characters (a bidi override would disguise the extension of the
+    saved file) and bounded; it never reaches a header as given."""
+    name = visible_basename(filename)
+    if not name:
+        return disposition
+    fallback = ascii_filename(name)
+    value = f'{disposition}; filename="{fallback}"'
+    if name != fallback:
+        value += f"; filename*=UTF-8''{quote(name[:MAX_DISPOSITION_NAME], safe=_ATTR_CHAR_SAFE)}"
+    return value
 
 
 def sanitise_customer(value: str) -> str:

@@ -16,11 +16,12 @@ from gateway.mime import filenames
 from gateway.mime.decode import Measure, decoded_chunks
 from gateway.mime.parse import Part
 from gateway.mime.rewrite import Link, Replacement, human_size
-from gateway.partfacts import object_key, safe_type
+from gateway.partfacts import safe_type
 from gateway.pipeline.job import MessageJob, Offloaded
 from gateway.pipeline.quarantine import default_name
 from gateway.pipeline.services import Services
 from gateway.storage.base import ObjectMeta, StorageError
+from gateway.storage.keys import file_key
 
 
 class Offload:
@@ -48,7 +49,7 @@ class Offload:
         store = services.stores[route.storage]
         original = filenames.original_filename(part.headers) or default_name(part)
         display = filenames.display_name(original) or default_name(part)
-        key = object_key(job.customer, display)
+        key = file_key(job.customer, display)
         meta = ObjectMeta(content_type=safe_type(part.content_type), filename=original,
                           metadata={"queue-id": envelope.queue_id, "customer-id": job.customer})
         async with services.offload_slots:

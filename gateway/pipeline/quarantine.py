@@ -16,7 +16,7 @@ from gateway.mime import filenames
 from gateway.mime.decode import Measure, decoded_chunks
 from gateway.mime.parse import ENCODED_MESSAGE, Part
 from gateway.mime.rewrite import Replacement
-from gateway.partfacts import utc_stamp
+from gateway.storage.keys import file_key
 from gateway.pipeline.job import MessageJob
 from gateway.pipeline.services import Services
 from gateway.storage.base import ObjectMeta, StorageError
@@ -47,7 +47,7 @@ async def keep(services: Services, job: MessageJob, part: Part, measured: Measur
     assert job.src is not None
     src = job.src
     store = services.stores[route.storage]
-    key = f"{route.quarantine.prefix}{job.customer}/{utc_stamp()}-{filenames.sanitise(name)}"
+    key = file_key(job.customer, name, prefix=route.quarantine.prefix)
     meta = ObjectMeta(content_type="application/octet-stream", filename=name,
                       metadata={"queue-id": envelope.queue_id, "customer-id": job.customer,
                                 "policy": decision.policy})

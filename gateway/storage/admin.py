@@ -22,7 +22,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gateway.partfacts import utc_stamp
+from gateway.storage.keys import utc_stamp
 from gateway.storage.base import ObjectMeta, Storage, StorageError
 from gateway.storage.settings import (AzureStorageSettings, FilesystemStorageSettings, GcsStorageSettings,
                                       S3StorageSettings)

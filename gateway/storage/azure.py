@@ -33,7 +33,7 @@ from typing import Any, AsyncIterator, Iterable
 from urllib.parse import urlsplit
 
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
-from gateway.storage.cloudutil import (META_SHA256, content_disposition, iter_parts, object_key,
+from gateway.storage.cloudutil import (META_SHA256, content_disposition, iter_parts, store_key,
                                        object_metadata, read_metadata, read_secret, resolve_path)
 from gateway.storage.settings import AzureStorageSettings
 
@@ -202,7 +202,7 @@ class AzureBlobStorage:
         raises StorageError (nothing is committed then)."""
         from azure.storage.blob import ContentSettings
 
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         blob = self._c.get_blob_client(full)
         parts = iter_parts(chunks, self.settings.block_size)
 
@@ -330,7 +330,7 @@ class AzureBlobStorage:
         Content-Disposition."""
         from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         seconds = max(1, min(ttl, self.settings.url_ttl)) if ttl > 0 else self.settings.url_ttl
         now = dt.datetime.now(dt.timezone.utc)
         signing: dict[str, Any]
@@ -351,7 +351,7 @@ class AzureBlobStorage:
 
     async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
         """Stream the blob's bytes; raises ObjectNotFound."""
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         try:
             downloader = await self._c.get_blob_client(full).download_blob(max_concurrency=1)
         except Exception as e:
@@ -368,7 +368,7 @@ class AzureBlobStorage:
         """Remove the blob (and its snapshots); a missing blob is not an error."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         try:
             await self._c.delete_blob(full, delete_snapshots="include")
         except ResourceNotFoundError:
@@ -381,7 +381,7 @@ class AzureBlobStorage:
         ``encryption`` is the encryption scope, or "Microsoft-managed" when
         the service reports server encryption without one, or "" when it
         reports none), or None when the blob is missing."""
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         try:
             props = await self._c.get_blob_client(full).get_blob_properties()
         except ObjectNotFound:

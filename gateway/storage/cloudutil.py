@@ -11,15 +11,13 @@ import asyncio
 import base64
 import contextvars
 import functools
-import os
 import re
 import threading
-import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
-from urllib.parse import quote
 
+from gateway.mime.filenames import ascii_filename, content_disposition, visible_basename
 from gateway.storage.base import ObjectMeta, StorageError
 
 T = TypeVar("T")
@@ -34,7 +32,6 @@ INTERNAL_META = frozenset({META_SHA256, META_STAGING_ETAG})
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 8187 attr-char, the characters left as they are in filename*.
-_ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
 _MAX_FILENAME = 200
 
 
@@ -42,7 +39,7 @@ class Cancelled(Exception):
     """The put was cancelled by its caller; the thread stops and cleans up."""
 
 
-def object_key(prefix: str, key: str) -> str:
+def store_key(prefix: str, key: str) -> str:
     """The store's key for a gateway key: ``prefix`` + ``key``, after checking
     the key is relative, has no empty, "." or ".." segment and no control
     character (keys are built from sanitised parts, but a backend checks)."""
@@ -50,52 +47,6 @@ def object_key(prefix: str, key: str) -> str:
     if not key or any(p in ("", ".", "..") for p in parts) or _CONTROL.search(key) or "\\" in key:
         raise StorageError(f"invalid object key {key!r}")
     return prefix + key
-
-
-def _basename(filename: str) -> str:
-    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    return _CONTROL.sub("", name).strip()
-
-
-def ascii_filename(filename: str, default: str = "attachment") -> str:
-    """A plain-ASCII stand-in for ``filename`` for the quoted ``filename=``
-    parameter: accents dropped, other non-ASCII and ``"\\%;`` replaced by "_",
-    path components removed."""
-    name = _basename(filename)
-    out = []
-    for c in unicodedata.normalize("NFKD", name):
-        if unicodedata.combining(c):
-            continue
-        out.append(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%;' else "_")
-    stem, dot, ext = "".join(out).strip(" .").rpartition(".")
-    if not dot:
-        stem, ext = ext, ""
-    if not re.search(r"[A-Za-z0-9]", stem):
-        stem = default  # nothing recognisable left, e.g. a Cyrillic name
-    if not re.search(r"[A-Za-z0-9]", ext):
-        ext = ""
-    ascii_name = stem + ("." + ext if ext else "")
-    if len(ascii_name) > _MAX_FILENAME:
-        stem, dot, ext = ascii_name.rpartition(".")
-        ascii_name = (stem[: _MAX_FILENAME - len(ext) - 1] + "." + ext) if dot and len(ext) < 16 \
-            else ascii_name[:_MAX_FILENAME]
-    return ascii_name
-
-
-def content_disposition(filename: str, disposition: str = "attachment") -> str:
-    """An RFC 6266 Content-Disposition value carrying the original filename:
-    ``attachment; filename="ascii-fallback"; filename*=UTF-8''percent-encoded``.
-
-    The filename is reduced to its last path component and stripped of control
-    characters first; it never reaches a header as given."""
-    name = _basename(filename)
-    if not name:
-        return disposition
-    fallback = ascii_filename(name)
-    value = f'{disposition}; filename="{fallback}"'
-    if name != fallback:
-        value += f"; filename*=UTF-8''{quote(name[:_MAX_FILENAME], safe=_ATTR_CHAR_SAFE)}"
-    return value
 
 
 def encode_meta_value(value: str) -> str:
@@ -137,7 +88,7 @@ def object_metadata(meta: ObjectMeta, extra: Mapping[str, str] | None = None,
         out[meta_key(k, separator)] = encode_meta_value(v)
     if meta.filename:
         # Capped like the Content-Disposition name: S3 allows 2 KB of user metadata.
-        out[meta_key(META_FILENAME, separator)] = encode_meta_value(_basename(meta.filename)[:_MAX_FILENAME])
+        out[meta_key(META_FILENAME, separator)] = encode_meta_value(visible_basename(meta.filename)[:_MAX_FILENAME])
     for k, v in (extra or {}).items():
         out[meta_key(k, separator)] = encode_meta_value(v)
     return out
@@ -183,24 +134,15 @@ def iter_parts(chunks: Iterable[bytes], part_size: int, cancel: threading.Event 
 
 def read_secret(what: str, file: str | None, env: str | None, base_dir: Path) -> str | None:
     """A secret from a file (relative to ``base_dir``) or an environment
-    variable; None when neither is configured.  Errors name the source, never
-    the value."""
-    if file is not None:
-        path = Path(file)
-        path = path if path.is_absolute() else base_dir / path
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise StorageError(f"{what}: cannot read {path}: {e.strerror or e}") from None
-        if not value:
-            raise StorageError(f"{what}: {path} is empty")
-        return value
-    if env is not None:
-        value = os.environ.get(env, "").strip()
-        if not value:
-            raise StorageError(f"{what}: environment variable {env} is not set or empty")
-        return value
-    return None
+    variable; None when neither is configured.  Errors (StorageError) name
+    the source, never the value."""
+    from gateway.secrets import SecretError
+    from gateway.secrets import read_secret as read
+
+    try:
+        return read(file=file, env=env, base_dir=base_dir, what=what)
+    except SecretError as e:
+        raise StorageError(str(e)) from None
 
 
 def resolve_path(file: str, base_dir: Path) -> Path:

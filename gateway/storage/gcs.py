@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Iterator
 
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
-from gateway.storage.cloudutil import (META_SHA256, BlockingRunner, Cancelled, content_disposition, object_key,
+from gateway.storage.cloudutil import (META_SHA256, BlockingRunner, Cancelled, content_disposition, store_key,
                                        object_metadata, read_metadata, resolve_path)
 from gateway.storage.settings import GcsStorageSettings
 
@@ -192,7 +192,7 @@ class GcsStorage:
     async def put(self, key: str, chunks: Iterable[bytes], meta: ObjectMeta) -> StoredObject:
         """Stream ``chunks`` into the bucket and return what was stored;
         raises StorageError, leaving nothing behind."""
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         self._b  # noqa: B018 - raises when not started
         return await self._runner.run_cancellable(lambda cancel: self._put(key, full, chunks, meta, cancel))
 
@@ -311,7 +311,7 @@ class GcsStorage:
     async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:
         """A V4 signed GET valid ``ttl`` seconds (capped at ``url_ttl``) whose
         response carries ``filename`` in its Content-Disposition."""
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         seconds = max(1, min(ttl, self.settings.url_ttl)) if ttl > 0 else self.settings.url_ttl
         return await self._runner.run(self._sign, full, filename or key.rsplit("/", 1)[-1], seconds)
 
@@ -346,7 +346,7 @@ class GcsStorage:
 
     async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
         """Stream the object's bytes; raises ObjectNotFound."""
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
 
         def _open() -> Any:
             blob = self._b.blob(full)
@@ -372,7 +372,7 @@ class GcsStorage:
         """Remove the object; a missing key is not an error."""
         from google.api_core.exceptions import NotFound
 
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
 
         def _delete() -> None:
             try:
@@ -389,7 +389,7 @@ class GcsStorage:
         """Size, type, metadata and the encryption in force (``extra``:
         ``encryption`` is the KMS key name for CMEK objects, else
         "Google-managed"), or None when the object is missing."""
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
 
         def _stat() -> Any:
             return self._b.get_blob(full, **self._call())

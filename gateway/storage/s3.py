@@ -48,7 +48,7 @@ from typing import Any, AsyncIterator, Iterable, Iterator
 
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
 from gateway.storage.cloudutil import (META_SHA256, META_STAGING_ETAG, BlockingRunner, Cancelled,
-                                       content_disposition, iter_parts, object_key, object_metadata,
+                                       content_disposition, iter_parts, store_key, object_metadata,
                                        read_metadata, read_secret)
 from gateway.storage.settings import S3StorageSettings
 
@@ -220,7 +220,7 @@ class S3Storage:
         """Stream ``chunks`` into the bucket (through staging when configured)
         and return what was stored; raises StorageError, leaving nothing
         partial behind."""
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         self._c  # noqa: B018 - raises when not started
         return await self._runner.run_cancellable(lambda cancel: self._put(key, full, chunks, meta, cancel))
 
@@ -232,7 +232,7 @@ class S3Storage:
             head = self._verify(s.bucket, full, up)
             return self._stored(key, up, meta, head)
 
-        skey = object_key(self._staging_prefix, key)
+        skey = store_key(self._staging_prefix, key)
         up = self._upload(self._staging_bucket, skey, chunks, meta, cancel)
         try:
             staged = self._verify(self._staging_bucket, skey, up)
@@ -639,7 +639,7 @@ class S3Storage:
         """A presigned SigV4 GET valid for ``ttl`` seconds (capped at
         ``url_ttl``) whose response carries ``filename`` in its
         Content-Disposition."""
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         expires = max(1, min(ttl, self.settings.url_ttl)) if ttl > 0 else self.settings.url_ttl
         params = {"Bucket": self.settings.bucket, "Key": full,
                   "ResponseContentDisposition": content_disposition(filename or key.rsplit("/", 1)[-1])}
@@ -651,7 +651,7 @@ class S3Storage:
 
     async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
         """Stream the object's bytes; raises ObjectNotFound."""
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         try:
             resp = await self._runner.run(self._c.get_object, Bucket=self.settings.bucket, Key=full)
         except Exception as e:
@@ -671,7 +671,7 @@ class S3Storage:
 
     async def delete(self, key: str) -> None:
         """Remove the object; a missing key is not an error."""
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         try:
             await self._runner.run(self._c.delete_object, Bucket=self.settings.bucket, Key=full)
         except Exception as e:
@@ -681,7 +681,7 @@ class S3Storage:
         """Size, type, metadata and the encryption in force (``extra``:
         ``encryption`` from ServerSideEncryption, "" when the store reports
         none; ``kms_key_id``; ``etag``), or None when the object is missing."""
-        full = object_key(self.settings.prefix, key)
+        full = store_key(self.settings.prefix, key)
         try:
             head = await self._runner.run(self._head, self.settings.bucket, full, True)
         except ObjectNotFound:

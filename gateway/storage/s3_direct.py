@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.storage.base import ObjectMeta, ObjectNotFound, Storage, StorageError
-from gateway.storage.cloudutil import object_key
+from gateway.storage.cloudutil import store_key
 from gateway.storage.s3 import S3Storage
 
 # S3's smallest part (every part but the last) and its most parts per upload.
@@ -64,7 +64,7 @@ class S3DirectUploads:
         self.bucket = store.settings.bucket
 
     def _key(self, key: str) -> str:
-        return object_key(self.store.settings.prefix, key)
+        return store_key(self.store.settings.prefix, key)
 
     async def _call(self, op: str, key: str, fn: Any, **kwargs: Any) -> Any:
         try:

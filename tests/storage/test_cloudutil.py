@@ -8,7 +8,7 @@ import pytest
 
 from gateway.storage.base import ObjectMeta, StorageError
 from gateway.storage.cloudutil import (Cancelled, ascii_filename, content_disposition, decode_meta_value,
-                                       encode_meta_value, iter_parts, object_key, object_metadata,
+                                       encode_meta_value, iter_parts, store_key, object_metadata,
                                        read_metadata)
 from tests.storage.helpers import disposition_filename, fallback_filename
 
@@ -56,12 +56,12 @@ def test_metadata_round_trip() -> None:
 @pytest.mark.parametrize("key", ["", "/abs", "a//b", "a/../b", "./a", "a/", "a\x00b", "a\\b"])
 def test_object_key_refuses(key: str) -> None:
     with pytest.raises(StorageError):
-        object_key("p/", key)
+        store_key("p/", key)
 
 
 def test_object_key() -> None:
-    assert object_key("", "uploads/c/x.pdf") == "uploads/c/x.pdf"
-    assert object_key("att/", "uploads/c/x.pdf") == "att/uploads/c/x.pdf"
+    assert store_key("", "uploads/c/x.pdf") == "uploads/c/x.pdf"
+    assert store_key("att/", "uploads/c/x.pdf") == "att/uploads/c/x.pdf"
 
 
 def test_iter_parts_never_holds_more_than_a_part_and_a_chunk() -> None:
