@@ -514,7 +514,8 @@ class UploadPage:
             reception.write(data)
             reception.commit(Envelope(queue_id=reception.queue_id, mail_from=sender, rcpt_tos=[inv.notify],
                                       route=route.name, received_at=time.time(), client_addr="127.0.0.1",
-                                      client_name="localhost", helo="upload-page", size=len(data)))
+                                      client_name="localhost", helo="upload-page", size=len(data),
+                                      customer_id=inv.customer_id))
         except BaseException:
             reception.abort()
             raise

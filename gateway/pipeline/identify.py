@@ -46,6 +46,8 @@ def customer_id(root: Part, envelope: Envelope, route: RouteSettings) -> tuple[s
     forwarded message): only clients in the route's
     ``customer_id.trusted_networks`` may name the customer."""
     rule = route.customer_id
+    if envelope.customer_id:
+        return filenames.sanitise_customer(envelope.customer_id), True
     believed = True
     if rule.header:
         value = message_header(root.headers, rule.header).strip()

@@ -51,6 +51,9 @@ class Envelope:
     smtputf8: bool = False
     body_8bit: bool = False
     tls: str = ""
+    # A customer id the gateway vouches for itself (the invitation of an
+    # upload-page message), believed before any header of the message.
+    customer_id: str = ""
 
     def to_json(self) -> bytes:
         return to_json_bytes(self)

@@ -82,7 +82,10 @@ def cloud_gateway(make_gateway: Any, tmp_path: Path, storage: dict[str, Any],
     listens, while another may still be checking its store; a test that
     then takes the store down would stop that child's start (and the
     service) rather than test processing."""
-    return make_gateway(route={"storage": "cloud", **(route or {})},
+    # The test client names the customer (X-CustomerId) from loopback, as a
+    # CRM that injects mail would: trusted to.
+    return make_gateway(route={"storage": "cloud", "customer_id": {"trusted_networks": ["127.0.0.1/32"]},
+                               **(route or {})},
                         sections={"storage.cloud": storage, "gateway": {"processes": 1}})
 
 
