@@ -9,7 +9,7 @@ PIP    := $(VENV)/bin/pip
 GW     := $(VENV)/bin/attachment-gateway
 CONFIG ?= conf/gateway.toml
 
-.PHONY: run test test-deps bench demo check-config clean venv
+.PHONY: run test test-deps lint bench demo check-config clean venv
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +33,14 @@ run: venv
 	@echo ""
 	$(GW) -c $(CONFIG) serve
 
-## make test: install everything the tests need and run the whole suite.
-test: venv test-deps
+## make test: install everything the tests need, lint, and run the whole suite.
+test: venv test-deps lint
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25
+
+## make lint: ruff and mypy, as configured in pyproject.toml; both must be clean.
+lint: venv
+	$(VENV)/bin/ruff check gateway policies bench scripts
+	$(VENV)/bin/mypy gateway policies
 
 test-deps:
 	@if [ "$$(id -u)" = "0" ]; then scripts/install-test-deps.sh && scripts/install-storage-deps.sh; \
