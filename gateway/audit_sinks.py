@@ -80,7 +80,8 @@ class Sink:
         if self._task is None:
             return
         deadline = time.monotonic() + grace
-        while self._items and time.monotonic() < deadline and not self._task.done():
+        # A bounded poll, once at shutdown: nothing signals "queue empty".
+        while self._items and time.monotonic() < deadline and not self._task.done():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         self._task.cancel()
         try:
@@ -119,7 +120,7 @@ class Sink:
                     break
                 try:
                     await self._send(batch)
-                except (OSError, aiohttp.ClientError, asyncio.TimeoutError, SinkRefused) as e:
+                except (TimeoutError, OSError, aiohttp.ClientError, SinkRefused) as e:
                     # Keep the events and try again; the buffer bounds what waits.
                     log.warning("audit sink unavailable; retrying", sink=self.name, error=str(e) or type(e).__name__,
                                 queued=len(self._items))

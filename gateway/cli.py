@@ -62,10 +62,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_invite(args: argparse.Namespace) -> int:
     """Print an upload-page invitation link for a customer."""
     cfg = _load(args)
-    from gateway import invitations
-    from gateway import storage as storage_mod
-    from gateway.links.tokens import Keyring
+    from gateway import invitations, storage as storage_mod
     from gateway.ingress.routing import route_for
+    from gateway.links.tokens import Keyring
 
     notify = args.to or cfg.upload.notify_address
     if not notify:
@@ -238,8 +237,7 @@ def cmd_links(args: argparse.Namespace) -> int:
     """links revoke --object KEY | --customer ID | --message-id ID: write a
     revocation marker into the store(s), which every node reads at a click."""
     cfg = _load(args)
-    from gateway import audit_sinks
-    from gateway import storage as storage_mod
+    from gateway import audit_sinks, storage as storage_mod
     from gateway.links import revocations
 
     kind, value = next((k, v) for k, v in (("object", args.object), ("customer", args.customer),

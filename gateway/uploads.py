@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import policies
 from gateway import logs
 from gateway.config import Config
-from gateway.storage.bridge import StreamBridge, blocking_chunks
 from gateway.links.mint import mint
 from gateway.links.tokens import Keyring
 from gateway.mime import container, filenames
 from gateway.partfacts import part_facts, safe_type
-from gateway.storage.keys import file_key
 from gateway.storage.base import ObjectMeta, Storage, StorageError
+from gateway.storage.bridge import StreamBridge, blocking_chunks
+from gateway.storage.keys import file_key
 
 log = logs.get("uploads")
 

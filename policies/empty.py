@@ -19,7 +19,7 @@ class ReplaceEmptyAttachments:
     class Settings(Settings):
         """No settings."""
 
-    def __init__(self, settings: "ReplaceEmptyAttachments.Settings") -> None:
+    def __init__(self, settings: ReplaceEmptyAttachments.Settings) -> None:
         self.settings = settings
 
     def decide(self, part: PartFacts) -> Decision | None:

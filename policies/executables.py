@@ -30,7 +30,7 @@ class RefuseExecutables:
         # Extensions (without the dot) refused in addition to the built-in ones.
         extra_extensions: list[str] = Field(default_factory=list)
 
-    def __init__(self, settings: "RefuseExecutables.Settings") -> None:
+    def __init__(self, settings: RefuseExecutables.Settings) -> None:
         self.settings = settings
         self.types = EXECUTABLE_TYPES | {t.lower() for t in settings.extra_types}
         self.extensions = EXECUTABLE_EXTENSIONS | {e.lower().lstrip(".") for e in settings.extra_extensions}

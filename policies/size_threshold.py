@@ -19,7 +19,7 @@ class OffloadLargeParts:
     class Settings(Settings):
         """No settings: the threshold is the route's ``offload_threshold``."""
 
-    def __init__(self, settings: "OffloadLargeParts.Settings") -> None:
+    def __init__(self, settings: OffloadLargeParts.Settings) -> None:
         self.settings = settings
 
     def decide(self, part: PartFacts) -> Decision | None:

@@ -23,7 +23,7 @@ class RefuseSpoofedTypes:
     class Settings(Settings):
         """No settings."""
 
-    def __init__(self, settings: "RefuseSpoofedTypes.Settings") -> None:
+    def __init__(self, settings: RefuseSpoofedTypes.Settings) -> None:
         self.settings = settings
 
     def decide(self, part: PartFacts) -> Decision | None:

@@ -6,9 +6,10 @@ turns deferrals into retries with backoff and failures into one DSN.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 from gateway.mime.rewrite import Segment, segments_size
 from gateway.mime.source import Source
@@ -49,7 +50,7 @@ class DeliveryResult:
     deferred: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
 
-    def defer_all(self, rcpts: list[str], reason: str) -> "DeliveryResult":
+    def defer_all(self, rcpts: list[str], reason: str) -> DeliveryResult:
         for r in rcpts:
             self.deferred[r] = reason
         return self

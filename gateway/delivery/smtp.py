@@ -28,7 +28,7 @@ import re
 import smtplib
 import ssl
 import time
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from gateway import logs
 from gateway.batch import Batch, each
@@ -340,7 +340,7 @@ class SmtpNextHop:
                     (data_reply is None or data_reply[0] != 354)
                 return result
             accepted = []
-            for r, (code, resp) in zip(rcpts, codes[1:]):
+            for r, (code, resp) in zip(rcpts, codes[1:], strict=True):
                 if code in (250, 251):
                     accepted.append(r)
                 else:

@@ -38,19 +38,19 @@ import asyncio
 import re
 import ssl
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any, Callable, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session, syntax
 
 from gateway import logs, metrics
 from gateway.batch import Batch
-from gateway.deadline import Deadline
 from gateway.config import Config
-from gateway.lineends import crlf_only
+from gateway.deadline import Deadline
 from gateway.ingress.routing import AddressRefused, check_sender, invalid_utf8, route_for, split_address
-from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, commit_all, is_disk_full
 from gateway.ingress.tls import IngressTls
+from gateway.lineends import crlf_only
+from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, commit_all, is_disk_full
 
 log = logs.get("smtp")
 
@@ -369,7 +369,7 @@ class GatewaySMTP(SMTP):
         self._set_post_data_state()
         await self.push(status)
 
-    async def _receive(self, reception: "_SpoolWriter") -> str:
+    async def _receive(self, reception: _SpoolWriter) -> str:
         """Read DATA into the spool; return the reply to send."""
         assert self.envelope is not None and self.session is not None
         limit = self.gw.cfg.smtp.max_message_size
@@ -559,7 +559,7 @@ def _commit_batch(batch: list[tuple[_SpoolWriter, Envelope, bool]]) -> list[Hand
         except (OSError, SpoolError) as e:
             results[i] = e
     committed = commit_all(receptions)
-    for i, result in zip(ready, committed):
+    for i, result in zip(ready, committed, strict=True):
         results[i] = result
     return results
 

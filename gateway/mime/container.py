@@ -34,7 +34,8 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from typing import IO, Iterable
+from collections.abc import Iterable
+from typing import IO
 
 from gateway.mime import sniff
 from gateway.mime.decode import Measure, decoded_chunks

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 DEFAULT_MAX_BLOCKS = 100
 _PROBE_LINES = 4  # non-blank lines after 'begin' looked at for data

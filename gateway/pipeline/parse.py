@@ -61,8 +61,8 @@ class Parse:
     async def _refuse_whole(self, job: MessageJob) -> None:
         assert job.src is not None and job.root is not None
         src, root = job.src, job.root
-        from gateway.pipeline.identify import customer_id
         from gateway.mime.decode import message_header
+        from gateway.pipeline.identify import customer_id
 
         job.customer, _ = customer_id(root, job.envelope, job.route)
         job.message_id = message_header(root.headers, "Message-ID").strip()

@@ -10,8 +10,8 @@ import contextlib
 import errno
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -11,8 +11,9 @@ import asyncio
 import hashlib
 import json
 import os
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import AsyncIterator, BinaryIO, Iterable
+from typing import BinaryIO
 
 from gateway.spool.durable import fsync_dir
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject

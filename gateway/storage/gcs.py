@@ -22,12 +22,21 @@ import datetime as dt
 import hashlib
 import io
 import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Iterator
+from typing import Any
 
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
-from gateway.storage.cloudutil import (META_SHA256, BlockingRunner, Cancelled, content_disposition, store_key,
-                                       object_metadata, read_metadata, resolve_path)
+from gateway.storage.cloudutil import (
+    META_SHA256,
+    BlockingRunner,
+    Cancelled,
+    content_disposition,
+    object_metadata,
+    read_metadata,
+    resolve_path,
+    store_key,
+)
 from gateway.storage.settings import GcsStorageSettings
 
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
