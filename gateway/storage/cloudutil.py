@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.mime.filenames import visible_basename
+# ascii_filename and content_disposition are re-exported: the backends and tests import them from here.
+from gateway.mime.filenames import ascii_filename, content_disposition, visible_basename  # noqa: F401
 from gateway.storage.base import ObjectMeta, StorageError
 
 T = TypeVar("T")
