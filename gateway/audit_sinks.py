@@ -191,9 +191,10 @@ class SyslogSink(Sink):
                 self._udp.sendto(m)
             return
         if self._writer is None:
-            _, self._writer = await asyncio.wait_for(asyncio.open_connection(
+            _, writer = await asyncio.wait_for(asyncio.open_connection(
                 self.host, self.port, ssl=self.ssl_context if self.transport == "tls" else None,
                 server_hostname=self.host if self.transport == "tls" else None), 10)
+            self._writer = writer
         self._writer.write(b"".join(b"%d %s" % (len(m), m) for m in messages))
         await asyncio.wait_for(self._writer.drain(), 10)
 

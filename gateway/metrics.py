@@ -79,9 +79,9 @@ def render(spool: object) -> bytes:
     else:  # a process that did not go through prepare(): its own values only
         from prometheus_client import REGISTRY
 
-        registry = REGISTRY  # type: ignore[assignment]
+        registry = REGISTRY
     queue = QueueCollector(spool)
     out = generate_latest(registry)
     extra = CollectorRegistry()
-    extra.register(queue)  # type: ignore[arg-type]
+    extra.register(queue)
     return out + generate_latest(extra)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import policies
 from gateway import logs
-from gateway.config import Config
+from gateway.config import Config, RouteSettings
 from gateway.links.mint import mint
 from gateway.links.tokens import Keyring
 from gateway.mime import container, filenames
@@ -83,7 +83,7 @@ class Uploads:
         route = self._route(route_name)
         return self.stores[route.storage]
 
-    def _route(self, name: str | None):  # type: ignore[no-untyped-def]
+    def _route(self, name: str | None) -> RouteSettings:
         return next((r for r in self.cfg.routes if r.name == name), self.route)
 
     async def stage(self, store: Storage, key: str, body: AsyncIterator[bytes], limit: int,

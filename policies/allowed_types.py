@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from policies import Action, Decision, PartFacts, Settings, message_text
+from policies import Action, Decision, PartFacts, Settings as PolicySettings, message_text
 from policies.filetypes import (
     DEFAULT_ALLOWED,
     DEFAULT_EXTENSIONS,
@@ -65,7 +65,7 @@ class RefuseUnlistedTypes:
 
     name = "allowed_types"
 
-    class Settings(Settings):
+    class Settings(PolicySettings):
         """The allow-list."""
 
         # Detected MIME types that pass; everything else is refused.  Either

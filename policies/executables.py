@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from policies import Action, Decision, PartFacts, Settings, message_text
+from policies import Action, Decision, PartFacts, Settings as PolicySettings, message_text
 from policies.filetypes import ACTIVE_EXTENSIONS, EXECUTABLE_EXTENSIONS, EXECUTABLE_TYPES, describe, name_extension
 
 
@@ -22,7 +22,7 @@ class RefuseExecutables:
 
     name = "refuse_executables"
 
-    class Settings(Settings):
+    class Settings(PolicySettings):
         """Types and extensions added to the built-in lists."""
 
         # Detected MIME types refused in addition to the built-in programs and scripts.

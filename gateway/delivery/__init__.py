@@ -6,7 +6,7 @@ turns deferrals into retries with backoff and failures into one DSN.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -27,8 +27,8 @@ class Content:
         self.segments = segments
         self.size = segments_size(segments) if segments is not None else path.stat().st_size
 
-    def chunks(self, window: int = 1 << 20) -> Iterator[bytes]:
-        """The bytes in order (blocking reads)."""
+    def chunks(self, window: int = 1 << 20) -> Generator[bytes, None, None]:
+        """The bytes in order (blocking reads); close it to close the file early."""
         with Source(self.path) as src:
             for seg in self.segments if self.segments is not None else [(0, src.size)]:
                 if isinstance(seg, bytes):

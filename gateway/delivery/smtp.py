@@ -442,8 +442,8 @@ async def _chunks(content: Content) -> AsyncIterator[bytes]:
         return
     chunks = content.chunks()
     try:
-        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-            yield chunk
+        while (piece := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield piece
     finally:
         chunks.close()
 

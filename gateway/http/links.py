@@ -295,8 +295,8 @@ class LinkEndpoint:
         except ObjectNotFound:
             self._audit(request, "page", "Failure", "no page record", kid=kid)
             return page(404, "Not found", "The attachments are no longer available.")
-        fields = dict(QueueId=pg.queue_id, CustomerId=pg.customer_id, InternetMessageId=pg.message_id,
-                      TargetFilePath=records.page_key(pg.page_id))
+        fields: dict[str, Any] = dict(QueueId=pg.queue_id, CustomerId=pg.customer_id, InternetMessageId=pg.message_id,
+                                      TargetFilePath=records.page_key(pg.page_id))
         try:
             live = [(f, await revocations.revoked_by(store, f)) for f in files]
         except StorageError as e:

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
-_STORED = {
+_STORED: dict[str, Any] = {
     "type": "object",
     "required": ["downloadUrl", "fileName", "fileSize", "s3Key"],
     "properties": {

@@ -89,7 +89,7 @@ def _chunk_lengths(session: dict[str, Any]) -> list[int]:
 
 async def _load_session(store: Storage, uid: str) -> dict[str, Any] | None:
     try:
-        return json.loads(b"".join([c async for c in store.open(_session_key(uid))]))  # type: ignore[no-any-return]
+        return json.loads(b"".join([c async for c in store.open(_session_key(uid))]))
     except (ObjectNotFound, ValueError):
         return None
 

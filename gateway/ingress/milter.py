@@ -431,8 +431,8 @@ class Session:
         new_by: dict[bytes, list[bytes]] = collections.defaultdict(list)
         for n, raw in old:
             old_by[n].append(raw)
-        for n, raw in new:
-            new_by[n.encode("latin-1", "replace")].append(raw)
+        for text_name, raw in new:
+            new_by[text_name.encode("latin-1", "replace")].append(raw)
         for n in sorted(set(old_by) | set(new_by)):
             if old_by[n] == new_by[n]:
                 continue

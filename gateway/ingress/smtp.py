@@ -39,7 +39,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session, syntax
 
@@ -237,7 +237,8 @@ class CommandReader(asyncio.StreamReader):
 
     refused = False
 
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+    # aiosmtpd passes one bytes separator; typeshed's base also takes a tuple.
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
         if self.refused:
             # The session is over: wait for the close (which cancels us)
             # rather than read, and obey, what the client pipelined after.
@@ -273,7 +274,7 @@ class _Commands(Mapping[str, Any]):
             raise KeyError(name)
         return getattr(self._conn, "smtp_" + name)
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return getattr(self._conn, "smtp_" + name) if name in self._names else default
 
     def __iter__(self) -> Iterator[str]:
@@ -306,7 +307,7 @@ class GatewaySMTP(SMTP):
         # cancels whatever _timeout_handle holds.
         if self._timeout_handle is None:
             self._timeout_handle = Deadline(self.loop, self._timeout_cb)  # type: ignore[assignment]
-        self._timeout_handle.set(duration or self._timeout_duration)
+        cast(Deadline, self._timeout_handle).set(duration or self._timeout_duration)
 
     def _close_after_reply(self) -> None:
         if self.transport is not None:
@@ -594,7 +595,8 @@ def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, tls: Ing
         asyncio.StreamReaderProtocol.__init__(
             conn, CommandReader(loop=loop, limit=conn.line_length_limit),
             client_connected_cb=conn._cb_client_connected, loop=loop)
-        conn._smtp_methods = _Commands(conn, commands)
+        # aiosmtpd declares a dict but only looks names up (get, items).
+        conn._smtp_methods = _Commands(conn, commands)  # type: ignore[assignment]
         if auth_attr is not None:
             conn._auth_methods = {name: auth_attr(getattr(conn if builtin else handler, meth), builtin)
                                   for name, (meth, builtin) in auth.items()}

@@ -24,7 +24,7 @@ import codecs
 import html
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -247,7 +247,7 @@ def _charset_codec(charset: str) -> tuple[str | None, bool]:
 
 def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
                     inline: dict[str, Link] | None = None, template: str = "",
-                    cuts: list[tuple[int, int, bytes]] = ()) -> bytes:
+                    cuts: Iterable[tuple[int, int, bytes]] = ()) -> bytes:
     """The part rebuilt with ``addition`` added to its body; other headers
     are kept as they were.
 
@@ -355,7 +355,7 @@ def _is_utf8(data: bytes) -> bool:
 
 def plan(src: Source, root: Part, *, replacements: list[Replacement], links: list[Link],
          text_part: Part | None, html_part: Part | None, link_template: str,
-         trace: bytes, notices: list[str] = (), inline: dict[str, Link] | None = None,
+         trace: bytes, notices: Sequence[str] = (), inline: dict[str, Link] | None = None,
          cuts: dict[int, list[tuple[int, int, bytes]]] | None = None) -> list[Segment]:
     """The output message as segments of the original and new bytes.
 

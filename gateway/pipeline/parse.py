@@ -52,8 +52,9 @@ class Parse:
     async def run(self, job: MessageJob) -> None:
         assert job.src is not None
         src, limits = job.src, self.services.limits
-        job.root, spent = parse_timed(src, limits) if src.size <= INLINE_PARSE else \
+        root, spent = parse_timed(src, limits) if src.size <= INLINE_PARSE else \
             await asyncio.to_thread(parse_timed, src, limits)
+        job.root = root
         job.budget.spend(spent)
         if job.root.unexamined is not None and job.route.unexamined == "quarantine":
             await self._refuse_whole(job)

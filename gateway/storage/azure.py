@@ -358,7 +358,7 @@ class AzureBlobStorage:
         )
         return f"{self._c.get_blob_client(full).url}?{sas}"
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def open(self, key: str) -> AsyncIterator[bytes]:
         """Stream the blob's bytes; raises ObjectNotFound."""
         full = store_key(self.settings.prefix, key)
         try:

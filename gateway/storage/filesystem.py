@@ -98,7 +98,7 @@ class FilesystemStorage:
     async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:
         return None
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def open(self, key: str) -> AsyncIterator[bytes]:
         path = self._path(key)
         try:
             # Opened and first read in one thread call: a link record, and

@@ -108,7 +108,7 @@ class GcsStorage:
     def _make_client(self) -> None:
         import google.auth
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage  # type: ignore[attr-defined]
+        from google.cloud import storage
         from google.oauth2 import service_account
 
         s = self.settings
@@ -353,7 +353,7 @@ class GcsStorage:
         except Exception as e:
             raise self._error("sign URL", full, e) from None
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def open(self, key: str) -> AsyncIterator[bytes]:
         """Stream the object's bytes; raises ObjectNotFound."""
         full = store_key(self.settings.prefix, key)
 

@@ -569,7 +569,7 @@ class S3Storage:
         except StorageError as e:
             return [Finding("credentials", FAIL, str(e))]
         s = self.settings
-        findings = []
+        findings: list[Finding] = []
         for bucket in sorted({s.bucket, self._staging_bucket}):
             try:
                 region = await self._runner.run(self._bucket_region, bucket)
@@ -660,7 +660,7 @@ class S3Storage:
         except Exception as e:
             raise self._error("presign GetObject", self.settings.bucket, full, e) from None
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def open(self, key: str) -> AsyncIterator[bytes]:
         """Stream the object's bytes; raises ObjectNotFound."""
         full = store_key(self.settings.prefix, key)
         try:
