@@ -40,7 +40,7 @@ test: venv test-deps lint
 ## make lint: ruff and mypy, as configured in pyproject.toml; both must be clean.
 lint: venv
 	$(VENV)/bin/ruff check gateway policies bench scripts
-	$(VENV)/bin/mypy gateway policies
+	$(VENV)/bin/mypy gateway policies bench scripts
 
 test-deps:
 	@if [ "$$(id -u)" = "0" ]; then scripts/install-test-deps.sh && scripts/install-storage-deps.sh; \
