@@ -9,7 +9,7 @@ PIP    := $(VENV)/bin/pip
 GW     := $(VENV)/bin/attachment-gateway
 CONFIG ?= conf/gateway.toml
 
-.PHONY: run test test-fast test-deps bench demo check-config clean venv
+.PHONY: run test test-fast test-deps lint bench demo check-config clean venv
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,16 +33,21 @@ run: venv
 	@echo ""
 	$(GW) -c $(CONFIG) serve
 
-## make test: install everything the tests need and run the whole suite:
-## the fast layer first (in-process, seconds; stops at the first failure),
-## then the tests against real servers.
-test: venv test-deps
+## make test: install everything the tests need, lint, then run the whole
+## suite: the fast layer first (in-process, seconds; stops at the first
+## failure), then the tests against real servers.
+test: venv test-deps lint
 	$(PY) -m pytest -q -p no:cacheprovider -x tests/unit
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25 --ignore=tests/unit
 
 ## make test-fast: only the fast layer (policies, parser, rewriter, pipeline in-process).
 test-fast: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+## make lint: ruff and mypy, as configured in pyproject.toml; both must be clean.
+lint: venv
+	$(VENV)/bin/ruff check gateway policies bench scripts
+	$(VENV)/bin/mypy gateway policies bench scripts
 
 test-deps:
 	@if [ "$$(id -u)" = "0" ]; then scripts/install-test-deps.sh && scripts/install-storage-deps.sh; \

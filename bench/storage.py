@@ -34,10 +34,11 @@ import os
 import statistics
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from gateway.storage.base import ObjectMeta
+from gateway.storage.base import ObjectMeta, Storage
 from gateway.storage.filesystem import FilesystemStorage
 from gateway.storage.s3 import S3Storage
 from gateway.storage.settings import FilesystemStorageSettings, S3StorageSettings
@@ -106,9 +107,10 @@ def run_storage(workdir: Path, size: int, rounds: int, log: Callable[[str], None
                               aws_secret_access_key=ceph.secret_key, region_name="us-east-1",
                               config=Config(signature_version="s3v4", request_checksum_calculation="when_required"))
         client.create_bucket(Bucket=bucket)
-        common = dict(backend="s3", bucket=bucket, region=ceph.region, endpoint_url=ceph.endpoint_url,
-                      addressing_style="path", access_key_id=ceph.access_key, secret_access_key_env=SECRET_ENV)
-        stores = {
+        common: dict[str, Any] = dict(backend="s3", bucket=bucket, region=ceph.region, endpoint_url=ceph.endpoint_url,
+                                      addressing_style="path", access_key_id=ceph.access_key,
+                                      secret_access_key_env=SECRET_ENV)
+        stores: dict[str, Storage] = {
             "file": FilesystemStorage("file", FilesystemStorageSettings(backend="filesystem",
                                                                           path=str(workdir / "objects")), workdir),
             "s3-seq": S3Storage("s3-seq", S3StorageSettings(**common, part_concurrency=1), workdir),
@@ -128,7 +130,7 @@ def run_storage(workdir: Path, size: int, rounds: int, log: Callable[[str], None
                     for row in ROWS:
                         key = f"uploads/bench/{rnd}-{row}.bin"
                         if row == "s3-sdk":
-                            def sdk() -> None:
+                            def sdk(key: str = key) -> None:  # bound now, though it runs in this iteration
                                 with open(source, "rb") as f:
                                     client.upload_fileobj(f, bucket, key, Config=transfer)
                             seconds = await asyncio.to_thread(_timed, sdk)

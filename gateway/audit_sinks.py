@@ -80,7 +80,8 @@ class Sink:
         if self._task is None:
             return
         deadline = time.monotonic() + grace
-        while self._items and time.monotonic() < deadline and not self._task.done():
+        # A bounded poll, once at shutdown: nothing signals "queue empty".
+        while self._items and time.monotonic() < deadline and not self._task.done():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         self._task.cancel()
         try:
@@ -119,7 +120,7 @@ class Sink:
                     break
                 try:
                     await self._send(batch)
-                except (OSError, aiohttp.ClientError, asyncio.TimeoutError, SinkRefused) as e:
+                except (TimeoutError, OSError, aiohttp.ClientError, SinkRefused) as e:
                     # Keep the events and try again; the buffer bounds what waits.
                     log.warning("audit sink unavailable; retrying", sink=self.name, error=str(e) or type(e).__name__,
                                 queued=len(self._items))
@@ -190,9 +191,10 @@ class SyslogSink(Sink):
                 self._udp.sendto(m)
             return
         if self._writer is None:
-            _, self._writer = await asyncio.wait_for(asyncio.open_connection(
+            _, writer = await asyncio.wait_for(asyncio.open_connection(
                 self.host, self.port, ssl=self.ssl_context if self.transport == "tls" else None,
                 server_hostname=self.host if self.transport == "tls" else None), 10)
+            self._writer = writer
         self._writer.write(b"".join(b"%d %s" % (len(m), m) for m in messages))
         await asyncio.wait_for(self._writer.drain(), 10)
 

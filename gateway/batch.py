@@ -9,7 +9,8 @@ runs waits for the next call, which takes all of it.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -19,7 +20,7 @@ class Batch(Generic[T, R]):
     """Items submitted by many tasks, handed to ``run`` in a thread a list
     at a time; ``run`` returns one result or exception per item, in order."""
 
-    def __init__(self, run: Callable[[list[T]], list["R | BaseException"]],
+    def __init__(self, run: Callable[[list[T]], list[R | BaseException]],
                  abandoned: Callable[[R], None] | None = None) -> None:
         self._run_batch = run
         # What to do with the result of an item whose task went away (was
@@ -52,7 +53,7 @@ class Batch(Generic[T, R]):
                 raise
             except Exception as e:  # noqa: BLE001 - each task answers for its own item
                 results = [e] * len(batch)
-            for (_, done), result in zip(batch, results):
+            for (_, done), result in zip(batch, results, strict=True):
                 if done.done():
                     if self._abandoned is not None and not isinstance(result, BaseException):
                         self._abandoned(result)
@@ -62,7 +63,7 @@ class Batch(Generic[T, R]):
                     done.set_result(result)
 
 
-def each(calls: list[Callable[[], R]]) -> list["R | BaseException"]:
+def each(calls: list[Callable[[], R]]) -> list[R | BaseException]:
     """A ``Batch`` runner for plain callables: call each, keep its result or error."""
     results: list[R | BaseException] = []
     for call in calls:

@@ -62,10 +62,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_invite(args: argparse.Namespace) -> int:
     """Print an upload-page invitation link for a customer."""
     cfg = _load(args)
-    from gateway import invitations
-    from gateway import storage as storage_mod
-    from gateway.links.tokens import Keyring
+    from gateway import invitations, storage as storage_mod
     from gateway.ingress.routing import route_for
+    from gateway.links.tokens import Keyring
 
     notify = args.to or cfg.upload.notify_address
     if not notify:
@@ -147,7 +146,7 @@ async def _storage_retention(cfg: Config, names: list[str], args: argparse.Names
                                   "dry_run": args.dry_run, "retention_days": settings.retention_days}
         lines: list[str] = []
         try:
-            if settings.backend in ("s3", "gcs"):
+            if settings.backend == "s3" or settings.backend == "gcs":
                 report["lifecycle"] = await store.apply_retention(args.dry_run)
                 report["applied"] = not args.dry_run
                 where = ", ".join(report["lifecycle"])
@@ -238,12 +237,12 @@ def cmd_links(args: argparse.Namespace) -> int:
     """links revoke --object KEY | --customer ID | --message-id ID: write a
     revocation marker into the store(s), which every node reads at a click."""
     cfg = _load(args)
-    from gateway import audit_sinks
-    from gateway import storage as storage_mod
+    from gateway import audit_sinks, storage as storage_mod
     from gateway.links import revocations
 
-    kind, value = next((k, v) for k, v in (("object", args.object), ("customer", args.customer),
-                                           ("message", args.message_id)) if v is not None)
+    given: list[tuple[revocations.Kind, str | None]] = [("object", args.object), ("customer", args.customer),
+                                                        ("message", args.message_id)]
+    kind, value = next((k, v) for k, v in given if v is not None)
     names = [args.store] if args.store else sorted(cfg.storage)
     if args.store and args.store not in cfg.storage:
         print(f"links revoke: --store {args.store!r} names no [storage.*] table", file=sys.stderr)

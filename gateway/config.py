@@ -116,7 +116,7 @@ class SmtpSettings(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> "SmtpSettings":
+    def _tls_pair(self) -> SmtpSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("smtp.tls_cert_file and smtp.tls_key_file go together: set both or neither")
         if self.require_tls_from and self.tls_cert_file is None:
@@ -147,7 +147,7 @@ class SecretRef(_Strict):
     env: str | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "SecretRef":
+    def _one_source(self) -> SecretRef:
         if (self.file is None) == (self.env is None):
             raise ValueError("expected exactly one of \"file\" or \"env\"")
         return self
@@ -170,7 +170,7 @@ class HttpSettings(_Strict):
     trusted_proxies: list[Network] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> "HttpSettings":
+    def _tls_pair(self) -> HttpSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("http: expected both \"tls_cert\" and \"tls_key\", or neither")
         return self
@@ -456,7 +456,7 @@ class ClamdSettings(_Strict):
         return v
 
 
-def _default_policies() -> list["PolicyRef"]:
+def _default_policies() -> list[PolicyRef]:
     from policies import DEFAULT_POLICIES
 
     return [PolicyRef(name=n) for n in DEFAULT_POLICIES]
@@ -515,7 +515,7 @@ class RouteSettings(_Strict):
         return _check_next_hop(v)
 
     @model_validator(mode="after")
-    def _accepts_something(self) -> "RouteSettings":
+    def _accepts_something(self) -> RouteSettings:
         if not self.domains and not self.addresses:
             raise ValueError("a route needs at least one of \"domains\" or \"addresses\"")
         return self
@@ -610,7 +610,7 @@ class AuthSettings(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _arc_needs_verify(self) -> "AuthSettings":
+    def _arc_needs_verify(self) -> AuthSettings:
         if self.arc is not None and not self.verify:
             raise ValueError("auth.arc needs auth.verify = true (the seal carries the verification results)")
         return self
@@ -727,9 +727,10 @@ class Config(_Strict):
     base_dir: str = Field("", exclude=True)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Config":
+    def _cross_checks(self) -> Config:
         self._check_agents()
-        for key, value in (("smtp.tls_cert_file", self.smtp.tls_cert_file), ("smtp.tls_key_file", self.smtp.tls_key_file),
+        for key, value in (("smtp.tls_cert_file", self.smtp.tls_cert_file),
+                           ("smtp.tls_key_file", self.smtp.tls_key_file),
                            ("auth.arc.key_file", self.auth.arc.key_file if self.auth.arc else None),
                            ("auth.dkim.key_file", self.auth.dkim.key_file if self.auth.dkim else None),
                            *((f"routes[{i}].tls_ca_file", r.tls_ca_file) for i, r in enumerate(self.routes))):
@@ -808,8 +809,7 @@ class Config(_Strict):
 def read_secret(ref: SecretRef, base_dir: str | Path, key: str, min_length: int = 1) -> str:
     """The secret ``ref`` points at (a file, or an environment variable);
     raise ConfigError naming the config key when it is missing or short."""
-    from gateway.secrets import SecretError
-    from gateway.secrets import read_secret as read
+    from gateway.secrets import SecretError, read_secret as read
 
     try:
         value = read(file=None if ref.env is not None else (ref.file or ""), env=ref.env, base_dir=base_dir,

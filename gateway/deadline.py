@@ -9,7 +9,7 @@ fires before the deadline, re-arms itself for it.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 
 class Deadline:

@@ -74,7 +74,7 @@ def usage_key(object_id: str) -> str:
     return f"invitations/{object_id}.usage.json"
 
 
-_locks: "WeakValueDictionary[str, asyncio.Lock]" = WeakValueDictionary()
+_locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
 
 def _lock(object_id: str) -> asyncio.Lock:

@@ -131,7 +131,7 @@ class JobRunner:
             self._kick.clear()
             try:
                 await asyncio.wait_for(self._kick.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _markers(self) -> list[str]:

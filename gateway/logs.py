@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def _add_pid(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_pid(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # serve runs several processes; like Postfix's "smtpd[1234]", each line
     # says which one wrote it.
     event["pid"] = os.getpid()

@@ -10,7 +10,7 @@ spool at each scrape, so they are right whichever process moved a message.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -59,7 +59,7 @@ MILTER_MESSAGES = Counter("gateway_milter_messages", "Messages the milter answer
 class QueueCollector:
     """Messages per spool queue, read at scrape time."""
 
-    def __init__(self, spool: "object") -> None:
+    def __init__(self, spool: object) -> None:
         self.spool = spool
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -75,7 +75,7 @@ class QueueCollector:
         yield family
 
 
-def render(spool: "object") -> bytes:
+def render(spool: object) -> bytes:
     """The text exposition of every process's metrics plus the queue sizes."""
     registry = CollectorRegistry()
     if os.environ.get(ENV):
@@ -85,9 +85,9 @@ def render(spool: "object") -> bytes:
     else:  # a process that did not go through prepare(): its own values only
         from prometheus_client import REGISTRY
 
-        registry = REGISTRY  # type: ignore[assignment]
+        registry = REGISTRY
     queue = QueueCollector(spool)
     out = generate_latest(registry)
     extra = CollectorRegistry()
-    extra.register(queue)  # type: ignore[arg-type]
+    extra.register(queue)
     return out + generate_latest(extra)

@@ -12,7 +12,6 @@ import re
 
 import policies
 from gateway.config import RouteSettings
-from gateway.mime import filenames
 
 # How many leading bytes of a file are kept for type detection.
 HEAD_BYTES = 8192

@@ -145,7 +145,7 @@ class Runner:
             self._kick.clear()
             try:
                 await asyncio.wait_for(self._kick.wait(), timeout=min(1.0, self.cfg.worker.scan_interval))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _offer(self, queue: str, qid: str) -> None:

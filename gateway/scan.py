@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from policies import ScanVerdict
 
@@ -45,7 +45,7 @@ class Clamd:
         """Stream the bytes to clamd; the verdict (never raises)."""
         try:
             return await asyncio.wait_for(self._scan(chunks), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return ScanVerdict("error", detail=f"clamd at {self.address} did not answer within {self.timeout}s")
         except (OSError, asyncio.IncompleteReadError, ConnectionError) as e:
             return ScanVerdict("error", detail=f"clamd at {self.address}: {type(e).__name__}: {e}")

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import policies
 from gateway import logs
-from gateway.config import Config
-from gateway.storage.bridge import StreamBridge, blocking_chunks
+from gateway.config import Config, RouteSettings
 from gateway.links.mint import mint
 from gateway.links.tokens import Keyring
 from gateway.mime import container, filenames
 from gateway.partfacts import part_facts, safe_type
-from gateway.storage.keys import file_key
 from gateway.storage.base import ObjectMeta, Storage, StorageError
+from gateway.storage.bridge import StreamBridge, blocking_chunks
+from gateway.storage.keys import file_key
 
 log = logs.get("uploads")
 
@@ -83,7 +83,7 @@ class Uploads:
         route = self._route(route_name)
         return self.stores[route.storage]
 
-    def _route(self, name: str | None):  # type: ignore[no-untyped-def]
+    def _route(self, name: str | None) -> RouteSettings:
         return next((r for r in self.cfg.routes if r.name == name), self.route)
 
     async def stage(self, store: Storage, key: str, body: AsyncIterator[bytes], limit: int,

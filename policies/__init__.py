@@ -141,7 +141,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def known_policies() -> dict[str, type]:
+def known_policies() -> dict[str, type[Any]]:
     """Policy name -> class, for the config's ``policies`` lists."""
     from policies.allowed_types import RefuseUnlistedTypes
     from policies.empty import ReplaceEmptyAttachments

@@ -36,9 +36,15 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from policies import Action, Decision, PartFacts, Settings, message_text
-from policies.filetypes import (DEFAULT_ALLOWED, DEFAULT_EXTENSIONS, SIGNATURE_TYPES, UNEXAMINED_ARCHIVE, describe,
-                                name_extension)
+from policies import Action, Decision, PartFacts, Settings as PolicySettings, message_text
+from policies.filetypes import (
+    DEFAULT_ALLOWED,
+    DEFAULT_EXTENSIONS,
+    SIGNATURE_TYPES,
+    UNEXAMINED_ARCHIVE,
+    describe,
+    name_extension,
+)
 
 _EXTENSION = re.compile(r"[a-z0-9][a-z0-9_+-]{0,31}")
 
@@ -59,7 +65,7 @@ class RefuseUnlistedTypes:
 
     name = "allowed_types"
 
-    class Settings(Settings):
+    class Settings(PolicySettings):
         """The allow-list."""
 
         # Detected MIME types that pass; everything else is refused.  Either
@@ -98,7 +104,7 @@ class RefuseUnlistedTypes:
                 return out
             raise ValueError("expected a list of MIME types, or a table of MIME type = [extensions]")
 
-    def __init__(self, settings: "RefuseUnlistedTypes.Settings") -> None:
+    def __init__(self, settings: RefuseUnlistedTypes.Settings) -> None:
         self.settings = settings
         self.allow = dict(settings.allow)
 

@@ -6,7 +6,7 @@ Runs first: an empty part has no type to detect and nothing to scan.
 """
 from __future__ import annotations
 
-from policies import Action, Decision, PartFacts, Settings
+from policies import Action, Decision, PartFacts, Settings as PolicySettings
 
 EMPTY_NOTICE = "Attachment was empty and could not be processed."
 
@@ -16,10 +16,10 @@ class ReplaceEmptyAttachments:
 
     name = "empty_attachment"
 
-    class Settings(Settings):
+    class Settings(PolicySettings):
         """No settings."""
 
-    def __init__(self, settings: "ReplaceEmptyAttachments.Settings") -> None:
+    def __init__(self, settings: ReplaceEmptyAttachments.Settings) -> None:
         self.settings = settings
 
     def decide(self, part: PartFacts) -> Decision | None:

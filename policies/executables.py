@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from policies import Action, Decision, PartFacts, Settings, message_text
+from policies import Action, Decision, PartFacts, Settings as PolicySettings, message_text
 from policies.filetypes import ACTIVE_EXTENSIONS, EXECUTABLE_EXTENSIONS, EXECUTABLE_TYPES, describe, name_extension
 
 
@@ -22,7 +22,7 @@ class RefuseExecutables:
 
     name = "refuse_executables"
 
-    class Settings(Settings):
+    class Settings(PolicySettings):
         """Types and extensions added to the built-in lists."""
 
         # Detected MIME types refused in addition to the built-in programs and scripts.
@@ -30,7 +30,7 @@ class RefuseExecutables:
         # Extensions (without the dot) refused in addition to the built-in ones.
         extra_extensions: list[str] = Field(default_factory=list)
 
-    def __init__(self, settings: "RefuseExecutables.Settings") -> None:
+    def __init__(self, settings: RefuseExecutables.Settings) -> None:
         self.settings = settings
         self.types = EXECUTABLE_TYPES | {t.lower() for t in settings.extra_types}
         self.extensions = EXECUTABLE_EXTENSIONS | {e.lower().lstrip(".") for e in settings.extra_extensions}

@@ -205,7 +205,8 @@ _NAMES = {
     HTA: "an HTML application (HTA)", IQY: "an Excel web query (IQY)",
     URL_SHORTCUT: "an internet shortcut (URL)", DESKTOP_ENTRY: "a desktop launcher",
     SYLK: "a SYLK spreadsheet, which can run macros", "text/xml": "an XML file", "application/xml": "an XML file",
-    "message/rfc822": "an email message", "application/java-archive": "a Java program (JAR)", "application/x-msi": "a Windows installer",
+    "message/rfc822": "an email message", "application/java-archive": "a Java program (JAR)",
+    "application/x-msi": "a Windows installer",
 }
 
 

@@ -8,7 +8,7 @@ stays; one byte over is offloaded.
 """
 from __future__ import annotations
 
-from policies import Action, Decision, PartFacts, Settings
+from policies import Action, Decision, PartFacts, Settings as PolicySettings
 
 
 class OffloadLargeParts:
@@ -16,10 +16,10 @@ class OffloadLargeParts:
 
     name = "offload_large"
 
-    class Settings(Settings):
+    class Settings(PolicySettings):
         """No settings: the threshold is the route's ``offload_threshold``."""
 
-    def __init__(self, settings: "OffloadLargeParts.Settings") -> None:
+    def __init__(self, settings: OffloadLargeParts.Settings) -> None:
         self.settings = settings
 
     def decide(self, part: PartFacts) -> Decision | None:

@@ -10,7 +10,7 @@ without a filename is checked against the name the worker will give it.
 """
 from __future__ import annotations
 
-from policies import Action, Decision, PartFacts, Settings, message_text
+from policies import Action, Decision, PartFacts, Settings as PolicySettings, message_text
 from policies.filetypes import DECLARED_TYPES, EXTENSION_TYPES, describe, name_extension
 
 
@@ -20,10 +20,10 @@ class RefuseSpoofedTypes:
 
     name = "refuse_spoofed"
 
-    class Settings(Settings):
+    class Settings(PolicySettings):
         """No settings."""
 
-    def __init__(self, settings: "RefuseSpoofedTypes.Settings") -> None:
+    def __init__(self, settings: RefuseSpoofedTypes.Settings) -> None:
         self.settings = settings
 
     def decide(self, part: PartFacts) -> Decision | None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 _WSP_RUN = re.compile(rb"[ \t]+")
 # A line longer than this is hashed in pieces so memory stays bounded.
@@ -33,7 +33,7 @@ def body_canon(c_value: bytes) -> bytes:
 
 @dataclass
 class _Sink:
-    hasher: "hashlib._Hash"
+    hasher: hashlib._Hash
     limit: int | None
     fed: int = 0
 

@@ -24,7 +24,7 @@ class Key:
     pem: bytes
 
     @classmethod
-    def load(cls, domain: str, selector: str, path: Path) -> "Key":
+    def load(cls, domain: str, selector: str, path: Path) -> Key:
         return cls(domain, selector, path.read_bytes())
 
 

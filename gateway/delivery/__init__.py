@@ -6,9 +6,10 @@ turns deferrals into retries with backoff and failures into one DSN.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 from gateway.mime.rewrite import Segment, segments_size
 from gateway.mime.source import Source
@@ -26,8 +27,8 @@ class Content:
         self.segments = segments
         self.size = segments_size(segments) if segments is not None else path.stat().st_size
 
-    def chunks(self, window: int = 1 << 20) -> Iterator[bytes]:
-        """The bytes in order (blocking reads)."""
+    def chunks(self, window: int = 1 << 20) -> Generator[bytes, None, None]:
+        """The bytes in order (blocking reads); close it to close the file early."""
         with Source(self.path) as src:
             for seg in self.segments if self.segments is not None else [(0, src.size)]:
                 if isinstance(seg, bytes):
@@ -49,7 +50,7 @@ class DeliveryResult:
     deferred: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
 
-    def defer_all(self, rcpts: list[str], reason: str) -> "DeliveryResult":
+    def defer_all(self, rcpts: list[str], reason: str) -> DeliveryResult:
         for r in rcpts:
             self.deferred[r] = reason
         return self

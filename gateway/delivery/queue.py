@@ -10,8 +10,7 @@ from pathlib import Path
 
 from gateway import logs, metrics
 from gateway.config import Config, RouteSettings
-from gateway.delivery import Content, DeliveryResult, NextHop
-from gateway.delivery import build as build_next_hop
+from gateway.delivery import Content, DeliveryResult, NextHop, build as build_next_hop
 from gateway.delivery.dsn import build_dsn
 from gateway.delivery.leases import Leases
 from gateway.mime.parse import Limits, parse

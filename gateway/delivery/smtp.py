@@ -28,7 +28,7 @@ import re
 import smtplib
 import ssl
 import time
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from gateway import logs
 from gateway.batch import Batch, each
@@ -340,7 +340,7 @@ class SmtpNextHop:
                     (data_reply is None or data_reply[0] != 354)
                 return result
             accepted = []
-            for r, (code, resp) in zip(rcpts, codes[1:]):
+            for r, (code, resp) in zip(rcpts, codes[1:], strict=True):
                 if code in (250, 251):
                     accepted.append(r)
                 else:
@@ -442,8 +442,8 @@ async def _chunks(content: Content) -> AsyncIterator[bytes]:
         return
     chunks = content.chunks()
     try:
-        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-            yield chunk
+        while (piece := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield piece
     finally:
         chunks.close()
 

@@ -24,11 +24,11 @@ from aiohttp import web
 from gateway import logs
 from gateway.config import Config
 from gateway.http.apikeys import ApiKeys, error
-from gateway.storage.bridge import BadEncoding, BodyTooLarge
 from gateway.jobs import PENDING, Job, JobRunner, load, save
 from gateway.links.tokens import new_object_id
 from gateway.mime import filenames
 from gateway.storage.base import StorageError
+from gateway.storage.bridge import BadEncoding, BodyTooLarge
 from gateway.uploads import Refused, Uploads, declared_type
 
 log = logs.get("api")

@@ -12,10 +12,10 @@ is one audit event; the storage URL itself is never logged in full.
 """
 from __future__ import annotations
 
-import asyncio
 import html
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 from aiohttp import ClientConnectionResetError, web
@@ -158,7 +158,7 @@ class LinkEndpoint:
         except IdentityRefused as e:
             self._audit(request, event, "Failure", f"identity refused: {e}", kid=kid, **fields)
             raise _Refused(page(403, "Not signed in", "Your sign-in could not be confirmed.")) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as e:
             # The identity provider is down or answers nonsense: nobody can sign in.
             self._audit(request, event, "Failure", f"sign-in provider unavailable: {type(e).__name__}", kid=kid,
                         **fields)
@@ -295,8 +295,8 @@ class LinkEndpoint:
         except ObjectNotFound:
             self._audit(request, "page", "Failure", "no page record", kid=kid)
             return page(404, "Not found", "The attachments are no longer available.")
-        fields = dict(QueueId=pg.queue_id, CustomerId=pg.customer_id, InternetMessageId=pg.message_id,
-                      TargetFilePath=records.page_key(pg.page_id))
+        fields: dict[str, Any] = dict(QueueId=pg.queue_id, CustomerId=pg.customer_id, InternetMessageId=pg.message_id,
+                                      TargetFilePath=records.page_key(pg.page_id))
         try:
             live = [(f, await revocations.revoked_by(store, f)) for f in files]
         except StorageError as e:
@@ -335,7 +335,7 @@ class LinkEndpoint:
         except IdentityRefused as e:
             self._audit(request, "sign-in", "Failure", str(e))
             return page(403, "Sign-in failed", "Your sign-in could not be confirmed. Open the link again.")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as e:
             self._audit(request, "sign-in", "Failure", f"sign-in provider unavailable: {type(e).__name__}")
             return page(503, "Sign-in unavailable", "Sign-in is not possible right now; try again in a minute.")
         self._audit(request, "sign-in", "Success", "signed in", agent=agent)

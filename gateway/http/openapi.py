@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
-_STORED = {
+_STORED: dict[str, Any] = {
     "type": "object",
     "required": ["downloadUrl", "fileName", "fileSize", "s3Key"],
     "properties": {
@@ -69,7 +69,8 @@ def document() -> dict[str, Any]:
                         "The file. Raw bytes; or, with the header `Content-Transfer-Encoding: base64`, the file "
                         "as base64 text (whitespace allowed). Any other Content-Transfer-Encoding than base64, "
                         "binary or 8bit is answered 400."), "content": {
-                        "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}}}},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary", "minLength": 1}}}},
                     "responses": {
                         "200": {"description": "stored", "content": {"application/json": {
                             "schema": {"$ref": "#/components/schemas/Stored"}}}},

@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gateway import logs
 
@@ -80,6 +81,12 @@ def version_name(v: int) -> str:
     return _NAMES.get(v, f"0x{v:04x}")
 
 
+def _wake(ready: asyncio.Future[None]) -> None:
+    """The reader callback of ``_peek_version``: the socket has bytes (or EOF)."""
+    if not ready.done():
+        ready.set_result(None)
+
+
 class _Closed(Exception):
     """The client closed before sending a ClientHello."""
 
@@ -126,7 +133,7 @@ class TlsListener:
         except _Closed:
             conn.close()  # a port probe, or a client that gave up
             return
-        except (ValueError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, ValueError, OSError):
             version = None  # not a hello we can read: the TLS handshake will refuse it
         if version is not None and version < TLS12:
             with contextlib.suppress(OSError):
@@ -136,7 +143,7 @@ class TlsListener:
             return
         try:
             await loop.connect_accepted_socket(self.protocol_factory, conn, ssl=self.ctx, ssl_handshake_timeout=15)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError, ssl.SSLError) as e:
             log.info("TLS handshake failed", src=address, error=str(e))
             conn.close()
 
@@ -145,7 +152,7 @@ class TlsListener:
         deadline = loop.time() + 10
         while loop.time() < deadline:
             ready = loop.create_future()
-            loop.add_reader(conn.fileno(), lambda: ready.done() or ready.set_result(None))
+            loop.add_reader(conn.fileno(), _wake, ready)
             try:
                 await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
             finally:
@@ -158,7 +165,7 @@ class TlsListener:
                 return version
             # The hello is still arriving; peeked bytes stay readable, so wait a little.
             await asyncio.sleep(0.02)
-        raise asyncio.TimeoutError()
+        raise TimeoutError()
 
     async def stop(self) -> None:
         if self._task is not None:

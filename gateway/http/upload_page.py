@@ -36,18 +36,18 @@ import html
 import json
 import os
 import time
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
 from gateway import invitations, logs
 from gateway.config import Config
-from gateway.storage.bridge import BadEncoding, BodyTooLarge
 from gateway.http.links import page
 from gateway.links.tokens import Keyring, TokenError, TokenExpired, new_object_id
 from gateway.mime import filenames
@@ -55,6 +55,7 @@ from gateway.mime.rewrite import Link, html_links, text_links
 from gateway.partfacts import HEAD_BYTES
 from gateway.spool import Envelope, Spool, write_atomic
 from gateway.storage.base import ObjectMeta, ObjectNotFound, Storage, StorageError
+from gateway.storage.bridge import BadEncoding, BodyTooLarge
 from gateway.storage.s3_direct import S3DirectUploads, direct_uploads, part_size
 from gateway.uploads import Refused, Uploads, declared_type
 
@@ -88,7 +89,7 @@ def _chunk_lengths(session: dict[str, Any]) -> list[int]:
 
 async def _load_session(store: Storage, uid: str) -> dict[str, Any] | None:
     try:
-        return json.loads(b"".join([c async for c in store.open(_session_key(uid))]))  # type: ignore[no-any-return]
+        return json.loads(b"".join([c async for c in store.open(_session_key(uid))]))
     except (ObjectNotFound, ValueError):
         return None
 
@@ -190,7 +191,8 @@ class UploadPage:
 
     # -- the chunk API ------------------------------------------------------
 
-    async def _session(self, request: web.Request) -> tuple[invitations.Invitation, Storage, dict[str, Any]] | web.Response:
+    async def _session(self, request: web.Request
+                       ) -> tuple[invitations.Invitation, Storage, dict[str, Any]] | web.Response:
         found = await self._invitation(request)
         if isinstance(found, web.Response):
             return _json({"error": "invitation not valid"}, found.status)
@@ -213,7 +215,7 @@ class UploadPage:
             return sorted(p.number - 1 for p in parts if 0 < p.number <= len(lengths)
                           and p.size == lengths[p.number - 1])
         stats = await asyncio.gather(*(store.stat(_chunk_key(session["uid"], i)) for i in range(len(lengths))))
-        return [i for i, (st, n) in enumerate(zip(stats, lengths)) if st is not None and st.size == n]
+        return [i for i, (st, n) in enumerate(zip(stats, lengths, strict=True)) if st is not None and st.size == n]
 
     def _answer(self, session: dict[str, Any], received: list[int]) -> dict[str, Any]:
         return {"uploadId": session["uid"], "chunkSize": session["chunk_size"],
@@ -497,7 +499,7 @@ class UploadPage:
         msg["From"] = f"Customer upload page <{sender}>"
         msg["To"] = inv.notify
         msg["Subject"] = f"Files uploaded by customer {inv.customer_id}"
-        msg["Date"] = format_datetime(dt.datetime.now(dt.timezone.utc))
+        msg["Date"] = format_datetime(dt.datetime.now(dt.UTC))
         msg["Message-ID"] = make_msgid(domain=cfg.gateway.hostname)
         if inv.message_id:
             msg["In-Reply-To"] = inv.message_id

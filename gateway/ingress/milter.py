@@ -32,18 +32,19 @@ import struct
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from gateway import logs, metrics
 from gateway.config import Config, MilterSettings, RouteSettings
 from gateway.delivery import Content
-from gateway.mime.rewrite import split_fields
 from gateway.ingress.routing import route_for
-from gateway.spool.envelope import Envelope
+from gateway.mime.rewrite import split_fields
 from gateway.pipeline import Pipeline
 from gateway.pipeline.job import MessageJob
+from gateway.spool.envelope import Envelope
 
 log = logs.get("milter")
 
@@ -215,7 +216,8 @@ class Session:
             await self._optneg(data)
         elif cmd == MACRO:
             pairs = _cstrings(data[1:])
-            for k, v in zip(pairs[::2], pairs[1::2]):
+            # A malformed packet with a name and no value: the name is ignored.
+            for k, v in zip(pairs[::2], pairs[1::2], strict=False):
                 self.macros[k.decode("utf-8", "replace").strip("{}")] = v.decode("utf-8", "replace")
         elif cmd == CONNECT:
             parts = data.split(b"\0", 1)
@@ -356,7 +358,7 @@ class Session:
             # The actions are computed before the first is sent: an error
             # here still leaves the message untouched.
             actions, body = await asyncio.to_thread(self._actions, txn, processed)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             qlog.error("processing exceeded milter.timeout; failing open", timeout=settings.timeout,
                        action=settings.on_error, count=self.server.count("timeout"))
             await self._send(TEMPFAIL if settings.on_error == "tempfail" else CONTINUE)
@@ -429,8 +431,8 @@ class Session:
         new_by: dict[bytes, list[bytes]] = collections.defaultdict(list)
         for n, raw in old:
             old_by[n].append(raw)
-        for n, raw in new:
-            new_by[n.encode("latin-1", "replace")].append(raw)
+        for text_name, raw in new:
+            new_by[text_name.encode("latin-1", "replace")].append(raw)
         for n in sorted(set(old_by) | set(new_by)):
             if old_by[n] == new_by[n]:
                 continue

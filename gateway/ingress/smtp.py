@@ -38,19 +38,19 @@ import asyncio
 import re
 import ssl
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any, Callable, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol, cast
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session, syntax
 
 from gateway import logs, metrics
 from gateway.batch import Batch
-from gateway.deadline import Deadline
 from gateway.config import Config
-from gateway.lineends import crlf_only
+from gateway.deadline import Deadline
 from gateway.ingress.routing import AddressRefused, check_sender, invalid_utf8, route_for, split_address
-from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, commit_all, is_disk_full
 from gateway.ingress.tls import IngressTls
+from gateway.lineends import crlf_only
+from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, commit_all, is_disk_full
 
 log = logs.get("smtp")
 
@@ -237,7 +237,8 @@ class CommandReader(asyncio.StreamReader):
 
     refused = False
 
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+    # aiosmtpd passes one bytes separator; typeshed's base also takes a tuple.
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
         if self.refused:
             # The session is over: wait for the close (which cancels us)
             # rather than read, and obey, what the client pipelined after.
@@ -273,7 +274,7 @@ class _Commands(Mapping[str, Any]):
             raise KeyError(name)
         return getattr(self._conn, "smtp_" + name)
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return getattr(self._conn, "smtp_" + name) if name in self._names else default
 
     def __iter__(self) -> Iterator[str]:
@@ -306,7 +307,7 @@ class GatewaySMTP(SMTP):
         # cancels whatever _timeout_handle holds.
         if self._timeout_handle is None:
             self._timeout_handle = Deadline(self.loop, self._timeout_cb)  # type: ignore[assignment]
-        self._timeout_handle.set(duration or self._timeout_duration)
+        cast(Deadline, self._timeout_handle).set(duration or self._timeout_duration)
 
     def _close_after_reply(self) -> None:
         if self.transport is not None:
@@ -369,7 +370,7 @@ class GatewaySMTP(SMTP):
         self._set_post_data_state()
         await self.push(status)
 
-    async def _receive(self, reception: "_SpoolWriter") -> str:
+    async def _receive(self, reception: _SpoolWriter) -> str:
         """Read DATA into the spool; return the reply to send."""
         assert self.envelope is not None and self.session is not None
         limit = self.gw.cfg.smtp.max_message_size
@@ -559,7 +560,7 @@ def _commit_batch(batch: list[tuple[_SpoolWriter, Envelope, bool]]) -> list[Hand
         except (OSError, SpoolError) as e:
             results[i] = e
     committed = commit_all(receptions)
-    for i, result in zip(ready, committed):
+    for i, result in zip(ready, committed, strict=True):
         results[i] = result
     return results
 
@@ -594,7 +595,8 @@ def protocol_factory(handler: Handler, loop: asyncio.AbstractEventLoop, tls: Ing
         asyncio.StreamReaderProtocol.__init__(
             conn, CommandReader(loop=loop, limit=conn.line_length_limit),
             client_connected_cb=conn._cb_client_connected, loop=loop)
-        conn._smtp_methods = _Commands(conn, commands)
+        # aiosmtpd declares a dict but only looks names up (get, items).
+        conn._smtp_methods = _Commands(conn, commands)  # type: ignore[assignment]
         if auth_attr is not None:
             conn._auth_methods = {name: auth_attr(getattr(conn if builtin else handler, meth), builtin)
                                   for name, (meth, builtin) in auth.items()}

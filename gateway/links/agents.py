@@ -135,6 +135,9 @@ class TrustedHeader:
             raise IdentityRefused(f"trusted proxy sent no {self.header} header")
         return Agent(value[:256], "trusted-header")
 
+    async def close(self) -> None:
+        pass
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -281,7 +284,8 @@ class Oidc:
             kid = header.get("kid")
             if kid not in {k.key_id for k in keys.keys}:
                 keys = await self._keys(refresh=True)  # the provider rotated its keys
-            key = keys[kid]
+            # No kid finds the set's key without one, if any (PyJWKSet compares key_id == kid).
+            key = keys[kid]  # type: ignore[index]
             alg = header.get("alg")
             if alg in (None, "none") or alg.startswith("HS"):
                 raise IdentityRefused(f"ID token signed with {alg!r}")

@@ -9,7 +9,6 @@ every audit event it lets through.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -103,7 +102,7 @@ class Callout:
                 if resp.status != 200:
                     return Decision(False, f"callout error: HTTP {resp.status}")
                 body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             log.warning("authorisation callout failed; denying", url=self.url, error=str(e) or type(e).__name__)
             return Decision(False, f"callout error: {type(e).__name__}")
         allow = body.get("allow") if isinstance(body, dict) else None

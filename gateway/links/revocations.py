@@ -52,7 +52,7 @@ async def revoked_by(store: Storage, record: LinkRecord) -> str | None:
     values: list[tuple[Kind, str]] = [("object", record.key), ("customer", record.customer_id),
                                       ("message", record.message_id)]
     found = await asyncio.gather(*(store.stat(marker_key(k, v)) for k, v in values if v))
-    for (kind, _), hit in zip([x for x in values if x[1]], found):
+    for (kind, _), hit in zip([x for x in values if x[1]], found, strict=True):
         if hit is not None:
             return kind
     return None

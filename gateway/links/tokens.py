@@ -23,7 +23,8 @@ from pathlib import Path
 
 from gateway.config import ApiKey, ConfigError, LinkKey, read_secret
 
-_TOKEN = re.compile(r"^([A-Za-z0-9_-]{1,16})\.([A-Za-z0-9_-]{1,32})\.([0-9a-z]{1,13})\.([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{22})$")
+_TOKEN = re.compile(r"^([A-Za-z0-9_-]{1,16})\.([A-Za-z0-9_-]{1,32})\.([0-9a-z]{1,13})\."
+                    r"([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{22})$")
 
 
 class TokenError(Exception):
@@ -42,7 +43,7 @@ class TokenExpired(TokenError):
     """The token was ours but its time is up (answered 410, with a page to
     refresh it); ``claims`` are what it said, checked and signed."""
 
-    def __init__(self, message: str, claims: "Claims") -> None:
+    def __init__(self, message: str, claims: Claims) -> None:
         super().__init__(message)
         self.claims = claims
 
@@ -173,5 +174,5 @@ def _timestamp(iso: str) -> float:
     """An ISO 8601 date or time as Unix seconds; naive values are UTC."""
     when = dt.datetime.fromisoformat(iso)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()

@@ -34,7 +34,8 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from typing import IO, Iterable
+from collections.abc import Iterable
+from typing import IO
 
 from gateway.mime import sniff
 from gateway.mime.decode import Measure, decoded_chunks
@@ -278,8 +279,8 @@ def _ooxml(names: list[str], types: list[str]) -> str:
     folder, = folders
     if len(mains) > 1:
         # The same application twice (a document and a template): keep the macro one if any.
-        macro = mains & filetypes.MACRO_TYPES
-        main = sorted(macro or mains)[0]
+        macro_mains = mains & filetypes.MACRO_TYPES
+        main = sorted(macro_mains or mains)[0]
     else:
         main, = mains
     allowed = (folder, *_COMMON)
@@ -303,7 +304,7 @@ def _spooled(chunks: Iterable[bytes]) -> IO[bytes]:
     except BaseException:
         f.close()
         raise
-    return f  # type: ignore[return-value]
+    return f
 
 
 def detect_chunks(head: bytes, chunks: Iterable[bytes]) -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
-from typing import Iterator
 
 import pybase64
 

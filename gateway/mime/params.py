@@ -21,8 +21,8 @@ RFC 2047 encoded words are left as they are (that is the caller's choice).
 from __future__ import annotations
 
 import re
-from email.header import decode_header, make_header
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 from urllib.parse import unquote_to_bytes
 
 DEFAULT_MAX_PARAMS = 64
@@ -146,7 +146,7 @@ def _collapse(raw: list[tuple[str, str, bool]]) -> list[tuple[str, str]]:
     duplicates sees the ambiguity."""
     out: list[tuple[str, str] | None] = []
     groups: dict[str, tuple[int, dict[int, tuple[bool, str]]]] = {}
-    for name, value, quoted in raw:
+    for name, value, _quoted in raw:
         m = _SECTION.match(name)
         if m:
             base, num, ext = m.group("base"), int(m.group("num")), bool(m.group("ext"))
@@ -175,7 +175,7 @@ def _join(base: str, sections: dict[int, tuple[bool, str]]) -> tuple[str, str]:
         return base, "".join(v for _, (_, v) in sorted(sections.items()))
     charset = ""
     data = bytearray()
-    for i, (num, (ext, value)) in enumerate(sorted(sections.items())):
+    for i, (_num, (ext, value)) in enumerate(sorted(sections.items())):
         if ext:
             cs, decoded = _decode_bytes(value, first=(i == 0))
             if i == 0:

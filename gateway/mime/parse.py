@@ -84,7 +84,7 @@ class Part:
     headers: Message
     depth: int
     path: str  # "1.2.1", as IMAP numbers parts; the root is ""; an attached message's root is "<part>.1"
-    children: list["Part"] = field(default_factory=list)
+    children: list[Part] = field(default_factory=list)
     boundary: str | None = None
     defects: list[str] = field(default_factory=list)
     # Why the gateway did not look into this part (it then has no children
@@ -113,7 +113,7 @@ class Part:
     def encoded_size(self) -> int:
         return self.end - self.body_start
 
-    def leaves(self, attached: bool = True) -> list["Part"]:
+    def leaves(self, attached: bool = True) -> list[Part]:
         """Leaf parts in document order; unexamined parts are leaves.  With
         ``attached=False`` an attached message's part is a leaf itself (its
         inner parts are left out), as before attached messages were parsed."""
@@ -124,14 +124,14 @@ class Part:
             out.extend(c.leaves(attached))
         return out
 
-    def walk(self) -> list["Part"]:
+    def walk(self) -> list[Part]:
         """Every part, parents before children."""
         out = [self]
         for c in self.children:
             out.extend(c.walk())
         return out
 
-    def unexamined_parts(self) -> list["Part"]:
+    def unexamined_parts(self) -> list[Part]:
         """The parts the parser did not look into, in document order."""
         return [p for p in self.leaves() if p.unexamined is not None]
 
@@ -463,7 +463,7 @@ def _parse_multipart(st: _State, part: Part) -> None:
         return
     part.boundary = boundary
     child_default = "message/rfc822" if part.headers.get_content_subtype() == "digest" else "text/plain"
-    for n, (line_start, line_end, is_close) in enumerate(delims):
+    for n, (_line_start, line_end, is_close) in enumerate(delims):
         if is_close:
             break
         nxt = delims[n + 1][0] if n + 1 < len(delims) else None

@@ -24,10 +24,10 @@ import codecs
 import html
 import os
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import Iterable, Iterator, Union
 
 from gateway.lineends import clean_lines, is_clean
 from gateway.mime.decode import decoded_bytes
@@ -35,7 +35,7 @@ from gateway.mime.filenames import display_name
 from gateway.mime.parse import Part
 from gateway.mime.source import Source
 
-Segment = Union[bytes, tuple[int, int]]
+Segment = bytes | tuple[int, int]
 CRLF = b"\r\n"
 _FIELD_START = re.compile(rb"^[^ \t\r\n]")
 
@@ -95,14 +95,16 @@ def _markdown_label(text: str) -> str:
 
 def text_links(links: list[Link], template: str) -> str:
     """The markdown link lines added to a text/plain body."""
-    return "\n".join(f"[{_markdown_label(link_label(template, l))}]({l.url}) ({human_size(l.size)})" for l in links)
+    return "\n".join(f"[{_markdown_label(link_label(template, link))}]({link.url}) ({human_size(link.size)})"
+                     for link in links)
 
 
 def html_links(links: list[Link], template: str) -> str:
     """The ``<a>`` elements added to a text/html body."""
     items = "".join(
-        f'<p><a href="{html.escape(l.url)}">{html.escape(link_label(template, l))}</a> ({human_size(l.size)})</p>'
-        for l in links)
+        f'<p><a href="{html.escape(link.url)}">{html.escape(link_label(template, link))}</a>'
+        f' ({human_size(link.size)})</p>'
+        for link in links)
     return f'<div class="attachment-gateway-links">{items}</div>'
 
 
@@ -129,7 +131,7 @@ def cid_references(html_body: bytes) -> set[str]:
     return {unquote(c.decode("ascii", "replace")).strip("<>").lower() for c in found}
 
 
-def _replace_inline_images(body: bytes, inline: dict[str, "Link"], template: str, charset: str) -> bytes:
+def _replace_inline_images(body: bytes, inline: dict[str, Link], template: str, charset: str) -> bytes:
     """Each <img src="cid:..."> whose image was offloaded becomes a link."""
     from urllib.parse import unquote
 
@@ -245,7 +247,7 @@ def _charset_codec(charset: str) -> tuple[str | None, bool]:
 
 def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
                     inline: dict[str, Link] | None = None, template: str = "",
-                    cuts: list[tuple[int, int, bytes]] = ()) -> bytes:
+                    cuts: Iterable[tuple[int, int, bytes]] = ()) -> bytes:
     """The part rebuilt with ``addition`` added to its body; other headers
     are kept as they were.
 
@@ -353,7 +355,7 @@ def _is_utf8(data: bytes) -> bool:
 
 def plan(src: Source, root: Part, *, replacements: list[Replacement], links: list[Link],
          text_part: Part | None, html_part: Part | None, link_template: str,
-         trace: bytes, notices: list[str] = (), inline: dict[str, Link] | None = None,
+         trace: bytes, notices: Sequence[str] = (), inline: dict[str, Link] | None = None,
          cuts: dict[int, list[tuple[int, int, bytes]]] | None = None) -> list[Segment]:
     """The output message as segments of the original and new bytes.
 
@@ -368,8 +370,8 @@ def plan(src: Source, root: Part, *, replacements: list[Replacement], links: lis
     cuts = cuts or {}
     notices = list(notices)
     inline = inline or {}
-    inline_urls = {l.url for l in inline.values()}
-    html_only_links = [l for l in links if l.url not in inline_urls]
+    inline_urls = {link.url for link in inline.values()}
+    html_only_links = [link for link in links if link.url not in inline_urls]
     edits: dict[int, tuple[int, bytes]] = {}  # start -> (end, new bytes)
     replaced_root = False
     for r in replacements:

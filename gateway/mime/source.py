@@ -7,7 +7,7 @@ untouched regions can later be copied to the output byte for byte.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 WINDOW = 1 << 20  # bytes read at a time when scanning
 
@@ -25,7 +25,7 @@ class Source:
             self.size = min(self.size, size)
 
     @classmethod
-    def from_fd(cls, fd: int) -> "Source":
+    def from_fd(cls, fd: int) -> Source:
         self = cls.__new__(cls)
         self.path = f"<fd {fd}>"
         self._fd = fd
@@ -37,7 +37,7 @@ class Source:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "Source":
+    def __enter__(self) -> Source:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 DEFAULT_MAX_BLOCKS = 100
 _PROBE_LINES = 4  # non-blank lines after 'begin' looked at for data
@@ -95,8 +95,8 @@ def find_blocks(text: bytes, max_blocks: int = DEFAULT_MAX_BLOCKS) -> list[UuBlo
         data_start = line_end.end()
         # The end line, found once per kind and reused while it lies ahead:
         # many 'begin' lines without 'end' cost one scan, not one each.
-        found = memo.get(is_b64, False)
-        if found is False or (found is not None and found.start() < data_start):
+        found = memo.get(is_b64, False)  # False: not searched yet
+        if isinstance(found, bool) or (found is not None and found.start() < data_start):
             found = (_B64_END if is_b64 else _UU_END).search(text, data_start)
             memo[is_b64] = found
         # Begin lines are whole lines, so the next one is after this one.

@@ -29,8 +29,9 @@ nor the milter knows the runner.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from gateway import logs
 from gateway.config import RouteSettings

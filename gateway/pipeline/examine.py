@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import policies
 from gateway import metrics
@@ -74,7 +75,7 @@ class Examine:
             path=leaf.path or "1", declared_type=leaf.content_type, filename=name, decoded_size=m.size,
             disposition=how, route=route, detected_type=detected, content_id=content_id,
             head=m.head, is_attachment=is_attachment,
-            inline=bool(content_id) and content_id.strip("<>").lower() in job.cids, scan=scan,
+            inline=bool(content_id and content_id.strip("<>").lower() in job.cids), scan=scan,
             packed_tnef=tnef.is_tnef(leaf), signature_of_signed=signature)
         return facts, m
 

@@ -8,9 +8,10 @@ examined part with the facts the policies saw and their decision.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import policies
 from gateway.config import RouteSettings

@@ -98,7 +98,7 @@ class Notify:
                 customer_id=job.customer, message_id=autoreply.thread_id(message_id),
                 notify=job.envelope.rcpt_tos[0], route=route.name, ttl=services.cfg.upload.invitation_ttl),
                 INVITATION_TIMEOUT)
-        except (StorageError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, StorageError, OSError) as e:
             job.log.error("no upload invitation for the auto-reply", error=str(e) or type(e).__name__)
             return settings.upload_url
         job.log.info("upload invitation for the auto-reply", invitation=inv.object_id, customer_id=job.customer)

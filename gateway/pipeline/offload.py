@@ -36,7 +36,7 @@ class Offload:
     async def run(self, job: MessageJob) -> None:
         todo = [o for o in job.outcomes if o.decision.action is policies.Action.OFFLOAD]
         results = await asyncio.gather(*(self._offload(job, o.part, o.measure) for o in todo))
-        for o, r in zip(todo, results):
+        for o, r in zip(todo, results, strict=True):
             if r is None:
                 job.failed.append(o.part)
             else:

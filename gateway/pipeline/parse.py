@@ -52,8 +52,9 @@ class Parse:
     async def run(self, job: MessageJob) -> None:
         assert job.src is not None
         src, limits = job.src, self.services.limits
-        job.root, spent = parse_timed(src, limits) if src.size <= INLINE_PARSE else \
+        root, spent = parse_timed(src, limits) if src.size <= INLINE_PARSE else \
             await asyncio.to_thread(parse_timed, src, limits)
+        job.root = root
         job.budget.spend(spent)
         if job.root.unexamined is not None and job.route.unexamined == "quarantine":
             await self._refuse_whole(job)
@@ -61,8 +62,8 @@ class Parse:
     async def _refuse_whole(self, job: MessageJob) -> None:
         assert job.src is not None and job.root is not None
         src, root = job.src, job.root
-        from gateway.pipeline.identify import customer_id
         from gateway.mime.decode import message_header
+        from gateway.pipeline.identify import customer_id
 
         job.customer, _ = customer_id(root, job.envelope, job.route)
         job.message_id = message_header(root.headers, "Message-ID").strip()

@@ -8,7 +8,7 @@ held: a refused file is never forwarded and never dropped.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import policies
 from gateway import metrics
@@ -16,10 +16,10 @@ from gateway.mime import filenames
 from gateway.mime.decode import Measure, decoded_chunks
 from gateway.mime.parse import ENCODED_MESSAGE, Part
 from gateway.mime.rewrite import Replacement
-from gateway.storage.keys import file_key
 from gateway.pipeline.job import MessageJob
 from gateway.pipeline.services import Services
 from gateway.storage.base import ObjectMeta, StorageError
+from gateway.storage.keys import file_key
 
 
 class QuarantineError(Exception):

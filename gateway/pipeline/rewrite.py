@@ -11,8 +11,7 @@ import time
 from gateway.mime import filenames
 from gateway.mime.decode import message_header
 from gateway.mime.parse import Part
-from gateway.mime.rewrite import (Link, Replacement, Segment, cut_ranges, header_field_ranges, plan,
-                                  segments_size)
+from gateway.mime.rewrite import Link, Replacement, Segment, cut_ranges, header_field_ranges, plan, segments_size
 from gateway.pipeline.job import MessageJob
 from gateway.pipeline.offload import landing_page
 from gateway.pipeline.quarantine import default_name

@@ -13,8 +13,7 @@ from gateway.authn.resolver import Resolver
 from gateway.authn.seal import Key, Sealer
 from gateway.authn.verify import Verifier
 from gateway.config import Config
-from gateway.delivery import NextHop
-from gateway.delivery import build as build_next_hop
+from gateway.delivery import NextHop, build as build_next_hop
 from gateway.delivery.leases import Leases
 from gateway.links.tokens import Keyring
 from gateway.mime.parse import Limits

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from gateway.pipeline.job import Offloaded
 
 
-def trace(hostname: str, envelope: Envelope, offloaded: list["Offloaded"], note: str = "", refused: int = 0,
+def trace(hostname: str, envelope: Envelope, offloaded: list[Offloaded], note: str = "", refused: int = 0,
           replaced: int = 0, tnef_unpacked: bool = False) -> bytes:
     """The two trace header fields, CRLF-terminated."""
     helo = clean(envelope.helo) or "unknown"

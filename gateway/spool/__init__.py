@@ -7,8 +7,24 @@ The queue's names are re-exported here, as the rest of the gateway uses them.
 """
 from gateway.spool.durable import fsync_dir, is_disk_full, write_atomic
 from gateway.spool.envelope import Envelope, State, new_queue_id
-from gateway.spool.queue import (ENVELOPE, ENVELOPE_FOOTER, FREE, MESSAGE, QUEUES, RESULT, REWRITTEN, STATE, Handle,
-                                 Locked, Reception, Spool, SpoolError, commit_all, message_source, read_envelope)
+from gateway.spool.queue import (
+                                 ENVELOPE,
+                                 ENVELOPE_FOOTER,
+                                 FREE,
+                                 MESSAGE,
+                                 QUEUES,
+                                 RESULT,
+                                 REWRITTEN,
+                                 STATE,
+                                 Handle,
+                                 Locked,
+                                 Reception,
+                                 Spool,
+                                 SpoolError,
+                                 commit_all,
+                                 message_source,
+                                 read_envelope,
+)
 
 __all__ = ["ENVELOPE", "ENVELOPE_FOOTER", "FREE", "MESSAGE", "QUEUES", "RESULT", "REWRITTEN", "STATE", "Envelope",
            "Handle", "Locked", "Reception", "Spool", "SpoolError", "State", "commit_all", "fsync_dir", "is_disk_full",

@@ -10,8 +10,8 @@ import contextlib
 import errno
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -73,7 +73,7 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def is_disk_full(err: BaseException) -> bool:
+def is_disk_full(err: BaseException | None) -> bool:
     """Whether an error means the spool cannot take more (452, not 451)."""
     while err is not None:
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):

@@ -59,7 +59,7 @@ class Envelope:
         return to_json_bytes(self)
 
     @classmethod
-    def from_json(cls, data: bytes) -> "Envelope":
+    def from_json(cls, data: bytes) -> Envelope:
         raw = json.loads(data)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})
@@ -82,7 +82,7 @@ class State:
         return to_json_bytes(self)
 
     @classmethod
-    def from_json(cls, data: bytes) -> "State":
+    def from_json(cls, data: bytes) -> State:
         raw = json.loads(data)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})

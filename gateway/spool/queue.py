@@ -39,15 +39,15 @@ lock that can be taken belongs to a dead process, which is how
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from gateway.mime.source import Source
-from gateway.spool.durable import fsync_dir, is_disk_full, remove_tree, suppress_missing, write_atomic
+from gateway.spool.durable import fsync_dir, remove_tree, write_atomic
 from gateway.spool.envelope import Envelope, State, new_queue_id
 
 QUEUES = ("incoming", "active", "deferred", "hold", "corrupt")
@@ -78,7 +78,7 @@ class Locked(SpoolError):
 class Handle:
     """A message directory this process holds the lock on."""
 
-    def __init__(self, spool: "Spool", queue: str, queue_id: str, lock_fd: int) -> None:
+    def __init__(self, spool: Spool, queue: str, queue_id: str, lock_fd: int) -> None:
         self.spool = spool
         self.queue = queue
         self.queue_id = queue_id
@@ -156,7 +156,7 @@ class Handle:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def __enter__(self) -> "Handle":
+    def __enter__(self) -> Handle:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -187,7 +187,7 @@ class Reception:
     on disk: one file fsync and two directory fsyncs.
     """
 
-    def __init__(self, spool: "Spool") -> None:
+    def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self.queue_id = new_queue_id()
         self._tmp = f"{spool.root_str}/tmp/{self.queue_id}"

@@ -22,10 +22,14 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gateway.storage.keys import utc_stamp
 from gateway.storage.base import ObjectMeta, Storage, StorageError
-from gateway.storage.settings import (AzureStorageSettings, FilesystemStorageSettings, GcsStorageSettings,
-                                      S3StorageSettings)
+from gateway.storage.keys import utc_stamp
+from gateway.storage.settings import (
+    AzureStorageSettings,
+    FilesystemStorageSettings,
+    GcsStorageSettings,
+    S3StorageSettings,
+)
 
 # Lifecycle rules the gateway writes carry this in their id (S3) or name
 # (Azure); on a re-run they are replaced, every other rule is kept.

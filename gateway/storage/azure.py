@@ -28,13 +28,22 @@ import hashlib
 import io
 import ipaddress
 import uuid
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
-from gateway.storage.cloudutil import (META_SHA256, content_disposition, iter_parts, store_key,
-                                       object_metadata, read_metadata, read_secret, resolve_path)
+from gateway.storage.cloudutil import (
+    META_SHA256,
+    content_disposition,
+    iter_parts,
+    object_metadata,
+    read_metadata,
+    read_secret,
+    resolve_path,
+    store_key,
+)
 from gateway.storage.settings import AzureStorageSettings
 
 _SEP = "_"
@@ -83,7 +92,7 @@ class AzureBlobStorage:
         self._account_name = ""
         self._account_key: str | None = None
         self._delegation_key: Any = None
-        self._delegation_key_expiry = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+        self._delegation_key_expiry = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._delegation_lock = asyncio.Lock()
 
     # -- life cycle -------------------------------------------------------
@@ -313,7 +322,7 @@ class AzureBlobStorage:
 
     async def _user_delegation_key(self, ttl: int) -> Any:
         """A user-delegation key valid at least ``ttl`` more seconds, cached."""
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         async with self._delegation_lock:
             if self._delegation_key is None or self._delegation_key_expiry - now < dt.timedelta(seconds=ttl + 60):
                 expiry = now + max(_DELEGATION_KEY_LIFETIME, dt.timedelta(seconds=ttl + 120))
@@ -332,7 +341,7 @@ class AzureBlobStorage:
 
         full = store_key(self.settings.prefix, key)
         seconds = max(1, min(ttl, self.settings.url_ttl)) if ttl > 0 else self.settings.url_ttl
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         signing: dict[str, Any]
         if self._account_key is not None:
             signing = {"account_key": self._account_key}
@@ -349,7 +358,7 @@ class AzureBlobStorage:
         )
         return f"{self._c.get_blob_client(full).url}?{sas}"
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def open(self, key: str) -> AsyncIterator[bytes]:
         """Stream the blob's bytes; raises ObjectNotFound."""
         full = store_key(self.settings.prefix, key)
         try:

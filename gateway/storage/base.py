@@ -8,8 +8,9 @@ single module and lets an honest in-memory store serve unit tests.
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 
 class StorageError(Exception):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import hashlib
-from typing import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 from gateway.partfacts import HEAD_BYTES
 

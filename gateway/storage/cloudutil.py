@@ -13,11 +13,13 @@ import contextvars
 import functools
 import re
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
-from gateway.mime.filenames import ascii_filename, content_disposition, visible_basename
+# ascii_filename and content_disposition are re-exported: the backends and tests import them from here.
+from gateway.mime.filenames import ascii_filename, content_disposition, visible_basename  # noqa: F401
 from gateway.storage.base import ObjectMeta, StorageError
 
 T = TypeVar("T")
@@ -136,8 +138,7 @@ def read_secret(what: str, file: str | None, env: str | None, base_dir: Path) ->
     """A secret from a file (relative to ``base_dir``) or an environment
     variable; None when neither is configured.  Errors (StorageError) name
     the source, never the value."""
-    from gateway.secrets import SecretError
-    from gateway.secrets import read_secret as read
+    from gateway.secrets import SecretError, read_secret as read
 
     try:
         return read(file=file, env=env, base_dir=base_dir, what=what)

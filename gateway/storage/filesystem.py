@@ -11,8 +11,9 @@ import asyncio
 import hashlib
 import json
 import os
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import AsyncIterator, BinaryIO, Iterable
+from typing import BinaryIO
 
 from gateway.spool.durable import fsync_dir
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
@@ -97,7 +98,7 @@ class FilesystemStorage:
     async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:
         return None
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def open(self, key: str) -> AsyncIterator[bytes]:
         path = self._path(key)
         try:
             # Opened and first read in one thread call: a link record, and

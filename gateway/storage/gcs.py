@@ -22,12 +22,21 @@ import datetime as dt
 import hashlib
 import io
 import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Iterator
+from typing import Any
 
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
-from gateway.storage.cloudutil import (META_SHA256, BlockingRunner, Cancelled, content_disposition, store_key,
-                                       object_metadata, read_metadata, resolve_path)
+from gateway.storage.cloudutil import (
+    META_SHA256,
+    BlockingRunner,
+    Cancelled,
+    content_disposition,
+    object_metadata,
+    read_metadata,
+    resolve_path,
+    store_key,
+)
 from gateway.storage.settings import GcsStorageSettings
 
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
@@ -99,7 +108,7 @@ class GcsStorage:
     def _make_client(self) -> None:
         import google.auth
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage  # type: ignore[attr-defined]
+        from google.cloud import storage
         from google.oauth2 import service_account
 
         s = self.settings
@@ -344,7 +353,7 @@ class GcsStorage:
         except Exception as e:
             raise self._error("sign URL", full, e) from None
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def open(self, key: str) -> AsyncIterator[bytes]:
         """Stream the object's bytes; raises ObjectNotFound."""
         full = store_key(self.settings.prefix, key)
 

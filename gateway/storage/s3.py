@@ -27,8 +27,9 @@ Staging.  With ``staging_bucket``/``staging_prefix`` an object is uploaded to
 the staging location, verified there, copied server-side to the secure
 location (a multipart copy: UploadPartCopy in ``copy_part_size`` parts,
 conditional on the staging object's ETag; see ``_copy`` for why never
-CopyObject), checked again (size, encryption) and deleted from staging.  ``recover`` (run by ``start``) finds copies that a
-crash interrupted; see its docstring.
+CopyObject), checked again (size, encryption) and deleted from staging.
+``recover`` (run by ``start``) finds copies that a crash interrupted; see its
+docstring.
 
 The full SHA-256 is kept in the ``gateway-sha256`` metadata entry whenever it
 is known before the object is created: single PutObjects and copies from
@@ -41,15 +42,25 @@ import base64
 import hashlib
 import threading
 import time
+from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Iterator
+from typing import Any
 
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError, StoredObject
-from gateway.storage.cloudutil import (META_SHA256, META_STAGING_ETAG, BlockingRunner, Cancelled,
-                                       content_disposition, iter_parts, store_key, object_metadata,
-                                       read_metadata, read_secret)
+from gateway.storage.cloudutil import (
+    META_SHA256,
+    META_STAGING_ETAG,
+    BlockingRunner,
+    Cancelled,
+    content_disposition,
+    iter_parts,
+    object_metadata,
+    read_metadata,
+    read_secret,
+    store_key,
+)
 from gateway.storage.settings import S3StorageSettings
 
 # S3 allows at most this many parts in one multipart upload.
@@ -558,7 +569,7 @@ class S3Storage:
         except StorageError as e:
             return [Finding("credentials", FAIL, str(e))]
         s = self.settings
-        findings = []
+        findings: list[Finding] = []
         for bucket in sorted({s.bucket, self._staging_bucket}):
             try:
                 region = await self._runner.run(self._bucket_region, bucket)
@@ -649,7 +660,7 @@ class S3Storage:
         except Exception as e:
             raise self._error("presign GetObject", self.settings.bucket, full, e) from None
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def open(self, key: str) -> AsyncIterator[bytes]:
         """Stream the object's bytes; raises ObjectNotFound."""
         full = store_key(self.settings.prefix, key)
         try:

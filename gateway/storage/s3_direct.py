@@ -51,7 +51,7 @@ def part_size(wanted: int, size: int) -> int:
     return max(wanted, MIN_PART_SIZE, -(-size // MAX_PARTS))
 
 
-def direct_uploads(store: Storage) -> "S3DirectUploads | None":
+def direct_uploads(store: Storage) -> S3DirectUploads | None:
     """Presigned part uploads for ``store``, or None when its backend has none."""
     return S3DirectUploads(store) if isinstance(store, S3Storage) else None
 

@@ -6,7 +6,7 @@ Each backend states its settings and defaults once, here, beside the schema;
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -161,7 +161,7 @@ class S3StorageSettings(_Retained):
         return _check_url(v)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "S3StorageSettings":
+    def _consistent(self) -> S3StorageSettings:
         if self.kms_key_id is not None and self.encryption != "aws:kms":
             raise ValueError("kms_key_id is set but encryption is not \"aws:kms\": "
                              "expected encryption = \"aws:kms\" or no kms_key_id")
@@ -243,7 +243,7 @@ class AzureStorageSettings(_Retained):
         return _check_url(v)
 
     @model_validator(mode="after")
-    def _credentials(self) -> "AzureStorageSettings":
+    def _credentials(self) -> AzureStorageSettings:
         conn = [x for x in (self.connection_string_file, self.connection_string_env) if x is not None]
         key = [x for x in (self.account_key_file, self.account_key_env) if x is not None]
         if len(conn) > 1 or len(key) > 1:
@@ -323,6 +323,6 @@ class GcsStorageSettings(_Retained):
         return _check_url(v)
 
 StorageSettings = Annotated[
-    Union[FilesystemStorageSettings, S3StorageSettings, AzureStorageSettings, GcsStorageSettings],
+    FilesystemStorageSettings | S3StorageSettings | AzureStorageSettings | GcsStorageSettings,
     Field(discriminator="backend"),
 ]
