@@ -57,7 +57,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     build_links(cfg, keyring, {}, logs.AuditLog("-", cfg.gateway.hostname))
     for warning in config_warnings(cfg):
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
-    print(f"{args.config}: OK ({len(cfg.routes)} route(s), {len(cfg.storage)} store(s))")
+    from gateway.srs import BOUNCE_ROUTE
+
+    routes = [r for r in cfg.routes if r.name != BOUNCE_ROUTE]  # not the one made for SRS bounces
+    print(f"{args.config}: OK ({len(routes)} route(s), {len(cfg.storage)} store(s))")
     return EX_OK
 
 
@@ -71,6 +74,9 @@ def config_warnings(cfg: Config) -> list[str]:
             out.append(f"routes[{i}] ({route.name}): forwards changed mail to an SMTP next hop without DKIM "
                        f"signing: the customer's signature breaks when a part is offloaded and nothing "
                        f"replaces it; set [auth.dkim] (attachment-gateway dkim keygen makes a key)")
+    if any(r.srs for r in cfg.routes) and cfg.delivery.bounce_next_hop.startswith("maildir:"):
+        out.append("srs: bounces to SRS addresses are reversed into delivery.bounce_next_hop, a Maildir: "
+                   "customers never get them; set it to the outbound relay (smtp://HOST:PORT)")
     return out
 
 

@@ -190,3 +190,15 @@ def test_config_refuses_srs_without_a_table_and_the_reserved_route_name(tmp_path
                         sections={"srs": {"domain": "srs.gw.test", "secret": {"env": "NO_SUCH_SRS_SECRET"}}})
     out = gw.command("check-config")
     assert out.returncode == 78 and "srs.secret: environment variable NO_SUCH_SRS_SECRET" in out.stderr
+
+
+def test_check_config_warns_when_changed_mail_goes_unsigned_over_smtp(tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path, next_hop="smtp://127.0.0.1:2599")
+    out = gw.command("check-config")
+    assert out.returncode == 0 and "warning: routes[0] (contact): forwards changed mail to an SMTP next hop " \
+        "without DKIM signing" in out.stderr
+    assert "OK (1 route(s)" in out.stdout
+    # A Maildir next hop (the demo) is not warned about.
+    (tmp_path / "m").mkdir()
+    gw = GatewayProcess(tmp_path / "m")
+    assert "warning" not in gw.command("check-config").stderr
