@@ -1,4 +1,4 @@
-"""The ``attachment-gateway`` command: serve, milter, check-config, queue, links, storage.
+"""The ``attachment-gateway`` command: serve, milter, check-config, queue, links, storage, dkim.
 
 Exit codes follow sysexits: 0 ok, 64 usage, 69 not found, 75 temporary
 failure (locked), 78 configuration error; ``storage check`` and ``storage
@@ -55,7 +55,53 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     ApiKeys(cfg)
     audit_sinks.build(cfg)
     build_links(cfg, keyring, {}, logs.AuditLog("-", cfg.gateway.hostname))
-    print(f"{args.config}: OK ({len(cfg.routes)} route(s), {len(cfg.storage)} store(s))")
+    for warning in config_warnings(cfg):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
+    from gateway.srs import BOUNCE_ROUTE
+
+    routes = [r for r in cfg.routes if r.name != BOUNCE_ROUTE]  # not the one made for SRS bounces
+    print(f"{args.config}: OK ({len(routes)} route(s), {len(cfg.storage)} store(s))")
+    return EX_OK
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What a valid config does that an operator should know about."""
+    from gateway.srs import BOUNCE_ROUTE
+
+    out = []
+    for i, route in enumerate(cfg.routes):
+        if route.name != BOUNCE_ROUTE and route.next_hop.startswith("smtp://") and cfg.auth.dkim is None:
+            out.append(f"routes[{i}] ({route.name}): forwards changed mail to an SMTP next hop without DKIM "
+                       f"signing: the customer's signature breaks when a part is offloaded and nothing "
+                       f"replaces it; set [auth.dkim] (attachment-gateway dkim keygen makes a key)")
+    if any(r.srs for r in cfg.routes) and cfg.delivery.bounce_next_hop.startswith("maildir:"):
+        out.append("srs: bounces to SRS addresses are reversed into delivery.bounce_next_hop, a Maildir: "
+                   "customers never get them; set it to the outbound relay (smtp://HOST:PORT)")
+    return out
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    """Write a DKIM key pair and print the DNS records to publish."""
+    from gateway.authn import keygen
+    from gateway.routing import AddressRefused, check_domain
+
+    try:
+        domain = check_domain(args.domain)
+        srs_domain = check_domain(args.srs_domain) if args.srs_domain else None
+    except AddressRefused as e:
+        print(f"dkim keygen: {e}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        pair = keygen.generate(domain, args.selector, Path(args.out))
+    except FileExistsError as e:
+        print(f"dkim keygen: {e.filename}: exists; a key in use is never overwritten", file=sys.stderr)
+        return EX_USAGE
+    print(f"# Private key (keep it secret; auth.dkim.key_file): {pair.private_path}")
+    print("# Publish in DNS, then sign with [auth.dkim] domain/selector/key_file:")
+    print(keygen.zone_line(pair.dns_name, pair.dns_value), end="")
+    if srs_domain is not None:
+        print("# SPF of the SRS domain ([srs] domain): the addresses the gateway sends from")
+        print(keygen.zone_line(srs_domain, keygen.spf_record(args.ip)), end="")
     return EX_OK
 
 
@@ -422,6 +468,16 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_serve, only=["milter", "http"])
     c = sub.add_parser("check-config", help="validate the config file and exit")
     c.set_defaults(func=cmd_check_config)
+    dk = sub.add_parser("dkim", help="DKIM keys for the gateway's own signatures")
+    dk_sub = dk.add_subparsers(dest="action", required=True)
+    kg = dk_sub.add_parser("keygen", help="write an RSA 2048 key pair and print the DNS TXT records to publish")
+    kg.add_argument("--domain", required=True, help="the signing domain (d=)")
+    kg.add_argument("--selector", required=True, help="the selector (s=)")
+    kg.add_argument("--out", default=".", help="directory for SELECTOR.private and SELECTOR.txt (default: .)")
+    kg.add_argument("--srs-domain", help="also print the SPF record of this SRS domain")
+    kg.add_argument("--ip", action="append", default=[], metavar="ADDRESS",
+                    help="an address the gateway sends from, for the SPF record (repeatable)")
+    kg.set_defaults(func=cmd_dkim_keygen)
     i = sub.add_parser("invite", help="print an upload-page invitation link for a customer")
     i.add_argument("--customer", required=True, help="the customer id the uploads are filed under")
     i.add_argument("--message-id", help="the Message-ID of the email thread the completion email replies to")

@@ -503,6 +503,10 @@ class RouteSettings(_Strict):
     tls: Literal["opportunistic", "required", "verify", "none"] = "opportunistic"
     # CA certificates (PEM) for tls = "verify"; unset: the system's CAs.
     tls_ca_file: str | None = None
+    # Forward with an SRS envelope sender in [srs] domain, so SPF at the
+    # next hop checks the gateway's domain, not the customer's; bounces to
+    # it come back here and go to the customer (gateway/srs.py).
+    srs: bool = False
 
     @field_validator("domains", "addresses")
     @classmethod
@@ -699,6 +703,36 @@ class UploadPageSettings(_Strict):
     from_address: str = ""
 
 
+class SrsSettings(_Strict):
+    """Sender Rewriting Scheme for routes with ``srs = true`` (gateway/srs.py)."""
+
+    # A domain the gateway receives mail for (its MX points here) and whose
+    # SPF record authorises the gateway's outgoing addresses.
+    domain: str
+    # The HMAC key of new SRS addresses (16+ characters, from a file or the
+    # environment); previous ones are still accepted for bounces.
+    secret: SecretRef
+    previous_secrets: list[SecretRef] = Field(default_factory=list)
+    # Days a bounce to an SRS address is accepted (the day wraps at 1024).
+    max_age_days: int = Field(21, ge=1, le=1000)
+    # Base64 characters of the hash in each address: more is harder to forge.
+    hash_length: int = Field(6, ge=4, le=20)
+    # Which mail to an SRS address is accepted: "null-sender" (bounces and
+    # RFC 3834 auto-replies, which use the null sender) or "any" (also mail
+    # with a sender, which then reaches the customer through the gateway).
+    accept: Literal["null-sender", "any"] = "null-sender"
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        from gateway.routing import AddressRefused, check_domain
+
+        try:
+            return check_domain(v.strip())
+        except AddressRefused as e:
+            raise ValueError(f"expected a mail domain such as \"srs.mx.example.com\" ({e})") from None
+
+
 class Config(_Strict):
     """The whole config file."""
 
@@ -721,6 +755,8 @@ class Config(_Strict):
     # Absent: ``serve`` runs no milter; ``attachment-gateway milter`` then
     # uses the defaults above.
     milter: MilterSettings | None = None
+    # Sender Rewriting Scheme; required by a route with ``srs = true``.
+    srs: SrsSettings | None = None
 
     # The directory relative paths are resolved against (the config file's
     # own project root); not a key in the file.
@@ -762,9 +798,26 @@ class Config(_Strict):
                 if ref.name == "refuse_malware" and self.clamd is None:
                     raise ValueError(f"routes[{i}].policies[{j}].name: 'refuse_malware' needs a [clamd] table "
                                      f"with the scanner's address")
+        self._check_srs()
         if self.api.route is not None and self.api.route not in names:
             raise ValueError(f"api.route: {self.api.route!r} names no route (have: {', '.join(sorted(names))})")
         return self
+
+    def _check_srs(self) -> None:
+        from gateway import srs as srs_mod  # late: gateway.srs imports the delivery layer
+
+        for i, route in enumerate(self.routes):
+            if route.name == srs_mod.BOUNCE_ROUTE:
+                raise ValueError(f"routes[{i}].name: {route.name!r} is reserved for bounces to SRS addresses")
+            if route.srs and self.srs is None:
+                raise ValueError(f"routes[{i}].srs: true needs an [srs] table (domain and secret)")
+            if self.srs is not None and self.srs.domain in route.domains:
+                raise ValueError(f"srs.domain: {self.srs.domain!r} is also routes[{i}].domains: the SRS domain "
+                                 f"takes bounces only; give it a name of its own")
+        if self.srs is not None and any(r.srs for r in self.routes):
+            # Mail to SRS addresses (the platform's bounces) has a route of
+            # its own: the worker looks routes up by name.
+            self.routes.append(srs_mod.bounce_route(self))
 
     def _check_agents(self) -> None:
         agents, authz = self.agents, self.authorization
@@ -859,6 +912,12 @@ def load(path: str | os.PathLike[str], base_dir: str | None = None) -> Config:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
     raw["base_dir"] = base_dir if base_dir is not None else os.getcwd()
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"{p}: invalid config:\n{_format_errors(e)}") from None
+    from gateway import srs  # late: gateway.srs imports the delivery layer
+
+    # Reads the SRS secrets now: one that cannot be read is a ConfigError
+    # naming the key, at check-config and start-up, not at the first RCPT.
+    srs.from_config(cfg)
+    return cfg

@@ -17,21 +17,33 @@ from gateway.storage.settings import (AzureStorageSettings, FilesystemStorageSet
 from tests.harness import GATEWAY, ROOT
 
 SECRETS = {"GATEWAY_LINK_KEY": "link-key-0123456789abcdef", "GATEWAY_API_KEY_GENESYS": "genesys-key-0123456789",
-           "GATEWAY_API_KEY_CXONE": "cxone-key-0123456789ab"}
+           "GATEWAY_API_KEY_CXONE": "cxone-key-0123456789ab", "GATEWAY_SRS_SECRET": "srs-secret-0123456789abcdef"}
 
 
 @pytest.mark.parametrize("name", ["genesys", "cxone"])
 def test_platform_configs_validate_and_stay_under_the_40_mb_ses_limit(name: str, tmp_path: Path) -> None:
     path = ROOT / "conf" / f"{name}.toml"
+    # The DKIM/ARC key as the recipe makes it, where the config names it
+    # (relative to the working directory).
+    keygen = subprocess.run([sys.executable, "-m", "gateway", "dkim", "keygen", "--domain", "mx-gateway.example.com",
+                             "--selector", "gw1", "--out", str(tmp_path / "dkim")], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert keygen.returncode == 0, keygen.stderr
     out = subprocess.run([sys.executable, "-m", "gateway", "-c", str(path), "check-config"], capture_output=True,
                          text=True, cwd=tmp_path, env={**os.environ, **SECRETS, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert out.returncode == 0, out.stderr
     [route] = tomllib.loads(path.read_text())["routes"]
     assert route["next_hop_max_size"] == "40MB" and route["tls"] == "required"
+    # Signed, sealed and SRS-rewritten: SES sees SPF and DKIM pass (issue 21), and no warning says otherwise.
+    raw = tomllib.loads(path.read_text())
+    assert route["srs"] is True and raw["auth"]["dkim"] and raw["auth"]["arc"] and raw["srs"]["domain"]
+    assert raw["delivery"]["bounce_next_hop"].startswith("smtp://")
+    assert "warning" not in out.stderr, out.stderr
     # Without the API key in the environment, check-config names it.
     env = {k: v for k, v in os.environ.items() if k not in SECRETS}
     bad = subprocess.run([sys.executable, "-m", "gateway", "-c", str(path), "check-config"], capture_output=True,
                          text=True, cwd=tmp_path, env={**env, "GATEWAY_LINK_KEY": SECRETS["GATEWAY_LINK_KEY"],
+                                                       "GATEWAY_SRS_SECRET": SECRETS["GATEWAY_SRS_SECRET"],
                                                        "PYTHONPATH": str(ROOT)}, timeout=60)
     assert bad.returncode == 78 and f"api.keys[{name}]: environment variable" in bad.stderr, bad.stderr
 

@@ -87,14 +87,17 @@ def build(spec: str, *, base_dir: Path, hostname: str, tls: str = "opportunistic
           connect_timeout: float = 30, command_timeout: float = 300, max_connections: int = 10,
           tls_ca_file: Path | None = None) -> NextHop:
     """The next hop for a ``smtp://HOST:PORT`` or ``maildir:PATH`` spec."""
+    hop: NextHop
     if spec.startswith("maildir:"):
         from gateway.delivery.maildir import MaildirNextHop
 
         path = Path(spec[len("maildir:"):])
-        return MaildirNextHop(path if path.is_absolute() else base_dir / path)
-    from gateway.delivery.smtp import SmtpNextHop
+        hop = MaildirNextHop(path if path.is_absolute() else base_dir / path)
+    else:
+        from gateway.delivery.smtp import SmtpNextHop
 
-    host, _, port = spec[len("smtp://"):].rpartition(":")
-    return SmtpNextHop(host.strip("[]"), int(port), hostname=hostname, tls=tls, connect_timeout=connect_timeout,
-                       command_timeout=command_timeout, max_connections=max_connections,
-                       tls_ca_file=str(tls_ca_file) if tls_ca_file is not None else None)
+        host, _, port = spec[len("smtp://"):].rpartition(":")
+        hop = SmtpNextHop(host.strip("[]"), int(port), hostname=hostname, tls=tls, connect_timeout=connect_timeout,
+                          command_timeout=command_timeout, max_connections=max_connections,
+                          tls_ca_file=str(tls_ca_file) if tls_ca_file is not None else None)
+    return hop

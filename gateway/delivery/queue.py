@@ -8,7 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from gateway import logs, metrics
+from gateway import logs, metrics, srs
 from gateway.config import Config, RouteSettings
 from gateway.delivery import Content, DeliveryResult, NextHop, build as build_next_hop
 from gateway.delivery.dsn import build_dsn
@@ -39,13 +39,18 @@ class Deliverer:
         old = [*self.next_hops.values(), *([self.bounce_hop] if self.bounce_hop is not None else [])]
         self.cfg, self.limits = cfg, limits
         base = Path(cfg.base_dir)
-        self.next_hops = {
-            r.name: build_next_hop(
+        rewriter = srs.from_config(cfg)
+        self.next_hops = {}
+        for r in cfg.routes:
+            hop = build_next_hop(
                 r.next_hop, base_dir=base, hostname=cfg.gateway.hostname, tls=r.tls,
                 connect_timeout=cfg.delivery.connect_timeout, command_timeout=cfg.delivery.command_timeout,
                 max_connections=cfg.delivery.connections_per_next_hop,
                 tls_ca_file=cfg.path(r.tls_ca_file) if r.tls_ca_file else None)
-            for r in cfg.routes}
+            # Routes with ``srs = true`` send with an SRS envelope sender, so
+            # SPF at the next hop checks the gateway's own domain.
+            self.next_hops[r.name] = srs.SrsNextHop(hop, lambda _env, s=rewriter: s) \
+                if r.srs and rewriter is not None else hop
         self.bounce_hop = build_next_hop(cfg.delivery.bounce_next_hop, base_dir=base,
                                          hostname=cfg.gateway.hostname)
         for hop in old:

@@ -50,6 +50,7 @@ from gateway.deadline import Deadline
 from gateway.ingress.routing import AddressRefused, check_sender, invalid_utf8, route_for, split_address
 from gateway.ingress.tls import IngressTls
 from gateway.lineends import crlf_only
+from gateway import srs as srs_mod
 from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, commit_all, is_disk_full
 
 log = logs.get("smtp")
@@ -201,7 +202,21 @@ class Handler:
             split_address(address)
         except AddressRefused as e:
             return f"553 5.1.3 <{_printable(address)}>: {e}"
-        route = route_for(self.cfg.routes, address)
+        srs = srs_mod.from_config(self.cfg)
+        if srs is not None and srs.owns(address):
+            # A bounce to an SRS address of ours: accepted only when it
+            # verifies, and queued for the original sender (gateway/srs.py).
+            try:
+                original = srs_mod.accept_bounce(self.cfg, srs, envelope.mail_from or "", address)
+            except srs_mod.SrsError as e:
+                log.info("SRS address refused", rcpt=_printable(address), reason=str(e),
+                         client=session.peer[0] if session.peer else "")
+                return f"550 5.1.1 <{_printable(address)}>: {e}"
+            log.info("SRS address reversed", rcpt=_printable(address), to=original)
+            address = original
+            route = next((r for r in self.cfg.routes if r.name == srs_mod.BOUNCE_ROUTE), None)
+        else:
+            route = route_for(self.cfg.routes, address)
         if route is None:
             log.info("relay refused", rcpt=_printable(address), client=session.peer[0] if session.peer else "")
             return f"550 5.7.1 <{_printable(address)}>: Relay access denied"

@@ -59,7 +59,11 @@ class DnsServer:
             else:
                 texts = values
             r.answer.append(dns.rrset.from_text(question.name, 60, "IN", qtype, *texts))
-        elif not any(n == name for n, _ in self.records):
+        elif not any(n == name or n.endswith("." + name) for n, _ in self.records):
+            # A name with records below it exists (an "empty non-terminal",
+            # such as example.com above sel._domainkey.example.com): NODATA,
+            # not NXDOMAIN, or a caching resolver (OpenDKIM's unbound)
+            # takes everything below it as absent too (RFC 8020).
             r.set_rcode(dns.rcode.NXDOMAIN)
         return r.to_wire(max_size=65535)
 

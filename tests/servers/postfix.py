@@ -42,7 +42,7 @@ class PostfixError(RuntimeError):
     """Postfix failed to check, start or stop; the message carries Postfix's own text."""
 
 
-def _master_cf(smtpd_port: int, smtpd_args: tuple[str, ...]) -> str:
+def _master_cf(smtpd_port: int, smtpd_args: tuple[str, ...], extra: str = "") -> str:
     """master.cf for the instance: no chroot anywhere, smtpd on 127.0.0.1:PORT, no local delivery."""
     smtpd_opts = "".join(f"\n  {arg}" for arg in smtpd_args)
     # service type private unpriv chroot wakeup maxproc command
@@ -70,7 +70,7 @@ discard   unix  -       -       n       -       -       discard
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
-"""
+""" + extra
 
 
 class PostfixInstance:
@@ -97,6 +97,7 @@ class PostfixInstance:
         hostname: str = "postfix-test.localhost",
         start_timeout: float = 30.0,
         keep_dir: bool = False,
+        master_cf_extra: str = "",
     ) -> None:
         self.relay_port = relay_port
         self.port = port if port is not None else free_port()
@@ -105,6 +106,8 @@ class PostfixInstance:
         self.smtpd_args = smtpd_args
         self.start_timeout = start_timeout
         self.keep_dir = keep_dir
+        # More master.cf services (a policy service, say), appended as written.
+        self.master_cf_extra = master_cf_extra
         self.root: Path | None = None
         self._started = False
 
@@ -195,7 +198,7 @@ class PostfixInstance:
             f"{name} = {value}\n" for name, value in self.main_cf_settings().items()
         )
         (self.config_dir / "main.cf").write_text(main_cf)
-        (self.config_dir / "master.cf").write_text(_master_cf(self.port, self.smtpd_args))
+        (self.config_dir / "master.cf").write_text(_master_cf(self.port, self.smtpd_args, self.master_cf_extra))
 
     # --------------------------------------------------------------- running
     def _run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
