@@ -83,7 +83,7 @@ def config_warnings(cfg: Config) -> list[str]:
 def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     """Write a DKIM key pair and print the DNS records to publish."""
     from gateway.authn import keygen
-    from gateway.routing import AddressRefused, check_domain
+    from gateway.ingress.routing import AddressRefused, check_domain
 
     try:
         domain = check_domain(args.domain)

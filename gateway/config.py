@@ -725,7 +725,7 @@ class SrsSettings(_Strict):
     @field_validator("domain")
     @classmethod
     def _domain(cls, v: str) -> str:
-        from gateway.routing import AddressRefused, check_domain
+        from gateway.ingress.routing import AddressRefused, check_domain
 
         try:
             return check_domain(v.strip())
