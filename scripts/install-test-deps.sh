@@ -27,10 +27,11 @@
 #   clamav-daemon    clamd, started by tests/servers/clamd.py with a signature
 #                    database the test writes (no signature download)
 #   libmagic1        python-magic's library (type detection; usually present)
+#   qpdf             `qpdf --check`, the reference reader every disarmed PDF must pass
 set -euo pipefail
 
 PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl systemd util-linux
-          mimedefang clamav-daemon libmagic1 rsyslog rsyslog-gnutls chromium curl)
+          mimedefang clamav-daemon libmagic1 rsyslog rsyslog-gnutls chromium curl qpdf)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -67,7 +68,7 @@ fi
 # Verify the executables the tests and bench actually call.
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
            /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/mount \
-           /usr/sbin/clamd /usr/sbin/rsyslogd /usr/bin/chromium /usr/bin/curl; do
+           /usr/sbin/clamd /usr/sbin/rsyslogd /usr/bin/chromium /usr/bin/curl /usr/bin/qpdf; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"

@@ -129,6 +129,11 @@ class OverBudget(Exception):
     """Disarming the file would cost more than its ``Budget`` allows."""
 
 
+class CannotDisarm(Exception):
+    """The file has active content that cannot be taken out safely (an
+    Excel 4 macro sheet, an add-in that is nothing but macros)."""
+
+
 class CheckFailed(Exception):
     """The rewritten file does not pass the reference reader's check."""
 
@@ -171,6 +176,8 @@ def disarm(data: bytes | str | os.PathLike[str], detected_type: str, *, budget: 
         return DisarmResult("failed", reason=f"not examinable: {e}", original_sha256=original)
     except OverBudget as e:
         return DisarmResult("failed", reason=f"over budget: {e}", original_sha256=original)
+    except CannotDisarm as e:
+        return DisarmResult("failed", reason=f"cannot be disarmed: {e}", original_sha256=original)
     except CheckFailed as e:
         return DisarmResult("failed", reason=f"the disarmed file did not check: {e}", original_sha256=original)
     except MemoryError:
@@ -232,8 +239,8 @@ def disarm_isolated(data: bytes, detected_type: str, *, budget: Budget = Budget(
     except subprocess.TimeoutExpired:
         return DisarmResult("failed", reason=f"over budget: took longer than {timeout:g} s", original_sha256=original)
     if proc.returncode != 0:
-        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        why = "out of memory" if "MemoryError" in tail[0] else f"exit status {proc.returncode}"
+        tail = (proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""])[0][:200]
+        why = "out of memory" if "MemoryError" in tail else f"exit status {proc.returncode}: {tail}"
         return DisarmResult("failed", reason=f"over budget: the disarm process failed ({why})",
                             original_sha256=original)
     try:

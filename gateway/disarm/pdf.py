@@ -260,6 +260,7 @@ def disarm_pdf(data: bytes, budget: Budget, deadline: Deadline) -> DisarmResult:
     except (pikepdf.PdfError, ValueError, RecursionError) as e:
         raise NotExaminable(f"the PDF does not parse: {e}") from e
     with pdf:
+        deadline.check()
         walk = _Walk(pdf, budget, deadline)
         try:
             walk.run()
