@@ -9,11 +9,9 @@ import struct
 import zipfile
 import zlib
 
-import olefile  # noqa: F401  (the tests read what the builders write with it)
 import pikepdf
 from pikepdf import Array, Dictionary, Name, String
 
-from policies import filetypes
 
 # A Windows program's first bytes: what the embedded "setup.exe" holds.
 EXE = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + b"\x00" * 44 + b"PE\x00\x00" + b"\x00" * 64
@@ -370,4 +368,4 @@ def ooxml_type(data: bytes) -> str:
 
 __all__ = ["EXE", "clean_pdf", "pdf_open_action_js", "pdf_launch", "pdf_embedded_exe", "pdf_file_attachment",
            "pdf_form_js", "clean_docx", "docx_remote_template", "docx_external_ole", "docx_dde", "docm_macro",
-           "xlsm_macro", "docx_embedded_package", "ole_file", "ole10native", "ooxml_type", "filetypes"]
+           "xlsm_macro", "docx_embedded_package", "ole_file", "ole10native", "ooxml_type"]

@@ -577,8 +577,8 @@ def _write(pkg: _Package, rewritten: dict[str, bytes], drop: set[str]) -> bytes:
                 continue
             body = rewritten[name] if name in rewritten else pkg.read(name)
             new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
-            new.compress_type = info.compress_type if info.compress_type in (zipfile.ZIP_STORED,
-                                                                             zipfile.ZIP_DEFLATED) else zipfile.ZIP_DEFLATED
+            kept = info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+            new.compress_type = info.compress_type if kept else zipfile.ZIP_DEFLATED
             new.external_attr = info.external_attr
             z.writestr(new, body)
     return out.getvalue()
