@@ -1,0 +1,312 @@
+"""Disarm: take the active content out of PDFs and Office Open XML files.
+
+A PDF may run JavaScript when it is opened, launch a program, submit a form
+to a server or carry a program as an embedded file; an Office document may
+carry macros, fetch a template or an OLE object from the internet (the
+remote-template and "Follina" attacks), run a DDE command or hold a packaged
+program.  ``disarm`` finds these, and when there are any, rewrites the file
+without them, keeping everything a reader needs to see:
+
+* PDF (gateway/disarm/pdf.py, with pikepdf, i.e. qpdf): scripts anywhere,
+  launch, import, form-submission and remote go-to actions, embedded media
+  (RichMedia, 3D, movies, sounds, screens), XFA forms, embedded files and
+  file-attachment annotations;
+* OOXML (gateway/disarm/ooxml.py, with zipfile, lxml and olefile/oletools):
+  VBA projects and macro parts (the package becomes the macro-free type),
+  relationships that fetch from outside the package (templates, OLE links,
+  frames, sub-documents, images), Excel links to other workbooks and DDE
+  links, DDE/DDEAUTO field codes, embedded OLE objects and packages,
+  ActiveX controls, PowerPoint actions that start programs or macros.
+
+Each embedded file taken out is returned (``Extracted``) so the caller can
+judge it as a part of its own.  A file with nothing to remove is returned
+as it came ("clean", no rewrite).  A file the step cannot read, cannot
+finish within its ``Budget``, or whose rewrite does not pass the check (a
+re-read by a reference reader: ``qpdf --check`` for PDF; zipfile, an XML
+parse of every rewritten part and the gateway's own package examination for
+OOXML) is "failed": the caller quarantines it.
+
+Everything here is blocking.  ``disarm`` runs in the calling thread, bounded
+by counts and a deadline checked as it walks; ``disarm_isolated`` runs it in
+a child Python process (``python -m gateway.disarm``) under RLIMIT_AS and
+RLIMIT_CPU with a wall-clock timeout, so that a file that makes the
+libraries themselves spin or allocate cannot stall or exhaust the gateway.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from policies import filetypes
+
+PDF = "application/pdf"
+# Every OOXML flavour disarm works on, with or without macros, and the
+# package container.py calls OOXML_REMOTE (its flavour is read again here).
+OOXML_TYPES = frozenset({
+    filetypes.DOCX, filetypes.XLSX, filetypes.PPTX, filetypes.DOTX, filetypes.XLTX, filetypes.POTX, filetypes.PPSX,
+    filetypes.DOCM, filetypes.DOTM, filetypes.XLSM, filetypes.XLTM, filetypes.XLAM, filetypes.PPTM, filetypes.POTM,
+    filetypes.PPSM, filetypes.PPAM, filetypes.OOXML_REMOTE,
+})
+# The detected types ``disarm`` accepts.
+TYPES = frozenset({PDF}) | OOXML_TYPES
+
+Status = Literal["clean", "disarmed", "failed"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What disarming one file may cost; past any bound the file is "failed"."""
+
+    #: PDF objects (indirect objects and the dictionaries and arrays inside them) walked.
+    max_objects: int = 200_000
+    #: OOXML: entries in the package, bytes decompressed in all, bytes of one XML part.
+    max_parts: int = 10_000
+    max_unpacked: int = 512 << 20
+    max_xml_part: int = 64 << 20
+    #: Embedded files taken out of one document, and their bytes in all.
+    max_extracted_files: int = 100
+    max_extracted_bytes: int = 256 << 20
+    #: The rewrite may be at most this many times the original (plus 64 KiB).
+    max_growth: float = 1.5
+    #: Wall-clock seconds for the whole step: checked between objects in
+    #: process, enforced by killing the child in ``disarm_isolated``.
+    seconds: float = 30.0
+    #: Address space of the child process (RLIMIT_AS), bytes.
+    memory: int = 1 << 30
+    #: Seconds ``qpdf --check`` may take on a rewritten PDF.
+    check_seconds: float = 20.0
+    #: Keep http, https and mailto links in PDFs (a click, not an automatic
+    #: action); links to files, network shares or other schemes always go.
+    keep_web_links: bool = True
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """A file taken out of a document (a PDF embedded file, an OLE package):
+    the caller judges it as a part of its own."""
+
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DisarmResult:
+    """What disarming one file gave.
+
+    ``clean``: nothing to remove, the original is untouched (``data`` None);
+    ``disarmed``: ``data`` is the rewritten file, ``removed`` says what went;
+    ``failed``: not examinable, over budget, or the rewrite did not check;
+    ``reason`` says why, and the caller quarantines the original.
+    """
+
+    status: Status
+    data: bytes | None = None
+    removed: tuple[str, ...] = ()
+    extracted: tuple[Extracted, ...] = ()
+    #: The file's type after disarming when it changed (macros removed:
+    #: DOCM -> DOCX; an OOXML_REMOTE package: its own flavour), and the
+    #: extension that type is named with.
+    new_type: str | None = None
+    new_extension: str | None = None
+    reason: str = ""
+    original_sha256: str = ""
+    #: sha256 of ``data`` when disarmed.
+    sha256: str | None = None
+
+
+class NotExaminable(Exception):
+    """The file cannot be read to a verdict (damaged, encrypted, unknown structure)."""
+
+
+class OverBudget(Exception):
+    """Disarming the file would cost more than its ``Budget`` allows."""
+
+
+class CannotDisarm(Exception):
+    """The file has active content that cannot be taken out safely (an
+    Excel 4 macro sheet, an add-in that is nothing but macros)."""
+
+
+class CheckFailed(Exception):
+    """The rewritten file does not pass the reference reader's check."""
+
+
+class Deadline:
+    """The wall-clock bound of one disarm, checked between units of work."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def check(self) -> None:
+        """Raise OverBudget once the time is up."""
+        if time.monotonic() > self.end:
+            raise OverBudget(f"took longer than {self.seconds:g} s")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def disarm(data: bytes | str | os.PathLike[str], detected_type: str, *, budget: Budget = Budget()) -> DisarmResult:
+    """Disarm one file whose detected type is ``detected_type`` (one of
+    ``TYPES``).  Blocking: call it in a thread, or use ``disarm_isolated``."""
+    if not isinstance(data, bytes):
+        data = Path(data).read_bytes()
+    original = _sha256(data)
+    deadline = Deadline(budget.seconds)
+    try:
+        if detected_type == PDF:
+            from gateway.disarm import pdf
+            result = pdf.disarm_pdf(data, budget, deadline)
+        elif detected_type in OOXML_TYPES:
+            from gateway.disarm import ooxml
+            result = ooxml.disarm_ooxml(data, detected_type, budget, deadline)
+        else:
+            return DisarmResult("failed", reason=f"not examinable: disarm does not handle {detected_type}",
+                                original_sha256=original)
+    except NotExaminable as e:
+        return DisarmResult("failed", reason=f"not examinable: {e}", original_sha256=original)
+    except OverBudget as e:
+        return DisarmResult("failed", reason=f"over budget: {e}", original_sha256=original)
+    except CannotDisarm as e:
+        return DisarmResult("failed", reason=f"cannot be disarmed: {e}", original_sha256=original)
+    except CheckFailed as e:
+        return DisarmResult("failed", reason=f"the disarmed file did not check: {e}", original_sha256=original)
+    except MemoryError:
+        return DisarmResult("failed", reason="over budget: out of memory", original_sha256=original)
+    if result.status == "disarmed":
+        assert result.data is not None
+        limit = int(len(data) * budget.max_growth) + (64 << 10)
+        if len(result.data) > limit:
+            return DisarmResult("failed", reason=f"the disarmed file grew from {len(data)} to {len(result.data)} bytes",
+                                original_sha256=original)
+        return _replace(result, original_sha256=original, sha256=_sha256(result.data))
+    return _replace(result, original_sha256=original)
+
+
+def _replace(result: DisarmResult, **changes: object) -> DisarmResult:
+    return replace(result, **changes)  # type: ignore[arg-type]
+
+
+def summary(result: DisarmResult) -> str:
+    """What disarming did, in words for the person or agent reading the
+    notice: "scripts and 1 embedded file removed"."""
+    if result.status == "clean":
+        return "nothing active found"
+    if result.status == "failed":
+        return f"could not be made safe ({result.reason})"
+    words = list(result.removed)
+    if not words:
+        return "active content removed"
+    text = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return f"{text} removed"
+
+
+def count_words(n: int, one: str, many: str) -> str:
+    """"1 embedded file", "3 embedded files"."""
+    return f"{n} {one if n == 1 else many}"
+
+
+# ---------------------------------------------------------------------------
+# The child process.
+
+_HERE = Path(__file__).resolve().parent.parent.parent
+
+
+def disarm_isolated(data: bytes, detected_type: str, *, budget: Budget = Budget()) -> DisarmResult:
+    """``disarm`` in a child Python process (``python -m gateway.disarm``)
+    limited to ``budget.memory`` bytes of address space and killed after
+    ``budget.seconds`` (plus the check's time): a PDF or package that makes
+    qpdf or the parsers spin or allocate costs the child, not the gateway.
+    Blocking: call it in a thread.  The child's answer is read as JSON and
+    raw bytes, never unpickled; the hashes are computed here."""
+    original = _sha256(data)
+    request = json.dumps({"type": detected_type, "budget": asdict(budget)}).encode() + b"\n" + data
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_HERE), env.get("PYTHONPATH", "")) if p)
+    timeout = budget.seconds + budget.check_seconds + 10  # interpreter start and imports
+    try:
+        proc = subprocess.run([sys.executable, "-m", "gateway.disarm"], input=request, capture_output=True,
+                              timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return DisarmResult("failed", reason=f"over budget: took longer than {timeout:g} s", original_sha256=original)
+    if proc.returncode != 0:
+        tail = (proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""])[0][:200]
+        why = "out of memory" if "MemoryError" in tail else f"exit status {proc.returncode}: {tail}"
+        return DisarmResult("failed", reason=f"over budget: the disarm process failed ({why})",
+                            original_sha256=original)
+    try:
+        result = decode_answer(proc.stdout)
+    except (ValueError, KeyError, TypeError) as e:
+        return DisarmResult("failed", reason=f"the disarm process answered badly: {e}", original_sha256=original)
+    return _replace(result, original_sha256=original,
+                    sha256=_sha256(result.data) if result.data is not None else None)
+
+
+def encode_answer(result: DisarmResult) -> bytes:
+    """The child's answer: one JSON line, then the cleaned bytes and each
+    extracted file's bytes, in order."""
+    blobs = ([result.data] if result.data is not None else []) + [e.data for e in result.extracted]
+    head = {
+        "status": result.status, "removed": list(result.removed), "new_type": result.new_type,
+        "new_extension": result.new_extension, "reason": result.reason,
+        "data": len(result.data) if result.data is not None else None,
+        "extracted": [[e.filename, len(e.data)] for e in result.extracted],
+    }
+    return json.dumps(head).encode() + b"\n" + b"".join(blobs)
+
+
+def decode_answer(raw: bytes) -> DisarmResult:
+    """The ``DisarmResult`` in a child's answer (ValueError when malformed)."""
+    line, sep, rest = raw.partition(b"\n")
+    if not sep:
+        raise ValueError("no header")
+    head = json.loads(line)
+    if head["status"] not in ("clean", "disarmed", "failed"):
+        raise ValueError("unknown status")
+    pos = 0
+
+    def take(n: object) -> bytes:
+        nonlocal pos
+        if not isinstance(n, int) or n < 0 or pos + n > len(rest):
+            raise ValueError("bad length")
+        chunk = rest[pos:pos + n]
+        pos += n
+        return chunk
+
+    body = take(head["data"]) if head["data"] is not None else None
+    extracted = tuple(Extracted(str(name), take(n)) for name, n in head["extracted"])
+    if pos != len(rest):
+        raise ValueError("trailing bytes")
+    return DisarmResult(head["status"], body, tuple(str(w) for w in head["removed"]), extracted,
+                        head["new_type"], head["new_extension"], str(head["reason"]))
+
+
+def child_main() -> int:
+    """The child's side of ``disarm_isolated``: limit itself, read the
+    request on stdin, answer on stdout."""
+    import resource
+    raw = sys.stdin.buffer.read()
+    line, _, data = raw.partition(b"\n")
+    request = json.loads(line)
+    budget = Budget(**request["budget"])
+    resource.setrlimit(resource.RLIMIT_AS, (budget.memory, budget.memory))
+    cpu = int(budget.seconds + budget.check_seconds) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    del raw
+    result = disarm(data, request["type"], budget=budget)
+    sys.stdout.buffer.write(encode_answer(result))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+__all__ = ["Budget", "DisarmResult", "Extracted", "PDF", "OOXML_TYPES", "TYPES", "disarm", "disarm_isolated",
+           "summary"]
