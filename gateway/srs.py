@@ -38,7 +38,8 @@ import hmac
 import re
 import string
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.delivery import After, Content, DeliveryResult, NextHop
 from gateway.spool.envelope import Envelope
@@ -189,14 +190,21 @@ class SrsNextHop:
         await self.inner.close()
 
 
+def always(srs: Srs) -> Callable[[Envelope], Srs | None]:
+    """The rewriter of a next hop whose every message goes with ``srs``."""
+    def rewriter(envelope: Envelope) -> Srs | None:
+        return srs
+    return rewriter
+
+
 # -- the config's SRS, for the ingress (reversal) and the next hops (forward) --
 
 # The last config's Srs, so a config's secrets are read once, not at every
 # RCPT (a memo by identity, not a setting: each caller passes its config).
-_memo: tuple["Config", Srs | None] | None = None
+_memo: tuple[Config, Srs | None] | None = None
 
 
-def from_config(cfg: "Config") -> Srs | None:
+def from_config(cfg: Config) -> Srs | None:
     """The Srs of ``cfg``'s ``[srs]`` table (secrets read now), or None
     without one; ConfigError naming the key when a secret cannot be read.
     The same Srs is returned for the same config object."""
@@ -217,7 +225,7 @@ def from_config(cfg: "Config") -> Srs | None:
     return srs
 
 
-def bounce_route(cfg: "Config") -> "RouteSettings":
+def bounce_route(cfg: Config) -> RouteSettings:
     """The route of mail to SRS addresses: delivered as it came (no
     policies, no offloads, no TNEF unpacking) to ``delivery.bounce_next_hop``,
     the route of the gateway's own DSNs."""
@@ -231,7 +239,7 @@ def bounce_route(cfg: "Config") -> "RouteSettings":
                          customer_id=CustomerIdRule(header=None, fallback="none"))
 
 
-def accept_bounce(cfg: "Config", srs: Srs, mail_from: str, address: str) -> str:
+def accept_bounce(cfg: Config, srs: Srs, mail_from: str, address: str) -> str:
     """The original sender a message to the SRS ``address`` goes to (on the
     ``BOUNCE_ROUTE``), or SrsError saying why it is refused: forged,
     expired, malformed, or a non-null sender where only bounces are taken."""

@@ -49,7 +49,7 @@ class Deliverer:
                 tls_ca_file=cfg.path(r.tls_ca_file) if r.tls_ca_file else None)
             # Routes with ``srs = true`` send with an SRS envelope sender, so
             # SPF at the next hop checks the gateway's own domain.
-            self.next_hops[r.name] = srs.SrsNextHop(hop, lambda _env, s=rewriter: s) \
+            self.next_hops[r.name] = srs.SrsNextHop(hop, srs.always(rewriter)) \
                 if r.srs and rewriter is not None else hop
         self.bounce_hop = build_next_hop(cfg.delivery.bounce_next_hop, base_dir=base,
                                          hostname=cfg.gateway.hostname)

@@ -52,8 +52,17 @@ import olefile
 from lxml import etree
 from oletools import oleobj
 
-from gateway.disarm import (Budget, CannotDisarm, CheckFailed, Deadline, DisarmResult, Extracted, NotExaminable,
-                            OverBudget, count_words)
+from gateway.disarm import (
+    Budget,
+    CannotDisarm,
+    CheckFailed,
+    Deadline,
+    DisarmResult,
+    Extracted,
+    NotExaminable,
+    OverBudget,
+    count_words,
+)
 from gateway.mime import container
 from policies import filetypes
 

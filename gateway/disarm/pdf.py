@@ -38,8 +38,16 @@ from urllib.parse import urlsplit
 import pikepdf
 from pikepdf import Name, ObjectType
 
-from gateway.disarm import (Budget, CheckFailed, Deadline, DisarmResult, Extracted, NotExaminable, OverBudget,
-                            count_words)
+from gateway.disarm import (
+    Budget,
+    CheckFailed,
+    Deadline,
+    DisarmResult,
+    Extracted,
+    NotExaminable,
+    OverBudget,
+    count_words,
+)
 
 SCRIPTS = "scripts"
 LAUNCH = "program launches"
@@ -158,7 +166,7 @@ class _Walk:
         name = _text(filespec.get("/UF")) or _text(filespec.get("/F")) or ""
         for key in ("/UF", "/F", "/DOS", "/Mac", "/Unix"):
             stream = ef.get(key)
-            if _code(stream) != ObjectType.stream:
+            if stream is None or _code(stream) != ObjectType.stream:
                 continue
             ident = stream.objgen if stream.is_indirect else (-len(self.files) - 1, 0)
             if ident not in self.files:

@@ -43,14 +43,13 @@ from typing import Any, Protocol, cast
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session, syntax
 
-from gateway import logs, metrics
+from gateway import logs, metrics, srs as srs_mod
 from gateway.batch import Batch
 from gateway.config import Config
 from gateway.deadline import Deadline
 from gateway.ingress.routing import AddressRefused, check_sender, invalid_utf8, route_for, split_address
 from gateway.ingress.tls import IngressTls
 from gateway.lineends import crlf_only
-from gateway import srs as srs_mod
 from gateway.spool import Envelope, Handle, Reception, Spool, SpoolError, commit_all, is_disk_full
 
 log = logs.get("smtp")

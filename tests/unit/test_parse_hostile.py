@@ -373,28 +373,28 @@ def test_a_mebibyte_of_semicolons_parses_fast(tmp_path: Path) -> None:
     part = b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment" + semis + \
         b'; filename="x.exe"\r\n\r\nMZ'
     data = multipart([leaf(), part])
-    t = time.monotonic()
+    t = time.thread_time()
     root = tree(tmp_path, data, Limits(max_header_bytes=4 << 20))
-    took = time.monotonic() - t
+    took = time.thread_time() - t
     print(f"1 MiB of ';' in Content-Disposition: parsed in {took:.3f} s")
-    assert took < 2
+    assert took < 5  # CPU seconds: quadratic parsing of this takes minutes
     bad = root.children[1]
     assert bad.unexamined == "a Content-Disposition field with 1049001 ';' (limit 64)"
     # Its headers are safe to hand to Python's quadratic parameter code now.
-    t = time.monotonic()
+    t = time.thread_time()
     assert bad.headers.get_param("filename", header="content-disposition") is None
     assert filenames.original_filename(bad.headers) == ""
     assert bad.headers.get("Content-Disposition") == "attachment"
-    assert time.monotonic() - t < 0.5
+    assert time.thread_time() - t < 2
     assert root.children[0].unexamined is None
 
 
 def test_semicolons_inside_a_quoted_value_count_too(tmp_path: Path) -> None:
     # One parameter, but Python's parser counts quotes again at every ';'.
     part = b'Content-Type: text/plain; charset="' + b";" * 200_000 + b'"\r\n\r\nx'
-    t = time.monotonic()
+    t = time.thread_time()
     root = tree(tmp_path, multipart([part]), Limits(max_header_line=1 << 20))
-    assert time.monotonic() - t < 2
+    assert time.thread_time() - t < 5
     assert root.children[0].unexamined == "a Content-Type field with 200001 ';' (limit 64)"
     assert root.children[0].headers.get_content_charset() is None
 
@@ -431,9 +431,9 @@ def test_params_parser() -> None:
 def test_params_parser_is_linear_without_a_cap() -> None:
     for hostile in ("a" + ";" * (1 << 20), "a; " + "x;" * (1 << 19), 'a; f="' + "\\\"" * (1 << 19),
                     'a; f="' + ";" * (1 << 20)):
-        t = time.monotonic()
+        t = time.thread_time()
         parse_params(hostile, max_params=None)
-        assert time.monotonic() - t < 2
+        assert time.thread_time() - t < 5
 
 
 # --- the rest of the tree stays as it was -----------------------------------
