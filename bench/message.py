@@ -43,10 +43,11 @@ class LargeMessage:
 
 
 def _pdf_like(size: int) -> bytes:
-    """Bytes that look like a PDF to a type sniffer: PDF header, random (incompressible) body, EOF marker."""
-    head = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\nstream\n"
-    tail = b"\nendstream\n%%EOF\n"
-    return head + os.urandom(size - len(head) - len(tail)) + tail
+    """A real PDF of ``size`` bytes (random, incompressible image data): what
+    a reader opens, and what the disarm step finds clean."""
+    from tests.messages import pdf_bytes
+
+    return pdf_bytes(size)
 
 
 def build_large_message(

@@ -342,6 +342,25 @@ class PolicyRef(_Strict):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
+class DisarmSettings(_Strict):
+    """Active content in allowed PDFs and Office files (gateway/disarm/)."""
+
+    # Per kind of file: "disarm" (rewrite it without scripts, actions,
+    # embedded files, macros, remote templates, DDE; the original to
+    # quarantine), "refuse" (quarantine a file that has any), or "allow"
+    # (forward it as it is; logged for every such file).
+    pdf: Literal["disarm", "refuse", "allow"] = "disarm"
+    office: Literal["disarm", "refuse", "allow"] = "disarm"
+    # The budget of one file: wall-clock seconds and address space of the
+    # child process it is examined in; larger files cannot be examined.
+    seconds: Duration = 30
+    memory: Size = 1073741824
+    max_size: Size = 67108864
+    # Keep http, https and mailto links in PDFs (a click, not an automatic
+    # action); links to files, shares or other schemes always go.
+    keep_web_links: bool = True
+
+
 class QuarantineSettings(_Strict):
     """Where refused files are kept for an administrator (never linked)."""
 
@@ -490,6 +509,8 @@ class RouteSettings(_Strict):
     autoreply: AutoReplySettings | None = None
     # Unpack Outlook winmail.dat (TNEF) into its files before the policies.
     unpack_tnef: bool = True
+    # Active content in PDFs and Office files: disarmed by default.
+    disarm: DisarmSettings = DisarmSettings()
     # What happens to a part the gateway could not examine (beyond a limit,
     # ambiguous, unparseable): "quarantine" (replaced by a notice, kept in
     # quarantine, the sender told). "forward-unexamined" sends it to the

@@ -25,6 +25,8 @@ DELIVERED = Counter("gateway_messages_delivered", "Messages the next hop accepte
 DEFERRED = Counter("gateway_messages_deferred", "Delivery attempts that left recipients for a retry.", ["route"])
 BOUNCED = Counter("gateway_messages_bounced", "Recipients given up on (5xx or expired) with a DSN.", ["route"])
 HELD = Counter("gateway_messages_held", "Messages moved to the hold queue by the worker.", ["reason"])
+DISARMED = Counter("gateway_disarm_files", "PDF and Office files checked for active content, by outcome: clean, "
+                   "disarmed (rewritten without it), failed (not examinable: refused).", ["route", "status"])
 RUNNER_ERRORS = Counter("gateway_runner_errors", "Errors the queue runner's loops survived (the message, if any, "
                         "left for recovery), by loop.", ["loop"])
 OFFLOADED_PARTS = Counter("gateway_offloaded_parts", "Attachments moved to storage.", ["route", "store"])

@@ -21,9 +21,27 @@ LINK = re.compile(rb"https?://127\.0\.0\.1:\d+/a/[A-Za-z0-9._-]+")
 
 
 def pdf_bytes(size: int) -> bytes:
-    """Random bytes that start like a PDF (the demo's 'invoice')."""
-    head = b"%PDF-1.4\n"
-    return head + os.urandom(size - len(head))
+    """A real PDF of exactly ``size`` bytes (one blank page, and random
+    bytes in a stream to make up the size): what a reader opens and what
+    the disarm step finds clean.  At least about 380 bytes."""
+    objects = [b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+               b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 612 792]>>"]
+    filler = 0
+    for _ in range(5):  # the lengths' digits move the size a little; settle them
+        payload = os.urandom(max(0, filler))
+        stream = b"<</Length %d>>stream\n" % len(payload) + payload + b"\nendstream"
+        out = b"%PDF-1.4\n"
+        offsets = []
+        for n, body in enumerate([*objects, stream], 1):
+            offsets.append(len(out))
+            out += b"%d 0 obj" % n + body + b"\nendobj\n"
+        xref = len(out)
+        out += b"xref\n0 5\n0000000000 65535 f \n" + b"".join(b"%010d 00000 n \n" % o for o in offsets)
+        out += b"trailer<</Size 5/Root 1 0 R>>\nstartxref\n%d\n%%%%EOF\n" % xref
+        if len(out) == size:
+            return out
+        filler += size - len(out)
+    raise ValueError(f"no PDF of exactly {size} bytes (at least about 380)")
 
 
 def png_bytes(size: int) -> bytes:

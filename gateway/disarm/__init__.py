@@ -36,6 +36,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.context
 import os
 import subprocess
 import sys
@@ -251,6 +254,77 @@ def disarm_isolated(data: bytes, detected_type: str, *, budget: Budget = Budget(
                     sha256=_sha256(result.data) if result.data is not None else None)
 
 
+_FORKSERVER: "multiprocessing.context.ForkServerContext | None" = None
+
+
+def _forkserver() -> "multiprocessing.context.ForkServerContext":
+    """The fork server disarm's children are forked from: a single-threaded
+    process with pikepdf, lxml and olefile already imported, so a child costs
+    a fork, not an interpreter start (the gateway's own threaded process is
+    never forked)."""
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        ctx = multiprocessing.get_context("forkserver")
+        # gateway.cli too: a child started from the console script imports
+        # it again as the main module, which costs nothing once preloaded.
+        ctx.set_forkserver_preload(["gateway.disarm", "gateway.disarm.pdf", "gateway.disarm.ooxml", "gateway.cli"])
+        _FORKSERVER = ctx
+    return _FORKSERVER
+
+
+def _forked_child(conn: "multiprocessing.connection.Connection", detected_type: str, budget: Budget,
+                  data: bytes) -> None:
+    """In the child: limit itself, disarm, answer as JSON and raw bytes."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (budget.memory, budget.memory))
+    cpu = int(budget.seconds + budget.check_seconds) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    try:
+        result = disarm(data, detected_type, budget=budget)
+        conn.send_bytes(encode_answer(result))
+    finally:
+        conn.close()
+
+
+def disarm_forked(data: bytes, detected_type: str, *, budget: Budget = Budget()) -> DisarmResult:
+    """``disarm`` in a child forked from a fork server, limited like
+    ``disarm_isolated`` (RLIMIT_AS, RLIMIT_CPU, killed past the time) but
+    without an interpreter start per file.  The answer is read as JSON and
+    raw bytes, never unpickled; the hashes are computed here.  Blocking."""
+    original = _sha256(data)
+    ctx = _forkserver()
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_forked_child, args=(child, detected_type, budget, data), daemon=True)
+    timeout = budget.seconds + budget.check_seconds + 5
+    proc.start()
+    child.close()
+    raw = b""
+    try:
+        if parent.poll(timeout):
+            try:
+                raw = parent.recv_bytes()
+            except EOFError:
+                raw = b""
+    finally:
+        parent.close()
+        proc.join(1.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if not raw:
+        why = "took longer than {:g} s".format(timeout) if proc.exitcode is None or proc.exitcode == -9 \
+            else f"exit status {proc.exitcode}"
+        return DisarmResult("failed", reason=f"over budget: the disarm process failed ({why})",
+                            original_sha256=original)
+    try:
+        result = decode_answer(raw)
+    except (ValueError, KeyError, TypeError) as e:
+        return DisarmResult("failed", reason=f"the disarm process answered badly: {e}", original_sha256=original)
+    return _replace(result, original_sha256=original,
+                    sha256=_sha256(result.data) if result.data is not None else None)
+
+
 def encode_answer(result: DisarmResult) -> bytes:
     """The child's answer: one JSON line, then the cleaned bytes and each
     extracted file's bytes, in order."""
@@ -308,5 +382,5 @@ def child_main() -> int:
     return 0
 
 
-__all__ = ["Budget", "DisarmResult", "Extracted", "PDF", "OOXML_TYPES", "TYPES", "disarm", "disarm_isolated",
-           "summary"]
+__all__ = ["Budget", "DisarmResult", "Extracted", "PDF", "OOXML_TYPES", "TYPES", "disarm", "disarm_forked",
+           "disarm_isolated", "summary"]

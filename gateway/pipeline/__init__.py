@@ -9,6 +9,7 @@ small class with one job, run in order by ``Pipeline.process`` on one
     unpack      Outlook TNEF into its files                          (unpack.py)
     identify    customer id, Message-ID, text and HTML bodies         (identify.py)
     examine     measure, detect, scan, decide each part               (examine.py)
+    disarm      PDFs and Office files rewritten without active content (disarm.py)
     offload     store what the policies send to storage, with links  (offload.py)
     quarantine  keep what they refused, notices in its place          (quarantine.py)
     uuencoded   files uuencoded inside the text                       (uuencoded.py)
@@ -38,6 +39,7 @@ from gateway.config import RouteSettings
 from gateway.mime.rewrite import segments_size
 from gateway.mime.source import Source
 from gateway.pipeline.authenticity import Seal, Verify
+from gateway.pipeline.disarm import Disarm
 from gateway.pipeline.examine import Examine
 from gateway.pipeline.identify import Identify
 from gateway.pipeline.job import Budget, MessageJob
@@ -65,8 +67,8 @@ class Step(Protocol):
         """Do the step's work on ``job``."""
 
 
-STEPS: list[Callable[[Services], Step]] = [Verify, Parse, Unpack, Identify, Examine, Offload, Quarantine, Uuencoded,
-                                           Rewrite, Notify, Seal]
+STEPS: list[Callable[[Services], Step]] = [Verify, Parse, Unpack, Identify, Examine, Disarm, Offload, Quarantine,
+                                           Uuencoded, Rewrite, Notify, Seal]
 
 
 class Pipeline:

@@ -48,6 +48,13 @@ class PartOutcome:
     decision: policies.Decision
     measure: Measure
     facts: policies.PartFacts
+    # The bytes to store or forward instead of the part's own: the disarmed
+    # file, or a file disarm took out of it (``extracted``: it stands beside
+    # the part, which keeps its own outcome).
+    data: bytes | None = None
+    extracted: bool = False
+    # What disarm removed, in words ("scripts and 1 embedded file removed").
+    cleaned: str = ""
 
 
 @dataclass

@@ -17,7 +17,7 @@ from gateway.mime.decode import Measure, decoded_chunks
 from gateway.mime.parse import Part
 from gateway.mime.rewrite import Link, Replacement, human_size
 from gateway.partfacts import safe_type
-from gateway.pipeline.job import MessageJob, Offloaded
+from gateway.pipeline.job import MessageJob, Offloaded, PartOutcome
 from gateway.pipeline.quarantine import default_name
 from gateway.pipeline.services import Services
 from gateway.storage.base import ObjectMeta, StorageError
@@ -35,27 +35,39 @@ class Offload:
 
     async def run(self, job: MessageJob) -> None:
         todo = [o for o in job.outcomes if o.decision.action is policies.Action.OFFLOAD]
-        results = await asyncio.gather(*(self._offload(job, o.part, o.measure) for o in todo))
+        results = await asyncio.gather(*(self._offload(job, o) for o in todo))
         for o, r in zip(todo, results, strict=True):
-            if r is None:
+            if r is None and o.extracted:
+                # A file taken out of a document has nowhere else to go.
+                job.unstored.append(o.facts.filename)
+                job.log.warning("a file taken out of a document could not be stored", part=o.facts.path,
+                                filename=o.facts.filename)
+            elif r is None:
                 job.failed.append(o.part)
             else:
                 job.offloaded.append(r)
-                job.replacements.append(Replacement(r.part, notice(r)))
+                if not o.extracted:
+                    job.replacements.append(Replacement(r.part, notice(r, o.cleaned)))
 
-    async def _offload(self, job: MessageJob, part: Part, measured: Measure) -> Offloaded | None:
+    async def _offload(self, job: MessageJob, o: PartOutcome) -> Offloaded | None:
         assert job.src is not None
         services, route, envelope = self.services, job.route, job.envelope
+        part, measured = o.part, o.measure
         store = services.stores[route.storage]
-        original = filenames.original_filename(part.headers) or default_name(part)
+        if o.data is not None:  # disarmed, or taken out of a document: named by the facts
+            original = o.facts.filename or default_name(part)
+        else:
+            original = filenames.original_filename(part.headers) or default_name(part)
         display = filenames.display_name(original) or default_name(part)
         key = file_key(job.customer, display)
-        meta = ObjectMeta(content_type=safe_type(part.content_type), filename=original,
+        ctype = o.facts.detected_type if o.data is not None and o.facts.detected_type else part.content_type
+        meta = ObjectMeta(content_type=safe_type(ctype), filename=original,
                           metadata={"queue-id": envelope.queue_id, "customer-id": job.customer})
         async with services.offload_slots:
             started = time.monotonic()
             try:
-                stored = await store.put(key, decoded_chunks(job.src, part), meta)
+                chunks = iter([o.data]) if o.data is not None else decoded_chunks(job.src, part)
+                stored = await store.put(key, chunks, meta)
                 metrics.STORAGE_SECONDS.labels(store.name).observe(time.monotonic() - started)
                 # The store's own count and hash of what it took, against what
                 # the policies were told: a short or altered upload fails here.
@@ -104,7 +116,8 @@ async def landing_page(services: Services, job: MessageJob) -> Link | None:
     return Link(label, total, f"{services.cfg.http.base_url}/p/{token}")
 
 
-def notice(o: Offloaded) -> str:
-    """The text in place of an offloaded part."""
-    return (f"The attachment \"{o.filename}\" ({human_size(o.size)}) was moved to secure storage.\n"
-            f"Use the secure attachment link in this message to download it.\n")
+def notice(o: Offloaded, cleaned: str = "") -> str:
+    """The text in place of an offloaded part (``cleaned``: what disarm removed)."""
+    first = f"The attachment \"{o.filename}\" ({human_size(o.size)}) was moved to secure storage"
+    first += f" after it was cleaned ({cleaned}).\n" if cleaned else ".\n"
+    return first + "Use the secure attachment link in this message to download it.\n"

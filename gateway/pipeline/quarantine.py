@@ -108,11 +108,13 @@ class Quarantine:
             d, facts, p = o.decision, o.facts, o.part
             name = filenames.display_name(facts.filename) or default_name(p)
             if d.action is policies.Action.REPLACE:
-                job.replacements.append(Replacement(p, d.notice or f"An attachment was removed: {d.reason}.\n"))
+                if not o.extracted:
+                    job.replacements.append(Replacement(p, d.notice or f"An attachment was removed: {d.reason}.\n"))
                 job.notices.append(f"\"{name}\": {d.notice or d.reason}")
                 job.log.info("attachment replaced", part=facts.path, filename=name, reason=d.reason)
             elif d.action is policies.Action.REFUSE:
-                key, sha = await keep(self.services, job, p, o.measure, name, d)
+                key, sha = await keep(self.services, job, p, o.measure, name, d, data=o.data)
                 text = f"The attachment \"{name}\" was removed: {d.reason}."
-                job.replacements.append(Replacement(p, text + "\n"))
+                if not o.extracted:  # a file taken out of a document has no place of its own
+                    job.replacements.append(Replacement(p, text + "\n"))
                 refusal(self.services, job, facts, d, name, key, sha, text)

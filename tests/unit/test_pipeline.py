@@ -90,8 +90,8 @@ def bodies(msg: email.message.EmailMessage) -> str:
 
 def test_the_steps_are_listed_in_one_place_in_order() -> None:
     assert [getattr(make, "name") for make in STEPS] == [
-        "verify", "parse", "unpack", "identify", "examine", "offload", "quarantine", "uuencoded", "rewrite",
-        "notify", "seal"]
+        "verify", "parse", "unpack", "identify", "examine", "disarm", "offload", "quarantine", "uuencoded",
+        "rewrite", "notify", "seal"]
 
 
 def test_a_large_pdf_is_offloaded_with_a_link_in_both_bodies(tmp_path: Path) -> None:

@@ -1,0 +1,157 @@
+"""Disarm: an allowed PDF or Office file with active content (scripts,
+launch actions, embedded programs, macros, remote templates, DDE) reaches
+the agent rewritten without it (gateway/disarm/), the original kept in
+quarantine, never linked.  Each file taken out of a document is judged as
+a part of its own: stored and linked when allowed, quarantined if not.  A
+file that cannot be checked is not examined, and refused.  Per route and
+kind of file (``disarm.pdf``, ``disarm.office``): ``disarm``, ``refuse``,
+or ``allow`` (logged)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+
+import policies
+from gateway import disarm, metrics
+from gateway.mime import container, filenames
+from gateway.mime.decode import HEAD, Measure, decoded_bytes
+from gateway.mime.rewrite import Replacement
+from gateway.partfacts import part_facts, safe_type
+from gateway.pipeline import quarantine
+from gateway.pipeline.examine import log_decision
+from gateway.pipeline.job import MessageJob, PartOutcome
+from gateway.pipeline.services import Services
+from policies import filetypes
+
+# Policies whose refusal of an Office file is about what disarm removes (a
+# macro-enabled or remote-content type): disarm runs, and the cleaned file
+# is judged again.
+_ABOUT_ACTIVE_CONTENT = {"allowed_types", "refuse_executables", "refuse_spoofed"}
+_ACTIVE_TYPES = filetypes.MACRO_TYPES | {filetypes.OOXML_REMOTE}
+
+
+class Disarm:
+    """Rewrite allowed PDFs and Office files without their active content."""
+
+    name = "disarm"
+    always = False
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def enabled(self, job: MessageJob) -> bool:
+        """When the message has a PDF or an Office file to look at."""
+        return any(_kind(o) is not None for o in job.outcomes)
+
+    async def run(self, job: MessageJob) -> None:
+        assert job.src is not None
+        settings = job.route.disarm
+        budget = disarm.Budget(seconds=float(settings.seconds), memory=int(settings.memory),
+                               keep_web_links=settings.keep_web_links)
+        for o in list(job.outcomes):
+            kind = _kind(o)
+            if kind is None:
+                continue
+            mode = settings.pdf if kind == "pdf" else settings.office
+            if mode == "allow":
+                if o.decision.action is not policies.Action.REFUSE:
+                    job.log.warning("active content not checked (route disarm: allow)", part=o.facts.path,
+                                    filename=o.facts.filename, detected_type=o.facts.detected_type)
+                continue
+            if o.measure.size > settings.max_size:
+                self._refuse(job, o, f"it is too large to be checked for active content ({o.measure.size} bytes, "
+                                     f"the limit is {settings.max_size})")
+                continue
+            data = await asyncio.to_thread(decoded_bytes, job.src, o.part)
+            assert o.facts.detected_type is not None
+            result = await asyncio.to_thread(disarm.disarm_forked, data, o.facts.detected_type, budget=budget)
+            metrics.DISARMED.labels(job.route.name, result.status).inc()
+            if result.status == "clean":
+                continue
+            if result.status == "failed":
+                self._refuse(job, o, f"it could not be checked for active content ({result.reason})")
+            elif mode == "refuse":
+                self._refuse(job, o, f"it carries active content ({disarm.summary(result).removesuffix(' removed')})")
+            else:
+                await self._substitute(job, o, result)
+
+    def _refuse(self, job: MessageJob, o: PartOutcome, reason: str) -> None:
+        o.decision = policies.Decision(policies.Action.REFUSE, "disarm", reason)
+        log_decision(job, o)
+
+    async def _substitute(self, job: MessageJob, o: PartOutcome, result: disarm.DisarmResult) -> None:
+        """Put the disarmed file in the original's place; keep the original."""
+        assert result.data is not None
+        services, route = self.services, job.route
+        original = filenames.display_name(o.facts.filename) or quarantine.default_name(o.part)
+        name = original
+        if result.new_extension:
+            stem, dot, _ = original.rpartition(".")
+            name = f"{stem if dot else original}.{result.new_extension}"
+        kept = policies.Decision(policies.Action.REFUSE, "disarm", "the original of a disarmed file")
+        key, _ = await quarantine.keep(services, job, o.part, o.measure, original, kept)
+        cleaned, summary = result.data, disarm.summary(result)
+        detected = result.new_type or o.facts.detected_type
+        o.facts = part_facts(path=o.facts.path, declared_type=o.facts.declared_type, filename=name,
+                             decoded_size=len(cleaned), disposition=o.facts.disposition, route=route,
+                             head=cleaned[:HEAD], detected_type=detected, content_id=o.facts.content_id,
+                             is_attachment=True, inline=o.facts.inline)
+        o.measure = Measure(len(cleaned), cleaned[:HEAD], result.sha256)
+        o.decision = policies.decide(services.policies[route.name], o.facts)
+        o.data, o.cleaned = cleaned, summary
+        log_decision(job, o)
+        services.audit.event("FileDisarmed", "Success", EventResultDetails=summary, QueueId=job.envelope.queue_id,
+                             CustomerId=job.customer, TargetFileName=name, TargetFileSize=len(cleaned),
+                             TargetFileSHA256=result.sha256, OriginalFileSHA256=result.original_sha256,
+                             OriginalFilePath=key, TargetFileMimeType=detected,
+                             InternetMessageId=job.message_id or None)
+        job.log.info("disarmed", part=o.facts.path, filename=name, removed=list(result.removed),
+                     sha256=result.sha256, original_sha256=result.original_sha256, quarantine_key=key)
+        if o.decision.action is policies.Action.KEEP:
+            job.replacements.append(Replacement(o.part, "", raw=entity(name, detected, cleaned)))
+        if o.decision.action in (policies.Action.KEEP, policies.Action.OFFLOAD):
+            job.notices.append(f"The attachment \"{name}\" was cleaned: {summary}. "
+                               "The original is kept for an administrator.")
+        for n, e in enumerate(result.extracted, 1):
+            job.outcomes.append(self._extracted(job, o, n, e))
+
+    def _extracted(self, job: MessageJob, o: PartOutcome, n: int, e: disarm.Extracted) -> PartOutcome:
+        """A file taken out of a document, judged as a part of its own; kept
+        ones are stored and linked (they are no longer in the document)."""
+        head = e.data[:HEAD]
+        facts = part_facts(path=f"{o.facts.path}.x{n}", declared_type="application/octet-stream",
+                           filename=filenames.display_name(e.filename) or f"embedded-{n}.bin",
+                           decoded_size=len(e.data), disposition="attachment", route=job.route, head=head,
+                           detected_type=container.detect_chunks(head, [e.data]), is_attachment=True)
+        decision = policies.decide(self.services.policies[job.route.name], facts)
+        if decision.action is policies.Action.KEEP:
+            decision = policies.Decision(policies.Action.OFFLOAD, "disarm",
+                                         "a file taken out of a document is stored and linked")
+        outcome = PartOutcome(o.part, decision, Measure(len(e.data), head, hashlib.sha256(e.data).hexdigest()),
+                              facts, data=e.data, extracted=True)
+        log_decision(job, outcome)
+        return outcome
+
+
+def _kind(o: PartOutcome) -> str | None:
+    """"pdf" or "office" for a part disarm looks at, else None."""
+    detected = o.facts.detected_type
+    if o.extracted or o.data is not None or detected not in disarm.TYPES:
+        return None
+    if o.decision.action is policies.Action.REFUSE and not (
+            detected in _ACTIVE_TYPES and o.decision.policy in _ABOUT_ACTIVE_CONTENT):
+        return None
+    if o.decision.action is policies.Action.REPLACE:
+        return None
+    return "pdf" if detected == disarm.PDF else "office"
+
+
+def entity(filename: str, ctype: str, data: bytes) -> bytes:
+    """A MIME entity carrying ``data`` as the attachment ``filename``."""
+    body = base64.b64encode(data)
+    lines = b"\r\n".join(body[i:i + 76] for i in range(0, len(body), 76))
+    head = (f"Content-Type: {safe_type(ctype)}\r\n"
+            f"Content-Disposition: {filenames.content_disposition(filename)}\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\n")
+    return head.encode("ascii") + lines
