@@ -129,7 +129,7 @@ def test_a_route_can_refuse_active_pdfs_instead(make_gateway: Callable[..., Gate
 
 
 def test_an_offloaded_active_pdf_is_stored_cleaned(make_gateway: Callable[..., GatewayProcess]) -> None:
-    g = make_gateway(threshold=1000)
+    g = make_gateway(threshold=500)  # the cleaned file too is over it
     original = docs.pdf_open_action_js()
     send(g.smtp_port, message("x\n", attachments=[(original, PDF, "invoice.pdf")]))
     [out] = g.wait_outbox()

@@ -254,10 +254,10 @@ def disarm_isolated(data: bytes, detected_type: str, *, budget: Budget = Budget(
                     sha256=_sha256(result.data) if result.data is not None else None)
 
 
-_FORKSERVER: "multiprocessing.context.ForkServerContext | None" = None
+_FORKSERVER: multiprocessing.context.ForkServerContext | None = None
 
 
-def _forkserver() -> "multiprocessing.context.ForkServerContext":
+def _forkserver() -> multiprocessing.context.ForkServerContext:
     """The fork server disarm's children are forked from: a single-threaded
     process with pikepdf, lxml and olefile already imported, so a child costs
     a fork, not an interpreter start (the gateway's own threaded process is
@@ -272,7 +272,7 @@ def _forkserver() -> "multiprocessing.context.ForkServerContext":
     return _FORKSERVER
 
 
-def _forked_child(conn: "multiprocessing.connection.Connection", detected_type: str, budget: Budget,
+def _forked_child(conn: multiprocessing.connection.Connection, detected_type: str, budget: Budget,
                   data: bytes) -> None:
     """In the child: limit itself, disarm, answer as JSON and raw bytes."""
     import resource
@@ -313,7 +313,7 @@ def disarm_forked(data: bytes, detected_type: str, *, budget: Budget = Budget())
             proc.kill()
             proc.join()
     if not raw:
-        why = "took longer than {:g} s".format(timeout) if proc.exitcode is None or proc.exitcode == -9 \
+        why = f"took longer than {timeout:g} s" if proc.exitcode is None or proc.exitcode == -9 \
             else f"exit status {proc.exitcode}"
         return DisarmResult("failed", reason=f"over budget: the disarm process failed ({why})",
                             original_sha256=original)

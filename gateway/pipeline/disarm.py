@@ -92,8 +92,10 @@ class Disarm:
         kept = policies.Decision(policies.Action.REFUSE, "disarm", "the original of a disarmed file")
         key, _ = await quarantine.keep(services, job, o.part, o.measure, original, kept)
         cleaned, summary = result.data, disarm.summary(result)
-        detected = result.new_type or o.facts.detected_type
-        o.facts = part_facts(path=o.facts.path, declared_type=o.facts.declared_type, filename=name,
+        detected = result.new_type or o.facts.detected_type or "application/octet-stream"
+        # Judged again as what it now is: the entity the gateway writes
+        # declares the cleaned file's own type under its corrected name.
+        o.facts = part_facts(path=o.facts.path, declared_type=detected, filename=name,
                              decoded_size=len(cleaned), disposition=o.facts.disposition, route=route,
                              head=cleaned[:HEAD], detected_type=detected, content_id=o.facts.content_id,
                              is_attachment=True, inline=o.facts.inline)

@@ -13,8 +13,7 @@ from gateway.links import records
 from gateway.links.mint import mint
 from gateway.links.tokens import new_object_id
 from gateway.mime import filenames
-from gateway.mime.decode import Measure, decoded_chunks
-from gateway.mime.parse import Part
+from gateway.mime.decode import decoded_chunks
 from gateway.mime.rewrite import Link, Replacement, human_size
 from gateway.partfacts import safe_type
 from gateway.pipeline.job import MessageJob, Offloaded, PartOutcome
