@@ -671,7 +671,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gateway", help="path to the attachment-gateway executable (default: .venv/bin, then PATH)")
     p.add_argument(
         "--only", help=f"comma-separated subset of candidates: {','.join((*BASELINES, 'gateway'))}, "
-        "and/or storage (upload throughput to Ceph radosgw beside a local file)"
+        "and/or storage (upload throughput to Ceph radosgw beside a local file), "
+        "and/or disarm (ms per MB of PDF the disarm step costs, clean and active)"
     )
     p.add_argument("--memory-rounds", type=int, help="100 MB message rounds (peak memory; 0 = skip)")
     p.add_argument("--click-seconds", type=int, help="seconds per wrk run (0 = skip the click test)")
@@ -709,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
 
-    wanted = set(args.only.split(",")) if args.only else {*BASELINES, "gateway", "storage"}
+    wanted = set(args.only.split(",")) if args.only else {*BASELINES, "gateway", "storage", "disarm"}
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     os.chmod(workdir, 0o755)
     started_at = time.time()
@@ -825,6 +826,17 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - report, and still print the SMTP figures
                 storage = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                 print(f"[bench] storage failed: {storage['reason'].splitlines()[0]}", flush=True)
+        disarm_figures: dict[str, Any] = {}
+        if "disarm" in wanted:
+            print("[bench] disarm: ms per MB of a 4 MB PDF, clean and active, in the gateway's fork server "
+                  "and in process", flush=True)
+            try:
+                from bench import disarm as disarm_bench
+
+                disarm_figures = disarm_bench.run(4.0, 5)
+            except Exception as exc:  # noqa: BLE001 - report, and still print the SMTP figures
+                disarm_figures = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+                print(f"[bench] disarm failed: {disarm_figures['reason']}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -849,6 +861,9 @@ def main(argv: list[str] | None = None) -> int:
     if storage.get("median_mb_per_s"):
         print()
         print(format_storage(storage))
+    if disarm_figures and "status" not in disarm_figures:
+        print()
+        print("disarm, ms per MB of PDF (median): " + ", ".join(f"{k} {v:.1f}" for k, v in disarm_figures.items()))
     targets = evaluate_targets(rows, clicks)
     print("targets (issue 3):")
     print(format_targets(targets))
@@ -878,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         "clicks": clicks,
         "targets": targets,
         "storage": storage,
+        "disarm_ms_per_mb": disarm_figures,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -887,6 +903,8 @@ def main(argv: list[str] | None = None) -> int:
         failed.append("clicks")
     if storage.get("status") == "failed":
         failed.append("storage")
+    if disarm_figures.get("status") == "failed":
+        failed.append("disarm")
     return 1 if failed else 0
 
 

@@ -8,6 +8,8 @@ untouched.  Fast unit tests: no gateway process, no SMTP.
 """
 from __future__ import annotations
 
+import os
+
 import io
 import subprocess
 import zipfile
@@ -23,7 +25,7 @@ from gateway.disarm.ooxml import parse_xml
 from policies import filetypes
 from tests import active_documents as docs
 from tests.harness import CORPUS
-from tests.messages import pdf_bytes
+
 from tests.test_content_policies import docx_bytes
 
 PDF = "application/pdf"
@@ -208,9 +210,9 @@ def test_clean_pdfs_pass_byte_for_byte() -> None:
 
 
 def test_not_a_pdf_is_not_examinable() -> None:
-    # tests/messages.py's pdf_bytes: a PDF header and random bytes, which no
-    # reader (and not qpdf's recovery) can open: fail closed.
-    for data in (pdf_bytes(20_000), b"%PDF-1.7\n", b""):
+    # A PDF header and random bytes, which no reader (and not qpdf's
+    # recovery) can open: fail closed.
+    for data in (b"%PDF-1.4\n" + os.urandom(20_000), b"%PDF-1.7\n", b""):
         result = disarm(data, PDF)
         assert result.status == "failed" and result.reason.startswith("not examinable"), result
 

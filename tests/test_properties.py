@@ -76,7 +76,7 @@ def leaf(draw: st.DrawFn) -> bytes:
         body = draw(chars).encode()
     if ctype in ("application/pdf", "image/png") and draw(st.booleans()):
         # A real file of its type, so some parts are allowed and offloaded.
-        body = (pdf_bytes if ctype == "application/pdf" else png_bytes)(draw(st.integers(65, 600)))
+        body = (pdf_bytes if ctype == "application/pdf" else png_bytes)(draw(st.integers(400, 900)))
         cte = "base64"
     if ctype == "message/rfc822":
         # Sent as it is (7bit or 8bit), so text: a NUL in DATA is refused.
