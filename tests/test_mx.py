@@ -32,7 +32,7 @@ class HostSink(SmtpSink):
 
     host: str = "127.0.0.2"
 
-    def start(self) -> "HostSink":
+    def start(self) -> HostSink:
         self._controller = Controller(_SinkHandler(self), hostname=self.host, port=self.port,
                                       data_size_limit=None)
         self._controller.start()
