@@ -44,13 +44,47 @@ def parse_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+# A host name in a next hop: letters, digits, hyphens (and the odd
+# underscore real zones have), dot-separated labels of at most 63.
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+                       r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+_NEXT_HOP_FORMS = ("expected \"smtp://DOMAIN[:PORT]\" (its MX records), \"smtp://[HOST][:PORT]\" or "
+                   "\"smtp://IP[:PORT]\" (that host, no MX lookup), or \"maildir:PATH\"")
+
+
+def parse_smtp_next_hop(spec: str) -> tuple[str, int, bool]:
+    """``smtp://HOST[:PORT]`` as (host, port, lookup_mx): a domain is looked
+    up as a mail domain (its MX records); a host in brackets or an IP
+    address is connected to directly, as Postfix's ``[host]``.  The port
+    defaults to 25.  Raises ValueError naming the forms."""
+    rest = spec[len("smtp://"):] if spec.startswith("smtp://") else ""
+    bracketed = rest.startswith("[")
+    if bracketed:
+        host, sep, tail = rest[1:].partition("]")
+        if not sep or (tail and not tail.startswith(":")):
+            raise ValueError(_NEXT_HOP_FORMS)
+        port = tail[1:] if tail else "25"
+    elif rest.count(":") > 1:
+        host, _, port = rest.rpartition(":")  # an IPv6 address before the port, unbracketed
+    else:
+        host, _, port = rest.partition(":")
+        port = port if ":" in rest else "25"
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(_NEXT_HOP_FORMS)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(_NEXT_HOP_FORMS) from None
+        return host.rstrip("."), int(port), not bracketed
+    return host, int(port), False
+
+
 def _check_next_hop(v: str) -> str:
     if v.startswith("maildir:") and len(v) > len("maildir:"):
         return v
-    if v.startswith("smtp://"):
-        parse_hostport(v[len("smtp://"):])
-        return v
-    raise ValueError("expected \"smtp://HOST:PORT\" or \"maildir:PATH\"")
+    parse_smtp_next_hop(v)
+    return v
 
 
 class _Strict(BaseModel):
@@ -550,6 +584,10 @@ class DeliverySettings(_Strict):
     """Retry, lifetime and bounces."""
 
     queue_lifetime: Duration = 432000  # 5 days, as Postfix
+    # Tell the sender once (an RFC 3464 "delayed" DSN) when a message has
+    # waited this long and is still being retried; 0 is off, as Postfix's
+    # delay_warning_time.  Never to the null sender.
+    delay_warning: Duration = 0
     min_backoff: Duration = 300
     max_backoff: Duration = 4000
     # Seconds before an SMTP next hop that does not answer is given up on.
@@ -565,6 +603,14 @@ class DeliverySettings(_Strict):
     @classmethod
     def _next_hop(cls, v: str) -> str:
         return _check_next_hop(v)
+
+    @model_validator(mode="after")
+    def _warning_before_expiry(self) -> DeliverySettings:
+        if self.delay_warning and self.delay_warning >= self.queue_lifetime:
+            raise ValueError(f"delay_warning: {self.delay_warning} s is not shorter than queue_lifetime "
+                             f"({self.queue_lifetime} s): the sender would get the bounce first; expected "
+                             f"a shorter duration, or 0 for no warning")
+        return self
 
 
 class WorkerSettings(_Strict):

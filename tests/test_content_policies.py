@@ -371,7 +371,7 @@ def test_clamd_flags_a_test_file_and_fails_open_when_stopped(make_gateway: Calla
     ({"autoreply": {"from": "nobody", "next_hop": "maildir:x"}},
      "routes[0].autoreply.from: 'nobody': expected an address"),
     ({"autoreply": {"from": "a@b.example", "next_hop": "ftp://x"}},
-     "routes[0].autoreply.next_hop: 'ftp://x': expected \"smtp://HOST:PORT\" or \"maildir:PATH\""),
+     "routes[0].autoreply.next_hop: 'ftp://x': expected \"smtp://DOMAIN[:PORT]\" (its MX records)"),
 ])
 def test_bad_content_policy_config_is_refused_with_the_key(make_gateway: Callable[..., GatewayProcess],
                                                            route: dict[str, Any], expected: str) -> None:

@@ -56,7 +56,8 @@ offload_threshold = "10 parsecs"
         assert r.returncode == 78
         assert "smtp.max_recipients: 'many'" in r.stderr and "integer" in r.stderr
         assert "smtp.typo_key: unknown key" in r.stderr
-        assert "routes[0].next_hop: 'smtp:/nowhere': expected \"smtp://HOST:PORT\" or \"maildir:PATH\"" in r.stderr
+        assert "routes[0].next_hop: 'smtp:/nowhere': expected \"smtp://DOMAIN[:PORT]\" (its MX records)" in r.stderr
+        assert "\"smtp://[HOST][:PORT]\"" in r.stderr and "\"maildir:PATH\"" in r.stderr
         assert "routes[0].offload_threshold: '10 parsecs': expected a size in bytes" in r.stderr
         assert not port_is_open("127.0.0.1", port)
 

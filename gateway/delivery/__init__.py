@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from gateway.authn.resolver import Resolver
 from gateway.mime.rewrite import Segment, segments_size
 from gateway.mime.source import Source
 from gateway.spool.durable import write_chunks_atomic
@@ -85,8 +86,13 @@ class NextHop(Protocol):
 
 def build(spec: str, *, base_dir: Path, hostname: str, tls: str = "opportunistic",
           connect_timeout: float = 30, command_timeout: float = 300, max_connections: int = 10,
-          tls_ca_file: Path | None = None) -> NextHop:
-    """The next hop for a ``smtp://HOST:PORT`` or ``maildir:PATH`` spec."""
+          tls_ca_file: Path | None = None, resolver: Resolver | None = None) -> NextHop:
+    """The next hop for a ``smtp://HOST[:PORT]`` or ``maildir:PATH`` spec.
+
+    A domain (``smtp://contact.example.com``) is a mail domain: its MX
+    records are looked up with ``resolver`` (the ``[auth]`` DNS settings;
+    None: /etc/resolv.conf) at each new connection.  ``smtp://[HOST]:PORT``
+    and an IP address are connected to as they are, as in Postfix."""
     hop: NextHop
     if spec.startswith("maildir:"):
         from gateway.delivery.maildir import MaildirNextHop
@@ -94,10 +100,14 @@ def build(spec: str, *, base_dir: Path, hostname: str, tls: str = "opportunistic
         path = Path(spec[len("maildir:"):])
         hop = MaildirNextHop(path if path.is_absolute() else base_dir / path)
     else:
+        from gateway.config import parse_smtp_next_hop
         from gateway.delivery.smtp import SmtpNextHop
 
-        host, _, port = spec[len("smtp://"):].rpartition(":")
-        hop = SmtpNextHop(host.strip("[]"), int(port), hostname=hostname, tls=tls, connect_timeout=connect_timeout,
+        host, port, lookup_mx = parse_smtp_next_hop(spec)
+        if lookup_mx and resolver is None:
+            resolver = Resolver([], 5.0)
+        hop = SmtpNextHop(host, port, hostname=hostname, tls=tls, connect_timeout=connect_timeout,
                           command_timeout=command_timeout, max_connections=max_connections,
-                          tls_ca_file=str(tls_ca_file) if tls_ca_file is not None else None)
+                          tls_ca_file=str(tls_ca_file) if tls_ca_file is not None else None,
+                          resolver=resolver if lookup_mx else None)
     return hop

@@ -1,8 +1,11 @@
-"""Delivery status notifications (RFC 3464) for mail that truly cannot go.
+"""Delivery status notifications (RFC 3464) for mail that truly cannot go,
+and for mail that is late.
 
-One DSN per failed delivery attempt, from the null sender, carrying the
-original headers (not the body: it may be large), and never to a null
-sender, so bounces cannot loop.
+One DSN per failed delivery attempt ("failed", 5.x.x), and at most one
+warning per message still being retried after ``[delivery]
+delay_warning`` ("delayed", 4.x.x, with Will-Retry-Until), each from the
+null sender, carrying the original headers (not the body: it may be
+large), and never to a null sender, so bounces cannot loop.
 """
 from __future__ import annotations
 
@@ -17,13 +20,26 @@ def _line(text: str) -> str:
     return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
 
-def build_dsn(envelope: Envelope, failed: dict[str, str], original_headers: bytes, hostname: str) -> bytes:
-    """A multipart/report DSN telling ``envelope.mail_from`` about ``failed``."""
+def build_dsn(envelope: Envelope, failed: dict[str, str], original_headers: bytes, hostname: str,
+              action: str = "failed", retry_until: float | None = None) -> bytes:
+    """A multipart/report DSN telling ``envelope.mail_from`` about the
+    recipients in ``failed`` (recipient: reason): ``action`` "failed" for
+    mail returned, "delayed" for mail still being retried (until
+    ``retry_until``, a Unix time)."""
+    delayed = action == "delayed"
     boundary = make_msgid(domain=hostname).strip("<>").replace("@", "/")
+    if delayed:
+        until = f" until {formatdate(retry_until)}" if retry_until is not None else ""
+        summary = [
+            "Your message could not be delivered yet to one or more recipients.",
+            f"It will be retried{until}; you do not need to send it again.",
+        ]
+    else:
+        summary = ["Your message could not be delivered to one or more recipients."]
     human = [
         f"This is the mail system at host {hostname}.",
         "",
-        "Your message could not be delivered to one or more recipients.",
+        *summary,
         "",
         *(f"<{_line(r)}>: {_line(reason)}" for r, reason in failed.items()),
     ]
@@ -36,16 +52,19 @@ def build_dsn(envelope: Envelope, failed: dict[str, str], original_headers: byte
         status += [
             "",
             f"Final-Recipient: rfc822; {_line(rcpt)}",
-            "Action: failed",
-            f"Status: {_status_code(reason)}",
+            f"Action: {'delayed' if delayed else 'failed'}",
+            f"Status: {_status_code(reason, '4' if delayed else '5')}",
             f"Diagnostic-Code: smtp; {_line(reason)}",
             f"Last-Attempt-Date: {formatdate(time.time())}",
         ]
+        if delayed and retry_until is not None:
+            status.append(f"Will-Retry-Until: {formatdate(retry_until)}")
+    subject = "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
     headers = original_headers.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").rstrip(b"\r\n")
     out = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{_line(envelope.mail_from)}>",
-        "Subject: Undelivered Mail Returned to Sender",
+        f"Subject: {subject}",
         f"Date: {formatdate()}",
         f"Message-ID: {make_msgid(domain=hostname)}",
         "Auto-Submitted: auto-replied",
@@ -72,9 +91,11 @@ def build_dsn(envelope: Envelope, failed: dict[str, str], original_headers: byte
     return ("\r\n".join(out) + "\r\n").encode("utf-8") + headers + f"\r\n\r\n--{boundary}--\r\n".encode()
 
 
-def _status_code(reason: str) -> str:
+def _status_code(reason: str, klass: str = "5") -> str:
+    """The enhanced status code in ``reason`` (RFC 3463) with its class
+    made ``klass``: "5" for a failure, "4" for a delay."""
     for word in reason.split():
         parts = word.split(".")
         if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in ("4", "5"):
-            return "5" + word[1:]
-    return "5.0.0"
+            return klass + word[1:]
+    return f"{klass}.0.0"

@@ -1,7 +1,10 @@
 """Delivery of a processed message from the spool: try the route's next
 hop, then remove the message, defer it with backoff, or bounce it with a
-DSN (RFC 3464) when it truly cannot go.  Next hops are built per config;
-the ones a SIGHUP replaced are closed once the deliveries using them end."""
+DSN (RFC 3464) when it truly cannot go.  A message still deferred after
+``[delivery] delay_warning`` gets one "delayed" DSN to its sender (as
+Postfix's delay_warning_time), recorded in its state so it goes once.
+Next hops are built per config; the ones a SIGHUP replaced are closed once
+the deliveries using them end."""
 from __future__ import annotations
 
 import asyncio
@@ -9,6 +12,7 @@ import time
 from pathlib import Path
 
 from gateway import logs, metrics, srs
+from gateway.authn.resolver import Resolver
 from gateway.config import Config, RouteSettings
 from gateway.delivery import Content, DeliveryResult, NextHop, build as build_next_hop
 from gateway.delivery.dsn import build_dsn
@@ -40,19 +44,22 @@ class Deliverer:
         self.cfg, self.limits = cfg, limits
         base = Path(cfg.base_dir)
         rewriter = srs.from_config(cfg)
+        # MX lookups for next hops given by domain use the DNS settings of
+        # [auth] (servers, timeout): one resolver for every next hop.
+        resolver = Resolver(cfg.auth.servers(), cfg.auth.dns_timeout)
         self.next_hops = {}
         for r in cfg.routes:
             hop = build_next_hop(
                 r.next_hop, base_dir=base, hostname=cfg.gateway.hostname, tls=r.tls,
                 connect_timeout=cfg.delivery.connect_timeout, command_timeout=cfg.delivery.command_timeout,
                 max_connections=cfg.delivery.connections_per_next_hop,
-                tls_ca_file=cfg.path(r.tls_ca_file) if r.tls_ca_file else None)
+                tls_ca_file=cfg.path(r.tls_ca_file) if r.tls_ca_file else None, resolver=resolver)
             # Routes with ``srs = true`` send with an SRS envelope sender, so
             # SPF at the next hop checks the gateway's own domain.
             self.next_hops[r.name] = srs.SrsNextHop(hop, srs.always(rewriter)) \
                 if r.srs and rewriter is not None else hop
         self.bounce_hop = build_next_hop(cfg.delivery.bounce_next_hop, base_dir=base,
-                                         hostname=cfg.gateway.hostname)
+                                         hostname=cfg.gateway.hostname, resolver=resolver)
         for hop in old:
             self.leases.retire(hop)
 
@@ -113,6 +120,15 @@ class Deliverer:
             state.last_error = next(iter(result.deferred.values()))
             for r, reason in result.deferred.items():
                 qlog.warning("deferred", rcpt=r, reason=reason, attempts=state.attempts, retry_in=delay)
+            warn_after = delivery.delay_warning
+            if warn_after and not state.delay_warned and now - envelope.received_at > warn_after:
+                # Once per message: a warning that could not go now is tried
+                # again at the next deferral.
+                if not envelope.mail_from:
+                    state.delay_warned = now  # the null sender is never told
+                elif await self._notify(handle, envelope, result.deferred, "delayed",
+                                        retry_until=envelope.received_at + delivery.queue_lifetime):
+                    state.delay_warned = now
 
             def _defer() -> None:
                 if not handle.has(REWRITTEN):
@@ -135,6 +151,13 @@ class Deliverer:
         if not envelope.mail_from:
             log.info("no DSN to the null sender", queue_id=handle.queue_id)
             return
+        await self._notify(handle, envelope, failed, "failed")
+
+    async def _notify(self, handle: Handle, envelope: Envelope, reasons: dict[str, str], action: str,
+                      retry_until: float | None = None) -> bool:
+        """Send the sender a DSN (``action`` "failed" or "delayed") about
+        ``reasons`` through the bounce next hop; whether it was delivered or
+        refused for good (so there is no point trying it again)."""
         with handle.message() as src:
             root = parse(src, self.limits) if src.size else None
             if root is None:
@@ -143,18 +166,22 @@ class Deliverer:
                 headers = salvage_headers(src)  # the header block itself was beyond a bound
             else:
                 headers = src.read(0, root.body_start)
-        dsn = build_dsn(envelope, failed, headers, self.cfg.gateway.hostname)
-        path = handle.file("dsn.eml")
+        dsn = build_dsn(envelope, reasons, headers, self.cfg.gateway.hostname, action=action,
+                        retry_until=retry_until)
+        path = handle.file("dsn.eml" if action == "failed" else "delay.eml")
         await asyncio.to_thread(write_atomic, path, dsn)
-        dsn_env = Envelope(queue_id=handle.queue_id + "D", mail_from="", rcpt_tos=[envelope.mail_from],
+        suffix = "D" if action == "failed" else "W"
+        dsn_env = Envelope(queue_id=handle.queue_id + suffix, mail_from="", rcpt_tos=[envelope.mail_from],
                            route="", received_at=time.time())
         assert self.bounce_hop is not None
         async with self.leases.using(self.bounce_hop) as hop:
             result = await hop.deliver(dsn_env, [envelope.mail_from], Content(path))
+        what = "DSN" if action == "failed" else "delay warning"
         if not result.delivered:
             # A DSN that cannot go now is not worth holding the original
             # message for; it is logged so an administrator can see it.
-            log.error("DSN not delivered", queue_id=handle.queue_id,
+            log.error(f"{what} not delivered", queue_id=handle.queue_id,
                       reason=next(iter({**result.deferred, **result.failed}.values()), ""))
-        else:
-            log.info("DSN sent", queue_id=handle.queue_id, to=envelope.mail_from)
+            return bool(result.failed)
+        log.info(f"{what} sent", queue_id=handle.queue_id, to=envelope.mail_from)
+        return True

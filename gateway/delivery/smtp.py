@@ -13,6 +13,16 @@ the server offers PIPELINING (RFC 2920).
 A next hop that is down, answers 4xx, or cannot meet the route's TLS level
 defers the message; a 5xx fails the recipients it names.
 
+Next hops by domain (``smtp://contact.example.com``): the domain's MX
+records are looked up (in a thread, with the ``[auth]`` DNS servers and
+timeout) at each new connection and tried in preference order, equal
+preferences in random order (RFC 5321 section 5.1), at most
+``MX_ADDRESS_LIMIT`` addresses; a connection that fails, or a greeting that
+is not 220 (Postfix's smtp_skip_5xx_greeting), or a TLS level not met moves
+on to the next address.  A domain without MX records is its own mail
+exchanger (its A and AAAA records); a lookup that fails defers the message
+with the reason.  ``smtp://[HOST]:PORT`` and IP addresses skip the lookup.
+
 TLS levels (the route's ``tls``): ``opportunistic`` uses STARTTLS when it
 is offered and accepts any certificate; ``required`` also defers when it is
 not offered; ``verify`` also checks the certificate against the CAs
@@ -24,6 +34,8 @@ downgrade the connection.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import random
 import re
 import smtplib
 import ssl
@@ -31,6 +43,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from gateway import logs
+from gateway.authn.resolver import DnsTempError, Resolver
 from gateway.batch import Batch, each
 from gateway.deadline import Deadline
 from gateway.delivery import After, Content, DeliveryResult
@@ -43,12 +56,22 @@ _IDLE_SECONDS = 30.0
 INLINE_READ = 64 << 10
 # Reply lines longer than this are a broken server, not a reply.
 _MAX_LINE = 64 << 10
+# The most mail exchanger addresses one connection attempt tries (Postfix's
+# smtp_mx_address_limit): past them, each waiting out connect_timeout would
+# hold the delivery for minutes.
+MX_ADDRESS_LIMIT = 5
 
 log = logs.get("delivery")
 
 
 class TlsRequired(Exception):
     """The route requires TLS and the next hop did not offer it."""
+
+
+class NoMailExchanger(Exception):
+    """The next hop's domain gave no address to connect to now: the MX or
+    address lookup failed or found nothing (``str()`` is the reason, with
+    its enhanced status code)."""
 
 
 class _Stale(Exception):
@@ -177,9 +200,16 @@ class SmtpNextHop:
     """An SMTP server that takes the route's mail."""
 
     def __init__(self, host: str, port: int, *, hostname: str, tls: str, connect_timeout: float,
-                 command_timeout: float, max_connections: int, tls_ca_file: str | None = None) -> None:
+                 command_timeout: float, max_connections: int, tls_ca_file: str | None = None,
+                 resolver: Resolver | None = None) -> None:
         self.host, self.port = host, port
-        self.name = f"smtp://{host}:{port}"
+        # With a resolver, ``host`` is a mail domain whose MX records say
+        # where to connect; without, the host itself.
+        self.resolver = resolver
+        if resolver is not None:
+            self.name = f"smtp://{host}:{port}"
+        else:
+            self.name = f"smtp://[{host}]:{port}" if not _is_ip(host) or ":" in host else f"smtp://{host}:{port}"
         self.hostname = hostname
         self.tls = tls
         self.tls_ca_file = tls_ca_file
@@ -192,12 +222,67 @@ class SmtpNextHop:
         # is blocking: many deliveries share a thread call.
         self._after: Batch[Callable[[], None], None] = Batch(each)
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, queue_id: str = "") -> _Connection:
+        """A new connection: to the host, or to the first mail exchanger of
+        the domain that takes it.  Raises OSError, TlsRequired or
+        NoMailExchanger with the reason."""
+        if self.resolver is None:
+            return await self._connect_to(self.host, self.host)
+        targets = await asyncio.to_thread(self._mail_exchangers, self.resolver)
+        errors: list[str] = []
+        tls_only = True
+        for name, address in targets:
+            try:
+                return await self._connect_to(address, name)
+            except (OSError, TlsRequired) as e:
+                tls_only = tls_only and isinstance(e, TlsRequired)
+                errors.append(f"{name}[{address}]: {e}")
+                log.warning("mail exchanger failed", queue_id=queue_id, next_hop=self.name, mx=name,
+                            address=address, reason=str(e), tried=len(errors), of=len(targets))
+        why = "; ".join(errors)
+        raise TlsRequired(why) if tls_only else OSError(why)
+
+    def _mail_exchangers(self, resolver: Resolver) -> list[tuple[str, str]]:
+        """(name, address) to try in order: the MX hosts by preference
+        (equal ones shuffled), each with its A then AAAA addresses; the
+        domain itself when it has no MX records (RFC 5321 section 5.1).
+        Blocking DNS: run in a thread."""
+        domain = self.host
+        try:
+            records = resolver.query(domain, "MX")
+        except DnsTempError as e:
+            raise NoMailExchanger(f"4.4.3 MX lookup for {domain} failed: {e}") from None
+        if records:
+            ranked = sorted(records, key=lambda r: (r.preference, random.random()))
+            hosts = [r.exchange.to_text(omit_final_dot=True) for r in ranked]
+            if hosts == [""] or hosts == ["."]:
+                raise NoMailExchanger(f"4.1.10 {domain} has a null MX record (RFC 7505): it takes no mail")
+        else:
+            hosts = [domain]
+        targets: list[tuple[str, str]] = []
+        failures: list[str] = []
+        for host in hosts:
+            for qtype in ("A", "AAAA"):
+                try:
+                    targets += [(host, r.address) for r in resolver.query(host, qtype)]
+                except DnsTempError as e:
+                    failures.append(str(e))
+            if len(targets) >= MX_ADDRESS_LIMIT:
+                break
+        if not targets:
+            found = f"MX {', '.join(hosts)}" if records else "no MX record"
+            why = f": {'; '.join(failures)}" if failures else ""
+            raise NoMailExchanger(f"4.4.4 no address for {domain} ({found}){why}")
+        return targets[:MX_ADDRESS_LIMIT]
+
+    async def _connect_to(self, address: str, name: str) -> _Connection:
+        """A connection to ``address``, greeted and EHLOed (TLS per the
+        route); ``name`` is the host name TLS verifies and sends as SNI."""
         try:
             async with asyncio.timeout(self.connect_timeout):
                 # asyncio sets TCP_NODELAY: commands and the end of data are
                 # small writes that wait for a reply.
-                reader, writer = await asyncio.open_connection(self.host, self.port, limit=_MAX_LINE)
+                reader, writer = await asyncio.open_connection(address, self.port, limit=_MAX_LINE)
         except TimeoutError:
             raise OSError(f"no connection within {self.connect_timeout:g}s") from None
         conn = _Connection(reader, writer, self.connect_timeout)
@@ -207,7 +292,7 @@ class SmtpNextHop:
                 raise BadReply(f"greeting {code} {text.decode('utf-8', 'replace')}")
             await conn.ehlo(self.hostname)
             if self.tls != "none" and conn.has("STARTTLS"):
-                await self._starttls(conn)
+                await self._starttls(conn, name)
                 await conn.ehlo(self.hostname)
             elif self.tls in ("required", "verify"):
                 raise TlsRequired(f"4.7.10 TLS is required for {self.name} but it does not offer STARTTLS")
@@ -220,14 +305,14 @@ class SmtpNextHop:
         conn.timeout = self.command_timeout
         return conn
 
-    async def _starttls(self, conn: _Connection) -> None:
+    async def _starttls(self, conn: _Connection, name: str) -> None:
         code, text = await conn.command("STARTTLS")
         if code != 220:
             raise TlsRequired(f"4.7.0 TLS handshake with {self.name} failed: STARTTLS answered {code} "
                               f"{text.decode('utf-8', 'replace')}")
         try:
             # The host name checked at the "verify" level, and sent as SNI.
-            await conn.writer.start_tls(self._ctx, server_hostname=self.host,
+            await conn.writer.start_tls(self._ctx, server_hostname=name,
                                         ssl_handshake_timeout=self.connect_timeout)
         except ssl.SSLCertVerificationError as e:
             raise TlsRequired(f"4.7.5 certificate of {self.name} not verified: {e.verify_message}") from None
@@ -246,7 +331,7 @@ class SmtpNextHop:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         return ctx
 
-    async def _checkout(self) -> tuple[_Connection, bool]:
+    async def _checkout(self, queue_id: str = "") -> tuple[_Connection, bool]:
         """A connection ready for MAIL, and whether it was used before (a
         used one may have been closed by the server meanwhile)."""
         while self._idle:
@@ -260,13 +345,13 @@ class SmtpNextHop:
                 except (OSError, TimeoutError):
                     pass
             conn.close()
-        return await self._connect(), False
+        return await self._connect(queue_id), False
 
     async def _deliver(self, envelope: Envelope, rcpts: list[str], message: Content) -> DeliveryResult:
         result = DeliveryResult()
         try:
-            conn, reused = await self._checkout()
-        except TlsRequired as e:
+            conn, reused = await self._checkout(envelope.queue_id)
+        except (TlsRequired, NoMailExchanger) as e:
             return result.defer_all(rcpts, str(e))
         except OSError as e:
             return result.defer_all(rcpts, f"4.4.1 connect to {self.name} failed: {e}")
@@ -277,8 +362,8 @@ class SmtpNextHop:
                 # The server closed the idle connection before our first
                 # command: nothing was said, so try once on a new one.
                 try:
-                    conn = await self._connect()
-                except TlsRequired as e:
+                    conn = await self._connect(envelope.queue_id)
+                except (TlsRequired, NoMailExchanger) as e:
                     return result.defer_all(rcpts, str(e))
                 except OSError as e:
                     return result.defer_all(rcpts, f"4.4.1 connect to {self.name} failed: {e}")
@@ -446,6 +531,14 @@ async def _chunks(content: Content) -> AsyncIterator[bytes]:
             yield piece
     finally:
         chunks.close()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _record(result: DeliveryResult, rcpts: list[str], code: int, resp: bytes, stage: str) -> None:

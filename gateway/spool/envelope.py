@@ -77,6 +77,9 @@ class State:
     pending: list[str] = field(default_factory=list)
     # Why a message is on hold.
     hold_reason: str = ""
+    # When the sender was told the message is delayed ([delivery]
+    # delay_warning); 0: not yet.  The warning goes once.
+    delay_warned: float = 0.0
 
     def to_json(self) -> bytes:
         return to_json_bytes(self)

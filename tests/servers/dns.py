@@ -1,9 +1,10 @@
 """A small authoritative DNS server on loopback for the authentication tests.
 
-It answers TXT (and A) questions from a table over UDP and TCP, exactly as
-a real server would on the wire, so the gateway's own resolver (dnspython
-with the configured server and timeouts) is what the tests exercise.  It
-can be switched to answer SERVFAIL, or to stay silent (a timeout).
+It answers TXT, A and MX questions (any type whose records are given as
+zone-file text) from a table over UDP and TCP, exactly as a real server
+would on the wire, so the gateway's own resolver (dnspython with the
+configured server and timeouts) is what the tests exercise.  It can be
+switched to answer SERVFAIL, or to stay silent (a timeout).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def _txt_strings(value: str) -> list[str]:
 
 @dataclass
 class DnsServer:
-    """TXT/A records by name; ``mode`` is "answer", "servfail" or "silent"."""
+    """Records by (name, type), as zone-file text; ``mode`` is "answer",
+    "servfail" or "silent"."""
 
     records: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     mode: str = "answer"
@@ -38,6 +40,16 @@ class DnsServer:
 
     def add_txt(self, name: str, value: str) -> None:
         self.records.setdefault((name.lower().rstrip("."), "TXT"), []).append(value)
+
+    def add_a(self, name: str, address: str) -> None:
+        """An address record (AAAA when ``address`` is IPv6)."""
+        qtype = "AAAA" if ":" in address else "A"
+        self.records.setdefault((name.lower().rstrip("."), qtype), []).append(address)
+
+    def add_mx(self, name: str, preference: int, exchange: str) -> None:
+        """A mail exchanger for ``name``; ``exchange`` "." is a null MX (RFC 7505)."""
+        target = exchange if exchange.endswith(".") else exchange + "."
+        self.records.setdefault((name.lower().rstrip("."), "MX"), []).append(f"{preference} {target}")
 
     def answer(self, wire: bytes) -> bytes | None:
         q = dns.message.from_wire(wire)
