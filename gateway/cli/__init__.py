@@ -3,7 +3,8 @@ links, storage, invite, dkim, init.
 
 Exit codes follow sysexits: 0 ok, 64 usage, 69 not found, 70 internal
 error, 71 cannot start (a port in use), 75 temporary failure (locked), 78
-configuration error (the unit files tell systemd not to restart on it);
+configuration error (what a restart cannot mend: a unit's
+``RestartPreventExitStatus=78`` keeps systemd from trying);
 ``storage check`` and ``storage apply-retention`` exit 1 when a check or a
 write failed; output cut short by a closed pipe ends with 141, as a command
 killed by SIGPIPE does.  No Python traceback reaches the administrator:

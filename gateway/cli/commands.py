@@ -177,8 +177,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM."""
     cfg = load_config(args)
     # What check-config finds stops serve too, with the same lines and exit
-    # 78 (which the units tell systemd not to restart on) before any port
-    # listens, rather than a traceback from the first process to trip on it.
+    # 78 before any port listens, rather than a traceback (and exit 1, which
+    # systemd restarts) from the first process to trip on it.
     if problems := preflight(cfg):
         return report(args, problems)
     logs.setup(cfg.gateway.log_level)
