@@ -2,7 +2,8 @@
 links, storage, invite, dkim, init.
 
 Exit codes follow sysexits: 0 ok, 64 usage, 69 not found, 70 internal
-error, 71 cannot start (a port in use), 75 temporary failure (locked), 78
+error, 71 cannot start or cannot read (a port in use, a spool the user may
+not read), 73 cannot create (``init``), 75 temporary failure (locked), 78
 configuration error (what a restart cannot mend: a unit's
 ``RestartPreventExitStatus=78`` keeps systemd from trying);
 ``storage check`` and ``storage apply-retention`` exit 1 when a check or a
@@ -17,7 +18,7 @@ import sys
 import traceback
 
 from gateway.cli.check import MissingExtra
-from gateway.cli.common import EX_CONFIG, EX_PIPE, EX_SOFTWARE, config_path
+from gateway.cli.common import EX_CONFIG, EX_OSERR, EX_PIPE, EX_SOFTWARE, config_path
 from gateway.config import ConfigError
 
 __all__ = ["main"]
@@ -49,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"{args.config}: {e}", file=sys.stderr)
         return EX_CONFIG
+    except PermissionError as e:  # most often: not run as the service user
+        print(f"attachment-gateway {args.command}: {e.filename}: {e.strerror} (run it as the user the "
+              f"gateway runs as, e.g. sudo -u attachment-gateway)", file=sys.stderr)
+        return EX_OSERR
+    except OSError as e:
+        print(f"attachment-gateway {args.command}: {e}", file=sys.stderr)
+        return EX_OSERR
     except Exception as e:  # noqa: BLE001 - a bug: one line for the administrator, the trace on request
         print(f"attachment-gateway {args.command}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         if os.environ.get("ATTACHMENT_GATEWAY_DEBUG"):

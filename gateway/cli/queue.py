@@ -108,9 +108,16 @@ def cmd_queue(args: argparse.Namespace) -> int:
             print(f"queue {args.action}: takes no queue ids; narrow it with --queue, --sender, --recipient, "
                   f"--older-than", file=sys.stderr)
             return EX_USAGE
-        rows = _select(spool, tuple(args.queue or QUEUES), args)
+        queues = tuple(args.queue or QUEUES)
         if args.action == "count":
-            return _print_count(rows, tuple(args.queue or QUEUES), args.json)
+            if args.sender is not None or args.recipient is not None or args.older_than is not None:
+                counts = {q: 0 for q in queues}
+                for r in _select(spool, queues, args):
+                    counts[r["queue"]] += 1
+            else:  # no envelope to read: a directory listing per queue
+                counts = {q: len(spool.ids(q)) for q in queues}
+            return _print_count(counts, args.json)
+        rows = _select(spool, queues, args)
         if args.json:
             print(json.dumps(rows))
         else:
@@ -213,11 +220,8 @@ def _act(spool: Spool, action: str, qid: str, queue: str, args: argparse.Namespa
     raise ValueError(action)
 
 
-def _print_count(rows: list[dict[str, Any]], queues: tuple[str, ...], as_json: bool) -> int:
-    counts = {q: 0 for q in queues}
-    for r in rows:
-        counts[r["queue"]] += 1
-    counts["total"] = len(rows)
+def _print_count(counts: dict[str, int], as_json: bool) -> int:
+    counts["total"] = sum(counts.values())
     if as_json:
         print(json.dumps(counts))
     else:
