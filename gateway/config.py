@@ -951,7 +951,11 @@ def _format_errors(err: ValidationError) -> str:
         e = {**e, "loc": tuple(parts)}
         loc = ".".join(str(x) if not isinstance(x, int) else f"[{x}]" for x in e["loc"]).replace(".[", "[")
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            # The [storage.NAME] table's backend: name that key alone; the
+            # whole table as input would echo every setting (and secret) in it.
+            lines.append(_backend_error(loc, e))
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{loc}: unknown key")
         elif e["type"] == "missing":
             lines.append(f"{loc}: missing, a value is required")
@@ -960,6 +964,18 @@ def _format_errors(err: ValidationError) -> str:
         else:
             lines.append(msg)
     return "\n".join(lines)
+
+
+def _backend_error(loc: str, e: Any) -> str:
+    """``storage.NAME.backend`` missing or not one of the backends."""
+    key = f"{loc}.{e.get('ctx', {}).get('discriminator', 'backend').strip(chr(39))}"
+    expected = "one of \"filesystem\", \"s3\", \"azure\", \"gcs\""
+    if e["type"] == "union_tag_not_found":
+        return f"{key}: missing, expected {expected}"
+    tag = e.get("ctx", {}).get("tag", "")
+    hint = f" (backend names are lower case: {tag.lower()!r})" if tag.lower() in ("filesystem", "s3", "azure", "gcs") \
+        else ""
+    return f"{key}: {tag!r}: expected {expected}{hint}"
 
 
 def load(path: str | os.PathLike[str], base_dir: str | None = None) -> Config:

@@ -211,3 +211,30 @@ async def _delete_quietly(store: Storage, key: str) -> None:
         await store.delete(key)
     except StorageError:
         pass
+
+
+# -- what each backend needs installed ----------------------------------------------
+
+# backend -> (the setup.cfg extra that installs its SDK, the modules it imports).
+# boto3 (S3) is a core dependency; the filesystem needs nothing.
+BACKEND_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "azure": ("azure", ("azure.storage.blob", "azure.identity")),
+    "gcs": ("gcs", ("google.cloud.storage", "google.auth")),
+    "s3": ("", ("boto3",)),
+}
+
+
+def missing_sdk(backend: str) -> tuple[str, list[str]] | None:
+    """The extra to install and the modules missing for ``backend``, or
+    None when it can be used.  Each module is imported, not only looked up,
+    so a broken install (a dependency of the SDK missing) is found too."""
+    import importlib
+
+    extra, modules = BACKEND_EXTRAS.get(backend, ("", ()))
+    missing = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    return (extra, missing) if missing else None

@@ -1,0 +1,281 @@
+"""The commands that run or change the gateway: serve, milter, invite,
+storage, links, dkim (check-config: check.py; queue: queue.py)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway import logs
+from gateway.cli.check import preflight, report, require_sdks
+from gateway.cli.common import EX_CHECK_FAILED, EX_CONFIG, EX_OK, EX_OSERR, EX_USAGE, load_config
+from gateway.config import Config
+from gateway.storage.base import Storage, StorageError
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    """Write a DKIM key pair and print the DNS records to publish."""
+    from gateway.authn import keygen
+    from gateway.ingress.routing import AddressRefused, check_domain
+
+    try:
+        domain = check_domain(args.domain)
+        srs_domain = check_domain(args.srs_domain) if args.srs_domain else None
+    except AddressRefused as e:
+        print(f"dkim keygen: {e}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        pair = keygen.generate(domain, args.selector, Path(args.out))
+    except FileExistsError as e:
+        print(f"dkim keygen: {e.filename}: exists; a key in use is never overwritten", file=sys.stderr)
+        return EX_USAGE
+    print(f"# Private key (keep it secret; auth.dkim.key_file): {pair.private_path}")
+    print("# Publish in DNS, then sign with [auth.dkim] domain/selector/key_file:")
+    print(keygen.zone_line(pair.dns_name, pair.dns_value), end="")
+    if srs_domain is not None:
+        print("# SPF of the SRS domain ([srs] domain): the addresses the gateway sends from")
+        print(keygen.zone_line(srs_domain, keygen.spf_record(args.ip)), end="")
+    return EX_OK
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    """Print an upload-page invitation link for a customer."""
+    cfg = load_config(args)
+    require_sdks(cfg)
+    from gateway import invitations, storage as storage_mod
+    from gateway.ingress.routing import route_for
+    from gateway.links.tokens import Keyring
+
+    notify = args.to or cfg.upload.notify_address
+    if not notify:
+        print("invite: no address to tell: give --to ADDRESS or set upload.notify_address", file=sys.stderr)
+        return EX_USAGE
+    route = route_for(cfg.routes, notify)
+    if route is None:
+        print(f"invite: no route accepts {notify!r}", file=sys.stderr)
+        return EX_USAGE
+    keyring = Keyring(cfg.links.keys, Path(cfg.base_dir))
+    store = storage_mod.build(route.storage, cfg.storage[route.storage], Path(cfg.base_dir))
+
+    async def make() -> str:
+        await store.start()
+        try:
+            _, url = await invitations.create(
+                store, keyring, cfg.http.base_url, customer_id=filenames.sanitise_customer(args.customer),
+                message_id=args.message_id or "", notify=notify, route=route.name,
+                ttl=args.ttl if args.ttl is not None else cfg.upload.invitation_ttl)
+            return url
+        finally:
+            await store.close()
+
+    from gateway.mime import filenames
+
+    print(asyncio.run(make()))
+    return EX_OK
+
+
+def cmd_storage(args: argparse.Namespace) -> int:
+    """storage check|apply-retention, for every store or ``--store NAME``."""
+    cfg = load_config(args)
+    require_sdks(cfg)
+    if args.store is not None and args.store not in cfg.storage:
+        print(f"storage {args.action}: no [storage.{args.store}] table (have: "
+              f"{', '.join(sorted(cfg.storage)) or 'none'})", file=sys.stderr)
+        return EX_USAGE
+    names = [args.store] if args.store is not None else sorted(cfg.storage)
+    run = _storage_check if args.action == "check" else _storage_retention
+    reports = asyncio.run(run(cfg, names, args))
+    if args.json:
+        print(json.dumps({"ok": all(r["ok"] for r in reports), "stores": reports}, indent=2))
+    return EX_OK if all(r["ok"] for r in reports) else EX_CHECK_FAILED
+
+
+async def _storage_check(cfg: Config, names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from gateway import storage as storage_mod
+    from gateway.storage.admin import FAIL, check_store
+
+    reports = []
+    for name in names:
+        settings = cfg.storage[name]
+        store = storage_mod.build(name, settings, Path(cfg.base_dir))
+        try:
+            findings = await check_store(store)
+        finally:
+            await store.close()
+        ok = not any(f.status == FAIL for f in findings)
+        reports.append({"name": name, "backend": settings.backend, "ok": ok,
+                        "checks": [f.as_dict() for f in findings]})
+        if not args.json:
+            print(f"storage {name} ({settings.backend}): {'OK' if ok else 'FAILED'}")
+            for f in findings:
+                print(f"  {f.status:<4}  {f.check:<11} {f.detail}")
+    return reports
+
+
+async def _storage_retention(cfg: Config, names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from gateway import storage as storage_mod
+    from gateway.storage import admin
+
+    reports = []
+    for name in names:
+        settings = cfg.storage[name]
+        store: Any = storage_mod.build(name, settings, Path(cfg.base_dir))
+        report: dict[str, Any] = {"name": name, "backend": settings.backend, "ok": True, "applied": False,
+                                  "dry_run": args.dry_run, "retention_days": settings.retention_days}
+        lines: list[str] = []
+        try:
+            if settings.backend == "s3" or settings.backend == "gcs":
+                report["lifecycle"] = await store.apply_retention(args.dry_run)
+                report["applied"] = not args.dry_run
+                where = ", ".join(report["lifecycle"])
+                lines.append(f"would write these lifecycle rules to {where} (dry run)" if args.dry_run else
+                             f"lifecycle rules written to {where}; the bucket now reports:")
+            elif settings.backend == "azure":
+                report["management_policy"] = store.management_policy()
+                lines += ["not applied: an Azure lifecycle is a management policy of the storage account, which",
+                          "the data-plane SDK the gateway uses cannot set.  Merge these rules into the account's",
+                          "policy (docs/CONFIG.md, \"Retention\") and set it with",
+                          "  az storage account management-policy create --account-name ACCOUNT \\",
+                          "      --resource-group GROUP --policy @policy.json"]
+            else:
+                report.update(admin.filesystem_retention(settings, str(store.root)))
+                lines += [f"not applied: {report['why']}.  To delete attachments after "
+                          f"{settings.retention_days} days, install a systemd-tmpfiles rule such as",
+                          f"  {report['systemd_tmpfiles']}", "or run daily", f"  {report['find']}"]
+        except StorageError as e:
+            report.update(ok=False, applied=False, error=str(e))
+            lines.append(f"FAILED: {e}")
+        finally:
+            await store.close()
+        reports.append(report)
+        if not args.json:
+            print(f"storage {name} ({settings.backend}), retention {settings.retention_days} days:")
+            for line in lines:
+                print(f"  {line}")
+            for doc in ("lifecycle", "management_policy"):
+                if doc in report:
+                    print(json.dumps(report[doc], indent=2, default=str))
+    return reports
+
+
+def prepare_metrics() -> str:
+    """Give prometheus_client a fresh directory for the values of every
+    process (it must be set before prometheus_client is first imported);
+    a temporary one, so a read-only or full spool does not stop metrics."""
+    path = tempfile.mkdtemp(prefix="attachment-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGTERM."""
+    cfg = load_config(args)
+    # What check-config finds stops serve too, with the same lines and exit
+    # 78 before any port listens, rather than a traceback (and exit 1, which
+    # systemd restarts) from the first process to trip on it.
+    if problems := preflight(cfg):
+        return report(args, problems)
+    logs.setup(cfg.gateway.log_level)
+    metrics_dir = prepare_metrics()
+    try:
+        return _serve(cfg, args)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(cfg: Config, args: argparse.Namespace) -> int:
+    default = ("smtp", "worker", "http", "milter") if cfg.milter is not None else ("smtp", "worker", "http")
+    roles = tuple(r for r in (args.only or default) if r not in (args.without or []))
+    from gateway.server import Gateway, Supervisor
+
+    processes = args.processes or cfg.process_count()
+    try:
+        gw = Gateway(cfg, args.config, roles)  # built once here to report config errors before forking
+    except ValueError as e:  # key files and similar, found while building
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return EX_CONFIG
+    if processes > 1:
+        gw.audit.close()
+        # The stores' start-up checks (bucket, region, credentials, staging
+        # recovery) run once here, before forking: a child that failed them
+        # would be started again and again, and serve would never exit.
+        try:
+            asyncio.run(_check_stores(gw.stores))
+        except StorageError as e:
+            print(f"attachment-gateway: storage: {e}", file=sys.stderr)
+            return EX_CONFIG
+        except OSError as e:
+            print(f"attachment-gateway: cannot start: {e}", file=sys.stderr)
+            return EX_OSERR
+        return Supervisor(cfg, args.config, roles, processes).run()
+    try:
+        asyncio.run(gw.run())
+    except OSError as e:
+        print(f"attachment-gateway: cannot start: {e}", file=sys.stderr)
+        return EX_OSERR
+    except StorageError as e:  # the stores' start-up checks
+        print(f"attachment-gateway: storage: {e}", file=sys.stderr)
+        return EX_CONFIG
+    return EX_OK
+
+
+def cmd_links(args: argparse.Namespace) -> int:
+    """links revoke --object KEY | --customer ID | --message-id ID: write a
+    revocation marker into the store(s), which every node reads at a click."""
+    cfg = load_config(args)
+    require_sdks(cfg)
+    from gateway import audit_sinks, storage as storage_mod
+    from gateway.links import revocations
+
+    given: list[tuple[revocations.Kind, str | None]] = [("object", args.object), ("customer", args.customer),
+                                                        ("message", args.message_id)]
+    kind, value = next((k, v) for k, v in given if v is not None)
+    names = [args.store] if args.store else sorted(cfg.storage)
+    if args.store and args.store not in cfg.storage:
+        print(f"links revoke: --store {args.store!r} names no [storage.*] table", file=sys.stderr)
+        return EX_USAGE
+    admin = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
+    audit = logs.AuditLog(cfg.path(cfg.gateway.audit_log) if cfg.gateway.audit_log != "-" else "-",
+                          cfg.gateway.hostname, audit_sinks.build(cfg))
+    field = {"object": "TargetFilePath", "customer": "CustomerId", "message": "InternetMessageId"}[kind]
+
+    async def run() -> list[dict[str, Any]]:
+        audit.start()
+        out = []
+        try:
+            for name in names:
+                store = storage_mod.build(name, cfg.storage[name], Path(cfg.base_dir))
+                await store.start()
+                try:
+                    marker = await revocations.revoke(store, kind, value, args.reason or "", f"cli:{admin}")
+                finally:
+                    await store.close()
+                audit.event("LinkRevoked", "Success", EventOriginalType="revoke", ActorUsername=f"cli:{admin}",
+                            EventResultDetails=f"{kind} revoked in store {name}" +
+                            (f": {args.reason}" if args.reason else ""),
+                            **{field: revocations.normalise(kind, value)})
+                out.append({"store": name, "revoked": kind, "value": revocations.normalise(kind, value),
+                            "marker": marker})
+        finally:
+            await audit.stop()
+        return out
+
+    for row in asyncio.run(run()):
+        print(json.dumps(row) if args.json else " ".join(f"{k}={v}" for k, v in row.items()))
+    return EX_OK
+
+
+async def _check_stores(stores: dict[str, Storage]) -> None:
+    """Start every store (its checks raise StorageError) and close it again."""
+    try:
+        for store in stores.values():
+            await store.start()
+    finally:
+        for store in stores.values():
+            await store.close()
