@@ -202,6 +202,9 @@ class HttpSettings(_Strict):
     # Reverse proxies whose X-Forwarded-For/-Proto and identity header are
     # believed; from anyone else they are ignored (or refused, for identity).
     trusted_proxies: list[Network] = Field(default_factory=list)
+    # One JSON line a request on stderr (method, path with tokens redacted,
+    # status, bytes, duration, request id, client).
+    access_log: bool = True
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HttpSettings:
@@ -800,12 +803,38 @@ class SrsSettings(_Strict):
             raise ValueError(f"expected a mail domain such as \"srs.mx.example.com\" ({e})") from None
 
 
+class MetricsSettings(_Strict):
+    """Where /metrics and the OpenAPI document are served."""
+
+    # A plain-HTTP listener of its own ("127.0.0.1:9464") for /metrics,
+    # /healthz, /readyz and /api/v1/openapi.json; "" for none.
+    listen: str = ""
+    # Whether the agents' listener ([http] listen) serves them too: "local"
+    # to clients on this machine only (a loopback peer, no forwarding
+    # header), "api-key" to callers with one of [api].keys, "open" to
+    # anyone, "off" never.
+    on_http: Literal["local", "api-key", "open", "off"] = "local"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v:
+            parse_hostport(v)
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``listen`` as (host, port)."""
+        return parse_hostport(self.listen)
+
+
 class Config(_Strict):
     """The whole config file."""
 
     gateway: GatewaySettings = GatewaySettings()
     smtp: SmtpSettings = SmtpSettings()
     http: HttpSettings = HttpSettings()
+    metrics: MetricsSettings = MetricsSettings()
     links: LinkSettings
     storage: dict[str, StorageSettings]
     routes: list[RouteSettings] = Field(min_length=1)

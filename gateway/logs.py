@@ -1,7 +1,19 @@
 """Logging: structlog JSON lines on stderr, and the audit stream apart.
 
-Operational logs carry the queue id (``queue_id``) wherever there is one, so
-an administrator can follow a message as they would in Postfix's maillog.
+Operational logs carry the queue id (``queue_id``), the Message-ID
+(``message_id``) and the client's address (``client``) on every line about
+one message, so an administrator can follow a message as they would in
+Postfix's maillog: the runner and the SMTP session bind them for their task
+(``message``; structlog's context variables), so every line written while
+that message is in hand has them, whichever module writes it.  Field names
+are snake_case everywhere in the log; the audit stream keeps the ASIM names
+of its SIEM schema, and ``LOG_NAMES`` says which log field is which.
+
+Under systemd (journald reading stderr, ``JOURNAL_STREAM`` naming it) each
+line starts with a syslog priority prefix, ``<3>`` for an error, ``<4>`` a
+warning, ``<6>`` info, ``<7>`` debug, which journald reads and strips
+(``SyslogLevelPrefix=``, on by default): ``journalctl -p warning`` then
+finds the warnings.  On a terminal or a pipe the lines are plain JSON.
 Audit events (link clicks, refusals) are a separate stream, one JSON object a
 line, for the SIEM; they never share a file with the operational log.  The
 file is written in the caller's thread; syslog and HEC sinks
@@ -15,7 +27,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +44,45 @@ def _add_pid(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+# syslog priorities (RFC 5424) of structlog's method names.
+PRIORITIES = {"debug": 7, "info": 6, "msg": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3,
+              "critical": 2, "fatal": 2}
+
+
+def _priority_prefix(logger: Any, method: str, rendered: str) -> str:
+    return f"<{PRIORITIES.get(method, 6)}>{rendered}"
+
+
+def under_journald(stream: Any = None) -> bool:
+    """Whether ``stream`` (stderr) is the journal's stream: systemd sets
+    ``JOURNAL_STREAM=DEV:INODE`` for the service, and a child whose stderr
+    was redirected elsewhere must not write prefixes into a file."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
 def setup(level: str = "info") -> None:
-    """Configure structlog to write JSON lines to stderr at ``level``."""
+    """Configure structlog to write JSON lines to stderr at ``level``,
+    each with its syslog priority prefix when journald reads stderr."""
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _add_pid,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(),
+    ]
+    if under_journald():
+        processors.append(_priority_prefix)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            _add_pid,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
@@ -51,6 +92,39 @@ def setup(level: str = "info") -> None:
 def get(name: str, **bound: Any) -> structlog.typing.FilteringBoundLogger:
     """A logger tagged with the component that logs."""
     return structlog.get_logger().bind(component=name, **bound)
+
+
+@contextmanager
+def message(queue_id: str, *, client: str = "", message_id: str = "") -> Iterator[None]:
+    """Every log line written in this task (and the threads it starts)
+    while the block runs carries the message's queue id, client address and
+    Message-ID; ``message_id`` can be set later with ``set_message_id``."""
+    # Ellipsis: bound (so the block's end unbinds it) but not written.
+    with structlog.contextvars.bound_contextvars(queue_id=queue_id, client=client or ...,
+                                                 message_id=message_id or ...):
+        yield
+
+
+def set_message_id(message_id: str) -> None:
+    """The Message-ID of the message in hand, once parsed (inside ``message``)."""
+    if message_id:
+        structlog.contextvars.bind_contextvars(message_id=message_id)
+
+
+def bind(**fields: Any) -> None:
+    """Fields for every later log line of this task (an SMTP session's client)."""
+    structlog.contextvars.bind_contextvars(**fields)
+
+
+# The audit stream's ASIM names and the log's names for the same facts.
+LOG_NAMES = {"QueueId": "queue_id", "InternetMessageId": "message_id", "CustomerId": "customer_id",
+             "TargetFilePath": "key", "TargetFileName": "filename", "SrcIpAddr": "client",
+             "ActorUsername": "agent", "EventResultDetails": "details"}
+
+
+def log_fields(audit_fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An audit event's fields under the log's names (those that have one)."""
+    return {LOG_NAMES[k]: v for k, v in audit_fields.items() if k in LOG_NAMES and v is not None}
 
 
 class AuditLog:

@@ -14,6 +14,9 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from pathlib import Path
 from typing import Any
 
 from gateway import logs, metrics
@@ -21,6 +24,7 @@ from gateway.config import Config, RouteSettings
 from gateway.delivery import Content
 from gateway.delivery.queue import Deliverer
 from gateway.ingress.routing import route_for
+from gateway.mime.decode import message_header
 from gateway.pipeline import Pipeline
 from gateway.pipeline.services import Services
 from gateway.spool.durable import write_atomic
@@ -31,6 +35,8 @@ log = logs.get("worker")
 
 # Seconds between looks for messages a dead process left in ``active``.
 RECOVERY_INTERVAL = 30.0
+# Bytes of a message read to find its Message-ID when retrying it.
+HEADER_READ = 64 << 10
 
 
 @dataclass
@@ -226,6 +232,14 @@ class Runner:
             await asyncio.to_thread(handle.move, "corrupt")
             return
         envelope = loaded.envelope
+        # Every line about this message, delivery's included, carries its
+        # queue id, client and Message-ID (gateway.logs.message).
+        message_id = await asyncio.to_thread(_message_id, handle.file(REWRITTEN)) if loaded.rewritten else ""
+        with logs.message(handle.queue_id, client=envelope.client_addr, message_id=message_id):
+            await self._handle(handle, loaded, qlog)
+
+    async def _handle(self, handle: Handle, loaded: Loaded, qlog: Any) -> None:
+        envelope = loaded.envelope
         route = next((r for r in self.cfg.routes if r.name == envelope.route), None) or \
             self._route_for(envelope.rcpt_tos)
         if route is None:
@@ -254,6 +268,7 @@ class Runner:
         """
         with handle.message() as src:
             job = await self.pipeline.process(src, handle.file(MESSAGE), envelope, route, handle.file)
+        logs.set_message_id(job.message_id)
         content = Content(job.path or handle.file(MESSAGE), job.segments)
         if job.changed:
             await asyncio.to_thread(self._save_output, handle, content, job.result)
@@ -281,3 +296,16 @@ class Runner:
         await asyncio.to_thread(_do)
         metrics.HELD.labels(reason.split(":")[0]).inc()
         log.warning("message held", queue_id=handle.queue_id, reason=reason)
+
+
+def _message_id(path: Path) -> str:
+    """The Message-ID in a spooled message's header (blocking): a message
+    retried from ``deferred`` is not parsed again."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_READ)
+    except OSError:
+        return ""
+    end = head.find(b"\r\n\r\n")
+    msg = BytesHeaderParser(policy=compat32).parsebytes(head[:end + 2] if end >= 0 else head)
+    return " ".join(message_header(msg, "Message-ID").split())

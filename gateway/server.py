@@ -27,12 +27,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gateway import audit_sinks, config as config_mod, logs, sdnotify, storage as storage_mod
+from aiohttp import web
+
+from gateway import audit_sinks, config as config_mod, logs, metrics, sdnotify, storage as storage_mod
 from gateway.config import Config
 from gateway.delivery.queue import Deliverer
 from gateway.http import app as http_app
 from gateway.http.api import UploadApi
 from gateway.http.apikeys import ApiKeys
+from gateway.http.health import Health
 from gateway.http.upload_page import UploadPage
 from gateway.ingress.milter import MilterServer
 from gateway.ingress.smtp import Handler, start_server
@@ -91,7 +94,22 @@ class Gateway:
         self.upload_page: UploadPage | None = None
         self.tls: IngressTls | None = None
         self.milter: MilterServer | None = None
+        self.admin: web.AppRunner | None = None
+        self.health = Health(lambda: self.cfg, self.spool if "smtp" in roles or "worker" in roles else None,
+                             self.stores, self._listeners)
         self._stop = asyncio.Event()
+
+    def _listeners(self) -> dict[str, bool]:
+        """Each listener this process should have, and whether it is up."""
+        up: dict[str, bool] = {}
+        if "smtp" in self.roles:
+            up["smtp"] = self.smtp is not None and self.smtp.is_serving()
+        if "http" in self.roles:
+            up["http"] = self.http is not None
+        if "milter" in self.roles:
+            server = getattr(self.milter, "_server", None)
+            up["milter"] = server is not None and server.is_serving()
+        return up
 
     async def start(self) -> None:
         # Spool and storage calls run in threads and most of them wait on
@@ -100,6 +118,9 @@ class Gateway:
                                                                            thread_name_prefix="io"))
         for store in self.stores.values():
             await store.start()
+        # Every known series at zero before the first event.
+        metrics.initialise(self.cfg.routes, self.stores)
+        self.health.start()
         self.audit.start()
         if "smtp" in self.roles or "worker" in self.roles:
             await asyncio.to_thread(self.spool.create)
@@ -130,8 +151,16 @@ class Gateway:
                 self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
                                               lambda qid: runner.enqueue(qid) if runner is not None else None)
                 self.upload_page.start_sweeper()
-            app = http_app.build_app(self.cfg, self.links, self.spool, self.api_keys, self.api, self.upload_page)
+            app = http_app.build_app(self.cfg, self.links, self.spool, self.api_keys, self.api, self.upload_page,
+                                     health=self.health, settings=lambda: self.cfg)
             self.http = await http_app.start(self.cfg, app, self.audit, reuse_port=self.shared_ports)
+            if self.cfg.metrics.on_http == "api-key" and not self.cfg.api.keys:
+                log.warning("metrics.on_http is \"api-key\" but [api] has no keys: /metrics is served to no one "
+                            "on the HTTP listener")
+        if self.cfg.metrics.listen and ("http" in self.roles or "worker" in self.roles):
+            self.admin = await http_app.start_admin(
+                self.cfg, http_app.build_admin_app(self.spool, self.health, self.audit),
+                reuse_port=self.shared_ports)
         if "milter" in self.roles:
             assert self.pipeline is not None
             self.milter = MilterServer(self.cfg, self.pipeline)
@@ -144,6 +173,7 @@ class Gateway:
             self._warn_allow_all()
         log.info("ready", roles=list(self.roles), smtp=self.cfg.smtp.listen if self.smtp else None,
                  http=self.cfg.http.listen if self.http else None,
+                 metrics=self.cfg.metrics.listen if self.admin else None,
                  milter=self.milter.settings.listen if self.milter else None, spool=str(self.spool.root))
 
     def _warn_allow_all(self) -> None:
@@ -248,6 +278,9 @@ class Gateway:
             self.smtp.close()
         if self.http is not None:
             await self.http.cleanup()
+        if self.admin is not None:
+            await self.admin.cleanup()
+        await self.health.stop()
         if self.upload_page is not None:
             await self.upload_page.stop()
         if self.jobs is not None:

@@ -6,6 +6,7 @@ turns deferrals into retries with backoff and failures into one DSN.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,11 +51,33 @@ class DeliveryResult:
     delivered: list[str] = field(default_factory=list)
     deferred: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    # The next hop's final reply for each delivered recipient, as it said it
+    # ("250 2.0.0 Ok: queued as 4XYZ"): the delivery log line carries it.
+    replies: dict[str, str] = field(default_factory=dict)
 
     def defer_all(self, rcpts: list[str], reason: str) -> DeliveryResult:
         for r in rcpts:
             self.deferred[r] = reason
         return self
+
+
+# How next hops name their queue id in the reply to the end of data:
+# Postfix "queued as 4XYZ", Exim "OK id=1abc-000X-YZ", Sendmail "Ok: queued
+# as ...", Microsoft "Queued mail for delivery" (none), SES and many others
+# "Ok: <id>" / "Ok <id>".
+_REMOTE_ID = (re.compile(r"queued as <?([^\s<>]+)", re.I),
+              re.compile(r"\bid=<?([^\s<>]+)", re.I),
+              re.compile(r"^\s*(?:\d\.\d{1,3}\.\d{1,3}\s+)?ok:?\s+<?([\w.@/+=-]{4,})>?\s*$", re.I))
+
+
+def remote_queue_id(reply: str) -> str | None:
+    """The queue id a next hop's reply names, if it names one."""
+    text = reply[4:] if reply[:3].isdigit() else reply
+    for pattern in _REMOTE_ID:
+        m = pattern.search(text)
+        if m is not None:
+            return m.group(1)
+    return None
 
 
 #: Blocking work to do with a delivery's result, in a thread: the Maildir

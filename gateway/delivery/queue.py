@@ -14,7 +14,7 @@ from pathlib import Path
 from gateway import logs, metrics, srs
 from gateway.authn.resolver import Resolver
 from gateway.config import Config, RouteSettings
-from gateway.delivery import Content, DeliveryResult, NextHop, build as build_next_hop
+from gateway.delivery import Content, DeliveryResult, NextHop, build as build_next_hop, remote_queue_id
 from gateway.delivery.dsn import build_dsn
 from gateway.delivery.leases import Leases
 from gateway.mime.parse import Limits, parse
@@ -98,7 +98,11 @@ class Deliverer:
         qlog = log.bind(queue_id=handle.queue_id, route=route.name, next_hop=hop.name)
         now = time.time()
         for r in result.delivered:
-            qlog.info("delivered", rcpt=r, seconds=round(time.monotonic() - started, 4))
+            # As Postfix's status=sent (250 2.0.0 Ok: queued as ...): what
+            # the next hop said, and its queue id to follow the message there.
+            reply = result.replies.get(r)
+            qlog.info("delivered", rcpt=r, seconds=round(time.monotonic() - started, 4),
+                      **({"reply": reply, "remote_queue_id": remote_queue_id(reply)} if reply else {}))
         expired = now - envelope.received_at > self.cfg.delivery.queue_lifetime
         failed = dict(result.failed)
         if expired and result.deferred:

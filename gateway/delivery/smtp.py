@@ -447,6 +447,10 @@ class SmtpNextHop:
             code, resp = await conn.reply()
             if code == 250:
                 result.delivered.extend(accepted)
+                # Multi-line replies are joined with "; " (one log field).
+                reply = f"{code} {resp.decode('utf-8', 'replace').replace(chr(10), '; ')}"
+                for r in accepted:
+                    result.replies[r] = reply
                 reusable = clean = True
             else:
                 _record(result, accepted, code, resp, "end of DATA")

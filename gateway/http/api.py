@@ -83,8 +83,9 @@ class UploadApi:
     def _audit(self, request: web.Request, result: str, details: str, **fields: Any) -> None:
         self.audit.event("FileCreated", result, EventSubType="Upload", EventResultDetails=details,
                          SrcIpAddr=request.remote, HttpUserAgent=request.headers.get("User-Agent"), **fields)
-        log.info("upload", result=result, details=details, src=request.remote,
-                 **{k: v for k, v in fields.items() if k in ("QueueId", "CustomerId", "TargetFilePath")})
+        log.info("upload", result=result, details=details, client=request.remote,
+                 **logs.log_fields({k: v for k, v in fields.items()
+                                    if k in ("QueueId", "CustomerId", "TargetFilePath")}))
 
     # -- POST /api/v1/upload/attachment ----------------------------------
 

@@ -3,10 +3,18 @@ jobs, link refresh and revoke), the customer upload page, health, metrics.
 
 Plain HTTP on loopback for the embedded default; with ``http.tls_cert`` and
 ``http.tls_key`` it serves TLS 1.2+ only (gateway.http.tls) and sends HSTS.
+
+``/metrics`` and the OpenAPI document are for administrators and API
+clients, not agents: on the agents' listener they answer only as
+``metrics.on_http`` says (by default to clients on this machine), and
+``metrics.listen`` gives them a listener of their own (``build_admin_app``).
+Every request is written to the access log (gateway.http.health).
 """
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +26,7 @@ from gateway.config import Config, read_secret
 from gateway.http import openapi
 from gateway.http.api import UploadApi
 from gateway.http.apikeys import ApiKeys
+from gateway.http.health import AccessLogger, Health, admin_guard, echo_request_id
 from gateway.http.links import LinkEndpoint
 from gateway.http.links_api import LinkApi
 from gateway.http.tls import TlsListener, server_context
@@ -90,21 +99,31 @@ def reconfigure_links(links: LinkEndpoint, cfg: Config, access: Access) -> None:
 
 
 def build_app(cfg: Config, links: LinkEndpoint, spool: Spool, keys: ApiKeys, api: UploadApi | None = None,
-              upload_page: UploadPage | None = None) -> web.Application:
-    """The aiohttp application with every route the gateway serves."""
+              upload_page: UploadPage | None = None, health: Health | None = None,
+              settings: Callable[[], Config] | None = None) -> web.Application:
+    """The aiohttp application with every route the gateway serves;
+    ``settings`` gives the config in force (it changes on SIGHUP)."""
     # No body-size cap here: uploads stream and the API enforces its own limit.
     app = web.Application(client_max_size=1 << 20)
+    current = settings or (lambda: cfg)
     tls = cfg.http.tls_cert is not None
     hsts_max_age = cfg.http.hsts_max_age
     links_api = LinkApi(links, keys)
+    health = health or Health(current, None, {}, dict)
     app.router.add_get("/a/{token}", links.get)
     app.router.add_post("/a/{token}/refresh", links.refresh)
     app.router.add_get("/p/{token}", links.landing)
     app.router.add_get(agents.CALLBACK_PATH, links.callback)
     app.router.add_post("/api/v1/links/refresh", links_api.refresh)
     app.router.add_post("/api/v1/links/revoke", links_api.revoke)
-    app.router.add_get("/healthz", _health)
+    app.router.add_get("/healthz", health.live)
+    app.router.add_get("/readyz", health.ready)
     app["audit"] = links.audit
+    # The client an access log line names: behind a trusted proxy, the one
+    # it forwards for.
+    app["client_address"] = lambda request: links.proxies.client_address(request)
+    app.on_response_prepare.append(echo_request_id)
+    guard = admin_guard(lambda: current().metrics.on_http, keys.caller)
 
     async def _hsts(request: web.Request, response: web.StreamResponse) -> None:
         # HSTS on HTTPS only (RFC 6797 section 7.2): ours, or a trusted
@@ -118,15 +137,19 @@ def build_app(cfg: Config, links: LinkEndpoint, spool: Spool, keys: ApiKeys, api
         await links.authoriser.close()
     app.on_cleanup.append(_close)
 
-    async def _metrics(request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(metrics.render, spool)
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    metrics_handler = _metrics(spool)
 
-    app.router.add_get("/metrics", _metrics)
+    async def _guarded_metrics(request: web.Request) -> web.Response:
+        return guard(request) or await metrics_handler(request)
+
+    async def _guarded_openapi(request: web.Request) -> web.Response:
+        return guard(request) or await _openapi(request)
+
+    app.router.add_get("/metrics", _guarded_metrics)
     if api is not None:
         app.router.add_post("/api/v1/upload/attachment", api.upload, expect_handler=api.expect)
         app.router.add_get("/api/v1/jobs/{job_id}", api.job)
-        app.router.add_get("/api/v1/openapi.json", _openapi)
+        app.router.add_get("/api/v1/openapi.json", _guarded_openapi)
     if upload_page is not None:
         app.router.add_get("/upload/{token}", upload_page.show)
         app.router.add_post("/upload/{token}/files", upload_page.create)
@@ -137,9 +160,42 @@ def build_app(cfg: Config, links: LinkEndpoint, spool: Spool, keys: ApiKeys, api
     return app
 
 
-async def _health(request: web.Request) -> web.Response:
-    # Audit events lost by the network sinks: a number to alert on.
-    return web.json_response({"status": "ok", "audit_dropped": request.app["audit"].dropped})
+def _metrics(spool: Spool) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(metrics.render, spool)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return handler
+
+
+def build_admin_app(spool: Spool, health: Health, audit: logs.AuditLog) -> web.Application:
+    """The ``metrics.listen`` listener's application: /metrics, /healthz,
+    /readyz and the OpenAPI document, for administrators and monitoring."""
+    app = web.Application()
+    app["audit"] = audit
+    app.on_response_prepare.append(echo_request_id)
+    app.router.add_get("/metrics", _metrics(spool))
+    app.router.add_get("/healthz", health.live)
+    app.router.add_get("/readyz", health.ready)
+    app.router.add_get("/api/v1/openapi.json", _openapi)
+    return app
+
+
+async def start_admin(cfg: Config, app: web.Application, reuse_port: bool = False) -> web.AppRunner:
+    """Serve ``app`` on ``metrics.listen`` (plain HTTP: bind it to a
+    monitoring network or loopback)."""
+    host, port = cfg.metrics.address
+    runner = _runner(cfg, app)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    return runner
+
+
+def _runner(cfg: Config, app: web.Application) -> web.AppRunner:
+    if not cfg.http.access_log:
+        return web.AppRunner(app, access_log=None)
+    # aiohttp wants a logger to call the access logger at all; ours writes
+    # through structlog and ignores it.
+    return web.AppRunner(app, access_log_class=AccessLogger, access_log=logging.getLogger("gateway.access"))
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -163,7 +219,7 @@ async def start(cfg: Config, app: web.Application, audit: logs.AuditLog, reuse_p
     """Serve ``app`` on ``http.listen``; TLS when a certificate is configured."""
     host, port = cfg.http.address
     tls = cfg.http.tls_cert is not None
-    runner = web.AppRunner(app, access_log=None)
+    runner = _runner(cfg, app)
     await runner.setup()
     if not tls:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
@@ -174,7 +230,7 @@ async def start(cfg: Config, app: web.Application, audit: logs.AuditLog, reuse_p
     def refused(address: str, version: str) -> None:
         audit.event("LinkAccess", "Failure", EventOriginalType="tls", SrcIpAddr=address,
                     EventResultDetails=f"{version} client hello refused (minimum TLS 1.2)")
-        log.info("old TLS refused", src=address, version=version)
+        log.info("old TLS refused", client=address, version=version)
 
     listener = TlsListener(runner.server, ctx, refused)  # type: ignore[arg-type]
     await listener.start(host, port, reuse_port)

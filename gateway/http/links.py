@@ -103,9 +103,11 @@ class LinkEndpoint:
                          ActorUsername=agent.id if agent else None,
                          ActorUserIdType=agent.method if agent else None,
                          TokenKeyId=kid, **fields)
-        log.info("link", event_=event, result=result, details=details, src=request.remote,
-                 agent=agent.id if agent else None,
-                 **{k: v for k, v in fields.items() if k in ("QueueId", "CustomerId", "TargetFilePath")})
+        # The log's names, as on mail lines (the audit event keeps ASIM's).
+        log.info("link", action=event, result=result, details=details,
+                 client=self.proxies.client_address(request), agent=agent.id if agent else None,
+                 **logs.log_fields({k: v for k, v in fields.items()
+                                    if k in ("QueueId", "InternetMessageId", "CustomerId", "TargetFilePath")}))
 
     async def _checked(self, request: web.Request, event: str, *, allow_expired: bool, token: str | None = None
                        ) -> tuple[Claims, Storage, records.LinkRecord, bool]:

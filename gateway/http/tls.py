@@ -144,7 +144,7 @@ class TlsListener:
         try:
             await loop.connect_accepted_socket(self.protocol_factory, conn, ssl=self.ctx, ssl_handshake_timeout=15)
         except (TimeoutError, OSError, ssl.SSLError) as e:
-            log.info("TLS handshake failed", src=address, error=str(e))
+            log.info("TLS handshake failed", client=address, error=str(e))
             conn.close()
 
     async def _peek_version(self, conn: socket.socket) -> int | None:

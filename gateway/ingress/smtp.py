@@ -39,7 +39,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol, cast
+from typing import Any, AnyStr, Protocol, cast
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session, syntax
 
@@ -64,6 +64,8 @@ SMALL_MESSAGE = 1 << 20
 # package's header parser, which costs more than the rest of a command.
 _SIMPLE_PATH = re.compile(r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>(.*)", re.S)
 WRITABLE_CHECK_SECONDS = 1.0
+# Bytes of a message's start searched for its Message-ID (for the log).
+HEADER_SCAN = 64 << 10
 # The StreamReader buffers up to twice this before pausing the socket; the
 # aiosmtpd default (1001 bytes) would pause it every 2 KB during DATA.
 STREAM_LIMIT = 1 << 20
@@ -105,6 +107,12 @@ class Handler:
 
     def admit(self, peer: object) -> str | None:
         """Count a new session in, or say why it is refused (a 421 reply)."""
+        refusal = self._admit(peer)
+        if refusal is not None:
+            metrics.SMTP_SESSIONS.labels("refused").inc()
+        return refusal
+
+    def _admit(self, peer: object) -> str | None:
         if self.draining:
             return f"421 4.3.2 {self.cfg.gateway.hostname} Service shutting down, try again later"
         client = peer[0] if isinstance(peer, tuple) else str(peer)
@@ -115,6 +123,7 @@ class Handler:
         if self.per_client.get(client, 0) >= limits.max_connections_per_client:
             log.warning("session refused: too many connections from client", client=client)
             return f"421 4.7.0 {self.cfg.gateway.hostname} Too many connections from {client}"
+        metrics.SMTP_SESSIONS.labels("accepted").inc()
         self.sessions += 1
         self.per_client[client] = self.per_client.get(client, 0) + 1
         return None
@@ -265,6 +274,18 @@ class CommandReader(asyncio.StreamReader):
         return line
 
 
+_MESSAGE_ID = re.compile(rb"(?:^|\r\n)message-id[ \t]*:[ \t]*((?:[^\r]|\r\n[ \t])*)", re.I)
+
+
+def header_message_id(head: bytes) -> str | None:
+    """The Message-ID in the start of a message (its header block), if any."""
+    end = head.find(b"\r\n\r\n")
+    m = _MESSAGE_ID.search(head if end < 0 else head[:end + 2])
+    if m is None:
+        return None
+    return " ".join(m.group(1).decode("utf-8", "replace").split())[:998] or None
+
+
 def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)[:320]
 
@@ -315,6 +336,26 @@ class GatewaySMTP(SMTP):
             self.loop.call_soon(self._close_after_reply)
         return await super().handle_exception(error)
 
+    async def push(self, status: AnyStr) -> None:
+        # Every reply goes through here: count the refusals by code.
+        code = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
+        if code[:1] in ("4", "5"):
+            metrics.SMTP_REJECTIONS.labels(code if code.isdigit() else "other").inc()
+        await super().push(status)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        before = self._original_transport
+        try:
+            await super().smtp_STARTTLS(arg)
+        except BaseException:
+            # A handshake that failed (or a connection lost during it).
+            if before is None and self._original_transport is not None:
+                metrics.SMTP_TLS.labels("failure").inc()
+                log.info("TLS handshake failed")
+            raise
+        if before is None and self._original_transport is not None:
+            metrics.SMTP_TLS.labels("success").inc()
+
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd cancels and re-arms a timer on every command and every
         # DATA chunk; a Deadline moves instead.  aiosmtpd's connection_lost
@@ -352,6 +393,9 @@ class GatewaySMTP(SMTP):
             self.transport.close()
             return
         self._admitted = True
+        # Every line of this session (its own task) names the client.
+        peer = self.session.peer
+        logs.bind(client=peer[0] if isinstance(peer, tuple) else str(peer))
         await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -402,6 +446,10 @@ class GatewaySMTP(SMTP):
         has_nul = False
         bare_line_ends = 0
         body_8bit = False
+        # The header block, up to HEADER_SCAN bytes: the queued line names
+        # the Message-ID, as Postfix's cleanup line does.
+        head = b""
+        head_done = False
         error: BaseException | None = None
         while True:
             chunk = await reader.read(READ_SIZE)
@@ -459,6 +507,9 @@ class GatewaySMTP(SMTP):
                         content = _STUFFED_DOT.sub(b"", content)
                 at_line_start = wire_line_start
                 at_any_line_start = content.endswith(b"\r\n")
+                if not head_done:
+                    head += content[:HEADER_SCAN]
+                    head_done = b"\r\n\r\n" in head or head.startswith(b"\r\n") or len(head) >= HEADER_SCAN
                 size += len(content)
                 if not body_8bit and not content.isascii():
                     body_8bit = True
@@ -504,8 +555,10 @@ class GatewaySMTP(SMTP):
             return "452 4.3.1 Insufficient system storage" if is_disk_full(e) else \
                 "451 4.3.0 Error writing message to the queue"
         metrics.RECEIVED.labels(envelope.route).inc()
+        message_id = header_message_id(head)
         log.info("queued", queue_id=envelope.queue_id, mail_from=envelope.mail_from, rcpts=envelope.rcpt_tos,
                  size=size, client=envelope.client_addr, route=envelope.route,
+                 **({"message_id": message_id} if message_id else {}),
                  **({"bare_line_ends": bare_line_ends} if bare_line_ends else {}))
         try:
             if self.gw.runner is not None:

@@ -36,6 +36,7 @@ from typing import Protocol
 
 from gateway import logs
 from gateway.config import RouteSettings
+from gateway.mime.decode import message_header
 from gateway.mime.rewrite import segments_size
 from gateway.mime.source import Source
 from gateway.pipeline.authenticity import Seal, Verify
@@ -93,21 +94,30 @@ class Pipeline:
         job = MessageJob(envelope=envelope, route=route, original=original, work=work, log=qlog,
                          budget=Budget(self.services.cfg.worker.max_cpu_seconds), authenticate=authenticate,
                          src=src)
-        try:
-            for step in self.steps:
-                if job.finished and not step.always:
-                    continue
-                enabled = getattr(step, "enabled", None)
-                if enabled is not None and not enabled(job):
-                    continue
-                await step.run(job)
-        finally:
-            if job.src is not None and job.src is not src:
-                job.src.close()
-        job.result = result(job)
-        qlog.info("processed", offloaded=len(job.offloaded), offloaded_bytes=sum(o.size for o in job.offloaded),
-                  failed=len(job.failed), refused=len(job.refused), size_in=src.size,
-                  size_out=segments_size(job.segments))
+        # Every line written while the steps run (theirs, the services',
+        # the stores') carries the queue id, the client and, once the
+        # headers are parsed, the Message-ID.
+        with logs.message(envelope.queue_id, client=envelope.client_addr):
+            try:
+                named = False
+                for step in self.steps:
+                    if job.finished and not step.always:
+                        continue
+                    enabled = getattr(step, "enabled", None)
+                    if enabled is not None and not enabled(job):
+                        continue
+                    await step.run(job)
+                    if not named and job.root is not None:
+                        named = True
+                        job.message_id = job.message_id or message_header(job.root.headers, "Message-ID").strip()
+                        logs.set_message_id(job.message_id)
+            finally:
+                if job.src is not None and job.src is not src:
+                    job.src.close()
+            job.result = result(job)
+            qlog.info("processed", offloaded=len(job.offloaded),
+                      offloaded_bytes=sum(o.size for o in job.offloaded), failed=len(job.failed),
+                      refused=len(job.refused), size_in=src.size, size_out=segments_size(job.segments))
         return job
 
     async def process_file(self, path: Path, envelope: Envelope, route: RouteSettings) -> MessageJob:
