@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import GATEWAY, ROOT, GatewayProcess, SmtpSink
+from tests.harness import GATEWAY, ROOT, GatewayProcess, SmtpSink, wait_until
 from tests.messages import fetch, leaves, links, message, parse, payload, pdf_bytes, send
 from tests.servers.ports import free_port, port_is_open
 
@@ -276,9 +276,17 @@ def test_metrics_are_summed_over_processes(make_gateway) -> None:
     assert len(receivers()) == 2, "both processes received mail"
     gw.wait_outbox(n)
     gw.wait_idle()
-    status, headers, body = fetch(f"http://127.0.0.1:{gw.http_port}/metrics")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    text = body.decode()
+
+    def scrape() -> str:
+        status, headers, body = fetch(f"http://127.0.0.1:{gw.http_port}/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        return body.decode()
+
+    # A delivered message leaves the spool a moment before its counter
+    # moves: wait on the counter, not on the spool.
+    wait_until(lambda: _metric(scrape(), "gateway_messages_delivered_total", route="contact") == n,
+               timeout=10, what="every delivery counted")
+    text = scrape()
     assert _metric(text, "gateway_messages_received_total", route="contact") == n
     assert _metric(text, "gateway_messages_delivered_total", route="contact") == n
     assert _metric(text, "gateway_offloaded_bytes_total", route="contact", store="local") == n * 3000
