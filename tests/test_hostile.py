@@ -30,6 +30,7 @@ import pytest
 
 from tests.harness import GatewayProcess
 from tests.messages import pdf_bytes
+from tests.test_smuggling import Client as Raw
 from tests.hostile_messages import (BIDI, CRLF, DOCM_TYPE, DOCX_TYPE, ONENOTE_MAGIC, OLE_MAGIC, TNEF_MAGIC,
                                     XLSM_TYPE, Case, RawSink, Transaction, b64, b64head, dangers, envelope_message,
                                     multipart, ooxml, part, pe, quarantined, readable_text, rfc2231, text,
@@ -628,34 +629,7 @@ def test_an_inbound_trace_header_does_not_survive_beside_the_gateways(gw: Gatewa
 
 
 # ------------------------------------------------------------ address forms
-
-
-class Raw:
-    """A raw SMTP client: exact bytes out, whole replies back."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
-        self.reply()
-
-    def reply(self) -> bytes:
-        while True:
-            lines = self.buf.split(b"\r\n")
-            for i, line in enumerate(lines[:-1]):
-                if line[3:4] == b" ":
-                    self.buf = b"\r\n".join(lines[i + 1:])
-                    return b"\r\n".join(lines[: i + 1])
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return b""
-            self.buf += chunk
-
-    def cmd(self, data: bytes) -> bytes:
-        self.sock.sendall(data)
-        return self.reply()
-
-    def close(self) -> None:
-        self.sock.close()
+# A raw SMTP client (exact bytes out, whole replies back): test_smuggling's.
 
 
 @pytest.mark.parametrize("rcpt", [b"support@contact.example..", b"support@contact..example",

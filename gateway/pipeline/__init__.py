@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from gateway import logs
 from gateway.config import RouteSettings
@@ -50,6 +49,7 @@ from gateway.pipeline.parse import Parse
 from gateway.pipeline.quarantine import Quarantine
 from gateway.pipeline.rewrite import Rewrite, result
 from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 from gateway.pipeline.unpack import Unpack
 from gateway.pipeline.uuencoded import Uuencoded
 from gateway.spool.envelope import Envelope
@@ -57,18 +57,7 @@ from gateway.spool.envelope import Envelope
 log = logs.get("worker")
 
 
-class Step(Protocol):
-    """One named step: ``run`` does its one job on the message."""
-
-    name: str
-    # Runs even when the message was quarantined whole (job.finished).
-    always: bool
-
-    async def run(self, job: MessageJob) -> None:
-        """Do the step's work on ``job``."""
-
-
-STEPS: list[Callable[[Services], Step]] = [Verify, Parse, Unpack, Identify, Examine, Disarm, Offload, Quarantine,
+STEPS: list[type[Step]] = [Verify, Parse, Unpack, Identify, Examine, Disarm, Offload, Quarantine,
                                            Uuencoded, Rewrite, Notify, Seal]
 
 

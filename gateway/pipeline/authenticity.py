@@ -13,17 +13,14 @@ from gateway import metrics
 from gateway.delivery import Content
 from gateway.mime.rewrite import Segment, cut_ranges, segments_size
 from gateway.pipeline.job import MessageJob
-from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 
 
-class Verify:
+class Verify(Step):
     """Check the message's authentication on the original bytes."""
 
     name = "verify"
     always = True
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     def enabled(self, job: MessageJob) -> bool:
         """When [auth] verify is on, in the relay (the milter's MTA checks)."""
@@ -47,14 +44,11 @@ class Verify:
         job.auth = auth
 
 
-class Seal:
+class Seal(Step):
     """Put our Authentication-Results on top and seal the final bytes."""
 
     name = "seal"
     always = True
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     def enabled(self, job: MessageJob) -> bool:
         """In the relay, when there are results to add or keys to sign with."""

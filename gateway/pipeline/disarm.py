@@ -21,7 +21,7 @@ from gateway.partfacts import part_facts, safe_type
 from gateway.pipeline import quarantine
 from gateway.pipeline.examine import log_decision
 from gateway.pipeline.job import MessageJob, PartOutcome
-from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 from policies import filetypes
 
 # Policies whose refusal of an Office file is about what disarm removes (a
@@ -31,14 +31,11 @@ _ABOUT_ACTIVE_CONTENT = {"allowed_types", "refuse_executables", "refuse_spoofed"
 _ACTIVE_TYPES = filetypes.MACRO_TYPES | {filetypes.OOXML_REMOTE}
 
 
-class Disarm:
+class Disarm(Step):
     """Rewrite allowed PDFs and Office files without their active content."""
 
     name = "disarm"
     always = False
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     def enabled(self, job: MessageJob) -> bool:
         """When the message has a PDF or an Office file to look at."""

@@ -20,18 +20,15 @@ from gateway.mime.source import Source
 from gateway.partfacts import part_facts
 from gateway.pipeline.identify import disposition
 from gateway.pipeline.job import MessageJob, PartOutcome
-from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 from policies.next_hop_limits import NOTICE_ALLOWANCE, Kept, extra_offloads
 
 
-class Examine:
+class Examine(Step):
     """Judge each part that is not the body; then fit the next hop's limits."""
 
     name = "examine"
     always = False
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def run(self, job: MessageJob) -> None:
         assert job.src is not None and job.root is not None

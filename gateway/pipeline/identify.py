@@ -11,21 +11,18 @@ from gateway.mime.decode import decoded_bytes, message_header
 from gateway.mime.parse import Part
 from gateway.mime.rewrite import cid_references
 from gateway.pipeline.job import MessageJob
-from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 from gateway.spool.envelope import Envelope
 
 # HTML bodies up to this size are read for cid: references (inline images).
 MAX_HTML_SCAN = 8 << 20
 
 
-class Identify:
+class Identify(Step):
     """Find the customer, the Message-ID, the bodies and their inline images."""
 
     name = "identify"
     always = False
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def run(self, job: MessageJob) -> None:
         assert job.src is not None and job.root is not None

@@ -11,7 +11,7 @@ from gateway.delivery import Content
 from gateway.mime import filenames
 from gateway.mime.decode import message_header
 from gateway.pipeline.job import MessageJob
-from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 from gateway.spool.durable import write_atomic
 from gateway.spool.envelope import Envelope
 from gateway.storage.base import StorageError
@@ -21,14 +21,11 @@ from gateway.storage.base import StorageError
 INVITATION_TIMEOUT = 5.0
 
 
-class Notify:
+class Notify(Step):
     """Answer the sender when a file was refused or not stored."""
 
     name = "notify"
     always = True
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     def enabled(self, job: MessageJob) -> bool:
         """On routes with an auto-reply, when there is something to say."""

@@ -19,18 +19,16 @@ from gateway.partfacts import safe_type
 from gateway.pipeline.job import MessageJob, Offloaded, PartOutcome
 from gateway.pipeline.quarantine import default_name
 from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 from gateway.storage.base import ObjectMeta, StorageError
 from gateway.storage.keys import file_key
 
 
-class Offload:
+class Offload(Step):
     """Store the parts the policies decided to offload, in parallel."""
 
     name = "offload"
     always = False
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def run(self, job: MessageJob) -> None:
         todo = [o for o in job.outcomes if o.decision.action is policies.Action.OFFLOAD]

@@ -16,7 +16,7 @@ from gateway.mime.rewrite import notice_part, salvage_headers
 from gateway.mime.source import Source
 from gateway.pipeline import quarantine
 from gateway.pipeline.job import MessageJob
-from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 from gateway.pipeline.trace import trace
 
 log = logs.get("worker")
@@ -40,14 +40,11 @@ def parse_timed(src: Source, limits: Limits) -> tuple[Part, float]:
     return root, time.thread_time() - cpu
 
 
-class Parse:
+class Parse(Step):
     """Parse the message; quarantine it whole when it cannot be examined."""
 
     name = "parse"
     always = False
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def run(self, job: MessageJob) -> None:
         assert job.src is not None

@@ -18,6 +18,7 @@ from gateway.mime.parse import ENCODED_MESSAGE, Part
 from gateway.mime.rewrite import Replacement
 from gateway.pipeline.job import MessageJob
 from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 from gateway.storage.base import ObjectMeta, StorageError
 from gateway.storage.keys import file_key
 
@@ -94,14 +95,11 @@ def refusal(services: Services, job: MessageJob, facts: policies.PartFacts, deci
                          Policy=decision.policy, TargetFilePath=key, InternetMessageId=job.message_id or None)
 
 
-class Quarantine:
+class Quarantine(Step):
     """Carry out the REFUSE and REPLACE decisions on the message's parts."""
 
     name = "quarantine"
     always = False
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def run(self, job: MessageJob) -> None:
         for o in job.outcomes:

@@ -15,18 +15,15 @@ from gateway.mime.rewrite import Link, Replacement, Segment, cut_ranges, header_
 from gateway.pipeline.job import MessageJob
 from gateway.pipeline.offload import landing_page
 from gateway.pipeline.quarantine import default_name
-from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 from gateway.pipeline.trace import trace
 
 
-class Rewrite:
+class Rewrite(Step):
     """Plan the output message."""
 
     name = "rewrite"
     always = False
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def run(self, job: MessageJob) -> None:
         assert job.src is not None and job.root is not None

@@ -14,20 +14,17 @@ from gateway.mime.rewrite import Replacement, plan, split_fields, write_segments
 from gateway.mime.source import Source
 from gateway.pipeline.job import MessageJob
 from gateway.pipeline.parse import parse_timed
-from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 
 # The message with its TNEF parts unpacked, beside the original.
 UNPACKED = "unpacked.eml"
 
 
-class Unpack:
+class Unpack(Step):
     """Unpack TNEF parts (on routes with ``unpack_tnef``) and parse the result."""
 
     name = "unpack"
     always = False
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     def enabled(self, job: MessageJob) -> bool:
         """On routes that unpack, for messages that have a TNEF part."""

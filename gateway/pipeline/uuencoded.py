@@ -15,7 +15,7 @@ from gateway.partfacts import HEAD_BYTES, part_facts
 from gateway.pipeline import quarantine
 from gateway.pipeline.examine import log_decision
 from gateway.pipeline.job import MessageJob, PartOutcome
-from gateway.pipeline.services import Services
+from gateway.pipeline.step import Step
 
 # Text parts up to this size are searched for uuencoded files (in memory,
 # as a rewrite of the text would hold it anyway); larger ones that have a
@@ -25,14 +25,11 @@ MAX_UU_SCAN = 64 << 20
 CUT_TEXT = b"[a file was removed here by the attachment gateway]\r\n"
 
 
-class Uuencoded:
+class Uuencoded(Step):
     """Judge the uuencoded files in the body and the kept inline texts."""
 
     name = "uuencoded"
     always = False
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def run(self, job: MessageJob) -> None:
         texts = [job.text_part] if job.text_part is not None else []
