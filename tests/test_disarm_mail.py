@@ -42,6 +42,8 @@ def deliver(gw: GatewayProcess, data: bytes, ctype: str, name: str) -> tuple[byt
     send(gw.smtp_port, message("Please see the attached document.\n",
                                attachments=[(data, ctype, name)], Subject=f"doc {name}"))
     out = gw.wait_outbox(before + 1)[before]
+    cleaned = b"was cleaned" in out
+    assert (b" disarmed=1" in out.split(b"\r\n\r\n", 1)[0]) == cleaned  # the trace header says so
     parts = leaves(parse(out))
     text = b"\n".join(payload(p) for p in parts if p.get_content_maintype() == "text")
     files = [payload(p) for p in parts if p.get_filename()]

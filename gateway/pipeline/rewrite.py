@@ -77,7 +77,8 @@ class Rewrite(Step):
               note: str) -> list[Segment]:
         assert job.src is not None and job.root is not None
         head = trace(self.services.cfg.gateway.hostname, job.envelope, job.offloaded, refused=len(job.refused),
-                     replaced=job.replaced, tnef_unpacked=job.unpacked, note=note)
+                     replaced=job.replaced, tnef_unpacked=job.unpacked, note=note,
+                     disarmed=sum(1 for o in job.outcomes if o.cleaned and not o.extracted))
         return plan(job.src, job.root, replacements=job.replacements, links=links, text_part=job.text_part,
                     html_part=job.html_part, link_template=template, trace=head, notices=job.notices,
                     inline=inline, cuts=job.cuts)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def trace(hostname: str, envelope: Envelope, offloaded: list[Offloaded], note: str = "", refused: int = 0,
-          replaced: int = 0, tnef_unpacked: bool = False) -> bytes:
+          replaced: int = 0, tnef_unpacked: bool = False, disarmed: int = 0) -> bytes:
     """The two trace header fields, CRLF-terminated."""
     helo = clean(envelope.helo) or "unknown"
     client = clean(envelope.client_name) or "unknown"
@@ -30,6 +30,8 @@ def trace(hostname: str, envelope: Envelope, offloaded: list[Offloaded], note: s
         summary += f" refused={refused}"
     if replaced:
         summary += f" replaced={replaced}"
+    if disarmed:
+        summary += f" disarmed={disarmed}"
     if tnef_unpacked:
         summary += " tnef=unpacked"
     if note:
