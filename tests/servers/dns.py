@@ -8,6 +8,7 @@ switched to answer SERVFAIL, or to stay silent (a timeout).
 """
 from __future__ import annotations
 
+import errno
 import socketserver
 import struct
 import threading
@@ -110,10 +111,21 @@ class DnsServer:
                 if out is not None:
                     self.request.sendall(struct.pack("!H", len(out)) + out)
 
-        self._udp = socketserver.ThreadingUDPServer((LOOPBACK, self.port), Udp)
-        self.port = self._udp.server_address[1]
         socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self._tcp = socketserver.ThreadingTCPServer((LOOPBACK, self.port), Tcp)
+        # One port number for UDP and TCP: the UDP port the kernel picks may
+        # be taken on TCP (by another test's connection), so pick again.
+        for attempt in range(50):
+            self._udp = socketserver.ThreadingUDPServer((LOOPBACK, self.port), Udp)
+            port = self._udp.server_address[1]
+            try:
+                self._tcp = socketserver.ThreadingTCPServer((LOOPBACK, port), Tcp)
+            except OSError as e:
+                self._udp.server_close()
+                if e.errno != errno.EADDRINUSE or self.port or attempt == 49:
+                    raise
+                continue
+            self.port = port
+            break
         self._threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
                          for s in (self._udp, self._tcp)]
         for t in self._threads:
