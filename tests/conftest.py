@@ -9,6 +9,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.harness import GatewayProcess, SmtpSink
+from tests.hostile_messages import RawSink
 from tests.servers.ceph import CephRadosgw
 
 
@@ -59,3 +60,12 @@ def s3(ceph: CephRadosgw) -> Iterator[Any]:
     client = ceph.client()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def raw_sink() -> Iterator[RawSink]:
+    """A raw SMTP next hop that keeps the bytes exactly as they came over
+    the wire (tests/hostile_messages.py), one per test module."""
+    s = RawSink().start()
+    yield s
+    s.stop()

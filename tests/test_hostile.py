@@ -53,13 +53,6 @@ def autoreply(sink: RawSink) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def raw_sink() -> Iterator[RawSink]:
-    s = RawSink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, raw_sink: RawSink) -> Iterator[GatewayProcess]:
     """One gateway for the module: one process (so a blocked event loop
     would show), the small limits, an auto-reply, the raw sink as next hop."""

@@ -157,13 +157,6 @@ messages = st.one_of(st.recursive(leaf(), multipart, max_leaves=8), with_body())
 
 
 @pytest.fixture(scope="module")
-def raw_sink() -> Iterator[RawSink]:
-    s = RawSink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, raw_sink: RawSink) -> Iterator[GatewayProcess]:
     with GatewayProcess(tmp_path_factory.mktemp("prop"), threshold=64, next_hop=f"smtp://127.0.0.1:{raw_sink.port}",
                         route={"tls": "none"}) as g:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 # ascii_filename and content_disposition are re-exported: the backends and tests import them from here.
-from gateway.mime.filenames import ascii_filename, content_disposition, visible_basename  # noqa: F401
+from gateway.mime.filenames import MAX_DISPOSITION_NAME, ascii_filename, content_disposition, visible_basename  # noqa: F401
 from gateway.storage.base import ObjectMeta, StorageError
 
 T = TypeVar("T")
@@ -34,7 +34,6 @@ INTERNAL_META = frozenset({META_SHA256, META_STAGING_ETAG})
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 8187 attr-char, the characters left as they are in filename*.
-_MAX_FILENAME = 200
 
 
 class Cancelled(Exception):
@@ -90,7 +89,8 @@ def object_metadata(meta: ObjectMeta, extra: Mapping[str, str] | None = None,
         out[meta_key(k, separator)] = encode_meta_value(v)
     if meta.filename:
         # Capped like the Content-Disposition name: S3 allows 2 KB of user metadata.
-        out[meta_key(META_FILENAME, separator)] = encode_meta_value(visible_basename(meta.filename)[:_MAX_FILENAME])
+        name = visible_basename(meta.filename)[:MAX_DISPOSITION_NAME]
+        out[meta_key(META_FILENAME, separator)] = encode_meta_value(name)
     for k, v in (extra or {}).items():
         out[meta_key(k, separator)] = encode_meta_value(v)
     return out
