@@ -2,7 +2,8 @@
 
 The agent sees a notice in place of the refused file; the customer, who
 cannot see it, gets a short reply saying which file was refused and why,
-from the route's template.  The same reply, in other words, goes when a
+from the route's template or the mail catalogue, in the route's language
+(gateway/mailtext.py).  The same reply, in other words, goes when a
 file could not be stored and was too large to forward (DESIGN.md rule 2).  RFC 3834's rules hold: the reply carries
 ``Auto-Submitted: auto-replied`` and goes from the null return path; none
 goes to a null sender, to list or bulk mail, to mail that is itself
@@ -22,13 +23,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import string
 import time
 from email.message import EmailMessage, Message
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from gateway import mailtext
+from gateway.mailtext import fill
 from gateway.mime.decode import message_header
 
 # Local parts that are machines, not people (RFC 3834 section 2).
@@ -115,10 +117,11 @@ class RateStore:
 
 
 def render(template: str, *, refusals: list[tuple[str, str]], subject: str, upload_url: str) -> str:
-    """The reply's text from the route's template; without an upload URL,
-    the template's lines that would show it are left out."""
+    """The reply's text from the route's template (or the catalogue's, in
+    the route's language); without an upload URL, the template's lines that
+    would show it are left out."""
     lines = "\n".join(f"- {name}: {reason}" for name, reason in refusals)
-    return _links_only_if_any(template, upload_url).format(refusals=lines, subject=subject, upload_url=upload_url)
+    return fill(_links_only_if_any(template, upload_url), refusals=lines, subject=subject, upload_url=upload_url)
 
 
 def _links_only_if_any(template: str, upload_url: str) -> str:
@@ -128,39 +131,22 @@ def _links_only_if_any(template: str, upload_url: str) -> str:
     return "\n".join(line for line in template.split("\n") if "{upload_url}" not in line)
 
 
-# The reply when storage failed and a file was too large to forward with the
-# message (DESIGN.md rule 2): the customer's fault is nothing, and the way
-# out is to send again or to use the upload page.
-STORAGE_FAILED_TEMPLATE = """Hello,
-
-Thank you for your message "{subject}". It has reached us, but we could not
-store the following file(s), and they were too large to pass on with it:
-
-{files}
-
-This was a problem on our side, not with your file. Please send the file(s)
-again{upload}
-
-This is an automatic reply; there is no need to answer it.
-"""
-# As a refusal line, when the same message also had refused files.
-STORAGE_FAILED_REASON = "we could not store this file (a problem on our side); please send it again"
-
-
 def render_storage_failed(template: str | None, *, files: list[str], subject: str, upload_url: str) -> str:
-    """The reply's text when files could not be stored: the route's
-    ``storage_failed_template``, or the built-in one when that is None."""
+    """The reply's text when files could not be stored (storage failed and a
+    file was too large to forward, DESIGN.md rule 2: the customer's fault is
+    nothing, and the way out is to send again or to use the upload page):
+    ``template`` (the route's ``storage_failed_template``, or the
+    catalogue's), or the built-in English text when that is None."""
     lines = "\n".join(f"- {name}" for name in files)
-    if template is not None:
-        return _links_only_if_any(template, upload_url).format(files=lines, subject=subject, upload_url=upload_url)
-    upload = f", or use our upload page:\n\n  {upload_url}" if upload_url else "."
-    return STORAGE_FAILED_TEMPLATE.format(files=lines, subject=subject, upload=upload)
+    if template is None:
+        template = mailtext.STORAGE_FAILED if upload_url else mailtext.STORAGE_FAILED_NO_PAGE
+    return fill(_links_only_if_any(template, upload_url), files=lines, subject=subject, upload_url=upload_url)
 
 
 def wants_upload_url(template: str | None) -> bool:
     """Whether the template shows ``{upload_url}`` (worth minting an
     invitation); None is the built-in storage-failed text, which does."""
-    return template is None or any(f == "upload_url" for _, f, _, _ in string.Formatter().parse(template))
+    return template is None or "upload_url" in mailtext.template_fields(template)
 
 
 def thread_id(message_id: str) -> str:
@@ -185,5 +171,7 @@ def build(*, sender: str, to: str, subject: str, text: str, in_reply_to: str, ho
     if thread_id(in_reply_to):
         msg["In-Reply-To"] = in_reply_to
         msg["References"] = in_reply_to
-    msg.set_content(text)
+    # A text in another language is UTF-8, quoted-printable: 7-bit clean
+    # whatever the next hop offers.
+    msg.set_content(text, cte=None if text.isascii() else "quoted-printable")
     return msg.as_bytes()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import string
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -262,8 +261,14 @@ class LinkSettings(_Strict):
 
     ttl: Duration = 86400
     keys: list[LinkKey] = Field(min_length=1)
-    # Shown in the message body; {filename} and {size} are replaced.
-    text: str = "Secure Attachment: {filename}"
+    # Shown in the message body; {filename} and {size} are replaced.  Unset:
+    # the mail catalogue's "Secure Attachment: {filename}" in the route's language.
+    text: str | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        return v if v is None else _check_template(v, ("filename", "size"))
 
 
 class OidcSettings(_Strict):
@@ -416,21 +421,6 @@ class QuarantineSettings(_Strict):
         return v
 
 
-DEFAULT_AUTOREPLY_TEMPLATE = """Hello,
-
-Thank you for your message "{subject}". We could not accept the following
-attachment(s):
-
-{refusals}
-
-Please send the file again as a PDF, an image (JPEG, PNG, GIF, TIFF, HEIC),
-a text or CSV file, or a Word, Excel or PowerPoint document.
-Files too large for email can be sent on our secure upload page: {upload_url}
-
-This is an automatic reply; there is no need to answer it.
-"""
-
-
 class AutoReplySettings(_Strict):
     """The automatic reply to a sender whose file was refused (RFC 3834)."""
 
@@ -442,16 +432,18 @@ class AutoReplySettings(_Strict):
     next_hop: str
     # At most one reply per sender per interval.
     interval: Duration = 86400
-    subject: str = "Your attachment could not be accepted"
+    # Unset: the mail catalogue's text in the route's language (gateway/mailtext.py).
+    subject: str | None = None
     # {refusals} (one "- name: reason" line each), {subject}, {upload_url}
     # (a fresh invitation link when [upload] is enabled, else ``upload_url``
-    # below; a line showing it is left out when there is neither).
-    template: str = DEFAULT_AUTOREPLY_TEMPLATE
+    # below; a line showing it is left out when there is neither).  Unset:
+    # the catalogue's text in the route's language.
+    template: str | None = None
     # The reply when storage failed and a file was too large to forward
     # (DESIGN.md rule 2).  {files} (one "- name" line each), {subject},
     # {upload_url}; None means the built-in text (gateway.autoreply), which
     # names the upload page when there is a link.
-    storage_failed_subject: str = "We could not store your attachment"
+    storage_failed_subject: str | None = None
     storage_failed_template: str | None = None
     # An upload address for the templates when the upload page is disabled.
     upload_url: str = ""
@@ -470,8 +462,8 @@ class AutoReplySettings(_Strict):
 
     @field_validator("template")
     @classmethod
-    def _template(cls, v: str) -> str:
-        return _check_template(v, ("refusals", "subject", "upload_url"))
+    def _template(cls, v: str | None) -> str | None:
+        return v if v is None else _check_template(v, ("refusals", "subject", "upload_url"))
 
     @field_validator("storage_failed_template")
     @classmethod
@@ -480,15 +472,12 @@ class AutoReplySettings(_Strict):
 
 
 def _check_template(v: str, allowed: tuple[str, ...]) -> str:
-    """A str.format template using only the ``allowed`` placeholders."""
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
-    except ValueError as e:
-        raise ValueError(f"not a valid template ({e}); write {{ and }} as {{{{ and }}}}") from None
-    unknown = fields - set(allowed)
-    if unknown:
-        raise ValueError(f"unknown placeholder(s) {', '.join(sorted(unknown))}; "
-                         f"expected {', '.join('{' + a + '}' for a in allowed)}")
+    """A template (gateway/mailtext.py ``fill``) using only the ``allowed`` fields."""
+    from gateway.mailtext import template_errors  # late: keeps the config's imports light
+
+    errors = template_errors(v, allowed)
+    if errors:
+        raise ValueError("; ".join(errors))
     return v
 
 
@@ -531,13 +520,19 @@ class RouteSettings(_Strict):
     # The most attachments the next hop takes in one message (Genesys Cloud:
     # 50); the excess is offloaded, largest first.  None: no limit.
     max_attachments: int | None = Field(None, ge=0)
+    # The link text; {filename}, {size}.  Unset: links.text, else the catalogue's.
     link_text: str | None = None
+    # The language of the texts the gateway adds to this route's mail (notices,
+    # link lines, the automatic reply, delivery reports): "en", "es", "fr", or
+    # one an operator adds under [i18n] directory.
+    language: str = "en"
     # A message with two or more offloaded files gets one link to a page
     # listing them all instead of one link per file (fewer links, lower spam
     # scores at some filters, one place for the agent).
     landing_page: bool = False
-    # The landing page link's text; {count} and {size} are replaced.
-    landing_page_text: str = "Secure Attachments: {count} files"
+    # The landing page link's text; {count} and {size} are replaced.  Unset:
+    # the catalogue's "Secure Attachments: {count} files" in the route's language.
+    landing_page_text: str | None = None
     customer_id: CustomerIdRule = CustomerIdRule()
     policies: list[PolicyRef] = Field(default_factory=_default_policies)
     # Refused files kept in the route's store for an administrator.
@@ -571,6 +566,16 @@ class RouteSettings(_Strict):
     def _lower(cls, v: list[str]) -> list[str]:
         return [x.strip().lower() for x in v]
 
+    @field_validator("link_text")
+    @classmethod
+    def _link_text(cls, v: str | None) -> str | None:
+        return v if v is None else _check_template(v, ("filename", "size"))
+
+    @field_validator("landing_page_text")
+    @classmethod
+    def _landing_page_text(cls, v: str | None) -> str | None:
+        return v if v is None else _check_template(v, ("count", "size"))
+
     @field_validator("next_hop")
     @classmethod
     def _next_hop(cls, v: str) -> str:
@@ -581,6 +586,15 @@ class RouteSettings(_Strict):
         if not self.domains and not self.addresses:
             raise ValueError("a route needs at least one of \"domains\" or \"addresses\"")
         return self
+
+
+class I18nSettings(_Strict):
+    """The languages of the texts the gateway adds to mail."""
+
+    # An operator's catalogues, searched before the shipped ones:
+    # DIRECTORY/<language>/LC_MESSAGES/mail.po (one message may be reworded
+    # without copying the rest; a new language is a new directory).
+    directory: str | None = None
 
 
 class DeliverySettings(_Strict):
@@ -853,6 +867,7 @@ class Config(_Strict):
     milter: MilterSettings | None = None
     # Sender Rewriting Scheme; required by a route with ``srs = true``.
     srs: SrsSettings | None = None
+    i18n: I18nSettings = I18nSettings()
 
     # The directory relative paths are resolved against (the config file's
     # own project root); not a key in the file.
@@ -894,6 +909,7 @@ class Config(_Strict):
                 if ref.name == "refuse_malware" and self.clamd is None:
                     raise ValueError(f"routes[{i}].policies[{j}].name: 'refuse_malware' needs a [clamd] table "
                                      f"with the scanner's address")
+        self._check_i18n()
         self._check_srs()
         if self.api.route is not None and self.api.route not in names:
             raise ValueError(f"api.route: {self.api.route!r} names no route (have: {', '.join(sorted(names))})")
@@ -914,6 +930,25 @@ class Config(_Strict):
             # Mail to SRS addresses (the platform's bounces) has a route of
             # its own: the worker looks routes up by name.
             self.routes.append(srs_mod.bounce_route(self))
+
+    def _check_i18n(self) -> None:
+        from gateway import i18n, mailtext  # late: Babel is only needed once a config is read
+
+        directory = self.path(self.i18n.directory) if self.i18n.directory else None
+        if directory is not None:
+            if not directory.is_dir() or not os.access(directory, os.R_OK | os.X_OK):
+                raise ValueError(f"i18n.directory: {self.i18n.directory!r}: expected a readable directory "
+                                 f"(DIRECTORY/<language>/LC_MESSAGES/mail.po)")
+            errors = [e for p in mailtext.operator_catalogues(directory) for e in mailtext.catalogue_errors(p)]
+            if errors:
+                raise ValueError("i18n.directory: " + "\ni18n.directory: ".join(errors))
+        available = mailtext.mail_languages(mailtext.catalogues(directory))
+        for i, route in enumerate(self.routes):
+            tag = i18n.normalise(route.language)
+            if tag not in available and tag.split("_")[0] not in available:
+                raise ValueError(f"routes[{i}].language: {route.language!r}: no mail catalogue for this language; "
+                                 f"expected one of {', '.join(available)} (or add "
+                                 f"<[i18n] directory>/{tag or route.language}/LC_MESSAGES/mail.po)")
 
     def _check_agents(self) -> None:
         agents, authz = self.agents, self.authorization

@@ -49,6 +49,11 @@ def _normalise(tag: str) -> str:
     return head if len(parts) == 1 else f"{head}_{parts[1].upper()}"
 
 
+def normalise(tag: str) -> str:
+    """A language tag as the catalogue directories name it: ``es-MX`` as ``es_MX``."""
+    return _normalise(tag)
+
+
 @lru_cache(maxsize=256)
 def _load(path: Path, mtime_ns: int) -> gettext.GNUTranslations:
     """One ``.po`` file as translations (cached until the file changes)."""

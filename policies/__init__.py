@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from policies.filetypes import ACTIVE_TYPES, EXECUTABLE_TYPES, HTML
+from policies.filetypes import ACTIVE_TYPES, EXECUTABLE_TYPES, HTML, describe
 
 
 class Action(enum.Enum):
@@ -110,6 +110,41 @@ def message_text(part: PartFacts) -> bool:
     return detected.startswith("text/") and detected not in ACTIVE_TYPES | EXECUTABLE_TYPES | {"text/rtf"}
 
 
+def M_(message: str) -> str:
+    """Mark ``message`` as a text of the mail catalogue (gateway/locale/*/
+    LC_MESSAGES/mail.po): returned unchanged; the gateway translates it when
+    it writes the mail, in the route's language."""
+    return message
+
+
+class TypeName(str):
+    """A field of a reason that is a MIME type, shown in words ("a PDF
+    document"), translated with the rest of the reason."""
+
+
+class Phrase(str):
+    """A field of a reason that is an English phrase of the gateway's own
+    (a message id of the mail catalogue when it has one)."""
+
+
+def _english(value: Any) -> str:
+    if isinstance(value, TypeName):
+        return describe(value)
+    if isinstance(value, tuple):
+        words = [str(v) for v in value]
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return str(value)
+
+
+def explained(message: str, **fields: Any) -> dict[str, Any]:
+    """A reason as keyword arguments of ``Decision``: the English text (for
+    logs, audit and result.json) and the message id with its fields, which
+    the gateway translates for the mail.  A field is a plain value, a
+    ``TypeName``, a ``Phrase``, or a tuple of phrases ("a, b and c")."""
+    return {"reason": message.format(**{k: _english(v) for k, v in fields.items()}),
+            "message": message, "fields": fields}
+
+
 @dataclass(frozen=True)
 class Decision:
     """A policy's verdict on a part, with the reason recorded in logs."""
@@ -117,9 +152,13 @@ class Decision:
     action: Action
     policy: str
     reason: str
-    # Shown to the agent in place of a replaced part.
+    # Shown to the agent in place of a replaced part (a mail catalogue message id).
     notice: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    # The reason as a mail catalogue message id and its fields (``explained``),
+    # for the notices and the automatic reply; "" when only ``reason`` says it.
+    message: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 class Policy(Protocol):

@@ -36,13 +36,12 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from policies import Action, Decision, PartFacts, Settings as PolicySettings, message_text
+from policies import M_, Action, Decision, PartFacts, Settings as PolicySettings, TypeName, explained, message_text
 from policies.filetypes import (
     DEFAULT_ALLOWED,
     DEFAULT_EXTENSIONS,
     SIGNATURE_TYPES,
     UNEXAMINED_ARCHIVE,
-    describe,
     name_extension,
 )
 
@@ -121,21 +120,26 @@ class RefuseUnlistedTypes:
                 and detected in SIGNATURE_TYPES.get(part.declared_type, ()):
             return None
         if part.packed_tnef:
-            return Decision(Action.REFUSE, self.name, "it is an Outlook TNEF file (winmail.dat) that could not be "
-                            "unpacked, so the files inside it could not be checked", details=details)
+            return Decision(Action.REFUSE, self.name, **explained(M_(
+                "it is an Outlook TNEF file (winmail.dat) that could not be unpacked, so the files inside it "
+                "could not be checked")), details=details)
         if detected is None:
-            return Decision(Action.REFUSE, self.name, "its type could not be detected", details=details)
+            return Decision(Action.REFUSE, self.name, **explained(M_("its type could not be detected")),
+                            details=details)
         if detected == UNEXAMINED_ARCHIVE:
-            return Decision(Action.REFUSE, self.name, f"it could not be examined: it is {describe(detected)}",
+            return Decision(Action.REFUSE, self.name,
+                            **explained(M_("it could not be examined: it is {type}"), type=TypeName(detected)),
                             details=details)
         extensions = self.allow.get(detected)
         if extensions is None:
             return Decision(Action.REFUSE, self.name,
-                            f"it is {describe(detected)}, a type this address does not accept", details=details)
+                            **explained(M_("it is {type}, a type this address does not accept"),
+                                        type=TypeName(detected)), details=details)
         ext = name_extension(part.filename, part.declared_type)
         if ext and ext not in extensions:
             names = ", ".join(f".{e}" for e in extensions)
             return Decision(Action.REFUSE, self.name,
-                            f"its name ends in .{ext}, but it is {describe(detected)}, accepted only as {names}",
+                            **explained(M_("its name ends in .{extension}, but it is {type}, accepted only as "
+                                           "{extensions}"), extension=ext, type=TypeName(detected), extensions=names),
                             details={**details, "extension": ext})
         return None

@@ -6,9 +6,9 @@ Runs first: an empty part has no type to detect and nothing to scan.
 """
 from __future__ import annotations
 
-from policies import Action, Decision, PartFacts, Settings as PolicySettings
+from policies import M_, Action, Decision, PartFacts, Settings as PolicySettings, explained
 
-EMPTY_NOTICE = "Attachment was empty and could not be processed."
+EMPTY_NOTICE = M_("Attachment was empty and could not be processed.")
 
 
 class ReplaceEmptyAttachments:
@@ -25,4 +25,5 @@ class ReplaceEmptyAttachments:
     def decide(self, part: PartFacts) -> Decision | None:
         if part.is_body or not part.is_attachment or part.decoded_size != 0:
             return None
-        return Decision(Action.REPLACE, self.name, "the attachment is empty (0 bytes)", notice=EMPTY_NOTICE)
+        return Decision(Action.REPLACE, self.name, **explained(M_("the attachment is empty (0 bytes)")),
+                        notice=EMPTY_NOTICE)

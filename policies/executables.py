@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from policies import Action, Decision, PartFacts, Settings as PolicySettings, message_text
-from policies.filetypes import ACTIVE_EXTENSIONS, EXECUTABLE_EXTENSIONS, EXECUTABLE_TYPES, describe, name_extension
+from policies import M_, Action, Decision, PartFacts, Settings as PolicySettings, TypeName, explained, message_text
+from policies.filetypes import ACTIVE_EXTENSIONS, EXECUTABLE_EXTENSIONS, EXECUTABLE_TYPES, name_extension
 
 
 class RefuseExecutables:
@@ -41,17 +41,17 @@ class RefuseExecutables:
         details = {"declared_type": part.declared_type, "detected_type": part.detected_type}
         if part.detected_type in self.types:
             return Decision(Action.REFUSE, self.name,
-                            f"it is {describe(part.detected_type)}, and programs and scripts are not accepted",
-                            details=details)
+                            **explained(M_("it is {type}, and programs and scripts are not accepted"),
+                                        type=TypeName(part.detected_type)), details=details)
         ext = name_extension(part.filename, part.declared_type)
         if ext in self.extensions:
             return Decision(Action.REFUSE, self.name,
-                            f"files ending in .{ext} are programs or scripts, which are not accepted",
-                            details=details)
+                            **explained(M_("files ending in .{extension} are programs or scripts, which are not "
+                                           "accepted"), extension=ext), details=details)
         # HTML message text is named .html by the worker when it has no
         # name; it stays message text (policies.message_text).
         if ext in ACTIVE_EXTENSIONS and not message_text(part):
             return Decision(Action.REFUSE, self.name,
-                            f"files ending in .{ext} are web content that can run scripts, which is not accepted",
-                            details=details)
+                            **explained(M_("files ending in .{extension} are web content that can run scripts, "
+                                           "which is not accepted"), extension=ext), details=details)
         return None

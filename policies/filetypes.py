@@ -209,6 +209,9 @@ _NAMES = {
     "application/x-msi": "a Windows installer",
 }
 
+#: The types in words, as the mail catalogue's message ids (gateway/mailtext.py).
+TYPE_NAMES = _NAMES
+
 
 def describe(ctype: str | None) -> str:
     """A type in plain words, e.g. "a PNG image"; unknown ones by MIME type."""

@@ -10,8 +10,8 @@ without a filename is checked against the name the worker will give it.
 """
 from __future__ import annotations
 
-from policies import Action, Decision, PartFacts, Settings as PolicySettings, message_text
-from policies.filetypes import DECLARED_TYPES, EXTENSION_TYPES, describe, name_extension
+from policies import M_, Action, Decision, PartFacts, Settings as PolicySettings, TypeName, explained, message_text
+from policies.filetypes import DECLARED_TYPES, EXTENSION_TYPES, name_extension
 
 
 class RefuseSpoofedTypes:
@@ -37,10 +37,12 @@ class RefuseSpoofedTypes:
         expected = EXTENSION_TYPES.get(ext)
         if expected is not None and detected not in expected:
             return Decision(Action.REFUSE, self.name,
-                            f"its name ends in .{ext} but it is {describe(detected)}", details=details)
+                            **explained(M_("its name ends in .{extension} but it is {type}"), extension=ext,
+                                        type=TypeName(detected)), details=details)
         expected = DECLARED_TYPES.get(part.declared_type)
         if expected is not None and detected not in expected:
             return Decision(Action.REFUSE, self.name,
-                            f"it was sent as {describe(part.declared_type)} ({part.declared_type}) "
-                            f"but it is {describe(detected)}", details=details)
+                            **explained(M_("it was sent as {declared} ({declared_type}) but it is {type}"),
+                                        declared=TypeName(part.declared_type), declared_type=part.declared_type,
+                                        type=TypeName(detected)), details=details)
         return None

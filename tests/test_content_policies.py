@@ -363,11 +363,12 @@ def test_clamd_flags_a_test_file_and_fails_open_when_stopped(make_gateway: Calla
     ({"policies": [{"name": "refuse_malware"}]}, "'refuse_malware' needs a [clamd] table"),
     ({"quarantine": {"prefix": "uploads/"}}, "routes[0].quarantine.prefix: 'uploads/': expected a prefix"),
     ({"autoreply": {"from": "support@contact.example", "next_hop": "maildir:x", "template": "Hi {name}"}},
-     "routes[0].autoreply.template: 'Hi {name}': unknown placeholder(s) name"),
+     "routes[0].autoreply.template: 'Hi {name}': unknown field {name}; the fields allowed are {refusals}, "
+     "{subject}, {upload_url}"),
     ({"autoreply": {"from": "support@contact.example", "next_hop": "maildir:x",
                     "storage_failed_template": "Lost {refusals}"}},
-     "routes[0].autoreply.storage_failed_template: 'Lost {refusals}': unknown placeholder(s) refusals; "
-     "expected {files}, {subject}, {upload_url}"),
+     "routes[0].autoreply.storage_failed_template: 'Lost {refusals}': unknown field {refusals}; "
+     "the fields allowed are {files}, {subject}, {upload_url}"),
     ({"autoreply": {"from": "nobody", "next_hop": "maildir:x"}},
      "routes[0].autoreply.from: 'nobody': expected an address"),
     ({"autoreply": {"from": "a@b.example", "next_hop": "ftp://x"}},

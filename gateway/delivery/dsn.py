@@ -9,10 +9,15 @@ large), and never to a null sender, so bounces cannot loop.
 """
 from __future__ import annotations
 
+import gettext
 import time
+from email.header import Header
 from email.utils import formatdate, make_msgid
 
+from gateway import mailtext
 from gateway.spool.envelope import Envelope
+
+_ENGLISH = mailtext.MailTexts(gettext.NullTranslations())
 
 
 def _line(text: str) -> str:
@@ -21,28 +26,32 @@ def _line(text: str) -> str:
 
 
 def build_dsn(envelope: Envelope, failed: dict[str, str], original_headers: bytes, hostname: str,
-              action: str = "failed", retry_until: float | None = None) -> bytes:
+              action: str = "failed", retry_until: float | None = None,
+              texts: mailtext.MailTexts = _ENGLISH) -> bytes:
     """A multipart/report DSN telling ``envelope.mail_from`` about the
     recipients in ``failed`` (recipient: reason): ``action`` "failed" for
     mail returned, "delayed" for mail still being retried (until
-    ``retry_until``, a Unix time)."""
+    ``retry_until``, a Unix time).  The part a person reads, and the
+    subject, are in ``texts``' language; the report itself is RFC 3464's."""
     delayed = action == "delayed"
     boundary = make_msgid(domain=hostname).strip("<>").replace("@", "/")
     if delayed:
-        until = f" until {formatdate(retry_until)}" if retry_until is not None else ""
         summary = [
-            "Your message could not be delivered yet to one or more recipients.",
-            f"It will be retried{until}; you do not need to send it again.",
+            texts.text(mailtext.DSN_DELAYED),
+            texts.text(mailtext.DSN_RETRY_UNTIL, date=formatdate(retry_until)) if retry_until is not None
+            else texts.text(mailtext.DSN_RETRY),
         ]
     else:
-        summary = ["Your message could not be delivered to one or more recipients."]
+        summary = [texts.text(mailtext.DSN_FAILED)]
     human = [
-        f"This is the mail system at host {hostname}.",
+        texts.text(mailtext.DSN_HOST, hostname=hostname),
         "",
         *summary,
         "",
         *(f"<{_line(r)}>: {_line(reason)}" for r, reason in failed.items()),
     ]
+    # A translation may break its sentence over lines: each is a line of its own.
+    human = [line for text in human for line in (text.splitlines() or [""])]
     status = [
         f"Reporting-MTA: dns; {hostname}",
         f"X-Queue-ID: {envelope.queue_id}",
@@ -59,7 +68,9 @@ def build_dsn(envelope: Envelope, failed: dict[str, str], original_headers: byte
         ]
         if delayed and retry_until is not None:
             status.append(f"Will-Retry-Until: {formatdate(retry_until)}")
-    subject = "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
+    said = _line(texts.text(mailtext.DSN_DELAYED_SUBJECT if delayed else mailtext.DSN_FAILED_SUBJECT))
+    # A subject in another language is an RFC 2047 encoded word.
+    subject = said if said.isascii() else Header(said, "utf-8").encode()
     headers = original_headers.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").rstrip(b"\r\n")
     out = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",

@@ -11,7 +11,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from gateway import logs, metrics, srs
+from gateway import logs, mailtext, metrics, srs
 from gateway.authn.resolver import Resolver
 from gateway.config import Config, RouteSettings
 from gateway.delivery import Content, DeliveryResult, NextHop, build as build_next_hop, remote_queue_id
@@ -43,6 +43,10 @@ class Deliverer:
         old = [*self.next_hops.values(), *([self.bounce_hop] if self.bounce_hop is not None else [])]
         self.cfg, self.limits = cfg, limits
         base = Path(cfg.base_dir)
+        # A DSN is written in the language of the route the message came on.
+        catalogues = mailtext.catalogues(cfg.path(cfg.i18n.directory) if cfg.i18n.directory else None)
+        self.texts = {r.name: mailtext.for_language(catalogues, r.language) for r in cfg.routes}
+        self.default_texts = mailtext.for_language(catalogues, "en")
         rewriter = srs.from_config(cfg)
         # MX lookups for next hops given by domain use the DNS settings of
         # [auth] (servers, timeout): one resolver for every next hop.
@@ -171,6 +175,7 @@ class Deliverer:
             else:
                 headers = src.read(0, root.body_start)
         dsn = build_dsn(envelope, reasons, headers, self.cfg.gateway.hostname, action=action,
+                        texts=self.texts.get(envelope.route, self.default_texts),
                         retry_until=retry_until)
         path = handle.file("dsn.eml" if action == "failed" else "delay.eml")
         await asyncio.to_thread(write_atomic, path, dsn)

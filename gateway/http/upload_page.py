@@ -46,7 +46,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import invitations, logs
+from gateway import invitations, logs, mailtext
 from gateway.config import Config
 from gateway.http.links import page
 from gateway.links.tokens import Keyring, TokenError, TokenExpired, new_object_id
@@ -493,23 +493,27 @@ class UploadPage:
         cfg = self.cfg
         sender = cfg.upload.from_address or f"upload@{cfg.gateway.hostname}"
         route = next((r for r in cfg.routes if r.name == inv.route), cfg.api_route())
-        template = route.link_text or cfg.links.text
-        link = Link(filename, size, url)
+        # Written in the route's language (gateway/mailtext.py), as its other mail.
+        texts = mailtext.for_language(
+            mailtext.catalogues(cfg.path(cfg.i18n.directory) if cfg.i18n.directory else None), route.language)
+        shown = filenames.display_name(filename) or texts.text(mailtext.ATTACHMENT)
+        link = Link(filename, size, url, label=texts.link_label(route.link_text or cfg.links.text, shown, size),
+                    size_text=texts.size(size))
+        said = texts.text(mailtext.UPLOADED, customer=inv.customer_id)
         msg = EmailMessage(policy=SMTP)
-        msg["From"] = f"Customer upload page <{sender}>"
+        msg["From"] = f"{texts.text(mailtext.UPLOAD_PAGE_SENDER)} <{sender}>"
         msg["To"] = inv.notify
-        msg["Subject"] = f"Files uploaded by customer {inv.customer_id}"
+        msg["Subject"] = texts.text(mailtext.UPLOADED_SUBJECT, customer=inv.customer_id)
         msg["Date"] = format_datetime(dt.datetime.now(dt.UTC))
         msg["Message-ID"] = make_msgid(domain=cfg.gateway.hostname)
         if inv.message_id:
             msg["In-Reply-To"] = inv.message_id
             msg["References"] = inv.message_id
         msg["X-CustomerId"] = inv.customer_id
-        msg.set_content(f"The customer {inv.customer_id} uploaded a file through the upload page.\n\n"
-                        f"{text_links([link], template)}\n")
-        msg.add_alternative(f"<html><body><p>The customer {html.escape(inv.customer_id)} uploaded a file "
-                            f"through the upload page.</p>{html_links([link], template)}</body></html>\n",
-                            subtype="html")
+        text = f"{said}\n\n{text_links([link], '')}\n"
+        msg.set_content(text, cte=None if text.isascii() else "quoted-printable")
+        page_html = f"<html><body><p>{html.escape(said)}</p>{html_links([link], '')}</body></html>\n"
+        msg.add_alternative(page_html, subtype="html", cte=None if page_html.isascii() else "quoted-printable")
         data = msg.as_bytes()
         reception = self.spool.receive()
         try:

@@ -47,6 +47,10 @@ class Link:
     filename: str
     size: int
     url: str
+    # The link's text and size as the route's language writes them
+    # (gateway/mailtext.py); when empty, ``template`` and ``human_size``.
+    label: str = ""
+    size_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,14 @@ def link_label(template: str, link: Link) -> str:
     The template is expanded in one pass over the template alone, so text
     that came from the file name (a name holding ``{size}``) is never
     expanded; the name is shown as ``display_name`` makes it."""
+    if link.label:
+        return link.label
     fields = {"filename": display_name(link.filename) or "attachment", "size": human_size(link.size)}
     return _TEMPLATE_FIELD.sub(lambda m: fields[m.group(1)], template)
+
+
+def _size(link: Link) -> str:
+    return link.size_text or human_size(link.size)
 
 
 # Characters that could end or change markdown link text: brackets (the
@@ -95,7 +105,7 @@ def _markdown_label(text: str) -> str:
 
 def text_links(links: list[Link], template: str) -> str:
     """The markdown link lines added to a text/plain body."""
-    return "\n".join(f"[{_markdown_label(link_label(template, link))}]({link.url}) ({human_size(link.size)})"
+    return "\n".join(f"[{_markdown_label(link_label(template, link))}]({link.url}) ({_size(link)})"
                      for link in links)
 
 
@@ -103,7 +113,7 @@ def html_links(links: list[Link], template: str) -> str:
     """The ``<a>`` elements added to a text/html body."""
     items = "".join(
         f'<p><a href="{html.escape(link.url)}">{html.escape(link_label(template, link))}</a>'
-        f' ({human_size(link.size)})</p>'
+        f' ({_size(link)})</p>'
         for link in links)
     return f'<div class="attachment-gateway-links">{items}</div>'
 
@@ -141,7 +151,7 @@ def _replace_inline_images(body: bytes, inline: dict[str, Link], template: str, 
         if link is None:
             return m.group(0)
         a = (f'<a href="{html.escape(link.url)}">{html.escape(link_label(template, link))}</a> '
-             f'({human_size(link.size)})')
+             f'({_size(link)})')
         try:
             return a.encode(charset, "xmlcharrefreplace")
         except Exception:  # noqa: BLE001 - any codec failure: ASCII is safe in the body's charset
@@ -247,7 +257,7 @@ def _charset_codec(charset: str) -> tuple[str | None, bool]:
 
 def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
                     inline: dict[str, Link] | None = None, template: str = "",
-                    cuts: Iterable[tuple[int, int, bytes]] = ()) -> bytes:
+                    cuts: Iterable[tuple[int, int, bytes | str]] = ()) -> bytes:
     """The part rebuilt with ``addition`` added to its body; other headers
     are kept as they were.
 
@@ -256,20 +266,24 @@ def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
     written again as UTF-8 (the Content-Type's charset changed with it).  A
     body in a charset Python cannot use stays as it is, declared UTF-8 when
     it is valid UTF-8, else with the addition in ASCII (characters it lacks
-    replaced).  ``cuts`` are ranges of the decoded body replaced by ASCII
-    text first (files the body carried inline, uuencoded).  Never raises
-    for a charset."""
+    replaced).  ``cuts`` are ranges of the decoded body replaced by text
+    first (files the body carried inline, uuencoded): bytes as they are, a
+    str in the body's charset when that is ASCII-compatible, else in ASCII
+    (characters it lacks replaced).  Never raises for a charset."""
     headers = part.headers
     try:
         charset = (headers.get_content_charset() or "us-ascii").lower()
     except Exception:  # noqa: BLE001 - a malformed parameter: treat as unknown
         charset = "unknown-8bit"
     body = decoded_bytes(src, part)
-    for start, end, text_instead in sorted(cuts, reverse=True):
+    name, compatible = _charset_codec(charset)
+    for start, end, text_instead in sorted(cuts, key=lambda c: c[0], reverse=True):
+        if isinstance(text_instead, str):
+            text_instead = _with_crlf(text_instead).encode(name if name is not None and compatible else "ascii",
+                                                           "replace")
         body = body[:start] + text_instead + body[end:]
     errors = "xmlcharrefreplace" if is_html else "replace"
     text = _with_crlf(addition)
-    name, compatible = _charset_codec(charset)
     hostile = name is not None and not compatible  # UTF-16, UTF-7, EBCDIC, ...
     new_charset = charset
     encoded: bytes | None = None
@@ -356,7 +370,7 @@ def _is_utf8(data: bytes) -> bool:
 def plan(src: Source, root: Part, *, replacements: list[Replacement], links: list[Link],
          text_part: Part | None, html_part: Part | None, link_template: str,
          trace: bytes, notices: Sequence[str] = (), inline: dict[str, Link] | None = None,
-         cuts: dict[int, list[tuple[int, int, bytes]]] | None = None) -> list[Segment]:
+         cuts: dict[int, list[tuple[int, int, bytes | str]]] | None = None) -> list[Segment]:
     """The output message as segments of the original and new bytes.
 
     ``notices`` (one line per refused or empty file) and ``links`` are added

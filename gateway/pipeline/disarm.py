@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+from typing import Any
 
 import policies
-from gateway import disarm, metrics
+from gateway import disarm, mailtext, metrics
 from gateway.mime import container, filenames
 from gateway.mime.decode import HEAD, Measure, decoded_bytes
 from gateway.mime.rewrite import Replacement
@@ -57,8 +58,8 @@ class Disarm(Step):
                                     filename=o.facts.filename, detected_type=o.facts.detected_type)
                 continue
             if o.measure.size > settings.max_size:
-                self._refuse(job, o, f"it is too large to be checked for active content ({o.measure.size} bytes, "
-                                     f"the limit is {settings.max_size})")
+                self._refuse(job, o, policies.explained(mailtext.DISARM_TOO_LARGE, size=o.measure.size,
+                                                        limit=settings.max_size))
                 continue
             data = await asyncio.to_thread(decoded_bytes, job.src, o.part)
             assert o.facts.detected_type is not None
@@ -67,14 +68,16 @@ class Disarm(Step):
             if result.status == "clean":
                 continue
             if result.status == "failed":
-                self._refuse(job, o, f"it could not be checked for active content ({result.reason})")
+                self._refuse(job, o, policies.explained(mailtext.DISARM_FAILED, detail=result.reason))
             elif mode == "refuse":
-                self._refuse(job, o, f"it carries active content ({disarm.summary(result).removesuffix(' removed')})")
+                removed = tuple(policies.Phrase(w) for w in result.removed)
+                self._refuse(job, o, policies.explained(
+                    mailtext.DISARM_ACTIVE, summary=removed or (policies.Phrase(mailtext.ACTIVE_CONTENT),)))
             else:
                 await self._substitute(job, o, result)
 
-    def _refuse(self, job: MessageJob, o: PartOutcome, reason: str) -> None:
-        o.decision = policies.Decision(policies.Action.REFUSE, "disarm", reason)
+    def _refuse(self, job: MessageJob, o: PartOutcome, reason: dict[str, Any]) -> None:
+        o.decision = policies.Decision(policies.Action.REFUSE, "disarm", **reason)
         log_decision(job, o)
 
     async def _substitute(self, job: MessageJob, o: PartOutcome, result: disarm.DisarmResult) -> None:
@@ -110,8 +113,9 @@ class Disarm(Step):
         if o.decision.action is policies.Action.KEEP:
             job.replacements.append(Replacement(o.part, "", raw=entity(name, detected, cleaned)))
         if o.decision.action in (policies.Action.KEEP, policies.Action.OFFLOAD):
-            job.notices.append(f"The attachment \"{name}\" was cleaned: {summary}. "
-                               "The original is kept for an administrator.")
+            texts = services.texts[route.name]
+            o.cleaned_text = texts.disarmed(result.removed)
+            job.notices.append(texts.text(mailtext.CLEANED, filename=name, summary=texts.disarmed(result.removed)))
         for n, e in enumerate(result.extracted, 1):
             job.outcomes.append(self._extracted(job, o, n, e))
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import policies
-from gateway import metrics
+from gateway import mailtext, metrics
 from gateway.mime import container, filenames, tnef
 from gateway.mime.decode import Measure, decoded_chunks, measure, message_header
 from gateway.mime.parse import Part
@@ -106,7 +106,8 @@ def unexamined(leaf: Part, job: MessageJob, why: str) -> PartOutcome:
         return PartOutcome(leaf, policies.Decision(policies.Action.KEEP, "unexamined", f"not examined: {why}"),
                            measured, facts)
     return PartOutcome(leaf, policies.Decision(policies.Action.REFUSE, "unexamined",
-                                               f"it could not be examined ({why})", details={"raw": True}),
+                                               **policies.explained(mailtext.UNEXAMINED, why=why),
+                                               details={"raw": True}),
                        measured, facts)
 
 

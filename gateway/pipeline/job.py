@@ -55,6 +55,8 @@ class PartOutcome:
     extracted: bool = False
     # What disarm removed, in words ("scripts and 1 embedded file removed").
     cleaned: str = ""
+    # The same, in the route's language (for the notice).
+    cleaned_text: str = ""
 
 
 @dataclass
@@ -110,8 +112,10 @@ class MessageJob:
     replacements: list[Replacement] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
+    # Why each of ``refused`` was refused, in the route's language (the reply).
+    refused_reasons: list[str] = field(default_factory=list)
     unstored: list[str] = field(default_factory=list)
-    cuts: dict[int, list[tuple[int, int, bytes]]] = field(default_factory=dict)
+    cuts: dict[int, list[tuple[int, int, bytes | str]]] = field(default_factory=dict)
     # The output: segments of ``path`` and new bytes.
     segments: list[Segment] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)

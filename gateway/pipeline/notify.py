@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway import autoreply, invitations, metrics
+from gateway import autoreply, invitations, mailtext, metrics
 from gateway.delivery import Content
 from gateway.mime import filenames
 from gateway.mime.decode import message_header
@@ -46,18 +46,26 @@ class Notify(Step):
             return
         subject = filenames.display_name(message_header(job.root.headers, "Subject").strip())
         message_id = message_header(job.root.headers, "Message-ID").strip()
+        # The route's own texts when it sets them, else the catalogue's in its language.
+        texts = services.texts[route.name]
         template = settings.template if job.refused else settings.storage_failed_template
         upload_url = await self._upload_url(job, message_id, template)
         if job.refused:
-            text = autoreply.render(settings.template, subject=subject, upload_url=upload_url,
-                                    refusals=[(r["filename"], r["reason"]) for r in job.refused]
-                                    + [(name, autoreply.STORAGE_FAILED_REASON) for name in job.unstored])
+            text = autoreply.render(
+                settings.template if settings.template is not None else texts.template(mailtext.AUTOREPLY),
+                subject=subject, upload_url=upload_url,
+                refusals=[(r["filename"], reason) for r, reason in zip(job.refused, job.refused_reasons, strict=True)]
+                + [(name, texts.text(mailtext.STORAGE_FAILED_REASON)) for name in job.unstored])
+            reply_subject = settings.subject or texts.text(mailtext.AUTOREPLY_SUBJECT)
         else:
-            text = autoreply.render_storage_failed(settings.storage_failed_template, files=job.unstored,
-                                                   subject=subject, upload_url=upload_url)
+            own = settings.storage_failed_template
+            text = autoreply.render_storage_failed(
+                own if own is not None else texts.template(mailtext.STORAGE_FAILED if upload_url
+                                                           else mailtext.STORAGE_FAILED_NO_PAGE),
+                files=job.unstored, subject=subject, upload_url=upload_url)
+            reply_subject = settings.storage_failed_subject or texts.text(mailtext.STORAGE_FAILED_SUBJECT)
         try:
-            data = autoreply.build(sender=settings.sender, to=envelope.mail_from,
-                                   subject=settings.subject if job.refused else settings.storage_failed_subject,
+            data = autoreply.build(sender=settings.sender, to=envelope.mail_from, subject=reply_subject,
                                    text=text, in_reply_to=message_id, hostname=services.cfg.gateway.hostname)
         except (ValueError, TypeError) as e:
             await asyncio.to_thread(services.rates.release, envelope.mail_from)

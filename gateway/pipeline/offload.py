@@ -8,13 +8,13 @@ import asyncio
 import time
 
 import policies
-from gateway import metrics
+from gateway import mailtext, metrics
 from gateway.links import records
 from gateway.links.mint import mint
 from gateway.links.tokens import new_object_id
 from gateway.mime import filenames
 from gateway.mime.decode import decoded_chunks
-from gateway.mime.rewrite import Link, Replacement, human_size
+from gateway.mime.rewrite import Link, Replacement
 from gateway.partfacts import safe_type
 from gateway.pipeline.job import MessageJob, Offloaded, PartOutcome
 from gateway.pipeline.quarantine import default_name
@@ -44,7 +44,8 @@ class Offload(Step):
             else:
                 job.offloaded.append(r)
                 if not o.extracted:
-                    job.replacements.append(Replacement(r.part, notice(r, o.cleaned)))
+                    job.replacements.append(Replacement(r.part, notice(self.services.texts[job.route.name], r,
+                                                                       o.cleaned_text)))
 
     async def _offload(self, job: MessageJob, o: PartOutcome) -> Offloaded | None:
         assert job.src is not None
@@ -108,13 +109,13 @@ async def landing_page(services: Services, job: MessageJob) -> Link | None:
         return None
     token = services.keyring.sign(store.name, page_id, expires, purpose="page")
     total = sum(o.size for o in job.offloaded)
-    label = job.route.landing_page_text.replace("{count}", str(len(job.offloaded))).replace("{size}",
-                                                                                             human_size(total))
-    return Link(label, total, f"{services.cfg.http.base_url}/p/{token}")
+    texts = services.texts[job.route.name]
+    label = texts.landing_label(job.route.landing_page_text, len(job.offloaded), total)
+    return Link(label, total, f"{services.cfg.http.base_url}/p/{token}", label=label, size_text=texts.size(total))
 
 
-def notice(o: Offloaded, cleaned: str = "") -> str:
+def notice(texts: mailtext.MailTexts, o: Offloaded, cleaned: str = "") -> str:
     """The text in place of an offloaded part (``cleaned``: what disarm removed)."""
-    first = f"The attachment \"{o.filename}\" ({human_size(o.size)}) was moved to secure storage"
-    first += f" after it was cleaned ({cleaned}).\n" if cleaned else ".\n"
-    return first + "Use the secure attachment link in this message to download it.\n"
+    if cleaned:
+        return texts.text(mailtext.OFFLOADED_CLEANED, filename=o.filename, size=texts.size(o.size), cleaned=cleaned)
+    return texts.text(mailtext.OFFLOADED, filename=o.filename, size=texts.size(o.size))

@@ -9,7 +9,7 @@ import time
 from email.message import Message
 
 import policies
-from gateway import logs
+from gateway import logs, mailtext
 from gateway.mime.decode import Measure
 from gateway.mime.parse import Limits, Part, parse
 from gateway.mime.rewrite import notice_part, salvage_headers
@@ -64,8 +64,10 @@ class Parse(Step):
 
         job.customer, _ = customer_id(root, job.envelope, job.route)
         job.message_id = message_header(root.headers, "Message-ID").strip()
-        reason = f"it could not be examined ({root.unexamined})"
-        decision = policies.Decision(policies.Action.REFUSE, "unexamined", reason, details={"raw": True})
+        decision = policies.Decision(policies.Action.REFUSE, "unexamined",
+                                     **policies.explained(mailtext.UNEXAMINED, why=root.unexamined),
+                                     details={"raw": True})
+        texts = self.services.texts[job.route.name]
         whole = Part(start=0, body_start=0, end=src.size, headers=Message(), depth=0, path="1",
                      unexamined=root.unexamined)
         name = "message.eml"
@@ -76,10 +78,8 @@ class Parse(Step):
                                    is_body=False, disposition="attachment",
                                    route=policies.RouteFacts(job.route.name, job.route.offload_threshold,
                                                              job.route.next_hop_max_size))
-        quarantine.refusal(self.services, job, facts, decision, name, key, sha, reason)
-        notice = (f"This message could not be examined by the attachment gateway ({root.unexamined}), "
-                  "so its content was withheld and kept for an administrator.\n"
-                  "The customer has been told.\n")
+        quarantine.refusal(self.services, job, facts, decision, name, key, sha, texts.reason(decision))
+        notice = texts.text(mailtext.WHOLE_MESSAGE, reason=root.unexamined)
         head = trace(self.services.cfg.gateway.hostname, job.envelope, [], refused=1,
                      note="not examined, quarantined")
         job.segments = [head, salvage_headers(src) + b"MIME-Version: 1.0\r\n" + notice_part(notice)]

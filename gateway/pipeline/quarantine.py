@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import policies
-from gateway import metrics
+from gateway import mailtext, metrics
 from gateway.mime import filenames
 from gateway.mime.decode import Measure, decoded_chunks
 from gateway.mime.parse import ENCODED_MESSAGE, Part
@@ -85,6 +85,7 @@ def refusal(services: Services, job: MessageJob, facts: policies.PartFacts, deci
     result.json and the auto-reply, the metric and the audit event."""
     metrics.REFUSED_PARTS.labels(job.route.name, decision.policy).inc()
     job.notices.append(notice)
+    job.refused_reasons.append(services.texts[job.route.name].reason(decision))
     job.refused.append({"part": facts.path, "filename": name, "policy": decision.policy, "reason": decision.reason,
                         "declared_type": facts.declared_type, "detected_type": facts.detected_type,
                         "size": facts.decoded_size, "sha256": sha, "quarantine_key": key})
@@ -102,17 +103,20 @@ class Quarantine(Step):
     always = False
 
     async def run(self, job: MessageJob) -> None:
+        texts = self.services.texts[job.route.name]
         for o in job.outcomes:
             d, facts, p = o.decision, o.facts, o.part
             name = filenames.display_name(facts.filename) or default_name(p)
             if d.action is policies.Action.REPLACE:
+                said = texts.text(d.notice) if d.notice else texts.reason(d)
                 if not o.extracted:
-                    job.replacements.append(Replacement(p, d.notice or f"An attachment was removed: {d.reason}.\n"))
-                job.notices.append(f"\"{name}\": {d.notice or d.reason}")
+                    job.replacements.append(Replacement(
+                        p, texts.text(d.notice) if d.notice else texts.text(mailtext.REPLACED, reason=said) + "\n"))
+                job.notices.append(texts.text(mailtext.REPLACED_LINE, filename=name, notice=said))
                 job.log.info("attachment replaced", part=facts.path, filename=name, reason=d.reason)
             elif d.action is policies.Action.REFUSE:
                 key, sha = await keep(self.services, job, p, o.measure, name, d, data=o.data)
-                text = f"The attachment \"{name}\" was removed: {d.reason}."
+                text = texts.text(mailtext.REMOVED, filename=name, reason=texts.reason(d))
                 if not o.extracted:  # a file taken out of a document has no place of its own
                     job.replacements.append(Replacement(p, text + "\n"))
                 refusal(self.services, job, facts, d, name, key, sha, text)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 
+from gateway import mailtext
 from gateway.mime import filenames
 from gateway.mime.decode import message_header
 from gateway.mime.parse import Part
 from gateway.mime.rewrite import Link, Replacement, Segment, cut_ranges, header_field_ranges, plan, segments_size
-from gateway.pipeline.job import MessageJob
+from gateway.pipeline.job import MessageJob, Offloaded
 from gateway.pipeline.offload import landing_page
 from gateway.pipeline.quarantine import default_name
 from gateway.pipeline.step import Step
@@ -28,24 +29,32 @@ class Rewrite(Step):
     async def run(self, job: MessageJob) -> None:
         assert job.src is not None and job.root is not None
         src, route = job.src, job.route
-        links = [Link(o.filename, o.size, o.url) for o in job.offloaded]
+        texts = self.services.texts[route.name]
+        # The route's link text, else the config's, else the catalogue's in the route's language.
+        template = route.link_text or self.services.cfg.links.text
+
+        def link(o: Offloaded) -> Link:
+            return Link(o.filename, o.size, o.url, size_text=texts.size(o.size),
+                        label=texts.link_label(template, filenames.display_name(o.filename)
+                                               or texts.text(mailtext.ATTACHMENT), o.size))
+
+        links = [link(o) for o in job.offloaded]
         inline = {}
         for o in job.offloaded:
             cid = message_header(o.part.headers, "Content-ID").strip().strip("<>").lower()
             if cid and cid in job.cids:
-                inline[cid] = Link(o.filename, o.size, o.url)
-        template = route.link_text or self.services.cfg.links.text
+                inline[cid] = link(o)
         if route.landing_page and len(job.offloaded) >= 2:
             page_link = await landing_page(self.services, job)
             if page_link is not None:
-                links, template = [page_link], "{filename}"
+                links = [page_link]
         note = f"{len(job.failed)} not stored, forwarded as is" if job.failed else ""
-        segments = self._plan(job, links, template, inline, note)
+        segments = self._plan(job, links, inline, note)
         if job.failed and segments_size(segments) > route.next_hop_max_size:
             # Fail open, but never past the next hop's limit: the parts that
             # could not be stored give way to a notice.
-            job.replacements += [Replacement(p, failed_notice(p)) for p in job.failed]
-            segments = self._plan(job, links, template, inline,
+            job.replacements += [Replacement(p, failed_notice(texts, p)) for p in job.failed]
+            segments = self._plan(job, links, inline,
                                   f"{len(job.failed)} not stored, replaced by a notice")
             for p in job.failed:
                 name = filenames.original_filename(p.headers)
@@ -73,22 +82,20 @@ class Rewrite(Step):
         job.segments = segments
         job.changed = bool(job.offloaded or job.failed or job.replacements or job.notices or job.unpacked or drops)
 
-    def _plan(self, job: MessageJob, links: list[Link], template: str, inline: dict[str, Link],
-              note: str) -> list[Segment]:
+    def _plan(self, job: MessageJob, links: list[Link], inline: dict[str, Link], note: str) -> list[Segment]:
         assert job.src is not None and job.root is not None
         head = trace(self.services.cfg.gateway.hostname, job.envelope, job.offloaded, refused=len(job.refused),
                      replaced=job.replaced, tnef_unpacked=job.unpacked, note=note,
                      disarmed=sum(1 for o in job.outcomes if o.cleaned and not o.extracted))
         return plan(job.src, job.root, replacements=job.replacements, links=links, text_part=job.text_part,
-                    html_part=job.html_part, link_template=template, trace=head, notices=job.notices,
+                    html_part=job.html_part, link_template="", trace=head, notices=job.notices,
                     inline=inline, cuts=job.cuts)
 
 
-def failed_notice(part: Part) -> str:
+def failed_notice(texts: mailtext.MailTexts, part: Part) -> str:
     """The text in place of a part that could not be stored or forwarded."""
     name = filenames.original_filename(part.headers) or default_name(part)
-    return (f"The attachment \"{name}\" could not be stored and was too large to forward.\n"
-            f"Please ask the customer to send it again.\n")
+    return texts.text(mailtext.NOT_STORED, filename=name)
 
 
 def result(job: MessageJob) -> dict[str, object]:

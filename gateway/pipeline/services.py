@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import policies
-from gateway import autoreply, logs
+from gateway import autoreply, logs, mailtext
 from gateway.authn.resolver import Resolver
 from gateway.authn.seal import Key, Sealer
 from gateway.authn.verify import Verifier
@@ -45,6 +45,10 @@ class Services:
         closed once the replies using them have gone."""
         self.cfg = cfg
         self.policies = {r.name: [policies.build(p.name, p.settings) for p in r.policies] for r in cfg.routes}
+        # The texts each route's mail is written in (catalogues read now, and
+        # again on SIGHUP, so an operator's edited catalogue is taken then).
+        catalogues = mailtext.catalogues(cfg.path(cfg.i18n.directory) if cfg.i18n.directory else None)
+        self.texts = {r.name: mailtext.for_language(catalogues, r.language) for r in cfg.routes}
         base = Path(cfg.base_dir)
         for hop in self.autoreply_hops.values():
             self.leases.retire(hop)

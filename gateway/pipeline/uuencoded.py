@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import policies
+from gateway import mailtext
 from gateway.mime import container, filenames, uuencode
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks
 from gateway.mime.parse import Part
@@ -21,8 +22,6 @@ from gateway.pipeline.step import Step
 # as a rewrite of the text would hold it anyway); larger ones that have a
 # "begin" line are not examined and quarantined whole.
 MAX_UU_SCAN = 64 << 20
-# What stands in the text where a refused file was.
-CUT_TEXT = b"[a file was removed here by the attachment gateway]\r\n"
 
 
 class Uuencoded(Step):
@@ -32,10 +31,11 @@ class Uuencoded(Step):
     always = False
 
     async def run(self, job: MessageJob) -> None:
-        texts = [job.text_part] if job.text_part is not None else []
-        texts += [o.part for o in job.outcomes if o.decision.action is policies.Action.KEEP
+        leaves = [job.text_part] if job.text_part is not None else []
+        leaves += [o.part for o in job.outcomes if o.decision.action is policies.Action.KEEP
                   and o.part.content_type == "text/plain" and not o.facts.is_attachment]
-        for leaf in texts:
+        texts = self.services.texts[job.route.name]
+        for leaf in leaves:
             for block, outcome, data in await self._judge(job, leaf):
                 if outcome.decision.action is not policies.Action.REFUSE:
                     continue
@@ -46,9 +46,10 @@ class Uuencoded(Step):
                 kept = Measure(leaf.end - leaf.start if whole else len(data), b"", None)
                 key, sha = await quarantine.keep(self.services, job, leaf, kept, name, d,
                                                  data=None if whole else data)
-                job.cuts.setdefault(leaf.start, []).append((block.start, block.end, CUT_TEXT))
+                # What stands in the text where the refused file was.
+                job.cuts.setdefault(leaf.start, []).append((block.start, block.end, texts.text(mailtext.CUT) + "\n"))
                 quarantine.refusal(self.services, job, facts, d, name, key, sha,
-                                   f"The attachment \"{name}\" (uuencoded in the text) was removed: {d.reason}.")
+                                   texts.text(mailtext.REMOVED_UUENCODED, filename=name, reason=texts.reason(d)))
 
     async def _judge(self, job: MessageJob, leaf: Part) -> list[tuple[uuencode.UuBlock, PartOutcome, bytes]]:
         """The uuencoded files in one text part, each with its decision."""
@@ -69,12 +70,12 @@ class Uuencoded(Step):
         for n, (block, data, detected) in enumerate(found, 1):
             path = f"{leaf.path or '1'}.uu{n}"
             if block.unexamined or job.budget.exhausted:
-                why = block.unexamined or "the time for examining one message ran out"
+                why = block.unexamined or policies.Phrase(mailtext.OUT_OF_TIME)
                 facts = part_facts(path=path, declared_type="application/octet-stream", filename=block.filename,
                                    decoded_size=len(data), disposition="attachment", route=job.route,
                                    is_attachment=True)
                 decision = policies.Decision(policies.Action.REFUSE, "unexamined",
-                                             f"it could not be examined ({why})", details={"raw": True})
+                                             **policies.explained(mailtext.UNEXAMINED, why=why), details={"raw": True})
             else:
                 facts = part_facts(path=path, declared_type="application/octet-stream", filename=block.filename,
                                    decoded_size=len(data), disposition="attachment", route=job.route,
