@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from email.header import decode_header, make_header
 
 from gateway import autoreply, invitations, mailtext, metrics
 from gateway.delivery import Content
@@ -44,7 +45,7 @@ class Notify(Step):
             metrics.AUTOREPLIES.labels(route.name, "skipped").inc()
             job.log.info("no auto-reply", reason=f"one went to this sender within {settings.interval}s")
             return
-        subject = filenames.display_name(message_header(job.root.headers, "Subject").strip())
+        subject = filenames.display_name(decoded_words(message_header(job.root.headers, "Subject")).strip())
         message_id = message_header(job.root.headers, "Message-ID").strip()
         # The route's own texts when it sets them, else the catalogue's in its language.
         texts = services.texts[route.name]
@@ -108,3 +109,12 @@ class Notify(Step):
             return settings.upload_url
         job.log.info("upload invitation for the auto-reply", invitation=inv.object_id, customer_id=job.customer)
         return url
+
+
+def decoded_words(value: str) -> str:
+    """A header value with its RFC 2047 encoded words decoded (the customer's
+    subject, quoted in the reply as they wrote it); as it is when it cannot be."""
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # noqa: BLE001 - a malformed encoded word: the raw value still reads
+        return value
