@@ -4,12 +4,16 @@ forwarded message and the automatic reply decoded and read; the config
 checked by ``check-config`` as an administrator runs it."""
 from __future__ import annotations
 
+import email
+import email.policy
 import html
+from collections.abc import Callable
 from email.header import decode_header, make_header
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from tests.harness import GatewayProcess, SmtpSink
+from gateway.lineends import is_clean
+from tests.harness import GatewayProcess, SmtpSink, strip_maildir_headers, wait_until
 from tests.messages import leaves, message, parse, payload, pdf_bytes, send
 
 EXECUTABLE = Path("/bin/true").read_bytes()  # a real ELF program
@@ -152,3 +156,24 @@ def test_check_config_rejects_a_template_or_a_catalogue_with_an_unknown_field(
     assert f"i18n.directory: {po}: message 'The attachment \"{{filename}}\" was removed: {{reason}}.': " \
            "unknown field {filname}; the fields allowed are {filename}, {reason}" in r.stderr
     assert "unknown field {razon}" in r.stderr
+
+
+def test_a_spanish_route_returns_undeliverable_mail_with_a_spanish_report(
+        make_gateway: Callable[..., GatewayProcess]) -> None:
+    refusing = SmtpSink(reply_data="550 5.1.1 no such mailbox").start()
+    try:
+        gw = make_gateway(route=route(refusing, "es"))
+        send(gw.smtp_port, message("Hola.\n", Subject="Factura 42"))
+        bounces = gw.tmp / "bounces" / "new"
+        wait_until(lambda: bounces.exists() and any(bounces.iterdir()), timeout=30, what="a DSN")
+        [data] = [p.read_bytes() for p in bounces.iterdir()]
+        assert is_clean(strip_maildir_headers(data))  # CRLF only; the report's header block is ASCII
+        assert data.split(b"\r\n\r\n", 1)[0].isascii()
+        dsn = email.message_from_bytes(data, policy=email.policy.default)
+        assert dsn["Subject"] == "Correo no entregado devuelto al remitente"
+        human = dsn.get_payload()[0].get_content()  # type: ignore[index]
+        assert "Le escribe el sistema de correo del servidor gw.test." in human
+        assert "No se ha podido entregar su mensaje a uno o varios destinatarios." in human
+        assert "Action: failed" in data.decode() and "Status: 5.1.1" in data.decode()
+    finally:
+        refusing.stop()
