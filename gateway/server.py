@@ -333,6 +333,12 @@ class Supervisor:
         self.beats: dict[int, float] = {}  # slot -> monotonic time of the last heartbeat
         self.stopping = False
         self.read_fd, self.write_fd = os.pipe()
+        # Woken by SIGCHLD (signal.set_wakeup_fd), so a child's exit is seen
+        # at once rather than at the next poll: stopping takes as long as
+        # the children's drain, not the poll interval on top.
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(self.wake_write, False)
 
     def _spawn(self, slot: int) -> None:
         pid = os.fork()
@@ -341,7 +347,10 @@ class Supervisor:
             try:
                 _die_with_parent()
                 os.close(self.read_fd)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.set_wakeup_fd(-1)
+                os.close(self.wake_read)
+                os.close(self.wake_write)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 gw = Gateway(self.cfg, self.config_path, self.roles, shared_ports=True, recover=False,
                              report_fd=self.write_fd, slot=slot)
@@ -386,6 +395,10 @@ class Supervisor:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
+        # A handler (even one that does nothing) is what makes the wakeup fd
+        # receive SIGCHLD; the default disposition ignores it.
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.set_wakeup_fd(self.wake_write, warn_on_full_buffer=False)
         for slot in range(self.processes):
             self._spawn(slot)
         log.info("supervisor started", processes=self.processes)
@@ -396,8 +409,11 @@ class Supervisor:
         buffered = b""
         while self.children:
             with contextlib.suppress(InterruptedError):
-                readable, _, _ = select.select([self.read_fd], [], [], 0.5)
-                if readable:
+                readable, _, _ = select.select([self.read_fd, self.wake_read], [], [], 0.5)
+                if self.wake_read in readable:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_read, 4096)
+                if self.read_fd in readable:
                     buffered += os.read(self.read_fd, 65536)
                     *lines, buffered = buffered.split(b"\n")
                     for line in lines:
