@@ -13,8 +13,9 @@ tests/servers/nginx.py) that terminates TLS in front of the gateway
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest

@@ -105,7 +105,7 @@ http {{
 }}
 """
 
-    def start(self) -> "Nginx":
+    def start(self) -> Nginx:
         if not os.access(NGINX, os.X_OK):
             raise NginxError(f"{NGINX} is missing: run scripts/install-test-deps.sh (Debian nginx-light)")
         self.dir = Path(tempfile.mkdtemp(prefix="gw-nginx-"))
