@@ -1,6 +1,7 @@
 """Agents reach their links through a real reverse proxy (Debian's nginx,
 tests/servers/nginx.py) that terminates TLS in front of the gateway
-(issue 17, item 5), as docs/integrations/reverse-proxy.md sets it up.
+(issue 17, item 5), as docs/integrations/reverse-proxy.md sets it up; and
+that recipe's nginx configuration passes `nginx -t`.
 
 - ``trusted-header``: the proxy signs the agent in and names them in
   X-Forwarded-User, overwriting any copy the client sent; the gateway
@@ -12,6 +13,8 @@ tests/servers/nginx.py) that terminates TLS in front of the gateway
 """
 from __future__ import annotations
 
+import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +25,9 @@ import pytest
 import requests
 
 from tests.certs import self_signed
-from tests.harness import GatewayProcess
+from tests.harness import ROOT, GatewayProcess
 from tests.messages import pdf_bytes
-from tests.servers.nginx import PROXY_ADDRESS, Nginx
+from tests.servers.nginx import NGINX, PROXY_ADDRESS, Nginx
 from tests.servers.oidc import OidcProvider, follow
 from tests.servers.ports import free_port
 from tests.test_agent_links import CLIENT_ID, CLIENT_SECRET, offload_one, running
@@ -79,6 +82,11 @@ def test_agent_signed_in_at_the_proxy_gets_the_file_over_tls_and_another_agent_4
     assert anonymous.status_code == 401 and "agw" not in anonymous.text
     wrong = session(cert).get(url, auth=("ann", "not-her-password"), timeout=30)
     assert wrong.status_code == 401
+    # Outside the agents' links (health, the upload page, the API) the proxy
+    # asks no sign-in; /metrics stays for this machine only, not for clients
+    # the proxy forwards.
+    assert session(cert).get(nginx.base_url + "/healthz", timeout=30).status_code == 200
+    assert session(cert).get(nginx.base_url + "/metrics", timeout=30).status_code in (403, 404)
 
     gw.wait_audit(lambda e: e.get("ActorUsername") == "bob")
     new = [e for e in gw.audit()[before:] if e.get("EventOriginalType") == "click"]
@@ -172,3 +180,21 @@ def test_oidc_sign_in_through_the_proxy_uses_its_https_url(tmp_path: Path, monke
     assert {e["ActorUsername"] for e in signins} == {"ann", "bob"}
     done = [(e["ActorUsername"], e["EventResult"]) for e in events if e.get("EventOriginalType") == "click"]
     assert done == [("ann", "Success"), ("ann", "Success"), ("bob", "Failure")]
+
+
+def test_the_recipes_nginx_server_blocks_pass_nginx_t(tmp_path: Path) -> None:
+    """The nginx configuration docs/integrations/reverse-proxy.md shows is
+    accepted by nginx itself (``nginx -t``), with a test certificate."""
+    cert, key = self_signed(tmp_path / "tls")
+    doc = (ROOT / "docs" / "integrations" / "reverse-proxy.md").read_text()
+    trusted, oidc = re.findall(r"```nginx\n(.*?)```", doc, re.S)
+    trusted = (trusted.replace("/etc/ssl/files.example.com.crt", str(cert))
+               .replace("/etc/ssl/files.example.com.key", str(key)).replace("listen 443 ssl", "listen 127.0.0.1:1 ssl"))
+    oidc = f"server {{\n listen 127.0.0.1:2 ssl; ssl_certificate {cert}; ssl_certificate_key {key};\n{oidc}}}\n"
+    temps = "".join(f"    {kind}_temp_path {tmp_path}/{kind};\n"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{\n    access_log off;\n{temps}{trusted}{oidc}}}\n")
+    r = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "test is successful" in r.stderr, r.stderr

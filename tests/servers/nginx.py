@@ -58,17 +58,36 @@ class Nginx(ServerProcess):
         self.base_url = f"https://{LOOPBACK}:{self.port}"
 
     def config(self, directory: Path) -> str:
-        """nginx.conf for this proxy, every path inside ``directory``."""
+        """nginx.conf for this proxy, every path inside ``directory``: the
+        server block of docs/integrations/reverse-proxy.md, with basic
+        authentication standing in for the single sign-on at the proxy."""
         d = directory
+        forward = "".join(f"            {line}\n" for line in (
+            f"proxy_pass http://{self.upstream};",
+            f"proxy_bind {PROXY_ADDRESS};",
+            "proxy_http_version 1.1;",
+            "proxy_set_header Host $http_host;",
+            # Set, never appended: a client's own X-Forwarded-* are dropped.
+            "proxy_set_header X-Forwarded-For $remote_addr;",
+            "proxy_set_header X-Forwarded-Proto https;",
+            "proxy_set_header X-Forwarded-Host $http_host;",
+            "proxy_buffering off;",
+            "proxy_request_buffering off;",
+        ))
+        clear = f'            proxy_set_header {self.identity_header} "";\n'
         if self.users:
             (d / "htpasswd").write_text("".join(htpasswd_line(u, p) + "\n" for u, p in self.users.items()))
-            sign_in = (f'            auth_basic "agents";\n'
-                       f'            auth_basic_user_file {d}/htpasswd;\n'
-                       f'            proxy_set_header {self.identity_header} $remote_user;\n'
-                       # The agent's password is for the proxy only.
-                       f'            proxy_set_header Authorization "";\n')
+            # Agents' links sign in at the proxy, which names the agent; the
+            # agent's password is for the proxy only.
+            agents = (f'        location ~ ^/(a|p)/ {{\n'
+                      f'            auth_basic "agents";\n'
+                      f'            auth_basic_user_file {d}/htpasswd;\n'
+                      f'{forward}'
+                      f'            proxy_set_header {self.identity_header} $remote_user;\n'
+                      f'            proxy_set_header Authorization "";\n'
+                      f'        }}\n')
         else:
-            sign_in = f'            proxy_set_header {self.identity_header} "";\n'
+            agents = ""
         # Running as root (as tests do here), the workers would drop to
         # "nobody", who cannot read the htpasswd file in a private
         # temporary directory; they stay root, on loopback, for the test only.
@@ -89,18 +108,8 @@ http {{
         ssl_certificate_key {self.key};
         ssl_protocols TLSv1.2 TLSv1.3;
         client_max_body_size 0;
-        location / {{
-            proxy_pass http://{self.upstream};
-            proxy_bind {PROXY_ADDRESS};
-            proxy_http_version 1.1;
-            proxy_set_header Host $http_host;
-            # Set, never appended: a client's own X-Forwarded-* are dropped.
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto https;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_buffering off;
-            proxy_request_buffering off;
-{sign_in}        }}
+{agents}        location / {{
+{forward}{clear}        }}
     }}
 }}
 """
