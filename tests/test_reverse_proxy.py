@@ -162,6 +162,13 @@ def test_oidc_sign_in_through_the_proxy_uses_its_https_url(tmp_path: Path, monke
             assert first.status_code == 302, first.text
             query = parse_qs(urlsplit(first.headers["Location"]).query)
             assert query["redirect_uri"] == [nginx.base_url + "/auth/callback"]
+            # The callback URL comes from http.base_url, never from the Host
+            # or X-Forwarded-Host a request carries through the proxy.
+            spoofed = session(cert).get(url, allow_redirects=False, timeout=30,
+                                        headers={"Host": "files.attacker.example"})
+            assert spoofed.status_code == 302
+            assert parse_qs(urlsplit(spoofed.headers["Location"]).query)["redirect_uri"] == [
+                nginx.base_url + "/auth/callback"]
             got = follow(s, first, "ann", stop_at=nginx.base_url + "/a/")
             assert got.status_code == 200 and got.content == data
             [cookie] = [c for c in s.cookies if c.name == "agw_session"]
