@@ -933,6 +933,13 @@ class Config(_Strict):
         if agents.auth == "trusted-header" and not self.http.trusted_proxies:
             raise ValueError("http.trusted_proxies: empty, but agents.auth 'trusted-header' needs the proxy "
                              "addresses whose identity header is believed")
+        if agents.auth == "trusted-header":
+            for net in self.http.trusted_proxies:
+                if ipaddress.ip_network(net, strict=False).prefixlen == 0:
+                    # Every client would be believed: anyone could name themselves in the header.
+                    raise ValueError(f"http.trusted_proxies: {net!r} trusts every address, so any client could "
+                                     f"set {agents.header}; expected the reverse proxy's own addresses, such as "
+                                     f"\"127.0.0.1/32\"")
         if authz.mode is None and agents.auth != "none":
             raise ValueError(f"authorization.mode: missing, required when agents.auth is {agents.auth!r} "
                              f"(\"static\", \"callout\" or an explicit \"allow-all\")")
