@@ -73,6 +73,7 @@ class Periodic:
         self.store = store
         self.job = job
         self.runs = 0
+        self.slot: int | None = None  # the slot of the turn taken last (for the job to read)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -92,6 +93,7 @@ class Periodic:
         slot = await take_turn(self.store, self.name, self.interval, now)
         if slot is None:
             return False
+        self.slot = slot
         started = time.monotonic()
         result = await self.job()
         self.runs += 1
