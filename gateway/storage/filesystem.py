@@ -95,7 +95,7 @@ class FilesystemStorage:
     async def put(self, key: str, chunks: Iterable[bytes], meta: ObjectMeta) -> StoredObject:
         return await asyncio.to_thread(self._put, key, chunks, meta)
 
-    def _create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+    def _create_if_absent(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
@@ -110,7 +110,11 @@ class FilesystemStorage:
                 # reader see the file before its bytes are written).
                 os.link(tmp, path)
             except FileExistsError:
-                return False
+                # A retry of one's own create (a caller's) finds its bytes.
+                try:
+                    return path.read_bytes() == data
+                except FileNotFoundError:
+                    return False
             side = path.with_name(path.name + _META)
             side_tmp = side.with_name(f".{side.name}.{os.getpid()}.part")
             side_tmp.write_text(json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
@@ -125,7 +129,7 @@ class FilesystemStorage:
             tmp.unlink(missing_ok=True)
 
     async def create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
-        return await asyncio.to_thread(self._create, key, data, meta)
+        return await asyncio.to_thread(self._create_if_absent, key, data, meta)
 
     async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:
         return None

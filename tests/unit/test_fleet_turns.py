@@ -93,3 +93,14 @@ def test_one_turn_per_interval_however_many_nodes_try() -> None:
         assert [await n.run_once(now=7201) for n in nodes] == [True, False, False]
         assert runs == [1]
     asyncio.run(go())
+
+
+def test_the_filesystem_store_creates_if_absent(tmp_path: Path) -> None:
+    from gateway.storage.filesystem import FilesystemStorage
+    from gateway.storage.settings import FilesystemStorageSettings
+    from tests.storage.helpers import check_create
+
+    store = FilesystemStorage("local", FilesystemStorageSettings(backend="filesystem", path=str(tmp_path)), tmp_path)
+    asyncio.run(store.start())
+    asyncio.run(check_create(store))
+    assert not [p for p in tmp_path.rglob(".*.part")]  # no temporary file left
