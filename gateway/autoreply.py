@@ -215,8 +215,8 @@ class Rates:
             except (StorageError, TimeoutError) as e:
                 # Fail open: the reply is not worth holding mail back for,
                 # and is worth sending; the limit holds on this node.
-                log.warning("auto-reply rate claimed on this node only: the store did not answer",
-                            store=store_name, error=str(e) or type(e).__name__)
+                log.warning("auto-reply rate claimed on this node only", store=store_name,
+                            error=str(e) or f"no answer within {SHARED_CLAIM_TIMEOUT:.0f}s")
             else:
                 return Claim(sender, shared.store, key) if key is not None else None
         if await asyncio.to_thread(self.local.claim, sender, interval):
