@@ -277,6 +277,32 @@ class AzureBlobStorage:
         return StoredObject(key=key, size=size, sha256=whole.hexdigest(), content_type=stored.content_type,
                             metadata=stored.metadata, extra={**stored.extra, "verified": "content-md5"})
 
+    async def create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        """One Put Blob with ``If-None-Match: *`` (the SDK's
+        ``overwrite=False``): 409 BlobAlreadyExists when the blob exists."""
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        full = store_key(self.settings.prefix, key)
+        blob = self._c.get_blob_client(full)
+        try:
+            await blob.upload_blob(io.BytesIO(data), length=len(data), overwrite=False,
+                                   content_settings=ContentSettings(content_type=meta.content_type),
+                                   metadata=object_metadata(meta, {META_SHA256: hashlib.sha256(data).hexdigest()},
+                                                            _SEP),
+                                   validate_content="md5", max_concurrency=1, **self._scope())
+            return True
+        except ResourceExistsError:
+            pass
+        except Exception as e:
+            raise self._error("create", full, e) from None
+        # A retry after a lost answer finds its own first attempt.
+        try:
+            found = b"".join([c async for c in self.open(key)])
+        except ObjectNotFound:
+            return False
+        return found == data
+
     async def _delete_quietly(self, full: str) -> None:
         try:
             await self._c.delete_blob(full)

@@ -95,6 +95,42 @@ class FilesystemStorage:
     async def put(self, key: str, chunks: Iterable[bytes], meta: ObjectMeta) -> StoredObject:
         return await asyncio.to_thread(self._put, key, chunks, meta)
 
+    def _create_if_absent(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                # link(2) fails when the name exists and never shows a partial
+                # file: the atomic create-if-absent (O_EXCL alone would let a
+                # reader see the file before its bytes are written).
+                os.link(tmp, path)
+            except FileExistsError:
+                # A retry of one's own create (a caller's) finds its bytes.
+                try:
+                    return path.read_bytes() == data
+                except FileNotFoundError:
+                    return False
+            side = path.with_name(path.name + _META)
+            side_tmp = side.with_name(f".{side.name}.{os.getpid()}.part")
+            side_tmp.write_text(json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                                            "content_type": meta.content_type,
+                                            "metadata": {**meta.metadata, "filename": meta.filename}}))
+            os.replace(side_tmp, side)
+            fsync_dir(path.parent)
+            return True
+        except OSError as e:
+            raise StorageError(f"cannot create {path}: {e.strerror or e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        return await asyncio.to_thread(self._create_if_absent, key, data, meta)
+
     async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:
         return None
 

@@ -248,6 +248,34 @@ class GcsStorage:
                             metadata=stored.metadata,
                             extra={**stored.extra, "verified": "md5" if small else "crc32c"})
 
+    async def create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        """One upload with ``if_generation_match=0`` (412 when any
+        generation of the object exists)."""
+        full = store_key(self.settings.prefix, key)
+        self._b  # noqa: B018 - raises when not started
+        return await self._runner.run(self._create, full, data, meta)
+
+    def _create(self, full: str, data: bytes, meta: ObjectMeta) -> bool:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        blob = self._blob(full)
+        blob.metadata = object_metadata(meta, {META_SHA256: hashlib.sha256(data).hexdigest()})
+        try:
+            blob.upload_from_file(io.BytesIO(data), size=len(data), content_type=meta.content_type,
+                                  checksum="md5", if_generation_match=0, **self._call())
+            return True
+        except PreconditionFailed:
+            pass
+        except Exception as e:
+            raise self._error("create", full, e) from None
+        # A retry after a lost answer finds its own first attempt.
+        try:
+            return bool(self._b.blob(full).download_as_bytes(**self._call()) == data)
+        except NotFound:
+            return False
+        except Exception as e:
+            raise self._error("download", full, e) from None
+
     def _delete_quietly(self, full: str) -> None:
         try:
             self._b.blob(full).delete(**self._call())

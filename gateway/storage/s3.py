@@ -644,6 +644,42 @@ class S3Storage:
                 return []
             raise self._error("GetBucketLifecycleConfiguration", bucket, "", e) from None
 
+    # -- create if absent ----------------------------------------------------
+
+    async def create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        """One PutObject with ``If-None-Match: *`` (AWS S3 since 2024, Ceph
+        radosgw 16 and MinIO: 412 PreconditionFailed when the key exists,
+        one winner among concurrent creates); never through staging."""
+        full = store_key(self.settings.prefix, key)
+        self._c  # noqa: B018 - raises when not started
+        return await self._runner.run(self._create, full, data, meta)
+
+    def _create(self, full: str, data: bytes, meta: ObjectMeta) -> bool:
+        from botocore.exceptions import ClientError
+
+        bucket = self.settings.bucket
+        try:
+            self._c.put_object(Bucket=bucket, Key=full, Body=data, IfNoneMatch="*",
+                               ContentMD5=_b64(hashlib.md5(data, usedforsecurity=False).digest()),
+                               **self._object_args(meta, {META_SHA256: hashlib.sha256(data).hexdigest()}))
+            return True
+        except ClientError as e:
+            # 412: the key exists.  409 ConditionalRequestConflict (AWS): a
+            # concurrent conditional write to the key is under way; it wins.
+            if e.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise self._error("PutObject If-None-Match", bucket, full, e) from None
+        except Exception as e:
+            raise self._error("PutObject If-None-Match", bucket, full, e) from None
+        # A retry after a lost answer finds its own first attempt.
+        try:
+            found = self._c.get_object(Bucket=bucket, Key=full)["Body"].read()
+        except Exception as e:
+            err = self._error("GetObject", bucket, full, e)
+            if isinstance(err, ObjectNotFound):
+                return False
+            raise err from None
+        return bool(found == data)
+
     # -- reads ------------------------------------------------------------
 
     async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:
