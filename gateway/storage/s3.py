@@ -560,8 +560,8 @@ class S3Storage:
 
     async def inspect(self) -> list[Any]:
         """Build the client without ``start``'s refusals or staging recovery
-        and report credentials, region and the buckets' default encryption
-        (``storage check``); a credentials failure ends the list."""
+        and report credentials, that each bucket exists, its region and its
+        default encryption (``storage check``), ending at the first failure."""
         from gateway.storage.admin import FAIL, NOTE, OK, Finding
 
         try:
@@ -571,17 +571,42 @@ class S3Storage:
         s = self.settings
         findings: list[Finding] = []
         for bucket in sorted({s.bucket, self._staging_bucket}):
+            what = "staging_bucket" if bucket != s.bucket else "bucket"
+            try:
+                await self._runner.run(self._c.head_bucket, Bucket=bucket)
+            except Exception as e:
+                status = getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status == 404:
+                    return [*findings, Finding("bucket", FAIL, f"s3://{bucket} does not exist: expected the "
+                                                               f"bucket the config names ({what} = {bucket!r}) "
+                                                               f"in region {s.region!r}")]
+                return [*findings, Finding("credentials", FAIL, str(self._error("HeadBucket", bucket, "", e)))]
             try:
                 region = await self._runner.run(self._bucket_region, bucket)
             except StorageError as e:
                 return [*findings, Finding("credentials", FAIL, str(e))]
             if not findings:
-                findings.append(Finding("credentials", OK, f"GetBucketLocation on s3://{bucket} answered"))
-            findings.append(Finding("region", OK if region == s.region else FAIL,
-                                    f"bucket {bucket!r} is in region {region!r}, the config says {s.region!r}"
-                                    + ("" if region == s.region else " (start-up would refuse: data residency)")))
+                findings.append(Finding("credentials", OK, f"HeadBucket and GetBucketLocation on s3://{bucket} "
+                                                           "answered"))
+            findings.append(Finding("bucket", OK, f"s3://{bucket} exists"))
+            if region != s.region:
+                return [*findings, Finding("region", FAIL, f"bucket {bucket!r} is in region {region!r}, the config "
+                                                           f"says {s.region!r} (start-up would refuse: data "
+                                                           "residency)")]
+            findings.append(Finding("region", OK, f"bucket {bucket!r} is in region {region!r}, the config says "
+                                                  f"{s.region!r}"))
             findings.append(Finding("encryption", NOTE, f"bucket {bucket!r}: {await self._bucket_encryption(bucket)}"))
         return findings
+
+    async def retention_problems(self, rules: list[Any]) -> list[str]:
+        """What the buckets' lifecycle lacks of the rules the config asks
+        for (``storage check``); [] when every rule is there as configured."""
+        from gateway.storage.retention import s3_lifecycle_rules, s3_rule_problems
+
+        out: list[str] = []
+        for bucket, ours in s3_lifecycle_rules(self.settings, rules).items():
+            out += s3_rule_problems(bucket, await self._runner.run(self._lifecycle, bucket), ours)
+        return out
 
     async def _bucket_encryption(self, bucket: str) -> str:
         """The bucket's default encryption, in words (it decides nothing: the
@@ -614,16 +639,17 @@ class S3Storage:
             return f"the store reports KMS key {key or 'none'!r}, the config asks for {s.kms_key_id!r}"
         return ""
 
-    async def apply_retention(self, dry_run: bool) -> dict[str, Any]:
-        """Write the store's lifecycle rules (``admin.s3_lifecycle_rules``)
-        to each bucket, keeping the bucket's other rules, and read them back;
-        with ``dry_run`` only show what would be written."""
-        from gateway.storage.admin import merge_s3_rules, s3_lifecycle_rules
+    async def apply_retention(self, rules: list[Any], dry_run: bool) -> dict[str, Any]:
+        """Write the store's lifecycle rules (``retention.s3_lifecycle_rules``
+        of the plan ``rules``) to each bucket, keeping the bucket's other
+        rules, and read them back; with ``dry_run`` only show what would be
+        written."""
+        from gateway.storage.retention import merge_s3_rules, s3_lifecycle_rules
 
         if self._client is None:
             self._client = await self._runner.run(self._make_client)
         out: dict[str, Any] = {}
-        for bucket, ours in s3_lifecycle_rules(self.settings).items():
+        for bucket, ours in s3_lifecycle_rules(self.settings, rules).items():
             existing = await self._runner.run(self._lifecycle, bucket)
             rules = merge_s3_rules(existing, ours)
             if not dry_run:
@@ -643,6 +669,21 @@ class S3Storage:
             if getattr(e, "response", {}).get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
                 return []
             raise self._error("GetBucketLifecycleConfiguration", bucket, "", e) from None
+
+    # -- listing (erase) ----------------------------------------------------
+
+    async def list(self, prefix: str) -> list[str]:
+        """The keys (without the store's prefix) of every object under ``prefix``."""
+        full = self.settings.prefix + prefix
+
+        def _list() -> list[str]:
+            pages = self._c.get_paginator("list_objects_v2").paginate(Bucket=self.settings.bucket, Prefix=full)
+            return [o["Key"][len(self.settings.prefix):] for page in pages for o in page.get("Contents", [])]
+
+        try:
+            return await self._runner.run(_list)
+        except Exception as e:
+            raise self._error("ListObjectsV2", self.settings.bucket, full, e) from None
 
     # -- reads ------------------------------------------------------------
 
