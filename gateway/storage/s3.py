@@ -68,6 +68,12 @@ MAX_PARTS = 10_000
 _READ_CHUNK = 1 << 20
 
 
+def _region(constraint: str | None) -> str:
+    """A bucket's region from its LocationConstraint: us-east-1 answers with
+    an empty one, the oldest EU buckets with "EU"."""
+    return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(constraint, constraint or "us-east-1")
+
+
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
@@ -173,8 +179,7 @@ class S3Storage:
             loc = self._c.get_bucket_location(Bucket=bucket).get("LocationConstraint")
         except Exception as e:
             raise self._error("GetBucketLocation", bucket, "", e) from None
-        # us-east-1 answers with an empty constraint, the oldest EU buckets with "EU".
-        return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(loc, loc)
+        return _region(loc)
 
     # -- helpers ----------------------------------------------------------
 
@@ -573,21 +578,17 @@ class S3Storage:
         for bucket in sorted({s.bucket, self._staging_bucket}):
             what = "staging_bucket" if bucket != s.bucket else "bucket"
             try:
-                await self._runner.run(self._c.head_bucket, Bucket=bucket)
+                answer = await self._runner.run(self._c.get_bucket_location, Bucket=bucket)
             except Exception as e:
-                status = getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
-                if status == 404:
+                if getattr(e, "response", {}).get("Error", {}).get("Code") == "NoSuchBucket":
                     return [*findings, Finding("bucket", FAIL, f"s3://{bucket} does not exist: expected the "
                                                                f"bucket the config names ({what} = {bucket!r}) "
                                                                f"in region {s.region!r}")]
-                return [*findings, Finding("credentials", FAIL, str(self._error("HeadBucket", bucket, "", e)))]
-            try:
-                region = await self._runner.run(self._bucket_region, bucket)
-            except StorageError as e:
-                return [*findings, Finding("credentials", FAIL, str(e))]
+                return [*findings, Finding("credentials", FAIL,
+                                           str(self._error("GetBucketLocation", bucket, "", e)))]
+            region = _region(answer.get("LocationConstraint"))
             if not findings:
-                findings.append(Finding("credentials", OK, f"HeadBucket and GetBucketLocation on s3://{bucket} "
-                                                           "answered"))
+                findings.append(Finding("credentials", OK, f"GetBucketLocation on s3://{bucket} answered"))
             findings.append(Finding("bucket", OK, f"s3://{bucket} exists"))
             if region != s.region:
                 return [*findings, Finding("region", FAIL, f"bucket {bucket!r} is in region {region!r}, the config "
