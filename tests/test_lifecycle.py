@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -18,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import GATEWAY, ROOT, GatewayProcess, wait_until
-from tests.messages import fetch, links, message, pdf_bytes, send
+from tests.messages import fetch, message, pdf_bytes, send
 
 DAY = 86400
 API_KEY = "test-api-key-0123456789abcdef"
 EXECUTABLE = Path("/bin/true").read_bytes()  # a real ELF program: refused, quarantined
+PAGE_LINK = re.compile(rb"http://127\.0\.0\.1:\d+/p/[A-Za-z0-9._-]+")
 
 # Per kind: the config key, its days here, and a key under its prefix.
 RETENTION = {
@@ -194,6 +196,7 @@ def customer_data(gw: GatewayProcess, customer: str, tag: str) -> dict[str, Any]
     an asynchronous job, an invitation and an upload started with it."""
     pdf = pdf_bytes(200_000) + tag.encode()
     send(gw.smtp_port, message(attachments=[(pdf, "application/pdf", f"{tag}.pdf"),
+                                            (pdf + b"2", "application/pdf", f"{tag}-2.pdf"),
                                             (EXECUTABLE, "application/octet-stream", "tool.exe")],
                                From=customer), sender=customer)
     api = upload(gw, customer, pdf_bytes(50_000) + tag.encode(), f"{tag}-api.pdf")
@@ -212,22 +215,25 @@ def test_erase_removes_one_customers_files_records_and_invitations_and_revokes_t
         make_gateway: Any, tmp_path: Path) -> None:
     key = tmp_path / "api.key"
     key.write_text(API_KEY + "\n")
-    gw = make_gateway(threshold="100KiB", sections={"api": {"keys": [{"id": "flow", "file": str(key)}]}})
+    # Two files offloaded from each mail: one landing page listing both.
+    gw = make_gateway(threshold="100KiB", route={"landing_page": True},
+                      sections={"api": {"keys": [{"id": "flow", "file": str(key)}]}})
     alice, bob = "alice@a.example", "bob@b.example"
     a = customer_data(gw, alice, "alice")
     b = customer_data(gw, bob, "bob")
     mails = gw.wait_outbox(2)
-    mail_link = {who: next(u for m in mails if who.encode() in m for u in links(m)) for who in ("alice", "bob")}
+    mail_link = {who: next(u.decode() for m in mails if who.encode() in m for u in PAGE_LINK.findall(m))
+                 for who in ("alice", "bob")}
     for url in (mail_link["alice"], a["api"], a["job"], mail_link["bob"], b["api"]):
         assert fetch(url)[0] == 200
     bob_before = held_for(gw, bob)
-    assert set(held_for(gw, alice)) == {"uploads", "quarantine", "links", "jobs", "invitations"}
+    assert set(held_for(gw, alice)) == {"uploads", "quarantine", "links", "pages", "jobs", "invitations"}
     assert (a["upload"] / "session.json").exists() and (b["upload"] / "session.json").exists()
 
     res = gw.command("erase", "--customer", alice, "--json")
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(res.stdout)
-    counts = {"links": 3, "pages": 0, "invitations": 1, "uploads_in_progress": 1, "jobs": 1, "files": 3,
+    counts = {"links": 4, "pages": 1, "invitations": 1, "uploads_in_progress": 1, "jobs": 1, "files": 4,
               "quarantined": 1}
     assert report["erased"] == counts and report["stores"] == {"local": counts} and report["spooled"] == []
 
@@ -237,11 +243,13 @@ def test_erase_removes_one_customers_files_records_and_invitations_and_revokes_t
     records = [json.loads(p.read_text()) for p in (gw.objects / "links").glob("*.json")
                if not p.name.endswith(".meta.json")]
     tombstones = [r for r in records if r["customer_id"] == ""]
-    assert len(tombstones) == 3 and all(t["revoked"] and t["key"] == "" and t["filename"] == "" for t in tombstones)
+    assert len(tombstones) == 4 and all(t["revoked"] and t["key"] == "" and t["filename"] == "" for t in tombstones)
     # Bob's are untouched and still served.
     assert held_for(gw, bob) == bob_before and (b["upload"] / "session.json").exists()
-    assert fetch(mail_link["bob"])[2] == b["pdf"] and fetch(b["api"])[0] == 200 and fetch(b["job"])[0] == 200
-    # Alice's links, already in the agents' mail, give the revoked page.
+    status, _, page = fetch(mail_link["bob"])
+    assert status == 200 and b"bob.pdf" in page and b"Download" in page
+    assert fetch(b["api"])[0] == 200 and fetch(b["job"])[0] == 200
+    # Alice's links, already in the agents' mail (the landing page too), give the revoked page.
     for url in (mail_link["alice"], a["api"], a["job"]):
         status, _, page = fetch(url)
         assert status == 410 and b"Link revoked" in page, (url, status, page)
@@ -250,8 +258,8 @@ def test_erase_removes_one_customers_files_records_and_invitations_and_revokes_t
     [event] = [e for e in gw.audit() if e["EventType"] == "CustomerErased"]
     assert event["EventResult"] == "Success" and event["CustomerId"] == alice
     assert event["ErasedCounts"] == counts and event["ErasedByStore"] == {"local": counts}
-    assert event["EventResultDetails"].startswith("erased 3 links, 1 invitations, 1 uploads in progress, 1 jobs, "
-                                                  "3 files, 1 quarantined in local")
+    assert event["EventResultDetails"].startswith("erased 4 links, 1 pages, 1 invitations, 1 uploads in progress, "
+                                                  "1 jobs, 4 files, 1 quarantined in local")
     assert event["ActorUsername"].startswith("cli:")
 
     # A second run erases nothing, succeeds and says so (and is audited too).

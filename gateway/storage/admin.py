@@ -23,10 +23,10 @@ from typing import Any
 
 from gateway.storage.base import ObjectMeta, Storage, StorageError
 from gateway.storage.keys import utc_stamp
-from gateway.storage.retention import PrefixRetention
+from gateway.storage.retention import CHECK, PrefixRetention
 
 # Where the round trip of ``check`` writes, under the store's prefix.
-CHECK_PREFIX = "check/"
+CHECK_PREFIX = CHECK
 _CHECK_SIZE = 1024
 
 OK, FAIL, NOTE = "ok", "FAIL", "note"
