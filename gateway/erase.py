@@ -11,7 +11,8 @@ Per store, in an order that never leaves a working link to a deleted file:
    (``link_retention_days``).  A revocation marker for the customer is *not*
    written: it would also refuse every link minted for them afterwards;
 2. invitations (``invitations/<id>.json`` and its usage), and the upload
-   page's unfinished uploads made with them (``staging/page/<uid>/``);
+   page's unfinished uploads made with them (``staging/page/<uid>/``; on
+   S3 a direct upload's multipart upload is aborted);
 3. asynchronous upload jobs (``jobs/``) and what they staged;
 4. the files: ``uploads/<customer>/`` and each quarantine prefix's
    ``<prefix><customer>/``.
@@ -44,6 +45,7 @@ from gateway.spool.queue import QUEUES, read_envelope
 from gateway.storage.base import ObjectNotFound, Storage, StorageError
 from gateway.storage.keys import UPLOADS
 from gateway.storage.retention import INVITATIONS, JOBS, LINKS, PAGES, STAGING
+from gateway.storage.s3_direct import direct_uploads
 
 # What erase counts, in the order it reports them.
 KINDS = ("links", "pages", "invitations", "uploads_in_progress", "jobs", "files", "quarantined")
@@ -139,6 +141,10 @@ async def erase_store(store: Storage, customer: str, quarantine: Iterable[str]) 
         if raw is None or raw.get("invitation") not in erased_invitations:
             return
         folder = key.rsplit("/", 1)[0] + "/"
+        direct = direct_uploads(store)
+        if raw.get("s3_upload_id") and direct is not None:
+            # A direct upload's parts are no object yet: abort the upload itself.
+            await direct.abort(folder + "file", str(raw["s3_upload_id"]))
         await _bounded(await lister.list(folder), store.delete)
         await _prune(store, folder)
         counts["uploads_in_progress"] += 1

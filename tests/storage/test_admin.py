@@ -423,10 +423,11 @@ def backend_bucket(request: pytest.FixtureRequest, backend: str, tmp_path: Path,
                    lambda k: b.blob(k).download_as_bytes()), client.close)
 
 
-def seed(bucket: Bucket, prefix: str, who: str, n: int) -> dict[str, str]:
+def seed(bucket: Bucket, prefix: str, who: str, n: int, direct: Any = None) -> dict[str, str]:
     """What the gateway writes for a customer: a file and its link record, a
     quarantined file, a job and what it staged, an invitation, its usage and
-    an upload started with it.  Returns kind -> key (without the prefix)."""
+    an upload started with it (``direct(key)``: as a multipart upload to
+    the store, returning its id).  Returns kind -> key (without the prefix)."""
     oid, job, inv, uid = f"Link{n}AbCdEfGhIj", f"Job{n}AbCdEfGhIjK", f"Inv{n}AbCdEfGhIjK", f"Up{n}AbCdEfGhIjKl"
     upload = f"uploads/{who}/20261201T100000.000000Z-file{n}.pdf"
     keys = {
@@ -446,6 +447,8 @@ def seed(bucket: Bucket, prefix: str, who: str, n: int) -> dict[str, str]:
         "usage": {"uploads": {uid: 10}},
         "session": {"uid": uid, "invitation": inv, "name": "scan.pdf", "size": 10},
     }
+    if direct is not None:
+        bodies["session"].update(mode="direct", s3_upload_id=direct(f"{prefix}staging/page/{uid}/file"))
     for kind, key in keys.items():
         bucket.put(prefix + key, json.dumps(bodies[kind]).encode() if kind in bodies else b"x")
     return keys
@@ -461,8 +464,17 @@ def test_erase_on_each_cloud_backend_removes_exactly_one_customer(make_gateway: 
     prefix = f"er{uuid.uuid4().hex[:8]}/"
     store, bucket, close = backend_bucket(request, backend, tmp_path, prefix)
     try:
-        alice = seed(bucket, prefix, "alice@a.example", 1)
-        bob = seed(bucket, prefix, "bob@b.example", 2)
+        uploads: Any = None
+        if backend == "s3":  # the upload page's direct uploads are multipart uploads to the bucket
+            s3, name = request.getfixturevalue("s3"), request.getfixturevalue("bucket")
+
+            def direct(key: str) -> str:
+                return str(s3.create_multipart_upload(Bucket=name, Key=key)["UploadId"])
+
+            def uploads() -> list[str]:
+                return sorted(u["Key"] for u in s3.list_multipart_uploads(Bucket=name).get("Uploads", []))
+        alice = seed(bucket, prefix, "alice@a.example", 1, direct if uploads else None)
+        bob = seed(bucket, prefix, "bob@b.example", 2, direct if uploads else None)
         gw = gateway_with(make_gateway, store)
         res = gw.command("erase", "--customer", "alice@a.example", "--store", "cloud", "--json")
         assert res.returncode == 0, res.stdout + res.stderr
@@ -474,6 +486,8 @@ def test_erase_on_each_cloud_backend_removes_exactly_one_customer(make_gateway: 
         tomb = json.loads(bucket.get(prefix + alice["link"]))
         assert tomb["revoked"] is True and tomb["customer_id"] == tomb["key"] == tomb["filename"] == ""
         assert json.loads(bucket.get(prefix + bob["link"]))["customer_id"] == "bob@b.example"
+        if uploads:  # Alice's direct upload aborted, Bob's still open
+            assert uploads() == [prefix + bob["session"].replace("session.json", "file")]
         [event] = [e for e in gw.audit() if e["EventType"] == "CustomerErased"]
         assert event["ErasedCounts"] == counts and event["ErasedByStore"] == {"cloud": counts}
 
