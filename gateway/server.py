@@ -47,6 +47,9 @@ from gateway.pipeline import Pipeline
 from gateway.pipeline.services import Services
 from gateway.runner import Runner
 from gateway.spool import Spool
+from gateway.storage.filesystem import FilesystemStorage
+from gateway.storage.retention import PrefixRetention, plan_for
+from gateway.storage.sweep import Sweeper
 from gateway.uploads import Uploads
 
 log = logs.get("server")
@@ -95,6 +98,7 @@ class Gateway:
         self.tls: IngressTls | None = None
         self.milter: MilterServer | None = None
         self.admin: web.AppRunner | None = None
+        self.sweeper: Sweeper | None = None
         self.health = Health(lambda: self.cfg, self.spool if "smtp" in roles or "worker" in roles else None,
                              self.stores, self._listeners)
         self._stop = asyncio.Event()
@@ -143,6 +147,11 @@ class Gateway:
         self.jobs = JobRunner(self.spool.root, self.uploads, self.cfg.api.job_lease)
         if "worker" in self.roles:
             await self.jobs.start()
+        if "worker" in self.roles and self.slot == 0:
+            # Filesystem stores have no lifecycle of their own: one worker
+            # process per node deletes what has expired (safe beside others).
+            self.sweeper = Sweeper(self._swept_stores)
+            self.sweeper.start()
         if "http" in self.roles:
             assert self.links is not None
             runner = self.runner
@@ -175,6 +184,11 @@ class Gateway:
                  http=self.cfg.http.listen if self.http else None,
                  metrics=self.cfg.metrics.listen if self.admin else None,
                  milter=self.milter.settings.listen if self.milter else None, spool=str(self.spool.root))
+
+    def _swept_stores(self) -> list[tuple[str, Path, list[PrefixRetention]]]:
+        """The filesystem stores and their retention plans, as the config in force says."""
+        return [(name, store.root, plan_for(self.cfg, name)) for name, store in self.stores.items()
+                if isinstance(store, FilesystemStorage)]
 
     def _warn_allow_all(self) -> None:
         if self.links is not None and isinstance(self.links.authoriser, AllowAll):
@@ -283,6 +297,8 @@ class Gateway:
         await self.health.stop()
         if self.upload_page is not None:
             await self.upload_page.stop()
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         if self.jobs is not None:
             # A job cut short keeps its marker and is finished at the next start.
             await self.jobs.stop()

@@ -34,6 +34,18 @@ def _open_and_read(path: Path) -> tuple[BinaryIO, bytes]:
         raise
 
 
+def _create(tmp: Path) -> BinaryIO:
+    """Open ``tmp`` for writing, making its directory; once more if the
+    retention sweep removed that directory, found empty, in between."""
+    for _ in range(3):
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return open(tmp, "wb")
+        except FileNotFoundError:
+            continue
+    return open(tmp, "wb")
+
+
 class FilesystemStorage:
     """A directory tree as an object store."""
 
@@ -60,12 +72,11 @@ class FilesystemStorage:
 
     def _put(self, key: str, chunks: Iterable[bytes], meta: ObjectMeta) -> StoredObject:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
         h = hashlib.sha256()
         size = 0
         try:
-            with open(tmp, "wb") as f:
+            with _create(tmp) as f:
                 for chunk in chunks:
                     f.write(chunk)
                     h.update(chunk)
@@ -159,6 +170,39 @@ class FilesystemStorage:
             path.with_name(path.name + _META).unlink(missing_ok=True)
 
         await asyncio.to_thread(_delete)
+
+    async def list(self, prefix: str) -> list[str]:
+        """The keys of every object under ``prefix`` (sidecars and
+        unfinished writes left out)."""
+        def _list() -> list[str]:
+            base = self.root / prefix.rstrip("/") if prefix.endswith("/") else self.root
+            out = []
+            for dirpath, _, files in os.walk(base):
+                rel = os.path.relpath(dirpath, self.root)
+                for name in files:
+                    if name.endswith(_META) or name.startswith("."):
+                        continue
+                    key = name if rel == "." else f"{rel}/{name}"
+                    if key.startswith(prefix):
+                        out.append(key)
+            return sorted(out)
+
+        return await asyncio.to_thread(_list)
+
+    async def prune(self, prefix: str) -> None:
+        """Remove the empty directories under ``prefix`` and the prefix's
+        own (erase: a directory named after a customer must not outlive
+        their files).  A writer that loses its directory makes it again."""
+        def _prune() -> None:
+            base = self.root / prefix.rstrip("/")
+            for dirpath, _, _ in os.walk(base, topdown=False):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass  # not empty, or gone already
+
+        if prefix.endswith("/") and prefix.strip("/"):
+            await asyncio.to_thread(_prune)
 
     async def stat(self, key: str) -> StoredObject | None:
         path = self._path(key)
