@@ -8,9 +8,14 @@ file could not be stored and was too large to forward (DESIGN.md rule 2).  RFC 3
 ``Auto-Submitted: auto-replied`` and goes from the null return path; none
 goes to a null sender, to list or bulk mail, to mail that is itself
 auto-submitted, or to a sender that answered within the route's interval.
-The interval's state is a file per sender (named by a hash of the address)
-under the spool, taken under an flock, so every gateway process on the
-spool shares it.
+Where the interval's state lives (``Rates``): on a route whose store is a
+cloud store (S3, Azure, GCS), in that store, which every node of a fleet
+shares (``SharedRateStore``: claims made with the store's create-if-absent,
+so one reply per sender per interval holds across nodes); otherwise a file
+per sender (named by a hash of the address) under the spool, taken under an
+flock, shared by every gateway process on that spool (``RateStore``).  When
+the store does not answer, the claim falls back to the spool's files: the
+reply still goes, and the limit holds per node instead of per fleet.
 
 When the upload page is enabled and the template shows ``{upload_url}``,
 the worker mints a fresh invitation for each reply (the message's customer
@@ -20,18 +25,28 @@ template line with ``{upload_url}`` is left out when there is no link.
 """
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
+import json
 import os
 import time
+from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from gateway import mailtext
+from gateway import logs, mailtext
 from gateway.mailtext import fill
 from gateway.mime.decode import message_header
+from gateway.storage.base import ObjectMeta, ObjectNotFound, Storage, StorageError
+
+log = logs.get("autoreply")
+
+# Seconds a claim in the shared store may take before the local files
+# decide instead: the message waits for it.
+SHARED_CLAIM_TIMEOUT = 5.0
 
 # Local parts that are machines, not people (RFC 3834 section 2).
 _MACHINE_LOCAL_PARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "donotreply", "do-not-reply")
@@ -67,7 +82,7 @@ class RateStore:
         self.dir = directory
 
     def _path(self, sender: str) -> Path:
-        return self.dir / hashlib.sha256(sender.strip().lower().encode("utf-8", "replace")).hexdigest()
+        return self.dir / _sender_hash(sender)
 
     def claim(self, sender: str, interval: int, now: float | None = None) -> bool:
         """True (and the time recorded) when the sender may be answered now;
@@ -114,6 +129,112 @@ class RateStore:
                     p.unlink()
             except OSError:
                 pass
+
+
+def _sender_hash(sender: str) -> str:
+    return hashlib.sha256(sender.strip().lower().encode("utf-8", "replace")).hexdigest()
+
+
+class SharedRateStore:
+    """When each sender was last answered, in an object store every node shares.
+
+    The interval is cut into slots (``floor(time / interval)``) and a reply
+    at time t in slot k is claimed by creating ``autoreply/<hash>/<k>``
+    (create-if-absent: one winner).  Two replies in one slot are thereby
+    impossible; two in neighbouring slots closer than the interval are
+    prevented by the claimer in slot k first creating slot k-1 itself (a
+    "hold"): if a reply in k-1 got there first, its time is read and
+    decides; if the hold got there first, a late claim in k-1 fails.  So
+    any two replies to one sender are at least ``interval`` apart, provided
+    the nodes' clocks agree to well within it (NTP)."""
+
+    def __init__(self, store: Storage) -> None:
+        self.store = store
+
+    @staticmethod
+    def key(sender: str, slot: int) -> str:
+        return f"autoreply/{_sender_hash(sender)}/{slot}"
+
+    async def claim(self, sender: str, interval: int, now: float | None = None) -> str | None:
+        """The key of the claim made when the sender may be answered now,
+        or None when an answer went (or is going) to it within
+        ``interval`` seconds.  Raises StorageError."""
+        now = time.time() if now is None else now
+        slot = int(now // interval)
+        meta = ObjectMeta(content_type="application/json")
+        nonce = os.urandom(8).hex()
+        hold = json.dumps({"hold": True, "at": round(now, 3), "nonce": nonce}).encode()
+        if not await self.store.create(self.key(sender, slot - 1), hold, meta):
+            before = await self._time_of(self.key(sender, slot - 1))
+            if before is not None and now - before < interval:
+                return None
+        mine = self.key(sender, slot)
+        if not await self.store.create(mine, json.dumps({"at": round(now, 3), "nonce": nonce}).encode(), meta):
+            return None
+        return mine
+
+    async def _time_of(self, key: str) -> float | None:
+        """When the reply claimed by ``key`` was made; None for a hold or a
+        claim since released."""
+        try:
+            raw = json.loads(b"".join([c async for c in self.store.open(key)]))
+        except ObjectNotFound:
+            return None
+        except ValueError:
+            return None
+        return None if raw.get("hold") else float(raw.get("at", 0))
+
+    async def release(self, key: str) -> None:
+        """Forget a claim whose reply could not be sent."""
+        await self.store.delete(key)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A sender's claim to be answered now: in a shared store (``key``) or
+    in the spool's files (``key`` None)."""
+
+    sender: str
+    store: Storage | None = None
+    key: str | None = None
+
+
+class Rates:
+    """Which rate store decides for a route: its shared store when it has
+    one, else (and when that store fails) the spool's files."""
+
+    def __init__(self, local: RateStore, shared: dict[str, Storage]) -> None:
+        self.local = local
+        self.shared = {name: SharedRateStore(store) for name, store in shared.items()}
+
+    async def claim(self, store_name: str, sender: str, interval: int) -> Claim | None:
+        """A claim when the sender may be answered now, else None."""
+        shared = self.shared.get(store_name)
+        if shared is not None:
+            try:
+                key = await asyncio.wait_for(shared.claim(sender, interval), SHARED_CLAIM_TIMEOUT)
+            except (StorageError, TimeoutError) as e:
+                # Fail open: the reply is not worth holding mail back for,
+                # and is worth sending; the limit holds on this node.
+                log.warning("auto-reply rate claimed on this node only", store=store_name,
+                            error=str(e) or f"no answer within {SHARED_CLAIM_TIMEOUT:.0f}s")
+            else:
+                return Claim(sender, shared.store, key) if key is not None else None
+        if await asyncio.to_thread(self.local.claim, sender, interval):
+            return Claim(sender)
+        return None
+
+    async def release(self, claim: Claim) -> None:
+        """Forget a claim whose reply could not be sent (a store that does
+        not answer keeps it: one reply fewer, never one more)."""
+        if claim.key is None:
+            await asyncio.to_thread(self.local.release, claim.sender)
+            return
+        assert claim.store is not None
+        try:
+            await SharedRateStore(claim.store).release(claim.key)
+        except StorageError as e:
+            log.warning("auto-reply claim not released", key=claim.key, error=str(e))
 
 
 def render(template: str, *, refusals: list[tuple[str, str]], subject: str, upload_url: str) -> str:

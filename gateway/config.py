@@ -888,6 +888,7 @@ class Config(_Strict):
                 raise ValueError(f"storage.{name}.retention_days: {store.retention_days}: attachments would be "
                                  f"deleted before their links expire (links.ttl = {self.links.ttl} s): expected "
                                  f"at least {-(-self.links.ttl // 86400)}")
+            self._check_retention(name, store)
         names = set()
         for i, route in enumerate(self.routes):
             if route.storage not in self.storage:
@@ -914,6 +915,30 @@ class Config(_Strict):
         if self.api.route is not None and self.api.route not in names:
             raise ValueError(f"api.route: {self.api.route!r} names no route (have: {', '.join(sorted(names))})")
         return self
+
+    def _check_retention(self, name: str, store: StorageSettings) -> None:
+        """Nothing may expire while what depends on it can still be used."""
+        def days(seconds: int) -> int:
+            return -(-seconds // 86400)
+
+        key = f"storage.{name}"
+        if store.link_days < store.retention_days:
+            raise ValueError(f"{key}.link_retention_days: {store.link_days}: link records would be deleted while "
+                             f"their links can still be refreshed (a link is refreshable as long as its file is "
+                             f"kept, {key}.retention_days = {store.retention_days}): expected at least "
+                             f"{store.retention_days}")
+        if store.link_days < days(self.links.ttl):
+            raise ValueError(f"{key}.link_retention_days: {store.link_days}: link records would be deleted before "
+                             f"their links expire (links.ttl = {self.links.ttl} s): expected at least "
+                             f"{days(self.links.ttl)}")
+        if store.invitation_retention_days < days(self.upload.invitation_ttl):
+            raise ValueError(f"{key}.invitation_retention_days: {store.invitation_retention_days}: invitations "
+                             f"would be deleted before their links expire (upload.invitation_ttl = "
+                             f"{self.upload.invitation_ttl} s): expected at least {days(self.upload.invitation_ttl)}")
+        if store.staging_retention_days < days(self.upload.abandon_after):
+            raise ValueError(f"{key}.staging_retention_days: {store.staging_retention_days}: staged uploads would "
+                             f"be deleted before the upload page gives them up (upload.abandon_after = "
+                             f"{self.upload.abandon_after} s): expected at least {days(self.upload.abandon_after)}")
 
     def _check_srs(self) -> None:
         from gateway import srs as srs_mod  # late: gateway.srs imports the delivery layer
@@ -968,6 +993,13 @@ class Config(_Strict):
         if agents.auth == "trusted-header" and not self.http.trusted_proxies:
             raise ValueError("http.trusted_proxies: empty, but agents.auth 'trusted-header' needs the proxy "
                              "addresses whose identity header is believed")
+        if agents.auth == "trusted-header":
+            for net in self.http.trusted_proxies:
+                if ipaddress.ip_network(net, strict=False).prefixlen == 0:
+                    # Every client would be believed: anyone could name themselves in the header.
+                    raise ValueError(f"http.trusted_proxies: {net!r} trusts every address, so any client could "
+                                     f"set {agents.header}; expected the reverse proxy's own addresses, such as "
+                                     f"\"127.0.0.1/32\"")
         if authz.mode is None and agents.auth != "none":
             raise ValueError(f"authorization.mode: missing, required when agents.auth is {agents.auth!r} "
                              f"(\"static\", \"callout\" or an explicit \"allow-all\")")

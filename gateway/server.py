@@ -47,6 +47,9 @@ from gateway.pipeline import Pipeline
 from gateway.pipeline.services import Services
 from gateway.runner import Runner
 from gateway.spool import Spool
+from gateway.storage.filesystem import FilesystemStorage
+from gateway.storage.retention import PrefixRetention, plan_for
+from gateway.storage.sweep import Sweeper
 from gateway.uploads import Uploads
 
 log = logs.get("server")
@@ -95,6 +98,7 @@ class Gateway:
         self.tls: IngressTls | None = None
         self.milter: MilterServer | None = None
         self.admin: web.AppRunner | None = None
+        self.sweeper: Sweeper | None = None
         self.health = Health(lambda: self.cfg, self.spool if "smtp" in roles or "worker" in roles else None,
                              self.stores, self._listeners)
         self._stop = asyncio.Event()
@@ -143,6 +147,11 @@ class Gateway:
         self.jobs = JobRunner(self.spool.root, self.uploads, self.cfg.api.job_lease)
         if "worker" in self.roles:
             await self.jobs.start()
+        if "worker" in self.roles and self.slot == 0:
+            # Filesystem stores have no lifecycle of their own: one worker
+            # process per node deletes what has expired (safe beside others).
+            self.sweeper = Sweeper(self._swept_stores)
+            self.sweeper.start()
         if "http" in self.roles:
             assert self.links is not None
             runner = self.runner
@@ -175,6 +184,11 @@ class Gateway:
                  http=self.cfg.http.listen if self.http else None,
                  metrics=self.cfg.metrics.listen if self.admin else None,
                  milter=self.milter.settings.listen if self.milter else None, spool=str(self.spool.root))
+
+    def _swept_stores(self) -> list[tuple[str, Path, list[PrefixRetention]]]:
+        """The filesystem stores and their retention plans, as the config in force says."""
+        return [(name, store.root, plan_for(self.cfg, name)) for name, store in self.stores.items()
+                if isinstance(store, FilesystemStorage)]
 
     def _warn_allow_all(self) -> None:
         if self.links is not None and isinstance(self.links.authoriser, AllowAll):
@@ -283,6 +297,8 @@ class Gateway:
         await self.health.stop()
         if self.upload_page is not None:
             await self.upload_page.stop()
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         if self.jobs is not None:
             # A job cut short keeps its marker and is finished at the next start.
             await self.jobs.stop()
@@ -333,6 +349,12 @@ class Supervisor:
         self.beats: dict[int, float] = {}  # slot -> monotonic time of the last heartbeat
         self.stopping = False
         self.read_fd, self.write_fd = os.pipe()
+        # Woken by SIGCHLD (signal.set_wakeup_fd), so a child's exit is seen
+        # at once rather than at the next poll: stopping takes as long as
+        # the children's drain, not the poll interval on top.
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(self.wake_write, False)
 
     def _spawn(self, slot: int) -> None:
         pid = os.fork()
@@ -341,7 +363,10 @@ class Supervisor:
             try:
                 _die_with_parent()
                 os.close(self.read_fd)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.set_wakeup_fd(-1)
+                os.close(self.wake_read)
+                os.close(self.wake_write)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 gw = Gateway(self.cfg, self.config_path, self.roles, shared_ports=True, recover=False,
                              report_fd=self.write_fd, slot=slot)
@@ -386,6 +411,10 @@ class Supervisor:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
+        # A handler (even one that does nothing) is what makes the wakeup fd
+        # receive SIGCHLD; the default disposition ignores it.
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.set_wakeup_fd(self.wake_write, warn_on_full_buffer=False)
         for slot in range(self.processes):
             self._spawn(slot)
         log.info("supervisor started", processes=self.processes)
@@ -396,8 +425,11 @@ class Supervisor:
         buffered = b""
         while self.children:
             with contextlib.suppress(InterruptedError):
-                readable, _, _ = select.select([self.read_fd], [], [], 0.5)
-                if readable:
+                readable, _, _ = select.select([self.read_fd, self.wake_read], [], [], 0.5)
+                if self.wake_read in readable:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_read, 4096)
+                if self.read_fd in readable:
                     buffered += os.read(self.read_fd, 65536)
                     *lines, buffered = buffered.split(b"\n")
                     for line in lines:

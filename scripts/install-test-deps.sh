@@ -31,11 +31,13 @@
 #                    tests/servers/checking_hop.py) and its key tools
 #   postfix-policyd-spf-python  the checking next hop's SPF check (policy service)
 #   qpdf             `qpdf --check`, the reference reader every disarmed PDF must pass
+#   nginx-light      the reverse proxy in front of the agents' links (TLS, identity
+#                    header), run by tests/servers/nginx.py as a foreground process
 set -euo pipefail
 
 PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl systemd util-linux
           mimedefang clamav-daemon libmagic1 rsyslog rsyslog-gnutls chromium curl
-          opendkim opendkim-tools postfix-policyd-spf-python qpdf)
+          opendkim opendkim-tools postfix-policyd-spf-python qpdf nginx-light)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
 
@@ -73,7 +75,7 @@ fi
 for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/smtp-sink \
            /usr/bin/swaks /usr/bin/wrk /usr/bin/script /usr/bin/openssl /usr/bin/systemd-analyze /usr/bin/mount \
            /usr/sbin/clamd /usr/sbin/rsyslogd /usr/bin/chromium /usr/bin/curl \
-           /usr/sbin/opendkim /usr/bin/policyd-spf /usr/bin/qpdf; do
+           /usr/sbin/opendkim /usr/bin/policyd-spf /usr/bin/qpdf /usr/sbin/nginx; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"

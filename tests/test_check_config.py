@@ -54,6 +54,15 @@ def test_directories_that_cannot_be_created_are_found_before_serve(tmp_path: Pat
     assert r.returncode == 0, r.stderr
 
 
+def test_trusted_header_mode_refuses_proxies_that_trust_every_address(tmp_path: Path) -> None:
+    for net in ("0.0.0.0/0", "::/0"):
+        gw = _config(tmp_path / net.replace("/", "_").replace(":", "_"),
+                     http={"trusted_proxies": ["127.0.0.2/32", net]},
+                     agents={"auth": "trusted-header"}, authorization={"mode": "allow-all"})
+        _refused(gw, f"http.trusted_proxies: '{net}' trusts every address, so any client could set "
+                     f"X-Forwarded-User", commands=(("check-config",), ("serve",)))
+
+
 def test_a_store_without_its_sdk_names_the_pip_line(tmp_path: Path) -> None:
     # An environment without the extras: a plain module named like the
     # SDKs' top-level packages hides them, as if they were not installed.

@@ -12,40 +12,82 @@ from pathlib import Path
 
 import pytest
 
-from gateway.storage.settings import (AzureStorageSettings, FilesystemStorageSettings, GcsStorageSettings,
-                                      S3StorageSettings)
+from gateway.config import parse_smtp_next_hop
+from gateway.storage.settings import (
+    AzureStorageSettings,
+    FilesystemStorageSettings,
+    GcsStorageSettings,
+    S3StorageSettings,
+)
+from tests.certs import self_signed
 from tests.harness import GATEWAY, ROOT
 
-SECRETS = {"GATEWAY_LINK_KEY": "link-key-0123456789abcdef", "GATEWAY_API_KEY_GENESYS": "genesys-key-0123456789",
-           "GATEWAY_API_KEY_CXONE": "cxone-key-0123456789ab", "GATEWAY_SRS_SECRET": "srs-secret-0123456789abcdef"}
+
+def recipe_environment(name: str) -> dict[str, str]:
+    """The environment variables the platform's recipe tells the
+    administrator to set (its ``/etc/attachment-gateway/environment``
+    block), each with a value long enough for any secret."""
+    doc = (ROOT / "docs" / "integrations" / f"{name}.md").read_text()
+    m = re.search(r"```sh\n(# /etc/attachment-gateway/environment\n.*?)```", doc, re.S)
+    assert m, f"docs/integrations/{name}.md has no environment block"
+    names = re.findall(r"^([A-Z][A-Z0-9_]*)=", m.group(1), re.M)
+    assert names
+    return {n: f"{n.lower()}-0123456789abcdef" for n in names}
+
+
+def check_config(path: Path, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``attachment-gateway check-config`` with ``env`` and nothing else of
+    the gateway's (no GATEWAY_* or cloud credentials from this machine)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "AWS_", "ATTACHMENT_GATEWAY_"))}
+    return subprocess.run([*GATEWAY, "-c", str(path), "check-config"], capture_output=True, text=True, cwd=cwd,
+                          env={**base, **env, "PYTHONPATH": str(ROOT)}, timeout=60)
 
 
 @pytest.mark.parametrize("name", ["genesys", "cxone"])
-def test_platform_configs_validate_and_stay_under_the_40_mb_ses_limit(name: str, tmp_path: Path) -> None:
+def test_platform_configs_validate_with_the_recipes_environment_and_carry_the_platform_limits(
+        name: str, tmp_path: Path) -> None:
     path = ROOT / "conf" / f"{name}.toml"
-    # The DKIM/ARC key as the recipe makes it, where the config names it
-    # (relative to the working directory).
-    keygen = subprocess.run([sys.executable, "-m", "gateway", "dkim", "keygen", "--domain", "mx-gateway.example.com",
+    # The DKIM/ARC key and the STARTTLS certificate as the recipe makes
+    # them, where the config names them (relative to the working directory).
+    keygen = subprocess.run([*GATEWAY, "dkim", "keygen", "--domain", "mx-gateway.example.com",
                              "--selector", "gw1", "--out", str(tmp_path / "dkim")], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert keygen.returncode == 0, keygen.stderr
-    out = subprocess.run([sys.executable, "-m", "gateway", "-c", str(path), "check-config"], capture_output=True,
-                         text=True, cwd=tmp_path, env={**os.environ, **SECRETS, "PYTHONPATH": str(ROOT)}, timeout=60)
+    cert, key = self_signed(tmp_path / "tls", cn="mx-gateway.example.com")
+    cert.rename(tmp_path / "tls" / "mx-gateway.crt")
+    key.rename(tmp_path / "tls" / "mx-gateway.key")
+
+    env = recipe_environment(name)
+    out = check_config(path, tmp_path, env)
     assert out.returncode == 0, out.stderr
-    [route] = tomllib.loads(path.read_text())["routes"]
-    assert route["next_hop_max_size"] == "40MB" and route["tls"] == "required"
-    # Signed, sealed and SRS-rewritten: SES sees SPF and DKIM pass (issue 21), and no warning says otherwise.
-    raw = tomllib.loads(path.read_text())
-    assert route["srs"] is True and raw["auth"]["dkim"] and raw["auth"]["arc"] and raw["srs"]["domain"]
-    assert raw["delivery"]["bounce_next_hop"].startswith("smtp://")
     assert "warning" not in out.stderr, out.stderr
-    # Without the API key in the environment, check-config names it.
-    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
-    bad = subprocess.run([sys.executable, "-m", "gateway", "-c", str(path), "check-config"], capture_output=True,
-                         text=True, cwd=tmp_path, env={**env, "GATEWAY_LINK_KEY": SECRETS["GATEWAY_LINK_KEY"],
-                                                       "GATEWAY_SRS_SECRET": SECRETS["GATEWAY_SRS_SECRET"],
-                                                       "PYTHONPATH": str(ROOT)}, timeout=60)
-    assert bad.returncode == 78 and f"api.keys[{name}]: environment variable" in bad.stderr, bad.stderr
+    text = path.read_text()
+    raw = tomllib.loads(text)
+    # Every secret the config reads from the environment is one the recipe
+    # lists, and each is needed: without it check-config names it.
+    assert set(re.findall(r'env = "([A-Z0-9_]+)"', text)) == {n for n in env if not n.startswith("AWS_")}
+    for missing in env:
+        if missing.startswith("AWS_"):
+            continue  # the bucket's credentials: or the host's role; the store checks them at serve
+        bad = check_config(path, tmp_path, {k: v for k, v in env.items() if k != missing})
+        assert bad.returncode == 78 and f"environment variable {missing} is not set" in bad.stderr, bad.stderr
+
+    [route] = raw["routes"]
+    # SES: 40 MB per message as sent, base64 included; TLS to it required.
+    assert route["next_hop_max_size"] == "40MB" and route["tls"] == "required"
+    assert route.get("max_attachments") == (50 if name == "genesys" else None)
+    # The platform's inbound mail domain, by its MX records (not a bracketed host).
+    host, port, lookup_mx = parse_smtp_next_hop(route["next_hop"])
+    assert lookup_mx and port == 25 and "[" not in route["next_hop"]
+    # Signed, sealed and SRS-rewritten: SES sees SPF and DKIM pass (issue 21).
+    assert route["srs"] is True and raw["auth"]["dkim"] and raw["auth"]["arc"] and raw["srs"]["domain"]
+    # The customer is told (automatic reply), and DSNs leave through the
+    # outbound relay: nothing is left in a local folder.
+    assert route["autoreply"]["next_hop"].startswith("smtp://[")
+    assert raw["delivery"]["bounce_next_hop"].startswith("smtp://[")
+    assert "maildir:" not in text
+    assert raw["smtp"]["tls_cert_file"] and raw["agents"]["auth"] == "trusted-header"
+    assert raw["http"]["base_url"].startswith("https://") and raw["http"]["trusted_proxies"]
 
 
 def test_the_demo_config_validates(tmp_path: Path) -> None:

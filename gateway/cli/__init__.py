@@ -1,13 +1,14 @@
 """The ``attachment-gateway`` command: serve, milter, check-config, queue,
-links, storage, invite, dkim, init.
+links, storage, erase, invite, dkim, init.
 
 Exit codes follow sysexits: 0 ok, 64 usage, 69 not found, 70 internal
 error, 71 cannot start or cannot read (a port in use, a spool the user may
 not read), 73 cannot create (``init``), 75 temporary failure (locked), 78
 configuration error (what a restart cannot mend: a unit's
 ``RestartPreventExitStatus=78`` keeps systemd from trying);
-``storage check`` and ``storage apply-retention`` exit 1 when a check or a
-write failed; output cut short by a closed pipe ends with 141, as a command
+``storage check`` exits 69 when a store cannot be used and 78 when it is
+not as the config says; ``storage apply-retention`` and ``erase`` exit 1
+when a write failed; output cut short by a closed pipe ends with 141, as a command
 killed by SIGPIPE does.  No Python traceback reaches the administrator:
 ``ATTACHMENT_GATEWAY_DEBUG=1`` prints it for a bug report.
 """

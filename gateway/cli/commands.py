@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway import logs
 from gateway.cli.check import preflight, report, require_sdks
-from gateway.cli.common import EX_CHECK_FAILED, EX_CONFIG, EX_OK, EX_OSERR, EX_USAGE, load_config
+from gateway.cli.common import EX_CHECK_FAILED, EX_CONFIG, EX_OK, EX_OSERR, EX_UNAVAILABLE, EX_USAGE, load_config
 from gateway.config import Config
 from gateway.storage.base import Storage, StorageError
 
@@ -93,26 +93,33 @@ def cmd_storage(args: argparse.Namespace) -> int:
     reports = asyncio.run(run(cfg, names, args))
     if args.json:
         print(json.dumps({"ok": all(r["ok"] for r in reports), "stores": reports}, indent=2))
+    if args.action == "check":
+        return next((r["exit"] for r in reports if not r["ok"]), EX_OK)
     return EX_OK if all(r["ok"] for r in reports) else EX_CHECK_FAILED
 
 
 async def _storage_check(cfg: Config, names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     from gateway import storage as storage_mod
-    from gateway.storage.admin import FAIL, check_store
+    from gateway.storage.admin import check_store, failed
+    from gateway.storage.retention import plan_for
 
     reports = []
     for name in names:
         settings = cfg.storage[name]
         store = storage_mod.build(name, settings, Path(cfg.base_dir))
         try:
-            findings = await check_store(store)
+            findings = await check_store(store, plan_for(cfg, name))
         finally:
             await store.close()
-        ok = not any(f.status == FAIL for f in findings)
-        reports.append({"name": name, "backend": settings.backend, "ok": ok,
-                        "checks": [f.as_dict() for f in findings]})
+        first = failed(findings)
+        # sysexits: 69 the store cannot be used at all (unreachable, or the
+        # credentials refused); 78 it answers but is not as the config says.
+        code = EX_OK if first is None else EX_UNAVAILABLE if first.check == "credentials" else EX_CONFIG
+        reports.append({"name": name, "backend": settings.backend, "ok": first is None, "exit": code,
+                        "failed": first.check if first else None, "checks": [f.as_dict() for f in findings]})
         if not args.json:
-            print(f"storage {name} ({settings.backend}): {'OK' if ok else 'FAILED'}")
+            print(f"storage {name} ({settings.backend}): "
+                  + ("OK" if first is None else f"FAILED at check {first.check!r}; later checks not run"))
             for f in findings:
                 print(f"  {f.status:<4}  {f.check:<11} {f.detail}")
     return reports
@@ -120,34 +127,40 @@ async def _storage_check(cfg: Config, names: list[str], args: argparse.Namespace
 
 async def _storage_retention(cfg: Config, names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     from gateway import storage as storage_mod
-    from gateway.storage import admin
+    from gateway.storage.retention import plan_for
+    from gateway.storage.sweep import sweep
 
     reports = []
     for name in names:
         settings = cfg.storage[name]
+        rules = plan_for(cfg, name)
         store: Any = storage_mod.build(name, settings, Path(cfg.base_dir))
         report: dict[str, Any] = {"name": name, "backend": settings.backend, "ok": True, "applied": False,
-                                  "dry_run": args.dry_run, "retention_days": settings.retention_days}
-        lines: list[str] = []
+                                  "dry_run": args.dry_run, "retention_days": settings.retention_days,
+                                  "prefixes": [{"prefix": r.prefix, "days": r.days, "key": r.key, "what": r.what}
+                                               for r in rules]}
+        lines: list[str] = [f"{r.prefix:<16} {r.days:>5} days  ({r.key}: {r.what})" for r in rules]
         try:
             if settings.backend == "s3" or settings.backend == "gcs":
-                report["lifecycle"] = await store.apply_retention(args.dry_run)
+                report["lifecycle"] = await store.apply_retention(rules, args.dry_run)
                 report["applied"] = not args.dry_run
                 where = ", ".join(report["lifecycle"])
                 lines.append(f"would write these lifecycle rules to {where} (dry run)" if args.dry_run else
                              f"lifecycle rules written to {where}; the bucket now reports:")
             elif settings.backend == "azure":
-                report["management_policy"] = store.management_policy()
+                report["management_policy"] = store.management_policy(rules)
                 lines += ["not applied: an Azure lifecycle is a management policy of the storage account, which",
                           "the data-plane SDK the gateway uses cannot set.  Merge these rules into the account's",
                           "policy (docs/CONFIG.md, \"Retention\") and set it with",
                           "  az storage account management-policy create --account-name ACCOUNT \\",
                           "      --resource-group GROUP --policy @policy.json"]
+            elif args.dry_run:
+                lines.append(f"dry run: nothing deleted; the worker processes sweep {store.root} every hour")
             else:
-                report.update(admin.filesystem_retention(settings, str(store.root)))
-                lines += [f"not applied: {report['why']}.  To delete attachments after "
-                          f"{settings.retention_days} days, install a systemd-tmpfiles rule such as",
-                          f"  {report['systemd_tmpfiles']}", "or run daily", f"  {report['find']}"]
+                report["deleted"] = await asyncio.to_thread(sweep, store.root, rules)
+                report["applied"] = True
+                lines.append(f"swept {store.root} now (the worker processes also sweep it every hour); deleted: "
+                             + (", ".join(f"{k} {v}" for k, v in report["deleted"].items() if v) or "nothing"))
         except StorageError as e:
             report.update(ok=False, applied=False, error=str(e))
             lines.append(f"FAILED: {e}")
@@ -155,7 +168,7 @@ async def _storage_retention(cfg: Config, names: list[str], args: argparse.Names
             await store.close()
         reports.append(report)
         if not args.json:
-            print(f"storage {name} ({settings.backend}), retention {settings.retention_days} days:")
+            print(f"storage {name} ({settings.backend}):")
             for line in lines:
                 print(f"  {line}")
             for doc in ("lifecycle", "management_policy"):
@@ -269,6 +282,79 @@ def cmd_links(args: argparse.Namespace) -> int:
     for row in asyncio.run(run()):
         print(json.dumps(row) if args.json else " ".join(f"{k}={v}" for k, v in row.items()))
     return EX_OK
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    """erase --customer ID: every object, link record, job and invitation of
+    the customer on every store (or ``--store``); one audit event."""
+    cfg = load_config(args)
+    require_sdks(cfg)
+    from gateway import audit_sinks, erase, storage as storage_mod
+    from gateway.storage.retention import quarantine_prefixes
+
+    if args.store and args.store not in cfg.storage:
+        print(f"erase: --store {args.store!r} names no [storage.*] table (have: "
+              f"{', '.join(sorted(cfg.storage))})", file=sys.stderr)
+        return EX_USAGE
+    customer = args.customer.strip()
+    if not customer:
+        print("erase: --customer is empty", file=sys.stderr)
+        return EX_USAGE
+    names = [args.store] if args.store else sorted(cfg.storage)
+    admin = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
+    audit = logs.AuditLog(cfg.path(cfg.gateway.audit_log) if cfg.gateway.audit_log != "-" else "-",
+                          cfg.gateway.hostname, audit_sinks.build(cfg))
+
+    async def run() -> tuple[dict[str, dict[str, int]], str, list[dict[str, str]], str]:
+        audit.start()
+        by_store: dict[str, dict[str, int]] = {}
+        error = ""
+        try:
+            for name in names:
+                store = storage_mod.build(name, cfg.storage[name], Path(cfg.base_dir))
+                try:
+                    await store.start()
+                    by_store[name] = await erase.erase_store(store, customer,
+                                                             quarantine_prefixes(cfg.routes, name))
+                except StorageError as e:
+                    error = str(e)
+                    break
+                finally:
+                    await store.close()
+            spool = await asyncio.to_thread(erase.spooled, cfg.path(cfg.gateway.spool_dir), customer)
+            total = {k: sum(c.get(k, 0) for c in by_store.values()) for k in erase.KINDS}
+            details = (f"erased {erase.summary(total)}" if any(total.values())
+                       else "nothing to erase (already erased, or never stored)")
+            details += f" in {', '.join(by_store) or 'no store'}"
+            if error:
+                details += f"; stopped: {error}"
+            if spool:
+                details += f"; {len(spool)} message(s) naming the customer still in the local spool, not erased"
+            audit.event("CustomerErased", "Failure" if error else "Success", EventOriginalType="erase",
+                        ActorUsername=f"cli:{admin}", CustomerId=customer, EventResultDetails=details,
+                        ErasedCounts=total, ErasedByStore=by_store,
+                        SpooledMessages=[m["queue_id"] for m in spool] or None)
+        finally:
+            await audit.stop()
+        return by_store, error, spool, details
+
+    by_store, error, spool, details = asyncio.run(run())
+    total = {k: sum(c.get(k, 0) for c in by_store.values()) for k in erase.KINDS}
+    if args.json:
+        print(json.dumps({"customer": customer, "ok": not error, "erased": total, "stores": by_store,
+                          "error": error or None, "spooled": spool}, indent=2))
+    else:
+        for name, counts in by_store.items():
+            print(f"store {name}: " + (f"erased {erase.summary(counts)}" if any(counts.values()) else
+                                       "nothing to erase (already erased, or never stored)"))
+        if error:
+            print(f"erase: stopped: {error}; what was erased stays erased: run it again", file=sys.stderr)
+        for m in spool:
+            print(f"spool: message {m['queue_id']} in {m['queue']} names customer {customer!r}; it is mail in "
+                  f"transit and was not erased: erase again once it has been delivered, or remove it with "
+                  f"`attachment-gateway queue delete {m['queue_id']}`")
+        print(f"customer {customer!r}: {details}")
+    return EX_CHECK_FAILED if error else EX_OK
 
 
 async def _check_stores(stores: dict[str, Storage]) -> None:

@@ -9,7 +9,9 @@ from gateway.config import Config, ConfigError, load
 # sysexits.h: the codes systemd units and scripts can tell apart.
 EX_OK, EX_USAGE, EX_NOTFOUND, EX_SOFTWARE, EX_OSERR, EX_CANTCREAT, EX_TEMPFAIL, EX_CONFIG = \
     0, 64, 69, 70, 71, 73, 75, 78
-# storage check or apply-retention: something failed, and the output says what.
+# sysexits' name for 69 where a service cannot be reached (storage check).
+EX_UNAVAILABLE = EX_NOTFOUND
+# storage apply-retention or erase: something failed, and the output says what.
 EX_CHECK_FAILED = 1
 # What a shell reports for a command killed by SIGPIPE (128 + 13): the
 # reader of a pipe (`queue list | head`) went away.

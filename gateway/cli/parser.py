@@ -88,6 +88,13 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=commands.cmd_storage)
 
+    er = command("erase", "delete every file, link record, job and invitation of one customer on every store, "
+                          "revoke their links, and audit it (CustomerErased)")
+    er.add_argument("--customer", required=True, metavar="ID", help="the customer id, as in the CRM")
+    er.add_argument("--store", default=None, help="only this [storage.NAME] (default: every store)")
+    er.add_argument("--json", action="store_true", help="machine-readable output")
+    er.set_defaults(func=commands.cmd_erase)
+
     lk = command("links", "manage agent links")
     lk.add_argument("action", choices=("revoke",))
     what = lk.add_mutually_exclusive_group(required=True)

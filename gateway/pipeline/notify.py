@@ -1,6 +1,7 @@
 """Notify: one automatic reply to the sender whose files were refused, or
 could not be stored and were too large to forward (RFC 3834 rules, a rate
-per sender shared by every process); a failure is logged, never fatal."""
+per sender shared by every process, and by every node through a cloud
+store); a failure is logged, never fatal."""
 from __future__ import annotations
 
 import asyncio
@@ -41,7 +42,8 @@ class Notify(Step):
             metrics.AUTOREPLIES.labels(route.name, "skipped").inc()
             job.log.info("no auto-reply", reason=why_not)
             return
-        if not await asyncio.to_thread(services.rates.claim, envelope.mail_from, settings.interval):
+        claim = await services.rates.claim(route.storage, envelope.mail_from, settings.interval)
+        if claim is None:
             metrics.AUTOREPLIES.labels(route.name, "skipped").inc()
             job.log.info("no auto-reply", reason=f"one went to this sender within {settings.interval}s")
             return
@@ -69,7 +71,7 @@ class Notify(Step):
             data = autoreply.build(sender=settings.sender, to=envelope.mail_from, subject=reply_subject,
                                    text=text, in_reply_to=message_id, hostname=services.cfg.gateway.hostname)
         except (ValueError, TypeError) as e:
-            await asyncio.to_thread(services.rates.release, envelope.mail_from)
+            await services.rates.release(claim)
             job.log.error("auto-reply not built", error=str(e))
             return
         path = job.work("autoreply.eml")
@@ -82,7 +84,7 @@ class Notify(Step):
             metrics.AUTOREPLIES.labels(route.name, "sent").inc()
             job.log.info("auto-reply sent", to=envelope.mail_from, next_hop=hop.name)
         else:
-            await asyncio.to_thread(services.rates.release, envelope.mail_from)
+            await services.rates.release(claim)
             metrics.AUTOREPLIES.labels(route.name, "failed").inc()
             job.log.error("auto-reply not delivered", to=envelope.mail_from,
                           reason=next(iter({**result.deferred, **result.failed}.values()), ""))

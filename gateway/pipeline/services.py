@@ -35,7 +35,7 @@ class Services:
         # that report them (gateway/metrics.py counts them across processes).
         self.counts: Counter[str] = Counter()
         # Shared by every process on the spool directory, the milter's too.
-        self.rates = autoreply.RateStore(spool_root / "autoreply")
+        self.local_rates = autoreply.RateStore(spool_root / "autoreply")
         self.autoreply_hops: dict[str, NextHop] = {}
         self.leases = Leases()
         self.configure(cfg)
@@ -44,6 +44,11 @@ class Services:
         """Take a (re)loaded config; the reply next hops it replaces are
         closed once the replies using them have gone."""
         self.cfg = cfg
+        # Cloud stores are shared by every node of a fleet: the auto-reply
+        # rate is claimed there, so it holds across nodes (gateway/autoreply.py).
+        self.rates = autoreply.Rates(self.local_rates, {
+            name: store for name, store in self.stores.items()
+            if name in cfg.storage and cfg.storage[name].backend != "filesystem"})
         self.policies = {r.name: [policies.build(p.name, p.settings) for p in r.policies] for r in cfg.routes}
         # The texts each route's mail is written in (catalogues read now, and
         # again on SIGHUP, so an operator's edited catalogue is taken then).

@@ -1,19 +1,18 @@
-"""What ``attachment-gateway storage check`` and ``storage apply-retention`` do.
+"""What ``attachment-gateway storage check`` does.
 
-Both are administrator commands, run by hand or from a deployment pipeline,
-never by ``serve``.  ``check`` asks each store what it would otherwise only
-find out on the first message: whether the credentials work, whether the
-bucket is where the config says (S3 region, GCS location), what encryption
-the bucket and a freshly written object report, and whether a small object
-goes in, comes back the same and can be deleted.  ``apply-retention`` turns
-``retention_days`` into the store's own lifecycle rules; the gateway never
-deletes attachments itself.
+An administrator command, run by hand or from a deployment pipeline, never
+by ``serve``.  It asks each store, in this order, what it would otherwise
+only find out on the first message: whether the credentials work, whether
+the bucket exists and is where the config says (S3 region, GCS location),
+whether the lifecycle rules ``storage apply-retention`` writes are there as
+the config says (``gateway.storage.retention``), then whether a small object
+goes in, comes back the same, is encrypted as configured and can be
+deleted.  It stops at the first failed check: nothing is ever written into
+a bucket the check has just found wrong.
 
-The rule builders here are pure (settings in, the store's document out), so
-that the documentation, the dry run and the real write show the same rules.
-Backends do the talking: each cloud backend has ``inspect``,
-``encryption_problem`` and ``apply_retention`` (Azure: ``management_policy``),
-the filesystem backend has nothing to apply and says so.
+Backends do the talking: each cloud backend has ``inspect`` (its findings
+in order, ending at its first failure), ``retention_problems`` where the
+lifecycle can be read back, and ``encryption_problem``.
 """
 from __future__ import annotations
 
@@ -24,21 +23,10 @@ from typing import Any
 
 from gateway.storage.base import ObjectMeta, Storage, StorageError
 from gateway.storage.keys import utc_stamp
-from gateway.storage.settings import (
-    AzureStorageSettings,
-    FilesystemStorageSettings,
-    GcsStorageSettings,
-    S3StorageSettings,
-)
+from gateway.storage.retention import CHECK, PrefixRetention
 
-# Lifecycle rules the gateway writes carry this in their id (S3) or name
-# (Azure); on a re-run they are replaced, every other rule is kept.
-RULE_PREFIX = "attachment-gateway-"
-# Staging objects and unfinished multipart uploads are garbage after a day.
-STAGING_DAYS = 1
-INCOMPLETE_UPLOAD_DAYS = 1
 # Where the round trip of ``check`` writes, under the store's prefix.
-CHECK_PREFIX = "check/"
+CHECK_PREFIX = CHECK
 _CHECK_SIZE = 1024
 
 OK, FAIL, NOTE = "ok", "FAIL", "note"
@@ -56,85 +44,17 @@ class Finding:
         return asdict(self)
 
 
-# -- lifecycle documents ------------------------------------------------------------
-
-
-def s3_lifecycle_rules(s: S3StorageSettings) -> dict[str, list[dict[str, Any]]]:
-    """The S3 lifecycle rules of a store, by bucket: uploads expire after
-    ``retention_days``, staging after a day, unfinished multipart uploads
-    are aborted after a day."""
-    rules: dict[str, list[dict[str, Any]]] = {s.bucket: [
-        {"ID": RULE_PREFIX + "uploads", "Status": "Enabled", "Filter": {"Prefix": s.prefix + "uploads/"},
-         "Expiration": {"Days": s.retention_days}},
-        {"ID": RULE_PREFIX + "incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": s.prefix},
-         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": INCOMPLETE_UPLOAD_DAYS}},
-    ]}
-    if s.staging:
-        # The staging prefix never overlaps ``prefix`` in one bucket (the
-        # settings refuse it), so it needs its own abort rule.
-        rules.setdefault(s.staging_bucket or s.bucket, []).append(
-            {"ID": RULE_PREFIX + "staging", "Status": "Enabled", "Filter": {"Prefix": s.staging_prefix or ""},
-             "Expiration": {"Days": STAGING_DAYS},
-             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": INCOMPLETE_UPLOAD_DAYS}})
-    return rules
-
-
-def merge_s3_rules(existing: list[dict[str, Any]], ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The bucket's rules with ours replacing any the gateway wrote before."""
-    return [r for r in existing if not str(r.get("ID", "")).startswith(RULE_PREFIX)] + ours
-
-
-def gcs_lifecycle_rules(s: GcsStorageSettings) -> list[dict[str, Any]]:
-    """The GCS lifecycle rules of a store: uploads deleted after
-    ``retention_days``.  (Resumable upload sessions expire on their own
-    after a week; the gateway has no staging on GCS.)"""
-    return [{"action": {"type": "Delete"},
-             "condition": {"age": s.retention_days, "matchesPrefix": [s.prefix + "uploads/"]}}]
-
-
-def is_gateway_gcs_rule(rule: dict[str, Any], s: GcsStorageSettings) -> bool:
-    """Whether a bucket rule is one ``gcs_lifecycle_rules`` wrote (GCS rules
-    have no ids: a Delete rule on exactly our uploads prefix is ours)."""
-    cond = rule.get("condition") or {}
-    return (rule.get("action") or {}).get("type") == "Delete" and \
-        cond.get("matchesPrefix") == [s.prefix + "uploads/"]
-
-
-def azure_management_policy(s: AzureStorageSettings) -> dict[str, Any]:
-    """The Azure Storage lifecycle management policy equivalent to the S3
-    rules; it is set on the account through the management plane (Azure
-    portal, ``az storage account management-policy create``), which the
-    data-plane SDK the gateway uses cannot reach.  Uncommitted blocks of a
-    failed upload are discarded by the service after 7 days on their own."""
-    return {"rules": [{
-        "enabled": True,
-        "name": RULE_PREFIX + "uploads",
-        "type": "Lifecycle",
-        "definition": {
-            "filters": {"blobTypes": ["blockBlob"], "prefixMatch": [f"{s.container}/{s.prefix}uploads/"]},
-            "actions": {"baseBlob": {"delete": {"daysAfterModificationGreaterThan": s.retention_days}}},
-        },
-    }]}
-
-
-def filesystem_retention(s: FilesystemStorageSettings, root: str) -> dict[str, Any]:
-    """What would enforce ``retention_days`` on a filesystem store: the
-    gateway deletes nothing itself; a systemd-tmpfiles rule (or a cron'd
-    find) does it."""
-    uploads = os.path.join(root, "uploads")
-    return {
-        "applied": False,
-        "why": "the filesystem backend has no lifecycle of its own and the gateway deletes no attachment itself",
-        "systemd_tmpfiles": f"e {uploads} - - - m:{s.retention_days}d",
-        "find": f"find {uploads} -type f -mtime +{s.retention_days} -delete",
-    }
+def failed(findings: list[Finding]) -> Finding | None:
+    """The first failed check, or None."""
+    return next((f for f in findings if f.status == FAIL), None)
 
 
 # -- check ------------------------------------------------------------------------
 
 
-async def check_store(store: Storage) -> list[Finding]:
-    """Every check of one store, in order; a failed connection ends the list."""
+async def check_store(store: Storage, rules: list[PrefixRetention]) -> list[Finding]:
+    """Every check of one store, in order, up to and including the first
+    that fails."""
     inspect = getattr(store, "inspect", None)
     try:
         if inspect is not None:
@@ -144,59 +64,77 @@ async def check_store(store: Storage) -> list[Finding]:
             findings = [Finding("access", OK, f"{getattr(store, 'root', store.name)} is writable")]
     except StorageError as e:
         return [Finding("credentials", FAIL, str(e))]
-    if any(f.status == FAIL and f.check == "credentials" for f in findings):
+    if failed(findings):
         return findings
-    findings += await round_trip(store)
-    return findings
+    findings.append(await retention_finding(store, rules))
+    if failed(findings):
+        return findings
+    return findings + await round_trip(store)
+
+
+async def retention_finding(store: Storage, rules: list[PrefixRetention]) -> Finding:
+    """Whether the store holds the lifecycle rules the config asks for."""
+    read = getattr(store, "retention_problems", None)
+    if read is None:
+        if hasattr(store, "root"):
+            return Finding("retention", OK, "enforced by the gateway itself: the worker processes delete what "
+                                            "is older than its prefix's retention (storage.sweep)")
+        return Finding("retention", NOTE, "not checked: this store's lifecycle cannot be read through its data "
+                                          "plane (see storage apply-retention)")
+    try:
+        problems: list[str] = await read(rules)
+    except StorageError as e:
+        return Finding("retention", FAIL, f"lifecycle not readable: {e}")
+    if problems:
+        return Finding("retention", FAIL, "; ".join(problems) + " (run attachment-gateway storage apply-retention)")
+    return Finding("retention", OK, f"lifecycle rules for {len(rules)} prefixes as the config says")
 
 
 async def round_trip(store: Storage) -> list[Finding]:
     """Put a small object under ``check/``, read it back, compare, look at
-    its encryption, delete it and see it gone."""
+    its encryption, delete it and see it gone; stop at the first failure
+    (deleting the object first)."""
     data = os.urandom(_CHECK_SIZE)
     sha = hashlib.sha256(data).hexdigest()
     key = f"{CHECK_PREFIX}{utc_stamp()}-{sha[:12]}.bin"
     meta = ObjectMeta(content_type="application/octet-stream", filename="check.bin",
                       metadata={"purpose": "attachment-gateway storage check"})
-    out: list[Finding] = []
     try:
         stored = await store.put(key, [data], meta)
     except StorageError as e:
-        return [Finding("round trip", FAIL, f"write {key}: {e}")]
+        return [Finding("write", FAIL, f"write {key}: {e}")]
     try:
         back = b"".join([c async for c in store.open(key)])
         stat = await store.stat(key)
     except StorageError as e:
         await _delete_quietly(store, key)
         return [Finding("round trip", FAIL, f"read {key}: {e}")]
-    problem = encryption_problem(store, stat.extra if stat else {})
-    if not hasattr(store, "encryption_problem"):
-        out.append(Finding("encryption", NOTE, "not checked: this backend writes files as they are "
-                                               "(encrypt the disk)"))
-    elif stat is None:
-        out.append(Finding("encryption", FAIL, f"{key} was written but the store does not report it"))
-    elif problem:
-        out.append(Finding("encryption", FAIL, f"object {key}: {problem}"))
-    else:
-        out.append(Finding("encryption", OK, f"object {key}: {stat.extra.get('encryption') or 'n/a'}"))
     if back != data or stored.sha256 != sha:
         await _delete_quietly(store, key)
-        out.append(Finding("round trip", FAIL, f"{key} came back different: {len(back)} bytes, "
-                                               f"SHA-256 {hashlib.sha256(back).hexdigest()}, expected "
-                                               f"{len(data)} bytes, SHA-256 {sha}"))
-        return out
+        return [Finding("round trip", FAIL, f"{key} came back different: {len(back)} bytes, "
+                                            f"SHA-256 {hashlib.sha256(back).hexdigest()}, expected "
+                                            f"{len(data)} bytes, SHA-256 {sha}")]
+    problem = encryption_problem(store, stat.extra if stat else {})
+    if not hasattr(store, "encryption_problem"):
+        enc = Finding("encryption", NOTE, "not checked: this backend writes files as they are (encrypt the disk)")
+    elif stat is None:
+        enc = Finding("encryption", FAIL, f"{key} was written but the store does not report it")
+    elif problem:
+        enc = Finding("encryption", FAIL, f"object {key}: {problem}")
+    else:
+        enc = Finding("encryption", OK, f"object {key}: {stat.extra.get('encryption') or 'n/a'}")
+    if enc.status == FAIL:
+        await _delete_quietly(store, key)
+        return [enc]
     try:
         await store.delete(key)
         gone = await store.stat(key) is None
     except StorageError as e:
-        out.append(Finding("round trip", FAIL, f"delete {key}: {e}"))
-        return out
+        return [enc, Finding("round trip", FAIL, f"delete {key}: {e}")]
     if not gone:
-        out.append(Finding("round trip", FAIL, f"{key} is still there after the delete"))
-    else:
-        out.append(Finding("round trip", OK, f"wrote {len(data)} bytes to {key}, read them back identical "
-                                             f"(SHA-256 {sha[:16]}...), deleted"))
-    return out
+        return [enc, Finding("round trip", FAIL, f"{key} is still there after the delete")]
+    return [enc, Finding("round trip", OK, f"wrote {len(data)} bytes to {key}, read them back identical "
+                                           f"(SHA-256 {sha[:16]}...), deleted")]
 
 
 def encryption_problem(store: Storage, extra: Any) -> str:

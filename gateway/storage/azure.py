@@ -277,6 +277,32 @@ class AzureBlobStorage:
         return StoredObject(key=key, size=size, sha256=whole.hexdigest(), content_type=stored.content_type,
                             metadata=stored.metadata, extra={**stored.extra, "verified": "content-md5"})
 
+    async def create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        """One Put Blob with ``If-None-Match: *`` (the SDK's
+        ``overwrite=False``): 409 BlobAlreadyExists when the blob exists."""
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        full = store_key(self.settings.prefix, key)
+        blob = self._c.get_blob_client(full)
+        try:
+            await blob.upload_blob(io.BytesIO(data), length=len(data), overwrite=False,
+                                   content_settings=ContentSettings(content_type=meta.content_type),
+                                   metadata=object_metadata(meta, {META_SHA256: hashlib.sha256(data).hexdigest()},
+                                                            _SEP),
+                                   validate_content="md5", max_concurrency=1, **self._scope())
+            return True
+        except ResourceExistsError:
+            pass
+        except Exception as e:
+            raise self._error("create", full, e) from None
+        # A retry after a lost answer finds its own first attempt.
+        try:
+            found = b"".join([c async for c in self.open(key)])
+        except ObjectNotFound:
+            return False
+        return found == data
+
     async def _delete_quietly(self, full: str) -> None:
         try:
             await self._c.delete_blob(full)
@@ -294,10 +320,16 @@ class AzureBlobStorage:
             await self.start()
             props = await self._c.get_container_properties()
         except Exception as e:
+            # start() has already turned the SDK's error into our words.
+            if getattr(e, "error_code", None) == "ContainerNotFound" or "the container does not exist" in str(e):
+                return [Finding("bucket", FAIL, f"container {self.settings.container!r} does not exist: expected "
+                                                f"the container the config names (container = "
+                                                f"{self.settings.container!r})")]
             return [Finding("credentials", FAIL, str(self._error("GetContainerProperties", "", e)))]
         scope = getattr(props, "encryption_scope", None)
         default = getattr(scope, "default_encryption_scope", None) or "none (the account's encryption)"
         return [Finding("credentials", OK, f"container {self.settings.container!r} read"),
+                Finding("bucket", OK, f"container {self.settings.container!r} exists"),
                 Finding("region", NOTE, "not checked: the Blob data plane does not report the account's region"),
                 Finding("encryption", NOTE, f"container default encryption scope: {default}")]
 
@@ -311,12 +343,20 @@ class AzureBlobStorage:
             return "the service does not report the blob as encrypted at rest"
         return ""
 
-    def management_policy(self) -> dict[str, Any]:
+    def management_policy(self, plan: list[Any]) -> dict[str, Any]:
         """The lifecycle management policy to set on the account by hand
-        (``admin.azure_management_policy``)."""
-        from gateway.storage.admin import azure_management_policy
+        (``retention.azure_management_policy`` of the plan)."""
+        from gateway.storage.retention import azure_management_policy
 
-        return azure_management_policy(self.settings)
+        return azure_management_policy(self.settings, plan)
+
+    async def list(self, prefix: str) -> list[str]:
+        """The keys (without the store's prefix) of every blob under ``prefix``."""
+        full = self.settings.prefix + prefix
+        try:
+            return [b.name[len(self.settings.prefix):] async for b in self._c.list_blobs(name_starts_with=full)]
+        except Exception as e:
+            raise self._error("ListBlobs", full, e) from None
 
     # -- reads ------------------------------------------------------------
 

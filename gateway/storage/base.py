@@ -3,8 +3,10 @@
 The worker streams a decoded attachment into ``put`` straight from the spool;
 the link endpoint asks ``signed_url`` for a short-lived URL at click time, or
 streams through ``open`` when the backend has no URLs of its own (the
-filesystem).  Keeping the protocol to five operations keeps each backend a
+filesystem).  Keeping the protocol to a few operations keeps each backend a
 single module and lets an honest in-memory store serve unit tests.
+``create`` (put only if absent) is what lets several gateway nodes sharing
+one store agree without talking to each other (gateway/fleet.py).
 """
 from __future__ import annotations
 
@@ -67,6 +69,15 @@ class Storage(Protocol):
         file); a backend must consume it off the event loop.  The object is
         visible under ``key`` only once complete, and its SHA-256 is returned.
         """
+
+    async def create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        """Store the small ``data`` under ``key`` only when no object is
+        there, atomically (S3 ``If-None-Match: *``, Azure and GCS
+        preconditions, ``link(2)`` on a filesystem): True when this call
+        created it, False when an object was there.  When a lost answer made
+        the backend retry, the object found is compared with ``data``, so
+        give ``data`` something unique (a nonce) and a retried create of
+        one's own object still answers True."""
 
     async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:
         """A URL valid for ``ttl`` seconds that downloads the object, or None

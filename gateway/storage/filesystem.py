@@ -34,6 +34,18 @@ def _open_and_read(path: Path) -> tuple[BinaryIO, bytes]:
         raise
 
 
+def _create(tmp: Path) -> BinaryIO:
+    """Open ``tmp`` for writing, making its directory; once more if the
+    retention sweep removed that directory, found empty, in between."""
+    for _ in range(3):
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return open(tmp, "wb")
+        except FileNotFoundError:
+            continue
+    return open(tmp, "wb")
+
+
 class FilesystemStorage:
     """A directory tree as an object store."""
 
@@ -60,12 +72,11 @@ class FilesystemStorage:
 
     def _put(self, key: str, chunks: Iterable[bytes], meta: ObjectMeta) -> StoredObject:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
         h = hashlib.sha256()
         size = 0
         try:
-            with open(tmp, "wb") as f:
+            with _create(tmp) as f:
                 for chunk in chunks:
                     f.write(chunk)
                     h.update(chunk)
@@ -95,6 +106,42 @@ class FilesystemStorage:
     async def put(self, key: str, chunks: Iterable[bytes], meta: ObjectMeta) -> StoredObject:
         return await asyncio.to_thread(self._put, key, chunks, meta)
 
+    def _create_if_absent(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                # link(2) fails when the name exists and never shows a partial
+                # file: the atomic create-if-absent (O_EXCL alone would let a
+                # reader see the file before its bytes are written).
+                os.link(tmp, path)
+            except FileExistsError:
+                # A retry of one's own create (a caller's) finds its bytes.
+                try:
+                    return path.read_bytes() == data
+                except FileNotFoundError:
+                    return False
+            side = path.with_name(path.name + _META)
+            side_tmp = side.with_name(f".{side.name}.{os.getpid()}.part")
+            side_tmp.write_text(json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                                            "content_type": meta.content_type,
+                                            "metadata": {**meta.metadata, "filename": meta.filename}}))
+            os.replace(side_tmp, side)
+            fsync_dir(path.parent)
+            return True
+        except OSError as e:
+            raise StorageError(f"cannot create {path}: {e.strerror or e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        return await asyncio.to_thread(self._create_if_absent, key, data, meta)
+
     async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:
         return None
 
@@ -123,6 +170,39 @@ class FilesystemStorage:
             path.with_name(path.name + _META).unlink(missing_ok=True)
 
         await asyncio.to_thread(_delete)
+
+    async def list(self, prefix: str) -> list[str]:
+        """The keys of every object under ``prefix`` (sidecars and
+        unfinished writes left out)."""
+        def _list() -> list[str]:
+            base = self.root / prefix.rstrip("/") if prefix.endswith("/") else self.root
+            out = []
+            for dirpath, _, files in os.walk(base):
+                rel = os.path.relpath(dirpath, self.root)
+                for name in files:
+                    if name.endswith(_META) or name.startswith("."):
+                        continue
+                    key = name if rel == "." else f"{rel}/{name}"
+                    if key.startswith(prefix):
+                        out.append(key)
+            return sorted(out)
+
+        return await asyncio.to_thread(_list)
+
+    async def prune(self, prefix: str) -> None:
+        """Remove the empty directories under ``prefix`` and the prefix's
+        own (erase: a directory named after a customer must not outlive
+        their files).  A writer that loses its directory makes it again."""
+        def _prune() -> None:
+            base = self.root / prefix.rstrip("/")
+            for dirpath, _, _ in os.walk(base, topdown=False):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass  # not empty, or gone already
+
+        if prefix.endswith("/") and prefix.strip("/"):
+            await asyncio.to_thread(_prune)
 
     async def stat(self, key: str) -> StoredObject | None:
         path = self._path(key)

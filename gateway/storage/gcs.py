@@ -248,6 +248,34 @@ class GcsStorage:
                             metadata=stored.metadata,
                             extra={**stored.extra, "verified": "md5" if small else "crc32c"})
 
+    async def create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        """One upload with ``if_generation_match=0`` (412 when any
+        generation of the object exists)."""
+        full = store_key(self.settings.prefix, key)
+        self._b  # noqa: B018 - raises when not started
+        return await self._runner.run(self._create, full, data, meta)
+
+    def _create(self, full: str, data: bytes, meta: ObjectMeta) -> bool:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        blob = self._blob(full)
+        blob.metadata = object_metadata(meta, {META_SHA256: hashlib.sha256(data).hexdigest()})
+        try:
+            blob.upload_from_file(io.BytesIO(data), size=len(data), content_type=meta.content_type,
+                                  checksum="md5", if_generation_match=0, **self._call())
+            return True
+        except PreconditionFailed:
+            pass
+        except Exception as e:
+            raise self._error("create", full, e) from None
+        # A retry after a lost answer finds its own first attempt.
+        try:
+            return bool(self._b.blob(full).download_as_bytes(**self._call()) == data)
+        except NotFound:
+            return False
+        except Exception as e:
+            raise self._error("download", full, e) from None
+
     def _delete_quietly(self, full: str) -> None:
         try:
             self._b.blob(full).delete(**self._call())
@@ -260,22 +288,29 @@ class GcsStorage:
         """Load credentials and read the bucket (without ``start``'s
         refusal) and report credentials, location and the bucket's default
         key (``storage check``); a credentials failure ends the list."""
+        from google.api_core.exceptions import NotFound
+
         from gateway.storage.admin import FAIL, NOTE, OK, Finding
 
         try:
             await self._runner.run(self._make_client)
             await self._runner.run(lambda: self._b.reload(**self._call()))
+        except NotFound:
+            return [Finding("bucket", FAIL, f"gs://{self.settings.bucket} does not exist: expected the bucket "
+                                            f"the config names (bucket = {self.settings.bucket!r})")]
         except Exception as e:
             return [Finding("credentials", FAIL, str(self._error("get bucket", "", e)))]
         b, want = self._bucket, self.settings.location
         have = b.location or ""
-        findings = [Finding("credentials", OK, f"bucket gs://{b.name} read")]
+        findings = [Finding("credentials", OK, f"bucket gs://{b.name} read"),
+                    Finding("bucket", OK, f"gs://{b.name} exists")]
         if want is None:
             findings.append(Finding("region", NOTE, f"bucket is in location {have!r}; no location configured"))
+        elif have.upper() != want.upper():
+            return [*findings, Finding("region", FAIL, f"bucket is in location {have!r}, the config says {want!r} "
+                                                       "(start-up would refuse: data residency)")]
         else:
-            same = have.upper() == want.upper()
-            findings.append(Finding("region", OK if same else FAIL, f"bucket is in location {have!r}, the config "
-                                    f"says {want!r}" + ("" if same else " (start-up would refuse: data residency)")))
+            findings.append(Finding("region", OK, f"bucket is in location {have!r}, the config says {want!r}"))
         findings.append(Finding("encryption", NOTE, f"bucket default key: {b.default_kms_key_name or 'none'} "
                                 "(Google-managed encryption unless a key is set)"))
         return findings
@@ -288,11 +323,11 @@ class GcsStorage:
             return f"the store reports {have or 'no key'!r}, the config asks for CMEK {want!r}"
         return ""
 
-    async def apply_retention(self, dry_run: bool) -> dict[str, Any]:
-        """Set the store's lifecycle rules (``admin.gcs_lifecycle_rules``) on
-        the bucket, keeping its other rules, and read them back; with
-        ``dry_run`` only show what would be set."""
-        from gateway.storage.admin import gcs_lifecycle_rules, is_gateway_gcs_rule
+    async def apply_retention(self, plan: list[Any], dry_run: bool) -> dict[str, Any]:
+        """Set the store's lifecycle rules (``retention.gcs_lifecycle_rules``
+        of the plan) on the bucket, keeping its other rules, and read them
+        back; with ``dry_run`` only show what would be set."""
+        from gateway.storage.retention import gcs_lifecycle_rules, is_gateway_gcs_rule
 
         if self._bucket is None:
             await self._runner.run(self._make_client)
@@ -300,8 +335,8 @@ class GcsStorage:
         def _apply() -> list[dict[str, Any]]:
             b = self._bucket
             b.reload(**self._call())
-            rules = [dict(r) for r in b.lifecycle_rules if not is_gateway_gcs_rule(dict(r), self.settings)]
-            rules += gcs_lifecycle_rules(self.settings)
+            rules = [dict(r) for r in b.lifecycle_rules if not is_gateway_gcs_rule(dict(r), self.settings, plan)]
+            rules += gcs_lifecycle_rules(self.settings, plan)
             if dry_run:
                 return rules
             b.lifecycle_rules = rules
@@ -314,6 +349,33 @@ class GcsStorage:
         except Exception as e:
             raise self._error("set lifecycle", "", e) from None
         return {self.settings.bucket: {"lifecycle": {"rule": rules}}}
+
+    async def retention_problems(self, plan: list[Any]) -> list[str]:
+        """What the bucket's lifecycle lacks of the rules the config asks for."""
+        from gateway.storage.retention import gcs_lifecycle_rules, gcs_rule_problems
+
+        def _read() -> list[dict[str, Any]]:
+            self._b.reload(**self._call())
+            return [dict(r) for r in self._b.lifecycle_rules]
+
+        try:
+            existing = await self._runner.run(_read)
+        except Exception as e:
+            raise self._error("get lifecycle", "", e) from None
+        return gcs_rule_problems(self.settings.bucket, existing, gcs_lifecycle_rules(self.settings, plan))
+
+    async def list(self, prefix: str) -> list[str]:
+        """The keys (without the store's prefix) of every object under ``prefix``."""
+        full = self.settings.prefix + prefix
+
+        def _list() -> list[str]:
+            return [b.name[len(self.settings.prefix):]
+                    for b in self._client.list_blobs(self._b, prefix=full, **self._call())]
+
+        try:
+            return await self._runner.run(_list)
+        except Exception as e:
+            raise self._error("list", full, e) from None
 
     # -- reads ------------------------------------------------------------
 

@@ -68,6 +68,12 @@ MAX_PARTS = 10_000
 _READ_CHUNK = 1 << 20
 
 
+def _region(constraint: str | None) -> str:
+    """A bucket's region from its LocationConstraint: us-east-1 answers with
+    an empty one, the oldest EU buckets with "EU"."""
+    return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(constraint, constraint or "us-east-1")
+
+
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
@@ -173,8 +179,7 @@ class S3Storage:
             loc = self._c.get_bucket_location(Bucket=bucket).get("LocationConstraint")
         except Exception as e:
             raise self._error("GetBucketLocation", bucket, "", e) from None
-        # us-east-1 answers with an empty constraint, the oldest EU buckets with "EU".
-        return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(loc, loc)
+        return _region(loc)
 
     # -- helpers ----------------------------------------------------------
 
@@ -560,8 +565,8 @@ class S3Storage:
 
     async def inspect(self) -> list[Any]:
         """Build the client without ``start``'s refusals or staging recovery
-        and report credentials, region and the buckets' default encryption
-        (``storage check``); a credentials failure ends the list."""
+        and report credentials, that each bucket exists, its region and its
+        default encryption (``storage check``), ending at the first failure."""
         from gateway.storage.admin import FAIL, NOTE, OK, Finding
 
         try:
@@ -571,17 +576,38 @@ class S3Storage:
         s = self.settings
         findings: list[Finding] = []
         for bucket in sorted({s.bucket, self._staging_bucket}):
+            what = "staging_bucket" if bucket != s.bucket else "bucket"
             try:
-                region = await self._runner.run(self._bucket_region, bucket)
-            except StorageError as e:
-                return [*findings, Finding("credentials", FAIL, str(e))]
+                answer = await self._runner.run(self._c.get_bucket_location, Bucket=bucket)
+            except Exception as e:
+                if getattr(e, "response", {}).get("Error", {}).get("Code") == "NoSuchBucket":
+                    return [*findings, Finding("bucket", FAIL, f"s3://{bucket} does not exist: expected the "
+                                                               f"bucket the config names ({what} = {bucket!r}) "
+                                                               f"in region {s.region!r}")]
+                return [*findings, Finding("credentials", FAIL,
+                                           str(self._error("GetBucketLocation", bucket, "", e)))]
+            region = _region(answer.get("LocationConstraint"))
             if not findings:
                 findings.append(Finding("credentials", OK, f"GetBucketLocation on s3://{bucket} answered"))
-            findings.append(Finding("region", OK if region == s.region else FAIL,
-                                    f"bucket {bucket!r} is in region {region!r}, the config says {s.region!r}"
-                                    + ("" if region == s.region else " (start-up would refuse: data residency)")))
+            findings.append(Finding("bucket", OK, f"s3://{bucket} exists"))
+            if region != s.region:
+                return [*findings, Finding("region", FAIL, f"bucket {bucket!r} is in region {region!r}, the config "
+                                                           f"says {s.region!r} (start-up would refuse: data "
+                                                           "residency)")]
+            findings.append(Finding("region", OK, f"bucket {bucket!r} is in region {region!r}, the config says "
+                                                  f"{s.region!r}"))
             findings.append(Finding("encryption", NOTE, f"bucket {bucket!r}: {await self._bucket_encryption(bucket)}"))
         return findings
+
+    async def retention_problems(self, rules: list[Any]) -> list[str]:
+        """What the buckets' lifecycle lacks of the rules the config asks
+        for (``storage check``); [] when every rule is there as configured."""
+        from gateway.storage.retention import s3_lifecycle_rules, s3_rule_problems
+
+        out: list[str] = []
+        for bucket, ours in s3_lifecycle_rules(self.settings, rules).items():
+            out += s3_rule_problems(bucket, await self._runner.run(self._lifecycle, bucket), ours)
+        return out
 
     async def _bucket_encryption(self, bucket: str) -> str:
         """The bucket's default encryption, in words (it decides nothing: the
@@ -614,16 +640,17 @@ class S3Storage:
             return f"the store reports KMS key {key or 'none'!r}, the config asks for {s.kms_key_id!r}"
         return ""
 
-    async def apply_retention(self, dry_run: bool) -> dict[str, Any]:
-        """Write the store's lifecycle rules (``admin.s3_lifecycle_rules``)
-        to each bucket, keeping the bucket's other rules, and read them back;
-        with ``dry_run`` only show what would be written."""
-        from gateway.storage.admin import merge_s3_rules, s3_lifecycle_rules
+    async def apply_retention(self, rules: list[Any], dry_run: bool) -> dict[str, Any]:
+        """Write the store's lifecycle rules (``retention.s3_lifecycle_rules``
+        of the plan ``rules``) to each bucket, keeping the bucket's other
+        rules, and read them back; with ``dry_run`` only show what would be
+        written."""
+        from gateway.storage.retention import merge_s3_rules, s3_lifecycle_rules
 
         if self._client is None:
             self._client = await self._runner.run(self._make_client)
         out: dict[str, Any] = {}
-        for bucket, ours in s3_lifecycle_rules(self.settings).items():
+        for bucket, ours in s3_lifecycle_rules(self.settings, rules).items():
             existing = await self._runner.run(self._lifecycle, bucket)
             rules = merge_s3_rules(existing, ours)
             if not dry_run:
@@ -643,6 +670,57 @@ class S3Storage:
             if getattr(e, "response", {}).get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
                 return []
             raise self._error("GetBucketLifecycleConfiguration", bucket, "", e) from None
+
+    # -- create if absent ----------------------------------------------------
+
+    async def create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        """One PutObject with ``If-None-Match: *`` (AWS S3 since 2024, Ceph
+        radosgw 16 and MinIO: 412 PreconditionFailed when the key exists,
+        one winner among concurrent creates); never through staging."""
+        full = store_key(self.settings.prefix, key)
+        self._c  # noqa: B018 - raises when not started
+        return await self._runner.run(self._create, full, data, meta)
+
+    def _create(self, full: str, data: bytes, meta: ObjectMeta) -> bool:
+        from botocore.exceptions import ClientError
+
+        bucket = self.settings.bucket
+        try:
+            self._c.put_object(Bucket=bucket, Key=full, Body=data, IfNoneMatch="*",
+                               ContentMD5=_b64(hashlib.md5(data, usedforsecurity=False).digest()),
+                               **self._object_args(meta, {META_SHA256: hashlib.sha256(data).hexdigest()}))
+            return True
+        except ClientError as e:
+            # 412: the key exists.  409 ConditionalRequestConflict (AWS): a
+            # concurrent conditional write to the key is under way; it wins.
+            if e.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise self._error("PutObject If-None-Match", bucket, full, e) from None
+        except Exception as e:
+            raise self._error("PutObject If-None-Match", bucket, full, e) from None
+        # A retry after a lost answer finds its own first attempt.
+        try:
+            found = self._c.get_object(Bucket=bucket, Key=full)["Body"].read()
+        except Exception as e:
+            err = self._error("GetObject", bucket, full, e)
+            if isinstance(err, ObjectNotFound):
+                return False
+            raise err from None
+        return bool(found == data)
+
+    # -- listing (erase) ----------------------------------------------------
+
+    async def list(self, prefix: str) -> list[str]:
+        """The keys (without the store's prefix) of every object under ``prefix``."""
+        full = self.settings.prefix + prefix
+
+        def _list() -> list[str]:
+            pages = self._c.get_paginator("list_objects_v2").paginate(Bucket=self.settings.bucket, Prefix=full)
+            return [o["Key"][len(self.settings.prefix):] for page in pages for o in page.get("Contents", [])]
+
+        try:
+            return await self._runner.run(_list)
+        except Exception as e:
+            raise self._error("ListObjectsV2", self.settings.bucket, full, e) from None
 
     # -- reads ------------------------------------------------------------
 

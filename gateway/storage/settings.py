@@ -23,13 +23,40 @@ DEFAULT_RETENTION_DAYS = 30
 MAX_RETENTION_DAYS = 3650
 
 
-class _Retained(_Strict):
-    """What every store shares: how long its attachments are kept."""
+_Days = Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)]
 
-    # Days an attachment under PREFIX uploads/ is kept; written to the bucket
-    # by `attachment-gateway storage apply-retention` (never enforced by the
-    # gateway itself).  Must cover links.ttl (checked in gateway.config).
-    retention_days: int = Field(DEFAULT_RETENTION_DAYS, ge=1, le=MAX_RETENTION_DAYS)
+
+class _Retained(_Strict):
+    """What every store shares: how long each kind of thing it holds is kept.
+
+    Cloud stores get these as lifecycle rules (``storage apply-retention``);
+    the filesystem store's worker processes delete what is older themselves
+    (``gateway.storage.sweep``).  The floors that depend on other sections
+    (links.ttl, upload.invitation_ttl, upload.abandon_after) are checked in
+    gateway.config."""
+
+    # Days an attachment under PREFIX uploads/ is kept.  Must cover links.ttl.
+    retention_days: _Days = DEFAULT_RETENTION_DAYS
+    # Days a refused file under a route's quarantine prefix is kept.
+    quarantine_retention_days: _Days = 30
+    # Days link records (links/), landing pages (pages/) and revocation
+    # markers (revoked/) are kept; None: retention_days.  A link can be
+    # refreshed as long as its file is kept, so never less than retention_days.
+    link_retention_days: _Days | None = None
+    # Days upload-page invitations (invitations/) are kept; at least
+    # upload.invitation_ttl.
+    invitation_retention_days: _Days = 30
+    # Days asynchronous upload job records (jobs/) are kept.
+    job_retention_days: _Days = 7
+    # Days staged uploads (staging/, the S3 staging prefix, unfinished
+    # multipart uploads) and leftovers of storage check (check/) are kept; at
+    # least upload.abandon_after.
+    staging_retention_days: _Days = 1
+
+    @property
+    def link_days(self) -> int:
+        """``link_retention_days`` in force (its default is retention_days)."""
+        return self.link_retention_days if self.link_retention_days is not None else self.retention_days
 
 
 class FilesystemStorageSettings(_Retained):

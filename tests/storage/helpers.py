@@ -2,6 +2,7 @@
 chunks, and plain HTTP GETs against loopback URLs."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import re
@@ -12,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from email.message import Message
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
 SIZE_30MB = 30 * 1000 * 1000
@@ -110,3 +111,22 @@ def secret_file(folder: Path, name: str, value: str) -> str:
     path.write_text(value)
     path.chmod(0o600)
     return str(path)
+
+
+async def check_create(store: Any) -> None:
+    """Create-if-absent on a started backend, as gateway/fleet.py and the
+    auto-reply claims rely on it: one winner among concurrent creates, the
+    losers' bytes never stored, a retried create of one's own object True,
+    and the key free again once deleted."""
+    from gateway.storage.base import ObjectMeta
+
+    key, meta = "leases/test/1", ObjectMeta(content_type="application/json")
+    results = await asyncio.gather(*(store.create(key, f"node {i}".encode(), meta) for i in range(8)))
+    assert results.count(True) == 1, results
+    mine = f"node {results.index(True)}".encode()
+    assert b"".join([c async for c in store.open(key)]) == mine
+    assert await store.create(key, mine, meta) is True
+    assert await store.create(key, b"another node", meta) is False
+    assert b"".join([c async for c in store.open(key)]) == mine
+    await store.delete(key)
+    assert await store.create(key, b"again", meta) is True

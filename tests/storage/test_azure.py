@@ -29,7 +29,8 @@ from gateway.storage.azure import AzureBlobStorage, account_name_from_url
 from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError
 from gateway.storage.settings import AzureStorageSettings
 from tests.servers.azurite import Azurite
-from tests.storage.helpers import FILENAME, Attachment, disposition_filename, fallback_filename, http_get
+from tests.storage.helpers import (FILENAME, Attachment, check_create, disposition_filename, fallback_filename,
+                                   http_get)
 
 KEY_ENV = "GW_TEST_AZURE_KEY"
 KEY = "uploads/cust-42/20261127T101500.000001Z-invoice.pdf"
@@ -346,3 +347,14 @@ def test_a_store_that_is_down_fails_fast_with_a_clear_error(azurite: Azurite, co
     with pytest.raises(StorageError, match="ServiceRequestError"):
         run(go())
     assert time.monotonic() - t0 < 30
+
+
+def test_create_if_absent_has_one_winner(azurite: Azurite, container: str) -> None:
+    async def go() -> None:
+        store = AzureBlobStorage("az", settings(azurite, container), Path("."))
+        await store.start()
+        try:
+            await check_create(store)
+        finally:
+            await store.close()
+    run(go())

@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import re
 import threading
 import uuid
 from pathlib import Path
@@ -305,3 +306,16 @@ def test_a_store_that_is_down_fails_fast_with_a_clear_error(emulator: GcsEmulato
     with pytest.raises(StorageError, match="ConnectionError|Connection refused|RetryError"):
         run(_with_store(s, noop))
     assert time.monotonic() - t0 < 30
+
+
+def test_create_if_absent_sends_the_generation_precondition(emulator: GcsEmulator, service_account: Any) -> None:
+    # gcp-storage-emulator ignores preconditions (a second create
+    # overwrites), so what is checked here is the request: an upload with
+    # ifGenerationMatch=0, which real GCS answers with 412 when the object
+    # exists (tests/storage/helpers.check_create runs on the other backends).
+    s = settings(emulator, service_account)
+    assert run(_with_store(s, lambda store: store.create("leases/test/1", b"node 0", ObjectMeta()))) is True
+    assert emulator.dir is not None
+    log = (emulator.dir / "emulator.log").read_text()
+    sent = rf"POST /upload/storage/v1/b/{BUCKET}/o\?uploadType=multipart&ifGenerationMatch=0 "
+    assert re.search(sent, log), log[-2000:]

@@ -27,7 +27,7 @@ from gateway.storage.base import ObjectMeta, ObjectNotFound, StorageError
 from gateway.storage.s3 import S3Storage
 from gateway.storage.settings import S3StorageSettings
 from tests.servers.ceph import CephRadosgw
-from tests.storage.helpers import FILENAME, Attachment, disposition_filename, http_get
+from tests.storage.helpers import FILENAME, Attachment, check_create, disposition_filename, http_get
 
 SECRET_ENV = "GW_TEST_S3_SECRET"
 KEY = "uploads/cust-42/20261127T101500.000001Z-invoice.pdf"
@@ -488,3 +488,14 @@ def test_parallel_parts_arrive_byte_for_byte_with_memory_bounded(admin: Any, cep
     assert 1 < calls["peak"] <= concurrency, calls
     assert peak < (concurrency + 2) * part, f"peak {peak / 2**20:.1f} MiB"
     assert not _open_uploads(admin, bucket)
+
+
+def test_create_if_absent_has_one_winner(ceph: CephRadosgw, bucket: str) -> None:
+    # radosgw honours If-None-Match: * on PutObject (412 for the losers).
+    async def go() -> None:
+        store = await started(settings(ceph, bucket))
+        try:
+            await check_create(store)
+        finally:
+            await store.close()
+    run(go())

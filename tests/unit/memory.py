@@ -37,6 +37,13 @@ class MemoryStore:
         return StoredObject(key, len(data), hashlib.sha256(data).hexdigest(), meta.content_type,
                             dict(meta.metadata))
 
+    async def create(self, key: str, data: bytes, meta: ObjectMeta) -> bool:
+        """Keep the bytes under ``key`` unless something is there already."""
+        if store_key("", key) in self.objects:
+            return self.objects[key] == data
+        await self.put(key, [data], meta)
+        return True
+
     async def signed_url(self, key: str, filename: str, ttl: int) -> str | None:
         """No URLs: the link endpoint streams through ``open``."""
         return None
