@@ -924,6 +924,14 @@ class Config(_Strict):
                              f"be deleted before the upload page gives them up (upload.abandon_after = "
                              f"{self.upload.abandon_after} s): expected at least {days(self.upload.abandon_after)}")
 
+        for route in self.routes:
+            if route.storage == name and route.autoreply is not None and \
+                    store.fleet_retention_days <= days(2 * route.autoreply.interval):
+                raise ValueError(f"{key}.fleet_retention_days: {store.fleet_retention_days}: automatic-reply claims "
+                                 f"would be deleted while they still limit replies (route {route.name!r} "
+                                 f"autoreply.interval = {route.autoreply.interval} s): expected more than "
+                                 f"{days(2 * route.autoreply.interval)}")
+
     def _check_srs(self) -> None:
         from gateway import srs as srs_mod  # late: gateway.srs imports the delivery layer
 

@@ -47,6 +47,7 @@ from gateway.pipeline import Pipeline
 from gateway.pipeline.services import Services
 from gateway.runner import Runner
 from gateway.spool import Spool
+from gateway.storage.base import Storage
 from gateway.storage.filesystem import FilesystemStorage
 from gateway.storage.retention import PrefixRetention, plan_for
 from gateway.storage.sweep import Sweeper
@@ -185,9 +186,9 @@ class Gateway:
                  metrics=self.cfg.metrics.listen if self.admin else None,
                  milter=self.milter.settings.listen if self.milter else None, spool=str(self.spool.root))
 
-    def _swept_stores(self) -> list[tuple[str, Path, list[PrefixRetention]]]:
+    def _swept_stores(self) -> list[tuple[str, Storage, Path, list[PrefixRetention]]]:
         """The filesystem stores and their retention plans, as the config in force says."""
-        return [(name, store.root, plan_for(self.cfg, name)) for name, store in self.stores.items()
+        return [(name, store, store.root, plan_for(self.cfg, name)) for name, store in self.stores.items()
                 if isinstance(store, FilesystemStorage)]
 
     def _warn_allow_all(self) -> None:
