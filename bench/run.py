@@ -3,8 +3,8 @@ and Postfix with MIMEDefang's attachment replacement.
 
 Run from the repository root, as root (Postfix needs it)::
 
-    python bench/run.py            # full run, about 5 minutes
-    python bench/run.py --quick    # smoke run, under a minute
+    python bench/run.py            # full run (prints its run time at the end)
+    python bench/run.py --quick    # smoke run, about 3 minutes on a busy 2-CPU machine
 
 Figures, per candidate (medians over interleaved rounds):
 
@@ -24,12 +24,18 @@ Figures, per candidate (medians over interleaved rounds):
 - agent link clicks (gateway only): wrk against one link of a 64 KiB attachment
   on the filesystem backend, paced at 500/s, saturating, and with 2 connections.
 
+- the realistic mix (``bench/mix.py``: 1,000 seeded messages, --quick 100, over 20
+  sessions: text+HTML replies, some with a PDF/PNG/DOCX, a few above the offload
+  threshold), whole and per class; its replies alone (msgs/s, CPU per message);
+  one 5 MB message in 200 attachments; resting memory of every candidate (all its
+  processes summed) fresh, under the mixed load and after.
+
 Storage (``bench/storage.py``; ``--only storage`` alone): upload throughput of
 one 64 MiB object to S3 on Ceph's radosgw, beside writing the same bytes to a
 local file, interleaved rounds in the same run, after the SMTP candidates stop.
 
-Prints a table with the ratio gateway/baseline, the issue's targets with PASS or
-MISS, and writes bench/results/latest.json.
+Prints a table with the ratio gateway/baseline, the targets of issues 3 and 18
+with PASS or MISS, its own run time, and writes bench/results/latest.json.
 """
 
 from __future__ import annotations
@@ -869,7 +875,18 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
 def started(c: Candidate, rows: dict[str, dict[str, Any]]) -> Iterator[bool]:
     """Start a candidate (recording why not, if it cannot), and always stop it after."""
     try:
-        c.start()
+        for attempt in range(3):
+            try:
+                c.start()
+                break
+            except RuntimeError as exc:
+                # A free port taken by another program between the choice and
+                # the bind (a shared machine): again, on new ports.
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+                print(f"[bench] {c.label}: a port was taken meanwhile; starting again on new ports", flush=True)
+                with contextlib.suppress(Exception):  # what of it started: stopped before the next try
+                    c.stop()
         rows[c.name]["status"] = "ok"
         ok = True
     except CandidateUnavailable as exc:
@@ -918,7 +935,7 @@ def _fail(c: Candidate, rows: dict[str, dict[str, Any]], active: list[Candidate]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description="Gateway benchmark against smtp-sink, aiosmtpd and Postfix")
-    p.add_argument("--quick", action="store_true", help="smoke run: fewer messages and rounds (under a minute)")
+    p.add_argument("--quick", action="store_true", help="smoke run: fewer messages and rounds (about 3 minutes)")
     p.add_argument("--messages", type=int, help="5 KB messages per round")
     p.add_argument("--rounds", type=int, help="throughput rounds (interleaved across candidates)")
     p.add_argument("--large-rounds", type=int, help="25 MiB message rounds")
