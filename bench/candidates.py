@@ -433,10 +433,13 @@ class Gateway(Candidate):
     relays = True
 
     def __init__(
-        self, workdir: Path, executable: str | None, sink_dump: bool = True, requested: str | None = None
+        self, workdir: Path, executable: str | None, sink_dump: bool = True, requested: str | None = None,
+        processes: int | None = None,
     ) -> None:
         super().__init__(workdir)
         self.executable = executable
+        #: ``gateway.processes`` (None: the default, one per CPU).
+        self.processes = processes
         #: The path given with --gateway, if any (for the "missing" message).
         self.requested = requested
         self.sink_dump = sink_dump
@@ -451,6 +454,8 @@ class Gateway(Candidate):
         text = GATEWAY_CONFIG.format(
             tmp=self.workdir, port_in=self.smtp_port, port_http=self.http_port, sink_port=sink_port
         )
+        if self.processes is not None:
+            text = text.replace("[gateway]\n", f"[gateway]\nprocesses = {self.processes}\n", 1)
         self.config_path.write_text(text)
 
     def command(self) -> list[str]:
