@@ -20,6 +20,7 @@ import argparse
 import collections
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raw profile: {raw}")
     finally:
         gw.stop()
+        # The gateway's spool, logs and config go; the raw profile stays
+        # (in the temporary directory when --out did not say where).
+        for entry in workdir.iterdir():
+            if entry == raw:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if args.out is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
