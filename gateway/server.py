@@ -130,9 +130,11 @@ class Gateway:
         if "smtp" in self.roles or "worker" in self.roles:
             await asyncio.to_thread(self.spool.create)
         if "worker" in self.roles and self.recover:
-            counts = await asyncio.to_thread(self.spool.recover)
-            if any(counts.values()):
-                log.info("spool recovered", **counts)
+            recovery = await asyncio.to_thread(self.spool.recover)
+            for found in recovery.found:
+                log.info("spool recovery took an entry no live process holds", **found.fields())
+            if recovery:
+                log.info("spool recovered", **recovery.counts())
         if "worker" in self.roles or "milter" in self.roles:
             # One pipeline for the relay's runner and the milter.
             self.pipeline = Pipeline(Services(self.cfg, self.stores, self.keyring, self.audit, self.spool.root))
@@ -391,9 +393,11 @@ class Supervisor:
         if "smtp" in self.roles or "worker" in self.roles:
             spool.create()
         if "worker" in self.roles:
-            counts = spool.recover()
-            if any(counts.values()):
-                log.info("spool recovered", **counts)
+            recovery = spool.recover()
+            for found in recovery.found:
+                log.info("spool recovery took an entry no live process holds", **found.fields())
+            if recovery:
+                log.info("spool recovered", **recovery.counts())
 
         def on_stop(signum: int, frame: object) -> None:
             if not self.stopping:
