@@ -139,7 +139,8 @@ def test_retentions_shorter_than_what_depends_on_them_are_refused(make_gateway: 
         ({"storage.local": {"staging_retention_days": 1}, "upload": {"abandon_after": 2 * DAY + 1}},
          "storage.local.staging_retention_days: 1: staged uploads would be deleted before the upload page gives "
          "them up (upload.abandon_after = 172801 s): expected at least 3"),
-        ({"storage.local": {"fleet_retention_days": 7}, "route": {"autoreply": {"interval": "4d"}}},
+        ({"storage.local": {"fleet_retention_days": 7},
+          "route": {"autoreply": {"interval": "4d", "from": "noreply@contact.example", "next_hop": "smtp://127.0.0.1:9"}}},
          "storage.local.fleet_retention_days: 7: automatic-reply claims would be deleted while they still limit "
          "replies (route 'contact' autoreply.interval = 345600 s): expected more than 8"),
     ]
