@@ -118,6 +118,13 @@ async def reserve(store: Storage, object_id: str, upload_id: str, size: int, *, 
         await _save_usage(store, object_id, uploads)
 
 
+async def used(store: Storage, object_id: str) -> tuple[int, int]:
+    """How many files and bytes have been started with the invitation (for
+    the page's own checks before a file is sent)."""
+    uploads = await _usage(store, object_id)
+    return len(uploads), sum(uploads.values())
+
+
 async def release(store: Storage, object_id: str, upload_id: str) -> None:
     """Stop counting an upload that was refused or abandoned."""
     async with _lock(object_id):
