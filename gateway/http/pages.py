@@ -29,10 +29,17 @@ from babel.dates import format_datetime
 from babel.numbers import format_decimal
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from gateway import i18n
+from gateway import i18n, logs
 from gateway.branding import Branding, logo_type
 from gateway.config import Config
+from gateway.http.accepted import N_
 from gateway.http.health import request_id
+
+log = logs.get("http")
+
+#: The kinds of agent.html: each says what happened and what to do.
+AGENT_PAGES = ("invalid", "expired", "page_expired", "revoked", "not_found", "denied", "not_signed_in",
+               "sign_in_unavailable", "storage_unavailable", "refreshed")
 
 #: The CSP of every page; ``render(..., csp=...)`` adds to it.
 BASE_CSP = {"default-src": "'none'", "style-src": "'self'", "img-src": "'self'", "form-action": "'self'",
@@ -104,7 +111,7 @@ class Pages:
     def size(self, lang: str, n: int) -> str:
         """A size as people read it, in their language: "5.0 GB", "5,0 Go"."""
         t = self._translations(lang)
-        for shift, unit in ((30, "%(size)s GB"), (20, "%(size)s MB"), (10, "%(size)s KB")):
+        for shift, unit in ((30, N_("%(size)s GB")), (20, N_("%(size)s MB")), (10, N_("%(size)s KB"))):
             if n >= 1 << shift:
                 value = format_decimal(n / (1 << shift), "#,##0.0" if shift > 10 else "#,##0",
                                        locale=_babel_locale(lang))
@@ -123,15 +130,47 @@ class Pages:
         """``template`` in the request's language, as a response with the
         pages' headers; ``csp`` adds sources to the base policy."""
         lang = self.language(request)
-        body = self.env(lang).get_template(template).render(
-            lang=lang.replace("_", "-"), brand=self.branding, assets=self.assets, reference=request_id(request),
-            status=status, **context)
+        values = dict(brand=self.branding, assets=self.assets, reference=request_id(request), status=status,
+                      **context)
+        try:
+            body = self.env(lang).get_template(template).render(lang=lang.replace("_", "-"), **values)
+        except (KeyError, ValueError, TypeError) as e:
+            # A translation whose placeholders do not fit its message (an
+            # operator's catalogue): the page in English, never an error.
+            log.error("page not rendered in its language; English instead", template=template, lang=lang,
+                      error=f"{type(e).__name__}: {e}")
+            lang = i18n.DEFAULT
+            body = self.env(lang).get_template(template).render(lang=lang, **values)
         policy = dict(BASE_CSP)
         policy.update(csp or {})
         return web.Response(status=status, text=body, content_type="text/html", headers={
             "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
             "Content-Language": lang.replace("_", "-"),
             "Content-Security-Policy": "; ".join(f"{k} {v}" for k, v in policy.items()), **(headers or {})})
+
+    def check(self) -> list[str]:
+        """Every page in every language, rendered with sample values, and
+        the catalogues checked: what ``check-config`` reports ([] if fine)."""
+        problems = check_catalogues(self.catalogues)
+        sample: dict[str, Any] = dict(brand=self.branding, assets=self.assets, reference="check", status=200)
+        route_free = {"listed": False, "groups": (), "extensions": ()}
+        pages: list[tuple[str, dict[str, Any]]] = [
+            *(("agent.html", {"kind": k, "agent": "agent", "contact": "contact", "action": "/a/x/refresh",
+                              "url": "/a/x", "filename": "f.pdf", "until": 0}) for k in AGENT_PAGES),
+            ("landing.html", {"files": [{"name": "f.pdf", "size": 1, "kind": "application/pdf", "url": "/a/x"}],
+                              "message_id": "<m@x>"}),
+            *(("upload_closed.html", {"kind": k}) for k in ("expired", "invalid", "gone")),
+            ("upload.html", {"settings": {}, "accepted": route_free, "max_file_size": 1 << 30, "max_files": 2,
+                             "max_bytes": 1 << 20, "expires": 0, "notify": "a@b.example"}),
+        ]
+        for lang in self.catalogues.languages():
+            for template, context in pages:
+                try:
+                    self.env(lang).get_template(template).render(lang=lang, **sample, **context)
+                except Exception as e:  # noqa: BLE001 - reported, with the page and language
+                    problems.append(f"page {template} ({context.get('kind', '')}) in {lang!r}: "
+                                    f"{type(e).__name__}: {e}")
+        return problems
 
     # -- assets ---------------------------------------------------------------
 
@@ -160,6 +199,31 @@ def _asset_headers() -> dict[str, str]:
 
 def _babel_locale(lang: str) -> str:
     return lang if lang != "" else i18n.DEFAULT
+
+
+def check_catalogues(catalogues: i18n.Catalogues) -> list[str]:
+    """What is wrong in the ``pages`` catalogues in use: each problem as
+    "FILE: msgid: error" (a placeholder a translation lacks or adds)."""
+    from babel.messages.pofile import read_po
+
+    problems = []
+    for lang in catalogues.languages():
+        for directory in (catalogues.override, i18n.SHIPPED):
+            if directory is None:
+                continue
+            path = directory / lang / "LC_MESSAGES" / "pages.po"
+            if not path.is_file():
+                continue
+            try:
+                with path.open("rb") as f:
+                    catalog = read_po(f, locale=lang.split("_")[0])
+            except Exception as e:  # noqa: BLE001 - any parse error is reported, not raised
+                problems.append(f"{path}: cannot be read: {e}")
+                continue
+            for message, errors in catalog.check():
+                for error in errors:
+                    problems.append(f"{path}: {message.id!r}: {error}")
+    return problems
 
 
 def template_names() -> list[str]:
