@@ -118,6 +118,7 @@ function addRow(file) {
     bar,
     setStatus(text, kind) {
       st.textContent = text; st.className = "status " + (kind || ""); li.dataset.state = kind || "";
+      bar.hidden = kind === "error";  // a refused file has no progress to show
       // Errors and finished files are announced; progress is shown, not read out at every percent.
       if (kind === "error" || kind === "done") announce.textContent = text;
     },
