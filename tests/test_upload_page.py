@@ -143,7 +143,7 @@ def test_an_invitation_takes_only_its_limit_and_abandoned_chunks_are_removed(mak
     # 150 KB + 100 KB would pass 200 KB: refused before a byte is sent, saying why.
     assert start(100 * 1024) == (413, {"error": "This upload link takes at most 200 KB in all; 150 KB have been "
                                                 "sent with it already, so this file (100 KB) does not fit. "
-                                                "Please ask us for a new link.", "code": "limit"})
+                                                "Please ask us for a new link.", "code": "limit-bytes"})
     assert start(40 * 1024)[0] == 201
     status, body = start(1)
     assert status == 413 and "at most 2 file(s)" in body["error"]

@@ -263,7 +263,7 @@ class UploadPage:
             self.audit.event("FileCreated", "Failure", EventSubType="UploadPage", CustomerId=inv.customer_id,
                              EventResultDetails=f"invitation limit: {e}", TargetFileSize=size,
                              SrcIpAddr=request.remote, RequestId=request_id(request))
-            return _json({"error": str(e), "code": "limit"}, 413)
+            return _json({"error": str(e), "code": f"limit-{e.kind}"}, 413)
         session = {"uid": uid, "invitation": inv.object_id, "name": filenames.display_name(name)[:255],
                    "size": size, "type": str(req.get("type") or "")[:100], "chunk_size": up.chunk_size,
                    "created": time.time(), "done": None, "mode": "chunks"}

@@ -136,8 +136,8 @@ function check(file) {
   if (cfg.extensions.length && !cfg.extensions.includes(extension(file.name))) return say("type", name);
   if (file.size === 0) return say("empty", name);
   if (file.size > cfg.maxFileSize) return say("tooLarge", name);
-  if (cfg.maxFiles && sentFiles + 1 > cfg.maxFiles) return say("limit", name);
-  if (cfg.maxBytes && sentBytes + file.size > cfg.maxBytes) return say("limit", name);
+  if (cfg.maxFiles && sentFiles + 1 > cfg.maxFiles) return say("limitFiles", name);
+  if (cfg.maxBytes && sentBytes + file.size > cfg.maxBytes) return say("limitBytes", name);
   return null;
 }
 
@@ -150,7 +150,8 @@ function refusal(e, file) {
   if (code === "malware") return say("malware", name);
   if (code === "empty") return say("empty", name);
   if (code === "size") return say("tooLarge", name);
-  if (code === "limit") return say("limit", name);
+  if (code === "limit-files") return say("limitFiles", name);
+  if (code === "limit-bytes") return say("limitBytes", name);
   if (code === "refused") return say("refused", {name: file.name, reason: e.message});
   if (e.status === 410 || e.status === 403) return say("expired");
   if (e.status === 503) return say("unavailable");
@@ -208,7 +209,7 @@ async function upload(file, row) {
     return true;
   } catch (e) {
     // A refused file no longer counts against the link (the server released it).
-    if (e.code && e.code !== "limit") { sentFiles -= 1; sentBytes -= file.size; }
+    if (e.code && !e.code.startsWith("limit")) { sentFiles -= 1; sentBytes -= file.size; }
     localStorage.removeItem(memo);
     row.setStatus(refusal(e, file), "error");
     return false;
