@@ -131,7 +131,8 @@ def test_every_page_is_branded_actionable_translated_and_accessible(make_gateway
         "Progress of claim-form.pdf"
     assert up["good"] == {"state": "done", "text": "Received. Thank you."}
     assert "What happens next" in up["done"]["text"] and up["done"]["focused"] == "done"
-    assert up["done"]["announced"] == "Received. Thank you." and up["moreOpensPicker"] is True
+    assert up["done"]["announced"] == "Received. Thank you."
+    assert up["moreFocusesPicker"] is True and up["moreOpensPicker"] is True
     for state in ("axeEmpty", "axeRefused", "axeDone"):
         assert up[state] == [], (state, up[state])
 

@@ -113,9 +113,12 @@ async function main() {
     }));
     out.upload.axeDone = await axe(page);
     await shot(page, "pages-upload-done");
-    // "Add more files" is reached and pressed with the keyboard, and opens the picker.
+    // "Add more files", reached and pressed with the keyboard, takes the focus
+    // back to the picker, which Space opens.
     if (!(await tabTo(page, "more"))) throw new Error("Add more files cannot be reached with Tab");
-    const [chooser] = await Promise.all([page.waitForEvent("filechooser", { timeout: 10000 }), page.keyboard.press("Enter")]);
+    await page.keyboard.press("Enter");
+    out.upload.moreFocusesPicker = await page.evaluate(() => document.activeElement.id === "files");
+    const [chooser] = await Promise.all([page.waitForEvent("filechooser", { timeout: 10000 }), page.keyboard.press("Space")]);
     out.upload.moreOpensPicker = chooser.isMultiple();
     out.upload.cspErrors = cspErrors;
     await context.close();

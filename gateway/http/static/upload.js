@@ -230,7 +230,14 @@ async function uploadAll(files) {
 
 const input = document.getElementById("files");
 input.addEventListener("change", e => { uploadAll([...e.target.files]); input.value = ""; });
-document.getElementById("more").addEventListener("click", () => { input.focus(); input.click(); });
+// "Add more files": back to the picker. A mouse click opens it at once; from
+// the keyboard (a click with no pointer, detail 0) the picker gets the focus
+// and Space or Enter opens it, as everywhere else on the page.
+document.getElementById("more").addEventListener("click", e => {
+  input.scrollIntoView({block: "center"});
+  input.focus();
+  if (e.detail > 0) input.click();
+});
 const drop = document.getElementById("drop");
 drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
