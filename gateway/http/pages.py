@@ -81,7 +81,17 @@ class Pages:
         self.logo: tuple[bytes, str] | None = None
         if self.branding.logo is not None:
             # Checked at load (config.py); read once here, served from memory.
-            self.logo = (self.branding.logo.read_bytes(), logo_type(self.branding.logo))
+            try:
+                self.logo = (self.branding.logo.read_bytes(), logo_type(self.branding.logo))
+            except (OSError, ValueError) as e:
+                # Gone since the check: the pages go on without it.
+                log.error("logo not readable; pages shown without it", logo=str(self.branding.logo),
+                          error=str(e))
+        # Only languages with page texts: a page is never labelled French
+        # while it shows English.
+        self.languages = tuple(lang for lang in self.catalogues.languages() if lang == i18n.DEFAULT or any(
+            d is not None and (d / lang / "LC_MESSAGES" / "pages.po").is_file()
+            for d in (self.catalogues.override, i18n.SHIPPED)))
         self.assets = {"css": f"/assets/pages.css?v={_version(self.css)}",
                        "js": f"/assets/upload.js?v={_version(self.script)}",
                        "logo": f"/assets/logo?v={_version(self.logo[0])}" if self.logo else ""}
@@ -92,7 +102,7 @@ class Pages:
 
     def language(self, request: web.BaseRequest) -> str:
         """The request's language: the best of Accept-Language we have, else English."""
-        return self.catalogues.negotiate(request.headers.get("Accept-Language"))
+        return i18n.negotiate(request.headers.get("Accept-Language"), self.languages)
 
     def env(self, lang: str) -> Environment:
         """The template environment of one language (built once per config)."""
@@ -163,7 +173,7 @@ class Pages:
             ("upload.html", {"settings": {}, "accepted": route_free, "max_file_size": 1 << 30, "max_files": 2,
                              "max_bytes": 1 << 20, "expires": 0, "notify": "a@b.example"}),
         ]
-        for lang in self.catalogues.languages():
+        for lang in self.languages:
             for template, context in pages:
                 try:
                     self.env(lang).get_template(template).render(lang=lang, **sample, **context)

@@ -154,3 +154,34 @@ settings = { allow = ["application/pdf", "image/png"] }
     assert takes.extensions == ("pdf", "png")
     none = _cfg(tmp_path, '[[routes.policies]]\nname = "refuse_executables"\n')
     assert not accepted(none.routes[0]).listed
+
+
+def _po(root: Path, lang: str, domain: str, pairs: dict[str, str]) -> None:
+    d = root / lang / "LC_MESSAGES"
+    d.mkdir(parents=True, exist_ok=True)
+    body = "".join(f'\nmsgid "{k}"\nmsgstr "{v}"\n' for k, v in pairs.items())
+    (d / f"{domain}.po").write_text('msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n'
+                                    f'"Language: {lang}\\n"\n' + body, encoding="utf-8")
+
+
+def test_operator_catalogues_a_language_without_page_texts_and_a_broken_translation(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    locale = tmp_path / "locale"
+    _po(locale, "de", "mail", {"Hello": "Hallo"})  # German mail texts only: pages stay English, labelled so
+    pages = Pages(cfg, i18n.Catalogues(locale))
+    r = pages.render(_get("de"), "agent.html", 410, kind="expired", action="/a/x/refresh")  # type: ignore[arg-type]
+    assert r.headers["Content-Language"] == "en" and "<h1>This link has expired</h1>" in r.text
+    # One German page text: that text in German, the rest in English (never an error).
+    _po(locale, "de", "pages", {"This link has expired": "Dieser Link ist abgelaufen"})
+    pages = Pages(cfg, i18n.Catalogues(locale))
+    r = pages.render(_get("de"), "agent.html", 410, kind="expired", action="/a/x/refresh")  # type: ignore[arg-type]
+    assert r.headers["Content-Language"] == "de" and "<h1>Dieser Link ist abgelaufen</h1>" in r.text
+    assert "Refresh Link" in r.text
+    # A translation that drops a placeholder: check-config names it; the page is shown in English.
+    _po(locale, "de", "pages", {"Open %(name)s": "Öffnen %(nmae)s"})
+    pages = Pages(cfg, i18n.Catalogues(locale))
+    problems = pages.check()
+    assert any("de/LC_MESSAGES/pages.po" in p and "Open %(name)s" in p for p in problems), problems
+    r = pages.render(_get("de"), "agent.html", 200, kind="refreshed", url="/a/y", filename="f.pdf",  # type: ignore[arg-type]
+                     until=0)
+    assert r.status == 200 and r.headers["Content-Language"] == "en" and "Open f.pdf" in r.text
