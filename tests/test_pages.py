@@ -81,8 +81,10 @@ def test_every_page_is_branded_actionable_translated_and_accessible(make_gateway
         claims = keyring.verify(token)
         expired = f"{base}/a/{keyring.sign(claims.store, claims.object_id, int(time.time()) - 60)}"
         down = f"{base}/a/{keyring.sign('broken', new_object_id(), int(time.time()) + 600)}"
+        gone = f"{base}/a/{keyring.sign(claims.store, new_object_id(), int(time.time()) + 600)}"
         invitation = gw.command("invite", "--customer", "ACME-7", "--to", "support@contact.example")
         assert invitation.returncode == 0, invitation.stderr
+        upload = invitation.stdout.strip()
         files = {"wrongType": tmp_path / "holiday.mp4", "renamedProgram": tmp_path / "invoice.pdf",
                  "good": tmp_path / "claim-form.pdf"}
         files["wrongType"].write_bytes(b"\0\0\0\x18ftypmp42" + b"\0" * 5000)
@@ -99,10 +101,12 @@ def test_every_page_is_branded_actionable_translated_and_accessible(make_gateway
             {"name": "denied", "url": link, "user": "bob"},
             {"name": "not_signed_in", "url": link},
             {"name": "storage_unavailable", "url": down, "user": "alice"},
+            {"name": "not_found", "url": gone, "user": "alice"},
+            {"name": "upload_invalid", "url": upload[:-2] + ("AA" if not upload.endswith("AA") else "BB")},
         ]
         ARTIFACTS.mkdir(exist_ok=True)
         run = subprocess.run(["node", str(SCRIPT), json.dumps({
-            "upload": invitation.stdout.strip(), "files": {k: str(v) for k, v in files.items()}, "agent": agent,
+            "upload": upload, "files": {k: str(v) for k, v in files.items()}, "agent": agent,
             "artifacts": str(ARTIFACTS)})], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-4000:]
         seen = json.loads(run.stdout)
@@ -133,6 +137,7 @@ def test_every_page_is_branded_actionable_translated_and_accessible(make_gateway
     assert "What happens next" in up["done"]["text"] and up["done"]["focused"] == "done"
     assert up["done"]["announced"] == "Received. Thank you."
     assert up["moreFocusesPicker"] is True and up["moreOpensPicker"] is True
+    print(f"\nfile chooser opened again after a dropped key press: {up['chooserRetries']} time(s)")
     for state in ("axeEmpty", "axeRefused", "axeDone"):
         assert up[state] == [], (state, up[state])
 
@@ -149,6 +154,8 @@ def test_every_page_is_branded_actionable_translated_and_accessible(make_gateway
         "denied": (403, "You do not have access to this customer's files", "Failure", "denied"),
         "not_signed_in": (403, "You are not signed in", "Failure", "identity refused"),
         "storage_unavailable": (503, "The attachment cannot be fetched right now", "Failure", "storage error"),
+        "not_found": (404, "This attachment is no longer available", "Failure", "no link record"),
+        "upload_invalid": (403, "This upload link is not valid", "Failure", "HTTP 403"),
     }
     for name, (status, h1, result, details) in expected.items():
         page: dict[str, Any] = seen["agent"][name]
