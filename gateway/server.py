@@ -161,7 +161,8 @@ class Gateway:
             self.api = UploadApi(self.cfg, self.api_keys, self.uploads, self.jobs, self.audit)
             if self.cfg.upload.enabled:
                 self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
-                                              lambda qid: runner.enqueue(qid) if runner is not None else None)
+                                              lambda qid: runner.enqueue(qid) if runner is not None else None,
+                                              self.links.pages)
                 self.upload_page.start_sweeper()
             app = http_app.build_app(self.cfg, self.links, self.spool, self.api_keys, self.api, self.upload_page,
                                      health=self.health, settings=lambda: self.cfg)

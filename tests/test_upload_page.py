@@ -102,7 +102,7 @@ def test_invitations_are_checked_and_the_chunk_api_resumes_from_what_arrived(mak
     # Too large and empty are refused before anything is sent.
     assert _call("POST", url + "/files", json.dumps({"name": "a.bin", "size": 2 * MiB}).encode())[0] == 413
     assert _call("POST", url + "/files", json.dumps({"name": "a.bin", "size": 0}).encode()) == \
-        (400, {"error": "Empty file"})
+        (400, {"error": "Empty file", "code": "empty"})
     data = pdf_bytes(150 * 1024)
     status, s = _call("POST", url + "/files", json.dumps({"name": "plan.pdf", "size": len(data)}).encode())
     assert status == 201 and s["chunks"] == 3 and s["received"] == []
@@ -143,7 +143,7 @@ def test_an_invitation_takes_only_its_limit_and_abandoned_chunks_are_removed(mak
     # 150 KB + 100 KB would pass 200 KB: refused before a byte is sent, saying why.
     assert start(100 * 1024) == (413, {"error": "This upload link takes at most 200 KB in all; 150 KB have been "
                                                 "sent with it already, so this file (100 KB) does not fit. "
-                                                "Please ask us for a new link."})
+                                                "Please ask us for a new link.", "code": "limit-bytes"})
     assert start(40 * 1024)[0] == 201
     status, body = start(1)
     assert status == 413 and "at most 2 file(s)" in body["error"]
