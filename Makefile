@@ -9,7 +9,7 @@ PIP    := $(VENV)/bin/pip
 GW     := $(VENV)/bin/attachment-gateway
 CONFIG ?= conf/gateway.toml
 
-.PHONY: run test test-fast test-deps lint bench demo check-config clean venv venv-test
+.PHONY: run test test-fast test-deps lint bench demo check-config screenshots clean venv venv-test
 
 # Two installs: what running needs (`make run`, `make demo`: the package and
 # its dependencies), and on top of it the test extra (`make test`: pytest,
@@ -76,6 +76,14 @@ demo: venv
 
 check-config: venv
 	$(GW) -c $(CONFIG) check-config
+
+## make screenshots: the pages in Chromium (tests/test_pages.py, which saves
+## them in tests/artifacts/), copied into docs/images/ for the README and docs.
+SHOTS := upload-empty upload-uploading upload-done upload-refused agent-expired agent-landing
+screenshots: venv-test test-deps
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_pages.py
+	mkdir -p docs/images
+	for n in $(SHOTS); do cp tests/artifacts/pages-$$n.png docs/images/$$n.png; done
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -31,14 +31,14 @@ class CandidateUnavailable(Exception):
 class Candidate:
     """One SMTP server under test.
 
-    Subclasses set ``name``, ``label``, ``memory_scope`` and implement ``start``,
-    ``stop`` and ``receiving_pids``.
+    Subclasses set ``name`` and ``label`` and implement ``start``, ``stop``,
+    ``all_pids`` and ``log_paths``.
     """
 
     name = "candidate"
     label = "candidate"
-    #: What the peak-memory figure covers, in words (printed and saved).
-    memory_scope = ""
+    #: What every memory figure covers, in words (printed and saved): the same for all.
+    memory_scope = "all its processes, summed"
     #: True when the 250 is not the end: the message goes on to ``arrival_sink``.
     relays = False
 
@@ -58,30 +58,54 @@ class Candidate:
         """Stop every process the candidate started. Idempotent."""
         raise NotImplementedError
 
-    def receiving_pids(self) -> list[int]:
-        """Pids whose memory counts as the receiving side."""
+    def all_pids(self) -> list[int]:
+        """Every process of the candidate (not the downstream sink): what its
+        memory and CPU figures count, the same way for every candidate."""
         raise NotImplementedError
 
+    def receiving_pids(self) -> list[int]:
+        """The processes whose peak memory is reset before a measured send (all of them)."""
+        return self.all_pids()
+
     def peak_memory_kib(self) -> tuple[int, dict[str, int]]:
-        """(peak RSS figure in KiB, per-process detail ``{"name[pid]": KiB}``)."""
-        detail = {f"{name}[{pid}]": kib for pid, (name, kib) in hwm_by_pid(self.receiving_pids()).items()}
+        """(peak RSS in KiB: VmHWM of every process summed, per-process detail ``{"name[pid]": KiB}``)."""
+        roles = self.memory_pids()
+        detail = {f"{roles.get(pid, name)}[{pid}]": kib for pid, (name, kib) in hwm_by_pid(roles).items()}
         return sum(detail.values()), detail
 
     #: What the *added* peak memory figure (100 MB message) covers, in words.
-    added_memory_scope = "the largest single process"
+    added_memory_scope = "all its processes, summed"
 
     def cpu_pids(self) -> list[int]:
-        """The processes whose CPU time counts for this candidate (the 5 KB CPU-per-message figure)."""
-        return self.receiving_pids()
+        """The processes whose CPU time counts for this candidate (all of them)."""
+        return self.all_pids()
 
     def memory_pids(self) -> dict[int, str]:
-        """``{pid: role}`` of the processes whose added peak memory is measured."""
-        return {pid: process_name(pid) for pid in self.receiving_pids()}
+        """``{pid: role}`` of every process of the candidate."""
+        return {pid: process_name(pid) for pid in self.all_pids()}
 
     def added_memory_figure(self, added: dict[int, tuple[str, int]]) -> int:
-        """The added-memory figure in KiB from ``{pid: (role, added KiB)}``: by default the
-        largest single process (the gateway's serve processes each take whole messages)."""
-        return max((kib for _, kib in added.values()), default=0)
+        """The added-memory figure in KiB from ``{pid: (role, added KiB)}``: the sum over
+        every process (a message that passes through three processes costs all three)."""
+        return sum(kib for _, kib in added.values())
+
+    def log_paths(self) -> list[Path]:
+        """The candidate's own log files (what ``diagnose`` reads)."""
+        return []
+
+    def diagnose(self, lines: int = 6) -> str:
+        """Why the candidate may have failed, in its own logs' words: the last
+        ``lines`` lines of each log that report a problem (or its last lines)."""
+        out = []
+        for path in self.log_paths():
+            try:
+                text = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            problems = [ln for ln in text if _DIAGNOSIS.search(ln)] or text
+            if problems:
+                out.append(f"{path.name}:\n" + "\n".join(f"  {ln[:300]}" for ln in problems[-lines:]))
+        return "\n".join(out)
 
     def _start_sink(self, dump: bool) -> SmtpSink:
         """Start the downstream smtp-sink (dumping into this candidate's workdir)."""
@@ -97,7 +121,6 @@ class FloorSink(Candidate):
 
     name = "floor"
     label = "smtp-sink (floor)"
-    memory_scope = "smtp-sink process"
 
     def __init__(self, workdir: Path, dump: bool = True) -> None:
         super().__init__(workdir)
@@ -111,9 +134,12 @@ class FloorSink(Candidate):
         if self.arrival_sink is not None:
             self.arrival_sink.stop()
 
-    def receiving_pids(self) -> list[int]:
+    def all_pids(self) -> list[int]:
         pid = self.arrival_sink.pid if self.arrival_sink else None
         return [pid] if pid is not None else []
+
+    def log_paths(self) -> list[Path]:
+        return [self.arrival_sink.log_path] if self.arrival_sink is not None else []
 
 
 class AiosmtpdBaseline(Candidate):
@@ -121,7 +147,6 @@ class AiosmtpdBaseline(Candidate):
 
     name = "aiosmtpd"
     label = "aiosmtpd 250-only"
-    memory_scope = "the aiosmtpd process"
 
     def __init__(self, workdir: Path, python: str) -> None:
         super().__init__(workdir)
@@ -142,8 +167,11 @@ class AiosmtpdBaseline(Candidate):
         if self.proc is not None:
             self.proc.stop()
 
-    def receiving_pids(self) -> list[int]:
+    def all_pids(self) -> list[int]:
         return [self.proc.pid] if self.proc is not None and self.proc.running() else []
+
+    def log_paths(self) -> list[Path]:
+        return [self.workdir / "aiosmtpd.log"]
 
 
 class PlainPostfix(Candidate):
@@ -151,10 +179,7 @@ class PlainPostfix(Candidate):
 
     name = "postfix"
     label = "Postfix relay"
-    memory_scope = "largest smtpd + largest cleanup (the two processes a message passes through)"
     relays = True
-
-    added_memory_scope = "largest smtpd + largest cleanup"
 
     def __init__(self, workdir: Path, sink_dump: bool = True) -> None:
         super().__init__(workdir)
@@ -179,30 +204,12 @@ class PlainPostfix(Candidate):
             if self.arrival_sink is not None:
                 self.arrival_sink.stop()
 
-    def receiving_pids(self) -> list[int]:
-        if self.mta is None:
-            return []
-        return [pid for pid, name in self.mta.processes().items() if name in ("smtpd", "cleanup")]
-
     def all_pids(self) -> list[int]:
-        """Every process of the instance (for the 'whole Postfix' figure in the JSON)."""
+        """Every process of the instance: master, qmgr, smtpd, cleanup, smtp and the rest."""
         return self.mta.pids() if self.mta is not None else []
 
-    def cpu_pids(self) -> list[int]:
-        return self.all_pids()  # master (reaps smtpd, cleanup, smtp ...), qmgr and every daemon
-
-    def peak_memory_kib(self) -> tuple[int, dict[str, int]]:
-        procs = hwm_by_pid(self.receiving_pids())
-        detail = {f"{name}[{pid}]": kib for pid, (name, kib) in procs.items()}
-        peak = 0
-        for role in ("smtpd", "cleanup"):
-            peak += max((kib for name, kib in procs.values() if name == role), default=0)
-        return peak, detail
-
-    def added_memory_figure(self, added: dict[int, tuple[str, int]]) -> int:
-        return sum(
-            max((kib for name, kib in added.values() if name == role), default=0) for role in ("smtpd", "cleanup")
-        )
+    def log_paths(self) -> list[Path]:
+        return [self.mta.maillog_path] if self.mta is not None else []
 
 
 #: The filter the MIMEDefang baseline runs: every leaf part whose decoded size is
@@ -238,7 +245,9 @@ MIMEDEFANG = "/usr/bin/mimedefang"
 MIMEDEFANG_MULTIPLEXOR = "/usr/bin/mimedefang-multiplexor"
 MIMEDEFANG_PL = "/usr/bin/mimedefang.pl"
 MIMEDEFANG_USER = "defang"
-MIMEDEFANG_INSTALL = "apt-get install -y --no-install-recommends mimedefang"
+MIMEDEFANG_INSTALL = "apt-get install -y --no-install-recommends mimedefang libnet-dns-perl"
+#: What Debian's mimedefang needs and does not declare (scripts/install-test-deps.sh installs it).
+MIMEDEFANG_PERL_INSTALL = "apt-get install -y --no-install-recommends libnet-dns-perl"
 #: The gateway's default offload threshold (RouteSettings.offload_threshold): same for MIMEDefang.
 OFFLOAD_THRESHOLD = 10 * 1024 * 1024
 
@@ -257,8 +266,6 @@ class PostfixMimedefang(PlainPostfix):
 
     name = "mimedefang"
     label = "Postfix+MIMEDefang"
-    memory_scope = "largest smtpd + largest cleanup + the mimedefang milter + the largest MIMEDefang worker"
-    added_memory_scope = "largest smtpd + largest cleanup + mimedefang milter + largest MIMEDefang worker"
 
     def __init__(self, workdir: Path, sink_dump: bool = True) -> None:
         super().__init__(workdir, sink_dump)
@@ -276,6 +283,17 @@ class PostfixMimedefang(PlainPostfix):
             pwd.getpwnam(MIMEDEFANG_USER)
         except KeyError:
             return f"user {MIMEDEFANG_USER!r} is missing (the mimedefang package creates it): `{MIMEDEFANG_INSTALL}`"
+        # Debian's mimedefang does not declare every Perl module its workers
+        # load (Net::DNS: libnet-dns-perl); without them each worker dies at
+        # start and Postfix answers every message 451. Compile it first.
+        try:
+            check = subprocess.run(["perl", "-c", MIMEDEFANG_PL], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"cannot run perl to check {MIMEDEFANG_PL}: {e}"
+        if check.returncode != 0:
+            first = next((ln for ln in check.stderr.splitlines() if ln.strip()), "no message")
+            hint = f" (`{MIMEDEFANG_PERL_INSTALL}`)" if "Net/DNS" in check.stderr else ""
+            return f"{MIMEDEFANG_PL} does not compile, so its workers cannot start: {first}{hint}"
         return None
 
     def start(self) -> None:
@@ -346,41 +364,25 @@ class PostfixMimedefang(PlainPostfix):
             return []
         return descendants(self.multiplexor.pid)
 
-    def receiving_pids(self) -> list[int]:
-        pids = super().receiving_pids()
-        if self.milter is not None and self.milter.running():
-            pids.append(self.milter.pid)
-        return pids + self._worker_pids()
-
-    def cpu_pids(self) -> list[int]:
-        pids = self.all_pids()
+    def all_pids(self) -> list[int]:
+        pids = super().all_pids()
         for proc in (self.milter, self.multiplexor):
             if proc is not None and proc.running():
                 pids.append(proc.pid)
         return pids + self._worker_pids()
 
     def memory_pids(self) -> dict[int, str]:
-        roles = {pid: process_name(pid) for pid in super().receiving_pids()}
+        roles = {pid: process_name(pid) for pid in super().all_pids()}
         if self.milter is not None and self.milter.running():
             roles[self.milter.pid] = "milter"
+        if self.multiplexor is not None and self.multiplexor.running():
+            roles[self.multiplexor.pid] = "multiplexor"
         roles.update({pid: "md-worker" for pid in self._worker_pids()})
         return roles
 
-    def peak_memory_kib(self) -> tuple[int, dict[str, int]]:
-        roles = self.memory_pids()
-        procs = hwm_by_pid(roles)
-        detail = {f"{roles[pid]}[{pid}]": kib for pid, (_name, kib) in procs.items()}
-        peak = sum(
-            max((kib for pid, (_n, kib) in procs.items() if roles[pid] == role), default=0)
-            for role in ("smtpd", "cleanup", "milter", "md-worker")
-        )
-        return peak, detail
-
-    def added_memory_figure(self, added: dict[int, tuple[str, int]]) -> int:
-        return sum(
-            max((kib for name, kib in added.values() if name == role), default=0)
-            for role in ("smtpd", "cleanup", "milter", "md-worker")
-        )
+    def log_paths(self) -> list[Path]:
+        md = self.workdir / "mimedefang"
+        return [*super().log_paths(), md / "multiplexor.log", md / "milter.log"]
 
 
 GATEWAY_CONFIG = """\
@@ -428,14 +430,16 @@ class Gateway(Candidate):
 
     name = "gateway"
     label = "attachment-gateway"
-    memory_scope = "the gateway process and all its children"
     relays = True
 
     def __init__(
-        self, workdir: Path, executable: str | None, sink_dump: bool = True, requested: str | None = None
+        self, workdir: Path, executable: str | None, sink_dump: bool = True, requested: str | None = None,
+        processes: int | None = None,
     ) -> None:
         super().__init__(workdir)
         self.executable = executable
+        #: ``gateway.processes`` (None: the default, one per CPU).
+        self.processes = processes
         #: The path given with --gateway, if any (for the "missing" message).
         self.requested = requested
         self.sink_dump = sink_dump
@@ -450,6 +454,8 @@ class Gateway(Candidate):
         text = GATEWAY_CONFIG.format(
             tmp=self.workdir, port_in=self.smtp_port, port_http=self.http_port, sink_port=sink_port
         )
+        if self.processes is not None:
+            text = text.replace("[gateway]\n", f"[gateway]\nprocesses = {self.processes}\n", 1)
         self.config_path.write_text(text)
 
     def command(self) -> list[str]:
@@ -484,10 +490,13 @@ class Gateway(Candidate):
             if self.arrival_sink is not None:
                 self.arrival_sink.stop()
 
-    def receiving_pids(self) -> list[int]:
+    def all_pids(self) -> list[int]:
         if self.proc is None or not self.proc.running():
             return []
         return [self.proc.pid, *descendants(self.proc.pid)]
+
+    def log_paths(self) -> list[Path]:
+        return [self.workdir / "gateway.log"]
 
     def memory_pids(self) -> dict[int, str]:
         if self.proc is None or not self.proc.running():
@@ -528,6 +537,10 @@ class Gateway(Candidate):
 
 
 _LOG_PROBLEM = re.compile(r"warn|error|critical|traceback|exception", re.IGNORECASE)
+#: Lines of a candidate's log that say why it failed (Postfix: "fatal", "panic";
+#: Perl: "Can't locate"; MIMEDefang: "died", "reject").
+_DIAGNOSIS = re.compile(r"warn|error|fatal|panic|critical|can't|cannot|died|abort|reject|traceback|exception",
+                        re.IGNORECASE)
 _OWN_FRAME = re.compile(r'File "[^"]*/((?:gateway|policies)/[^"]+)", line (\d+), in (\w+)')
 
 

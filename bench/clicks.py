@@ -13,7 +13,9 @@ whole file (filesystem backend: the gateway streams the object), then runs wrk:
 - ``saturating``: no pacing, 2 threads x 20 connections: the most clicks a second.
 - ``few connections``: no pacing, 1 thread x 2 connections.
 
-wrk runs on the same 2 CPUs as the gateway (it takes some of the CPU it measures).
+With two CPUs or more, wrk is pinned to the last one and every thread of the
+gateway's processes to the others for the runs (``pin_apart``), so the figure
+reflects the gateway, not the contest for cores; on one CPU they share it.
 Every run's summary comes from the script's ``done()`` (JSON on one line), the
 percentiles from wrk's own latency histogram.
 """
@@ -21,6 +23,7 @@ percentiles from wrk's own latency histogram.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -109,14 +112,17 @@ def fetch_once(url: str, timeout: float = 10.0) -> tuple[int, int]:
         return resp.status, len(resp.read())
 
 
-def run_wrk(url: str, run: WrkRun, duration_s: int, workdir: Path, timeout: float) -> dict[str, Any]:
-    """Run wrk once; return its figures (requests/s, latency percentiles in ms, errors)."""
+def run_wrk(url: str, run: WrkRun, duration_s: int, workdir: Path, timeout: float,
+            cpus: list[int] | None = None) -> dict[str, Any]:
+    """Run wrk once (pinned to ``cpus`` when given); return its figures
+    (requests/s, latency percentiles in ms, errors)."""
     exe = shutil.which("wrk") or WRK
     script = workdir / f"wrk-{run.name}.lua"
     per_thread = run.rate / run.threads if run.rate else 0
     script.write_text(WRK_SCRIPT.replace("PACE_PER_THREAD", repr(float(per_thread))))
+    pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
     argv = [
-        exe, "--latency", "-t", str(run.threads), "-c", str(run.connections), "-d", f"{duration_s}s",
+        *pin, exe, "--latency", "-t", str(run.threads), "-c", str(run.connections), "-d", f"{duration_s}s",
         "--timeout", "5s", "-s", str(script), url,
     ]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -151,3 +157,39 @@ def run_wrk(url: str, run: WrkRun, duration_s: int, workdir: Path, timeout: floa
         "argv": argv,
         "wrk_output": out.replace(m.group(0), "").strip(),
     }
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` (sched_setaffinity moves one thread only)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass  # gone meanwhile
+
+
+class pin_apart:  # noqa: N801 - used as a context manager, named for what it does
+    """While in use: the processes ``pids`` on every CPU but the last, which
+    is left to the load generator (``load_cpus``); restored after."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        cpus = sorted(os.sched_getaffinity(0))
+        self.all = set(cpus)
+        self.load_cpus: list[int] | None = [cpus[-1]] if len(cpus) >= 2 else None
+        self.server_cpus = set(cpus[:-1]) if len(cpus) >= 2 else self.all
+
+    def __enter__(self) -> pin_apart:
+        if self.load_cpus is not None:
+            for pid in self.pids:
+                _set_affinity(pid, self.server_cpus)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.load_cpus is not None:
+            for pid in self.pids:
+                _set_affinity(pid, self.all)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -198,3 +199,66 @@ def wait_until(predicate: Callable[[], bool], timeout: float, poll: float = 0.01
         if time.monotonic() >= deadline:
             return False
         time.sleep(poll)
+
+
+def pss_kib(pid: int) -> int | None:
+    """Proportional set size (``Pss`` of /proc/PID/smaps_rollup) in KiB: a
+    process's share of the pages it shares, so a sum over processes that
+    share libraries (Postfix's daemons) counts each page once."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def resting_memory(pids: Iterable[int]) -> dict[str, object]:
+    """Memory of a set of processes now: VmRSS and Pss summed, the largest
+    single process, and per process ``{"name[pid]": RSS KiB}``."""
+    rss: dict[str, int] = {}
+    pss = 0
+    for pid in pids:
+        kib = vm_rss_kib(pid)
+        if kib is None:
+            continue
+        rss[f"{process_name(pid)}[{pid}]"] = kib
+        pss += pss_kib(pid) or 0
+    return {"rss_sum_kib": sum(rss.values()), "pss_sum_kib": pss,
+            "largest_process_kib": max(rss.values(), default=0), "processes": len(rss), "detail_kib": rss}
+
+
+class MemorySampler:
+    """Samples the summed VmRSS of ``pids()`` every ``interval`` seconds in a
+    thread while in use; ``peak`` is the highest sum seen, ``peak_process``
+    the highest single process."""
+
+    def __init__(self, pids: Callable[[], list[int]], interval: float = 0.25) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.peak = 0
+        self.peak_process = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sizes = [kib for pid in self.pids() if (kib := vm_rss_kib(pid)) is not None]
+            if sizes:
+                self.peak = max(self.peak, sum(sizes))
+                self.peak_process = max(self.peak_process, max(sizes))
+                self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

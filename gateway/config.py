@@ -787,6 +787,71 @@ class UploadPageSettings(_Strict):
     from_address: str = ""
 
 
+class BrandingColours(_Strict):
+    """The pages' colours (``#rgb`` or ``#rrggbb``)."""
+
+    # Buttons, links and the header rule.
+    accent: str = "#1f5f99"
+    # Text on the accent colour (buttons).
+    accent_text: str = "#ffffff"
+
+    @field_validator("accent", "accent_text")
+    @classmethod
+    def _colour(cls, v: str) -> str:
+        from gateway.branding import check_colour
+
+        return check_colour(v)
+
+
+class BrandingSupport(_Strict):
+    """Where customers and agents get help; each shown when set."""
+
+    email: str = ""
+    url: str = ""
+    phone: str = ""
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        from gateway.branding import check_email
+
+        return check_email(v)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from gateway.branding import check_url
+
+        return check_url(v)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, v: str) -> str:
+        from gateway.branding import check_phone
+
+        return check_phone(v)
+
+
+class BrandingSettings(_Strict):
+    """Who the pages (and the automatic reply) speak for (gateway/branding.py)."""
+
+    # The organisation's name, in the pages' header; "" for none.
+    name: str = Field("", max_length=100)
+    # A PNG, JPEG or SVG file (at most 256 KiB) the gateway serves itself;
+    # a URL is refused: the pages fetch nothing from other sites.
+    logo: str | None = None
+    colours: BrandingColours = BrandingColours()
+    support: BrandingSupport = BrandingSupport()
+
+    @field_validator("logo")
+    @classmethod
+    def _logo(cls, v: str | None) -> str | None:
+        if v is not None and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", v):
+            raise ValueError("expected a file (PNG, JPEG or SVG) the gateway serves itself, not a URL: the pages "
+                             "fetch nothing from other sites; save the logo and name the file")
+        return v
+
+
 class SrsSettings(_Strict):
     """Sender Rewriting Scheme for routes with ``srs = true`` (gateway/srs.py)."""
 
@@ -862,6 +927,7 @@ class Config(_Strict):
     clamd: ClamdSettings | None = None
     api: ApiSettings = ApiSettings()
     upload: UploadPageSettings = UploadPageSettings()
+    branding: BrandingSettings = BrandingSettings()
     # Absent: ``serve`` runs no milter; ``attachment-gateway milter`` then
     # uses the defaults above.
     milter: MilterSettings | None = None
@@ -883,6 +949,15 @@ class Config(_Strict):
                            *((f"routes[{i}].tls_ca_file", r.tls_ca_file) for i, r in enumerate(self.routes))):
             if value is not None and not os.access(self.path(value), os.R_OK):
                 raise ValueError(f"{key}: {value!r}: expected a readable file")
+        from gateway.branding import check_branding, logo_type
+
+        check_branding(self.branding.colours.accent, self.branding.colours.accent_text)
+        if self.branding.logo is not None:
+
+            try:
+                logo_type(self.path(self.branding.logo))
+            except ValueError as e:
+                raise ValueError(f"branding.logo: {self.branding.logo!r}: {e}") from None
         for name, store in self.storage.items():
             if store.retention_days * 86400 < self.links.ttl:
                 raise ValueError(f"storage.{name}.retention_days: {store.retention_days}: attachments would be "
@@ -939,6 +1014,14 @@ class Config(_Strict):
             raise ValueError(f"{key}.staging_retention_days: {store.staging_retention_days}: staged uploads would "
                              f"be deleted before the upload page gives them up (upload.abandon_after = "
                              f"{self.upload.abandon_after} s): expected at least {days(self.upload.abandon_after)}")
+
+        for route in self.routes:
+            if route.storage == name and route.autoreply is not None and \
+                    store.fleet_retention_days <= days(2 * route.autoreply.interval):
+                raise ValueError(f"{key}.fleet_retention_days: {store.fleet_retention_days}: automatic-reply claims "
+                                 f"would be deleted while they still limit replies (route {route.name!r} "
+                                 f"autoreply.interval = {route.autoreply.interval} s): expected more than "
+                                 f"{days(2 * route.autoreply.interval)}")
 
     def _check_srs(self) -> None:
         from gateway import srs as srs_mod  # late: gateway.srs imports the delivery layer

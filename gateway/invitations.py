@@ -67,7 +67,11 @@ async def load(store: Storage, object_id: str) -> Invitation:
 
 class OverLimit(Exception):
     """Starting this upload would pass the invitation's limit (413); ``str()``
-    is the message the page shows."""
+    is the message the page shows, ``kind`` which limit ("files", "bytes")."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def usage_key(object_id: str) -> str:
@@ -108,14 +112,21 @@ async def reserve(store: Storage, object_id: str, upload_id: str, size: int, *, 
         uploads = await _usage(store, object_id)
         if max_files is not None and len(uploads) + 1 > max_files:
             raise OverLimit(f"This upload link takes at most {max_files} file(s), and {len(uploads)} "
-                            "have been sent with it already. Please ask us for a new link.")
+                            "have been sent with it already. Please ask us for a new link.", "files")
         used = sum(uploads.values())
         if max_bytes is not None and used + size > max_bytes:
             raise OverLimit(f"This upload link takes at most {human_size(max_bytes)} in all; "
                             f"{human_size(used)} have been sent with it already, so this file "
-                            f"({human_size(size)}) does not fit. Please ask us for a new link.")
+                            f"({human_size(size)}) does not fit. Please ask us for a new link.", "bytes")
         uploads[upload_id] = size
         await _save_usage(store, object_id, uploads)
+
+
+async def used(store: Storage, object_id: str) -> tuple[int, int]:
+    """How many files and bytes have been started with the invitation (for
+    the page's own checks before a file is sent)."""
+    uploads = await _usage(store, object_id)
+    return len(uploads), sum(uploads.values())
 
 
 async def release(store: Storage, object_id: str, upload_id: str) -> None:

@@ -135,9 +135,11 @@ class Runner:
             try:
                 if time.monotonic() - last_recovery >= RECOVERY_INTERVAL:
                     last_recovery = time.monotonic()
-                    counts = await asyncio.to_thread(self.spool.recover, RECOVERY_INTERVAL)
-                    if any(counts.values()):
-                        log.warning("spool recovered from a dead process", **counts)
+                    recovery = await asyncio.to_thread(self.spool.recover, RECOVERY_INTERVAL)
+                    # One line per entry, saying what it was and why it was
+                    # taken (whose, how old, whether its owner still runs).
+                    for found in recovery.found:
+                        log.warning("spool recovery took an entry no live process holds", **found.fields())
                 for qid in await asyncio.to_thread(self.spool.ids, "incoming"):
                     self._offer("incoming", qid)
                 now = time.time()

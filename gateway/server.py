@@ -47,6 +47,7 @@ from gateway.pipeline import Pipeline
 from gateway.pipeline.services import Services
 from gateway.runner import Runner
 from gateway.spool import Spool
+from gateway.storage.base import Storage
 from gateway.storage.filesystem import FilesystemStorage
 from gateway.storage.retention import PrefixRetention, plan_for
 from gateway.storage.sweep import Sweeper
@@ -129,9 +130,11 @@ class Gateway:
         if "smtp" in self.roles or "worker" in self.roles:
             await asyncio.to_thread(self.spool.create)
         if "worker" in self.roles and self.recover:
-            counts = await asyncio.to_thread(self.spool.recover)
-            if any(counts.values()):
-                log.info("spool recovered", **counts)
+            recovery = await asyncio.to_thread(self.spool.recover)
+            for found in recovery.found:
+                log.info("spool recovery took an entry no live process holds", **found.fields())
+            if recovery:
+                log.info("spool recovered", **recovery.counts())
         if "worker" in self.roles or "milter" in self.roles:
             # One pipeline for the relay's runner and the milter.
             self.pipeline = Pipeline(Services(self.cfg, self.stores, self.keyring, self.audit, self.spool.root))
@@ -158,7 +161,8 @@ class Gateway:
             self.api = UploadApi(self.cfg, self.api_keys, self.uploads, self.jobs, self.audit)
             if self.cfg.upload.enabled:
                 self.upload_page = UploadPage(self.cfg, self.keyring, self.uploads, self.spool, self.audit,
-                                              lambda qid: runner.enqueue(qid) if runner is not None else None)
+                                              lambda qid: runner.enqueue(qid) if runner is not None else None,
+                                              self.links.pages)
                 self.upload_page.start_sweeper()
             app = http_app.build_app(self.cfg, self.links, self.spool, self.api_keys, self.api, self.upload_page,
                                      health=self.health, settings=lambda: self.cfg)
@@ -185,9 +189,9 @@ class Gateway:
                  metrics=self.cfg.metrics.listen if self.admin else None,
                  milter=self.milter.settings.listen if self.milter else None, spool=str(self.spool.root))
 
-    def _swept_stores(self) -> list[tuple[str, Path, list[PrefixRetention]]]:
+    def _swept_stores(self) -> list[tuple[str, Storage, Path, list[PrefixRetention]]]:
         """The filesystem stores and their retention plans, as the config in force says."""
-        return [(name, store.root, plan_for(self.cfg, name)) for name, store in self.stores.items()
+        return [(name, store, store.root, plan_for(self.cfg, name)) for name, store in self.stores.items()
                 if isinstance(store, FilesystemStorage)]
 
     def _warn_allow_all(self) -> None:
@@ -390,9 +394,11 @@ class Supervisor:
         if "smtp" in self.roles or "worker" in self.roles:
             spool.create()
         if "worker" in self.roles:
-            counts = spool.recover()
-            if any(counts.values()):
-                log.info("spool recovered", **counts)
+            recovery = spool.recover()
+            for found in recovery.found:
+                log.info("spool recovery took an entry no live process holds", **found.fields())
+            if recovery:
+                log.info("spool recovered", **recovery.counts())
 
         def on_stop(signum: int, frame: object) -> None:
             if not self.stopping:

@@ -30,7 +30,12 @@ log = logs.get("uploads")
 
 
 class Refused(Exception):
-    """A policy refused the file (answered 415); ``str()`` is the reason."""
+    """A policy refused the file (answered 415); ``str()`` is the reason,
+    ``policy`` the name of the policy that refused it."""
+
+    def __init__(self, reason: str, policy: str = "") -> None:
+        super().__init__(reason)
+        self.policy = policy
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ class Uploads:
         # own; any other verdict (replace, refuse) means it must not be kept.
         if decision.action not in (policies.Action.KEEP, policies.Action.OFFLOAD):
             await asyncio.gather(*(store.delete(k) for k in staging))
-            raise Refused(decision.reason)
+            raise Refused(decision.reason, decision.policy)
         key = file_key(customer, display)
         meta = ObjectMeta(content_type=ctype, filename=filename,
                           metadata={"queue-id": reference, "customer-id": customer})

@@ -15,7 +15,9 @@
 #                               tests/servers/node/ (npm ci from its lock file)
 #   oidc-provider (npm)         a real OpenID Connect provider for the agent
 #                               sign-in tests (tests/servers/oidc.py), same place
-#   playwright-core (npm)       drives Debian's chromium in the upload page test
+#   playwright-core (npm)       drives Debian's chromium in the page tests
+#   axe-core (npm)              the accessibility checks of every page, run in
+#                               that chromium (tests/browser/pages.cjs)
 #
 # The Python packages (SDKs, gcp-storage-emulator) are in setup.cfg's [test] extra:
 #   .venv/bin/pip install -e ".[test]"

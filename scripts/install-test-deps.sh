@@ -24,6 +24,9 @@
 #               install-storage-deps.sh; a browser download by a tool fails here)
 #   curl        HTTP requests with Expect: 100-continue in the upload API tests
 #   mimedefang  the bench's Postfix+MIMEDefang baseline (make bench)
+#   libnet-dns-perl  Net::DNS, which mimedefang.pl loads at start but Debian's
+#               mimedefang does not declare: without it every MIMEDefang worker
+#               dies at start and Postfix answers each message 451
 #   clamav-daemon    clamd, started by tests/servers/clamd.py with a signature
 #                    database the test writes (no signature download)
 #   libmagic1        python-magic's library (type detection; usually present)
@@ -36,7 +39,7 @@
 set -euo pipefail
 
 PACKAGES=(postfix swaks wrk bsdutils procps ca-certificates openssl libnet-ssleay-perl systemd util-linux
-          mimedefang clamav-daemon libmagic1 rsyslog rsyslog-gnutls chromium curl
+          mimedefang libnet-dns-perl clamav-daemon libmagic1 rsyslog rsyslog-gnutls chromium curl
           opendkim opendkim-tools postfix-policyd-spf-python qpdf nginx-light)
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
@@ -78,6 +81,9 @@ for exe in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/smtp-source /usr/sbin/
            /usr/sbin/opendkim /usr/bin/policyd-spf /usr/bin/qpdf /usr/sbin/nginx; do
     [ -x "$exe" ] || die "$exe is missing after install"
 done
+# MIMEDefang's workers are mimedefang.pl: it must compile with the modules installed.
+perl -c /usr/bin/mimedefang.pl >/dev/null 2>&1 \
+    || die "/usr/bin/mimedefang.pl does not compile: $(perl -c /usr/bin/mimedefang.pl 2>&1 | head -1)"
 getent passwd postfix >/dev/null || die "user 'postfix' missing (postfix package not configured?)"
 getent group postdrop >/dev/null || die "group 'postdrop' missing (postfix package not configured?)"
 getent passwd nobody >/dev/null || die "user 'nobody' missing (smtp-sink runs as nobody under root)"

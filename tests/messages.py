@@ -144,11 +144,11 @@ def sha256(data: bytes) -> str:
 
 
 def stored_objects(objects: Path) -> dict[str, bytes]:
-    """Object key -> bytes for every stored attachment (link records and
-    metadata sidecars left out)."""
+    """Object key -> bytes for every stored attachment (link records, the
+    retention sweep's turns and metadata sidecars left out)."""
     out = {}
     for p in objects.rglob("*"):
         rel = p.relative_to(objects).as_posix()
-        if p.is_file() and not rel.startswith("links/") and not rel.endswith(".meta.json"):
+        if p.is_file() and not rel.startswith(("links/", "leases/")) and not rel.endswith(".meta.json"):
             out[rel] = p.read_bytes()
     return out

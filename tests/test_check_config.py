@@ -109,6 +109,19 @@ def test_a_backend_in_capitals_names_the_key_and_echoes_nothing_else(tmp_path: P
     assert "private-bucket-name" not in r.stderr and "AKIAEXAMPLEKEYID" not in r.stderr
 
 
+def test_branding_files_and_colours_are_checked_naming_the_key(tmp_path: Path) -> None:
+    # A logo that is not an image: refused by check-config and by serve, before any port listens.
+    (tmp_path / "logo.png").write_text("not an image")
+    gw = _config(tmp_path / "gw", branding={"logo": str(tmp_path / "logo.png")})
+    _refused(gw, f"branding.logo: '{tmp_path / 'logo.png'}': expected a PNG, JPEG or SVG file",
+             commands=(("check-config",), ("serve",)))
+    gw = _config(tmp_path / "gw2", branding={"colours": {"accent": "#f0e68c"}})
+    _refused(gw, "branding.colours.accent: '#f0e68c': contrast 1.3:1 with #ffffff is too low to read",
+             commands=(("check-config",),))
+    gw = _config(tmp_path / "gw3", branding={"logo": "https://cdn.example/logo.png"})
+    _refused(gw, "branding.logo: 'https://cdn.example/logo.png': expected a file", commands=(("check-config",),))
+
+
 def test_init_writes_the_example_configs_and_units(tmp_path: Path) -> None:
     r = _cli("init", str(tmp_path / "site"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -37,6 +37,8 @@ RETENTION = {
     "jobs": ("job_retention_days", 5, "jobs/AbCdEf0123456789.json"),
     "upload-staging": ("staging_retention_days", 2, "staging/page/u1/000000"),
     "check": ("staging_retention_days", 2, "check/20260101T000000.000000Z-0123.bin"),
+    "autoreply": ("fleet_retention_days", 3, "autoreply/0123456789abcdef/20460"),
+    "leases": ("fleet_retention_days", 3, "leases/retention-local/491000"),
 }
 
 
@@ -137,9 +139,14 @@ def test_retentions_shorter_than_what_depends_on_them_are_refused(make_gateway: 
         ({"storage.local": {"staging_retention_days": 1}, "upload": {"abandon_after": 2 * DAY + 1}},
          "storage.local.staging_retention_days: 1: staged uploads would be deleted before the upload page gives "
          "them up (upload.abandon_after = 172801 s): expected at least 3"),
+        ({"storage.local": {"fleet_retention_days": 7},
+          "route": {"autoreply": {"interval": "4d", "from": "noreply@contact.example", "next_hop": "smtp://127.0.0.1:9"}}},
+         "storage.local.fleet_retention_days: 7: automatic-reply claims would be deleted while they still limit "
+         "replies (route 'contact' autoreply.interval = 345600 s): expected more than 8"),
     ]
     for sections, expected in cases:
-        gw = make_gateway(start=False, sections=sections)
+        route = sections.pop("route", None)
+        gw = make_gateway(start=False, sections=sections, **({"route": route} if route else {}))
         res = gw.command("check-config")
         assert res.returncode == 78, res.stdout + res.stderr
         assert expected in res.stderr, res.stderr

@@ -317,7 +317,7 @@ def test_expired_link_offers_refresh_which_issues_a_working_link_and_is_audited(
     assert len(fresh["url"]) < 200
     assert get(fresh["url"])[0] == 200
     status, _, body = post(url + "/refresh")  # the browser's button: an HTML page with the new link
-    assert status == 200 and b"Link refreshed" in body
+    assert status == 200 and b"Here is a new link" in body
     bad = url[:-2] + ("AA" if not url.endswith("AA") else "BB")
     assert post(bad + "/refresh")[0] == 403
     events = gw.wait_audit(lambda e: e.get("EventOriginalType") == "refresh" and e["EventResult"] == "Failure")

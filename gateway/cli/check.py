@@ -161,7 +161,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     ApiKeys(cfg)
     audit_sinks.build(cfg)
-    build_links(cfg, keyring, {}, logs.AuditLog("-", cfg.gateway.hostname))
+    links = build_links(cfg, keyring, {}, logs.AuditLog("-", cfg.gateway.hostname))
+    # The pages in every language (catalogues whose placeholders do not fit).
+    if problems := links.pages.check():
+        return report(args, problems)
     for warning in config_warnings(cfg):
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
     from gateway.srs import BOUNCE_ROUTE

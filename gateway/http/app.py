@@ -29,6 +29,7 @@ from gateway.http.apikeys import ApiKeys
 from gateway.http.health import AccessLogger, Health, admin_guard, echo_request_id
 from gateway.http.links import LinkEndpoint
 from gateway.http.links_api import LinkApi
+from gateway.http.pages import Pages
 from gateway.http.tls import TlsListener, server_context
 from gateway.http.upload_page import UploadPage
 from gateway.links import agents, authz
@@ -80,7 +81,7 @@ def _link_settings(cfg: Config, access: Access) -> dict[str, Any]:
 
 def build_links(cfg: Config, keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog) -> LinkEndpoint:
     """The link endpoint with its sign-in and authorisation."""
-    return LinkEndpoint(keyring, stores, audit, **_link_settings(cfg, build_access(cfg)))
+    return LinkEndpoint(keyring, stores, audit, pages=Pages(cfg), **_link_settings(cfg, build_access(cfg)))
 
 
 # Requests in flight when a reload swaps sign-in and authorisation may still
@@ -94,6 +95,7 @@ def reconfigure_links(links: LinkEndpoint, cfg: Config, access: Access) -> None:
     lifetimes for the next click (``access`` from ``build_access``)."""
     old = (links.authenticator, links.authoriser)
     links.configure(**_link_settings(cfg, access))
+    links.pages.configure(cfg)
     loop = asyncio.get_running_loop()
     loop.call_later(RETIRE_AFTER, lambda: [loop.create_task(o.close()) for o in old])
 
@@ -118,6 +120,11 @@ def build_app(cfg: Config, links: LinkEndpoint, spool: Spool, keys: ApiKeys, api
     app.router.add_post("/api/v1/links/revoke", links_api.revoke)
     app.router.add_get("/healthz", health.live)
     app.router.add_get("/readyz", health.ready)
+    # The pages' styles, script and logo: served here, so no page loads
+    # anything from elsewhere (their CSP says 'self').
+    app.router.add_get("/assets/pages.css", links.pages.style)
+    app.router.add_get("/assets/upload.js", links.pages.upload_script)
+    app.router.add_get("/assets/logo", links.pages.logo_file)
     app["audit"] = links.audit
     # The client an access log line names: behind a trusted proxy, the one
     # it forwards for.

@@ -9,10 +9,14 @@ that customer (403 naming whom to ask), and only then a storage URL minted
 now with a short lifetime (a redirect), or the object streamed when the
 backend has no URLs (the filesystem).  Every answer but a sign-in redirect
 is one audit event; the storage URL itself is never logged in full.
+
+Every answer is a page (gateway/http/pages.py, templates/agent.html and
+landing.html) that says what happened and what the agent can do, in the
+agent's language, with the request id as a reference: the same id is the
+audit event's ``RequestId`` and the access log's ``request_id``.
 """
 from __future__ import annotations
 
-import html
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -21,12 +25,13 @@ import aiohttp
 from aiohttp import ClientConnectionResetError, web
 
 from gateway import logs, metrics
+from gateway.http.health import request_id
+from gateway.http.pages import Pages
 from gateway.links import records, revocations
 from gateway.links.agents import Agent, Authenticator, IdentityRefused, Oidc, Proxies, SignInRequired
 from gateway.links.authz import Authoriser
 from gateway.links.tokens import Claims, Keyring, TokenError, TokenExpired, key_id
 from gateway.mime.filenames import content_disposition
-from gateway.mime.rewrite import human_size
 from gateway.storage.base import ObjectNotFound, Storage, StorageError
 
 log = logs.get("http")
@@ -34,21 +39,6 @@ log = logs.get("http")
 # Seconds a storage URL lives when the store's settings name no url_ttl (a
 # backend without one has no URLs either: the filesystem streams).
 DEFAULT_URL_TTL = 900
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>
-<body><h1>{title}</h1><p>{text}</p>{extra}</body></html>
-"""
-
-
-def page(status: int, title: str, text: str, extra: str = "") -> web.Response:
-    """A small HTML answer an agent can read in the browser."""
-    return web.Response(status=status, text=_PAGE.format(title=html.escape(title), text=html.escape(text),
-                                                         extra=extra),
-                        content_type="text/html",
-                        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-                                 "Content-Security-Policy": "default-src 'none'; form-action 'self'"})
-
 
 def _record_fields(record: records.LinkRecord) -> dict[str, Any]:
     return dict(QueueId=record.queue_id, CustomerId=record.customer_id, TargetFilePath=record.key,
@@ -68,8 +58,9 @@ class LinkEndpoint:
 
     def __init__(self, keyring: Keyring, stores: dict[str, Storage], audit: logs.AuditLog, *,
                  url_ttls: Mapping[str, int], link_ttl: int, base_url: str, authenticator: Authenticator,
-                 authoriser: Authoriser, proxies: Proxies, contact: str) -> None:
+                 authoriser: Authoriser, proxies: Proxies, contact: str, pages: Pages) -> None:
         self.keyring = keyring
+        self.pages = pages
         self.stores = stores
         self.audit = audit
         self.cache = records.RecordCache()
@@ -102,9 +93,9 @@ class LinkEndpoint:
                          HttpUserAgent=request.headers.get("User-Agent"),
                          ActorUsername=agent.id if agent else None,
                          ActorUserIdType=agent.method if agent else None,
-                         TokenKeyId=kid, **fields)
+                         TokenKeyId=kid, RequestId=request_id(request), **fields)
         # The log's names, as on mail lines (the audit event keeps ASIM's).
-        log.info("link", action=event, result=result, details=details,
+        log.info("link", action=event, result=result, details=details, request_id=request_id(request),
                  client=self.proxies.client_address(request), agent=agent.id if agent else None,
                  **logs.log_fields({k: v for k, v in fields.items()
                                     if k in ("QueueId", "InternetMessageId", "CustomerId", "TargetFilePath")}))
@@ -121,33 +112,37 @@ class LinkEndpoint:
             claims, expired = e.claims, True
         except TokenError as e:
             self._audit(request, event, "Failure", f"invalid token: {e}", kid=kid)
-            raise _Refused(page(403, "Invalid link", "This link is not valid.")) from None
+            raise _Refused(self._page(request, 403, "invalid")) from None
         store = self.stores.get(claims.store)
         if store is None:
             self._audit(request, event, "Failure", f"unknown store {claims.store}", kid=kid)
-            raise _Refused(page(404, "Not found", "The attachment is no longer available."))
+            raise _Refused(self._page(request, 404, "not_found"))
         try:
             # Read fresh at every click: a revoked record must answer 410 at once on every node.
             record = await self.cache.load(store, claims.object_id, fresh=True)
         except ObjectNotFound:
             self._audit(request, event, "Failure", "no link record", kid=kid)
-            raise _Refused(page(404, "Not found", "The attachment is no longer available.")) from None
+            raise _Refused(self._page(request, 404, "not_found")) from None
+        except StorageError as e:
+            self._audit(request, event, "Failure", f"storage error: {e}", kid=kid)
+            raise _Refused(self._page(request, 503, "storage_unavailable")) from None
         fields = _record_fields(record)
         try:
             revoked = await revocations.revoked_by(store, record)
         except StorageError as e:
             self._audit(request, event, "Failure", f"storage error: {e}", kid=kid, **fields)
-            raise _Refused(page(503, "Temporarily unavailable", "Try again in a minute.")) from None
+            raise _Refused(self._page(request, 503, "storage_unavailable")) from None
         if revoked is not None:
             self._audit(request, event, "Failure", f"revoked ({revoked})", kid=kid, **fields)
-            raise _Refused(page(410, "Link revoked", "This attachment has been withdrawn."))
+            raise _Refused(self._page(request, 410, "revoked"))
         if expired and not allow_expired:
             self._audit(request, event, "Failure", "expired token", kid=kid, **fields)
-            form = (f'<form method="post" action="{html.escape(request.path)}/refresh">'
-                    f'<button type="submit">Refresh Link</button></form>')
-            raise _Refused(page(410, "Link expired", "This link has expired. Sign in and refresh it to get "
-                                "the attachment.", form))
+            raise _Refused(self._page(request, 410, "expired", action=f"{request.path}/refresh"))
         return claims, store, record, expired
+
+    def _page(self, request: web.Request, status: int, kind: str, **context: Any) -> web.Response:
+        """The agent's page for ``kind`` (templates/agent.html)."""
+        return self.pages.render(request, "agent.html", status, kind=kind, **context)
 
     async def _agent(self, request: web.Request, event: str, record: records.LinkRecord, kid: str) -> Agent:
         """The signed-in agent, authorised for the record's customer."""
@@ -159,13 +154,12 @@ class LinkEndpoint:
             raise _Refused(e.response) from None
         except IdentityRefused as e:
             self._audit(request, event, "Failure", f"identity refused: {e}", kid=kid, **fields)
-            raise _Refused(page(403, "Not signed in", "Your sign-in could not be confirmed.")) from None
+            raise _Refused(self._page(request, 403, "not_signed_in")) from None
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as e:
             # The identity provider is down or answers nonsense: nobody can sign in.
             self._audit(request, event, "Failure", f"sign-in provider unavailable: {type(e).__name__}", kid=kid,
                         **fields)
-            raise _Refused(page(503, "Sign-in unavailable", "Sign-in is not possible right now; try again "
-                                "in a minute.")) from None
+            raise _Refused(self._page(request, 503, "sign_in_unavailable")) from None
         return await self._authorised(request, event, record, kid, agent)
 
     async def _authorised(self, request: web.Request, event: str, record: records.LinkRecord, kid: str,
@@ -175,8 +169,7 @@ class LinkEndpoint:
         decision = await self.authoriser.check(agent.id, record.customer_id)
         if not decision.allowed:
             self._audit(request, event, "Failure", f"denied: {decision.reason}", agent=agent, kid=kid, **fields)
-            raise _Refused(page(403, "Not allowed", f"You are signed in as {agent.id}, who is not allowed to see "
-                                f"this customer's files. Ask {self.contact} for access."))
+            raise _Refused(self._page(request, 403, "denied", agent=agent.id, contact=self.contact))
         request["authz"] = decision.reason
         return agent
 
@@ -194,7 +187,7 @@ class LinkEndpoint:
             url = await store.signed_url(record.key, record.filename, ttl)
         except StorageError as e:
             self._audit(request, "click", "Failure", f"storage error: {e}", agent=agent, kid=claims.kid, **fields)
-            return page(503, "Temporarily unavailable", "The attachment cannot be fetched right now; try again.")
+            return self._page(request, 503, "storage_unavailable")
         if url is not None:
             self._audit(request, "click", "Success", f"redirected ({why}; URL valid {ttl}s)",
                         agent=agent, kid=claims.kid, **fields)
@@ -215,7 +208,7 @@ class LinkEndpoint:
             stream = None
             if record.size:
                 self._audit(request, "click", "Failure", "object missing", agent=agent, kid=claims.kid, **fields)
-                return page(404, "Not found", "The attachment is no longer available.")
+                return self._page(request, 404, "not_found")
         try:
             await response.prepare(request)
             await response.write(first)
@@ -248,8 +241,7 @@ class LinkEndpoint:
         if "application/json" in request.headers.get("Accept", ""):
             return web.json_response({"url": url, "token": token, "expires": expires},
                                      headers={"Cache-Control": "no-store"})
-        link = f'<p><a href="{html.escape(url)}">{html.escape(record.filename)}</a></p>'
-        return page(200, "Link refreshed", "Here is a fresh link to the attachment.", link)
+        return self._page(request, 200, "refreshed", url=url, filename=record.filename, until=expires)
 
     def _fresh(self, request: web.Request, claims: Claims, record: records.LinkRecord, agent: Agent
                ) -> tuple[str, str, int]:
@@ -284,10 +276,10 @@ class LinkEndpoint:
             claims = self.keyring.verify(token, purpose="page")
         except TokenExpired:
             self._audit(request, "page", "Failure", "expired token", kid=kid)
-            return page(410, "Link expired", "This link has expired. Ask for the attachments to be sent again.")
+            return self._page(request, 410, "page_expired")
         except TokenError as e:
             self._audit(request, "page", "Failure", f"invalid token: {e}", kid=kid)
-            return page(403, "Invalid link", "This link is not valid.")
+            return self._page(request, 403, "invalid")
         store = self.stores.get(claims.store)
         try:
             if store is None:
@@ -296,37 +288,32 @@ class LinkEndpoint:
             files = [await self.cache.load(store, oid, fresh=True) for oid in pg.object_ids]
         except ObjectNotFound:
             self._audit(request, "page", "Failure", "no page record", kid=kid)
-            return page(404, "Not found", "The attachments are no longer available.")
+            return self._page(request, 404, "not_found")
+        except StorageError as e:
+            self._audit(request, "page", "Failure", f"storage error: {e}", kid=kid)
+            return self._page(request, 503, "storage_unavailable")
         fields: dict[str, Any] = dict(QueueId=pg.queue_id, CustomerId=pg.customer_id, InternetMessageId=pg.message_id,
                                       TargetFilePath=records.page_key(pg.page_id))
         try:
             live = [(f, await revocations.revoked_by(store, f)) for f in files]
         except StorageError as e:
             self._audit(request, "page", "Failure", f"storage error: {e}", kid=kid, **fields)
-            return page(503, "Temporarily unavailable", "Try again in a minute.")
+            return self._page(request, 503, "storage_unavailable")
         if all(why is not None for _, why in live):
             self._audit(request, "page", "Failure", "revoked (every file)", kid=kid, **fields)
-            return page(410, "Link revoked", "These attachments have been withdrawn.")
+            return self._page(request, 410, "revoked")
         try:
             agent = await self._agent(request, "page", files[0], claims.kid)
         except _Refused as r:
             return r.response
         rows = []
         for f, why in live:
-            name = html.escape(f.filename)
-            kind = html.escape(f.content_type)
-            if why is not None:
-                rows.append(f"<tr><td>{name}</td><td>{human_size(f.size)}</td><td>{kind}</td>"
-                            f"<td>withdrawn</td></tr>")
-                continue
-            file_url = f"{self.base_url}/a/{self.keyring.sign(claims.store, f.object_id, claims.expires)}"
-            rows.append(f"<tr><td>{name}</td><td>{human_size(f.size)}</td><td>{kind}</td>"
-                        f'<td><a class="download" href="{html.escape(file_url)}">Download</a></td></tr>')
-        table = ("<table><thead><tr><th>Name</th><th>Size</th><th>Type</th><th></th></tr></thead><tbody>"
-                 + "".join(rows) + "</tbody></table>")
+            url = None if why is not None else \
+                f"{self.base_url}/a/{self.keyring.sign(claims.store, f.object_id, claims.expires)}"
+            rows.append({"name": f.filename, "size": f.size, "kind": f.content_type, "url": url})
         self._audit(request, "page", "Success", f"listed {len(files)} files ({request['authz']})", agent=agent,
                     kid=claims.kid, **fields)
-        return page(200, "Secure attachments", f"{len(files)} files from message {pg.message_id}.", table)
+        return self.pages.render(request, "landing.html", files=rows, message_id=pg.message_id)
 
     async def callback(self, request: web.Request) -> web.StreamResponse:
         """The OpenID Connect provider sends the agent back here."""
@@ -336,9 +323,9 @@ class LinkEndpoint:
             agent, return_to, response = await self.authenticator.finish_sign_in(request)
         except IdentityRefused as e:
             self._audit(request, "sign-in", "Failure", str(e))
-            return page(403, "Sign-in failed", "Your sign-in could not be confirmed. Open the link again.")
+            return self._page(request, 403, "not_signed_in")
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as e:
             self._audit(request, "sign-in", "Failure", f"sign-in provider unavailable: {type(e).__name__}")
-            return page(503, "Sign-in unavailable", "Sign-in is not possible right now; try again in a minute.")
+            return self._page(request, 503, "sign_in_unavailable")
         self._audit(request, "sign-in", "Success", "signed in", agent=agent)
         return response

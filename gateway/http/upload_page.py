@@ -40,7 +40,6 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,9 @@ from aiohttp import web
 
 from gateway import invitations, logs, mailtext
 from gateway.config import Config
-from gateway.http.links import page
+from gateway.http.accepted import accepted
+from gateway.http.health import request_id
+from gateway.http.pages import Pages
 from gateway.links.tokens import Keyring, TokenError, TokenExpired, new_object_id
 from gateway.mime import filenames
 from gateway.mime.rewrite import Link, html_links, text_links
@@ -128,17 +129,28 @@ def _old_markers(directory: Path, cutoff: float) -> list[Path]:
     return out
 
 
+# The policy that refused a file -> the reason the page gives, in the same
+# words as its own checks before sending.
+_REFUSALS = {"refuse_executables": "program", "allowed_types": "type", "refuse_spoofed": "type",
+             "refuse_malware": "malware", "empty_attachment": "empty"}
+
+
+def refusal_code(policy: str) -> str:
+    """The page's word for a refusal by ``policy`` ("refused": any other)."""
+    return _REFUSALS.get(policy, "refused")
+
+
 class UploadPage:
     """The page, and the small JSON API its script talks to."""
 
     def __init__(self, cfg: Config, keyring: Keyring, uploads: Uploads, spool: Spool, audit: logs.AuditLog,
-                 queued: Callable[[str], None]) -> None:
+                 queued: Callable[[str], None], pages: Pages) -> None:
         self.keyring = keyring
         self.uploads = uploads
         self.spool = spool
         self.audit = audit
         self.queued = queued  # told the queue id of each completion email
-        self.html = resources.files("gateway.http").joinpath("upload_page.html").read_text(encoding="utf-8")
+        self.pages = pages
         self.markers = spool.root / "page-uploads"
         self._sweeper: asyncio.Task[None] | None = None
         self.cfg = cfg
@@ -157,37 +169,42 @@ class UploadPage:
         try:
             claims = self.keyring.verify(request.match_info["token"], purpose=invitations.PURPOSE)
         except TokenExpired:
-            return page(410, "This upload link has expired",
-                        "For your security, upload links work for a limited time. Please reply to our email "
-                        "or contact us to get a new link.")
+            return self.pages.render(request, "upload_closed.html", 410, kind="expired")
         except TokenError:
-            return page(403, "This upload link is not valid",
-                        "Please check that you copied the whole link from our email, or ask us for a new one.")
+            return self.pages.render(request, "upload_closed.html", 403, kind="invalid")
         store = self.uploads.stores.get(claims.store)
         if store is None:
-            return page(404, "This upload link is no longer available", "Please ask us for a new link.")
+            return self.pages.render(request, "upload_closed.html", 404, kind="gone")
         try:
             return await invitations.load(store, claims.object_id), store
         except ObjectNotFound:
-            return page(404, "This upload link is no longer available", "Please ask us for a new link.")
+            return self.pages.render(request, "upload_closed.html", 404, kind="gone")
 
     async def show(self, request: web.Request) -> web.Response:
+        """The page: what it takes (types, sizes, count, until when, for whom), then the picker."""
         found = await self._invitation(request)
         if isinstance(found, web.Response):
             self.audit.event("UploadPageOpened", "Failure", EventResultDetails=f"HTTP {found.status}",
-                             SrcIpAddr=request.remote)
+                             SrcIpAddr=request.remote, RequestId=request_id(request))
             return found
-        _, store = found
+        inv, store = found
         direct = self._direct(store)
         # The page PUTs parts to the store's origin: the CSP must allow it.
         connect = "'self'" + (f" {await direct.origin()}" if direct is not None else "")
-        settings = {"chunkSize": self.cfg.upload.chunk_size, "maxFileSize": self.cfg.upload.max_file_size}
-        body = self.html.replace("{{CONFIG}}", html.escape(json.dumps(settings), quote=False))
-        return web.Response(text=body, content_type="text/html", headers={
-            "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                                       f"connect-src {connect}; img-src 'self'; form-action 'none'; "
-                                       "base-uri 'none'"})
+        up = self.cfg.upload
+        route = next((r for r in self.cfg.routes if r.name == inv.route), self.cfg.api_route())
+        takes = accepted(route)
+        try:
+            used_files, used_bytes = await invitations.used(store, inv.object_id)
+        except StorageError:
+            used_files, used_bytes = 0, 0  # the server counts again at each upload
+        settings = {"chunkSize": up.chunk_size, "maxFileSize": up.max_file_size,
+                    "maxFiles": up.max_files_per_invitation, "maxBytes": up.max_bytes_per_invitation,
+                    "usedFiles": used_files, "usedBytes": used_bytes, "extensions": list(takes.extensions)}
+        return self.pages.render(
+            request, "upload.html", settings=settings, accepted=takes, max_file_size=up.max_file_size,
+            max_files=up.max_files_per_invitation, max_bytes=up.max_bytes_per_invitation, expires=inv.expires,
+            notify=inv.notify, csp={"script-src": "'self'", "connect-src": connect, "form-action": "'none'"})
 
     # -- the chunk API ------------------------------------------------------
 
@@ -234,9 +251,9 @@ class UploadPage:
             return _json({"error": "expected {\"name\": ..., \"size\": ...}"}, 400)
         up = self.cfg.upload
         if size <= 0:
-            return _json({"error": "Empty file"}, 400)
+            return _json({"error": "Empty file", "code": "empty"}, 400)
         if size > up.max_file_size:
-            return _json({"error": f"File larger than {up.max_file_size} bytes"}, 413)
+            return _json({"error": f"File larger than {up.max_file_size} bytes", "code": "size"}, 413)
         uid = new_object_id()
         try:
             await invitations.reserve(store, inv.object_id, uid, size, max_files=up.max_files_per_invitation,
@@ -245,8 +262,8 @@ class UploadPage:
             log.info("upload refused: invitation limit", customer_id=inv.customer_id, size=size, reason=str(e))
             self.audit.event("FileCreated", "Failure", EventSubType="UploadPage", CustomerId=inv.customer_id,
                              EventResultDetails=f"invitation limit: {e}", TargetFileSize=size,
-                             SrcIpAddr=request.remote)
-            return _json({"error": str(e)}, 413)
+                             SrcIpAddr=request.remote, RequestId=request_id(request))
+            return _json({"error": str(e), "code": f"limit-{e.kind}"}, 413)
         session = {"uid": uid, "invitation": inv.object_id, "name": filenames.display_name(name)[:255],
                    "size": size, "type": str(req.get("type") or "")[:100], "chunk_size": up.chunk_size,
                    "created": time.time(), "done": None, "mode": "chunks"}
@@ -383,7 +400,8 @@ class UploadPage:
             return assembled
         keys, head = assembled
         fields = dict(QueueId=session["uid"], CustomerId=inv.customer_id, TargetFileName=session["name"],
-                      ActorUsername=f"customer:{inv.customer_id}", SrcIpAddr=request.remote)
+                      ActorUsername=f"customer:{inv.customer_id}", SrcIpAddr=request.remote,
+                      RequestId=request_id(request))
         try:
             stored = await self.uploads.finish(
                 staging=keys, filename=session["name"], customer=inv.customer_id,
@@ -394,7 +412,7 @@ class UploadPage:
                              **fields)
             await asyncio.gather(*(store.delete(k) for k in keys))
             await invitations.release(store, inv.object_id, session["uid"])
-            return _json({"error": f"This file cannot be accepted: {e}"}, 415)
+            return _json({"error": f"This file cannot be accepted: {e}", "code": refusal_code(e.policy)}, 415)
         except StorageError as e:
             log.error("upload not completed", upload_id=session["uid"], error=str(e))
             return _json({"error": "storage unavailable, try again"}, 503)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, AnyStr, Protocol, cast
@@ -418,12 +419,13 @@ class GatewaySMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         sink = _SpoolWriter(self.gw.spool)
-        committed = False
         try:
             status = await self._receive(sink)
-            committed = status.startswith("250")
         finally:
-            if not committed:
+            # Once submitted to a commit, the commit owns it (it aborts
+            # what it could not commit); before, this session does, also
+            # when it is cancelled mid-DATA (the client went away).
+            if not sink.submitted:
                 await asyncio.to_thread(sink.abort)
         self._set_post_data_state()
         await self.push(status)
@@ -548,6 +550,7 @@ class GatewaySMTP(SMTP):
             tls="yes" if self._tls_protocol else "")
         # A worker task that is free takes the message as it is: no claim.
         keep = self.gw.runner is not None and self.gw.runner.can_take()
+        reception.submitted = True
         try:
             handle = await self.gw.commits.submit((reception, envelope, keep))
         except (OSError, SpoolError) as e:
@@ -570,13 +573,23 @@ class GatewaySMTP(SMTP):
 
 class _SpoolWriter:
     """DATA on its way to the spool: gathered in memory while small, then
-    streamed into a Reception; committed by group_commit()."""
+    streamed into a Reception; committed by group_commit().
+
+    A session cancelled mid-DATA (its client went away) aborts while a
+    flush may still run in its thread (a thread call cannot be cancelled):
+    the lock makes the abort wait for it, and a flush that starts after the
+    abort does nothing, so no reception is left behind locked and no file
+    descriptor closed under a write."""
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self.reception: Reception | None = None
         self.pending: list[bytes] = []
         self.pending_size = 0
+        # Handed to group_commit(), which from then on owns it.
+        self.submitted = False
+        self._lock = threading.Lock()
+        self._aborted = False
 
     async def write(self, data: bytes) -> None:
         self.pending.append(data)
@@ -585,10 +598,13 @@ class _SpoolWriter:
             await asyncio.to_thread(self._flush)
 
     def _flush(self) -> None:
-        if self.reception is None:
-            self.reception = self.spool.receive()
-        data, self.pending, self.pending_size = b"".join(self.pending), [], 0
-        self.reception.write(data)
+        with self._lock:
+            if self._aborted:
+                raise SpoolError("the reception was aborted")
+            if self.reception is None:
+                self.reception = self.spool.receive()
+            data, self.pending, self.pending_size = b"".join(self.pending), [], 0
+            self.reception.write(data)
 
     def ready(self, envelope: Envelope) -> Reception:
         """Spool what is left (blocking); set the queue id; the reception
@@ -599,9 +615,12 @@ class _SpoolWriter:
         return self.reception
 
     def abort(self) -> None:
-        self.pending = []
-        if self.reception is not None:
-            self.reception.abort()
+        """Forget what was received (blocking; idempotent)."""
+        with self._lock:
+            self._aborted = True
+            self.pending = []
+            if self.reception is not None:
+                self.reception.abort()
 
 
 def group_commit() -> Batch[tuple[_SpoolWriter, Envelope, bool], Handle | None]:
@@ -627,8 +646,13 @@ def _commit_batch(batch: list[tuple[_SpoolWriter, Envelope, bool]]) -> list[Hand
         except (OSError, SpoolError) as e:
             results[i] = e
     committed = commit_all(receptions)
-    for i, result in zip(ready, committed, strict=True):
-        results[i] = result
+    for i, outcome in zip(ready, committed, strict=True):
+        results[i] = outcome
+    # What could not be committed is forgotten here, not by its session
+    # (which may be gone): its directory would stay in tmp/, locked.
+    for (writer, _, _), result in zip(batch, results, strict=True):
+        if isinstance(result, BaseException):
+            writer.abort()
     return results
 
 

@@ -33,9 +33,13 @@ file saves creating two inodes per message, which on ext4 costs more than
 anything else the spool does (the allocator scans for recently freed
 inodes).  ``.free/`` holds no mail; ``recover()`` at start empties it.
 
-Whoever works on a message holds an exclusive flock on its directory; a
-lock that can be taken belongs to a dead process, which is how
-``recover()`` tells a crashed worker's message from a live one's.
+Whoever works on a message holds an exclusive flock on its directory,
+from the moment it appears in ``tmp/`` until it is parked in ``.free/`` or
+gone; a lock that can be taken belongs to no live process's work, which is
+how ``recover()`` tells a crashed worker's message from a live one's.  An
+entry in ``tmp/`` carries its owner's pid in its name (``ID.PID`` while
+received, ``ID.PID.done`` while removed), so a recovery can say whose it
+was and whether that process is still alive.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +70,89 @@ FREE_MAX = 256
 ENVELOPE_FOOTER = b" envelope v1\n"
 _FOOTER_SIZE = 1 + 10 + len(ENVELOPE_FOOTER)
 
+
+
+@dataclass
+class Found:
+    """One entry ``Spool.recover()`` took back or removed, and why."""
+
+    queue: str
+    name: str
+    # Seconds since it came into its queue (its ctime).
+    age: float
+    # The process that put it there, when its name says (entries in tmp/).
+    owner_pid: int | None
+    owner_alive: bool | None
+    action: str
+    reason: str
+
+    @property
+    def entry(self) -> str:
+        """Where it was, relative to the spool: ``tmp/ID.PID``."""
+        return f"{self.queue}/{self.name}"
+
+    def fields(self) -> dict[str, Any]:
+        """For a log line."""
+        return {"entry": self.entry, "age_s": round(self.age, 1), "owner_pid": self.owner_pid,
+                "owner_alive": self.owner_alive, "action": self.action, "reason": self.reason}
+
+
+@dataclass
+class Recovery:
+    """What one ``Spool.recover()`` found."""
+
+    found: list[Found] = field(default_factory=list)
+
+    @property
+    def requeued(self) -> int:
+        return sum(1 for f in self.found if f.queue == "active")
+
+    @property
+    def removed_tmp(self) -> int:
+        return sum(1 for f in self.found if f.queue == "tmp")
+
+    def counts(self) -> dict[str, int]:
+        return {"requeued": self.requeued, "removed_tmp": self.removed_tmp}
+
+    def __bool__(self) -> bool:
+        return bool(self.found)
+
+
+def _age(path: str | Path) -> float:
+    try:
+        return max(0.0, time.time() - os.stat(path).st_ctime)
+    except OSError:
+        return 0.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
+
+
+def _tmp_finding(name: str, age: float) -> Found:
+    """What a removed ``tmp/`` entry was, from its name (``ID.PID`` a
+    reception, ``ID.PID.done`` a removal; older or foreign names say less)."""
+    parts = name.split(".")
+    kind = "a removal" if parts[-1] == "done" else "a reception (never acknowledged)"
+    pid = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    if pid is None:
+        return Found("tmp", name, age, None, None, "removed",
+                     f"{kind} whose lock no process holds; its name does not say whose it was")
+    alive = _pid_alive(pid)
+    if not alive:
+        why = f"{kind} of pid {pid}, which is no longer running: it stopped before finishing it"
+    elif pid == os.getpid():
+        why = f"{kind} of this process (pid {pid}, alive), left unlocked: it let it go without removing it"
+    else:
+        why = (f"{kind} of pid {pid}, which is alive but no longer holds its lock: "
+               "it let it go without removing it (or the pid was reused)")
+    return Found("tmp", name, age, pid, alive, "removed", why)
 
 
 class SpoolError(Exception):
@@ -143,13 +231,15 @@ class Handle:
         first, so a crash mid-delete never leaves half a message in a queue;
         then empty its directory for a later reception (``.free/``)."""
         root = self.spool.root_str
-        trash = f"{root}/tmp/{self.queue_id}.done"
+        trash = f"{root}/tmp/{self.queue_id}.{os.getpid()}.done"
         os.rename(self._dir, trash)
         fsync_dir(f"{root}/{self.queue}")
         self.queue = "tmp"
-        # Unlocked first: the next reception locks the directory itself.
-        self.release()
-        self.spool._recycle(trash, self.queue_id)
+        # Still locked until it is parked or gone: unlocked in tmp/, any
+        # process's recover() would take it for a dead process's leftover
+        # (a reused directory keeps an old mtime, so no age protects it).
+        lock_fd, self._lock_fd = self._lock_fd, -1
+        self.spool._recycle(trash, self.queue_id, lock_fd)
 
     def release(self) -> None:
         if self._lock_fd >= 0:
@@ -190,7 +280,8 @@ class Reception:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self.queue_id = new_queue_id()
-        self._tmp = f"{spool.root_str}/tmp/{self.queue_id}"
+        # The owner's pid in the name: recover() says whose it was.
+        self._tmp = f"{spool.root_str}/tmp/{self.queue_id}.{os.getpid()}"
         self._where = self._tmp
         self.size = 0
         self._fd = -1
@@ -284,24 +375,35 @@ class Spool:
         for q in ("tmp", *QUEUES, FREE):
             (self.root / q).mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def _recycle(self, path: str, name: str) -> None:
+    def _recycle(self, path: str, name: str, lock_fd: int) -> None:
         """Empty a removed message's directory ``path`` and park it in
-        ``.free/`` for ``_reuse``; remove it when that cannot be done."""
-        if len(self._free) < FREE_MAX:
-            try:
-                names = os.listdir(path)
-                for n in names:
-                    if n != MESSAGE:
-                        os.unlink(f"{path}/{n}")
-                if MESSAGE in names:
-                    os.truncate(f"{path}/{MESSAGE}", 0)
-                parked = f"{self.root_str}/{FREE}/{name}"
-                os.rename(path, parked)
-                self._free.append(parked)
-                return
-            except OSError:
-                pass  # a subdirectory, no .free/ (an old spool), removed meanwhile
-        remove_tree(Path(path))
+        ``.free/`` for ``_reuse``; remove it when that cannot be done.
+        ``lock_fd`` (its lock) is released once it has left ``tmp/``."""
+        try:
+            if len(self._free) < FREE_MAX:
+                try:
+                    names = os.listdir(path)
+                    for n in names:
+                        if n != MESSAGE:
+                            os.unlink(f"{path}/{n}")
+                    if MESSAGE in names:
+                        os.truncate(f"{path}/{MESSAGE}", 0)
+                    parked = f"{self.root_str}/{FREE}/{name}"
+                    os.rename(path, parked)
+                    # Unlocked before it is offered: the next reception
+                    # locks it itself (a second lock of this process's
+                    # would be refused while this one is held).
+                    if lock_fd >= 0:
+                        os.close(lock_fd)
+                    lock_fd = -1
+                    self._free.append(parked)
+                    return
+                except OSError:
+                    pass  # a subdirectory, no .free/ (an old spool), removed meanwhile
+            remove_tree(Path(path))
+        finally:
+            if lock_fd >= 0:
+                os.close(lock_fd)
 
     def _reuse(self, dst: str) -> int:
         """Move a parked directory to ``dst`` locked; its lock fd, or -1
@@ -387,26 +489,34 @@ class Spool:
                 return q
         return None
 
-    def recover(self, tmp_min_age: float = 0.0) -> dict[str, int]:
+    def recover(self, tmp_min_age: float = 0.0) -> Recovery:
         """Put back what dead processes left behind: on start, and from time
         to time while running (a worker process may die alone).
 
         Messages in ``active`` whose lock can be taken go back to ``incoming``
         (or ``deferred`` when already processed, so they keep their retry
-        state); unacknowledged receptions in ``tmp`` older than
-        ``tmp_min_age`` seconds whose lock is free are removed (the age keeps
-        a reception that has made its directory but not yet locked it);
-        at start (no ``tmp_min_age``), ``.free/`` is emptied.
+        state); unacknowledged receptions in ``tmp`` that have been there
+        ``tmp_min_age`` seconds or more and whose lock is free are removed
+        (the age keeps a reception that has made its directory but not yet
+        locked it; it is the time since the entry came into ``tmp/``, its
+        ctime, not its mtime: a reused directory keeps the mtime of its
+        first use); at start (no ``tmp_min_age``), ``.free/`` is emptied.
+        Each entry taken is a ``Found``: what, how old, whose, and why.
         """
-        counts = {"requeued": 0, "removed_tmp": 0}
+        recovery = Recovery()
         for qid in self.ids("active"):
             try:
                 h = self.claim(qid, "active", "active")
             except (Locked, FileNotFoundError):
                 continue
             with h:
-                h.move("deferred" if h.has(REWRITTEN) else "incoming")
-                counts["requeued"] += 1
+                age = _age(h._dir)
+                dst = "deferred" if h.has(REWRITTEN) else "incoming"
+                h.move(dst)
+                recovery.found.append(Found(
+                    "active", qid, age, None, None, f"requeued to {dst}",
+                    "no process holds its lock: the one that claimed it exited, or let it go "
+                    "unfinished (an error, a shutdown, a session that went away)"))
         # Parked directories are emptied at start (no age given) only: while
         # running, each belongs to a live process that will reuse it.
         for name in self.ids(FREE) if not tmp_min_age else []:
@@ -423,9 +533,10 @@ class Spool:
         for name in self.ids("tmp"):
             path = self.root / "tmp" / name
             try:
-                if tmp_min_age and now - path.stat().st_mtime < tmp_min_age:
-                    continue
+                age = now - path.stat().st_ctime
             except FileNotFoundError:
+                continue
+            if tmp_min_age and age < tmp_min_age:
                 continue
             try:
                 fd = _try_lock(path)
@@ -436,11 +547,11 @@ class Spool:
             try:
                 if fd >= 0 or os.path.lexists(path):
                     remove_tree(path)
-                    counts["removed_tmp"] += 1
+                    recovery.found.append(_tmp_finding(name, age))
             finally:
                 if fd >= 0:
                     os.close(fd)
-        return counts
+        return recovery
 
     def entries(self, queues: tuple[str, ...] = QUEUES) -> Iterator[dict[str, Any]]:
         """What ``queue list`` shows: one dict per message."""

@@ -35,6 +35,7 @@ RULE_PREFIX = "attachment-gateway-"
 # http/api.py and http/upload_page.py, storage/admin.py).
 LINKS, PAGES, REVOKED = "links/", "pages/", "revoked/"
 INVITATIONS, JOBS, STAGING, CHECK = "invitations/", "jobs/", "staging/", "check/"
+AUTOREPLY, LEASES = "autoreply/", "leases/"  # gateway/autoreply.py, gateway/fleet.py
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ def plan(s: _Retained, quarantine: Iterable[str] = ("quarantine/",)) -> list[Pre
                         "uploads over HTTP not yet finished (API and upload page)"),
         PrefixRetention("check", CHECK, s.staging_retention_days, "staging_retention_days",
                         "objects storage check could not delete"),
+        PrefixRetention("autoreply", AUTOREPLY, s.fleet_retention_days, "fleet_retention_days",
+                        "automatic-reply claims shared by the fleet"),
+        PrefixRetention("leases", LEASES, s.fleet_retention_days, "fleet_retention_days",
+                        "turns of periodic work shared by the fleet"),
     ]
     return out
 

@@ -52,6 +52,10 @@ class _Retained(_Strict):
     # multipart uploads) and leftovers of storage check (check/) are kept; at
     # least upload.abandon_after.
     staging_retention_days: _Days = 1
+    # Days the fleet's agreements are kept: automatic-reply claims
+    # (autoreply/) and turns of periodic work (leases/); more than twice the
+    # longest routes.autoreply.interval of a route on this store.
+    fleet_retention_days: _Days = 7
 
     @property
     def link_days(self) -> int:

@@ -1,9 +1,10 @@
 """Retention on the filesystem store: the gateway deletes what has expired.
 
 A cloud store runs its own lifecycle rules; a directory has none, so the
-worker processes sweep it: every ``SWEEP_INTERVAL`` seconds (and at start)
-each prefix of the store's retention plan (``retention.plan``) is walked and
-every file whose mtime is older than the prefix's days is deleted, with its
+worker processes sweep it: every ``SWEEP_INTERVAL`` seconds (and at start),
+one process of the fleet in turn (``Sweeper``), each prefix of the store's
+retention plan (``retention.plan``) is walked and every file whose mtime
+is older than the prefix's days is deleted, with its
 metadata sidecar.  ``storage apply-retention`` runs the same sweep once.
 
 Several processes, or several nodes on one shared directory, may sweep at
@@ -19,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from gateway import logs
+from gateway import fleet, logs
+from gateway.storage.base import Storage
 from gateway.storage.retention import PrefixRetention
 
 log = logs.get("retention")
@@ -72,30 +74,52 @@ def _sweep_prefix(base: Path, cutoff: float, now: float) -> int:
 
 
 class Sweeper:
-    """The periodic sweep of every filesystem store, in a worker process."""
+    """The periodic sweep of every filesystem store, in a worker process.
 
-    def __init__(self, stores: Callable[[], list[tuple[str, Path, list[PrefixRetention]]]],
+    Each store's sweep takes its turn through the store itself
+    (``fleet.Periodic``): however many processes or nodes share one
+    directory, one of them sweeps it per interval, at start and then at
+    every interval boundary.  The sweep would be safe run by all of them;
+    the turn keeps N nodes from walking the same tree N times."""
+
+    def __init__(self, stores: Callable[[], list[tuple[str, Storage, Path, list[PrefixRetention]]]],
                  interval: float = SWEEP_INTERVAL) -> None:
         self.stores = stores
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._periodic: list[fleet.Periodic] = []
+        self._first: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="retention-sweep")
+        """One turn-taking sweep per filesystem store, the first at once."""
+        for name, store, _, _ in self.stores():
+            self._periodic.append(fleet.Periodic(f"retention-{name}", self.interval, store, self._job(name)))
+        for p in self._periodic:
+            p.start()
+        self._first = asyncio.create_task(self._at_start(), name="retention-sweep-at-start")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop sweeping; a sweep under way is cancelled (the next catches up)."""
+        if self._first is not None:
+            self._first.cancel()
+            await asyncio.gather(self._first, return_exceptions=True)
+        for p in self._periodic:
+            await p.stop()
 
-    async def _run(self) -> None:
-        while True:
-            for name, root, rules in self.stores():
-                try:
+    async def _at_start(self) -> None:
+        for p in self._periodic:
+            try:
+                await p.run_once()
+            except Exception as e:  # noqa: BLE001 - logged; the next interval tries again
+                log.error("retention sweep failed", store=p.store.name, error=f"{type(e).__name__}: {e}")
+
+    def _job(self, name: str) -> Callable[[], Awaitable[dict[str, int]]]:
+        async def job() -> dict[str, int]:
+            # The plan as the config in force says (a reload may change it).
+            for n, _, root, rules in self.stores():
+                if n == name:
                     counts = await asyncio.to_thread(sweep, root, rules)
-                except Exception as e:  # noqa: BLE001 - a failed sweep is logged and tried again next time
-                    log.error("retention sweep failed", store=name, error=f"{type(e).__name__}: {e}")
-                    continue
-                if any(counts.values()):
-                    log.info("retention sweep", store=name, **{k: v for k, v in counts.items() if v})
-            await asyncio.sleep(self.interval)
+                    if any(counts.values()):
+                        log.info("retention sweep", store=name, **{k: v for k, v in counts.items() if v})
+                    return counts
+            return {}
+        return job

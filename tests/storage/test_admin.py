@@ -73,11 +73,13 @@ def checks(report: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
 
 # A retention per kind, each different, so every rule read back is told apart.
 DAYS = {"retention_days": 2, "quarantine_retention_days": 9, "link_retention_days": 30,
-        "invitation_retention_days": 8, "job_retention_days": 3, "staging_retention_days": 4}
+        "invitation_retention_days": 8, "job_retention_days": 3, "staging_retention_days": 4,
+        "fleet_retention_days": 6}
 # rule name -> (prefix under the store's prefix, days)
 EXPECTED = {"uploads": ("uploads/", 2), "quarantine": ("quarantine/", 9), "links": ("links/", 30),
             "pages": ("pages/", 30), "revoked": ("revoked/", 30), "invitations": ("invitations/", 8),
-            "jobs": ("jobs/", 3), "upload-staging": ("staging/", 4), "check": ("check/", 4)}
+            "jobs": ("jobs/", 3), "upload-staging": ("staging/", 4), "check": ("check/", 4),
+            "autoreply": ("autoreply/", 6), "leases": ("leases/", 6)}
 
 
 def test_s3_retention_is_written_read_back_and_enforced_by_radosgw(make_gateway: Any, tmp_path: Path,
@@ -221,7 +223,7 @@ def test_s3_check_passes_with_kms_and_leaves_nothing(make_gateway: Any, tmp_path
     assert found["credentials"][0][0] == "ok" and found["bucket"][0][0] == "ok"
     assert found["region"] == [("ok", f"bucket {bucket!r} is in region {ceph.region!r}, "
                                       f"the config says {ceph.region!r}")]
-    assert found["retention"] == [("ok", "lifecycle rules for 9 prefixes as the config says")]
+    assert found["retention"] == [("ok", f"lifecycle rules for {len(EXPECTED)} prefixes as the config says")]
     # The bucket's default encryption is a note; the check object's SSE, read back, decides.
     [bucket_note, obj] = found["encryption"]
     assert bucket_note[0] == "note" and bucket_note[1].startswith(f"bucket {bucket!r}: ")

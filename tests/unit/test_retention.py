@@ -36,6 +36,8 @@ def test_every_prefix_the_gateway_writes_has_a_retention_from_its_key() -> None:
         ("jobs", "jobs/", 2, "job_retention_days"),
         ("upload-staging", "staging/", 1, "staging_retention_days"),
         ("check", "check/", 1, "staging_retention_days"),
+        ("autoreply", "autoreply/", 7, "fleet_retention_days"),
+        ("leases", "leases/", 7, "fleet_retention_days"),
     ]
 
 

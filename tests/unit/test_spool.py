@@ -36,7 +36,7 @@ def test_group_commit_answers_each_reception_and_a_failure_loses_no_other(tmp_pa
     assert env.queue_id == good.queue_id and size == len(b"Subject: " + good.queue_id.encode() + b"\r\n\r\nbody\r\n")
     # The kept message is locked by its handle, so another process's
     # recovery leaves it alone; released, it goes back to incoming.
-    assert spool.recover()["requeued"] == 0
+    assert spool.recover().requeued == 0
     results[2].release()
-    assert spool.recover()["requeued"] == 1
+    assert spool.recover().requeued == 1
     assert sorted(spool.ids("incoming")) == sorted([good.queue_id, kept.queue_id])

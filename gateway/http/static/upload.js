@@ -1,41 +1,29 @@
-<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Send us your files</title>
-<style>
-  body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
-  #drop { border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; }
-  #drop.over { background: #eef; }
-  .file { margin: 1rem 0; }
-  .file progress { width: 100%; height: 1.2rem; }
-  .status { font-size: .9rem; color: #555; }
-  .status.done { color: #070; font-weight: bold; }
-  .status.error { color: #a00; }
-</style>
-</head>
-<body>
-<h1>Send us your files</h1>
-<p>Files that are too large for email can be sent here. Each file is sent in pieces: if your connection drops,
-the upload carries on where it stopped.</p>
-<div id="drop">
-  <p>Drop files here, or</p>
-  <input id="files" type="file" multiple>
-</div>
-<div id="list"></div>
-<script type="application/json" id="cfg">{{CONFIG}}</script>
-<script>
+// The customer upload page's script (served as /assets/upload.js, so the
+// page's CSP allows no inline script). It checks each file before sending
+// it (type by extension, size, number of files: the reasons in the page's
+// language, from the #msgs block the server rendered), sends it in chunks
+// (or straight to the store with presigned part URLs), resumes after a
+// dropped connection, and shows the server's refusals in the same words.
 "use strict";
 const cfg = JSON.parse(document.getElementById("cfg").textContent);
+const msgs = JSON.parse(document.getElementById("msgs").textContent);
 const base = location.pathname.replace(/\/+$/, "");
 const sleep = ms => new Promise(r => setTimeout(r, ms));
+
+// A message with its {fields} filled in (the server rendered it translated).
+function say(key, fields) {
+  return (msgs[key] || key).replace(/\{(\w+)\}/g, (m, k) => (fields && k in fields) ? String(fields[k]) : m);
+}
 
 async function call(method, path, body) {
   const r = await fetch(base + path, {method, headers: body ? {"Content-Type": "application/json"} : {},
                                       body: body ? JSON.stringify(body) : undefined, cache: "no-store"});
   const data = await r.json().catch(() => ({}));
-  if (!r.ok) { const e = new Error(data.error || ("HTTP " + r.status)); e.status = r.status; throw e; }
+  if (!r.ok) {
+    const e = new Error(data.error || ("HTTP " + r.status));
+    e.status = r.status; e.code = data.code || "";
+    throw e;
+  }
   return data;
 }
 
@@ -101,34 +89,79 @@ async function retrying(row, fn) {
     try { return await fn(); }
     catch (e) {
       if (e.status && e.status < 500 && e.status !== 408 && e.status !== 429) throw e;
-      row.setStatus("Connection lost at " + Math.floor(100 * row.bar.value / row.bar.max) +
-                    "%. Retrying… (the upload will carry on from here)", "retrying");
+      row.setStatus(say("retrying", {percent: Math.floor(100 * row.bar.value / row.bar.max)}), "retrying");
       await sleep(wait);
       wait = Math.min(wait * 2, 4000);
     }
   }
 }
 
+const list = document.getElementById("list");
+const announce = document.getElementById("announce");
+const done = document.getElementById("done");
+let sentFiles = cfg.usedFiles, sentBytes = cfg.usedBytes, active = 0, succeeded = 0;
+
 function addRow(file) {
-  const div = document.createElement("div");
-  div.className = "file";
+  const li = document.createElement("li");
+  li.className = "file";
   const name = document.createElement("div");
+  name.className = "name";
   name.textContent = file.name;
   const bar = document.createElement("progress");
-  bar.max = file.size; bar.value = 0;
+  bar.max = Math.max(file.size, 1); bar.value = 0;
+  bar.setAttribute("aria-label", say("progress", {name: file.name}));
   const st = document.createElement("div");
   st.className = "status";
-  div.append(name, bar, st);
-  document.getElementById("list").append(div);
+  li.append(name, bar, st);
+  list.append(li);
   return {
     bar,
-    setStatus(text, kind) { st.textContent = text; st.className = "status " + (kind || ""); div.dataset.state = kind || ""; },
+    setStatus(text, kind) {
+      st.textContent = text; st.className = "status " + (kind || ""); li.dataset.state = kind || "";
+      bar.hidden = kind === "error";  // a refused file has no progress to show
+      // Errors and finished files are announced; progress is shown, not read out at every percent.
+      if (kind === "error" || kind === "done") announce.textContent = text;
+    },
   };
 }
 
-async function upload(file) {
-  const row = addRow(file);
-  if (file.size > cfg.maxFileSize) { row.setStatus("This file is too large.", "error"); return; }
+function extension(name) {
+  const m = /\.([^.\/\\]+)$/.exec(name.trim());
+  return m ? m[1].toLowerCase() : "";
+}
+
+// What the page can tell before sending: the reason in plain words, or null.
+function check(file) {
+  const name = {name: file.name};
+  if (cfg.extensions.length && !cfg.extensions.includes(extension(file.name))) return say("type", name);
+  if (file.size === 0) return say("empty", name);
+  if (file.size > cfg.maxFileSize) return say("tooLarge", name);
+  if (cfg.maxFiles && sentFiles + 1 > cfg.maxFiles) return say("limitFiles", name);
+  if (cfg.maxBytes && sentBytes + file.size > cfg.maxBytes) return say("limitBytes", name);
+  return null;
+}
+
+// The server's refusal, in the same words as the page's own checks.
+function refusal(e, file) {
+  const name = {name: file.name};
+  const code = e.code || "";
+  if (code === "program") return say("program", name);
+  if (code === "type") return say("typeContents", name);
+  if (code === "malware") return say("malware", name);
+  if (code === "empty") return say("empty", name);
+  if (code === "size") return say("tooLarge", name);
+  if (code === "limit-files") return say("limitFiles", name);
+  if (code === "limit-bytes") return say("limitBytes", name);
+  if (code === "refused") return say("refused", {name: file.name, reason: e.message});
+  if (e.status === 410 || e.status === 403) return say("expired");
+  if (e.status === 503) return say("unavailable");
+  return say("failed", name);
+}
+
+async function upload(file, row) {
+  const reason = check(file);
+  if (reason) { row.setStatus(reason, "error"); return false; }
+  sentFiles += 1; sentBytes += file.size;
   const memo = "upload:" + base + ":" + file.name + ":" + file.size + ":" + file.lastModified;
   try {
     let s = null;
@@ -142,7 +175,7 @@ async function upload(file) {
     row.bar.value = sent;
     for (let i = 0; i < s.chunks; i++) {
       if (received.has(i)) continue;
-      row.setStatus("Uploading… " + Math.floor(100 * sent / file.size) + "%", "uploading");
+      row.setStatus(say("uploading", {percent: Math.floor(100 * sent / file.size)}), "uploading");
       const from = i * s.chunkSize;
       let failed = false;
       await retrying(row, async () => {
@@ -166,24 +199,46 @@ async function upload(file) {
       });
       sent += size(i);
       row.bar.value = sent;
-      row.setStatus("Uploading… " + Math.floor(100 * sent / file.size) + "%", "uploading");
+      row.setStatus(say("uploading", {percent: Math.floor(100 * sent / file.size)}), "uploading");
     }
-    row.setStatus("Finishing…", "uploading");
+    row.setStatus(say("finishing"), "uploading");
     await retrying(row, () => call("POST", "/files/" + s.uploadId + "/complete"));
     localStorage.removeItem(memo);
-    row.bar.value = file.size;
-    row.setStatus("Uploaded: we have received your file. Thank you.", "done");
+    row.bar.value = row.bar.max;
+    row.setStatus(say("done"), "done");
+    return true;
   } catch (e) {
-    row.setStatus("Upload failed: " + e.message, "error");
+    // A refused file no longer counts against the link (the server released it).
+    if (e.code && !e.code.startsWith("limit")) { sentFiles -= 1; sentBytes -= file.size; }
+    localStorage.removeItem(memo);
+    row.setStatus(refusal(e, file), "error");
+    return false;
   }
 }
 
-async function uploadAll(files) { for (const f of files) { await upload(f); } }
-document.getElementById("files").addEventListener("change", e => uploadAll([...e.target.files]));
+async function uploadAll(files) {
+  done.hidden = true;
+  const rows = files.map(f => { const r = addRow(f); r.setStatus(say("waiting"), "waiting"); return r; });
+  active += files.length;
+  let ok = 0;
+  for (let i = 0; i < files.length; i++) { if (await upload(files[i], rows[i])) ok += 1; }
+  succeeded += ok;
+  active -= files.length;
+  // The end of a batch with something received: say what happens next.
+  if (active === 0 && succeeded > 0) { done.hidden = false; done.focus(); }
+}
+
+const input = document.getElementById("files");
+input.addEventListener("change", e => { uploadAll([...e.target.files]); input.value = ""; });
+// "Add more files": back to the picker. A mouse click opens it at once; from
+// the keyboard (a click with no pointer, detail 0) the picker gets the focus
+// and Space or Enter opens it, as everywhere else on the page.
+document.getElementById("more").addEventListener("click", e => {
+  input.scrollIntoView({block: "center"});
+  input.focus();
+  if (e.detail > 0) input.click();
+});
 const drop = document.getElementById("drop");
 drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("over"); uploadAll([...e.dataTransfer.files]); });
-</script>
-</body>
-</html>
