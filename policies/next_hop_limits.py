@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# What a replaced part's notice and its link lines add, at most, in bytes.
-NOTICE_ALLOWANCE = 1024
+# What a replaced part's notice and its link lines add, at most, in bytes:
+# the notice part and a link line in both the text and the HTML body, each
+# with the file's name (up to 255 characters, which quoted-printable can
+# triple and non-Latin UTF-8 triple again) and in the route's language
+# (translations run longer than English).
+NOTICE_ALLOWANCE = 4096
 
 
 @dataclass(frozen=True)
