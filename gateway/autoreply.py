@@ -264,6 +264,16 @@ def render_storage_failed(template: str | None, *, files: list[str], subject: st
     return fill(_links_only_if_any(template, upload_url), files=lines, subject=subject, upload_url=upload_url)
 
 
+def sign(text: str, contact: list[str]) -> str:
+    """``text`` signed with the organisation's name and support contact
+    (``[branding]``, ``Branding.contact_lines``) below the usual "-- "
+    separator, so mail clients fold it as a signature; unchanged without."""
+    lines = [line for line in (" ".join(c.split()) for c in contact) if line]
+    if not lines:
+        return text
+    return text.rstrip("\n") + "\n\n-- \n" + "\n".join(lines) + "\n"
+
+
 def wants_upload_url(template: str | None) -> bool:
     """Whether the template shows ``{upload_url}`` (worth minting an
     invitation); None is the built-in storage-failed text, which does."""

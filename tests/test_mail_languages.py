@@ -77,7 +77,9 @@ def test_a_french_route_answers_the_customer_in_french(make_gateway: Callable[..
     try:
         gw = make_gateway(route=route(sink, "fr", autoreply={
             "from": "Support <support@contact.example>", "next_hop": f"smtp://127.0.0.1:{replies.port}",
-            "upload_url": "https://upload.contact.example/"}))
+            "upload_url": "https://upload.contact.example/"}),
+            sections={"branding": {"name": "Assurances Exemple",
+                                   "support": {"email": "aide@contact.example", "phone": "+33 1 00 00 00 00"}}})
         send_pdf_and_program(gw)
         [reply] = replies.wait(1)
         wire_is_clean(reply.data)
@@ -90,6 +92,8 @@ def test_a_french_route_answers_the_customer_in_french(make_gateway: Callable[..
         assert "et les programmes et scripts ne sont pas acceptés" in body
         assert "page de dépôt sécurisée : http://127.0.0.1:" in body  # a fresh invitation
         assert "Hello" not in body
+        # Signed as [branding] says, below the signature separator.
+        assert body.endswith("\n-- \nAssurances Exemple\naide@contact.example\n+33 1 00 00 00 00\n"), body
         [forwarded] = sink.wait(1)
         assert "Pièce jointe sécurisée : factura.pdf" in texts_of(forwarded.data)[0]
     finally:

@@ -9,6 +9,7 @@ import time
 from email.header import decode_header, make_header
 
 from gateway import autoreply, invitations, mailtext, metrics
+from gateway.branding import Branding
 from gateway.delivery import Content
 from gateway.mime import filenames
 from gateway.mime.decode import message_header
@@ -67,6 +68,7 @@ class Notify(Step):
                                                            else mailtext.STORAGE_FAILED_NO_PAGE),
                 files=job.unstored, subject=subject, upload_url=upload_url)
             reply_subject = settings.storage_failed_subject or texts.text(mailtext.STORAGE_FAILED_SUBJECT)
+        text = autoreply.sign(text, Branding.from_config(services.cfg).contact_lines())
         try:
             data = autoreply.build(sender=settings.sender, to=envelope.mail_from, subject=reply_subject,
                                    text=text, in_reply_to=message_id, hostname=services.cfg.gateway.hostname)
