@@ -45,7 +45,7 @@ class Uuencoded(Step):
                 whole = bool(d.details.get("raw", False))
                 kept = Measure(leaf.end - leaf.start if whole else len(data), b"", None)
                 key, sha = await quarantine.keep(self.services, job, leaf, kept, name, d,
-                                                 data=None if whole else data)
+                                                 data=None if whole else data, detected_type=facts.detected_type)
                 job.cuts.setdefault(leaf.start, []).append((block.start, block.end, CUT_TEXT))
                 quarantine.refusal(self.services, job, facts, d, name, key, sha,
                                    f"The attachment \"{name}\" (uuencoded in the text) was removed: {d.reason}.")

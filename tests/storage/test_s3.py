@@ -405,7 +405,7 @@ def test_an_http_upload_streams_through_staging_to_its_secure_key(admin: Any, ce
     # The upload path (gateway/uploads.py) over S3: the request stream feeds
     # the backend's blocking iterator through the bridge, and the copy from
     # staging reads the staged object back through the loop.
-    from gateway import config as config_mod
+    from gateway import config as config_mod, logs
     from gateway.links.tokens import Keyring
     from gateway.uploads import Uploads
 
@@ -426,7 +426,8 @@ def test_an_http_upload_streams_through_staging_to_its_secure_key(admin: Any, ce
     async def go() -> None:
         store = await started(settings(ceph, bucket))
         try:
-            uploads = Uploads(cfg, {"local": store}, Keyring(cfg.links.keys, tmp_path))
+            uploads = Uploads(cfg, {"local": store}, Keyring(cfg.links.keys, tmp_path),
+                              logs.AuditLog(tmp_path / "audit.jsonl", "test"))
             staged = await uploads.stage(store, "staging/api/job1", body(), limit=1 << 30)
             assert (staged.size, staged.sha256) == (data.size, data.sha256())
             stored = await uploads.finish(staging=[staged.key], filename="scan.pdf", customer="cust-42",
