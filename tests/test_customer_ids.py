@@ -101,3 +101,20 @@ def test_invite_keeps_the_id_and_refuses_a_hostile_one(make_gateway, tmp_path) -
     assert bad.returncode == 64 and "format character" in bad.stderr
     [record] = [v for k, v in stored_objects(gw.objects).items() if k.startswith("invitations/")]
     assert f'"customer_id": "{CRM_ID}"'.encode() in record
+
+
+def test_a_hostile_id_in_a_trusted_header_is_refused_and_the_mail_goes_under_the_fallback(make_gateway,
+                                                                                          tmp_path) -> None:
+    gw = crm_gateway(make_gateway, tmp_path)
+    # A bidi override inside the id, as RFC 2047 encoded words: decoded, then refused.
+    hostile = "=?UTF-8?Q?CUST=E2=80=AE-998877?="
+    url = offload_one(gw, pdf_bytes(3000), X_CustomerId=hostile)
+    [key] = stored_objects(gw.objects)
+    assert key.startswith("uploads/customer@example.net/")
+    [stored] = [e for e in gw.audit() if e["EventType"] == "FileStored"]
+    assert stored["CustomerId"] == "customer@example.net"
+    [warning] = [e for e in gw.log_events() if e.get("event") == "customer id header refused; fallback applies"]
+    assert "format character" in warning["reason"] and warning["queue_id"] == stored["QueueId"]
+    [out] = gw.outbox_messages()
+    assert b"X-CustomerId" not in out.split(b"\r\n\r\n", 1)[0]  # not believed: not forwarded
+    assert as_agent(url, "ann") == 403
