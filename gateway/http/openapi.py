@@ -80,7 +80,7 @@ def document() -> dict[str, Any]:
                             "schema": {"$ref": "#/components/schemas/Accepted"}}},
                             "links": {"GetJob": {"operationId": "getJob",
                                                  "parameters": {"jobId": "$response.body#/jobId"}}}},
-                        "400": _err("empty file, missing header or invalid base64"),
+                        "400": _err("empty file, missing header, invalid X-CustomerId or invalid base64"),
                         **auth,
                         "413": _err("file larger than api.max_upload_size"),
                         "415": _err("refused by the content policies"),
