@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway import customers
 from gateway.storage.settings import StorageSettings
 from gateway.units import Duration, Size
 
@@ -322,6 +323,22 @@ class AuthorizationSettings(_Strict):
     callout: CalloutSettings | None = None
     # Named on the 403 page: whom an agent asks for access.
     contact: str = "your team leader"
+    # How the static map's customer ids are compared with a link's (kept as
+    # the CRM gave them): "case-insensitive" (CUST-1 is cust-1) or "exact".
+    customer_id_match: Literal["case-insensitive", "exact"] = "case-insensitive"
+
+    @field_validator("agents")
+    @classmethod
+    def _customer_ids(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for agent, ids in v.items():
+            for c in ids:
+                if c != "*":
+                    try:
+                        customers.checked(c)
+                    except customers.InvalidCustomerId as e:
+                        raise ValueError(f"agent {agent!r}: {c!r}: {e}; expected a customer id as the CRM "
+                                         f"has it, or \"*\"") from None
+        return v
 
 
 class SyslogSinkSettings(_Strict):

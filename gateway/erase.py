@@ -40,8 +40,8 @@ from typing import Any
 
 from gateway import invitations
 from gateway.links import records
-from gateway.mime import filenames
 from gateway.spool.queue import QUEUES, read_envelope
+from gateway.storage import keys
 from gateway.storage.base import ObjectNotFound, Storage, StorageError
 from gateway.storage.keys import UPLOADS
 from gateway.storage.retention import INVITATIONS, JOBS, LINKS, PAGES, STAGING
@@ -53,11 +53,9 @@ _READERS = 16
 
 
 def customer_key(customer: str) -> str:
-    """The form of a customer id in object keys (``uploads/<this>/...``).
-
-    The one place erase turns a customer id into its key form: it must be
-    the function the key builder (``storage.keys.file_key``'s callers) uses."""
-    return filenames.sanitise_customer(customer)
+    """The form of a customer id in object keys (``uploads/<this>/...``):
+    ``storage.keys.customer_key``, the function the key builder uses."""
+    return keys.customer_key(customer)
 
 
 async def _read_json(store: Storage, key: str) -> dict[str, Any] | None:

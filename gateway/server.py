@@ -146,7 +146,7 @@ class Gateway:
         # Uploads over HTTP: the API and page take them in processes with
         # the http role; jobs run where the worker role is (their markers
         # are in the spool, like messages).
-        self.uploads = Uploads(self.cfg, self.stores, self.keyring)
+        self.uploads = Uploads(self.cfg, self.stores, self.keyring, self.audit)
         self.jobs = JobRunner(self.spool.root, self.uploads, self.cfg.api.job_lease)
         if "worker" in self.roles:
             await self.jobs.start()

@@ -73,9 +73,10 @@ def declared_type(filename: str, header: str | None) -> str:
 class Uploads:
     """Stage, decide, store and link files that came over HTTP."""
 
-    def __init__(self, cfg: Config, stores: dict[str, Storage], keyring: Keyring) -> None:
+    def __init__(self, cfg: Config, stores: dict[str, Storage], keyring: Keyring, audit: logs.AuditLog) -> None:
         self.stores = stores
         self.keyring = keyring
+        self.audit = audit
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -112,9 +113,13 @@ class Uploads:
 
     async def finish(self, *, staging: list[str], filename: str, customer: str, ctype: str, size: int,
                      sha256: str | None, head: bytes, reference: str, message_id: str = "",
-                     route_name: str | None = None, cleanup: bool = True) -> Stored:
+                     route_name: str | None = None, cleanup: bool = True, source: str = "Upload",
+                     actor: str | None = None, client: str | None = None) -> Stored:
         """Decide on a staged file, move it to its secure key and mint its
-        link; raises Refused (staging removed) or StorageError."""
+        link; raises Refused (staging removed) or StorageError.  A stored
+        file is a ``FileStored`` audit event (``source``: "Upload" for the
+        API and its jobs, "UploadPage"; ``actor`` and ``client`` as the
+        caller knows them)."""
         route = self._route(route_name)
         store = self.stores[route.storage]
         display = filenames.display_name(filename) or "attachment.bin"
@@ -153,4 +158,9 @@ class Uploads:
         if cleanup:
             await asyncio.gather(*(store.delete(k) for k in staging))
         log.info("stored", ref=reference, key=key, size=size, sha256=sha256)
+        self.audit.event("FileStored", "Success", EventSubType=source, EventResultDetails="stored",
+                         QueueId=reference, InternetMessageId=message_id or None, CustomerId=customer,
+                         TargetFilePath=key, TargetFileName=display, TargetFileSize=size,
+                         TargetFileSHA256=sha256 or None, TargetFileMimeType=detected or None,
+                         DeclaredMimeType=ctype, StoreName=store.name, ActorUsername=actor, SrcIpAddr=client)
         return Stored(key=key, filename=display, size=size, sha256=sha256, url=link.url)

@@ -184,7 +184,8 @@ def test_identity_provider_down_is_a_503_and_audited(tmp_path: Path, monkeypatch
         url = offload_one(gw, pdf_bytes(2000))
         r = requests.get(url, allow_redirects=False, timeout=30)
         assert r.status_code == 503 and "Sign-in is not possible right now" in r.text
-        [event] = gw.wait_audit(lambda e: e.get("EventOriginalType") == "click")
+        [event] = [e for e in gw.wait_audit(lambda e: e.get("EventOriginalType") == "click")
+                   if e.get("EventOriginalType") == "click"]
     assert event["EventResult"] == "Failure" and event["EventResultDetails"].startswith("sign-in provider unavailable")
     assert event["CustomerId"] == "customer@example.net"
 

@@ -73,7 +73,8 @@ def test_every_event_reaches_rsyslog_and_hec_with_all_fields(make_gateway, monke
         gw.wait_audit(lambda e: "revoked" in e.get("EventResultDetails", ""))
         gw.stop()  # flushes the sinks
         events = gw.audit()
-        assert [e["EventOriginalType"] for e in events] == ["click", "click", "click", "revoke", "click"]
+        assert [e.get("EventOriginalType", e["EventType"]) for e in events] == [
+            "FileStored", "click", "click", "click", "revoke", "click"]
         got_syslog = syslog.wait(len(events))
         got_hec = hec.wait(len(events))
     from_syslog = [json.loads(m["msg"]) for m in got_syslog]
@@ -81,12 +82,12 @@ def test_every_event_reaches_rsyslog_and_hec_with_all_fields(make_gateway, monke
     key = lambda e: json.dumps(e, sort_keys=True)  # noqa: E731
     assert sorted(map(key, from_syslog)) == sorted(map(key, events))
     assert sorted(map(key, from_hec)) == sorted(map(key, events))
-    ok = [e for e in events if e["EventResult"] == "Success" and e["EventOriginalType"] == "click"][0]
+    ok = [e for e in events if e["EventResult"] == "Success" and e.get("EventOriginalType") == "click"][0]
     for f in LINK_FIELDS:
         assert f in ok, f
     assert ok["ActorUsername"] == "anonymous" and ok["HttpUserAgent"] == "agent-desktop/1.0"
     assert ok["InternetMessageId"] == "<audit-1@example.net>" and ok["TokenKeyId"] == "k1"
-    assert all(e["SrcIpAddr"] == "127.0.0.1" for e in events if e["EventOriginalType"] == "click")
+    assert all(e["SrcIpAddr"] == "127.0.0.1" for e in events if e.get("EventOriginalType") == "click")
     # rsyslog parsed each as RFC 5424: facility authpriv (10), warning for failures, MSGID the event type.
     by_msg = {m["msg"]: m for m in got_syslog}
     for e in events:
@@ -106,9 +107,10 @@ def test_udp_syslog_carries_the_events(make_gateway) -> None:
             "audit": {"syslog": {"address": f"127.0.0.1:{syslog.udp_port}", "transport": "udp"}}})
         url = offload_one(gw, pdf_bytes(2000))
         assert get(url)[0] == 200
-        gw.wait_audit(lambda e: e.get("EventResult") == "Success")
-        [m] = syslog.wait(1)
-        assert json.loads(m["msg"])["EventResult"] == "Success" and m["msgid"] == "FileAccessed"
+        gw.wait_audit(lambda e: e.get("EventOriginalType") == "click" and e.get("EventResult") == "Success")
+        got = syslog.wait(2)  # the file stored and the click
+        assert sorted(x["msgid"] for x in got) == ["FileAccessed", "FileStored"]
+        assert all(json.loads(x["msg"])["EventResult"] == "Success" for x in got)
 
 
 def test_tls_syslog_carries_the_events_and_checks_the_collector_certificate(make_gateway, tmp_path: Path) -> None:
@@ -119,9 +121,10 @@ def test_tls_syslog_carries_the_events_and_checks_the_collector_certificate(make
                                  "ca_file": str(cert)}}})
         url = offload_one(gw, pdf_bytes(2000))
         assert get(url)[0] == 200
-        gw.wait_audit(lambda e: e.get("EventResult") == "Success")
-        [m] = syslog.wait(1)
-        assert json.loads(m["msg"])["EventResult"] == "Success" and m["app_name"] == "attachment-gateway"
+        gw.wait_audit(lambda e: e.get("EventOriginalType") == "click" and e.get("EventResult") == "Success")
+        got = syslog.wait(2)  # the file stored and the click
+        assert sorted(x["msgid"] for x in got) == ["FileAccessed", "FileStored"]
+        assert all(x["app_name"] == "attachment-gateway" for x in got)
         # A collector whose certificate the gateway does not trust gets nothing.
         (tmp_path / "other").mkdir()
         other_cert, _ = self_signed(tmp_path / "other")
@@ -130,9 +133,9 @@ def test_tls_syslog_carries_the_events_and_checks_the_collector_certificate(make
                                  "ca_file": str(other_cert)}}})
         url2 = offload_one(gw2, pdf_bytes(2000))
         assert get(url2)[0] == 200
-        gw2.wait_audit(lambda e: e.get("EventResult") == "Success")
+        gw2.wait_audit(lambda e: e.get("EventOriginalType") == "click" and e.get("EventResult") == "Success")
         time.sleep(1)
-        assert len(syslog.messages()) == 1
+        assert len(syslog.messages()) == 2
         assert any(e.get("event") == "audit sink unavailable; retrying" and "CERTIFICATE_VERIFY_FAILED"
                    in e.get("error", "") for e in gw2.log_events())
 
@@ -149,12 +152,12 @@ def test_a_sink_that_is_down_never_blocks_a_click_and_the_loss_is_counted(make_g
     for _ in range(6):
         assert get(url)[0] == 200
     assert time.monotonic() - started < 5
-    gw.wait_audit(lambda e: sum(1 for x in gw.audit() if x.get("EventResult") == "Success") >= 6)
+    gw.wait_audit(lambda e: sum(1 for x in gw.audit() if x.get("EventResult") == "Success") >= 7)
     gw.stop()
-    assert len(gw.audit()) == 6  # the file sink has every event
+    assert len(gw.audit()) == 7  # the file sink has every event: the file stored and six clicks
     drops = [e for e in gw.log_events() if e.get("event") in ("audit events dropped",
                                                                "audit events dropped; sink buffer full")]
-    assert drops and drops[-1]["sink"] == "hec" and drops[-1]["dropped"] == 6, drops
+    assert drops and drops[-1]["sink"] == "hec" and drops[-1]["dropped"] == 7, drops
 
 
 def test_key_rotation_old_key_verifies_until_retired_then_refused_and_audited(tmp_path: Path) -> None:
@@ -192,7 +195,7 @@ def test_key_rotation_old_key_verifies_until_retired_then_refused_and_audited(tm
                   {"id": "k1", "file": str(keys / "k1"), "retire": "2020-01-01T00:00:00Z"}], "three")
     assert get(at(old, gw))[0] == 403
     assert get(at(new, gw))[0] == 200
-    events = gw.wait_audit(lambda e: e["EventResult"] == "Success")
+    events = gw.wait_audit(lambda e: e.get("EventOriginalType") == "click" and e["EventResult"] == "Success")
     refused = [e for e in events if e["EventResult"] == "Failure"]
     assert len(refused) == 1 and "retired" in refused[0]["EventResultDetails"]
     assert refused[0]["TokenKeyId"] == "k1" and refused[0]["SrcIpAddr"] == "127.0.0.1"
@@ -223,7 +226,7 @@ def test_revoked_links_answer_410_in_every_process_at_once_and_are_audited(make_
     assert get(kept)[0] == 200
     events = gw.wait_audit(lambda e: sum(1 for x in gw.audit() if "revoked (" in x.get("EventResultDetails", ""))
                            >= 18)
-    revokes = [e for e in events if e["EventOriginalType"] == "revoke"]
+    revokes = [e for e in events if e.get("EventOriginalType") == "revoke"]
     assert [e["EventType"] for e in revokes] == ["LinkRevoked"] * 3
     assert revokes[0]["TargetFilePath"] == object_key and revokes[1]["CustomerId"] == "c-customer"
     assert revokes[2]["InternetMessageId"] == "revoke-me@example.net"
@@ -321,6 +324,7 @@ def test_expired_link_offers_refresh_which_issues_a_working_link_and_is_audited(
     bad = url[:-2] + ("AA" if not url.endswith("AA") else "BB")
     assert post(bad + "/refresh")[0] == 403
     events = gw.wait_audit(lambda e: e.get("EventOriginalType") == "refresh" and e["EventResult"] == "Failure")
+    events = [e for e in events if e["EventType"] != "FileStored"]
     kinds = [(e["EventOriginalType"], e["EventResult"]) for e in events]
     assert kinds == [("click", "Failure"), ("refresh", "Success"), ("click", "Success"), ("refresh", "Success"),
                      ("refresh", "Failure")]
@@ -441,6 +445,7 @@ def test_callout_authorisation_allows_denies_caches_and_times_out(make_gateway, 
         events = gw.wait_audit(lambda e: e.get("ActorUsername") == "slow")
     finally:
         service.stop()
+    events = [e for e in events if e["EventType"] != "FileStored"]
     details = [(e["ActorUsername"], e["EventResult"], e["EventResultDetails"]) for e in events]
     assert details == [("ann", "Success", "streamed (callout)"), ("ann", "Success", "streamed (callout (cached))"),
                        ("bob", "Failure", "denied: callout: denied"),
@@ -485,6 +490,7 @@ def test_api_refresh_and_revoke_need_the_api_key_and_an_authorised_agent(make_ga
     assert status == 200 and body2["revoked"][0]["revoked"] == "customer"
     assert get(body["url"])[0] == 410
     events = gw.wait_audit(lambda e: "revoked (customer)" in e.get("EventResultDetails", ""))
+    events = [e for e in events if e["EventType"] != "FileStored"]
     summary = [(e["EventOriginalType"], e["EventResult"], e.get("ActorUsername")) for e in events]
     assert summary == [("click", "Failure", None), ("refresh", "Failure", None), ("refresh", "Failure", None),
                        ("refresh", "Failure", "bob"), ("refresh", "Success", "ann"),

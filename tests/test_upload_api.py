@@ -81,7 +81,7 @@ def test_sync_upload_of_15_mb_answers_the_contract_and_the_link_serves_the_bytes
     events = api_gw.wait_audit(lambda e: e["EventType"] == "FileCreated")
     [created] = [e for e in events if e["EventType"] == "FileCreated"]
     assert created["EventResult"] == "Success" and created["TargetFilePath"] == body["s3Key"]
-    assert created["ActorUsername"] == "api-key:flow" and created["CustomerId"] == "acme-42"
+    assert created["ActorUsername"] == "api-key:flow" and created["CustomerId"] == "ACME-42"  # as the flow gave it
 
 
 def ooxml(extra: list[tuple[str, bytes]]) -> bytes:

@@ -63,7 +63,7 @@ def test_a_50_mb_file_uploads_with_progress_survives_a_cut_and_reaches_the_conta
     assert mail.rcpt_tos == ["support@contact.example"]
     msg = parse(mail.data)
     assert msg["In-Reply-To"] == "<case-1234@example.net>" and msg["References"] == "<case-1234@example.net>"
-    assert msg["X-CustomerId"] == "ACME-7".lower()
+    assert msg["X-CustomerId"] == "ACME-7"  # as the invitation was given
     text = payload(leaves(msg)[0])
     [link] = links(text)
     assert b"[Secure Attachment: site-survey.pdf](" + link.encode() + b") (50.0 MB)" in text

@@ -86,7 +86,7 @@ def test_a_50_mb_file_goes_straight_to_radosgw_in_presigned_parts_and_resumes_af
     # The email in the customer's thread, with a link to the bytes.
     [mail] = sink.wait(1, timeout=60)
     msg = parse(mail.data)
-    assert msg["In-Reply-To"] == "<case-5678@example.net>" and msg["X-CustomerId"] == "acme-7"
+    assert msg["In-Reply-To"] == "<case-5678@example.net>" and msg["X-CustomerId"] == "ACME-7"
     [link] = links(payload(leaves(msg)[0]))
     status, headers, body = fetch(link)  # follows the redirect to radosgw
     assert status == 200 and sha256(body) == sha256(data)

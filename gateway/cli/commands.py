@@ -48,10 +48,15 @@ def cmd_invite(args: argparse.Namespace) -> int:
     """Print an upload-page invitation link for a customer."""
     cfg = load_config(args)
     require_sdks(cfg)
-    from gateway import invitations, storage as storage_mod
+    from gateway import customers, invitations, storage as storage_mod
     from gateway.ingress.routing import route_for
     from gateway.links.tokens import Keyring
 
+    try:
+        customer = customers.checked(args.customer)
+    except customers.InvalidCustomerId as e:
+        print(f"invite: --customer {args.customer!r}: {e}", file=sys.stderr)
+        return EX_USAGE
     notify = args.to or cfg.upload.notify_address
     if not notify:
         print("invite: no address to tell: give --to ADDRESS or set upload.notify_address", file=sys.stderr)
@@ -67,14 +72,12 @@ def cmd_invite(args: argparse.Namespace) -> int:
         await store.start()
         try:
             _, url = await invitations.create(
-                store, keyring, cfg.http.base_url, customer_id=filenames.sanitise_customer(args.customer),
+                store, keyring, cfg.http.base_url, customer_id=customer,
                 message_id=args.message_id or "", notify=notify, route=route.name,
                 ttl=args.ttl if args.ttl is not None else cfg.upload.invitation_ttl)
             return url
         finally:
             await store.close()
-
-    from gateway.mime import filenames
 
     print(asyncio.run(make()))
     return EX_OK

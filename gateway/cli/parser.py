@@ -71,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
     kg.set_defaults(func=commands.cmd_dkim_keygen)
 
     inv = command("invite", "print an upload-page invitation link for a customer")
-    inv.add_argument("--customer", required=True, help="the customer id the uploads are filed under")
+    inv.add_argument("--customer", required=True, help="the customer id as the CRM has it (kept as given; "
+                     "object keys use its sanitised form)")
     inv.add_argument("--message-id", help="the Message-ID of the email thread the completion email replies to")
     inv.add_argument("--to", help="the contact-centre address told when files arrive (default upload.notify_address)")
     inv.add_argument("--ttl", type=int, help="seconds the link stays valid (default upload.invitation_ttl)")

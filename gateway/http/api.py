@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import logs
+from gateway import customers, logs
 from gateway.config import Config
 from gateway.http.apikeys import ApiKeys, error
 from gateway.jobs import PENDING, Job, JobRunner, load, save
@@ -61,6 +61,10 @@ class UploadApi:
         for name in ("X-Filename", "X-CustomerId"):
             if not request.headers.get(name, "").strip():
                 return error(400, f"Missing {name} header")
+        try:
+            customers.checked(request.headers["X-CustomerId"])
+        except customers.InvalidCustomerId as e:
+            return error(400, f"Invalid X-CustomerId header: {e}")
         cte = request.headers.get("Content-Transfer-Encoding", "").strip().lower()
         if cte not in ("", "binary", "8bit", "base64"):
             return error(400, f"Unsupported Content-Transfer-Encoding {cte!r}: expected base64 or binary")
@@ -97,7 +101,8 @@ class UploadApi:
             return checked
         key_id = checked
         name = filenames.display_name(request.headers["X-Filename"])
-        customer = filenames.sanitise_customer(request.headers["X-CustomerId"])
+        # As the flow gave it (checked above); the object key uses its sanitised form.
+        customer = customers.checked(request.headers["X-CustomerId"])
         b64 = request.headers.get("Content-Transfer-Encoding", "").strip().lower() == "base64"
         ctype = declared_type(name, request.headers.get("Content-Type"))
         job_id = new_object_id()
@@ -146,7 +151,8 @@ class UploadApi:
         try:
             stored = await self.uploads.finish(staging=[staging], filename=name, customer=customer, ctype=ctype,
                                                size=staged.size, sha256=staged.sha256, head=staged.head,
-                                               reference=job_id)
+                                               reference=job_id, source="Upload", actor=f"api-key:{key_id}",
+                                               client=request.remote)
         except Refused as e:
             self._audit(request, "Failure", f"refused: {e}", TargetFileSize=staged.size, **fields)
             return error(415, f"File refused: {e}")

@@ -58,7 +58,9 @@ def document() -> dict[str, Any]:
                         {"name": "X-Filename", "in": "header", "required": True,
                          "schema": {"type": "string", "minLength": 1, "pattern": "\\S"}},
                         {"name": "X-CustomerId", "in": "header", "required": True,
-                         "schema": {"type": "string", "minLength": 1, "pattern": "\\S"}},
+                         "description": "the customer id as the CRM has it, kept as given (case too) for "
+                                        "authorisation and audit; no control or invisible format characters",
+                         "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "\\S"}},
                         # RFC 7240: preferences the server does not know are ignored, so any value is valid.
                         {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
                          "description": "respond-async: answer 202 at once and finish in the background"},
@@ -78,7 +80,7 @@ def document() -> dict[str, Any]:
                             "schema": {"$ref": "#/components/schemas/Accepted"}}},
                             "links": {"GetJob": {"operationId": "getJob",
                                                  "parameters": {"jobId": "$response.body#/jobId"}}}},
-                        "400": _err("empty file, missing header or invalid base64"),
+                        "400": _err("empty file, missing header, invalid X-CustomerId or invalid base64"),
                         **auth,
                         "413": _err("file larger than api.max_upload_size"),
                         "415": _err("refused by the content policies"),

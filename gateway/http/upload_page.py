@@ -406,7 +406,8 @@ class UploadPage:
             stored = await self.uploads.finish(
                 staging=keys, filename=session["name"], customer=inv.customer_id,
                 ctype=declared_type(session["name"], session["type"]), size=session["size"], sha256=None, head=head,
-                reference=session["uid"], message_id=inv.message_id, route_name=inv.route, cleanup=False)
+                reference=session["uid"], message_id=inv.message_id, route_name=inv.route, cleanup=False,
+                source="UploadPage", actor=f"customer:{inv.customer_id}", client=request.remote)
         except Refused as e:
             self.audit.event("FileCreated", "Failure", EventSubType="UploadPage", EventResultDetails=f"refused: {e}",
                              **fields)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import aiohttp
 
-from gateway import logs
+from gateway import customers, logs
 from gateway.config import AuthorizationSettings, CalloutSettings
 
 log = logs.get("authz")
@@ -49,14 +49,18 @@ class AllowAll:
 
 
 class StaticMap:
-    """Agent id -> customer ids, from the config; "*" means every customer."""
+    """Agent id -> customer ids, from the config; "*" means every customer.
+    Ids are compared as ``match`` says (``[authorization]
+    customer_id_match``): the map can be written with the CRM's ids."""
 
-    def __init__(self, agents: dict[str, list[str]]) -> None:
-        self._agents = {a: frozenset(c) for a, c in agents.items()}
+    def __init__(self, agents: dict[str, list[str]], match: customers.Match = "case-insensitive") -> None:
+        self._match = match
+        self._agents = {a: frozenset(c if c == "*" else customers.comparable(c, match) for c in ids)
+                        for a, ids in agents.items()}
 
     async def check(self, agent_id: str, customer_id: str) -> Decision:
         allowed = self._agents.get(agent_id, frozenset())
-        if "*" in allowed or customer_id in allowed:
+        if "*" in allowed or customers.comparable(customer_id, self._match) in allowed:
             return Decision(True, "static map")
         return Decision(False, "static map: customer not assigned to agent")
 
@@ -67,7 +71,8 @@ class StaticMap:
 class Callout:
     """POST {"agent_id", "customer_id"} to the contact centre's service and
     read {"allow": true|false}; a timeout, an error or any other answer is a
-    deny (fail closed: this door guards HIPAA and PCI data)."""
+    deny (fail closed: this door guards HIPAA and PCI data).  The customer
+    id is sent as given; the service compares it its own way."""
 
     def __init__(self, settings: CalloutSettings, token: str | None, cache_size: int = 10000) -> None:
         self.url = settings.url
@@ -122,7 +127,7 @@ def build(settings: AuthorizationSettings, token: str | None) -> Authoriser:
     """The authoriser ``[authorization]`` asks for (allow-all when no mode is
     set, which validation allows only with ``agents.auth = "none"``)."""
     if settings.mode == "static":
-        return StaticMap(settings.agents)
+        return StaticMap(settings.agents, settings.customer_id_match)
     if settings.mode == "callout":
         assert settings.callout is not None
         return Callout(settings.callout, token)

@@ -16,6 +16,7 @@ import json
 import time
 from typing import Literal
 
+from gateway import customers
 from gateway.links.records import LinkRecord
 from gateway.storage.base import ObjectMeta, Storage
 
@@ -32,7 +33,13 @@ def normalise(kind: Kind, value: str) -> str:
 
 
 def marker_key(kind: Kind, value: str) -> str:
-    digest = hashlib.sha256(normalise(kind, value).encode()).hexdigest()[:40]
+    """The marker's key: a hash of the value; a customer id's case-folded,
+    so revoking ``CUST-1`` also revokes links recorded for ``cust-1``
+    whatever ``customer_id_match`` says (a revocation errs towards more)."""
+    value = normalise(kind, value)
+    if kind == "customer":
+        value = customers.fold(value)
+    digest = hashlib.sha256(value.encode()).hexdigest()[:40]
     return f"revoked/{kind}/{digest}"
 
 

@@ -159,9 +159,3 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
         value += f"; filename*=UTF-8''{quote(name[:MAX_DISPOSITION_NAME], safe=_ATTR_CHAR_SAFE)}"
     return value
 
-
-def sanitise_customer(value: str) -> str:
-    """A customer id as an object-key component."""
-    value = _CONTROL.sub("", value).strip().lower()
-    safe = re.sub(r"[^a-z0-9@._+-]+", "_", value).strip("._-")
-    return safe[:128] or "unknown"

@@ -90,7 +90,8 @@ class Disarm(Step):
             stem, dot, _ = original.rpartition(".")
             name = f"{stem if dot else original}.{result.new_extension}"
         kept = policies.Decision(policies.Action.REFUSE, "disarm", "the original of a disarmed file")
-        key, _ = await quarantine.keep(services, job, o.part, o.measure, original, kept)
+        key, _ = await quarantine.keep(services, job, o.part, o.measure, original, kept,
+                                       detected_type=o.facts.detected_type)
         cleaned, summary = result.data, disarm.summary(result)
         detected = result.new_type or o.facts.detected_type or "application/octet-stream"
         # Judged again as what it now is: the entity the gateway writes

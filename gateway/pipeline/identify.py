@@ -3,16 +3,21 @@ its text and HTML body, and which parts its HTML shows inline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 
+from gateway import customers, logs
 from gateway.config import RouteSettings
 from gateway.mime import filenames
 from gateway.mime.decode import decoded_bytes, message_header
+from gateway.mime.params import decode_2047
 from gateway.mime.parse import Part
 from gateway.mime.rewrite import cid_references
 from gateway.pipeline.job import MessageJob
 from gateway.pipeline.step import Step
 from gateway.spool.envelope import Envelope
+
+log = logs.get("identify")
 
 # HTML bodies up to this size are read for cid: references (inline images).
 MAX_HTML_SCAN = 8 << 20
@@ -38,22 +43,38 @@ class Identify(Step):
 
 
 def customer_id(root: Part, envelope: Envelope, route: RouteSettings) -> tuple[str, bool]:
-    """The customer id for keys and links, and False when the message's
-    customer header was there but not believed (it is then removed from the
-    forwarded message): only clients in the route's
-    ``customer_id.trusted_networks`` may name the customer."""
+    """The customer id as given (case kept: gateway.customers; object keys
+    use its sanitised form), and False when the message's customer header
+    was there but not believed (it is then removed from the forwarded
+    message): only clients in the route's ``customer_id.trusted_networks``
+    may name the customer.  A believed header whose id cannot be used
+    (control or format characters, over-long) is logged and the fallback
+    applies: the mail goes on, filed under the fallback."""
     rule = route.customer_id
     if envelope.customer_id:
-        return filenames.sanitise_customer(envelope.customer_id), True
+        with contextlib.suppress(customers.InvalidCustomerId):
+            return customers.checked(envelope.customer_id), True
     believed = True
     if rule.header:
         value = message_header(root.headers, rule.header).strip()
         if value and in_networks(envelope.client_addr, rule.trusted_networks):
-            return filenames.sanitise_customer(value), True
+            try:
+                # A non-ASCII id comes as RFC 2047 encoded words (or raw UTF-8
+                # on SMTPUTF8 mail); control characters left by the decoding
+                # are refused by checked().
+                return customers.checked(decode_2047(value)), True
+            except customers.InvalidCustomerId as e:
+                log.warning("customer id header refused; fallback applies", header=rule.header, reason=str(e))
+                return _fallback(rule.fallback, envelope), False
         believed = not value
-    if rule.fallback == "sender" and envelope.mail_from:
-        return filenames.sanitise_customer(envelope.mail_from), believed
-    return "unknown", believed
+    return _fallback(rule.fallback, envelope), believed
+
+
+def _fallback(fallback: str, envelope: Envelope) -> str:
+    if fallback == "sender" and envelope.mail_from:
+        with contextlib.suppress(customers.InvalidCustomerId):
+            return customers.checked(envelope.mail_from)
+    return customers.UNKNOWN
 
 
 def in_networks(addr: str, networks: list[str]) -> bool:

@@ -90,6 +90,14 @@ class Offload(Step):
         metrics.OFFLOADED_PARTS.labels(route.name, store.name).inc()
         metrics.OFFLOADED_BYTES.labels(route.name, store.name).inc(stored.size)
         job.log.info("offloaded", part=part.path, key=key, size=stored.size, sha256=sha256)
+        # What was stored, whether or not anyone ever clicks (the SIEM lists
+        # files stored and never opened from these and the FileAccessed events).
+        services.audit.event("FileStored", "Success", EventSubType="Mail", EventResultDetails="offloaded",
+                             QueueId=envelope.queue_id, InternetMessageId=job.message_id or None,
+                             CustomerId=job.customer, TargetFilePath=key, TargetFileName=display,
+                             TargetFileSize=stored.size, TargetFileSHA256=sha256 or None,
+                             TargetFileMimeType=o.facts.detected_type or None,
+                             DeclaredMimeType=o.facts.declared_type or None, StoreName=store.name)
         return Offloaded(part=part, filename=display, key=key, size=stored.size, sha256=sha256, url=link.url,
                          object_id=link.object_id, expires=link.expires)
 

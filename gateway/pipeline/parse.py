@@ -71,7 +71,8 @@ class Parse(Step):
         whole = Part(start=0, body_start=0, end=src.size, headers=Message(), depth=0, path="1",
                      unexamined=root.unexamined)
         name = "message.eml"
-        key, sha = await quarantine.keep(self.services, job, whole, Measure(src.size, b"", None), name, decision)
+        key, sha = await quarantine.keep(self.services, job, whole, Measure(src.size, b"", None), name, decision,
+                                         detected_type="message/rfc822")
         job.log.warning("message could not be examined; quarantined whole, a notice forwarded",
                         reason=root.unexamined, quarantine_key=key)
         facts = policies.PartFacts(path="1", declared_type="message/rfc822", filename=name, decoded_size=src.size,

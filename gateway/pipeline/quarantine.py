@@ -38,10 +38,12 @@ def default_name(part: Part) -> str:
 
 
 async def keep(services: Services, job: MessageJob, part: Part, measured: Measure, name: str,
-               decision: policies.Decision, data: bytes | None = None) -> tuple[str | None, str | None]:
+               decision: policies.Decision, data: bytes | None = None, *,
+               detected_type: str | None = None) -> tuple[str | None, str | None]:
     """Keep a refused part (or ``data`` found inside it) under the route's
     quarantine prefix, with no link record: no token can lead there.
-    Returns its key and SHA-256, or no key when the route keeps nothing."""
+    Returns its key and SHA-256, or no key when the route keeps nothing.
+    Each file kept is a ``FileQuarantined`` audit event."""
     route, envelope = job.route, job.envelope
     if not route.quarantine.enabled:
         return None, measured.sha256
@@ -76,6 +78,11 @@ async def keep(services: Services, job: MessageJob, part: Part, measured: Measur
         raise StorageError(f"quarantined object {key} has SHA-256 {stored.sha256}, expected {measured.sha256}")
     sha256 = stored.sha256 or measured.sha256
     job.log.info("quarantined", key=key, size=stored.size, sha256=sha256)
+    services.audit.event("FileQuarantined", "Success", EventSubType="Mail", EventResultDetails=decision.reason,
+                         Policy=decision.policy, QueueId=envelope.queue_id, InternetMessageId=job.message_id or None,
+                         CustomerId=job.customer, TargetFilePath=key, TargetFileName=name,
+                         TargetFileSize=stored.size, TargetFileSHA256=sha256 or None,
+                         TargetFileMimeType=detected_type or None, StoreName=store.name)
     return key, sha256
 
 
@@ -115,7 +122,8 @@ class Quarantine(Step):
                 job.notices.append(texts.text(mailtext.REPLACED_LINE, filename=name, notice=said))
                 job.log.info("attachment replaced", part=facts.path, filename=name, reason=d.reason)
             elif d.action is policies.Action.REFUSE:
-                key, sha = await keep(self.services, job, p, o.measure, name, d, data=o.data)
+                key, sha = await keep(self.services, job, p, o.measure, name, d, data=o.data,
+                                      detected_type=facts.detected_type)
                 text = texts.text(mailtext.REMOVED, filename=name, reason=texts.reason(d))
                 if not o.extracted:  # a file taken out of a document has no place of its own
                     job.replacements.append(Replacement(p, text + "\n"))

@@ -45,7 +45,7 @@ class Uuencoded(Step):
                 whole = bool(d.details.get("raw", False))
                 kept = Measure(leaf.end - leaf.start if whole else len(data), b"", None)
                 key, sha = await quarantine.keep(self.services, job, leaf, kept, name, d,
-                                                 data=None if whole else data)
+                                                 data=None if whole else data, detected_type=facts.detected_type)
                 # What stands in the text where the refused file was.
                 job.cuts.setdefault(leaf.start, []).append((block.start, block.end, texts.text(mailtext.CUT) + "\n"))
                 quarantine.refusal(self.services, job, facts, d, name, key, sha,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import threading
 import tracemalloc
@@ -405,7 +406,7 @@ def test_an_http_upload_streams_through_staging_to_its_secure_key(admin: Any, ce
     # The upload path (gateway/uploads.py) over S3: the request stream feeds
     # the backend's blocking iterator through the bridge, and the copy from
     # staging reads the staged object back through the loop.
-    from gateway import config as config_mod
+    from gateway import config as config_mod, logs
     from gateway.links.tokens import Keyring
     from gateway.uploads import Uploads
 
@@ -423,10 +424,12 @@ def test_an_http_upload_streams_through_staging_to_its_secure_key(admin: Any, ce
         for chunk in data.chunks():
             yield chunk
 
+    audit = logs.AuditLog(tmp_path / "audit.jsonl", "test")
+
     async def go() -> None:
         store = await started(settings(ceph, bucket))
         try:
-            uploads = Uploads(cfg, {"local": store}, Keyring(cfg.links.keys, tmp_path))
+            uploads = Uploads(cfg, {"local": store}, Keyring(cfg.links.keys, tmp_path), audit)
             staged = await uploads.stage(store, "staging/api/job1", body(), limit=1 << 30)
             assert (staged.size, staged.sha256) == (data.size, data.sha256())
             stored = await uploads.finish(staging=[staged.key], filename="scan.pdf", customer="cust-42",
@@ -439,7 +442,14 @@ def test_an_http_upload_streams_through_staging_to_its_secure_key(admin: Any, ce
         finally:
             await store.close()
 
-    run(go())
+    try:
+        run(go())
+    finally:
+        audit.close()
+    # The file stored is audited, under the id as given.
+    [event] = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert event["EventType"] == "FileStored" and event["CustomerId"] == "cust-42"
+    assert event["TargetFileSHA256"] == data.sha256() and event["StoreName"] == "s3"  # the store's own name
 
 
 def test_parallel_parts_arrive_byte_for_byte_with_memory_bounded(admin: Any, ceph: CephRadosgw,
