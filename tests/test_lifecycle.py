@@ -259,7 +259,7 @@ def test_erase_removes_one_customers_files_records_and_invitations_and_revokes_t
     # Alice's links, already in the agents' mail (the landing page too), give the revoked page.
     for url in (mail_link["alice"], a["api"], a["job"]):
         status, _, page = fetch(url)
-        assert status == 410 and b"Link revoked" in page, (url, status, page)
+        assert status == 410 and b"This attachment has been withdrawn" in page, (url, status, page)
     assert fetch(a["invitation"])[0] >= 400 and fetch(b["invitation"])[0] == 200
 
     [event] = [e for e in gw.audit() if e["EventType"] == "CustomerErased"]
