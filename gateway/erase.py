@@ -60,6 +60,14 @@ def customer_key(customer: str) -> str:
     return filenames.sanitise_customer(customer)
 
 
+def unnamed(customer: str) -> bool:
+    """Whether ``customer`` has no key form of its own: nothing of it
+    survives sanitising, so it would name the shared ``unknown`` customer
+    (every file whose customer could not be told).  Erase refuses such an
+    id unless ``unknown`` itself is what was asked for."""
+    return customer_key(customer) == "unknown" and customer.strip().lower() != "unknown"
+
+
 async def _read_json(store: Storage, key: str) -> dict[str, Any] | None:
     try:
         raw = b"".join([c async for c in store.open(key)])
@@ -207,4 +215,4 @@ def summary(counts: dict[str, int]) -> str:
     return ", ".join(done) if done else "nothing"
 
 
-__all__ = ["KINDS", "customer_key", "erase_store", "spooled", "summary"]
+__all__ = ["KINDS", "customer_key", "erase_store", "spooled", "summary", "unnamed"]

@@ -293,3 +293,27 @@ def test_erase_reports_the_customers_messages_still_in_the_spool(make_gateway: A
     [event] = [e for e in gw.audit() if e["EventType"] == "CustomerErased"]
     assert event["SpooledMessages"] == [carol["queue_id"]]
     assert "1 message(s) naming the customer still in the local spool, not erased" in event["EventResultDetails"]
+
+
+def test_erase_refuses_an_id_with_no_key_form_and_never_touches_a_longer_id(make_gateway: Any) -> None:
+    # An id made only of what a key drops ("***", "..", "<>") would become
+    # the shared "unknown" customer: every file whose customer could not be
+    # told.  Refused, nothing erased.  And "acme" is not a prefix of "acme-2".
+    gw = make_gateway(start=False)
+    planted = {}
+    for customer in ("unknown", "acme", "acme-2", "acme.2"):
+        path = gw.objects / "uploads" / customer / "20260101T000000.000000Z-a.pdf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"%PDF-1.4 " + customer.encode())
+        planted[customer] = path
+    for careless in ("***", "..", "<>", " - "):
+        res = gw.command("erase", "--customer", careless)
+        assert res.returncode == 64, (careless, res.stdout, res.stderr)
+        assert "would name the shared 'unknown' customer" in res.stderr, res.stderr
+    assert all(p.exists() for p in planted.values())
+    assert not [e for e in gw.audit() if e["EventType"] == "CustomerErased"]
+
+    res = gw.command("erase", "--customer", "ACME", "--json")  # an id's key form is lower-case
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["erased"]["files"] == 1
+    assert not planted["acme"].exists() and all(planted[c].exists() for c in ("unknown", "acme-2", "acme.2"))

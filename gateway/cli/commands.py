@@ -300,6 +300,11 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if not customer:
         print("erase: --customer is empty", file=sys.stderr)
         return EX_USAGE
+    if erase.unnamed(customer):
+        print(f"erase: --customer {customer!r} has no letter or digit an object key keeps, so it would name the "
+              f"shared 'unknown' customer (every file whose customer could not be told); give the customer id "
+              f"as the gateway stored it (or 'unknown' itself to erase those)", file=sys.stderr)
+        return EX_USAGE
     names = [args.store] if args.store else sorted(cfg.storage)
     admin = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
     audit = logs.AuditLog(cfg.path(cfg.gateway.audit_log) if cfg.gateway.audit_log != "-" else "-",
