@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.storage.retention import GATEWAY_PREFIXES
 from gateway.storage.settings import StorageSettings
 from gateway.units import Duration, Size
 
@@ -410,9 +411,9 @@ class QuarantineSettings(_Strict):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}/", v) or v in ("uploads/", "links/"):
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}/", v) or v in GATEWAY_PREFIXES:
             raise ValueError("expected a prefix such as \"quarantine/\" (lower-case letters, digits, ._-, "
-                             "ending in /, not uploads/ or links/)")
+                             f"ending in /, none of the gateway's own: {', '.join(GATEWAY_PREFIXES)})")
         return v
 
 

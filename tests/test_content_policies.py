@@ -362,6 +362,10 @@ def test_clamd_flags_a_test_file_and_fails_open_when_stopped(make_gateway: Calla
      "routes[0].policies[0].settings.alow: unknown key (policy allowed_types)"),
     ({"policies": [{"name": "refuse_malware"}]}, "'refuse_malware' needs a [clamd] table"),
     ({"quarantine": {"prefix": "uploads/"}}, "routes[0].quarantine.prefix: 'uploads/': expected a prefix"),
+    # Every prefix the gateway writes is its own: quarantined files there
+    # would take its retention and be read back as its records (erase).
+    *(({"quarantine": {"prefix": p}}, f"routes[0].quarantine.prefix: '{p}': expected a prefix")
+      for p in ("jobs/", "pages/", "invitations/", "leases/", "autoreply/", "revoked/", "staging/", "check/")),
     ({"autoreply": {"from": "support@contact.example", "next_hop": "maildir:x", "template": "Hi {name}"}},
      "routes[0].autoreply.template: 'Hi {name}': unknown placeholder(s) name"),
     ({"autoreply": {"from": "support@contact.example", "next_hop": "maildir:x",
