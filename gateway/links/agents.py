@@ -133,6 +133,12 @@ class TrustedHeader:
             raise IdentityRefused(f"request did not come through a trusted proxy ({request.remote})")
         if not value:
             raise IdentityRefused(f"trusted proxy sent no {self.header} header")
+        count = len(request.headers.getall(self.header, []))
+        if count > 1:
+            # A proxy that adds its header rather than replacing the client's
+            # passes both, the client's first: which one it vouches for
+            # cannot be told, so neither is believed.
+            raise IdentityRefused(f"{self.header} header sent {count} times")
         return Agent(value[:256], "trusted-header")
 
     async def close(self) -> None:
