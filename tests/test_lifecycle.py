@@ -317,3 +317,31 @@ def test_erase_refuses_an_id_with_no_key_form_and_never_touches_a_longer_id(make
     assert res.returncode == 0, res.stdout + res.stderr
     assert json.loads(res.stdout)["erased"]["files"] == 1
     assert not planted["acme"].exists() and all(planted[c].exists() for c in ("unknown", "acme-2", "acme.2"))
+
+
+def test_the_sweep_and_erase_never_follow_a_symlink_out_of_the_store(make_gateway: Any, tmp_path: Path) -> None:
+    # Symlinks planted in the store directory (a careless restore, an
+    # operator's shortcut) point at old files outside it: the sweep removes
+    # at most the link, erase lists nothing through it, and what they point
+    # at stays.
+    gw = make_gateway(start=False)
+    outside = tmp_path / "outside"
+    old = put(outside, "old.bin", 400)
+    put(outside, "sub/old.bin", 400)
+    (gw.objects / "uploads" / "acme").mkdir(parents=True)
+    os.symlink(outside, gw.objects / "uploads" / "acme" / "linked-dir")
+    os.symlink(old, gw.objects / "uploads" / "acme" / "linked-file")
+    os.symlink(outside, gw.objects / "uploads" / "mallory")
+    when = time.time() - 400 * DAY
+    os.utime(gw.objects / "uploads" / "acme" / "linked-file", (when, when), follow_symlinks=False)
+
+    res = gw.command("storage", "apply-retention")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(p.relative_to(outside).as_posix() for p in outside.rglob("*")) == \
+        ["old.bin", "old.bin.meta.json", "sub", "sub/old.bin", "sub/old.bin.meta.json"]
+    assert not os.path.lexists(gw.objects / "uploads" / "acme" / "linked-file")
+
+    res = gw.command("erase", "--customer", "mallory", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["erased"]["files"] == 0
+    assert old.exists() and (outside / "sub" / "old.bin").exists()
