@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway import ipnets
 from gateway.storage.retention import GATEWAY_PREFIXES
 from gateway.storage.settings import StorageSettings
 from gateway.units import Duration, Size
@@ -969,7 +970,7 @@ class Config(_Strict):
                              "addresses whose identity header is believed")
         if agents.auth == "trusted-header":
             for net in self.http.trusted_proxies:
-                if ipaddress.ip_network(net, strict=False).prefixlen == 0:
+                if ipnets.network(net).prefixlen == 0:  # "::ffff:0:0/96" too: every IPv4 client
                     # Every client would be believed: anyone could name themselves in the header.
                     raise ValueError(f"http.trusted_proxies: {net!r} trusts every address, so any client could "
                                      f"set {agents.header}; expected the reverse proxy's own addresses, such as "

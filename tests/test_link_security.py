@@ -387,6 +387,9 @@ def test_tls_1_0_and_1_1_hellos_are_refused_and_audited(make_gateway, tmp_path: 
     ({}, {"auth": "trusted-header"}, {"mode": "allow-all"}, "http.trusted_proxies: empty"),
     ({"trusted_proxies": ["10.0.0.0/8"]}, {"auth": "trusted-header"}, {}, "authorization.mode: missing"),
     ({"trusted_proxies": ["not-an-ip"]}, {}, {}, "http.trusted_proxies[0]: 'not-an-ip': expected an IP address"),
+    # Every IPv4 address as an IPv6 listener sees it: every client believed.
+    ({"trusted_proxies": ["::ffff:0:0/96"]}, {"auth": "trusted-header"}, {"mode": "allow-all"},
+     "http.trusted_proxies: '::ffff:0:0/96' trusts every address"),
     ({}, {"auth": "oidc"}, {"mode": "allow-all"}, "agents.oidc: missing"),
     ({"tls_cert": "x.pem"}, {}, {}, "expected both \"tls_cert\" and \"tls_key\""),
     ({"base_url": "http://files.example.com"},
