@@ -21,7 +21,7 @@ class Batch(Generic[T, R]):
     at a time; ``run`` returns one result or exception per item, in order."""
 
     def __init__(self, run: Callable[[list[T]], list[R | BaseException]],
-                 abandoned: Callable[[R], None] | None = None) -> None:
+                 abandoned: Callable[[T, R], None] | None = None) -> None:
         self._run_batch = run
         # What to do with the result of an item whose task went away (was
         # cancelled) while its batch ran: it would otherwise be dropped.
@@ -53,10 +53,10 @@ class Batch(Generic[T, R]):
                 raise
             except Exception as e:  # noqa: BLE001 - each task answers for its own item
                 results = [e] * len(batch)
-            for (_, done), result in zip(batch, results, strict=True):
+            for (item, done), result in zip(batch, results, strict=True):
                 if done.done():
                     if self._abandoned is not None and not isinstance(result, BaseException):
-                        self._abandoned(result)
+                        self._abandoned(item, result)
                 elif isinstance(result, BaseException):
                     done.set_exception(result)
                 else:

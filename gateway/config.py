@@ -25,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from gateway import customers
+from gateway import customers, ipnets
+from gateway.storage.retention import GATEWAY_PREFIXES
 from gateway.storage.settings import StorageSettings
 from gateway.units import Duration, Size
 
@@ -432,9 +433,9 @@ class QuarantineSettings(_Strict):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}/", v) or v in ("uploads/", "links/"):
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}/", v) or v in GATEWAY_PREFIXES:
             raise ValueError("expected a prefix such as \"quarantine/\" (lower-case letters, digits, ._-, "
-                             "ending in /, not uploads/ or links/)")
+                             f"ending in /, none of the gateway's own: {', '.join(GATEWAY_PREFIXES)})")
         return v
 
 
@@ -1095,7 +1096,7 @@ class Config(_Strict):
                              "addresses whose identity header is believed")
         if agents.auth == "trusted-header":
             for net in self.http.trusted_proxies:
-                if ipaddress.ip_network(net, strict=False).prefixlen == 0:
+                if ipnets.network(net).prefixlen == 0:  # "::ffff:0:0/96" too: every IPv4 client
                     # Every client would be believed: anyone could name themselves in the header.
                     raise ValueError(f"http.trusted_proxies: {net!r} trusts every address, so any client could "
                                      f"set {agents.header}; expected the reverse proxy's own addresses, such as "

@@ -362,6 +362,10 @@ def test_clamd_flags_a_test_file_and_fails_open_when_stopped(make_gateway: Calla
      "routes[0].policies[0].settings.alow: unknown key (policy allowed_types)"),
     ({"policies": [{"name": "refuse_malware"}]}, "'refuse_malware' needs a [clamd] table"),
     ({"quarantine": {"prefix": "uploads/"}}, "routes[0].quarantine.prefix: 'uploads/': expected a prefix"),
+    # Every prefix the gateway writes is its own: quarantined files there
+    # would take its retention and be read back as its records (erase).
+    *(({"quarantine": {"prefix": p}}, f"routes[0].quarantine.prefix: '{p}': expected a prefix")
+      for p in ("jobs/", "pages/", "invitations/", "leases/", "autoreply/", "revoked/", "staging/", "check/")),
     ({"autoreply": {"from": "support@contact.example", "next_hop": "maildir:x", "template": "Hi {name}"}},
      "routes[0].autoreply.template: 'Hi {name}': unknown field {name}; the fields allowed are {refusals}, "
      "{subject}, {upload_url}"),
@@ -493,3 +497,20 @@ def test_storage_failed_reply_text_without_an_upload_page_and_from_a_template() 
     own = autoreply.render_storage_failed("{subject}: {files} ({upload_url})", files=["a.pdf"], subject="Claim",
                                           upload_url="https://u.example/")
     assert own == "Claim: - a.pdf (https://u.example/)"
+
+
+def test_no_auto_reply_to_a_machine_address_written_quoted_or_in_capitals(
+        make_gateway: Callable[..., GatewayProcess], sink: SmtpSink) -> None:
+    # "mailer-daemon"@ and MAILER-DAEMON@ are the same mailbox as
+    # mailer-daemon@ (RFC 5321 4.1.2: quoting changes nothing): a reply to
+    # one is a reply to a machine, the start of a mail loop.
+    gw = make_gateway(route=autoreply_route(sink, "1h"))
+    bad = [(EXECUTABLE, "application/octet-stream", "tool.exe")]
+    for sender in ('"mailer-daemon"@example.net', "MAILER-DAEMON@example.net", '"owner-list"@example.net',
+                   '"news-request"@example.net'):
+        send(gw.smtp_port, message(attachments=bad), sender=sender)
+    gw.wait_outbox(4)
+    gw.wait_idle()
+    reasons = [e["reason"] for e in gw.log_events() if e.get("event") == "no auto-reply"]
+    assert reasons == ["sender is not a person's address"] * 4, reasons
+    assert sink.messages == []

@@ -293,3 +293,60 @@ def test_erase_reports_the_customers_messages_still_in_the_spool(make_gateway: A
     [event] = [e for e in gw.audit() if e["EventType"] == "CustomerErased"]
     assert event["SpooledMessages"] == [carol["queue_id"]]
     assert "1 message(s) naming the customer still in the local spool, not erased" in event["EventResultDetails"]
+
+
+def test_erase_refuses_an_id_with_no_key_form_and_never_touches_a_longer_id(make_gateway: Any) -> None:
+    # An empty id would name the shared "unknown" customer: every file whose
+    # customer could not be told.  Refused, nothing erased.  An id made only
+    # of what a key drops ("***", "..", "<>") has a key of its own (a hash),
+    # never "unknown"'s.  And "acme" is not a prefix of "acme-2".
+    gw = make_gateway(start=False)
+    planted = {}
+    for customer in ("unknown", "acme", "acme-2", "acme.2"):
+        path = gw.objects / "uploads" / customer / "20260101T000000.000000Z-a.pdf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"%PDF-1.4 " + customer.encode())
+        planted[customer] = path
+    for careless in ("", "   "):
+        res = gw.command("erase", "--customer", careless)
+        assert res.returncode == 64, (careless, res.stdout, res.stderr)
+        assert "erase: --customer is empty" in res.stderr, res.stderr
+    assert not [e for e in gw.audit() if e["EventType"] == "CustomerErased"]
+    for odd in ("***", "..", "<>", " - "):
+        res = gw.command("erase", "--customer", odd, "--json")
+        assert res.returncode == 0, (odd, res.stdout, res.stderr)
+        assert json.loads(res.stdout)["erased"]["files"] == 0, res.stdout
+    assert all(p.exists() for p in planted.values())
+
+    res = gw.command("erase", "--customer", "ACME", "--json")  # an id's key form is lower-case
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["erased"]["files"] == 1
+    assert not planted["acme"].exists() and all(planted[c].exists() for c in ("unknown", "acme-2", "acme.2"))
+
+
+def test_the_sweep_and_erase_never_follow_a_symlink_out_of_the_store(make_gateway: Any, tmp_path: Path) -> None:
+    # Symlinks planted in the store directory (a careless restore, an
+    # operator's shortcut) point at old files outside it: the sweep removes
+    # at most the link, erase lists nothing through it, and what they point
+    # at stays.
+    gw = make_gateway(start=False)
+    outside = tmp_path / "outside"
+    old = put(outside, "old.bin", 400)
+    put(outside, "sub/old.bin", 400)
+    (gw.objects / "uploads" / "acme").mkdir(parents=True)
+    os.symlink(outside, gw.objects / "uploads" / "acme" / "linked-dir")
+    os.symlink(old, gw.objects / "uploads" / "acme" / "linked-file")
+    os.symlink(outside, gw.objects / "uploads" / "mallory")
+    when = time.time() - 400 * DAY
+    os.utime(gw.objects / "uploads" / "acme" / "linked-file", (when, when), follow_symlinks=False)
+
+    res = gw.command("storage", "apply-retention")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(p.relative_to(outside).as_posix() for p in outside.rglob("*")) == \
+        ["old.bin", "old.bin.meta.json", "sub", "sub/old.bin", "sub/old.bin.meta.json"]
+    assert not os.path.lexists(gw.objects / "uploads" / "acme" / "linked-file")
+
+    res = gw.command("erase", "--customer", "mallory", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["erased"]["files"] == 0
+    assert old.exists() and (outside / "sub" / "old.bin").exists()

@@ -269,6 +269,31 @@ def test_identity_header_is_believed_only_from_a_trusted_proxy(make_gateway) -> 
     assert "Strict-Transport-Security" not in _get_from(health, "127.0.0.1", {"X-Forwarded-Proto": "https"})[1]
 
 
+def test_an_identity_header_sent_twice_through_the_proxy_is_refused(make_gateway) -> None:
+    # A proxy that adds its header instead of replacing the client's passes
+    # both: the client's own "ann" first, the signed-in "mallory" after.
+    # Neither is believed: which one the proxy vouches for cannot be told.
+    gw = _behind_proxy(make_gateway)
+    url = offload_one(gw, pdf_bytes(2000))
+    host, _, rest = url.removeprefix("http://").partition("/")
+    h, p = host.split(":")
+    conn = http.client.HTTPConnection(h, int(p), timeout=30, source_address=("127.0.0.2", 0))
+    conn.putrequest("GET", "/" + rest)
+    conn.putheader("X-Forwarded-User", "ann")
+    conn.putheader("x-forwarded-user", "mallory")
+    conn.endheaders()
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    assert r.status == 403 and not body.startswith(b"%PDF")
+    events = gw.wait_audit(lambda e: e.get("EventOriginalType") == "click")
+    [click] = [e for e in events if e.get("EventOriginalType") == "click"]
+    assert click["EventResult"] == "Failure" and "X-Forwarded-User header sent 2 times" in click["EventResultDetails"]
+    assert "ActorUsername" not in click
+    # One header through the proxy still works.
+    assert _get_from(url, "127.0.0.2", {"X-Forwarded-User": "ann"})[0] == 200
+
+
 def test_sighup_applies_a_new_authorisation_map_and_a_rotated_link_key(make_gateway) -> None:
     gw = _behind_proxy(make_gateway)
     old_url = offload_one(gw, pdf_bytes(2000))
@@ -366,6 +391,9 @@ def test_tls_1_0_and_1_1_hellos_are_refused_and_audited(make_gateway, tmp_path: 
     ({}, {"auth": "trusted-header"}, {"mode": "allow-all"}, "http.trusted_proxies: empty"),
     ({"trusted_proxies": ["10.0.0.0/8"]}, {"auth": "trusted-header"}, {}, "authorization.mode: missing"),
     ({"trusted_proxies": ["not-an-ip"]}, {}, {}, "http.trusted_proxies[0]: 'not-an-ip': expected an IP address"),
+    # Every IPv4 address as an IPv6 listener sees it: every client believed.
+    ({"trusted_proxies": ["::ffff:0:0/96"]}, {"auth": "trusted-header"}, {"mode": "allow-all"},
+     "http.trusted_proxies: '::ffff:0:0/96' trusts every address"),
     ({}, {"auth": "oidc"}, {"mode": "allow-all"}, "agents.oidc: missing"),
     ({"tls_cert": "x.pem"}, {}, {}, "expected both \"tls_cert\" and \"tls_key\""),
     ({"base_url": "http://files.example.com"},

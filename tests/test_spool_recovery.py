@@ -117,3 +117,47 @@ def test_sessions_that_end_mid_data_leave_nothing_in_tmp(make_gateway) -> None:
                what="the cut-short receptions gone from tmp/")
     _send_many(gw.smtp_port, 1, "after", [])
     gw.wait_outbox(1)
+
+
+def test_a_client_gone_at_each_point_of_a_small_data_leaves_one_message_or_none(make_gateway) -> None:
+    """Small messages (gathered in memory, spooled at the commit): a client
+    that goes away after 354, in the middle of the body or just after the
+    final dot without reading the reply.  Only the last is a whole message:
+    it is queued and delivered at most once (no 250 was read, so it is the
+    client's still: the gateway may queue it or not, depending on whether
+    its commit began before the close was seen); nothing stays in tmp/ or
+    locked in active/."""
+    import socket
+
+    gw = make_gateway(sections={"gateway": {"processes": 1}})
+    cuts = {"after-354": b"", "mid-body": b"Subject: cut-mid-body\r\n\r\nhalf a li",
+            "after-dot": b"Subject: cut-after-dot\r\n\r\nwhole\r\n.\r\n"}
+    for _ in range(3):
+        for body in cuts.values():
+            with socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=30) as s, s.makefile("rb") as f:
+                f.readline()
+                for line in (b"EHLO client.example\r\n", b"MAIL FROM:<customer@example.net>\r\n",
+                             b"RCPT TO:<support@contact.example>\r\n", b"DATA\r\n"):
+                    s.sendall(line)
+                    while True:
+                        reply = f.readline()
+                        if reply[3:4] != b"-":
+                            break
+                assert reply.startswith(b"354")
+                s.sendall(body)
+    # A whole message after them, to know the gateway took the others in.
+    with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=30) as c:
+        c.sendmail("customer@example.net", ["support@contact.example"], b"Subject: last\r\n\r\nlast\r\n")
+    gw.wait_outbox(1)
+    # A commit whose session had gone is handed to a worker at once, well
+    # before recovery's next pass would find it (RECOVERY_INTERVAL).
+    gw.wait_idle(timeout=RECOVERY_INTERVAL / 3)
+    outs = gw.outbox_messages()
+    subjects = [next(line for line in o.split(b"\r\n") if line.startswith(b"Subject:")) for o in outs]
+    assert subjects.count(b"Subject: last") == 1 and subjects.count(b"Subject: cut-after-dot") <= 3, subjects
+    assert set(subjects) <= {b"Subject: last", b"Subject: cut-after-dot"}, subjects
+    queued = [e for e in gw.log_events() if e.get("event") == "queued"]
+    assert len(queued) == len(outs), queued  # every message spooled is logged as queued
+    tmp = gw.spool / "tmp"
+    wait_until(lambda: not [p for p in tmp.iterdir() if not p.name.startswith(".")],
+               what="the cut-short receptions gone from tmp/")

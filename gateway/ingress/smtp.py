@@ -96,7 +96,7 @@ class Handler:
         self.tls = tls
         self.spool = spool
         self.runner = runner
-        self.commits = group_commit()
+        self.commits = group_commit(self._abandoned)
         self._writable_at = 0.0
         self._writable_error: str | None = None
         self._free = 0
@@ -105,6 +105,25 @@ class Handler:
         self.per_client: dict[str, int] = {}
         # Set when the gateway is stopping: new sessions get 421.
         self.draining = False
+
+    def _abandoned(self, item: tuple[_SpoolWriter, Envelope, bool], handle: Handle | None) -> None:
+        """A message committed after its session went away (the client
+        closed right after the final dot, before reading the reply): it is
+        durable, so it is logged as queued and handed to a worker at once
+        (left unlocked in ``active``, it would wait for recovery, 30 s)."""
+        envelope = item[1]
+        metrics.RECEIVED.labels(envelope.route).inc()
+        log.info("queued", queue_id=envelope.queue_id, mail_from=envelope.mail_from, rcpts=envelope.rcpt_tos,
+                 size=envelope.size, client=envelope.client_addr, route=envelope.route,
+                 note="the client went away before the reply")
+        try:
+            if self.runner is not None:
+                self.runner.enqueue(envelope.queue_id, (handle, envelope) if handle is not None else None)
+                return
+        except Exception as e:  # noqa: BLE001 - the message is on disk: recovery takes it
+            log.error("could not wake the worker", queue_id=envelope.queue_id, error=str(e))
+        if handle is not None:
+            handle.release()  # unlocked in active: recover() puts it back in incoming
 
     def admit(self, peer: object) -> str | None:
         """Count a new session in, or say why it is refused (a 421 reply)."""
@@ -623,16 +642,17 @@ class _SpoolWriter:
                 self.reception.abort()
 
 
-def group_commit() -> Batch[tuple[_SpoolWriter, Envelope, bool], Handle | None]:
+def group_commit(abandoned: Callable[[tuple[_SpoolWriter, Envelope, bool], Handle | None], None]
+                 ) -> Batch[tuple[_SpoolWriter, Envelope, bool], Handle | None]:
     """Commits of one process's sessions, several to a thread call.
 
     A session that ends its DATA while a commit is running waits for the
     next batch, which takes every session that ended meanwhile: one hop to
     a thread and one fsync of each queue directory for all of them (see
     gateway/batch.py).  A message committed for a session that went away
-    meanwhile is durable and is delivered: unlocked in ``active``,
-    ``recover()`` puts it back in ``incoming``."""
-    return Batch(_commit_batch, abandoned=lambda handle: handle.release() if handle is not None else None)
+    meanwhile is durable and is delivered: ``abandoned`` takes it (the
+    handler hands it to a worker)."""
+    return Batch(_commit_batch, abandoned=abandoned)
 
 
 def _commit_batch(batch: list[tuple[_SpoolWriter, Envelope, bool]]) -> list[Handle | None | BaseException]:

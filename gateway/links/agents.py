@@ -21,7 +21,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import secrets
 import time
@@ -33,7 +32,7 @@ import aiohttp
 import jwt
 from aiohttp import web
 
-from gateway import logs
+from gateway import ipnets, logs
 from gateway.config import AgentSettings, OidcSettings
 
 log = logs.get("agents")
@@ -76,13 +75,15 @@ class Proxies:
     """The reverse proxies whose forwarding headers are believed."""
 
     def __init__(self, networks: list[str]) -> None:
-        self._nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self._nets = [ipnets.network(n) for n in networks]
 
     def trusted(self, address: str | None) -> bool:
+        """Whether ``address`` (a peer, or a hop of X-Forwarded-For) is one
+        of the proxies; an IPv4-mapped address is the IPv4 one it carries."""
         if not address:
             return False
         try:
-            ip = ipaddress.ip_address(address)
+            ip = ipnets.address(address)
         except ValueError:
             return False
         return any(ip in n for n in self._nets)
@@ -133,6 +134,12 @@ class TrustedHeader:
             raise IdentityRefused(f"request did not come through a trusted proxy ({request.remote})")
         if not value:
             raise IdentityRefused(f"trusted proxy sent no {self.header} header")
+        count = len(request.headers.getall(self.header, []))
+        if count > 1:
+            # A proxy that adds its header rather than replacing the client's
+            # passes both, the client's first: which one it vouches for
+            # cannot be told, so neither is believed.
+            raise IdentityRefused(f"{self.header} header sent {count} times")
         return Agent(value[:256], "trusted-header")
 
     async def close(self) -> None:

@@ -56,7 +56,13 @@ def write_chunks_atomic(path: str | Path, chunks: Iterable[bytes]) -> int:
 
 def remove_tree(path: Path) -> None:
     """Remove a message directory (its files, then itself), or a stray file;
-    whatever is in the way (a subdirectory) falls back to rmtree."""
+    whatever is in the way (a subdirectory) falls back to rmtree.  A
+    symlink is removed itself: listing through it would delete the files
+    of whatever directory it points at, outside the spool."""
+    if os.path.islink(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
     try:
         names = os.listdir(path)
     except NotADirectoryError:

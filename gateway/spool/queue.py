@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ FREE_MAX = 256
 # CRLF, so its own bytes never end like this (bare LF after "v1").
 ENVELOPE_FOOTER = b" envelope v1\n"
 _FOOTER_SIZE = 1 + 10 + len(ENVELOPE_FOOTER)
+# The largest pid Linux hands out (pid_max is at most 2**22).
+_PID_MAX = 1 << 22
 
 
 
@@ -140,7 +143,12 @@ def _tmp_finding(name: str, age: float) -> Found:
     reception, ``ID.PID.done`` a removal; older or foreign names say less)."""
     parts = name.split(".")
     kind = "a removal" if parts[-1] == "done" else "a reception (never acknowledged)"
-    pid = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    # Only what a pid can be (ASCII digits, within pid_max's range): a name
+    # made by hand must not stop recovery (kill(2) overflows, int() refuses
+    # other Unicode digits) nor signal a process group (0).
+    pid = int(parts[1]) if len(parts) > 1 and re.fullmatch(r"[1-9][0-9]{0,9}", parts[1]) else None
+    if pid is not None and pid > _PID_MAX:
+        pid = None
     if pid is None:
         return Found("tmp", name, age, None, None, "removed",
                      f"{kind} whose lock no process holds; its name does not say whose it was")

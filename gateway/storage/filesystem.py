@@ -46,6 +46,20 @@ def _create(tmp: Path) -> BinaryIO:
     return open(tmp, "wb")
 
 
+def _through_link(root: Path, prefix: str) -> bool:
+    """Whether the directory of ``prefix`` is reached through a symlink
+    below its first segment.  A top-level directory (``uploads/``) may be a
+    link an operator made on purpose (another disk); a link further down
+    was planted, and walking it would list and delete what it points at,
+    outside the store."""
+    path = root
+    for i, part in enumerate(p for p in prefix.strip("/").split("/") if p):
+        path = path / part
+        if i > 0 and path.is_symlink():
+            return True
+    return False
+
+
 class FilesystemStorage:
     """A directory tree as an object store."""
 
@@ -176,6 +190,8 @@ class FilesystemStorage:
         unfinished writes left out)."""
         def _list() -> list[str]:
             base = self.root / prefix.rstrip("/") if prefix.endswith("/") else self.root
+            if prefix.endswith("/") and _through_link(self.root, prefix):
+                return []
             out = []
             for dirpath, _, files in os.walk(base):
                 rel = os.path.relpath(dirpath, self.root)
@@ -195,6 +211,8 @@ class FilesystemStorage:
         their files).  A writer that loses its directory makes it again."""
         def _prune() -> None:
             base = self.root / prefix.rstrip("/")
+            if _through_link(self.root, prefix):
+                return
             for dirpath, _, _ in os.walk(base, topdown=False):
                 try:
                     os.rmdir(dirpath)

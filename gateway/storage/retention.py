@@ -36,6 +36,10 @@ RULE_PREFIX = "attachment-gateway-"
 LINKS, PAGES, REVOKED = "links/", "pages/", "revoked/"
 INVITATIONS, JOBS, STAGING, CHECK = "invitations/", "jobs/", "staging/", "check/"
 AUTOREPLY, LEASES = "autoreply/", "leases/"  # gateway/autoreply.py, gateway/fleet.py
+# Every prefix above and uploads/: no quarantine prefix may be one of them
+# (its files would take that prefix's retention, and erase would read them
+# back as that prefix's records).
+GATEWAY_PREFIXES = ("uploads/", LINKS, PAGES, REVOKED, INVITATIONS, JOBS, STAGING, CHECK, AUTOREPLY, LEASES)
 
 
 @dataclass(frozen=True)

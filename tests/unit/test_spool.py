@@ -40,3 +40,37 @@ def test_group_commit_answers_each_reception_and_a_failure_loses_no_other(tmp_pa
     results[2].release()
     assert spool.recover().requeued == 1
     assert sorted(spool.ids("incoming")) == sorted([good.queue_id, kept.queue_id])
+
+
+def test_recovery_removes_a_symlink_planted_in_tmp_never_what_it_points_at(tmp_path: Path) -> None:
+    # A careless operator (or a restore) leaves a symlink in tmp/ pointing at
+    # a directory outside the spool: recovery removes the link, and the
+    # files of the directory it points at stay.
+    spool = Spool(tmp_path / "spool")
+    spool.create()
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_bytes(b"not the spool's")
+    os.symlink(outside, tmp_path / "spool" / "tmp" / "20261207T000000-abc.4242")
+    os.symlink(outside / "keep.txt", tmp_path / "spool" / "tmp" / "20261207T000001-def.4243")
+
+    recovery = spool.recover()
+
+    assert (outside / "keep.txt").read_bytes() == b"not the spool's"
+    assert spool.ids("tmp") == [] and recovery.removed_tmp == 2
+
+
+def test_recovery_of_tmp_entries_whose_names_carry_no_usable_pid(tmp_path: Path) -> None:
+    # tmp/ names are ID.PID; a name with a pid no kernel has (too large for
+    # kill(2), or digits int() does not read) is explained, never a crash
+    # that stops recovery at start.
+    spool = Spool(tmp_path)
+    spool.create()
+    for name in ("a.99999999999999999999999", "b.\u00b2", "c.0", "d.-5", "e"):
+        (tmp_path / "tmp" / name).mkdir()
+
+    recovery = spool.recover()
+
+    assert spool.ids("tmp") == [] and recovery.removed_tmp == 5
+    by_name = {f.entry.rsplit("/", 1)[-1]: f for f in recovery.found}
+    assert all(by_name[n].owner_pid is None for n in ("a.99999999999999999999999", "b.\u00b2", "c.0", "d.-5", "e"))
