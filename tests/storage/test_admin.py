@@ -124,14 +124,15 @@ def test_s3_retention_is_written_read_back_and_enforced_by_radosgw(make_gateway:
             "attachments/quarantine/cust-1/b.exe", "attachments/invitations/i.json", "archive/keep.txt"]
     for k in keys:
         s3.put_object(Bucket=bucket, Key=k, Body=b"x")
-    time.sleep(31)
-    deadline = time.monotonic() + 60
+    # Processed again and again until the upload is gone (2 "days": 20 s at
+    # the earliest), rather than after a fixed wait.
+    deadline = time.monotonic() + 90
     while True:
         ceph.radosgw_admin("lc", "process")
         left = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
         if keys[0] not in left or time.monotonic() > deadline:
             break
-        time.sleep(3)
+        time.sleep(2)
     assert left == set(keys[1:])
 
 
