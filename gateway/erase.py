@@ -18,7 +18,7 @@ Per store, in an order that never leaves a working link to a deleted file:
    ``<prefix><customer>/``.
 
 A record is the customer's when the key form of its customer id
-(``customer_key``) equals the key form of the id given, the same test that
+(``storage.keys.customer_key``) equals the key form of the id given, the same test that
 groups their files under one key prefix.  Records are found by listing the
 prefix and reading each one (bounded concurrency): the cost grows with the
 number of records in the store, not with the customer's.  A second run finds
@@ -41,21 +41,14 @@ from typing import Any
 from gateway import invitations
 from gateway.links import records
 from gateway.spool.queue import QUEUES, read_envelope
-from gateway.storage import keys
 from gateway.storage.base import ObjectNotFound, Storage, StorageError
-from gateway.storage.keys import UPLOADS
+from gateway.storage.keys import UPLOADS, customer_key
 from gateway.storage.retention import INVITATIONS, JOBS, LINKS, PAGES, STAGING
 from gateway.storage.s3_direct import direct_uploads
 
 # What erase counts, in the order it reports them.
 KINDS = ("links", "pages", "invitations", "uploads_in_progress", "jobs", "files", "quarantined")
 _READERS = 16
-
-
-def customer_key(customer: str) -> str:
-    """The form of a customer id in object keys (``uploads/<this>/...``):
-    ``storage.keys.customer_key``, the function the key builder uses."""
-    return keys.customer_key(customer)
 
 
 async def _read_json(store: Storage, key: str) -> dict[str, Any] | None:
@@ -205,4 +198,4 @@ def summary(counts: dict[str, int]) -> str:
     return ", ".join(done) if done else "nothing"
 
 
-__all__ = ["KINDS", "customer_key", "erase_store", "spooled", "summary"]
+__all__ = ["KINDS", "erase_store", "spooled", "summary"]
