@@ -112,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         send_large(gw.smtp_port, many, 120)
         sink.wait_for_count(21, timeout=120)
         base = sink.received_count()
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(gw.proc.pid), "--subprocesses", "--format", "raw",
+        # py-spy is installed in the venv beside this Python (pip install -e '.[test]').
+        search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        pyspy = shutil.which("py-spy", path=search)
+        if pyspy is None:
+            print("py-spy is missing: pip install py-spy", file=sys.stderr)
+            return 2
+        spy = subprocess.Popen([pyspy, "record", "--pid", str(gw.proc.pid), "--subprocesses", "--format", "raw",
                                 "--rate", str(args.rate), "--output", str(raw),
                                 *([] if args.all_threads else ["--gil"])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import audit_sinks, config as config_mod, logs, metrics, sdnotify, storage as storage_mod
+from gateway import audit_sinks, config as config_mod, disarm, logs, metrics, sdnotify, storage as storage_mod
 from gateway.config import Config
 from gateway.delivery.queue import Deliverer
 from gateway.http import app as http_app
@@ -88,6 +88,7 @@ class Gateway:
         self.api_keys = ApiKeys(cfg)
         self.links = http_app.build_links(cfg, self.keyring, self.stores, self.audit) if "http" in roles else None
         self.pipeline: Pipeline | None = None
+        self._prestart: asyncio.Future[None] | None = None
         self.runner: Runner | None = None
         self.smtp: asyncio.AbstractServer | None = None
         self.smtp_handler: Handler | None = None
@@ -138,6 +139,11 @@ class Gateway:
         if "worker" in self.roles or "milter" in self.roles:
             # One pipeline for the relay's runner and the milter.
             self.pipeline = Pipeline(Services(self.cfg, self.stores, self.keyring, self.audit, self.spool.root))
+            if any(r.disarm.pdf != "allow" or r.disarm.office != "allow" for r in self.cfg.routes):
+                # Disarm's fork server, started beside the rest rather than
+                # by the first message that needs it.
+                self._prestart = asyncio.get_running_loop().run_in_executor(None, disarm.prestart)
+                self._prestart.add_done_callback(_prestarted)
         if "worker" in self.roles:
             assert self.pipeline is not None
             self.runner = Runner(self.cfg, self.spool, self.pipeline,
@@ -318,6 +324,13 @@ class Gateway:
             await asyncio.sleep(0.05)
         if self.smtp_handler.sessions:
             log.warning("sessions still open at the end of the drain", sessions=self.smtp_handler.sessions)
+
+
+def _prestarted(future: asyncio.Future[None]) -> None:
+    """Log a fork server that would not start (the first file that needs it
+    tries again)."""
+    if not future.cancelled() and future.exception() is not None:
+        log.error("disarm's fork server did not start", error=repr(future.exception()))
 
 
 def _report(fd: int, message: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 from lxml import etree
 from pikepdf import Name, ObjectType
 
-from gateway.disarm import Budget, DisarmResult, disarm, disarm_forked, disarm_isolated, summary
+from gateway.disarm import Budget, DisarmResult, Session, disarm, disarm_forked, disarm_isolated, summary
 from gateway.disarm.ooxml import parse_xml
 from policies import filetypes
 from tests import active_documents as docs
@@ -349,6 +349,28 @@ def test_isolated_gives_the_same_answer() -> None:
     assert disarm_forked(docm, filetypes.DOCM) == disarm(docm, filetypes.DOCM)
     assert disarm_isolated(docs.clean_pdf(), PDF).status == "clean"
     assert disarm_forked(docs.clean_pdf(), PDF).status == "clean"
+
+
+def test_session_disarms_a_message_in_one_child() -> None:
+    # The files of one message go through one forked child; a file that
+    # fails retires it, and the next file gets a fresh one.
+    pdf, docm, clean = docs.pdf_embedded_exe(), docs.docm_macro(), docs.clean_pdf()
+    with Session() as session:
+        assert session.disarm(pdf, PDF) == disarm(pdf, PDF)
+        assert session.disarm(docm, filetypes.DOCM) == disarm(docm, filetypes.DOCM)
+        assert session.disarm(clean, PDF).status == "clean"
+        assert session.children == 1
+        broken = session.disarm(b"%PDF-1.7\n1 0 obj << /Type /Catalog", PDF)
+        assert broken.status == "failed" and broken.reason.startswith("not examinable"), broken
+        assert session.disarm(pdf, PDF) == disarm(pdf, PDF)
+        assert session.children == 2
+
+
+def test_forked_child_that_dies_is_failed() -> None:
+    # 32 MiB of address space is less than the fork server's own: the child
+    # cannot even take the file in, dies, and the file is failed.
+    result = disarm_forked(docs.clean_pdf(payload=8 << 20), PDF, budget=Budget(memory=32 << 20))
+    assert result.status == "failed" and result.reason.startswith("over budget: the disarm process failed"), result
 
 
 def test_isolated_memory_limit() -> None:

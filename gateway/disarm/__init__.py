@@ -39,6 +39,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
+import multiprocessing.process
 import os
 import subprocess
 import sys
@@ -272,57 +273,135 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
     return _FORKSERVER
 
 
-def _forked_child(conn: multiprocessing.connection.Connection, detected_type: str, budget: Budget,
-                  data: bytes) -> None:
-    """In the child: limit itself, disarm, answer as JSON and raw bytes."""
+def prestart() -> None:
+    """Start the fork server now (blocking, call it in a thread), so that
+    the first message with a PDF or Office file does not wait the third of a
+    second its start and imports take."""
+    from multiprocessing import forkserver
+
+    _forkserver()
+    forkserver.ensure_running()
+
+
+def _session_child(conn: multiprocessing.connection.Connection, budget: Budget) -> None:
+    """In the child: limit itself, then disarm each file the parent sends,
+    answering each as JSON and raw bytes, until the parent hangs up."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (budget.memory, budget.memory))
-    cpu = int(budget.seconds + budget.check_seconds) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    cpu_per_file = int(budget.seconds + budget.check_seconds) + 1
+    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
     try:
-        result = disarm(data, detected_type, budget=budget)
-        conn.send_bytes(encode_answer(result))
+        while True:
+            try:
+                raw = conn.recv_bytes()
+            except EOFError:
+                return
+            line, _, data = raw.partition(b"\n")
+            del raw
+            # Each file gets its own CPU allowance on top of what the files
+            # before it used (RLIMIT_CPU counts the whole process).
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            soft = int(usage.ru_utime + usage.ru_stime) + cpu_per_file
+            if cpu_hard != resource.RLIM_INFINITY:
+                soft = min(soft, cpu_hard)
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
+            result = disarm(data, json.loads(line)["type"], budget=budget)
+            del data
+            conn.send_bytes(encode_answer(result))
     finally:
         conn.close()
 
 
-def disarm_forked(data: bytes, detected_type: str, *, budget: Budget = Budget()) -> DisarmResult:
-    """``disarm`` in a child forked from a fork server, limited like
-    ``disarm_isolated`` (RLIMIT_AS, RLIMIT_CPU, killed past the time) but
-    without an interpreter start per file.  The answer is read as JSON and
-    raw bytes, never unpickled; the hashes are computed here.  Blocking."""
-    original = _sha256(data)
-    ctx = _forkserver()
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_forked_child, args=(child, detected_type, budget, data), daemon=True)
-    timeout = budget.seconds + budget.check_seconds + 5
-    proc.start()
-    child.close()
-    raw = b""
-    try:
-        if parent.poll(timeout):
+class Session:
+    """The files of one message disarmed in turn by one child forked from
+    the fork server, limited like ``disarm_isolated`` (RLIMIT_AS for the
+    child, RLIMIT_CPU and a wall-clock bound per file).
+
+    A fork per message, not per file: a message of 200 PDFs costs one fork.
+    Files of different messages never share a child, so nothing one sender's
+    file does to the libraries' state can touch another message's verdict;
+    after a file that failed (over budget, out of memory, a bad answer) the
+    child is replaced before the next file.  The answers are read as JSON and
+    raw bytes, never unpickled; the hashes are computed here.  Blocking:
+    call it in a thread.
+    """
+
+    def __init__(self, budget: Budget = Budget()) -> None:
+        self.budget = budget
+        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._conn: multiprocessing.connection.Connection | None = None
+        #: Children started so far (one unless a file failed).
+        self.children = 0
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> multiprocessing.connection.Connection:
+        ctx = _forkserver()
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_session_child, args=(child, self.budget), daemon=True)
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        self.children += 1
+        return parent
+
+    def disarm(self, data: bytes, detected_type: str) -> DisarmResult:
+        """``disarm`` of one file in the session's child."""
+        original = _sha256(data)
+        timeout = self.budget.seconds + self.budget.check_seconds + 5
+        conn = self._conn or self._start()
+        raw = b""
+        try:
+            conn.send_bytes(json.dumps({"type": detected_type}).encode() + b"\n" + data)
+            if conn.poll(timeout):
+                raw = conn.recv_bytes()
+        except (EOFError, OSError):
+            raw = b""
+        result: DisarmResult | None = None
+        why = ""
+        if raw:
             try:
-                raw = parent.recv_bytes()
-            except EOFError:
-                raw = b""
-    finally:
-        parent.close()
+                result = decode_answer(raw)
+            except (ValueError, KeyError, TypeError) as e:
+                why = f"the disarm process answered badly: {e}"
+        if result is None or result.status == "failed":
+            exitcode = self.close()
+            if result is None and not why:
+                why = "over budget: the disarm process failed ({})".format(
+                    f"took longer than {timeout:g} s" if exitcode is None or exitcode == -9
+                    else f"exit status {exitcode}")
+        if result is None:
+            return DisarmResult("failed", reason=why, original_sha256=original)
+        return _replace(result, original_sha256=original,
+                        sha256=_sha256(result.data) if result.data is not None else None)
+
+    def close(self) -> int | None:
+        """End the child (it exits when the pipe closes; killed if it does
+        not at once); its exit code, None when it had to be killed."""
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            conn.close()
+        if proc is None:
+            return 0
         proc.join(1.0)
         if proc.is_alive():
             proc.kill()
             proc.join()
-    if not raw:
-        why = f"took longer than {timeout:g} s" if proc.exitcode is None or proc.exitcode == -9 \
-            else f"exit status {proc.exitcode}"
-        return DisarmResult("failed", reason=f"over budget: the disarm process failed ({why})",
-                            original_sha256=original)
-    try:
-        result = decode_answer(raw)
-    except (ValueError, KeyError, TypeError) as e:
-        return DisarmResult("failed", reason=f"the disarm process answered badly: {e}", original_sha256=original)
-    return _replace(result, original_sha256=original,
-                    sha256=_sha256(result.data) if result.data is not None else None)
+            return None
+        return proc.exitcode
+
+
+def disarm_forked(data: bytes, detected_type: str, *, budget: Budget = Budget()) -> DisarmResult:
+    """``disarm`` of one file in a child forked from the fork server (a
+    ``Session`` of one file).  Blocking."""
+    with Session(budget) as session:
+        return session.disarm(data, detected_type)
 
 
 def encode_answer(result: DisarmResult) -> bytes:
@@ -382,5 +461,5 @@ def child_main() -> int:
     return 0
 
 
-__all__ = ["Budget", "DisarmResult", "Extracted", "PDF", "OOXML_TYPES", "TYPES", "disarm", "disarm_forked",
-           "disarm_isolated", "summary"]
+__all__ = ["Budget", "DisarmResult", "Extracted", "PDF", "OOXML_TYPES", "TYPES", "Session", "disarm", "disarm_forked",
+           "disarm_isolated", "prestart", "summary"]

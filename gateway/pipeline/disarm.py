@@ -15,6 +15,7 @@ from typing import Any
 
 import policies
 from gateway import disarm, mailtext, metrics
+from gateway.config import DisarmSettings
 from gateway.mime import container, filenames
 from gateway.mime.decode import HEAD, Measure, decoded_bytes
 from gateway.mime.rewrite import Replacement
@@ -47,34 +48,47 @@ class Disarm(Step):
         settings = job.route.disarm
         budget = disarm.Budget(seconds=float(settings.seconds), memory=int(settings.memory),
                                keep_web_links=settings.keep_web_links)
-        for o in list(job.outcomes):
-            kind = _kind(o)
-            if kind is None:
-                continue
-            mode = settings.pdf if kind == "pdf" else settings.office
-            if mode == "allow":
-                if o.decision.action is not policies.Action.REFUSE:
-                    job.log.warning("active content not checked (route disarm: allow)", part=o.facts.path,
-                                    filename=o.facts.filename, detected_type=o.facts.detected_type)
-                continue
-            if o.measure.size > settings.max_size:
-                self._refuse(job, o, policies.explained(mailtext.DISARM_TOO_LARGE, size=o.measure.size,
-                                                        limit=settings.max_size))
-                continue
-            data = await asyncio.to_thread(decoded_bytes, job.src, o.part)
-            assert o.facts.detected_type is not None
-            result = await asyncio.to_thread(disarm.disarm_forked, data, o.facts.detected_type, budget=budget)
-            metrics.DISARMED.labels(job.route.name, result.status).inc()
-            if result.status == "clean":
-                continue
-            if result.status == "failed":
-                self._refuse(job, o, policies.explained(mailtext.DISARM_FAILED, detail=result.reason))
-            elif mode == "refuse":
-                removed = tuple(policies.Phrase(w) for w in result.removed)
-                self._refuse(job, o, policies.explained(
-                    mailtext.DISARM_ACTIVE, summary=removed or (policies.Phrase(mailtext.ACTIVE_CONTENT),)))
-            else:
-                await self._substitute(job, o, result)
+        # One child for the message's files, started at the first file that
+        # needs it (gateway/disarm: a fork per message, not per file).
+        session = disarm.Session(budget)
+        try:
+            for o in list(job.outcomes):
+                await self._one(job, o, settings, session)
+        finally:
+            if session.children:
+                await asyncio.to_thread(session.close)
+
+    async def _one(self, job: MessageJob, o: PartOutcome, settings: DisarmSettings, session: disarm.Session) -> None:
+        """Disarm one part, or refuse it, as the route says."""
+        assert job.src is not None
+        kind = _kind(o)
+        if kind is None:
+            return
+        mode = settings.pdf if kind == "pdf" else settings.office
+        if mode == "allow":
+            if o.decision.action is not policies.Action.REFUSE:
+                job.log.warning("active content not checked (route disarm: allow)", part=o.facts.path,
+                                filename=o.facts.filename, detected_type=o.facts.detected_type)
+            return
+        if o.measure.size > settings.max_size:
+            self._refuse(job, o, policies.explained(mailtext.DISARM_TOO_LARGE, size=o.measure.size,
+                                                    limit=settings.max_size))
+            return
+        data = await asyncio.to_thread(decoded_bytes, job.src, o.part)
+        assert o.facts.detected_type is not None
+        result = await asyncio.to_thread(session.disarm, data, o.facts.detected_type)
+        del data
+        metrics.DISARMED.labels(job.route.name, result.status).inc()
+        if result.status == "clean":
+            return
+        if result.status == "failed":
+            self._refuse(job, o, policies.explained(mailtext.DISARM_FAILED, detail=result.reason))
+        elif mode == "refuse":
+            removed = tuple(policies.Phrase(w) for w in result.removed)
+            self._refuse(job, o, policies.explained(
+                mailtext.DISARM_ACTIVE, summary=removed or (policies.Phrase(mailtext.ACTIVE_CONTENT),)))
+        else:
+            await self._substitute(job, o, result)
 
     def _refuse(self, job: MessageJob, o: PartOutcome, reason: dict[str, Any]) -> None:
         o.decision = policies.Decision(policies.Action.REFUSE, "disarm", **reason)
