@@ -9,6 +9,7 @@ and with what they call (inclusive), as shares of all samples::
 
     python bench/profile.py --workload replies     # the mix's small MIME replies
     python bench/profile.py --workload many        # the 5 MB message in 200 attachments
+    python bench/profile.py --workload mix         # the whole mix, attachments included
 
 Run as root (py-spy attaches with ptrace).  Sampling pauses the process a
 moment at each sample, so the wall-clock figures it prints are slower than
@@ -81,8 +82,8 @@ def summarise(raw: Path, top: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the profile; print the summary; keep the raw file."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workload", choices=("replies", "many"), default="replies")
-    p.add_argument("--messages", type=int, default=400, help="replies: how many (default 400)")
+    p.add_argument("--workload", choices=("replies", "many", "mix"), default="replies")
+    p.add_argument("--messages", type=int, default=400, help="replies or mix: how many (default 400)")
     p.add_argument("--repeat", type=int, default=10, help="many: how many times the message is sent (default 10)")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples a second")
     p.add_argument("--top", type=int, default=25)
@@ -104,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sink = gw.arrival_sink
         assert sink is not None and gw.proc is not None
-        replies = [m for m in build_mix(max(args.messages * 100 // 85 + 3, 4), 18) if m.kind == "reply"]
-        replies = replies[:args.messages]
+        mix = build_mix(max(args.messages * 100 // 85 + 3, 4), 18)
+        replies = [m for m in mix if m.kind == "reply"][:args.messages]
         many = build_many_attachments(18)
         # Warm up (imports, the fork server, pooled connections): not recorded.
         send_mix(gw.smtp_port, replies[:20], 4, 120)
@@ -127,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.workload == "replies":
             send_mix(gw.smtp_port, replies, 20, 600)
             n = len(replies)
+        elif args.workload == "mix":
+            mix = mix[:args.messages]
+            send_mix(gw.smtp_port, mix, 20, 600)
+            n = len(mix)
         else:
             for _ in range(args.repeat):
                 send_large(gw.smtp_port, many, 120)

@@ -248,3 +248,43 @@ def test_clean_lines_leaves_clean_data_alone() -> None:
     data = b"a\r\n" * 1000
     assert clean_lines(data) is data
     assert crlf_only(data) and not crlf_only(b"a\nb") and clean_lines(b"a\rb\x00\n") == b"a\r\nb\r\n"
+
+
+def _crlf_only_by_definition(data: bytes) -> bool:
+    return data.replace(b"\r\n", b"").count(b"\r") == 0 and data.replace(b"\r\n", b"").count(b"\n") == 0
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_crlf_only_walk_agrees_with_the_definition(seed: int) -> None:
+    # crlf_only checks long runs of equal lines by stride (base64 bodies):
+    # one bare CR or LF anywhere (inside a run, at its edges, in the text
+    # between runs, swapped to LF CR) must still be found, and clean data
+    # of every shape must pass.
+    import base64
+    import random
+
+    rnd = random.Random(seed)
+    pieces = []
+    for _ in range(rnd.randint(1, 12)):
+        shape = rnd.random()
+        if shape < 0.5:
+            width = rnd.choice([60, 64, 76, 78, 998])
+            body = base64.b64encode(rnd.randbytes(rnd.randint(1, 40_000)))
+            pieces.append(b"".join(body[i:i + width] + b"\r\n" for i in range(0, len(body), width)))
+        elif shape < 0.8:
+            pieces.append(b"".join(b"x" * rnd.randint(0, 120) + b"\r\n" for _ in range(rnd.randint(1, 400))))
+        else:
+            pieces.append(b"\r\n" * rnd.randint(1, 40))
+    clean = b"".join(pieces)
+    assert crlf_only(clean)
+    ends = [i for i in range(1, len(clean)) if clean[i] == 10]
+    for _ in range(25):
+        at = rnd.randrange(len(clean) + 1)
+        bad = rnd.choice([b"\r", b"\n", b"\n\r", b"\r\r\n", b"\r\n\n"])
+        data = clean[:at] + bad + clean[at:]
+        assert crlf_only(data) == _crlf_only_by_definition(data), (seed, at, bad)
+        # The same fault where the stride walk lands: a line end of a run.
+        i = rnd.choice(ends)
+        for broken in (clean[:i - 1] + b"x" + clean[i:], clean[:i] + b"x" + clean[i + 1:],
+                       clean[:i - 1] + b"\n\r" + clean[i + 1:]):
+            assert crlf_only(broken) == _crlf_only_by_definition(broken) is False, (seed, i)
