@@ -19,7 +19,7 @@ from email.policy import compat32
 from pathlib import Path
 from typing import Any
 
-from gateway import logs, metrics
+from gateway import logs, memory, metrics
 from gateway.config import Config, RouteSettings
 from gateway.delivery import Content
 from gateway.delivery.queue import Deliverer
@@ -37,6 +37,8 @@ log = logs.get("worker")
 RECOVERY_INTERVAL = 30.0
 # Bytes of a message read to find its Message-ID when retrying it.
 HEADER_READ = 64 << 10
+# Seconds with no message in hand after which the heap is trimmed.
+IDLE_TRIM_SECONDS = 2.0
 
 
 @dataclass
@@ -74,6 +76,8 @@ class Runner:
         self._queue: asyncio.Queue[tuple[str, str, tuple[Handle, Envelope] | None]] = asyncio.Queue()
         # Tasks waiting for a message (can_take).
         self._idle = 0
+        # The trim due once nothing has been in hand for IDLE_TRIM_SECONDS.
+        self._trim_timer: asyncio.TimerHandle | None = None
 
     @property
     def services(self) -> Services:
@@ -119,6 +123,8 @@ class Runner:
         """Stop taking new messages; let the ones in hand finish within ``grace``."""
         self._stopping = True
         self._kick.set()
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
         for _ in self._tasks:
             self._queue.put_nowait(("", "", None))
         _, pending = await asyncio.wait(self._tasks, timeout=grace)
@@ -156,6 +162,25 @@ class Runner:
             except TimeoutError:
                 pass
 
+    def _idle_soon(self) -> None:
+        """The last message in hand is done: trim the heap if nothing else
+        comes within ``IDLE_TRIM_SECONDS`` (each message done starts the wait again)."""
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+        self._trim_timer = asyncio.get_running_loop().call_later(IDLE_TRIM_SECONDS, self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        """Give the heap freed by the last burst back to the system.
+
+        Once per idle spell, on the event loop: it took 1-8 ms after the
+        bench's mix, and nothing is in hand to wait for it.  Without it a
+        process rested at 160-280 MiB after the mix, in free chunks glibc
+        kept; with it (and one malloc arena) at 86-87 MiB, 77 MiB fresh.
+        """
+        self._trim_timer = None
+        if not self._inflight and not self._stopping:
+            memory.trim()
+
     def _offer(self, queue: str, qid: str) -> None:
         if qid not in self._inflight:
             self._inflight.add(qid)
@@ -190,6 +215,8 @@ class Runner:
                 log.exception("runner: the message could not be handled; left for recovery", queue_id=qid)
             finally:
                 self._inflight.discard(qid)
+                if not self._inflight:
+                    self._idle_soon()
 
     async def _take(self, queue: str, qid: str, taken: tuple[Handle, Envelope] | None) -> None:
         try:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gateway import logs
+from gateway import logs, memory
 from gateway.cli.check import preflight, report, require_sdks
 from gateway.cli.common import EX_CHECK_FAILED, EX_CONFIG, EX_OK, EX_OSERR, EX_UNAVAILABLE, EX_USAGE, load_config
 from gateway.config import Config
@@ -191,6 +191,9 @@ def prepare_metrics() -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM."""
+    # Before anything starts a thread: an arena made before the limit stays
+    # (gateway/memory.py says why one, with the figures).
+    memory.limit_arenas()
     cfg = load_config(args)
     # What check-config finds stops serve too, with the same lines and exit
     # 78 before any port listens, rather than a traceback (and exit 1, which

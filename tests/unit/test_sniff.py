@@ -8,7 +8,9 @@ paths call: ``container.detect_chunks`` for a whole file and
 """
 from __future__ import annotations
 
+import concurrent.futures
 import io
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -241,3 +243,40 @@ def test_a_part_in_the_spool_is_examined_whole(tmp_path: Path) -> None:
         assert container.detect_part(src, leaf, m) == DOCM
     finally:
         src.close()
+
+
+# --- libmagic handles -------------------------------------------------------
+
+
+def _magic_mappings() -> int:
+    """How many times this process maps libmagic's compiled database."""
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if line.rstrip().endswith("magic.mgc"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
+def test_many_threads_detecting_share_a_few_libmagic_handles(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each handle maps magic.mgc on its own, and the pages it reads stay in
+    # the process's RSS: 16 threads detecting at once must not make 16.
+    monkeypatch.setattr(sniff, "_handles", sniff._Handles(2))
+    before = _magic_mappings()
+    threads = 16
+    mapped: list[int] = []
+    start = threading.Barrier(threads)
+    # Counted while every thread is still alive (a thread's own handle, if
+    # it had one, would be closed with the thread).
+    done = threading.Barrier(threads, action=lambda: mapped.append(_magic_mappings()))
+    text = b"Hello. The order number is 12345 and it has not come yet.\n" * 200
+
+    def detect(_: int) -> list[str]:
+        start.wait()
+        found = [sniff.detect(text) for _ in range(20)]
+        done.wait()
+        return found
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(detect, range(threads)))
+    assert {t for r in results for t in r} == {"text/plain"}
+    if mapped == [before]:
+        pytest.skip("this libmagic reads magic.mgc into memory rather than mapping it")
+    assert mapped[0] - before <= 2
