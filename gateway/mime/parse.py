@@ -36,6 +36,7 @@ to its bare value in ``headers``, so later ``get_param`` calls stay cheap.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from email.message import Message
@@ -96,9 +97,19 @@ class Part:
     type_params: Structured = field(default_factory=lambda: Structured(""))
     disposition_params: Structured = field(default_factory=lambda: Structured(""))
 
-    @property
+    # Cached: the steps ask each part for these several times, and its
+    # headers do not change once the parser has read them.
+    @functools.cached_property
     def content_type(self) -> str:
         return self.headers.get_content_type()
+
+    @functools.cached_property
+    def filename(self) -> str:
+        """The filename the sender gave, decoded for display ('' when none):
+        ``filenames.original_filename`` of the headers."""
+        from gateway.mime.filenames import original_filename
+
+        return original_filename(self.headers)
 
     @property
     def is_multipart(self) -> bool:

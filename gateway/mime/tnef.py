@@ -38,7 +38,7 @@ class TnefError(Exception):
 
 def is_tnef(part: Part) -> bool:
     """Whether a leaf is Outlook's TNEF wrapper (by type or by its usual name)."""
-    return part.content_type in TNEF_TYPES or filenames.original_filename(part.headers).lower() == "winmail.dat"
+    return part.content_type in TNEF_TYPES or part.filename.lower() == "winmail.dat"
 
 
 def unpack(data: bytes) -> list[TnefFile]:

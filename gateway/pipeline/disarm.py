@@ -19,6 +19,7 @@ from gateway.config import DisarmSettings
 from gateway.mime import container, filenames
 from gateway.mime.decode import HEAD, Measure, decoded_bytes
 from gateway.mime.rewrite import Replacement
+from gateway.mime.source import Source
 from gateway.partfacts import part_facts, safe_type
 from gateway.pipeline import quarantine
 from gateway.pipeline.examine import log_decision
@@ -48,36 +49,44 @@ class Disarm(Step):
         settings = job.route.disarm
         budget = disarm.Budget(seconds=float(settings.seconds), memory=int(settings.memory),
                                keep_web_links=settings.keep_web_links)
+        todo: list[tuple[PartOutcome, str]] = []
+        for o in list(job.outcomes):
+            mode = self._mode(job, o, settings)
+            if mode is not None:
+                todo.append((o, mode))
         # One child for the message's files, started at the first file that
-        # needs it (gateway/disarm: a fork per message, not per file).
+        # needs it (gateway/disarm: a fork per message, not per file), and
+        # small files sent in batches: one thread call for several files.
         session = disarm.Session(budget)
         try:
-            for o in list(job.outcomes):
-                await self._one(job, o, settings, session)
+            for batch in _batches(todo):
+                results = await asyncio.to_thread(_disarm_batch, session, job.src, [o for o, _ in batch])
+                for (o, mode), result in zip(batch, results, strict=True):
+                    await self._apply(job, o, mode, result)
         finally:
             if session.children:
                 await asyncio.to_thread(session.close)
 
-    async def _one(self, job: MessageJob, o: PartOutcome, settings: DisarmSettings, session: disarm.Session) -> None:
-        """Disarm one part, or refuse it, as the route says."""
-        assert job.src is not None
+    def _mode(self, job: MessageJob, o: PartOutcome, settings: DisarmSettings) -> str | None:
+        """"disarm" or "refuse" for a part to disarm; None for one that
+        needs nothing (or was refused here: too large to examine)."""
         kind = _kind(o)
         if kind is None:
-            return
+            return None
         mode = settings.pdf if kind == "pdf" else settings.office
         if mode == "allow":
             if o.decision.action is not policies.Action.REFUSE:
                 job.log.warning("active content not checked (route disarm: allow)", part=o.facts.path,
                                 filename=o.facts.filename, detected_type=o.facts.detected_type)
-            return
+            return None
         if o.measure.size > settings.max_size:
             self._refuse(job, o, policies.explained(mailtext.DISARM_TOO_LARGE, size=o.measure.size,
                                                     limit=settings.max_size))
-            return
-        data = await asyncio.to_thread(decoded_bytes, job.src, o.part)
-        assert o.facts.detected_type is not None
-        result = await asyncio.to_thread(session.disarm, data, o.facts.detected_type)
-        del data
+            return None
+        return mode
+
+    async def _apply(self, job: MessageJob, o: PartOutcome, mode: str, result: disarm.DisarmResult) -> None:
+        """Act on one file's disarm result as the route's mode says."""
         metrics.DISARMED.labels(job.route.name, result.status).inc()
         if result.status == "clean":
             return
@@ -150,6 +159,37 @@ class Disarm(Step):
                               facts, data=e.data, extracted=True)
         log_decision(job, outcome)
         return outcome
+
+
+# A batch: files sent to the disarm child in one thread call, up to this
+# many decoded bytes in all (a larger file goes alone) or this many files.
+BATCH_BYTES = 8 << 20
+BATCH_FILES = 64
+
+
+def _batches(todo: list[tuple[PartOutcome, str]]) -> list[list[tuple[PartOutcome, str]]]:
+    """``todo`` in order, cut into batches of at most BATCH_FILES files and
+    BATCH_BYTES decoded bytes (a file above that alone)."""
+    out: list[list[tuple[PartOutcome, str]]] = []
+    size = 0
+    for item in todo:
+        n = item[0].measure.size
+        if not out or len(out[-1]) >= BATCH_FILES or size + n > BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += n
+    return out
+
+
+def _disarm_batch(session: disarm.Session, src: Source, outcomes: list[PartOutcome]) -> list[disarm.DisarmResult]:
+    """Decode and disarm each part in turn, in the calling thread: one
+    file's decoded bytes in hand at a time."""
+    results = []
+    for o in outcomes:
+        assert o.facts.detected_type is not None
+        results.append(session.disarm(decoded_bytes(src, o.part), o.facts.detected_type))
+    return results
 
 
 def _kind(o: PartOutcome) -> str | None:

@@ -8,7 +8,6 @@ import ipaddress
 
 from gateway import customers, logs
 from gateway.config import RouteSettings
-from gateway.mime import filenames
 from gateway.mime.decode import decoded_bytes, message_header
 from gateway.mime.params import decode_2047
 from gateway.mime.parse import Part
@@ -100,7 +99,7 @@ def bodies(root: Part) -> tuple[Part | None, Part | None]:
         ctype = leaf.content_type
         if ctype not in ("text/plain", "text/html") or disposition(leaf) == "attachment":
             continue
-        if filenames.original_filename(leaf.headers):
+        if leaf.filename:
             continue
         if leaf.headers.get_content_maintype() == "multipart":
             continue

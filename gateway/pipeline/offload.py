@@ -55,7 +55,7 @@ class Offload(Step):
         if o.data is not None:  # disarmed, or taken out of a document: named by the facts
             original = o.facts.filename or default_name(part)
         else:
-            original = filenames.original_filename(part.headers) or default_name(part)
+            original = part.filename or default_name(part)
         display = filenames.display_name(original) or default_name(part)
         key = file_key(job.customer, display)
         ctype = o.facts.detected_type if o.data is not None and o.facts.detected_type else part.content_type

@@ -57,7 +57,7 @@ class Rewrite(Step):
             segments = self._plan(job, links, inline,
                                   f"{len(job.failed)} not stored, replaced by a notice")
             for p in job.failed:
-                name = filenames.original_filename(p.headers)
+                name = p.filename
                 job.unstored.append(filenames.display_name(name) or default_name(p))
                 job.log.warning("storage failed and the message would exceed the next hop's limit; "
                                 "attachment replaced by a notice", part=p.path, filename=name,
@@ -69,7 +69,7 @@ class Rewrite(Step):
         elif job.failed:
             for p in job.failed:
                 job.log.warning("storage failed; attachment forwarded as is (fits the next hop's limit)",
-                                part=p.path, filename=filenames.original_filename(p.headers),
+                                part=p.path, filename=p.filename,
                                 next_hop_max_size=route.next_hop_max_size)
         # Headers only the gateway may write: inbound copies of its trace,
         # and a customer id from a client not trusted to name one.
@@ -94,7 +94,7 @@ class Rewrite(Step):
 
 def failed_notice(texts: mailtext.MailTexts, part: Part) -> str:
     """The text in place of a part that could not be stored or forwarded."""
-    name = filenames.original_filename(part.headers) or default_name(part)
+    name = part.filename or default_name(part)
     return texts.text(mailtext.NOT_STORED, filename=name)
 
 
