@@ -118,6 +118,11 @@ def _qp_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 def _python_decode(src: Source, part: Part) -> bytes:
     """Decode a small body exactly as email.message.Message does."""
+    # The encoding as get_payload reads it (the first field, not stripped).
+    if str(part.headers.get("Content-Transfer-Encoding", "")).lower() == "base64":
+        plain = _b64_plain(src.read(part.body_start, part.end))
+        if plain is not None:
+            return plain
     msg = Message()
     for k, v in part.headers.items():
         if k.lower() == "content-transfer-encoding":
@@ -126,6 +131,38 @@ def _python_decode(src: Source, part: Part) -> bytes:
     msg.set_payload(body)
     decoded = msg.get_payload(decode=True)
     return decoded if isinstance(decoded, bytes) else body
+
+
+def _b64_plain(body: bytes) -> bytes | None:
+    """Base64 as mailers write it (alphabet only, CRLF line ends, padding
+    only at the end), decoded; None for anything else.
+
+    Python's email package joins the lines (``splitlines``) and decodes
+    strictly first, falling back to a lenient decode only when that fails:
+    for such a body its answer is the strict decode of the joined lines,
+    which this gives several times faster (line ends cut by stride, SIMD
+    decode).  Anything else is left to Python's own code."""
+    first = body.find(b"\r\n")
+    if first > 0:
+        stride = first + 2
+        lines = len(body) // stride
+        cut = lines * stride
+        kept = bytearray(body[:cut])
+        if lines and kept[first::stride] == b"\r" * lines and kept[first + 1::stride] == b"\n" * lines:
+            del kept[first::stride]
+            del kept[first::stride - 1]
+            kept += body[cut:].replace(b"\r\n", b"")
+        else:
+            return None
+    else:
+        kept = bytearray(body)
+    pad = kept.find(b"=")
+    if len(kept) % 4 or (pad >= 0 and kept[pad:] not in (b"=", b"==")):
+        return None
+    try:
+        return pybase64.b64decode(kept, validate=True)
+    except ValueError:
+        return None
 
 
 def decoded_chunks(src: Source, part: Part) -> Iterator[bytes]:
