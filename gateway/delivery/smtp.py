@@ -511,7 +511,9 @@ async def _send_content(conn: _Connection, content: Content, queue_id: str = "")
             continue
         if pending:
             await conn.write(pending)
-        pending = chunk.replace(b"\n.", b"\n..")
+        # No dot at all (base64 bodies) is found at memchr speed; searching
+        # for the two bytes costs twenty times as much.
+        pending = chunk.replace(b"\n.", b"\n..") if b"." in chunk else chunk
         if at_line_start and pending.startswith(b"."):
             pending = b"." + pending
         at_line_start = chunk.endswith(b"\n")
