@@ -393,6 +393,8 @@ audit_log = "{tmp}/audit.jsonl"
 log_level = "warning"
 [smtp]
 listen = "127.0.0.1:{port_in}"
+# Room for the 1 GB message (1.35 GB on the wire); the default is 150 MiB.
+max_message_size = "2GiB"
 [http]
 listen = "127.0.0.1:{port_http}"
 base_url = "http://127.0.0.1:{port_http}"

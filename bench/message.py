@@ -17,6 +17,8 @@ from pathlib import Path
 ATTACHMENT_BYTES = 18 * 1024 * 1024
 #: The memory figure's attachment: 90 MB decoded (base64 makes the message ~123 MB).
 MEMORY_ATTACHMENT_BYTES = 90_000_000
+#: The issue 18 memory target's message: a 1 GB attachment (1,000,000,000 bytes decoded, 1.35 GB on the wire).
+GIGABYTE_ATTACHMENT_BYTES = 1_000_000_000
 #: The click test's attachment: small, so the HTTP load measures the link path, not bulk transfer.
 CLICK_ATTACHMENT_BYTES = 64 * 1024
 SENDER = "customer@sender.example"
