@@ -180,8 +180,11 @@ def test_metrics_are_there_from_zero_and_count_sessions_rejections_and_tls(make_
                          ("gateway_smtp_tls_handshakes_total", {"result": "failure"}),
                          ("gateway_queue_oldest_message_age_seconds", {"queue": "deferred"})):
         assert _sample(text, name, **labels) == 0.0, (name, labels, text)
-    # (the harness's check that the port listens was a session)
-    sessions = _sample(text, "gateway_smtp_sessions_total", outcome="accepted")
+    # The harness's check that the port listens was a session: counted when
+    # a process accepts it, which may be after the harness saw the port.
+    wait_until(lambda: (_sample(gw.metrics(), "gateway_smtp_sessions_total", outcome="accepted") or 0) >= 1,
+               what="the harness's probe session counted")
+    sessions = _sample(gw.metrics(), "gateway_smtp_sessions_total", outcome="accepted")
     assert sessions is not None
     from gateway import __version__
 
