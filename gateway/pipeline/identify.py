@@ -13,7 +13,7 @@ from gateway.mime.params import decode_2047
 from gateway.mime.parse import Part
 from gateway.mime.rewrite import cid_references
 from gateway.pipeline.job import MessageJob
-from gateway.pipeline.step import Step
+from gateway.pipeline.step import INLINE_BYTES, Step
 from gateway.spool.envelope import Envelope
 
 log = logs.get("identify")
@@ -38,7 +38,10 @@ class Identify(Step):
         job.text_part, job.html_part = bodies(job.root)
         html = job.html_part
         if html is not None and html.encoded_size <= MAX_HTML_SCAN:
-            job.cids = cid_references(await asyncio.to_thread(decoded_bytes, job.src, html))
+            # A small body is read on the loop: cheaper than the hop to a thread.
+            body = decoded_bytes(job.src, html) if html.encoded_size <= INLINE_BYTES else \
+                await asyncio.to_thread(decoded_bytes, job.src, html)
+            job.cids = cid_references(body)
 
 
 def customer_id(root: Part, envelope: Envelope, route: RouteSettings) -> tuple[str, bool]:

@@ -16,7 +16,7 @@ from gateway.mime.rewrite import notice_part, salvage_headers
 from gateway.mime.source import Source
 from gateway.pipeline import quarantine
 from gateway.pipeline.job import MessageJob
-from gateway.pipeline.step import Step
+from gateway.pipeline.step import INLINE_BYTES, Step
 from gateway.pipeline.trace import trace
 
 log = logs.get("worker")
@@ -24,7 +24,7 @@ log = logs.get("worker")
 # Messages up to this size are parsed on the event loop: one written a
 # moment ago is in the page cache, and parsing it costs less than a hop to a
 # thread and back (every bound of the parser still applies).
-INLINE_PARSE = 64 << 10
+INLINE_PARSE = INLINE_BYTES
 
 
 def parse_timed(src: Source, limits: Limits) -> tuple[Part, float]:

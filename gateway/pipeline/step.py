@@ -5,6 +5,11 @@ from __future__ import annotations
 from gateway.pipeline.job import MessageJob
 from gateway.pipeline.services import Services
 
+# Work on at most this many bytes (a small message's parse, a small part's
+# decoding and checks) is done on the event loop: cheaper than the hop to a
+# thread and back, which costs GIL hand-overs on both sides.
+INLINE_BYTES = 64 << 10
+
 
 class Step:
     """Base of the steps listed in gateway/pipeline/__init__.py (STEPS).

@@ -16,7 +16,7 @@ from gateway.partfacts import HEAD_BYTES, part_facts
 from gateway.pipeline import quarantine
 from gateway.pipeline.examine import log_decision
 from gateway.pipeline.job import MessageJob, PartOutcome
-from gateway.pipeline.step import Step
+from gateway.pipeline.step import INLINE_BYTES, Step
 
 # Text parts up to this size are searched for uuencoded files (in memory,
 # as a rewrite of the text would hold it anyway); larger ones that have a
@@ -63,6 +63,8 @@ class Uuencoded(Step):
                                      unexamined=f"a text of over {MAX_UU_SCAN >> 20} MiB with a "
                                                 "uuencoded file in it")
             found, spent = [(block, b"", "application/octet-stream")], 0.0
+        elif leaf.encoded_size <= INLINE_BYTES:
+            found, spent = find_uuencoded(job.src, leaf)  # small: cheaper than the hop to a thread
         else:
             found, spent = await asyncio.to_thread(find_uuencoded, job.src, leaf)
         job.budget.spend(spent)
