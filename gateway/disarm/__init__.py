@@ -320,9 +320,11 @@ class Session:
 
     A fork per message, not per file: a message of 200 PDFs costs one fork.
     Files of different messages never share a child, so nothing one sender's
-    file does to the libraries' state can touch another message's verdict;
-    after a file that failed (over budget, out of memory, a bad answer) the
-    child is replaced before the next file.  The answers are read as JSON and
+    file does to the libraries' state can touch another message's verdict.
+    Within a message the files share a sender, and a file able to take over
+    the child could already forge its own answer, so sharing gives it nothing
+    more.  After a file that failed (over budget, out of memory, a bad
+    answer) the child is replaced before the next file.  The answers are read as JSON and
     raw bytes, never unpickled; the hashes are computed here.  Blocking:
     call it in a thread.
     """
