@@ -70,21 +70,33 @@ def _strip(data: bytes) -> bytes:
     times faster than ``translate``; the result must then decode as base64
     (alphabet only, no padding inside), or ``translate`` does it all."""
     first = data.find(b"\r\n")
-    if first > 0 and first % 4 == 0:
-        stride = first + 2
-        lines = len(data) // stride
-        view = memoryview(data)[: lines * stride]
-        if lines > 1 and view[first::stride] == b"\r" * lines and view[first + 1::stride] == b"\n" * lines:
-            kept = bytearray(view)
-            del kept[first::stride]
-            del kept[first::stride - 1]
+    if first > 0 and first % 4 == 0 and len(data) >= 2 * (first + 2):
+        cut = _cut_line_ends(data, first)
+        if cut is not None:
+            kept, end = cut
             try:
                 pybase64.b64decode(kept, validate=True)
             except ValueError:
                 pass
             else:
-                return bytes(kept) + data[lines * stride:].translate(None, _B64_DELETE)
+                return bytes(kept) + data[end:].translate(None, _B64_DELETE)
     return data.translate(None, _B64_DELETE)
+
+
+def _cut_line_ends(data: bytes, first: int) -> tuple[bytearray, int] | None:
+    """The whole lines at the start of ``data`` with their CRLFs cut out by
+    stride, and the offset where those lines end; None unless every one of
+    them is as long as the first (whose CRLF is at ``first``)."""
+    stride = first + 2
+    lines = len(data) // stride
+    end = lines * stride
+    view = memoryview(data)[:end]
+    if view[first::stride] != b"\r" * lines or view[first + 1::stride] != b"\n" * lines:
+        return None
+    kept = bytearray(view)
+    del kept[first::stride]
+    del kept[first::stride - 1]
+    return kept, end
 
 
 def _b64_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -144,16 +156,11 @@ def _b64_plain(body: bytes) -> bytes | None:
     decode).  Anything else is left to Python's own code."""
     first = body.find(b"\r\n")
     if first > 0:
-        stride = first + 2
-        lines = len(body) // stride
-        cut = lines * stride
-        kept = bytearray(body[:cut])
-        if lines and kept[first::stride] == b"\r" * lines and kept[first + 1::stride] == b"\n" * lines:
-            del kept[first::stride]
-            del kept[first::stride - 1]
-            kept += body[cut:].replace(b"\r\n", b"")
-        else:
+        cut = _cut_line_ends(body, first)
+        if cut is None:
             return None
+        kept, end = cut
+        kept += body[end:].replace(b"\r\n", b"")
     else:
         kept = bytearray(body)
     pad = kept.find(b"=")
