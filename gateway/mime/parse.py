@@ -43,6 +43,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from gateway.lineends import crlf_only
 from gateway.mime.params import Structured, TooManyParams, decode_2047, parse_params
 from gateway.mime.source import WINDOW, Source
 
@@ -219,8 +220,7 @@ def _plain_headers(raw: bytes) -> Message | None:
     value with leading blanks cut, its continuation lines appended with
     their line ends, and the last line end cut (compat32's
     ``header_source_parse``); the payload is empty."""
-    crlf = raw.count(b"\r\n")
-    if not crlf or raw.count(b"\n") != crlf or raw.count(b"\r") != crlf or not raw.endswith(b"\r\n"):
+    if not raw.endswith(b"\r\n") or not crlf_only(raw):
         return None
     msg = Message(policy=compat32)
     name: str | None = None
