@@ -20,8 +20,7 @@ from gateway.mime.source import Source
 from gateway.partfacts import part_facts
 from gateway.pipeline.identify import disposition
 from gateway.pipeline.job import MessageJob, PartOutcome
-from gateway.pipeline.parse import INLINE_PARSE
-from gateway.pipeline.step import Step
+from gateway.pipeline.step import INLINE_BYTES, Step
 from policies.next_hop_limits import NOTICE_ALLOWANCE, Kept, extra_offloads
 
 
@@ -57,7 +56,7 @@ class Examine(Step):
         """Measure, sniff and (when the route scans) scan one leaf."""
         assert job.src is not None
         src, route = job.src, job.route
-        if leaf.end - leaf.body_start <= INLINE_PARSE:
+        if leaf.encoded_size <= INLINE_BYTES:
             # A small part costs less than the hop to a thread and back
             # (a message of 200 small attachments took 200 hops).
             m, detected, spent = measure_and_detect(src, leaf)

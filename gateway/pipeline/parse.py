@@ -21,10 +21,6 @@ from gateway.pipeline.trace import trace
 
 log = logs.get("worker")
 
-# Messages up to this size are parsed on the event loop: one written a
-# moment ago is in the page cache, and parsing it costs less than a hop to a
-# thread and back (every bound of the parser still applies).
-INLINE_PARSE = INLINE_BYTES
 
 
 def parse_timed(src: Source, limits: Limits) -> tuple[Part, float]:
@@ -49,7 +45,9 @@ class Parse(Step):
     async def run(self, job: MessageJob) -> None:
         assert job.src is not None
         src, limits = job.src, self.services.limits
-        root, spent = parse_timed(src, limits) if src.size <= INLINE_PARSE else \
+        # A small message is parsed on the loop: one written a moment ago is
+        # in the page cache (every bound of the parser still applies).
+        root, spent = parse_timed(src, limits) if src.size <= INLINE_BYTES else \
             await asyncio.to_thread(parse_timed, src, limits)
         job.root = root
         job.budget.spend(spent)
