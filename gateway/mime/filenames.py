@@ -16,7 +16,7 @@ import unicodedata
 from email.message import Message
 from urllib.parse import quote
 
-from gateway.mime.params import decode_2047, parse_params
+from gateway.mime.params import Structured, decode_2047, parse_params
 
 MAX_KEY_NAME = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -27,16 +27,23 @@ def original_filename(headers: Message) -> str:
     """The filename the sender gave, decoded for display ('' when none).
 
     Read with the linear-time ``gateway.mime.params`` (Python's
-    ``get_param`` is quadratic in the number of ``;``).  ``filename*``
-    (RFC 2231) wins over a plain ``filename``: it is the standard form of
-    the same name, and Python's own preference for the plain one is a
-    known pitfall.  A plain ``filename`` has RFC 2047 encoded words
-    decoded; without either, the Content-Type ``name`` (``name*`` first)
-    is used.  The parser has already marked a part whose names disagree
-    as unexamined, so this choice never decides what a file is.
+    ``get_param`` is quadratic in the number of ``;``): see ``filename_from``.
     """
-    disposition = parse_params(_field(headers, "Content-Disposition"), max_params=None)
-    ctype = parse_params(_field(headers, "Content-Type"), max_params=None)
+    return filename_from(parse_params(_field(headers, "Content-Type"), max_params=None),
+                         parse_params(_field(headers, "Content-Disposition"), max_params=None))
+
+
+def filename_from(ctype: Structured, disposition: Structured) -> str:
+    """The filename in a part's parsed Content-Type and Content-Disposition
+    (``''`` when none).
+
+    ``filename*`` (RFC 2231) wins over a plain ``filename``: it is the
+    standard form of the same name, and Python's own preference for the
+    plain one is a known pitfall.  A plain ``filename`` has RFC 2047 encoded
+    words decoded; without either, the Content-Type ``name`` (``name*``
+    first) is used.  The parser has already marked a part whose names
+    disagree as unexamined, so this choice never decides what a file is.
+    """
     for params, key in ((disposition, "filename*"), (disposition, "filename"), (ctype, "name*"), (ctype, "name")):
         value = params.get(key)
         if value:

@@ -97,6 +97,8 @@ class Part:
     # Content-Type and Content-Disposition as read by gateway.mime.params.
     type_params: Structured = field(default_factory=lambda: Structured(""))
     disposition_params: Structured = field(default_factory=lambda: Structured(""))
+    # Whether the two above were read from these headers (by _check_fields).
+    params_read: bool = False
 
     # Cached: the steps ask each part for these several times, and its
     # headers do not change once the parser has read them.
@@ -107,9 +109,12 @@ class Part:
     @functools.cached_property
     def filename(self) -> str:
         """The filename the sender gave, decoded for display ('' when none):
-        ``filenames.original_filename`` of the headers."""
-        from gateway.mime.filenames import original_filename
+        ``filenames.original_filename`` of the headers, from the parameters
+        the parser has already read when it has."""
+        from gateway.mime.filenames import filename_from, original_filename
 
+        if self.params_read:
+            return filename_from(self.type_params, self.disposition_params)
         return original_filename(self.headers)
 
     @property
@@ -429,6 +434,7 @@ def _check_fields(part: Part, limits: Limits) -> str | None:
             part.type_params = parsed
         else:
             part.disposition_params = parsed
+    part.params_read = True
     return _name_problem(part.type_params, part.disposition_params)
 
 
