@@ -377,3 +377,57 @@ def test_isolated_memory_limit() -> None:
     # An 8 MiB PDF is clean within 64 MiB of address space (measured), not within 32.
     result = disarm_isolated(docs.clean_pdf(payload=8 << 20), PDF, budget=Budget(memory=32 << 20))
     assert result.status == "failed" and result.reason.startswith("over budget"), result
+
+
+# The bytes between the gateway and a session's child: the child is what a
+# hostile file may take over, so the parent believes no length and waits
+# for nothing without a deadline.
+
+def test_answer_bytes_are_read_within_a_deadline() -> None:
+    import socket
+    import time
+
+    from gateway.disarm import _recv_exact
+
+    ours, child = socket.socketpair()
+    with ours, child:
+        child.sendall(b"x" * 10)  # announces more than it sends, and stays
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            _recv_exact(ours, 20, deadline=time.monotonic() + 0.3)
+        assert time.monotonic() - started < 5
+        child.sendall(b"y" * 10)
+        assert bytes(_recv_exact(ours, 10, deadline=time.monotonic() + 5)) == b"y" * 10
+        child.close()
+        with pytest.raises(EOFError):
+            _recv_exact(ours, 1, deadline=time.monotonic() + 5)
+
+
+@pytest.mark.parametrize("size", [-1, True, 1.5, "10", None, (64 << 20) + 1])
+def test_a_length_that_is_not_a_count_within_the_limit_is_refused(size: object) -> None:
+    import socket
+
+    from gateway.disarm import _recv_exact
+
+    ours, child = socket.socketpair()
+    with ours, child, pytest.raises(ValueError):
+        _recv_exact(ours, size, limit=64 << 20)
+
+
+@pytest.mark.parametrize("head", [
+    b'{"status": "disarmed", "removed": [], "new_type": null, "new_extension": null, "reason": "",'
+    b' "data": 99999999999, "extracted": []}',
+    b'{"status": "clean", "removed": [], "new_type": null, "new_extension": null, "reason": "",'
+    b' "data": null, "extracted": [["a.exe", -5]]}',
+    b'{"status": "clean", "removed": [], "new_type": null, "new_extension": null, "reason": "",'
+    b' "data": null, "extracted": [["a.exe", "5"]]}',
+    b"not json",
+])
+def test_an_answer_announcing_impossible_lengths_is_refused(head: bytes) -> None:
+    import socket
+    import time
+
+    session = Session(Budget(memory=64 << 20))
+    ours, child = socket.socketpair()
+    with ours, child, pytest.raises(ValueError):
+        session._read_answer(head, ours, time.monotonic() + 5)

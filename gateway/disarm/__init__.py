@@ -41,6 +41,8 @@ import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.process
 import os
+import select
+import socket
 import subprocess
 import sys
 import time
@@ -159,12 +161,15 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def disarm(data: bytes | str | os.PathLike[str], detected_type: str, *, budget: Budget = Budget()) -> DisarmResult:
+def disarm(data: bytes | str | os.PathLike[str], detected_type: str, *, budget: Budget = Budget(),
+           hashes: bool = True) -> DisarmResult:
     """Disarm one file whose detected type is ``detected_type`` (one of
-    ``TYPES``).  Blocking: call it in a thread, or use ``disarm_isolated``."""
+    ``TYPES``).  Blocking: call it in a thread, or use ``disarm_isolated``.
+    ``hashes=False`` leaves ``original_sha256`` and ``sha256`` unset: a
+    child's caller computes them itself and never reads the child's."""
     if not isinstance(data, bytes):
         data = Path(data).read_bytes()
-    original = _sha256(data)
+    original = _sha256(data) if hashes else ""
     deadline = Deadline(budget.seconds)
     try:
         if detected_type == PDF:
@@ -192,7 +197,7 @@ def disarm(data: bytes | str | os.PathLike[str], detected_type: str, *, budget: 
         if len(result.data) > limit:
             return DisarmResult("failed", reason=f"the disarmed file grew from {len(data)} to {len(result.data)} bytes",
                                 original_sha256=original)
-        return _replace(result, original_sha256=original, sha256=_sha256(result.data))
+        return _replace(result, original_sha256=original, sha256=_sha256(result.data) if hashes else None)
     return _replace(result, original_sha256=original)
 
 
@@ -291,14 +296,14 @@ def _session_child(conn: multiprocessing.connection.Connection, budget: Budget) 
     resource.setrlimit(resource.RLIMIT_AS, (budget.memory, budget.memory))
     cpu_per_file = int(budget.seconds + budget.check_seconds) + 1
     _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+    sock = _bulk(conn)
     try:
         while True:
             try:
-                raw = conn.recv_bytes()
+                request = json.loads(conn.recv_bytes())
+                data = bytes(_recv_exact(sock, request["size"]))
             except EOFError:
                 return
-            line, _, data = raw.partition(b"\n")
-            del raw
             # Each file gets its own CPU allowance on top of what the files
             # before it used (RLIMIT_CPU counts the whole process).
             usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -306,11 +311,48 @@ def _session_child(conn: multiprocessing.connection.Connection, budget: Budget) 
             if cpu_hard != resource.RLIM_INFINITY:
                 soft = min(soft, cpu_hard)
             resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
-            result = disarm(data, json.loads(line)["type"], budget=budget)
+            result = disarm(data, request["type"], budget=budget, hashes=False)
             del data
-            conn.send_bytes(encode_answer(result))
+            head, blobs = _answer(result)
+            conn.send_bytes(head)
+            for blob in blobs:
+                sock.sendall(blob)
     finally:
+        sock.close()
         conn.close()
+
+
+def _bulk(conn: multiprocessing.connection.Connection) -> socket.socket:
+    """The connection's socket, for file bytes: sent with ``sendall`` and
+    read into one buffer (``_recv_exact``), where the connection's own
+    framing would copy them several times and read them in pieces."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    sock.setblocking(True)
+    return sock
+
+
+def _recv_exact(sock: socket.socket, size: object, limit: int | None = None,
+                deadline: float | None = None) -> bytearray:
+    """Exactly ``size`` bytes from ``sock`` (EOFError when it closes first,
+    TimeoutError when ``deadline``, a ``time.monotonic()``, passes first;
+    ValueError when ``size`` is not a count of at most ``limit``).  The
+    socket stays blocking (its descriptor is shared with the connection):
+    the deadline is kept by waiting for each read with ``select``."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or (limit is not None and size > limit):
+        raise ValueError(f"bad length {size!r}")
+    buf = bytearray(size)
+    view = memoryview(buf)
+    pos = 0
+    while pos < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                raise TimeoutError("the other side sent nothing in time")
+        n = sock.recv_into(view[pos:])
+        if n == 0:
+            raise EOFError("the other side closed the connection")
+        pos += n
+    return buf
 
 
 class Session:
@@ -333,6 +375,7 @@ class Session:
         self.budget = budget
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
+        self._sock: socket.socket | None = None
         #: Children started so far (one unless a file failed).
         self.children = 0
 
@@ -348,7 +391,7 @@ class Session:
         proc = ctx.Process(target=_session_child, args=(child, self.budget), daemon=True)
         proc.start()
         child.close()
-        self._proc, self._conn = proc, parent
+        self._proc, self._conn, self._sock = proc, parent, _bulk(parent)
         self.children += 1
         return parent
 
@@ -356,21 +399,22 @@ class Session:
         """``disarm`` of one file in the session's child."""
         original = _sha256(data)
         timeout = self.budget.seconds + self.budget.check_seconds + 5
-        conn = self._conn or self._start()
-        raw = b""
-        try:
-            conn.send_bytes(json.dumps({"type": detected_type}).encode() + b"\n" + data)
-            if conn.poll(timeout):
-                raw = conn.recv_bytes()
-        except (EOFError, OSError):
-            raw = b""
+        if self._conn is None or self._sock is None:
+            self._start()
+        assert self._conn is not None and self._sock is not None
+        conn, sock = self._conn, self._sock
         result: DisarmResult | None = None
         why = ""
-        if raw:
-            try:
-                result = decode_answer(raw)
-            except (ValueError, KeyError, TypeError) as e:
-                why = f"the disarm process answered badly: {e}"
+        try:
+            deadline = time.monotonic() + timeout
+            conn.send_bytes(json.dumps({"type": detected_type, "size": len(data)}).encode())
+            sock.sendall(data)
+            if conn.poll(timeout):
+                result = self._read_answer(conn.recv_bytes(), sock, deadline)
+        except (EOFError, OSError):
+            result = None  # the child died, or hung (TimeoutError is an OSError)
+        except (ValueError, KeyError, TypeError) as e:
+            why = f"the disarm process answered badly: {e}"
         if result is None or result.status == "failed":
             exitcode = self.close()
             if result is None and not why:
@@ -382,11 +426,20 @@ class Session:
         return _replace(result, original_sha256=original,
                         sha256=_sha256(result.data) if result.data is not None else None)
 
+    def _read_answer(self, head: bytes, sock: socket.socket, deadline: float) -> DisarmResult:
+        """The child's answer: its JSON head, then the bytes the head
+        announces, at most the child's own memory limit in all."""
+        lengths = _answer_lengths(head)
+        raw = _recv_exact(sock, sum(lengths), limit=self.budget.memory, deadline=deadline)
+        return decode_answer(head + b"\n" + bytes(raw))
+
     def close(self) -> int | None:
         """End the child (it exits when the pipe closes; killed if it does
         not at once); its exit code, None when it had to be killed."""
-        proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
+        proc, conn, sock = self._proc, self._conn, self._sock
+        self._proc = self._conn = self._sock = None
+        if sock is not None:
+            sock.close()
         if conn is not None:
             conn.close()
         if proc is None:
@@ -409,6 +462,13 @@ def disarm_forked(data: bytes, detected_type: str, *, budget: Budget = Budget())
 def encode_answer(result: DisarmResult) -> bytes:
     """The child's answer: one JSON line, then the cleaned bytes and each
     extracted file's bytes, in order."""
+    head, blobs = _answer(result)
+    return head + b"\n" + b"".join(blobs)
+
+
+def _answer(result: DisarmResult) -> tuple[bytes, list[bytes]]:
+    """``encode_answer``'s JSON line (without its newline) and the byte
+    strings that follow it."""
     blobs = ([result.data] if result.data is not None else []) + [e.data for e in result.extracted]
     head = {
         "status": result.status, "removed": list(result.removed), "new_type": result.new_type,
@@ -416,7 +476,17 @@ def encode_answer(result: DisarmResult) -> bytes:
         "data": len(result.data) if result.data is not None else None,
         "extracted": [[e.filename, len(e.data)] for e in result.extracted],
     }
-    return json.dumps(head).encode() + b"\n" + b"".join(blobs)
+    return json.dumps(head).encode(), blobs
+
+
+def _answer_lengths(head: bytes) -> list[int]:
+    """The byte counts an answer's JSON line announces (ValueError when
+    they are not counts)."""
+    parsed = json.loads(head)
+    lengths = ([] if parsed["data"] is None else [parsed["data"]]) + [n for _, n in parsed["extracted"]]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in lengths):
+        raise ValueError("bad length")
+    return lengths
 
 
 def decode_answer(raw: bytes) -> DisarmResult:
@@ -457,7 +527,7 @@ def child_main() -> int:
     cpu = int(budget.seconds + budget.check_seconds) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     del raw
-    result = disarm(data, request["type"], budget=budget)
+    result = disarm(data, request["type"], budget=budget, hashes=False)
     sys.stdout.buffer.write(encode_answer(result))
     sys.stdout.buffer.flush()
     return 0

@@ -35,14 +35,14 @@ def message(rnd: random.Random) -> bytes:
             lines.append("Content-Type: text/html; name=second.html")
         parts.append("\r\n".join(lines) + "\r\n\r\nbody\r\n")
     body = "".join(f"--b\r\n{p}" for p in parts) + "--b--\r\n"
-    return f"Content-Type: multipart/mixed; boundary=b\r\n\r\n{body}".encode("utf-8")
+    return f"Content-Type: multipart/mixed; boundary=b\r\n\r\n{body}".encode()
 
 
-def names_agree(path: Path, limits: Limits = Limits()) -> int:
+def names_agree(path: Path, limits: Limits | None = None) -> int:
     """Check every part of the message in ``path``; how many read their params."""
     read = 0
     with Source(path) as src:
-        for part in parse(src, limits).walk():
+        for part in parse(src, limits or Limits()).walk():
             assert part.filename == original_filename(part.headers), (path, part.path)
             read += part.params_read
     return read
