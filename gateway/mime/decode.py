@@ -16,7 +16,7 @@ from email.message import Message
 import pybase64
 
 from gateway.mime.parse import Part
-from gateway.mime.source import Source
+from gateway.mime.source import WINDOW, Source
 
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _B64_DELETE = bytes(b for b in range(256) if b not in _B64_ALPHABET)
@@ -83,7 +83,7 @@ def _strip(data: bytes) -> bytes:
     return data.translate(None, _B64_DELETE)
 
 
-def _cut_line_ends(data: bytes, first: int) -> tuple[bytearray, int] | None:
+def _cut_line_ends(data: bytes | memoryview, first: int) -> tuple[bytearray, int] | None:
     """The whole lines at the start of ``data`` with their CRLFs cut out by
     stride, and the offset where those lines end; None unless every one of
     them is as long as the first (whose CRLF is at ``first``)."""
@@ -106,12 +106,46 @@ def _b64_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield pybase64.b64decode(group, validate=True)
 
 
-def _b64_size(chunks: Iterator[bytes]) -> int:
-    """The decoded size of base64 data without decoding it."""
-    size = 0
-    for group in _b64_groups(chunks):
-        size += len(group) // 4 * 3 - group.count(b"=", -2)
-    return size
+def _b64_range(src: Source, start: int, end: int, window: int = WINDOW) -> Iterator[bytes]:
+    """``_b64_stream`` of the bytes ``[start, end)`` of ``src``, in fewer
+    passes over them.
+
+    Mailers write base64 as lines of one length ending in CRLF.  Each window
+    read here is cut after its last line end, so the next window starts on a
+    line; a window made only of whole lines of one length, a multiple of 4,
+    each ending in CRLF, whose data is base64 alphabet with no padding, is
+    decoded at once: its line ends cut out by stride, and the decoder's
+    validation is the check of the alphabet.  From the first window that is
+    anything else (the short last line, padding, a stray character), the
+    rest goes to ``_b64_stream``, which then starts on a whole group with
+    nothing carried, as it would have reached that point."""
+    pos = start
+    while pos < end:
+        data = src.read(pos, min(pos + window, end))
+        cut = data.rfind(b"\n") + 1
+        decoded = _b64_lines(data, cut) if cut else None
+        if decoded is None:
+            break
+        yield decoded
+        pos += cut
+    if pos < end:
+        yield from _b64_stream(src.iter_range(pos, end, window))
+
+
+def _b64_lines(data: bytes, cut: int) -> bytes | None:
+    """The decoded ``data[:cut]`` when it is whole base64 lines of one
+    length ending in CRLF, with no padding; otherwise None."""
+    first = data.find(b"\r\n", 0, cut)
+    stride = first + 2
+    if first <= 0 or first % 4 or cut % stride:
+        return None
+    kept = _cut_line_ends(memoryview(data)[:cut], first)
+    if kept is None or kept[0][-1:] == b"=":
+        return None
+    try:
+        return pybase64.b64decode(kept[0], validate=True)
+    except ValueError:
+        return None
 
 
 def _qp_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -180,7 +214,7 @@ def decoded_chunks(src: Source, part: Part) -> Iterator[bytes]:
     raw = src.iter_range(part.body_start, part.end)
     cte = part.cte
     if cte == "base64":
-        yield from _b64_stream(raw)
+        yield from _b64_range(src, part.body_start, part.end)
     elif cte == "quoted-printable":
         yield from _qp_stream(raw)
     else:
@@ -205,10 +239,11 @@ class Measure:
 def measure(src: Source, part: Part) -> Measure:
     """What policies need to know about a part, in one cheap pass.
 
-    A large base64 part is not decoded here: its decoded size follows from
-    the count of encoded characters, and only its first bytes are decoded.
-    Other large parts are decoded once (quoted-printable) or counted
-    (identity encodings).  The upload hashes what it stores.
+    A large base64 part is decoded window by window and only counted: the
+    decoder's validation is what checks the alphabet, so a count without
+    decoding would cost as much.  Its first bytes are kept.  Other large parts are decoded once
+    (quoted-printable) or counted (identity encodings).  The upload hashes
+    what it stores.
     """
     if part.encoded_size <= SMALL:
         data = _python_decode(src, part)
@@ -217,7 +252,8 @@ def measure(src: Source, part: Part) -> Measure:
     head_bytes = src.read(part.body_start, min(part.end, part.body_start + HEAD * 2))
     if cte == "base64":
         head = b"".join(_b64_stream(iter([head_bytes])))[:HEAD] if head_bytes else b""
-        return Measure(size=_b64_size(src.iter_range(part.body_start, part.end)), head=head, sha256=None)
+        size = sum(len(chunk) for chunk in _b64_range(src, part.body_start, part.end))
+        return Measure(size=size, head=head, sha256=None)
     if cte == "quoted-printable":
         size = 0
         head = b""
