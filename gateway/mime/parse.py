@@ -302,29 +302,15 @@ def _delimiters(reader: _Reader, boundary: bytes, start: int, end: int,
     out: list[tuple[int, int, bool]] = []
     cut = False
     pos = start
-    # The next "\n--b" and "\r--b" at or after some offset, each found once
-    # and reused while it lies ahead: the rarer form is not searched for
-    # again at every delimiter of the common one.
-    ahead: dict[bytes, int] = {}
-    searched: dict[bytes, int] = {}
     while pos < end:
         if pos == start and reader.read(pos, pos + len(dash)) == dash:
             i = pos
         else:
             # From pos - 1: the previous delimiter's own line end may be the
             # newline in front of the next one (an empty part).
-            look = max(start, pos - 1)
-            hits = []
-            for nl in (b"\n", b"\r"):
-                j = ahead.get(nl, -1)
-                if nl not in searched or (j >= 0 and j < look) or (j < 0 and searched[nl] > look):
-                    j = reader.find(nl + dash, look, end)
-                    ahead[nl], searched[nl] = j, look
-                if j >= 0:
-                    hits.append(j)
-            if not hits:
+            i = _after_line_end(reader, dash, max(start, pos - 1), end)
+            if i < 0:
                 break
-            i = min(hits) + 1
         tail = reader.read(i + len(dash), min(end, i + len(dash) + 200))
         m = re.match(rb"(--)?[ \t]*(\r\n|\n|\r|$)", tail)
         if m is None or (m.group(2) == b"" and i + len(dash) + m.end() < end):
@@ -343,6 +329,17 @@ def _delimiters(reader: _Reader, boundary: bytes, start: int, end: int,
         if pos == i:  # pragma: no cover - defensive
             pos += 1
     return out, cut
+
+
+def _after_line_end(reader: _Reader, dash: bytes, look: int, end: int) -> int:
+    """Where the first ``dash`` that follows a LF or a CR at or after
+    ``look`` starts (the line end and ``dash`` wholly inside ``[look, end)``),
+    or -1.  One search for ``dash``, each hit checked for the byte before
+    it: the body is scanned once, not once for each kind of line end."""
+    i = reader.find(dash, look + 1, end)
+    while i >= 0 and reader.read(i - 1, i) not in (b"\n", b"\r"):
+        i = reader.find(dash, i + 1, end)
+    return i
 
 
 def _before_line_end(src: Source | _Reader, i: int, floor: int) -> int:
