@@ -366,6 +366,34 @@ def test_session_disarms_a_message_in_one_child() -> None:
         assert session.children == 2
 
 
+def test_session_takes_a_batch_at_once_and_replaces_the_child_after_a_failure() -> None:
+    # The files go to the child together; the one that fails ends it, and
+    # the files after it get the answers a fresh child gives.
+    pdf, docm, clean = docs.pdf_embedded_exe(), docs.docm_macro(), docs.clean_pdf()
+    broken = b"%PDF-1.7\n1 0 obj << /Type /Catalog"
+    with Session() as session:
+        results = session.disarm_all([(pdf, PDF), (clean, PDF), (broken, PDF), (docm, filetypes.DOCM),
+                                      (pdf, PDF)])
+        assert results[0] == disarm(pdf, PDF)
+        assert results[1].status == "clean"
+        assert results[2].status == "failed" and results[2].reason.startswith("not examinable"), results[2]
+        assert results[3] == disarm(docm, filetypes.DOCM)
+        assert results[4] == disarm(pdf, PDF)
+        assert session.children == 2
+        assert session.disarm_all([]) == []
+
+
+def test_a_batch_the_child_cannot_take_in_goes_one_file_at_a_time() -> None:
+    # Two 8 MiB files to a child with 32 MiB of address space: it dies
+    # taking them in, and each file then gets a child, and a verdict, of its own.
+    big = docs.clean_pdf(payload=8 << 20)
+    with Session(Budget(memory=32 << 20)) as session:
+        results = session.disarm_all([(big, PDF), (big, PDF)])
+        assert [r.status for r in results] == ["failed", "failed"]
+        assert all(r.reason.startswith("over budget: the disarm process failed") for r in results), results
+        assert session.children == 3
+
+
 def test_forked_child_that_dies_is_failed() -> None:
     # 32 MiB of address space is less than the fork server's own: the child
     # cannot even take the file in, dies, and the file is failed.

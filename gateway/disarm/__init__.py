@@ -300,23 +300,29 @@ def _session_child(conn: multiprocessing.connection.Connection, budget: Budget) 
     try:
         while True:
             try:
-                request = json.loads(conn.recv_bytes())
-                data = bytes(_recv_exact(sock, request["size"]))
+                files = json.loads(conn.recv_bytes())["files"]
+                # Every file of the request is read before the first is
+                # looked at: the parent sends them all, then reads answers.
+                blobs = [bytes(_recv_exact(sock, f["size"])) for f in files]
             except EOFError:
                 return
-            # Each file gets its own CPU allowance on top of what the files
-            # before it used (RLIMIT_CPU counts the whole process).
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            soft = int(usage.ru_utime + usage.ru_stime) + cpu_per_file
-            if cpu_hard != resource.RLIM_INFINITY:
-                soft = min(soft, cpu_hard)
-            resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
-            result = disarm(data, request["type"], budget=budget, hashes=False)
-            del data
-            head, blobs = _answer(result)
-            conn.send_bytes(head)
-            for blob in blobs:
-                sock.sendall(blob)
+            for request in files:
+                data = blobs.pop(0)
+                # Each file gets its own CPU allowance on top of what the
+                # files before it used (RLIMIT_CPU counts the whole process).
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                soft = int(usage.ru_utime + usage.ru_stime) + cpu_per_file
+                if cpu_hard != resource.RLIM_INFINITY:
+                    soft = min(soft, cpu_hard)
+                resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
+                result = disarm(data, request["type"], budget=budget, hashes=False)
+                del data
+                head, parts = _answer(result)
+                conn.send_bytes(head)
+                for part in parts:
+                    sock.sendall(part)
+                if result.status == "failed":
+                    return  # the parent replaces this child: the rest of the files are not its
     finally:
         sock.close()
         conn.close()
@@ -397,24 +403,63 @@ class Session:
 
     def disarm(self, data: bytes, detected_type: str) -> DisarmResult:
         """``disarm`` of one file in the session's child."""
-        original = _sha256(data)
+        return self.disarm_all([(data, detected_type)])[0]
+
+    def disarm_all(self, files: list[tuple[bytes, str]]) -> list[DisarmResult]:
+        """``disarm`` of each ``(data, detected type)`` in turn, in order.
+
+        The files go to the child together and their answers come back one
+        by one, each within the per-file bound: one wake-up of the child for
+        all of them, not a round trip each.  A file that fails ends its
+        child, and the files after it go to a new one; should the child die
+        taking the files in, they go one at a time."""
+        results: list[DisarmResult] = []
+        together = True
+        while len(results) < len(files):
+            done = self._round(files[len(results):] if together else files[len(results):len(results) + 1])
+            if not done:
+                together = False
+            results.extend(done)
+        return results
+
+    def _round(self, files: list[tuple[bytes, str]]) -> list[DisarmResult]:
+        """The answers for the first files of ``files`` sent to the child
+        at once, up to and including the first that failed; none when the
+        child could not take several files in (one file always gets one)."""
         timeout = self.budget.seconds + self.budget.check_seconds + 5
         if self._conn is None or self._sock is None:
             self._start()
         assert self._conn is not None and self._sock is not None
         conn, sock = self._conn, self._sock
-        result: DisarmResult | None = None
-        why = ""
         try:
-            deadline = time.monotonic() + timeout
-            conn.send_bytes(json.dumps({"type": detected_type, "size": len(data)}).encode())
-            sock.sendall(data)
-            if conn.poll(timeout):
-                result = self._read_answer(conn.recv_bytes(), sock, deadline)
-        except (EOFError, OSError):
-            result = None  # the child died, or hung (TimeoutError is an OSError)
-        except (ValueError, KeyError, TypeError) as e:
-            why = f"the disarm process answered badly: {e}"
+            conn.send_bytes(json.dumps({"files": [{"type": t, "size": len(d)} for d, t in files]}).encode())
+            for data, _ in files:
+                sock.sendall(data)
+        except OSError:
+            if len(files) > 1:
+                self.close()
+                return []
+            return [self._settle(files[0][0], None, "", timeout)]
+        out: list[DisarmResult] = []
+        for data, _ in files:
+            result: DisarmResult | None = None
+            why = ""
+            try:
+                if conn.poll(timeout):
+                    result = self._read_answer(conn.recv_bytes(), sock, time.monotonic() + timeout)
+            except (EOFError, OSError):
+                result = None  # the child died, or hung (TimeoutError is an OSError)
+            except (ValueError, KeyError, TypeError) as e:
+                why = f"the disarm process answered badly: {e}"
+            out.append(self._settle(data, result, why, timeout))
+            if out[-1].status == "failed":
+                break
+        return out
+
+    def _settle(self, data: bytes, result: DisarmResult | None, why: str, timeout: float) -> DisarmResult:
+        """The result for ``data`` from the child's answer (None: none
+        came), with the hashes computed here; a failed file ends the child."""
+        original = _sha256(data)
         if result is None or result.status == "failed":
             exitcode = self.close()
             if result is None and not why:

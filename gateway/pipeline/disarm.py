@@ -183,13 +183,14 @@ def _batches(todo: list[tuple[PartOutcome, str]]) -> list[list[tuple[PartOutcome
 
 
 def _disarm_batch(session: disarm.Session, src: Source, outcomes: list[PartOutcome]) -> list[disarm.DisarmResult]:
-    """Decode and disarm each part in turn, in the calling thread: one
-    file's decoded bytes in hand at a time."""
-    results = []
+    """Decode the batch's parts and disarm them, in the calling thread: the
+    child takes the whole batch at once (``_batches`` bounds what is in
+    hand)."""
+    files = []
     for o in outcomes:
         assert o.facts.detected_type is not None
-        results.append(session.disarm(decoded_bytes(src, o.part), o.facts.detected_type))
-    return results
+        files.append((decoded_bytes(src, o.part), o.facts.detected_type))
+    return session.disarm_all(files)
 
 
 def _kind(o: PartOutcome) -> str | None:
