@@ -12,6 +12,7 @@ import os
 
 import io
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -459,3 +460,26 @@ def test_an_answer_announcing_impossible_lengths_is_refused(head: bytes) -> None
     ours, child = socket.socketpair()
     with ours, child, pytest.raises(ValueError):
         session._read_answer(head, ours, time.monotonic() + 5)
+
+
+def test_the_fork_server_runs_this_installation_not_the_working_directory(tmp_path: Path) -> None:
+    # A directory holding a package named gateway, as a source checkout
+    # does: the fork server started from there must still import the
+    # gateway the parent runs, or its children run other code.
+    (tmp_path / "gateway" / "disarm").mkdir(parents=True)
+    (tmp_path / "gateway" / "__init__.py").write_text("")
+    (tmp_path / "gateway" / "disarm" / "__init__.py").write_text(
+        "def _session_child(conn, budget):\n    conn.close()  # not the real child: answers nothing\n")
+    pdf = tmp_path / "clean.pdf"
+    pdf.write_bytes(docs.clean_pdf())
+    script = (
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from gateway.disarm import PDF, Session\n"
+        f"os.chdir({str(tmp_path)!r})\n"
+        "with Session() as s:\n"
+        f"    print(s.disarm(open({str(pdf)!r}, 'rb').read(), PDF).status)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    out = subprocess.run([sys.executable, "-c", script], cwd="/", env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "clean", out.stderr[-2000:]

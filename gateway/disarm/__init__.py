@@ -270,6 +270,11 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
     never forked)."""
     global _FORKSERVER
     if _FORKSERVER is None:
+        # The fork server is started as ``python -c``, which puts the working
+        # directory first on its path (it ignores the path it is handed), so
+        # a ``gateway`` package there would be what the children run instead
+        # of this installation's: Python's safe-path mode leaves it out.
+        os.environ["PYTHONSAFEPATH"] = "1"
         ctx = multiprocessing.get_context("forkserver")
         # gateway.cli too: a child started from the console script imports
         # it again as the main module, which costs nothing once preloaded.
