@@ -21,21 +21,29 @@ _WALK_FROM = 32 << 10
 _MIN_RUN = 16
 _SKIP = 4096
 _NOT_LINE_ENDS = bytes(b for b in range(256) if b not in b"\r\n")
+# What a run's checked line ends are overwritten with: neither CR nor LF.
+_BLANK = b" "
 
 
 def crlf_only(data: bytes) -> bool:
     """Whether every CR and every LF in ``data`` is part of a CRLF.
 
     Three counts would do (CR, LF and CRLF alike), but counting the
-    two-byte CRLF is three times slower than counting a byte.  A large
-    ``data`` has its CRs and LFs counted in one pass.  Base64
-    bodies, most of a large message, are runs of lines of one length: there
-    the CRLFs are checked by stride, a byte per line, and only the rest is
-    counted.  Every CRLF found is a real one, so when they add up to the LF
+    two-byte CRLF is three times slower than counting a byte.  Base64
+    bodies, most of a large message, are runs of lines of one length
+    ending in CRLF: the walk finds them (``_runs``).  When runs are most of
+    ``data``, each run's line ends are blanked by stride in one copy of it
+    and a search for CR and for LF (memchr) must then find nothing in the
+    run; the bytes between runs are counted.  Otherwise the CRs and LFs are
+    counted in one pass, the runs' CRLFs found by stride and the rest
+    counted: every CRLF found is a real one, so when they add up to the LF
     count the answer is exact; when they do not, everything is counted."""
     if len(data) < _WALK_FROM:
         lf = data.count(b"\n")
         return data.count(b"\r") == lf and data.count(b"\r\n") == lf
+    runs = _runs(data)
+    if sum((run - 1) * stride for _, stride, run in runs) >= len(data) * 3 // 4:
+        return _runs_clean(data, runs)
     # The CRs and LFs alone, in one pass (counting each byte is two).
     ends = data.translate(None, _NOT_LINE_ENDS)
     lf = ends.count(b"\n")
@@ -44,15 +52,16 @@ def crlf_only(data: bytes) -> bool:
     if lf == 0:
         return True
     # As many CRs as LFs: when every LF follows a CR, every CR is before one.
-    return _strided_crlfs(data) == lf or data.count(b"\r\n") == lf
+    return _strided_crlfs(data, runs) == lf or data.count(b"\r\n") == lf
 
 
-def _strided_crlfs(data: bytes) -> int:
-    """How many CRLFs ``data`` has at least: each run of equal-length CRLF
-    lines checked by stride, the bytes between runs counted."""
+def _runs(data: bytes) -> list[tuple[int, int, int]]:
+    """Runs of at least ``_MIN_RUN`` equal-length lines ending in CRLF, in
+    order, as (offset of the first line end's LF, line length, lines): the
+    CR before each of those LFs and the LFs themselves are checked, the
+    bytes inside the lines are not."""
     n = len(data)
-    found = 0
-    start = 0  # data[start:] is not yet counted
+    out = []
     pos = data.find(b"\n")
     while pos > 0:
         nxt = data.find(b"\n", pos + 1)
@@ -61,12 +70,50 @@ def _strided_crlfs(data: bytes) -> int:
         stride = nxt - pos
         run = _run(data, pos, stride) if stride > 2 else 0
         if run >= _MIN_RUN:
-            # The bytes before the run (a CR at pos - 1 is the run's own).
-            found += data.count(b"\r\n", start, pos - 1) + run
-            start = pos + (run - 1) * stride + 1
-            pos = data.find(b"\n", start)
+            out.append((pos, stride, run))
+            pos = data.find(b"\n", pos + (run - 1) * stride + 1)
         else:
             pos = data.find(b"\n", min(pos + _SKIP, n))
+    return out
+
+
+def _runs_clean(data: bytes, runs: list[tuple[int, int, int]]) -> bool:
+    """``crlf_only`` of ``data`` made mostly of ``runs``: in a copy, each
+    run's CRLFs (from the CR before its first LF to its last LF) are
+    overwritten, and a run with a CR or LF left in it is counted; the
+    bytes between runs are counted."""
+    buf = bytearray(data)
+    start = 0  # data[start:] is not yet checked
+    for pos, stride, run in runs:
+        first, stop = pos - 1, pos + (run - 1) * stride + 1
+        if not _counted_clean(data, start, first):
+            return False
+        buf[first:stop:stride] = _BLANK * run
+        buf[pos:stop:stride] = _BLANK * run
+        if (buf.find(b"\r", first, stop) >= 0 or buf.find(b"\n", first, stop) >= 0) \
+                and not _counted_clean(data, first, stop):
+            # Something else ends a line in the run: a fault, or lines whose
+            # lengths add up to the stride (counted, it may still be clean).
+            return False
+        start = stop
+    return _counted_clean(data, start, len(data))
+
+
+def _counted_clean(data: bytes, start: int, end: int) -> bool:
+    """``crlf_only`` of ``data[start:end]``, by the three counts."""
+    lf = data.count(b"\n", start, end)
+    return data.count(b"\r", start, end) == lf and data.count(b"\r\n", start, end) == lf
+
+
+def _strided_crlfs(data: bytes, runs: list[tuple[int, int, int]]) -> int:
+    """How many CRLFs ``data`` has at least: each of ``runs`` counted by
+    its lines, the bytes between runs counted."""
+    found = 0
+    start = 0  # data[start:] is not yet counted
+    for pos, stride, run in runs:
+        # The bytes before the run (a CR at pos - 1 is the run's own).
+        found += data.count(b"\r\n", start, pos - 1) + run
+        start = pos + (run - 1) * stride + 1
     return found + data.count(b"\r\n", start)
 
 

@@ -288,3 +288,32 @@ def test_crlf_only_walk_agrees_with_the_definition(seed: int) -> None:
         for broken in (clean[:i - 1] + b"x" + clean[i:], clean[:i] + b"x" + clean[i + 1:],
                        clean[:i - 1] + b"\n\r" + clean[i + 1:]):
             assert crlf_only(broken) == _crlf_only_by_definition(broken) is False, (seed, i)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_crlf_only_runs_with_a_line_end_inside_a_line(seed: int) -> None:
+    # Data that is mostly runs of equal lines is checked by blanking the
+    # runs' line ends in a copy: a CR or LF put in place of any other byte
+    # of a run (its length unchanged, so the stride still lands) must be
+    # found, and clean lines whose lengths add up to the stride must pass.
+    import base64
+    import random
+
+    rnd = random.Random(seed)
+    width = rnd.choice([60, 64, 76])
+    body = base64.b64encode(rnd.randbytes(rnd.randint(20_000, 120_000)))
+    lines = [body[i:i + width] for i in range(0, len(body), width)]
+    # With odd seeds, two short lines as long as one run line together.
+    if seed % 2:
+        k = rnd.randrange(1, len(lines) - 1)
+        split = rnd.randint(0, width - 2)
+        lines[k:k + 1] = [lines[k][:split], lines[k][split + 2:]]
+    clean = b"".join(line + b"\r\n" for line in lines)
+    assert crlf_only(clean) and _crlf_only_by_definition(clean)
+    for _ in range(40):
+        i = rnd.randrange(len(clean))
+        if clean[i] in b"\r\n":
+            continue
+        for bad in (b"\r", b"\n"):
+            broken = clean[:i] + bad + clean[i + 1:]
+            assert crlf_only(broken) is _crlf_only_by_definition(broken) is False, (seed, i, bad)
