@@ -799,6 +799,23 @@ def evaluate_targets(rows: dict[str, dict[str, Any]], clicks: dict[str, Any]) ->
     return out
 
 
+def format_required(required: dict[str, dict[str, float]], rows: dict[str, dict[str, Any]]) -> str:
+    """What the required work costs (bench/required.py), beside the figures it bounds."""
+    r, m = required["reply"], required["many"]
+    base = _fig(rows, "aiosmtpd", "reply_cpu_ms_per_msg")
+    postfix = _fig(rows, "postfix", "many_e2e_s")
+    return (
+        "required work: its CPU in process on one core, no shortcut allowed (bench/required.py):\n"
+        f"  small reply: spool commit {r['spool_commit_ms']:.2f} ms + MIME parse {r['parse_ms']:.2f} ms = "
+        f"{r['spool_commit_ms'] + r['parse_ms']:.2f} ms, before SMTP in and out"
+        + (f" (aiosmtpd 250-only: {base:.2f} ms)" if base is not None else "") + "\n"
+        f"  {m['attachments']:.0f} attachments: parse {m['parse_ms']:.1f}, decode {m['decode_ms']:.1f}, "
+        f"sha256 {m['sha256_ms']:.1f}, libmagic {m['libmagic_ms']:.1f}, disarm of {m['disarmed_files']:.0f} files "
+        f"{m['disarm_ms']:.1f}: {m['sum_ms']:.1f} ms"
+        + (f" (Postfix end to end: {1000 * postfix:.1f} ms)" if postfix is not None else "")
+    )
+
+
 def evaluate_targets_18(rows: dict[str, dict[str, Any]], clicks: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 18's targets, each PASS, MISS or NOT RUN, with the figures it compared."""
     out: list[dict[str, Any]] = []
@@ -954,7 +971,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only", help=f"comma-separated subset of candidates: {','.join((*BASELINES, 'gateway'))}, "
         "and/or storage (upload throughput to Ceph radosgw beside a local file), "
-        "and/or disarm (ms per MB of PDF the disarm step costs, clean and active)"
+        "and/or disarm (ms per MB of PDF the disarm step costs, clean and active), "
+        "and/or required (CPU of the work no shortcut may skip, in process: bench/required.py)"
     )
     p.add_argument("--memory-rounds", type=int, help="100 MB message rounds (peak memory; 0 = skip)")
     p.add_argument("--click-seconds", type=int, help="seconds per wrk run (0 = skip the click test)")
@@ -1003,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
 
-    wanted = set(args.only.split(",")) if args.only else {*BASELINES, "gateway", "storage", "disarm"}
+    wanted = set(args.only.split(",")) if args.only else {*BASELINES, "gateway", "storage", "disarm", "required"}
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     os.chmod(workdir, 0o755)
     started_at = time.time()
@@ -1175,6 +1193,16 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - report, and still print the SMTP figures
                 disarm_figures = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                 print(f"[bench] disarm failed: {disarm_figures['reason']}", flush=True)
+        required: dict[str, Any] = {}
+        if "required" in wanted:
+            print("[bench] required: the work no shortcut may skip, in process on one core", flush=True)
+            try:
+                from bench import required as required_bench
+
+                required = required_bench.run()
+            except Exception as exc:  # noqa: BLE001 - report, and still print the SMTP figures
+                required = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+                print(f"[bench] required failed: {required['reason']}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -1202,6 +1230,9 @@ def main(argv: list[str] | None = None) -> int:
     if disarm_figures and "status" not in disarm_figures:
         print()
         print("disarm, ms per MB of PDF (median): " + ", ".join(f"{k} {v:.1f}" for k, v in disarm_figures.items()))
+    if required and "status" not in required:
+        print()
+        print(format_required(required, rows))
     targets = evaluate_targets(rows, clicks)
     print("targets (issue 3):")
     print(format_targets(targets))
@@ -1237,6 +1268,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets_18": targets_18,
         "storage": storage,
         "disarm_ms_per_mb": disarm_figures,
+        "required_cpu_ms": required,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
