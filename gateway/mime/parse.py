@@ -302,13 +302,14 @@ def _delimiters(reader: _Reader, boundary: bytes, start: int, end: int,
     out: list[tuple[int, int, bool]] = []
     cut = False
     pos = start
+    finder = _LineStartFinder(reader, dash, end)
     while pos < end:
         if pos == start and reader.read(pos, pos + len(dash)) == dash:
             i = pos
         else:
             # From pos - 1: the previous delimiter's own line end may be the
             # newline in front of the next one (an empty part).
-            i = _after_line_end(reader, dash, max(start, pos - 1), end)
+            i = finder.find(max(start, pos - 1))
             if i < 0:
                 break
         tail = reader.read(i + len(dash), min(end, i + len(dash) + 200))
@@ -331,15 +332,35 @@ def _delimiters(reader: _Reader, boundary: bytes, start: int, end: int,
     return out, cut
 
 
+class _LineStartFinder:
+    """The next ``dash`` that follows a LF or a CR, for one increasing
+    ``look``: the next "\\n" + dash and "\\r" + dash are each found by a
+    search in C and reused while they lie ahead, so the rarer form is not
+    searched again at every delimiter of the common one, and a body full of
+    ``dash`` that is not at a line start costs no Python step per hit."""
+
+    def __init__(self, reader: _Reader, dash: bytes, end: int) -> None:
+        self.reader, self.dash, self.end = reader, dash, end
+        self.ahead: dict[bytes, int] = {}
+        self.searched: dict[bytes, int] = {}
+
+    def find(self, look: int) -> int:
+        hits = []
+        for nl in (b"\n", b"\r"):
+            j = self.ahead.get(nl, -1)
+            if nl not in self.searched or (j >= 0 and j < look) or (j < 0 and self.searched[nl] > look):
+                j = self.reader.find(nl + self.dash, look, self.end)
+                self.ahead[nl], self.searched[nl] = j, look
+            if j >= 0:
+                hits.append(j)
+        return min(hits) + 1 if hits else -1
+
+
 def _after_line_end(reader: _Reader, dash: bytes, look: int, end: int) -> int:
     """Where the first ``dash`` that follows a LF or a CR at or after
     ``look`` starts (the line end and ``dash`` wholly inside ``[look, end)``),
-    or -1.  One search for ``dash``, each hit checked for the byte before
-    it: the body is scanned once, not once for each kind of line end."""
-    i = reader.find(dash, look + 1, end)
-    while i >= 0 and reader.read(i - 1, i) not in (b"\n", b"\r"):
-        i = reader.find(dash, i + 1, end)
-    return i
+    or -1."""
+    return _LineStartFinder(reader, dash, end).find(look)
 
 
 def _before_line_end(src: Source | _Reader, i: int, floor: int) -> int:
