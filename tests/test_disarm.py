@@ -8,12 +8,14 @@ untouched.  Fast unit tests: no gateway process, no SMTP.
 """
 from __future__ import annotations
 
-import os
-
 import io
+import os
+import socket
 import subprocess
 import sys
+import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pikepdf
@@ -26,7 +28,6 @@ from gateway.disarm.ooxml import parse_xml
 from policies import filetypes
 from tests import active_documents as docs
 from tests.harness import CORPUS
-
 from tests.test_content_policies import docx_bytes
 
 PDF = "application/pdf"
@@ -443,23 +444,204 @@ def test_a_length_that_is_not_a_count_within_the_limit_is_refused(size: object) 
         _recv_exact(ours, size, limit=64 << 20)
 
 
-@pytest.mark.parametrize("head", [
-    b'{"status": "disarmed", "removed": [], "new_type": null, "new_extension": null, "reason": "",'
-    b' "data": 99999999999, "extracted": []}',
-    b'{"status": "clean", "removed": [], "new_type": null, "new_extension": null, "reason": "",'
-    b' "data": null, "extracted": [["a.exe", -5]]}',
-    b'{"status": "clean", "removed": [], "new_type": null, "new_extension": null, "reason": "",'
-    b' "data": null, "extracted": [["a.exe", "5"]]}',
-    b"not json",
-])
-def test_an_answer_announcing_impossible_lengths_is_refused(head: bytes) -> None:
-    import socket
-    import time
+# A child taken over by a hostile file, played by a thread on the other end
+# of the session's socket: whatever it sends or withholds, the parent has a
+# verdict for every file within the per-file bound and never raises.
 
-    session = Session(Budget(memory=64 << 20))
-    ours, child = socket.socketpair()
-    with ours, child, pytest.raises(ValueError):
-        session._read_answer(head, ours, time.monotonic() + 5)
+HOSTILE_BUDGET = Budget(seconds=0.1, check_seconds=0.1, memory=256 << 20)
+HOSTILE_BOUND = HOSTILE_BUDGET.seconds + HOSTILE_BUDGET.check_seconds + 5 + 3
+
+
+class _Gone:
+    """Stands for the child process the thread plays: already exited."""
+
+    exitcode = 0
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+    def is_alive(self) -> bool:
+        return False
+
+    def kill(self) -> None:
+        return None
+
+
+def _take_request(sock: socket.socket) -> list[bytes]:
+    import json
+
+    from gateway.disarm import _recv_exact, _recv_frame
+
+    files = json.loads(_recv_frame(sock))["files"]
+    return [bytes(_recv_exact(sock, f["size"])) for f in files]
+
+
+def _against(child: Callable[[socket.socket], None],
+             batches: list[list[tuple[bytes, str]]]) -> list[list[DisarmResult]]:
+    import multiprocessing.connection
+    import threading
+
+    from gateway.disarm import _bulk
+
+    ours, theirs = socket.socketpair()
+    session = Session(HOSTILE_BUDGET)
+    conn = multiprocessing.connection.Connection(ours.detach())
+    session._proc, session._conn, session._sock = _Gone(), conn, _bulk(conn)  # type: ignore[assignment]
+    threading.Thread(target=child, args=(theirs,), daemon=True).start()
+    box: dict[str, object] = {}
+
+    def parent() -> None:
+        try:
+            box["results"] = [session.disarm_all(b) for b in batches]
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            box["raised"] = e
+
+    worker = threading.Thread(target=parent, daemon=True)
+    worker.start()
+    worker.join(HOSTILE_BOUND)
+    try:
+        assert not worker.is_alive(), f"the parent still waits after {HOSTILE_BOUND} s"
+        assert "raised" not in box, repr(box.get("raised"))
+        return box["results"]  # type: ignore[return-value]
+    finally:
+        theirs.close()
+        session.close()
+
+
+ONE = [(b"%PDF-1.4 hostile", PDF)]
+
+
+def _failed(results: list[list[DisarmResult]]) -> DisarmResult:
+    [[result]] = results
+    assert result.status == "failed", result
+    return result
+
+
+def test_a_child_that_sends_half_a_length_and_goes_quiet() -> None:
+    def child(sock: socket.socket) -> None:
+        _take_request(sock)
+        sock.sendall(b"\x00")
+        time.sleep(3600)
+    _failed(_against(child, [ONE]))
+
+
+def test_a_child_that_announces_a_huge_line() -> None:
+    def child(sock: socket.socket) -> None:
+        _take_request(sock)
+        sock.sendall(b"\x7f\xff\xff\xff" + b" " * (1 << 16))
+        time.sleep(3600)
+    assert "answered badly" in _failed(_against(child, [ONE])).reason
+
+
+def test_a_child_that_announces_bytes_and_sends_none_costs_no_memory() -> None:
+    import json
+    import tracemalloc
+
+    from gateway.disarm import _frame
+
+    def child(sock: socket.socket) -> None:
+        _take_request(sock)
+        sock.sendall(_frame(json.dumps({"status": "disarmed", "removed": [], "new_type": None, "new_extension": None,
+                                        "reason": "", "data": HOSTILE_BUDGET.memory, "extracted": []}).encode()))
+        time.sleep(3600)
+    tracemalloc.start()
+    try:
+        _failed(_against(child, [ONE]))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak} bytes held for an answer never sent"
+
+
+def test_a_child_that_stops_reading() -> None:
+    from gateway.disarm import _answer, _frame
+
+    def child(sock: socket.socket) -> None:
+        _take_request(sock)
+        sock.sendall(_frame(_answer(DisarmResult("clean"))[0]))
+        time.sleep(3600)
+    [[first], [second]] = _against(child, [ONE, [(b"x" * (8 << 20), PDF)]])
+    assert first.status == "clean" and second.status == "failed"
+
+
+def test_a_child_that_answers_too_deep_a_line() -> None:
+    from gateway.disarm import _frame
+
+    def child(sock: socket.socket) -> None:
+        _take_request(sock)
+        sock.sendall(_frame(b"[" * 200_000))
+        time.sleep(3600)
+    assert "answered badly" in _failed(_against(child, [ONE])).reason
+
+
+def test_a_child_that_takes_the_bound_twice_over() -> None:
+    # The line just before the bound, its bytes just before a second one:
+    # one bound a file covers both.
+    import json
+
+    from gateway.disarm import _frame
+
+    wait = HOSTILE_BOUND - 4
+
+    def child(sock: socket.socket) -> None:
+        _take_request(sock)
+        time.sleep(wait)
+        sock.sendall(_frame(json.dumps({"status": "clean", "removed": [], "new_type": None, "new_extension": None,
+                                        "reason": "", "data": None, "extracted": [["x", 1]]}).encode()))
+        time.sleep(wait)
+        sock.sendall(b"x")
+    _failed(_against(child, [ONE]))
+
+
+@pytest.mark.parametrize("fields", [
+    {"status": "disarmed", "data": None},  # disarmed, and nothing to put in its place
+    {"status": "clean", "data": 1},
+    {"status": "failed", "data": 1},
+    {"status": "disarmed", "data": 1, "new_type": "text/plain"},  # a type disarm never gives
+    {"status": "disarmed", "data": 1, "new_type": filetypes.DOCX, "new_extension": "exe"},
+    {"status": "disarmed", "data": 1, "new_extension": "docx"},  # an extension without a type
+    {"status": "clean", "data": None, "removed": [1]},
+    {"status": "clean", "data": None, "extracted": [["a.exe"]]},
+    {"status": "clean", "data": None, "extracted": [[1, 1]]},
+    {"status": "clean", "data": None, "extracted": [["a.exe", True]]},
+    {"status": "clean", "data": None, "reason": 5},
+    {"status": "bogus", "data": None},
+])
+def test_an_answer_whose_fields_are_not_what_the_child_writes_is_refused(fields: dict[str, object]) -> None:
+    import json
+
+    from gateway.disarm import _frame
+
+    head = {"status": "clean", "removed": [], "new_type": None, "new_extension": None, "reason": "", "data": None,
+            "extracted": [], **fields}
+
+    def child(sock: socket.socket) -> None:
+        _take_request(sock)
+        sock.sendall(_frame(json.dumps(head).encode()) + b"x" * 2)
+        time.sleep(3600)
+    assert "answered badly" in _failed(_against(child, [ONE])).reason
+
+
+def test_an_honest_child_on_the_same_wire_is_understood() -> None:
+    from gateway.disarm import Extracted, _answer, _frame
+
+    def child(sock: socket.socket) -> None:
+        while True:
+            try:
+                blobs = _take_request(sock)
+            except (EOFError, OSError, ValueError):
+                return
+            for data in blobs:
+                head, parts = _answer(DisarmResult("disarmed", data=data[::-1], removed=("scripts",),
+                                                   extracted=(Extracted("f.bin", data[:3]),)))
+                sock.sendall(_frame(head))
+                for part in parts:
+                    sock.sendall(part)
+    files = [(bytes([n]) * (n * 700_000 + 1), PDF) for n in range(1, 4)]
+    [got, again] = _against(child, [files, files[:1]])
+    for (data, _), r in zip(files + files[:1], got + again, strict=True):
+        assert r.status == "disarmed" and r.data == data[::-1] and r.extracted[0].data == data[:3]
+        assert r.removed == ("scripts",) and r.sha256 is not None
 
 
 def test_the_fork_server_runs_this_installation_not_the_working_directory(tmp_path: Path) -> None:

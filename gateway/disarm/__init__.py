@@ -305,7 +305,7 @@ def _session_child(conn: multiprocessing.connection.Connection, budget: Budget) 
     try:
         while True:
             try:
-                files = json.loads(conn.recv_bytes())["files"]
+                files = json.loads(_recv_frame(sock))["files"]
                 # Every file of the request is read before the first is
                 # looked at: the parent sends them all, then reads answers.
                 blobs = [bytes(_recv_exact(sock, f["size"])) for f in files]
@@ -323,7 +323,7 @@ def _session_child(conn: multiprocessing.connection.Connection, budget: Budget) 
                 result = disarm(data, request["type"], budget=budget, hashes=False)
                 del data
                 head, parts = _answer(result)
-                conn.send_bytes(head)
+                sock.sendall(_frame(head))
                 for part in parts:
                     sock.sendall(part)
                 if result.status == "failed":
@@ -347,23 +347,63 @@ def _recv_exact(sock: socket.socket, size: object, limit: int | None = None,
     """Exactly ``size`` bytes from ``sock`` (EOFError when it closes first,
     TimeoutError when ``deadline``, a ``time.monotonic()``, passes first;
     ValueError when ``size`` is not a count of at most ``limit``).  The
-    socket stays blocking (its descriptor is shared with the connection):
-    the deadline is kept by waiting for each read with ``select``."""
+    buffer grows as the bytes arrive: a length announced and never sent
+    costs nothing.  The socket stays blocking (its descriptor is shared
+    with the connection): the deadline is kept by waiting for each read
+    with ``select``."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 0 or (limit is not None and size > limit):
         raise ValueError(f"bad length {size!r}")
-    buf = bytearray(size)
-    view = memoryview(buf)
+    buf = bytearray(min(size, _RECV_STEP))
     pos = 0
     while pos < size:
+        if pos == len(buf):
+            buf.extend(bytes(min(len(buf), size - len(buf))))
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([sock], [], [], left)[0]:
                 raise TimeoutError("the other side sent nothing in time")
-        n = sock.recv_into(view[pos:])
+        with memoryview(buf) as view, view[pos:] as rest:
+            n = sock.recv_into(rest)
         if n == 0:
             raise EOFError("the other side closed the connection")
         pos += n
     return buf
+
+
+def _send_within(sock: socket.socket, data: bytes | memoryview, deadline: float) -> None:
+    """``sock.sendall(data)`` that gives up (TimeoutError) at ``deadline``:
+    each send waits with ``select`` and does not block (the descriptor is
+    shared with the connection, so it stays in blocking mode)."""
+    with memoryview(data) as view:
+        pos = 0
+        while pos < len(view):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [sock], [], left)[1]:
+                raise TimeoutError("the other side took nothing in time")
+            try:
+                pos += sock.send(view[pos:pos + _RECV_STEP], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+
+
+def _frame(head: bytes) -> bytes:
+    """A JSON line as it crosses the socket: its length (4 bytes, big-endian), then it."""
+    return len(head).to_bytes(4, "big") + head
+
+
+def _recv_frame(sock: socket.socket, deadline: float | None = None) -> bytes:
+    """A ``_frame`` from ``sock``: at most ``_MAX_HEAD`` bytes, all of it by ``deadline``."""
+    size = int.from_bytes(_recv_exact(sock, 4, deadline=deadline), "big")
+    return bytes(_recv_exact(sock, size, limit=_MAX_HEAD, deadline=deadline))
+
+
+# Bytes read or sent a system call at most, and the step the buffer of a
+# file from the child grows by.
+_RECV_STEP = 1 << 20
+# The most a JSON line may hold (a request: a type and a size a file; an
+# answer: a status, the names of what was removed and of the files taken
+# out); refused before it is read.
+_MAX_HEAD = 1 << 20
 
 
 class Session:
@@ -435,11 +475,14 @@ class Session:
         if self._conn is None or self._sock is None:
             self._start()
         assert self._conn is not None and self._sock is not None
-        conn, sock = self._conn, self._sock
+        sock = self._sock
         try:
-            conn.send_bytes(json.dumps({"files": [{"type": t, "size": len(d)} for d, t in files]}).encode())
+            # All of it within one file's bound: a child that stops reading cannot hold the parent.
+            deadline = time.monotonic() + timeout
+            _send_within(sock, _frame(json.dumps({"files": [{"type": t, "size": len(d)} for d, t in files]}).encode()),
+                         deadline)
             for data, _ in files:
-                sock.sendall(data)
+                _send_within(sock, data, deadline)
         except OSError:
             if len(files) > 1:
                 self.close()
@@ -450,12 +493,11 @@ class Session:
             result: DisarmResult | None = None
             why = ""
             try:
-                if conn.poll(timeout):
-                    result = self._read_answer(conn.recv_bytes(), sock, time.monotonic() + timeout)
+                result = self._read_answer(sock, time.monotonic() + timeout)
             except (EOFError, OSError):
                 result = None  # the child died, or hung (TimeoutError is an OSError)
-            except (ValueError, KeyError, TypeError) as e:
-                why = f"the disarm process answered badly: {e}"
+            except (ValueError, KeyError, TypeError, RecursionError, MemoryError) as e:
+                why = f"the disarm process answered badly: {type(e).__name__}: {e}"[:300]
             out.append(self._settle(data, result, why, timeout))
             if out[-1].status == "failed":
                 break
@@ -476,12 +518,14 @@ class Session:
         return _replace(result, original_sha256=original,
                         sha256=_sha256(result.data) if result.data is not None else None)
 
-    def _read_answer(self, head: bytes, sock: socket.socket, deadline: float) -> DisarmResult:
-        """The child's answer: its JSON head, then the bytes the head
-        announces, at most the child's own memory limit in all."""
+    def _read_answer(self, sock: socket.socket, deadline: float) -> DisarmResult:
+        """The child's answer, all of it by ``deadline``: its JSON line (at
+        most ``_MAX_HEAD`` bytes), then the bytes the line announces, at
+        most the child's own memory limit in all."""
+        head = _recv_frame(sock, deadline)
         lengths = _answer_lengths(head)
-        raw = _recv_exact(sock, sum(lengths), limit=self.budget.memory, deadline=deadline)
-        return decode_answer(head + b"\n" + bytes(raw))
+        body = _recv_exact(sock, sum(lengths), limit=self.budget.memory, deadline=deadline)
+        return _decode_parts(head, body)
 
     def close(self) -> int | None:
         """End the child (it exits when the pipe closes; killed if it does
@@ -544,25 +588,47 @@ def decode_answer(raw: bytes) -> DisarmResult:
     line, sep, rest = raw.partition(b"\n")
     if not sep:
         raise ValueError("no header")
+    return _decode_parts(line, rest)
+
+
+def _decode_parts(line: bytes, rest: bytes | bytearray) -> DisarmResult:
+    """The ``DisarmResult`` in an answer's JSON line and the bytes after it;
+    ValueError unless every field is what ``_answer`` writes."""
     head = json.loads(line)
-    if head["status"] not in ("clean", "disarmed", "failed"):
+    status = head["status"]
+    if status not in ("clean", "disarmed", "failed"):
         raise ValueError("unknown status")
+    if (head["data"] is None) == (status == "disarmed"):
+        raise ValueError(f"a {status} answer {'without' if status == 'disarmed' else 'with'} data")
+    if head["new_type"] is not None and head["new_type"] not in TYPES:
+        raise ValueError("a new type disarm never gives")
+    extension = filetypes.DEFAULT_EXTENSIONS.get(head["new_type"], ())[:1] if head["new_type"] else ()
+    if head["new_extension"] is not None and head["new_extension"] not in extension:
+        raise ValueError("a new extension that is not the new type's")
+    if not isinstance(head["reason"], str) or not isinstance(head["removed"], list) \
+            or not all(isinstance(w, str) for w in head["removed"]) or not isinstance(head["extracted"], list):
+        raise ValueError("bad fields")
+    view = memoryview(rest)
     pos = 0
 
     def take(n: object) -> bytes:
         nonlocal pos
-        if not isinstance(n, int) or n < 0 or pos + n > len(rest):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0 or pos + n > len(view):
             raise ValueError("bad length")
-        chunk = rest[pos:pos + n]
+        chunk = bytes(view[pos:pos + n])
         pos += n
         return chunk
 
     body = take(head["data"]) if head["data"] is not None else None
-    extracted = tuple(Extracted(str(name), take(n)) for name, n in head["extracted"])
-    if pos != len(rest):
+    extracted = []
+    for entry in head["extracted"]:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise ValueError("bad extracted file")
+        extracted.append(Extracted(entry[0], take(entry[1])))
+    if pos != len(view):
         raise ValueError("trailing bytes")
-    return DisarmResult(head["status"], body, tuple(str(w) for w in head["removed"]), extracted,
-                        head["new_type"], head["new_extension"], str(head["reason"]))
+    return DisarmResult(status, body, tuple(head["removed"]), tuple(extracted), head["new_type"],
+                        head["new_extension"], head["reason"])
 
 
 def child_main() -> int:
