@@ -97,6 +97,16 @@ class Disarm(Step):
             self._refuse(job, o, policies.explained(
                 mailtext.DISARM_ACTIVE, summary=removed or (policies.Phrase(mailtext.ACTIVE_CONTENT),)))
         else:
+            assert result.data is not None
+            # The child may have been taken over by the file it read: what
+            # it hands back is judged by its own bytes, here, before it is
+            # put anywhere.
+            expected = result.new_type or o.facts.detected_type
+            found = await asyncio.to_thread(container.detect_chunks, result.data[:HEAD], [result.data])
+            if found != expected:
+                self._refuse(job, o, policies.explained(
+                    mailtext.DISARM_FAILED, detail=f"the disarmed file is {found}, not {expected}"))
+                return
             await self._substitute(job, o, result)
 
     def _refuse(self, job: MessageJob, o: PartOutcome, reason: dict[str, Any]) -> None:

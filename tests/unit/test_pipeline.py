@@ -89,7 +89,7 @@ def bodies(msg: email.message.EmailMessage) -> str:
 
 
 def test_the_steps_are_listed_in_one_place_in_order() -> None:
-    assert [getattr(make, "name") for make in STEPS] == [
+    assert [make.name for make in STEPS] == [
         "verify", "parse", "unpack", "identify", "examine", "disarm", "offload", "quarantine", "uuencoded",
         "rewrite", "notify", "seal"]
 
@@ -169,3 +169,48 @@ def test_past_the_cpu_budget_every_file_is_unexamined(tmp_path: Path, budget: fl
     job, _ = gw.run("invoice.eml")
     assert [o.decision.policy for o in job.outcomes] == ["unexamined"]
     assert "ran out" in job.outcomes[0].decision.reason and not gw.store.under("uploads/")
+
+
+@pytest.mark.parametrize("handed_back", [b"MZ\x90\x00\x03" + b"\x00" * 200, b"plain text, not a PDF\r\n"])
+def test_what_a_disarm_child_hands_back_is_judged_by_its_own_bytes(tmp_path: Path, handed_back: bytes) -> None:
+    # A child taken over by the file it read could answer "disarmed" with
+    # any bytes: the step puts nothing in the message that is not what the
+    # answer says it is.
+    import policies
+    from gateway import disarm
+    from gateway.pipeline.disarm import Disarm
+    from gateway.pipeline.job import Budget
+    from tests import active_documents as docs
+
+    g = Gateway(tmp_path)
+    path = tmp_path / "invoice.eml"
+    path.write_bytes((EML / "invoice.eml").read_bytes())
+    envelope = Envelope(queue_id="QDISARM", mail_from="customer@example.net", rcpt_tos=["support@contact.example"],
+                        route="contact", received_at=0.0, client_addr="192.0.2.1")
+
+    async def go() -> list[str]:
+        with Source(path) as src:
+            job = MessageJob(envelope=envelope, route=g.cfg.routes[0], original=path, log=logs.get("test"),
+                             budget=Budget(g.cfg.worker.max_cpu_seconds),
+                             work=lambda n: path.with_name(f"{path.name}.{n}"), src=src, authenticate=False)
+            step = next(s for s in g.pipeline.steps if isinstance(s, Disarm))
+            for s in g.pipeline.steps[:g.pipeline.steps.index(step)]:
+                enabled = getattr(s, "enabled", None)
+                if enabled is None or enabled(job):
+                    await s.run(job)
+            [pdf] = [o for o in job.outcomes if o.facts.detected_type == disarm.PDF]
+            await step._apply(job, pdf, "disarm", disarm.DisarmResult("disarmed", data=handed_back,
+                                                                      removed=("scripts",)))
+            refused = pdf.decision.action is policies.Action.REFUSE
+            reason = pdf.decision.reason
+            # The same part answered honestly: a PDF goes on to be judged as one.
+            await step._apply(job, pdf, "disarm", disarm.DisarmResult("disarmed", data=docs.clean_pdf(),
+                                                                      removed=("scripts",)))
+            return [str(refused), reason, pdf.decision.reason]
+
+    try:
+        refused, reason, honest = asyncio.run(go())
+    finally:
+        g.audit_log.close()
+    assert refused == "True" and "the disarmed file is" in reason, reason
+    assert "the disarmed file is" not in honest, honest
