@@ -334,7 +334,8 @@ def _delimiters(reader: _Reader, boundary: bytes, start: int, end: int,
 
 class _LineStartFinder:
     """The next ``dash`` that follows a LF or a CR, for one increasing
-    ``look``: the next "\\n" + dash and "\\r" + dash are each found by a
+    ``look``: the first ``dash`` of all when a line end is before it, else
+    the next "\\n" + dash and "\\r" + dash, each found by a
     search in C and reused while they lie ahead, so the rarer form is not
     searched again at every delimiter of the common one, and a body full of
     ``dash`` that is not at a line start costs no Python step per hit."""
@@ -345,6 +346,15 @@ class _LineStartFinder:
         self.searched: dict[bytes, int] = {}
 
     def find(self, look: int) -> int:
+        # The first ``dash`` of all, when a line end is before it, is the
+        # answer: one search, and the body is scanned once, not once for
+        # each form.  Otherwise the two forms are searched for, so a body
+        # full of ``dash`` off line starts costs no Python step per hit.
+        i = self.reader.find(self.dash, look + 1, self.end)
+        if i < 0:
+            return -1
+        if self.reader.read(i - 1, i) in (b"\n", b"\r"):
+            return i
         hits = []
         for nl in (b"\n", b"\r"):
             j = self.ahead.get(nl, -1)
