@@ -671,3 +671,15 @@ def test_the_fork_server_runs_this_installation_not_the_working_directory(tmp_pa
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
     out = subprocess.run([sys.executable, "-c", script], cwd="/", env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "clean", out.stderr[-2000:]
+
+
+def test_the_safe_path_mode_is_for_the_fork_server_alone() -> None:
+    # Other programs the gateway runs keep their environment: a helper run
+    # as "python -m" from its working directory still finds its module.
+    from gateway.disarm import prestart
+
+    before = os.environ.get("PYTHONSAFEPATH")
+    prestart()
+    with Session() as session:
+        assert session.disarm(docs.clean_pdf(), PDF).status == "clean"
+    assert os.environ.get("PYTHONSAFEPATH") == before

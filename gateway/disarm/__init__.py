@@ -45,6 +45,7 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -270,11 +271,6 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
     never forked)."""
     global _FORKSERVER
     if _FORKSERVER is None:
-        # The fork server is started as ``python -c``, which puts the working
-        # directory first on its path (it ignores the path it is handed), so
-        # a ``gateway`` package there would be what the children run instead
-        # of this installation's: Python's safe-path mode leaves it out.
-        os.environ["PYTHONSAFEPATH"] = "1"
         ctx = multiprocessing.get_context("forkserver")
         # gateway.cli too: a child started from the console script imports
         # it again as the main module, which costs nothing once preloaded.
@@ -283,14 +279,40 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
     return _FORKSERVER
 
 
+_SAFE_PATH_LOCK = threading.Lock()
+
+
+def _ensure_forkserver() -> multiprocessing.context.ForkServerContext:
+    """The fork server's context, the server running (started now if it is
+    not: blocking).
+
+    The fork server is started as ``python -c``, which puts the working
+    directory first on its path (it ignores the path it is handed), so a
+    ``gateway`` package there would be what the children run instead of
+    this installation's: it is started in Python's safe-path mode, which
+    leaves the directory out.  Only for that start: other programs the
+    process runs keep the environment they had."""
+    from multiprocessing import forkserver
+
+    ctx = _forkserver()
+    with _SAFE_PATH_LOCK:
+        saved = os.environ.get("PYTHONSAFEPATH")
+        os.environ["PYTHONSAFEPATH"] = "1"
+        try:
+            forkserver.ensure_running()
+        finally:
+            if saved is None:
+                del os.environ["PYTHONSAFEPATH"]
+            else:
+                os.environ["PYTHONSAFEPATH"] = saved
+    return ctx
+
+
 def prestart() -> None:
     """Start the fork server now (blocking, call it in a thread), so that
     the first message with a PDF or Office file does not wait the third of a
     second its start and imports take."""
-    from multiprocessing import forkserver
-
-    _forkserver()
-    forkserver.ensure_running()
+    _ensure_forkserver()
 
 
 def _session_child(conn: multiprocessing.connection.Connection, budget: Budget) -> None:
@@ -437,7 +459,7 @@ class Session:
         self.close()
 
     def _start(self) -> multiprocessing.connection.Connection:
-        ctx = _forkserver()
+        ctx = _ensure_forkserver()
         parent, child = ctx.Pipe(duplex=True)
         proc = ctx.Process(target=_session_child, args=(child, self.budget), daemon=True)
         proc.start()
