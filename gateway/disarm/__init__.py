@@ -49,7 +49,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from policies import filetypes
 
@@ -544,9 +544,8 @@ class Session:
         """The child's answer, all of it by ``deadline``: its JSON line (at
         most ``_MAX_HEAD`` bytes), then the bytes the line announces, at
         most the child's own memory limit in all."""
-        head = _recv_frame(sock, deadline)
-        lengths = _answer_lengths(head)
-        body = _recv_exact(sock, sum(lengths), limit=self.budget.memory, deadline=deadline)
+        head = json.loads(_recv_frame(sock, deadline))
+        body = _recv_exact(sock, sum(_answer_lengths(head)), limit=self.budget.memory, deadline=deadline)
         return _decode_parts(head, body)
 
     def close(self) -> int | None:
@@ -595,11 +594,10 @@ def _answer(result: DisarmResult) -> tuple[bytes, list[bytes]]:
     return json.dumps(head).encode(), blobs
 
 
-def _answer_lengths(head: bytes) -> list[int]:
-    """The byte counts an answer's JSON line announces (ValueError when
-    they are not counts)."""
-    parsed = json.loads(head)
-    lengths = ([] if parsed["data"] is None else [parsed["data"]]) + [n for _, n in parsed["extracted"]]
+def _answer_lengths(head: dict[str, Any]) -> list[int]:
+    """The byte counts an answer's parsed JSON line announces (ValueError
+    when they are not counts)."""
+    lengths = ([] if head["data"] is None else [head["data"]]) + [n for _, n in head["extracted"]]
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in lengths):
         raise ValueError("bad length")
     return lengths
@@ -610,13 +608,12 @@ def decode_answer(raw: bytes) -> DisarmResult:
     line, sep, rest = raw.partition(b"\n")
     if not sep:
         raise ValueError("no header")
-    return _decode_parts(line, rest)
+    return _decode_parts(json.loads(line), rest)
 
 
-def _decode_parts(line: bytes, rest: bytes | bytearray) -> DisarmResult:
-    """The ``DisarmResult`` in an answer's JSON line and the bytes after it;
-    ValueError unless every field is what ``_answer`` writes."""
-    head = json.loads(line)
+def _decode_parts(head: dict[str, Any], rest: bytes | bytearray) -> DisarmResult:
+    """The ``DisarmResult`` in an answer's parsed JSON line and the bytes
+    after it; ValueError unless every field is what ``_answer`` writes."""
     status = head["status"]
     if status not in ("clean", "disarmed", "failed"):
         raise ValueError("unknown status")
