@@ -346,6 +346,9 @@ class _LineStartFinder:
         self.searched: dict[bytes, int] = {}
 
     def find(self, look: int) -> int:
+        """Where the first ``dash`` that follows a LF or a CR at or after
+        ``look`` starts (the line end and ``dash`` wholly inside
+        ``[look, end)``), or -1."""
         # The first ``dash`` of all, when a line end is before it, is the
         # answer: one search, and the body is scanned once, not once for
         # each form.  Otherwise the two forms are searched for, so a body
@@ -364,13 +367,6 @@ class _LineStartFinder:
             if j >= 0:
                 hits.append(j)
         return min(hits) + 1 if hits else -1
-
-
-def _after_line_end(reader: _Reader, dash: bytes, look: int, end: int) -> int:
-    """Where the first ``dash`` that follows a LF or a CR at or after
-    ``look`` starts (the line end and ``dash`` wholly inside ``[look, end)``),
-    or -1."""
-    return _LineStartFinder(reader, dash, end).find(look)
 
 
 def _before_line_end(src: Source | _Reader, i: int, floor: int) -> int:

@@ -1,6 +1,6 @@
-"""The parser finds each delimiter with one search for ``--boundary``,
-checking the byte before each hit (gateway.mime.parse ``_after_line_end``):
-it must find what searching for ``\\n--boundary`` and ``\\r--boundary``
+"""The parser finds each delimiter with one search for ``--boundary`` when
+a line end is before the hit, and otherwise with a search for each form
+(gateway.mime.parse ``_LineStartFinder``): it must find what searching for ``\\n--boundary`` and ``\\r--boundary``
 separately finds, the earlier of the two, wherever the hits fall: next to
 each other, at the ends of the range, across the reader's windows."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.mime.parse import _after_line_end, _delimiters, _Reader
+from gateway.mime.parse import _delimiters, _LineStartFinder, _Reader
 from gateway.mime.source import WINDOW, Source
 
 DASH = b"--bd"
@@ -28,7 +28,8 @@ def check(path: Path, data: bytes, rnd: random.Random, tries: int) -> None:
         for _ in range(tries):
             look = rnd.randint(0, len(data))
             end = rnd.randint(look, len(data) + 3)
-            assert _after_line_end(reader, DASH, look, end) == reference(data, look, min(end, len(data))), (look, end)
+            found = _LineStartFinder(reader, DASH, end).find(look)
+            assert found == reference(data, look, min(end, len(data))), (look, end)
 
 
 @pytest.mark.parametrize("seed", range(20))
