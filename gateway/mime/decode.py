@@ -241,9 +241,9 @@ def measure(src: Source, part: Part) -> Measure:
 
     A large base64 part is decoded window by window and only counted: the
     decoder's validation is what checks the alphabet, so a count without
-    decoding would cost as much.  Its first bytes are kept.  Other large parts are decoded once
-    (quoted-printable) or counted (identity encodings).  The upload hashes
-    what it stores.
+    decoding would cost as much.  Its first bytes are kept.  Other large
+    parts are decoded once (quoted-printable) or counted (identity
+    encodings).  The upload hashes what it stores.
     """
     if part.encoded_size <= SMALL:
         data = _python_decode(src, part)
