@@ -310,10 +310,13 @@ class GatewayProcess:
         raise AssertionError(f"outbox has {len(self.outbox_messages())} message(s), expected {count}\n{self.log()}")
 
     def wait_idle(self, timeout: float = 60.0) -> None:
-        """Wait until the spool's incoming and active queues are empty."""
+        """Wait until the spool's incoming and active queues are empty and no
+        delivered message is still being removed (it leaves ``active`` for
+        ``tmp/ID.PID.done`` a moment before its directory is parked)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             busy = [p for q in ("incoming", "active") for p in (self.spool / q).glob("*")]
+            busy += list((self.spool / "tmp").glob("*.done"))
             if not busy:
                 return
             time.sleep(0.05)
