@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.certs import self_signed
-from tests.harness import GatewayProcess
+from tests.harness import GatewayProcess, wait_until
 from tests.messages import pdf_bytes
 from tests.servers.hec import HecReceiver
 from tests.servers.jsonhttp import JsonHandler
@@ -134,7 +134,11 @@ def test_tls_syslog_carries_the_events_and_checks_the_collector_certificate(make
         url2 = offload_one(gw2, pdf_bytes(2000))
         assert get(url2)[0] == 200
         gw2.wait_audit(lambda e: e.get("EventOriginalType") == "click" and e.get("EventResult") == "Success")
-        time.sleep(1)
+        # The sink sends on its own task: wait until it has tried (and been
+        # refused), not a fixed second, before counting what the collector got.
+        wait_until(lambda: any(e.get("event") == "audit sink unavailable; retrying" and "CERTIFICATE_VERIFY_FAILED"
+                               in e.get("error", "") for e in gw2.log_events()), timeout=20,
+                   what="the untrusted collector refused")
         assert len(syslog.messages()) == 2
         assert any(e.get("event") == "audit sink unavailable; retrying" and "CERTIFICATE_VERIFY_FAILED"
                    in e.get("error", "") for e in gw2.log_events())

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.harness import CORPUS, GATEWAY, GatewayProcess, SmtpSink, to_wire
+from tests.harness import CORPUS, GATEWAY, GatewayProcess, SmtpSink, to_wire, wait_until
 from tests.messages import fetch, leaves, links, message, parse, payload, pdf_bytes, send, stored_objects
 from tests.servers.gcs import GcsEmulator
 from tests.servers.ports import free_port, port_is_open
@@ -270,7 +270,9 @@ def test_winmail_dat_through_postfix_is_unpacked_and_its_web_page_refused(setup,
     assert b'The attachment "bookmark.htm" was removed: ' in got.data
     assert b"tnef=unpacked" in got.data
     assert any(k.startswith("quarantine/") and k.endswith("bookmark.htm") for k in stored_objects(gw.objects))
-    # The milter's temporary file and the work files named after it are gone.
-    time.sleep(0.5)
+    # The milter's temporary file and the work files named after it are gone
+    # (removed when the MTA ends the milter session, which need not be
+    # before the message reaches the next hop).
+    wait_until(lambda: not list(gw.tmp.glob("milter-*")), timeout=20, what="the milter's files removed")
     assert not list(gw.tmp.glob("milter-*"))
     assert any(e.get("event") == "TNEF unpacked" for e in gw.log_events())

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.harness import ROOT, GatewayProcess, SmtpSink, strip_trace
+from tests.harness import ROOT, GatewayProcess, SmtpSink, strip_trace, wait_until
 from tests.messages import leaves, message, parse, payload, pdf_bytes, send, stored_objects
 from tests.servers.ports import port_is_open
 
@@ -110,7 +110,9 @@ def test_sigterm_drains_421_to_new_sessions_and_finishes_the_one_in_progress(mak
         _reply(f)
     s.sendall(b"Subject: in flight\r\n\r\nhalf of the body\r\n")
     gw.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    # The drain (421 to new sessions) starts as "stopping" is logged.
+    wait_until(lambda: any(e.get("event") == "stopping" for e in gw.log_events()), timeout=30,
+               what="the drain to start")
     with socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=10) as late:
         assert late.recv(1024).startswith(b"421 4.3.2")
     s.sendall(b"the rest of it\r\n.\r\n")
@@ -125,12 +127,28 @@ def test_sigterm_drains_421_to_new_sessions_and_finishes_the_one_in_progress(mak
     assert b"half of the body\r\nthe rest of it\r\n" in got.data
 
 
+def _hup(gw: GatewayProcess, expect: str, count: int | None = None, timeout: float = 30.0) -> None:
+    """Send SIGHUP and wait until ``count`` more ``expect`` lines are logged
+    (by default one per serving process: each reloads on its own)."""
+    def events(name: str) -> list[dict]:
+        return [e for e in gw.log_events() if e.get("event") == name]
+
+    if events("supervisor started"):
+        # Every child has its SIGHUP handler and has logged "ready" by then.
+        wait_until(lambda: events("all processes ready"), timeout=timeout, what="every process ready")
+    before = len(events(expect))
+    n = count if count is not None else len({e["pid"] for e in events("ready")})
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: len(events(expect)) >= before + n, timeout=timeout, what=f"{n} more {expect!r} line(s)")
+
+
 def test_sighup_with_broken_config_keeps_the_old_one(make_gateway) -> None:
     gw = make_gateway(threshold=1000)
     good = gw.config_path.read_text()
     gw.config_path.write_text(good.replace('offload_threshold = 1000', 'offload_threshold = "lots"'))
-    gw.proc.send_signal(signal.SIGHUP)
-    time.sleep(1.0)
+    # Refused where the file is read: by the supervisor alone, when there is one.
+    _hup(gw, "reload refused; old config stays in force", count=1)
     assert gw.proc.poll() is None
     send(gw.smtp_port, message(attachments=[(pdf_bytes(5000), "application/pdf", "a.pdf")]))
     [out] = gw.wait_outbox()
@@ -138,8 +156,7 @@ def test_sighup_with_broken_config_keeps_the_old_one(make_gateway) -> None:
     assert any(e.get("event") == "reload refused; old config stays in force" and "lots" in e.get("error", "")
                for e in gw.log_events())
     gw.config_path.write_text(good.replace('offload_threshold = 1000', 'offload_threshold = 100000'))
-    gw.proc.send_signal(signal.SIGHUP)
-    time.sleep(1.0)
+    _hup(gw, "config reloaded")
     send(gw.smtp_port, message(attachments=[(pdf_bytes(5000), "application/pdf", "b.pdf")]))
     outs = gw.wait_outbox(2)
     assert b"offloaded=0" in outs[1]  # the new threshold
@@ -222,11 +239,20 @@ def test_full_spool_answers_452_and_loses_nothing_acknowledged(make_gateway, sma
 
 def test_connection_limits_answer_421(make_gateway) -> None:
     gw = make_gateway(sections={"smtp": {"max_connections_per_client": 2}, "gateway": {"processes": 1}})
-    time.sleep(0.5)  # let the harness's start-up probe connection be counted out
-    held = [socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=10) for _ in range(2)]
-    try:
+    # The harness's start-up probe is counted out when the server sees it
+    # close, which nothing shows: until then a second session is refused.
+    # Retry the pair until both are welcome, rather than sleep a guess.
+    deadline = time.monotonic() + 10
+    while True:
+        held = [socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=10) for _ in range(2)]
+        greetings = [s.recv(1024) for s in held]
+        if all(g.startswith(b"220 ") for g in greetings) or time.monotonic() > deadline:
+            break
         for s in held:
-            assert s.recv(1024).startswith(b"220 ")
+            s.close()
+        time.sleep(0.1)
+    try:
+        assert all(g.startswith(b"220 ") for g in greetings), greetings
         with socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=10) as third:
             assert third.recv(1024).startswith(b"421 4.7.0")
     finally:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from gateway import autoreply
-from tests.harness import ROOT, SmtpSink
+from tests.harness import ROOT, SmtpSink, wait_until
 from tests.messages import fetch, leaves, links, message, parse, payload, pdf_bytes, send, sha256
 
 MiB = 1 << 20
@@ -166,7 +166,13 @@ def test_an_invitation_takes_only_its_limit_and_abandoned_chunks_are_removed(mak
     assert not staged(), gw.log()[-3000:]
     assert _call("GET", files)[0] == 404
     assert start(190 * 1024)[0] == 201
-    removed = [e for e in gw.log_events() if e.get("event") == "abandoned upload removed"]
+    # Each session's line is logged after its last file has gone (and its
+    # invitation's count given back): wait for the lines, not for the files.
+    def removals() -> list[dict]:
+        return [e for e in gw.log_events() if e.get("event") == "abandoned upload removed"]
+
+    wait_until(lambda: len(removals()) >= 3, timeout=30, what="three abandoned uploads logged")
+    removed = removals()
     assert len(removed) >= 3 and {e["mode"] for e in removed} == {"chunks"}
 
 

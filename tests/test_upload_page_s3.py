@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.harness import GatewayProcess, SmtpSink
+from tests.harness import GatewayProcess, SmtpSink, wait_until
 from tests.messages import fetch, leaves, links, parse, payload, pdf_bytes, sha256
 from tests.servers.ceph import CephRadosgw
 from tests.test_upload_page import ARTIFACTS, SCRIPT, _call, invite
@@ -157,5 +157,9 @@ def test_the_store_refuses_a_changed_part_url_or_other_bytes_and_abandoned_uploa
     while s3.list_multipart_uploads(Bucket=bucket).get("Uploads") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), gw.log()[-3000:]
+    # The abort is the sweeper's first step: the session record goes after
+    # it, and the line is logged last.
+    wait_until(lambda: [e for e in gw.log_events() if e.get("event") == "abandoned upload removed"], timeout=20,
+               what="the abandoned upload logged")
     assert _call("GET", files)[0] == 404
     assert [e for e in gw.log_events() if e.get("event") == "abandoned upload removed"]

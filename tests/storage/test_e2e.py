@@ -32,7 +32,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.harness import GATEWAY, GatewayProcess
+from tests.harness import GATEWAY, GatewayProcess, wait_until
 from tests.messages import leaves, links, message, parse, payload, pdf_bytes, send
 from tests.servers.azurite import Azurite
 from tests.servers.broken_s3 import BrokenS3
@@ -314,6 +314,10 @@ def test_store_failing_while_processing_forwards_the_original_when_it_fits(make_
     assert not links(out)
     assert b"X-Attachment-Offload: offloaded=0 bytes=0; 1 not stored, forwarded as is\r\n" in out
     assert not (gw.tmp / "bounces").exists() or not any((gw.tmp / "bounces").rglob("*.*"))
+    # "delivered" is logged after the outbox file is written and the message
+    # has left the spool: wait for the line, not just for the file.
+    wait_until(lambda: any(e.get("event") == "delivered" for e in gw.log_events()), timeout=30,
+               what="the delivery logged")
     events = gw.log_events()
     failed = [e for e in events if e.get("event") == "offload failed; failing open"]
     assert len(failed) == 1 and failed[0]["level"] == "error"
