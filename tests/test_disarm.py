@@ -186,6 +186,23 @@ def test_pdf_form_field_scripts_submit_xfa_and_rich_media(tmp_path: Path) -> Non
     assert result.removed == ("scripts", "form submissions", "embedded media")
 
 
+def test_pdf_xfa_form_without_fields_loses_its_scripts(tmp_path: Path) -> None:
+    # An XFA form needs no AcroForm /Fields to run: its scripts are in the XFA stream.
+    pdf = pikepdf.open(io.BytesIO(docs.clean_pdf()))
+    xfa = (b'<xdp:xdp xmlns:xdp="http://ns.adobe.com/xdp/"><template><subform><event activity="initialize">'
+           b'<script contentType="application/x-javascript">app.alert(1)</script></event></subform></template>'
+           b'</xdp:xdp>')
+    pdf.Root.AcroForm = pikepdf.Dictionary(XFA=pdf.make_stream(xfa), NeedsRendering=True)
+    out = io.BytesIO()
+    pdf.save(out)
+    original = out.getvalue()
+    assert "/XFA" in pdf_constructs(original)
+    result = disarmed(original, PDF)
+    qpdf_check(result.data, tmp_path)
+    assert pdf_constructs(result.data) == set()
+    assert result.removed == ("scripts",)
+
+
 def test_pdf_non_web_links_go_web_links_stay() -> None:
     pdf = pikepdf.open(io.BytesIO(docs.clean_pdf()))
     pdf.pages[0].Annots.append(pdf.make_indirect(pikepdf.Dictionary(

@@ -138,7 +138,8 @@ class _Walk:
                 if "/EmbeddedFiles" in value:
                     # The files themselves are found (and counted) at their /EF below.
                     self.drop_keys.append((value, "/EmbeddedFiles"))
-            elif key == "/XFA" and "/Fields" in d:
+            elif key == "/XFA":
+                # An XFA form runs its scripts with or without /Fields beside it.
                 self.kinds.add(SCRIPTS)
                 self.drop_keys.append((d, key))
             elif key == "/Annots" and _code(value) == ObjectType.array:
