@@ -231,8 +231,10 @@ def name_extension(filename: str, declared_type: str) -> str:
 def extension(filename: str) -> str:
     """The filename's extension, lower case, without the dot ('' when none),
     as a person reads it: control and format characters (bidi overrides,
-    zero-width spaces) do not count, so ``x.pdf<U+2069>`` ends in .pdf."""
+    zero-width spaces) do not count, so ``x.pdf<U+2069>`` ends in .pdf.
+    A name that is only an extension (``.vbs``) has it: Windows opens
+    ``.js`` as a script."""
     visible = "".join(c for c in filename if unicodedata.category(c) not in ("Cc", "Cf"))
     base = visible.replace("\\", "/").rsplit("/", 1)[-1].strip().rstrip(". ")
     stem, dot, ext = base.rpartition(".")
-    return ext.lower() if dot and stem else ""
+    return ext.lower() if dot else ""

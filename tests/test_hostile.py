@@ -569,12 +569,14 @@ def test_a_million_parameters_neither_stall_the_gateway_nor_take_long(tmp_path: 
         g.kill()  # a gateway stuck on the message would take 70 s to stop
 
 
-@pytest.mark.parametrize("charset", ["undefined", "idna", "unknown-8bit", "x-unknown"])
+@pytest.mark.parametrize("charset", ["undefined", "idna", "punycode", "unknown-8bit", "x-unknown"])
 def test_an_unusable_body_charset_with_a_refusal_is_delivered_not_held(gw: GatewayProcess, raw_sink: RawSink,
                                                                        charset: str) -> None:
     mail = Mail(f"charset-{charset}")
     exe = pe(mail.tag)
-    body = part(f"text/plain; charset={charset}", mail.readable.encode() + CRLF, cte="8bit")
+    # An 8-bit byte: punycode's decoder raises on it even when told to replace.
+    eight_bit = b"caf\xe9" + CRLF if charset == "punycode" else b""
+    body = part(f"text/plain; charset={charset}", mail.readable.encode() + CRLF + eight_bit, cte="8bit")
     html = part(f"text/html; charset={charset}", f"<p>{mail.readable}</p>".encode() + CRLF, cte="8bit")
     root = multipart([multipart([body, html], subtype="alternative", boundary="alt"),
                       part("application/octet-stream", exe, name="setup.exe")])
@@ -729,7 +731,8 @@ JSCRIPT = b"var s = new ActiveXObject('WScript.Shell'); s.Run('calc.exe');\r\n"
 
 @pytest.mark.parametrize("shape", ["rfc2231-name-disagrees", "content-type-name-disagrees",
                                    "rfc2231-continuation", "dotdot-rfc2231", "two-dispositions", "trailing-dot",
-                                   "trailing-space"])
+                                   "trailing-space", "only-an-extension", "nul-in-rfc2231", "nul-in-encoded-word",
+                                   "lf-in-rfc2231", "tab-in-name"])
 def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, raw_sink: RawSink,
                                                             shape: str) -> None:
     """Python returns ``filename`` when ``filename*`` disagrees; a mail client
@@ -744,6 +747,18 @@ def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, 
         att = part("text/plain", blob, raw_name="filename*0=\"notes\"; filename*1=\".t\"; filename*2=\"xt.js\"")
     elif shape == "dotdot-rfc2231":
         att = part("text/plain", blob, raw_name="filename*=UTF-8''..%2F..%2F..%2Fstartup%2Fnotes.js")
+    elif shape == "only-an-extension":
+        # Windows opens ".js" as a script: a name that is only an extension has one.
+        att = part("text/plain", blob, name=".js")
+    elif shape == "nul-in-rfc2231":
+        # One reader cuts the name at the NUL (notes.js), another drops it (notes.js.txt).
+        att = part("text/plain", blob, raw_name="filename*=UTF-8''notes.js%00.txt")
+    elif shape == "nul-in-encoded-word":
+        att = part("text/plain", blob, raw_name='filename="=?utf-8?q?notes.js=00.txt?="')
+    elif shape == "lf-in-rfc2231":
+        att = part("text/plain", blob, raw_name="filename*=UTF-8''notes.js%0A.txt")
+    elif shape == "tab-in-name":
+        att = part("text/plain", blob, raw_name='filename="notes.js\t.txt"')
     elif shape == "two-dispositions":
         # Python reads the first, a client may read the last.
         att = part("text/plain", blob, name="notes.txt", extra=['Content-Disposition: attachment; filename="notes.js"'])
@@ -752,6 +767,33 @@ def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, 
         att = part("text/plain", blob, name="notes.js." if shape == "trailing-dot" else "notes.js ")
     fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[blob],
                                               markers=[b"ActiveXObject"]))
+
+
+@pytest.mark.parametrize("shape", ["blank-after-base64", "base64-semicolon", "x-base64", "after-padding-group",
+                                   "after-complete-padding", "after-padding-large"])
+def test_a_body_readers_decode_differently_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                            shape: str) -> None:
+    """What the gateway examines must be what every client opens: a
+    transfer encoding a lenient client reads as base64 where Python does
+    not, or base64 with more data after its padding (Python carries on
+    after a group of padding alone, other decoders stop at the first), is
+    decoded as a client would or not forwarded at all."""
+    mail = Mail(f"decode-{shape}")
+    exe = pe(mail.tag)
+    notes = b"Meeting notes, nothing to see here.\r\n"  # 37 bytes: its base64 ends in "="
+    if shape.startswith("after-"):
+        if shape == "after-padding-large":
+            notes += b"More notes.\r\n" * 80_000 + b"!"  # over 1 MiB encoded: decoded as a stream
+        hidden = {"after-padding-group": b"====\r\n", "after-complete-padding": b"",
+                  "after-padding-large": b"====\r\n"}[shape]
+        assert b64(notes).rstrip().endswith(b"=")
+        att = part("text/plain", b"", name="notes.txt", cte="").replace(
+            b"\r\n\r\n", b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(notes) + hidden + b64(exe), 1)
+    else:
+        cte = {"blank-after-base64": "base64 ", "base64-semicolon": "base64;", "x-base64": "x-base64"}[shape]
+        att = part("text/plain", b"", name="notes.txt", cte="").replace(
+            b"\r\n\r\n", f"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n".encode() + b64(exe), 1)
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[exe]))
 
 
 @pytest.mark.parametrize("shape", ["inline-text-no-name", "inline-octet-no-name", "garbage-in-base64",

@@ -22,18 +22,66 @@ _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789
 _B64_DELETE = bytes(b for b in range(256) if b not in _B64_ALPHABET)
 SMALL = 1 << 20  # bodies up to this many encoded bytes are decoded in memory
 HEAD = 8192  # bytes kept for type sniffing
+# The transfer encodings every reader decodes alike (RFC 2045 section 6.1),
+# and the uuencode names Python's email package (and many clients) decode.
+ENCODINGS = frozenset({"7bit", "8bit", "binary", "base64", "quoted-printable"})
+_UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+# Words that make an unknown encoding's name look like a known one to a
+# lenient reader ("quoted printable", "base64;", "x-base64").
+_ENCODING_WORDS = ("64", "quoted", "printable", "uu")
 
 
-def _b64_groups(chunks: Iterator[bytes]) -> Iterator[bytes]:
+class AmbiguousEncoding(ValueError):
+    """A body that readers could decode to different bytes: what the
+    gateway would examine is not what every client would open."""
+
+
+def encoding_problem(part: Part) -> str | None:
+    """Why readers could take different bytes from the part's body by its
+    Content-Transfer-Encoding, or None.
+
+    The gateway decodes by the value stripped and lower-cased, as clients
+    do.  An unknown value is read as 7bit by the gateway and by Python, but
+    a lenient client may decode ``quoted printable`` or ``base64;``; a
+    uuencoded part is decoded in memory when small and would be examined
+    encoded when large."""
+    if part.headers.get("Content-Transfer-Encoding") is None:
+        return None
+    cte = part.cte
+    if cte in ENCODINGS:
+        return None
+    if cte in _UUENCODE:
+        return None if part.encoded_size <= SMALL else f"a uuencoded part over {SMALL} bytes"
+    if any(word in cte for word in _ENCODING_WORDS):
+        return f"an ambiguous Content-Transfer-Encoding ({cte[:40]!r})"
+    return None
+
+
+def _after_padding(data: bytes) -> bool:
+    """Whether base64 ``data`` (line ends and other characters outside the
+    alphabet may be in it) has data after its first padding character."""
+    pad = data.find(b"=")
+    return pad >= 0 and bool(data[pad:].translate(None, _B64_DELETE).strip(b"="))
+
+
+def _b64_groups(chunks: Iterator[bytes], strict: bool = False) -> Iterator[bytes]:
     """The encoded data as runs of whole 4-character groups: line breaks and
     other characters outside the alphabet dropped, a partial last group
     padded, and nothing after the first padding character (RFC 4648 section
-    3.3: padding ends the data; decoders conventionally ignore what follows)."""
+    3.3: padding ends the data; decoders conventionally ignore what follows).
+
+    ``strict``: data after the padding raises ``AmbiguousEncoding``.  Readers
+    differ there (Python's decoder carries on after a group of padding
+    alone, others stop at the first one), so what is examined would not be
+    what every client opens."""
     carry = b""
-    for chunk in _whole_lines(chunks):
+    lines = _whole_lines(chunks)
+    for chunk in lines:
         data = carry + _strip(chunk)
         pad = data.find(b"=")
         if pad >= 0:
+            if strict and (data[pad:].strip(b"=") or any(_strip(rest).strip(b"=") for rest in lines)):
+                raise AmbiguousEncoding("base64 data after its padding")
             data = data[:pad]
             usable = len(data) - len(data) % 4
             if usable:
@@ -99,14 +147,14 @@ def _cut_line_ends(data: bytes | memoryview, first: int) -> tuple[bytearray, int
     return kept, end
 
 
-def _b64_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _b64_stream(chunks: Iterator[bytes], strict: bool = False) -> Iterator[bytes]:
     # pybase64 decodes with SIMD, several times faster than binascii; the
     # input is clean whole groups, so its validating fast path applies.
-    for group in _b64_groups(chunks):
+    for group in _b64_groups(chunks, strict):
         yield pybase64.b64decode(group, validate=True)
 
 
-def _b64_range(src: Source, start: int, end: int, window: int = WINDOW) -> Iterator[bytes]:
+def _b64_range(src: Source, start: int, end: int, window: int = WINDOW, strict: bool = False) -> Iterator[bytes]:
     """``_b64_stream`` of the bytes ``[start, end)`` of ``src``, in fewer
     passes over them.
 
@@ -118,7 +166,8 @@ def _b64_range(src: Source, start: int, end: int, window: int = WINDOW) -> Itera
     validation is the check of the alphabet.  From the first window that is
     anything else (the short last line, padding, a stray character), the
     rest goes to ``_b64_stream``, which then starts on a whole group with
-    nothing carried, as it would have reached that point."""
+    nothing carried, as it would have reached that point.  ``strict`` as
+    for ``_b64_groups``."""
     pos = start
     while pos < end:
         data = src.read(pos, min(pos + window, end))
@@ -129,7 +178,7 @@ def _b64_range(src: Source, start: int, end: int, window: int = WINDOW) -> Itera
         yield decoded
         pos += cut
     if pos < end:
-        yield from _b64_stream(src.iter_range(pos, end, window))
+        yield from _b64_stream(src.iter_range(pos, end, window), strict)
 
 
 def _b64_lines(data: bytes, cut: int) -> bytes | None:
@@ -163,17 +212,19 @@ def _qp_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _python_decode(src: Source, part: Part) -> bytes:
-    """Decode a small body exactly as email.message.Message does."""
-    # The encoding as get_payload reads it (the first field, not stripped).
-    if str(part.headers.get("Content-Transfer-Encoding", "")).lower() == "base64":
-        plain = _b64_plain(src.read(part.body_start, part.end))
+    """Decode a small body as email.message.Message does, the encoding's
+    name read as ``Part.cte`` reads it (stripped: Python compares the field
+    as it is, so ``base64 `` would be examined undecoded where a client that
+    strips it opens what it decodes to)."""
+    cte = part.cte
+    body = src.read(part.body_start, part.end)
+    if cte == "base64":
+        plain = _b64_plain(body)
         if plain is not None:
             return plain
     msg = Message()
-    for k, v in part.headers.items():
-        if k.lower() == "content-transfer-encoding":
-            msg[k] = v
-    body = src.read(part.body_start, part.end)
+    if part.headers.get("Content-Transfer-Encoding") is not None:
+        msg["Content-Transfer-Encoding"] = cte
     msg.set_payload(body)
     decoded = msg.get_payload(decode=True)
     return decoded if isinstance(decoded, bytes) else body
@@ -244,15 +295,19 @@ def measure(src: Source, part: Part) -> Measure:
     decoding would cost as much.  Its first bytes are kept.  Other large
     parts are decoded once (quoted-printable) or counted (identity
     encodings).  The upload hashes what it stores.
+
+    Raises ``AmbiguousEncoding`` for base64 with data after its padding.
     """
     if part.encoded_size <= SMALL:
+        if part.cte == "base64" and _after_padding(src.read(part.body_start, part.end)):
+            raise AmbiguousEncoding("base64 data after its padding")
         data = _python_decode(src, part)
         return Measure(size=len(data), head=data[:HEAD], sha256=hashlib.sha256(data).hexdigest())
     cte = part.cte
     head_bytes = src.read(part.body_start, min(part.end, part.body_start + HEAD * 2))
     if cte == "base64":
         head = b"".join(_b64_stream(iter([head_bytes])))[:HEAD] if head_bytes else b""
-        size = sum(len(chunk) for chunk in _b64_range(src, part.body_start, part.end))
+        size = sum(len(chunk) for chunk in _b64_range(src, part.body_start, part.end, strict=True))
         return Measure(size=size, head=head, sha256=None)
     if cte == "quoted-printable":
         size = 0

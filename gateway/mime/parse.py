@@ -212,6 +212,8 @@ def _parse_headers(raw: bytes) -> Message:
 
 # A field name as Python's feedparser takes one (its headerRE, without ':').
 _FIELD_NAME = re.compile(r"[\041-\071\073-\176]+")
+# C0 and C1 controls and DEL: in a file name, read differently by each reader.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _plain_headers(raw: bytes) -> Message | None:
@@ -471,7 +473,10 @@ def _name_problem(ctype: Structured, disposition: Structured) -> str | None:
     disagree.  Two names agree when equal (after RFC 2047 decoding of the
     plain forms) or, as when a client writes an ASCII fallback beside the
     real name (RFC 6266 section 4.3), when they end in the same extension
-    and one of them is not pure ASCII.
+    and one of them is not pure ASCII.  Also refused: a name with a control
+    character in it (NUL, a line end, a tab, DEL or C1), which readers cut,
+    drop or keep each their own way: ``run.vbs<NUL>.txt`` is ``run.vbs`` to
+    one and ``run.vbs.txt`` to another.
     """
     found: list[str] = []
     for params, key in ((disposition, "filename*"), (disposition, "filename"),
@@ -481,6 +486,9 @@ def _name_problem(ctype: Structured, disposition: Structured) -> str | None:
             return f"ambiguous file name ({len(values)} {key} parameters)"
         if values and values[0].strip():
             found.append(values[0].strip() if key.endswith("*") else decode_2047(values[0]).strip())
+    for name in found:
+        if _CONTROL.search(name):
+            return f"ambiguous file name (a control character in {_short(ascii(name))})"
     for other in found[1:]:
         if not _names_agree(found[0], other):
             return f"ambiguous file name ({_short(found[0])!r} or {_short(other)!r})"

@@ -246,6 +246,7 @@ def notice_part(notice: str, keep_fields: Iterable[bytes] = ()) -> bytes:
 # Every printable ASCII character and the line ends: a charset that encodes
 # and decodes these as ASCII does is one new ASCII text can be added in.
 _ASCII_PROBE = "".join(chr(c) for c in range(32, 127)) + "\t\r\n"
+_ALL_BYTES = bytes(range(256))
 
 
 def _charset_codec(charset: str) -> tuple[str | None, bool]:
@@ -257,6 +258,7 @@ def _charset_codec(charset: str) -> tuple[str | None, bool]:
         probe = _ASCII_PROBE.encode(name)
         compatible = probe == _ASCII_PROBE.encode("ascii") and probe.decode(name) == _ASCII_PROBE
         "\u00e9".encode(name, "replace")  # codecs that fail on any text fail here
+        _ALL_BYTES.decode(name, "replace")  # and those that fail on bytes (punycode, idna)
     except Exception:  # noqa: BLE001 - any codec failure means "cannot use"
         return None, False
     return name, compatible

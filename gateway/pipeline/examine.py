@@ -2,7 +2,8 @@
 measured, its type detected from its bytes (a ZIP by its central
 directory), scanned when the route scans, and judged by the route's
 policies.  A part the gateway could not examine (the parser's unexamined
-leaves, or any part once the message's CPU budget is spent) is refused by
+leaves, a body readers could decode to different bytes, or any part once
+the message's CPU budget is spent) is refused by
 the ``unexamined`` pseudo-policy, unless the route insists otherwise."""
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import policies
 from gateway import mailtext, metrics
 from gateway.mime import container, tnef
-from gateway.mime.decode import Measure, decoded_chunks, measure, message_header
+from gateway.mime.decode import AmbiguousEncoding, Measure, decoded_chunks, encoding_problem, measure, message_header
 from gateway.mime.parse import Part
 from gateway.mime.source import Source
 from gateway.partfacts import part_facts
@@ -39,15 +40,19 @@ class Examine(Step):
                 continue
             if n % 32 == 0:
                 await asyncio.sleep(0)  # small parts are judged on the loop: let the others run
-            why_not = leaf.unexamined
+            why_not = leaf.unexamined or encoding_problem(leaf)
             if why_not is None and job.budget.exhausted:
                 why_not = (f"the time for examining one message ({self.services.cfg.worker.max_cpu_seconds:g} s "
                            "of CPU) ran out")
+            if why_not is None:
+                try:
+                    facts, m = await self._facts(job, leaf, signature=is_signature(leaf, parents))
+                except AmbiguousEncoding as e:
+                    why_not = str(e)
+                else:
+                    outcome = PartOutcome(leaf, policies.decide(self.services.policies[route.name], facts), m, facts)
             if why_not is not None:
                 outcome = unexamined(leaf, job, why_not)
-            else:
-                facts, m = await self._facts(job, leaf, signature=is_signature(leaf, parents))
-                outcome = PartOutcome(leaf, policies.decide(self.services.policies[route.name], facts), m, facts)
             log_decision(job, outcome)
             job.outcomes.append(outcome)
         fit_next_hop(job)

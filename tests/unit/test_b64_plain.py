@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.mime.decode import _b64_plain, decoded_bytes, measure
+from gateway.mime.decode import HEAD, SMALL, _b64_plain, decoded_bytes, measure
 from gateway.mime.parse import Limits, parse
 from gateway.mime.source import Source
 
@@ -67,10 +67,15 @@ def test_fast_path_leaves_the_odd_ones_to_python(body: bytes) -> None:
 
 
 @pytest.mark.parametrize("cte", ["base64", "BASE64", "base64 ", " base64", "Base64\t"])
-def test_a_part_decodes_as_python_reads_its_encoding(tmp_path: Path, cte: str) -> None:
-    # Python compares the field as it is (lower-cased, not stripped): a
-    # trailing blank makes it not base64 to Python, so not to the gateway.
-    payload = base64.encodebytes(b"%PDF-1.7 hello" * 50).replace(b"\n", b"\r\n")
+@pytest.mark.parametrize("copies", [50, 80_000])  # decoded in memory, and streamed
+def test_a_part_decodes_as_a_client_that_strips_its_encoding_reads_it(tmp_path: Path, cte: str,
+                                                                      copies: int) -> None:
+    # Python compares the field as it is (lower-cased, not stripped), so to
+    # it "base64 " is not base64; a client that strips the blank opens what
+    # it decodes to.  The gateway examines that, small or large: a program
+    # sent as "base64 " is judged as the program.
+    data = b"%PDF-1.7 hello" * copies
+    payload = base64.encodebytes(data).replace(b"\n", b"\r\n")
     raw = (b"From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
            b"--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: " + cte.encode() + b"\r\n\r\n"
            + payload + b"--b--\r\n")
@@ -79,7 +84,7 @@ def test_a_part_decodes_as_python_reads_its_encoding(tmp_path: Path, cte: str) -
     with Source(path) as src:
         root = parse(src, Limits())
         leaf = root.leaves()[0]
-        import email
-        python = email.message_from_bytes(raw).get_payload()[0].get_payload(decode=True)
-        assert decoded_bytes(src, leaf) == python
-        assert measure(src, leaf).size == len(python)
+        assert (leaf.encoded_size > SMALL) == (copies > 50)
+        assert decoded_bytes(src, leaf) == data
+        m = measure(src, leaf)
+        assert m.size == len(data) and m.head == data[:HEAD]
