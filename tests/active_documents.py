@@ -271,6 +271,38 @@ def xlsm_macro() -> bytes:
     })
 
 
+def xlsx_macro_sheet_renamed(by: str) -> bytes:
+    """An Excel workbook whose second sheet is an Excel 4 macro sheet with
+    an Auto_Open name, kept among the worksheets (not in xl/macrosheets/):
+    a macro sheet ``by`` its content type or by its relationship's type."""
+    ws = ('<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+          '<sheetData/></worksheet>')
+    macro = ('<xm:macrosheet xmlns:xm="http://schemas.microsoft.com/office/excel/2006/main">'
+             '<sheetData><row r="1"><c r="A1"><f>EXEC("calc.exe")</f></c></row></sheetData></xm:macrosheet>')
+    wb = ('<workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
+          f'xmlns:r="{_R}"><sheets><sheet name="Sheet1" sheetId="1" r:id="rId1"/>'
+          '<sheet name="Macro1" sheetId="2" r:id="rId2"/></sheets>'
+          '<definedNames><definedName name="_xlnm.Auto_Open">Macro1!$A$1</definedName></definedNames></workbook>')
+    sheet_type = ("application/vnd.ms-excel.macrosheet+xml" if by == "content type" else
+                  "application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml")
+    rel_type = ("http://schemas.microsoft.com/office/2006/relationships/xlMacrosheet" if by == "relationship"
+                else f"{_REL}/worksheet")
+    return _package({
+        "[Content_Types].xml": _types("xl/workbook.xml", XLSX_MAIN, overrides=(
+            '<Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-'
+            'officedocument.spreadsheetml.worksheet+xml"/>'
+            f'<Override PartName="/xl/worksheets/sheet2.xml" ContentType="{sheet_type}"/>')),
+        "_rels/.rels": _rels(("rId1", "officeDocument", "xl/workbook.xml", False)),
+        "xl/_rels/workbook.xml.rels": (
+            _DECL + f'<Relationships xmlns="{_PKG_REL}">'
+            f'<Relationship Id="rId1" Type="{_REL}/worksheet" Target="worksheets/sheet1.xml"/>'
+            f'<Relationship Id="rId2" Type="{rel_type}" Target="worksheets/sheet2.xml"/></Relationships>'),
+        "xl/workbook.xml": _DECL + wb,
+        "xl/worksheets/sheet1.xml": _DECL + ws,
+        "xl/worksheets/sheet2.xml": _DECL + macro,
+    })
+
+
 def ole_file(streams: dict[str, bytes]) -> bytes:
     """A minimal OLE compound file (version 3, 512-byte sectors) holding the
     given streams at the root (names with one "/" make one storage level),

@@ -320,6 +320,18 @@ def test_xlsm_macros() -> None:
     assert (result.new_type, result.new_extension, result.removed) == (filetypes.XLSX, "xlsx", ("macros",))
 
 
+@pytest.mark.parametrize("by", ["content type", "relationship"])
+def test_an_excel_4_macro_sheet_outside_its_folder_is_not_let_through(by: str) -> None:
+    # Excel finds a macro sheet by its content type and its relationship,
+    # not by the xl/macrosheets/ folder.
+    original = docs.xlsx_macro_sheet_renamed(by)
+    for detected in (docs.ooxml_type(original), filetypes.XLSX, filetypes.XLSM):
+        result = disarm(original, detected, budget=Budget())
+        assert result.status == "failed" and "Excel 4 macro sheets" in result.reason, (detected, result)
+    if by == "content type":
+        assert docs.ooxml_type(original) == filetypes.XLSM
+
+
 def test_docx_embedded_ole_package_returned() -> None:
     original = docs.docx_embedded_package()
     assert docs.ooxml_type(original) == filetypes.DOCX  # what the gateway lets through today

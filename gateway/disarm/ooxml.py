@@ -294,7 +294,10 @@ def disarm_ooxml(data: bytes, detected_type: str, budget: Budget, deadline: Dead
     if main is None or main_type not in container._MAIN_PARTS:
         raise NotExaminable("no Office main part")
     flavour = container._MAIN_PARTS[main_type]
-    if any(_MACRO_SHEET.search(n) for n in pkg.by_name):
+    # A macro sheet is one by its folder, its content type or the
+    # relationship to it: Excel needs only the last two.
+    if any(_MACRO_SHEET.search(n) or "macrosheet" in (types.of(n) or "") for n in pkg.by_name) \
+            or any(r.kind in ("xlmacrosheet", "xlintlmacrosheet") for rs in rels.values() for r in rs):
         raise CannotDisarm("Excel 4 macro sheets")
 
     plan = _Plan()

@@ -289,7 +289,10 @@ def _ooxml(names: list[str], types: list[str]) -> str:
             continue
         if not n.startswith(allowed):
             return "application/zip"
-    macro = any("macroenabled" in t or "vbaproject" in t for t in types) or any(_MACRO_ENTRY.search(n) for n in names)
+    # A macro sheet is one by its content type wherever it lies (Excel does
+    # not need the xl/macrosheets/ folder).
+    macro = any("macroenabled" in t or "vbaproject" in t or "macrosheet" in t for t in types) \
+        or any(_MACRO_ENTRY.search(n) for n in names)
     if macro and main not in filetypes.MACRO_TYPES:
         return filetypes.MACRO_VARIANT.get(main, main)
     return main

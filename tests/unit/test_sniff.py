@@ -133,6 +133,10 @@ ZIPS: list[tuple[str, bytes, str]] = [
     ("an XLSX with a VBA project content type", package(
         "xl/", extra_types='<Default Extension="bin" ContentType="application/vnd.ms-office.vbaProject"/>'), XLSM),
     ("an XLSX with an Excel 4 macro sheet", package("xl/", extra=[("xl/macrosheets/sheet1.xml", b"<m/>")]), XLSM),
+    ("an XLSX with an Excel 4 macro sheet among the worksheets", package(
+        "xl/", extra=[("xl/worksheets/sheet2.xml", b"<m/>")],
+        extra_types='<Override PartName="/xl/worksheets/sheet2.xml" '
+                    'ContentType="application/vnd.ms-excel.macrosheet+xml"/>'), XLSM),
     ("an XLAM", package("xl/", "application/vnd.ms-excel.addin.macroEnabled.main+xml"), XLAM),
     ("a PPTX with a VBA project late in the archive", package("ppt/", extra=pad("ppt/") + [
         ("ppt/vbaProject.bin", b"x")]), PPTM),
