@@ -769,6 +769,25 @@ def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, 
                                               markers=[b"ActiveXObject"]))
 
 
+@pytest.mark.parametrize("shape", ["blank-before-colon", "disposition-without-semicolon", "unbalanced-quote"])
+def test_a_file_behind_a_field_readers_split_differently_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                                          shape: str) -> None:
+    """A field Python's parser reads one way and a lenient client another
+    must not turn a named script into inline text the gateway lets by."""
+    mail = Mail(f"field-{shape}")
+    # The tag first: the file's last 40 bytes must not be the Subject's.
+    blob = f"// {mail.tag}\r\n".encode() + JSCRIPT
+    if shape == "blank-before-colon":
+        # Python ends the header block at the field and reads it as body.
+        att = part("text/plain", blob, name="notes.js").replace(b"Content-Disposition:", b"Content-Disposition :", 1)
+    elif shape == "disposition-without-semicolon":
+        att = part("text/plain", blob, raw_name="").replace(b"attachment; ", b"attachment filename=notes.js", 1)
+    else:
+        # Python's charset is 'utf-8; name=notes.js'; a client may see the name.
+        att = part('text/plain; charset="utf-8; name=notes.js', blob)
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[blob], markers=[b"ActiveXObject"]))
+
+
 @pytest.mark.parametrize("shape", ["blank-after-base64", "base64-semicolon", "x-base64", "after-padding-group",
                                    "after-complete-padding", "after-padding-large"])
 def test_a_body_readers_decode_differently_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,

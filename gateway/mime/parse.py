@@ -154,6 +154,10 @@ class Part:
 
 
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")  # as Python's feedparser
+# "Content-Disposition : attachment" (RFC 5322's obsolete syntax): Python's
+# parser ends the header block there and reads it as body, a lenient client
+# as the field; which part is a file, and its name, would then differ.
+_OBS_CONTENT_FIELD = re.compile(rb"content-[\041-\071\073-\176]*[\t ]+:", re.I)
 
 
 class _HeaderProblem(Exception):
@@ -183,6 +187,8 @@ def _header_end(src: Source, start: int, end: int, limits: Limits) -> tuple[int,
             if not line:
                 return start + pos, start + m.end()
             if not _HEADER_LINE.match(line):
+                if _OBS_CONTENT_FIELD.match(line):
+                    raise _HeaderProblem("a Content- header field with blanks before its colon")
                 return start + pos, start + pos
             if len(line) > limits.max_header_line:
                 raise _HeaderProblem(f"a header line of {len(line)} bytes (limit {limits.max_header_line})")
@@ -194,6 +200,8 @@ def _header_end(src: Source, start: int, end: int, limits: Limits) -> tuple[int,
         if complete:
             tail = data[pos:]
             if tail and not _HEADER_LINE.match(tail):
+                if _OBS_CONTENT_FIELD.match(tail):
+                    raise _HeaderProblem("a Content- header field with blanks before its colon")
                 return start + pos, start + pos
             if len(tail) > limits.max_header_line:
                 raise _HeaderProblem(f"a header line of {len(tail)} bytes (limit {limits.max_header_line})")
@@ -212,6 +220,9 @@ def _parse_headers(raw: bytes) -> Message:
 
 # A field name as Python's feedparser takes one (its headerRE, without ':').
 _FIELD_NAME = re.compile(r"[\041-\071\073-\176]+")
+# A Content-Type or Content-Disposition value (before its parameters): a
+# token, or type/subtype, or nothing; comments in parentheses are allowed.
+_FIELD_VALUE = re.compile(r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]*(?:\s*/\s*[!#$%&'*+.^_`{|}~0-9A-Za-z-]*)?(?:\s*\([^()]*\))*")
 # C0 and C1 controls and DEL: in a file name, read differently by each reader.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -446,6 +457,10 @@ def _check_fields(part: Part, limits: Limits) -> str | None:
             return f"{n} {name} header fields"
     for name in ("Content-Type", "Content-Disposition"):
         value = headers.get(name)
+        if value is not None and str(value).replace("\\\\", "").replace('\\"', "").count('"') % 2:
+            # Where the quoted string ends is each reader's guess:
+            # 'charset="utf-8; name=run.html' names a file to some.
+            return f"an unbalanced quote in {name}"
         try:
             parsed = parse_params(None if value is None else str(value), limits.max_params)
         except TooManyParams as e:
@@ -456,6 +471,10 @@ def _check_fields(part: Part, limits: Limits) -> str | None:
             del headers[name]
             headers[name] = bare
             return f"a {name} field with {e.count} ';' (limit {e.limit})"
+        if value is not None and not _FIELD_VALUE.fullmatch(parsed.value.strip()):
+            # "attachment filename=run.js" (no ';'): a file's name to a
+            # lenient reader, a disposition type nobody knows to Python.
+            return f"a {name} value that is not one word ({_short(ascii(parsed.value.strip()))})"
         if name == "Content-Type":
             part.type_params = parsed
         else:
