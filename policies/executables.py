@@ -1,7 +1,8 @@
 """Refuse programs and scripts, whatever they are called.
 
 The detected type decides (a Windows program renamed ``invoice.pdf`` is
-still a Windows program), and so does an extension that a computer runs
+still a Windows program), and so does the declared type (a client names a
+nameless file by it), and an extension that a computer runs
 when the file is opened (a script is plain text to libmagic, so its bytes
 alone cannot tell), or one that a browser opens as active content (a web
 page, an SVG image, a web archive: they run scripts).  Every part but the
@@ -39,10 +40,14 @@ class RefuseExecutables:
         if part.is_body:
             return None
         details = {"declared_type": part.declared_type, "detected_type": part.detected_type}
-        if part.detected_type in self.types:
-            return Decision(Action.REFUSE, self.name,
-                            **explained(M_("it is {type}, and programs and scripts are not accepted"),
-                                        type=TypeName(part.detected_type)), details=details)
+        # The declared type too: a client names a nameless (or extensionless)
+        # file by it, so text declared as application/javascript is saved
+        # and opened as a .js.
+        for kind in (part.detected_type, part.declared_type):
+            if kind in self.types:
+                return Decision(Action.REFUSE, self.name,
+                                **explained(M_("it is {type}, and programs and scripts are not accepted"),
+                                            type=TypeName(kind)), details=details)
         ext = name_extension(part.filename, part.declared_type)
         if ext in self.extensions:
             return Decision(Action.REFUSE, self.name,

@@ -769,7 +769,8 @@ def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, 
                                               markers=[b"ActiveXObject"]))
 
 
-@pytest.mark.parametrize("shape", ["blank-before-colon", "disposition-without-semicolon", "unbalanced-quote"])
+@pytest.mark.parametrize("shape", ["blank-before-colon", "disposition-without-semicolon", "unbalanced-quote",
+                                   "junk-line-before", "8bit-field-name-before"])
 def test_a_file_behind_a_field_readers_split_differently_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
                                                                           shape: str) -> None:
     """A field Python's parser reads one way and a lenient client another
@@ -782,9 +783,57 @@ def test_a_file_behind_a_field_readers_split_differently_is_not_delivered(gw: Ga
         att = part("text/plain", blob, name="notes.js").replace(b"Content-Disposition:", b"Content-Disposition :", 1)
     elif shape == "disposition-without-semicolon":
         att = part("text/plain", blob, raw_name="").replace(b"attachment; ", b"attachment filename=notes.js", 1)
+    elif shape in ("junk-line-before", "8bit-field-name-before"):
+        # Python ends the header block at a line that cannot be a field;
+        # Mozilla's parser skips it and reads the fields after it.
+        junk = b"X-Junk-without-colon\r\n" if shape == "junk-line-before" else "\u00e9t\u00e9: 1\r\n".encode()
+        att = part("text/plain", blob, name="notes.js").replace(b"Content-Disposition:", junk + b"Content-Disposition:", 1)
     else:
         # Python's charset is 'utf-8; name=notes.js'; a client may see the name.
         att = part('text/plain; charset="utf-8; name=notes.js', blob)
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[blob], markers=[b"ActiveXObject"]))
+
+
+def test_a_junk_line_in_the_message_header_does_not_hide_its_structure(gw: GatewayProcess,
+                                                                       raw_sink: RawSink) -> None:
+    # Before MIME-Version and the multipart Content-Type: Python reads the
+    # rest as one text body, a lenient client finds the program in it.
+    mail = Mail("junk-top")
+    exe = pe(mail.tag)
+    root = multipart([mail.body(), part("application/octet-stream", exe, name="setup.exe")])
+    raw = mail.build(root).replace(b"MIME-Version:", b"X-Junk-without-colon\r\nMIME-Version:", 1)
+    qid, tx = deliver(gw, raw_sink, mail, raw)
+    assert b64head(exe) not in tx.wire and exe[-40:] not in tx.wire, "the program was delivered"
+    assert wire_problems(tx) == []
+    assert b"could not be examined" in tx.data
+    assert quarantined(gw.objects, exe)
+    assert held(gw, qid) is None
+
+
+@pytest.mark.parametrize("shape", ["attached-hta", "attached-bat"])
+def test_an_attached_message_named_as_a_program_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                                 shape: str) -> None:
+    """Saved under its name, an attached message is that file: mshta and
+    cmd skip its header lines and run the rest."""
+    mail = Mail(shape)
+    name = "invoice.hta" if shape == "attached-hta" else "invoice.bat"
+    body = (b"Content-Type: text/html\r\n\r\n<script>new ActiveXObject('WScript.Shell').Run('calc');</script>\r\n"
+            if shape == "attached-hta" else b"Content-Type: text/plain\r\n\r\ncalc.exe\r\ncalc.exe\r\n")
+    inner = f"X-Tag: {mail.tag}\r\nFrom: x@example.net\r\nSubject: inner\r\n".encode() + body
+    att = part(f'message/rfc822; name="{name}"', inner, cte="7bit", name=name)
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[inner],
+                                              markers=[b"WScript.Shell"]))
+
+
+@pytest.mark.parametrize("declared,name", [("application/x-javascript", None), ("text/vbscript", None),
+                                           ("application/hta", "invoice")])
+def test_a_script_known_only_by_its_declared_type_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                                   declared: str, name: str | None) -> None:
+    """A client names a file with no extension by its declared type: text
+    declared as a script is saved and opened as one."""
+    mail = Mail(f"declared-{declared}")
+    blob = f"// {mail.tag}\r\n".encode() + JSCRIPT
+    att = part(declared, blob, name=name, extra=[] if name else ["Content-Disposition: attachment"])
     fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[blob], markers=[b"ActiveXObject"]))
 
 

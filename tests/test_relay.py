@@ -198,13 +198,21 @@ def test_hostile_filenames_stay_out_of_keys_and_headers(make_gateway, name: str)
     [out] = gw.wait_outbox()
     [key] = stored_objects(gw.objects)
     segments = key.split("/")
+    # No header was made from the name: the parsed output has no X-Evil.
+    assert parse(out).get("X-Evil") is None
+    assert all(p.get("X-Evil") is None for p in leaves(parse(out)))
+    assert "\r" not in key and "\n" not in key and "\x00" not in key and ".." not in segments
+    if any(ord(c) < 32 for c in name) or name == ".hidden":
+        # A name with a control character is ambiguous (readers cut it at
+        # the NUL or keep it), and ".hidden" ends in an extension no route
+        # allows: refused, kept in quarantine under a key of its own.
+        assert segments[0] == "quarantine", key
+        assert b"was removed" in out and not links(out)
+        return
     assert segments[0] == "uploads" and len(segments) == 3
     assert re.fullmatch(r"[0-9TZ.]+-[A-Za-z0-9._-]{1,100}", segments[2]), key
     assert ".." not in segments[2] and "\r" not in key and "\n" not in key
     assert (gw.objects / key).read_bytes() == data  # inside the store's root
-    # No header was made from the name: the parsed output has no X-Evil.
-    assert parse(out).get("X-Evil") is None
-    assert all(p.get("X-Evil") is None for p in leaves(parse(out)))
     status, headers, got = fetch(links(payload(leaves(parse(out))[0]))[0])
     assert status == 200 and got == data
     cd = headers["Content-Disposition"]

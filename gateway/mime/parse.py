@@ -51,6 +51,8 @@ _HEADER_PARSER = BytesHeaderParser(policy=compat32)
 _LINE_END = re.compile(rb"\r\n|\n|\r")
 MAX_BOUNDARY = 70  # RFC 2046 section 5.1.1
 ATTACHED_MESSAGE_TYPES = ("message/rfc822", "message/global")
+# The names an attached message may have: none, or a message file's.
+_MESSAGE_EXTENSIONS = ("", "eml", "msg", "txt")
 _IDENTITY_CTES = ("7bit", "8bit", "binary")
 
 
@@ -154,10 +156,26 @@ class Part:
 
 
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")  # as Python's feedparser
-# "Content-Disposition : attachment" (RFC 5322's obsolete syntax): Python's
-# parser ends the header block there and reads it as body, a lenient client
-# as the field; which part is a file, and its name, would then differ.
-_OBS_CONTENT_FIELD = re.compile(rb"content-[\041-\071\073-\176]*[\t ]+:", re.I)
+# A line a lenient reader takes for a Content- or MIME-Version field
+# ("Content-Disposition : attachment", RFC 5322's obsolete syntax, too).
+_LENIENT_CONTENT_FIELD = re.compile(rb"[\t ]*(?:content-[^\s:]*|mime-version)[\t ]*:", re.I)
+
+
+def _hides_fields(data: bytes, pos: int) -> bool:
+    """Whether, from the line at ``pos`` (one that cannot be a header field,
+    where Python's parser ends the header block) to the next empty line, a
+    line reads as a Content- or MIME-Version field to a lenient reader.
+    Mozilla's parser, for one, takes every line up to the empty one as the
+    header block and skips those without a colon: which part is a file, and
+    its name, or the whole message's structure, would then differ."""
+    for m in _LINE_END.finditer(data, pos):
+        line = data[pos:m.start()]
+        if not line:
+            return False
+        if _LENIENT_CONTENT_FIELD.match(line):
+            return True
+        pos = m.end()
+    return bool(_LENIENT_CONTENT_FIELD.match(data, pos))
 
 
 class _HeaderProblem(Exception):
@@ -187,8 +205,8 @@ def _header_end(src: Source, start: int, end: int, limits: Limits) -> tuple[int,
             if not line:
                 return start + pos, start + m.end()
             if not _HEADER_LINE.match(line):
-                if _OBS_CONTENT_FIELD.match(line):
-                    raise _HeaderProblem("a Content- header field with blanks before its colon")
+                if _hides_fields(data, pos):
+                    raise _HeaderProblem("a line that is not a header field, before Content- or MIME-Version fields")
                 return start + pos, start + pos
             if len(line) > limits.max_header_line:
                 raise _HeaderProblem(f"a header line of {len(line)} bytes (limit {limits.max_header_line})")
@@ -200,8 +218,8 @@ def _header_end(src: Source, start: int, end: int, limits: Limits) -> tuple[int,
         if complete:
             tail = data[pos:]
             if tail and not _HEADER_LINE.match(tail):
-                if _OBS_CONTENT_FIELD.match(tail):
-                    raise _HeaderProblem("a Content- header field with blanks before its colon")
+                if _hides_fields(data, pos):
+                    raise _HeaderProblem("a line that is not a header field, before Content- or MIME-Version fields")
                 return start + pos, start + pos
             if len(tail) > limits.max_header_line:
                 raise _HeaderProblem(f"a header line of {len(tail)} bytes (limit {limits.max_header_line})")
@@ -434,6 +452,12 @@ def _parse_part(st: _State, start: int, end: int, depth: int, path: str, default
     if headers.get_content_maintype() == "multipart":
         _parse_multipart(st, part)
     elif ctype in ATTACHED_MESSAGE_TYPES:
+        # Saved under its name, an attached message is a file like any
+        # other: as invoice.hta or run.bat, mshta or cmd skips its header
+        # lines and runs the rest.  Only a message's own names pass.
+        if _extension(part.filename) not in _MESSAGE_EXTENSIONS:
+            part.unexamined = f"an attached message named {_short(ascii(part.filename))}"
+            return part
         _parse_attached(st, part)
     elif ctype == "message/partial":
         part.unexamined = "a message fragment cannot be examined"
