@@ -732,13 +732,14 @@ JSCRIPT = b"var s = new ActiveXObject('WScript.Shell'); s.Run('calc.exe');\r\n"
 @pytest.mark.parametrize("shape", ["rfc2231-name-disagrees", "content-type-name-disagrees",
                                    "rfc2231-continuation", "dotdot-rfc2231", "two-dispositions", "trailing-dot",
                                    "trailing-space", "only-an-extension", "nul-in-rfc2231", "nul-in-encoded-word",
-                                   "lf-in-rfc2231", "tab-in-name"])
+                                   "lf-in-rfc2231", "tab-in-name", "name-on-disposition",
+                                   "disposition-name-differs"])
 def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, raw_sink: RawSink,
                                                             shape: str) -> None:
     """Python returns ``filename`` when ``filename*`` disagrees; a mail client
     may show the other one.  A harmless name must not hide a runnable one."""
     mail = Mail(f"names-{shape}")
-    blob = JSCRIPT + f"// {mail.tag}\r\n".encode()
+    blob = f"// {mail.tag}\r\n".encode() + JSCRIPT  # the tag first: the last 40 bytes must not be the Subject's
     if shape == "rfc2231-name-disagrees":
         att = part("text/plain", blob, raw_name="filename=\"notes.txt\"; filename*=UTF-8''notes.js")
     elif shape == "content-type-name-disagrees":
@@ -757,6 +758,11 @@ def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, 
         att = part("text/plain", blob, raw_name='filename="=?utf-8?q?notes.js=00.txt?="')
     elif shape == "lf-in-rfc2231":
         att = part("text/plain", blob, raw_name="filename*=UTF-8''notes.js%0A.txt")
+    elif shape == "name-on-disposition":
+        # No filename, no Content-Type name: some clients take this one.
+        att = part("text/plain", blob, raw_name='name="notes.js"')
+    elif shape == "disposition-name-differs":
+        att = part("text/plain", blob, raw_name='filename="notes.txt"; name="notes.js"')
     elif shape == "tab-in-name":
         att = part("text/plain", blob, raw_name='filename="notes.js\t.txt"')
     elif shape == "two-dispositions":

@@ -522,12 +522,17 @@ def _name_problem(ctype: Structured, disposition: Structured) -> str | None:
     one and ``run.vbs.txt`` to another.
     """
     found: list[str] = []
+    # A "name" on Content-Disposition is no standard's, but some clients
+    # name the file by it: it must agree too, and cannot be the only name
+    # (the gateway would judge a nameless part that a client saves as x.js).
     for params, key in ((disposition, "filename*"), (disposition, "filename"),
-                        (ctype, "name*"), (ctype, "name")):
+                        (ctype, "name*"), (ctype, "name"), (disposition, "name*"), (disposition, "name")):
         values = params.get_all(key)
         if len(values) > 1:
             return f"ambiguous file name ({len(values)} {key} parameters)"
         if values and values[0].strip():
+            if not found and params is disposition and key.startswith("name"):
+                return "a file name only in the Content-Disposition's name parameter"
             found.append(values[0].strip() if key.endswith("*") else decode_2047(values[0]).strip())
     for name in found:
         if _CONTROL.search(name):
