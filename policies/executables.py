@@ -40,14 +40,8 @@ class RefuseExecutables:
         if part.is_body:
             return None
         details = {"declared_type": part.declared_type, "detected_type": part.detected_type}
-        # The declared type too: a client names a nameless (or extensionless)
-        # file by it, so text declared as application/javascript is saved
-        # and opened as a .js.
-        for kind in (part.detected_type, part.declared_type):
-            if kind in self.types:
-                return Decision(Action.REFUSE, self.name,
-                                **explained(M_("it is {type}, and programs and scripts are not accepted"),
-                                            type=TypeName(kind)), details=details)
+        if part.detected_type in self.types:
+            return self._refused_type(part.detected_type, details)
         ext = name_extension(part.filename, part.declared_type)
         if ext in self.extensions:
             return Decision(Action.REFUSE, self.name,
@@ -59,4 +53,14 @@ class RefuseExecutables:
             return Decision(Action.REFUSE, self.name,
                             **explained(M_("files ending in .{extension} are web content that can run scripts, "
                                            "which is not accepted"), extension=ext), details=details)
+        # The declared type too: a client names a nameless (or extensionless)
+        # file by it, so text declared as application/javascript is saved
+        # and opened as a .js.
+        if part.declared_type in self.types:
+            return self._refused_type(part.declared_type, details)
         return None
+
+    def _refused_type(self, kind: str, details: dict[str, str | None]) -> Decision:
+        return Decision(Action.REFUSE, self.name,
+                        **explained(M_("it is {type}, and programs and scripts are not accepted"),
+                                    type=TypeName(kind)), details=details)

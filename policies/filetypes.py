@@ -98,7 +98,8 @@ DEFAULT_EXTENSIONS: dict[str, tuple[str, ...]] = {
 # type (else .bin): the policies check that name as if the sender had given
 # it, since it is the name the agent's computer will open the file by.
 DEFAULT_NAME_EXTENSIONS = {"application/pdf": "pdf", "image/png": "png", "image/jpeg": "jpg",
-                           "text/plain": "txt", "text/html": "html", "message/rfc822": "eml"}
+                           "text/plain": "txt", "text/html": "html", "message/rfc822": "eml",
+                           "image/svg+xml": "svg", "application/xhtml+xml": "xhtml"}
 
 # Outlook's TNEF wrapper (winmail.dat), by its declared or detected type.
 TNEF_TYPES = {"application/ms-tnef", "application/vnd.ms-tnef"}
@@ -114,6 +115,18 @@ EXECUTABLE_TYPES = {
     "text/x-shellscript", "text/x-msdos-batch", "text/x-python", "text/x-script.python", "text/x-perl",
     "text/x-php", "text/x-ruby", "text/x-tcl", "text/x-lua", "text/x-awk", "application/x-bytecode.python",
     "text/x-powershell", "text/vbscript", "text/x-vbscript",
+    # Declared types a client names a file without an extension by (the
+    # WHATWG list of JavaScript types, shells, PowerShell, VBScript,
+    # Windows programs and help files): libmagic never says these, the
+    # sender does.
+    "application/ecmascript", "application/x-ecmascript", "text/ecmascript", "text/x-ecmascript", "text/jscript",
+    "text/x-javascript", "text/livescript", "text/javascript1.0", "text/javascript1.1", "text/javascript1.2",
+    "text/javascript1.3", "text/javascript1.4", "text/javascript1.5", "application/x-sh", "application/x-shellscript",
+    "text/x-sh", "application/x-csh", "application/x-powershell", "application/x-bat", "application/bat",
+    "application/x-msdos-program", "application/x-ms-application", "application/vnd.ms-htmlhelp",
+    "application/x-chm", "application/vbscript", "application/x-vbscript", "text/vbs", "text/scriptlet",
+    "application/x-python", "application/x-python-code", "application/x-perl", "application/x-ruby",
+    "application/x-php", "application/x-mswinurl", "application/x-wsh",
     # Text formats that Windows or Excel act on: an Excel web query fetches
     # and runs a remote page, a shortcut or desktop entry launches a target.
     IQY, URL_SHORTCUT, DESKTOP_ENTRY, OOXML_REMOTE,

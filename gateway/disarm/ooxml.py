@@ -110,7 +110,7 @@ _DDE = re.compile(r"\bDDE(AUTO)?\b", re.IGNORECASE)
 # picture or text from a path (an SMB path hands over the agent's Windows
 # credentials) or a linked object.  By the field's first word, so a
 # HYPERLINK whose tooltip says "link" stays.
-_REMOTE_FIELD = re.compile(r"^\s*(INCLUDEPICTURE|INCLUDETEXT|LINK)\b", re.IGNORECASE)
+_REMOTE_FIELD = re.compile(r"^\s*(INCLUDEPICTURE|INCLUDETEXT|INCLUDE|IMPORT|LINK|DATABASE)\b", re.IGNORECASE)
 _PPACTION = re.compile(r"^\s*ppaction://(program|macro)", re.IGNORECASE)
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # Elements that are only containers and may not stay empty once what they held is gone.
@@ -308,6 +308,11 @@ def disarm_ooxml(data: bytes, detected_type: str, budget: Budget, deadline: Dead
         # Word imports an alternative-format chunk (RTF, HTML, MHT) whole
         # when the document opens, the objects and scripts in it too.
         raise CannotDisarm("imported documents (altChunk)")
+    if any(r.kind == "connections" for rs in rels.values() for r in rs):
+        # A workbook's data connections (web queries, OLE DB and ODBC
+        # sources, a \\host\share path hands over Windows credentials)
+        # can refresh when it opens; their query tables depend on them.
+        raise CannotDisarm("data connections")
 
     plan = _Plan()
     _plan_macros(pkg, types, main, main_type, plan)

@@ -57,11 +57,20 @@ def encoding_problem(part: Part) -> str | None:
     return None
 
 
-def _after_padding(data: bytes) -> bool:
-    """Whether base64 ``data`` (line ends and other characters outside the
-    alphabet may be in it) has data after its first padding character."""
-    pad = data.find(b"=")
-    return pad >= 0 and bool(data[pad:].translate(None, _B64_DELETE).strip(b"="))
+def _b64_problem(data: bytes) -> str | None:
+    """Why base64 ``data`` (line ends and other characters outside the
+    alphabet may be in it) decodes differently in different readers, or
+    None: data after its first padding character (Python carries on after
+    a group of padding alone, others stop), or one character left over at
+    the end (Python's email package then gives the text still encoded,
+    other decoders drop the character and open the file)."""
+    kept = data.translate(None, _B64_DELETE)
+    pad = kept.find(b"=")
+    if pad >= 0 and kept[pad:].strip(b"="):
+        return "base64 data after its padding"
+    if (len(kept) if pad < 0 else pad) % 4 == 1:
+        return "base64 with one character too many"
+    return None
 
 
 def _b64_groups(chunks: Iterator[bytes], strict: bool = False) -> Iterator[bytes]:
@@ -82,6 +91,8 @@ def _b64_groups(chunks: Iterator[bytes], strict: bool = False) -> Iterator[bytes
         if pad >= 0:
             if strict and (data[pad:].strip(b"=") or any(_strip(rest).strip(b"=") for rest in lines)):
                 raise AmbiguousEncoding("base64 data after its padding")
+            if strict and pad % 4 == 1:
+                raise AmbiguousEncoding("base64 with one character too many")
             data = data[:pad]
             usable = len(data) - len(data) % 4
             if usable:
@@ -94,6 +105,8 @@ def _b64_groups(chunks: Iterator[bytes], strict: bool = False) -> Iterator[bytes
         if usable:
             yield data[:usable]
         carry = data[usable:]
+    if strict and len(carry) == 1:
+        raise AmbiguousEncoding("base64 with one character too many")
     if len(carry) >= 2:
         yield carry + b"=" * (4 - len(carry))
 
@@ -296,11 +309,12 @@ def measure(src: Source, part: Part) -> Measure:
     parts are decoded once (quoted-printable) or counted (identity
     encodings).  The upload hashes what it stores.
 
-    Raises ``AmbiguousEncoding`` for base64 with data after its padding.
+    Raises ``AmbiguousEncoding`` for base64 that readers decode differently.
     """
     if part.encoded_size <= SMALL:
-        if part.cte == "base64" and _after_padding(src.read(part.body_start, part.end)):
-            raise AmbiguousEncoding("base64 data after its padding")
+        problem = _b64_problem(src.read(part.body_start, part.end)) if part.cte == "base64" else None
+        if problem is not None:
+            raise AmbiguousEncoding(problem)
         data = _python_decode(src, part)
         return Measure(size=len(data), head=data[:HEAD], sha256=hashlib.sha256(data).hexdigest())
     cte = part.cte

@@ -52,6 +52,12 @@ class Structured:
 
     value: str
     params: list[tuple[str, str]] = field(default_factory=list)
+    # Other readings of a plain parameter (name, value) that readers take:
+    # the quoted string alone where text follows its closing quote
+    # ('"a.js".txt'), the first word of an unquoted value with blanks in
+    # it ('a.js .txt').  This module keeps the whole; Python's current
+    # parser and Mozilla's stop there.
+    alternates: list[tuple[str, str]] = field(default_factory=list)
 
     def get_all(self, name: str) -> list[str]:
         """Every value of parameter ``name`` (lower-case; with ``*`` for the extended form)."""
@@ -86,13 +92,15 @@ def parse_params(header: str | None, max_params: int | None = DEFAULT_MAX_PARAMS
     semi = text.find(";")
     if semi < 0:
         return Structured(text.strip())
-    raw = _split(text, semi + 1)
-    return Structured(text[:semi].strip(), _collapse(raw))
+    alternates: list[tuple[str, str]] = []
+    raw = _split(text, semi + 1, alternates)
+    return Structured(text[:semi].strip(), _collapse(raw), alternates)
 
 
-def _split(text: str, pos: int) -> list[tuple[str, str, bool]]:
+def _split(text: str, pos: int, alternates: list[tuple[str, str]]) -> list[tuple[str, str, bool]]:
     """(name, value, was_quoted) for each parameter after ``pos``: one pass,
-    every character looked at a bounded number of times."""
+    every character looked at a bounded number of times.  Other readings of
+    a value are added to ``alternates``."""
     out: list[tuple[str, str, bool]] = []
     n = len(text)
     eq = -2  # the next '=' at or after pos, found once and reused: no rescans
@@ -127,12 +135,17 @@ def _split(text: str, pos: int) -> list[tuple[str, str, bool]]:
             semi = text.find(";", pos) if pos < n else -1
             stop = n if semi < 0 else semi
             junk = text[min(pos, n):stop].strip()
+            if junk:
+                alternates.append((name, value))
             value += junk
             pos = stop
         else:
             semi = text.find(";", pos)
             stop = n if semi < 0 else semi
             value = text[pos:stop].strip()
+            first = value.split(None, 1)[0] if value else ""
+            if first != value:
+                alternates.append((name, first))
             pos = stop
         if name:
             out.append((name, value, quoted))

@@ -495,6 +495,13 @@ def _check_fields(part: Part, limits: Limits) -> str | None:
             del headers[name]
             headers[name] = bare
             return f"a {name} field with {e.count} ';' (limit {e.limit})"
+        if any("(" in n or ")" in n for n in parsed.names()):
+            # "attachment; (c) filename=x.js": an RFC reader skips the
+            # comment and finds the name, a simple one does not.
+            return f"a comment among the {name} parameters"
+        if any(n == "boundary" for n, _ in parsed.alternates):
+            # 'boundary="b1"X': b1X here, b1 to Python and Mozilla.
+            return "ambiguous multipart boundary (text after its quoted value, or blanks in it)"
         if value is not None and not _FIELD_VALUE.fullmatch(parsed.value.strip()):
             # "attachment filename=run.js" (no ';'): a file's name to a
             # lenient reader, a disposition type nobody knows to Python.
@@ -534,6 +541,15 @@ def _name_problem(ctype: Structured, disposition: Structured) -> str | None:
             if not found and params is disposition and key.startswith("name"):
                 return "a file name only in the Content-Disposition's name parameter"
             found.append(values[0].strip() if key.endswith("*") else decode_2047(values[0]).strip())
+    for params in (disposition, ctype):
+        for key, alternate in params.alternates:
+            # 'filename="notes.js".txt' or 'filename=notes.js .txt': notes.js
+            # to readers that stop at the quote or the blank.  A reading
+            # with no extension at all names nothing runnable.
+            alternate = decode_2047(alternate).strip()
+            if key in ("filename", "name") and found and _extension(alternate) \
+                    and not _names_agree(found[0], alternate):
+                return f"ambiguous file name ({_short(found[0])!r} or {_short(alternate)!r})"
     for name in found:
         if _CONTROL.search(name):
             return f"ambiguous file name (a control character in {_short(ascii(name))})"
