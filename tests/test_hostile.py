@@ -782,7 +782,8 @@ def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, 
 
 @pytest.mark.parametrize("shape", ["blank-before-colon", "disposition-without-semicolon", "unbalanced-quote",
                                    "junk-line-before", "8bit-field-name-before", "text-after-quote",
-                                   "text-after-quote-ctype", "blank-in-token", "comment-before-name"])
+                                   "text-after-quote-ctype", "blank-in-token", "comment-before-name",
+                                   "disposition-comment"])
 def test_a_file_behind_a_field_readers_split_differently_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
                                                                           shape: str) -> None:
     """A field Python's parser reads one way and a lenient client another
@@ -802,6 +803,10 @@ def test_a_file_behind_a_field_readers_split_differently_is_not_delivered(gw: Ga
         att = part('text/plain; name="notes.js".txt', blob)
     elif shape == "blank-in-token":
         att = part("text/plain", blob, raw_name="filename=notes.js .txt")
+    elif shape == "disposition-comment":
+        # Nameless HTML: "attachment (c)" is an attachment to an RFC reader
+        # (opened in a browser), the message's HTML text to one comparing words.
+        att = part("text/html", blob, extra=["Content-Disposition: attachment (c)"])
     elif shape == "comment-before-name":
         # RFC readers skip the comment and find the name.
         att = part("text/plain", blob, raw_name='(c) filename="notes.js"')
@@ -895,6 +900,25 @@ def test_a_body_readers_decode_differently_is_not_delivered(gw: GatewayProcess, 
         att = part("text/plain", b"", name="notes.txt", cte="").replace(
             b"\r\n\r\n", f"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n".encode() + b64(exe), 1)
     fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[exe]))
+
+
+def test_a_text_body_readers_decode_differently_is_not_taken_for_the_message_text(gw: GatewayProcess,
+                                                                                  raw_sink: RawSink) -> None:
+    # Base64 with one character too many: Python's email package gives the
+    # text still encoded (no uuencoded file in it), a lenient decoder the
+    # text with setup.exe uuencoded in it, which clients offer as a file.
+    mail = Mail("uu-body-one-too-many")
+    exe = pe(mail.tag)
+    body = (mail.readable + "\r\n\r\n").encode() + uuencode(exe, "setup.exe")
+    body += b" " * (-len(body) % 3)
+    text_part = part("text/plain; charset=us-ascii", b"", cte="").replace(
+        b"\r\n\r\n", b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(body) + b"A\r\n", 1)
+    qid, tx = deliver(gw, raw_sink, mail, mail.build(multipart([text_part])))
+    assert b64head(body) not in tx.wire, "the ambiguous body went to the agent"
+    assert wire_problems(tx) == [] and b"could not be examined" in tx.data
+    kept = [p.read_bytes() for p in (gw.objects / "quarantine").rglob("*") if p.is_file()]
+    assert any(b64head(body) in k for k in kept), "the body is not in quarantine"
+    assert held(gw, qid) is None
 
 
 @pytest.mark.parametrize("shape", ["inline-text-no-name", "inline-octet-no-name", "garbage-in-base64",

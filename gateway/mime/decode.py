@@ -270,6 +270,22 @@ def _b64_plain(body: bytes) -> bytes | None:
         return None
 
 
+def base64_problem(src: Source, part: Part) -> str | None:
+    """Why readers could decode the part's base64 body to different bytes,
+    or None (also when it is not base64).  Blocking: a large body is
+    decoded once to find out."""
+    if part.cte != "base64":
+        return None
+    if part.encoded_size <= SMALL:
+        return _b64_problem(src.read(part.body_start, part.end))
+    try:
+        for _ in _b64_range(src, part.body_start, part.end, strict=True):
+            pass
+    except AmbiguousEncoding as e:
+        return str(e)
+    return None
+
+
 def decoded_chunks(src: Source, part: Part) -> Iterator[bytes]:
     """The part's decoded body, in chunks (blocking reads)."""
     if part.encoded_size <= SMALL:
@@ -312,7 +328,7 @@ def measure(src: Source, part: Part) -> Measure:
     Raises ``AmbiguousEncoding`` for base64 that readers decode differently.
     """
     if part.encoded_size <= SMALL:
-        problem = _b64_problem(src.read(part.body_start, part.end)) if part.cte == "base64" else None
+        problem = base64_problem(src, part)
         if problem is not None:
             raise AmbiguousEncoding(problem)
         data = _python_decode(src, part)

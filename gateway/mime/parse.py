@@ -502,6 +502,12 @@ def _check_fields(part: Part, limits: Limits) -> str | None:
         if any(n == "boundary" for n, _ in parsed.alternates):
             # 'boundary="b1"X': b1X here, b1 to Python and Mozilla.
             return "ambiguous multipart boundary (text after its quoted value, or blanks in it)"
+        if name == "Content-Disposition" and value is not None \
+                and parsed.value.strip().lower() not in ("", "inline", "attachment"):
+            # "attachment (c)", "attachment.": an attachment to an RFC reader
+            # (comments dropped; an unknown type is one, RFC 2183 section 2.8),
+            # message text to a reader that compares the word.
+            return f"a Content-Disposition neither inline nor attachment ({_short(ascii(parsed.value.strip()))})"
         if value is not None and not _FIELD_VALUE.fullmatch(parsed.value.strip()):
             # "attachment filename=run.js" (no ';'): a file's name to a
             # lenient reader, a disposition type nobody knows to Python.

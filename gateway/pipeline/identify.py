@@ -8,10 +8,11 @@ import ipaddress
 
 from gateway import customers, logs
 from gateway.config import RouteSettings
-from gateway.mime.decode import decoded_bytes, message_header
+from gateway.mime.decode import base64_problem, decoded_bytes, encoding_problem, message_header
 from gateway.mime.params import decode_2047
 from gateway.mime.parse import Part
 from gateway.mime.rewrite import cid_references
+from gateway.mime.source import Source
 from gateway.pipeline.job import MessageJob
 from gateway.pipeline.step import INLINE_BYTES, Step
 from gateway.spool.envelope import Envelope
@@ -35,7 +36,10 @@ class Identify(Step):
         if not job.customer_believed:
             job.log.info("customer id header not believed from this client; removed",
                          header=job.route.customer_id.header, client=job.envelope.client_addr)
-        job.text_part, job.html_part = bodies(job.root)
+        if any(leaf.cte == "base64" and leaf.encoded_size > INLINE_BYTES for leaf in job.root.leaves()):
+            job.text_part, job.html_part = await asyncio.to_thread(bodies, job.root, job.src)
+        else:
+            job.text_part, job.html_part = bodies(job.root, job.src)
         html = job.html_part
         if html is not None and html.encoded_size <= MAX_HTML_SCAN:
             # A small body is read on the loop: cheaper than the hop to a thread.
@@ -92,9 +96,13 @@ def in_networks(addr: str, networks: list[str]) -> bool:
     return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
 
 
-def bodies(root: Part) -> tuple[Part | None, Part | None]:
+def bodies(root: Part, src: Source) -> tuple[Part | None, Part | None]:
     """The first text/plain and text/html leaves that are the message's body
-    (inline, without a filename), in document order."""
+    (inline, without a filename), in document order.  A leaf readers could
+    decode to different bytes is not one: judged as a part, it is refused
+    as unexamined (the body is not judged as a file, but a client may find
+    a uuencoded program in what it decodes).  Blocking for a large base64
+    leaf, which is decoded once to find out."""
     text = html = None
     for leaf in root.leaves():
         if leaf.unexamined is not None or leaf.in_attached_message:
@@ -105,6 +113,9 @@ def bodies(root: Part) -> tuple[Part | None, Part | None]:
         if leaf.filename:
             continue
         if leaf.headers.get_content_maintype() == "multipart":
+            continue
+        if (ctype == "text/plain" and text is None or ctype == "text/html" and html is None) \
+                and (encoding_problem(leaf) or base64_problem(src, leaf)):
             continue
         if ctype == "text/plain" and text is None:
             text = leaf
