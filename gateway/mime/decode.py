@@ -328,10 +328,14 @@ def measure(src: Source, part: Part) -> Measure:
     Raises ``AmbiguousEncoding`` for base64 that readers decode differently.
     """
     if part.encoded_size <= SMALL:
-        problem = base64_problem(src, part)
-        if problem is not None:
-            raise AmbiguousEncoding(problem)
-        data = _python_decode(src, part)
+        # Base64 as mailers write it decodes in one step and is read alike
+        # by every reader; only another shape is looked at for ambiguity.
+        data = _b64_plain(src.read(part.body_start, part.end)) if part.cte == "base64" else None
+        if data is None:
+            problem = base64_problem(src, part)
+            if problem is not None:
+                raise AmbiguousEncoding(problem)
+            data = _python_decode(src, part)
         return Measure(size=len(data), head=data[:HEAD], sha256=hashlib.sha256(data).hexdigest())
     cte = part.cte
     head_bytes = src.read(part.body_start, min(part.end, part.body_start + HEAD * 2))
