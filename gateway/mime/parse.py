@@ -239,7 +239,9 @@ def _parse_headers(raw: bytes) -> Message:
 # A field name as Python's feedparser takes one (its headerRE, without ':').
 _FIELD_NAME = re.compile(r"[\041-\071\073-\176]+")
 # A Content-Type or Content-Disposition value (before its parameters): a
-# token, or type/subtype, or nothing; comments in parentheses are allowed.
+# token, or type/subtype, or nothing; comments in parentheses are allowed
+# here (a Content-Disposition is then refused unless it is a bare inline
+# or attachment, which a comment is not).
 _FIELD_VALUE = re.compile(r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]*(?:\s*/\s*[!#$%&'*+.^_`{|}~0-9A-Za-z-]*)?(?:\s*\([^()]*\))*")
 # C0 and C1 controls and DEL: in a file name, read differently by each reader.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
