@@ -299,16 +299,18 @@ def disarm_ooxml(data: bytes, detected_type: str, budget: Budget, deadline: Dead
     if main is None or main_type not in container._MAIN_PARTS:
         raise NotExaminable("no Office main part")
     flavour = container._MAIN_PARTS[main_type]
+    all_rels = [r for rs in rels.values() for r in rs]
+    rel_kinds = {r.kind for r in all_rels}
     # A macro sheet is one by its folder, its content type or the
     # relationship to it: Excel needs only the last two.
     if any(_MACRO_SHEET.search(n) or "macrosheet" in (types.of(n) or "") for n in pkg.by_name) \
-            or any(r.kind in ("xlmacrosheet", "xlintlmacrosheet") for rs in rels.values() for r in rs):
+            or rel_kinds & {"xlmacrosheet", "xlintlmacrosheet"}:
         raise CannotDisarm("Excel 4 macro sheets")
-    if any(r.kind == "afchunk" for rs in rels.values() for r in rs):
+    if "afchunk" in rel_kinds:
         # Word imports an alternative-format chunk (RTF, HTML, MHT) whole
         # when the document opens, the objects and scripts in it too.
         raise CannotDisarm("imported documents (altChunk)")
-    if any(r.kind == "connections" for rs in rels.values() for r in rs):
+    if "connections" in rel_kinds:
         # A workbook's data connections (web queries, OLE DB and ODBC
         # sources, a \\host\share path hands over Windows credentials)
         # can refresh when it opens; their query tables depend on them.
@@ -316,7 +318,6 @@ def disarm_ooxml(data: bytes, detected_type: str, budget: Budget, deadline: Dead
 
     plan = _Plan()
     _plan_macros(pkg, types, main, main_type, plan)
-    all_rels = [r for rs in rels.values() for r in rs]
     for r in all_rels:
         _plan_relationship(pkg, r, plan)
     for name in pkg.by_name:

@@ -328,13 +328,17 @@ def measure(src: Source, part: Part) -> Measure:
     Raises ``AmbiguousEncoding`` for base64 that readers decode differently.
     """
     if part.encoded_size <= SMALL:
-        # Base64 as mailers write it decodes in one step and is read alike
-        # by every reader; only another shape is looked at for ambiguity.
-        data = _b64_plain(src.read(part.body_start, part.end)) if part.cte == "base64" else None
-        if data is None:
-            problem = base64_problem(src, part)
+        data = None
+        if part.cte == "base64":
+            # Base64 as mailers write it decodes in one step and is read
+            # alike by every reader; only another shape is looked at for
+            # ambiguity.
+            body = src.read(part.body_start, part.end)
+            data = _b64_plain(body)
+            problem = _b64_problem(body) if data is None else None
             if problem is not None:
                 raise AmbiguousEncoding(problem)
+        if data is None:
             data = _python_decode(src, part)
         return Measure(size=len(data), head=data[:HEAD], sha256=hashlib.sha256(data).hexdigest())
     cte = part.cte
