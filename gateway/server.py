@@ -333,6 +333,19 @@ def _prestarted(future: asyncio.Future[None]) -> None:
         log.error("disarm's fork server did not start", error=repr(future.exception()))
 
 
+def _exit_fields(code: int) -> dict[str, object]:
+    """How a child ended, for the supervisor's line: its exit code, and the
+    signal's name when a signal killed it (``code`` -11 is SIGSEGV, a crash
+    whose stacks faulthandler wrote just before)."""
+    if code >= 0:
+        return {"code": code}
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return {"code": code, "signal": name}
+
+
 def _report(fd: int, message: str) -> None:
     """One line to the supervisor (a pipe write under PIPE_BUF is atomic)."""
     with contextlib.suppress(OSError):
@@ -483,15 +496,16 @@ class Supervisor:
             if slot is None:
                 continue
             code = os.waitstatus_to_exitcode(wstatus)
+            how = _exit_fields(code)
             if not self.stopping and slot not in self.ready:
                 # It never got as far as listening (a port in use, storage
                 # refusing): starting it again would fail the same way.
-                log.error("a process failed to start; stopping", slot=slot, pid=pid, code=code)
+                log.error("a process failed to start; stopping", slot=slot, child=pid, **how)
                 self.stopping = True
                 self._signal_children(signal.SIGTERM)
                 status = 1
             elif not self.stopping:
-                log.error("process exited; starting it again", slot=slot, pid=pid, code=code)
+                log.error("process exited; starting it again", slot=slot, child=pid, **how)
                 time.sleep(1.0)
                 if not self.stopping:
                     self._spawn(slot)

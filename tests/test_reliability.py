@@ -307,6 +307,29 @@ def test_parts_over_the_part_count_are_quarantined_and_the_rest_is_examined(make
 # -- crashes --------------------------------------------------------------------
 
 
+def test_a_process_that_crashes_leaves_its_stacks_and_is_started_again(make_gateway) -> None:
+    """A serving process killed by SIGSEGV (what a fault in native code does)
+    writes every thread's Python stack to the log before it dies, the
+    supervisor names the signal, starts the process again, and mail flows."""
+    gw = make_gateway(sections={"gateway": {"processes": 2}})
+
+    def ready() -> list[int]:
+        return [e["pid"] for e in gw.log_events() if e.get("event") == "ready"]
+
+    wait_until(lambda: len(ready()) == 2, what="both processes ready")
+    victim = ready()[0]
+    os.kill(victim, signal.SIGSEGV)
+    wait_until(lambda: len(ready()) == 3, what="a third process ready", timeout=30)
+    restarted = [e for e in gw.log_events() if e.get("event") == "process exited; starting it again"]
+    assert [(e["child"], e["code"], e["signal"]) for e in restarted] == [(victim, -signal.SIGSEGV, "SIGSEGV")]
+    log = gw.log()
+    assert "Fatal Python error: Segmentation fault" in log
+    assert re.search(r'File "[^"]+", line \d+ in ', log), log[-3000:]
+    send(gw.smtp_port, message(Subject="after the crash"))
+    wait_until(lambda: any(b"after the crash" in p.read_bytes() for p in gw.outbox.rglob("*") if p.is_file()),
+               what="the message after the crash delivered")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_or_stopped_under_load_loses_nothing(make_gateway, sink: SmtpSink, sig: int) -> None:
     """Kill the whole gateway (SIGKILL) or stop it (SIGTERM, which drains)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import os
 import shutil
@@ -191,6 +192,10 @@ def prepare_metrics() -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM."""
+    # A crash in native code (libmagic, OpenSSL, a C extension) kills a
+    # process with no Python traceback: with this, every thread's stack is
+    # written to stderr (the journal) first, and forked processes inherit it.
+    faulthandler.enable()
     # Before anything starts a thread: an arena made before the limit stays
     # (gateway/memory.py says why one, with the figures).
     memory.limit_arenas()
