@@ -731,9 +731,11 @@ class MilterSettings(_Strict):
 
     listen: str = "127.0.0.1:8891"
     # What the MTA is told when processing fails or runs out of time:
-    # "continue" lets the message through unchanged, "tempfail" makes the
-    # MTA answer 451 so the client retries later.
-    on_error: Literal["continue", "tempfail"] = "continue"
+    # "tempfail" makes the MTA answer 451 so the client retries later (the
+    # message stays with the sender: nothing lost, nothing unexamined
+    # reaches an agent); "continue" lets the message through unchanged,
+    # unexamined, and must be chosen (logged as an error at start).
+    on_error: Literal["continue", "tempfail"] = "tempfail"
     # Seconds allowed for processing at end of message; keep it below the
     # MTA's own limit (Postfix: milter_content_timeout, 300 s by default).
     timeout: Duration = Field(240, ge=1)

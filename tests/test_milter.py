@@ -47,7 +47,7 @@ def setup(tmp_path: Path, sink: SmtpSink) -> Iterator[Any]:
     """make(milter=..., **gateway kwargs) -> (gateway, postfix), both stopped after."""
     made: list[Any] = []
 
-    def make(default_action: str = "accept", **kwargs: Any) -> tuple[MilterGateway, PostfixInstance]:
+    def make(default_action: str = "tempfail", **kwargs: Any) -> tuple[MilterGateway, PostfixInstance]:
         sub = tmp_path / f"gw{len(made)}"
         sub.mkdir()
         gw = MilterGateway(sub, **kwargs)
@@ -201,8 +201,8 @@ def test_storage_failure_inside_the_milter_forwards_the_attachment(setup, sink: 
 
 
 @pytest.mark.parametrize("on_error", ["continue", "tempfail"])
-def test_processing_error_lets_the_message_through_unchanged_or_tempfails(tmp_path: Path, setup, sink: SmtpSink,
-                                                                         on_error: str) -> None:
+def test_processing_error_tempfails_or_where_chosen_lets_the_message_through(tmp_path: Path, setup, sink: SmtpSink,
+                                                                            on_error: str) -> None:
     # The milter cannot collect the message: its temporary directory is a file.
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
@@ -218,14 +218,19 @@ def test_processing_error_lets_the_message_through_unchanged_or_tempfails(tmp_pa
         send(mta.port, msg)
         [got] = sink.wait(1, timeout=30)
         assert [f.split(b":", 1)[0] for f in _split_added(got.data, original)] == [b"Received"]
-    [event] = [e for e in gw.log_events() if e.get("event") == "processing failed; failing open"]
-    assert event["action"] == on_error and event["count"] == 1
+    [event] = [e for e in gw.log_events() if e.get("event") == "processing failed; message not examined"]
+    assert event["action"] == on_error and event["count"] == 1 and event["level"] == "error"
+    # Letting unexamined mail through is a choice, said at start as an error.
+    chosen = [e for e in gw.log_events() if e.get("event", "").startswith("milter.on_error is \"continue\"")]
+    assert [e["level"] for e in chosen] == (["error"] if on_error == "continue" else [])
     status, _, body = fetch(f"http://127.0.0.1:{gw.http_port}/metrics")
     assert status == 200 and b'gateway_milter_messages_total{outcome="error"} 1.0' in body
     assert stored_objects(gw.objects) == {}
 
 
-def test_processing_past_milter_timeout_lets_the_message_through_unchanged(setup, sink: SmtpSink) -> None:
+def test_processing_past_milter_timeout_tempfails_by_default(setup, sink: SmtpSink) -> None:
+    """Nothing was examined: by default the MTA answers 451 and the client
+    keeps the message (an executable in it never reaches an agent)."""
     with GcsEmulator() as gcs:
         gw, mta = setup(threshold=1000, milter={"timeout": 1}, route={"storage": "cloud"}, sections={
             "storage.cloud": {"backend": "gcs", "bucket": gcs.bucket, "endpoint_url": gcs.endpoint_url,
@@ -234,16 +239,18 @@ def test_processing_past_milter_timeout_lets_the_message_through_unchanged(setup
         pid = gcs._proc.pid  # type: ignore[union-attr]
         os.kill(pid, signal.SIGSTOP)
         try:
-            msg, original = _original()
+            msg, _ = _original()
             started = time.monotonic()
-            send(mta.port, msg)
-            [got] = sink.wait(1, timeout=30)
+            with pytest.raises(smtplib.SMTPDataError) as e:
+                send(mta.port, msg)
+            assert e.value.smtp_code == 451
             assert time.monotonic() - started < 10
         finally:
             os.kill(pid, signal.SIGCONT)
-    assert [f.split(b":", 1)[0] for f in _split_added(got.data, original)] == [b"Received"]
-    [event] = [e for e in gw.log_events() if e.get("event") == "processing exceeded milter.timeout; failing open"]
-    assert event["timeout"] == 1 and event["action"] == "continue" and event["count"] == 1
+    [event] = [e for e in gw.log_events()
+               if e.get("event") == "processing exceeded milter.timeout; message not examined"]
+    assert event["timeout"] == 1 and event["action"] == "tempfail" and event["count"] == 1
+    assert sink.messages == []
 
 
 def test_milter_settings_are_validated_naming_key_value_and_expectation(tmp_path: Path) -> None:

@@ -10,10 +10,13 @@ The result goes back as milter actions: the trace headers inserted at the
 top, header fields the rewrite changed deleted and added again, and the body
 replaced, only when a part was offloaded or refused.
 
-Fail open (rule 2): any error, or processing that takes longer than
-``milter.timeout`` (set below the MTA's own milter timeout), answers
-``continue`` (the message goes on unchanged) or ``tempfail`` (the client
-retries), as ``milter.on_error`` says; each is logged and counted.
+Closed on content (rule 2): any error, or processing that takes longer
+than ``milter.timeout`` (set below the MTA's own milter timeout), leaves the
+message unexamined, so it answers ``tempfail`` by default (the MTA answers
+451, the client retries: nothing lost, nothing unexamined reaches an
+agent), or ``continue`` (the message goes on unchanged) where the
+administrator chose availability over examination with ``milter.on_error``;
+each is logged and counted.
 
 Routes: a message is processed for the route of its envelope recipients as
 the MTA passes them.  Recipients no route covers are left alone; a
@@ -132,6 +135,9 @@ class MilterServer:
         """Take a (re)loaded config; the listener's address stays as started."""
         self.cfg = cfg
         self.settings: MilterSettings = cfg.milter or MilterSettings()
+        if self.settings.on_error == "continue":
+            log.error("milter.on_error is \"continue\": a message whose processing fails or runs past "
+                      "milter.timeout goes on unexamined; executables in it reach agents")
 
     async def start(self, reuse_port: bool = False) -> None:
         host, port = self.settings.address
@@ -359,14 +365,14 @@ class Session:
             # here still leaves the message untouched.
             actions, body = await asyncio.to_thread(self._actions, txn, processed)
         except TimeoutError:
-            qlog.error("processing exceeded milter.timeout; failing open", timeout=settings.timeout,
+            qlog.error("processing exceeded milter.timeout; message not examined", timeout=settings.timeout,
                        action=settings.on_error, count=self.server.count("timeout"))
             await self._send(TEMPFAIL if settings.on_error == "tempfail" else CONTINUE)
             return
         except (ConnectionError, asyncio.CancelledError):
             raise
-        except Exception as e:  # noqa: BLE001 - rule 2: fail open, never lose the message
-            qlog.exception("processing failed; failing open", action=settings.on_error,
+        except Exception as e:  # noqa: BLE001 - rule 1: never lose the message (the MTA keeps it or passes it on)
+            qlog.exception("processing failed; message not examined", action=settings.on_error,
                            error=f"{type(e).__name__}: {e}", count=self.server.count("error"))
             await self._send(TEMPFAIL if settings.on_error == "tempfail" else CONTINUE)
             return
