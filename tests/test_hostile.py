@@ -615,6 +615,39 @@ def test_a_customer_id_header_from_an_untrusted_client_does_not_choose_the_folde
         g.stop()  # also when it did not start: closes its log
 
 
+@pytest.mark.parametrize("shape", ["plain-8bit-declared", "html-8bit-declared", "utf8-helo"])
+def test_what_the_gateway_adds_to_a_7bit_message_is_7bit(gw: GatewayProcess, raw_sink: RawSink, shape: str) -> None:
+    """The next hop is told BODY=8BITMIME (or SMTPUTF8) only when the client
+    sent 8-bit data: a message that came 7-bit must leave 7-bit, whatever the
+    gateway writes into it (a notice naming a file in UTF-8 in a body
+    declared 8bit, the client's HELO in the Received field)."""
+    mail = Mail(f"seven-bit-{shape}")
+    exe = pe(mail.tag)
+    readable = mail.readable.encode() + CRLF
+    bodies = [part("text/plain; charset=utf-8", readable, cte="8bit")]
+    if shape == "html-8bit-declared":
+        bodies.append(part("text/html; charset=utf-8", b"<html><body>" + readable + b"</body></html>", cte="8bit"))
+    root = multipart([*bodies, part("application/octet-stream", exe, raw_name=rfc2231("r\u00e9sum\u00e9.exe"))])
+    raw = mail.build(root)
+    assert raw.isascii()
+    helo = "h\u00e9llo.example" if shape == "utf8-helo" else "client.example"
+    c = Raw(gw.smtp_port)
+    try:
+        for line in (f"EHLO {helo}\r\n".encode(), f"MAIL FROM:<{mail.sender}>\r\n".encode(),
+                     f"RCPT TO:<{mail.rcpt}>\r\n".encode()):
+            assert c.cmd(line).startswith(b"250"), line
+        assert c.cmd(b"DATA\r\n").startswith(b"354")
+        assert c.cmd(raw + b".\r\n").startswith(b"250")
+    finally:
+        c.close()
+    [tx] = raw_sink.wait_for(mail.rcpt)
+    assert wire_problems(tx) == []
+    assert tx.data.isascii(), [line for line in tx.data.split(CRLF) if not line.isascii()][:3]
+    shown = readable_text(tx.data)
+    assert "r\u00e9sum\u00e9.exe" in shown and mail.readable in shown, shown
+    assert b64head(exe) not in tx.wire
+
+
 @pytest.mark.parametrize("header", ["X-Attachment-Offload: offloaded=0", "x-attachment-offload: refused=0",
                                     "X-Attachment-Offload:\r\n refused=0 folded"])
 def test_an_inbound_trace_header_does_not_survive_beside_the_gateways(gw: GatewayProcess, raw_sink: RawSink,
