@@ -17,6 +17,7 @@ problem at once, so a failing test says everything that is wrong with it.
 from __future__ import annotations
 
 import base64
+import email
 import itertools
 import re
 import smtplib
@@ -759,6 +760,38 @@ def test_a_name_that_is_a_url_puts_no_link_in_the_body(gw: GatewayProcess, raw_s
     shown = readable_text(tx.data)
     assert not re.search(r"(?i)(https?:[/\\]{2}|www\.)evil\.example", shown), shown
     assert not re.search(r'(?i)href="?[^">]*evil\.example', shown), shown
+
+
+HIDING_TAILS = ["<!-- </body> -->", "<!-- -- > </body></html>", "<textarea></body></html>", "<style></body></html>",
+                "<a title='</body>", "<template></body></html>", "<title></body>", "<![CDATA[ > <!-- ]]></body>"]
+
+
+@pytest.mark.parametrize("tail", HIDING_TAILS)
+def test_the_gateways_links_are_not_put_where_the_senders_html_hides_them(gw: GatewayProcess, raw_sink: RawSink,
+                                                                          tail: str) -> None:
+    """The sender's HTML may end with a comment, raw text or an attribute
+    value left open, a "</body>" inside it: the links and notices put
+    before that "</body>" would be hidden, and a look-alike link the sender
+    wrote above them the only one the agent sees.  They go where a browser
+    reads them as markup: before what the sender left open."""
+    mail = Mail(f"hide-{HIDING_TAILS.index(tail)}")
+    big = pdf_bytes(30_000)
+    exe = pe(mail.tag)
+    fake = "<p><a href='https://evil.example/a/k1.local.x.y.z'>Secure Attachment: invoice.pdf</a></p>"
+    html = f"<html><body><p>{mail.readable}</p>{fake}\r\n{tail}\r\n"
+    root = multipart([part("text/html; charset=utf-8", html.encode(), cte="7bit"),
+                      part("application/pdf", big, name="invoice.pdf"),
+                      part("application/octet-stream", exe, name="setup.exe")])
+    fail_closed(gw, raw_sink, mail, mail.case(root, files=[exe]))
+    [tx] = raw_sink.for_rcpt(mail.rcpt)
+    [shown] = [p.get_payload(decode=True).decode() for p in email.message_from_bytes(tx.data).walk()
+               if p.get_content_type() == "text/html"]
+    at = shown.index(tail[:9])
+    # A comment closed in every reading is passed; anything left open is not.
+    before, after = (shown[:at], "") if tail != HIDING_TAILS[0] else ("", shown[at + len(tail):])
+    for block in ('<div class="attachment-gateway-notices">', '<div class="attachment-gateway-links">'):
+        assert block in before or block in after, shown
+    assert re.search(r'<a href="http://127\.0\.0\.1:\d+/a/[^"]+">', before or after), shown
 
 
 # ------------------------------------------------------------ more shapes (beyond the issue's list)

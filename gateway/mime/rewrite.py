@@ -32,6 +32,7 @@ from pathlib import Path
 from gateway.lineends import clean_lines, is_clean
 from gateway.mime.decode import decoded_bytes
 from gateway.mime.filenames import display_name
+from gateway.mime.htmlpoint import insertion_point
 from gateway.mime.parse import Part
 from gateway.mime.source import Source
 
@@ -335,9 +336,10 @@ def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
     if is_html and not addition:
         pass  # only inline images changed; nothing to add at the end
     elif is_html:
-        matches = list(re.finditer(rb"</body\s*>", body, re.IGNORECASE))
-        if matches:
-            at = matches[-1].start()
+        # Where a browser reads it as markup: not inside a comment, raw text
+        # or attribute value the sender left open (gateway/mime/htmlpoint.py).
+        at = insertion_point(body)
+        if at < len(body):
             body = body[:at] + encoded + CRLF + body[at:]
         else:
             body = body + CRLF + encoded + CRLF
