@@ -100,6 +100,24 @@ def test_signed_message_with_large_attachment_gets_dkim_pass_and_a_verifying_arc
     assert not dkim.verify(got.data, dnsfunc=offline(dns))
 
 
+@pytest.mark.parametrize("claim", [rb"(a\) b) gw.test", b'"gw.test"', b"(x (y) z) GW.test 1"])
+def test_a_forged_result_under_our_name_written_another_rfc_way_does_not_survive(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any], claim: bytes) -> None:
+    """RFC 8601 section 5: whatever claims our authserv-id is cut, however
+    the claim is written (an escaped parenthesis in a comment, a quoted id)
+    as long as an RFC parser downstream reads it as ours."""
+    gw = auth_gateway(make_gateway, sink, dns, keys, dns_timeout=0.5)
+    forged = b"Authentication-Results: " + claim + b"; dkim=pass header.d=bank.example; dmarc=pass\r\n"
+    other = b"Authentication-Results: mx.upstream.example; spf=pass smtp.mailfrom=example.net\r\n"
+    send(gw.smtp_port, forged + other + b"From: customer@example.net\r\nTo: support@contact.example\r\n"
+                       b"Subject: x\r\n\r\nhi\r\n", sender="customer@example.net")
+    [got] = sink.wait(1, timeout=30)
+    ars = ar_headers(got.data)
+    assert b"bank.example" not in got.data, ars
+    assert len(ars) == 2 and ars[0].startswith("Authentication-Results: gw.test;"), ars
+    assert ars[1] == other.decode().strip()  # another server's results stay
+
+
 def test_body_altered_before_the_gateway_shows_dkim_fail_and_still_goes(
         make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
     gw = auth_gateway(make_gateway, sink, dns, keys)

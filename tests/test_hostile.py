@@ -17,6 +17,7 @@ problem at once, so a failing test says everything that is wrong with it.
 from __future__ import annotations
 
 import base64
+import email
 import itertools
 import re
 import smtplib
@@ -615,6 +616,39 @@ def test_a_customer_id_header_from_an_untrusted_client_does_not_choose_the_folde
         g.stop()  # also when it did not start: closes its log
 
 
+@pytest.mark.parametrize("shape", ["plain-8bit-declared", "html-8bit-declared", "utf8-helo"])
+def test_what_the_gateway_adds_to_a_7bit_message_is_7bit(gw: GatewayProcess, raw_sink: RawSink, shape: str) -> None:
+    """The next hop is told BODY=8BITMIME (or SMTPUTF8) only when the client
+    sent 8-bit data: a message that came 7-bit must leave 7-bit, whatever the
+    gateway writes into it (a notice naming a file in UTF-8 in a body
+    declared 8bit, the client's HELO in the Received field)."""
+    mail = Mail(f"seven-bit-{shape}")
+    exe = pe(mail.tag)
+    readable = mail.readable.encode() + CRLF
+    bodies = [part("text/plain; charset=utf-8", readable, cte="8bit")]
+    if shape == "html-8bit-declared":
+        bodies.append(part("text/html; charset=utf-8", b"<html><body>" + readable + b"</body></html>", cte="8bit"))
+    root = multipart([*bodies, part("application/octet-stream", exe, raw_name=rfc2231("r\u00e9sum\u00e9.exe"))])
+    raw = mail.build(root)
+    assert raw.isascii()
+    helo = "h\u00e9llo.example" if shape == "utf8-helo" else "client.example"
+    c = Raw(gw.smtp_port)
+    try:
+        for line in (f"EHLO {helo}\r\n".encode(), f"MAIL FROM:<{mail.sender}>\r\n".encode(),
+                     f"RCPT TO:<{mail.rcpt}>\r\n".encode()):
+            assert c.cmd(line).startswith(b"250"), line
+        assert c.cmd(b"DATA\r\n").startswith(b"354")
+        assert c.cmd(raw + b".\r\n").startswith(b"250")
+    finally:
+        c.close()
+    [tx] = raw_sink.wait_for(mail.rcpt)
+    assert wire_problems(tx) == []
+    assert tx.data.isascii(), [line for line in tx.data.split(CRLF) if not line.isascii()][:3]
+    shown = readable_text(tx.data)
+    assert "r\u00e9sum\u00e9.exe" in shown and mail.readable in shown, shown
+    assert b64head(exe) not in tx.wire
+
+
 @pytest.mark.parametrize("header", ["X-Attachment-Offload: offloaded=0", "x-attachment-offload: refused=0",
                                     "X-Attachment-Offload:\r\n refused=0 folded"])
 def test_an_inbound_trace_header_does_not_survive_beside_the_gateways(gw: GatewayProcess, raw_sink: RawSink,
@@ -726,6 +760,38 @@ def test_a_name_that_is_a_url_puts_no_link_in_the_body(gw: GatewayProcess, raw_s
     shown = readable_text(tx.data)
     assert not re.search(r"(?i)(https?:[/\\]{2}|www\.)evil\.example", shown), shown
     assert not re.search(r'(?i)href="?[^">]*evil\.example', shown), shown
+
+
+HIDING_TAILS = ["<!-- </body> -->", "<!-- -- > </body></html>", "<textarea></body></html>", "<style></body></html>",
+                "<a title='</body>", "<template></body></html>", "<title></body>", "<![CDATA[ > <!-- ]]></body>"]
+
+
+@pytest.mark.parametrize("tail", HIDING_TAILS)
+def test_the_gateways_links_are_not_put_where_the_senders_html_hides_them(gw: GatewayProcess, raw_sink: RawSink,
+                                                                          tail: str) -> None:
+    """The sender's HTML may end with a comment, raw text or an attribute
+    value left open, a "</body>" inside it: the links and notices put
+    before that "</body>" would be hidden, and a look-alike link the sender
+    wrote above them the only one the agent sees.  They go where a browser
+    reads them as markup: before what the sender left open."""
+    mail = Mail(f"hide-{HIDING_TAILS.index(tail)}")
+    big = pdf_bytes(30_000)
+    exe = pe(mail.tag)
+    fake = "<p><a href='https://evil.example/a/k1.local.x.y.z'>Secure Attachment: invoice.pdf</a></p>"
+    html = f"<html><body><p>{mail.readable}</p>{fake}\r\n{tail}\r\n"
+    root = multipart([part("text/html; charset=utf-8", html.encode(), cte="7bit"),
+                      part("application/pdf", big, name="invoice.pdf"),
+                      part("application/octet-stream", exe, name="setup.exe")])
+    fail_closed(gw, raw_sink, mail, mail.case(root, files=[exe]))
+    [tx] = raw_sink.for_rcpt(mail.rcpt)
+    [shown] = [p.get_payload(decode=True).decode() for p in email.message_from_bytes(tx.data).walk()
+               if p.get_content_type() == "text/html"]
+    at = shown.index(tail[:9])
+    # A comment closed in every reading is passed; anything left open is not.
+    before, after = (shown[:at], "") if tail != HIDING_TAILS[0] else ("", shown[at + len(tail):])
+    for block in ('<div class="attachment-gateway-notices">', '<div class="attachment-gateway-links">'):
+        assert block in before or block in after, shown
+    assert re.search(r'<a href="http://127\.0\.0\.1:\d+/a/[^"]+">', before or after), shown
 
 
 # ------------------------------------------------------------ more shapes (beyond the issue's list)

@@ -81,19 +81,54 @@ def header_fields(block: bytes) -> list[Field]:
     return out
 
 
-def _strip_comments(text: str) -> str:
-    prev = None
-    while prev != text:
-        prev, text = text, re.sub(r"\([^()]*\)", " ", text)
-    return text
-
-
 def authserv_id_of(raw: bytes) -> str:
-    """The authserv-id an Authentication-Results field claims (lower case)."""
+    """The authserv-id an Authentication-Results field claims (lower case),
+    read as RFC 8601 writes it and as an RFC parser downstream (such as
+    the ``authres`` package) reads it: comments skipped, a backslash
+    inside a comment escaping the next character (``(a\\) b) gw.test``
+    is a comment, then ``gw.test``), nested comments, and an id written
+    as a quoted string (``"gw.test"``) unquoted.  A reader that took the
+    escaped parenthesis for the comment's end would find another id and
+    leave a forgery under ours in place."""
     value = raw.split(b":", 1)[1] if b":" in raw else b""
-    text = _strip_comments(value.decode("utf-8", "replace")).split(";", 1)[0]
-    words = text.split()
-    return words[0].strip().lower() if words else ""
+    text = value.decode("utf-8", "replace")
+    depth = 0
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if depth:
+            if ch == "\\":
+                i += 1  # a quoted-pair: the next character is text, even ")"
+            elif ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+            i += 1
+        elif ch == "(":
+            depth = 1
+            i += 1
+        elif ch.isspace():
+            i += 1
+        elif ch == '"':
+            return _quoted_string(text, i + 1).strip().lower()
+        else:
+            end = i
+            while end < n and not text[end].isspace() and text[end] not in ";(":
+                end += 1
+            return text[i:end].lower()
+    return ""
+
+
+def _quoted_string(text: str, i: int) -> str:
+    """The content of the quoted string whose opening quote is before
+    ``text[i]``, quoted-pairs undone (to its end when it is not closed)."""
+    out = []
+    while i < len(text) and text[i] != '"':
+        if text[i] == "\\" and i + 1 < len(text):
+            i += 1
+        out.append(text[i])
+        i += 1
+    return "".join(out)
 
 
 class _StreamedBodyMixin:

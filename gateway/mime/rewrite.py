@@ -32,6 +32,7 @@ from pathlib import Path
 from gateway.lineends import clean_lines, is_clean
 from gateway.mime.decode import decoded_bytes
 from gateway.mime.filenames import display_name
+from gateway.mime.htmlpoint import insertion_point
 from gateway.mime.parse import Part
 from gateway.mime.source import Source
 
@@ -285,6 +286,9 @@ def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
     except Exception:  # noqa: BLE001 - a malformed parameter: treat as unknown
         charset = "unknown-8bit"
     body = decoded_bytes(src, part)
+    # A body that came 7-bit stays 7-bit: the next hop is told BODY=8BITMIME
+    # (and SMTPUTF8) from what the client sent, not from what is added here.
+    was_7bit = body.isascii()
     name, compatible = _charset_codec(charset)
     for start, end, text_instead in sorted(cuts, key=lambda c: c[0], reverse=True):
         if isinstance(text_instead, str):
@@ -332,9 +336,10 @@ def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
     if is_html and not addition:
         pass  # only inline images changed; nothing to add at the end
     elif is_html:
-        matches = list(re.finditer(rb"</body\s*>", body, re.IGNORECASE))
-        if matches:
-            at = matches[-1].start()
+        # Where a browser reads it as markup: not inside a comment, raw text
+        # or attribute value the sender left open (gateway/mime/htmlpoint.py).
+        at = insertion_point(body)
+        if at < len(body):
             body = body[:at] + encoded + CRLF + body[at:]
         else:
             body = body + CRLF + encoded + CRLF
@@ -345,6 +350,9 @@ def _append_to_body(src: Source, part: Part, addition: str, is_html: bool,
     if hostile and cte in ("8bit", "binary"):
         cte = "quoted-printable"  # rewritten from a hostile charset: 7-bit safe from now on
     new_body, new_cte = _encode_body(body, cte)
+    if was_7bit and new_cte in ("8bit", "binary") and not new_body.isascii():
+        # Text added in UTF-8 (a file's name) to a 7-bit body declared 8bit.
+        new_body, new_cte = _qp(body), "quoted-printable"
     fields = split_fields(src.read(part.start, part.body_start))
     out: list[bytes] = []
     saw_cte = False

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 def trace(hostname: str, envelope: Envelope, offloaded: list[Offloaded], note: str = "", refused: int = 0,
           replaced: int = 0, tnef_unpacked: bool = False, disarmed: int = 0) -> bytes:
     """The two trace header fields, CRLF-terminated."""
-    helo = clean(envelope.helo) or "unknown"
-    client = clean(envelope.client_name) or "unknown"
+    helo = host_name(envelope.helo) or "unknown"
+    client = host_name(envelope.client_name) or "unknown"
     addr = clean(envelope.client_addr)
     proto = "UTF8SMTP" if envelope.smtputf8 else "ESMTP"
     if envelope.tls:
@@ -44,6 +44,21 @@ def rfc5322_date(ts: float) -> str:
     (strftime: this runs for every message, and that builds a datetime;
     day and month names are English, as LC_TIME is never set)."""
     return time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(ts))
+
+
+def host_name(text: str) -> str:
+    """A name the client gave (HELO), for the Received field: in ASCII, an
+    internationalised one as its A-labels, other characters as ``?``.  The
+    field goes on with the message whether or not the next hop takes 8-bit
+    headers (SMTPUTF8 is asked for only when the addresses or the body need
+    it), so a HELO in UTF-8 must not make the header 8-bit."""
+    text = clean(text)
+    if text.isascii():
+        return text
+    try:
+        return text.encode("idna").decode("ascii")[:200]
+    except UnicodeError:
+        return text.encode("ascii", "replace").decode("ascii")
 
 
 def clean(text: str) -> str:

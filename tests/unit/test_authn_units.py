@@ -58,3 +58,16 @@ def test_authserv_id_is_read_past_comments_and_version() -> None:
     assert authserv_id_of(b"Authentication-Results: GW.test; dkim=pass\r\n") == "gw.test"
     assert authserv_id_of(b"Authentication-Results: (forged) gw.test 1; spf=pass\r\n") == "gw.test"
     assert authserv_id_of(b"Authentication-Results:\r\n\tmx.other.example;\r\n\tdkim=pass\r\n") == "mx.other.example"
+
+
+def test_authserv_id_is_read_as_an_rfc_parser_reads_it() -> None:
+    """An escaped parenthesis does not end a comment, comments nest, and a
+    quoted id is the same id: a forgery written so must still be ours to cut."""
+    import authres
+
+    for value in (rb"(a\) b) gw.test; dkim=pass", rb"(\() gw.test; dkim=pass", b"(a (b) c) gw.test; dkim=pass",
+                  b'"gw.test"; dkim=pass', b'"GW.test" 1; dkim=pass', b"gw.test(c); dkim=pass"):
+        assert authserv_id_of(b"Authentication-Results: " + value + b"\r\n") == "gw.test", value
+        if not value.startswith(b'"'):  # authres refuses a quoted id; RFC 8601 allows one
+            assert authres.AuthenticationResultsHeader.parse_value(value.decode()).authserv_id == "gw.test"
+    assert authserv_id_of(b"Authentication-Results: (gw.test) mx.other.example; dkim=pass\r\n") == "mx.other.example"
