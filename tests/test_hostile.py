@@ -447,6 +447,43 @@ def test_a_uuencoded_executable_is_not_delivered(gw: GatewayProcess, raw_sink: R
     assert quarantined(gw.objects, exe) or quarantined(gw.objects, uu), "the uuencoded file is not in quarantine"
 
 
+def _yenc(data: bytes, name: str) -> bytes:
+    """``data`` yEnc-encoded (=ybegin ... =yend), 128-byte lines."""
+    out, line = bytearray(), bytearray()
+    for b in data:
+        c = (b + 42) % 256
+        line += b"=" + bytes([(c + 64) % 256]) if c in (0, 10, 13, 61) else bytes([c])
+        if len(line) >= 128:
+            out += line + CRLF
+            line = bytearray()
+    out += line + CRLF if line else b""
+    return (f"=ybegin line=128 size={len(data)} name={name}".encode() + CRLF + bytes(out)
+            + f"=yend size={len(data)}".encode() + CRLF)
+
+
+@pytest.mark.parametrize("shape", ["yenc-no-content-type", "yenc-content-type-text", "binhex-no-content-type"])
+def test_a_yenc_or_binhex_file_in_an_untyped_text_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                                   shape: str) -> None:
+    """Thunderbird shows a yEnc or BinHex block in a text without a type
+    (no Content-Type, or 'Content-Type: text', text/plain to Python) as an
+    attachment, named by its name= for yEnc."""
+    mail = Mail(f"untyped-{shape}")
+    exe = pe(mail.tag)
+    if shape.startswith("binhex"):
+        block = (b"(This file must be converted with BinHex 4.0)\r\n:" + mail.tag.encode() + b"$f*TEQKPH#jdCA0d,R0TG!"
+                 + b"\r\n" + b"a" * 64 + b":\r\n")
+    else:
+        block = _yenc(exe, "setup.exe")
+    readable = (mail.readable + "\r\n\r\n").encode()
+    if shape == "yenc-content-type-text":
+        raw = mail.build(multipart([part("text", readable + block, cte="8bit", disposition="inline")]))
+    else:
+        raw = mail.build(CRLF + readable + block)
+    fail_closed(gw, raw_sink, mail, Case(raw, mail.readable, markers=[block.split(CRLF, 1)[0]]))
+    kept = [p.read_bytes() for p in (gw.objects / "quarantine").rglob("*") if p.is_file()]
+    assert any(block in k for k in kept), "the encoded file is not in quarantine"
+
+
 @pytest.mark.parametrize("ctype,name", [("application/ms-tnef", "winmail.dat"),
                                         ("application/octet-stream", "winmail.dat"),
                                         ("application/vnd.ms-tnef", "message.dat")])
