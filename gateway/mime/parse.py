@@ -21,10 +21,12 @@ ambiguity where another reader could see a different structure or file
 than the gateway: duplicate Content-Type, Content-Transfer-Encoding or
 Content-Disposition fields, duplicate ``boundary`` parameters, a multipart
 without a usable boundary, a transfer-encoded multipart or attached
-message, a message fragment, duplicate or disagreeing file names.  The
+message, a message fragment, duplicate or disagreeing file names, a
+delimiter line that some readers see and others do not.  The
 worker must quarantine such parts, never forward them as files.  When the
 part count runs out inside a multipart, the remaining siblings become one
-synthetic unexamined part spanning their bytes.
+synthetic unexamined part spanning their bytes; so does the text after a
+close delimiter when the boundary appears in it again.
 
 Other malformed input is read the way Python's email package reads it: a
 missing close delimiter ends the last part at the end of the enclosing
@@ -318,22 +320,37 @@ class _Reader:
         return -1
 
 
+# What follows ``--boundary`` on a line that a lenient reader takes for a
+# delimiter: ``--`` or not, then white space or other control characters
+# (NUL aside: refused on arrival), then the line end.
+_LENIENT_DELIMITER_TAIL = re.compile(rb"(--)?[\x01-\x09\x0b\x0c\x0e-\x20]*(\r\n|\n|\r|$)")
+
+
 def _delimiters(reader: _Reader, boundary: bytes, start: int, end: int,
-                keep: int) -> tuple[list[tuple[int, int, bool]], bool]:
+                keep: int) -> tuple[list[tuple[int, int, bool]], bool, int | None]:
     """Find delimiter lines of ``boundary`` in ``[start, end)``.
 
-    Returns (delimiters, cut): (line start, next line start, is_close) for
-    each, in order, up to and including the close delimiter.  A delimiter
-    is ``--boundary``, optionally ``--``, optionally trailing blanks, then a
-    line end, at the start of a line (as RFC 2046 section 5.1.1 and
-    Python's parser say; a line may end in CRLF, LF or a bare CR).  Only
-    the first ``keep`` delimiters and the last one are returned; ``cut``
-    says whether any between were left out (the part count has run out by
-    then, and the caller only needs where the rest ends).
+    Returns (delimiters, cut, odd): (line start, next line start, is_close)
+    for each, in order, up to and including the close delimiter.  A
+    delimiter is ``--boundary``, optionally ``--``, optionally trailing
+    blanks, then a line end, at the start of a line (as Python's parser
+    says; a line may end in CRLF, LF or a bare CR).  Only the first
+    ``keep`` delimiters and the last one are returned; ``cut`` says whether
+    any between were left out (the part count has run out by then, and the
+    caller only needs where the rest ends).
+
+    ``odd`` is where the first line starts, up to the close delimiter, that
+    other readers take for a delimiter where this one does not, or None:
+    ``--boundary``, optionally ``--``, then white space other than blanks
+    before the line end (Thunderbird strips every ``isspace`` character,
+    form feed and vertical tab too, before it compares a line with the
+    boundary; a reader that trims a line as Java's ``trim`` does strips
+    every control character).
     """
     dash = b"--" + boundary
     out: list[tuple[int, int, bool]] = []
     cut = False
+    odd: int | None = None
     pos = start
     finder = _LineStartFinder(reader, dash, end)
     while pos < end:
@@ -348,6 +365,8 @@ def _delimiters(reader: _Reader, boundary: bytes, start: int, end: int,
         tail = reader.read(i + len(dash), min(end, i + len(dash) + 200))
         m = re.match(rb"(--)?[ \t]*(\r\n|\n|\r|$)", tail)
         if m is None or (m.group(2) == b"" and i + len(dash) + m.end() < end):
+            if odd is None and _LENIENT_DELIMITER_TAIL.match(tail):
+                odd = i
             pos = i + 1
             continue
         line_end = i + len(dash) + m.end()
@@ -362,7 +381,7 @@ def _delimiters(reader: _Reader, boundary: bytes, start: int, end: int,
         pos = line_end
         if pos == i:  # pragma: no cover - defensive
             pos += 1
-    return out, cut
+    return out, cut, odd
 
 
 class _LineStartFinder:
@@ -614,7 +633,13 @@ def _parse_multipart(st: _State, part: Part) -> None:
         bnd = boundary.encode("utf-8", "surrogateescape")
     limits = st.limits
     remaining = max(0, limits.max_parts - st.count)
-    delims, _cut = _delimiters(st.reader, bnd, part.body_start, part.end, keep=remaining + 1)
+    delims, _cut, odd = _delimiters(st.reader, bnd, part.body_start, part.end, keep=remaining + 1)
+    if odd is not None:
+        # Readers would split this multipart differently: which parts there
+        # are, and which of them is a file, is each reader's own.
+        part.defects.append("a line other readers take for a delimiter")
+        part.unexamined = "a line that some readers take for a multipart delimiter and others do not"
+        return
     if not delims:
         part.defects.append("no delimiter found for boundary")
         if not _blank(st.src, part.body_start, part.end):
@@ -643,6 +668,17 @@ def _parse_multipart(st: _State, part: Part) -> None:
             part.defects.append("missing close delimiter")
         part.children.append(_parse_part(st, line_end, child_end, part.depth + 1, child_path, child_default,
                                          part.in_attached_message))
+    _, close_end, closed = delims[-1]
+    if closed and close_end < part.end and _LineStartFinder(st.reader, b"--" + bnd, part.end).find(close_end - 1) >= 0:
+        # The boundary again after the close delimiter.  Thunderbird asks a
+        # nested multipart about a line before its parent, so with a child
+        # of the same boundary the close delimiter here is the child's to
+        # it, and what follows is more parts, which Python's parser (and
+        # this one) leave unread in the epilogue: the epilogue is kept as
+        # a part that was not examined.
+        child_path = f"{part.path}.{len(part.children) + 1}" if part.path else str(len(part.children) + 1)
+        part.children.append(_unexamined(close_end, part.end, part.depth + 1, child_path, part.in_attached_message,
+                                         "text after the multipart's close delimiter that readers take for parts"))
     if not part.children:
         part.defects.append("multipart with no parts")
 

@@ -17,6 +17,13 @@ each data line.  A ``begin`` line counts only when
 one of the lines after it is uuencoded data (or the ``end`` line), so prose
 such as "begin 2024 planning" is not taken for a file.  The
 ``begin-base64`` variant (ended by ``====``) is found too.
+
+Thunderbird also shows a yEnc block (``=ybegin line=... name=...`` to
+``=yend``) and a BinHex 4.0 block (its ``(This file must be converted with
+BinHex 4.0)`` line, then the data between colons) in a text without a
+type (no Content-Type, or ``Content-Type: text``, which Python reads as
+text/plain) as attachments.  Those are not decoded here: each is returned
+as a block with ``unexamined`` set, so the caller quarantines it.
 """
 from __future__ import annotations
 
@@ -36,6 +43,15 @@ _UU_END = re.compile(_LINE_START + rb"[ \t]*end[ \t]*(?:\r\n|\n|\r|\Z)", re.I)
 # A line that may begin a block, for a cheap look at large texts.
 BEGIN_LINE = re.compile(rb"(?:^|[\r\n])[ \t]*begin(-base64)?[ \t]+[0-7]{1,4}[ \t]", re.I)
 _B64_END = re.compile(_LINE_START + rb"[ \t]*====[ \t]*(?:\r\n|\n|\r|\Z)")
+# yEnc and BinHex, which this module finds but does not decode.
+_YENC_BEGIN = re.compile(_LINE_START + rb"[ \t]*=ybegin[ \t][^\r\n]*", re.I)
+_YENC_END = re.compile(_LINE_START + rb"[ \t]*=yend\b[^\r\n]*(?:\r\n|\n|\r|\Z)", re.I)
+_YENC_NAME = re.compile(rb"\bname=([^\r\n]*)")
+_BINHEX_BEGIN = re.compile(_LINE_START + rb"[ \t]*\(This file must be converted with BinHex 4\.0\)[ \t]*", re.I)
+_BINHEX_DATA = re.compile(rb"[ \t\r\n]*:[^:]*:?[^\r\n]*(?:\r\n|\n|\r|\Z)")
+# A line that may begin a block of any kind, for a cheap look at large texts.
+ANY_BEGIN_LINE = re.compile(rb"(?:^|[\r\n])[ \t]*(?:begin(-base64)?[ \t]+[0-7]{1,4}[ \t]|=ybegin[ \t]"
+                            rb"|\(this file must be converted with binhex)", re.I)
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r|\Z)")
 _BLANKS = re.compile(rb"[ \t\r\n]*")
 _B64_LINE = re.compile(rb"[A-Za-z0-9+/]+=*")
@@ -110,7 +126,38 @@ def find_blocks(text: bytes, max_blocks: int = DEFAULT_MAX_BLOCKS) -> list[UuBlo
                               base64=is_b64, complete=complete, data_start=data_start, data_end=data_end,
                               _text=text))
         cur = following
-    return blocks
+    return _with_others(text, blocks, max_blocks)
+
+
+def _with_others(text: bytes, blocks: list[UuBlock], max_blocks: int) -> list[UuBlock]:
+    """``blocks`` with the yEnc and BinHex blocks of ``text`` that lie
+    outside them, each unexamined, in order; past ``max_blocks`` in all,
+    the rest of the text is one unexamined block."""
+    others: list[UuBlock] = []
+    for m in _YENC_BEGIN.finditer(text):
+        end_line = _YENC_END.search(text, m.end())
+        end = end_line.end() if end_line is not None else len(text)
+        name = _YENC_NAME.search(m.group())
+        filename = name.group(1).strip().decode("utf-8", "surrogateescape") if name else ""
+        others.append(UuBlock(start=m.start(), end=end, mode="", filename=filename, complete=end_line is not None,
+                              unexamined="a yEnc-encoded file in the text", data_start=m.end(), data_end=end,
+                              _text=text))
+    for m in _BINHEX_BEGIN.finditer(text):
+        data = _BINHEX_DATA.match(text, m.end())
+        end = data.end() if data is not None and data.group().strip().endswith(b":") else len(text)
+        others.append(UuBlock(start=m.start(), end=end, mode="", filename="", complete=end < len(text),
+                              unexamined="a BinHex-encoded file in the text", data_start=m.end(), data_end=end,
+                              _text=text))
+    if not others:
+        return blocks
+    kept = [o for o in others if not any(b.start < o.end and o.start < b.end for b in blocks)]
+    merged = sorted(blocks + kept, key=lambda b: b.start)
+    if len(merged) > max_blocks:
+        cut = merged[max_blocks].start
+        merged = merged[:max_blocks] + [UuBlock(start=cut, end=len(text), mode="", filename="", complete=False,
+                                                unexamined=f"more than {max_blocks} encoded files in one text",
+                                                data_start=cut, data_end=len(text), _text=text)]
+    return merged
 
 
 def _begins(text: bytes) -> Iterator[tuple[int, re.Match[bytes]]]:

@@ -95,7 +95,7 @@ def mentions_uuencode(src: Source, leaf: Part) -> bool:
     carry = b""
     for chunk in decoded_chunks(src, leaf):
         data = carry + chunk
-        if uuencode.BEGIN_LINE.search(data):
+        if uuencode.ANY_BEGIN_LINE.search(data):
             return True
         carry = data[-200:]
     return False

@@ -74,6 +74,6 @@ def test_a_body_full_of_the_boundary_off_line_starts_is_searched_in_c(boundary: 
     (tmp_path / "m").write_bytes(body)
     with Source(tmp_path / "m") as src:
         reader = _CountingReader(src)
-        out, _ = _delimiters(reader, boundary, 0, len(body), 1000)
+        out, _, _ = _delimiters(reader, boundary, 0, len(body), 1000)
     assert [close for _, _, close in out] == [False, True]
     assert reader.searches < 20, f"{reader.searches} searches for 200 KB"

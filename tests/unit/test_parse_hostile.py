@@ -489,3 +489,37 @@ def test_original_filename_keeps_its_behaviour() -> None:
     assert filenames.original_filename(headers("Content-Disposition: attachment; filename=\"../../x\"")) == "../../x"
     assert filenames.original_filename(headers("Content-Type: text/plain")) == ""
     assert filenames.original_filename(Message()) == ""
+
+
+@pytest.mark.parametrize("tail", [b"\x0c", b"\x0b", b" \x0c\t", b"--\x0c"])
+def test_a_delimiter_with_other_white_space_makes_the_multipart_unexamined(tmp_path: Path, tail: bytes) -> None:
+    # Thunderbird strips form feeds and vertical tabs before comparing a
+    # line with the boundary; Python only blanks: the program is a part to
+    # one and text of the first part to the other.
+    data = multipart([leaf(b"a\r\n--b1" + tail + b"\r\n" + leaf(b"MZ", "application/x-msdownload"))])
+    assert unexamined(tree(tmp_path, data)) == [
+        ("", "a line that some readers take for a multipart delimiter and others do not")]
+
+
+def test_the_boundary_or_its_prefix_in_text_is_not_a_delimiter_problem(tmp_path: Path) -> None:
+    # Lines that merely start like one (a nested boundary with the outer as
+    # its prefix, a close delimiter missing a dash) are read alike.
+    data = multipart([leaf(b"--b1x\r\n--b1-\r\n--b1 x\r\n")])
+    assert unexamined(tree(tmp_path, data)) == []
+
+
+def test_the_boundary_after_the_close_delimiter_is_an_unexamined_part(tmp_path: Path) -> None:
+    # A child of the same boundary: to Thunderbird the close delimiter is
+    # the child's, and the program after it a part of the parent.
+    inner = b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+    data = multipart([leaf(b"a"), inner]).replace(
+        b"--b1--\r\nepilogue\r\n", b"--b1--\r\n--b1\r\nContent-Type: application/x-msdownload\r\n\r\nMZ\r\n--b1--\r\n")
+    root = tree(tmp_path, data)
+    assert unexamined(root) == [("3", "text after the multipart's close delimiter that readers take for parts")]
+    rest = root.children[-1]
+    assert data[rest.start:rest.end].startswith(b"--b1\r\nContent-Type: application/x-msdownload")
+
+
+def test_an_epilogue_without_the_boundary_is_left_alone(tmp_path: Path) -> None:
+    root = tree(tmp_path, multipart([leaf(b"a")]) + b"-- \r\nsignature\r\n--b2\r\n")
+    assert unexamined(root) == [] and len(root.children) == 1

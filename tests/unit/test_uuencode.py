@@ -108,3 +108,22 @@ def test_hostile_texts_are_scanned_fast() -> None:
         took = time.monotonic() - t
         print(f"{len(text)} bytes: {took:.3f} s")
         assert took < 3
+
+
+def test_yenc_and_binhex_blocks_are_found_unexamined() -> None:
+    # Thunderbird shows both as attachments in a text without a type.
+    text = (b"Hello,\r\n=ybegin line=128 size=3 name=setup.exe\r\nw\x84**\r\n=yend size=3\r\nbye\r\n"
+            b"(This file must be converted with BinHex 4.0)\r\n:$f*TEQKPH#jdCA0d,R0TG!\"6594%8dP8)3#3\"!\r\n"
+            b"aaa:\r\nthe end\r\n")
+    blocks = find_blocks(text)
+    assert [(b.filename, b.unexamined) for b in blocks] == [
+        ("setup.exe", "a yEnc-encoded file in the text"), ("", "a BinHex-encoded file in the text")]
+    yenc = b"=ybegin line=128 size=3 name=setup.exe\r\nw\x84**\r\n=yend size=3\r\n"
+    assert text[blocks[0].start:blocks[0].end] == yenc
+    assert text[blocks[1].end:] == b"the end\r\n"
+
+
+def test_many_yenc_lines_leave_one_unexamined_rest() -> None:
+    text = b"".join(b"=ybegin line=1 size=1 name=a%d.exe\r\nx\r\n=yend\r\n" % i for i in range(150))
+    blocks = find_blocks(text, max_blocks=100)
+    assert len(blocks) == 101 and blocks[-1].end == len(text) and "more than 100" in (blocks[-1].unexamined or "")
