@@ -4,10 +4,15 @@ The agent sees a notice in place of the refused file; the customer, who
 cannot see it, gets a short reply saying which file was refused and why,
 from the route's template or the mail catalogue, in the route's language
 (gateway/mailtext.py).  The same reply, in other words, goes when a
-file could not be stored and was too large to forward (DESIGN.md rule 2).  RFC 3834's rules hold: the reply carries
-``Auto-Submitted: auto-replied`` and goes from the null return path; none
-goes to a null sender, to list or bulk mail, to mail that is itself
-auto-submitted, or to a sender that answered within the route's interval.
+file could not be stored and was too large to forward (the gateway fails
+open on availability: the message went, with a notice).  RFC 3834's rules
+hold: the reply carries ``Auto-Submitted: auto-replied`` and goes from the
+null return path; none goes to a null sender, to list or bulk mail, to mail
+that is itself auto-submitted, or to a mailbox answered within the route's
+interval (``victim+1@`` and ``victim+2@`` are one mailbox).  Nor, where the
+route verifies, to a sender its own domain disowns (SPF fail or softfail,
+and no DKIM signature of the domain passed): a reply to a forged sender is
+backscatter, spam sent on the forger's behalf.
 Where the interval's state lives (``Rates``): on a route whose store is a
 cloud store (S3, Azure, GCS), in that store, which every node of a fleet
 shares (``SharedRateStore``: claims made with the store's create-if-absent,
@@ -38,6 +43,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from gateway import logs, mailtext
+from gateway.authn.verify import Verification, org_domain
 from gateway.mailtext import fill
 from gateway.mime.decode import message_header
 from gateway.storage.base import ObjectMeta, ObjectNotFound, Storage, StorageError
@@ -52,8 +58,10 @@ SHARED_CLAIM_TIMEOUT = 5.0
 _MACHINE_LOCAL_PARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "donotreply", "do-not-reply")
 
 
-def skip_reason(mail_from: str, headers: Message) -> str | None:
-    """Why no automatic reply may go to this message's sender, or None."""
+def skip_reason(mail_from: str, headers: Message, auth: Verification | None = None) -> str | None:
+    """Why no automatic reply may go to this message's sender, or None.
+    ``auth`` is what the checks found, when the route verifies: a reply to
+    a forged sender is backscatter (spam sent on the forger's behalf)."""
     if not mail_from:
         return "null sender"
     local = mail_from.rsplit("@", 1)[0].lower()
@@ -72,7 +80,30 @@ def skip_reason(mail_from: str, headers: Message) -> str | None:
     suppress = message_header(headers, "X-Auto-Response-Suppress").lower()
     if "all" in suppress or "autoreply" in suppress:
         return "X-Auto-Response-Suppress"
-    return None
+    return _forged(mail_from, auth)
+
+
+def _forged(mail_from: str, auth: Verification | None) -> str | None:
+    """Why the envelope sender is taken for forged, or None: its domain's SPF
+    says the client may not send for it (fail or softfail), and no DKIM
+    signature of that domain (or its organisational domain) passed.  Other
+    results (none, neutral, temperror) cannot tell, and the reply goes."""
+    spf = auth.summary.get("spf", "") if auth is not None else ""
+    if auth is None or spf not in ("fail", "softfail"):
+        return None
+    domain = org_domain(mail_from.rpartition("@")[2])
+    if any(org_domain(d) == domain for d in auth.dkim_domains):
+        return None
+    return f"sender not authenticated (spf={spf}, no DKIM signature of its domain): a reply would be backscatter"
+
+
+def mailbox(sender: str) -> str:
+    """The mailbox an address reaches, for counting replies: lower case and
+    without a ``+detail`` (``victim+1@`` and ``victim+2@`` are one person)."""
+    local, at, domain = sender.strip().lower().rpartition("@")
+    if not at:
+        return domain
+    return f"{local.split('+', 1)[0] or local}@{domain}"
 
 
 class RateStore:
@@ -132,7 +163,7 @@ class RateStore:
 
 
 def _sender_hash(sender: str) -> str:
-    return hashlib.sha256(sender.strip().lower().encode("utf-8", "replace")).hexdigest()
+    return hashlib.sha256(mailbox(sender).encode("utf-8", "replace")).hexdigest()
 
 
 class SharedRateStore:
@@ -254,7 +285,7 @@ def _links_only_if_any(template: str, upload_url: str) -> str:
 
 def render_storage_failed(template: str | None, *, files: list[str], subject: str, upload_url: str) -> str:
     """The reply's text when files could not be stored (storage failed and a
-    file was too large to forward, DESIGN.md rule 2: the customer's fault is
+    file was too large to forward, so a notice went in its place: the customer's fault is
     nothing, and the way out is to send again or to use the upload page):
     ``template`` (the route's ``storage_failed_template``, or the
     catalogue's), or the built-in English text when that is None."""

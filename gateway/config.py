@@ -458,7 +458,7 @@ class AutoReplySettings(_Strict):
     # the catalogue's text in the route's language.
     template: str | None = None
     # The reply when storage failed and a file was too large to forward
-    # (DESIGN.md rule 2).  {files} (one "- name" line each), {subject},
+    # (failing open on availability).  {files} (one "- name" line each), {subject},
     # {upload_url}; unset: the catalogue's text in the route's language, which
     # names the upload page when there is a link.
     storage_failed_subject: str | None = None

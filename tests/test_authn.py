@@ -220,3 +220,43 @@ def test_invalid_security_settings_name_the_key(tmp_path: Path) -> None:
     err = check("c", sections={"smtp": {"tls_cert_file": str(tmp_path / "x.crt"),
                                         "tls_key_file": str(tmp_path / "x.key")}})
     assert f"smtp.tls_cert_file: '{tmp_path / 'x.crt'}': expected a readable file" in err
+
+
+def test_no_auto_reply_to_a_sender_its_domain_disowns_nor_a_second_to_one_mailbox(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    """A refused file answers its sender, but not one SPF says is forged
+    (the reply would be backscatter: the forger's subject sent to someone
+    who never wrote), unless a DKIM signature of the sender's domain passed;
+    and ``victim+1@`` and ``victim+2@`` are one mailbox for the rate."""
+    dns.add_txt("victim.example", "v=spf1 -all")
+    dns.add_txt("soft.example", "v=spf1 ~all")
+    other_pem, other_txt = dkim_key()
+    dns.add_txt("other.example", "v=spf1 -all")
+    dns.add_txt("s1._domainkey.other.example", other_txt)
+    route = {"autoreply": {"from": "Support <support@contact.example>", "next_hop": f"smtp://127.0.0.1:{sink.port}",
+                           "interval": "1h"}}
+    gw = auth_gateway(make_gateway, sink, dns, keys, route=route)
+    program = (b"MZ\x90\x00" + bytes(range(256)) * 8, "application/octet-stream", "tool.exe")
+
+    def bad(sender: str) -> bytes:
+        return message("Here it is.\n", attachments=[program], From=sender, Subject="BUY NOW").as_bytes()
+
+    send(gw.smtp_port, bad("victim+1@victim.example"), sender="victim+1@victim.example")
+    send(gw.smtp_port, bad("ann@soft.example"), sender="ann@soft.example")
+    vouched = bad("bo@other.example")
+    send(gw.smtp_port, dkim.sign(vouched, b"s1", b"other.example", other_pem, linesep=b"\r\n") + vouched,
+         sender="bo@other.example")
+    send(gw.smtp_port, bad("customer+1@example.net"), sender="customer+1@example.net")
+    send(gw.smtp_port, bad("customer+2@example.net"), sender="customer+2@example.net")
+    sink.wait(5 + 2)
+    gw.wait_idle()
+    replies = sorted(m.rcpt_tos[0] for m in sink.messages if m.mail_from == "<>")
+    # Which of customer+1 and customer+2 is answered depends on which is
+    # processed first; one of them is, never both.
+    assert len(replies) == 2 and replies[0] == "bo@other.example", replies
+    assert replies[1] in ("customer+1@example.net", "customer+2@example.net"), replies
+    reasons = sorted(e["reason"] for e in gw.log_events() if e.get("event") == "no auto-reply")
+    assert reasons == [
+        "one went to this sender within 3600s",
+        "sender not authenticated (spf=fail, no DKIM signature of its domain): a reply would be backscatter",
+        "sender not authenticated (spf=softfail, no DKIM signature of its domain): a reply would be backscatter"]

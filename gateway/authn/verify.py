@@ -64,6 +64,9 @@ class Verification:
     header: bytes  # the Authentication-Results field, CRLF-terminated
     drop: list[tuple[int, int]] = field(default_factory=list)  # byte ranges of forged A-R fields
     summary: dict[str, str] = field(default_factory=dict)  # method -> result, for the log
+    # The domains of the DKIM signatures that passed (lower case): whether
+    # the envelope sender's domain vouched for the message, beside SPF.
+    dkim_domains: list[str] = field(default_factory=list)
 
 
 def header_fields(block: bytes) -> list[Field]:
@@ -191,8 +194,9 @@ class Verifier:
             else:
                 end = head.find(b"\r\n\r\n")
                 if end < 0 and len(head) < src.size:
+                    found = {"dkim": "none"}
                     return self._header(["dkim=none reason=\"header block too large\"",
-                                         *self._spf_lines(envelope, {}, {})], [], {"dkim": "none"})
+                                         *self._spf_lines(envelope, found, {})], [], found, [])
                 block = head[: end + 2] if end >= 0 else head
                 body_start = end + 4 if end >= 0 else len(head)
             fields = header_fields(block)
@@ -218,11 +222,12 @@ class Verifier:
         lines += self._spf_lines(envelope, summary, state)
         lines += self._dmarc_lines(fields, envelope, summary, state)
         lines += self._arc_lines(kept, fields, hashes, summary)
-        return self._header(lines, drop, summary)
+        return self._header(lines, drop, summary, [d.lower() for d in state["dkim_pass"]])
 
-    def _header(self, lines: list[str], drop: list[tuple[int, int]], summary: dict[str, str]) -> Verification:
+    def _header(self, lines: list[str], drop: list[tuple[int, int]], summary: dict[str, str],
+                dkim_domains: list[str]) -> Verification:
         text = f"Authentication-Results: {self.authserv_id};\r\n\t" + ";\r\n\t".join(lines) + "\r\n"
-        return Verification(text.encode("utf-8", "replace"), drop, summary)
+        return Verification(text.encode("utf-8", "replace"), drop, summary, dkim_domains)
 
     # -- DKIM -------------------------------------------------------------
 

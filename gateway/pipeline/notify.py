@@ -38,7 +38,7 @@ class Notify(Step):
         services, route, envelope = self.services, job.route, job.envelope
         settings = route.autoreply
         assert settings is not None and job.root is not None
-        why_not = autoreply.skip_reason(envelope.mail_from, job.root.headers)
+        why_not = autoreply.skip_reason(envelope.mail_from, job.root.headers, job.auth)
         if why_not is not None:
             metrics.AUTOREPLIES.labels(route.name, "skipped").inc()
             job.log.info("no auto-reply", reason=why_not)

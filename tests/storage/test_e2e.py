@@ -11,7 +11,7 @@ original filename.  Where the server checks signatures (Ceph, Azurite) a
 tampered and an expired storage URL are refused by the server itself.
 
 Then the failures: a store answering 500, or down, while a 12 MB attachment
-is processed (fail open, DESIGN.md rule 2), and start-up refused for a region
+is processed (fail open on availability), and start-up refused for a region
 mismatch and for encryption turned off.
 """
 from __future__ import annotations
@@ -412,7 +412,7 @@ def test_encryption_none_stops_start_up(make_gateway: Any) -> None:
 def test_store_failing_with_a_next_hop_too_small_sends_the_customer_an_auto_reply(make_gateway: Any,
                                                                                     tmp_path: Path,
                                                                                     sink: Any) -> None:
-    """DESIGN.md rule 2 in full: the file that could be neither stored nor
+    """Failing open on availability in full: the file that could be neither stored nor
     forwarded is replaced by a notice for the agent, and the customer gets
     an RFC 3834 reply in plain words, under the same rate limit and
     suppression rules as a refusal: a second message within the interval
