@@ -236,6 +236,17 @@ def test_not_a_pdf_is_not_examinable() -> None:
         assert result.status == "failed" and result.reason.startswith("not examinable"), result
 
 
+def test_a_broken_file_is_refused_in_words_without_the_librarys_stream_names() -> None:
+    """The reason goes into the notice the agent reads and the customer's
+    reply: pikepdf names the in-memory stream it read ("stream
+    <_io.BytesIO object at 0x7f...>"), which is nobody's business."""
+    broken = b"%PDF-1.7\n1 0 obj << /Type /Catalog >>\nstream\nxx" + b"\x00" * 50
+    result = disarm(broken, filetypes.PDF)
+    assert result.status == "failed"
+    assert result.reason.startswith("not examinable: the PDF does not parse: ") and "0x" not in result.reason
+    assert "BytesIO" not in result.reason and "object at" not in result.reason
+
+
 def test_pdf_object_budget() -> None:
     result = disarm(docs.pdf_form_js(), PDF, budget=Budget(max_objects=5))
     assert result.status == "failed" and "more than 5 PDF objects" in result.reason

@@ -41,6 +41,7 @@ import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.process
 import os
+import re
 import select
 import socket
 import subprocess
@@ -162,6 +163,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# How a library names the stream it read ("stream <_io.BytesIO object at
+# 0x7f...>: "): nothing the agent or the customer reading the notice needs.
+_STREAM_NAME = re.compile(r"(?:stream )?<[^<>]* object at 0x[0-9a-fA-F]+>:? ?")
+
+
+def _plain(e: BaseException) -> str:
+    """An error's text for a notice: without the libraries' names for
+    in-memory streams, and bounded."""
+    return _STREAM_NAME.sub("", str(e)).strip()[:300]
+
+
 def disarm(data: bytes | str | os.PathLike[str], detected_type: str, *, budget: Budget = Budget(),
            hashes: bool = True) -> DisarmResult:
     """Disarm one file whose detected type is ``detected_type`` (one of
@@ -183,13 +195,13 @@ def disarm(data: bytes | str | os.PathLike[str], detected_type: str, *, budget: 
             return DisarmResult("failed", reason=f"not examinable: disarm does not handle {detected_type}",
                                 original_sha256=original)
     except NotExaminable as e:
-        return DisarmResult("failed", reason=f"not examinable: {e}", original_sha256=original)
+        return DisarmResult("failed", reason=f"not examinable: {_plain(e)}", original_sha256=original)
     except OverBudget as e:
-        return DisarmResult("failed", reason=f"over budget: {e}", original_sha256=original)
+        return DisarmResult("failed", reason=f"over budget: {_plain(e)}", original_sha256=original)
     except CannotDisarm as e:
-        return DisarmResult("failed", reason=f"cannot be disarmed: {e}", original_sha256=original)
+        return DisarmResult("failed", reason=f"cannot be disarmed: {_plain(e)}", original_sha256=original)
     except CheckFailed as e:
-        return DisarmResult("failed", reason=f"the disarmed file did not check: {e}", original_sha256=original)
+        return DisarmResult("failed", reason=f"the disarmed file did not check: {_plain(e)}", original_sha256=original)
     except MemoryError:
         return DisarmResult("failed", reason="over budget: out of memory", original_sha256=original)
     if result.status == "disarmed":
