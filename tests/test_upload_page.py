@@ -215,3 +215,75 @@ def test_an_auto_reply_template_without_a_link_still_renders() -> None:
     assert autoreply.render("{refusals}\nUpload here: {upload_url}\nBye\n", refusals=refusals, subject="s",
                             upload_url="") == "- a.exe: programs are not accepted\nBye\n"
     assert not autoreply.wants_upload_url("{refusals}") and autoreply.wants_upload_url("x {upload_url}")
+
+
+def _large_docx(images: int) -> bytes:
+    """A real Word document (its type is only known from its ZIP entries,
+    so judging it reads all of it) made large by stored JPEG pictures."""
+    import io
+    import os
+    import zipfile
+
+    from tests.active_documents import clean_docx
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(clean_docx())) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for info in src.infolist():
+            z.writestr(info.filename, src.read(info.filename))
+        for i in range(images):
+            z.writestr(f"word/media/image{i}.jpeg", b"\xff\xd8\xff\xe0" + os.urandom(MiB))
+    return out.getvalue()
+
+
+def test_a_chunk_written_again_while_the_upload_is_judged_never_reaches_the_store_unexamined(
+        make_gateway) -> None:
+    import threading
+
+    gw = make_gateway(sections={"upload": {"chunk_size": "1MiB"}})
+    url = invite(gw)
+    data = _large_docx(64)
+    status, s = _call("POST", url + "/files", json.dumps({"name": "survey.docx", "size": len(data)}).encode())
+    assert status == 201
+    files = f"{url}/files/{s['uploadId']}"
+    for n in range(s["chunks"]):
+        assert _call("PUT", f"{files}/chunks/{n}", data[n * MiB:(n + 1) * MiB], "application/octet-stream")[0] == 200
+    # The customer holds back the last byte of a new last chunk (zeros in
+    # place of the ZIP's central directory) and sends it once the completion
+    # is copying the file to its secure key, after the type was judged in
+    # the old scheme: a file the policies never saw would be stored.
+    import http.client
+    import urllib.parse
+
+    last = s["chunks"] - 1
+    tail = b"\0" * (len(data) - last * MiB)
+    target = urllib.parse.urlsplit(f"{files}/chunks/{last}")
+    put = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+    put.putrequest("PUT", target.path)
+    put.putheader("Content-Type", "application/octet-stream")
+    put.putheader("Content-Length", str(len(tail)))
+    put.endheaders()
+    put.send(tail[:-1])
+    answers: list[tuple[int, dict]] = []
+    completion = threading.Thread(target=lambda: answers.append(_call("POST", files + "/complete")))
+    completion.start()
+    folder = gw.objects / "uploads"
+    wait_until(lambda: folder.exists() and any(p.name.endswith(".part") for p in folder.rglob("*")),
+               timeout=60, interval=0.002, what="the copy to the secure key started")
+    put.send(tail[-1:])
+    assert put.getresponse().status == 200
+    put.close()
+    completion.join()
+    [(status, body)] = answers
+    stored = [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith((".json", ".part"))]
+    # Either the changed file was copied and then judged (refused: its ZIP is
+    # broken, nothing kept), or the document was: what is stored is always
+    # what was judged.
+    if status == 415:
+        assert not stored, stored
+    else:
+        assert status == 200, body
+        [kept] = stored
+        assert kept.read_bytes() == data, "the stored file is not the one judged"
+        [mail] = gw.wait_outbox(1)
+        [link] = links(payload(leaves(parse(mail))[0]))
+        assert fetch(link)[2] == data

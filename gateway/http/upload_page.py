@@ -16,8 +16,8 @@ With an S3 store (and ``upload.direct_to_store``) the bytes do not pass
 through the gateway: the upload is an S3 multipart upload at the staging
 key, the page asks for a presigned URL per part and PUTs the part straight
 to the store, "which chunks arrived" is ListParts, and ``complete`` finishes
-the multipart upload, checks every part's size and the whole size, reads the
-first bytes back with a ranged GET for the policies, and goes on as above
+the multipart upload, checks every part's size and the whole size, and goes
+on as above
 (gateway/storage/s3_direct.py).
 
 Each upload started is counted against its invitation's limits
@@ -53,7 +53,6 @@ from gateway.http.pages import Pages
 from gateway.links.tokens import Keyring, TokenError, TokenExpired, new_object_id
 from gateway.mime import filenames
 from gateway.mime.rewrite import Link, html_links, text_links
-from gateway.partfacts import HEAD_BYTES
 from gateway.spool import Envelope, Spool, write_atomic
 from gateway.storage.base import ObjectMeta, ObjectNotFound, Storage, StorageError
 from gateway.storage.bridge import BadEncoding, BodyTooLarge
@@ -350,26 +349,21 @@ class UploadPage:
         log.info("chunk stored", upload_id=session["uid"], chunk=n, size=staged.size)
         return _json({"chunk": n, "size": staged.size})
 
-    async def _assemble(self, store: Storage, session: dict[str, Any]) -> tuple[list[str], bytes] | web.Response:
-        """The staging keys of a whole upload and its first bytes, or the 409
-        naming the chunks still missing."""
+    async def _assemble(self, store: Storage, session: dict[str, Any]) -> list[str] | web.Response:
+        """The staging keys of a whole upload, or the 409 naming the chunks
+        still missing."""
         lengths = _chunk_lengths(session)
         uid = session["uid"]
         if session.get("mode") != "direct":
             missing = sorted(set(range(len(lengths))) - set(await self._received(store, session)))
             if missing:
                 return _json({"error": "chunks missing", "missing": missing}, 409)
-            keys = [_chunk_key(uid, i) for i in range(len(lengths))]
-            head = b""
-            async for c in store.open(keys[0]):
-                head = c[:HEAD_BYTES]
-                break
-            return keys, head
+            return [_chunk_key(uid, i) for i in range(len(lengths))]
         direct = direct_uploads(store)
         assert direct is not None
         key = _direct_key(uid)
         if session.get("assembled"):  # completed by an earlier try that failed later
-            return [key], await direct.read_head(key, min(HEAD_BYTES, session["size"]))
+            return [key]
         # The store's list of parts, not the page's word: each must be there whole.
         parts = {p.number: p for p in await direct.parts(key, session["s3_upload_id"])}
         missing = [i for i, n in enumerate(lengths) if i + 1 not in parts or parts[i + 1].size != n]
@@ -382,7 +376,7 @@ class UploadPage:
         session["assembled"] = True
         await _save_session(store, session)
         log.info("parts assembled", upload_id=uid, parts=len(lengths), size=size)
-        return [key], await direct.read_head(key, min(HEAD_BYTES, size))
+        return [key]
 
     async def complete(self, request: web.Request) -> web.Response:
         found = await self._session(request)
@@ -398,14 +392,14 @@ class UploadPage:
             return _json({"error": "storage unavailable, try again"}, 503)
         if isinstance(assembled, web.Response):
             return assembled
-        keys, head = assembled
+        keys = assembled
         fields = dict(QueueId=session["uid"], CustomerId=inv.customer_id, TargetFileName=session["name"],
                       ActorUsername=f"customer:{inv.customer_id}", SrcIpAddr=request.remote,
                       RequestId=request_id(request))
         try:
             stored = await self.uploads.finish(
                 staging=keys, filename=session["name"], customer=inv.customer_id,
-                ctype=declared_type(session["name"], session["type"]), size=session["size"], sha256=None, head=head,
+                ctype=declared_type(session["name"], session["type"]), size=session["size"], sha256=None,
                 reference=session["uid"], message_id=inv.message_id, route_name=inv.route, cleanup=False,
                 source="UploadPage", actor=f"customer:{inv.customer_id}", client=request.remote)
         except Refused as e:
