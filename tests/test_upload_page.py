@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway import autoreply
@@ -287,3 +288,58 @@ def test_a_chunk_written_again_while_the_upload_is_judged_never_reaches_the_stor
         [mail] = gw.wait_outbox(1)
         [link] = links(payload(leaves(parse(mail))[0]))
         assert fetch(link)[2] == data
+
+
+def test_one_invitation_file_stays_one_file_whatever_the_customer_races_or_sends_again(make_gateway) -> None:
+    import threading
+
+    gw = make_gateway(sections={"upload": {"chunk_size": "64KiB", "max_files_per_invitation": 1}})
+    url = invite(gw)
+
+    def start(name: str, size: int) -> tuple[int, dict]:
+        return _call("POST", url + "/files", json.dumps({"name": name, "size": size}).encode())
+
+    def together(n: int, call: Callable[[], tuple[int, dict]]) -> list[tuple[int, dict]]:
+        barrier = threading.Barrier(n)
+        answers: list[tuple[int, dict]] = []
+
+        def one() -> None:
+            barrier.wait()
+            answers.append(call())
+        threads = [threading.Thread(target=one) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return answers
+
+    # A refused file frees its place; its upload is closed: a document sent
+    # again in its chunks is not stored without counting.
+    program = Path("/bin/true").read_bytes()[:60000]
+    status, refused = start("claim.pdf", len(program))
+    assert status == 201
+    first = f"{url}/files/{refused['uploadId']}"
+    assert _call("PUT", first + "/chunks/0", program, "application/octet-stream")[0] == 200
+    status, body = _call("POST", first + "/complete")
+    assert status == 415 and body["code"] == "program"
+    pdf = pdf_bytes(len(program))
+    assert _call("PUT", first + "/chunks/0", pdf, "application/octet-stream")[0] == 409
+    assert _call("POST", first + "/complete") == (415, body)
+    # The invitation's one file, asked for by many at once (the node's
+    # processes all answer): one upload starts.
+    answers = together(8, lambda: start("plan.pdf", len(pdf)))
+    assert sorted(s for s, _ in answers) == [201] + [413] * 7, answers
+    [upload] = [b for s, b in answers if s == 201]
+    files = f"{url}/files/{upload['uploadId']}"
+    assert _call("PUT", files + "/chunks/0", pdf, "application/octet-stream")[0] == 200
+    # Completed by many at once: stored once, one email, the same answer to all.
+    completions = together(6, lambda: _call("POST", files + "/complete"))
+    done = {"fileName": "plan.pdf", "fileSize": len(pdf)}
+    assert all(a == (200, done) or a[0] == 503 for a in completions), completions
+    assert (200, done) in completions
+    assert _call("POST", files + "/complete") == (200, done)
+    assert _call("PUT", files + "/chunks/0", pdf, "application/octet-stream")[0] == 409
+    time.sleep(2)
+    assert len(gw.wait_outbox(1)) == 1
+    stored = [p for p in (gw.objects / "uploads").rglob("*") if p.is_file() and not p.name.endswith(".json")]
+    assert len(stored) == 1 and stored[0].read_bytes() == pdf

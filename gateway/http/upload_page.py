@@ -21,7 +21,8 @@ on as above
 (gateway/storage/s3_direct.py).
 
 Each upload started is counted against its invitation's limits
-(``invitations.reserve``) and leaves a marker in ``<spool>/page-uploads``;
+(``invitations.reserve``, under a lock the node's processes share) and
+leaves a marker in ``<spool>/page-uploads``;
 the serving process's sweeper (``sweep``) aborts uploads not completed
 within ``upload.abandon_after`` and removes their pieces.
 """
@@ -36,7 +37,9 @@ import html
 import json
 import os
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
@@ -64,8 +67,35 @@ log = logs.get("upload-page")
 READ_CHUNK = 1 << 18
 
 
-def _json(data: dict[str, Any], status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
+def _json(data: dict[str, Any], status: int = 200, **headers: str) -> web.Response:
+    return web.json_response(data, status=status, headers={"Cache-Control": "no-store", **headers})
+
+
+# Invitations' counts are changed under one of this many lock files, which
+# every process of a node takes (an asyncio lock covers one process only).
+_INVITATION_LOCKS = 16
+
+
+def _flock(path: Path, wait: bool) -> int | None:
+    """An exclusive flock on ``path`` (blocking): its descriptor, or None
+    when ``wait`` is false and another holder has it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _finished(session: dict[str, Any]) -> web.Response | None:
+    """The answer a completed or refused upload gives again, or None."""
+    if session["done"]:
+        return _json(session["done"])  # a retried complete: same answer
+    if session.get("refused"):
+        return _json(session["refused"], 415)
+    return None
 
 
 def _session_key(uid: str) -> str:
@@ -128,6 +158,14 @@ def _old_markers(directory: Path, cutoff: float) -> list[Path]:
     return out
 
 
+def _unclaim(path: Path, fd: int) -> None:
+    """Give up a completion's claim (blocking).  Removed before it is
+    unlocked: a request that opened the old file meanwhile finds the upload
+    finished when it reads the session again."""
+    path.unlink(missing_ok=True)
+    os.close(fd)
+
+
 # The policy that refused a file -> the reason the page gives, in the same
 # words as its own checks before sending.
 _REFUSALS = {"refuse_executables": "program", "allowed_types": "type", "refuse_spoofed": "type",
@@ -156,6 +194,17 @@ class UploadPage:
 
     def configure(self, cfg: Config) -> None:
         self.cfg = cfg
+
+    @asynccontextmanager
+    async def _counting(self, invitation: str) -> AsyncIterator[None]:
+        """Hold the node-wide lock under which an invitation's count changes."""
+        path = self.markers / f".invitations-{zlib.crc32(invitation.encode()) % _INVITATION_LOCKS}.lock"
+        fd = await asyncio.to_thread(_flock, path, True)
+        assert fd is not None
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     def _direct(self, store: Storage) -> S3DirectUploads | None:
         """Presigned part uploads for this store, when configured and possible."""
@@ -255,8 +304,9 @@ class UploadPage:
             return _json({"error": f"File larger than {up.max_file_size} bytes", "code": "size"}, 413)
         uid = new_object_id()
         try:
-            await invitations.reserve(store, inv.object_id, uid, size, max_files=up.max_files_per_invitation,
-                                      max_bytes=up.max_bytes_per_invitation)
+            async with self._counting(inv.object_id):
+                await invitations.reserve(store, inv.object_id, uid, size, max_files=up.max_files_per_invitation,
+                                          max_bytes=up.max_bytes_per_invitation)
         except invitations.OverLimit as e:
             log.info("upload refused: invitation limit", customer_id=inv.customer_id, size=size, reason=str(e))
             self.audit.event("FileCreated", "Failure", EventSubType="UploadPage", CustomerId=inv.customer_id,
@@ -275,7 +325,8 @@ class UploadPage:
             await _save_session(store, session)
         except StorageError as e:
             log.error("upload not started", upload_id=uid, error=str(e))
-            await invitations.release(store, inv.object_id, uid)
+            async with self._counting(inv.object_id):
+                await invitations.release(store, inv.object_id, uid)
             return _json({"error": "storage unavailable, try again"}, 503)
         log.info("upload started", upload_id=uid, customer_id=inv.customer_id, size=size, mode=session["mode"])
         return _json(self._answer(session, []), 201)
@@ -296,7 +347,7 @@ class UploadPage:
             return found
         _, store, session = found
         direct = direct_uploads(store)
-        if session.get("mode") != "direct" or direct is None or session["done"]:
+        if session.get("mode") != "direct" or direct is None or session["done"] or session.get("refused"):
             return _json({"error": "this upload does not take part URLs"}, 409)
         n = _chunk_number(request, session)
         if n is None:
@@ -327,6 +378,9 @@ class UploadPage:
         _, store, session = found
         if session.get("mode") == "direct":
             return _json({"error": "this upload sends its parts to the store; ask for a part URL"}, 409)
+        if session["done"] or session.get("refused"):
+            # Completed or refused: a chunk now would never be judged, only left behind.
+            return _json({"error": "this upload is finished; it takes no more chunks"}, 409)
         n = _chunk_number(request, session)
         if n is None:
             return _json({"error": "no such chunk"}, 404)
@@ -383,8 +437,28 @@ class UploadPage:
         if isinstance(found, web.Response):
             return found
         inv, store, session = found
-        if session["done"]:
-            return _json(session["done"])  # a retried complete: same answer
+        answer = _finished(session)
+        if answer is not None:
+            return answer
+        # One completion of an upload at a time on this node, whichever
+        # process the request reaches: two at once would store the file
+        # twice, for one count against the invitation.
+        claim = self.markers / f".complete-{session['uid']}"
+        fd = await asyncio.to_thread(_flock, claim, False)
+        if fd is None:
+            return _json({"error": "this upload is being completed; ask again shortly"}, 503, **{"Retry-After": "2"})
+        try:
+            # Read again under the claim: another request may have finished it.
+            fresh = await _load_session(store, session["uid"])
+            if fresh is None:
+                return _json({"error": "no such upload"}, 404)
+            return _finished(fresh) or await self._complete(request, inv, store, fresh)
+        finally:
+            await asyncio.to_thread(_unclaim, claim, fd)
+
+    async def _complete(self, request: web.Request, inv: invitations.Invitation, store: Storage,
+                        session: dict[str, Any]) -> web.Response:
+        """Assemble, judge, store and announce an upload (under its claim)."""
         try:
             assembled = await self._assemble(store, session)
         except StorageError as e:
@@ -405,9 +479,14 @@ class UploadPage:
         except Refused as e:
             self.audit.event("FileCreated", "Failure", EventSubType="UploadPage", EventResultDetails=f"refused: {e}",
                              **fields)
+            # Closed for good: chunks written again and completed once more
+            # would be stored without counting against the invitation.
+            session["refused"] = {"error": f"This file cannot be accepted: {e}", "code": refusal_code(e.policy)}
+            await _save_session(store, session)
             await asyncio.gather(*(store.delete(k) for k in keys))
-            await invitations.release(store, inv.object_id, session["uid"])
-            return _json({"error": f"This file cannot be accepted: {e}", "code": refusal_code(e.policy)}, 415)
+            async with self._counting(inv.object_id):
+                await invitations.release(store, inv.object_id, session["uid"])
+            return _json(session["refused"], 415)
         except StorageError as e:
             log.error("upload not completed", upload_id=session["uid"], error=str(e))
             return _json({"error": "storage unavailable, try again"}, 503)
@@ -480,7 +559,11 @@ class UploadPage:
         if session is not None and session["created"] > cutoff:
             return False
         if session is None or session["done"]:
-            # Completed (its record kept a while for a retried "complete"), or gone.
+            # Completed (its record kept a while for a retried "complete"), or
+            # gone; with any chunk a late PUT left behind.
+            if session is not None and session.get("mode") != "direct":
+                await asyncio.gather(*(store.delete(_chunk_key(uid, i))
+                                       for i in range(len(_chunk_lengths(session)))))
             await store.delete(_session_key(uid))
             await asyncio.to_thread(path.unlink, missing_ok=True)
             return False
@@ -491,7 +574,8 @@ class UploadPage:
             await store.delete(_direct_key(uid))
         else:
             await asyncio.gather(*(store.delete(_chunk_key(uid, i)) for i in range(len(_chunk_lengths(session)))))
-        await invitations.release(store, session["invitation"], uid)
+        async with self._counting(session["invitation"]):
+            await invitations.release(store, session["invitation"], uid)
         await store.delete(_session_key(uid))
         await asyncio.to_thread(path.unlink, missing_ok=True)
         log.info("abandoned upload removed", upload_id=uid, mode=session.get("mode"), size=session["size"],
