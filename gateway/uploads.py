@@ -20,12 +20,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import policies
-from gateway import logs
+from gateway import logs, metrics
 from gateway.config import Config, RouteSettings
 from gateway.links.mint import mint
 from gateway.links.tokens import Keyring
 from gateway.mime import container, filenames
 from gateway.partfacts import HEAD_BYTES, part_facts, safe_type
+from gateway.scan import Clamd
 from gateway.storage.base import ObjectMeta, Storage, StorageError
 from gateway.storage.bridge import StreamBridge, blocking_chunks
 from gateway.storage.keys import file_key
@@ -87,6 +88,8 @@ class Uploads:
         """Take a (re)loaded config."""
         self.cfg = cfg
         self.route = cfg.api_route()
+        # The same clamd the worker asks, for routes that run refuse_malware.
+        self.scanner = Clamd(cfg.clamd.address, cfg.clamd.timeout) if cfg.clamd is not None else None
         self.policies = {r.name: [policies.build(p.name, p.settings) for p in r.policies] for r in cfg.routes}
 
     def store_for(self, route_name: str | None = None) -> Storage:
@@ -149,11 +152,12 @@ class Uploads:
             # read back from the copy) blocks: off the event loop.  The bytes
             # are read only when the head looks like a ZIP.
             detected = await asyncio.to_thread(container.detect_chunks, head, blocking_chunks(loop, [store.open(key)]))
+            scan = await self._scan(store, key, size, reference, route)
         except BaseException:
             await store.delete(key)
             raise
         facts = part_facts(path="upload", declared_type=ctype, filename=filename, decoded_size=size,
-                           disposition="attachment", route=route, head=head, detected_type=detected)
+                           disposition="attachment", route=route, head=head, detected_type=detected, scan=scan)
         decision = policies.decide(self.policies[route.name], facts)
         log.info("decision", ref=reference, action=decision.action.value, policy=decision.policy,
                  reason=decision.reason, declared_type=ctype, size=size, filename=display)
@@ -175,6 +179,24 @@ class Uploads:
                          TargetFileSHA256=sha256 or None, TargetFileMimeType=detected or None,
                          DeclaredMimeType=ctype, StoreName=store.name, ActorUsername=actor, SrcIpAddr=client)
         return Stored(key=key, filename=display, size=size, sha256=sha256, url=link.url)
+
+    async def _scan(self, store: Storage, key: str, size: int, reference: str,
+                    route: RouteSettings) -> policies.ScanVerdict | None:
+        """clamd's verdict on the stored copy when the route runs
+        refuse_malware, as the worker asks for a part in mail (None when it
+        does not); a scan that fails is an "error" verdict: fail open, logged
+        and counted, as for mail."""
+        if self.scanner is None or self.cfg.clamd is None or size == 0 \
+                or not any(p.name == "refuse_malware" for p in route.policies):
+            return None
+        if size > self.cfg.clamd.max_size:
+            verdict = policies.ScanVerdict("error", detail=f"{size} bytes is over clamd.max_size")
+        else:
+            verdict = await self.scanner.scan(store.open(key))
+        metrics.SCANS.labels(route.name, verdict.status).inc()
+        if verdict.status == "error":
+            log.warning("malware scan failed; failing open", ref=reference, reason=verdict.detail)
+        return verdict
 
 
 async def _head(chunks: AsyncIterator[bytes]) -> bytes:
