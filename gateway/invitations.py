@@ -10,9 +10,10 @@ completion email goes to.
 What an invitation has been used for (``invitations/<id>.usage.json``: each
 upload started, with its size) is what ``upload.max_files_per_invitation``
 and ``upload.max_bytes_per_invitation`` are checked against.  It is read,
-changed and written under a lock per invitation in this process; two nodes
-starting uploads for one invitation at the same instant could each pass the
-check once.
+changed and written under a lock per invitation in this process, which the
+upload page takes inside a lock file every process of the node shares
+(gateway/http/upload_page.py); two nodes starting uploads for one invitation
+at the same instant could each pass the check once.
 """
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ harmless: it only copies the staged file again and mints another link.
 from __future__ import annotations
 
 import asyncio
-import base64
 import fcntl
 import json
 import os
@@ -50,7 +49,7 @@ class Job:
     staging_key: str
     size: int
     sha256: str
-    head: str  # base64 of the first bytes, for type detection
+    head: str  # base64 of the first bytes received (the policies judge the stored copy's own)
     result: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
@@ -173,8 +172,8 @@ class JobRunner:
         try:
             stored = await self.uploads.finish(
                 staging=[job.staging_key], filename=job.file_name, customer=job.customer_id,
-                ctype=job.content_type, size=job.size, sha256=job.sha256, head=base64.b64decode(job.head),
-                reference=job.job_id, route_name=job.route, cleanup=False)
+                ctype=job.content_type, size=job.size, sha256=job.sha256, reference=job.job_id, route_name=job.route,
+                cleanup=False)
         except Refused as e:
             job.status, job.error = FAILED, f"refused: {e}"
         except ObjectNotFound:

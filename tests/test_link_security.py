@@ -530,3 +530,18 @@ def test_api_refresh_and_revoke_need_the_api_key_and_an_authorised_agent(make_ga
                        ("click", "Failure", None)]  # revocation is checked before anyone signs in
     assert events[1]["EventResultDetails"] == "API key refused" and events[4]["ActorUserIdType"] == "api-key:crm"
     assert events[6]["CustomerId"] == "customer@example.net" and "GDPR" in events[6]["EventResultDetails"]
+
+
+def test_a_token_is_one_spelling_and_never_reaches_the_access_log(make_gateway) -> None:
+    gw = make_gateway(threshold="1KiB")
+    url = offload_one(gw, pdf_bytes(2000))
+    base, _, token = url.partition("/a/")
+    assert get(url)[0] == 200
+    # A newline after the token (%0A) is another token, not ours.
+    assert get(f"{url}%0A")[0] == 403 and get(f"{url}%0a")[0] == 403
+    # A mangled link (double slash) answers no route, and is logged: without the token.
+    assert get(f"{base}//a/{token}")[0] == 404
+    assert get(f"{base}/upload//{token}")[0] == 404
+    wait_until(lambda: len([e for e in gw.log_events() if e.get("component") == "access"]) >= 5,
+               what="five access log lines")
+    assert token not in gw.log_path.read_text()

@@ -313,3 +313,33 @@ def test_schemathesis_finds_no_failure_against_the_served_document(make_gateway,
         capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert "Tested: 4" in out.stdout and " passed" in out.stdout
+
+
+def test_uploads_are_scanned_for_malware_as_mail_attachments_are(make_gateway, tmp_path: Path) -> None:
+    from tests.servers.clamd import Clamd
+    from tests.test_content_policies import EICAR_LIKE
+    from tests.test_upload_page import _call, invite
+
+    clean = b"An ordinary note from a customer.\n" * 10
+    with Clamd(tmp_path / "clamd", {"Gateway.Test.Signature": EICAR_LIKE}) as clamd:
+        gw = make_gateway(route={"policies": [
+            {"name": "empty_attachment"}, {"name": "refuse_malware"}, {"name": "refuse_executables"},
+            {"name": "refuse_spoofed"}, {"name": "allowed_types"}, {"name": "offload_large"}]},
+            sections={**api_sections(tmp_path), "clamd": {"address": clamd.address, "timeout": 10},
+                      "upload": {"chunk_size": "64KiB"}})
+        # The API: the file clamd flags is refused, and nothing is kept.
+        status, _, body = post(gw, EICAR_LIKE, filename="report.txt")
+        assert status == 415 and "malware scan found Gateway.Test.Signature" in body["error"], body
+        assert post(gw, clean, filename="note.txt")[0] == 200
+        # The upload page: the same.
+        url = invite(gw)
+        status, s = _call("POST", url + "/files", json.dumps({"name": "report.txt", "size": len(EICAR_LIKE)}).encode())
+        assert status == 201
+        files = f"{url}/files/{s['uploadId']}"
+        assert _call("PUT", files + "/chunks/0", EICAR_LIKE, "application/octet-stream")[0] == 200
+        status, body = _call("POST", files + "/complete")
+        assert (status, body["code"]) == (415, "malware"), body
+        kept = [k for k in stored_objects(gw.objects) if k.startswith("uploads/") and not k.endswith(".json")]
+        assert kept == ["uploads/acme-42/" + kept[0].rsplit("/", 1)[1]] and kept[0].endswith("-note.txt"), kept
+        scans = [e for e in gw.log_events() if e.get("event") == "decision" and e.get("policy") == "refuse_malware"]
+        assert len(scans) == 2

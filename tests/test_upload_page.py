@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway import autoreply
@@ -215,3 +216,130 @@ def test_an_auto_reply_template_without_a_link_still_renders() -> None:
     assert autoreply.render("{refusals}\nUpload here: {upload_url}\nBye\n", refusals=refusals, subject="s",
                             upload_url="") == "- a.exe: programs are not accepted\nBye\n"
     assert not autoreply.wants_upload_url("{refusals}") and autoreply.wants_upload_url("x {upload_url}")
+
+
+def _large_docx(images: int) -> bytes:
+    """A real Word document (its type is only known from its ZIP entries,
+    so judging it reads all of it) made large by stored JPEG pictures."""
+    import io
+    import os
+    import zipfile
+
+    from tests.active_documents import clean_docx
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(clean_docx())) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for info in src.infolist():
+            z.writestr(info.filename, src.read(info.filename))
+        for i in range(images):
+            z.writestr(f"word/media/image{i}.jpeg", b"\xff\xd8\xff\xe0" + os.urandom(MiB))
+    return out.getvalue()
+
+
+def test_a_chunk_written_again_while_the_upload_is_judged_never_reaches_the_store_unexamined(
+        make_gateway) -> None:
+    import threading
+
+    gw = make_gateway(sections={"upload": {"chunk_size": "1MiB"}})
+    url = invite(gw)
+    data = _large_docx(64)
+    status, s = _call("POST", url + "/files", json.dumps({"name": "survey.docx", "size": len(data)}).encode())
+    assert status == 201
+    files = f"{url}/files/{s['uploadId']}"
+    for n in range(s["chunks"]):
+        assert _call("PUT", f"{files}/chunks/{n}", data[n * MiB:(n + 1) * MiB], "application/octet-stream")[0] == 200
+    # The customer holds back the last byte of a new last chunk (zeros in
+    # place of the ZIP's central directory) and sends it once the completion
+    # is copying the file to its secure key, after the type was judged in
+    # the old scheme: a file the policies never saw would be stored.
+    import http.client
+    import urllib.parse
+
+    last = s["chunks"] - 1
+    tail = b"\0" * (len(data) - last * MiB)
+    target = urllib.parse.urlsplit(f"{files}/chunks/{last}")
+    put = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+    put.putrequest("PUT", target.path)
+    put.putheader("Content-Type", "application/octet-stream")
+    put.putheader("Content-Length", str(len(tail)))
+    put.endheaders()
+    put.send(tail[:-1])
+    answers: list[tuple[int, dict]] = []
+    completion = threading.Thread(target=lambda: answers.append(_call("POST", files + "/complete")))
+    completion.start()
+    folder = gw.objects / "uploads"
+    wait_until(lambda: folder.exists() and any(p.name.endswith(".part") for p in folder.rglob("*")),
+               timeout=60, interval=0.002, what="the copy to the secure key started")
+    put.send(tail[-1:])
+    assert put.getresponse().status == 200
+    put.close()
+    completion.join()
+    [(status, body)] = answers
+    stored = [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith((".json", ".part"))]
+    # Either the changed file was copied and then judged (refused: its ZIP is
+    # broken, nothing kept), or the document was: what is stored is always
+    # what was judged.
+    if status == 415:
+        assert not stored, stored
+    else:
+        assert status == 200, body
+        [kept] = stored
+        assert kept.read_bytes() == data, "the stored file is not the one judged"
+        [mail] = gw.wait_outbox(1)
+        [link] = links(payload(leaves(parse(mail))[0]))
+        assert fetch(link)[2] == data
+
+
+def test_one_invitation_file_stays_one_file_whatever_the_customer_races_or_sends_again(make_gateway) -> None:
+    import threading
+
+    gw = make_gateway(sections={"upload": {"chunk_size": "64KiB", "max_files_per_invitation": 1}})
+    url = invite(gw)
+
+    def start(name: str, size: int) -> tuple[int, dict]:
+        return _call("POST", url + "/files", json.dumps({"name": name, "size": size}).encode())
+
+    def together(n: int, call: Callable[[], tuple[int, dict]]) -> list[tuple[int, dict]]:
+        barrier = threading.Barrier(n)
+        answers: list[tuple[int, dict]] = []
+
+        def one() -> None:
+            barrier.wait()
+            answers.append(call())
+        threads = [threading.Thread(target=one) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return answers
+
+    # A refused file frees its place; its upload is closed: a document sent
+    # again in its chunks is not stored without counting.
+    program = Path("/bin/true").read_bytes()[:60000]
+    status, refused = start("claim.pdf", len(program))
+    assert status == 201
+    first = f"{url}/files/{refused['uploadId']}"
+    assert _call("PUT", first + "/chunks/0", program, "application/octet-stream")[0] == 200
+    status, body = _call("POST", first + "/complete")
+    assert status == 415 and body["code"] == "program"
+    pdf = pdf_bytes(len(program))
+    assert _call("PUT", first + "/chunks/0", pdf, "application/octet-stream")[0] == 409
+    assert _call("POST", first + "/complete") == (415, body)
+    # The invitation's one file, asked for by many at once (the node's
+    # processes all answer): one upload starts.
+    answers = together(8, lambda: start("plan.pdf", len(pdf)))
+    assert sorted(s for s, _ in answers) == [201] + [413] * 7, answers
+    [upload] = [b for s, b in answers if s == 201]
+    files = f"{url}/files/{upload['uploadId']}"
+    assert _call("PUT", files + "/chunks/0", pdf, "application/octet-stream")[0] == 200
+    # Completed by many at once: stored once, one email, the same answer to all.
+    completions = together(6, lambda: _call("POST", files + "/complete"))
+    done = {"fileName": "plan.pdf", "fileSize": len(pdf)}
+    assert all(a == (200, done) or a[0] == 503 for a in completions), completions
+    assert (200, done) in completions
+    assert _call("POST", files + "/complete") == (200, done)
+    assert _call("PUT", files + "/chunks/0", pdf, "application/octet-stream")[0] == 409
+    time.sleep(2)
+    assert len(gw.wait_outbox(1)) == 1
+    stored = [p for p in (gw.objects / "uploads").rglob("*") if p.is_file() and not p.name.endswith(".json")]
+    assert len(stored) == 1 and stored[0].read_bytes() == pdf

@@ -150,9 +150,8 @@ class UploadApi:
                                      if wants_async else {"Location": url})
         try:
             stored = await self.uploads.finish(staging=[staging], filename=name, customer=customer, ctype=ctype,
-                                               size=staged.size, sha256=staged.sha256, head=staged.head,
-                                               reference=job_id, source="Upload", actor=f"api-key:{key_id}",
-                                               client=request.remote)
+                                               size=staged.size, sha256=staged.sha256, reference=job_id,
+                                               source="Upload", actor=f"api-key:{key_id}", client=request.remote)
         except Refused as e:
             self._audit(request, "Failure", f"refused: {e}", TargetFileSize=staged.size, **fields)
             return error(415, f"File refused: {e}")

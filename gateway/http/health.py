@@ -53,11 +53,14 @@ _SENSIBLE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 # Path segments that are bearer secrets: /a/<token>, /p/<token>,
 # /upload/<invitation>/...
 _TOKEN_PATH = re.compile(r"^/(a|p|upload)/[^/]+")
+# A token wherever else it stands (a path no route answers, such as the
+# 404 of //a/<token> from a mangled link, is logged too): its shape.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,16}\.[A-Za-z0-9_-]{1,32}\.[0-9a-z]{1,13}\.[A-Za-z0-9_-]{16}\.[A-Za-z0-9_-]{22}")
 
 
 def redact(path: str) -> str:
     """``path`` with the token in it replaced by ``…``."""
-    return _TOKEN_PATH.sub(lambda m: f"/{m.group(1)}/…", path)
+    return _TOKEN.sub("…", _TOKEN_PATH.sub(lambda m: f"/{m.group(1)}/…", path))
 
 
 def request_id(request: web.BaseRequest) -> str:

@@ -16,12 +16,13 @@ With an S3 store (and ``upload.direct_to_store``) the bytes do not pass
 through the gateway: the upload is an S3 multipart upload at the staging
 key, the page asks for a presigned URL per part and PUTs the part straight
 to the store, "which chunks arrived" is ListParts, and ``complete`` finishes
-the multipart upload, checks every part's size and the whole size, reads the
-first bytes back with a ranged GET for the policies, and goes on as above
+the multipart upload, checks every part's size and the whole size, and goes
+on as above
 (gateway/storage/s3_direct.py).
 
 Each upload started is counted against its invitation's limits
-(``invitations.reserve``) and leaves a marker in ``<spool>/page-uploads``;
+(``invitations.reserve``, under a lock the node's processes share) and
+leaves a marker in ``<spool>/page-uploads``;
 the serving process's sweeper (``sweep``) aborts uploads not completed
 within ``upload.abandon_after`` and removes their pieces.
 """
@@ -36,7 +37,9 @@ import html
 import json
 import os
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
@@ -53,7 +56,6 @@ from gateway.http.pages import Pages
 from gateway.links.tokens import Keyring, TokenError, TokenExpired, new_object_id
 from gateway.mime import filenames
 from gateway.mime.rewrite import Link, html_links, text_links
-from gateway.partfacts import HEAD_BYTES
 from gateway.spool import Envelope, Spool, write_atomic
 from gateway.storage.base import ObjectMeta, ObjectNotFound, Storage, StorageError
 from gateway.storage.bridge import BadEncoding, BodyTooLarge
@@ -65,8 +67,35 @@ log = logs.get("upload-page")
 READ_CHUNK = 1 << 18
 
 
-def _json(data: dict[str, Any], status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
+def _json(data: dict[str, Any], status: int = 200, **headers: str) -> web.Response:
+    return web.json_response(data, status=status, headers={"Cache-Control": "no-store", **headers})
+
+
+# Invitations' counts are changed under one of this many lock files, which
+# every process of a node takes (an asyncio lock covers one process only).
+_INVITATION_LOCKS = 16
+
+
+def _flock(path: Path, wait: bool) -> int | None:
+    """An exclusive flock on ``path`` (blocking): its descriptor, or None
+    when ``wait`` is false and another holder has it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _finished(session: dict[str, Any]) -> web.Response | None:
+    """The answer a completed or refused upload gives again, or None."""
+    if session["done"]:
+        return _json(session["done"])  # a retried complete: same answer
+    if session.get("refused"):
+        return _json(session["refused"], 415)
+    return None
 
 
 def _session_key(uid: str) -> str:
@@ -129,6 +158,14 @@ def _old_markers(directory: Path, cutoff: float) -> list[Path]:
     return out
 
 
+def _unclaim(path: Path, fd: int) -> None:
+    """Give up a completion's claim (blocking).  Removed before it is
+    unlocked: a request that opened the old file meanwhile finds the upload
+    finished when it reads the session again."""
+    path.unlink(missing_ok=True)
+    os.close(fd)
+
+
 # The policy that refused a file -> the reason the page gives, in the same
 # words as its own checks before sending.
 _REFUSALS = {"refuse_executables": "program", "allowed_types": "type", "refuse_spoofed": "type",
@@ -157,6 +194,17 @@ class UploadPage:
 
     def configure(self, cfg: Config) -> None:
         self.cfg = cfg
+
+    @asynccontextmanager
+    async def _counting(self, invitation: str) -> AsyncIterator[None]:
+        """Hold the node-wide lock under which an invitation's count changes."""
+        path = self.markers / f".invitations-{zlib.crc32(invitation.encode()) % _INVITATION_LOCKS}.lock"
+        fd = await asyncio.to_thread(_flock, path, True)
+        assert fd is not None
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     def _direct(self, store: Storage) -> S3DirectUploads | None:
         """Presigned part uploads for this store, when configured and possible."""
@@ -256,8 +304,9 @@ class UploadPage:
             return _json({"error": f"File larger than {up.max_file_size} bytes", "code": "size"}, 413)
         uid = new_object_id()
         try:
-            await invitations.reserve(store, inv.object_id, uid, size, max_files=up.max_files_per_invitation,
-                                      max_bytes=up.max_bytes_per_invitation)
+            async with self._counting(inv.object_id):
+                await invitations.reserve(store, inv.object_id, uid, size, max_files=up.max_files_per_invitation,
+                                          max_bytes=up.max_bytes_per_invitation)
         except invitations.OverLimit as e:
             log.info("upload refused: invitation limit", customer_id=inv.customer_id, size=size, reason=str(e))
             self.audit.event("FileCreated", "Failure", EventSubType="UploadPage", CustomerId=inv.customer_id,
@@ -276,7 +325,8 @@ class UploadPage:
             await _save_session(store, session)
         except StorageError as e:
             log.error("upload not started", upload_id=uid, error=str(e))
-            await invitations.release(store, inv.object_id, uid)
+            async with self._counting(inv.object_id):
+                await invitations.release(store, inv.object_id, uid)
             return _json({"error": "storage unavailable, try again"}, 503)
         log.info("upload started", upload_id=uid, customer_id=inv.customer_id, size=size, mode=session["mode"])
         return _json(self._answer(session, []), 201)
@@ -297,7 +347,7 @@ class UploadPage:
             return found
         _, store, session = found
         direct = direct_uploads(store)
-        if session.get("mode") != "direct" or direct is None or session["done"]:
+        if session.get("mode") != "direct" or direct is None or session["done"] or session.get("refused"):
             return _json({"error": "this upload does not take part URLs"}, 409)
         n = _chunk_number(request, session)
         if n is None:
@@ -328,6 +378,9 @@ class UploadPage:
         _, store, session = found
         if session.get("mode") == "direct":
             return _json({"error": "this upload sends its parts to the store; ask for a part URL"}, 409)
+        if session["done"] or session.get("refused"):
+            # Completed or refused: a chunk now would never be judged, only left behind.
+            return _json({"error": "this upload is finished; it takes no more chunks"}, 409)
         n = _chunk_number(request, session)
         if n is None:
             return _json({"error": "no such chunk"}, 404)
@@ -350,26 +403,21 @@ class UploadPage:
         log.info("chunk stored", upload_id=session["uid"], chunk=n, size=staged.size)
         return _json({"chunk": n, "size": staged.size})
 
-    async def _assemble(self, store: Storage, session: dict[str, Any]) -> tuple[list[str], bytes] | web.Response:
-        """The staging keys of a whole upload and its first bytes, or the 409
-        naming the chunks still missing."""
+    async def _assemble(self, store: Storage, session: dict[str, Any]) -> list[str] | web.Response:
+        """The staging keys of a whole upload, or the 409 naming the chunks
+        still missing."""
         lengths = _chunk_lengths(session)
         uid = session["uid"]
         if session.get("mode") != "direct":
             missing = sorted(set(range(len(lengths))) - set(await self._received(store, session)))
             if missing:
                 return _json({"error": "chunks missing", "missing": missing}, 409)
-            keys = [_chunk_key(uid, i) for i in range(len(lengths))]
-            head = b""
-            async for c in store.open(keys[0]):
-                head = c[:HEAD_BYTES]
-                break
-            return keys, head
+            return [_chunk_key(uid, i) for i in range(len(lengths))]
         direct = direct_uploads(store)
         assert direct is not None
         key = _direct_key(uid)
         if session.get("assembled"):  # completed by an earlier try that failed later
-            return [key], await direct.read_head(key, min(HEAD_BYTES, session["size"]))
+            return [key]
         # The store's list of parts, not the page's word: each must be there whole.
         parts = {p.number: p for p in await direct.parts(key, session["s3_upload_id"])}
         missing = [i for i, n in enumerate(lengths) if i + 1 not in parts or parts[i + 1].size != n]
@@ -382,15 +430,35 @@ class UploadPage:
         session["assembled"] = True
         await _save_session(store, session)
         log.info("parts assembled", upload_id=uid, parts=len(lengths), size=size)
-        return [key], await direct.read_head(key, min(HEAD_BYTES, size))
+        return [key]
 
     async def complete(self, request: web.Request) -> web.Response:
         found = await self._session(request)
         if isinstance(found, web.Response):
             return found
         inv, store, session = found
-        if session["done"]:
-            return _json(session["done"])  # a retried complete: same answer
+        answer = _finished(session)
+        if answer is not None:
+            return answer
+        # One completion of an upload at a time on this node, whichever
+        # process the request reaches: two at once would store the file
+        # twice, for one count against the invitation.
+        claim = self.markers / f".complete-{session['uid']}"
+        fd = await asyncio.to_thread(_flock, claim, False)
+        if fd is None:
+            return _json({"error": "this upload is being completed; ask again shortly"}, 503, **{"Retry-After": "2"})
+        try:
+            # Read again under the claim: another request may have finished it.
+            fresh = await _load_session(store, session["uid"])
+            if fresh is None:
+                return _json({"error": "no such upload"}, 404)
+            return _finished(fresh) or await self._complete(request, inv, store, fresh)
+        finally:
+            await asyncio.to_thread(_unclaim, claim, fd)
+
+    async def _complete(self, request: web.Request, inv: invitations.Invitation, store: Storage,
+                        session: dict[str, Any]) -> web.Response:
+        """Assemble, judge, store and announce an upload (under its claim)."""
         try:
             assembled = await self._assemble(store, session)
         except StorageError as e:
@@ -398,22 +466,27 @@ class UploadPage:
             return _json({"error": "storage unavailable, try again"}, 503)
         if isinstance(assembled, web.Response):
             return assembled
-        keys, head = assembled
+        keys = assembled
         fields = dict(QueueId=session["uid"], CustomerId=inv.customer_id, TargetFileName=session["name"],
                       ActorUsername=f"customer:{inv.customer_id}", SrcIpAddr=request.remote,
                       RequestId=request_id(request))
         try:
             stored = await self.uploads.finish(
                 staging=keys, filename=session["name"], customer=inv.customer_id,
-                ctype=declared_type(session["name"], session["type"]), size=session["size"], sha256=None, head=head,
+                ctype=declared_type(session["name"], session["type"]), size=session["size"], sha256=None,
                 reference=session["uid"], message_id=inv.message_id, route_name=inv.route, cleanup=False,
                 source="UploadPage", actor=f"customer:{inv.customer_id}", client=request.remote)
         except Refused as e:
             self.audit.event("FileCreated", "Failure", EventSubType="UploadPage", EventResultDetails=f"refused: {e}",
                              **fields)
+            # Closed for good: chunks written again and completed once more
+            # would be stored without counting against the invitation.
+            session["refused"] = {"error": f"This file cannot be accepted: {e}", "code": refusal_code(e.policy)}
+            await _save_session(store, session)
             await asyncio.gather(*(store.delete(k) for k in keys))
-            await invitations.release(store, inv.object_id, session["uid"])
-            return _json({"error": f"This file cannot be accepted: {e}", "code": refusal_code(e.policy)}, 415)
+            async with self._counting(inv.object_id):
+                await invitations.release(store, inv.object_id, session["uid"])
+            return _json(session["refused"], 415)
         except StorageError as e:
             log.error("upload not completed", upload_id=session["uid"], error=str(e))
             return _json({"error": "storage unavailable, try again"}, 503)
@@ -486,7 +559,11 @@ class UploadPage:
         if session is not None and session["created"] > cutoff:
             return False
         if session is None or session["done"]:
-            # Completed (its record kept a while for a retried "complete"), or gone.
+            # Completed (its record kept a while for a retried "complete"), or
+            # gone; with any chunk a late PUT left behind.
+            if session is not None and session.get("mode") != "direct":
+                await asyncio.gather(*(store.delete(_chunk_key(uid, i))
+                                       for i in range(len(_chunk_lengths(session)))))
             await store.delete(_session_key(uid))
             await asyncio.to_thread(path.unlink, missing_ok=True)
             return False
@@ -497,7 +574,8 @@ class UploadPage:
             await store.delete(_direct_key(uid))
         else:
             await asyncio.gather(*(store.delete(_chunk_key(uid, i)) for i in range(len(_chunk_lengths(session)))))
-        await invitations.release(store, session["invitation"], uid)
+        async with self._counting(session["invitation"]):
+            await invitations.release(store, session["invitation"], uid)
         await store.delete(_session_key(uid))
         await asyncio.to_thread(path.unlink, missing_ok=True)
         log.info("abandoned upload removed", upload_id=uid, mode=session.get("mode"), size=session["size"],

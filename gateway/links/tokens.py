@@ -129,7 +129,8 @@ class Keyring:
 
     def verify(self, token: str, now: float | None = None, purpose: str = "") -> Claims:
         """The claims of a valid token; raise TokenError or TokenExpired."""
-        m = _TOKEN.match(token)
+        # fullmatch: "$" would let a token end in a newline (%0A in a URL).
+        m = _TOKEN.fullmatch(token)
         if m is None:
             raise TokenError("malformed token")
         kid, store, exp36, oid, sig = m.groups()

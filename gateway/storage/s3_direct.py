@@ -4,8 +4,8 @@ The customer upload page sends big files without the gateway in the data
 path: the gateway creates a multipart upload at a staging key, hands the page
 one presigned UploadPart URL per part when it asks (valid for minutes), and
 when every part is in, lists the parts (ListParts: the store's word, not the
-page's), completes the upload and reads its first bytes back with a ranged
-GET for type detection.  A dropped connection costs at most the part in
+page's) and completes the upload; the completed object is copied to its
+secure key and judged there like any upload (gateway/uploads.py).  A dropped connection costs at most the part in
 flight: the page asks which parts the store holds and sends only the rest.
 
 Kept beside ``s3.py`` rather than in it: the storage protocol stays five
@@ -134,15 +134,6 @@ class S3DirectUploads:
         except StorageError as e:
             if "NoSuchUpload" not in str(e) and "NoSuchKey" not in str(e):
                 raise
-
-    async def read_head(self, key: str, n: int) -> bytes:
-        """The object's first ``n`` bytes (a ranged GET), for type detection."""
-        resp = await self._call("GetObject", key, self.store._c.get_object, Range=f"bytes=0-{n - 1}")
-        body = resp["Body"]
-        try:
-            return bytes(await self.store._runner.run(body.read))
-        finally:
-            body.close()
 
     async def origin(self) -> str:
         """The scheme://host[:port] the browser sends parts to (for the page's CSP)."""
