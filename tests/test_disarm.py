@@ -241,7 +241,7 @@ def test_a_broken_file_is_refused_in_words_without_the_librarys_stream_names() -
     reply: pikepdf names the in-memory stream it read ("stream
     <_io.BytesIO object at 0x7f...>"), which is nobody's business."""
     broken = b"%PDF-1.7\n1 0 obj << /Type /Catalog >>\nstream\nxx" + b"\x00" * 50
-    result = disarm(broken, filetypes.PDF)
+    result = disarm(broken, PDF)
     assert result.status == "failed"
     assert result.reason.startswith("not examinable: the PDF does not parse: ") and "0x" not in result.reason
     assert "BytesIO" not in result.reason and "object at" not in result.reason
