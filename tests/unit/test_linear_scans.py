@@ -4,12 +4,15 @@ reference: the same answers on normal, hostile and random inputs, and a
 generous bound on the time the hostile inputs take now."""
 from __future__ import annotations
 
+import io
 import random
 import re
 import time
 from collections.abc import Callable
 
-from gateway.mime import rewrite
+from gateway.mime import container, rewrite
+from policies.filetypes import OOXML_REMOTE
+from tests.hostile_messages import ooxml
 
 # The bound on each hostile input: the old code took seconds on each.
 FAST = 0.2
@@ -69,3 +72,45 @@ def test_img_cid_hostile_is_fast() -> None:
     link = rewrite.Link("logo.png", 10, "https://gw.test/a/t", size_text="10 B", label="logo.png")
     for body in IMG_HOSTILE:
         assert _elapsed(lambda: rewrite._replace_inline_images(body, {"a": link}, "", "utf-8")) < FAST, body[:40]
+
+
+# -- relationship tags in an Office package (gateway/mime/container.py) ------
+
+OLD_RELATIONSHIP = re.compile(rb"<relationship\b[^>]*>")
+
+RELS_NORMAL = [
+    b"", b'<relationships><relationship id="r1" type="x/oleobject" targetmode="external"/></relationships>',
+    b"<relationship>", b"<relationships>", b"<relationship", b"<relationship a>b<relationship c>",
+    b"<relationshipx><relationship y>", b"<relationship <relationship a>", b"<relationship-a>",
+    b"<relationship\n target='a>b'>",
+]
+RELS_HOSTILE = [
+    b"<relationship " * 18724,  # no ">": every tag was read to the end
+    b"<relationship " * 18724 + b">",
+    b"<relationship type='" + b"/" * 262144 + b">",
+    b"<relationship " + b"type='/a " * 29127 + b">",
+    b"<relationship targetmode=" + b" " * 262144 + b">",
+]
+
+
+def test_relationship_tags_same_as_the_pattern() -> None:
+    alphabet = [b"<relationship", b"<", b"relationship", b">", b" ", b"x", b"-", b"'", b"\n"]
+    for data in RELS_NORMAL + _fuzz(alphabet, 3000, seed=2) + [h[:3000] for h in RELS_HOSTILE]:
+        assert list(container._relationship_tags(data)) == [m.group(0) for m in OLD_RELATIONSHIP.finditer(data)]
+
+
+def test_relationship_hostile_is_fast() -> None:
+    for rels in RELS_HOSTILE:
+        # Deflated, each is a few KiB: a part small enough to be examined on the event loop.
+        docx = ooxml("word", "x", extra=[("word/_rels/document.xml.rels", rels)])
+        assert len(docx) < 64 << 10
+        assert _elapsed(lambda: container.examine_zip(io.BytesIO(docx))) < FAST, rels[:40]
+
+
+def test_relationship_remote_template_still_found() -> None:
+    rels = (b'<Relationships><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/'
+            b'2006/relationships/attachedTemplate" Target="http://evil.test/t.dotm" TargetMode="External"/>'
+            b"</Relationships>")
+    docx = ooxml("word", "x", extra=[("word/_rels/settings.xml.rels", rels)])
+    assert container.examine_zip(io.BytesIO(docx)) == OOXML_REMOTE
+    assert container.examine_zip(io.BytesIO(ooxml("word", "x"))) != OOXML_REMOTE
