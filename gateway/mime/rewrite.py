@@ -131,6 +131,8 @@ def html_notices(notices: list[str]) -> str:
 
 
 _IMG_CID = re.compile(rb"""<img\b[^>]*?\bsrc\s*=\s*(["']?)cid:([^"'\s>]+)\1[^>]*>""", re.IGNORECASE)
+# Where ``_IMG_CID`` may start: "<img" and a word boundary (a constant-time look).
+_IMG_START = re.compile(rb"<img\b", re.IGNORECASE)
 
 
 _CID_URL = re.compile(rb"""cid:([^"'\s>)]+)""")
@@ -165,24 +167,59 @@ def _replace_inline_images(body: bytes, inline: dict[str, Link], template: str, 
         except Exception:  # noqa: BLE001 - any codec failure: ASCII is safe in the body's charset
             return a.encode("ascii", "xmlcharrefreplace")
 
-    return _IMG_CID.sub(sub, body)
+    out: list[bytes] = []
+    pos = 0
+    for m in _img_cid_matches(body):
+        out += [body[pos:m.start()], sub(m)]
+        pos = m.end()
+    return b"".join(out) + body[pos:] if out else body
+
+
+def _img_cid_matches(body: bytes) -> Iterator[re.Match[bytes]]:
+    """The matches ``_IMG_CID.finditer(body)`` gives, found in linear time.
+
+    Run over the whole body, the pattern is quadratic: each "<img" with no
+    ">" after it is read to the end of the body (64 KiB of "<img " took 7 s
+    on the event loop), and so is each way of cutting a cid that no ">"
+    follows.  A match always ends at the first ">" after its "<img", so the
+    pattern is run on just that tag; when a tag has no usable src, no other
+    "<img" inside it has one either (a src's validity depends only on the
+    bytes from the one before it to the ">"), so the search goes on after it.
+    """
+    pos = 0
+    while True:
+        start = _IMG_START.search(body, pos)
+        if start is None:
+            return
+        p = start.start()
+        gt = body.find(b">", start.end())
+        if gt < 0:
+            return  # no ">" anywhere after: nothing can match from here on
+        m = _IMG_CID.match(body, p, gt + 1)
+        if m is not None:
+            yield m
+        pos = gt + 1
 
 
 def split_fields(raw: bytes) -> list[tuple[str, bytes]]:
     """Header fields of a header block as (lower-case name, raw bytes with
     continuation lines and line end), in order."""
-    fields: list[tuple[str, bytes]] = []
+    # (name, start, end): a field's bytes are cut from ``raw`` once at the
+    # end, not copied again for each continuation line (a 1 MiB field of
+    # short folded lines took seconds).
+    fields: list[tuple[str, int, int]] = []
+    pos = 0
     for line in raw.splitlines(keepends=True):
+        end = pos + len(line)
         if not line.strip():
-            fields.append(("", line))  # the blank line that ends the block
-            continue
-        if fields and fields[-1][0] and not _FIELD_START.match(line):
-            name, data = fields[-1]
-            fields[-1] = (name, data + line)
+            fields.append(("", pos, end))  # the blank line that ends the block
+        elif fields and fields[-1][0] and not _FIELD_START.match(line):
+            fields[-1] = (fields[-1][0], fields[-1][1], end)
         else:
             name = line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
-            fields.append((name, line))
-    return fields
+            fields.append((name, pos, end))
+        pos = end
+    return [(name, raw[start:end]) for name, start, end in fields]
 
 
 def _qp(data: bytes) -> bytes:

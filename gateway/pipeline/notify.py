@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from email.header import decode_header, make_header
+from email.header import make_header
 
 from gateway import autoreply, invitations, mailtext, metrics
 from gateway.branding import Branding
 from gateway.delivery import Content
 from gateway.mime import filenames
 from gateway.mime.decode import message_header
+from gateway.mime.params import decode_header
 from gateway.pipeline.job import MessageJob
 from gateway.pipeline.step import Step
 from gateway.spool.durable import write_atomic
