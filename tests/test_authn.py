@@ -260,3 +260,19 @@ def test_no_auto_reply_to_a_sender_its_domain_disowns_nor_a_second_to_one_mailbo
         "one went to this sender within 3600s",
         "sender not authenticated (spf=fail, no DKIM signature of its domain): a reply would be backscatter",
         "sender not authenticated (spf=softfail, no DKIM signature of its domain): a reply would be backscatter"]
+
+
+def test_a_forged_result_under_our_name_goes_even_when_the_checks_break(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    """A From field nested a thousand comments deep makes Python's address
+    parser recurse past its limit inside the checks; the message still goes
+    (fail open), but never with a result that claims to be ours."""
+    gw = auth_gateway(make_gateway, sink, dns, keys, dns_timeout=0.5)
+    forged = b"Authentication-Results: gw.test; dkim=pass header.d=bank.example; dmarc=pass\r\n"
+    deep = b"From: " + b"\r\n ".join([b"(" * 50] * 20) + b"customer@example.net\r\n"  # folded: lines stay short
+    raw = forged + deep + b"To: support@contact.example\r\nSubject: deep\r\n\r\nHello.\r\n"
+    send(gw.smtp_port, raw, sender="customer@example.net")
+    [got] = sink.wait(1)
+    assert b"bank.example" not in got.data
+    [ar] = ar_headers(got.data)
+    assert ar.startswith("Authentication-Results: gw.test;") and 'dmarc=permerror reason="From field unreadable"' in ar

@@ -189,6 +189,21 @@ class Verifier:
         # our resolver (one config, so one resolver, per process).
         spf.DNSLookup = resolver.spf_lookup
 
+    def _ours(self, fields: list[Field]) -> list[tuple[int, int]]:
+        """The byte ranges of the Authentication-Results fields that claim
+        our authserv-id: forged (RFC 8601 section 5), to be cut."""
+        return [(f.start, f.end) for f in fields
+                if f.name.lower() == "authentication-results" and authserv_id_of(f.raw) == self.authserv_id]
+
+    def forged_results(self, path: Path, size: int | None = None) -> list[tuple[int, int]]:
+        """Only the forged results to cut, for when the checks themselves
+        broke: the message goes without our results, never with one that
+        claims to be ours."""
+        with Source(path, size) as src:
+            head = src.read(0, min(src.size, self.max_header_bytes))
+        end = head.find(b"\r\n\r\n")
+        return self._ours(header_fields(head[: end + 2] if end >= 0 else head))
+
     def verify(self, path: Path, envelope: Envelope, size: int | None = None) -> Verification:
         """Check the message in ``path`` (its first ``size`` bytes when given)."""
         with Source(path, size) as src:
@@ -204,8 +219,7 @@ class Verifier:
                 block = head[: end + 2] if end >= 0 else head
                 body_start = end + 4 if end >= 0 else len(head)
             fields = header_fields(block)
-            drop = [(f.start, f.end) for f in fields
-                    if f.name.lower() == "authentication-results" and authserv_id_of(f.raw) == self.authserv_id]
+            drop = self._ours(fields)
             kept = b"".join(f.raw for f in fields if (f.start, f.end) not in drop)
             sigs = [f for f in fields if f.name.lower() in ("dkim-signature", "arc-message-signature")]
             keys: list[BodyKey] = []
@@ -301,7 +315,14 @@ class Verifier:
         domains = set()
         for f in froms:
             value = f.raw.split(b":", 1)[1].decode("utf-8", "replace")
-            for _, addr in getaddresses([value]):
+            try:
+                addresses = getaddresses([value])
+            except RecursionError:
+                # Comments nested past Python's recursion limit: no reader
+                # can say whose address this is.
+                summary["dmarc"] = "permerror"
+                return ["dmarc=permerror reason=\"From field unreadable\""]
+            for _, addr in addresses:
                 if "@" in addr:
                     domains.add(addr.rpartition("@")[2].lower().rstrip(">").strip())
         if len(domains) != 1:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from gateway import metrics
+from gateway.authn.verify import Verification
 from gateway.delivery import Content
 from gateway.mime.rewrite import Segment, cut_ranges, segments_size
 from gateway.pipeline.job import MessageJob
@@ -36,6 +37,10 @@ class Verify(Step):
             job.log.error("authentication checks failed; forwarded without results",
                           error=f"{type(e).__name__}: {e}")
             metrics.AUTH_FAILURES.labels("verify").inc()
+            # Without our results, but never with a forged one under our
+            # name: the next hop would take it for ours.
+            drop = await asyncio.to_thread(verifier.forged_results, job.original, job.src.size)
+            job.auth = Verification(b"", drop)
             return
         for method, result in auth.summary.items():
             metrics.AUTH_RESULTS.labels(method, result).inc()
@@ -62,9 +67,10 @@ class Seal(Step):
             # The fields to drop are byte ranges of the original; the
             # unpacked copy has other offsets, so cut them by their text.
             segments = await asyncio.to_thread(drop_fields_by_text, segments, auth.drop, job.original, path)
-            segments = [auth.header, *segments]
+            segments = [auth.header, *segments] if auth.header else segments
         elif auth is not None:
-            segments = [auth.header, *drop_ranges(segments, auth.drop, job.original)]
+            segments = drop_ranges(segments, auth.drop, job.original)
+            segments = [auth.header, *segments] if auth.header else segments
         job.segments = segments
         sealer = self.services.sealer
         if sealer is None:
