@@ -910,7 +910,8 @@ JSCRIPT = b"var s = new ActiveXObject('WScript.Shell'); s.Run('calc.exe');\r\n"
                                    "rfc2231-continuation", "dotdot-rfc2231", "two-dispositions", "trailing-dot",
                                    "trailing-space", "only-an-extension", "nul-in-rfc2231", "nul-in-encoded-word",
                                    "lf-in-rfc2231", "tab-in-name", "name-on-disposition",
-                                   "disposition-name-differs"])
+                                   "disposition-name-differs", "encoded-word-language",
+                                   "encoded-word-unknown-charset", "encoded-word-in-rfc2231"])
 def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, raw_sink: RawSink,
                                                             shape: str) -> None:
     """Python returns ``filename`` when ``filename*`` disagrees; a mail client
@@ -942,6 +943,14 @@ def test_a_runnable_name_in_a_second_name_parameter_is_seen(gw: GatewayProcess, 
         att = part("text/plain", blob, raw_name='filename="notes.txt"; name="notes.js"')
     elif shape == "tab-in-name":
         att = part("text/plain", blob, raw_name='filename="notes.js\t.txt"')
+    elif shape == "encoded-word-language":
+        # RFC 2231 section 5's language in an encoded word: notes.js.
+        att = part("text/plain", blob, raw_name='filename="=?utf-8*en?B?bm90ZXMuanM=?="')
+    elif shape == "encoded-word-unknown-charset":
+        # Python cannot decode it (no extension to the gateway); a client may: notes.js.
+        att = part("text/plain", blob, raw_name='filename="=?x-unknown?B?bm90ZXMuanM=?="')
+    elif shape == "encoded-word-in-rfc2231":
+        att = part("text/plain", blob, raw_name="filename*=utf-8''%3D%3Futf-8%3FB%3Fbm90ZXMuanM%3D%3F%3D")
     elif shape == "two-dispositions":
         # Python reads the first, a client may read the last.
         att = part("text/plain", blob, name="notes.txt", extra=['Content-Disposition: attachment; filename="notes.js"'])

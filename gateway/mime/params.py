@@ -307,12 +307,19 @@ def decode_header(header: str) -> list[tuple[bytes | str, str | None]]:
     return collapsed
 
 
+# An encoded word's language (RFC 2231 section 5: "=?utf-8*en?B?...?="),
+# which Python's decoder does not take: dropped before decoding.
+_WORD_LANGUAGE = re.compile(r"(=\?[^?*\s]+)\*[^?\s]*\?")
+#: An RFC 2047 encoded word, decoded or not.
+ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+
 def decode_2047(value: str) -> str:
     """``value`` with RFC 2047 encoded words decoded (many clients put them
     in a plain ``filename``); unchanged when they are malformed."""
     if "=?" not in value:
         return value
     try:
-        return str(make_header(decode_header(value)))
+        return str(make_header(decode_header(_WORD_LANGUAGE.sub(r"\1?", value))))
     except Exception:  # noqa: BLE001 - malformed encoded words are common
         return value

@@ -46,7 +46,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from gateway.lineends import crlf_only
-from gateway.mime.params import Structured, TooManyParams, decode_2047, parse_params
+from gateway.mime.params import ENCODED_WORD, Structured, TooManyParams, decode_2047, parse_params
 from gateway.mime.source import WINDOW, Source
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
@@ -553,7 +553,9 @@ def _name_problem(ctype: Structured, disposition: Structured) -> str | None:
     and one of them is not pure ASCII.  Also refused: a name with a control
     character in it (NUL, a line end, a tab, DEL or C1), which readers cut,
     drop or keep each their own way: ``run.vbs<NUL>.txt`` is ``run.vbs`` to
-    one and ``run.vbs.txt`` to another.
+    one and ``run.vbs.txt`` to another.  And a name that still holds an
+    encoded word once decoded (an unknown charset, or ``=?...?=`` inside an
+    RFC 2231 value), which a client may decode to ``a.js``.
     """
     found: list[str] = []
     # A "name" on Content-Disposition is no standard's, but some clients
@@ -580,6 +582,11 @@ def _name_problem(ctype: Structured, disposition: Structured) -> str | None:
     for name in found:
         if _CONTROL.search(name):
             return f"ambiguous file name (a control character in {_short(ascii(name))})"
+        # Still an encoded word after decoding: a charset Python does not
+        # know, or one inside an RFC 2231 value.  A client that decodes it
+        # may find "a.js" where the gateway saw a name with no extension.
+        if ENCODED_WORD.search(name):
+            return f"ambiguous file name (an encoded word read one way here, another by a client: {_short(name)!r})"
     for other in found[1:]:
         if not _names_agree(found[0], other):
             return f"ambiguous file name ({_short(found[0])!r} or {_short(other)!r})"
