@@ -49,6 +49,8 @@ _YENC_END = re.compile(_LINE_START + rb"[ \t]*=yend\b[^\r\n]*(?:\r\n|\n|\r|\Z)",
 _YENC_NAME = re.compile(rb"\bname=([^\r\n]*)")
 _BINHEX_BEGIN = re.compile(_LINE_START + rb"[ \t]*\(This file must be converted with BinHex 4\.0\)[ \t]*", re.I)
 _BINHEX_DATA = re.compile(rb"[ \t\r\n]*:[^:]*:?[^\r\n]*(?:\r\n|\n|\r|\Z)")
+_YENC_LITERAL = b"=ybegin"
+_BINHEX_LITERAL = b"(this file must be converted with binhex 4.0)"
 # A line that may begin a block of any kind, for a cheap look at large texts.
 ANY_BEGIN_LINE = re.compile(rb"(?:^|[\r\n])[ \t]*(?:begin(-base64)?[ \t]+[0-7]{1,4}[ \t]|=ybegin[ \t]"
                             rb"|\(this file must be converted with binhex)", re.I)
@@ -133,6 +135,13 @@ def _with_others(text: bytes, blocks: list[UuBlock], max_blocks: int) -> list[Uu
     """``blocks`` with the yEnc and BinHex blocks of ``text`` that lie
     outside them, each unexamined, in order; past ``max_blocks`` in all,
     the rest of the text is one unexamined block."""
+    # The expressions start with a line-start condition, which keeps the
+    # regular expression engine from looking for their literal first:
+    # 0.65 ms on a 13 KB reply, for every text body.  The literals, found
+    # in the lower-cased text, cost 15 us; most texts stop here.
+    low = text.lower()
+    if _YENC_LITERAL not in low and _BINHEX_LITERAL not in low:
+        return blocks
     others: list[UuBlock] = []
     for m in _YENC_BEGIN.finditer(text):
         end_line = _YENC_END.search(text, m.end())
