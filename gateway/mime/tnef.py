@@ -8,13 +8,28 @@ as an ordinary base64 attachment (and the rich-text or HTML body as a file,
 so nothing in it is lost) before the policies run, so every file is typed,
 checked and offloaded like any other.  A TNEF that tnefparse cannot read, or
 that holds no file, is left as it is and forwarded unchanged.
+
+tnefparse trusts the counts in the blob: a property list that says it has
+4 billion properties makes it loop 4 billion times (a 32-byte TNEF held the
+event loop for hours), a multi-valued property does the same while keeping
+an object per value, and each of its records copies the rest of the blob
+(a TNEF of tiny records costs its size squared).  So the gateway parses a
+TNEF only in a child process (``unpack_isolated``: ``python -m
+gateway.mime.tnef``) limited in CPU seconds and address space and killed
+when late; a TNEF it cannot unpack so is a TnefError, left packed.
 """
 from __future__ import annotations
 
 import base64
+import json
 import mimetypes
+import os
+import resource
 import secrets
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import tnefparse
 
@@ -59,6 +74,72 @@ def unpack(data: bytes) -> list[TnefFile]:
     return files
 
 
+#: Address space of the unpacking child process (RLIMIT_AS), bytes.
+CHILD_MEMORY = 1 << 30
+_HERE = Path(__file__).resolve().parent.parent.parent
+
+
+def unpack_isolated(data: bytes, seconds: float, memory: int = CHILD_MEMORY) -> list[TnefFile]:
+    """``unpack`` in a child Python process limited to ``seconds`` of CPU
+    (and killed after that many seconds of wall time, plus its start) and
+    ``memory`` bytes of address space; TnefError when it fails, overruns or
+    answers badly.  Blocking: call it in a thread.  The answer is read as
+    JSON and raw bytes, never unpickled."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_HERE), env.get("PYTHONPATH", "")) if p)
+    cpu = max(1, int(seconds + 0.999))
+    request = json.dumps({"cpu": cpu, "memory": memory}).encode() + b"\n" + data
+    timeout = cpu + 10  # interpreter start and imports
+    try:
+        proc = subprocess.run([sys.executable, "-m", "gateway.mime.tnef"], input=request, capture_output=True,
+                              timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise TnefError(f"unpacking took longer than {timeout:g} s") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""])[0][:200]
+        if proc.returncode in (-9, -24) or "MemoryError" in tail:  # SIGKILL, SIGXCPU
+            raise TnefError(f"unpacking took more than {cpu} s of CPU or {memory >> 20} MiB of memory")
+        raise TnefError(f"the unpacking process failed (exit status {proc.returncode}: {tail})")
+    try:
+        head, _, rest = proc.stdout.partition(b"\n")
+        answer = json.loads(head)
+        if "error" in answer:
+            raise TnefError(str(answer["error"]))
+        files, pos = [], 0
+        for name, size in answer["files"]:
+            if not isinstance(name, str) or not isinstance(size, int) or size < 0 or pos + size > len(rest):
+                raise ValueError("a file outside the answer")
+            files.append(TnefFile(name, rest[pos:pos + size]))
+            pos += size
+        if pos != len(rest):
+            raise ValueError("bytes after the last file")
+    except (ValueError, KeyError, TypeError) as e:
+        raise TnefError(f"the unpacking process answered badly: {e}") from None
+    return files
+
+
+def child_main() -> int:
+    """``python -m gateway.mime.tnef``: read the limits (one JSON line) and
+    the blob from stdin, write the files (a JSON line, then their bytes)."""
+    head, _, data = sys.stdin.buffer.read().partition(b"\n")
+    limits = json.loads(head)
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory"], limits["memory"]))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu"], limits["cpu"] + 1))
+    try:
+        files = unpack(data)
+    except TnefError as e:
+        answer: dict[str, object] = {"error": str(e)}
+        files = []
+    else:
+        answer = {"files": [[f.name, len(f.data)] for f in files]}
+    out = sys.stdout.buffer
+    out.write(json.dumps(answer).encode() + b"\n")
+    for f in files:
+        out.write(f.data)
+    out.flush()
+    return 0
+
+
 def _name(attachment: object, n: int) -> str:
     try:
         name = attachment.long_filename()  # type: ignore[attr-defined]
@@ -86,3 +167,7 @@ def entity(files: list[TnefFile], keep_fields: bytes = b"") -> bytes:
         out.append(body + b"\r\n")
     out.append(f"--{boundary}--\r\n".encode())
     return b"".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())

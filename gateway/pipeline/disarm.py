@@ -151,16 +151,19 @@ class Disarm(Step):
             o.cleaned_text = texts.disarmed(result.removed)
             job.notices.append(texts.text(mailtext.CLEANED, filename=name, summary=texts.disarmed(result.removed)))
         for n, e in enumerate(result.extracted, 1):
-            job.outcomes.append(self._extracted(job, o, n, e))
+            job.outcomes.append(await self._extracted(job, o, n, e))
 
-    def _extracted(self, job: MessageJob, o: PartOutcome, n: int, e: disarm.Extracted) -> PartOutcome:
+    async def _extracted(self, job: MessageJob, o: PartOutcome, n: int, e: disarm.Extracted) -> PartOutcome:
         """A file taken out of a document, judged as a part of its own; kept
-        ones are stored and linked (they are no longer in the document)."""
+        ones are stored and linked (they are no longer in the document).
+        Its type is detected in a thread: a ZIP's examination is never done
+        on the event loop."""
         head = e.data[:HEAD]
+        detected = await asyncio.to_thread(container.detect_chunks, head, [e.data])
         facts = part_facts(path=f"{o.facts.path}.x{n}", declared_type="application/octet-stream",
                            filename=filenames.display_name(e.filename) or f"embedded-{n}.bin",
                            decoded_size=len(e.data), disposition="attachment", route=job.route, head=head,
-                           detected_type=container.detect_chunks(head, [e.data]), is_attachment=True)
+                           detected_type=detected, is_attachment=True)
         decision = policies.decide(self.services.policies[job.route.name], facts)
         if decision.action is policies.Action.KEEP:
             decision = policies.Decision(policies.Action.OFFLOAD, "disarm",

@@ -8,7 +8,7 @@ import time
 
 import policies
 from gateway import mailtext
-from gateway.mime import container, filenames, uuencode
+from gateway.mime import container, filenames, sniff, uuencode
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks
 from gateway.mime.parse import Part
 from gateway.mime.source import Source
@@ -63,10 +63,16 @@ class Uuencoded(Step):
                                      unexamined=f"a text of over {MAX_UU_SCAN >> 20} MiB with a "
                                                 "uuencoded file in it")
             found, spent = [(block, b"", "application/octet-stream")], 0.0
-        elif leaf.encoded_size <= INLINE_BYTES:
-            found, spent = find_uuencoded(job.src, leaf)  # small: cheaper than the hop to a thread
         else:
-            found, spent = await asyncio.to_thread(find_uuencoded, job.src, leaf)
+            small = None
+            if leaf.encoded_size <= INLINE_BYTES:
+                # Small: cheaper than the hop to a thread, unless it holds
+                # an archive, whose examination is never done on the loop.
+                small = find_uuencoded(job.src, leaf, archives=False)
+            if small is None:
+                small = await asyncio.to_thread(find_uuencoded, job.src, leaf)
+            assert small is not None
+            found, spent = small
         job.budget.spend(spent)
         out = []
         for n, (block, data, detected) in enumerate(found, 1):
@@ -101,13 +107,24 @@ def mentions_uuencode(src: Source, leaf: Part) -> bool:
     return False
 
 
-def find_uuencoded(src: Source, leaf: Part) -> tuple[list[tuple[uuencode.UuBlock, bytes, str]], float]:
+def find_uuencoded(src: Source, leaf: Part, archives: bool = True
+                   ) -> tuple[list[tuple[uuencode.UuBlock, bytes, str]], float] | None:
     """The uuencoded blocks in a text part's decoded body, each with its
-    decoded bytes and detected type, and the CPU seconds that took."""
+    decoded bytes and detected type, and the CPU seconds that took.  With
+    ``archives`` false (on the event loop), None as soon as a block is a
+    ZIP: call again in a thread."""
     cpu = time.thread_time()
     found = []
     for block in uuencode.find_blocks(decoded_bytes(src, leaf)):
         data = b"" if block.unexamined else block.decode(max_bytes=MAX_UU_SCAN)
-        detected = container.detect_chunks(data[:HEAD_BYTES], [data]) if data else "application/x-empty"
+        if not data:
+            detected = "application/x-empty"
+        else:
+            head = data[:HEAD_BYTES]
+            detected = sniff.detect(head)
+            if container.zip_like(head, detected):
+                if not archives:
+                    return None
+                detected = container.examine_chunks([data], detected)
         found.append((block, data, detected))
     return found, time.thread_time() - cpu

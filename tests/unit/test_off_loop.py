@@ -1,0 +1,111 @@
+"""Work whose cost the sender chooses is never done on the event loop, and
+is bounded: a small ZIP's examination (it inflates megabytes from a few
+kilobytes) and the unpacking of an Outlook TNEF (tnefparse loops on the
+counts the blob declares).  Each froze every SMTP session and link click of
+a gateway process: ten 48 KiB ZIPs for 7 s, a 364-byte message with a TNEF
+for hours."""
+from __future__ import annotations
+
+import binascii
+import io
+import struct
+import threading
+import zipfile
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import policies
+from gateway.mime import container, tnef
+from tests.unit import test_pipeline
+
+DOCX_MAIN = "application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+TNEF_SIGNATURE = 0x223E9F78
+
+
+def docx() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", f'<Types><Override PartName="/word/document.xml" ContentType="{DOCX_MAIN}"/>'
+                                          '</Types>')
+        z.writestr("_rels/.rels", "<Relationships/>")
+        z.writestr("word/document.xml", "<document/>")
+    return out.getvalue()
+
+
+def tnef_record(level: int, name: int, kind: int, data: bytes) -> bytes:
+    return struct.pack("<BHHI", level, name, kind, len(data)) + data + struct.pack("<H", sum(data) & 0xFFFF)
+
+
+# A TNEF whose message property list declares 2**32 - 1 properties in four
+# bytes: tnefparse loops that many times.
+ENDLESS_TNEF = struct.pack("<IH", TNEF_SIGNATURE, 0) + tnef_record(1, 0x9003, 6, struct.pack("<I", 0xFFFFFFFF))
+# One file, as Outlook writes it (rendering data, title, data).
+GOOD_TNEF = struct.pack("<IH", TNEF_SIGNATURE, 0) + tnef_record(2, 0x9002, 6, bytes(14)) + \
+    tnef_record(2, 0x8010, 1, b"hello.txt\x00") + tnef_record(2, 0x800F, 6, b"hello world\n")
+
+
+def message(attachments: list[tuple[bytes, str, str]], text: str = "Hello.\n") -> bytes:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "customer@example.net", "support@contact.example", "files"
+    m.set_content(text)
+    for data, ctype, name in attachments:
+        maintype, subtype = ctype.split("/")
+        m.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return m.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes, **kw: Any) -> Any:
+    (tmp_path / "eml").mkdir()
+    (tmp_path / "eml" / "m.eml").write_bytes(data)
+    monkeypatch.setattr(test_pipeline, "EML", tmp_path / "eml")
+    return test_pipeline.Gateway(tmp_path, **kw).run("m.eml")
+
+
+def test_a_small_archive_is_examined_in_a_thread_not_on_the_loop(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    on_loop: list[bool] = []
+    examine_zip = container.examine_zip
+
+    def spy(f: Any, detected: str = "application/zip") -> str:
+        on_loop.append(threading.current_thread() is threading.main_thread())  # asyncio.run's loop is here
+        return examine_zip(f, detected)
+
+    monkeypatch.setattr(container, "examine_zip", spy)
+    data = docx()
+    uu = b"begin 644 inner.docx\n" + b"".join(binascii.b2a_uu(data[i:i + 45]) for i in range(0, len(data), 45)) \
+        + b"`\nend\n"
+    job, _ = run(tmp_path, monkeypatch, message([(docx(), "application/octet-stream", "small.docx")],
+                                                text=uu.decode()))
+    assert on_loop == [False, False]  # the attachment and the uuencoded file, each in a worker thread
+    assert [o.facts.detected_type for o in job.outcomes if o.facts.filename == "small.docx"] == [
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document"]
+
+
+def test_a_tnef_that_makes_the_parser_loop_stays_packed_and_is_refused(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(run(
+        tmp_path, monkeypatch, message([(ENDLESS_TNEF, "application/ms-tnef", "winmail.dat")]),
+        worker={"max_cpu_seconds": 2})), daemon=True)
+    worker.start()
+    worker.join(120)  # the child gets the message's 2 s, killed at 12 s; tnefparse alone loops for hours
+    assert done, "the TNEF was still being unpacked after 120 s"
+    job, _ = done[0]
+    [o] = job.outcomes
+    assert o.part.filename == "winmail.dat" and o.decision.action is policies.Action.REFUSE
+    assert not job.unpacked
+
+
+def test_a_tnef_is_still_unpacked_into_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job, out = run(tmp_path, monkeypatch, message([(GOOD_TNEF, "application/ms-tnef", "winmail.dat")]))
+    assert job.unpacked
+    assert [(p.get_filename(), p.get_payload(decode=True)) for p in out.walk() if p.get_filename()] == [
+        ("hello.txt", b"hello world\n")]
+
+
+def test_the_unpacking_child_is_limited_in_cpu() -> None:
+    with pytest.raises(tnef.TnefError, match="CPU"):
+        tnef.unpack_isolated(ENDLESS_TNEF, seconds=1)
