@@ -139,11 +139,13 @@ class Gateway:
         if "worker" in self.roles or "milter" in self.roles:
             # One pipeline for the relay's runner and the milter.
             self.pipeline = Pipeline(Services(self.cfg, self.stores, self.keyring, self.audit, self.spool.root))
-            if any(r.disarm.pdf != "allow" or r.disarm.office != "allow" for r in self.cfg.routes):
-                # Disarm's fork server, started beside the rest rather than
-                # by the first message that needs it.
-                self._prestart = asyncio.get_running_loop().run_in_executor(None, disarm.prestart)
-                self._prestart.add_done_callback(_prestarted)
+        if {"worker", "milter", "http"} & set(self.roles) \
+                and any(r.disarm.pdf != "allow" or r.disarm.office != "allow" for r in self.cfg.routes):
+            # Disarm's fork server (mail's parts, and the files uploaded over
+            # HTTP), started beside the rest rather than by the first file
+            # that needs it.
+            self._prestart = asyncio.get_running_loop().run_in_executor(None, disarm.prestart)
+            self._prestart.add_done_callback(_prestarted)
         if "worker" in self.roles:
             assert self.pipeline is not None
             self.runner = Runner(self.cfg, self.spool, self.pipeline,

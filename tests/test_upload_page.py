@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gateway import autoreply
 from tests.harness import ROOT, SmtpSink, wait_until
-from tests.messages import fetch, leaves, links, message, parse, payload, pdf_bytes, send, sha256
+from tests.messages import fetch, leaves, links, message, parse, payload, pdf_bytes, send, sha256, stored_objects
 
 MiB = 1 << 20
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -343,3 +343,44 @@ def test_one_invitation_file_stays_one_file_whatever_the_customer_races_or_sends
     assert len(gw.wait_outbox(1)) == 1
     stored = [p for p in (gw.objects / "uploads").rglob("*") if p.is_file() and not p.name.endswith(".json")]
     assert len(stored) == 1 and stored[0].read_bytes() == pdf
+
+
+def test_a_file_uploaded_on_the_page_is_disarmed_as_it_would_be_in_mail(make_gateway) -> None:
+    from tests import active_documents as docs
+    from tests.test_disarm import external_relationships, package, pdf_constructs
+
+    gw = make_gateway(sections={"upload": {"chunk_size": "64KiB"}})
+    url = invite(gw)
+
+    def upload(data: bytes, name: str) -> tuple[int, dict]:
+        status, s = _call("POST", url + "/files", json.dumps({"name": name, "size": len(data)}).encode())
+        assert status == 201, s
+        files = f"{url}/files/{s['uploadId']}"
+        for n in range(0, len(data), 65536):
+            assert _call("PUT", f"{files}/chunks/{n // 65536}", data[n:n + 65536], "application/octet-stream")[0] == 200
+        return _call("POST", files + "/complete")
+
+    macro = docs.docm_macro()
+    status, done = upload(macro, "claim.docm")
+    assert (status, done) == (200, {"fileName": "claim.docx", "fileSize": done["fileSize"],
+                                    "cleaned": "macros removed"}), done
+    [mail] = gw.wait_outbox(1)
+    text = payload(leaves(parse(mail))[0])
+    assert b'"claim.docx" was cleaned: macros removed' in text
+    [link] = links(text)
+    status, headers, served = fetch(link)
+    assert status == 200 and "claim.docx" in headers["Content-Disposition"] and len(served) == done["fileSize"]
+    parts = package(served)
+    assert not any(n.lower().endswith("vbaproject.bin") for n in parts)
+    assert b"macroEnabled" not in parts["[Content_Types].xml"] and external_relationships(parts) == []
+    objects = stored_objects(gw.objects)
+    assert [k for k, v in objects.items() if v == macro and k.startswith("quarantine/acme-7/")]
+    assert [v for k, v in objects.items() if k.startswith("uploads/")] == [served]
+    # A PDF with an /OpenAction script: stored without it.
+    status, done = upload(docs.pdf_open_action_js(), "invoice.pdf")
+    assert status == 200 and done["cleaned"] == "scripts removed", done
+    [pdf] = [v for k, v in stored_objects(gw.objects).items() if k.startswith("uploads/") and k.endswith(".pdf")]
+    assert pdf_constructs(pdf) == set() and len(pdf) == done["fileSize"]
+    # One that cannot be read is refused, as mail refuses it.
+    status, body = upload(b"%PDF-1.7\n" + bytes(range(256)) * 20, "broken.pdf")
+    assert status == 415 and "could not be checked for active content" in body["error"], body

@@ -6,8 +6,10 @@ The contract follows the design guide: headers ``X-Filename``,
 ``X-CustomerId``, ``Authorization: Bearer <key>``; the body raw, or base64
 with ``Content-Transfer-Encoding: base64``; the answer
 ``{downloadUrl, fileName, fileSize, s3Key}``.  The body is streamed into
-staging (never held whole), then decided on by the route's policies (415
-when refused) and moved to its secure key with a link (200), or, with
+staging (never held whole), then decided on by the route's policies and
+disarmed as mail is (415 when refused; a PDF or Office file with active
+content stored cleaned, the answer's ``cleaned`` saying what was removed:
+gateway/uploads.py) and moved to its secure key with a link (200), or, with
 ``Prefer: respond-async`` or above ``api.async_threshold``, left to a job
 (202).  Every answer is an audit event.  The bearer key is checked as for
 every ``/api/v1`` route (gateway.http.apikeys).

@@ -19,6 +19,11 @@ _STORED: dict[str, Any] = {
         "fileName": {"type": "string"},
         "fileSize": {"type": "integer", "minimum": 1, "description": "decoded size in bytes"},
         "s3Key": {"type": "string", "description": "the object key (named s3Key on every backend)"},
+        "cleaned": {"type": "string",
+                    "description": "only when the file stored is the upload disarmed (the route's disarm "
+                                   "settings): what was removed, in the words of the mail notice "
+                                   "(\"scripts removed\"); fileName, fileSize and the link are the cleaned "
+                                   "file's, the original is kept in quarantine"},
     },
 }
 
@@ -83,7 +88,8 @@ def document() -> dict[str, Any]:
                         "400": _err("empty file, missing header, invalid X-CustomerId or invalid base64"),
                         **auth,
                         "413": _err("file larger than api.max_upload_size"),
-                        "415": _err("refused by the content policies"),
+                        "415": _err("refused by the content policies or by disarm (active content, "
+                                    "not checkable, over disarm.max_size)"),
                         "503": _err("storage unavailable; retry"),
                     },
                 }

@@ -490,8 +490,11 @@ class UploadPage:
         except StorageError as e:
             log.error("upload not completed", upload_id=session["uid"], error=str(e))
             return _json({"error": "storage unavailable, try again"}, 503)
-        qid = await asyncio.to_thread(self._queue_email, inv, stored.filename, stored.size, stored.url)
+        qid = await asyncio.to_thread(self._queue_email, inv, stored.filename, stored.size, stored.url,
+                                      stored.cleaned)
         session["done"] = {"fileName": stored.filename, "fileSize": stored.size}
+        if stored.cleaned is not None:
+            session["done"]["cleaned"] = stored.cleaned  # what disarming removed
         await _save_session(store, session)
         await asyncio.gather(*(store.delete(k) for k in keys))
         self.queued(qid)
@@ -584,9 +587,12 @@ class UploadPage:
 
     # -- the email to the contact centre -----------------------------------
 
-    def _queue_email(self, inv: invitations.Invitation, filename: str, size: int, url: str) -> str:
+    def _queue_email(self, inv: invitations.Invitation, filename: str, size: int, url: str,
+                     cleaned: str | None = None) -> str:
         """Put the completion email in the spool (blocking); the worker
-        delivers it to the route's next hop like any inbound message."""
+        delivers it to the route's next hop like any inbound message.  A
+        file that was disarmed (``cleaned``: what was removed) is said to
+        be, in the words of mail's notice."""
         cfg = self.cfg
         sender = cfg.upload.from_address or f"upload@{cfg.gateway.hostname}"
         route = next((r for r in cfg.routes if r.name == inv.route), cfg.api_route())
@@ -597,6 +603,8 @@ class UploadPage:
         link = Link(filename, size, url, label=texts.link_label(route.link_text or cfg.links.text, shown, size),
                     size_text=texts.size(size))
         said = texts.text(mailtext.UPLOADED, customer=inv.customer_id)
+        if cleaned is not None:
+            said += " " + texts.text(mailtext.CLEANED, filename=shown, summary=cleaned)
         msg = EmailMessage(policy=SMTP)
         msg["From"] = f"{texts.text(mailtext.UPLOAD_PAGE_SENDER)} <{sender}>"
         msg["To"] = inv.notify

@@ -5,16 +5,16 @@ quarantine, never linked.  Each file taken out of a document is judged as
 a part of its own: stored and linked when allowed, quarantined if not.  A
 file that cannot be checked is not examined, and refused.  Per route and
 kind of file (``disarm.pdf``, ``disarm.office``): ``disarm``, ``refuse``,
-or ``allow`` (logged)."""
+or ``allow`` (logged).  The rules (which files, the budget, what a result
+means) are gateway/disarming.py's, which uploads over HTTP follow too."""
 from __future__ import annotations
 
 import asyncio
 import base64
 import hashlib
-from typing import Any
 
 import policies
-from gateway import disarm, mailtext, metrics
+from gateway import disarm, disarming, mailtext, metrics
 from gateway.config import DisarmSettings
 from gateway.mime import container, filenames
 from gateway.mime.decode import HEAD, Measure, decoded_bytes
@@ -25,13 +25,6 @@ from gateway.pipeline import quarantine
 from gateway.pipeline.examine import log_decision
 from gateway.pipeline.job import MessageJob, PartOutcome
 from gateway.pipeline.step import Step
-from policies import filetypes
-
-# Policies whose refusal of an Office file is about what disarm removes (a
-# macro-enabled or remote-content type): disarm runs, and the cleaned file
-# is judged again.
-_ABOUT_ACTIVE_CONTENT = {"allowed_types", "refuse_executables", "refuse_spoofed"}
-_ACTIVE_TYPES = filetypes.MACRO_TYPES | {filetypes.OOXML_REMOTE}
 
 
 class Disarm(Step):
@@ -47,8 +40,7 @@ class Disarm(Step):
     async def run(self, job: MessageJob) -> None:
         assert job.src is not None
         settings = job.route.disarm
-        budget = disarm.Budget(seconds=float(settings.seconds), memory=int(settings.memory),
-                               keep_web_links=settings.keep_web_links)
+        budget = disarming.budget(settings)
         todo: list[tuple[PartOutcome, str]] = []
         for o in list(job.outcomes):
             mode = self._mode(job, o, settings)
@@ -73,44 +65,29 @@ class Disarm(Step):
         kind = _kind(o)
         if kind is None:
             return None
-        mode = settings.pdf if kind == "pdf" else settings.office
+        mode = disarming.mode(settings, kind)
         if mode == "allow":
             if o.decision.action is not policies.Action.REFUSE:
                 job.log.warning("active content not checked (route disarm: allow)", part=o.facts.path,
                                 filename=o.facts.filename, detected_type=o.facts.detected_type)
             return None
-        if o.measure.size > settings.max_size:
-            self._refuse(job, o, policies.explained(mailtext.DISARM_TOO_LARGE, size=o.measure.size,
-                                                    limit=settings.max_size))
+        refused = disarming.too_large(settings, o.measure.size)
+        if refused is not None:
+            self._refuse(job, o, refused)
             return None
         return mode
 
     async def _apply(self, job: MessageJob, o: PartOutcome, mode: str, result: disarm.DisarmResult) -> None:
         """Act on one file's disarm result as the route's mode says."""
         metrics.DISARMED.labels(job.route.name, result.status).inc()
-        if result.status == "clean":
-            return
-        if result.status == "failed":
-            self._refuse(job, o, policies.explained(mailtext.DISARM_FAILED, detail=result.reason))
-        elif mode == "refuse":
-            removed = tuple(policies.Phrase(w) for w in result.removed)
-            self._refuse(job, o, policies.explained(
-                mailtext.DISARM_ACTIVE, summary=removed or (policies.Phrase(mailtext.ACTIVE_CONTENT),)))
-        else:
-            assert result.data is not None
-            # The child may have been taken over by the file it read: what
-            # it hands back is judged by its own bytes, here, before it is
-            # put anywhere.
-            expected = result.new_type or o.facts.detected_type
-            found = await asyncio.to_thread(container.detect_chunks, result.data[:HEAD], [result.data])
-            if found != expected:
-                self._refuse(job, o, policies.explained(
-                    mailtext.DISARM_FAILED, detail=f"the disarmed file is {found}, not {expected}"))
-                return
+        refused = await disarming.verdict(result, mode, o.facts.detected_type)
+        if refused is not None:
+            self._refuse(job, o, refused)
+        elif result.status == "disarmed":
             await self._substitute(job, o, result)
 
-    def _refuse(self, job: MessageJob, o: PartOutcome, reason: dict[str, Any]) -> None:
-        o.decision = policies.Decision(policies.Action.REFUSE, "disarm", **reason)
+    def _refuse(self, job: MessageJob, o: PartOutcome, decision: policies.Decision) -> None:
+        o.decision = decision
         log_decision(job, o)
 
     async def _substitute(self, job: MessageJob, o: PartOutcome, result: disarm.DisarmResult) -> None:
@@ -118,10 +95,7 @@ class Disarm(Step):
         assert result.data is not None
         services, route = self.services, job.route
         original = filenames.display_name(o.facts.filename) or quarantine.default_name(o.part)
-        name = original
-        if result.new_extension:
-            stem, dot, _ = original.rpartition(".")
-            name = f"{stem if dot else original}.{result.new_extension}"
+        name = disarming.cleaned_name(original, result)
         kept = policies.Decision(policies.Action.REFUSE, "disarm", "the original of a disarmed file")
         key, _ = await quarantine.keep(services, job, o.part, o.measure, original, kept,
                                        detected_type=o.facts.detected_type)
@@ -208,15 +182,9 @@ def _disarm_batch(session: disarm.Session, src: Source, outcomes: list[PartOutco
 
 def _kind(o: PartOutcome) -> str | None:
     """"pdf" or "office" for a part disarm looks at, else None."""
-    detected = o.facts.detected_type
-    if o.extracted or o.data is not None or detected not in disarm.TYPES:
+    if o.extracted or o.data is not None:
         return None
-    if o.decision.action is policies.Action.REFUSE and not (
-            detected in _ACTIVE_TYPES and o.decision.policy in _ABOUT_ACTIVE_CONTENT):
-        return None
-    if o.decision.action is policies.Action.REPLACE:
-        return None
-    return "pdf" if detected == disarm.PDF else "office"
+    return disarming.looked_at(o.facts.detected_type, o.decision)
 
 
 def entity(filename: str, ctype: str, data: bytes) -> bytes:
