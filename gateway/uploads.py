@@ -157,8 +157,10 @@ class Uploads:
                      sha256: str | None, reference: str, message_id: str = "", route_name: str | None = None,
                      cleanup: bool = True, source: str = "Upload", actor: str | None = None,
                      client: str | None = None) -> Stored:
-        """Move a staged file to its secure key, decide on the copy and mint
-        its link; raises Refused (copy and staging removed) or StorageError.
+        """Move a staged file to its secure key, decide on the copy, disarm
+        it when it is a PDF or Office file (the route's ``disarm``: the
+        cleaned file then takes its place) and mint its link; raises Refused
+        (copy and staging removed) or StorageError.
         A stored file is a ``FileStored`` audit event (``source``: "Upload"
         for the API and its jobs, "UploadPage"; ``actor`` and ``client`` as
         the caller knows them)."""
