@@ -54,6 +54,12 @@ MAX_CONTENT_TYPES = 1 << 20  # bytes of [Content_Types].xml decompressed
 MAX_CENTRAL_DIRECTORY = 64 << 20  # bytes of central directory walked
 MAX_RELS = 1000  # relationship parts read
 MAX_INFLATED = 8 << 20  # bytes of [Content_Types].xml and relationship parts decompressed in all
+# Bytes those entries may declare for a small archive to be examined on the
+# event loop (a DOCX's are a few KiB: 2.5 ms of reading at most); past it,
+# Costly, and the caller goes to a thread.  zipfile never inflates an entry
+# past its declared size (it stops there and checks the CRC), so the
+# declared sizes bound the work.
+LOOP_INFLATED = 64 << 10
 # Decoded bytes held in memory while spooling a part; the rest goes to a
 # temporary file (deleted on close).
 SPOOL_MEMORY = 4 << 20
@@ -111,6 +117,11 @@ _GENERIC_ZIP = {"application/zip", "application/x-zip-compressed", "application/
 
 class Unexamined(Exception):
     """The archive cannot be read to a verdict."""
+
+
+class Costly(Exception):
+    """The archive's entries to read would inflate to more than the caller
+    allows where it is (on the event loop): examine it again in a thread."""
 
 
 def zip_like(head: bytes, detected: str) -> bool:
@@ -202,13 +213,19 @@ def _normal(name: str) -> str:
 class _Allowance:
     """The bytes still to be inflated from one archive (``MAX_INFLATED``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cheap: int | None = None) -> None:
         self.left = MAX_INFLATED
+        self.cheap = cheap  # declared bytes still allowed here, or None: no such bound
 
     def read(self, z: zipfile.ZipFile, name: str) -> bytes:
         """One member, decompressed: at most ``MAX_CONTENT_TYPES`` bytes and
         at most what is left of the archive's allowance (both checked while
-        inflating, never after)."""
+        inflating, never after).  Costly when the member declares more than
+        is left of ``cheap``."""
+        if self.cheap is not None:
+            self.cheap -= z.getinfo(name).file_size
+            if self.cheap < 0:
+                raise Costly(name)
         cap = min(MAX_CONTENT_TYPES, self.left)
         with z.open(name) as f:
             data = f.read(cap + 1)
@@ -230,7 +247,7 @@ def _content_types(z: zipfile.ZipFile, name: str, allowance: _Allowance) -> list
     return [m.group(1).decode("utf-8", "replace").strip().lower() for m in _CONTENT_TYPE_ATTR.finditer(data.lower())]
 
 
-def examine_zip(f: IO[bytes], detected: str = "application/zip") -> str:
+def examine_zip(f: IO[bytes], detected: str = "application/zip", cheap: int | None = None) -> str:
     """The refined type of the ZIP in the seekable binary file ``f`` (see
     the module docstring); ``detected`` is libmagic's answer, kept when it
     is a specific non-Office archive type (a Java archive, an OpenDocument
@@ -254,7 +271,7 @@ def examine_zip(f: IO[bytes], detected: str = "application/zip") -> str:
             ct_name = next((i.filename for i in infos if _normal(i.filename) == _CONTENT_TYPES), None)
             if ct_name is None:
                 return detected if detected not in _GENERIC_ZIP else "application/zip"
-            allowance = _Allowance()
+            allowance = _Allowance(cheap)
             types = _content_types(z, ct_name, allowance)
             rels = [i.filename for i in infos if _normal(i.filename).endswith(".rels")]
             if len(rels) > MAX_RELS:
@@ -358,11 +375,12 @@ def detect_chunks(head: bytes, chunks: Iterable[bytes]) -> str:
     return examine_chunks(chunks, detected)
 
 
-def examine_chunks(chunks: Iterable[bytes], detected: str) -> str:
+def examine_chunks(chunks: Iterable[bytes], detected: str, cheap: int | None = None) -> str:
     """``examine_zip`` on the file ``chunks`` yields (libmagic called it
-    ``detected``).  Blocking and costly: never on the event loop."""
+    ``detected``).  Blocking and costly: on the event loop only for a small
+    part with ``cheap`` (``LOOP_INFLATED``), which raises Costly beyond it."""
     with _spooled(chunks) as f:
-        return examine_zip(f, detected)
+        return examine_zip(f, detected, cheap)
 
 
 def detect_part(src: Source, part: Part, m: Measure) -> str:

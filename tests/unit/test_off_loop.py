@@ -64,24 +64,49 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes, **kw: Any)
     return test_pipeline.Gateway(tmp_path, **kw).run("m.eml")
 
 
-def test_a_small_archive_is_examined_in_a_thread_not_on_the_loop(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    on_loop: list[bool] = []
+def inflating_docx() -> bytes:
+    """A small DOCX (a few KiB) whose relationship part inflates to 1 MiB."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", f'<Types><Override PartName="/word/document.xml" ContentType="{DOCX_MAIN}"/>'
+                                          '</Types>')
+        z.writestr("_rels/.rels", "<Relationships>" + " " * ((1 << 20) - 40) + "</Relationships>")
+        z.writestr("word/document.xml", "<document/>")
+    return out.getvalue()
+
+
+def test_a_small_archive_that_inflates_is_examined_in_a_thread_not_on_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ZIP whose entries to read declare more than LOOP_INFLATED goes to a
+    worker thread, however small; an ordinary small DOCX is read on the loop
+    (a hop to a thread per DOCX cost the 200-attachment message 30%)."""
+    on_loop: list[tuple[int, bool]] = []
     examine_zip = container.examine_zip
 
-    def spy(f: Any, detected: str = "application/zip") -> str:
-        on_loop.append(threading.current_thread() is threading.main_thread())  # asyncio.run's loop is here
-        return examine_zip(f, detected)
+    def spy(f: Any, detected: str = "application/zip", cheap: int | None = None) -> str:
+        f.seek(0, 2)
+        size = f.tell()
+        try:
+            return examine_zip(f, detected, cheap)
+        finally:
+            # asyncio.run's loop is on the main thread; a call that raised
+            # Costly there counts as not done on the loop.
+            on_loop.append((size, threading.current_thread() is threading.main_thread()))
 
     monkeypatch.setattr(container, "examine_zip", spy)
-    data = docx()
-    uu = b"begin 644 inner.docx\n" + b"".join(binascii.b2a_uu(data[i:i + 45]) for i in range(0, len(data), 45)) \
-        + b"`\nend\n"
-    job, _ = run(tmp_path, monkeypatch, message([(docx(), "application/octet-stream", "small.docx")],
-                                                text=uu.decode()))
-    assert on_loop == [False, False]  # the attachment and the uuencoded file, each in a worker thread
-    assert [o.facts.detected_type for o in job.outcomes if o.facts.filename == "small.docx"] == [
-        "application/vnd.openxmlformats-officedocument.wordprocessingml.document"]
+    big, small = inflating_docx(), docx()
+    assert len(big) < 8192 and len(small) < 8192
+    uu = b"begin 644 inner.docx\n" + b"".join(binascii.b2a_uu(small[i:i + 45]) for i in range(0, len(small), 45)) \
+        + b"`\n\nend\n"
+    job, _ = run(tmp_path, monkeypatch, message([(big, "application/octet-stream", "big.docx"),
+                                                  (small, "application/octet-stream", "small.docx")],
+                                                 text=uu.decode()))
+    # The inflating one: tried on the loop, stopped before reading (Costly),
+    # then read in a thread; the small one on the loop; the uuencoded one
+    # in a thread, as every uuencoded archive is.
+    assert on_loop == [(len(big), True), (len(big), False), (len(small), True), (len(small), False)], on_loop
+    assert [o.facts.detected_type for o in job.outcomes if o.facts.filename in ("big.docx", "small.docx")] == [
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document"] * 2
 
 
 def test_a_tnef_that_makes_the_parser_loop_stays_packed_and_is_refused(tmp_path: Path,
