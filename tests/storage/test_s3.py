@@ -434,7 +434,7 @@ def test_an_http_upload_streams_through_staging_to_its_secure_key(admin: Any, ce
             assert (staged.size, staged.sha256) == (data.size, data.sha256())
             stored = await uploads.finish(staging=[staged.key], filename="scan.pdf", customer="cust-42",
                                           ctype="application/pdf", size=staged.size, sha256=staged.sha256,
-                                          head=staged.head, reference="job1")
+                                          reference="job1")
             got = admin.get_object(Bucket=bucket, Key="attachments/" + stored.key)["Body"].read()
             assert hashlib.sha256(got).hexdigest() == data.sha256()
             assert await store.stat("staging/api/job1") is None
