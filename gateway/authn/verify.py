@@ -69,6 +69,19 @@ class Verification:
     dkim_domains: list[str] = field(default_factory=list)
 
 
+def _header_block(head: bytes) -> tuple[bytes, int, bool]:
+    """The header block at the start of ``head`` (through its last field's
+    CRLF), where the body starts, and whether the blank line ending the
+    block is in ``head`` (an empty block, a message starting with CRLF,
+    ends at once)."""
+    if head.startswith(b"\r\n"):
+        return b"", 2, True
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        return head, len(head), False
+    return head[: end + 2], end + 4, True
+
+
 def header_fields(block: bytes) -> list[Field]:
     """Split a header block (ending before the empty line) into fields."""
     out: list[Field] = []
@@ -201,23 +214,17 @@ class Verifier:
         claims to be ours."""
         with Source(path, size) as src:
             head = src.read(0, min(src.size, self.max_header_bytes))
-        end = head.find(b"\r\n\r\n")
-        return self._ours(header_fields(head[: end + 2] if end >= 0 else head))
+        return self._ours(header_fields(_header_block(head)[0]))
 
     def verify(self, path: Path, envelope: Envelope, size: int | None = None) -> Verification:
         """Check the message in ``path`` (its first ``size`` bytes when given)."""
         with Source(path, size) as src:
             head = src.read(0, min(src.size, self.max_header_bytes))
-            if head.startswith(b"\r\n"):
-                block, body_start = b"", 2
-            else:
-                end = head.find(b"\r\n\r\n")
-                if end < 0 and len(head) < src.size:
-                    found = {"dkim": "none"}
-                    return self._header(["dkim=none reason=\"header block too large\"",
-                                         *self._spf_lines(envelope, found, {})], [], found, [])
-                block = head[: end + 2] if end >= 0 else head
-                body_start = end + 4 if end >= 0 else len(head)
+            block, body_start, ended = _header_block(head)
+            if not ended and len(head) < src.size:
+                found = {"dkim": "none"}
+                return self._header(["dkim=none reason=\"header block too large\"",
+                                     *self._spf_lines(envelope, found, {})], [], found, [])
             fields = header_fields(block)
             drop = self._ours(fields)
             kept = b"".join(f.raw for f in fields if (f.start, f.end) not in drop)
