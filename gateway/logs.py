@@ -85,13 +85,21 @@ def setup(level: str = "info") -> None:
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        # Each module's logger (``get``) is made on its first line after
+        # this, then kept: no logger is rebuilt per line.
+        cache_logger_on_first_use=True,
     )
 
 
 def get(name: str, **bound: Any) -> structlog.typing.FilteringBoundLogger:
-    """A logger tagged with the component that logs."""
-    return structlog.get_logger().bind(component=name, **bound)
+    """A logger tagged with the component that logs.
+
+    It takes its form (JSON, level) from ``setup`` when it first writes, not
+    when it is made: modules make theirs at import, and a module imported
+    before ``setup`` would otherwise write structlog's default console lines
+    at debug level for good."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(component=name, **bound)
+    return logger
 
 
 @contextmanager

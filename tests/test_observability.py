@@ -126,6 +126,21 @@ def test_log_lines_carry_journald_priorities_only_under_journald(tmp_path: Path)
         other.stop()
 
 
+def test_every_module_writes_json_lines_even_one_imported_before_logging_is_set_up(make_gateway) -> None:
+    # gateway.memory is imported by the command line before `serve` sets up
+    # logging; its idle-trim line came out in structlog's console format, at
+    # debug level whatever log_level said.
+    gw = make_gateway(sections={"gateway": {"log_level": "debug"}})
+    _send(gw, "<trim-1@customer.example>")
+    wait_until(lambda: any(e.get("event") == "heap trimmed" for e in gw.log_events()), timeout=60,
+               what="the idle trim's line, as a JSON line")
+    trimmed = next(e for e in gw.log_events() if e.get("event") == "heap trimmed")
+    assert trimmed["component"] == "memory" and trimmed["level"] == "debug" and trimmed["pid"] > 1
+    lines = [line for line in gw.log().splitlines() if line.strip()]
+    not_json = [line for line in lines if not line.startswith("{")]
+    assert not not_json, not_json[:5]
+
+
 def test_readyz_goes_unready_when_the_spool_or_the_store_cannot_be_written(gateway: GatewayProcess) -> None:
     base = f"http://127.0.0.1:{gateway.http_port}"
     status, _, body = _get(base + "/readyz")
