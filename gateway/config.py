@@ -1203,3 +1203,23 @@ def load(path: str | os.PathLike[str], base_dir: str | None = None) -> Config:
     # naming the key, at check-config and start-up, not at the first RCPT.
     srs.from_config(cfg)
     return cfg
+
+
+#: Keys a SIGHUP does not apply: each is read once, when a process starts
+#: (the ports it listens on, the spool it owns, the stores and audit sinks
+#: it opens, its log form, how many processes the supervisor forked).
+RESTART_KEYS = ("gateway.spool_dir", "gateway.processes", "gateway.log_level", "gateway.audit_log",
+                "smtp.listen", "http.listen", "metrics.listen", "milter", "storage", "audit", "upload.enabled")
+
+
+def restart_changes(old: Config, new: Config) -> list[str]:
+    """The keys of ``RESTART_KEYS`` whose value differs between two configs:
+    what a reload leaves as it was until the next restart."""
+    def value(cfg: Config, key: str) -> object:
+        obj: object = cfg
+        for name in key.split("."):
+            obj = getattr(obj, name)
+        return obj.model_dump() if isinstance(obj, BaseModel) else (
+            {k: v.model_dump() for k, v in obj.items()} if isinstance(obj, dict) else obj)
+    return [key for key in RESTART_KEYS if value(old, key) != value(new, key)]
+

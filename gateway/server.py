@@ -70,6 +70,9 @@ class Gateway:
                  shared_ports: bool = False, recover: bool = True, report_fd: int | None = None,
                  slot: int = 0) -> None:
         self.cfg = cfg
+        # What the process started with: the keys a reload cannot change
+        # keep these values (config.RESTART_KEYS).
+        self.started_cfg = cfg
         self.config_path = config_path
         self.roles = roles
         # With several processes, each listens on the same ports
@@ -223,6 +226,9 @@ class Gateway:
         except (ValueError, config_mod.ConfigError) as e:  # a key or secret that cannot be read
             log.error("reload refused; old config stays in force", error=str(e))
             return
+        unapplied = config_mod.restart_changes(self.started_cfg, cfg)
+        if unapplied:
+            log.warning("reload leaves these keys as they were until a restart", keys=unapplied)
         self.cfg = cfg
         swap_keys()
         if self.links is not None and access is not None:

@@ -141,6 +141,29 @@ def test_every_module_writes_json_lines_even_one_imported_before_logging_is_set_
     assert not not_json, not_json[:5]
 
 
+def test_a_reload_names_the_keys_that_wait_for_a_restart(make_gateway) -> None:
+    # An administrator who raises log_level or moves the listener and sends
+    # SIGHUP is told these wait for a restart, instead of seeing nothing.
+    gateway = make_gateway(sections={"gateway": {"processes": 1}})
+    old_port = gateway.smtp_port
+    gateway.reload({"gateway": {"log_level": "debug"}, "smtp": {"listen": f"127.0.0.1:{free_port()}"},
+                    "delivery": {"connect_timeout": 20}})
+    warned = [e for e in gateway.log_events() if e.get("event") == "reload leaves these keys as they were until a restart"]
+    assert len(warned) == 1 and warned[0]["keys"] == ["gateway.log_level", "smtp.listen"], warned
+    assert warned[0]["level"] == "warning"
+    _send(gateway, "<after-reload-1@customer.example>")  # still on the port it started with
+    assert old_port == gateway.smtp_port
+    # A reload that changes only what a reload applies says nothing of the kind;
+    # the started values are what it compares with, so the earlier change is
+    # still named.
+    gateway.reload({"delivery": {"connect_timeout": 25}})
+    again = [e for e in gateway.log_events() if e.get("event") == "reload leaves these keys as they were until a restart"]
+    assert len(again) == 2 and again[-1]["keys"] == ["gateway.log_level", "smtp.listen"]
+    gateway.reload({"gateway": {"log_level": "info"}, "smtp": {"listen": f"127.0.0.1:{old_port}"}})
+    last = [e for e in gateway.log_events() if e.get("event") == "reload leaves these keys as they were until a restart"]
+    assert len(last) == 2
+
+
 def test_readyz_goes_unready_when_the_spool_or_the_store_cannot_be_written(gateway: GatewayProcess) -> None:
     base = f"http://127.0.0.1:{gateway.http_port}"
     status, _, body = _get(base + "/readyz")
