@@ -1121,3 +1121,31 @@ def test_an_executable_in_an_odd_shape_is_not_delivered(gw: GatewayProcess, raw_
         att = att.replace(b"\r\n\r\n", b"\r\nContent-Transfer-Encoding: BASE64 \r\n\r\n" + b64(exe), 1)
     case = mail.case(multipart([mail.body(), att]), files=[exe])
     fail_closed(gw, raw_sink, mail, case)
+
+
+@pytest.mark.parametrize("shape", ["script-type-comment", "digest-comment", "rfc822-comment", "rfc822-blanks"])
+def test_a_content_type_with_a_comment_hides_nothing(gw: GatewayProcess, raw_sink: RawSink, shape: str) -> None:
+    """An RFC 2045 reader drops a comment from the Content-Type (Mozilla
+    stops at the blank), where Python keeps it in the type: a script type,
+    a digest whose parts are messages, or an attached message, that the
+    gateway would take for a type nobody knows (or for plain text)."""
+    mail = Mail(f"ctype-{shape}")
+    exe = pe(mail.tag)
+    if shape == "script-type-comment":
+        blob = f"// {mail.tag}\r\n".encode() + JSCRIPT
+        att = part("application/x-javascript (c)", blob, extra=["Content-Disposition: attachment"])
+        files, markers = [blob], [b"ActiveXObject"]
+    elif shape == "digest-comment":
+        # A digest's parts are messages by default (RFC 2046 5.1.5): to
+        # Python this one is headerless text, to Thunderbird a message
+        # with setup.exe attached.
+        inner = (f"X-Tag: {mail.tag}\r\nMIME-Version: 1.0\r\n".encode()
+                 + multipart([text("inner"), part("application/octet-stream", exe, name="setup.exe")],
+                             boundary="inner"))
+        att = b'Content-Type: multipart/digest (c); boundary="dg"\r\n\r\n--dg\r\n\r\n' + inner + b"\r\n--dg--\r\n"
+        files, markers = [exe], []
+    else:
+        ctype = "message/rfc822 (c)" if shape == "rfc822-comment" else "message / rfc822"
+        att = part(ctype, _inner_message(mail.tag, exe), cte="7bit", name="fwd.eml")
+        files, markers = [exe], []
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=files, markers=markers))

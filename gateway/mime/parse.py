@@ -19,7 +19,8 @@ every configured bound (nesting depth, part count, header line length,
 header field count, header block size, parameters per field) and every
 ambiguity where another reader could see a different structure or file
 than the gateway: duplicate Content-Type, Content-Transfer-Encoding or
-Content-Disposition fields, duplicate ``boundary`` parameters, a multipart
+Content-Disposition fields, a comment or a blank in the Content-Type's
+type, duplicate ``boundary`` parameters, a multipart
 without a usable boundary, a transfer-encoded multipart or attached
 message, a message fragment, duplicate or disagreeing file names, a
 delimiter line that some readers see and others do not.  The
@@ -245,6 +246,9 @@ _FIELD_NAME = re.compile(r"[\041-\071\073-\176]+")
 # here (a Content-Disposition is then refused unless it is a bare inline
 # or attachment, which a comment is not).
 _FIELD_VALUE = re.compile(r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]*(?:\s*/\s*[!#$%&'*+.^_`{|}~0-9A-Za-z-]*)?(?:\s*\([^()]*\))*")
+# A comment or a blank in a Content-Type's type/subtype: the type the
+# gateway (as Python) reads is not the one an RFC 2045 reader takes.
+_SPLIT_TYPE = re.compile(r"[()\s]")
 # C0 and C1 controls and DEL: in a file name, read differently by each reader.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -533,6 +537,12 @@ def _check_fields(part: Part, limits: Limits) -> str | None:
             # "attachment filename=run.js" (no ';'): a file's name to a
             # lenient reader, a disposition type nobody knows to Python.
             return f"a {name} value that is not one word ({_short(ascii(parsed.value.strip()))})"
+        if name == "Content-Type" and value is not None and _SPLIT_TYPE.search(parsed.value.strip()):
+            # "message/rfc822 (x)", "application/javascript (x)": an RFC
+            # reader drops the comment (Mozilla stops at the blank) and
+            # opens an attached message, a digest or a script; Python's
+            # get_content_type keeps it all, a type nobody knows.
+            return f"a Content-Type read two ways ({_short(ascii(parsed.value.strip()))})"
         if name == "Content-Type":
             part.type_params = parsed
         else:
