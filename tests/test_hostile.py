@@ -1149,3 +1149,50 @@ def test_a_content_type_with_a_comment_hides_nothing(gw: GatewayProcess, raw_sin
         att = part(ctype, _inner_message(mail.tag, exe), cte="7bit", name="fwd.eml")
         files, markers = [exe], []
     fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=files, markers=markers))
+
+
+@pytest.mark.parametrize("shape", ["href-octet-stream", "entity-spelled-scheme", "image-type-with-download",
+                                   "html-page-in-iframe", "second-inline-html", "attached-message-html"])
+def test_a_file_carried_in_the_html_as_a_data_url_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                                   shape: str) -> None:
+    """HTML smuggling: the HTML holds the file itself, as a data: URL an
+    agent saves with one click from a browser-based desktop; the gateway
+    never sees it as a part.  Such HTML is not examined text: it goes to
+    quarantine, and the plain text still goes."""
+    mail = Mail(f"html-{shape}")
+    exe = pe(mail.tag)
+    url = b"application/octet-stream;base64," + base64.b64encode(exe)
+    link = b'<a href="data:' + url + b'" download="invoice.exe">your invoice</a>'
+    if shape == "entity-spelled-scheme":
+        # Character references are decoded in attribute values, and the URL
+        # parser drops tabs and line ends: still a data: URL to a browser.
+        link = b'<a href="  &#100;a&#x09;ta&colon;' + url + b'" download>your invoice</a>'
+    elif shape == "image-type-with-download":
+        link = b'<a href="data:image/png;base64,' + base64.b64encode(exe) + b'" download="invoice.exe">invoice</a>'
+    elif shape == "html-page-in-iframe":
+        page = f"<script>/* {mail.tag} */ location='https://evil.example/'</script>".encode()
+        link = b'<iframe src="data:text/html;base64,' + base64.b64encode(page + exe) + b'"></iframe>'
+    html = f"<html><body><p>{mail.tag}</p>".encode() + link + b"</body></html>\r\n"
+    html_part = part("text/html; charset=utf-8", html, cte="base64", disposition="inline")
+    if shape == "second-inline-html":
+        root = multipart([mail.body(), part("text/html", b"<p>hello</p>\r\n", cte="7bit"), html_part])
+    elif shape == "attached-message-html":
+        inner = envelope_message(html_part, "someone@example.org", "customer@example.net", "fwd")
+        root = multipart([mail.body(), part("message/rfc822", inner, cte="7bit", name="fwd.eml")])
+    else:
+        root = multipart([mail.body(), html_part], subtype="alternative")
+    case = mail.case(root, files=[html], markers=[base64.b64encode(exe[:45])])
+    fail_closed(gw, raw_sink, mail, case)
+
+
+def test_inline_images_as_data_urls_leave_the_html_alone(gw: GatewayProcess, raw_sink: RawSink) -> None:
+    mail = Mail("html-inline-image")
+    png = b"\x89PNG\r\n\x1a\n" + mail.tag.encode()
+    html = (f"<html><body><p>{mail.tag}</p>".encode() + b'<img src="data:image/png;base64,'
+            + base64.b64encode(png) + b'" alt="logo"><div style="background:url(data:image/gif;base64,R0lGOD)">'
+            b"</div></body></html>\r\n")
+    root = multipart([mail.body(), part("text/html; charset=utf-8", html, cte="7bit", disposition="inline")],
+                     subtype="alternative")
+    qid, tx = deliver(gw, raw_sink, mail, mail.build(root))
+    assert html.rstrip() in tx.data and b"could not be examined" not in tx.data
+    assert wire_problems(tx) == [] and held(gw, qid) is None
