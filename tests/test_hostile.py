@@ -1196,3 +1196,18 @@ def test_inline_images_as_data_urls_leave_the_html_alone(gw: GatewayProcess, raw
     qid, tx = deliver(gw, raw_sink, mail, mail.build(root))
     assert html.rstrip() in tx.data and b"could not be examined" not in tx.data
     assert wire_problems(tx) == [] and held(gw, qid) is None
+
+
+@pytest.mark.parametrize("disposition", ["inline", "attachment"])
+def test_an_executable_inside_a_message_news_part_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                                   disposition: str) -> None:
+    """Thunderbird opens message/news as an attached message and lists its
+    files; to the gateway it was one leaf of text (its first lines no
+    mail header libmagic knows), kept or offloaded as it was."""
+    mail = Mail(f"news-{disposition}")
+    exe = pe(mail.tag)
+    inner = (f"X-Tag: {mail.tag}\r\nMIME-Version: 1.0\r\n".encode()
+             + multipart([text("inner"), part("application/octet-stream", exe, name="setup.exe")], boundary="inner"))
+    att = b"Content-Type: message/news\r\n" + (b'Content-Disposition: attachment; filename="fwd.eml"\r\n'
+                                               if disposition == "attachment" else b"") + b"\r\n" + inner
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[exe]))

@@ -7,7 +7,8 @@ objects that say where each part's headers and body lie in the file; the
 rewriter replaces some of those ranges and copies every other byte unchanged,
 which is how untouched parts stay byte-identical (and DKIM body hashes of
 untouched messages survive).  Attached messages (``message/rfc822``,
-``message/global``, the parts of a ``multipart/digest``) are parsed too:
+``message/global``, ``message/news``, the parts of a ``multipart/digest``)
+are parsed too:
 such a part has one child, the attached message's root, and every part
 inside an attached message has ``in_attached_message`` set.
 
@@ -53,7 +54,9 @@ from gateway.mime.source import WINDOW, Source
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
 _LINE_END = re.compile(rb"\r\n|\n|\r")
 MAX_BOUNDARY = 70  # RFC 2046 section 5.1.1
-ATTACHED_MESSAGE_TYPES = ("message/rfc822", "message/global")
+# message/news too: Thunderbird opens it as an attached message (its
+# files listed as attachments), where a leaf of it would be one text.
+ATTACHED_MESSAGE_TYPES = ("message/rfc822", "message/global", "message/news")
 # The names an attached message may have: none, or a message file's.
 _MESSAGE_EXTENSIONS = ("", "eml", "msg", "txt")
 _IDENTITY_CTES = ("7bit", "8bit", "binary")
