@@ -1152,7 +1152,8 @@ def test_a_content_type_with_a_comment_hides_nothing(gw: GatewayProcess, raw_sin
 
 
 @pytest.mark.parametrize("shape", ["href-octet-stream", "entity-spelled-scheme", "image-type-with-download",
-                                   "html-page-in-iframe", "second-inline-html", "attached-message-html"])
+                                   "html-page-in-iframe", "iframe-srcdoc", "second-inline-html",
+                                   "attached-message-html"])
 def test_a_file_carried_in_the_html_as_a_data_url_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
                                                                    shape: str) -> None:
     """HTML smuggling: the HTML holds the file itself, as a data: URL an
@@ -1172,6 +1173,9 @@ def test_a_file_carried_in_the_html_as_a_data_url_is_not_delivered(gw: GatewayPr
     elif shape == "html-page-in-iframe":
         page = f"<script>/* {mail.tag} */ location='https://evil.example/'</script>".encode()
         link = b'<iframe src="data:text/html;base64,' + base64.b64encode(page + exe) + b'"></iframe>'
+    elif shape == "iframe-srcdoc":
+        # A page in the page: the srcdoc's HTML is escaped once more.
+        link = b'<iframe srcdoc="' + link.replace(b'"', b"&quot;").replace(b"<", b"&lt;") + b'"></iframe>'
     html = f"<html><body><p>{mail.tag}</p>".encode() + link + b"</body></html>\r\n"
     html_part = part("text/html; charset=utf-8", html, cte="base64", disposition="inline")
     if shape == "second-inline-html":

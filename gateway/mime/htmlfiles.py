@@ -7,7 +7,8 @@ HTML part cannot be examined as the message's text; the worker refuses it
 as unexamined (quarantined, a notice in its place), and the text part of
 the message still goes.
 
-What counts: a ``data:`` URL in an attribute value or a CSS ``url()`` whose
+What counts: a ``data:`` URL in an attribute value or a CSS ``url()``, or
+spelled as one anywhere (a srcdoc's HTML is escaped once more), whose
 media type is not a plain raster image (a page, an SVG, a program, no type
 at all), and any ``data:`` URL when the HTML also has a ``download``
 attribute (which saves even an "image" under the name it gives).  Inline
@@ -31,10 +32,9 @@ _REFERENCE = re.compile(rb"&#(?:x0*(64|44|61|41|74|54|3a|75|55|72|52|6c|4c|28|9|
                         rb"|0*(100|68|97|65|116|84|58|117|85|114|82|108|76|40|9|10|12|13|32)(?![0-9]));?"
                         rb"|&(colon|tab|newline|lpar);", re.I)
 _NAMED = {b"colon": b":", b"tab": b"\t", b"newline": b"\n", b"lpar": b"("}
-# A data: URL and its media type; it counts where a URL is read: after
-# '=' (an attribute, a refresh's url=) or 'url(' (CSS), past blanks and a
-# quote.  Searched for by its literal, then its context looked at: a
-# pattern that starts at every '=' cost twice the rest of the read.
+# A data: URL and its media type.  Searched for by its literal, then its
+# context looked at (a pattern that starts at every '=' cost twice the
+# rest of the read): see _counts.
 _DATA_URL = re.compile(rb"data:([^,;\"'\s>)]*)")
 _DOWNLOAD = re.compile(rb"[\s\"'/]download[\s=/>]")
 _CARRY = 4096  # bytes kept from one chunk for the next: a match never spans more
@@ -54,10 +54,17 @@ def _readable(data: bytes) -> bytes:
     return data.translate(None, b"\t\r\n").lower()
 
 
-def _where_a_url_is(data: bytes, start: int) -> bool:
-    """Whether the text before ``start`` puts a URL there."""
+def _counts(data: bytes, m: re.Match[bytes]) -> bool:
+    """Whether the ``data:`` found by ``m`` is a URL: where one is read
+    (after '=', an attribute or a refresh's url=, or CSS's 'url(', past
+    blanks and a quote), or, wherever it is, spelled as one (a media type,
+    or the ',' or ';' after it): HTML escaped once more, as in an iframe's
+    srcdoc (&quot;), is a page in the page.  Prose ("our data: see") is not."""
+    start = m.start()
+    if start and data[start - 1:start].isalnum():
+        return False  # "metadata:", a word that ends in data
     before = data[max(0, start - 64):start].rstrip(b" \t\n\r\x0b\x0c\"'")
-    return before.endswith((b"=", b"url("))
+    return before.endswith((b"=", b"url(")) or b"/" in m.group(1) or data[m.end():m.end() + 1] in (b",", b";")
 
 
 def embedded_file(chunks: Iterable[bytes]) -> str | None:
@@ -67,7 +74,7 @@ def embedded_file(chunks: Iterable[bytes]) -> str | None:
     for chunk in chunks:
         data = _readable(carry + chunk)
         for m in _DATA_URL.finditer(data):
-            if not _where_a_url_is(data, m.start()):
+            if not _counts(data, m):
                 continue
             kind = m.group(1).strip()
             if kind not in _IMAGES:

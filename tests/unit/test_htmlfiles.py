@@ -18,12 +18,15 @@ FILE_URLS = [
     b'<meta http-equiv="refresh" content="0;url=data:text/html;base64,PHNjcmlwdD4=">',
     b'<a href="data:image/png;base64,TVqQ" download="invoice.exe">x</a>',
     b'<a download="invoice.exe" href="data:image/png;base64,TVqQ">x</a>',
+    b'<iframe srcdoc="&lt;a href=&quot;data:application/x-msdownload;base64,TVqQ&quot; download&gt;x"></iframe>',
+    b'<iframe srcdoc="&lt;iframe srcdoc=&quot;&amp;lt;a href=&amp;quot;data:,MZ&amp;quot;&amp;gt;&quot;&gt;">',
 ]
 HARMLESS = [
     b'<img src="data:image/png;base64,iVBORw0KGgo=" alt="">',
     b'<div style="background-image: url(\'data:image/jpeg;base64,/9j/\')"></div>',
     b"<p>Your data: attached, see the download section.</p>",
     b'<a href="https://example.com/download?x=1">download</a>',
+    b"<p>Metadata:application/pdf is what the form said; our data: see below.</p>",
 ]
 
 
