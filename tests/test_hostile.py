@@ -1152,7 +1152,7 @@ def test_a_content_type_with_a_comment_hides_nothing(gw: GatewayProcess, raw_sin
 
 
 @pytest.mark.parametrize("shape", ["href-octet-stream", "entity-spelled-scheme", "image-type-with-download",
-                                   "html-page-in-iframe", "iframe-srcdoc", "second-inline-html",
+                                   "html-page-in-iframe", "iframe-srcdoc", "utf-16", "second-inline-html",
                                    "attached-message-html"])
 def test_a_file_carried_in_the_html_as_a_data_url_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
                                                                    shape: str) -> None:
@@ -1178,6 +1178,10 @@ def test_a_file_carried_in_the_html_as_a_data_url_is_not_delivered(gw: GatewayPr
         link = b'<iframe srcdoc="' + link.replace(b'"', b"&quot;").replace(b"<", b"&lt;") + b'"></iframe>'
     html = f"<html><body><p>{mail.tag}</p>".encode() + link + b"</body></html>\r\n"
     html_part = part("text/html; charset=utf-8", html, cte="base64", disposition="inline")
+    if shape == "utf-16":
+        # A browser reads it in its charset, where "data:" is other bytes.
+        html = html.decode().encode("utf-16")
+        html_part = part("text/html; charset=utf-16", html, cte="base64", disposition="inline")
     if shape == "second-inline-html":
         root = multipart([mail.body(), part("text/html", b"<p>hello</p>\r\n", cte="7bit"), html_part])
     elif shape == "attached-message-html":
@@ -1185,7 +1189,8 @@ def test_a_file_carried_in_the_html_as_a_data_url_is_not_delivered(gw: GatewayPr
         root = multipart([mail.body(), part("message/rfc822", inner, cte="7bit", name="fwd.eml")])
     else:
         root = multipart([mail.body(), html_part], subtype="alternative")
-    case = mail.case(root, files=[html], markers=[base64.b64encode(exe[:45])])
+    marker = base64.b64encode(exe[:45])
+    case = mail.case(root, files=[html], markers=[marker.decode().encode("utf-16")[2:] if shape == "utf-16" else marker])
     fail_closed(gw, raw_sink, mail, case)
 
 

@@ -293,7 +293,11 @@ def html_problem(src: Source, part: Part) -> str | None:
     HTML).  Blocking: the body is decoded and read once."""
     if part.content_type != "text/html":
         return None
-    return embedded_file(decoded_chunks(src, part))
+    try:
+        charset = part.headers.get_content_charset()
+    except Exception:  # noqa: BLE001 - CPython raises on some real-world parameters
+        charset = None
+    return embedded_file(decoded_chunks(src, part), charset)
 
 
 def decoded_chunks(src: Source, part: Part) -> Iterator[bytes]:

@@ -18,8 +18,9 @@ and line ends dropped (the URL parser removes them), case ignored.
 """
 from __future__ import annotations
 
+import codecs
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 # Raster image types a data: URL may carry: shown, never run.
 _IMAGES = frozenset({b"image/png", b"image/jpeg", b"image/jpg", b"image/pjpeg", b"image/gif", b"image/webp",
@@ -67,8 +68,41 @@ def _counts(data: bytes, m: re.Match[bytes]) -> bool:
     return before.endswith((b"=", b"url(")) or b"/" in m.group(1) or data[m.end():m.end() + 1] in (b",", b";")
 
 
-def embedded_file(chunks: Iterable[bytes]) -> str | None:
-    """Why the HTML in ``chunks`` (decoded) carries a file of its own, or None."""
+# Byte order marks: a browser decodes by one whatever the charset says.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+# What must read the same in a charset for its bytes to be searched as they are.
+_PROBE = "<a href=\"data:,\" download>&#;()"
+
+
+def _ascii_text(chunks: Iterable[bytes], charset: str | None) -> Iterator[bytes]:
+    """``chunks`` as ASCII-compatible bytes: as they are, or, in a charset
+    that spells ``data:`` otherwise (UTF-16, UTF-32, EBCDIC), or behind
+    such a byte order mark, decoded and written as UTF-8."""
+    it = iter(chunks)
+    first = next(it, b"")
+    encoding = next((name for bom, name in _BOMS if first.startswith(bom)), None)
+    if encoding is None and charset:
+        try:
+            same = _PROBE.encode(charset) == _PROBE.encode("ascii")
+        except (LookupError, UnicodeError, ValueError):
+            same = True  # a charset Python does not know: readers fall back to an ASCII one
+        encoding = None if same else charset
+    if encoding is None:
+        yield first
+        yield from it
+        return
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    yield decoder.decode(first).encode("utf-8")
+    for chunk in it:
+        yield decoder.decode(chunk).encode("utf-8")
+    yield decoder.decode(b"", final=True).encode("utf-8")
+
+
+def embedded_file(chunks: Iterable[bytes], charset: str | None = None) -> str | None:
+    """Why the HTML in ``chunks`` (decoded from its transfer encoding, in
+    ``charset``) carries a file of its own, or None."""
+    chunks = _ascii_text(chunks, charset)
     carry = b""
     images = download = False
     for chunk in chunks:

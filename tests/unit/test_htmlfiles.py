@@ -58,3 +58,20 @@ def test_a_download_attribute_far_before_the_image_counts() -> None:
     chunks = [b'<a download="invoice.exe" href="#">x</a>' + b"x" * 70000, b"y" * 70000,
               b'<a href="data:image/png;base64,TVqQ">x</a>']
     assert embedded_file(chunks) is not None
+
+
+@pytest.mark.parametrize("charset,bom", [("utf-16", b""), ("utf-16-le", b""), ("utf-32", b""), ("cp037", b""),
+                                         ("us-ascii", b"\xff\xfe"), (None, b"\xfe\xff")])
+def test_found_in_a_charset_that_spells_it_otherwise(charset: str | None, bom: bytes) -> None:
+    html = '<a href="data:application/octet-stream;base64,TVqQ" download="x.exe">x</a>' * 2000
+    if bom:
+        data = bom + html.encode("utf-16-le" if bom == b"\xff\xfe" else "utf-16-be")
+    else:
+        data = html.encode(charset)
+    assert embedded_file([data[:4097], data[4097:]], charset) is not None
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "iso-8859-1", "x-unknown-charset", "windows-1252"])
+def test_an_ascii_charset_is_read_as_it_is(charset: str) -> None:
+    assert embedded_file([b'<img src="data:image/png;base64,iVBO">'], charset) is None
+    assert embedded_file([b'<a href="data:text/html,x">'], charset) is not None
