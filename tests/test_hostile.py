@@ -1220,3 +1220,17 @@ def test_an_executable_inside_a_message_news_part_is_not_delivered(gw: GatewayPr
     att = b"Content-Type: message/news\r\n" + (b'Content-Disposition: attachment; filename="fwd.eml"\r\n'
                                                if disposition == "attachment" else b"") + b"\r\n" + inner
     fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[exe]))
+
+
+@pytest.mark.parametrize("field,declared", [("Content-Name", "application/octet-stream"),
+                                            ("X-Sun-Data-Name", "text/plain"),
+                                            ("Content-Name", "text/plain; name=\"notes.txt\"")])
+def test_a_name_in_a_content_name_field_is_seen(gw: GatewayProcess, raw_sink: RawSink, field: str,
+                                                 declared: str) -> None:
+    """Thunderbird names a file by Content-Name or X-Sun-Data-Name when its
+    parameters give none: a script the gateway kept as nameless text was
+    saved as invoice.js."""
+    mail = Mail(f"field-name-{field}")
+    blob = f"// {mail.tag}\r\n".encode() + JSCRIPT
+    att = part(declared, blob, extra=["Content-Disposition: attachment", f"{field}: invoice.js"])
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[blob], markers=[b"ActiveXObject"]))

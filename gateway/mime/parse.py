@@ -21,7 +21,8 @@ header field count, header block size, parameters per field) and every
 ambiguity where another reader could see a different structure or file
 than the gateway: duplicate Content-Type, Content-Transfer-Encoding or
 Content-Disposition fields, a comment or a blank in the Content-Type's
-type, duplicate ``boundary`` parameters, a multipart
+type, a file name in a Content-Name or X-Sun-Data-Name field that the
+parameters do not give, duplicate ``boundary`` parameters, a multipart
 without a usable boundary, a transfer-encoded multipart or attached
 message, a message fragment, duplicate or disagreeing file names, a
 delimiter line that some readers see and others do not.  The
@@ -551,7 +552,29 @@ def _check_fields(part: Part, limits: Limits) -> str | None:
         else:
             part.disposition_params = parsed
     part.params_read = True
-    return _name_problem(part.type_params, part.disposition_params)
+    return _name_problem(part.type_params, part.disposition_params) or _field_name_problem(part)
+
+
+# Fields Thunderbird names a file by when its parameters name none (after
+# filename and name: "no RFC, but seen to occur", and Sun's MailTool).
+_NAME_FIELDS = ("Content-Name", "X-Sun-Data-Name")
+
+
+def _field_name_problem(part: Part) -> str | None:
+    """Whether a name in a Content-Name or X-Sun-Data-Name field could make
+    a client name the file otherwise than the gateway: such a name must
+    agree with the parameters' and cannot be the only one (the gateway
+    would judge a nameless part that Thunderbird saves as run.js)."""
+    values = [" ".join(str(v).split()) for name in _NAME_FIELDS for v in part.headers.get_all(name) or []]
+    names = [decode_2047(v).strip() for v in values if v]
+    if not names:
+        return None
+    if not part.filename:
+        return f"a file name only in a {'/'.join(_NAME_FIELDS)} field ({_short(ascii(names[0]))})"
+    for name in names:
+        if _CONTROL.search(name) or ENCODED_WORD.search(name) or not _names_agree(part.filename, name):
+            return f"ambiguous file name ({_short(part.filename)!r} or {_short(name)!r})"
+    return None
 
 
 def _name_problem(ctype: Structured, disposition: Structured) -> str | None:
