@@ -1121,3 +1121,116 @@ def test_an_executable_in_an_odd_shape_is_not_delivered(gw: GatewayProcess, raw_
         att = att.replace(b"\r\n\r\n", b"\r\nContent-Transfer-Encoding: BASE64 \r\n\r\n" + b64(exe), 1)
     case = mail.case(multipart([mail.body(), att]), files=[exe])
     fail_closed(gw, raw_sink, mail, case)
+
+
+@pytest.mark.parametrize("shape", ["script-type-comment", "digest-comment", "rfc822-comment", "rfc822-blanks"])
+def test_a_content_type_with_a_comment_hides_nothing(gw: GatewayProcess, raw_sink: RawSink, shape: str) -> None:
+    """An RFC 2045 reader drops a comment from the Content-Type (Mozilla
+    stops at the blank), where Python keeps it in the type: a script type,
+    a digest whose parts are messages, or an attached message, that the
+    gateway would take for a type nobody knows (or for plain text)."""
+    mail = Mail(f"ctype-{shape}")
+    exe = pe(mail.tag)
+    if shape == "script-type-comment":
+        blob = f"// {mail.tag}\r\n".encode() + JSCRIPT
+        att = part("application/x-javascript (c)", blob, extra=["Content-Disposition: attachment"])
+        files, markers = [blob], [b"ActiveXObject"]
+    elif shape == "digest-comment":
+        # A digest's parts are messages by default (RFC 2046 5.1.5): to
+        # Python this one is headerless text, to Thunderbird a message
+        # with setup.exe attached.
+        inner = (f"X-Tag: {mail.tag}\r\nMIME-Version: 1.0\r\n".encode()
+                 + multipart([text("inner"), part("application/octet-stream", exe, name="setup.exe")],
+                             boundary="inner"))
+        att = b'Content-Type: multipart/digest (c); boundary="dg"\r\n\r\n--dg\r\n\r\n' + inner + b"\r\n--dg--\r\n"
+        files, markers = [exe], []
+    else:
+        ctype = "message/rfc822 (c)" if shape == "rfc822-comment" else "message / rfc822"
+        att = part(ctype, _inner_message(mail.tag, exe), cte="7bit", name="fwd.eml")
+        files, markers = [exe], []
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=files, markers=markers))
+
+
+@pytest.mark.parametrize("shape", ["href-octet-stream", "entity-spelled-scheme", "image-type-with-download",
+                                   "html-page-in-iframe", "iframe-srcdoc", "utf-16", "second-inline-html",
+                                   "attached-message-html"])
+def test_a_file_carried_in_the_html_as_a_data_url_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                                   shape: str) -> None:
+    """HTML smuggling: the HTML holds the file itself, as a data: URL an
+    agent saves with one click from a browser-based desktop; the gateway
+    never sees it as a part.  Such HTML is not examined text: it goes to
+    quarantine, and the plain text still goes."""
+    mail = Mail(f"html-{shape}")
+    exe = pe(mail.tag)
+    url = b"application/octet-stream;base64," + base64.b64encode(exe)
+    link = b'<a href="data:' + url + b'" download="invoice.exe">your invoice</a>'
+    if shape == "entity-spelled-scheme":
+        # Character references are decoded in attribute values, and the URL
+        # parser drops tabs and line ends: still a data: URL to a browser.
+        link = b'<a href="  &#100;a&#x09;ta&colon;' + url + b'" download>your invoice</a>'
+    elif shape == "image-type-with-download":
+        link = b'<a href="data:image/png;base64,' + base64.b64encode(exe) + b'" download="invoice.exe">invoice</a>'
+    elif shape == "html-page-in-iframe":
+        page = f"<script>/* {mail.tag} */ location='https://evil.example/'</script>".encode()
+        link = b'<iframe src="data:text/html;base64,' + base64.b64encode(page + exe) + b'"></iframe>'
+    elif shape == "iframe-srcdoc":
+        # A page in the page: the srcdoc's HTML is escaped once more.
+        link = b'<iframe srcdoc="' + link.replace(b'"', b"&quot;").replace(b"<", b"&lt;") + b'"></iframe>'
+    html = f"<html><body><p>{mail.tag}</p>".encode() + link + b"</body></html>\r\n"
+    html_part = part("text/html; charset=utf-8", html, cte="base64", disposition="inline")
+    if shape == "utf-16":
+        # A browser reads it in its charset, where "data:" is other bytes.
+        html = html.decode().encode("utf-16")
+        html_part = part("text/html; charset=utf-16", html, cte="base64", disposition="inline")
+    if shape == "second-inline-html":
+        root = multipart([mail.body(), part("text/html", b"<p>hello</p>\r\n", cte="7bit"), html_part])
+    elif shape == "attached-message-html":
+        inner = envelope_message(html_part, "someone@example.org", "customer@example.net", "fwd")
+        root = multipart([mail.body(), part("message/rfc822", inner, cte="7bit", name="fwd.eml")])
+    else:
+        root = multipart([mail.body(), html_part], subtype="alternative")
+    marker = base64.b64encode(exe[:45])
+    case = mail.case(root, files=[html], markers=[marker.decode().encode("utf-16")[2:] if shape == "utf-16" else marker])
+    fail_closed(gw, raw_sink, mail, case)
+
+
+def test_inline_images_as_data_urls_leave_the_html_alone(gw: GatewayProcess, raw_sink: RawSink) -> None:
+    mail = Mail("html-inline-image")
+    png = b"\x89PNG\r\n\x1a\n" + mail.tag.encode()
+    html = (f"<html><body><p>{mail.tag}</p>".encode() + b'<img src="data:image/png;base64,'
+            + base64.b64encode(png) + b'" alt="logo"><div style="background:url(data:image/gif;base64,R0lGOD)">'
+            b"</div></body></html>\r\n")
+    root = multipart([mail.body(), part("text/html; charset=utf-8", html, cte="7bit", disposition="inline")],
+                     subtype="alternative")
+    qid, tx = deliver(gw, raw_sink, mail, mail.build(root))
+    assert html.rstrip() in tx.data and b"could not be examined" not in tx.data
+    assert wire_problems(tx) == [] and held(gw, qid) is None
+
+
+@pytest.mark.parametrize("disposition", ["inline", "attachment"])
+def test_an_executable_inside_a_message_news_part_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                                   disposition: str) -> None:
+    """Thunderbird opens message/news as an attached message and lists its
+    files; to the gateway it was one leaf of text (its first lines no
+    mail header libmagic knows), kept or offloaded as it was."""
+    mail = Mail(f"news-{disposition}")
+    exe = pe(mail.tag)
+    inner = (f"X-Tag: {mail.tag}\r\nMIME-Version: 1.0\r\n".encode()
+             + multipart([text("inner"), part("application/octet-stream", exe, name="setup.exe")], boundary="inner"))
+    att = b"Content-Type: message/news\r\n" + (b'Content-Disposition: attachment; filename="fwd.eml"\r\n'
+                                               if disposition == "attachment" else b"") + b"\r\n" + inner
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[exe]))
+
+
+@pytest.mark.parametrize("field,declared", [("Content-Name", "application/octet-stream"),
+                                            ("X-Sun-Data-Name", "text/plain"),
+                                            ("Content-Name", "text/plain; name=\"notes.txt\"")])
+def test_a_name_in_a_content_name_field_is_seen(gw: GatewayProcess, raw_sink: RawSink, field: str,
+                                                 declared: str) -> None:
+    """Thunderbird names a file by Content-Name or X-Sun-Data-Name when its
+    parameters give none: a script the gateway kept as nameless text was
+    saved as invoice.js."""
+    mail = Mail(f"field-name-{field}")
+    blob = f"// {mail.tag}\r\n".encode() + JSCRIPT
+    att = part(declared, blob, extra=["Content-Disposition: attachment", f"{field}: invoice.js"])
+    fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[blob], markers=[b"ActiveXObject"]))

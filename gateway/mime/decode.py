@@ -15,6 +15,7 @@ from email.message import Message
 
 import pybase64
 
+from gateway.mime.htmlfiles import embedded_file
 from gateway.mime.parse import Part
 from gateway.mime.source import WINDOW, Source
 
@@ -284,6 +285,19 @@ def base64_problem(src: Source, part: Part) -> str | None:
     except AmbiguousEncoding as e:
         return str(e)
     return None
+
+
+def html_problem(src: Source, part: Part) -> str | None:
+    """Why an HTML part cannot be forwarded as examined text (it carries
+    a file of its own as a ``data:`` URL), or None (also when it is not
+    HTML).  Blocking: the body is decoded and read once."""
+    if part.content_type != "text/html":
+        return None
+    try:
+        charset = part.headers.get_content_charset()
+    except Exception:  # noqa: BLE001 - CPython raises on some real-world parameters
+        charset = None
+    return embedded_file(decoded_chunks(src, part), charset)
 
 
 def decoded_chunks(src: Source, part: Part) -> Iterator[bytes]:

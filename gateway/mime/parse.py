@@ -7,7 +7,8 @@ objects that say where each part's headers and body lie in the file; the
 rewriter replaces some of those ranges and copies every other byte unchanged,
 which is how untouched parts stay byte-identical (and DKIM body hashes of
 untouched messages survive).  Attached messages (``message/rfc822``,
-``message/global``, the parts of a ``multipart/digest``) are parsed too:
+``message/global``, ``message/news``, the parts of a ``multipart/digest``)
+are parsed too:
 such a part has one child, the attached message's root, and every part
 inside an attached message has ``in_attached_message`` set.
 
@@ -19,7 +20,9 @@ every configured bound (nesting depth, part count, header line length,
 header field count, header block size, parameters per field) and every
 ambiguity where another reader could see a different structure or file
 than the gateway: duplicate Content-Type, Content-Transfer-Encoding or
-Content-Disposition fields, duplicate ``boundary`` parameters, a multipart
+Content-Disposition fields, a comment or a blank in the Content-Type's
+type, a file name in a Content-Name or X-Sun-Data-Name field that the
+parameters do not give, duplicate ``boundary`` parameters, a multipart
 without a usable boundary, a transfer-encoded multipart or attached
 message, a message fragment, duplicate or disagreeing file names, a
 delimiter line that some readers see and others do not.  The
@@ -52,7 +55,9 @@ from gateway.mime.source import WINDOW, Source
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
 _LINE_END = re.compile(rb"\r\n|\n|\r")
 MAX_BOUNDARY = 70  # RFC 2046 section 5.1.1
-ATTACHED_MESSAGE_TYPES = ("message/rfc822", "message/global")
+# message/news too: Thunderbird opens it as an attached message (its
+# files listed as attachments), where a leaf of it would be one text.
+ATTACHED_MESSAGE_TYPES = ("message/rfc822", "message/global", "message/news")
 # The names an attached message may have: none, or a message file's.
 _MESSAGE_EXTENSIONS = ("", "eml", "msg", "txt")
 _IDENTITY_CTES = ("7bit", "8bit", "binary")
@@ -245,6 +250,9 @@ _FIELD_NAME = re.compile(r"[\041-\071\073-\176]+")
 # here (a Content-Disposition is then refused unless it is a bare inline
 # or attachment, which a comment is not).
 _FIELD_VALUE = re.compile(r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]*(?:\s*/\s*[!#$%&'*+.^_`{|}~0-9A-Za-z-]*)?(?:\s*\([^()]*\))*")
+# A comment or a blank in a Content-Type's type/subtype: the type the
+# gateway (as Python) reads is not the one an RFC 2045 reader takes.
+_SPLIT_TYPE = re.compile(r"[()\s]")
 # C0 and C1 controls and DEL: in a file name, read differently by each reader.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -533,12 +541,40 @@ def _check_fields(part: Part, limits: Limits) -> str | None:
             # "attachment filename=run.js" (no ';'): a file's name to a
             # lenient reader, a disposition type nobody knows to Python.
             return f"a {name} value that is not one word ({_short(ascii(parsed.value.strip()))})"
+        if name == "Content-Type" and value is not None and _SPLIT_TYPE.search(parsed.value.strip()):
+            # "message/rfc822 (x)", "application/javascript (x)": an RFC
+            # reader drops the comment (Mozilla stops at the blank) and
+            # opens an attached message, a digest or a script; Python's
+            # get_content_type keeps it all, a type nobody knows.
+            return f"a Content-Type read two ways ({_short(ascii(parsed.value.strip()))})"
         if name == "Content-Type":
             part.type_params = parsed
         else:
             part.disposition_params = parsed
     part.params_read = True
-    return _name_problem(part.type_params, part.disposition_params)
+    return _name_problem(part.type_params, part.disposition_params) or _field_name_problem(part)
+
+
+# Fields Thunderbird names a file by when its parameters name none (after
+# filename and name: "no RFC, but seen to occur", and Sun's MailTool).
+_NAME_FIELDS = ("Content-Name", "X-Sun-Data-Name")
+
+
+def _field_name_problem(part: Part) -> str | None:
+    """Whether a name in a Content-Name or X-Sun-Data-Name field could make
+    a client name the file otherwise than the gateway: such a name must
+    agree with the parameters' and cannot be the only one (the gateway
+    would judge a nameless part that Thunderbird saves as run.js)."""
+    values = [" ".join(str(v).split()) for name in _NAME_FIELDS for v in part.headers.get_all(name) or []]
+    names = [decode_2047(v).strip() for v in values if v]
+    if not names:
+        return None
+    if not part.filename:
+        return f"a file name only in a {'/'.join(_NAME_FIELDS)} field ({_short(ascii(names[0]))})"
+    for name in names:
+        if _CONTROL.search(name) or ENCODED_WORD.search(name) or not _names_agree(part.filename, name):
+            return f"ambiguous file name ({_short(part.filename)!r} or {_short(name)!r})"
+    return None
 
 
 def _name_problem(ctype: Structured, disposition: Structured) -> str | None:

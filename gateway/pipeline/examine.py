@@ -2,7 +2,8 @@
 measured, its type detected from its bytes (a ZIP by its central
 directory), scanned when the route scans, and judged by the route's
 policies.  A part the gateway could not examine (the parser's unexamined
-leaves, a body readers could decode to different bytes, or any part once
+leaves, a body readers could decode to different bytes, an HTML part
+that carries a file as a data: URL, or any part once
 the message's CPU budget is spent) is refused by
 the ``unexamined`` pseudo-policy, unless the route insists otherwise."""
 from __future__ import annotations
@@ -15,7 +16,15 @@ from typing import Any
 import policies
 from gateway import mailtext, metrics
 from gateway.mime import container, sniff, tnef
-from gateway.mime.decode import AmbiguousEncoding, Measure, decoded_chunks, encoding_problem, measure, message_header
+from gateway.mime.decode import (
+    AmbiguousEncoding,
+    Measure,
+    decoded_chunks,
+    encoding_problem,
+    html_problem,
+    measure,
+    message_header,
+)
 from gateway.mime.parse import Part
 from gateway.mime.source import Source
 from gateway.partfacts import part_facts
@@ -41,6 +50,11 @@ class Examine(Step):
             if n % 32 == 0:
                 await asyncio.sleep(0)  # small parts are judged on the loop: let the others run
             why_not = leaf.unexamined or encoding_problem(leaf)
+            if why_not is None and leaf.content_type == "text/html":
+                # Judged as a part, an HTML leaf still reaches the agent as
+                # a page: one that carries a file in itself is not examined.
+                why_not = html_problem(job.src, leaf) if leaf.encoded_size <= INLINE_BYTES else \
+                    await asyncio.to_thread(html_problem, job.src, leaf)
             if why_not is None and job.budget.exhausted:
                 why_not = (f"the time for examining one message ({self.services.cfg.worker.max_cpu_seconds:g} s "
                            "of CPU) ran out")

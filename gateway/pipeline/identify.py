@@ -8,7 +8,7 @@ import ipaddress
 
 from gateway import customers, logs
 from gateway.config import RouteSettings
-from gateway.mime.decode import base64_problem, decoded_bytes, encoding_problem, message_header
+from gateway.mime.decode import base64_problem, decoded_bytes, encoding_problem, html_problem, message_header
 from gateway.mime.params import decode_2047
 from gateway.mime.parse import Part
 from gateway.mime.rewrite import cid_references
@@ -36,7 +36,8 @@ class Identify(Step):
         if not job.customer_believed:
             job.log.info("customer id header not believed from this client; removed",
                          header=job.route.customer_id.header, client=job.envelope.client_addr)
-        if any(leaf.cte == "base64" and leaf.encoded_size > INLINE_BYTES for leaf in job.root.leaves()):
+        if any((leaf.cte == "base64" or leaf.content_type == "text/html") and leaf.encoded_size > INLINE_BYTES
+               for leaf in job.root.leaves()):
             job.text_part, job.html_part = await asyncio.to_thread(bodies, job.root, job.src)
         else:
             job.text_part, job.html_part = bodies(job.root, job.src)
@@ -101,8 +102,9 @@ def bodies(root: Part, src: Source) -> tuple[Part | None, Part | None]:
     (inline, without a filename), in document order.  A leaf readers could
     decode to different bytes is not one: judged as a part, it is refused
     as unexamined (the body is not judged as a file, but a client may find
-    a uuencoded program in what it decodes).  Blocking for a large base64
-    leaf, which is decoded once to find out."""
+    a uuencoded program in what it decodes).  Nor is an HTML leaf that
+    carries a file as a data: URL (``gateway.mime.htmlfiles``).  Blocking
+    for a large base64 or HTML leaf, which is decoded once to find out."""
     text = html = None
     for leaf in root.leaves():
         if leaf.unexamined is not None or leaf.in_attached_message:
@@ -115,7 +117,7 @@ def bodies(root: Part, src: Source) -> tuple[Part | None, Part | None]:
         if leaf.headers.get_content_maintype() == "multipart":
             continue
         if (ctype == "text/plain" and text is None or ctype == "text/html" and html is None) \
-                and (encoding_problem(leaf) or base64_problem(src, leaf)):
+                and (encoding_problem(leaf) or base64_problem(src, leaf) or html_problem(src, leaf)):
             continue
         if ctype == "text/plain" and text is None:
             text = leaf

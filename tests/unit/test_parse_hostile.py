@@ -523,3 +523,32 @@ def test_the_boundary_after_the_close_delimiter_is_an_unexamined_part(tmp_path: 
 def test_an_epilogue_without_the_boundary_is_left_alone(tmp_path: Path) -> None:
     root = tree(tmp_path, multipart([leaf(b"a")]) + b"-- \r\nsignature\r\n--b2\r\n")
     assert unexamined(root) == [] and len(root.children) == 1
+
+
+@pytest.mark.parametrize("fields,problem", [
+    (b"Content-Disposition: attachment; filename=\"notes.txt\"\r\nContent-Name: notes.txt\r\n", None),
+    (b"Content-Disposition: attachment; filename=\"notes.txt\"\r\nContent-Name:\r\n", None),
+    (b"Content-Disposition: attachment; filename=\"notes.txt\"\r\nContent-Name: notes.js\r\n", "ambiguous file name"),
+    (b"Content-Disposition: attachment\r\nX-Sun-Data-Name: run.js\r\n", "a file name only in"),
+    (b"Content-Disposition: attachment; filename=\"a.txt\"\r\nContent-Name: =?utf-8?q?a.js?=\r\n",
+     "ambiguous file name"),
+])
+def test_a_content_name_field_agrees_or_the_part_is_unexamined(tmp_path: Path, fields: bytes,
+                                                                problem: str | None) -> None:
+    data = HEAD + b"Content-Type: text/plain\r\n" + fields + b"\r\nhello\r\n"
+    root = tree(tmp_path, data)
+    assert (root.unexamined or "").startswith(problem or "") and (root.unexamined is None) == (problem is None)
+
+
+@pytest.mark.parametrize("ctype", ["application/x-javascript (c)", "multipart/digest (c)", "message / rfc822",
+                                   "text/plain(c)"])
+def test_a_content_type_read_two_ways_is_unexamined(tmp_path: Path, ctype: str) -> None:
+    root = tree(tmp_path, HEAD + f"Content-Type: {ctype}; boundary=x\r\n\r\n--x\r\n\r\nhi\r\n--x--\r\n".encode())
+    assert root.unexamined is not None and "Content-Type read two ways" in root.unexamined
+
+
+def test_message_news_is_parsed_as_an_attached_message(tmp_path: Path) -> None:
+    inner = b"Subject: in\r\nContent-Type: application/octet-stream; name=setup.exe\r\n\r\nMZ\r\n"
+    root = tree(tmp_path, HEAD + b"Content-Type: message/news\r\n\r\n" + inner)
+    [leaf] = root.leaves()
+    assert leaf.in_attached_message and leaf.filename == "setup.exe"
