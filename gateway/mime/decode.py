@@ -293,11 +293,13 @@ def html_problem(src: Source, part: Part) -> str | None:
     HTML).  Blocking: the body is decoded and read once."""
     if part.content_type != "text/html":
         return None
-    try:
-        charset = part.headers.get_content_charset()
-    except Exception:  # noqa: BLE001 - CPython raises on some real-world parameters
-        charset = None
-    return embedded_file(decoded_chunks(src, part), charset)
+    if part.html_read is None:
+        try:
+            charset = part.headers.get_content_charset()
+        except Exception:  # noqa: BLE001 - CPython raises on some real-world parameters
+            charset = None
+        part.html_read = (embedded_file(decoded_chunks(src, part), charset),)
+    return part.html_read[0]
 
 
 def decoded_chunks(src: Source, part: Part) -> Iterator[bytes]:

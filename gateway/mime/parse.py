@@ -108,6 +108,9 @@ class Part:
     disposition_params: Structured = field(default_factory=lambda: Structured(""))
     # Whether the two above were read from these headers (by _check_fields).
     params_read: bool = False
+    # What gateway.mime.decode.html_problem found in this HTML part, once it
+    # has read it (the body steps and examine both ask): a one-tuple.
+    html_read: tuple[str | None] | None = None
 
     # Cached: the steps ask each part for these several times, and its
     # headers do not change once the parser has read them.
