@@ -46,6 +46,11 @@ OOXML_REMOTE = "application/x-ooxml-remote-content"
 # more entries or bytes than it reads (a zip bomb).  Never passes.
 UNEXAMINED_ARCHIVE = "application/x-unexamined-archive"
 
+# A ZIP with a program, a script or a web page among its entries (by their
+# names, as Windows opens them once extracted): refused as a program on
+# every route, even one that allows ZIP archives.
+ARCHIVED_PROGRAM = "application/x-zip-with-program"
+
 # Text that a browser, Windows or Excel runs or renders actively, as
 # gateway/mime/sniff.py names it when it finds the markers in the bytes.
 SVG = "image/svg+xml"
@@ -144,7 +149,7 @@ EXECUTABLE_TYPES = {
     "application/x-php", "application/x-mswinurl", "application/x-wsh",
     # Text formats that Windows or Excel act on: an Excel web query fetches
     # and runs a remote page, a shortcut or desktop entry launches a target.
-    IQY, URL_SHORTCUT, DESKTOP_ENTRY, OOXML_REMOTE,
+    IQY, URL_SHORTCUT, DESKTOP_ENTRY, OOXML_REMOTE, ARCHIVED_PROGRAM,
 }
 
 # Extensions that Windows, macOS or a shell runs when opened; refused even
@@ -164,6 +169,14 @@ EXECUTABLE_EXTENSIONS = {
 # SVG images, web archives), which can run scripts: refused by name too,
 # as their bytes may look like plain text.
 ACTIVE_EXTENSIONS = {"html", "htm", "xhtml", "xht", "shtml", "mht", "mhtml", "svg", "svgz"}
+
+# Extensions of archives and disk images: an entry so named inside a ZIP is
+# an archive the examination does not open (nested deeper than it looks),
+# so the ZIP is an unexamined archive.
+ARCHIVE_EXTENSIONS = {
+    "zip", "zipx", "7z", "rar", "gz", "tgz", "bz2", "tbz", "tbz2", "xz", "txz", "lz", "lzma", "zst", "z", "tar",
+    "cpio", "cab", "arj", "ace", "lzh", "lha", "xar", "wim", "dmg",
+}
 
 # Extension -> the detected types a file so named may have.  Extensions not
 # listed are not checked against the bytes (only declared types are).
@@ -229,6 +242,7 @@ _NAMES = {
     PPSM: "a PowerPoint slide show with macros (PPSM)", PPAM: "a PowerPoint add-in with macros (PPAM)",
     OOXML_REMOTE: "an Office document that loads a template or object from the internet when opened",
     UNEXAMINED_ARCHIVE: "an archive that could not be examined (encrypted, damaged or too large to check)",
+    ARCHIVED_PROGRAM: "a ZIP archive holding a program, a script or a web page",
     SVG: "an SVG image, which can run scripts", "application/xhtml+xml": "a web page (XHTML)",
     HTA: "an HTML application (HTA)", IQY: "an Excel web query (IQY)",
     URL_SHORTCUT: "an internet shortcut (URL)", DESKTOP_ENTRY: "a desktop launcher",

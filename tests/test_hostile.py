@@ -1121,3 +1121,67 @@ def test_an_executable_in_an_odd_shape_is_not_delivered(gw: GatewayProcess, raw_
         att = att.replace(b"\r\n\r\n", b"\r\nContent-Transfer-Encoding: BASE64 \r\n\r\n" + b64(exe), 1)
     case = mail.case(multipart([mail.body(), att]), files=[exe])
     fail_closed(gw, raw_sink, mail, case)
+
+
+# ------------------------------------------------------------ archives on a route that allows ZIP
+
+
+ZIP_ALLOWED = ["application/pdf", "text/plain", "application/zip"]
+
+
+@pytest.fixture(scope="module")
+def gw_zip(tmp_path_factory: pytest.TempPathFactory, raw_sink: RawSink) -> Iterator[GatewayProcess]:
+    """A gateway whose route allows ZIP archives (the list form of
+    ``allowed_types``), otherwise as ``gw``."""
+    policies = [{"name": "empty_attachment"}, {"name": "refuse_executables"}, {"name": "refuse_spoofed"},
+                {"name": "allowed_types", "settings": {"allow": ZIP_ALLOWED}}, {"name": "offload_large"}]
+    with GatewayProcess(tmp_path_factory.mktemp("hostile-zip"), next_hop=f"smtp://127.0.0.1:{raw_sink.port}",
+                        threshold=THRESHOLD, route={"tls": "none", "policies": policies, **autoreply(raw_sink)},
+                        sections={"gateway": {"processes": 1}, "worker": LIMITS}) as g:
+        yield g
+
+
+def _renamed_in_local_header(data: bytes, directory_name: bytes, local_name: bytes) -> bytes:
+    """A ZIP whose local header for ``directory_name`` says ``local_name``
+    (same length); its central directory still says ``directory_name``."""
+    assert len(directory_name) == len(local_name)
+    i = data.index(directory_name)  # the first: the local header
+    return data[:i] + local_name + data[i + len(local_name):]
+
+
+@pytest.mark.parametrize("shape", ["program", "rtlo-program", "trailing-dot-program", "zip-in-zip", "7z-in-zip",
+                                   "local-header-says-exe", "two-archives"])
+def test_a_program_inside_an_allowed_zip_is_not_delivered(gw_zip: GatewayProcess, raw_sink: RawSink,
+                                                          shape: str) -> None:
+    """Where ZIP archives are allowed, one that holds a program (by any
+    name a person or a reader sees), an archive the gateway does not open,
+    or two readings of itself never reaches the agent."""
+    mail = Mail(f"zip-{shape}")
+    exe = pe(mail.tag)
+    readme = ("readme.txt", f"Claim documents {mail.tag}\n".encode())
+    if shape == "program":
+        data = zip_of([readme, ("setup.exe", exe)])
+    elif shape == "rtlo-program":
+        data = zip_of([readme, ("invoice\u202etxt.exe", exe)])
+    elif shape == "trailing-dot-program":
+        data = zip_of([readme, ("invoice.js. ", b"new ActiveXObject('WScript.Shell').Run('calc');")])
+    elif shape == "zip-in-zip":
+        data = zip_of([readme, ("more.zip", zip_of([("setup.exe", exe)]))])
+    elif shape == "7z-in-zip":
+        data = zip_of([readme, ("more.7z", b"7z\xbc\xaf\x27\x1c\x00\x04" + exe)])
+    elif shape == "local-header-says-exe":
+        data = _renamed_in_local_header(zip_of([readme, ("notes.txt", exe)]), b"notes.txt", b"setup.exe")
+    else:
+        # 7-Zip opens the first archive, zipfile (and the examination) the last.
+        data = zip_of([("setup.exe", exe)]) + zip_of([readme])
+    case = mail.case(multipart([mail.body(), part("application/zip", data, name="documents.zip")]),
+                     files=[data], name="documents.zip")
+    fail_closed(gw_zip, raw_sink, mail, case)
+
+
+def test_a_plain_zip_passes_where_zip_is_allowed(gw_zip: GatewayProcess, raw_sink: RawSink) -> None:
+    mail = Mail("zip-plain")
+    data = zip_of([("readme.txt", f"Claim documents {mail.tag}\n".encode()), ("scan.pdf", pdf_bytes(3000))])
+    _, tx = deliver(gw_zip, raw_sink, mail, mail.build(multipart([mail.body(), part("application/zip", data,
+                                                                                      name="documents.zip")])))
+    assert b64head(data) in tx.wire and b"could not" not in tx.data

@@ -15,13 +15,23 @@ needed) and names what the archive is:
 * ``OOXML_REMOTE`` when a relationship fetches a template, an object, a
   frame or a sub-document from outside the package when it is opened (the
   remote-template and Follina attacks: the code comes from the internet);
+* ``ARCHIVED_PROGRAM`` when any entry is named as a program, a script or
+  a web page (``filetypes.EXECUTABLE_EXTENSIONS``, ``ACTIVE_EXTENSIONS``):
+  refused as a program even where ZIP archives are allowed;
 * ``application/zip`` when any entry is outside the package's part names,
-  or has a program's extension, or the content types name no main part;
+  or the content types name no main part;
 * ``UNEXAMINED_ARCHIVE`` when it cannot be read to a verdict: a central
   directory that does not parse, encrypted entries, duplicate names, more
   than ``MAX_ENTRIES`` entries, a ``[Content_Types].xml`` or a relationship
   part over ``MAX_CONTENT_TYPES`` bytes, or more than ``MAX_INFLATED``
-  bytes of them in all (a zip bomb); the policies refuse it.
+  bytes of them in all (a zip bomb); an entry that is itself an archive
+  (``filetypes.ARCHIVE_EXTENSIONS``: not opened here); or two readers could
+  see two different archives: a local header whose name is not its
+  central record's (a reader that walks the local headers, as streaming
+  unzippers and some antivirus engines do, would extract ``run.exe`` where
+  the directory says ``readme.txt``), or a file that starts with a local
+  header the directory does not begin at (two archives one after the
+  other: 7-Zip opens the first, zipfile the last).  The policies refuse it.
 
 Nothing is extracted to disk, and only ``[Content_Types].xml`` and the
 relationship parts (``*.rels``) are decompressed, each at most
@@ -178,15 +188,16 @@ def _end_record(f: IO[bytes], size: int) -> tuple[int, int, int]:
     return entries, cd_size, start
 
 
-def _central_names(f: IO[bytes], size: int) -> list[tuple[str, int]]:
-    """(name, flags) of each central directory record, walked by hand with
-    the bounds above before zipfile builds an object per entry."""
+def _central_names(f: IO[bytes], size: int) -> list[tuple[str, int, bytes]]:
+    """(name, flags, the name's raw bytes) of each central directory
+    record, walked by hand with the bounds above before zipfile builds an
+    object per entry."""
     entries, cd_size, start = _end_record(f, size)
     f.seek(start)
     cd = f.read(cd_size)
     if len(cd) != cd_size:
         raise Unexamined("central directory truncated")
-    out: list[tuple[str, int]] = []
+    out: list[tuple[str, int, bytes]] = []
     pos = 0
     while pos < cd_size:
         if not cd.startswith(_CENTRAL, pos) or pos + 46 > cd_size:
@@ -195,7 +206,7 @@ def _central_names(f: IO[bytes], size: int) -> list[tuple[str, int]]:
         nlen, xlen, clen = struct.unpack_from("<HHH", cd, pos + 28)
         raw = cd[pos + 46:pos + 46 + nlen]
         name = raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
-        out.append((name, flags))
+        out.append((name, flags, raw))
         if len(out) > MAX_ENTRIES:
             raise Unexamined(f"more than {MAX_ENTRIES} entries")
         pos += 46 + nlen + xlen + clen
@@ -256,8 +267,8 @@ def examine_zip(f: IO[bytes], detected: str = "application/zip", cheap: int | No
     size = f.tell()
     try:
         entries = _central_names(f, size)
-        names = [_normal(n) for n, _ in entries]
-        if any(flags & 0x1 for _, flags in entries):
+        names = [_normal(n) for n, _, _ in entries]
+        if any(flags & 0x1 for _, flags, _ in entries):
             raise Unexamined("encrypted entries")
         if len(set(names)) != len(names):
             raise Unexamined("duplicate entry names")
@@ -266,8 +277,11 @@ def examine_zip(f: IO[bytes], detected: str = "application/zip", cheap: int | No
             infos = z.infolist()
             if [_normal(i.filename) for i in infos] != names:
                 raise Unexamined("zipfile reads a different directory")
+            _same_local_headers(f, infos, [raw for _, _, raw in entries])
             if any(_executable(n) for n in names):
-                return "application/zip"
+                return filetypes.ARCHIVED_PROGRAM
+            if any(_archive(n) for n in names):
+                raise Unexamined("an archive inside the archive")
             ct_name = next((i.filename for i in infos if _normal(i.filename) == _CONTENT_TYPES), None)
             if ct_name is None:
                 return detected if detected not in _GENERIC_ZIP else "application/zip"
@@ -313,6 +327,30 @@ def _relationship_tags(data: bytes) -> Iterator[bytes]:
             return
         yield data[m.start():gt + 1]
         pos = gt + 1
+
+
+def _same_local_headers(f: IO[bytes], infos: list[zipfile.ZipInfo], raw_names: list[bytes]) -> None:
+    """Raise Unexamined unless every entry's local header is where its
+    central record says and names the same entry, and the file starts with
+    the first of them (zipfile's offsets already count data prepended to
+    the archive)."""
+    offsets = sorted(i.header_offset for i in infos)
+    f.seek(0)
+    if f.read(4) == b"PK\x03\x04" and offsets and offsets[0] != 0:
+        raise Unexamined("a second archive before the one the directory describes")
+    for info, raw in zip(infos, raw_names, strict=True):
+        f.seek(info.header_offset)
+        header = f.read(30)
+        if len(header) < 30 or not header.startswith(b"PK\x03\x04"):
+            raise Unexamined("a central record points at no local header")
+        nlen, = struct.unpack_from("<H", header, 26)
+        if nlen != len(raw) or f.read(nlen) != raw:
+            raise Unexamined("a local header names another entry than the central directory")
+
+
+def _archive(name: str) -> bool:
+    """Whether an entry is named like an archive or a disk image."""
+    return not name.endswith("/") and filetypes.extension(name.rsplit("/", 1)[-1]) in filetypes.ARCHIVE_EXTENSIONS
 
 
 def _executable(name: str) -> bool:
