@@ -19,11 +19,14 @@ from __future__ import annotations
 import base64
 import binascii
 import email
+import gzip
+import io
 import itertools
 import re
 import smtplib
 import socket
 import struct
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -1126,13 +1129,15 @@ def test_an_executable_in_an_odd_shape_is_not_delivered(gw: GatewayProcess, raw_
 # ------------------------------------------------------------ archives on a route that allows ZIP
 
 
-ZIP_ALLOWED = ["application/pdf", "text/plain", "application/zip"]
+ZIP_ALLOWED = {"application/pdf": ["pdf"], "text/plain": ["txt"], "application/zip": ["zip"],
+               "application/x-7z-compressed": ["7z"], "application/gzip": ["gz", "tgz"],
+               "application/x-tar": ["tar"]}
 
 
 @pytest.fixture(scope="module")
 def gw_zip(tmp_path_factory: pytest.TempPathFactory, raw_sink: RawSink) -> Iterator[GatewayProcess]:
-    """A gateway whose route allows ZIP archives (the list form of
-    ``allowed_types``), otherwise as ``gw``."""
+    """A gateway whose route allows ZIP, 7-Zip, gzip and tar archives,
+    otherwise as ``gw``."""
     policies = [{"name": "empty_attachment"}, {"name": "refuse_executables"}, {"name": "refuse_spoofed"},
                 {"name": "allowed_types", "settings": {"allow": ZIP_ALLOWED}}, {"name": "offload_large"}]
     with GatewayProcess(tmp_path_factory.mktemp("hostile-zip"), next_hop=f"smtp://127.0.0.1:{raw_sink.port}",
@@ -1185,3 +1190,33 @@ def test_a_plain_zip_passes_where_zip_is_allowed(gw_zip: GatewayProcess, raw_sin
     _, tx = deliver(gw_zip, raw_sink, mail, mail.build(multipart([mail.body(), part("application/zip", data,
                                                                                       name="documents.zip")])))
     assert b64head(data) in tx.wire and b"could not" not in tx.data
+
+
+def _tar(entries: list[tuple[str, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as t:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("shape", ["7z", "tar-gz", "tar"])
+def test_an_archive_the_gateway_does_not_open_is_not_delivered(gw_zip: GatewayProcess, raw_sink: RawSink,
+                                                               shape: str) -> None:
+    """A 7-Zip, gzip or tar archive: the gateway never looks inside, so
+    what it holds is unexamined, whatever the route's allow-list says."""
+    mail = Mail(f"unopened-{shape}")
+    exe = pe(mail.tag)
+    tar = _tar([("readme.txt", f"Claim documents {mail.tag}\n".encode()), ("setup.exe", exe)])
+    if shape == "7z":
+        # A 7-Zip signature header, then the (stored) program.
+        data, ctype, name = b"7z\xbc\xaf\x27\x1c\x00\x04" + bytes(24) + exe, "application/x-7z-compressed", \
+            "documents.7z"
+    elif shape == "tar-gz":
+        data, ctype, name = gzip.compress(tar, mtime=0), "application/gzip", "documents.tar.gz"
+    else:
+        data, ctype, name = tar, "application/x-tar", "documents.tar"
+    case = mail.case(multipart([mail.body(), part(ctype, data, name=name)]), files=[data], name=name)
+    fail_closed(gw_zip, raw_sink, mail, case)
