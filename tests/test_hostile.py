@@ -29,13 +29,16 @@ import struct
 import tarfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from policies import filetypes
 from tests.harness import GatewayProcess
-from tests.messages import pdf_bytes
+from tests.messages import LINK, pdf_bytes
 from tests.test_smuggling import Client as Raw
 from tests.hostile_messages import (BIDI, CRLF, DOCM_TYPE, DOCX_TYPE, ONENOTE_MAGIC, OLE_MAGIC, TNEF_MAGIC,
                                     XLSM_TYPE, Case, RawSink, Transaction, b64, b64head, dangers, envelope_message,
@@ -1136,13 +1139,14 @@ ZIP_ALLOWED = {"application/pdf": ["pdf"], "text/plain": ["txt"], "application/z
 
 @pytest.fixture(scope="module")
 def gw_zip(tmp_path_factory: pytest.TempPathFactory, raw_sink: RawSink) -> Iterator[GatewayProcess]:
-    """A gateway whose route allows ZIP, 7-Zip, gzip and tar archives,
-    otherwise as ``gw``."""
+    """A gateway whose route allows ZIP, 7-Zip, gzip and tar archives, and
+    whose links anyone on loopback may click, otherwise as ``gw``."""
     policies = [{"name": "empty_attachment"}, {"name": "refuse_executables"}, {"name": "refuse_spoofed"},
                 {"name": "allowed_types", "settings": {"allow": ZIP_ALLOWED}}, {"name": "offload_large"}]
     with GatewayProcess(tmp_path_factory.mktemp("hostile-zip"), next_hop=f"smtp://127.0.0.1:{raw_sink.port}",
                         threshold=THRESHOLD, route={"tls": "none", "policies": policies, **autoreply(raw_sink)},
-                        sections={"gateway": {"processes": 1}, "worker": LIMITS}) as g:
+                        sections={"gateway": {"processes": 1}, "worker": LIMITS, "agents": {"auth": "none"},
+                                  "authorization": {"mode": "allow-all"}}) as g:
         yield g
 
 
@@ -1220,3 +1224,34 @@ def test_an_archive_the_gateway_does_not_open_is_not_delivered(gw_zip: GatewayPr
         data, ctype, name = tar, "application/x-tar", "documents.tar"
     case = mail.case(multipart([mail.body(), part(ctype, data, name=name)]), files=[data], name=name)
     fail_closed(gw_zip, raw_sink, mail, case)
+
+
+def _saved_name(disposition: str) -> str:
+    """The name a browser saves a download as: ``filename*`` when there is
+    one (RFC 6266), else ``filename``."""
+    m = re.search(r"filename\*=UTF-8''([^;\s]+)", disposition)
+    if m:
+        return urllib.parse.unquote(m.group(1))
+    m = re.search(r'filename="([^"]*)"', disposition)
+    return m.group(1) if m else ""
+
+
+@pytest.mark.parametrize("hidden", [".js", ".hta", ".vbs"])
+def test_a_long_name_keeps_its_extension_when_the_download_is_named(gw_zip: GatewayProcess, raw_sink: RawSink,
+                                                                    hidden: str) -> None:
+    """A long non-ASCII name whose 200th character ends in ".js" and which
+    goes on to ".txt": the policies judge a text file, so the download the
+    link gives must be saved as one, never cut to the ".js" in the middle."""
+    mail = Mail(f"longname-{hidden[1:]}")
+    stem = "\u00e9" + "a" * (199 - len(hidden))
+    name = stem + hidden + ".txt"
+    assert len(stem + hidden) == 200
+    script = (f"// {mail.tag}\r\nvar s = WScript.CreateObject('WScript.Shell');\r\ns.Run('calc');\r\n" * 800).encode()
+    root = multipart([mail.body(), part("text/plain", script, raw_name=rfc2231(name))])
+    _, tx = deliver(gw_zip, raw_sink, mail, mail.build(root))
+    links = LINK.findall(readable_text(tx.data).encode())
+    assert links, tx.data[-600:]
+    with urllib.request.urlopen(links[0].decode(), timeout=30) as r:
+        saved = _saved_name(r.headers["Content-Disposition"])
+        assert r.read() == script
+    assert filetypes.extension(saved) == "txt", saved
