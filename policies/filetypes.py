@@ -58,6 +58,11 @@ UNOPENED_ARCHIVES = {
     "application/x-apple-diskimage", "application/x-stuffit", "application/x-archive",
 }
 
+# An old Office file (OLE: .doc, .xls, .ppt) with a VBA project, an Excel 4
+# macro sheet, a packaged file or a linked object: disarm cannot rewrite
+# one, so it passes nowhere unless a route lists this type itself.
+OLE_ACTIVE = "application/x-ole-office-active"
+
 # A ZIP with a program, a script or a web page among its entries (by their
 # names, as Windows opens them once extracted): refused as a program on
 # every route, even one that allows ZIP archives.
@@ -257,6 +262,7 @@ _NAMES = {
     OOXML_REMOTE: "an Office document that loads a template or object from the internet when opened",
     UNEXAMINED_ARCHIVE: "an archive that could not be examined (encrypted, damaged or too large to check)",
     ARCHIVED_PROGRAM: "a ZIP archive holding a program, a script or a web page",
+    OLE_ACTIVE: "an old Office document with macros or embedded programs",
     SVG: "an SVG image, which can run scripts", "application/xhtml+xml": "a web page (XHTML)",
     HTA: "an HTML application (HTA)", IQY: "an Excel web query (IQY)",
     URL_SHORTCUT: "an internet shortcut (URL)", DESKTOP_ENTRY: "a desktop launcher",

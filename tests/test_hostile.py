@@ -38,6 +38,7 @@ import pytest
 
 from policies import filetypes
 from tests.harness import GatewayProcess
+from tests.active_documents import ole10native, ole_file
 from tests.messages import LINK, pdf_bytes
 from tests.test_smuggling import Client as Raw
 from tests.hostile_messages import (BIDI, CRLF, DOCM_TYPE, DOCX_TYPE, ONENOTE_MAGIC, OLE_MAGIC, TNEF_MAGIC,
@@ -1129,20 +1130,21 @@ def test_an_executable_in_an_odd_shape_is_not_delivered(gw: GatewayProcess, raw_
     fail_closed(gw, raw_sink, mail, case)
 
 
-# ------------------------------------------------------------ archives on a route that allows ZIP
+# ------------------------------------------------------------ archives and old Office files, where allowed
 
 
-ZIP_ALLOWED = {"application/pdf": ["pdf"], "text/plain": ["txt"], "application/zip": ["zip"],
-               "application/x-7z-compressed": ["7z"], "application/gzip": ["gz", "tgz"],
-               "application/x-tar": ["tar"]}
+WIDE_ALLOWED = {"application/pdf": ["pdf"], "text/plain": ["txt"], "application/zip": ["zip"],
+                "application/x-7z-compressed": ["7z"], "application/gzip": ["gz", "tgz"],
+                "application/x-tar": ["tar"], "application/msword": ["doc"], "application/vnd.ms-excel": ["xls"]}
 
 
 @pytest.fixture(scope="module")
-def gw_zip(tmp_path_factory: pytest.TempPathFactory, raw_sink: RawSink) -> Iterator[GatewayProcess]:
-    """A gateway whose route allows ZIP, 7-Zip, gzip and tar archives, and
-    whose links anyone on loopback may click, otherwise as ``gw``."""
+def gw_wide(tmp_path_factory: pytest.TempPathFactory, raw_sink: RawSink) -> Iterator[GatewayProcess]:
+    """A gateway whose route allows ZIP, 7-Zip, gzip and tar archives and
+    old Word and Excel files, and whose links anyone on loopback may click,
+    otherwise as ``gw``."""
     policies = [{"name": "empty_attachment"}, {"name": "refuse_executables"}, {"name": "refuse_spoofed"},
-                {"name": "allowed_types", "settings": {"allow": ZIP_ALLOWED}}, {"name": "offload_large"}]
+                {"name": "allowed_types", "settings": {"allow": WIDE_ALLOWED}}, {"name": "offload_large"}]
     with GatewayProcess(tmp_path_factory.mktemp("hostile-zip"), next_hop=f"smtp://127.0.0.1:{raw_sink.port}",
                         threshold=THRESHOLD, route={"tls": "none", "policies": policies, **autoreply(raw_sink)},
                         sections={"gateway": {"processes": 1}, "worker": LIMITS, "agents": {"auth": "none"},
@@ -1160,7 +1162,7 @@ def _renamed_in_local_header(data: bytes, directory_name: bytes, local_name: byt
 
 @pytest.mark.parametrize("shape", ["program", "rtlo-program", "trailing-dot-program", "zip-in-zip", "7z-in-zip",
                                    "local-header-says-exe", "two-archives"])
-def test_a_program_inside_an_allowed_zip_is_not_delivered(gw_zip: GatewayProcess, raw_sink: RawSink,
+def test_a_program_inside_an_allowed_zip_is_not_delivered(gw_wide: GatewayProcess, raw_sink: RawSink,
                                                           shape: str) -> None:
     """Where ZIP archives are allowed, one that holds a program (by any
     name a person or a reader sees), an archive the gateway does not open,
@@ -1185,13 +1187,13 @@ def test_a_program_inside_an_allowed_zip_is_not_delivered(gw_zip: GatewayProcess
         data = zip_of([("setup.exe", exe)]) + zip_of([readme])
     case = mail.case(multipart([mail.body(), part("application/zip", data, name="documents.zip")]),
                      files=[data], name="documents.zip")
-    fail_closed(gw_zip, raw_sink, mail, case)
+    fail_closed(gw_wide, raw_sink, mail, case)
 
 
-def test_a_plain_zip_passes_where_zip_is_allowed(gw_zip: GatewayProcess, raw_sink: RawSink) -> None:
+def test_a_plain_zip_passes_where_zip_is_allowed(gw_wide: GatewayProcess, raw_sink: RawSink) -> None:
     mail = Mail("zip-plain")
     data = zip_of([("readme.txt", f"Claim documents {mail.tag}\n".encode()), ("scan.pdf", pdf_bytes(3000))])
-    _, tx = deliver(gw_zip, raw_sink, mail, mail.build(multipart([mail.body(), part("application/zip", data,
+    _, tx = deliver(gw_wide, raw_sink, mail, mail.build(multipart([mail.body(), part("application/zip", data,
                                                                                       name="documents.zip")])))
     assert b64head(data) in tx.wire and b"could not" not in tx.data
 
@@ -1207,7 +1209,7 @@ def _tar(entries: list[tuple[str, bytes]]) -> bytes:
 
 
 @pytest.mark.parametrize("shape", ["7z", "tar-gz", "tar"])
-def test_an_archive_the_gateway_does_not_open_is_not_delivered(gw_zip: GatewayProcess, raw_sink: RawSink,
+def test_an_archive_the_gateway_does_not_open_is_not_delivered(gw_wide: GatewayProcess, raw_sink: RawSink,
                                                                shape: str) -> None:
     """A 7-Zip, gzip or tar archive: the gateway never looks inside, so
     what it holds is unexamined, whatever the route's allow-list says."""
@@ -1223,7 +1225,7 @@ def test_an_archive_the_gateway_does_not_open_is_not_delivered(gw_zip: GatewayPr
     else:
         data, ctype, name = tar, "application/x-tar", "documents.tar"
     case = mail.case(multipart([mail.body(), part(ctype, data, name=name)]), files=[data], name=name)
-    fail_closed(gw_zip, raw_sink, mail, case)
+    fail_closed(gw_wide, raw_sink, mail, case)
 
 
 def _saved_name(disposition: str) -> str:
@@ -1237,7 +1239,7 @@ def _saved_name(disposition: str) -> str:
 
 
 @pytest.mark.parametrize("hidden", [".js", ".hta", ".vbs"])
-def test_a_long_name_keeps_its_extension_when_the_download_is_named(gw_zip: GatewayProcess, raw_sink: RawSink,
+def test_a_long_name_keeps_its_extension_when_the_download_is_named(gw_wide: GatewayProcess, raw_sink: RawSink,
                                                                     hidden: str) -> None:
     """A long non-ASCII name whose 200th character ends in ".js" and which
     goes on to ".txt": the policies judge a text file, so the download the
@@ -1248,10 +1250,53 @@ def test_a_long_name_keeps_its_extension_when_the_download_is_named(gw_zip: Gate
     assert len(stem + hidden) == 200
     script = (f"// {mail.tag}\r\nvar s = WScript.CreateObject('WScript.Shell');\r\ns.Run('calc');\r\n" * 800).encode()
     root = multipart([mail.body(), part("text/plain", script, raw_name=rfc2231(name))])
-    _, tx = deliver(gw_zip, raw_sink, mail, mail.build(root))
+    _, tx = deliver(gw_wide, raw_sink, mail, mail.build(root))
     links = LINK.findall(readable_text(tx.data).encode())
     assert links, tx.data[-600:]
     with urllib.request.urlopen(links[0].decode(), timeout=30) as r:
         saved = _saved_name(r.headers["Content-Disposition"])
         assert r.read() == script
     assert filetypes.extension(saved) == "txt", saved
+
+
+def _biff_globals(sheet_type: int) -> bytes:
+    """A BIFF8 workbook's globals: BOF, one BOUNDSHEET of ``sheet_type``
+    (0 worksheet, 1 Excel 4 macro sheet, 6 VBA module), EOF."""
+    bof = struct.pack("<HH", 0x0809, 16) + b"\x00\x06\x05\x00" + bytes(12)
+    name = b"\x06\x00Macro1"
+    sheet = struct.pack("<HH", 0x0085, 6 + len(name)) + struct.pack("<IBB", 0, 0, sheet_type) + name
+    return bof + sheet + struct.pack("<HH", 0x000A, 0)
+
+
+WORD_FIB = b"\xec\xa5\xc1\x00"
+
+
+@pytest.mark.parametrize("shape", ["doc-vba", "xls-vba", "xls-macro-sheet", "doc-package", "doc-linked-object"])
+def test_an_old_office_file_that_runs_code_is_not_delivered(gw_wide: GatewayProcess, raw_sink: RawSink,
+                                                            shape: str) -> None:
+    """Where old Word and Excel files are allowed (disarm cannot rewrite
+    them), one with a VBA project, an Excel 4 macro sheet, a packaged
+    program or a linked object never reaches the agent."""
+    mail = Mail(f"ole-{shape}")
+    tag = mail.tag.encode()
+    word = {"WordDocument": WORD_FIB + tag, "1Table": tag}
+    streams = {
+        "doc-vba": {**word, "Macros/PROJECT": b"ID=" + tag, "Macros/VBA/ThisDocument": b"Attribute VB_Name"},
+        "xls-vba": {"Workbook": _biff_globals(0) + tag, "_VBA_PROJECT_CUR/PROJECT": b"ID=" + tag},
+        "xls-macro-sheet": {"Workbook": _biff_globals(1) + tag},
+        "doc-package": {**word, "ObjectPool/_1234/\x01Ole10Native": ole10native("setup.exe", pe(mail.tag))},
+        "doc-linked-object": {**word, "ObjectPool/_1234/\x01Ole": struct.pack("<II", 0x02000001, 1) + bytes(12)},
+    }[shape]
+    data = ole_file(streams)
+    name, ctype = ("claim.xls", "application/vnd.ms-excel") if shape.startswith("xls") else \
+        ("claim.doc", "application/msword")
+    case = mail.case(multipart([mail.body(), part(ctype, data, name=name)]), files=[data], name=name)
+    fail_closed(gw_wide, raw_sink, mail, case)
+
+
+def test_a_plain_old_word_file_passes_where_allowed(gw_wide: GatewayProcess, raw_sink: RawSink) -> None:
+    mail = Mail("ole-plain")
+    data = ole_file({"WordDocument": WORD_FIB + mail.tag.encode(), "1Table": mail.tag.encode()})
+    _, tx = deliver(gw_wide, raw_sink, mail, mail.build(multipart([mail.body(), part("application/msword", data,
+                                                                                       name="claim.doc")])))
+    assert b64head(data) in tx.wire and b"could not" not in tx.data

@@ -1,4 +1,5 @@
-"""What a ZIP really holds: Office Open XML, Office with macros, or an archive.
+"""What a ZIP really holds: Office Open XML, Office with macros, or an
+archive; and whether an old Office file (an OLE compound file) has macros.
 
 The first 8 KiB that gateway/mime/sniff.py sees show only the first local
 headers of a ZIP: a file whose first entries are ``[Content_Types].xml`` and
@@ -33,6 +34,14 @@ needed) and names what the archive is:
   header the directory does not begin at (two archives one after the
   other: 7-Zip opens the first, zipfile the last).  The policies refuse it.
 
+An old Word, Excel or PowerPoint file (``.doc``, ``.xls``, ``.ppt``: an OLE
+compound file, which disarm cannot rewrite) is ``OLE_ACTIVE`` when its
+directory holds a VBA project (a ``Macros``, ``VBA`` or ``_VBA_PROJECT_CUR``
+storage), a packaged file (``\x01Ole10Native``) or a linked object, or its
+workbook globals name an Excel 4 macro sheet or a VBA module sheet; and an
+unexamined archive when olefile cannot read its directory.  A route that
+allows old Office files then still never passes one that runs code.
+
 Nothing is extracted to disk, and only ``[Content_Types].xml`` and the
 relationship parts (``*.rels``) are decompressed, each at most
 ``MAX_CONTENT_TYPES`` bytes, at most ``MAX_RELS`` of them, at most
@@ -51,6 +60,8 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import IO
+
+import olefile
 
 from gateway.mime import sniff
 from gateway.mime.decode import Measure, decoded_chunks
@@ -125,6 +136,17 @@ _GENERIC_ZIP = {"application/zip", "application/x-zip-compressed", "application/
                 *_MAIN_PARTS.values()}
 
 
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+# What libmagic calls an old Office file: examined whole for macros.
+_OLE_OFFICE = {"application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint",
+               "application/x-ole-storage", "application/cdfv2", "application/vnd.ms-office"}
+# Storages (lower case) that hold a VBA project: Word's, Excel's, any.
+_VBA_STORAGES = {"macros", "_vba_project_cur", "vba"}
+# The workbook globals read for sheet records (they come first, before any sheet).
+MAX_BIFF_GLOBALS = 4 << 20
+_BIFF_EOF, _BIFF_BOUNDSHEET = 0x000A, 0x0085
+
+
 class Unexamined(Exception):
     """The archive cannot be read to a verdict."""
 
@@ -138,7 +160,8 @@ def zip_like(head: bytes, detected: str) -> bool:
     """Whether a part whose first bytes are ``head`` and which libmagic
     called ``detected`` must be examined as a ZIP (costs nothing else)."""
     return head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")) or (
-        detected in _GENERIC_ZIP and detected != "application/octet-stream")
+        detected in _GENERIC_ZIP and detected != "application/octet-stream") or (
+        head.startswith(_OLE_MAGIC) and detected in _OLE_OFFICE)
 
 
 def _end_record(f: IO[bytes], size: int) -> tuple[int, int, int]:
@@ -418,7 +441,55 @@ def examine_chunks(chunks: Iterable[bytes], detected: str, cheap: int | None = N
     ``detected``).  Blocking and costly: on the event loop only for a small
     part with ``cheap`` (``LOOP_INFLATED``), which raises Costly beyond it."""
     with _spooled(chunks) as f:
+        f.seek(0)
+        if f.read(len(_OLE_MAGIC)) == _OLE_MAGIC:
+            if cheap is not None:
+                raise Costly("an OLE compound file")  # olefile reads its whole directory
+            return examine_ole(f, detected)
         return examine_zip(f, detected, cheap)
+
+
+def examine_ole(f: IO[bytes], detected: str) -> str:
+    """``OLE_ACTIVE`` for an old Office file in ``f`` that has macros, a
+    packaged file or a linked object (see the module docstring), an
+    unexamined archive when its directory does not read, else ``detected``."""
+    f.seek(0)
+    try:
+        with olefile.OleFileIO(f) as ole:
+            paths = ole.listdir(streams=True, storages=True)
+            for path in paths:
+                lower = [p.lower() for p in path]
+                if set(lower) & _VBA_STORAGES or lower[-1] == "\x01ole10native":
+                    return filetypes.OLE_ACTIVE
+                if lower[-1] == "\x01ole" and _linked(ole.openstream(path).read(8)):
+                    return filetypes.OLE_ACTIVE
+            for name in ("Workbook", "Book"):
+                if ole.exists(name) and _macro_sheets(ole.openstream(name).read(MAX_BIFF_GLOBALS)):
+                    return filetypes.OLE_ACTIVE
+    except (OSError, ValueError, IndexError, struct.error, RecursionError, MemoryError):
+        return filetypes.UNEXAMINED_ARCHIVE
+    return detected
+
+
+def _linked(head: bytes) -> bool:
+    """Whether an ``\x01Ole`` stream (version, then flags) is a linked
+    object: one its source is fetched from, a URL moniker included
+    (CVE-2017-0199)."""
+    return len(head) >= 8 and bool(struct.unpack_from("<I", head, 4)[0] & 1)
+
+
+def _macro_sheets(globals_: bytes) -> bool:
+    """Whether a BIFF workbook's globals name a sheet that is an Excel 4
+    macro sheet or a VBA module (BOUNDSHEET's sheet type 1 or 6)."""
+    pos = 0
+    while pos + 4 <= len(globals_):
+        rtype, rlen = struct.unpack_from("<HH", globals_, pos)
+        if rtype == _BIFF_EOF:
+            return False
+        if rtype == _BIFF_BOUNDSHEET and rlen >= 6 and pos + 10 <= len(globals_) and globals_[pos + 9] in (1, 6):
+            return True
+        pos += 4 + rlen
+    return False
 
 
 def detect_part(src: Source, part: Part, m: Measure) -> str:

@@ -24,8 +24,9 @@ from gateway.mime import container, sniff
 from gateway.mime.decode import measure
 from gateway.mime.parse import Limits, parse
 from gateway.mime.source import Source
-from policies.filetypes import (ARCHIVED_PROGRAM, DESKTOP_ENTRY, DOCM, DOCX, DOTM, HTA, IQY, OOXML_REMOTE, PPTM, PPTX, SVG, SYLK,
-                                UNEXAMINED_ARCHIVE, URL_SHORTCUT, XLAM, XLSM, XLSX)
+from policies.filetypes import (ARCHIVED_PROGRAM, DESKTOP_ENTRY, DOCM, DOCX, DOTM, HTA, IQY, OLE_ACTIVE, OOXML_REMOTE,
+                                PPTM, PPTX, SVG, SYLK, UNEXAMINED_ARCHIVE, URL_SHORTCUT, XLAM, XLSM, XLSX)
+from tests import active_documents
 from tests.messages import png_bytes
 
 # --- active content in text -------------------------------------------------
@@ -247,6 +248,19 @@ def _local_renamed(data: bytes, old: bytes, new: bytes) -> bytes:
         "two-archives", "stub-before", "plain"])
 def test_what_a_zip_holds_decides_its_type(data: bytes, expected: str) -> None:
     assert detect(data) == expected
+
+
+@pytest.mark.parametrize("streams,expected", [
+    ({"WordDocument": b"\xec\xa5\xc1\x00", "1Table": b"x"}, "application/msword"),
+    ({"WordDocument": b"\xec\xa5\xc1\x00", "Macros/PROJECT": b"ID="}, OLE_ACTIVE),
+    ({"Workbook": b"\x09\x08\x10\x00" + bytes(16), "_VBA_PROJECT_CUR/PROJECT": b"ID="}, OLE_ACTIVE),
+    ({"Workbook": b"\x09\x08\x10\x00" + bytes(16) + b"\x85\x00\x08\x00" + bytes(5) + b"\x01\x00\x00"
+      + b"\x0a\x00\x00\x00"}, OLE_ACTIVE),
+    ({"Workbook": b"\x09\x08\x10\x00" + bytes(16) + b"\x85\x00\x08\x00" + bytes(5) + b"\x00\x00\x00"
+      + b"\x0a\x00\x00\x00"}, "application/vnd.ms-excel"),
+], ids=["doc", "doc-vba", "xls-vba", "xls-macro-sheet", "xls"])
+def test_an_old_office_file_is_judged_by_its_ole_directory(streams: dict[str, bytes], expected: str) -> None:
+    assert detect(active_documents.ole_file(streams)) == expected
 
 
 def test_the_first_8_kib_alone_would_have_passed_the_hidden_program() -> None:
