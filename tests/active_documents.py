@@ -84,6 +84,15 @@ def pdf_embedded_exe() -> bytes:
     return _save(pdf)
 
 
+def pdf_embedded_pdf(inner: bytes, name: str = "terms.pdf") -> bytes:
+    """A clean PDF carrying another PDF (``inner``) as an embedded file,
+    as a portfolio does."""
+    pdf = pikepdf.open(io.BytesIO(clean_pdf()))
+    spec = _filespec(pdf, name, inner)
+    pdf.Root.Names = Dictionary(EmbeddedFiles=Dictionary(Names=Array([String(name), spec])))
+    return _save(pdf)
+
+
 def pdf_file_attachment() -> bytes:
     """A /FileAttachment annotation on the page carrying tool.exe."""
     pdf = pikepdf.open(io.BytesIO(clean_pdf()))

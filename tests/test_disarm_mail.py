@@ -129,6 +129,18 @@ def test_a_pdf_thread_into_a_file_on_a_share_is_taken_out(gw: GatewayProcess, tm
     assert b'"thread.pdf" was cleaned' in text and b"links that open other files" in text
 
 
+def test_an_active_pdf_inside_a_pdf_is_not_linked_unchecked(gw: GatewayProcess) -> None:
+    """The file taken out of a document is a PDF that runs a script: it is
+    not disarmed on its own, so it must never be stored and linked as it is."""
+    inner = docs.pdf_open_action_js()
+    before = set(stored_objects(gw.objects))
+    _, quarantine, text = deliver(gw, docs.pdf_embedded_pdf(inner), PDF, "portfolio.pdf")
+    linked = [v for k, v in stored_objects(gw.objects).items() if k.startswith("uploads/") and k not in before]
+    assert not [v for v in linked if v.startswith(b"%PDF") and pdf_constructs(v)]
+    assert inner in quarantine.values()
+    assert b'"terms.pdf" was removed' in text
+
+
 def test_clean_documents_pass_byte_for_byte(gw: GatewayProcess) -> None:
     for data, ctype, name in [(docs.clean_pdf(pages=2, payload=5000), PDF, "clean.pdf"),
                               (docx_bytes(), DOCX, "clean.docx"),
