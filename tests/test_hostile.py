@@ -38,6 +38,7 @@ import pytest
 
 from policies import filetypes
 from tests.harness import GatewayProcess
+from tests import active_documents
 from tests.active_documents import ole10native, ole_file
 from tests.messages import LINK, pdf_bytes
 from tests.test_smuggling import Client as Raw
@@ -1300,3 +1301,20 @@ def test_a_plain_old_word_file_passes_where_allowed(gw_wide: GatewayProcess, raw
     _, tx = deliver(gw_wide, raw_sink, mail, mail.build(multipart([mail.body(), part("application/msword", data,
                                                                                        name="claim.doc")])))
     assert b64head(data) in tx.wire and b"could not" not in tx.data
+
+
+@pytest.mark.parametrize("shape", ["pdf-script", "docx-file-link"])
+def test_an_active_document_uuencoded_in_the_text_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                                   shape: str) -> None:
+    """A PDF or Office file uuencoded in the text (clients offer it as a
+    file) is not disarmed there: one whose type disarm looks at never
+    stays in the text unchecked."""
+    mail = Mail(f"uu-{shape}")
+    if shape == "pdf-script":
+        data, name = active_documents.pdf_open_action_js(), "invoice.pdf"
+    else:
+        data, name = active_documents.docx_file_links(), "statement.docx"
+    data += f"%{mail.tag}".encode() if shape == "pdf-script" else b""
+    body = (mail.readable + "\r\n\r\n").encode() + uuencode(data, name)
+    case = mail.case(text(body.decode(), "text/plain; charset=us-ascii"), files=[data], name=name)
+    fail_closed(gw, raw_sink, mail, case)
