@@ -369,6 +369,12 @@ def docx_file_links() -> bytes:
             '<w:p><w:hyperlink r:id="rId3"><w:r><w:t>Find your documents</w:t></w:r></w:hyperlink></w:p>'
             f'<w:p><w:fldSimple w:instr=" HYPERLINK &quot;\\\\\\\\{SHARE}\\\\share\\\\statement.lnk&quot; \\o &quot;'
             'statement&quot; "><w:r><w:t>Your statement</w:t></w:r></w:fldSimple></w:p>'
+            # A HYPERLINK whose target a nested QUOTE field spells in character codes.
+            '<w:p><w:r><w:fldChar w:fldCharType="begin"/></w:r><w:r><w:instrText xml:space="preserve"> HYPERLINK '
+            '</w:instrText></w:r><w:r><w:fldChar w:fldCharType="begin"/></w:r><w:r><w:instrText xml:space="preserve">'
+            ' QUOTE 92 92 49 57 56 46 53 49 46 49 48 48 46 55 92 115 92 120 46 108 110 107 </w:instrText></w:r>'
+            '<w:r><w:fldChar w:fldCharType="end"/></w:r><w:r><w:fldChar w:fldCharType="separate"/></w:r>'
+            '<w:r><w:t>Your receipt</w:t></w:r><w:r><w:fldChar w:fldCharType="end"/></w:r></w:p>'
             '<w:p><w:hyperlink r:id="rId4"><w:r><w:t>Pay online</w:t></w:r></w:hyperlink></w:p>'),
     })
 

@@ -113,8 +113,9 @@ def test_links_that_open_files_are_taken_out_of_an_office_document(gw: GatewayPr
     assert not [n for n, v in parts.items() if docs.SHARE.encode() in v]
     assert b"https://example.com/pay" in parts["word/_rels/document.xml.rels"]
     body = parts["word/document.xml"]
-    for words in (b"Open the invoice", b"Find your documents", b"Your statement", b"Pay online"):
+    for words in (b"Open the invoice", b"Find your documents", b"Your statement", b"Your receipt", b"Pay online"):
         assert words in body
+    assert b"HYPERLINK" not in body and b"QUOTE" not in body  # the field instructions are emptied
     assert dangling_ids(parts) == []
     assert sha(original) in {sha(v) for v in quarantine.values()}
     assert b'"statement.docx" was cleaned' in text and b"links that open other files" in text

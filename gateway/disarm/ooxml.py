@@ -460,14 +460,23 @@ def _plan_dde(root: etree._Element, name: str, plan: _Plan) -> None:
         elif tag == "fldChar":
             kind = next((v for k, v in el.attrib.items() if _local(k) == "fldCharType"), "")
             if kind == "begin":
-                if stack and stack[-1]["instr"] and not "".join(stack[-1]["text"]).strip():
-                    stack[-1]["nested_first"] = True
-                stack.append({"instr": True, "own": [], "all": [], "text": [], "nested_first": False})
+                if stack and stack[-1]["instr"]:
+                    stack[-1]["nested"] = True
+                    if not "".join(stack[-1]["text"]).strip():
+                        stack[-1]["nested_first"] = True
+                stack.append({"instr": True, "own": [], "all": [], "text": [], "nested_first": False,
+                              "nested": False})
             elif kind == "separate" and stack:
                 stack[-1]["instr"] = False
             elif kind == "end" and stack:
                 f = stack.pop()
-                field_kind = _field_kind("".join(f["text"])) or (DDE_FIELDS if f["nested_first"] else "")
+                own = "".join(f["text"])
+                field_kind = _field_kind(own) or (DDE_FIELDS if f["nested_first"] else "")
+                if not field_kind and f["nested"] and _HYPERLINK_FIELD.match(own) \
+                        and link_scheme(_hyperlink_target(own) or "") not in WEB_SCHEMES:
+                    # The target is built by a field inside (QUOTE of
+                    # character codes): what it opens is not known here.
+                    field_kind = FILE_LINKS
                 if field_kind:
                     for t in f["all"]:
                         t.text = ""
