@@ -63,6 +63,10 @@ UNOPENED_ARCHIVES = {
 # one, so it passes nowhere unless a route lists this type itself.
 OLE_ACTIVE = "application/x-ole-office-active"
 
+# An OpenDocument file (LibreOffice) with macros (its Basic/ or Scripts/
+# folder): a route that allows OpenDocument files does not pass it.
+ODF_MACROS = "application/x-opendocument-macros"
+
 # A ZIP with a program, a script or a web page among its entries (by their
 # names, as Windows opens them once extracted): refused as a program on
 # every route, even one that allows ZIP archives.
@@ -263,6 +267,7 @@ _NAMES = {
     UNEXAMINED_ARCHIVE: "an archive that could not be examined (encrypted, damaged or too large to check)",
     ARCHIVED_PROGRAM: "a ZIP archive holding a program, a script or a web page",
     OLE_ACTIVE: "an old Office document with macros or embedded programs",
+    ODF_MACROS: "an OpenDocument file with macros",
     SVG: "an SVG image, which can run scripts", "application/xhtml+xml": "a web page (XHTML)",
     HTA: "an HTML application (HTA)", IQY: "an Excel web query (IQY)",
     URL_SHORTCUT: "an internet shortcut (URL)", DESKTOP_ENTRY: "a desktop launcher",

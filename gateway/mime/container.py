@@ -19,6 +19,8 @@ needed) and names what the archive is:
 * ``ARCHIVED_PROGRAM`` when any entry is named as a program, a script or
   a web page (``filetypes.EXECUTABLE_EXTENSIONS``, ``ACTIVE_EXTENSIONS``):
   refused as a program even where ZIP archives are allowed;
+* ``ODF_MACROS`` for an OpenDocument file (libmagic's type, from its
+  ``mimetype`` entry) with a ``Basic/`` or ``Scripts/`` folder: macros;
 * ``application/zip`` when any entry is outside the package's part names,
   or the content types name no main part;
 * ``UNEXAMINED_ARCHIVE`` when it cannot be read to a verdict: a central
@@ -129,6 +131,12 @@ _EXTERNAL = re.compile(rb"""targetmode\s*=\s*["']external["']""")
 _REL_TYPE = re.compile(rb"""\btype\s*=\s*["'][^"']*/(attachedtemplate|oleobject|frame|subdocument|package)["']""")
 # Entries that carry macros whatever the content types say.
 _MACRO_ENTRY = re.compile(r"(^|/)vbaproject\.bin$|(^|/)vbadata\.xml$|^xl/(intl)?macrosheets/")
+
+# OpenDocument types (as libmagic names them from the "mimetype" entry) and
+# the folders that hold their macros (LibreOffice Basic; Python, BeanShell,
+# JavaScript scripts).
+_ODF = "application/vnd.oasis.opendocument."
+_ODF_MACROS = ("basic/", "scripts/")
 
 # What libmagic (or sniff's look at the first local headers) may call a
 # ZIP: generic names and the Office types, all decided here instead.
@@ -305,6 +313,8 @@ def examine_zip(f: IO[bytes], detected: str = "application/zip", cheap: int | No
                 return filetypes.ARCHIVED_PROGRAM
             if any(_archive(n) for n in names):
                 raise Unexamined("an archive inside the archive")
+            if detected.startswith(_ODF) and any(n.startswith(_ODF_MACROS) for n in names):
+                return filetypes.ODF_MACROS
             ct_name = next((i.filename for i in infos if _normal(i.filename) == _CONTENT_TYPES), None)
             if ct_name is None:
                 return detected if detected not in _GENERIC_ZIP else "application/zip"
