@@ -21,7 +21,9 @@ A part is judged by what it is, never exempted by what it claims:
 * an Outlook TNEF (winmail.dat) that was not unpacked is refused, as the
   files inside it could not be checked;
 * an archive the examination could not read (encrypted, damaged, a zip
-  bomb) is refused whatever the list says;
+  bomb), and one it does not open at all (7-Zip, RAR, gzip, tar, CAB, ...:
+  ``filetypes.UNOPENED_ARCHIVES``), is refused whatever the list says:
+  the files inside were never examined;
 * an empty part has nothing to judge (``empty_attachment`` replaces an
   empty file).
 
@@ -43,6 +45,7 @@ from policies.filetypes import (
     DEFAULT_EXTENSIONS,
     SIGNATURE_TYPES,
     UNEXAMINED_ARCHIVE,
+    UNOPENED_ARCHIVES,
     name_extension,
 )
 
@@ -127,7 +130,7 @@ class RefuseUnlistedTypes:
         if detected is None:
             return Decision(Action.REFUSE, self.name, **explained(M_("its type could not be detected")),
                             details=details)
-        if detected == UNEXAMINED_ARCHIVE:
+        if detected == UNEXAMINED_ARCHIVE or detected in UNOPENED_ARCHIVES:
             return Decision(Action.REFUSE, self.name,
                             **explained(M_("it could not be examined: it is {type}"), type=TypeName(detected)),
                             details=details)

@@ -46,6 +46,32 @@ OOXML_REMOTE = "application/x-ooxml-remote-content"
 # more entries or bytes than it reads (a zip bomb).  Never passes.
 UNEXAMINED_ARCHIVE = "application/x-unexamined-archive"
 
+# Archives and disk images the gateway does not open (as libmagic names
+# them): what is inside was never examined, so allowed_types refuses them
+# as unexamined even where the allow-list names them.
+UNOPENED_ARCHIVES = {
+    "application/x-7z-compressed", "application/x-rar", "application/x-rar-compressed", "application/vnd.rar",
+    "application/gzip", "application/x-gzip", "application/x-bzip2", "application/x-xz", "application/x-lzma",
+    "application/x-lzip", "application/zstd", "application/x-compress", "application/x-tar", "application/x-cpio",
+    "application/vnd.ms-cab-compressed", "application/x-arj", "application/x-lzh-compressed",
+    "application/x-ace-compressed", "application/x-xar", "application/x-ms-wim", "application/x-iso9660-image",
+    "application/x-apple-diskimage", "application/x-stuffit", "application/x-archive",
+}
+
+# An old Office file (OLE: .doc, .xls, .ppt) with a VBA project, an Excel 4
+# macro sheet, a packaged file or a linked object: disarm cannot rewrite
+# one, so it passes nowhere unless a route lists this type itself.
+OLE_ACTIVE = "application/x-ole-office-active"
+
+# An OpenDocument file (LibreOffice) with macros (its Basic/ or Scripts/
+# folder): a route that allows OpenDocument files does not pass it.
+ODF_MACROS = "application/x-opendocument-macros"
+
+# A ZIP with a program, a script or a web page among its entries (by their
+# names, as Windows opens them once extracted): refused as a program on
+# every route, even one that allows ZIP archives.
+ARCHIVED_PROGRAM = "application/x-zip-with-program"
+
 # Text that a browser, Windows or Excel runs or renders actively, as
 # gateway/mime/sniff.py names it when it finds the markers in the bytes.
 SVG = "image/svg+xml"
@@ -85,6 +111,8 @@ DEFAULT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "application/vnd.oasis.opendocument.text": ("odt",),
     "application/vnd.oasis.opendocument.spreadsheet": ("ods",),
     "application/vnd.oasis.opendocument.presentation": ("odp",),
+    # (The archives other than ZIP stay here so that a config naming them
+    # still loads; allowed_types refuses them as unexamined all the same.)
     "application/zip": ("zip",), "application/x-7z-compressed": ("7z",), "application/x-rar": ("rar",),
     "application/gzip": ("gz", "tgz"),
     "message/rfc822": ("eml",), "application/pgp-signature": ("asc", "sig"),
@@ -144,7 +172,7 @@ EXECUTABLE_TYPES = {
     "application/x-php", "application/x-mswinurl", "application/x-wsh",
     # Text formats that Windows or Excel act on: an Excel web query fetches
     # and runs a remote page, a shortcut or desktop entry launches a target.
-    IQY, URL_SHORTCUT, DESKTOP_ENTRY, OOXML_REMOTE,
+    IQY, URL_SHORTCUT, DESKTOP_ENTRY, OOXML_REMOTE, ARCHIVED_PROGRAM,
 }
 
 # Extensions that Windows, macOS or a shell runs when opened; refused even
@@ -164,6 +192,14 @@ EXECUTABLE_EXTENSIONS = {
 # SVG images, web archives), which can run scripts: refused by name too,
 # as their bytes may look like plain text.
 ACTIVE_EXTENSIONS = {"html", "htm", "xhtml", "xht", "shtml", "mht", "mhtml", "svg", "svgz"}
+
+# Extensions of archives and disk images: an entry so named inside a ZIP is
+# an archive the examination does not open (nested deeper than it looks),
+# so the ZIP is an unexamined archive.
+ARCHIVE_EXTENSIONS = {
+    "zip", "zipx", "7z", "rar", "gz", "tgz", "bz2", "tbz", "tbz2", "xz", "txz", "lz", "lzma", "zst", "z", "tar",
+    "cpio", "cab", "arj", "ace", "lzh", "lha", "xar", "wim", "dmg",
+}
 
 # Extension -> the detected types a file so named may have.  Extensions not
 # listed are not checked against the bytes (only declared types are).
@@ -229,6 +265,9 @@ _NAMES = {
     PPSM: "a PowerPoint slide show with macros (PPSM)", PPAM: "a PowerPoint add-in with macros (PPAM)",
     OOXML_REMOTE: "an Office document that loads a template or object from the internet when opened",
     UNEXAMINED_ARCHIVE: "an archive that could not be examined (encrypted, damaged or too large to check)",
+    ARCHIVED_PROGRAM: "a ZIP archive holding a program, a script or a web page",
+    OLE_ACTIVE: "an old Office document with macros or embedded programs",
+    ODF_MACROS: "an OpenDocument file with macros",
     SVG: "an SVG image, which can run scripts", "application/xhtml+xml": "a web page (XHTML)",
     HTA: "an HTML application (HTA)", IQY: "an Excel web query (IQY)",
     URL_SHORTCUT: "an internet shortcut (URL)", DESKTOP_ENTRY: "a desktop launcher",

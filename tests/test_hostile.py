@@ -19,20 +19,29 @@ from __future__ import annotations
 import base64
 import binascii
 import email
+import gzip
+import io
 import itertools
 import re
 import smtplib
 import socket
 import struct
+import tarfile
 import threading
 import time
+import urllib.parse
+import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from policies import filetypes
 from tests.harness import GatewayProcess
-from tests.messages import pdf_bytes
+from tests import active_documents
+from tests.active_documents import ole10native, ole_file
+from tests.messages import LINK, pdf_bytes
 from tests.test_smuggling import Client as Raw
 from tests.hostile_messages import (BIDI, CRLF, DOCM_TYPE, DOCX_TYPE, ONENOTE_MAGIC, OLE_MAGIC, TNEF_MAGIC,
                                     XLSM_TYPE, Case, RawSink, Transaction, b64, b64head, dangers, envelope_message,
@@ -1234,3 +1243,222 @@ def test_a_name_in_a_content_name_field_is_seen(gw: GatewayProcess, raw_sink: Ra
     blob = f"// {mail.tag}\r\n".encode() + JSCRIPT
     att = part(declared, blob, extra=["Content-Disposition: attachment", f"{field}: invoice.js"])
     fail_closed(gw, raw_sink, mail, mail.case(multipart([mail.body(), att]), files=[blob], markers=[b"ActiveXObject"]))
+
+
+# ------------------------------------------------------------ archives and old Office files, where allowed
+
+
+WIDE_ALLOWED = {"application/pdf": ["pdf"], "text/plain": ["txt"], "application/zip": ["zip"],
+                "application/x-7z-compressed": ["7z"], "application/gzip": ["gz", "tgz"],
+                "application/x-tar": ["tar"], "application/msword": ["doc"], "application/vnd.ms-excel": ["xls"],
+                "application/vnd.oasis.opendocument.text": ["odt"]}
+
+
+@pytest.fixture(scope="module")
+def gw_wide(tmp_path_factory: pytest.TempPathFactory, raw_sink: RawSink) -> Iterator[GatewayProcess]:
+    """A gateway whose route allows ZIP, 7-Zip, gzip and tar archives, old
+    Word and Excel files and OpenDocument texts, and whose links anyone on
+    loopback may click, otherwise as ``gw``."""
+    policies = [{"name": "empty_attachment"}, {"name": "refuse_executables"}, {"name": "refuse_spoofed"},
+                {"name": "allowed_types", "settings": {"allow": WIDE_ALLOWED}}, {"name": "offload_large"}]
+    with GatewayProcess(tmp_path_factory.mktemp("hostile-zip"), next_hop=f"smtp://127.0.0.1:{raw_sink.port}",
+                        threshold=THRESHOLD, route={"tls": "none", "policies": policies, **autoreply(raw_sink)},
+                        sections={"gateway": {"processes": 1}, "worker": LIMITS, "agents": {"auth": "none"},
+                                  "authorization": {"mode": "allow-all"}}) as g:
+        yield g
+
+
+def _renamed_in_local_header(data: bytes, directory_name: bytes, local_name: bytes) -> bytes:
+    """A ZIP whose local header for ``directory_name`` says ``local_name``
+    (same length); its central directory still says ``directory_name``."""
+    assert len(directory_name) == len(local_name)
+    i = data.index(directory_name)  # the first: the local header
+    return data[:i] + local_name + data[i + len(local_name):]
+
+
+@pytest.mark.parametrize("shape", ["program", "rtlo-program", "trailing-dot-program", "zip-in-zip", "7z-in-zip",
+                                   "local-header-says-exe", "two-archives"])
+def test_a_program_inside_an_allowed_zip_is_not_delivered(gw_wide: GatewayProcess, raw_sink: RawSink,
+                                                          shape: str) -> None:
+    """Where ZIP archives are allowed, one that holds a program (by any
+    name a person or a reader sees), an archive the gateway does not open,
+    or two readings of itself never reaches the agent."""
+    mail = Mail(f"zip-{shape}")
+    exe = pe(mail.tag)
+    readme = ("readme.txt", f"Claim documents {mail.tag}\n".encode())
+    if shape == "program":
+        data = zip_of([readme, ("setup.exe", exe)])
+    elif shape == "rtlo-program":
+        data = zip_of([readme, ("invoice\u202etxt.exe", exe)])
+    elif shape == "trailing-dot-program":
+        data = zip_of([readme, ("invoice.js. ", b"new ActiveXObject('WScript.Shell').Run('calc');")])
+    elif shape == "zip-in-zip":
+        data = zip_of([readme, ("more.zip", zip_of([("setup.exe", exe)]))])
+    elif shape == "7z-in-zip":
+        data = zip_of([readme, ("more.7z", b"7z\xbc\xaf\x27\x1c\x00\x04" + exe)])
+    elif shape == "local-header-says-exe":
+        data = _renamed_in_local_header(zip_of([readme, ("notes.txt", exe)]), b"notes.txt", b"setup.exe")
+    else:
+        # 7-Zip opens the first archive, zipfile (and the examination) the last.
+        data = zip_of([("setup.exe", exe)]) + zip_of([readme])
+    case = mail.case(multipart([mail.body(), part("application/zip", data, name="documents.zip")]),
+                     files=[data], name="documents.zip")
+    fail_closed(gw_wide, raw_sink, mail, case)
+
+
+def test_a_plain_zip_passes_where_zip_is_allowed(gw_wide: GatewayProcess, raw_sink: RawSink) -> None:
+    mail = Mail("zip-plain")
+    data = zip_of([("readme.txt", f"Claim documents {mail.tag}\n".encode()), ("scan.pdf", pdf_bytes(3000))])
+    _, tx = deliver(gw_wide, raw_sink, mail, mail.build(multipart([mail.body(), part("application/zip", data,
+                                                                                      name="documents.zip")])))
+    assert b64head(data) in tx.wire and b"could not" not in tx.data
+
+
+def _tar(entries: list[tuple[str, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as t:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("shape", ["7z", "tar-gz", "tar"])
+def test_an_archive_the_gateway_does_not_open_is_not_delivered(gw_wide: GatewayProcess, raw_sink: RawSink,
+                                                               shape: str) -> None:
+    """A 7-Zip, gzip or tar archive: the gateway never looks inside, so
+    what it holds is unexamined, whatever the route's allow-list says."""
+    mail = Mail(f"unopened-{shape}")
+    exe = pe(mail.tag)
+    tar = _tar([("readme.txt", f"Claim documents {mail.tag}\n".encode()), ("setup.exe", exe)])
+    if shape == "7z":
+        # A 7-Zip signature header, then the (stored) program.
+        data, ctype, name = b"7z\xbc\xaf\x27\x1c\x00\x04" + bytes(24) + exe, "application/x-7z-compressed", \
+            "documents.7z"
+    elif shape == "tar-gz":
+        data, ctype, name = gzip.compress(tar, mtime=0), "application/gzip", "documents.tar.gz"
+    else:
+        data, ctype, name = tar, "application/x-tar", "documents.tar"
+    case = mail.case(multipart([mail.body(), part(ctype, data, name=name)]), files=[data], name=name)
+    fail_closed(gw_wide, raw_sink, mail, case)
+
+
+def _saved_name(disposition: str) -> str:
+    """The name a browser saves a download as: ``filename*`` when there is
+    one (RFC 6266), else ``filename``."""
+    m = re.search(r"filename\*=UTF-8''([^;\s]+)", disposition)
+    if m:
+        return urllib.parse.unquote(m.group(1))
+    m = re.search(r'filename="([^"]*)"', disposition)
+    return m.group(1) if m else ""
+
+
+@pytest.mark.parametrize("hidden", [".js", ".hta", ".vbs"])
+def test_a_long_name_keeps_its_extension_when_the_download_is_named(gw_wide: GatewayProcess, raw_sink: RawSink,
+                                                                    hidden: str) -> None:
+    """A long non-ASCII name whose 200th character ends in ".js" and which
+    goes on to ".txt": the policies judge a text file, so the download the
+    link gives must be saved as one, never cut to the ".js" in the middle."""
+    mail = Mail(f"longname-{hidden[1:]}")
+    stem = "\u00e9" + "a" * (199 - len(hidden))
+    name = stem + hidden + ".txt"
+    assert len(stem + hidden) == 200
+    script = (f"// {mail.tag}\r\nvar s = WScript.CreateObject('WScript.Shell');\r\ns.Run('calc');\r\n" * 800).encode()
+    root = multipart([mail.body(), part("text/plain", script, raw_name=rfc2231(name))])
+    _, tx = deliver(gw_wide, raw_sink, mail, mail.build(root))
+    links = LINK.findall(readable_text(tx.data).encode())
+    assert links, tx.data[-600:]
+    with urllib.request.urlopen(links[0].decode(), timeout=30) as r:
+        saved = _saved_name(r.headers["Content-Disposition"])
+        assert r.read() == script
+    assert filetypes.extension(saved) == "txt", saved
+
+
+def _biff_globals(sheet_type: int) -> bytes:
+    """A BIFF8 workbook's globals: BOF, one BOUNDSHEET of ``sheet_type``
+    (0 worksheet, 1 Excel 4 macro sheet, 6 VBA module), EOF."""
+    bof = struct.pack("<HH", 0x0809, 16) + b"\x00\x06\x05\x00" + bytes(12)
+    name = b"\x06\x00Macro1"
+    sheet = struct.pack("<HH", 0x0085, 6 + len(name)) + struct.pack("<IBB", 0, 0, sheet_type) + name
+    return bof + sheet + struct.pack("<HH", 0x000A, 0)
+
+
+WORD_FIB = b"\xec\xa5\xc1\x00"
+
+
+@pytest.mark.parametrize("shape", ["doc-vba", "xls-vba", "xls-macro-sheet", "doc-package", "doc-linked-object"])
+def test_an_old_office_file_that_runs_code_is_not_delivered(gw_wide: GatewayProcess, raw_sink: RawSink,
+                                                            shape: str) -> None:
+    """Where old Word and Excel files are allowed (disarm cannot rewrite
+    them), one with a VBA project, an Excel 4 macro sheet, a packaged
+    program or a linked object never reaches the agent."""
+    mail = Mail(f"ole-{shape}")
+    tag = mail.tag.encode()
+    word = {"WordDocument": WORD_FIB + tag, "1Table": tag}
+    streams = {
+        "doc-vba": {**word, "Macros/PROJECT": b"ID=" + tag, "Macros/VBA/ThisDocument": b"Attribute VB_Name"},
+        "xls-vba": {"Workbook": _biff_globals(0) + tag, "_VBA_PROJECT_CUR/PROJECT": b"ID=" + tag},
+        "xls-macro-sheet": {"Workbook": _biff_globals(1) + tag},
+        "doc-package": {**word, "ObjectPool/_1234/\x01Ole10Native": ole10native("setup.exe", pe(mail.tag))},
+        "doc-linked-object": {**word, "ObjectPool/_1234/\x01Ole": struct.pack("<II", 0x02000001, 1) + bytes(12)},
+    }[shape]
+    data = ole_file(streams)
+    name, ctype = ("claim.xls", "application/vnd.ms-excel") if shape.startswith("xls") else \
+        ("claim.doc", "application/msword")
+    case = mail.case(multipart([mail.body(), part(ctype, data, name=name)]), files=[data], name=name)
+    fail_closed(gw_wide, raw_sink, mail, case)
+
+
+def test_a_plain_old_word_file_passes_where_allowed(gw_wide: GatewayProcess, raw_sink: RawSink) -> None:
+    mail = Mail("ole-plain")
+    data = ole_file({"WordDocument": WORD_FIB + mail.tag.encode(), "1Table": mail.tag.encode()})
+    _, tx = deliver(gw_wide, raw_sink, mail, mail.build(multipart([mail.body(), part("application/msword", data,
+                                                                                       name="claim.doc")])))
+    assert b64head(data) in tx.wire and b"could not" not in tx.data
+
+
+@pytest.mark.parametrize("shape", ["pdf-script", "docx-file-link"])
+def test_an_active_document_uuencoded_in_the_text_is_not_delivered(gw: GatewayProcess, raw_sink: RawSink,
+                                                                   shape: str) -> None:
+    """A PDF or Office file uuencoded in the text (clients offer it as a
+    file) is not disarmed there: one whose type disarm looks at never
+    stays in the text unchecked."""
+    mail = Mail(f"uu-{shape}")
+    if shape == "pdf-script":
+        data, name = active_documents.pdf_open_action_js(), "invoice.pdf"
+    else:
+        data, name = active_documents.docx_file_links(), "statement.docx"
+    data += f"%{mail.tag}".encode() if shape == "pdf-script" else b""
+    body = (mail.readable + "\r\n\r\n").encode() + uuencode(data, name)
+    case = mail.case(text(body.decode(), "text/plain; charset=us-ascii"), files=[data], name=name)
+    fail_closed(gw, raw_sink, mail, case)
+
+
+def _odt(tag: str, extra: list[tuple[str, bytes]] = ()) -> bytes:
+    """An OpenDocument text ("mimetype" stored first, as LibreOffice writes it)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(zipfile.ZipInfo("mimetype"), "application/vnd.oasis.opendocument.text")
+        z.writestr("content.xml", f"<office:document-content><text>{tag}</text></office:document-content>")
+        z.writestr("META-INF/manifest.xml", "<manifest:manifest/>")
+        for name, data in extra:
+            z.writestr(name, data)
+    return out.getvalue()
+
+
+def test_an_opendocument_file_with_macros_is_not_delivered(gw_wide: GatewayProcess, raw_sink: RawSink) -> None:
+    """Where OpenDocument texts are allowed, one with a LibreOffice Basic
+    module (bound to the document's open event) never reaches the agent;
+    one without macros does."""
+    mail = Mail("odt-basic")
+    module = b'<script:module script:name="Module1">Sub Main\nShell("calc")\nEnd Sub</script:module>'
+    data = _odt(mail.tag, [("Basic/Standard/Module1.xml", module), ("Basic/script-lc.xml", b"<library/>")])
+    case = mail.case(multipart([mail.body(), part("application/vnd.oasis.opendocument.text", data,
+                                                  name="claim.odt")]), files=[data], name="claim.odt")
+    fail_closed(gw_wide, raw_sink, mail, case)
+    plain_mail = Mail("odt-plain")
+    plain = _odt(plain_mail.tag)
+    _, tx = deliver(gw_wide, raw_sink, plain_mail, plain_mail.build(multipart([
+        plain_mail.body(), part("application/vnd.oasis.opendocument.text", plain, name="claim.odt")])))
+    assert b64head(plain) in tx.wire and b"could not" not in tx.data

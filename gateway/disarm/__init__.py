@@ -51,6 +51,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from policies import filetypes
 
@@ -157,6 +158,22 @@ class Deadline:
         """Raise OverBudget once the time is up."""
         if time.monotonic() > self.end:
             raise OverBudget(f"took longer than {self.seconds:g} s")
+
+
+# Link schemes a click opens in a browser or a mail client.  Any other
+# target (file:, a \\host\share path, a relative path, search-ms:,
+# ms-msdt:, another program's protocol) opens a file or starts a program,
+# and a click on a path to a share hands over the agent's Windows
+# credentials: disarm takes such links out of PDFs and Office files alike.
+WEB_SCHEMES = frozenset({"http", "https", "mailto"})
+
+
+def link_scheme(target: str) -> str:
+    """A link target's scheme, lower case ('' when it has none: a path)."""
+    try:
+        return urlsplit(target.strip()).scheme.lower()
+    except ValueError:
+        return ""
 
 
 def _sha256(data: bytes) -> str:

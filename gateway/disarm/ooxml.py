@@ -27,7 +27,11 @@ What goes, found before anything is rewritten:
   (an OLE Package's ``\\x01Ole10Native`` stream gives the packaged file's
   name and bytes, read with olefile and oletools); ActiveX controls go;
 * PowerPoint click or hover actions that start a program or a macro
-  (``ppaction://program``, ``ppaction://macro``).
+  (``ppaction://program``, ``ppaction://macro``);
+* links that open a file rather than a web page (hyperlink relationships
+  and Word ``HYPERLINK`` fields to ``file:``, a ``\\\\host\\share`` path,
+  a relative path, ``search-ms:``, ``ms-msdt:``, anything but http, https
+  and mailto): in Word the words stay, unlinked.
 
 Parts only reachable through what was removed are removed too.  XML is
 parsed without DTDs, entities or network access (a DOCTYPE is refused); a
@@ -55,6 +59,7 @@ from lxml import etree
 from oletools import oleobj
 
 from gateway.disarm import (
+    WEB_SCHEMES,
     Budget,
     CannotDisarm,
     CheckFailed,
@@ -64,6 +69,7 @@ from gateway.disarm import (
     NotExaminable,
     OverBudget,
     count_words,
+    link_scheme,
 )
 from gateway.mime import container
 from policies import filetypes
@@ -77,8 +83,9 @@ DDE_LINKS = "DDE links"
 DDE_FIELDS = "DDE fields"
 ACTIVEX = "ActiveX controls"
 LAUNCH = "program launches"
+FILE_LINKS = "links that open other files"
 _ORDER = [MACROS, REMOTE_TEMPLATE, LINKED_OBJECTS, REMOTE_CONTENT, WORKBOOK_LINKS, DDE_LINKS, DDE_FIELDS, ACTIVEX,
-          LAUNCH]
+          LAUNCH, FILE_LINKS]
 
 _PKG_REL = "http://schemas.openxmlformats.org/package/2006/relationships"
 _CT = "http://schemas.openxmlformats.org/package/2006/content-types"
@@ -114,9 +121,13 @@ _DDE = re.compile(r"\bDDE(AUTO)?\b", re.IGNORECASE)
 # HYPERLINK whose tooltip says "link" stays.
 _REMOTE_FIELD = re.compile(r"^\s*(INCLUDEPICTURE|INCLUDETEXT|INCLUDE|IMPORT|LINK|DATABASE)\b", re.IGNORECASE)
 _PPACTION = re.compile(r"^\s*ppaction://(program|macro)", re.IGNORECASE)
+# A HYPERLINK field's words: the field name, then switches (\l, \o and \t
+# take an argument) and the target, each quoted or not.
+_HYPERLINK_FIELD = re.compile(r"^\s*HYPERLINK\b", re.IGNORECASE)
+_FIELD_WORD = re.compile(r'"([^"]*)"|(\S+)')
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # Elements that are only containers and may not stay empty once what they held is gone.
-_PRUNABLE = {"oleObjects", "controls", "externalReferences", "Choice", "Fallback"}
+_PRUNABLE = {"oleObjects", "controls", "externalReferences", "Choice", "Fallback", "hyperlinks"}
 _CONTENT_TYPES = "[content_types].xml"
 
 
@@ -377,6 +388,11 @@ def _plan_macros(pkg: _Package, types: _ContentTypes, main: str, main_type: str,
 def _plan_relationship(pkg: _Package, r: _Rel, plan: _Plan, types: _ContentTypes, keep_chart_data: bool) -> None:
     if r.external:
         if r.kind == "hyperlink":
+            # A click on a link to a file, a share or another program's
+            # protocol (search-ms:, ms-msdt:) opens it; web links stay.
+            if link_scheme(r.target) not in WEB_SCHEMES:
+                plan.kinds.add(FILE_LINKS)
+                plan.drop_rels.append(r)
             return
         plan.kinds.add({"attachedtemplate": REMOTE_TEMPLATE, "oleobject": LINKED_OBJECTS,
                         "externallinkpath": WORKBOOK_LINKS}.get(r.kind, REMOTE_CONTENT))
@@ -444,14 +460,23 @@ def _plan_dde(root: etree._Element, name: str, plan: _Plan) -> None:
         elif tag == "fldChar":
             kind = next((v for k, v in el.attrib.items() if _local(k) == "fldCharType"), "")
             if kind == "begin":
-                if stack and stack[-1]["instr"] and not "".join(stack[-1]["text"]).strip():
-                    stack[-1]["nested_first"] = True
-                stack.append({"instr": True, "own": [], "all": [], "text": [], "nested_first": False})
+                if stack and stack[-1]["instr"]:
+                    stack[-1]["nested"] = True
+                    if not "".join(stack[-1]["text"]).strip():
+                        stack[-1]["nested_first"] = True
+                stack.append({"instr": True, "own": [], "all": [], "text": [], "nested_first": False,
+                              "nested": False})
             elif kind == "separate" and stack:
                 stack[-1]["instr"] = False
             elif kind == "end" and stack:
                 f = stack.pop()
-                field_kind = _field_kind("".join(f["text"])) or (DDE_FIELDS if f["nested_first"] else "")
+                own = "".join(f["text"])
+                field_kind = _field_kind(own) or (DDE_FIELDS if f["nested_first"] else "")
+                if not field_kind and f["nested"] and _HYPERLINK_FIELD.match(own) \
+                        and link_scheme(_hyperlink_target(own) or "") not in WEB_SCHEMES:
+                    # The target is built by a field inside (QUOTE of
+                    # character codes): what it opens is not known here.
+                    field_kind = FILE_LINKS
                 if field_kind:
                     for t in f["all"]:
                         t.text = ""
@@ -472,7 +497,25 @@ def _field_kind(instr: str) -> str:
     """What a field's instruction does that disarm removes ('' when nothing)."""
     if _DDE.search(instr):
         return DDE_FIELDS
+    if _HYPERLINK_FIELD.match(instr):
+        target = _hyperlink_target(instr)
+        return FILE_LINKS if target is not None and link_scheme(target) not in WEB_SCHEMES else ""
     return REMOTE_CONTENT if _REMOTE_FIELD.match(instr) else ""
+
+
+def _hyperlink_target(instr: str) -> str | None:
+    """A HYPERLINK field's target (None when it has only a place in the
+    document, ``\\l``): the first word that is neither a switch nor a
+    switch's argument."""
+    words = [m.group(1) if m.group(1) is not None else m.group(2) for m in _FIELD_WORD.finditer(instr)][1:]
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if len(word) == 2 and word.startswith("\\"):
+            i += 2 if word[1].lower() in "lot" else 1
+            continue
+        return word
+    return None
 
 
 def _unwrap(el: etree._Element) -> None:
@@ -614,7 +657,12 @@ def _apply_relationships(pkg: _Package, rels: dict[str, list[_Rel]], plan: _Plan
                         hits.append(el)
                         break
         for el in hits:
-            if el is not root:
+            if el is root:
+                continue
+            if _local(el.tag) == "hyperlink" and _namespace(el.tag) in _W:
+                # The link goes, the words it was on stay.
+                _unwrap(el)
+            else:
                 _remove(el)
         plan.rewrite[source] = root
 

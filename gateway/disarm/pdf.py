@@ -8,11 +8,12 @@ every dictionary and array it looks at each value:
 
 * an action that runs a script (``/S /JavaScript``, any ``/JS``), starts a
   program (``/Launch``), imports data (``/ImportData``), submits a form
-  (``/SubmitForm``), opens another file (``/GoToR``, ``/GoToE``, a ``/URI``
-  that is not http, https or mailto) or plays embedded media
-  (``/RichMediaExecute``) is cut out of whatever holds it: ``/OpenAction``,
-  ``/AA`` triggers (document, page, annotation, form field), an
-  annotation's or outline item's ``/A``, another action's ``/Next``;
+  (``/SubmitForm``), opens another file (``/GoToR``, ``/GoToE``, a
+  ``/Thread`` in another file, a ``/URI`` that is not http, https or
+  mailto) or plays embedded media (``/RichMediaExecute``) is cut out of
+  whatever holds it: ``/OpenAction``, ``/AA`` triggers (document, page,
+  annotation, form field), an annotation's or outline item's ``/A``,
+  another action's ``/Next``;
 * the document's script name tree (``/Names /JavaScript``) and embedded
   file tree (``/Names /EmbeddedFiles``) go, and so does an AcroForm's
   ``/XFA`` (XFA forms carry scripts; readers fall back to the AcroForm);
@@ -33,12 +34,12 @@ import io
 import subprocess
 import tempfile
 import zlib
-from urllib.parse import urlsplit
 
 import pikepdf
 from pikepdf import Name, ObjectType
 
 from gateway.disarm import (
+    WEB_SCHEMES,
     Budget,
     CheckFailed,
     Deadline,
@@ -47,6 +48,7 @@ from gateway.disarm import (
     NotExaminable,
     OverBudget,
     count_words,
+    link_scheme,
 )
 
 SCRIPTS = "scripts"
@@ -64,7 +66,6 @@ _ACTIONS = {
 }
 _REMOVED_ANNOTATIONS = {"/FileAttachment": None, "/RichMedia": MEDIA, "/3D": MEDIA, "/Screen": MEDIA,
                         "/Movie": MEDIA, "/Sound": MEDIA}
-_WEB_SCHEMES = {"http", "https", "mailto"}
 # The order the words are given in.
 _ORDER = [SCRIPTS, LAUNCH, IMPORT, SUBMIT, FILE_LINKS, WEB_LINKS, MEDIA]
 _CONTAINERS = (ObjectType.dictionary, ObjectType.array, ObjectType.stream)
@@ -188,11 +189,15 @@ class _Walk:
         kind = _ACTIONS.get(str(s))
         if kind:
             return kind
+        if str(s) == "/Thread" and "/F" in value:
+            # An article thread in another file: the reader opens that file
+            # (from a share too), as for /GoToR.
+            return FILE_LINKS
         if str(s) == "/URI":
             uri = value.get("/URI")
             raw = bytes(uri) if isinstance(uri, pikepdf.String) else b""
-            scheme = _scheme(raw)
-            if scheme not in _WEB_SCHEMES:
+            scheme = link_scheme(raw.decode("latin-1"))
+            if scheme not in WEB_SCHEMES:
                 return SCRIPTS if scheme == "javascript" else FILE_LINKS
             if not self.budget.keep_web_links:
                 return WEB_LINKS
@@ -203,13 +208,6 @@ def _code(value: object) -> ObjectType | None:
     """The qpdf type of a value (pikepdf hands scalars over as Python ints,
     bools and decimals, which are never containers)."""
     return value._type_code if isinstance(value, pikepdf.Object) else None
-
-
-def _scheme(raw: bytes) -> str:
-    try:
-        return urlsplit(raw.decode("latin-1").strip()).scheme.lower()
-    except ValueError:
-        return ""
 
 
 def _text(value: pikepdf.Object | None) -> str:

@@ -1,4 +1,5 @@
-"""What a ZIP really holds: Office Open XML, Office with macros, or an archive.
+"""What a ZIP really holds: Office Open XML, Office with macros, or an
+archive; and whether an old Office file (an OLE compound file) has macros.
 
 The first 8 KiB that gateway/mime/sniff.py sees show only the first local
 headers of a ZIP: a file whose first entries are ``[Content_Types].xml`` and
@@ -15,13 +16,33 @@ needed) and names what the archive is:
 * ``OOXML_REMOTE`` when a relationship fetches a template, an object, a
   frame or a sub-document from outside the package when it is opened (the
   remote-template and Follina attacks: the code comes from the internet);
+* ``ARCHIVED_PROGRAM`` when any entry is named as a program, a script or
+  a web page (``filetypes.EXECUTABLE_EXTENSIONS``, ``ACTIVE_EXTENSIONS``):
+  refused as a program even where ZIP archives are allowed;
+* ``ODF_MACROS`` for an OpenDocument file (libmagic's type, from its
+  ``mimetype`` entry) with a ``Basic/`` or ``Scripts/`` folder: macros;
 * ``application/zip`` when any entry is outside the package's part names,
-  or has a program's extension, or the content types name no main part;
+  or the content types name no main part;
 * ``UNEXAMINED_ARCHIVE`` when it cannot be read to a verdict: a central
   directory that does not parse, encrypted entries, duplicate names, more
   than ``MAX_ENTRIES`` entries, a ``[Content_Types].xml`` or a relationship
   part over ``MAX_CONTENT_TYPES`` bytes, or more than ``MAX_INFLATED``
-  bytes of them in all (a zip bomb); the policies refuse it.
+  bytes of them in all (a zip bomb); an entry that is itself an archive
+  (``filetypes.ARCHIVE_EXTENSIONS``: not opened here); or two readers could
+  see two different archives: a local header whose name is not its
+  central record's (a reader that walks the local headers, as streaming
+  unzippers and some antivirus engines do, would extract ``run.exe`` where
+  the directory says ``readme.txt``), or a file that starts with a local
+  header the directory does not begin at (two archives one after the
+  other: 7-Zip opens the first, zipfile the last).  The policies refuse it.
+
+An old Word, Excel or PowerPoint file (``.doc``, ``.xls``, ``.ppt``: an OLE
+compound file, which disarm cannot rewrite) is ``OLE_ACTIVE`` when its
+directory holds a VBA project (a ``Macros``, ``VBA`` or ``_VBA_PROJECT_CUR``
+storage), a packaged file (``\x01Ole10Native``) or a linked object, or its
+workbook globals name an Excel 4 macro sheet or a VBA module sheet; and an
+unexamined archive when olefile cannot read its directory.  A route that
+allows old Office files then still never passes one that runs code.
 
 Nothing is extracted to disk, and only ``[Content_Types].xml`` and the
 relationship parts (``*.rels``) are decompressed, each at most
@@ -41,6 +62,8 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import IO
+
+import olefile
 
 from gateway.mime import sniff
 from gateway.mime.decode import Measure, decoded_chunks
@@ -109,10 +132,27 @@ _REL_TYPE = re.compile(rb"""\btype\s*=\s*["'][^"']*/(attachedtemplate|oleobject|
 # Entries that carry macros whatever the content types say.
 _MACRO_ENTRY = re.compile(r"(^|/)vbaproject\.bin$|(^|/)vbadata\.xml$|^xl/(intl)?macrosheets/")
 
+# OpenDocument types (as libmagic names them from the "mimetype" entry) and
+# the folders that hold their macros (LibreOffice Basic; Python, BeanShell,
+# JavaScript scripts).
+_ODF = "application/vnd.oasis.opendocument."
+_ODF_MACROS = ("basic/", "scripts/")
+
 # What libmagic (or sniff's look at the first local headers) may call a
 # ZIP: generic names and the Office types, all decided here instead.
 _GENERIC_ZIP = {"application/zip", "application/x-zip-compressed", "application/octet-stream",
                 *_MAIN_PARTS.values()}
+
+
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+# What libmagic calls an old Office file: examined whole for macros.
+_OLE_OFFICE = {"application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint",
+               "application/x-ole-storage", "application/cdfv2", "application/vnd.ms-office"}
+# Storages (lower case) that hold a VBA project: Word's, Excel's, any.
+_VBA_STORAGES = {"macros", "_vba_project_cur", "vba"}
+# The workbook globals read for sheet records (they come first, before any sheet).
+MAX_BIFF_GLOBALS = 4 << 20
+_BIFF_EOF, _BIFF_BOUNDSHEET = 0x000A, 0x0085
 
 
 class Unexamined(Exception):
@@ -128,7 +168,8 @@ def zip_like(head: bytes, detected: str) -> bool:
     """Whether a part whose first bytes are ``head`` and which libmagic
     called ``detected`` must be examined as a ZIP (costs nothing else)."""
     return head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")) or (
-        detected in _GENERIC_ZIP and detected != "application/octet-stream")
+        detected in _GENERIC_ZIP and detected != "application/octet-stream") or (
+        head.startswith(_OLE_MAGIC) and detected in _OLE_OFFICE)
 
 
 def _end_record(f: IO[bytes], size: int) -> tuple[int, int, int]:
@@ -178,15 +219,16 @@ def _end_record(f: IO[bytes], size: int) -> tuple[int, int, int]:
     return entries, cd_size, start
 
 
-def _central_names(f: IO[bytes], size: int) -> list[tuple[str, int]]:
-    """(name, flags) of each central directory record, walked by hand with
-    the bounds above before zipfile builds an object per entry."""
+def _central_names(f: IO[bytes], size: int) -> list[tuple[str, int, bytes]]:
+    """(name, flags, the name's raw bytes) of each central directory
+    record, walked by hand with the bounds above before zipfile builds an
+    object per entry."""
     entries, cd_size, start = _end_record(f, size)
     f.seek(start)
     cd = f.read(cd_size)
     if len(cd) != cd_size:
         raise Unexamined("central directory truncated")
-    out: list[tuple[str, int]] = []
+    out: list[tuple[str, int, bytes]] = []
     pos = 0
     while pos < cd_size:
         if not cd.startswith(_CENTRAL, pos) or pos + 46 > cd_size:
@@ -195,7 +237,7 @@ def _central_names(f: IO[bytes], size: int) -> list[tuple[str, int]]:
         nlen, xlen, clen = struct.unpack_from("<HHH", cd, pos + 28)
         raw = cd[pos + 46:pos + 46 + nlen]
         name = raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
-        out.append((name, flags))
+        out.append((name, flags, raw))
         if len(out) > MAX_ENTRIES:
             raise Unexamined(f"more than {MAX_ENTRIES} entries")
         pos += 46 + nlen + xlen + clen
@@ -256,8 +298,8 @@ def examine_zip(f: IO[bytes], detected: str = "application/zip", cheap: int | No
     size = f.tell()
     try:
         entries = _central_names(f, size)
-        names = [_normal(n) for n, _ in entries]
-        if any(flags & 0x1 for _, flags in entries):
+        names = [_normal(n) for n, _, _ in entries]
+        if any(flags & 0x1 for _, flags, _ in entries):
             raise Unexamined("encrypted entries")
         if len(set(names)) != len(names):
             raise Unexamined("duplicate entry names")
@@ -266,8 +308,13 @@ def examine_zip(f: IO[bytes], detected: str = "application/zip", cheap: int | No
             infos = z.infolist()
             if [_normal(i.filename) for i in infos] != names:
                 raise Unexamined("zipfile reads a different directory")
+            _same_local_headers(f, infos, [raw for _, _, raw in entries])
             if any(_executable(n) for n in names):
-                return "application/zip"
+                return filetypes.ARCHIVED_PROGRAM
+            if any(_archive(n) for n in names):
+                raise Unexamined("an archive inside the archive")
+            if detected.startswith(_ODF) and any(n.startswith(_ODF_MACROS) for n in names):
+                return filetypes.ODF_MACROS
             ct_name = next((i.filename for i in infos if _normal(i.filename) == _CONTENT_TYPES), None)
             if ct_name is None:
                 return detected if detected not in _GENERIC_ZIP else "application/zip"
@@ -313,6 +360,30 @@ def _relationship_tags(data: bytes) -> Iterator[bytes]:
             return
         yield data[m.start():gt + 1]
         pos = gt + 1
+
+
+def _same_local_headers(f: IO[bytes], infos: list[zipfile.ZipInfo], raw_names: list[bytes]) -> None:
+    """Raise Unexamined unless every entry's local header is where its
+    central record says and names the same entry, and the file starts with
+    the first of them (zipfile's offsets already count data prepended to
+    the archive)."""
+    offsets = sorted(i.header_offset for i in infos)
+    f.seek(0)
+    if f.read(4) == b"PK\x03\x04" and offsets and offsets[0] != 0:
+        raise Unexamined("a second archive before the one the directory describes")
+    for info, raw in zip(infos, raw_names, strict=True):
+        f.seek(info.header_offset)
+        header = f.read(30)
+        if len(header) < 30 or not header.startswith(b"PK\x03\x04"):
+            raise Unexamined("a central record points at no local header")
+        nlen, = struct.unpack_from("<H", header, 26)
+        if nlen != len(raw) or f.read(nlen) != raw:
+            raise Unexamined("a local header names another entry than the central directory")
+
+
+def _archive(name: str) -> bool:
+    """Whether an entry is named like an archive or a disk image."""
+    return not name.endswith("/") and filetypes.extension(name.rsplit("/", 1)[-1]) in filetypes.ARCHIVE_EXTENSIONS
 
 
 def _executable(name: str) -> bool:
@@ -380,7 +451,55 @@ def examine_chunks(chunks: Iterable[bytes], detected: str, cheap: int | None = N
     ``detected``).  Blocking and costly: on the event loop only for a small
     part with ``cheap`` (``LOOP_INFLATED``), which raises Costly beyond it."""
     with _spooled(chunks) as f:
+        f.seek(0)
+        if f.read(len(_OLE_MAGIC)) == _OLE_MAGIC:
+            if cheap is not None:
+                raise Costly("an OLE compound file")  # olefile reads its whole directory
+            return examine_ole(f, detected)
         return examine_zip(f, detected, cheap)
+
+
+def examine_ole(f: IO[bytes], detected: str) -> str:
+    """``OLE_ACTIVE`` for an old Office file in ``f`` that has macros, a
+    packaged file or a linked object (see the module docstring), an
+    unexamined archive when its directory does not read, else ``detected``."""
+    f.seek(0)
+    try:
+        with olefile.OleFileIO(f) as ole:
+            paths = ole.listdir(streams=True, storages=True)
+            for path in paths:
+                lower = [p.lower() for p in path]
+                if set(lower) & _VBA_STORAGES or lower[-1] == "\x01ole10native":
+                    return filetypes.OLE_ACTIVE
+                if lower[-1] == "\x01ole" and _linked(ole.openstream(path).read(8)):
+                    return filetypes.OLE_ACTIVE
+            for name in ("Workbook", "Book"):
+                if ole.exists(name) and _macro_sheets(ole.openstream(name).read(MAX_BIFF_GLOBALS)):
+                    return filetypes.OLE_ACTIVE
+    except (OSError, ValueError, IndexError, struct.error, RecursionError, MemoryError):
+        return filetypes.UNEXAMINED_ARCHIVE
+    return detected
+
+
+def _linked(head: bytes) -> bool:
+    """Whether an ``\x01Ole`` stream (version, then flags) is a linked
+    object: one its source is fetched from, a URL moniker included
+    (CVE-2017-0199)."""
+    return len(head) >= 8 and bool(struct.unpack_from("<I", head, 4)[0] & 1)
+
+
+def _macro_sheets(globals_: bytes) -> bool:
+    """Whether a BIFF workbook's globals name a sheet that is an Excel 4
+    macro sheet or a VBA module (BOUNDSHEET's sheet type 1 or 6)."""
+    pos = 0
+    while pos + 4 <= len(globals_):
+        rtype, rlen = struct.unpack_from("<HH", globals_, pos)
+        if rtype == _BIFF_EOF:
+            return False
+        if rtype == _BIFF_BOUNDSHEET and rlen >= 6 and pos + 10 <= len(globals_) and globals_[pos + 9] in (1, 6):
+            return True
+        pos += 4 + rlen
+    return False
 
 
 def detect_part(src: Source, part: Part, m: Measure) -> str:

@@ -118,6 +118,21 @@ MAX_DISPOSITION_NAME = 200
 _ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
 
 
+def bounded(name: str, limit: int) -> str:
+    """``name`` at most ``limit`` characters, its extension kept: cut
+    anywhere else, ``<199 characters>.js.txt`` (judged as text) would be
+    saved as ``<199 characters>.js``, a script Windows runs."""
+    if len(name) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if dot and stem and len(ext) < 16:
+        return stem[: limit - len(ext) - 1] + "." + ext
+    # No extension the policies could have allowed (they judged this one,
+    # longer than any on their lists): cut, and drop what Windows would
+    # strip, so no dot or space ends the name either.
+    return name[:limit].rstrip(". ")
+
+
 def visible_basename(filename: str) -> str:
     """The name's last path component, without control or format characters."""
     return _visible(filename.replace("\\", "/").rsplit("/", 1)[-1]).strip()
@@ -140,12 +155,7 @@ def ascii_filename(filename: str, default: str = "attachment") -> str:
         stem = default  # nothing recognisable left, e.g. a Cyrillic name
     if not re.search(r"[A-Za-z0-9]", ext):
         ext = ""
-    ascii_name = stem + ("." + ext if ext else "")
-    if len(ascii_name) > MAX_DISPOSITION_NAME:
-        stem, dot, ext = ascii_name.rpartition(".")
-        ascii_name = (stem[: MAX_DISPOSITION_NAME - len(ext) - 1] + "." + ext) if dot and len(ext) < 16 \
-            else ascii_name[:MAX_DISPOSITION_NAME]
-    return ascii_name
+    return bounded(stem + ("." + ext if ext else ""), MAX_DISPOSITION_NAME)
 
 
 def content_disposition(filename: str, disposition: str = "attachment") -> str:
@@ -163,6 +173,8 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
     fallback = ascii_filename(name)
     value = f'{disposition}; filename="{fallback}"'
     if name != fallback:
-        value += f"; filename*=UTF-8''{quote(name[:MAX_DISPOSITION_NAME], safe=_ATTR_CHAR_SAFE)}"
+        # Bounded as the fallback is: browsers save by filename*, so its
+        # extension is the one the agent's computer opens the file by.
+        value += f"; filename*=UTF-8''{quote(bounded(name, MAX_DISPOSITION_NAME), safe=_ATTR_CHAR_SAFE)}"
     return value
 

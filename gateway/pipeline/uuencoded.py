@@ -1,13 +1,15 @@
 """Files inside the text: uuencoded blocks in a text body (several mail
 clients show them as attachments) are judged like any file; a refused one
-is cut out of the text and quarantined, the text around it kept."""
+is cut out of the text and quarantined, the text around it kept.  A PDF
+or Office file there is refused too (unless the route's disarm allows its
+kind): disarm rewrites parts, so its active content would stay."""
 from __future__ import annotations
 
 import asyncio
 import time
 
 import policies
-from gateway import mailtext
+from gateway import disarming, mailtext
 from gateway.mime import container, filenames, sniff, uuencode
 from gateway.mime.decode import Measure, decoded_bytes, decoded_chunks
 from gateway.mime.parse import Part
@@ -89,6 +91,13 @@ class Uuencoded(Step):
                                    decoded_size=len(data), disposition="attachment", route=job.route,
                                    head=data[:HEAD_BYTES], detected_type=detected, is_attachment=True)
                 decision = policies.decide(self.services.policies[job.route.name], facts)
+                kind = disarming.looked_at(detected, decision)
+                if kind is not None and decision.action is not policies.Action.REFUSE \
+                        and disarming.mode(job.route.disarm, kind) != "allow":
+                    # Disarm rewrites parts, not files inside a text: a PDF
+                    # or Office file here would stay with its scripts.
+                    decision = disarming.refusal(policies.explained(
+                        mailtext.DISARM_FAILED, detail="it was uuencoded in the text, where it is not checked"))
             outcome = PartOutcome(leaf, decision, Measure(len(data), b"", None), facts)
             log_decision(job, outcome)
             out.append((block, outcome, data))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,14 @@ def test_crlf_only_runs_with_a_line_end_inside_a_line(seed: int) -> None:
         for bad in (b"\r", b"\n"):
             broken = clean[:i] + bad + clean[i + 1:]
             assert crlf_only(broken) is _crlf_only_by_definition(broken) is False, (seed, i, bad)
+
+
+@pytest.mark.parametrize("name", ["\u00e9" + "a" * 196 + ".js.txt", "a" * 197 + ".js.txt",
+                                  "\u00e9" + "a" * 195 + ".hta" + "x" * 40 + ".pdf"])
+def test_a_long_name_keeps_its_extension_in_both_disposition_names(name: str) -> None:
+    """Cut at 200 characters, these names would end in .js or .hta: the
+    browser saves by filename*, so both names keep the judged extension."""
+    value = filenames.content_disposition(name)
+    names = re.findall(r'filename="([^"]*)"', value) + [urllib.parse.unquote(v) for v in
+                                                         re.findall(r"filename\*=UTF-8''([^;\s]+)", value)]
+    assert names and all(n.endswith("." + name.rsplit(".", 1)[1]) and len(n) <= 200 for n in names), names

@@ -293,6 +293,14 @@ def test_a_table_sets_the_extensions_of_a_type() -> None:
     assert d is not None and d.action is Action.REFUSE and d.details["extension"] == "txt"
 
 
+@pytest.mark.parametrize("ctype,name", [("application/x-7z-compressed", "a.7z"), ("application/gzip", "a.tar.gz"),
+                                        ("application/x-rar", "a.rar"), ("application/x-tar", "a.tar")])
+def test_an_archive_the_gateway_does_not_open_is_refused_even_when_listed(ctype: str, name: str) -> None:
+    p = policies.build("allowed_types", {"allow": {ctype: [name.rsplit(".", 1)[1]]}})
+    d = p.decide(facts(filename=name, declared_type="application/octet-stream", detected_type=ctype))
+    assert d is not None and d.action is Action.REFUSE and d.reason.startswith("it could not be examined")
+
+
 BAD_ALLOW = [
     (["pdf"], "allow: ['pdf']: 'pdf': expected a MIME type such as \"application/pdf\" (policy allowed_types)"),
     (["application/x-custom"], "allow: ['application/x-custom']: 'application/x-custom': no default extensions are "

@@ -24,8 +24,9 @@ from gateway.mime import container, sniff
 from gateway.mime.decode import measure
 from gateway.mime.parse import Limits, parse
 from gateway.mime.source import Source
-from policies.filetypes import (DESKTOP_ENTRY, DOCM, DOCX, DOTM, HTA, IQY, OOXML_REMOTE, PPTM, PPTX, SVG, SYLK,
-                                UNEXAMINED_ARCHIVE, URL_SHORTCUT, XLAM, XLSM, XLSX)
+from policies.filetypes import (ARCHIVED_PROGRAM, DESKTOP_ENTRY, DOCM, DOCX, DOTM, HTA, IQY, OLE_ACTIVE, OOXML_REMOTE,
+                                PPTM, PPTX, SVG, SYLK, UNEXAMINED_ARCHIVE, URL_SHORTCUT, XLAM, XLSM, XLSX)
+from tests import active_documents
 from tests.messages import png_bytes
 
 # --- active content in text -------------------------------------------------
@@ -177,10 +178,10 @@ ZIPS: list[tuple[str, bytes, str]] = [
     ("a PPTX with a VBA project late in the archive", package("ppt/", extra=pad("ppt/") + [
         ("ppt/vbaProject.bin", b"x")]), PPTM),
     ("a DOCX carrying a program", package("word/", extra=[("word/media/invoice.exe", b"MZ" + b"\x00" * 64)]),
-     "application/zip"),
+     ARCHIVED_PROGRAM),
     ("a DOCX carrying a program after 8 KiB", package("word/", extra=BIG_PAD + [("payload.scr", b"MZ")]),
-     "application/zip"),
-    ("a DOCX carrying a shortcut", package("word/", extra=[("docProps/x.lnk", b"L\x00\x00\x00")]), "application/zip"),
+     ARCHIVED_PROGRAM),
+    ("a DOCX carrying a shortcut", package("word/", extra=[("docProps/x.lnk", b"L\x00\x00\x00")]), ARCHIVED_PROGRAM),
     ("a DOCX with a stray file", package("word/", extra=[("notes.txt", b"hello")]), "application/zip"),
     ("a DOCX with a spreadsheet folder", package("word/", extra=[("xl/workbook.xml", b"<w/>")]), "application/zip"),
     ("two applications' main parts", package("word/", extra=[("xl/workbook.xml", b"<w/>")], extra_types=(
@@ -219,10 +220,53 @@ def test_a_zip_is_named_from_its_central_directory(data: bytes, expected: str) -
     assert detect(data) == expected
 
 
+def _zip(entries: list[tuple[str, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries:
+            z.writestr(name, data)
+    return out.getvalue()
+
+
+def _local_renamed(data: bytes, old: bytes, new: bytes) -> bytes:
+    i = data.index(old)  # the first: its local header
+    return data[:i] + new + data[i + len(new):]
+
+
+@pytest.mark.parametrize("data,expected", [
+    (_zip([("a.txt", b"x"), ("b.exe", b"MZ")]), ARCHIVED_PROGRAM),
+    (_zip([("a.txt", b"x"), ("b\u202etxt.exe", b"MZ")]), ARCHIVED_PROGRAM),
+    (_zip([("a.txt", b"x"), ("b.js. ", b"x")]), ARCHIVED_PROGRAM),
+    (_zip([("a.txt", b"x"), ("c.txt:b.exe", b"MZ")]), ARCHIVED_PROGRAM),
+    (_zip([("a.txt", b"x"), ("b.zip", _zip([("c.exe", b"MZ")]))]), UNEXAMINED_ARCHIVE),
+    (_zip([("a.txt", b"x"), ("b.rar", b"Rar!\x1a\x07\x00")]), UNEXAMINED_ARCHIVE),
+    (_local_renamed(_zip([("a.txt", b"x"), ("notes.txt", b"MZ")]), b"notes.txt", b"setup.exe"), UNEXAMINED_ARCHIVE),
+    (_zip([("b.exe", b"MZ")]) + _zip([("a.txt", b"x")]), UNEXAMINED_ARCHIVE),
+    (b"#!/bin/sh\nstub\n" + _zip([("a.txt", b"x")]), "text/x-shellscript"),
+    (_zip([("a.txt", b"x"), ("docs/", b""), ("b.pdf", b"%PDF-1.4")]), "application/zip"),
+], ids=["program", "rtlo", "trailing-dot-space", "stream-name", "zip-in-zip", "rar-in-zip", "local-header-renamed",
+        "two-archives", "stub-before", "plain"])
+def test_what_a_zip_holds_decides_its_type(data: bytes, expected: str) -> None:
+    assert detect(data) == expected
+
+
+@pytest.mark.parametrize("streams,expected", [
+    ({"WordDocument": b"\xec\xa5\xc1\x00", "1Table": b"x"}, "application/msword"),
+    ({"WordDocument": b"\xec\xa5\xc1\x00", "Macros/PROJECT": b"ID="}, OLE_ACTIVE),
+    ({"Workbook": b"\x09\x08\x10\x00" + bytes(16), "_VBA_PROJECT_CUR/PROJECT": b"ID="}, OLE_ACTIVE),
+    ({"Workbook": b"\x09\x08\x10\x00" + bytes(16) + b"\x85\x00\x08\x00" + bytes(5) + b"\x01\x00\x00"
+      + b"\x0a\x00\x00\x00"}, OLE_ACTIVE),
+    ({"Workbook": b"\x09\x08\x10\x00" + bytes(16) + b"\x85\x00\x08\x00" + bytes(5) + b"\x00\x00\x00"
+      + b"\x0a\x00\x00\x00"}, "application/vnd.ms-excel"),
+], ids=["doc", "doc-vba", "xls-vba", "xls-macro-sheet", "xls"])
+def test_an_old_office_file_is_judged_by_its_ole_directory(streams: dict[str, bytes], expected: str) -> None:
+    assert detect(active_documents.ole_file(streams)) == expected
+
+
 def test_the_first_8_kib_alone_would_have_passed_the_hidden_program() -> None:
     data = package("word/", extra=BIG_PAD + [("payload.exe", b"MZ")])
     assert sniff.detect(data[:8192]) == DOCX  # what the head shows
-    assert detect(data) == "application/zip"
+    assert detect(data) == ARCHIVED_PROGRAM
 
 
 def encrypted(data: bytes) -> bytes:
