@@ -273,3 +273,21 @@ def test_an_unverified_email_never_names_an_agent(tmp_path: Path, monkeypatch: p
         ("Failure", None), ("Success", "ann@contact.example")], signins
     assert "email_verified" in signins[0]["EventResultDetails"]
 
+
+def test_the_landing_page_shows_file_names_as_the_message_does(make_gateway) -> None:
+    """The landing page listed each file under the sender's name as given:
+    ``claim<U+202E>gnp.pdf``, a PDF, read there as ``claimfdp.png``, and a
+    link-shaped name stayed whole; the message body shows both defused
+    (display_name), and so does the page now."""
+    import re
+
+    gw = make_gateway(threshold=1000, route={"landing_page": True})
+    pdf, png = pdf_bytes(3000), png_bytes(5000)
+    send(gw.smtp_port, message(attachments=[(pdf, "application/pdf", "claim\u202egnp.pdf"),
+                                            (png, "image/png", "www.evil.example.png")]))
+    [out] = gw.wait_outbox()
+    [url] = [u.decode() for u in re.findall(rb"https?://127\.0\.0\.1:\d+/p/[A-Za-z0-9._-]+", out)]
+    page = requests.get(url, timeout=30)
+    assert page.status_code == 200
+    names = re.findall(r"<tr><td>([^<]*)</td>", page.text)
+    assert names == ["claimgnp.pdf", "www[.]evil.example.png"], names

@@ -31,7 +31,7 @@ from gateway.links import records, revocations
 from gateway.links.agents import Agent, Authenticator, IdentityRefused, Oidc, Proxies, SignInRequired
 from gateway.links.authz import Authoriser
 from gateway.links.tokens import Claims, Keyring, TokenError, TokenExpired, key_id
-from gateway.mime.filenames import content_disposition
+from gateway.mime.filenames import content_disposition, display_name
 from gateway.storage.base import ObjectNotFound, Storage, StorageError
 
 log = logs.get("http")
@@ -241,7 +241,7 @@ class LinkEndpoint:
         if "application/json" in request.headers.get("Accept", ""):
             return web.json_response({"url": url, "token": token, "expires": expires},
                                      headers={"Cache-Control": "no-store"})
-        return self._page(request, 200, "refreshed", url=url, filename=record.filename, until=expires)
+        return self._page(request, 200, "refreshed", url=url, filename=display_name(record.filename), until=expires)
 
     def _fresh(self, request: web.Request, claims: Claims, record: records.LinkRecord, agent: Agent
                ) -> tuple[str, str, int]:
@@ -310,7 +310,7 @@ class LinkEndpoint:
         for f, why in live:
             url = None if why is not None else \
                 f"{self.base_url}/a/{self.keyring.sign(claims.store, f.object_id, claims.expires)}"
-            rows.append({"name": f.filename, "size": f.size, "kind": f.content_type, "url": url})
+            rows.append({"name": display_name(f.filename), "size": f.size, "kind": f.content_type, "url": url})
         self._audit(request, "page", "Success", f"listed {len(files)} files ({request['authz']})", agent=agent,
                     kid=claims.kid, **fields)
         return self.pages.render(request, "landing.html", files=rows, message_id=pg.message_id)
