@@ -586,3 +586,22 @@ def test_a_client_chosen_user_agent_never_loses_or_splits_audit_events(make_gate
     key = lambda e: json.dumps(e, sort_keys=True)  # noqa: E731
     assert sorted(map(key, got_syslog)) == sorted(map(key, events))
     assert sorted(map(key, got_hec)) == sorted(map(key, events))
+
+
+def test_a_refused_token_is_audited_with_the_link_it_claims(make_gateway) -> None:
+    """A link with its expiry pushed out (or its signature cut) was audited
+    as "invalid token" with the key id alone: nothing said which link had
+    leaked and was being altered.  The event names the object id the token
+    claims (unchecked: without the MAC it opens nothing), never the token."""
+    gw = make_gateway(threshold=1000)
+    url = offload_one(gw, pdf_bytes(2000))
+    token = url.rsplit("/", 1)[1]
+    kid, store, exp36, oid, sig = token.split(".")
+    later = ".".join((kid, store, "zzzzzz" + exp36[6:] if len(exp36) > 6 else "zzzzzzz", oid, sig))
+    assert get(url.replace(token, later))[0] == 403
+    assert get(url.replace(token, token[:-4]))[0] == 403  # a cut signature
+    events = gw.wait_audit(lambda e: sum(1 for x in gw.audit() if "invalid token" in
+                                         x.get("EventResultDetails", "")) >= 2)
+    refused = [e for e in events if "invalid token" in e.get("EventResultDetails", "")]
+    assert [(e["TokenObjectId"], e["TokenKeyId"]) for e in refused] == [(oid, kid)] * 2, refused
+    assert sig not in json.dumps(events) and sig[:-4] not in json.dumps(events)
