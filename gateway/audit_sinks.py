@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import ssl
 import threading
 import time
@@ -102,6 +101,14 @@ class Sink:
         with self._lock:
             return [self._items[i] for i in range(min(limit, len(self._items)))]
 
+    def _drop(self, count: int, error: str) -> None:
+        with self._lock:
+            for _ in range(count):
+                self._items.popleft()
+            self.dropped += count
+        metrics.AUDIT_DROPPED.inc(count)
+        log.error("audit events dropped; they could not be encoded", sink=self.name, dropped=count, error=error)
+
     def _done(self, count: int) -> None:
         with self._lock:
             for _ in range(count):
@@ -127,6 +134,12 @@ class Sink:
                     await self._close()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
+                    continue
+                except (ValueError, TypeError) as e:
+                    # Events that cannot be written at all (sending them
+                    # again would fail the same way): drop them, counted,
+                    # and keep the task that sends every later event alive.
+                    self._drop(len(batch), str(e) or type(e).__name__)
                     continue
                 backoff = 0.2
                 self._done(len(batch))
@@ -158,8 +171,8 @@ def rfc5424(record: dict[str, Any], facility: int, app_name: str, hostname: str)
     params = " ".join(f'{k}="{_sd_escape(str(v))}"' for k, v in sd_fields if v is not None)
     sd = f"[audit@32473 {params}]" if params else "-"
     ts = record.get("TimeGenerated") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    body = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
-    return f"<{pri}>1 {ts} {hostname or '-'} {app_name} - {msgid} {sd} {body}".encode()
+    body = logs.audit_json(record)
+    return f"<{pri}>1 {ts} {hostname or '-'} {app_name} - {msgid} {sd} {body}".encode("utf-8", "backslashreplace")
 
 
 def _sd_escape(v: str) -> str:
@@ -237,8 +250,8 @@ class HecSink(Sink):
                                    "sourcetype": self.sourcetype, "event": r}
             if self.index:
                 env["index"] = self.index
-            lines.append(json.dumps(env, separators=(",", ":"), ensure_ascii=False, default=str))
-        async with self._session.post(self.url, data="\n".join(lines).encode(),
+            lines.append(logs.audit_json(env))
+        async with self._session.post(self.url, data="\n".join(lines).encode("utf-8", "backslashreplace"),
                                       headers={"Authorization": f"Splunk {self._token}",
                                                "Content-Type": "application/json"},
                                       ssl=self.ssl_context if self.ssl_context is not None else True) as resp:

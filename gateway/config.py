@@ -979,6 +979,12 @@ class Config(_Strict):
             except ValueError as e:
                 raise ValueError(f"branding.logo: {self.branding.logo!r}: {e}") from None
         for name, store in self.storage.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name):
+                # The name is a field of every link token (KID.STORE.EXP.OID.SIG):
+                # with a dot or past 32 characters no link to the store would
+                # ever verify, every click a 403.
+                raise ValueError(f"storage.{name}: a store's name is written in its links: expected 1 to 32 "
+                                 f"letters, digits, '_' or '-'")
             if store.retention_days * 86400 < self.links.ttl:
                 raise ValueError(f"storage.{name}.retention_days: {store.retention_days}: attachments would be "
                                  f"deleted before their links expire (links.ttl = {self.links.ttl} s): expected "

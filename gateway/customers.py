@@ -15,12 +15,13 @@ ids longer than ``MAX_LENGTH``; it never rewrites an id, so the id an
 agent's authorisation map names is the id the gateway compares.  ``same``
 compares two ids the way ``[authorization] customer_id_match`` says:
 ``case-insensitive`` (Unicode case folding, the default) or ``exact``.
-Lookalikes (a Cyrillic "С" for a Latin "C", fullwidth letters) are
-different ids in both modes: nothing is normalised to ASCII for a
-comparison.
+Lookalikes (a Cyrillic "С" for a Latin "C", fullwidth letters, the
+Kelvin sign for a "K") are different ids in both modes: nothing is
+normalised to ASCII for a comparison, not even by case folding (``fold``).
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from typing import Literal
@@ -62,8 +63,28 @@ def checked(value: str) -> str:
 
 
 def fold(value: str) -> str:
-    """The form ids are compared in when case does not matter."""
-    return value.casefold()
+    """The form ids are compared in when case does not matter: Unicode
+    case folding, except for the compatibility characters it would merge
+    with the characters they stand in for (``_imitates``), which stay as
+    they are."""
+    if value.isascii():
+        return value.casefold()
+    return "".join(ch if _imitates(ch) else ch.casefold() for ch in value)
+
+
+@functools.cache
+def _imitates(ch: str) -> bool:
+    """Whether case folding would make ``ch``, a compatibility stand-in for
+    another character, the very text that character folds to: the Kelvin
+    sign K (U+212A) folds to "k", the long s (U+017F) to "s", the ligature
+    fi (U+FB01) to "fi", the Angstrom sign (U+212B) to "å".  Folded,
+    ``\u212aunde@example.net`` would be ``kunde@example.net``: the same
+    customer to the authorisation map, the same object key prefix, the same
+    erasure.  (Fullwidth letters fold to fullwidth ones and are folded as
+    before; case folding is per character, so folding the rest one by one
+    is the same as folding the whole.)"""
+    compat = unicodedata.normalize("NFKC", ch)
+    return compat != ch and ch.casefold() == compat.casefold()
 
 
 def comparable(value: str, match: Match) -> str:

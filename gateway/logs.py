@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -135,6 +136,44 @@ def log_fields(audit_fields: Mapping[str, Any]) -> dict[str, Any]:
     return {LOG_NAMES[k]: v for k, v in audit_fields.items() if k in LOG_NAMES and v is not None}
 
 
+def audit_value(value: Any) -> Any:
+    """``value`` as an audit event can always carry it: text with bytes
+    that were not UTF-8 (aiohttp hands header bytes over as lone
+    surrogates) shows them as ``\\xNN``, in nested lists and mappings too.
+
+    Any client of the HTTP port chooses its User-Agent: such bytes would
+    make the event unwritable (the file drops it, a syslog or HEC sink's
+    task dies and every later event is lost to the SIEM)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:  # a surrogate no byte stands for
+                return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): audit_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [audit_value(v) for v in value]
+    return value
+
+
+# Characters that JSON leaves raw but that line readers take for the end of a
+# line (Python's splitlines, many log shippers' Unicode line splitting): one
+# event must stay one line, so each is written as its \uXXXX escape (JSON
+# keeps them only inside strings, where the escape means the same).
+_LINE_BREAKERS = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def audit_json(record: Mapping[str, Any]) -> str:
+    """One audit event as one line of JSON (UTF-8 text, nothing in it that
+    any reader splits a line at); the file, syslog and HEC all send this."""
+    line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _LINE_BREAKERS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
 class AuditLog:
     """The audit stream: one JSON object a line, appended and flushed per event.
 
@@ -167,8 +206,8 @@ class AuditLog:
             "EventSchemaVersion": "0.2.1",
             "EventProduct": "attachment-gateway",
         }
-        record.update({k: v for k, v in fields.items() if v is not None})
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
+        record.update({k: audit_value(v) for k, v in fields.items() if v is not None})
+        line = audit_json(record)
         try:
             with self._lock:
                 if self._file is None:

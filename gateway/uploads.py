@@ -232,9 +232,15 @@ class Uploads:
         if decision.action not in (policies.Action.KEEP, policies.Action.OFFLOAD):
             await asyncio.gather(store.delete(key), *(store.delete(k) for k in staging))
             raise Refused(decision.reason, decision.policy)
-        link = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key,
-                          filename=display if cleaned else filename, size=size, sha256=sha256, content_type=ctype,
-                          customer_id=customer, queue_id=reference, message_id=message_id)
+        try:
+            link = await mint(store, self.keyring, self.cfg.http.base_url, self.cfg.links.ttl, key=key,
+                              filename=display if cleaned else filename, size=size, sha256=sha256,
+                              content_type=ctype, customer_id=customer, queue_id=reference, message_id=message_id)
+        except BaseException:
+            # No link, no FileStored event: a copy left here would be a
+            # customer's file kept where nothing leads to it or records it.
+            await store.delete(key)
+            raise
         if cleanup:
             await asyncio.gather(*(store.delete(k) for k in staging))
         log.info("stored", ref=reference, key=key, size=size, sha256=sha256)

@@ -51,7 +51,7 @@ def toml_value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        # A key that is not bare (a MIME type in allowed_types' table form) is quoted.
+        # A key that is not bare (a MIME type, an agent id such as ann@contact.example) is quoted.
         return "{ " + ", ".join(f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', k) else json.dumps(k)} = {toml_value(x)}"
                                 for k, x in v.items()) + " }"
     raise TypeError(v)

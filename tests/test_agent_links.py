@@ -226,3 +226,68 @@ def test_landing_page_one_link_lists_every_file_and_each_download_works(make_gat
     second = gw.wait_outbox(2)
     assert any("/a/" in u for m in second for p in leaves(parse(m)) if p.get_content_type() == "text/plain"
                for u in links(payload(p)))
+
+
+def test_an_unverified_email_never_names_an_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``agent_claim = "email"``, an account at the provider whose
+    owner typed ann's address without proving it (``email_verified``
+    false) signed in as ann and got ann's customers' files."""
+    monkeypatch.setenv("GW_TEST_OIDC_SECRET", CLIENT_SECRET)
+    cert, key = self_signed(tmp_path)
+    (tmp_path / "session.key").write_text("s" * 20 + uuid.uuid4().hex + "\n")
+    http_port = free_port()
+    base = f"https://127.0.0.1:{http_port}"
+    with OidcProvider(CLIENT_ID, CLIENT_SECRET, [base + "/auth/callback"]) as idp:
+        gw = GatewayProcess(tmp_path, threshold=1000, sections={
+            "http": {"listen": f"127.0.0.1:{http_port}", "base_url": base, "tls_cert": str(cert),
+                     "tls_key": str(key)},
+            "agents": {"auth": "oidc", "session_key": {"file": str(tmp_path / "session.key")},
+                       "oidc": {"issuer": idp.issuer, "client_id": CLIENT_ID, "agent_claim": "email",
+                                "client_secret": {"env": "GW_TEST_OIDC_SECRET"}}},
+            "authorization": {"mode": "static", "agents": {"ann@contact.example": ["customer@example.net"]}},
+        })
+        gw.http_port = http_port
+        with running(gw):
+            data = pdf_bytes(4000)
+            url = offload_one(gw, data)
+
+            def sign_in(login: str) -> tuple[requests.Session, requests.Response]:
+                s = requests.Session()
+                s.trust_env = False
+                s.verify = str(cert)
+                first = s.get(url, allow_redirects=False)
+                assert first.status_code == 302
+                return s, follow(s, first, login, stop_at=base + "/auth/callback")
+
+            s, back = sign_in("mallory~ann")
+            then = s.get(url, allow_redirects=False)
+            assert data not in then.content and then.status_code == 302  # still asked to sign in
+            assert back.status_code == 403 and not [c for c in s.cookies if c.name == "agw_session"]
+            s, back = sign_in("ann")  # ann's own, verified address
+            assert back.status_code == 302
+            got = s.get(url, allow_redirects=False)
+            assert got.status_code == 200 and got.content == data
+            events = gw.wait_audit(lambda e: e.get("EventOriginalType") == "click" and e["EventResult"] == "Success")
+    signins = [e for e in events if e.get("EventOriginalType") == "sign-in"]
+    assert [(e["EventResult"], e.get("ActorUsername")) for e in signins] == [
+        ("Failure", None), ("Success", "ann@contact.example")], signins
+    assert "email_verified" in signins[0]["EventResultDetails"]
+
+
+def test_the_landing_page_shows_file_names_as_the_message_does(make_gateway) -> None:
+    """The landing page listed each file under the sender's name as given:
+    ``claim<U+202E>gnp.pdf``, a PDF, read there as ``claimfdp.png``, and a
+    link-shaped name stayed whole; the message body shows both defused
+    (display_name), and so does the page now."""
+    import re
+
+    gw = make_gateway(threshold=1000, route={"landing_page": True})
+    pdf, png = pdf_bytes(3000), png_bytes(5000)
+    send(gw.smtp_port, message(attachments=[(pdf, "application/pdf", "claim\u202egnp.pdf"),
+                                            (png, "image/png", "www.evil.example.png")]))
+    [out] = gw.wait_outbox()
+    [url] = [u.decode() for u in re.findall(rb"https?://127\.0\.0\.1:\d+/p/[A-Za-z0-9._-]+", out)]
+    page = requests.get(url, timeout=30)
+    assert page.status_code == 200
+    names = re.findall(r"<tr><td>([^<]*)</td>", page.text)
+    assert names == ["claimgnp.pdf", "www[.]evil.example.png"], names

@@ -164,3 +164,15 @@ def test_the_wheel_carries_license_version_types_and_examples(tmp_path: Path) ->
             assert built.is_file() and not built.is_symlink() and built.read_bytes() == p.read_bytes(), p
     r = _cli("--version", cwd=tmp_path)
     assert r.stdout.strip() == f"attachment-gateway {__version__}"
+
+
+def test_a_store_name_a_link_token_cannot_carry_is_refused(tmp_path: Path) -> None:
+    """A store named "eu.files" (or longer than 32 characters) was
+    accepted, and every link to it answered 403 "malformed token": the
+    name is a field of the token, between dots."""
+    for name in ("eu.files", "s" * 33):
+        (tmp_path / name[:8]).mkdir()
+        gw = GatewayProcess(tmp_path / name[:8], route={"storage": name}, sections={
+            f'storage."{name}"': {"backend": "filesystem", "path": str(tmp_path / "o")}})
+        _refused(gw, f"storage.{name}: a store's name is written in its links: expected 1 to 32 letters, "
+                     f"digits, '_' or '-'", commands=(("check-config",), ("serve",)))

@@ -122,3 +122,33 @@ def test_a_hostile_id_in_a_trusted_header_is_refused_and_the_mail_goes_under_the
     [out] = gw.outbox_messages()
     assert b"X-CustomerId" not in out.split(b"\r\n\r\n", 1)[0]  # not believed: not forwarded
     assert as_agent(url, "ann") == 403
+
+
+def test_a_sender_whose_address_folds_into_another_customers_never_shares_their_files(make_gateway) -> None:
+    """Unicode case folding turns the Kelvin sign K (U+212A) into a Latin k
+    and the long s (U+017F) into s: mail from ``\\u212aunde@example.net``
+    (any client may send it, with SMTPUTF8) was stored under
+    ``kunde@example.net``'s prefix, and erasing the lookalike at its
+    sender's request deleted the real customer's files."""
+    import smtplib
+
+    from tests.messages import message
+
+    gw = make_gateway(threshold=1000)
+    real, fake = pdf_bytes(3000), pdf_bytes(3500)
+    lookalike = "\u212aunde@example.net"
+    with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=60) as s:
+        s.sendmail("kunde@example.net", ["support@contact.example"],
+                   message(attachments=[(real, "application/pdf", "real.pdf")]).as_bytes())
+        s.sendmail(lookalike, ["support@contact.example"],
+                   message(attachments=[(fake, "application/pdf", "fake.pdf")]).as_bytes(), mail_options=["SMTPUTF8"])
+    gw.wait_outbox(2)
+    objects = stored_objects(gw.objects)
+    [real_key] = [k for k, v in objects.items() if v == real]
+    [fake_key] = [k for k, v in objects.items() if v == fake]
+    assert real_key.startswith("uploads/kunde@example.net/")
+    done = gw.command("erase", "--customer", lookalike)
+    assert done.returncode == 0, done.stderr
+    left = stored_objects(gw.objects)
+    assert real_key in left, "the real customer's file was erased with the lookalike's"
+    assert fake_key not in left and fake_key.split("/")[1] != "kunde@example.net", fake_key

@@ -545,3 +545,63 @@ def test_a_token_is_one_spelling_and_never_reaches_the_access_log(make_gateway) 
     wait_until(lambda: len([e for e in gw.log_events() if e.get("component") == "access"]) >= 5,
                what="five access log lines")
     assert token not in gw.log_path.read_text()
+
+
+def _get_with_agent(url: str, user_agent: bytes) -> int:
+    """GET with a User-Agent of raw bytes, as any client of the port may send."""
+    host, _, rest = url.removeprefix("http://").partition("/")
+    conn = http.client.HTTPConnection(host, timeout=30)
+    conn.request("GET", "/" + rest, headers={"User-Agent": user_agent})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_a_client_chosen_user_agent_never_loses_or_splits_audit_events(make_gateway, monkeypatch) -> None:
+    """Bytes that are not UTF-8 in a User-Agent made the event unwritable:
+    the file dropped it (a failed guess at a token left no trace) and the
+    syslog and HEC sinks' tasks died, so no later event reached the SIEM.
+    A U+2028 in it cut the event's line in two for line readers."""
+    monkeypatch.setenv("GW_TEST_HEC_TOKEN", HEC_TOKEN)
+    with Rsyslog() as syslog, HecReceiver(HEC_TOKEN) as hec:
+        gw = make_gateway(threshold=1000, sections={
+            "gateway": {"processes": 1},
+            "audit": {"syslog": {"address": f"127.0.0.1:{syslog.tcp_port}", "transport": "tcp"},
+                      "hec": {"url": hec.url, "token": {"env": "GW_TEST_HEC_TOKEN"}}}})
+        url = offload_one(gw, pdf_bytes(3000))
+        assert _get_with_agent(url.replace("/a/", "/a/zz."), b"guess\xff\xfe\x80") == 403
+        assert _get_with_agent(url, "split\u2028{\"EventType\":\"forged\"}\u2028".encode()) == 200
+        assert get(url)[0] == 200  # an ordinary click after them
+        gw.wait_audit(lambda e: e.get("HttpUserAgent") == "agent-desktop/1.0")
+        gw.stop()  # flushes the sinks
+        text = gw.audit_path.read_text()
+        events = gw.audit()  # splitlines: a U+2028 left raw would break an event here
+        assert len(events) == 4 == len(text.splitlines()), text
+        got_syslog = [json.loads(m["msg"]) for m in syslog.wait(4)]
+        got_hec = [e["event"] for e in hec.wait(4)]
+    guess = next(e for e in events if e.get("EventResultDetails", "").startswith("invalid token"))
+    assert guess["HttpUserAgent"] == "guess\\xff\\xfe\\x80" and guess["EventResult"] == "Failure"
+    split = next(e for e in events if e.get("HttpUserAgent", "").startswith("split"))
+    assert split["HttpUserAgent"] == "split\u2028{\"EventType\":\"forged\"}\u2028" and "\u2028" not in text
+    key = lambda e: json.dumps(e, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, got_syslog)) == sorted(map(key, events))
+    assert sorted(map(key, got_hec)) == sorted(map(key, events))
+
+
+def test_a_refused_token_is_audited_with_the_link_it_claims(make_gateway) -> None:
+    """A link with its expiry pushed out (or its signature cut) was audited
+    as "invalid token" with the key id alone: nothing said which link had
+    leaked and was being altered.  The event names the object id the token
+    claims (unchecked: without the MAC it opens nothing), never the token."""
+    gw = make_gateway(threshold=1000)
+    url = offload_one(gw, pdf_bytes(2000))
+    token = url.rsplit("/", 1)[1]
+    kid, store, exp36, oid, sig = token.split(".")
+    later = ".".join((kid, store, "zzzzzz" + exp36[6:] if len(exp36) > 6 else "zzzzzzz", oid, sig))
+    assert get(url.replace(token, later))[0] == 403
+    assert get(url.replace(token, token[:-4]))[0] == 403  # a cut signature
+    events = gw.wait_audit(lambda e: sum(1 for x in gw.audit() if "invalid token" in
+                                         x.get("EventResultDetails", "")) >= 2)
+    refused = [e for e in events if "invalid token" in e.get("EventResultDetails", "")]
+    assert [(e["TokenObjectId"], e["TokenKeyId"]) for e in refused] == [(oid, kid)] * 2, refused
+    assert sig not in json.dumps(events) and sig[:-4] not in json.dumps(events)

@@ -205,3 +205,28 @@ def test_the_recipes_nginx_server_blocks_pass_nginx_t(tmp_path: Path) -> None:
     r = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "test is successful" in r.stderr, r.stderr
+
+
+def test_uploads_through_the_proxy_are_audited_with_the_customers_address(proxied: Any) -> None:
+    """The upload page's and the upload API's events named the peer, which
+    behind a proxy is the proxy: every customer upload, refused invitation
+    or limit hit read as coming from 127.0.0.2, the client unknowable."""
+    gw, nginx, cert = proxied
+    out = gw.command("invite", "--customer", "ACME-7", "--to", "support@contact.example")
+    assert out.returncode == 0, out.stderr
+    url = out.stdout.strip()
+    assert url.startswith(nginx.base_url + "/upload/")
+    s = session(cert)
+    before = len(gw.audit())
+    assert s.get(url[:-2] + ("AA" if not url.endswith("AA") else "BB"), timeout=30).status_code == 403
+    data = pdf_bytes(3000)
+    started = s.post(url + "/files", json={"name": "plan.pdf", "size": len(data)}, timeout=30)
+    assert started.status_code == 201, started.text
+    files = f"{url}/files/{started.json()['uploadId']}"
+    assert s.put(files + "/chunks/0", data=data, headers={"Content-Type": "application/octet-stream"},
+                 timeout=30).status_code == 200
+    assert s.post(files + "/complete", timeout=30).status_code == 200
+    gw.wait_audit(lambda e: e.get("EventType") == "FileCreated" and e.get("EventResult") == "Success")
+    new = [e for e in gw.audit()[before:] if e["EventType"] in ("UploadPageOpened", "FileStored", "FileCreated")]
+    assert [e["EventType"] for e in new] == ["UploadPageOpened", "FileStored", "FileCreated"], new
+    assert [e.get("SrcIpAddr") for e in new] == ["127.0.0.1"] * 3, new

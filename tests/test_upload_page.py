@@ -384,3 +384,25 @@ def test_a_file_uploaded_on_the_page_is_disarmed_as_it_would_be_in_mail(make_gat
     # One that cannot be read is refused, as mail refuses it.
     status, body = upload(b"%PDF-1.7\n" + bytes(range(256)) * 20, "broken.pdf")
     assert status == 415 and "could not be checked for active content" in body["error"], body
+
+
+def test_a_file_name_with_a_lone_surrogate_or_line_separator_is_stored_linked_and_audited(make_gateway) -> None:
+    """JSON lets the page's caller name a file "plan\\udcff\\u2028.pdf": a
+    lone surrogate no UTF-8 record can hold.  The copy reached its secure
+    key, then writing the link record failed: a 500, the customer's file
+    kept with no link and no audit event."""
+    gw = make_gateway(sections={"upload": {"chunk_size": "64KiB"}})
+    url = invite(gw)
+    data = pdf_bytes(3000)
+    body = b'{"name": "plan\\udcff\\u2028.pdf", "size": %d}' % len(data)
+    status, s = _call("POST", url + "/files", body)
+    assert status == 201, s
+    files = f"{url}/files/{s['uploadId']}"
+    assert _call("PUT", files + "/chunks/0", data, "application/octet-stream")[0] == 200
+    assert _call("POST", files + "/complete") == (200, {"fileName": "plan.pdf", "fileSize": len(data)})
+    [mail] = gw.wait_outbox(1)
+    [link] = links(payload(leaves(parse(mail))[0]))
+    status, headers, served = fetch(link)
+    assert status == 200 and served == data and 'filename="plan.pdf"' in headers["Content-Disposition"]
+    stored = [e for e in gw.audit() if e["EventType"] == "FileStored"]
+    assert [e["TargetFileName"] for e in stored] == ["plan.pdf"]

@@ -26,6 +26,7 @@ from aiohttp import web
 from gateway import customers, logs
 from gateway.config import Config
 from gateway.http.apikeys import ApiKeys, error
+from gateway.http.health import client_address
 from gateway.jobs import PENDING, Job, JobRunner, load, save
 from gateway.links.tokens import new_object_id
 from gateway.mime import filenames
@@ -88,8 +89,8 @@ class UploadApi:
 
     def _audit(self, request: web.Request, result: str, details: str, **fields: Any) -> None:
         self.audit.event("FileCreated", result, EventSubType="Upload", EventResultDetails=details,
-                         SrcIpAddr=request.remote, HttpUserAgent=request.headers.get("User-Agent"), **fields)
-        log.info("upload", result=result, details=details, client=request.remote,
+                         SrcIpAddr=client_address(request), HttpUserAgent=request.headers.get("User-Agent"), **fields)
+        log.info("upload", result=result, details=details, client=client_address(request),
                  **logs.log_fields({k: v for k, v in fields.items()
                                     if k in ("QueueId", "CustomerId", "TargetFilePath")}))
 
@@ -153,7 +154,8 @@ class UploadApi:
         try:
             stored = await self.uploads.finish(staging=[staging], filename=name, customer=customer, ctype=ctype,
                                                size=staged.size, sha256=staged.sha256, reference=job_id,
-                                               source="Upload", actor=f"api-key:{key_id}", client=request.remote)
+                                               source="Upload", actor=f"api-key:{key_id}",
+                                               client=client_address(request))
         except Refused as e:
             self._audit(request, "Failure", f"refused: {e}", TargetFileSize=staged.size, **fields)
             return error(415, f"File refused: {e}")

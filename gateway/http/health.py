@@ -73,6 +73,13 @@ def request_id(request: web.BaseRequest) -> str:
     return str(rid)
 
 
+def client_address(request: web.BaseRequest) -> str | None:
+    """The client a log line or audit event names: behind a trusted proxy,
+    the one it forwards for (the app's ``client_address``), else the peer."""
+    address = request.app.get("client_address") if isinstance(request, web.Request) else None
+    return address(request) if address is not None else request.remote
+
+
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: every answer names its request."""
     response.headers[REQUEST_ID] = request_id(request)
@@ -85,10 +92,7 @@ class AccessLogger(AbstractAccessLogger):
         super().__init__(logger, log_format)
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        client = request.remote or ""
-        address = request.app.get("client_address") if isinstance(request, web.Request) else None
-        if address is not None:
-            client = address(request)
+        client = client_address(request) or ""
         access.info("request", method=request.method, path=redact(request.path), status=response.status,
                     bytes=response.body_length, seconds=round(time, 4), request_id=request_id(request),
                     client=client, user_agent=request.headers.get("User-Agent"))

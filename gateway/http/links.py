@@ -30,8 +30,8 @@ from gateway.http.pages import Pages
 from gateway.links import records, revocations
 from gateway.links.agents import Agent, Authenticator, IdentityRefused, Oidc, Proxies, SignInRequired
 from gateway.links.authz import Authoriser
-from gateway.links.tokens import Claims, Keyring, TokenError, TokenExpired, key_id
-from gateway.mime.filenames import content_disposition
+from gateway.links.tokens import Claims, Keyring, TokenError, TokenExpired, key_id, object_id
+from gateway.mime.filenames import content_disposition, display_name
 from gateway.storage.base import ObjectNotFound, Storage, StorageError
 
 log = logs.get("http")
@@ -111,7 +111,7 @@ class LinkEndpoint:
         except TokenExpired as e:
             claims, expired = e.claims, True
         except TokenError as e:
-            self._audit(request, event, "Failure", f"invalid token: {e}", kid=kid)
+            self._audit(request, event, "Failure", f"invalid token: {e}", kid=kid, TokenObjectId=object_id(token))
             raise _Refused(self._page(request, 403, "invalid")) from None
         store = self.stores.get(claims.store)
         if store is None:
@@ -121,7 +121,7 @@ class LinkEndpoint:
             # Read fresh at every click: a revoked record must answer 410 at once on every node.
             record = await self.cache.load(store, claims.object_id, fresh=True)
         except ObjectNotFound:
-            self._audit(request, event, "Failure", "no link record", kid=kid)
+            self._audit(request, event, "Failure", "no link record", kid=kid, TokenObjectId=claims.object_id)
             raise _Refused(self._page(request, 404, "not_found")) from None
         except StorageError as e:
             self._audit(request, event, "Failure", f"storage error: {e}", kid=kid)
@@ -241,7 +241,7 @@ class LinkEndpoint:
         if "application/json" in request.headers.get("Accept", ""):
             return web.json_response({"url": url, "token": token, "expires": expires},
                                      headers={"Cache-Control": "no-store"})
-        return self._page(request, 200, "refreshed", url=url, filename=record.filename, until=expires)
+        return self._page(request, 200, "refreshed", url=url, filename=display_name(record.filename), until=expires)
 
     def _fresh(self, request: web.Request, claims: Claims, record: records.LinkRecord, agent: Agent
                ) -> tuple[str, str, int]:
@@ -274,11 +274,11 @@ class LinkEndpoint:
         kid = key_id(token)
         try:
             claims = self.keyring.verify(token, purpose="page")
-        except TokenExpired:
-            self._audit(request, "page", "Failure", "expired token", kid=kid)
+        except TokenExpired as e:
+            self._audit(request, "page", "Failure", "expired token", kid=kid, TokenObjectId=e.claims.object_id)
             return self._page(request, 410, "page_expired")
         except TokenError as e:
-            self._audit(request, "page", "Failure", f"invalid token: {e}", kid=kid)
+            self._audit(request, "page", "Failure", f"invalid token: {e}", kid=kid, TokenObjectId=object_id(token))
             return self._page(request, 403, "invalid")
         store = self.stores.get(claims.store)
         try:
@@ -287,7 +287,7 @@ class LinkEndpoint:
             pg = await records.load_page(store, claims.object_id)
             files = [await self.cache.load(store, oid, fresh=True) for oid in pg.object_ids]
         except ObjectNotFound:
-            self._audit(request, "page", "Failure", "no page record", kid=kid)
+            self._audit(request, "page", "Failure", "no page record", kid=kid, TokenObjectId=claims.object_id)
             return self._page(request, 404, "not_found")
         except StorageError as e:
             self._audit(request, "page", "Failure", f"storage error: {e}", kid=kid)
@@ -310,7 +310,7 @@ class LinkEndpoint:
         for f, why in live:
             url = None if why is not None else \
                 f"{self.base_url}/a/{self.keyring.sign(claims.store, f.object_id, claims.expires)}"
-            rows.append({"name": f.filename, "size": f.size, "kind": f.content_type, "url": url})
+            rows.append({"name": display_name(f.filename), "size": f.size, "kind": f.content_type, "url": url})
         self._audit(request, "page", "Success", f"listed {len(files)} files ({request['authz']})", agent=agent,
                     kid=claims.kid, **fields)
         return self.pages.render(request, "landing.html", files=rows, message_id=pg.message_id)

@@ -51,7 +51,7 @@ from aiohttp import web
 from gateway import invitations, logs, mailtext
 from gateway.config import Config
 from gateway.http.accepted import accepted
-from gateway.http.health import request_id
+from gateway.http.health import client_address, request_id
 from gateway.http.pages import Pages
 from gateway.links.tokens import Keyring, TokenError, TokenExpired, new_object_id
 from gateway.mime import filenames
@@ -233,7 +233,7 @@ class UploadPage:
         found = await self._invitation(request)
         if isinstance(found, web.Response):
             self.audit.event("UploadPageOpened", "Failure", EventResultDetails=f"HTTP {found.status}",
-                             SrcIpAddr=request.remote, RequestId=request_id(request))
+                             SrcIpAddr=client_address(request), RequestId=request_id(request))
             return found
         inv, store = found
         direct = self._direct(store)
@@ -311,7 +311,7 @@ class UploadPage:
             log.info("upload refused: invitation limit", customer_id=inv.customer_id, size=size, reason=str(e))
             self.audit.event("FileCreated", "Failure", EventSubType="UploadPage", CustomerId=inv.customer_id,
                              EventResultDetails=f"invitation limit: {e}", TargetFileSize=size,
-                             SrcIpAddr=request.remote, RequestId=request_id(request))
+                             SrcIpAddr=client_address(request), RequestId=request_id(request))
             return _json({"error": str(e), "code": f"limit-{e.kind}"}, 413)
         session = {"uid": uid, "invitation": inv.object_id, "name": filenames.display_name(name)[:255],
                    "size": size, "type": str(req.get("type") or "")[:100], "chunk_size": up.chunk_size,
@@ -468,14 +468,14 @@ class UploadPage:
             return assembled
         keys = assembled
         fields = dict(QueueId=session["uid"], CustomerId=inv.customer_id, TargetFileName=session["name"],
-                      ActorUsername=f"customer:{inv.customer_id}", SrcIpAddr=request.remote,
+                      ActorUsername=f"customer:{inv.customer_id}", SrcIpAddr=client_address(request),
                       RequestId=request_id(request))
         try:
             stored = await self.uploads.finish(
                 staging=keys, filename=session["name"], customer=inv.customer_id,
                 ctype=declared_type(session["name"], session["type"]), size=session["size"], sha256=None,
                 reference=session["uid"], message_id=inv.message_id, route_name=inv.route, cleanup=False,
-                source="UploadPage", actor=f"customer:{inv.customer_id}", client=request.remote)
+                source="UploadPage", actor=f"customer:{inv.customer_id}", client=client_address(request))
         except Refused as e:
             self.audit.event("FileCreated", "Failure", EventSubType="UploadPage", EventResultDetails=f"refused: {e}",
                              **fields)

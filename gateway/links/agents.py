@@ -9,7 +9,9 @@ Three modes, chosen by ``agents.auth``:
   addresses in ``http.trusted_proxies`` and refused (and audited) from
   anyone else.
 - ``oidc``: the gateway itself is an OpenID Connect relying party
-  (authorisation code flow with PKCE and a client secret).  A signed-in agent
+  (authorisation code flow with PKCE and a client secret); the agent is
+  the ID token's ``agents.oidc.agent_claim``, and an ``email`` the token
+  says is not verified never names one.  A signed-in agent
   carries a session cookie the gateway signs with HMAC-SHA256 (HttpOnly,
   Secure, SameSite=Lax: Lax, because a click in a mail client is a
   cross-site top-level navigation that must carry it, while cross-site POSTs
@@ -276,6 +278,12 @@ class Oidc:
         agent_id = claims.get(self.settings.agent_claim)
         if not isinstance(agent_id, str) or not agent_id:
             raise IdentityRefused(f"ID token has no {self.settings.agent_claim!r} claim")
+        if self.settings.agent_claim == "email" and claims.get("email_verified") in (False, "false"):
+            # An address the account's owner typed and never proved (providers
+            # that let users set their own): anyone could name themselves as
+            # an agent.  Cognito writes the flag as a string.
+            # The address after the colon: the metric's label stops there.
+            raise IdentityRefused(f"ID token's email is not verified (email_verified false): {agent_id!r}")
         r = login.get("r")
         return_to = r if isinstance(r, str) and r.startswith(("/a/", "/p/")) else "/"
         response = web.HTTPFound(return_to, headers={"Cache-Control": "no-store"})

@@ -21,6 +21,9 @@ from gateway.mime.params import Structured, decode_2047, parse_params
 MAX_KEY_NAME = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Unicode categories left out of every name shown or stored: format
+# characters, line and paragraph separators, surrogates.
+_INVISIBLE = frozenset({"Cf", "Zl", "Zp", "Cs"})
 
 
 def original_filename(headers: Message) -> str:
@@ -57,13 +60,17 @@ def _field(headers: Message, name: str) -> str | None:
 
 
 def _visible(name: str) -> str:
-    """``name`` without control characters (CR, LF, NUL, C1) and without
+    """``name`` without control characters (CR, LF, NUL, C1), without
     format characters (Unicode category Cf: the bidi controls U+202A-202E,
     U+2066-2069, U+200E/200F, U+061C, zero-width spaces and joiners, ...),
-    which could make ``invoice<U+202E>fdp.exe`` read as ``invoiceexe.pdf``."""
+    which could make ``invoice<U+202E>fdp.exe`` read as ``invoiceexe.pdf``,
+    without the line and paragraph separators U+2028 and U+2029 (a name is
+    one line wherever it is shown), and without lone surrogates (category
+    Cs: what a JSON ``\\udcff`` or an undecodable header byte becomes),
+    which no UTF-8 record, header or page can carry."""
     name = _CONTROL.sub("", name)
     if not name.isascii():
-        name = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
+        name = "".join(ch for ch in name if unicodedata.category(ch) not in _INVISIBLE)
     return name
 
 

@@ -169,3 +169,22 @@ def test_ingress_path_segments_in_an_id_stay_in_the_id_and_out_of_the_key(tmp_pa
 def test_ingress_without_a_usable_id_gives_unknown(tmp_path: Path) -> None:
     assert _identify(tmp_path, None, mail_from="") == ("unknown", True)
     assert _identify(tmp_path, None, mail_from="x" * 300 + "@example.net") == ("unknown", True)
+
+
+@pytest.mark.parametrize("lookalike, plain", [
+    ("\u212aUNDE-1", "kunde-1"),  # the Kelvin sign folds to k
+    ("\u017fam@example.net", "sam@example.net"),  # the long s folds to s
+    ("\ufb01le-7", "file-7"),  # the ligature fi folds to fi
+    ("\u212bsa", "\u00e5sa"),  # the Angstrom sign folds to a-ring
+])
+def test_a_compatibility_lookalike_is_never_the_id_it_imitates(lookalike: str, plain: str) -> None:
+    assert not customers.same(lookalike, plain, "case-insensitive")
+    assert customer_key(lookalike) != customer_key(plain)
+    assert revocations.marker_key("customer", lookalike) != revocations.marker_key("customer", plain)
+    assert asyncio.run(StaticMap({"ann": [plain]}).check("ann", lookalike)).allowed is False
+    # Case still does not matter, for plain letters and the lookalike's own.
+    assert customers.same(plain.upper(), plain, "case-insensitive")
+    head, rest = lookalike[0], lookalike[1:]
+    assert customers.same(head + rest.lower(), head + rest.upper(), "case-insensitive")
+    # Fullwidth letters fold among themselves as before.
+    assert customers.same("\uff21BC", "\uff41bc", "case-insensitive")

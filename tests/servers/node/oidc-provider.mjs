@@ -2,7 +2,12 @@
 // agent sign-in tests. Usage: node oidc-provider.mjs CONFIG.json
 // CONFIG: {"port", "clients": [{client_id, client_secret, redirect_uris}]}.
 // Accounts: any login name signs in (the library's development
-// interactions: a login form, then a consent form); sub = the login name.
+// interactions: a login form, then a consent form); sub = the login name,
+// email NAME@contact.example, verified. A name "someone~other" is an account
+// whose owner typed other's address without proving it (email
+// other@contact.example, email_verified false), as providers that let users
+// set their own email allow. The ID token carries the scopes' claims
+// (conformIdTokenClaims off), as many providers' do.
 import { readFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
 
@@ -18,9 +23,13 @@ const provider = new Provider(issuer, {
   pkce: { required: () => true },
   cookies: { keys: ['oidc-test-cookie-key-0123456789abcdef'] },
   claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+  conformIdTokenClaims: false,
   findAccount: async (ctx, id) => ({
     accountId: id,
-    claims: async () => ({ sub: id, email: `${id}@contact.example`, email_verified: true, name: id }),
+    claims: async () => {
+      const [, typed] = id.split('~');
+      return { sub: id, email: `${typed ?? id}@contact.example`, email_verified: typed === undefined, name: id };
+    },
   }),
   features: { devInteractions: { enabled: true } },
 });
