@@ -116,6 +116,11 @@ def sanitise(name: str, default: str = "attachment") -> str:
 MAX_DISPOSITION_NAME = 200
 # RFC 5987 attr-char besides letters and digits: left as they are in filename*.
 _ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
+# Longest percent-encoded filename*: a MIME header line the gateway writes
+# holds at most 998 characters (RFC 5322 section 2.1.1), and 200 characters
+# of four UTF-8 bytes each encode to 2,400.  With the field name, the
+# disposition and the quoted fallback (at most 200) the line stays under 998.
+MAX_ENCODED_NAME = 600
 
 
 def visible_basename(filename: str) -> str:
@@ -163,6 +168,26 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
     fallback = ascii_filename(name)
     value = f'{disposition}; filename="{fallback}"'
     if name != fallback:
-        value += f"; filename*=UTF-8''{quote(name[:MAX_DISPOSITION_NAME], safe=_ATTR_CHAR_SAFE)}"
+        value += f"; filename*=UTF-8''{_encoded_name(name[:MAX_DISPOSITION_NAME])}"
     return value
 
+
+def _encoded_name(name: str) -> str:
+    """``name`` percent-encoded for ``filename*``, at most MAX_ENCODED_NAME
+    characters: a longer one loses the end of its stem, never its extension
+    (what the saved file opens with)."""
+    encoded = quote(name, safe=_ATTR_CHAR_SAFE)
+    if len(encoded) <= MAX_ENCODED_NAME:
+        return encoded
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext) >= 16:
+        stem, ext = name, ""
+    tail = quote(("." + ext) if ext else "", safe=_ATTR_CHAR_SAFE)
+    out, size = [], len(tail)
+    for ch in stem:
+        piece = quote(ch, safe=_ATTR_CHAR_SAFE)
+        if size + len(piece) > MAX_ENCODED_NAME:
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out) + tail
