@@ -6,6 +6,8 @@ the bytes exactly as they came)."""
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import time
 from typing import Iterator
 
@@ -272,3 +274,22 @@ def test_too_many_received_fields_refused_at_the_end_of_data(relay: GatewayProce
     c.close()
     [got] = sink.wait(1)
     assert b"Subject: fine" in got.data
+
+
+def test_the_envelope_header_a_maildir_gets_keeps_lines_within_998(make_gateway) -> None:
+    """``X-Envelope-To`` names every recipient: 30 of 60 characters were one
+    line of 1,900 (RFC 5322: at most 998)."""
+    gw = make_gateway()
+    rcpts = [f"{'agent-queue-' + str(i):0<50}@contact.example" for i in range(30)]
+    c = session(gw.smtp_port)
+    assert c.cmd(b"MAIL FROM:<customer@example.net>\r\n").startswith(b"250")
+    for r in rcpts:
+        assert c.cmd(f"RCPT TO:<{r}>\r\n".encode()).startswith(b"250")
+    assert c.cmd(b"DATA\r\n").startswith(b"354")
+    assert c.cmd(b"Subject: many\r\n\r\nbody\r\n.\r\n").startswith(b"250")
+    c.close()
+    gw.wait_outbox(1)
+    [out] = gw.outbox_messages()  # as written, the envelope headers included
+    assert max(len(line) for line in out.split(b"\r\n")) <= 998
+    head = email.message_from_bytes(out, policy=email.policy.default)
+    assert [a.strip() for a in str(head["X-Envelope-To"]).split(",")] == rcpts
