@@ -117,6 +117,9 @@ class SmtpSettings(_Strict):
     listen: str = "127.0.0.1:2525"
     max_message_size: Size = 157286400  # 150 MiB, advertised in EHLO SIZE
     max_recipients: int = Field(100, ge=1)
+    # A message with more Received fields is refused at the end of DATA
+    # (554 5.4.6): it is going round a loop (Postfix's hopcount_limit).
+    max_received: int = Field(50, ge=1)
     timeout: Duration = 300
     # Sessions at once in each process, and from one client address; more
     # get 421 and may retry (a client over the limit is likely a runaway).

@@ -336,6 +336,8 @@ def strip_maildir_headers(data: bytes) -> bytes:
     for prefix in (b"Return-Path:", b"X-Envelope-To:"):
         if data.startswith(prefix):
             data = data[data.index(b"\r\n") + 2:]
+            while data[:1] in (b" ", b"\t"):  # a folded field's continuation lines
+                data = data[data.index(b"\r\n") + 2:]
     return data
 
 

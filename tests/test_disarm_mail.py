@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import urllib.parse
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -185,3 +186,22 @@ def test_office_zip_structure_survives(gw: GatewayProcess) -> None:
     arrived, _, _ = deliver(gw, docs.docx_remote_template(), DOCX, "again.docx")
     with zipfile.ZipFile(io.BytesIO(arrived)) as z:
         assert "word/document.xml" in z.namelist()
+
+
+def test_a_cleaned_file_with_a_long_non_ascii_name_keeps_every_line_within_998(gw: GatewayProcess) -> None:
+    """The gateway writes the Content-Disposition of a cleaned file itself:
+    a name of 200 characters of four UTF-8 bytes each, percent-encoded,
+    was one header line of 2,400 characters (RFC 5322: at most 998; a
+    next hop may refuse the message, and its DSN quotes the line)."""
+    name = "\U0001F4B6" * 196 + ".pdf"
+    before = len(gw.outbox_messages())
+    send(gw.smtp_port, message("see attached\n", attachments=[(docs.pdf_open_action_js(), PDF, name)],
+                               Subject="long name"))
+    out = gw.wait_outbox(before + 1)[before]
+    assert b"was cleaned" in out
+    longest = max(out.split(b"\r\n"), key=len)
+    assert len(longest) <= 998, longest[:120]
+    [cleaned] = [p for p in leaves(parse(out)) if p.get_filename()]
+    encoded = str(cleaned["Content-Disposition"]).split("filename*=UTF-8''", 1)[1]
+    shown = urllib.parse.unquote(encoded)  # shortened, still the name and its extension
+    assert shown.startswith("\U0001F4B6" * 20) and shown.endswith(".pdf") and len(shown) < len(name)

@@ -283,3 +283,47 @@ def test_winmail_dat_through_postfix_is_unpacked_and_its_web_page_refused(setup,
     wait_until(lambda: not list(gw.tmp.glob("milter-*")), timeout=20, what="the milter's files removed")
     assert not list(gw.tmp.glob("milter-*"))
     assert any(e.get("event") == "TNEF unpacked" for e in gw.log_events())
+
+
+EXE = b"MZ" + b"\x90\x00\x03" * 1000 + b"tag-milter-exe"
+
+
+@pytest.mark.parametrize("rcpt,delivered_as", [
+    # Read as the route's own address: examined.
+    ('"support"@contact.example', "support@contact.example"),
+    ("@relay.example:support@contact.example", "support@contact.example"),
+    # Forms the relay refuses too: refused (Postfix itself refuses the last).
+    ("support@contact.example.", None),
+    ('"sup port"@contact.example', None),
+    ("support%elsewhere.example@contact.example", None),
+    ("elsewhere.example!support@contact.example", None),
+    ('"support@x"@contact.example', None),
+    ("support@contact.example..", None),
+])
+def test_a_recipient_of_a_route_written_another_way_is_never_left_alone(setup, sink: SmtpSink, rcpt: str,
+                                                                        delivered_as: str | None) -> None:
+    """Postfix delivers each of these to the route's domain (the first
+    three to the very address the route names), but the milter sees the
+    recipient as the client wrote it: ``route_for`` refused the form, and
+    the message was left alone as one for no route, a program in it
+    reaching the agent unexamined.  Now a form the gateway reads as a
+    route's address is that route's, and any other naming a route's domain
+    is refused (553 5.1.3, as the relay refuses it)."""
+    gw, mta = setup()
+    msg = message("Please run the attached tool.\n", attachments=[(EXE, "application/octet-stream", "tool.exe")])
+    with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as s:
+        s.ehlo("client.example")
+        s.mail("customer@example.net")
+        code, text = s.docmd(f"RCPT TO:<{rcpt}>")
+        if code == 250:
+            s.data(msg.as_bytes())
+    if delivered_as is None:
+        assert code in (501, 553) and text.startswith(b"5.1.3"), (code, text)
+        assert not any(e.get("event") == "no route covers the recipients; left alone" for e in gw.log_events())
+        return
+    assert code == 250, (code, text)
+    [got] = sink.wait(1, timeout=30)
+    assert got.rcpt_tos == [delivered_as]
+    assert b"X-Attachment-Offload: " in got.data
+    assert b'The attachment "tool.exe" was removed' in got.data
+    assert not any(payload(p) == EXE for p in leaves(parse(got.data)))

@@ -6,13 +6,15 @@ the bytes exactly as they came)."""
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import time
 from typing import Iterator
 
 import pytest
 
 from gateway.spool import Envelope, Spool
-from tests.harness import GatewayProcess, SmtpSink
+from tests.harness import GatewayProcess, SmtpSink, wait_until
 from tests.servers.rawsink import RawSink, assert_wire_clean
 from tests.test_smuggling import Client
 
@@ -224,3 +226,70 @@ def test_stray_line_ends_in_the_spool_are_normalised_in_the_maildir(make_gateway
     [got] = gw.wait_outbox(1)
     assert got.endswith(b"bare LF\r\nbare CR\r\nNULend\r\n")
     assert b"\x00" not in got and b"\r" not in got.replace(b"\r\n", b"") and b"\n" not in got.replace(b"\r\n", b"")
+
+
+# --- mail loops -----------------------------------------------------------------
+
+def test_a_mail_loop_ends_with_one_dsn(make_gateway) -> None:
+    """A next hop that hands the message back (here: the route's next hop is
+    the gateway itself; in life a platform forwarding rule, or an SRS bounce
+    to an address of our own routes) makes a loop.  Each pass adds a
+    Received field; past ``smtp.max_received`` the gateway refuses the
+    message at the end of DATA (554 5.4.6, as Postfix's hopcount_limit),
+    so the loop ends and the sender gets one DSN, instead of the message
+    going round for ever."""
+    gw = make_gateway(start=False)
+    from tests.harness import render_config
+
+    gw.cfg["routes"][0].update(next_hop=f"smtp://127.0.0.1:{gw.smtp_port}", tls="none")
+    gw.cfg["smtp"]["max_received"] = 10
+    gw.config_path.write_text(render_config(gw.cfg))
+    gw.start()
+    c = session(gw.smtp_port)
+    assert send(c, b"Subject: round and round\r\n\r\nloop").startswith(b"250")
+    c.close()
+    bounces = gw.tmp / "bounces" / "new"
+
+    def passes() -> int:
+        return len([e for e in gw.log_events() if e.get("event") == "queued"])
+
+    wait_until(lambda: bounces.exists() and list(bounces.iterdir()) or passes() > 40, timeout=60,
+               what="the loop to end in a DSN")
+    gw.wait_idle()
+    assert passes() == 11, passes()  # as sent, then back with 1, 2 ... 10 Received fields
+    [dsn] = [p.read_bytes() for p in bounces.iterdir()]
+    assert b"Status: 5.4.6" in dsn and b"To: <customer@example.net>" in dsn
+
+
+def test_too_many_received_fields_refused_at_the_end_of_data(relay: GatewayProcess, sink: SmtpSink) -> None:
+    """51 Received fields (the default ``smtp.max_received`` is 50), the
+    header name in any case."""
+    c = session(relay.smtp_port)
+    hops = b"".join(b"%s: from h%d.example by h%d.example; Mon, 7 Dec 2026 10:00:00 +0000\r\n"
+                    % (b"RECEIVED" if i % 2 else b"Received", i, i) for i in range(51))
+    reply = send(c, hops + b"Subject: looped\r\n\r\nbody")
+    assert reply.startswith(b"554 5.4.6"), reply
+    # One fewer goes, and the session goes on.
+    assert send(c, hops[hops.index(b"\r\n") + 2:] + b"Subject: fine\r\n\r\nbody").startswith(b"250")
+    c.close()
+    [got] = sink.wait(1)
+    assert b"Subject: fine" in got.data
+
+
+def test_the_envelope_header_a_maildir_gets_keeps_lines_within_998(make_gateway) -> None:
+    """``X-Envelope-To`` names every recipient: 30 of 60 characters were one
+    line of 1,900 (RFC 5322: at most 998)."""
+    gw = make_gateway()
+    rcpts = [f"{'agent-queue-' + str(i):0<50}@contact.example" for i in range(30)]
+    c = session(gw.smtp_port)
+    assert c.cmd(b"MAIL FROM:<customer@example.net>\r\n").startswith(b"250")
+    for r in rcpts:
+        assert c.cmd(f"RCPT TO:<{r}>\r\n".encode()).startswith(b"250")
+    assert c.cmd(b"DATA\r\n").startswith(b"354")
+    assert c.cmd(b"Subject: many\r\n\r\nbody\r\n.\r\n").startswith(b"250")
+    c.close()
+    gw.wait_outbox(1)
+    [out] = gw.outbox_messages()  # as written, the envelope headers included
+    assert max(len(line) for line in out.split(b"\r\n")) <= 998
+    head = email.message_from_bytes(out, policy=email.policy.default)
+    assert [a.strip() for a in str(head["X-Envelope-To"]).split(",")] == rcpts

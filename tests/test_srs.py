@@ -202,3 +202,56 @@ def test_check_config_warns_when_changed_mail_goes_unsigned_over_smtp(tmp_path: 
     (tmp_path / "m").mkdir()
     gw = GatewayProcess(tmp_path / "m")
     assert "warning" not in gw.command("check-config").stderr
+
+
+def test_mail_to_an_srs_address_is_not_signed_with_the_gateways_dkim_key(
+        tmp_path: Path, sinks: tuple[SmtpSink, SmtpSink]) -> None:
+    """The SRS address of a sender comes back to that sender (the platform's
+    bounces quote it), and mail to it goes out as it came, to whoever the
+    address names.  Signed there with the gateway's key, anything an
+    attacker sends to their own SRS address (From: the contact centre's
+    domain, a link, a file) would reach them carrying a valid DKIM signature
+    of the gateway's domain, to replay to anyone: a signing oracle."""
+    import dkim
+
+    from tests.certs import dkim_key
+    from tests.servers.dns import DnsServer
+
+    platform, customers = sinks
+    pem, txt = dkim_key()
+    (tmp_path / "dkim.pem").write_bytes(pem)
+    dns = DnsServer().start()
+    try:
+        dns.add_txt("gw._domainkey.gw.test", txt)
+        gw = srs_gateway(tmp_path, platform, customers)
+        gw.cfg["auth"] = {"dns_servers": [f"127.0.0.1:{dns.port}"], "dns_timeout": 2,
+                          "dkim": {"domain": "gw.test", "selector": "gw", "key_file": str(tmp_path / "dkim.pem")}}
+        from tests.harness import render_config
+
+        gw.config_path.write_text(render_config(gw.cfg))
+
+        def lookup(name: bytes, timeout: float = 5) -> bytes | None:
+            values = dns.records.get((name.decode().rstrip(".").lower(), "TXT"))
+            return values[0].encode() if values else None
+
+        with gw:
+            # Mail forwarded to the platform is signed, as configured.
+            msg = message("Hello", None, [], From="mallory@attacker.example", To="help@contact.example")
+            with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=30) as s:
+                s.sendmail("mallory@attacker.example", ["help@contact.example"], msg.as_bytes())
+            [forwarded] = platform.wait(1)
+            assert dkim.verify(forwarded.data, dnsfunc=lookup)
+            own_srs = forwarded.mail_from  # what the platform's bounce shows the attacker
+
+            forged = (b"From: Payments <payments@gw.test>\r\nTo: victim@elsewhere.example\r\n"
+                      b"Subject: new bank details\r\nMessage-ID: <forged@gw.test>\r\nMIME-Version: 1.0\r\n"
+                      b"Content-Type: text/plain\r\n\r\nPay to IBAN XX00 EVIL.\r\n")
+            with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=30) as s:
+                s.sendmail("", [own_srs], forged)
+            [back] = customers.wait(1)
+            assert back.rcpt_tos == ["mallory@attacker.example"]
+            assert b"Pay to IBAN XX00 EVIL." in back.data
+            assert b"DKIM-Signature:" not in back.data
+            assert not dkim.verify(back.data, dnsfunc=lookup)
+    finally:
+        dns.stop()

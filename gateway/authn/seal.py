@@ -36,11 +36,11 @@ class Sealer:
         self.arc = arc
         self.dkim = dkim_key
 
-    def seal(self, message: bytes) -> bytes:
-        """The DKIM-Signature (if configured) and ARC set for ``message``,
-        in the order they go on top of it."""
+    def seal(self, message: bytes, *, sign: bool = True) -> bytes:
+        """The DKIM-Signature (if configured and ``sign``) and ARC set for
+        ``message``, in the order they go on top of it."""
         out = b""
-        if self.dkim is not None:
+        if self.dkim is not None and sign:
             # Signed first, so the ARC-Message-Signature covers it too.
             out = dkim.sign(message, self.dkim.selector.encode(), self.dkim.domain.encode(), self.dkim.pem,
                             linesep=b"\r\n")

@@ -38,8 +38,10 @@ class MaildirNextHop:
         self._seq += 1
         name = f"{time.time():.6f}.{os.getpid()}_{self._seq}.{envelope.queue_id}.{socket.gethostname()}"
         tmp = self.path / "tmp" / name
-        head = clean_lines(f"Return-Path: <{envelope.mail_from}>\r\nX-Envelope-To: {', '.join(rcpts)}\r\n".encode(
-            "utf-8", "replace"))
+        # One recipient a line: a hundred on one line would be far past the
+        # 998 characters a header line may hold.
+        to = ",\r\n\t".join(rcpts)
+        head = clean_lines(f"Return-Path: <{envelope.mail_from}>\r\nX-Envelope-To: {to}\r\n".encode("utf-8", "replace"))
         lines = Normaliser()
         with open(tmp, "wb") as out:
             out.write(head)

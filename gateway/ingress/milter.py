@@ -19,7 +19,11 @@ administrator chose availability over examination with ``milter.on_error``;
 each is logged and counted.
 
 Routes: a message is processed for the route of its envelope recipients as
-the MTA passes them.  Recipients no route covers are left alone; a
+the MTA passes them (as the client wrote them: read as the MTA delivers
+them, ``routing.as_delivered``).  Recipients no route covers are left
+alone; one in a form the relay refuses that names a route's domain
+anywhere (a trailing dot, a percent hack, a bang path, quotes) gets ``553
+5.1.3``, since the MTA may deliver it to that route's next hop; a
 transaction mixing recipients of different routes (or covered and
 uncovered ones) gets ``452 4.5.3`` for the recipients that differ from the
 first, as the relay does, so every message has one route or none.
@@ -43,7 +47,7 @@ from typing import Any
 from gateway import logs, metrics
 from gateway.config import Config, MilterSettings, RouteSettings
 from gateway.delivery import Content
-from gateway.ingress.routing import route_for
+from gateway.ingress.routing import as_delivered, hidden_route_address, route_for
 from gateway.mime.rewrite import split_fields
 from gateway.pipeline import Pipeline
 from gateway.pipeline.job import MessageJob
@@ -299,8 +303,18 @@ class Session:
 
     async def _rcpt(self, data: bytes) -> None:
         args = _cstrings(data)
-        rcpt = _address(args[0]) if args else ""
-        route = route_for(self.server.cfg.routes, rcpt)
+        rcpt = as_delivered(_address(args[0]) if args else "")
+        routes = self.server.cfg.routes
+        route = route_for(routes, rcpt)
+        if route is None and hidden_route_address(routes, rcpt):
+            # The MTA passes the address as the client wrote it, and may
+            # deliver a form route_for refuses ("a%b@ours", "ours!a@mx",
+            # a trailing dot) to a route's next hop: left alone, its mail
+            # would reach an agent unexamined.  Refused, as the relay does.
+            log.warning("recipient refused: a route's domain in an address form not accepted",
+                        queue_id=self.macros.get("i", ""), rcpt=rcpt.encode("ascii", "backslashreplace").decode())
+            await self._send(REPLYCODE, b"553 5.1.3 Address form not accepted for this domain\0")
+            return
         txn = self.txn
         if txn.rcpts and route is not txn.route:
             # One message, one route (or none): the client sends this

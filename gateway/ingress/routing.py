@@ -6,6 +6,12 @@ downstream server relay elsewhere (percent hack, bang paths, quoted local
 parts holding ``@``, IP-literal domains) or that hide control characters are
 refused before any route is consulted, and so is a malformed domain
 (``check_domain``: a trailing dot, an empty label, a label that is not LDH).
+
+Inside an MTA (the milter) the address arrives as the client wrote it, and
+the MTA may deliver one of those forms to a route's domain all the same: it
+is read as the MTA delivers it (``as_delivered``), and one that still names
+a route's domain somewhere (``hidden_route_address``) is refused, never left
+alone as mail for no route.
 """
 from __future__ import annotations
 
@@ -18,6 +24,12 @@ from gateway.config import RouteSettings
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_LOCAL = re.compile(r"[%!@\"\\\s]")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+# A source route before the mailbox (RFC 5321 appendix C): MTAs drop it.
+_SOURCE_ROUTE = re.compile(r"^@[^:]*:(?=[^@]*@)")
+# A quoted local part whose quotes quote nothing (dot-atom text inside).
+_NEEDLESS_QUOTES = re.compile(r'^"([A-Za-z0-9!#$%&\'*+/=?^_`{|}~.-]+)"(@[^@]+)$')
+# What separates the domain-like pieces of an address, however it is written.
+_ADDRESS_SEPARATORS = re.compile(r'[@%!:,;"<>()\[\]\\\s]+')
 
 
 class AddressRefused(ValueError):
@@ -97,6 +109,49 @@ def check_sender(address: str) -> None:
     if not at or not local or not domain:
         raise AddressRefused("address without a domain")
     check_domain(domain, literals=True)
+
+
+def as_delivered(address: str) -> str:
+    """``address`` in the form an MTA delivers it to: a source route
+    dropped, quotes that quote nothing removed (``"support"@d`` is
+    ``support@d``).  The relay's parser (aiosmtpd) does this itself; an MTA
+    passes its milter the address as the client wrote it."""
+    address = _SOURCE_ROUTE.sub("", address)
+    m = _NEEDLESS_QUOTES.match(address)
+    return m.group(1) + m.group(2) if m else address
+
+
+def names_a_route_domain(routes: list[RouteSettings], address: str) -> bool:
+    """Whether any domain-like piece of ``address`` (after the last ``@``
+    with or without a trailing dot, after a ``%`` or before a ``!`` in the
+    local part, inside quotes, in a source route) is a domain a route takes
+    or the domain of an address a route takes.  An MTA that reads such forms
+    (Postfix's percent hack and bang paths, a trailing dot) may deliver the
+    message to the route's next hop: it is never one for no route."""
+    ours = {d for r in routes for d in r.domains} | {a.rpartition("@")[2] for r in routes for a in r.addresses}
+    for piece in _ADDRESS_SEPARATORS.split(address.lower()):
+        name = piece.rstrip(".")
+        if name and not name.isascii():
+            try:
+                name = name.encode("idna").decode("ascii")
+            except UnicodeError:
+                continue
+        if name and name in ours:
+            return True
+    return False
+
+
+def hidden_route_address(routes: list[RouteSettings], address: str) -> bool:
+    """Whether ``address``, which ``route_for`` gives no route, may still be
+    delivered to a route's next hop by an MTA: a form ``split_address``
+    refuses that names a route's domain anywhere, or a plain address whose
+    Unicode domain is a route's in its IDNA form (an MTA looks domains up
+    that way: ``contact\u3002example`` is ``contact.example``)."""
+    try:
+        _, domain = split_address(address)
+    except AddressRefused:
+        return names_a_route_domain(routes, address)
+    return not domain.isascii() and names_a_route_domain(routes, domain)
 
 
 def route_for(routes: list[RouteSettings], address: str) -> RouteSettings | None:

@@ -123,6 +123,11 @@ def sanitise(name: str, default: str = "attachment") -> str:
 MAX_DISPOSITION_NAME = 200
 # RFC 5987 attr-char besides letters and digits: left as they are in filename*.
 _ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
+# Longest percent-encoded filename*: a MIME header line the gateway writes
+# holds at most 998 characters (RFC 5322 section 2.1.1), and 200 characters
+# of four UTF-8 bytes each encode to 2,400.  With the field name, the
+# disposition and the quoted fallback (at most 200) the line stays under 998.
+MAX_ENCODED_NAME = 600
 
 
 def bounded(name: str, limit: int) -> str:
@@ -182,6 +187,29 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
     if name != fallback:
         # Bounded as the fallback is: browsers save by filename*, so its
         # extension is the one the agent's computer opens the file by.
-        value += f"; filename*=UTF-8''{quote(bounded(name, MAX_DISPOSITION_NAME), safe=_ATTR_CHAR_SAFE)}"
+        value += f"; filename*=UTF-8''{_encoded_name(bounded(name, MAX_DISPOSITION_NAME))}"
     return value
 
+
+def _encoded_name(name: str) -> str:
+    """``name`` percent-encoded for ``filename*``, at most MAX_ENCODED_NAME
+    characters: a longer one loses the end of its stem, never its extension
+    (what the saved file opens with)."""
+    encoded = quote(name, safe=_ATTR_CHAR_SAFE)
+    if len(encoded) <= MAX_ENCODED_NAME:
+        return encoded
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext) >= 16:
+        stem, ext = name, ""
+    tail = quote(("." + ext) if ext else "", safe=_ATTR_CHAR_SAFE)
+    kept, size = [], len(tail)
+    for ch in stem:
+        piece = quote(ch, safe=_ATTR_CHAR_SAFE)
+        if size + len(piece) > MAX_ENCODED_NAME:
+            break
+        kept.append(ch)
+        size += len(piece)
+    cut = "".join(kept)
+    if not ext:
+        cut = cut.rstrip(". ")  # as bounded: Windows would strip them, leaving another name
+    return quote(cut, safe=_ATTR_CHAR_SAFE) + tail

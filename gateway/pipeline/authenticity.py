@@ -9,7 +9,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from gateway import metrics
+from gateway import metrics, srs
 from gateway.authn.verify import Verification
 from gateway.delivery import Content
 from gateway.mime.rewrite import Segment, cut_ranges, segments_size
@@ -82,11 +82,18 @@ class Seal(Step):
             metrics.AUTH_FAILURES.labels("seal_size").inc()
             return
         content = Content(path, segments)
+        # Mail to an SRS address goes out as it came, to the address it
+        # names, which its sender can make their own (the platform's
+        # bounces quote it): signed with our key, whatever they sent there
+        # would come back to them with a valid signature of our domain, to
+        # replay to anyone.  Only the ARC set, which carries our verdict on
+        # it, is added.
+        sign = job.route.name != srs.BOUNCE_ROUTE
 
         def _seal() -> bytes:
             # dkimpy signs a message it holds whole; the bound above keeps
             # that to the (small, rewritten) messages it is meant for.
-            return sealer.seal(b"".join(content.chunks()))
+            return sealer.seal(b"".join(content.chunks()), sign=sign)
 
         try:
             headers = await asyncio.to_thread(_seal)
