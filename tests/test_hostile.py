@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.harness import GatewayProcess
+from tests.harness import GatewayProcess, wait_until
 from tests.messages import pdf_bytes
 from tests.test_smuggling import Client as Raw
 from tests.hostile_messages import (BIDI, CRLF, DOCM_TYPE, DOCX_TYPE, ONENOTE_MAGIC, OLE_MAGIC, TNEF_MAGIC,
@@ -679,6 +679,82 @@ def test_a_million_parameters_neither_stall_the_gateway_nor_take_long(tmp_path: 
         assert quarantined(g.objects, exe)
     finally:
         g.kill()  # a gateway stuck on the message would take 70 s to stop
+
+
+# ------------------------------------------------------------ connections that hold descriptors
+
+
+def _slow_requests(port: int, count: int, source: str = "127.0.0.1") -> list[socket.socket]:
+    """``count`` HTTP connections, each with a request begun and never
+    finished (slowloris); the ones the kernel took."""
+    out = []
+    for _ in range(count):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(source, 0))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw.test\r\nX-Slow: ")
+        except OSError:
+            continue
+        out.append(s)
+    return out
+
+
+def _answered(s: socket.socket) -> bytes | None:
+    """What the gateway sent on ``s`` before closing it; None while open."""
+    s.setblocking(False)
+    data = b""
+    try:
+        while chunk := s.recv(4096):
+            data += chunk
+    except BlockingIOError:
+        return None
+    except OSError:
+        pass
+    return data
+
+
+def test_http_connections_that_never_finish_a_request_leave_smtp_and_others_served(tmp_path: Path,
+                                                                                   raw_sink: RawSink) -> None:
+    """450 HTTP connections from one address, each a request begun and never
+    finished, into a gateway started with 400 open files: SMTP still
+    answers and takes mail, another client's /healthz still answers, the
+    connections beyond the bound get 503 at once, and the others are closed
+    after ``http.idle_timeout`` (3 s here; aiohttp's own default is an hour)."""
+    import resource
+
+    g = GatewayProcess(tmp_path, next_hop=f"smtp://127.0.0.1:{raw_sink.port}", threshold=THRESHOLD,
+                       route={"tls": "none"},
+                       sections={"gateway": {"processes": 1},
+                                 "http": {"max_connections": 150, "max_connections_per_client": 100,
+                                          "idle_timeout": 3}})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (400, hard))
+    try:
+        g.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    slow: list[socket.socket] = []
+    try:
+        slow = _slow_requests(g.http_port, 450)
+        greeting = _ehlo_time(g.smtp_port, timeout=5)
+        assert greeting < 1.0, f"SMTP greeting took {greeting:.1f}s with {len(slow)} slow HTTP connections open"
+        mail = Mail("slow-http")
+        submit(g.smtp_port, mail.sender, mail.rcpt, mail.build(multipart([mail.body()])))
+        raw_sink.wait_for(mail.rcpt, timeout=20)
+        # Another client address is served.
+        with socket.create_connection(("127.0.0.1", g.http_port), timeout=5,
+                                      source_address=("127.0.0.2", 0)) as other:
+            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+            status = other.makefile("rb").readline()
+        assert status.startswith(b"HTTP/1.1 200"), f"another client got {status!r}"
+        answers = [_answered(s) for s in slow]
+        refused = [a for a in answers if a is not None and a.startswith(b"HTTP/1.1 503")]
+        assert len(refused) >= 300, f"{len(refused)} of {len(slow)} connections over the bound refused at once"
+        wait_until(lambda: all(_answered(s) is not None for s in slow), timeout=20,
+                   what="the slow connections to be closed after idle_timeout")
+    finally:
+        for s in slow:
+            s.close()
+        g.kill()
 
 
 @pytest.mark.parametrize("charset", ["undefined", "idna", "punycode", "unknown-8bit", "x-unknown"])
