@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.harness import GatewayProcess, wait_until
+from tests.harness import GatewayProcess, render_config, wait_until
 from tests.messages import pdf_bytes
 from tests.test_smuggling import Client as Raw
 from tests.hostile_messages import (BIDI, CRLF, DOCM_TYPE, DOCX_TYPE, ONENOTE_MAGIC, OLE_MAGIC, TNEF_MAGIC,
@@ -753,6 +753,62 @@ def test_http_connections_that_never_finish_a_request_leave_smtp_and_others_serv
                    what="the slow connections to be closed after idle_timeout")
     finally:
         for s in slow:
+            s.close()
+        g.kill()
+
+
+def test_https_connections_that_never_say_hello_leave_the_listener_serving(tmp_path: Path,
+                                                                           raw_sink: RawSink) -> None:
+    """450 TCP connections to the HTTPS listener that never send a TLS hello,
+    into a gateway started with 400 open files: SMTP still answers while they
+    are open, and once they are gone HTTPS answers again.  Before, the
+    listener's accept loop died on the first "too many open files" and the
+    port took connections it never served until a restart."""
+    import http.client
+    import resource
+    import ssl
+
+    from tests.certs import self_signed
+
+    cert, key = self_signed(tmp_path)
+    g = GatewayProcess(tmp_path, next_hop=f"smtp://127.0.0.1:{raw_sink.port}", threshold=THRESHOLD,
+                       route={"tls": "none"}, sections={"gateway": {"processes": 1}})
+    g.cfg["http"].update({"base_url": f"https://127.0.0.1:{g.http_port}", "tls_cert": str(cert),
+                          "tls_key": str(key), "max_connections": 100})
+    g.config_path.write_text(render_config(g.cfg))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (400, hard))
+    try:
+        g.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    silent: list[socket.socket] = []
+    try:
+        for _ in range(450):
+            try:
+                silent.append(socket.create_connection(("127.0.0.1", g.http_port), timeout=2))
+            except OSError:
+                pass
+        greeting = _ehlo_time(g.smtp_port, timeout=5)
+        assert greeting < 1.0, f"SMTP greeting took {greeting:.1f}s with {len(silent)} silent connections open"
+        for s in silent:
+            s.close()
+        silent = []
+        context = ssl.create_default_context(cafile=str(cert))
+
+        def served() -> bool:
+            conn = http.client.HTTPSConnection("127.0.0.1", g.http_port, context=context, timeout=3)
+            try:
+                conn.request("GET", "/healthz")
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
+            finally:
+                conn.close()
+
+        wait_until(served, timeout=30, what="HTTPS to answer again")
+    finally:
+        for s in silent:
             s.close()
         g.kill()
 
