@@ -224,7 +224,9 @@ def descriptors(cfg: Config) -> None:
     """Raise the soft limit on open files so that full SMTP and HTTP bounds
     (TLS handshakes included) leave room for the spool; warn when the hard
     limit does not allow it (the limits then do not protect the spool)."""
-    need = cfg.smtp.max_sessions + 2 * cfg.http.max_connections + SPARE_DESCRIPTORS
+    # A session streaming a large message holds its socket, its spool file
+    # and its directory's lock.
+    need = 3 * cfg.smtp.max_sessions + 2 * cfg.http.max_connections + SPARE_DESCRIPTORS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= need or soft == resource.RLIM_INFINITY:
         return
