@@ -209,6 +209,14 @@ class HttpSettings(_Strict):
     # One JSON line a request on stderr (method, path with tokens redacted,
     # status, bytes, duration, request id, client).
     access_log: bool = True
+    # Connections at once in each process, and from one client address (a
+    # trusted proxy is not bound); more get 503 and are closed.  Each holds a
+    # file descriptor the SMTP listener and the spool need too.
+    max_connections: int = Field(2000, ge=1)
+    max_connections_per_client: int = Field(500, ge=1)
+    # A connection that has not sent a whole request this long after it was
+    # made, or after its last answer, is closed (a slow or idle client).
+    idle_timeout: Duration = 75
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HttpSettings:

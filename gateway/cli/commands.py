@@ -7,6 +7,7 @@ import asyncio
 import faulthandler
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -206,11 +207,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problems := preflight(cfg):
         return report(args, problems)
     logs.setup(cfg.gateway.log_level)
+    descriptors(cfg)
     metrics_dir = prepare_metrics()
     try:
         return _serve(cfg, args)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+# Descriptors beyond the sessions and connections: the spool, the stores,
+# the next hops, the listeners, the fork server.
+SPARE_DESCRIPTORS = 512
+
+
+def descriptors(cfg: Config) -> None:
+    """Raise the soft limit on open files so that full SMTP and HTTP bounds
+    (TLS handshakes included) leave room for the spool; warn when the hard
+    limit does not allow it (the limits then do not protect the spool)."""
+    # A session streaming a large message holds its socket, its spool file
+    # and its directory's lock.
+    need = 3 * cfg.smtp.max_sessions + 2 * cfg.http.max_connections + SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need or soft == resource.RLIM_INFINITY:
+        return
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    if soft < need:
+        logs.get("server").warning(
+            "open files limit below the session and connection limits", limit=soft, needed=need,
+            fix="raise LimitNOFILE, or lower smtp.max_sessions or http.max_connections")
 
 
 def _serve(cfg: Config, args: argparse.Namespace) -> int:

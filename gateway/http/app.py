@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway import logs, metrics
 from gateway.config import Config, read_secret
 from gateway.http import openapi
+from gateway.http.admission import Admission, AdmittingRunner
 from gateway.http.api import UploadApi
 from gateway.http.apikeys import ApiKeys
 from gateway.http.health import AccessLogger, Health, admin_guard, echo_request_id
@@ -198,11 +199,17 @@ async def start_admin(cfg: Config, app: web.Application, reuse_port: bool = Fals
 
 
 def _runner(cfg: Config, app: web.Application) -> web.AppRunner:
+    # Bounded connections, and aiohttp's keep-alive timer (armed when a
+    # connection is made and after each answer, not moved by bytes that
+    # trickle in) as the bound on a request's arrival.
+    admission = Admission(cfg.http.max_connections, cfg.http.max_connections_per_client,
+                          agents.Proxies(cfg.http.trusted_proxies))
     if not cfg.http.access_log:
-        return web.AppRunner(app, access_log=None)
+        return AdmittingRunner(app, admission, access_log=None, keepalive_timeout=cfg.http.idle_timeout)
     # aiohttp wants a logger to call the access logger at all; ours writes
     # through structlog and ignores it.
-    return web.AppRunner(app, access_log_class=AccessLogger, access_log=logging.getLogger("gateway.access"))
+    return AdmittingRunner(app, admission, access_log_class=AccessLogger,
+                           access_log=logging.getLogger("gateway.access"), keepalive_timeout=cfg.http.idle_timeout)
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -239,7 +246,7 @@ async def start(cfg: Config, app: web.Application, audit: logs.AuditLog, reuse_p
                     EventResultDetails=f"{version} client hello refused (minimum TLS 1.2)")
         log.info("old TLS refused", client=address, version=version)
 
-    listener = TlsListener(runner.server, ctx, refused)  # type: ignore[arg-type]
+    listener = TlsListener(runner.server, ctx, refused, cfg.http.max_connections)  # type: ignore[arg-type]
     await listener.start(host, port, reuse_port)
     return Listener(runner, listener)
 

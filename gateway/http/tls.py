@@ -95,10 +95,13 @@ class TlsListener:
     """Accepts connections, refuses pre-1.2 hellos, serves the rest with TLS."""
 
     def __init__(self, protocol_factory: Callable[[], asyncio.Protocol], ctx: ssl.SSLContext,
-                 on_refused: Callable[[str, str], Any]) -> None:
+                 on_refused: Callable[[str, str], Any], max_pending: int = 2000) -> None:
         self.protocol_factory = protocol_factory
         self.ctx = ctx
         self.on_refused = on_refused
+        # Connections still in the peek or the handshake (each holds a file
+        # descriptor for up to 25 s before the server's own bound sees it).
+        self.max_pending = max_pending
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -119,7 +122,18 @@ class TlsListener:
         loop = asyncio.get_running_loop()
         assert self._sock is not None
         while True:
-            conn, addr = await loop.sock_accept(self._sock)
+            try:
+                conn, addr = await loop.sock_accept(self._sock)
+            except OSError as e:
+                # Out of file descriptors (or memory): the listener must
+                # outlive it, as asyncio's own accept loop does.
+                log.error("accept failed; retrying in 1 s", error=str(e))
+                await asyncio.sleep(1)
+                continue
+            if len(self._conns) >= self.max_pending:
+                log.warning("connection refused", reason="too many TLS handshakes", client=addr[0])
+                conn.close()
+                continue
             task = asyncio.create_task(self._handle(conn, addr[0]))
             self._conns.add(task)
             task.add_done_callback(self._conns.discard)

@@ -72,6 +72,15 @@ HEADER_SCAN = 64 << 10
 # The StreamReader buffers up to twice this before pausing the socket; the
 # aiosmtpd default (1001 bytes) would pause it every 2 KB during DATA.
 STREAM_LIMIT = 1 << 20
+# Outside DATA: a command line is at most a few hundred bytes, and a longer
+# one is answered 500 and dropped piece by piece (aiosmtpd).  With the DATA
+# limit, 300 sessions each holding an unfinished 1 MiB command line held
+# 300 MiB of the process.
+COMMAND_LIMIT = 16 << 10
+# A line of DATA with no line end is passed on to the spool in pieces of
+# about this size rather than held whole (the same 300 sessions, each in the
+# middle of a 1 MiB line, held 340 MiB).
+LONG_LINE = 64 << 10
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 # A dot that starts a line (after normalisation every line end is CRLF)
 # and is not the whole line: the stuffing dot (RFC 5321 section 4.5.2).
@@ -408,9 +417,9 @@ class GatewaySMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        # Each connection gets a fresh reader in the base class; raise its
-        # limit so large DATA is read in large chunks.
-        self._reader._limit = STREAM_LIMIT  # type: ignore[attr-defined]
+        # Each connection gets a fresh reader in the base class: bounded for
+        # command lines, raised while DATA is read (_receive).
+        self._reader._limit = COMMAND_LIMIT  # type: ignore[attr-defined]
         if self._original_transport is None:
             # aiosmtpd calls this again with the TLS transport after
             # STARTTLS: the session admitted before is still the same one.
@@ -450,9 +459,12 @@ class GatewaySMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         sink = _SpoolWriter(self.gw.spool)
+        # Large DATA is read in large chunks; commands again after it.
+        self._reader._limit = STREAM_LIMIT  # type: ignore[attr-defined]
         try:
             status = await self._receive(sink)
         finally:
+            self._reader._limit = COMMAND_LIMIT  # type: ignore[attr-defined]
             # Once submitted to a commit, the commit owns it (it aborts
             # what it could not commit); before, this session does, also
             # when it is cancelled mid-DATA (the client went away).
@@ -490,6 +502,9 @@ class GatewaySMTP(SMTP):
                 raise ConnectionResetError("client closed the connection during DATA")
             self._reset_timeout()
             buf += chunk
+            # Not kept while the next read waits: a stalled client's last
+            # chunk (up to 2 MiB) would stay alive with the session.
+            chunk = b""
             done = False
             has_dot = True
             if at_line_start and buf[:3] == b".\r\n":
@@ -506,7 +521,7 @@ class GatewaySMTP(SMTP):
                 else:
                     cut = buf.rfind(b"\n") + 1
                     if cut == 0:
-                        if len(buf) < STREAM_LIMIT:
+                        if len(buf) < LONG_LINE:
                             continue
                         cut = len(buf) - 4  # a very long line: pass most of it on
                         # Never cut after a CR (it may be half a CRLF) nor
@@ -553,6 +568,7 @@ class GatewaySMTP(SMTP):
                         await reception.write(content)
                     except (OSError, SpoolError) as e:
                         error = e
+                content = b""  # counted in what the writer gathers, or written
             if done:
                 if leftover:
                     # Pipelined commands after the end of data belong to the
@@ -611,6 +627,30 @@ class GatewaySMTP(SMTP):
         return f"250 2.0.0 Ok: queued as {envelope.queue_id}"
 
 
+# Bytes of DATA gathered in memory by all the sessions of a process: past
+# it, a session holding LONG_LINE or more streams to its spool file as a
+# large message does.  Otherwise every session could hold up to
+# SMALL_MESSAGE: 300 sessions that each sent 1 MiB and stalled held 340 MiB.
+GATHER_LIMIT = 64 << 20
+
+
+class _Gathered:
+    """The bytes all sessions hold in memory, counted from the event loop
+    and from the threads that flush or abort."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> int:
+        with self._lock:
+            self.total += n
+            return self.total
+
+
+GATHERED = _Gathered()
+
+
 class _SpoolWriter:
     """DATA on its way to the spool: gathered in memory while small, then
     streamed into a Reception; committed by group_commit().
@@ -634,8 +674,16 @@ class _SpoolWriter:
     async def write(self, data: bytes) -> None:
         self.pending.append(data)
         self.pending_size += len(data)
-        if self.pending_size >= SMALL_MESSAGE:
+        crowded = GATHERED.add(len(data)) > GATHER_LIMIT
+        if self.pending_size >= SMALL_MESSAGE or (crowded and self.pending_size >= LONG_LINE):
             await asyncio.to_thread(self._flush)
+
+    def _take(self) -> list[bytes]:
+        """What is gathered, counted out (under the lock)."""
+        pending, self.pending = self.pending, []
+        GATHERED.add(-self.pending_size)
+        self.pending_size = 0
+        return pending
 
     def _flush(self) -> None:
         with self._lock:
@@ -643,7 +691,7 @@ class _SpoolWriter:
                 raise SpoolError("the reception was aborted")
             if self.reception is None:
                 self.reception = self.spool.receive()
-            data, self.pending, self.pending_size = b"".join(self.pending), [], 0
+            data = b"".join(self._take())
             self.reception.write(data)
 
     def ready(self, envelope: Envelope) -> Reception:
@@ -658,7 +706,7 @@ class _SpoolWriter:
         """Forget what was received (blocking; idempotent)."""
         with self._lock:
             self._aborted = True
-            self.pending = []
+            self._take()
             if self.reception is not None:
                 self.reception.abort()
 
