@@ -391,3 +391,37 @@ def test_one_message_cannot_drive_many_key_lookups(
     [ar] = ar_headers(got.data)
     assert ar.count("dkim=") == 11 and "50 more signatures not checked" in ar, ar
     assert 'arc=fail reason="more than 50 ARC sets"' in ar, ar
+
+
+def _sign_without_from(msg: bytes, pem: bytes) -> bytes:
+    """A DKIM-Signature of bank.example whose h= leaves From out (dkimpy's
+    signer refuses to make one; its parts make it as a careless signer would)."""
+    import base64
+    import hashlib
+
+    from dkim.canonicalization import CanonicalizationPolicy
+    from dkim.crypto import parse_pem_private_key
+
+    d = dkim.DKIM(msg)
+    d.signature_algorithm, d.hasher = b"rsa-sha256", hashlib.sha256
+    policy = CanonicalizationPolicy.from_c_value(b"relaxed/simple")
+    bh = base64.b64encode(hashlib.sha256(policy.canonicalize_body(d.body)).digest())
+    fields = [(b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", b"relaxed/simple"), (b"d", b"bank.example"),
+              (b"s", b"s1"), (b"h", b"to : subject"), (b"bh", bh), (b"b", b"0" * 60)]
+    return b"DKIM-Signature: " + d.gen_header(fields, (b"to", b"subject"), policy, b"DKIM-Signature",
+                                              parse_pem_private_key(pem))
+
+
+def test_a_signature_that_leaves_from_out_vouches_for_no_sender(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any], bank: bytes) -> None:
+    """RFC 6376 section 6.1.1: a signature whose h= has no From is ignored
+    (PERMFAIL); dkimpy verifies it, so any From in bank.example passed
+    DMARC on it: the bank's newsletter became a message from its CEO."""
+    gw = auth_gateway(make_gateway, sink, dns, keys)
+    raw = b"From: news@bank.example\r\nTo: support@contact.example\r\nSubject: news\r\n\r\nNews.\r\n"
+    sig = _sign_without_from(raw, bank)
+    forged = raw.replace(b"From: news@bank.example", b"From: CEO <ceo@bank.example>")
+    send(gw.smtp_port, sig + forged, sender="ceo@bank.example")
+    [got] = sink.wait(1)
+    [ar] = ar_headers(got.data)
+    assert 'dkim=permerror reason="From field not signed"' in ar and "dmarc=fail" in ar, ar

@@ -183,9 +183,14 @@ class _StreamedBodyMixin:
     body_hashes: dict[BodyKey, bytes] = {}
     body_lengths: dict[bytes, int] = {}  # canonical body length by canonicalisation
     headers: list[tuple[bytes, bytes]]
+    must_sign_from = False  # a DKIM-Signature must cover From (ARC's seal covers no From)
 
     def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: Any, sig_header: Any,
                            dnsfunc: Any) -> Any:
+        if self.must_sign_from and b"from" not in [h.strip().lower() for h in include_headers]:
+            # RFC 6376 section 6.1.1: ignored, PERMFAIL.  dkimpy refuses to
+            # sign so but verifies it: the From it vouches for is anyone's.
+            raise dkim.MessageFormatError("From field not signed")
         # Judged before dkimpy runs: it appends to include_headers.
         refusal = self._refusal(sig, include_headers)
         if b"bh" in sig:
@@ -225,6 +230,8 @@ class _StreamedBodyMixin:
 
 class StreamedDKIM(_StreamedBodyMixin, dkim.DKIM):
     """DKIM verification over a header block and streamed body hashes."""
+
+    must_sign_from = True
 
 
 class StreamedARC(_StreamedBodyMixin, dkim.ARC):
