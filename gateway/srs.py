@@ -16,8 +16,16 @@ scheme of the SRS paper)::
 
 ``TT`` is the day (days since the epoch, modulo 1024, two base-32
 characters) and ``HASH`` the first characters of the base64 HMAC-SHA1 of
-the rest under a secret.  A reversal checks both: a forged address (wrong
-hash) or an old one (past ``max_age_days``) is refused, so the SRS domain
+the rest under a secret: the scheme's name and its fields joined by ``=``
+as they are in the address (the name, so that no SRS0 hash is an SRS1's).
+postsrsd and libsrs2 hash the fields run together (``TTbank.combob``):
+then the hash of ``mbob@bank.co``'s address also holds for
+``bob@bank.com``, and anyone who once saw the address made for a sender of
+theirs could relay through the gateway to every domain that begins with
+their own.  SRS0 addresses hashed that older way (made before this change)
+are still reversed, and expire with their age.  A reversal checks hash
+and age: a forged address (wrong hash) or an old one (past
+``max_age_days``) is refused, so the SRS domain
 is not an open relay to arbitrary addresses.
 
 Why not the ``srslib`` package (PyPI, one release since 2017): it checks a
@@ -105,10 +113,10 @@ class Srs:
             # Someone else's SRS0: bounces go back through them (SRS1).
             return self._srs1(domain, local[4:])
         ts = self._timestamp(self.clock())
-        return f"SRS0={self._hash(ts + domain + local)}={ts}={domain}={local}@{self.domain}"
+        return f"SRS0={self._hash(f'SRS0={ts}={domain}={local}')}={ts}={domain}={local}@{self.domain}"
 
     def _srs1(self, first_host: str, opaque: str) -> str:
-        return f"SRS1={self._hash(first_host + opaque)}={first_host}={opaque}@{self.domain}"
+        return f"SRS1={self._hash(f'SRS1={first_host}={opaque}')}={first_host}={opaque}@{self.domain}"
 
     # -- reverse -----------------------------------------------------------
 
@@ -125,7 +133,9 @@ class Srs:
         m = _SRS0.match(local)
         if m:
             digest, ts, host, orig_local = m.groups()
-            self._check_hash(digest, ts + host + orig_local)
+            # The fields run together: only for addresses made before the
+            # hash joined them, which expire within max_age_days.
+            self._check_hash(digest, f"SRS0={ts}={host}={orig_local}", legacy=ts + host + orig_local)
             self._check_age(ts)
             if not host or not orig_local:
                 raise SrsError("malformed SRS0 address")
@@ -133,7 +143,7 @@ class Srs:
         m = _SRS1.match(local)
         if m:
             digest, host, opaque = m.groups()
-            self._check_hash(digest, host + opaque)
+            self._check_hash(digest, f"SRS1={host}={opaque}")
             # The first hop checks its own hash and age when it gets the bounce.
             return f"SRS0{opaque}@{host}"
         raise SrsError("not an SRS0 or SRS1 address")
@@ -142,14 +152,16 @@ class Srs:
         mac = hmac.new(secret or self.secrets[0], data.lower().encode("utf-8"), hashlib.sha1).digest()
         return base64.b64encode(mac).decode("ascii")[:self.hash_length]
 
-    def _check_hash(self, digest: str, data: str) -> None:
+    def _check_hash(self, digest: str, data: str, legacy: str | None = None) -> None:
         # Exactly our length: a shorter hash in the address is not checked
         # as far as it goes (that would let a forger guess one character).
         # Case-insensitive, as libsrs2: some MTAs fold local parts.
         if len(digest) != self.hash_length:
             raise SrsError("bad SRS hash")
         given = digest.lower().encode("ascii", "replace")
-        if not any(hmac.compare_digest(given, self._hash(data, s).lower().encode("ascii")) for s in self.secrets):
+        texts = [data] if legacy is None else [data, legacy]
+        if not any(hmac.compare_digest(given, self._hash(t, s).lower().encode("ascii"))
+                   for t in texts for s in self.secrets):
             raise SrsError("bad SRS hash")
 
     def _check_age(self, ts: str) -> None:

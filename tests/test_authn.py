@@ -18,7 +18,7 @@ import pytest
 
 from tests.certs import dkim_key
 from tests.harness import GatewayProcess, SmtpSink
-from tests.messages import links, message, pdf_bytes, send
+from tests.messages import links, message, parse, pdf_bytes, send
 from tests.servers.dns import DnsServer
 
 MiB = 1 << 20
@@ -276,3 +276,152 @@ def test_a_forged_result_under_our_name_goes_even_when_the_checks_break(
     assert b"bank.example" not in got.data
     [ar] = ar_headers(got.data)
     assert ar.startswith("Authentication-Results: gw.test;") and 'dmarc=permerror reason="From field unreadable"' in ar
+
+
+# -- what the seal must not vouch for (sender authentication, round 2) --------
+
+
+@pytest.fixture
+def bank(dns: DnsServer) -> bytes:
+    """A domain whose SPF does not name the test's client (127.0.0.1) and
+    whose DMARC says reject: only its DKIM signature can make DMARC pass."""
+    pem, txt = dkim_key()
+    dns.add_txt("s1._domainkey.bank.example", txt)
+    dns.add_txt("bank.example", "v=spf1 ip4:192.0.2.1 -all")
+    dns.add_txt("_dmarc.bank.example", "v=DMARC1; p=reject")
+    return pem
+
+
+def aar(data: bytes) -> str:
+    """Our ARC-Authentication-Results, unfolded: what the seal vouches for."""
+    head = re.sub(r"\r\n[ \t]+", " ", data.split(b"\r\n\r\n", 1)[0].decode())
+    [line] = [h for h in head.split("\r\n") if h.startswith("ARC-Authentication-Results: i=1; gw.test")]
+    return line
+
+
+def test_text_appended_after_a_signatures_body_length_is_not_vouched_for(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any], bank: bytes) -> None:
+    """A signature with l= covers only the first l bytes of the body:
+    anything an attacker appends to a genuine message (new bank details, a
+    link, a file) would pass as the bank's, and our seal would say so."""
+    gw = auth_gateway(make_gateway, sink, dns, keys)
+    raw = (b"From: billing@bank.example\r\nTo: support@contact.example\r\nSubject: invoice 4711\r\n\r\n"
+           b"Your invoice 4711 is due.\r\n")
+    sig = dkim.sign(raw, b"s1", b"bank.example", bank, linesep=b"\r\n", length=True)
+    assert b"l=" in sig
+    send(gw.smtp_port, sig + raw + b"Our bank details changed: pay to XX00 EVIL 0000.\r\n",
+         sender="billing@bank.example")
+    [got] = sink.wait(1)
+    assert got.data.endswith(b"pay to XX00 EVIL 0000.\r\n")  # it still goes, with honest results
+    [ar] = ar_headers(got.data)
+    assert "dkim=policy" in ar and "bytes of the body unsigned" in ar and "dkim=pass" not in ar, ar
+    assert "dmarc=fail" in ar, ar
+    assert "dkim=policy" in aar(got.data) and "dmarc=fail" in aar(got.data)
+    assert dkim.arc_verify(got.data, dnsfunc=offline(dns))[0] == b"pass"
+
+
+def test_a_second_subject_above_a_signed_one_is_not_vouched_for(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any], bank: bytes) -> None:
+    """The signature covers one Subject, the bottom one (RFC 6376 section
+    5.4.2); a mail client shows the top one.  A Subject (or To, Reply-To...)
+    put above a genuine message must not ride on its dkim=pass."""
+    gw = auth_gateway(make_gateway, sink, dns, keys)
+    raw = (b"From: billing@bank.example\r\nTo: support@contact.example\r\nSubject: newsletter\r\n"
+           b"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\n\r\nNews.\r\n")
+    sig = dkim.sign(raw, b"s1", b"bank.example", bank, linesep=b"\r\n",
+                    include_headers=[b"from", b"to", b"subject", b"date"])
+    send(gw.smtp_port, b"Subject: URGENT: new bank details, reply with the card number\r\n" + sig + raw,
+         sender="billing@bank.example")
+    [got] = sink.wait(1)
+    assert parse(got.data)["Subject"].startswith("URGENT")  # what the agent reads
+    [ar] = ar_headers(got.data)
+    assert "dkim=policy" in ar and "2 subject fields, 1 signed" in ar and "dmarc=fail" in ar, ar
+    assert "dkim=pass" not in aar(got.data)
+
+
+def test_a_second_from_field_is_a_dmarc_permerror(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any], bank: bytes) -> None:
+    """Two From fields: the top one, an encoded word, has no address for
+    DMARC to read but shows as ceo@bank.example; the bottom one is the
+    attacker's own domain, which passes.  DMARC must not pass for a
+    message whose shown sender it never judged (RFC 7489 section 6.6.1)."""
+    dns.add_txt("evil.example", "v=spf1 ip4:127.0.0.1 -all")
+    dns.add_txt("_dmarc.evil.example", "v=DMARC1; p=reject")
+    gw = auth_gateway(make_gateway, sink, dns, keys)
+    send(gw.smtp_port, b"From: =?utf-8?q?ceo=40bank.example?=\r\nFrom: me@evil.example\r\n"
+                       b"To: support@contact.example\r\nSubject: wire\r\n\r\nPay now.\r\n", sender="me@evil.example")
+    [got] = sink.wait(1)
+    from email.header import decode_header, make_header
+    assert str(make_header(decode_header(parse(got.data)["From"]))) == "ceo@bank.example"
+    [ar] = ar_headers(got.data)
+    assert 'dmarc=permerror reason="several From fields"' in ar and "dmarc=pass" not in aar(got.data), ar
+
+
+def test_an_rsa_sha1_signature_is_not_a_pass(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any], bank: bytes) -> None:
+    """RFC 8301: verifiers must not take rsa-sha1 signatures as valid (SHA-1
+    collisions are within reach); dkimpy does."""
+    gw = auth_gateway(make_gateway, sink, dns, keys)
+    raw = b"From: billing@bank.example\r\nTo: support@contact.example\r\nSubject: sha1\r\n\r\nHi.\r\n"
+    sig = dkim.sign(raw, b"s1", b"bank.example", bank, linesep=b"\r\n", signature_algorithm=b"rsa-sha1")
+    send(gw.smtp_port, sig + raw, sender="billing@bank.example")
+    [got] = sink.wait(1)
+    [ar] = ar_headers(got.data)
+    assert "dkim=policy" in ar and "rsa-sha1" in ar and "dmarc=fail" in ar, ar
+
+
+def test_one_message_cannot_drive_many_key_lookups(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    """Each DKIM signature and ARC set is a DNS query at a name the sender
+    chose: a header block of junk signatures made the gateway query any
+    domain's name servers hundreds of times per message (and, against a
+    silent server, hold a worker for the DNS timeout each time)."""
+    gw = auth_gateway(make_gateway, sink, dns, keys, dns_timeout=0.5)
+    junk = b"".join(b"DKIM-Signature: v=1; a=rsa-sha256; d=victim%d.example; s=s%d; h=from; bh=AAAA; b=AAAA\r\n"
+                    % (i, i) for i in range(60))
+    arc = b"".join(b"ARC-Seal: i=%d; a=rsa-sha256; cv=%s; d=victim.example; s=as%d; b=AAAA\r\n"
+                   b"ARC-Message-Signature: i=%d; a=rsa-sha256; d=victim.example; s=ams%d; h=from; bh=AAAA; b=AAAA\r\n"
+                   b"ARC-Authentication-Results: i=%d; victim.example; none\r\n"
+                   % (i, b"none" if i == 1 else b"pass", i, i, i, i) for i in range(1, 61))
+    send(gw.smtp_port, junk + arc + b"From: customer@example.net\r\nTo: support@contact.example\r\n"
+                                    b"Subject: many\r\n\r\nHi.\r\n")
+    [got] = sink.wait(1, timeout=120)
+    lookups = [q for q in dns.queries if "._domainkey." in q[0]]
+    assert len(lookups) <= 24, len(lookups)
+    [ar] = ar_headers(got.data)
+    assert ar.count("dkim=") == 11 and "50 more signatures not checked" in ar, ar
+    assert 'arc=fail reason="more than 50 ARC sets"' in ar, ar
+
+
+def _sign_without_from(msg: bytes, pem: bytes) -> bytes:
+    """A DKIM-Signature of bank.example whose h= leaves From out (dkimpy's
+    signer refuses to make one; its parts make it as a careless signer would)."""
+    import base64
+    import hashlib
+
+    from dkim.canonicalization import CanonicalizationPolicy
+    from dkim.crypto import parse_pem_private_key
+
+    d = dkim.DKIM(msg)
+    d.signature_algorithm, d.hasher = b"rsa-sha256", hashlib.sha256
+    policy = CanonicalizationPolicy.from_c_value(b"relaxed/simple")
+    bh = base64.b64encode(hashlib.sha256(policy.canonicalize_body(d.body)).digest())
+    fields = [(b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", b"relaxed/simple"), (b"d", b"bank.example"),
+              (b"s", b"s1"), (b"h", b"to : subject"), (b"bh", bh), (b"b", b"0" * 60)]
+    return b"DKIM-Signature: " + d.gen_header(fields, (b"to", b"subject"), policy, b"DKIM-Signature",
+                                              parse_pem_private_key(pem))
+
+
+def test_a_signature_that_leaves_from_out_vouches_for_no_sender(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any], bank: bytes) -> None:
+    """RFC 6376 section 6.1.1: a signature whose h= has no From is ignored
+    (PERMFAIL); dkimpy verifies it, so any From in bank.example passed
+    DMARC on it: the bank's newsletter became a message from its CEO."""
+    gw = auth_gateway(make_gateway, sink, dns, keys)
+    raw = b"From: news@bank.example\r\nTo: support@contact.example\r\nSubject: news\r\n\r\nNews.\r\n"
+    sig = _sign_without_from(raw, bank)
+    forged = raw.replace(b"From: news@bank.example", b"From: CEO <ceo@bank.example>")
+    send(gw.smtp_port, sig + forged, sender="ceo@bank.example")
+    [got] = sink.wait(1)
+    [ar] = ar_headers(got.data)
+    assert 'dkim=permerror reason="From field not signed"' in ar and "dmarc=fail" in ar, ar

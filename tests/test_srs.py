@@ -255,3 +255,52 @@ def test_mail_to_an_srs_address_is_not_signed_with_the_gateways_dkim_key(
             assert not dkim.verify(back.data, dnsfunc=lookup)
     finally:
         dns.stop()
+
+
+def test_an_address_made_for_one_sender_cannot_be_split_anew_to_relay_elsewhere(
+        tmp_path: Path, sinks: tuple[SmtpSink, SmtpSink]) -> None:
+    """The hash ran the fields together (``TT`` + ``bank.co`` + ``mbob``), so
+    the address made for mbob@bank.co, seen once by its sender (an
+    auto-reply quotes it), held as well for bob@bank.com: whoever owns a
+    domain could relay through us to every domain beginning with it."""
+    platform, customers = sinks
+    with srs_gateway(tmp_path, platform, customers) as gw:
+        msg = message("Hello", None, [], From="mbob@bank.co", To="help@contact.example").as_bytes()
+        with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=30) as s:
+            s.sendmail("mbob@bank.co", ["help@contact.example"], msg)
+        [got] = platform.wait(1)
+        assert got.mail_from.endswith("=bank.co=mbob@srs.gw.test"), got.mail_from
+        tag, digest, ts = got.mail_from.split("=")[:3]
+        forged = f"{tag}={digest}={ts}=bank.com=bob@srs.gw.test"
+        spam = b"From: x@bank.co\r\nTo: bob@bank.com\r\nSubject: relayed\r\n\r\nRelayed through the gateway.\r\n"
+        with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=30) as s:
+            refused = None
+            try:
+                s.sendmail("", [forged], spam)
+            except smtplib.SMTPRecipientsRefused as e:
+                refused = e.recipients[forged]
+        if refused is None:
+            [relayed] = customers.wait(1)
+            pytest.fail(f"relayed to {relayed.rcpt_tos} through the bounce route")
+        assert refused[0] == 550 and b"hash" in refused[1], refused
+        # The honest address still reverses to its sender.
+        assert rcpt(gw.smtp_port, "", got.mail_from)[0] == 250
+
+
+def test_a_legacy_address_still_reverses_and_an_srs0_hash_is_no_srs1s() -> None:
+    """SRS0 addresses hashed the old way (in flight at the upgrade) still
+    reverse until they expire; an SRS0 address's hash does not make an SRS1
+    address (``SRS1=HASH=TT==host=local``) that reverses."""
+    import base64
+    import hashlib
+    import hmac
+
+    srs = make()
+    ts = srs._timestamp(NOW)
+    old = base64.b64encode(hmac.new(SECRET.encode(), f"{ts}customer.examplealice".lower().encode(),
+                                    hashlib.sha1).digest()).decode()[:6]
+    assert srs.reverse(f"SRS0={old}={ts}=customer.example=alice@srs.gw.test") == "alice@customer.example"
+    new = srs.forward("alice@customer.example")
+    digest = new.split("=")[1]
+    with pytest.raises(SrsError, match="hash"):
+        srs.reverse(f"SRS1={digest}={ts}==customer.example=alice@srs.gw.test")

@@ -54,6 +54,7 @@ class _Canon:
     carry: bytes = b""
     emitted: bool = False
     in_line: bool = False  # a long line is being passed on in pieces
+    length: int = 0  # bytes of canonical body passed on so far (what l= is compared with)
 
     def _emit(self, data: bytes) -> None:
         if self.empty_lines:
@@ -65,6 +66,7 @@ class _Canon:
     def _out(self, data: bytes) -> None:
         if data:
             self.emitted = True
+            self.length += len(data)
             for s in self.sinks:
                 s.feed(data)
 
@@ -138,6 +140,13 @@ class _Canon:
 
 def body_hashes(keys: Iterable[BodyKey], chunks: Iterable[bytes]) -> dict[BodyKey, bytes]:
     """The digest of the canonical body for each key, in one pass over ``chunks``."""
+    return body_digests(keys, chunks)[0]
+
+
+def body_digests(keys: Iterable[BodyKey], chunks: Iterable[bytes]) -> tuple[dict[BodyKey, bytes], dict[bytes, int]]:
+    """The digest of the canonical body for each key, and the length of
+    each canonical body (by canonicalisation), in one pass over ``chunks``:
+    the length says whether an l= left part of the body unsigned."""
     canons: dict[bytes, _Canon] = {}
     sinks: dict[BodyKey, _Sink] = {}
     for key in set(keys):
@@ -154,4 +163,4 @@ def body_hashes(keys: Iterable[BodyKey], chunks: Iterable[bytes]) -> dict[BodyKe
                 c.update(chunk)
         for c in canons.values():
             c.finish()
-    return {k: s.hasher.digest() for k, s in sinks.items()}
+    return {k: s.hasher.digest() for k, s in sinks.items()}, {k: c.length for k, c in canons.items()}

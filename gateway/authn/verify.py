@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 from pathlib import Path
@@ -26,12 +27,28 @@ import dkim.util
 import spf
 from publicsuffixlist import PublicSuffixList
 
-from gateway.authn.bodyhash import BodyKey, body_canon, body_hashes
+from gateway.authn.bodyhash import BodyKey, body_canon, body_digests
 from gateway.authn.resolver import DnsTempError, Resolver
 from gateway.mime.source import Source
 from gateway.spool.envelope import Envelope
 
 _PSL: PublicSuffixList | None = None
+
+# Signatures checked per message (RFC 6376 section 6.1 lets a verifier
+# limit them): each costs a key lookup at a name the sender chooses, so a
+# header block of thousands would be thousands of DNS queries.
+MAX_SIGNATURES = 10
+# Key lookups (DKIM and ARC together) per message, each name asked once,
+# and the seconds they may take in all, in units of the DNS timeout.
+MAX_KEY_LOOKUPS = 24
+KEY_LOOKUP_BUDGET = 6
+# RFC 8617 section 4.2.1: at most 50 ARC sets; more is a failed chain.
+MAX_ARC_INSTANCE = 50
+# Fields RFC 5322 allows once: a signature that covers one of them fewer
+# times than it appears leaves the extra copy, which a mail client may be
+# the one to show, outside the signature (RFC 6376 section 8.15).
+SINGLETONS = frozenset((b"from", b"sender", b"reply-to", b"to", b"cc", b"subject", b"date", b"message-id",
+                        b"in-reply-to", b"references"))
 
 
 def _psl() -> PublicSuffixList:
@@ -151,16 +168,31 @@ def _quoted_string(text: str, i: int) -> str:
     return "".join(out)
 
 
+class UnacceptedSignature(dkim.ValidationError):
+    """A signature that verifies but vouches for less than a reader of the
+    message sees (``dkim=policy``, RFC 8601 section 2.7.1)."""
+
+
 class _StreamedBodyMixin:
     """dkimpy with body hashes computed elsewhere (streamed): a signature's
     bh= is checked here against the streamed hash, then dkimpy checks the
     header signature exactly as it would (bh= is part of the signed header
-    text, not of the parsed tags it hashes)."""
+    text, not of the parsed tags it hashes).  A signature that verifies is
+    then refused when it leaves out what a reader would take as signed."""
 
     body_hashes: dict[BodyKey, bytes] = {}
+    body_lengths: dict[bytes, int] = {}  # canonical body length by canonicalisation
+    headers: list[tuple[bytes, bytes]]
+    must_sign_from = False  # a DKIM-Signature must cover From (ARC's seal covers no From)
 
     def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: Any, sig_header: Any,
                            dnsfunc: Any) -> Any:
+        if self.must_sign_from and b"from" not in [h.strip().lower() for h in include_headers]:
+            # RFC 6376 section 6.1.1: ignored, PERMFAIL.  dkimpy refuses to
+            # sign so but verifies it: the From it vouches for is anyone's.
+            raise dkim.MessageFormatError("From field not signed")
+        # Judged before dkimpy runs: it appends to include_headers.
+        refusal = self._refusal(sig, include_headers)
         if b"bh" in sig:
             key = _body_key(sig)
             got = self.body_hashes.get(key) if key is not None else None
@@ -171,11 +203,35 @@ class _StreamedBodyMixin:
             if got != want:
                 raise dkim.ValidationError("body hash mismatch")
             sig = {k: v for k, v in sig.items() if k != b"bh"}
-        return super().verify_sig_process(sig, include_headers, sig_header, dnsfunc)  # type: ignore[misc]
+        ok = super().verify_sig_process(sig, include_headers, sig_header, dnsfunc)  # type: ignore[misc]
+        if ok and refusal:
+            raise UnacceptedSignature(refusal)
+        return ok
+
+    def _refusal(self, sig: dict[bytes, bytes], include_headers: list[bytes]) -> str:
+        """Why a signature that verifies must still not count, or "": our
+        seal would otherwise vouch for what the sender never signed."""
+        if sig.get(b"a", b"").strip().lower() == b"rsa-sha1":
+            return "rsa-sha1 is not accepted (RFC 8301)"
+        limit = sig.get(b"l")
+        if limit is not None and limit.strip().isdigit():
+            length = self.body_lengths.get(body_canon(sig.get(b"c", b"simple/simple")), 0)
+            if int(limit) < length:
+                # Whatever follows the signed part (a link, a file) would
+                # pass as the sender's.
+                return f"l= leaves {length - int(limit)} bytes of the body unsigned"
+        signed = [h.strip().lower() for h in include_headers]
+        for name in sorted(SINGLETONS.intersection(signed)):
+            present = sum(1 for h, _ in self.headers if h.strip().lower() == name)
+            if present > signed.count(name):
+                return f"{present} {name.decode()} fields, {signed.count(name)} signed"
+        return ""
 
 
 class StreamedDKIM(_StreamedBodyMixin, dkim.DKIM):
     """DKIM verification over a header block and streamed body hashes."""
+
+    must_sign_from = True
 
 
 class StreamedARC(_StreamedBodyMixin, dkim.ARC):
@@ -238,15 +294,18 @@ class Verifier:
                 k = _body_key(tags)
                 if k is not None:
                     keys.append(k)
-            hashes = body_hashes(keys, src.iter_range(body_start, src.size, 1 << 20)) if keys else {}
+            hashes, lengths = body_digests(keys, src.iter_range(body_start, src.size, 1 << 20)) \
+                if keys else ({}, {})
         # Per-message facts live in ``state``, not on self: one Verifier
         # serves every worker thread at once.
         summary: dict[str, str] = {}
-        state: dict[str, Any] = {}
+        state: dict[str, Any] = {"lengths": lengths,
+                                 "lookups": KeyLookups(self.resolver, MAX_KEY_LOOKUPS,
+                                                       KEY_LOOKUP_BUDGET * self.resolver.timeout)}
         lines = self._dkim_lines(kept, fields, hashes, summary, state)
         lines += self._spf_lines(envelope, summary, state)
         lines += self._dmarc_lines(fields, envelope, summary, state)
-        lines += self._arc_lines(kept, fields, hashes, summary)
+        lines += self._arc_lines(kept, fields, hashes, summary, state)
         return self._header(lines, drop, summary, [d.lower() for d in state["dkim_pass"]])
 
     def _header(self, lines: list[str], drop: list[tuple[int, int]], summary: dict[str, str],
@@ -265,21 +324,24 @@ class Verifier:
             return ["dkim=none"]
         lines = []
         passed: list[str] = []
-        for idx in range(count):
+        for idx in range(min(count, MAX_SIGNATURES)):
             d = StreamedDKIM(block + b"\r\n", timeout=self.resolver.timeout)
             d.body_hashes = hashes
+            d.body_lengths = state["lengths"]
             sig: dict[bytes, bytes] = {}
             reason = ""
             try:
                 prep = d.verify_headerprep(idx)
                 if prep:
                     sig = prep[0]
-                ok = d.verify(idx, dnsfunc=self.resolver.dkim_txt)
+                ok = d.verify(idx, dnsfunc=state["lookups"])
                 result = "pass" if ok else "fail"
                 if not ok:
                     reason = "signature did not verify or no usable key"
             except DnsTempError as e:
                 result, reason = "temperror", str(e)
+            except UnacceptedSignature as e:
+                result, reason = "policy", str(e)
             except dkim.ValidationError as e:
                 result, reason = "fail", str(e)
             except dkim.DKIMException as e:
@@ -293,6 +355,9 @@ class Verifier:
             summary.setdefault("dkim", result)
             if result == "pass":
                 summary["dkim"] = "pass"
+        if count > MAX_SIGNATURES:
+            lines.append(f"dkim=policy reason=\"{count - MAX_SIGNATURES} more signatures not checked "
+                         f"(at most {MAX_SIGNATURES})\"")
         state["dkim_pass"] = passed
         return lines
 
@@ -319,6 +384,12 @@ class Verifier:
     def _dmarc_lines(self, fields: list[Field], envelope: Envelope, summary: dict[str, str],
                      state: dict[str, Any]) -> list[str]:
         froms = [f for f in fields if f.name.lower() == "from"]
+        if len(froms) > 1:
+            # RFC 5322 allows one; with more, the one DMARC judges and the
+            # one a mail client shows need not be the same (RFC 7489
+            # section 6.6.1).
+            summary["dmarc"] = "permerror"
+            return ["dmarc=permerror reason=\"several From fields\""]
         domains = set()
         for f in froms:
             value = f.raw.split(b":", 1)[1].decode("utf-8", "replace")
@@ -373,14 +444,23 @@ class Verifier:
     # -- ARC --------------------------------------------------------------
 
     def _arc_lines(self, block: bytes, fields: list[Field], hashes: dict[BodyKey, bytes],
-                   summary: dict[str, str]) -> list[str]:
+                   summary: dict[str, str], state: dict[str, Any]) -> list[str]:
         if not any(f.name.lower().startswith("arc-") for f in fields):
             summary["arc"] = "none"
             return ["arc=none"]
+        seals = [f for f in fields if f.name.lower() == "arc-seal"]
+        instances = [int(m.group(1)) for f in fields if f.name.lower().startswith("arc-")
+                     for m in [re.search(rb"(?:^|;)\s*i\s*=\s*(\d{1,9})", f.raw.split(b":", 1)[1])] if m]
+        if len(seals) > MAX_ARC_INSTANCE or any(i > MAX_ARC_INSTANCE for i in instances):
+            # Failed without a look: checking it would be up to two key
+            # lookups a set, at names the sender chose.
+            summary["arc"] = "fail"
+            return [f"arc=fail reason=\"more than {MAX_ARC_INSTANCE} ARC sets\""]
         a = StreamedARC(block + b"\r\n", timeout=self.resolver.timeout)
         a.body_hashes = hashes
+        a.body_lengths = state["lengths"]
         try:
-            cv, _, reason = a.verify(dnsfunc=self.resolver.dkim_txt)
+            cv, _, reason = a.verify(dnsfunc=state["lookups"])
             result = (cv or b"fail").decode("ascii", "replace").lower()
         except DnsTempError as e:
             # ARC knows only none, pass and fail as chain results; a chain we
@@ -390,6 +470,32 @@ class Verifier:
             result, reason = "fail", str(e)
         summary["arc"] = result
         return [f"arc={result}{_reason(reason if result != 'pass' else '')}"]
+
+
+class KeyLookups:
+    """dkimpy's ``dnsfunc`` for one message: each key name is asked once,
+    and after ``limit`` names or ``budget`` seconds a lookup is a
+    ``DnsTempError`` without a query, so a message full of signatures at
+    slow or distinct names can neither hold a worker for hours nor turn
+    the gateway into a source of DNS queries at the sender's bidding."""
+
+    def __init__(self, resolver: Resolver, limit: int, budget: float) -> None:
+        self.resolver = resolver
+        self.limit = limit
+        self.deadline = time.monotonic() + budget
+        self.seen: dict[bytes | str, bytes | None] = {}
+
+    def __call__(self, name: bytes | str, timeout: float = 5) -> bytes | None:
+        key = name.lower()
+        if key in self.seen:
+            return self.seen[key]
+        if len(self.seen) >= self.limit:
+            raise DnsTempError(f"more than {self.limit} key lookups for one message")
+        if time.monotonic() > self.deadline:
+            raise DnsTempError("key lookups for this message took too long")
+        value = self.resolver.dkim_txt(name, timeout)
+        self.seen[key] = value
+        return value
 
 
 def _dmarc_tags(record: bytes) -> dict[str, str]:
