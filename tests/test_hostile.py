@@ -881,6 +881,52 @@ def test_stalled_smtp_sessions_do_not_each_hold_a_megabyte(tmp_path: Path, raw_s
         g.kill()
 
 
+@pytest.mark.parametrize("filler", [b"<", b"<a>", b"<b title='x'>"])
+def test_a_large_html_body_given_a_notice_does_not_stall_the_gateway(tmp_path: Path, raw_sink: RawSink,
+                                                                     filler: bytes) -> None:
+    """4 MiB of HTML made of one construct repeated, beside a program (so
+    the HTML gets a notice): finding where the notice goes took 7 s on the
+    event loop (no greeting answered meanwhile, on any connection of the
+    process), and grew with the body up to the 150 MiB a message may have.
+    Now a large body is rewritten in a thread and the walk is bounded; the
+    notice is in the HTML and the program is not delivered."""
+    g = GatewayProcess(tmp_path, next_hop=f"smtp://127.0.0.1:{raw_sink.port}", threshold=THRESHOLD,
+                       route={"tls": "none"}, sections={"gateway": {"processes": 1}})
+    try:
+        g.start()
+        mail = Mail(f"html-{filler.decode()}")
+        exe = pe(mail.tag)
+        body = f"<p>{mail.readable}</p>".encode() + filler * ((4 << 20) // len(filler))
+        html = part("text/html; charset=utf-8", body, cte="7bit", disposition="inline")
+        alt = multipart([mail.body(), html], subtype="alternative", boundary="alt")
+        raw = mail.build(multipart([alt, part("application/octet-stream", exe, name="setup.exe")]))
+        assert _ehlo_time(g.smtp_port) < 1.0  # warm
+        times: list[float] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            while not done.is_set():
+                times.append(_ehlo_time(g.smtp_port))
+
+        qid = submit(g.smtp_port, mail.sender, mail.rcpt, raw)
+        th = threading.Thread(target=probe, daemon=True)
+        th.start()
+        try:
+            [tx] = raw_sink.wait_for(mail.rcpt, timeout=60, give_up=lambda: held(g, qid))
+        finally:
+            done.set()
+            th.join(15)
+        slowest = max(times, default=float("inf"))
+        assert slowest < 0.5, f"{len(times)} greetings while it was processed, the slowest {slowest:.2f}s"
+        assert wire_problems(tx) == []
+        assert b64head(exe) not in tx.wire and exe[-40:] not in tx.wire, "the program was delivered"
+        assert quarantined(g.objects, exe)
+        [html_part] = [p for p in email.message_from_bytes(tx.data).walk() if p.get_content_type() == "text/html"]
+        assert "setup.exe" in html_part.get_payload(decode=True).decode("utf-8", "replace"), "no notice in the HTML"
+    finally:
+        g.kill()
+
+
 @pytest.mark.parametrize("charset", ["undefined", "idna", "punycode", "unknown-8bit", "x-unknown"])
 def test_an_unusable_body_charset_with_a_refusal_is_delivered_not_held(gw: GatewayProcess, raw_sink: RawSink,
                                                                        charset: str) -> None:

@@ -15,8 +15,10 @@ RCDATA elements.  Where its reading could differ from a browser's (foreign
 SVG or MathML content, CDATA sections, ``<noscript>``, ``<template>`` and
 ``<select>``, whose content is not shown as links, ``<plaintext>``, a
 script with ``<!--`` in it) it stops: that construct is "trouble", and the block goes
-before it, where the tokenizer is certainly reading markup.  Pure: bytes
-in, an offset out.  The document is read as bytes of an ASCII-compatible
+before it, where the tokenizer is certainly reading markup.  So is the
+construct reached after ``MAX_STEPS`` of them (tags, comments, quotes in
+tags): the walk costs Python time per construct, and 4 MiB of "<" took
+7 s.  Pure: bytes in, an offset out.  The document is read as bytes of an ASCII-compatible
 charset (the rewriter transcodes any other to UTF-8 first).
 """
 from __future__ import annotations
@@ -33,73 +35,102 @@ _RAW_TEXT = frozenset({b"script", b"style", b"textarea", b"title", b"xmp", b"ifr
 _TROUBLE = frozenset({b"svg", b"math", b"template", b"select", b"plaintext", b"frameset", b"noscript"})
 _NAME_END = re.compile(rb"[ \t\n\r\f/>]")
 _COMMENT_END = re.compile(rb"--!?>")
+# What ends a tag or may open a value in it: the rest of a tag is skipped in C.
+_IN_TAG = re.compile(rb"[>\"']")
+# Constructs walked at most: a 5.6 MB document of 600,000 ordinary ones is
+# walked whole; a hostile one stops after a second or two of CPU.
+MAX_STEPS = 1_000_000
 
 
-def insertion_point(html: bytes) -> int:
+class _Spent(Exception):
+    """The walk used up its steps."""
+
+
+class _Steps:
+    """What is left of a walk's steps."""
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise _Spent()
+
+
+def insertion_point(html: bytes, max_steps: int = MAX_STEPS) -> int:
     """The offset at which added markup is read as markup in the body:
     before the last ``</body>`` end tag a browser reads as one, when no
     trouble comes before it; else before the first trouble (a construct
-    left open at the end, or one read differently by different readers);
-    else the end of the document."""
-    body_end, trouble = _walk(html)
+    left open at the end, one read differently by different readers, or
+    the one reached after ``max_steps``); else the end of the document."""
+    body_end, trouble = _walk(html, _Steps(max_steps))
     if body_end >= 0:
         return body_end
     return len(html) if trouble is None else trouble
 
 
-def _walk(html: bytes) -> tuple[int, int | None]:
+def _walk(html: bytes, steps: _Steps) -> tuple[int, int | None]:
     """(offset of the last ``</body>`` end tag before any trouble or -1,
     offset of the first trouble or None)."""
     n = len(html)
     body_end = -1
-    i = 0
-    while True:
-        lt = html.find(b"<", i)
-        if lt < 0 or lt + 1 >= n:
-            return body_end, None  # text to the end ("<" alone is text)
-        nxt = html[lt + 1:lt + 2]
-        if html.startswith(b"<!--", lt):
-            end = _comment_end(html, lt + 4)
-            if end < 0:
+    i = lt = 0
+    try:
+        while True:
+            lt = html.find(b"<", i)
+            if lt < 0 or lt + 1 >= n:
+                return body_end, None  # text to the end ("<" alone is text)
+            steps.take()
+            i = _construct(html, lt, steps)
+            if i < 0:
                 return body_end, lt
-            i = end
-        elif html.startswith(b"<![", lt):
-            return body_end, lt  # CDATA: a section in SVG or MathML, a bogus comment elsewhere
-        elif nxt in (b"!", b"?"):
-            gt = html.find(b">", lt + 2)  # a bogus comment (a DOCTYPE too): to the first ">"
-            if gt < 0:
-                return body_end, lt
-            i = gt + 1
-        elif nxt == b"/":
-            after = html[lt + 2:lt + 3]
-            if after == b">":
-                i = lt + 3  # "</>" is dropped
-            elif after.isalpha():
-                end, name = _tag(html, lt + 2)
-                if end < 0:
-                    return body_end, lt
-                if name == b"body":
-                    body_end = lt
-                i = end
-            elif not after:
-                return body_end, None  # "</" at the end is text
-            else:
-                gt = html.find(b">", lt + 2)  # "</" and no letter: a bogus comment
-                if gt < 0:
-                    return body_end, lt
-                i = gt + 1
-        elif nxt.isalpha():
-            end, name = _tag(html, lt + 1)
-            if end < 0 or name in _TROUBLE:
-                return body_end, lt
-            i = end
-            if name in _RAW_TEXT:  # "<textarea/>" opens one too: the slash means nothing
-                close = _raw_text_end(html, end, name)
-                if close < 0 or name == b"script" and b"<!--" in html[end:close]:
-                    return body_end, lt  # open to the end, or a script's escaped text
-                i = close
-        else:
-            i = lt + 1  # "<" and no letter: text
+            if i > n:  # a "</body>" end tag, read as one
+                body_end = lt
+                i -= n
+    except _Spent:
+        # Read as the tokenizer reads up to here: this construct begins
+        # where markup is read.
+        return body_end, lt
+
+
+def _construct(html: bytes, lt: int, steps: _Steps) -> int:
+    """The offset after the construct at ``lt`` (a "<" that is not the
+    last byte), -1 when it is trouble, or that offset plus ``len(html)``
+    when it is a ``</body>`` end tag."""
+    n = len(html)
+    nxt = html[lt + 1:lt + 2]
+    if html.startswith(b"<!--", lt):
+        return _comment_end(html, lt + 4)
+    if html.startswith(b"<![", lt):
+        return -1  # CDATA: a section in SVG or MathML, a bogus comment elsewhere
+    if nxt in (b"!", b"?"):
+        gt = html.find(b">", lt + 2)  # a bogus comment (a DOCTYPE too): to the first ">"
+        return -1 if gt < 0 else gt + 1
+    if nxt == b"/":
+        after = html[lt + 2:lt + 3]
+        if after == b">":
+            return lt + 3  # "</>" is dropped
+        if after.isalpha():
+            end, name = _tag(html, lt + 2, steps)
+            if end >= 0 and name == b"body":
+                return end + n
+            return end
+        if not after:
+            return n  # "</" at the end is text: nothing after it
+        gt = html.find(b">", lt + 2)  # "</" and no letter: a bogus comment
+        return -1 if gt < 0 else gt + 1
+    if nxt.isalpha():
+        end, name = _tag(html, lt + 1, steps)
+        if end < 0 or name in _TROUBLE:
+            return -1
+        if name in _RAW_TEXT:  # "<textarea/>" opens one too: the slash means nothing
+            close = _raw_text_end(html, end, name, steps)
+            if close < 0 or name == b"script" and b"<!--" in html[end:close]:
+                return -1  # open to the end, or a script's escaped text
+            return close
+        return end
+    return lt + 1  # "<" and no letter: text
 
 
 def _comment_end(html: bytes, start: int) -> int:
@@ -113,7 +144,7 @@ def _comment_end(html: bytes, start: int) -> int:
     return -1 if m is None else m.end()
 
 
-def _tag(html: bytes, start: int) -> tuple[int, bytes]:
+def _tag(html: bytes, start: int, steps: _Steps) -> tuple[int, bytes]:
     """(offset after the tag whose name starts at ``start``, the name in
     lower case), or (-1, name) when the tag is not closed: attribute values
     in quotes are read whole, so a ">" or "</body>" in one ends nothing."""
@@ -121,12 +152,14 @@ def _tag(html: bytes, start: int) -> tuple[int, bytes]:
     if m is None:
         return -1, html[start:].lower()
     name = html[start:m.start()].lower()
-    i, n = m.start(), len(html)
-    while i < n:
+    i = m.start()
+    while (m := _IN_TAG.search(html, i)) is not None:
+        i = m.start()
         ch = html[i:i + 1]
         if ch == b">":
             return i + 1, name
-        if ch in (b"\"", b"'") and _value_follows(html, i):
+        steps.take()  # a quote: one step each, whether it opens a value or not
+        if _value_follows(html, i):
             close = html.find(ch, i + 1)
             if close < 0:
                 return -1, name
@@ -145,12 +178,12 @@ def _value_follows(html: bytes, quote_at: int) -> bool:
     return html[j:j + 1] == b"="
 
 
-def _raw_text_end(html: bytes, start: int, name: bytes) -> int:
+def _raw_text_end(html: bytes, start: int, name: bytes, steps: _Steps) -> int:
     """The offset after the end tag that closes raw text ``name`` begun at
     ``start`` ("</name" and a blank, "/" or ">", in any case), or -1."""
     pattern = re.compile(rb"</" + re.escape(name) + rb"[ \t\n\r\f/>]", re.IGNORECASE)
     m = pattern.search(html, start)
     if m is None:
         return -1
-    end, _ = _tag(html, m.start() + 2)
+    end, _ = _tag(html, m.start() + 2, steps)
     return -1 if end < 0 else end

@@ -6,6 +6,7 @@ trusted to name one) are cut out.  A part that could not be stored and
 would push the message past the next hop's limit gives way to a notice."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 from gateway import mailtext
@@ -16,7 +17,7 @@ from gateway.mime.rewrite import Link, Replacement, Segment, cut_ranges, header_
 from gateway.pipeline.job import MessageJob, Offloaded
 from gateway.pipeline.offload import landing_page
 from gateway.pipeline.quarantine import default_name
-from gateway.pipeline.step import Step
+from gateway.pipeline.step import INLINE_BYTES, Step
 from gateway.pipeline.trace import trace
 
 
@@ -49,13 +50,13 @@ class Rewrite(Step):
             if page_link is not None:
                 links = [page_link]
         note = f"{len(job.failed)} not stored, forwarded as is" if job.failed else ""
-        segments = self._plan(job, links, inline, note)
+        segments = await self._planned(job, links, inline, note)
         if job.failed and segments_size(segments) > route.next_hop_max_size:
             # Fail open, but never past the next hop's limit: the parts that
             # could not be stored give way to a notice.
             job.replacements += [Replacement(p, failed_notice(texts, p)) for p in job.failed]
-            segments = self._plan(job, links, inline,
-                                  f"{len(job.failed)} not stored, replaced by a notice")
+            segments = await self._planned(job, links, inline,
+                                           f"{len(job.failed)} not stored, replaced by a notice")
             for p in job.failed:
                 name = p.filename
                 job.unstored.append(filenames.display_name(name) or default_name(p))
@@ -81,6 +82,16 @@ class Rewrite(Step):
             segments = [segments[0], *cut_ranges(segments[1:], drops, [src.read(a, b) for a, b in drops])]
         job.segments = segments
         job.changed = bool(job.offloaded or job.failed or job.replacements or job.notices or job.unpacked or drops)
+
+    async def _planned(self, job: MessageJob, links: list[Link], inline: dict[str, Link], note: str
+                       ) -> list[Segment]:
+        """The plan, in a thread when a body it adds to or cuts is large:
+        each is read whole and the HTML walked (gateway/mime/htmlpoint.py),
+        at a cost in proportion (4 MiB of HTML held the event loop 7 s)."""
+        bodies = [p for p in (job.text_part, job.html_part) if p is not None]
+        if job.cuts or any(p.encoded_size > INLINE_BYTES for p in bodies):
+            return await asyncio.to_thread(self._plan, job, links, inline, note)
+        return self._plan(job, links, inline, note)
 
     def _plan(self, job: MessageJob, links: list[Link], inline: dict[str, Link], note: str) -> list[Segment]:
         assert job.src is not None and job.root is not None

@@ -33,3 +33,16 @@ def test_the_block_goes_where_a_browser_reads_markup(html: bytes, before: bytes)
 def test_a_long_document_is_walked_in_linear_time() -> None:
     html = b"<p title='x'>a</p><!-- c -->" * 200_000 + b"</body>"
     assert insertion_point(html) == len(html) - len(b"</body>")
+
+
+@pytest.mark.parametrize("html, steps, before", [
+    # The fourth construct is where the steps run out: the block goes before it.
+    (b"<p>a</p><p>b</p></body>", 3, b"</p></body>"),
+    (b"<p>a</p></body><p>b</p><i>c</i></body>", 3, b"</body><p>b</p><i>c</i></body>"),
+    # Quotes in a tag take steps too.
+    (b"<a b='1' c='2' d='3'>x</a></body>", 3, b"<a b='1' c='2' d='3'>x</a></body>"),
+    (b"<p>a</p></body>", 3, b"</body>"),
+])
+def test_a_walk_that_runs_out_of_steps_puts_the_block_where_it_stopped(html: bytes, steps: int,
+                                                                      before: bytes) -> None:
+    assert html[insertion_point(html, max_steps=steps):] == before
