@@ -92,6 +92,34 @@ async def verdict(result: disarm.DisarmResult, mode: str, detected_type: str | N
     return None
 
 
+def needs_check(settings: DisarmSettings, detected_type: str | None, decision: policies.Decision) -> bool:
+    """Whether a file disarm cannot replace where it stands (uuencoded in a
+    text, taken out of a document) must be checked before it is kept: a
+    PDF or Office file that no policy refused, whose kind the route does
+    not ``allow``."""
+    kind = looked_at(detected_type, decision)
+    return kind is not None and decision.action is not policies.Action.REFUSE and mode(settings, kind) != "allow"
+
+
+def _check_blocking(settings: DisarmSettings, files: list[tuple[bytes, str]]) -> list[disarm.DisarmResult]:
+    with disarm.Session(budget(settings)) as session:
+        return session.disarm_all(files)
+
+
+async def check_in_place(settings: DisarmSettings, files: list[tuple[bytes, str]]) -> list[policies.Decision | None]:
+    """For each ``(data, detected type)`` that ``needs_check``: None when it
+    is clean (it may stay as it is), else its refusal: it has active
+    content (it cannot be replaced by a cleaned copy where it stands), it
+    could not be checked, or it is over ``max_size``.  One child for all."""
+    out: list[policies.Decision | None] = [too_large(settings, len(data)) for data, _ in files]
+    todo = [i for i, refused in enumerate(out) if refused is None]
+    if todo:
+        results = await asyncio.to_thread(_check_blocking, settings, [files[i] for i in todo])
+        for i, result in zip(todo, results, strict=True):
+            out[i] = await verdict(result, "refuse", files[i][1])
+    return out
+
+
 def cleaned_name(original: str, result: disarm.DisarmResult) -> str:
     """The cleaned file's name: the original's, with the extension of its
     new type when disarming changed it (DOCM becomes DOCX)."""

@@ -143,6 +143,16 @@ def test_an_active_pdf_inside_a_pdf_is_not_linked_unchecked(gw: GatewayProcess) 
     assert b'"terms.pdf" was removed' in text
 
 
+def test_a_clean_pdf_inside_a_pdf_is_linked(gw: GatewayProcess) -> None:
+    """Checked in turn and found clean, the file taken out is stored and linked."""
+    inner = docs.clean_pdf(pages=2)
+    before = set(stored_objects(gw.objects))
+    _, _, text = deliver(gw, docs.pdf_embedded_pdf(inner, "annex.pdf"), PDF, "bundle.pdf")
+    linked = [v for k, v in stored_objects(gw.objects).items() if k.startswith("uploads/") and k not in before]
+    assert inner in linked
+    assert b'"annex.pdf" was removed' not in text
+
+
 def test_clean_documents_pass_byte_for_byte(gw: GatewayProcess) -> None:
     for data, ctype, name in [(docs.clean_pdf(pages=2, payload=5000), PDF, "clean.pdf"),
                               (docx_bytes(), DOCX, "clean.docx"),

@@ -3,8 +3,8 @@ launch actions, embedded programs, macros, remote templates, DDE) reaches
 the agent rewritten without it (gateway/disarm/), the original kept in
 quarantine, never linked.  Each file taken out of a document is judged as
 a part of its own: stored and linked when allowed, quarantined if not (a
-PDF or Office file taken out is quarantined too: it is not disarmed in
-turn).  A
+PDF or Office file taken out is checked in turn, and quarantined when it
+has active content of its own).  A
 file that cannot be checked is not examined, and refused.  Per route and
 kind of file (``disarm.pdf``, ``disarm.office``): ``disarm``, ``refuse``,
 or ``allow`` (logged).  The rules (which files, the budget, what a result
@@ -141,13 +141,11 @@ class Disarm(Step):
                            decoded_size=len(e.data), disposition="attachment", route=job.route, head=head,
                            detected_type=detected, is_attachment=True)
         decision = policies.decide(self.services.policies[job.route.name], facts)
-        kind = disarming.looked_at(detected, decision)
-        if kind is not None and decision.action is not policies.Action.REFUSE \
-                and disarming.mode(job.route.disarm, kind) != "allow":
-            # A PDF or Office file inside a document: disarm looks at each
-            # part once, so a script or macro of its own was never checked.
-            decision = disarming.refusal(policies.explained(
-                mailtext.DISARM_FAILED, detail="it was inside another document, and is not checked on its own"))
+        if disarming.needs_check(job.route.disarm, detected, decision):
+            # A PDF or Office file inside a document: it is linked as it is,
+            # so it passes only when it has no active content of its own.
+            [refused] = await disarming.check_in_place(job.route.disarm, [(e.data, detected)])
+            decision = refused or decision
         if decision.action is policies.Action.KEEP:
             decision = policies.Decision(policies.Action.OFFLOAD, "disarm",
                                          "a file taken out of a document is stored and linked")

@@ -1,8 +1,9 @@
 """Files inside the text: uuencoded blocks in a text body (several mail
 clients show them as attachments) are judged like any file; a refused one
 is cut out of the text and quarantined, the text around it kept.  A PDF
-or Office file there is refused too (unless the route's disarm allows its
-kind): disarm rewrites parts, so its active content would stay."""
+or Office file there is checked by disarm (unless the route's disarm
+allows its kind) and cut out too when it has active content: disarm
+rewrites parts, not files inside a text."""
 from __future__ import annotations
 
 import asyncio
@@ -76,7 +77,8 @@ class Uuencoded(Step):
             assert small is not None
             found, spent = small
         job.budget.spend(spent)
-        out = []
+        out: list[tuple[uuencode.UuBlock, PartOutcome, bytes]] = []
+        check: list[int] = []  # the PDFs and Office files to check where they stand
         for n, (block, data, detected) in enumerate(found, 1):
             path = f"{leaf.path or '1'}.uu{n}"
             if block.unexamined or job.budget.exhausted:
@@ -91,16 +93,19 @@ class Uuencoded(Step):
                                    decoded_size=len(data), disposition="attachment", route=job.route,
                                    head=data[:HEAD_BYTES], detected_type=detected, is_attachment=True)
                 decision = policies.decide(self.services.policies[job.route.name], facts)
-                kind = disarming.looked_at(detected, decision)
-                if kind is not None and decision.action is not policies.Action.REFUSE \
-                        and disarming.mode(job.route.disarm, kind) != "allow":
-                    # Disarm rewrites parts, not files inside a text: a PDF
-                    # or Office file here would stay with its scripts.
-                    decision = disarming.refusal(policies.explained(
-                        mailtext.DISARM_FAILED, detail="it was uuencoded in the text, where it is not checked"))
-            outcome = PartOutcome(leaf, decision, Measure(len(data), b"", None), facts)
+                if disarming.needs_check(job.route.disarm, detected, decision):
+                    check.append(len(out))
+            out.append((block, PartOutcome(leaf, decision, Measure(len(data), b"", None), facts), data))
+        if check:
+            # Disarm rewrites parts, not files inside a text: a clean PDF or
+            # Office file stays, one with active content is cut out.
+            refusals = await disarming.check_in_place(
+                job.route.disarm, [(out[i][2], out[i][1].facts.detected_type or "") for i in check])
+            for i, refused in zip(check, refusals, strict=True):
+                if refused is not None:
+                    out[i][1].decision = refused
+        for _, outcome, _ in out:
             log_decision(job, outcome)
-            out.append((block, outcome, data))
         return out
 
 
