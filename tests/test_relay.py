@@ -218,9 +218,9 @@ def test_hostile_filenames_stay_out_of_keys_and_headers(make_gateway, name: str)
     cd = headers["Content-Disposition"]
     assert "\r" not in cd and "\n" not in cd and "/" not in cd and "\x00" not in cd
     # The name survives as a person reads it: its last path component, its
-    # control characters gone, bounded.
-    from gateway.mime.filenames import visible_basename
-    shown = visible_basename(name)[:200]
+    # control characters gone, bounded with its extension kept.
+    from gateway.mime.filenames import bounded, visible_basename
+    shown = bounded(visible_basename(name), 200)
     if shown:
         assert quote(shown, safe="!#$&+-.^_`|~") in cd or f'filename="{shown}"' in cd, cd
 
