@@ -6,6 +6,7 @@ the bytes exactly as they came)."""
 from __future__ import annotations
 
 import base64
+import re
 import email
 import email.policy
 import time
@@ -293,3 +294,26 @@ def test_the_envelope_header_a_maildir_gets_keeps_lines_within_998(make_gateway)
     assert max(len(line) for line in out.split(b"\r\n")) <= 998
     head = email.message_from_bytes(out, policy=email.policy.default)
     assert [a.strip() for a in str(head["X-Envelope-To"]).split(",")] == rcpts
+
+
+@pytest.mark.parametrize("helo", [
+    b"x (trusted.bank.example [10.9.8.7])",
+    b"trusted.bank.example [10.9.8.7]",
+    b"(trusted.bank.example [10.9.8.7]) by mx.bank.example with ESMTP id 1; Mon, 7 Dec 2026 10:00:00 +0000",
+])
+def test_the_received_field_names_the_client_it_saw_whatever_the_helo(make_gateway, helo: bytes) -> None:
+    """aiosmtpd takes the whole rest of the EHLO line (Postfix takes one
+    word): a HELO with spaces, parentheses and brackets wrote a second
+    client, an internal address, into our Received field, where the
+    platform's filters read the path a message took.  Now the field names
+    one HELO word, with nothing that opens a comment or an address."""
+    gw = make_gateway()
+    c = Client(gw.smtp_port)
+    _open.append(c)
+    assert c.cmd(b"EHLO " + helo + b"\r\n").startswith(b"250")
+    assert send(c, b"Subject: trace\r\n\r\nbody").startswith(b"250")
+    c.close()
+    [out] = gw.wait_outbox(1)
+    received = out.split(b";", 1)[0]
+    assert b"10.9.8.7" not in received, received
+    assert re.match(rb"Received: from [A-Za-z0-9.?_-]+ \(unknown \[127\.0\.0\.1\]\)\r\n\tby gw\.test ", received), received
