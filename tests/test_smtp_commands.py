@@ -6,6 +6,7 @@ the bytes exactly as they came)."""
 from __future__ import annotations
 
 import base64
+import re
 import email
 import email.policy
 import time
@@ -293,3 +294,57 @@ def test_the_envelope_header_a_maildir_gets_keeps_lines_within_998(make_gateway)
     assert max(len(line) for line in out.split(b"\r\n")) <= 998
     head = email.message_from_bytes(out, policy=email.policy.default)
     assert [a.strip() for a in str(head["X-Envelope-To"]).split(",")] == rcpts
+
+
+@pytest.mark.parametrize("helo", [
+    b"x (trusted.bank.example [10.9.8.7])",
+    b"trusted.bank.example [10.9.8.7]",
+    b"(trusted.bank.example [10.9.8.7]) by mx.bank.example with ESMTP id 1; Mon, 7 Dec 2026 10:00:00 +0000",
+])
+def test_the_received_field_names_the_client_it_saw_whatever_the_helo(make_gateway, helo: bytes) -> None:
+    """aiosmtpd takes the whole rest of the EHLO line (Postfix takes one
+    word): a HELO with spaces, parentheses and brackets wrote a second
+    client, an internal address, into our Received field, where the
+    platform's filters read the path a message took.  Now the field names
+    one HELO word, with nothing that opens a comment or an address."""
+    gw = make_gateway()
+    c = Client(gw.smtp_port)
+    _open.append(c)
+    assert c.cmd(b"EHLO " + helo + b"\r\n").startswith(b"250")
+    assert send(c, b"Subject: trace\r\n\r\nbody").startswith(b"250")
+    c.close()
+    [out] = gw.wait_outbox(1)
+    received = out.split(b";", 1)[0]
+    assert b"10.9.8.7" not in received, received
+    assert re.match(rb"Received: from [A-Za-z0-9.?_-]+ \(unknown \[127\.0\.0\.1\]\)\r\n\tby gw\.test ", received), received
+
+
+def test_a_dsn_returns_a_bounded_header_block_with_lines_within_998(make_gateway) -> None:
+    """A DSN goes to the envelope sender, which anyone can name, and
+    returns the message's header block: up to ``max_header_bytes`` (1 MiB)
+    of the sender's text, lines of up to 64 KiB, to a third party
+    (backscatter), and a line past 998 can make the DSN itself refused.
+    Now the returned fields are those whose lines fit, up to 64 KiB
+    (Postfix returns at most 50,000 bytes), the fields a person needs
+    first."""
+    refusing = SmtpSink(reply_data="554 5.7.1 rejected by policy").start()
+    try:
+        gw = make_gateway(next_hop=f"smtp://127.0.0.1:{refusing.port}")
+        filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"spam " * 150) for i in range(400))  # 300 KB
+        head = (b"X-Long: " + b"a" * 5000 + b"\r\n" + filler + b"From: customer@example.net\r\n"
+                b"Subject: will bounce\r\nMessage-ID: <bounce-me@example.net>\r\n")
+        c = session(gw.smtp_port)
+        assert send(c, head + b"\r\nbody").startswith(b"250")
+        c.close()
+        bounces = gw.tmp / "bounces" / "new"
+        wait_until(lambda: bounces.exists() and list(bounces.iterdir()), what="the DSN")
+        [dsn] = [p.read_bytes() for p in bounces.iterdir()]
+    finally:
+        refusing.stop()
+    # (aiosmtpd, the next hop here, refuses the 5,000-character line itself.)
+    assert b"To: <customer@example.net>" in dsn and b"Action: failed" in dsn
+    assert max(len(line) for line in dsn.split(b"\r\n")) <= 998
+    assert len(dsn) < 80_000, len(dsn)
+    returned = dsn.split(b"Content-Type: text/rfc822-headers\r\n\r\n", 1)[1]
+    for field in (b"From: customer@example.net", b"Subject: will bounce", b"Message-ID: <bounce-me@example.net>"):
+        assert field in returned

@@ -5,7 +5,8 @@ One DSN per failed delivery attempt ("failed", 5.x.x), and at most one
 warning per message still being retried after ``[delivery]
 delay_warning`` ("delayed", 4.x.x, with Will-Retry-Until), each from the
 null sender, carrying the original headers (not the body: it may be
-large), and never to a null sender, so bounces cannot loop.
+large; at most 64 KiB of them and no line over 998: the envelope sender
+may be anyone), and never to a null sender, so bounces cannot loop.
 """
 from __future__ import annotations
 
@@ -15,9 +16,18 @@ from email.header import Header
 from email.utils import formatdate, make_msgid
 
 from gateway import mailtext
+from gateway.mime.rewrite import split_fields
 from gateway.spool.envelope import Envelope
 
 _ENGLISH = mailtext.MailTexts(gettext.NullTranslations())
+# The most of the original header block a DSN returns (Postfix returns at
+# most 50,000 bytes of a message): it goes to the envelope sender, whom
+# anyone can name, so it is the sender's text sent to a third party.
+MAX_RETURNED_HEADERS = 65536
+# RFC 5322 section 2.1.1: no line of the DSN is longer.
+_MAX_LINE = 998
+# Returned first when the block is cut: what a person needs to know the message.
+_WANTED = ("from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references")
 
 
 def _line(text: str) -> str:
@@ -71,7 +81,7 @@ def build_dsn(envelope: Envelope, failed: dict[str, str], original_headers: byte
     said = _line(texts.text(mailtext.DSN_DELAYED_SUBJECT if delayed else mailtext.DSN_FAILED_SUBJECT))
     # A subject in another language is an RFC 2047 encoded word.
     subject = said if said.isascii() else Header(said, "utf-8").encode()
-    headers = original_headers.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").rstrip(b"\r\n")
+    headers = returned_headers(original_headers)
     out = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{_line(envelope.mail_from)}>",
@@ -100,6 +110,30 @@ def build_dsn(envelope: Envelope, failed: dict[str, str], original_headers: byte
         "",
     ]
     return ("\r\n".join(out) + "\r\n").encode("utf-8") + headers + f"\r\n\r\n--{boundary}--\r\n".encode()
+
+
+def returned_headers(block: bytes) -> bytes:
+    """The fields of the original header block a DSN returns, CRLF-joined
+    without the last line end: those whose every line fits in 998
+    characters, up to MAX_RETURNED_HEADERS bytes, the fields a person needs
+    (From, Subject, Message-ID, ...) first, then the others in order."""
+    block = block.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    fields = [raw if raw.endswith(b"\r\n") else raw + b"\r\n" for name, raw in split_fields(block)
+              if name and max(map(len, raw.split(b"\r\n"))) <= _MAX_LINE]
+    if sum(map(len, fields)) > MAX_RETURNED_HEADERS:
+        first = [f for f in fields if _field_name(f) in _WANTED]
+        fields = first + [f for f in fields if _field_name(f) not in _WANTED]
+    out, size = [], 0
+    for raw in fields:
+        if size + len(raw) > MAX_RETURNED_HEADERS:
+            continue
+        out.append(raw)
+        size += len(raw)
+    return b"".join(out).rstrip(b"\r\n")
+
+
+def _field_name(raw: bytes) -> str:
+    return raw.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
 
 
 def _status_code(reason: str, klass: str = "5") -> str:

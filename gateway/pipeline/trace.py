@@ -3,6 +3,7 @@
 summary of what it did."""
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,11 @@ from gateway.spool.envelope import Envelope
 
 if TYPE_CHECKING:
     from gateway.pipeline.job import Offloaded
+
+# An address literal as HELO gives it (RFC 5321 section 4.1.3).
+_LITERAL = re.compile(r"\[(?:[0-9.]{7,15}|IPv6:[0-9A-Fa-f:.]{2,45})\]")
+# What a host name never holds: whatever opens a comment, a literal or a new clause.
+_NOT_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def trace(hostname: str, envelope: Envelope, offloaded: list[Offloaded], note: str = "", refused: int = 0,
@@ -47,18 +53,27 @@ def rfc5322_date(ts: float) -> str:
 
 
 def host_name(text: str) -> str:
-    """A name the client gave (HELO), for the Received field: in ASCII, an
-    internationalised one as its A-labels, other characters as ``?``.  The
-    field goes on with the message whether or not the next hop takes 8-bit
-    headers (SMTPUTF8 is asked for only when the addresses or the body need
-    it), so a HELO in UTF-8 must not make the header 8-bit."""
-    text = clean(text)
-    if text.isascii():
-        return text
-    try:
-        return text.encode("idna").decode("ascii")[:200]
-    except UnicodeError:
-        return text.encode("ascii", "replace").decode("ascii")
+    """A name the client gave (HELO), for the Received field: its first
+    word, in ASCII, an internationalised one as its A-labels, any character
+    a host name or an address literal does not have as ``?``.
+
+    aiosmtpd takes the whole rest of the EHLO line (Postfix takes one word):
+    spaces, parentheses and brackets would write a second client, at an
+    address of the sender's choosing, into the field the next hop's filters
+    read the message's path from.  The field goes on with the message
+    whether or not the next hop takes 8-bit headers (SMTPUTF8 is asked for
+    only when the addresses or the body need it), so a HELO in UTF-8 must
+    not make the header 8-bit."""
+    words = clean(text).split(None, 1)
+    word = words[0] if words else ""
+    if _LITERAL.fullmatch(word):
+        return word  # "[192.0.2.1]", "[IPv6:2001:db8::1]": what the client said it is
+    if not word.isascii():
+        try:
+            word = word.encode("idna").decode("ascii")[:200]
+        except UnicodeError:
+            word = word.encode("ascii", "replace").decode("ascii")
+    return _NOT_IN_NAME.sub("?", word)
 
 
 def clean(text: str) -> str:
