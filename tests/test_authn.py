@@ -8,7 +8,12 @@ is a real SMTP sink, and what it received is checked with dkimpy.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import random
 import re
+import smtplib
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -396,9 +401,6 @@ def test_one_message_cannot_drive_many_key_lookups(
 def _sign_without_from(msg: bytes, pem: bytes) -> bytes:
     """A DKIM-Signature of bank.example whose h= leaves From out (dkimpy's
     signer refuses to make one; its parts make it as a careless signer would)."""
-    import base64
-    import hashlib
-
     from dkim.canonicalization import CanonicalizationPolicy
     from dkim.crypto import parse_pem_private_key
 
@@ -425,3 +427,45 @@ def test_a_signature_that_leaves_from_out_vouches_for_no_sender(
     [got] = sink.wait(1)
     [ar] = ar_headers(got.data)
     assert 'dkim=permerror reason="From field not signed"' in ar and "dmarc=fail" in ar, ar
+
+
+def test_a_key_record_with_a_huge_exponent_does_not_freeze_the_gateway(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    """dkimpy checks an RSA signature with Python's pow(), which holds the
+    interpreter lock until it returns: a key record (the sender's to
+    publish) with a 12288-bit modulus and as large an exponent made each
+    signature seconds of a frozen process, no SMTP banner, no HTTP."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicNumbers
+
+    rng = random.Random(7)
+    n = rng.getrandbits(12288) | (1 << 12287) | 1
+    e = rng.getrandbits(12280) | 1
+    der = RSAPublicNumbers(e, n).public_key().public_bytes(serialization.Encoding.DER,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    dns.add_txt("slow._domainkey.heavy.example", "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode())
+    gw = make_gateway(next_hop=f"smtp://127.0.0.1:{sink.port}", sections={
+        "gateway": {"processes": 1},  # one process: the one that checks is the one that answers
+        "auth": {"verify": True, "authserv_id": AUTHSERV, "dns_servers": [f"127.0.0.1:{dns.port}"], "dns_timeout": 2,
+                 "arc": {"domain": "gw.test", "selector": "gw", "key_file": str(keys["gw_file"])}}})
+    b64 = base64.b64encode(rng.getrandbits(12280).to_bytes(1535, "big")).decode()
+    b = "\r\n\t".join(b64[i:i + 76] for i in range(0, len(b64), 76))  # folded: lines stay short
+    bh = base64.b64encode(hashlib.sha256(b"Hi.\r\n").digest()).decode()  # the body's
+    sigs = f"DKIM-Signature: v=1; a=rsa-sha256; d=heavy.example; s=slow; h=from; bh={bh}; b={b}\r\n" * 3
+    send(gw.smtp_port, sigs.encode() + b"From: x@heavy.example\r\nTo: support@contact.example\r\n"
+                                       b"Subject: heavy\r\n\r\nHi.\r\n", sender="x@heavy.example")
+    # While the message is checked, the gateway's SMTP listener answers a
+    # NOOP in the slowest case within seconds, not after the key's pow().
+    waited = 0.0
+    deadline = time.monotonic() + 300
+    with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=300) as s:
+        s.ehlo("probe.test")
+        while not sink.messages and time.monotonic() < deadline:
+            started = time.monotonic()
+            s.noop()
+            waited = max(waited, time.monotonic() - started)
+            time.sleep(0.05)
+    [got] = sink.wait(1, timeout=300)
+    assert waited < 5, f"the gateway answered SMTP after {waited:.1f}s"
+    [ar] = ar_headers(got.data)
+    assert "dkim=permerror" in ar and "RSA key beyond 16384 bits or its exponent beyond 64" in ar, ar

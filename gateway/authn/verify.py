@@ -44,6 +44,13 @@ MAX_KEY_LOOKUPS = 24
 KEY_LOOKUP_BUDGET = 6
 # RFC 8617 section 4.2.1: at most 50 ARC sets; more is a failed chain.
 MAX_ARC_INSTANCE = 50
+# The largest RSA key a sender's record may publish, and its largest public
+# exponent: OpenSSL's bounds.  dkimpy verifies with Python's pow(), which
+# holds the interpreter lock throughout; a record with a 12288-bit modulus
+# and exponent froze the whole process (SMTP, HTTP, every worker) for
+# seconds per signature, and larger ones for hours.
+MAX_RSA_BITS = 16384
+MAX_RSA_EXPONENT_BITS = 64
 # Fields RFC 5322 allows once: a signature that covers one of them fewer
 # times than it appears leaves the extra copy, which a mail client may be
 # the one to show, outside the signature (RFC 6376 section 8.15).
@@ -187,6 +194,12 @@ class _StreamedBodyMixin:
 
     def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: Any, sig_header: Any,
                            dnsfunc: Any) -> Any:
+        pk = getattr(self, "pk", None)
+        if getattr(self, "ktag", None) == b"rsa" and isinstance(pk, dict) and (
+                pk["modulus"].bit_length() > MAX_RSA_BITS
+                or pk["publicExponent"].bit_length() > MAX_RSA_EXPONENT_BITS):
+            raise dkim.KeyFormatError(f"RSA key beyond {MAX_RSA_BITS} bits or its exponent beyond "
+                                      f"{MAX_RSA_EXPONENT_BITS}: not checked")
         if self.must_sign_from and b"from" not in [h.strip().lower() for h in include_headers]:
             # RFC 6376 section 6.1.1: ignored, PERMFAIL.  dkimpy refuses to
             # sign so but verifies it: the From it vouches for is anyone's.
