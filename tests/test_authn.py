@@ -489,3 +489,21 @@ def test_a_signature_listing_thousands_of_fields_does_not_hold_the_cpu(
     [event] = [e for e in gw.log_events() if e.get("event") == "authentication"]
     assert event["seconds"] < 10, event
     assert event["dkim"] == "permerror", event
+
+
+def test_an_arc_set_claiming_our_authserv_id_is_not_chained_as_a_pass(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    """An ARC set the sender sealed with a key of its own, whose results
+    say "gw.test; dkim=pass header.d=bank.example; dmarc=pass": the chain
+    verifies, and we sealed it cv=pass, so the forwarded message carried
+    results under our name that we never wrote, in a chain we vouched for."""
+    gw = auth_gateway(make_gateway, sink, dns, keys)
+    raw = b"From: ceo@bank.example\r\nTo: support@contact.example\r\nSubject: wire\r\n\r\nPay now.\r\n"
+    claim = b"Authentication-Results: gw.test; dkim=pass header.d=bank.example; dmarc=pass\r\n"
+    sealed = dkim.arc_sign(claim + raw, b"up", b"upstream.example", keys["upstream"], b"gw.test", linesep=b"\r\n")
+    assert sealed
+    send(gw.smtp_port, b"".join(sealed) + raw, sender="customer@example.net")
+    [got] = sink.wait(1)
+    [ar] = ar_headers(got.data)
+    assert 'arc=fail reason="an ARC set claims our authserv-id"' in ar, ar
+    assert got.data.startswith(b"ARC-Seal: i=2; cv=fail;"), got.data[:200]

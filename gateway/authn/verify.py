@@ -475,6 +475,14 @@ class Verifier:
             # lookups a set, at names the sender chose.
             summary["arc"] = "fail"
             return [f"arc=fail reason=\"more than {MAX_ARC_INSTANCE} ARC sets\""]
+        if any(f.name.lower() == "arc-authentication-results"
+               and authserv_id_of(b"x:" + f.raw.split(b":", 1)[-1].split(b";", 1)[-1]) == self.authserv_id
+               for f in fields):
+            # A set whose results claim our name was not sealed by us (we
+            # see the message now): passed on as a chain we vouch for, a
+            # reader looking for our results by authserv-id finds its.
+            summary["arc"] = "fail"
+            return ["arc=fail reason=\"an ARC set claims our authserv-id\""]
         a = StreamedARC(block + b"\r\n", timeout=self.resolver.timeout)
         a.body_hashes = hashes
         a.body_lengths = state["lengths"]
