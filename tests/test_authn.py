@@ -8,7 +8,12 @@ is a real SMTP sink, and what it received is checked with dkimpy.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import random
 import re
+import smtplib
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -396,9 +401,6 @@ def test_one_message_cannot_drive_many_key_lookups(
 def _sign_without_from(msg: bytes, pem: bytes) -> bytes:
     """A DKIM-Signature of bank.example whose h= leaves From out (dkimpy's
     signer refuses to make one; its parts make it as a careless signer would)."""
-    import base64
-    import hashlib
-
     from dkim.canonicalization import CanonicalizationPolicy
     from dkim.crypto import parse_pem_private_key
 
@@ -425,3 +427,83 @@ def test_a_signature_that_leaves_from_out_vouches_for_no_sender(
     [got] = sink.wait(1)
     [ar] = ar_headers(got.data)
     assert 'dkim=permerror reason="From field not signed"' in ar and "dmarc=fail" in ar, ar
+
+
+def test_a_key_record_with_a_huge_exponent_does_not_freeze_the_gateway(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    """dkimpy checks an RSA signature with Python's pow(), which holds the
+    interpreter lock until it returns: a key record (the sender's to
+    publish) with a 12288-bit modulus and as large an exponent made each
+    signature seconds of a frozen process, no SMTP banner, no HTTP."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicNumbers
+
+    rng = random.Random(7)
+    n = rng.getrandbits(12288) | (1 << 12287) | 1
+    e = rng.getrandbits(12280) | 1
+    der = RSAPublicNumbers(e, n).public_key().public_bytes(serialization.Encoding.DER,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    dns.add_txt("slow._domainkey.heavy.example", "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode())
+    gw = make_gateway(next_hop=f"smtp://127.0.0.1:{sink.port}", sections={
+        "gateway": {"processes": 1},  # one process: the one that checks is the one that answers
+        "auth": {"verify": True, "authserv_id": AUTHSERV, "dns_servers": [f"127.0.0.1:{dns.port}"], "dns_timeout": 2,
+                 "arc": {"domain": "gw.test", "selector": "gw", "key_file": str(keys["gw_file"])}}})
+    b64 = base64.b64encode(rng.getrandbits(12280).to_bytes(1535, "big")).decode()
+    b = "\r\n\t".join(b64[i:i + 76] for i in range(0, len(b64), 76))  # folded: lines stay short
+    bh = base64.b64encode(hashlib.sha256(b"Hi.\r\n").digest()).decode()  # the body's
+    sigs = f"DKIM-Signature: v=1; a=rsa-sha256; d=heavy.example; s=slow; h=from; bh={bh}; b={b}\r\n" * 3
+    send(gw.smtp_port, sigs.encode() + b"From: x@heavy.example\r\nTo: support@contact.example\r\n"
+                                       b"Subject: heavy\r\n\r\nHi.\r\n", sender="x@heavy.example")
+    # While the message is checked, the gateway's SMTP listener answers a
+    # NOOP in the slowest case within seconds, not after the key's pow().
+    waited = 0.0
+    deadline = time.monotonic() + 300
+    with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=300) as s:
+        s.ehlo("probe.test")
+        while not sink.messages and time.monotonic() < deadline:
+            started = time.monotonic()
+            s.noop()
+            waited = max(waited, time.monotonic() - started)
+            time.sleep(0.05)
+    [got] = sink.wait(1, timeout=300)
+    assert waited < 5, f"the gateway answered SMTP after {waited:.1f}s"
+    [ar] = ar_headers(got.data)
+    assert "dkim=permerror" in ar and "RSA key beyond 16384 bits or its exponent beyond 64" in ar, ar
+
+
+def test_a_signature_listing_thousands_of_fields_does_not_hold_the_cpu(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    """dkimpy finds each name of h= by scanning the header block from the
+    bottom: three signatures (with a real key and the body's own hash, so
+    the check gets that far) naming 8000 absent fields over 14000 fields
+    were most of a minute of CPU for one message."""
+    gw = auth_gateway(make_gateway, sink, dns, keys)
+    bh = base64.b64encode(hashlib.sha256(b"Hi.\r\n").digest()).decode()
+    names = "\r\n\t:".join(":".join(f"n{i}-{j}" for j in range(100)) for i in range(80))
+    sigs = (f"DKIM-Signature: v=1; a=rsa-sha256; d=example.net; s=s1; h=from:{names};\r\n\tbh={bh}; b=AAAA\r\n"
+            * 3).encode()
+    filler = b"".join(b"X-F%d: v\r\n" % i for i in range(14000))
+    send(gw.smtp_port, sigs + filler + b"From: customer@example.net\r\nTo: support@contact.example\r\n"
+                                       b"Subject: wide\r\n\r\nHi.\r\n")
+    sink.wait(1, timeout=600)
+    [event] = [e for e in gw.log_events() if e.get("event") == "authentication"]
+    assert event["seconds"] < 10, event
+    assert event["dkim"] == "permerror", event
+
+
+def test_an_arc_set_claiming_our_authserv_id_is_not_chained_as_a_pass(
+        make_gateway, sink: SmtpSink, dns: DnsServer, keys: dict[str, Any]) -> None:
+    """An ARC set the sender sealed with a key of its own, whose results
+    say "gw.test; dkim=pass header.d=bank.example; dmarc=pass": the chain
+    verifies, and we sealed it cv=pass, so the forwarded message carried
+    results under our name that we never wrote, in a chain we vouched for."""
+    gw = auth_gateway(make_gateway, sink, dns, keys)
+    raw = b"From: ceo@bank.example\r\nTo: support@contact.example\r\nSubject: wire\r\n\r\nPay now.\r\n"
+    claim = b"Authentication-Results: gw.test; dkim=pass header.d=bank.example; dmarc=pass\r\n"
+    sealed = dkim.arc_sign(claim + raw, b"up", b"upstream.example", keys["upstream"], b"gw.test", linesep=b"\r\n")
+    assert sealed
+    send(gw.smtp_port, b"".join(sealed) + raw, sender="customer@example.net")
+    [got] = sink.wait(1)
+    [ar] = ar_headers(got.data)
+    assert 'arc=fail reason="an ARC set claims our authserv-id"' in ar, ar
+    assert got.data.startswith(b"ARC-Seal: i=2; cv=fail;"), got.data[:200]

@@ -304,3 +304,28 @@ def test_a_legacy_address_still_reverses_and_an_srs0_hash_is_no_srs1s() -> None:
     digest = new.split("=")[1]
     with pytest.raises(SrsError, match="hash"):
         srs.reverse(f"SRS1={digest}={ts}==customer.example=alice@srs.gw.test")
+
+
+def test_guessing_srs_hashes_costs_a_second_a_guess(tmp_path: Path, sinks: tuple[SmtpSink, SmtpSink]) -> None:
+    """A hash of 6 case-folded base64 characters is one chance in 2^30 a
+    guess; refused at once, pipelined RCPTs made a valid address for any
+    chosen recipient (an open relay) a matter of a day.  Each refused SRS
+    address now costs its session a second; a valid one costs nothing."""
+    import time
+
+    platform, customers = sinks
+    with srs_gateway(tmp_path, platform, customers) as gw:
+        valid = Srs("srs.gw.test", [SECRET.encode()]).forward("alice@customer.example")
+        digest = valid.split("=")[1]
+        with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=60) as s:
+            s.ehlo("guesser.test")
+            s.mail("")
+            started = time.monotonic()
+            for guess in ("aaaaaa", "aaaaab", "aaaaac"):
+                assert s.rcpt(valid.replace(f"={digest}=", f"={guess}="))[0] == 550
+            guessing = time.monotonic() - started
+            started = time.monotonic()
+            assert s.rcpt(valid)[0] == 250
+            honest = time.monotonic() - started
+        assert guessing >= 2.9, f"three wrong guesses answered in {guessing:.2f}s"
+        assert honest < 1.0, honest

@@ -44,6 +44,17 @@ MAX_KEY_LOOKUPS = 24
 KEY_LOOKUP_BUDGET = 6
 # RFC 8617 section 4.2.1: at most 50 ARC sets; more is a failed chain.
 MAX_ARC_INSTANCE = 50
+# The largest RSA key a sender's record may publish, and its largest public
+# exponent: OpenSSL's bounds.  dkimpy verifies with Python's pow(), which
+# holds the interpreter lock throughout; a record with a 12288-bit modulus
+# and exponent froze the whole process (SMTP, HTTP, every worker) for
+# seconds per signature, and larger ones for hours.
+MAX_RSA_BITS = 16384
+MAX_RSA_EXPONENT_BITS = 64
+# Names in one signature's h=: dkimpy looks for each from the bottom of the
+# header block, so 8000 names over 14000 fields were 14 s of CPU a
+# signature.  Signers list a dozen or two (oversigning included).
+MAX_SIGNED_FIELDS = 100
 # Fields RFC 5322 allows once: a signature that covers one of them fewer
 # times than it appears leaves the extra copy, which a mail client may be
 # the one to show, outside the signature (RFC 6376 section 8.15).
@@ -187,6 +198,14 @@ class _StreamedBodyMixin:
 
     def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: Any, sig_header: Any,
                            dnsfunc: Any) -> Any:
+        pk = getattr(self, "pk", None)
+        if getattr(self, "ktag", None) == b"rsa" and isinstance(pk, dict) and (
+                pk["modulus"].bit_length() > MAX_RSA_BITS
+                or pk["publicExponent"].bit_length() > MAX_RSA_EXPONENT_BITS):
+            raise dkim.KeyFormatError(f"RSA key beyond {MAX_RSA_BITS} bits or its exponent beyond "
+                                      f"{MAX_RSA_EXPONENT_BITS}: not checked")
+        if len(include_headers) > MAX_SIGNED_FIELDS:
+            raise dkim.MessageFormatError(f"h= lists more than {MAX_SIGNED_FIELDS} fields: not checked")
         if self.must_sign_from and b"from" not in [h.strip().lower() for h in include_headers]:
             # RFC 6376 section 6.1.1: ignored, PERMFAIL.  dkimpy refuses to
             # sign so but verifies it: the From it vouches for is anyone's.
@@ -456,6 +475,14 @@ class Verifier:
             # lookups a set, at names the sender chose.
             summary["arc"] = "fail"
             return [f"arc=fail reason=\"more than {MAX_ARC_INSTANCE} ARC sets\""]
+        if any(f.name.lower() == "arc-authentication-results"
+               and authserv_id_of(b"x:" + f.raw.split(b":", 1)[-1].split(b";", 1)[-1]) == self.authserv_id
+               for f in fields):
+            # A set whose results claim our name was not sealed by us (we
+            # see the message now): passed on as a chain we vouch for, a
+            # reader looking for our results by authserv-id finds its.
+            summary["arc"] = "fail"
+            return ["arc=fail reason=\"an ARC set claims our authserv-id\""]
         a = StreamedARC(block + b"\r\n", timeout=self.resolver.timeout)
         a.body_hashes = hashes
         a.body_lengths = state["lengths"]
@@ -474,10 +501,11 @@ class Verifier:
 
 class KeyLookups:
     """dkimpy's ``dnsfunc`` for one message: each key name is asked once,
-    and after ``limit`` names or ``budget`` seconds a lookup is a
-    ``DnsTempError`` without a query, so a message full of signatures at
-    slow or distinct names can neither hold a worker for hours nor turn
-    the gateway into a source of DNS queries at the sender's bidding."""
+    and after ``limit`` names or ``budget`` seconds (of checking, DNS or
+    not) a lookup is a ``DnsTempError`` without a query, so a message full
+    of signatures at slow or distinct names can neither hold a worker for
+    hours nor turn the gateway into a source of DNS queries at the
+    sender's bidding."""
 
     def __init__(self, resolver: Resolver, limit: int, budget: float) -> None:
         self.resolver = resolver
@@ -487,12 +515,14 @@ class KeyLookups:
 
     def __call__(self, name: bytes | str, timeout: float = 5) -> bytes | None:
         key = name.lower()
+        # The time is checked for names asked before too: each lookup
+        # starts a signature's check, so this bounds the checks, not only DNS.
+        if time.monotonic() > self.deadline:
+            raise DnsTempError("key lookups for this message took too long")
         if key in self.seen:
             return self.seen[key]
         if len(self.seen) >= self.limit:
             raise DnsTempError(f"more than {self.limit} key lookups for one message")
-        if time.monotonic() > self.deadline:
-            raise DnsTempError("key lookups for this message took too long")
         value = self.resolver.dkim_txt(name, timeout)
         self.seen[key] = value
         return value

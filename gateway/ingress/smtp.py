@@ -67,6 +67,13 @@ SMALL_MESSAGE = 1 << 20
 # package's header parser, which costs more than the rest of a command.
 _SIMPLE_PATH = re.compile(r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>(.*)", re.S)
 WRITABLE_CHECK_SECONDS = 1.0
+# Seconds a refused SRS address costs the session that sent it (Postfix's
+# smtpd_error_sleep_time).  The hash is 6 case-folded base64 characters by
+# default, one chance in 2^30 a guess: answered at once, pipelined guesses
+# found a valid address for any chosen recipient in about a day, an open
+# relay.  At one a second per session (and max_connections_per_client
+# sessions, 100 by default), a client address needs about two months.
+SRS_REFUSAL_DELAY = 1.0
 # Bytes of a message's start searched for its Message-ID (for the log).
 HEADER_SCAN = 64 << 10
 # The StreamReader buffers up to twice this before pausing the socket; the
@@ -250,6 +257,7 @@ class Handler:
             except srs_mod.SrsError as e:
                 log.info("SRS address refused", rcpt=_printable(address), reason=str(e),
                          client=session.peer[0] if session.peer else "")
+                await asyncio.sleep(SRS_REFUSAL_DELAY)
                 return f"550 5.1.1 <{_printable(address)}>: {e}"
             log.info("SRS address reversed", rcpt=_printable(address), to=original)
             address = original
