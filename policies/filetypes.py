@@ -304,7 +304,10 @@ def extension(filename: str) -> str:
     zero-width spaces) do not count, so ``x.pdf<U+2069>`` ends in .pdf.
     A name that is only an extension (``.vbs``) has it: Windows opens
     ``.js`` as a script."""
-    visible = "".join(c for c in filename if unicodedata.category(c) not in ("Cc", "Cf"))
+    # A printable ASCII name has no control or format character: the walk
+    # by character (unicodedata per character) is for the others.
+    visible = filename if filename.isascii() and filename.isprintable() else \
+        "".join(c for c in filename if unicodedata.category(c) not in ("Cc", "Cf"))
     base = visible.replace("\\", "/").rsplit("/", 1)[-1].strip().rstrip(". ")
     stem, dot, ext = base.rpartition(".")
     return ext.lower() if dot else ""

@@ -309,9 +309,10 @@ def examine_zip(f: IO[bytes], detected: str = "application/zip", cheap: int | No
             if [_normal(i.filename) for i in infos] != names:
                 raise Unexamined("zipfile reads a different directory")
             _same_local_headers(f, infos, [raw for _, _, raw in entries])
-            if any(_executable(n) for n in names):
+            extensions = [_extension(n) for n in names]
+            if any(e in filetypes.EXECUTABLE_EXTENSIONS or e in filetypes.ACTIVE_EXTENSIONS for e in extensions):
                 return filetypes.ARCHIVED_PROGRAM
-            if any(_archive(n) for n in names):
+            if any(e in filetypes.ARCHIVE_EXTENSIONS for e in extensions):
                 raise Unexamined("an archive inside the archive")
             if detected.startswith(_ODF) and any(n.startswith(_ODF_MACROS) for n in names):
                 return filetypes.ODF_MACROS
@@ -381,18 +382,9 @@ def _same_local_headers(f: IO[bytes], infos: list[zipfile.ZipInfo], raw_names: l
             raise Unexamined("a local header names another entry than the central directory")
 
 
-def _archive(name: str) -> bool:
-    """Whether an entry is named like an archive or a disk image."""
-    return not name.endswith("/") and filetypes.extension(name.rsplit("/", 1)[-1]) in filetypes.ARCHIVE_EXTENSIONS
-
-
-def _executable(name: str) -> bool:
-    """Whether an entry is named like a program or script."""
-    if name.endswith("/"):
-        return False
-    base = name.rsplit("/", 1)[-1]
-    ext = filetypes.extension(base)
-    return ext in filetypes.EXECUTABLE_EXTENSIONS or ext in filetypes.ACTIVE_EXTENSIONS
+def _extension(name: str) -> str:
+    """An entry's extension, as ``filetypes.extension`` reads it ('' for a folder)."""
+    return "" if name.endswith("/") else filetypes.extension(name.rsplit("/", 1)[-1])
 
 
 def _ooxml(names: list[str], types: list[str]) -> str:
