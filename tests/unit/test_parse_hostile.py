@@ -116,9 +116,9 @@ def test_too_many_parts_deep_inside_then_siblings_above_are_unexamined_too(tmp_p
 
 def test_many_tiny_parts_parse_fast_and_bounded(tmp_path: Path) -> None:
     data = multipart([b"\r\nx"] * 200_000)
-    t = time.monotonic()
+    t = time.thread_time()  # CPU time: other work on the machine does not count
     root = tree(tmp_path, data, Limits(max_parts=1000))
-    took = time.monotonic() - t
+    took = time.thread_time() - t
     print(f"200000 parts: {took:.3f} s")
     assert took < 5
     assert len(root.children) == 1000 and root.children[-1].unexamined == "more than 1000 MIME parts"

@@ -103,11 +103,11 @@ def test_a_text_of_tag_starts_is_scanned_in_linear_time(unit: str) -> None:
     marked = text[:-len(" onclick=")] + " onclick="  # the marker at the very end, inside the last tag
     # The expression's answers, on ends short enough for it to give them quickly.
     assert not _OLD_WEB_PAGE.search(text[:1024]) and _OLD_WEB_PAGE.search(marked[-1024:])
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time: other work on the machine does not count
     for _ in range(10):
         assert not sniff._web_page(text)
         assert sniff._web_page(marked)
-    assert time.perf_counter() - started < 0.5
+    assert time.thread_time() - started < 0.5
 
 
 # --- ZIP and Office Open XML ------------------------------------------------

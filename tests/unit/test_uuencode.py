@@ -103,9 +103,9 @@ def test_hostile_texts_are_scanned_fast() -> None:
                  (b"begin 644 x\n" + b"\n" * 10 + b"#86)C\n") * 50_000,
                  b" " * (4 << 20) + b"begin 644 x\n#86)C\n",
                  (b" begin 644 x" * 10_000 + b"\n") * 40):
-        t = time.monotonic()
+        t = time.thread_time()  # CPU time: other work on the machine does not count
         find_blocks(text)
-        took = time.monotonic() - t
+        took = time.thread_time() - t
         print(f"{len(text)} bytes: {took:.3f} s")
         assert took < 3
 
