@@ -27,6 +27,7 @@ from gateway.mime.source import Source
 from policies.filetypes import (ARCHIVED_PROGRAM, DESKTOP_ENTRY, DOCM, DOCX, DOTM, HTA, IQY, OLE_ACTIVE, OOXML_REMOTE,
                                 PPTM, PPTX, SVG, SYLK, UNEXAMINED_ARCHIVE, URL_SHORTCUT, XLAM, XLSM, XLSX)
 from tests import active_documents
+from tests.hostile_messages import zip_of
 from tests.messages import png_bytes
 
 # --- active content in text -------------------------------------------------
@@ -220,30 +221,22 @@ def test_a_zip_is_named_from_its_central_directory(data: bytes, expected: str) -
     assert detect(data) == expected
 
 
-def _zip(entries: list[tuple[str, bytes]]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in entries:
-            z.writestr(name, data)
-    return out.getvalue()
-
-
 def _local_renamed(data: bytes, old: bytes, new: bytes) -> bytes:
     i = data.index(old)  # the first: its local header
     return data[:i] + new + data[i + len(new):]
 
 
 @pytest.mark.parametrize("data,expected", [
-    (_zip([("a.txt", b"x"), ("b.exe", b"MZ")]), ARCHIVED_PROGRAM),
-    (_zip([("a.txt", b"x"), ("b\u202etxt.exe", b"MZ")]), ARCHIVED_PROGRAM),
-    (_zip([("a.txt", b"x"), ("b.js. ", b"x")]), ARCHIVED_PROGRAM),
-    (_zip([("a.txt", b"x"), ("c.txt:b.exe", b"MZ")]), ARCHIVED_PROGRAM),
-    (_zip([("a.txt", b"x"), ("b.zip", _zip([("c.exe", b"MZ")]))]), UNEXAMINED_ARCHIVE),
-    (_zip([("a.txt", b"x"), ("b.rar", b"Rar!\x1a\x07\x00")]), UNEXAMINED_ARCHIVE),
-    (_local_renamed(_zip([("a.txt", b"x"), ("notes.txt", b"MZ")]), b"notes.txt", b"setup.exe"), UNEXAMINED_ARCHIVE),
-    (_zip([("b.exe", b"MZ")]) + _zip([("a.txt", b"x")]), UNEXAMINED_ARCHIVE),
-    (b"#!/bin/sh\nstub\n" + _zip([("a.txt", b"x")]), "text/x-shellscript"),
-    (_zip([("a.txt", b"x"), ("docs/", b""), ("b.pdf", b"%PDF-1.4")]), "application/zip"),
+    (zip_of([("a.txt", b"x"), ("b.exe", b"MZ")]), ARCHIVED_PROGRAM),
+    (zip_of([("a.txt", b"x"), ("b\u202etxt.exe", b"MZ")]), ARCHIVED_PROGRAM),
+    (zip_of([("a.txt", b"x"), ("b.js. ", b"x")]), ARCHIVED_PROGRAM),
+    (zip_of([("a.txt", b"x"), ("c.txt:b.exe", b"MZ")]), ARCHIVED_PROGRAM),
+    (zip_of([("a.txt", b"x"), ("b.zip", zip_of([("c.exe", b"MZ")]))]), UNEXAMINED_ARCHIVE),
+    (zip_of([("a.txt", b"x"), ("b.rar", b"Rar!\x1a\x07\x00")]), UNEXAMINED_ARCHIVE),
+    (_local_renamed(zip_of([("a.txt", b"x"), ("notes.txt", b"MZ")]), b"notes.txt", b"setup.exe"), UNEXAMINED_ARCHIVE),
+    (zip_of([("b.exe", b"MZ")]) + zip_of([("a.txt", b"x")]), UNEXAMINED_ARCHIVE),
+    (b"#!/bin/sh\nstub\n" + zip_of([("a.txt", b"x")]), "text/x-shellscript"),
+    (zip_of([("a.txt", b"x"), ("docs/", b""), ("b.pdf", b"%PDF-1.4")]), "application/zip"),
 ], ids=["program", "rtlo", "trailing-dot-space", "stream-name", "zip-in-zip", "rar-in-zip", "local-header-renamed",
         "two-archives", "stub-before", "plain"])
 def test_what_a_zip_holds_decides_its_type(data: bytes, expected: str) -> None:
